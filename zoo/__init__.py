@@ -1,0 +1,87 @@
+"""zoo: a model-zoo catalog and converter for transfer learning.
+
+Find a pretrained model, fetch it, convert it to ONNX, cut it at a layer and freeze it:
+
+>>> import zoo
+>>> zoo.search("resnet", framework="caffe")[0].name
+'resnet_50.caffe'
+>>> extractor = zoo.load_extractor("bvlc_alexnet", layer="fc7")   # doctest: +SKIP
+
+Importing zoo is cheap: each name below is imported from its module on first use, so
+`import zoo` never pulls in torch, tensorflow or onnxruntime.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API: dict[str, str] = {
+    # records and errors
+    "Model": "zoo.records",
+    "Artifact": "zoo.records",
+    "InputSpec": "zoo.records",
+    "ConversionReport": "converters.report",
+    "ZooError": "zoo.errors",
+    # catalog
+    "Catalog": "zoo.catalog",
+    "open_catalog": "zoo.catalog",
+    "search": "zoo.catalog",
+    "info": "zoo.catalog",
+    "list_models": "zoo.catalog",
+    "remove": "zoo.catalog",
+    "add": "zoo.local",
+    "scan": "zoo.local",
+    "add_source": "zoo.sources",
+    "list_sources": "zoo.sources",
+    "sync_sources": "zoo.sources",
+    "remove_source": "zoo.sources",
+    # fetch and convert
+    "fetch": "zoo.fetch",
+    "verify": "zoo.fetch",
+    "convert": "zoo.convert",
+    # extract and transfer
+    "layers": "zoo.extract",
+    "load_extractor": "zoo.extract",
+    "Extractor": "zoo.extract",
+    "ExtractorTransformer": "zoo.extract",
+    "FeatureCache": "zoo.features",
+    "cache_features": "zoo.features",
+    "transfer_model": "zoo.transfer",
+    "fit_head": "zoo.transfer",
+    "sweep": "zoo.sweep",
+    "pretrain": "zoo.pretrain",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; never executed
+    from converters.report import ConversionReport
+    from zoo.catalog import Catalog, info, list_models, open_catalog, remove, search
+    from zoo.convert import convert
+    from zoo.errors import ZooError
+    from zoo.extract import Extractor, ExtractorTransformer, layers, load_extractor
+    from zoo.features import FeatureCache, cache_features
+    from zoo.fetch import fetch, verify
+    from zoo.local import add, scan
+    from zoo.pretrain import pretrain
+    from zoo.records import Artifact, InputSpec, Model
+    from zoo.sources import add_source, list_sources, remove_source, sync_sources
+    from zoo.sweep import sweep
+    from zoo.transfer import fit_head, transfer_model

@@ -1,0 +1,102 @@
+"""The `zoo` click group and the option decorators every command shares."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from zoo import __version__
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class UserError(click.ClickException):
+    """A ZooError on its way out: one line on stderr, exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class ZooGroup(click.Group):
+    """A group that turns every ZooError raised by a command into a UserError."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from zoo.errors import ZooError
+
+        try:
+            return super().invoke(ctx)
+        except ZooError as exc:
+            raise UserError(str(exc)) from None
+
+
+@click.group(cls=ZooGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="zoo")
+def cli() -> None:
+    """zoo: find, fetch, convert, cut and freeze pretrained models for transfer learning.
+
+    \b
+    Example:
+        zoo search resnet --framework caffe
+        zoo info bvlc_alexnet
+    """
+
+
+def json_option(func: Callable) -> Callable:
+    """--json: print machine-readable JSON instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
+
+
+def catalog_option(func: Callable) -> Callable:
+    """--catalog / $ZOO_CATALOG: a catalog file path or any SQLAlchemy URL."""
+    return click.option(
+        "--catalog",
+        envvar="ZOO_CATALOG",
+        metavar="PATH|URL",
+        help="Catalog file or SQLAlchemy URL [env ZOO_CATALOG; default ./catalog.db].",
+    )(func)
+
+
+def quiet_option(func: Callable) -> Callable:
+    """--quiet: no progress bars or chatter, only results and errors."""
+    return click.option("-q", "--quiet", is_flag=True, help="No progress output.")(func)
+
+
+def cache_option(func: Callable) -> Callable:
+    """--cache-dir / $ZOO_CACHE: where fetched and converted files go."""
+    return click.option(
+        "--cache-dir",
+        envvar="ZOO_CACHE",
+        type=click.Path(file_okay=False),
+        help="Cache folder [env ZOO_CACHE; default the user cache folder].",
+    )(func)
+
+
+def emit(data: Any, as_json: bool, text: Callable[[], str] | str | None = None) -> None:
+    """Print `data` as JSON, or the human text (a string or a function that renders it)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif text is not None:
+        rendered = text() if callable(text) else text
+        if rendered:
+            click.echo(rendered)
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def fail(message: str) -> None:
+    """Print one error line to stderr and exit 1."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)

@@ -1,0 +1,35 @@
+"""Where the catalog and the cache live, and whether the network may be used.
+
+Nothing here touches the disk at import time: folders are resolved when first needed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_CATALOG = "catalog.db"
+
+
+def catalog_url(location: str | os.PathLike | None = None) -> str:
+    """SQLAlchemy URL for a catalog given as a path, a URL, $ZOO_CATALOG or the default."""
+    location = location or os.environ.get("ZOO_CATALOG") or DEFAULT_CATALOG
+    location = os.fspath(location)
+    if "://" in location:
+        return location
+    return "sqlite:///" + str(Path(location).expanduser().absolute())
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """The cache folder: `override`, $ZOO_CACHE, or the platform's user cache folder for zoo."""
+    if override:
+        return Path(override).expanduser().absolute()
+    if os.environ.get("ZOO_CACHE"):
+        return Path(os.environ["ZOO_CACHE"]).expanduser().absolute()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("zoo"))
+
+
+def offline() -> bool:
+    """True when $ZOO_OFFLINE asks never to touch the network."""
+    return os.environ.get("ZOO_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}

@@ -1,0 +1,129 @@
+"""Typed records the public API returns: Model, Artifact, InputSpec.
+
+They are plain dataclasses, independent of the database, so converters, fetch and
+the CLI can pass them around without a session. `to_dict`/`from_dict` give the JSON
+form used by `--json`, the zoo index format and the built-in indexes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FRAMEWORKS = ("caffe", "tensorflow", "keras", "tflite", "onnx", "pytorch")
+# What an artifact is for. "model" is a single-file model (.onnx, .tflite, .pt, .keras, .pb);
+# "graph" + "weights" are two-file models (Caffe prototxt + caffemodel, Keras arch + .h5);
+# "onnx" is zoo's converted ONNX; "archive" is a tarball that holds the model files.
+ROLES = ("model", "graph", "weights", "labels", "mean", "onnx", "archive", "other")
+LAYOUTS = ("NCHW", "NHWC", "NC", "other")
+
+
+@dataclass
+class InputSpec:
+    """How to feed a model: shape (None for a dynamic dim), dtype, layout, preprocessing.
+
+    Preprocessing is ``(x * scale - mean) / std`` per channel, after reordering
+    channels to ``channel_order``; pixel values are on a 0-255 scale when
+    ``pixel_range`` is ``[0, 255]``.
+    """
+
+    name: str | None = None
+    shape: list[int | None] | None = None
+    dtype: str = "float32"
+    layout: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    scale: float | None = None
+    channel_order: str | None = None  # "RGB" or "BGR"
+    pixel_range: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> InputSpec:
+        if not data:
+            return cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Artifact:
+    """One file of a model: where it comes from, what it should hash to, where it is."""
+
+    role: str
+    filename: str
+    urls: list[str] = field(default_factory=list)
+    size: int | None = None
+    # The checksum the publisher gives, as "algo:hex" (sha256, sha1, md5, gitblob).
+    checksum: str | None = None
+    # "tar", "zip" or None: unpack into a folder after download.
+    extract: str | None = None
+    # Set once the file is on disk.
+    path: str | None = None
+    sha256: str | None = None
+    # Free-form facts: a conversion report for role "onnx", the member to use inside an archive...
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items() if v not in (None, [], {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Artifact:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Model:
+    """A cataloged model: what it is, how to feed it, and its files."""
+
+    name: str
+    framework: str
+    format: str | None = None
+    task: str | None = None
+    dataset: str | None = None
+    architecture: str | None = None
+    description: str | None = None
+    license: str | None = None
+    tags: list[str] = field(default_factory=list)
+    source: str | None = None  # zoo the entry came from: "caffe", "tensorflow", a source name, "local"
+    homepage: str | None = None
+    paper: str | None = None
+    input: InputSpec = field(default_factory=InputSpec)
+    parameters: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[Artifact] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    removed_upstream: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        """True when every file the model needs is on disk."""
+        needed = [a for a in self.artifacts if a.role != "onnx"]
+        return bool(needed) and all(a.is_local for a in needed)
+
+    def artifact(self, role: str) -> Artifact | None:
+        """The first artifact with this role, or None."""
+        return next((a for a in self.artifacts if a.role == role), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["input"] = self.input.to_dict()
+        data["artifacts"] = [a.to_dict() for a in self.artifacts]
+        data["local"] = self.is_local
+        return {k: v for k, v in data.items() if v not in (None, [], {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Model:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["input"] = InputSpec.from_dict(data.get("input"))
+        values["artifacts"] = [Artifact.from_dict(a) for a in data.get("artifacts", [])]
+        return cls(**values)
