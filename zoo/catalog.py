@@ -1,0 +1,856 @@
+"""The catalog database: models, their artifacts and remote sources (SQLAlchemy 2 ORM).
+
+SQLite by default (WAL mode, busy timeout, `BEGIN IMMEDIATE` for writes so two processes can
+share one file); any SQLAlchemy URL works, with LIKE search where FTS5 is not available. The
+schema is versioned with Alembic (`zoo/migrations`): an older catalog is upgraded in place, a
+newer one is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    column,
+    create_engine,
+    event,
+    exc,
+    func,
+    or_,
+    select,
+    table,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from zoo import config
+from zoo.errors import (
+    CatalogError,
+    CatalogVersionError,
+    DuplicateModelError,
+    UnknownModelError,
+    UnknownSourceError,
+)
+from zoo.records import FRAMEWORKS, Artifact, InputSpec, Model
+
+# Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
+SCHEMA_REVISIONS = ("0001", "0002")
+SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
+BUSY_TIMEOUT_MS = 30_000
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class ModelRow(_Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    framework: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    format: Mapped[str | None] = mapped_column(String(64))
+    task: Mapped[str | None] = mapped_column(String(128), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(128), index=True)
+    architecture: Mapped[str | None] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text)
+    license: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[list] = mapped_column(JSON, default=list)
+    source: Mapped[str | None] = mapped_column(String(255), index=True)
+    homepage: Mapped[str | None] = mapped_column(Text)
+    paper: Mapped[str | None] = mapped_column(Text)
+    input_spec: Mapped[dict] = mapped_column(JSON, default=dict)
+    parameters: Mapped[int | None] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    removed_upstream: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    # Search helper: the name split at letter/digit boundaries ("resnet 50"), and the tags as words.
+    keywords: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time)
+
+    artifacts: Mapped[list[ArtifactRow]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", order_by="ArtifactRow.id"
+    )
+
+
+class ArtifactRow(_Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("model_id", "role", "filename"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(32), nullable=False)
+    filename: Mapped[str] = mapped_column(String(512), nullable=False)
+    urls: Mapped[list] = mapped_column(JSON, default=list)
+    size: Mapped[int | None] = mapped_column(Integer)
+    checksum: Mapped[str | None] = mapped_column(String(160))  # the publisher's, "algo:hex"
+    extract: Mapped[str | None] = mapped_column(String(16))
+    path: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    model: Mapped[ModelRow] = relationship(back_populates="artifacts")
+
+
+class SourceRow(_Base):
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    etag: Mapped[str | None] = mapped_column(String(255))
+    synced_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+@dataclass
+class SourceInfo:
+    """A remote zoo index the catalog follows."""
+
+    name: str
+    url: str
+    etag: str | None = None
+    synced_at: float | None = None
+    models: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url, "etag": self.etag,
+                "synced_at": self.synced_at, "models": self.models}
+
+
+@dataclass
+class SyncStats:
+    """What a source sync changed."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    marked: list[str] = field(default_factory=list)  # removed upstream but fetched: kept, marked
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"added": self.added, "updated": self.updated, "removed": self.removed,
+                "marked": self.marked}
+
+
+_MODEL_FIELDS = ("framework", "format", "task", "dataset", "architecture", "description",
+                 "license", "tags", "source", "homepage", "paper", "parameters", "metrics",
+                 "meta", "removed_upstream")
+_ARTIFACT_FIELDS = ("urls", "size", "checksum", "extract", "path", "sha256", "meta")
+
+
+def _keywords(name: str, tags: Iterable[str]) -> str:
+    """Extra words for search: 'resnet50.caffe' -> 'resnet 50 caffe', so 'resnet 50' finds it."""
+    parts = re.findall(r"[A-Za-z]+|\d+", name)
+    return " ".join(parts + [str(t) for t in tags])
+
+
+def _to_record(row: ModelRow) -> Model:
+    return Model(
+        name=row.name,
+        framework=row.framework,
+        format=row.format,
+        task=row.task,
+        dataset=row.dataset,
+        architecture=row.architecture,
+        description=row.description,
+        license=row.license,
+        tags=list(row.tags or []),
+        source=row.source,
+        homepage=row.homepage,
+        paper=row.paper,
+        input=InputSpec.from_dict(row.input_spec),
+        parameters=row.parameters,
+        metrics=dict(row.metrics or {}),
+        meta=dict(row.meta or {}),
+        removed_upstream=bool(row.removed_upstream),
+        artifacts=[_artifact_record(a) for a in row.artifacts],
+    )
+
+
+def _artifact_record(row: ArtifactRow) -> Artifact:
+    return Artifact(
+        role=row.role, filename=row.filename, urls=list(row.urls or []), size=row.size,
+        checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
+        meta=dict(row.meta or {}),
+    )
+
+
+def _fill_model_row(row: ModelRow, model: Model) -> None:
+    for name in _MODEL_FIELDS:
+        value = getattr(model, name)
+        setattr(row, name, value.copy() if isinstance(value, (list, dict)) else value)
+    row.input_spec = model.input.to_dict()
+    row.keywords = _keywords(model.name, model.tags)
+
+
+def _fill_artifact_row(row: ArtifactRow, artifact: Artifact) -> None:
+    for name in _ARTIFACT_FIELDS:
+        value = getattr(artifact, name)
+        setattr(row, name, value.copy() if isinstance(value, (list, dict)) else value)
+
+
+def _check_model(model: Model) -> None:
+    if not model.name or not model.name.strip():
+        raise CatalogError("a model needs a non-empty name; pass one with --name")
+    if model.framework not in FRAMEWORKS:
+        raise CatalogError(
+            f"model {model.name!r}: framework {model.framework!r} is not one of "
+            f"{', '.join(FRAMEWORKS)}"
+        )
+
+
+def closest_names(name: str, names: Iterable[str], n: int = 3) -> list[str]:
+    """Names that look like `name`: close spellings first, then names that contain it."""
+    names = list(names)
+    found = difflib.get_close_matches(name, names, n=n, cutoff=0.5)
+    lowered = name.lower()
+    for other in names:
+        if len(found) >= n:
+            break
+        if other not in found and (lowered in other.lower() or other.lower() in lowered):
+            found.append(other)
+    return found
+
+
+_FTS_TABLE = table("models_fts", column("rowid"))
+
+
+def _fts_query(query: str) -> str | None:
+    """A safe FTS5 query: every word of the user's query as a quoted prefix term (AND)."""
+    words = re.findall(r"\w+", query)
+    if not words:
+        return None
+    return " ".join(f'"{w}"*' for w in words)
+
+
+class Catalog:
+    """A catalog of models, opened with `open_catalog`. Each method is one transaction."""
+
+    def __init__(self, url: str, *, builtins: bool = True):
+        self.url = url
+        self._builtins = builtins
+        self._active: Session | None = None
+        self._engine = self._create_engine(url)
+        self._write_engine = self._engine.execution_options(zoo_write=True)
+        self._fts = False
+        self._prepare()
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.url!r})"
+
+    # ---- connection set-up -------------------------------------------------------------
+    @property
+    def is_sqlite(self) -> bool:
+        return self._engine.dialect.name == "sqlite"
+
+    def _create_engine(self, url: str):
+        try:
+            engine = create_engine(url)
+        except Exception as error:  # bad URL or missing DB driver
+            raise CatalogError(f"cannot open catalog {url!r}: {error}") from None
+        if engine.dialect.name == "sqlite":
+            database = engine.url.database
+            memory = not database or database == ":memory:"
+            if not memory:
+                path = Path(database)
+                if path.is_dir():
+                    raise CatalogError(
+                        f"catalog {path} is a folder; give a file path such as {path / 'catalog.db'}"
+                    )
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as error:
+                    raise CatalogError(
+                        f"cannot create the catalog's folder {path.parent}: {error.strerror}; "
+                        "choose another location with --catalog or ZOO_CATALOG"
+                    ) from None
+
+            @event.listens_for(engine, "connect")
+            def _on_connect(dbapi_connection, _record):
+                # Take transactions out of the driver's hands so writes can BEGIN IMMEDIATE.
+                dbapi_connection.isolation_level = None
+                cursor = dbapi_connection.cursor()
+                cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                if memory:
+                    cursor.close()
+                    return
+                try:  # WAL lets readers go on while another process writes
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                except Exception:  # read-only folder or not a database: reported by _prepare
+                    pass
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+
+            @event.listens_for(engine, "begin")
+            def _on_begin(connection):
+                # A write takes the lock up front: a deferred transaction that must later upgrade
+                # its read lock can fail with "database is locked" without waiting.
+                write = connection.get_execution_options().get("zoo_write")
+                connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    def _prepare(self) -> None:
+        """Create, upgrade or accept the schema; refuse a catalog newer than this zoo."""
+        try:
+            with self._engine.connect() as connection:
+                revision = self._revision(connection)
+        except exc.DatabaseError as error:
+            raise self._database_error(error) from None
+        if revision is not None and revision not in SCHEMA_REVISIONS:
+            raise CatalogVersionError(
+                f"catalog {self._where} has schema revision {revision}, newer than this zoo "
+                f"understands (up to {SCHEMA_HEAD}); upgrade zoo (pip install -U zoo) or use "
+                "another catalog with --catalog"
+            )
+        created = revision is None
+        if revision != SCHEMA_HEAD:
+            self._migrate(created)
+        if self.is_sqlite:
+            self._fts = True
+        if created and self._builtins:
+            self._load_builtins()
+
+    @property
+    def _where(self) -> str:
+        if self.is_sqlite and self._engine.url.database:
+            return str(self._engine.url.database)
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def _revision(self, connection) -> str | None:
+        if self.is_sqlite:
+            # Reading sqlite_master also proves the file is a SQLite database.
+            tables = {r[0] for r in connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+        else:
+            from sqlalchemy import inspect
+
+            tables = set(inspect(connection).get_table_names())
+        if "alembic_version" not in tables:
+            if tables & {"models", "artifacts"}:
+                raise CatalogError(
+                    f"{self._where} has zoo-like tables but no schema version; it was not written "
+                    "by zoo. Use another catalog with --catalog"
+                )
+            if tables and self.is_sqlite:
+                raise CatalogError(
+                    f"{self._where} is a SQLite database but not a zoo catalog (tables: "
+                    f"{', '.join(sorted(tables)[:5])}); point --catalog at a zoo catalog or a new file"
+                )
+            return None
+        row = connection.execute(text("SELECT version_num FROM alembic_version")).first()
+        return row[0] if row else None
+
+    def _migrate(self, created: bool) -> None:
+        from zoo.migrations import upgrade
+
+        try:
+            with self._write_engine.begin() as connection:
+                upgrade(connection, SCHEMA_HEAD)
+        except exc.DatabaseError as error:
+            raise self._database_error(error) from None
+
+    def _database_error(self, error: Exception) -> CatalogError:
+        message = str(getattr(error, "orig", error))
+        if "not a database" in message or "file is encrypted" in message:
+            return CatalogError(
+                f"{self._where} is not a SQLite catalog ({message}); point --catalog or "
+                "ZOO_CATALOG at a zoo catalog file or at a new path"
+            )
+        if "readonly" in message or "read-only" in message or "unable to open" in message:
+            return CatalogError(
+                f"catalog {self._where} cannot be written ({message}); choose a writable "
+                "location with --catalog or ZOO_CATALOG"
+            )
+        if "locked" in message:
+            return CatalogError(
+                f"catalog {self._where} stayed locked by another process for "
+                f"{BUSY_TIMEOUT_MS // 1000} s; try again when it finishes"
+            )
+        return CatalogError(f"catalog {self._where}: {message}")
+
+    def _load_builtins(self) -> None:
+        try:
+            from zoo.index import builtin_models
+        except ImportError:  # the built-in indexes are optional data
+            return
+        models = builtin_models()
+        by_source: dict[str, list[Model]] = {}
+        for model in models:
+            by_source.setdefault(model.source or "builtin", []).append(model)
+        with self.batch():
+            for source, entries in by_source.items():
+                self.add_source(source, f"builtin:{source}")
+                self.replace_source_models(source, entries)
+
+    # ---- sessions ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        if self._active is not None:
+            yield self._active
+            return
+        session = Session(self._write_engine if write else self._engine, expire_on_commit=False)
+        try:
+            yield session
+            if write:
+                session.commit()
+        except exc.IntegrityError as error:
+            session.rollback()
+            raise CatalogError(f"catalog {self._where}: {error.orig}") from None
+        except exc.DatabaseError as error:
+            session.rollback()
+            raise self._database_error(error) from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Catalog]:
+        """Group several calls into one transaction: all of them happen, or none.
+
+        >>> with cat.batch():                       # doctest: +SKIP
+        ...     cat.add_model(a); cat.add_model(b)
+        """
+        if self._active is not None:
+            yield self
+            return
+        with self._session(write=True) as session:
+            self._active = session
+            try:
+                yield self
+            finally:
+                self._active = None
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # ---- models ------------------------------------------------------------------------
+    def _row(self, session: Session, name: str) -> ModelRow:
+        row = session.scalars(select(ModelRow).where(ModelRow.name == name)).first()
+        if row is None:
+            raise self._unknown(session, name)
+        return row
+
+    def _unknown(self, session: Session, name: str) -> UnknownModelError:
+        names = session.scalars(select(ModelRow.name)).all()
+        close = closest_names(name, names)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        return UnknownModelError(
+            f"model {name!r} is not in the catalog{hint}. Find models with `zoo search`"
+        )
+
+    def get(self, name: str) -> Model:
+        """The model called `name`; UnknownModelError names the closest ones."""
+        with self._session() as session:
+            return _to_record(self._row(session, name))
+
+    def exists(self, name: str) -> bool:
+        with self._session() as session:
+            return session.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None
+
+    def names(self) -> list[str]:
+        with self._session() as session:
+            return list(session.scalars(select(ModelRow.name).order_by(ModelRow.name)))
+
+    def add_model(self, model: Model, *, replace: bool = False) -> Model:
+        """Add a model with its artifacts; with `replace`, overwrite one of the same name."""
+        _check_model(model)
+        with self._session(write=True) as session:
+            row = session.scalars(select(ModelRow).where(ModelRow.name == model.name)).first()
+            if row is not None and not replace:
+                raise DuplicateModelError(
+                    f"a model named {model.name!r} is already in the catalog; choose another name "
+                    f"with --name, or remove it first with `zoo rm {model.name}`"
+                )
+            if row is None:
+                row = ModelRow(name=model.name)
+                session.add(row)
+            _fill_model_row(row, model)
+            row.artifacts = []
+            for artifact in model.artifacts:
+                artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
+                _fill_artifact_row(artifact_row, artifact)
+                row.artifacts.append(artifact_row)
+            session.flush()
+            return _to_record(row)
+
+    def add_models(self, models: Iterable[Model], *, replace: bool = False) -> int:
+        """Add many models in one transaction (bulk loads, index syncs)."""
+        count = 0
+        with self.batch():
+            for model in models:
+                self.add_model(model, replace=replace)
+                count += 1
+        return count
+
+    def update_model(self, name: str, **fields: Any) -> Model:
+        """Change some fields of a model, e.g. `update_model("m", meta={...}, parameters=10)`."""
+        with self._session(write=True) as session:
+            row = self._row(session, name)
+            model = _to_record(row)
+            for key, value in fields.items():
+                if key in ("name", "artifacts"):
+                    raise CatalogError(f"update_model cannot change {key!r}; use add_model(replace=True)")
+                if not hasattr(model, key):
+                    raise CatalogError(f"models have no field {key!r}")
+                setattr(model, key, InputSpec.from_dict(value) if key == "input" and isinstance(value, dict) else value)
+            _check_model(model)
+            _fill_model_row(row, model)
+            session.flush()
+            return _to_record(row)
+
+    def rename_model(self, name: str, new_name: str) -> Model:
+        with self._session(write=True) as session:
+            if session.scalar(select(ModelRow.id).where(ModelRow.name == new_name)) is not None:
+                raise DuplicateModelError(f"a model named {new_name!r} is already in the catalog")
+            row = self._row(session, name)
+            row.name = new_name
+            row.keywords = _keywords(new_name, row.tags or [])
+            session.flush()
+            return _to_record(row)
+
+    def remove_model(self, name: str) -> None:
+        """Remove a model and its artifact records (files on disk are left alone)."""
+        with self._session(write=True) as session:
+            session.delete(self._row(session, name))
+
+    # ---- artifacts ---------------------------------------------------------------------
+    def put_artifact(self, name: str, artifact: Artifact) -> Artifact:
+        """Insert or update one artifact of a model, keyed by (role, filename)."""
+        with self._session(write=True) as session:
+            row = self._row(session, name)
+            match = next((a for a in row.artifacts
+                          if a.role == artifact.role and a.filename == artifact.filename), None)
+            if match is None:
+                match = ArtifactRow(role=artifact.role, filename=artifact.filename)
+                row.artifacts.append(match)
+            _fill_artifact_row(match, artifact)
+            row.updated_at = time.time()
+            session.flush()
+            return _artifact_record(match)
+
+    def remove_artifact(self, name: str, role: str, filename: str) -> None:
+        with self._session(write=True) as session:
+            row = self._row(session, name)
+            row.artifacts = [a for a in row.artifacts
+                             if not (a.role == role and a.filename == filename)]
+
+    def find_by_sha256(self, sha256: str) -> list[tuple[str, Artifact]]:
+        """(model name, artifact) pairs whose file has this sha256: finds moved files."""
+        with self._session() as session:
+            rows = session.execute(
+                select(ModelRow.name, ArtifactRow).join(ArtifactRow.model)
+                .where(ArtifactRow.sha256 == sha256)
+            ).all()
+            return [(model_name, _artifact_record(a)) for model_name, a in rows]
+
+    def find_by_path(self, path: str | os.PathLike) -> list[tuple[str, Artifact]]:
+        """(model name, artifact) pairs registered at this path."""
+        with self._session() as session:
+            rows = session.execute(
+                select(ModelRow.name, ArtifactRow).join(ArtifactRow.model)
+                .where(ArtifactRow.path == os.fspath(path))
+            ).all()
+            return [(model_name, _artifact_record(a)) for model_name, a in rows]
+
+    # ---- search ------------------------------------------------------------------------
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        framework: str | None = None,
+        task: str | None = None,
+        dataset: str | None = None,
+        tag: str | None = None,
+        source: str | None = None,
+        local: bool | None = None,
+        limit: int | None = 20,
+    ) -> list[Model]:
+        """Models matching `query` (ranked full-text) and every filter given.
+
+        >>> cat.search("resnet", framework="caffe", limit=5)   # doctest: +SKIP
+        """
+        stmt = select(ModelRow.id)
+        fts = _fts_query(query) if query else None
+        if query and fts is None:
+            return []
+        if fts and self._fts:
+            stmt = (
+                select(ModelRow.id)
+                .select_from(ModelRow)
+                .join(_FTS_TABLE, _FTS_TABLE.c.rowid == ModelRow.id)
+                .where(text("models_fts MATCH :fts"))
+                .order_by(
+                    (func.lower(ModelRow.name) == query.strip().lower()).desc(),
+                    text("bm25(models_fts, 10.0, 1.0, 4.0, 2.0, 2.0, 3.0, 6.0)"),
+                    ModelRow.name,
+                )
+            )
+        elif fts:
+            for word in re.findall(r"\w+", query):
+                pattern = f"%{word.lower()}%"
+                stmt = stmt.where(or_(*(func.lower(column).like(pattern) for column in (
+                    ModelRow.name, ModelRow.description, ModelRow.architecture, ModelRow.task,
+                    ModelRow.dataset, ModelRow.keywords))))
+            stmt = stmt.order_by(
+                (func.lower(ModelRow.name) == query.strip().lower()).desc(),
+                func.lower(ModelRow.name).like(f"%{query.strip().lower()}%").desc(),
+                ModelRow.name,
+            )
+        else:
+            stmt = stmt.order_by(ModelRow.name)
+        if framework:
+            stmt = stmt.where(ModelRow.framework == framework.lower())
+        if task:
+            stmt = stmt.where(func.lower(ModelRow.task) == task.lower())
+        if dataset:
+            stmt = stmt.where(func.lower(ModelRow.dataset) == dataset.lower())
+        if source:
+            stmt = stmt.where(ModelRow.source == source)
+        if tag:
+            # Tags are a JSON list; its text form holds each tag quoted.
+            stmt = stmt.where(func.lower(ModelRow.tags.cast(Text)).like(f'%"{tag.lower()}"%'))
+        if local is not None:
+            missing = (
+                select(ArtifactRow.id)
+                .where(ArtifactRow.model_id == ModelRow.id, ArtifactRow.role != "onnx",
+                       ArtifactRow.path.is_(None))
+                .exists()
+            )
+            anything = (
+                select(ArtifactRow.id)
+                .where(ArtifactRow.model_id == ModelRow.id, ArtifactRow.role != "onnx")
+                .exists()
+            )
+            stmt = stmt.where(anything & ~missing) if local else stmt.where(~(anything & ~missing))
+        if limit:
+            stmt = stmt.limit(limit)
+        with self._session() as session:
+            params = {"fts": fts} if fts and self._fts else {}
+            ids = list(session.scalars(stmt, params))
+            if not ids:
+                return []
+            rows = session.scalars(select(ModelRow).where(ModelRow.id.in_(ids))).all()
+            artifacts: dict[int, list[ArtifactRow]] = {}
+            for artifact in session.scalars(
+                    select(ArtifactRow).where(ArtifactRow.model_id.in_(ids)).order_by(ArtifactRow.id)):
+                artifacts.setdefault(artifact.model_id, []).append(artifact)
+            by_id = {}
+            for row in rows:
+                record = _to_record_without_artifacts(row)
+                record.artifacts = [_artifact_record(a) for a in artifacts.get(row.id, [])]
+                by_id[row.id] = record
+            return [by_id[i] for i in ids]
+
+    def count(self) -> int:
+        with self._session() as session:
+            return session.scalar(select(func.count(ModelRow.id))) or 0
+
+    # ---- sources -----------------------------------------------------------------------
+    def add_source(self, name: str, url: str) -> SourceInfo:
+        """Register a remote zoo index; re-adding a name updates its URL."""
+        with self._session(write=True) as session:
+            row = session.scalars(select(SourceRow).where(SourceRow.name == name)).first()
+            if row is None:
+                row = SourceRow(name=name, url=url)
+                session.add(row)
+            elif row.url != url:
+                row.url, row.etag = url, None
+            session.flush()
+            return self._source_info(session, row)
+
+    def _source_row(self, session: Session, name: str) -> SourceRow:
+        row = session.scalars(select(SourceRow).where(SourceRow.name == name)).first()
+        if row is None:
+            names = session.scalars(select(SourceRow.name)).all()
+            close = closest_names(name, names)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise UnknownSourceError(
+                f"source {name!r} is not registered{hint}. List them with `zoo source list`"
+            )
+        return row
+
+    def _source_info(self, session: Session, row: SourceRow) -> SourceInfo:
+        models = session.scalar(select(func.count(ModelRow.id)).where(ModelRow.source == row.name))
+        return SourceInfo(row.name, row.url, row.etag, row.synced_at, models or 0)
+
+    def sources(self) -> list[SourceInfo]:
+        with self._session() as session:
+            rows = session.scalars(select(SourceRow).order_by(SourceRow.name)).all()
+            return [self._source_info(session, row) for row in rows]
+
+    def get_source(self, name: str) -> SourceInfo:
+        with self._session() as session:
+            return self._source_info(session, self._source_row(session, name))
+
+    def update_source(self, name: str, **fields: Any) -> SourceInfo:
+        """Change a source's `url`, `etag` or `synced_at`."""
+        with self._session(write=True) as session:
+            row = self._source_row(session, name)
+            for key, value in fields.items():
+                if key not in ("url", "etag", "synced_at"):
+                    raise CatalogError(f"sources have no field {key!r}")
+                setattr(row, key, value)
+            session.flush()
+            return self._source_info(session, row)
+
+    def remove_source(self, name: str) -> SyncStats:
+        """Forget a source and its models, keeping (and marking) the ones already fetched."""
+        with self.batch():
+            stats = self.replace_source_models(name, [])
+            with self._session(write=True) as session:
+                session.delete(self._source_row(session, name))
+        return stats
+
+    def replace_source_models(self, source: str, models: list[Model]) -> SyncStats:
+        """Make the catalog's models of `source` match `models`, in one transaction.
+
+        New entries are added, changed ones updated (local paths and hashes of fetched files are
+        kept), entries gone upstream are deleted, or marked `removed_upstream` if fetched.
+        """
+        stats = SyncStats()
+        with self._session(write=True) as session:
+            existing = {row.name: row for row in session.scalars(
+                select(ModelRow).where(ModelRow.source == source))}
+            wanted = {m.name for m in models}
+            for model in models:
+                model.source = source
+                _check_model(model)
+                row = existing.get(model.name)
+                if row is None:
+                    clash = session.scalar(select(ModelRow.source).where(ModelRow.name == model.name))
+                    if clash is not None:
+                        raise DuplicateModelError(
+                            f"source {source!r} lists {model.name!r}, which the catalog already has "
+                            f"from {clash!r}; rename one of them"
+                        )
+                    row = ModelRow(name=model.name)
+                    session.add(row)
+                    stats.added.append(model.name)
+                    _fill_model_row(row, model)
+                    for artifact in model.artifacts:
+                        artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
+                        _fill_artifact_row(artifact_row, artifact)
+                        row.artifacts.append(artifact_row)
+                    continue
+                before = _to_record(row).to_dict()
+                local = {(a.role, a.filename): a for a in row.artifacts}
+                _fill_model_row(row, model)
+                row.removed_upstream = False
+                kept = []
+                for artifact in model.artifacts:
+                    artifact_row = local.pop((artifact.role, artifact.filename), None)
+                    path = sha256 = None
+                    if artifact_row is not None:
+                        path, sha256 = artifact_row.path, artifact_row.sha256
+                    else:
+                        artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
+                    _fill_artifact_row(artifact_row, artifact)
+                    if path and artifact_row.path is None:
+                        artifact_row.path, artifact_row.sha256 = path, sha256
+                    kept.append(artifact_row)
+                # Converted models are zoo's own: they survive an upstream change of the entry.
+                kept += [a for key, a in local.items() if key[0] == "onnx"]
+                row.artifacts = kept
+                if _to_record(row).to_dict() != before:
+                    stats.updated.append(model.name)
+            for name, row in existing.items():
+                if name in wanted:
+                    continue
+                fetched = any(a.path for a in row.artifacts)
+                if fetched:
+                    if not row.removed_upstream:
+                        row.removed_upstream = True
+                        stats.marked.append(name)
+                else:
+                    session.delete(row)
+                    stats.removed.append(name)
+            session.flush()
+        return stats
+
+
+def _to_record_without_artifacts(row: ModelRow) -> Model:
+    model = Model(
+        name=row.name, framework=row.framework, format=row.format, task=row.task,
+        dataset=row.dataset, architecture=row.architecture, description=row.description,
+        license=row.license, tags=list(row.tags or []), source=row.source, homepage=row.homepage,
+        paper=row.paper, input=InputSpec.from_dict(row.input_spec), parameters=row.parameters,
+        metrics=dict(row.metrics or {}), meta=dict(row.meta or {}),
+        removed_upstream=bool(row.removed_upstream),
+    )
+    return model
+
+
+_OPEN: dict[str, Catalog] = {}
+
+
+def open_catalog(location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True) -> Catalog:
+    """Open (creating or upgrading if needed) the catalog at a path or SQLAlchemy URL.
+
+    `None` means $ZOO_CATALOG, else ``catalog.db`` in the working directory. A new catalog is
+    filled with the built-in Caffe and TensorFlow zoo indexes.
+
+    >>> cat = open_catalog("my-models.db")      # doctest: +SKIP
+    """
+    if isinstance(location, Catalog):
+        return location
+    url = config.catalog_url(location)
+    catalog = _OPEN.get(url)
+    if catalog is not None and catalog.is_sqlite:
+        database = catalog._engine.url.database
+        if database and database != ":memory:" and not os.path.exists(database):
+            catalog.close()  # the file was deleted under us: start again
+            catalog = None
+    if catalog is None:
+        catalog = Catalog(url, builtins=builtins)
+        _OPEN[url] = catalog
+    return catalog
+
+
+def search(query: str | None = None, *, catalog: str | os.PathLike | Catalog | None = None,
+           **filters: Any) -> list[Model]:
+    """Search the catalog; see `Catalog.search` for the filters.
+
+    >>> [m.name for m in search("alexnet")]      # doctest: +SKIP
+    ['bvlc_alexnet']
+    """
+    return open_catalog(catalog).search(query, **filters)
+
+
+def info(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> Model:
+    """Everything the catalog knows about one model."""
+    return open_catalog(catalog).get(name)
+
+
+def list_models(*, catalog: str | os.PathLike | Catalog | None = None, **filters: Any) -> list[Model]:
+    """Every model (optionally filtered), by name."""
+    filters.setdefault("limit", None)
+    return open_catalog(catalog).search(None, **filters)
+
+
+def remove(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> None:
+    """Remove a model from the catalog (its files stay on disk)."""
+    open_catalog(catalog).remove_model(name)
+
+
+def to_json(models: list[Model]) -> str:
+    return json.dumps([m.to_dict() for m in models], indent=2, default=str)
