@@ -1,0 +1,769 @@
+"""Feature cache: run a dataset through a frozen extractor once and keep the outputs on disk."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from zoo import config
+from zoo.errors import InputError, ZooError
+
+__all__ = [
+    "CacheEntry",
+    "CachedFeatures",
+    "FeatureCache",
+    "cache_features",
+    "extract_features",
+    "save_features",
+]
+
+MANIFEST = "manifest.json"
+FEATURES = "features.npy"
+LABELS = "labels.npy"
+# The .npy header is written last, into a fixed slot, so rows can be appended before the final
+# row count is known (iterables have no length) and a half-written file never loads as an array.
+HEADER_BYTES = 256
+FORMAT_VERSION = 1
+# Errors that mean "no room left": ENOSPC (disk full), EDQUOT (quota), EFBIG (file size limit).
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_BLOCK = 16 << 20
+
+
+class FeatureExtractor(Protocol):
+    """What the cache needs from an extractor: a batch -> features call and a fingerprint.
+
+    ``fingerprint`` must change whenever the outputs would (model file, cut, preprocessing);
+    ``zoo.extract.Extractor`` is one. ``input_spec`` (an ``InputSpec``) is read, when present,
+    to size images from a folder.
+    """
+
+    fingerprint: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class CachedFeatures:
+    """Features of one dataset through one extractor, memory-mapped from the cache."""
+
+    key: str
+    path: Path
+    features: np.ndarray
+    labels: np.ndarray | None = None  # class indices, for an image folder
+    classes: list[str] | None = None  # class names (sub-folder names), for an image folder
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs: path, reason
+    reused: bool = False  # True when nothing had to be computed
+
+
+@dataclass
+class CacheEntry:
+    """One folder of the feature cache, as `zoo cache list` shows it."""
+
+    key: str
+    path: Path
+    complete: bool
+    rows: int
+    shape: list[int] | None
+    dtype: str | None
+    bytes: int
+    created: float | None
+    extractor: str | None
+    dataset: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "path": str(self.path),
+            "complete": self.complete,
+            "rows": self.rows,
+            "shape": self.shape,
+            "dtype": self.dtype,
+            "bytes": self.bytes,
+            "created": self.created,
+            "extractor": self.extractor,
+            "dataset": self.dataset,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sources: each knows its fingerprint and yields (first row index, batch, skipped) chunks.
+
+
+class _Source:
+    fingerprint: str
+    description: str
+    length: int | None = None
+    labels: np.ndarray | None = None
+    classes: list[str] | None = None
+    unit = "rows"
+
+    def chunks(self, start: int, chunk_size: int) -> Iterator[tuple[int, np.ndarray, list[dict]]]:
+        raise NotImplementedError
+
+
+class _ArraySource(_Source):
+    """An array already in memory (or any array-like numpy can slice)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        if array.dtype == object:
+            raise InputError("the data array has dtype object; give a numeric array (e.g. float32)")
+        if array.ndim < 1 or len(array) == 0:
+            raise InputError(f"the data array is empty (shape {array.shape}); give at least one row")
+        self.array = array
+        self.length = len(array)
+        digest = hashlib.sha256(f"array|{array.dtype.str}|{array.shape}".encode())
+        rows = max(1, _READ_BLOCK // max(1, array[:1].nbytes))
+        for i in range(0, len(array), rows):
+            digest.update(np.ascontiguousarray(array[i : i + rows]).data)
+        self.fingerprint = digest.hexdigest()
+        self.description = f"array {array.dtype}{list(array.shape)}"
+
+    def chunks(self, start, chunk_size):
+        for i in range(start, self.length, chunk_size):
+            yield i, np.ascontiguousarray(self.array[i : i + chunk_size]), []
+
+
+class _NpyFileSource(_Source):
+    """A .npy file read a chunk at a time with plain reads.
+
+    Plain reads rather than ``np.load(mmap_mode="r")``: pages of a memory map count in the
+    process's resident size until the kernel reclaims them, so a map over a dataset larger
+    than memory looks (and is accounted) as if it were all loaded.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                reader = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = reader(f)
+                self.offset = f.tell()
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path} as a .npy array ({exc}); save it with numpy.save") from None
+        if dtype.hasobject:
+            raise InputError(f"{path} holds Python objects; save a numeric array (e.g. float32)")
+        if not shape or shape[0] == 0:
+            raise InputError(f"{path} is empty (shape {shape}); give at least one row")
+        self.shape, self.fortran, self.dtype = tuple(shape), fortran, dtype
+        self.length = shape[0]
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        digest = hashlib.sha256(f"array|{dtype.str}|{self.shape}".encode())
+        with open(path, "rb") as f:
+            f.seek(self.offset)
+            while block := f.read(_READ_BLOCK):
+                digest.update(block)
+        self.fingerprint = digest.hexdigest()
+        self.description = f"{path.name} {dtype}{list(self.shape)}"
+
+    def chunks(self, start, chunk_size):
+        if self.fortran:  # rare; rows are not contiguous on disk, let numpy gather them
+            array = np.load(self.path, mmap_mode="r")
+            for i in range(start, self.length, chunk_size):
+                yield i, np.ascontiguousarray(array[i : i + chunk_size]), []
+            return
+        with open(self.path, "rb") as f:
+            for i in range(start, self.length, chunk_size):
+                n = min(chunk_size, self.length - i)
+                f.seek(self.offset + i * self.row_bytes)
+                batch = np.empty((n, *self.shape[1:]), dtype=self.dtype)
+                f.readinto(memoryview(batch).cast("B"))
+                yield i, batch, []
+
+
+class _ImageFolderSource(_Source):
+    """An image folder with one sub-folder per class, decoded and resized with Pillow."""
+
+    unit = "img"
+
+    def __init__(self, root: Path, size: tuple[int, int], layout: str, channels: int, on_error: str):
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise InputError(
+                f"{root} has no sub-folders; an image folder needs one sub-folder per class "
+                "(e.g. cats/001.jpg, dogs/002.jpg)"
+            )
+        files: list[Path] = []
+        labels: list[int] = []
+        for index, name in enumerate(classes):
+            for path in sorted((root / name).rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    files.append(path)
+                    labels.append(index)
+        if not files:
+            raise InputError(f"the class folders of {root} ({', '.join(classes)}) hold no files")
+        self.root, self.files, self.classes = root, files, classes
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.size, self.layout, self.channels, self.on_error = size, layout, channels, on_error
+        self.length = len(files)
+        # Paths, sizes and modification times stand for the bytes: hashing every image would
+        # cost a full read of the folder on each run.
+        digest = hashlib.sha256(f"images|{size}|{layout}|{channels}".encode())
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        self.fingerprint = digest.hexdigest()
+        self.description = f"{root} ({len(files)} files, {len(classes)} classes)"
+
+    def _decode(self, path: Path) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image = image.convert("L" if self.channels == 1 else "RGB")
+            image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
+            pixels = np.asarray(image, dtype=np.float32)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        return pixels.transpose(2, 0, 1) if self.layout == "NCHW" else pixels
+
+    def chunks(self, start, chunk_size):
+        for i in range(start, self.length, chunk_size):
+            images, skipped = [], []
+            for j, path in enumerate(self.files[i : i + chunk_size], start=i):
+                try:
+                    images.append(self._decode(path))
+                except Exception as exc:  # Pillow raises many types for a bad file
+                    if self.on_error == "raise":
+                        raise InputError(
+                            f"cannot read image {path} ({type(exc).__name__}: {exc}); remove it, "
+                            "or skip unreadable files (on_error='skip', `--skip-bad`)"
+                        ) from None
+                    skipped.append({"index": j, "path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
+            shape = (3 if self.channels == 3 else 1, *self.size)
+            if self.layout != "NCHW":
+                shape = (*self.size, shape[0])
+            batch = np.stack(images) if images else np.empty((0, *shape), dtype=np.float32)
+            yield i, batch, skipped
+
+
+class _IterableSource(_Source):
+    """Any iterable of batches; the user's key stands for its content."""
+
+    def __init__(self, batches: Iterable, key: str) -> None:
+        self.batches = batches
+        self.fingerprint = hashlib.sha256(f"iterable|{key}".encode()).hexdigest()
+        self.description = f"iterable key={key!r}"
+
+    def chunks(self, start, chunk_size):
+        row = 0
+        for batch in self.batches:
+            batch = np.asarray(batch)
+            if row >= start:
+                yield row, batch, []
+            row += len(batch)
+
+
+def _image_geometry(
+    extractor: Any, image_size: tuple[int, int] | None, layout: str | None
+) -> tuple[tuple[int, int], str, int]:
+    """Height/width, layout and channel count for decoding images for this extractor."""
+    spec = getattr(extractor, "input_spec", None)
+    shape = list(getattr(spec, "shape", None) or [])
+    layout = layout or getattr(spec, "layout", None)
+    if len(shape) == 4 and layout is None:
+        layout = "NCHW" if shape[1] in (1, 3) else "NHWC"
+    layout = layout or "NCHW"
+    if layout not in ("NCHW", "NHWC"):
+        raise InputError(f"image layout {layout!r} is not one of NCHW, NHWC; pass layout='NCHW' or 'NHWC'")
+    channels = 3
+    if len(shape) == 4:
+        height, width, chans = (shape[2], shape[3], shape[1]) if layout == "NCHW" else shape[1:4]
+        channels = chans if chans in (1, 3) else 3
+        if image_size is None and isinstance(height, int) and isinstance(width, int):
+            image_size = (height, width)
+    if image_size is None:
+        raise InputError(
+            "the extractor does not say its input image size; pass image_size=(height, width) "
+            "(`--image-size H,W`)"
+        )
+    return (int(image_size[0]), int(image_size[1])), layout, channels
+
+
+def _source(
+    data: Any,
+    extractor: Any,
+    key: str | None,
+    on_error: str,
+    image_size: tuple[int, int] | None,
+    layout: str | None,
+) -> _Source:
+    if on_error not in ("skip", "raise"):
+        raise InputError(f"on_error={on_error!r} is not one of 'skip', 'raise'")
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data).expanduser()
+        if path.is_dir():
+            size, layout, channels = _image_geometry(extractor, image_size, layout)
+            return _ImageFolderSource(path, size, layout, channels, on_error)
+        if path.is_file():
+            return _NpyFileSource(path)
+        raise InputError(f"{path} does not exist; give a .npy file or an image folder with one sub-folder per class")
+    if isinstance(data, np.ndarray):
+        return _ArraySource(data)
+    if isinstance(data, Iterable):
+        if key is None:
+            raise InputError(
+                "an iterable of batches has no fingerprint of its own; pass key='...' naming its "
+                "content (change the key when the data changes)"
+            )
+        return _IterableSource(data, key)
+    raise InputError(
+        f"cannot cache features of a {type(data).__name__}; give a numpy array, a .npy path, an "
+        "image folder or an iterable of batches with key=..."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Files of one cache entry.
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+    body_len = HEADER_BYTES - len(np.lib.format.MAGIC_PREFIX) - 2 - 2
+    if len(header) + 1 > body_len:
+        raise InputError(f"features of shape {shape[1:]} have too many dimensions to cache; flatten them")
+    text = header.ljust(body_len - 1) + "\n"
+    return np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+
+def _disk_full(exc: OSError, entry: Path) -> ZooError:
+    free = shutil.disk_usage(entry).free if entry.exists() else 0
+    return ZooError(
+        f"no room left to cache features in {entry} ({os.strerror(exc.errno)}; {free // 2**20} MiB free); "
+        "free some space (`zoo cache list`, `zoo cache rm KEY`) and run again: it resumes from the "
+        "last complete chunk"
+    )
+
+
+class FeatureCache:
+    """The feature cache folder, ``<cache>/features/<key>/``.
+
+    >>> cache = FeatureCache()
+    >>> result = cache.features(extractor, "train.npy")        # doctest: +SKIP
+    >>> result.features.shape                                  # doctest: +SKIP
+    (50000, 4096)
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
+        self.root = config.cache_dir(cache_dir) / "features"
+
+    # -- keys and entries --------------------------------------------------------------------
+
+    @staticmethod
+    def _key(extractor_fp: str, dataset_fp: str) -> str:
+        return hashlib.sha256(f"{FORMAT_VERSION}|{extractor_fp}|{dataset_fp}".encode()).hexdigest()[:32]
+
+    def key(
+        self,
+        extractor: FeatureExtractor,
+        data: Any,
+        *,
+        key: str | None = None,
+        image_size: tuple[int, int] | None = None,
+        layout: str | None = None,
+    ) -> str:
+        """The cache key of `data` through `extractor` (both fingerprints, hashed)."""
+        source = _source(data, extractor, key, "skip", image_size, layout)
+        return self._key(_fingerprint(extractor), source.fingerprint)
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry in the cache, complete or not, oldest first."""
+        if not self.root.is_dir():
+            return []
+        entries = []
+        for folder in self.root.iterdir():
+            if not folder.is_dir():
+                continue
+            manifest = _read_json(folder / MANIFEST) or {}
+            size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+            entries.append(
+                CacheEntry(
+                    key=folder.name,
+                    path=folder,
+                    complete=bool(manifest.get("complete")),
+                    rows=int(manifest.get("rows", 0)),
+                    shape=manifest.get("shape"),
+                    dtype=manifest.get("dtype"),
+                    bytes=size,
+                    created=manifest.get("created"),
+                    extractor=manifest.get("extractor"),
+                    dataset=manifest.get("dataset_description"),
+                )
+            )
+        return sorted(entries, key=lambda e: (e.created or 0, e.key))
+
+    def _resolve(self, key: str) -> str:
+        names = [p.name for p in self.root.iterdir() if p.is_dir()] if self.root.is_dir() else []
+        if key in names:
+            return key
+        matches = [n for n in names if n.startswith(key)] if key else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InputError(f"cache key {key!r} matches {len(matches)} entries; give more characters")
+        raise InputError(f"no feature cache entry {key!r} in {self.root}; list them with `zoo cache list`")
+
+    def remove(self, key: str) -> int:
+        """Delete one entry (a unique key prefix is enough); returns the bytes freed."""
+        import filelock
+
+        name = self._resolve(key)
+        folder = self.root / name
+        with filelock.FileLock(str(self.root / f"{name}.lock")):
+            freed = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+            shutil.rmtree(folder)
+        (self.root / f"{name}.lock").unlink(missing_ok=True)
+        return freed
+
+    def clear(self) -> int:
+        """Delete every entry; returns the bytes freed."""
+        return sum(self.remove(entry.key) for entry in self.entries())
+
+    def load(self, key: str) -> CachedFeatures:
+        """A complete entry, memory-mapped; InputError when it is missing or unfinished."""
+        folder = self.root / self._resolve(key)
+        manifest = _read_json(folder / MANIFEST) or {}
+        if not _valid(folder, manifest):
+            raise InputError(f"feature cache entry {folder.name} is not complete; run the extraction again to finish it")
+        return _result(folder, manifest, reused=True)
+
+    # -- computing ---------------------------------------------------------------------------
+
+    def features(
+        self,
+        extractor: FeatureExtractor,
+        data: Any,
+        *,
+        key: str | None = None,
+        chunk_size: int = 256,
+        progress: bool = True,
+        on_error: str = "skip",
+        image_size: tuple[int, int] | None = None,
+        layout: str | None = None,
+    ) -> CachedFeatures:
+        """Features of `data` through `extractor`: reused when cached, else computed (or resumed)."""
+        import filelock
+
+        if chunk_size < 1:
+            raise InputError(f"chunk_size={chunk_size} must be at least 1")
+        source = _source(data, extractor, key, on_error, image_size, layout)
+        extractor_fp = _fingerprint(extractor)
+        name = self._key(extractor_fp, source.fingerprint)
+        folder = self.root / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(self.root / f"{name}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if progress:
+                print(f"waiting for another process caching {name} ...", file=sys.stderr)
+            lock.acquire()
+        try:
+            manifest = _read_json(folder / MANIFEST)
+            if manifest is not None and _valid(folder, manifest):
+                if on_error == "raise" and manifest.get("skipped"):
+                    bad = manifest["skipped"][0]
+                    raise InputError(
+                        f"cannot read image {bad['path']} ({bad['reason']}); remove it, or skip "
+                        "unreadable files (on_error='skip', `--skip-bad`)"
+                    )
+                return _result(folder, manifest, reused=True, source=source)
+            if manifest is None or not _resumable(manifest, extractor_fp, source.fingerprint):
+                shutil.rmtree(folder, ignore_errors=True)
+                manifest = {
+                    "format": FORMAT_VERSION,
+                    "extractor": extractor_fp,
+                    "dataset": source.fingerprint,
+                    "dataset_description": source.description,
+                    "length": source.length,
+                    "created": time.time(),
+                    "next": 0,
+                    "rows": 0,
+                    "chunks": 0,
+                    "shape": None,
+                    "dtype": None,
+                    "skipped": [],
+                    "complete": False,
+                }
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                _fill(folder, manifest, source, extractor, chunk_size, progress)
+            except OSError as exc:
+                if exc.errno in _DISK_FULL:
+                    raise _disk_full(exc, folder) from None
+                raise
+            return _result(folder, manifest, reused=False, source=source)
+        finally:
+            lock.release()
+
+
+def _fingerprint(extractor: Any) -> str:
+    fp = getattr(extractor, "fingerprint", None)
+    if not isinstance(fp, str) or not fp:
+        raise InputError(
+            f"{type(extractor).__name__} has no fingerprint; the cache key needs one that changes "
+            "with the model, the cut and the preprocessing (zoo.load_extractor gives one)"
+        )
+    return fp
+
+
+def _resumable(manifest: dict[str, Any], extractor_fp: str, dataset_fp: str) -> bool:
+    return (
+        manifest.get("format") == FORMAT_VERSION
+        and manifest.get("extractor") == extractor_fp
+        and manifest.get("dataset") == dataset_fp
+        and not manifest.get("complete")
+    )
+
+
+def _row_bytes(manifest: dict[str, Any]) -> int:
+    return int(np.prod(manifest["shape"], dtype=np.int64)) * np.dtype(manifest["dtype"]).itemsize
+
+
+def _valid(folder: Path, manifest: dict[str, Any]) -> bool:
+    """A complete entry whose file has exactly the bytes its manifest promises."""
+    if manifest.get("format") != FORMAT_VERSION or not manifest.get("complete"):
+        return False
+    path = folder / FEATURES
+    try:
+        return path.stat().st_size == HEADER_BYTES + manifest["rows"] * _row_bytes(manifest)
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def _fill(
+    folder: Path,
+    manifest: dict[str, Any],
+    source: _Source,
+    extractor: Any,
+    chunk_size: int,
+    progress: bool,
+) -> None:
+    """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk."""
+    from tqdm import tqdm
+
+    path = folder / FEATURES
+    with open(path, "r+b" if path.exists() else "w+b") as f:
+        # A crash between writing rows and recording them leaves rows the manifest does not
+        # know about: drop them, they are computed again.
+        known = HEADER_BYTES + (manifest["rows"] * _row_bytes(manifest) if manifest["shape"] else 0)
+        f.truncate(known)
+        if known == HEADER_BYTES:
+            f.write(b"\0" * HEADER_BYTES)
+        f.seek(known)
+        bar = tqdm(
+            total=source.length,
+            initial=manifest["next"],
+            unit=source.unit,
+            desc="features",
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        )
+        with bar:
+            for start, batch, skipped in source.chunks(manifest["next"], chunk_size):
+                consumed = len(batch) + len(skipped)
+                out = _run(extractor, batch) if len(batch) else None
+                if out is not None:
+                    if manifest["shape"] is None:
+                        manifest["shape"], manifest["dtype"] = list(out.shape[1:]), out.dtype.str
+                    elif list(out.shape[1:]) != manifest["shape"] or out.dtype.str != manifest["dtype"]:
+                        raise InputError(
+                            f"the extractor returned {out.dtype}{list(out.shape[1:])} rows for the batch at "
+                            f"row {start}, but {manifest['dtype']}{manifest['shape']} before; its output "
+                            "shape must not depend on the batch"
+                        )
+                    f.write(memoryview(out).cast("B"))
+                    f.flush()
+                    os.fsync(f.fileno())
+                    manifest["rows"] += len(out)
+                manifest["next"] = start + consumed
+                manifest["chunks"] += 1
+                manifest["skipped"] += skipped
+                _write_json(folder / MANIFEST, manifest)
+                bar.update(consumed)
+        if manifest["shape"] is None:
+            raise InputError("no input could be read, so there are no features; see the skipped files")
+        f.seek(0)
+        f.write(_npy_header((manifest["rows"], *manifest["shape"]), np.dtype(manifest["dtype"])))
+        f.flush()
+        os.fsync(f.fileno())
+    if source.labels is not None:
+        dropped = [s["index"] for s in manifest["skipped"]]
+        labels = np.delete(source.labels, dropped) if dropped else source.labels
+        tmp = folder / (LABELS + ".tmp")
+        with open(tmp, "wb") as lf:
+            np.save(lf, labels)
+            lf.flush()
+            os.fsync(lf.fileno())
+        os.replace(tmp, folder / LABELS)
+        manifest["classes"] = source.classes
+    manifest["length"] = manifest["next"]
+    manifest["complete"] = True
+    manifest["completed"] = time.time()
+    _write_json(folder / MANIFEST, manifest)
+
+
+def _run(extractor: Any, batch: np.ndarray) -> np.ndarray:
+    out = extractor(batch)
+    if isinstance(out, (list, tuple)):  # several outputs: cache them side by side, flattened
+        out = np.concatenate([np.asarray(o).reshape(len(batch), -1) for o in out], axis=1)
+    out = np.ascontiguousarray(out)
+    if out.ndim < 1 or len(out) != len(batch):
+        raise InputError(
+            f"the extractor returned {out.shape} for a batch of {len(batch)}; it must return one row per input"
+        )
+    return out
+
+
+def _result(
+    folder: Path, manifest: dict[str, Any], *, reused: bool, source: _Source | None = None
+) -> CachedFeatures:
+    features = np.load(folder / FEATURES, mmap_mode="r")
+    labels = np.load(folder / LABELS) if (folder / LABELS).exists() else None
+    return CachedFeatures(
+        key=folder.name,
+        path=folder / FEATURES,
+        features=features,
+        labels=labels,
+        classes=manifest.get("classes"),
+        skipped=list(manifest.get("skipped", [])),
+        reused=reused,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One-call functions.
+
+
+def extract_features(
+    extractor: FeatureExtractor,
+    data: Any,
+    *,
+    key: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    chunk_size: int = 256,
+    progress: bool = True,
+    on_error: str = "skip",
+    image_size: tuple[int, int] | None = None,
+    layout: str | None = None,
+) -> CachedFeatures:
+    """Features of `data` through `extractor`, with labels and skipped files for an image folder.
+
+    `data` is a numpy array, a ``.npy`` path, an image folder with one sub-folder per class, or
+    an iterable of batches (then `key` names its content). See :func:`cache_features`.
+    """
+    return FeatureCache(cache_dir).features(
+        extractor,
+        data,
+        key=key,
+        chunk_size=chunk_size,
+        progress=progress,
+        on_error=on_error,
+        image_size=image_size,
+        layout=layout,
+    )
+
+
+def cache_features(
+    extractor: FeatureExtractor,
+    data: Any,
+    *,
+    key: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    chunk_size: int = 256,
+    progress: bool = True,
+    on_error: str = "skip",
+    image_size: tuple[int, int] | None = None,
+    layout: str | None = None,
+) -> np.ndarray:
+    """Run `data` through a frozen `extractor` once; later calls (any process) reuse the result.
+
+    The features are written chunk by chunk to ``<cache>/features/<key>/features.npy`` and
+    returned memory-mapped, so a dataset larger than memory needs only one chunk of RAM. The
+    key hashes the extractor's fingerprint (model file, cut, preprocessing) and the data (its
+    bytes; for an image folder its file names, sizes and times). An interrupted run resumes at
+    the last chunk on disk.
+
+    >>> features = zoo.cache_features(extractor, "train.npy")    # doctest: +SKIP
+    """
+    return extract_features(
+        extractor,
+        data,
+        key=key,
+        cache_dir=cache_dir,
+        chunk_size=chunk_size,
+        progress=progress,
+        on_error=on_error,
+        image_size=image_size,
+        layout=layout,
+    ).features
+
+
+def save_features(
+    extractor: FeatureExtractor,
+    data: Any,
+    output: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    chunk_size: int = 256,
+    progress: bool = True,
+    on_error: str = "skip",
+    image_size: tuple[int, int] | None = None,
+    layout: str | None = None,
+) -> CachedFeatures:
+    """`zoo extract`'s one call: cache the features, then copy them to `output` (.npy) in chunks."""
+    result = extract_features(
+        extractor,
+        data,
+        cache_dir=cache_dir,
+        chunk_size=chunk_size,
+        progress=progress,
+        on_error=on_error,
+        image_size=image_size,
+        layout=layout,
+    )
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    try:
+        with open(result.path, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, _READ_BLOCK)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, output)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in _DISK_FULL:
+            raise ZooError(f"no room left to write {output} ({os.strerror(exc.errno)}); free some space") from None
+        raise
+    return result
