@@ -7,6 +7,7 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("zoo migrations run through zoo.migrations.upgrade(connection)")
 
-context.configure(connection=connection, render_as_batch=True)
+# No render_as_batch: table rebuilds on SQLite cascade-delete child rows (see 0002).
+context.configure(connection=connection)
 with context.begin_transaction():
     context.run_migrations()

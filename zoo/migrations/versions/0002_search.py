@@ -17,10 +17,11 @@ _FTS_COLUMNS = "name, description, architecture, task, dataset, tags, keywords"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("models") as batch:
-        batch.add_column(sa.Column("removed_upstream", sa.Boolean, nullable=False,
-                                   server_default=sa.false()))
-        batch.add_column(sa.Column("keywords", sa.Text))
+    # Plain ADD COLUMN, never a batch table rebuild: on SQLite a rebuild drops `models`, and with
+    # foreign keys on, ON DELETE CASCADE would take every artifact row with it.
+    op.add_column("models", sa.Column("removed_upstream", sa.Boolean, nullable=False,
+                                      server_default=sa.false()))
+    op.add_column("models", sa.Column("keywords", sa.Text))
     bind = op.get_bind()
     # Fill keywords for rows written by revision 0001 (same rule as zoo.catalog._keywords).
     for row_id, name, tags in bind.execute(sa.text("SELECT id, name, tags FROM models")).all():
