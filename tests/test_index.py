@@ -1,0 +1,297 @@
+"""The zoo index format: round trips, every malformed case, the docs, and the built-in zoos."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from zoo.errors import IndexFormatError
+from zoo.index import FORMAT, SCHEMA, builtin_index_names, builtin_models, dump_index, parse_index
+from zoo.records import FRAMEWORKS, ROLES
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "index-format.md"
+
+
+def entry(**changes) -> dict:
+    data = {
+        "name": "tiny.acme",
+        "framework": "onnx",
+        "format": "onnx",
+        "task": "image-classification",
+        "tags": ["tiny"],
+        "input": {"shape": [None, 3, 8, 8], "layout": "NCHW", "mean": [0.5, 0.5, 0.5]},
+        "files": [{"role": "model", "filename": "tiny.onnx", "url": "https://example.org/tiny.onnx",
+                   "size": 10, "sha256": "ab" * 32}],
+    }
+    data.update(changes)
+    return data
+
+
+def index(*entries: dict) -> dict:
+    return {"format": FORMAT, "name": "acme", "models": list(entries)}
+
+
+def with_file(**changes) -> dict:
+    file = {"role": "model", "filename": "tiny.onnx", "url": "https://example.org/tiny.onnx"}
+    file.update(changes)
+    return index(entry(files=[file]))
+
+
+def test_parse_fills_model_and_artifact():
+    (model,) = parse_index(index(entry()), source="acme")
+    assert model.name == "tiny.acme" and model.framework == "onnx" and model.source == "acme"
+    assert model.input.shape == [None, 3, 8, 8] and model.input.layout == "NCHW"
+    (artifact,) = model.artifacts
+    assert artifact.checksum == "sha256:" + "ab" * 32
+    assert artifact.urls == ["https://example.org/tiny.onnx"] and artifact.size == 10
+    assert artifact.path is None and not model.is_local
+
+
+def test_parse_accepts_text_and_bytes():
+    text = json.dumps(index(entry()))
+    assert parse_index(text, source="a") == parse_index(text.encode(), source="a")
+
+
+@pytest.mark.parametrize(
+    "file_fields, expected",
+    [
+        ({"sha1": "AB" * 20}, "sha1:" + "ab" * 20),
+        ({"md5": "0f" * 16}, "md5:" + "0f" * 16),
+        ({"gitblob": "12" * 20}, "gitblob:" + "12" * 20),
+        ({"checksum": "SHA256:" + "Cd" * 32}, "sha256:" + "cd" * 32),
+        ({}, None),
+    ],
+)
+def test_checksum_forms(file_fields, expected):
+    (model,) = parse_index(with_file(**file_fields), source="acme")
+    assert model.artifacts[0].checksum == expected
+
+
+def test_null_checksum_says_none_is_published():
+    (model,) = parse_index(with_file(checksum=None, note="none published"), source="acme")
+    artifact = model.artifacts[0]
+    assert artifact.checksum is None
+    assert artifact.meta == {"checksum_published": False, "note": "none published"}
+
+
+def test_mirrors_archive_members_and_manual():
+    data = with_file(role="archive", filename="m.tgz", url="https://a.example/m.tgz",
+                     urls=["https://a.example/m.tgz", "https://b.example/m.tgz"],
+                     extract="tar", members={"model": "m/model.tflite"})
+    artifact = parse_index(data, source="acme")[0].artifacts[0]
+    assert artifact.urls == ["https://a.example/m.tgz", "https://b.example/m.tgz"]
+    assert artifact.extract == "tar" and artifact.meta["members"] == {"model": "m/model.tflite"}
+
+    manual = index(entry(files=[{"role": "weights", "filename": "w.caffemodel",
+                                 "manual": "download it by hand"}]))
+    artifact = parse_index(manual, source="acme")[0].artifacts[0]
+    assert artifact.urls == [] and artifact.meta["manual"] == "download it by hand"
+
+
+def test_round_trip_of_every_builtin_model():
+    models = builtin_models()
+    for name in builtin_index_names():
+        mine = [m for m in models if m.source == name]
+        dumped = json.loads(json.dumps(dump_index(mine, name=name)))
+        assert parse_index(dumped, source=name) == mine
+
+
+def test_dump_leaves_out_local_facts():
+    (model,) = parse_index(index(entry()), source="acme")
+    model.artifacts[0].path = "/tmp/x.onnx"
+    model.artifacts[0].sha256 = "cd" * 32
+    model.removed_upstream = True
+    dumped = dump_index([model], name="acme")
+    text = json.dumps(dumped)
+    assert "/tmp/x.onnx" not in text and "cd" * 32 not in text and "removed_upstream" not in text
+    assert parse_index(dumped, source="acme")[0].artifacts[0].path is None
+
+
+BAD = [
+    # (what to do to a valid index, words the message must hold)
+    (lambda d: "{not json", ["'acme'", "not valid JSON"]),
+    (lambda d: [], ["'acme'", "expected a JSON object"]),
+    (lambda d: {**d, "format": "zoo-index/2"}, ["field 'format'", "zoo-index/2", FORMAT]),
+    (lambda d: {k: v for k, v in d.items() if k != "format"}, ["field 'format' missing"]),
+    (lambda d: {k: v for k, v in d.items() if k != "name"}, ["field 'name'", "required"]),
+    (lambda d: {**d, "models": {}}, ["field 'models'", "expected a list"]),
+    (lambda d: index("resnet"), ["entry 0", "expected an object"]),
+    (lambda d: index(entry(), entry(name=None)), ["entry 1", "field 'name'", "required"]),
+    (lambda d: index(entry(name="my model")), ["field 'name'", "'my model'", "no spaces"]),
+    (lambda d: index(entry(name="../evil")), ["field 'name'", "'../evil'"]),
+    (lambda d: index(entry(), entry()), ["entry 1 ('tiny.acme')", "repeats entry 0"]),
+    (lambda d: index(entry(framework=None)), ["field 'framework' is missing", "caffe"]),
+    (lambda d: index(entry(licence="MIT")), ["field 'licence'", "did you mean 'license'"]),
+    (lambda d: index(entry(source="x")), ["field 'source'", "not a known field"]),
+    (lambda d: index(entry(description=3)), ["field 'description'", "expected a non-empty string"]),
+    (lambda d: index(entry(tags="a,b")), ["field 'tags'", "list of strings"]),
+    (lambda d: index(entry(parameters=-1)), ["field 'parameters'", "integer >= 0"]),
+    (lambda d: index(entry(parameters=True)), ["field 'parameters'"]),
+    (lambda d: index(entry(metrics={"top1": "high"})), ["field 'metrics'", "numbers"]),
+    (lambda d: index(entry(meta=[])), ["field 'meta'", "expected an object"]),
+    (lambda d: index(entry(input=[1, 3])), ["field 'input'", "expected an object"]),
+    (lambda d: index(entry(input={"layout": "CHW"})), ["field 'input.layout'", "NCHW, NHWC"]),
+    (lambda d: index(entry(input={"shape": [1, -3]})), ["field 'input.shape'", "sizes"]),
+    (lambda d: index(entry(input={"mean": "imagenet"})), ["field 'input.mean'", "numbers"]),
+    (lambda d: index(entry(input={"pixel_range": [0]})), ["field 'input.pixel_range'", "2 numbers"]),
+    (lambda d: index(entry(input={"channel_order": "GBR"})), ["input.channel_order", "RGB, BGR"]),
+    (lambda d: index(entry(input={"scale": "1/255"})), ["field 'input.scale'", "a number"]),
+    (lambda d: index(entry(input={"mena": [1]})), ["field 'input.mena'", "did you mean 'mean'"]),
+    (lambda d: index(entry(files=None)), ["field 'files' is missing"]),
+    (lambda d: index(entry(files=[])), ["field 'files'", "non-empty list"]),
+    (lambda d: index(entry(files=["x.onnx"])), ["field 'files[0]'", "expected an object"]),
+    (lambda d: with_file(role="weight"), ["field 'files[0].role'", "'weight'", "weights"]),
+    (lambda d: with_file(filename=None), ["field 'files[0].filename' is missing"]),
+    (lambda d: with_file(filename="a/b.onnx"), ["files[0].filename", "without folders"]),
+    (lambda d: with_file(url=None), ["files[0].url", "'manual'"]),
+    (lambda d: with_file(url="example.org/x.onnx"), ["files[0].url", "absolute URL"]),
+    (lambda d: with_file(urls="https://a/x"), ["files[0].urls", "list of URL strings"]),
+    (lambda d: with_file(size="10MB"), ["files[0].size", "byte count"]),
+    (lambda d: with_file(md5="abc"), ["files[0].md5", "32 hex digits", "3 characters"]),
+    (lambda d: with_file(sha256="zz" * 32), ["files[0].sha256", "64 hex digits"]),
+    (lambda d: with_file(sha1=123), ["files[0].sha1", "hex string"]),
+    (lambda d: with_file(md5="0" * 32, sha1="0" * 40), ["files[0].md5", "conflicts with 'sha1'", "one checksum"]),
+    (lambda d: with_file(checksum="crc32:12345678"), ["files[0].checksum", "'crc32'", "sha256"]),
+    (lambda d: with_file(checksum="abc"), ["files[0].checksum", "'algo:hex'"]),
+    (lambda d: with_file(extract="rar"), ["files[0].extract", "tar, zip"]),
+    (lambda d: with_file(members={"model": "x"}), ["files[0].members", "'extract' is not"]),
+    (lambda d: with_file(extract="tar", members={"model": "../../etc/passwd"}),
+     ["files[0].members", "relative paths"]),
+    (lambda d: with_file(sha265="0" * 64), ["files[0].sha265", "did you mean 'sha256'"]),
+    (lambda d: index(entry(files=[entry()["files"][0]] * 2)), ["files[1]", "repeats role 'model'"]),
+]
+
+
+@pytest.mark.parametrize("change, words", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_malformed_index_names_entry_and_field(change, words):
+    data = change(copy.deepcopy(index(entry())))
+    with pytest.raises(IndexFormatError) as caught:
+        parse_index(data, source="acme")
+    message = str(caught.value)
+    assert message.startswith("index 'acme'") and "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_message_of_the_issue_example():
+    data = index(entry(name="a"), entry(name="b"), entry(name="c"),
+                 entry(name="resnet9", framework="caffe2"))
+    with pytest.raises(IndexFormatError) as caught:
+        parse_index(data, source="acme")
+    assert str(caught.value) == (
+        "index 'acme' entry 3 ('resnet9'): field 'framework' is 'caffe2'; "
+        "expected one of caffe, tensorflow, keras, tflite, onnx, pytorch"
+    )
+
+
+def _docs_json_blocks() -> list[str]:
+    return re.findall(r"```json\n(.*?)```", DOCS.read_text(), flags=re.S)
+
+
+def test_docs_example_parses():
+    example, _schema = _docs_json_blocks()
+    (model,) = parse_index(example, source="acme")
+    assert model.name == "resnet9.acme" and len(model.artifacts) == 2
+    assert model.artifacts[0].urls[1].startswith("https://mirror.")
+    assert model.artifacts[1].meta["checksum_published"] is False
+
+
+def test_docs_schema_is_the_code_schema():
+    _example, schema = _docs_json_blocks()
+    assert json.loads(schema) == json.loads(json.dumps(SCHEMA))
+
+
+def test_schema_enums_follow_records():
+    entry_schema = SCHEMA["properties"]["models"]["items"]
+    assert entry_schema["properties"]["framework"]["enum"] == list(FRAMEWORKS)
+    file_schema = entry_schema["properties"]["files"]["items"]
+    assert file_schema["properties"]["role"]["enum"] == list(ROLES)
+
+
+# ---- the built-in zoos -------------------------------------------------------------------------
+
+CAFFE_NAMES = {
+    "bvlc_alexnet", "bvlc_reference_caffenet", "bvlc_googlenet", "bvlc_reference_rcnn_ilsvrc13",
+    "finetune_flickr_style", "vgg16.caffe", "vgg19.caffe", "resnet50.caffe", "resnet101.caffe",
+    "resnet152.caffe", "squeezenet1_0.caffe", "squeezenet1_1.caffe", "open_nsfw",
+}
+KERAS_ARCHS = {"vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "inception_v3", "xception",
+               "efficientnet_b0"}
+
+
+@pytest.fixture(scope="module")
+def builtins():
+    return {m.name: m for m in builtin_models()}
+
+
+def test_builtin_indexes_are_caffe_and_tensorflow(builtins):
+    assert builtin_index_names() == ["caffe", "tensorflow"]
+    assert {m.name for m in builtins.values() if m.source == "caffe"} == CAFFE_NAMES
+    assert len(builtins) == len(builtin_models())  # names unique across the built-ins
+
+
+def test_every_builtin_entry_is_complete(builtins):
+    for model in builtins.values():
+        assert model.description and model.license and model.task and model.architecture, model.name
+        assert model.format and model.dataset and model.tags and model.homepage, model.name
+        spec = model.input
+        assert spec.layout in ("NCHW", "NHWC") and spec.channel_order in ("RGB", "BGR"), model.name
+        assert spec.shape and len(spec.shape) == 4 and spec.pixel_range == [0, 255], model.name
+        for artifact in model.artifacts:
+            # every file either carries the publisher's checksum or says none is published
+            said = artifact.checksum or artifact.meta.get("checksum_published") is False
+            assert said, (model.name, artifact.filename)
+            assert artifact.checksum or artifact.meta.get("note"), (model.name, artifact.filename)
+            assert artifact.urls or artifact.meta.get("manual"), (model.name, artifact.filename)
+
+
+def test_builtin_caffe_entries(builtins):
+    for name in CAFFE_NAMES:
+        model = builtins[name]
+        assert model.framework == "caffe" and model.input.layout == "NCHW", name
+        assert model.input.channel_order == "BGR", name
+        graph, weights = model.artifact("graph"), model.artifact("weights")
+        assert graph.urls[0].startswith("https://") and graph.urls[0].endswith(".prototxt"), name
+        assert weights.filename.endswith(".caffemodel"), name
+    alexnet = builtins["bvlc_alexnet"]
+    assert alexnet.artifact("graph").urls == [
+        "https://raw.githubusercontent.com/BVLC/caffe/master/models/bvlc_alexnet/deploy.prototxt"]
+    assert alexnet.artifact("weights").checksum == "sha1:9116a64c0fbe4459d18f4bb6b56d647b63920377"
+    assert alexnet.input.shape == [None, 3, 227, 227] and alexnet.input.mean == [104, 117, 123]
+    assert builtins["bvlc_googlenet"].input.shape[2:] == [224, 224]
+    assert builtins["finetune_flickr_style"].license == "non-commercial"
+    assert builtins["squeezenet1_1.caffe"].artifact("weights").checksum == (
+        "gitblob:9d2fc33abf653a6e8b2ee6cc63ede0e72ec67f44")
+    assert builtins["vgg16.caffe"].artifact("weights").checksum is None
+    assert builtins["vgg16.caffe"].meta["prototxt_format"] == "V1"
+    resnet = builtins["resnet50.caffe"].artifact("weights")
+    assert resnet.urls == [] and "OneDrive" in resnet.meta["manual"]
+
+
+def test_builtin_tensorflow_entries(builtins):
+    keras = [m for m in builtins.values() if m.framework == "keras"]
+    assert {m.architecture for m in keras} == KERAS_ARCHS
+    assert len(keras) == 2 * len(KERAS_ARCHS)
+    for model in keras:
+        assert model.meta["keras_application"] and isinstance(model.meta["include_top"], bool)
+        assert model.input.layout == "NHWC"
+        (weights,) = model.artifacts
+        assert weights.role == "weights" and weights.checksum.startswith("md5:")
+        assert weights.urls[0].startswith("https://storage.googleapis.com/")
+    resnet = builtins["resnet50_notop.keras"]
+    assert resnet.meta == {**resnet.meta, "keras_application": "ResNet50", "include_top": False}
+    assert resnet.artifact("weights").checksum == "md5:4d473c1dd8becc155b73f8504c6f6626"
+    assert resnet.input.channel_order == "BGR"  # Keras "caffe" preprocessing
+    assert builtins["inception_v3.keras"].input.std == [127.5, 127.5, 127.5]  # "tf": [-1, 1]
+
+    tflite = builtins["mobilenet_v1.tflite"].artifact("archive")
+    assert tflite.extract == "tar" and tflite.meta["members"]["model"].endswith(".tflite")
+    frozen = builtins["mobilenet_v1.tf"]
+    assert frozen.format == "frozen_graph" and frozen.meta["outputs"]
+    assert builtins["inception_v3.tf"].input.shape == [1, 299, 299, 3]
+    hub = [m for m in builtins.values() if m.format == "saved_model"]
+    assert hub and all("tf-hub-format=compressed" in m.artifacts[0].urls[0] for m in hub)
+    assert all("kaggle.com" in m.artifacts[0].urls[0] for m in hub)

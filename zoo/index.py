@@ -1,0 +1,477 @@
+"""The zoo index JSON format ("zoo-index/1"): validate, parse to `Model`s, dump; the built-in zoos.
+
+An index is what a remote source serves and what `zoo/data/*.json` holds::
+
+    {"format": "zoo-index/1", "name": "acme", "models": [
+        {"name": "resnet9", "framework": "onnx", "task": "image-classification",
+         "files": [{"role": "model", "filename": "resnet9.onnx",
+                    "url": "https://example.org/resnet9.onnx", "sha256": "..."}]}]}
+
+`docs/index-format.md` documents every field and gives the JSON schema (`SCHEMA` below).
+Everything is validated before anything is returned, so a malformed index never reaches the
+catalog half-read; the error names the index, the entry and the field.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from typing import Any
+
+from zoo.errors import IndexFormatError
+from zoo.records import FRAMEWORKS, LAYOUTS, ROLES, Artifact, InputSpec, Model
+
+FORMAT = "zoo-index/1"
+# algo -> hex digits; the same table as zoo.hashes.ALGOS (kept here so parsing stays import-light).
+CHECKSUM_ALGOS: dict[str, int] = {"sha256": 64, "sha1": 40, "md5": 32, "gitblob": 40}
+EXTRACTS = ("tar", "zip")
+CHANNEL_ORDERS = ("RGB", "BGR")
+# A name is also a cache folder name (models/<name>/): no separators, no leading dot.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+_TEXT_FIELDS = ("format", "task", "dataset", "architecture", "description", "license",
+                "homepage", "paper")
+ENTRY_FIELDS = ("name", "framework", *_TEXT_FIELDS, "tags", "input", "parameters", "metrics",
+                "meta", "files")
+FILE_FIELDS = ("role", "filename", "url", "urls", "size", *CHECKSUM_ALGOS, "checksum", "extract",
+               "members", "note", "manual", "meta")
+INPUT_FIELDS = ("name", "shape", "dtype", "layout", "mean", "std", "scale", "channel_order",
+                "pixel_range")
+# File fields that live in Artifact.meta once parsed (and come back out of it when dumped).
+_FILE_META_FIELDS = ("members", "note", "manual")
+
+
+def _schema() -> dict[str, Any]:
+    number_list = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+    text = {"type": "string"}
+    checksum_props = {algo: {"type": "string", "pattern": f"^[0-9a-fA-F]{{{n}}}$"}
+                      for algo, n in CHECKSUM_ALGOS.items()}
+    file_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["role", "filename"],
+        "properties": {
+            "role": {"enum": list(ROLES)},
+            "filename": {"type": "string", "pattern": r"^[^/\\]+$"},
+            "url": text,
+            "urls": {"type": "array", "items": text},
+            "size": {"type": "integer", "minimum": 0},
+            **checksum_props,
+            "checksum": {"type": ["string", "null"],
+                         "description": "'algo:hex', or null to say no checksum is published"},
+            "extract": {"enum": [*EXTRACTS, None]},
+            "members": {"type": "object", "additionalProperties": text},
+            "note": text,
+            "manual": {"type": "string",
+                       "description": "how to get a file that has no direct download URL"},
+            "meta": {"type": "object"},
+        },
+    }
+    input_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": text,
+            "shape": {"type": "array", "items": {"type": ["integer", "null"], "minimum": 0}},
+            "dtype": text,
+            "layout": {"enum": list(LAYOUTS)},
+            "mean": number_list,
+            "std": number_list,
+            "scale": {"type": "number"},
+            "channel_order": {"enum": list(CHANNEL_ORDERS)},
+            "pixel_range": {"type": "array", "items": {"type": "number"},
+                            "minItems": 2, "maxItems": 2},
+        },
+    }
+    entry_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "framework", "files"],
+        "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN.pattern},
+            "framework": {"enum": list(FRAMEWORKS)},
+            **{f: text for f in _TEXT_FIELDS},
+            "tags": {"type": "array", "items": text},
+            "input": input_schema,
+            "parameters": {"type": "integer", "minimum": 0},
+            "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+            "meta": {"type": "object"},
+            "files": {"type": "array", "items": file_schema, "minItems": 1},
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://zoo.invalid/schema/zoo-index-1.json",
+        "title": "zoo index",
+        "type": "object",
+        "required": ["format", "name", "models"],
+        "properties": {
+            "format": {"const": FORMAT},
+            "name": text,
+            "description": text,
+            "homepage": text,
+            "models": {"type": "array", "items": entry_schema},
+        },
+    }
+
+
+# The JSON Schema of the format (draft 2020-12). parse_index checks the same rules and more
+# (unique names, one checksum per file, hex lengths, members only with extract).
+SCHEMA: dict[str, Any] = _schema()
+
+
+class _Where:
+    """Names a place in the index for error messages: index 'acme' entry 3 ('resnet9')."""
+
+    def __init__(self, source: str, position: int | None = None, name: Any = None,
+                 prefix: str = ""):
+        self.source, self.position, self.name, self.prefix = source, position, name, prefix
+
+    def __str__(self) -> str:
+        text = f"index {self.source!r}"
+        if self.position is not None:
+            text += f" entry {self.position}"
+            if isinstance(self.name, str) and self.name:
+                text += f" ({self.name!r})"
+        return text
+
+    def at(self, prefix: str) -> _Where:
+        return _Where(self.source, self.position, self.name, prefix)
+
+    def fail(self, field: str, problem: str) -> IndexFormatError:
+        return IndexFormatError(f"{self}: field '{self.prefix}{field}' {problem}")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_keys(where: _Where, data: dict, known: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise where.fail(key, f"is not a known field{hint}; known: {', '.join(known)}")
+
+
+def _text(where: _Where, data: dict, field: str, required: bool = False) -> str | None:
+    value = data.get(field)
+    if value is None:
+        if required:
+            raise where.fail(field, "is missing; it is required")
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise where.fail(field, f"is {_kind(value)} {_show(value)}; expected a non-empty string")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(where: _Where, data: dict, field: str, length: int | None = None
+             ) -> list[float] | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value or not all(_is_number(v) for v in value)
+            or (length is not None and len(value) != length)):
+        count = f"{length} numbers" if length else "a non-empty list of numbers"
+        raise where.fail(field, f"is {_show(value)}; expected {count}")
+    return [float(v) for v in value]
+
+
+def _choice(where: _Where, data: dict, field: str, choices: tuple, required: bool = False):
+    value = data.get(field)
+    if value is None and not required:
+        return None
+    if value not in choices:
+        shown = "missing" if value is None else f"{_show(value)}"
+        raise where.fail(field, f"is {shown}; expected one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _parse_input(where: _Where, data: Any) -> InputSpec:
+    if data is None:
+        return InputSpec()
+    if not isinstance(data, dict):
+        raise where.fail("input", f"is {_kind(data)}; expected an object")
+    where = where.at("input.")
+    _check_keys(where, data, INPUT_FIELDS)
+    shape = data.get("shape")
+    if shape is not None and (
+        not isinstance(shape, list)
+        or not all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+                   for d in shape)
+    ):
+        raise where.fail("shape", f"is {_show(shape)}; expected a list of sizes (null = any)")
+    scale = data.get("scale")
+    if scale is not None and not _is_number(scale):
+        raise where.fail("scale", f"is {_show(scale)}; expected a number")
+    return InputSpec(
+        name=_text(where, data, "name"),
+        shape=shape,
+        dtype=_text(where, data, "dtype") or "float32",
+        layout=_choice(where, data, "layout", LAYOUTS),
+        mean=_numbers(where, data, "mean"),
+        std=_numbers(where, data, "std"),
+        scale=None if scale is None else float(scale),
+        channel_order=_choice(where, data, "channel_order", CHANNEL_ORDERS),
+        pixel_range=_numbers(where, data, "pixel_range", length=2),
+    )
+
+
+def _safe_relative(path: str) -> bool:
+    parts = path.replace("\\", "/").split("/")
+    return bool(path) and not path.startswith("/") and ".." not in parts and ":" not in parts[0]
+
+
+def _parse_checksum(where: _Where, data: dict) -> tuple[str | None, bool]:
+    """(checksum "algo:hex" or None, whether the index says none is published)."""
+    given = [algo for algo in CHECKSUM_ALGOS if algo in data]
+    if "checksum" in data:
+        given.append("checksum")
+    if len(given) > 1:
+        raise where.fail(given[1], f"conflicts with '{given[0]}'; give one checksum per file")
+    if not given:
+        return None, False
+    field = given[0]
+    value = data[field]
+    if field == "checksum":
+        if value is None:
+            return None, True
+        if not isinstance(value, str) or ":" not in value:
+            raise where.fail("checksum", f"is {_show(value)}; expected 'algo:hex' "
+                                         f"(algo one of {', '.join(CHECKSUM_ALGOS)}) or null")
+        algo, _, digest = value.partition(":")
+        algo = algo.strip().lower()
+        if algo not in CHECKSUM_ALGOS:
+            raise where.fail("checksum", f"uses algorithm {algo!r}; expected one of "
+                                         f"{', '.join(CHECKSUM_ALGOS)}")
+    else:
+        algo, digest = field, value
+        if not isinstance(digest, str):
+            raise where.fail(field, f"is {_kind(digest)}; expected a {CHECKSUM_ALGOS[algo]}-digit "
+                                    f"hex string")
+    digest = digest.strip()
+    if len(digest) != CHECKSUM_ALGOS[algo] or not _HEX.match(digest):
+        raise where.fail(field, f"is {_show(digest)}; a {algo} is {CHECKSUM_ALGOS[algo]} "
+                                f"hex digits, this has {len(digest)} characters")
+    return f"{algo}:{digest.lower()}", False
+
+
+def _parse_file(where: _Where, position: int, data: Any) -> Artifact:
+    if not isinstance(data, dict):
+        raise where.at("").fail(f"files[{position}]", f"is {_kind(data)}; expected an object")
+    where = where.at(f"files[{position}].")
+    _check_keys(where, data, FILE_FIELDS)
+    role = _choice(where, data, "role", ROLES, required=True)
+    filename = _text(where, data, "filename", required=True)
+    if "/" in filename or "\\" in filename or filename in (".", ".."):
+        raise where.fail("filename", f"is {filename!r}; expected a bare file name without "
+                                     "folders (it names the file in the cache)")
+    urls: list[str] = []
+    if data.get("url") is not None:
+        urls.append(_text(where, data, "url", required=True))
+    if "urls" in data:
+        value = data["urls"]
+        if not isinstance(value, list) or not all(isinstance(u, str) and u for u in value):
+            raise where.fail("urls", f"is {_show(value)}; expected a list of URL strings "
+                                     "(mirrors, tried in order)")
+        urls += [u for u in value if u not in urls]
+    for url in urls:
+        if "://" not in url:
+            raise where.fail("urls" if "urls" in data else "url",
+                             f"has {url!r}; expected an absolute URL such as https://host/file")
+    manual = _text(where, data, "manual")
+    if not urls and not manual:
+        raise where.fail("url", "is missing; give 'url' or 'urls', or 'manual' saying how to get "
+                                "a file that has no direct download")
+    size = data.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise where.fail("size", f"is {_show(size)}; expected a byte count (integer >= 0)")
+    checksum, none_published = _parse_checksum(where, data)
+    extract = _choice(where, data, "extract", EXTRACTS)
+    members = data.get("members")
+    if members is not None:
+        if extract is None:
+            raise where.fail("members", "is given but 'extract' is not; members name files "
+                                        "inside an archive (extract: tar or zip)")
+        if not isinstance(members, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and _safe_relative(v)
+            for k, v in members.items()
+        ):
+            raise where.fail("members", f"is {_show(members)}; expected an object mapping roles "
+                                        "to relative paths inside the archive")
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise where.fail("meta", f"is {_kind(meta)}; expected an object")
+    meta = dict(meta)
+    for field in _FILE_META_FIELDS:
+        if data.get(field) is not None:
+            meta[field] = data[field] if field != "note" else _text(where, data, "note")
+    if none_published:
+        meta["checksum_published"] = False
+    return Artifact(role=role, filename=filename, urls=urls, size=size, checksum=checksum,
+                    extract=extract, meta=meta)
+
+
+def _parse_entry(source: str, position: int, data: Any) -> Model:
+    name = data.get("name") if isinstance(data, dict) else None
+    where = _Where(source, position, name)
+    if not isinstance(data, dict):
+        raise IndexFormatError(f"{where} is {_kind(data)}; expected an object with name, "
+                               "framework and files")
+    _check_keys(where, data, ENTRY_FIELDS)
+    name = _text(where, data, "name", required=True)
+    if not NAME_PATTERN.match(name):
+        raise where.fail("name", f"is {name!r}; expected letters, digits and . _ + - "
+                                 "(no spaces or slashes, at most 128 characters)")
+    framework = _choice(where, data, "framework", FRAMEWORKS, required=True)
+    texts = {f: _text(where, data, f) for f in _TEXT_FIELDS}
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise where.fail("tags", f"is {_show(tags)}; expected a list of strings")
+    parameters = data.get("parameters")
+    if parameters is not None and (not isinstance(parameters, int) or isinstance(parameters, bool)
+                                   or parameters < 0):
+        raise where.fail("parameters", f"is {_show(parameters)}; expected a count (integer >= 0)")
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
+        raise where.fail("metrics", f"is {_show(metrics)}; expected an object of numbers")
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise where.fail("meta", f"is {_kind(meta)}; expected an object")
+    files = data.get("files")
+    if not isinstance(files, list) or not files:
+        shown = "missing" if files is None else _show(files)
+        raise where.fail("files", f"is {shown}; expected a non-empty list of files")
+    artifacts = [_parse_file(where, i, f) for i, f in enumerate(files)]
+    seen: set[tuple[str, str]] = set()
+    for i, artifact in enumerate(artifacts):
+        key = (artifact.role, artifact.filename)
+        if key in seen:
+            raise where.fail(f"files[{i}]", f"repeats role {artifact.role!r} with filename "
+                                            f"{artifact.filename!r}; each file is listed once")
+        seen.add(key)
+    return Model(
+        name=name, framework=framework, **texts, tags=list(tags), source=source,
+        input=_parse_input(where, data.get("input")), parameters=parameters,
+        metrics={k: float(v) for k, v in metrics.items()}, artifacts=artifacts, meta=dict(meta),
+    )
+
+
+def parse_index(data: dict | str | bytes, *, source: str) -> list[Model]:
+    """Validate a zoo index and return its models, each with ``source=source``.
+
+    Everything is checked before anything is returned: a bad entry raises
+    `IndexFormatError` naming the index, the entry (position from 0 and name) and the field.
+
+    >>> parse_index('{"format": "zoo-index/1", "name": "x", "models": []}', source="x")
+    []
+    """
+    if isinstance(data, (str, bytes, bytearray)):
+        try:
+            data = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IndexFormatError(f"index {source!r} is not valid JSON: {exc}") from None
+    where = _Where(source)
+    if not isinstance(data, dict):
+        raise IndexFormatError(f"{where} is {_kind(data)}; expected a JSON object with "
+                               f"\"format\": \"{FORMAT}\" and \"models\"")
+    if data.get("format") != FORMAT:
+        shown = "missing" if "format" not in data else f"is {_show(data['format'])}"
+        raise IndexFormatError(f"{where}: field 'format' {shown}; expected \"{FORMAT}\" "
+                               "(see docs/index-format.md)")
+    _text(where, data, "name", required=True)
+    models = data.get("models")
+    if not isinstance(models, list):
+        shown = "missing" if models is None else f"{_kind(models)}"
+        raise IndexFormatError(f"{where}: field 'models' is {shown}; expected a list of entries")
+    parsed = [_parse_entry(source, i, entry) for i, entry in enumerate(models)]
+    first: dict[str, int] = {}
+    for i, model in enumerate(parsed):
+        if model.name in first:
+            raise _Where(source, i, model.name).fail(
+                "name", f"repeats entry {first[model.name]}; names are unique in an index")
+        first[model.name] = i
+    return parsed
+
+
+def _dump_file(artifact: Artifact) -> dict[str, Any]:
+    data: dict[str, Any] = {"role": artifact.role, "filename": artifact.filename}
+    if len(artifact.urls) == 1:
+        data["url"] = artifact.urls[0]
+    elif artifact.urls:
+        data["urls"] = list(artifact.urls)
+    if artifact.size is not None:
+        data["size"] = artifact.size
+    meta = dict(artifact.meta)
+    if artifact.checksum:
+        algo, _, digest = artifact.checksum.partition(":")
+        data[algo] = digest
+    elif meta.pop("checksum_published", True) is False:
+        data["checksum"] = None
+    if artifact.extract:
+        data["extract"] = artifact.extract
+    for field in _FILE_META_FIELDS:
+        if field in meta:
+            data[field] = meta.pop(field)
+    if meta:
+        data["meta"] = meta
+    return data
+
+
+def dump_index(models: list[Model], *, name: str, description: str | None = None
+               ) -> dict[str, Any]:
+    """The index (a JSON-ready dict) listing `models`: the inverse of `parse_index`.
+
+    Local facts (paths on disk, local sha256, the source, removed_upstream) are left out.
+    """
+    entries = []
+    for model in models:
+        entry = {k: v for k, v in model.to_dict().items() if k in ENTRY_FIELDS}
+        entry["files"] = [_dump_file(a) for a in model.artifacts if a.role != "onnx"]
+        entries.append(entry)
+    index: dict[str, Any] = {"format": FORMAT, "name": name}
+    if description:
+        index["description"] = description
+    index["models"] = entries
+    return index
+
+
+def builtin_index_names() -> list[str]:
+    """Names of the indexes shipped in zoo/data (e.g. caffe, tensorflow)."""
+    from importlib import resources
+
+    return sorted(p.name[:-5] for p in resources.files("zoo").joinpath("data").iterdir()
+                  if p.name.endswith(".json"))
+
+
+def builtin_models(index: str | None = None) -> list[Model]:
+    """The models of the built-in zoo indexes (zoo/data/*.json), or of one of them by name.
+
+    Each model's source is its index's name ("caffe", "tensorflow").
+    """
+    from importlib import resources
+
+    names = builtin_index_names() if index is None else [index]
+    models: list[Model] = []
+    for name in names:
+        resource = resources.files("zoo").joinpath("data", f"{name}.json")
+        if not resource.is_file():
+            raise IndexFormatError(f"no built-in index {name!r}; built-in: "
+                                   f"{', '.join(builtin_index_names())}")
+        models += parse_index(resource.read_bytes(), source=name)
+    return models
+
+
+__all__ = ["FORMAT", "SCHEMA", "builtin_index_names", "builtin_models", "dump_index",
+           "parse_index"]
