@@ -1,0 +1,198 @@
+"""Format detection from content: real files of every framework, renamed files, corrupt files."""
+from __future__ import annotations
+
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _format_helpers import CAFFE_MODELS, model_files, write_caffemodel  # noqa: E402
+
+from zoo.errors import ModelFormatError  # noqa: E402
+from zoo.formats import detect_format, find_models, tree_sha256  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def light() -> dict[str, Path]:
+    return model_files("light")
+
+
+@pytest.fixture(scope="module")
+def tf_files() -> dict[str, Path]:
+    return model_files("tensorflow")
+
+
+def copy(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dest)
+    else:
+        shutil.copy(src, dest)
+    return dest
+
+
+def test_onnx_and_torchscript(light):
+    info = detect_format(light["onnx"])
+    assert (info.framework, info.format, info.files) == ("onnx", "onnx", {"model": light["onnx"]})
+    info = detect_format(light["torchscript"])
+    assert (info.framework, info.format) == ("pytorch", "torchscript")
+
+
+def test_caffe_pair_from_either_half(light):
+    graph, weights = light["caffe_graph"], light["caffe_weights"]
+    for path in (graph, weights):
+        info = detect_format(path)
+        assert (info.framework, info.format) == ("caffe", "caffe")
+        assert info.files == {"graph": graph, "weights": weights}
+        assert info.path == weights
+
+
+def test_caffe_pair_by_the_only_weights_and_the_deploy_prototxt(light, tmp_path):
+    copy(light["caffe_graph"], tmp_path / "deploy.prototxt")
+    copy(light["caffe_graph"], tmp_path / "train_val.prototxt")
+    (tmp_path / "solver.prototxt").write_text('net: "train_val.prototxt"\nbase_lr: 0.01\n')
+    copy(light["caffe_weights"], tmp_path / "bvlc_lenet_iter_10000.caffemodel")
+    info = detect_format(tmp_path / "bvlc_lenet_iter_10000.caffemodel")
+    assert info.files["graph"] == tmp_path / "deploy.prototxt"
+    assert detect_format(tmp_path / "deploy.prototxt").files["weights"].name.startswith("bvlc_")
+    with pytest.raises(ModelFormatError, match="solver"):
+        detect_format(tmp_path / "solver.prototxt")
+
+
+def test_old_v1_caffe_weights(tmp_path):
+    """A V1 net (`layers`, field 2) with net-level input dims (field 4) is still Caffe."""
+    copy(CAFFE_MODELS / "resnet_50" / "deploy.prototxt", tmp_path / "net.prototxt")
+    v1 = tmp_path / "net.caffemodel"
+    body = b"\x0a\x03net"  # name (field 1), then two V1 layers (field 2)
+    layer = b"\x0a\x05conv1"
+    body += (b"\x12" + bytes([len(layer)]) + layer) * 2
+    v1.write_bytes(body)
+    assert detect_format(v1).framework == "caffe"
+
+
+def test_content_wins_over_extension(light, tmp_path):
+    renamed = copy(light["onnx"], tmp_path / "model.pb")
+    assert detect_format(renamed).framework == "onnx"
+    renamed = copy(light["torchscript"], tmp_path / "model.bin")
+    assert detect_format(renamed).format == "torchscript"
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"<html><body>404 Not Found</body></html>")
+    with pytest.raises(ModelFormatError, match="fake.onnx"):
+        detect_format(fake)
+
+
+@pytest.mark.slow
+def test_tensorflow_family(tf_files, tmp_path):
+    expected = {
+        "keras": ("keras", "keras", "model"),
+        "h5": ("keras", "h5", "model"),
+        "h5_weights": ("keras", "h5_weights", "weights"),
+        "frozen_graph": ("tensorflow", "frozen_graph", "model"),
+        "saved_model": ("tensorflow", "saved_model", "model"),
+        "tflite": ("tflite", "tflite", "model"),
+    }
+    for kind, (framework, fmt, role) in expected.items():
+        info = detect_format(tf_files[kind])
+        assert (info.framework, info.format) == (framework, fmt), kind
+        assert info.files == {role: tf_files[kind]}, kind
+    # the saved_model.pb inside names its folder; a renamed TFLite file is still TFLite
+    inner = detect_format(tf_files["saved_model"] / "saved_model.pb")
+    assert inner.files == {"model": tf_files["saved_model"]}
+    assert detect_format(copy(tf_files["tflite"], tmp_path / "x.dat")).framework == "tflite"
+    assert detect_format(copy(tf_files["frozen_graph"], tmp_path / "g.onnx")).format == "frozen_graph"
+
+
+def _truncate(src: Path, dest: Path, keep: float) -> Path:
+    data = src.read_bytes()
+    dest.write_bytes(data[: int(len(data) * keep)])
+    return dest
+
+
+def test_corrupt_and_wrong_files(light, tmp_path):
+    cases = {
+        "truncated onnx": _truncate(light["onnx"], tmp_path / "cut.onnx", 0.6),
+        "empty": tmp_path / "empty.onnx",
+        "random bytes": tmp_path / "noise.pb",
+        "damaged zip": tmp_path / "broken.pt",
+        "hdf5 without keras": tmp_path / "broken.h5",
+        "pickle": tmp_path / "obj.pkl",
+        "torch.save checkpoint": light["torch_checkpoint"],
+        "plain text": tmp_path / "labels.txt",
+    }
+    cases["empty"].write_bytes(b"")
+    cases["random bytes"].write_bytes(bytes(range(7, 256)) * 3)
+    cases["damaged zip"].write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    cases["hdf5 without keras"].write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    cases["pickle"].write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    cases["plain text"].write_text("cat\ndog\n")
+    for what, path in cases.items():
+        with pytest.raises(ModelFormatError) as caught:
+            detect_format(path)
+        message = str(caught.value)
+        assert str(path) in message and "\n" not in message, what
+    assert "never unpickles" in _message(cases["torch.save checkpoint"])
+    assert "torch.jit" in _message(cases["pickle"])
+
+
+def _message(path: Path) -> str:
+    with pytest.raises(ModelFormatError) as caught:
+        detect_format(path)
+    return str(caught.value)
+
+
+def test_caffe_halves_alone_and_corrupt_weights(light, tmp_path):
+    lonely = copy(light["caffe_graph"], tmp_path / "a" / "net.prototxt")
+    assert "no .caffemodel" in _message(lonely)
+    weights = copy(light["caffe_weights"], tmp_path / "b" / "w.caffemodel")
+    assert "no deploy .prototxt" in _message(weights)
+    copy(light["caffe_graph"], tmp_path / "c" / "net.prototxt")
+    _truncate(light["caffe_weights"], tmp_path / "c" / "net.caffemodel", 0.5)
+    assert "net.caffemodel" in _message(tmp_path / "c" / "net.prototxt")
+
+
+def test_folders_and_missing_paths(tmp_path):
+    assert "zoo scan" in _message(tmp_path)
+    assert "does not exist" in _message(tmp_path / "nope.onnx")
+
+
+def test_find_models_in_a_tree(light, tmp_path):
+    copy(light["onnx"], tmp_path / "a" / "one.onnx")
+    copy(light["caffe_graph"], tmp_path / "b" / "lenet.prototxt")
+    copy(light["caffe_weights"], tmp_path / "b" / "lenet.caffemodel")
+    copy(light["torchscript"], tmp_path / "c" / "d" / "net.pt")
+    (tmp_path / "c" / "README.md").write_text("# models\n")
+    (tmp_path / "c" / "labels.txt").write_text("cat\n")
+    _truncate(light["onnx"], tmp_path / "broken.onnx", 0.5)
+    copy(light["onnx"], tmp_path / ".hidden" / "h.onnx")
+    found, problems = find_models(tmp_path)
+    assert sorted((i.framework, i.path.name) for i in found) == [
+        ("caffe", "lenet.caffemodel"), ("onnx", "one.onnx"), ("pytorch", "net.pt")]
+    assert [p.name for p, _ in problems] == ["broken.onnx"]
+    with pytest.raises(ModelFormatError, match="not a folder"):
+        find_models(tmp_path / "a" / "one.onnx")
+
+
+@pytest.mark.slow
+def test_find_models_treats_a_saved_model_as_one(tf_files, tmp_path):
+    copy(tf_files["saved_model"], tmp_path / "exported")
+    copy(tf_files["tflite"], tmp_path / "m.tflite")
+    found, problems = find_models(tmp_path)
+    assert sorted(i.format for i in found) == ["saved_model", "tflite"] and not problems
+
+
+def test_tree_sha256_follows_content(light, tmp_path):
+    folder = tmp_path / "m"
+    copy(light["onnx"], folder / "x.onnx")
+    before = tree_sha256(folder)
+    assert tree_sha256(folder) == before
+    (folder / "x.onnx").write_bytes(b"changed")
+    assert tree_sha256(folder) != before
+
+
+def test_hand_written_caffemodel_is_caffe(tmp_path):
+    write_caffemodel(tmp_path / "w.caffemodel", [("ip", "InnerProduct", [[2, 3], [2]])])
+    copy(CAFFE_MODELS / "lenet" / "deploy.prototxt", tmp_path / "w.prototxt")
+    assert detect_format(tmp_path / "w.caffemodel").format == "caffe"
