@@ -1,0 +1,123 @@
+"""Extraction commands: layers (list a model's layers and cut points), extract (features to .npy)."""
+from __future__ import annotations
+
+import os
+import re
+
+import click
+
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
+from zoo.errors import InputError
+
+
+def _shape(shape) -> str:
+    if shape is None:
+        return "?"
+    return "(" + ", ".join("N" if d is None and i == 0 else str(d if d is not None else "?") for i, d in enumerate(shape)) + ")"
+
+
+@cli.command("layers")
+@click.argument("name")
+@json_option
+@catalog_option
+@cache_option
+def layers_command(name: str, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
+    """List a model's layers: name, op, output shape, parameters, cut point.
+
+    NAME is a cataloged model or an .onnx file. A cut point (*) is a layer whose output
+    everything above depends on: cutting there keeps all the information the top uses.
+    Positions count from 0, or from the top with -1 (the last layer).
+
+    \b
+    Example:
+        zoo layers bvlc_alexnet.caffe
+        zoo layers model.onnx --json
+    """
+    from zoo.extract import layers
+
+    found = layers(name, catalog=catalog, cache_dir=cache_dir)
+    total = len(found)
+
+    def text() -> str:
+        rows = [
+            [layer.index, layer.index - total, layer.name, layer.op_type, _shape(layer.shape),
+             f"{layer.parameters:,}", "*" if layer.is_cut_point else ""]
+            for layer in found
+        ]
+        return table(rows, ["#", "-#", "layer", "op", "output shape", "params", "cut"])
+
+    emit([layer.to_dict() for layer in found], as_json, text)
+
+
+def _layer_spec(values: tuple[str, ...]):
+    """--layer values: ints stay positions, names stay names; several give several outputs."""
+    specs: list[str | int] = [int(v) if re.fullmatch(r"[+-]?\d+", v.strip()) else v for v in values]
+    return specs[0] if len(specs) == 1 else specs
+
+
+@cli.command("extract")
+@click.argument("name")
+@click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
+              help="Layer name or position (-1 the last); repeat for several (writes .npz).")
+@click.option("--input", "-i", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="A .npy array of inputs, batch first.")
+@click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the features (.npy; .npz for several layers).")
+@click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@click.option("--preprocess", is_flag=True, help="Inputs are raw pixels: apply the model's mean/scale/order.")
+@json_option
+@catalog_option
+@cache_option
+def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_path: str,
+                    batch_size: int, threads: int | None, preprocess: bool, as_json: bool,
+                    catalog: str | None, cache_dir: str | None) -> None:
+    """Write the features of an array file at a layer of a model.
+
+    \b
+    Example:
+        zoo extract bvlc_alexnet.caffe --layer fc7 --input images.npy --output fc7.npy
+        zoo extract model.onnx --layer -2 -i x.npy -o features.npy --json
+    """
+    from zoo.extract import load_extractor
+
+    extractor = load_extractor(name, _layer_spec(layer), catalog=catalog, cache_dir=cache_dir,
+                               batch_size=batch_size, threads=threads, preprocess=preprocess)
+    data = _read_array(input_path)
+    features = extractor(data)
+    _write_features(output_path, features)
+    shapes = {k: list(v.shape) for k, v in features.items()} if isinstance(features, dict) else list(features.shape)
+    result = {"model": name, "layer": extractor.layer, "input": input_path, "output": output_path,
+              "rows": len(data), "shape": shapes, "fingerprint": extractor.fingerprint}
+    emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
+
+
+def _read_array(path: str):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as a .npy array ({exc}); save inputs with numpy.save") from None
+
+
+def _write_features(path: str, features) -> None:
+    """Write .npy (or .npz for a dict) through a temp file so a crash leaves no half file."""
+    import tempfile
+
+    import numpy as np
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(features, dict):
+                np.savez(f, **features)
+            else:
+                np.save(f, features)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,545 @@
+"""Frozen feature extractors: list a model's layers, cut its ONNX graph at one, run it on numpy."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
+from zoo.graph import LayerInfo
+from zoo.records import InputSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+    from zoo.catalog import Catalog
+
+__all__ = ["LayerInfo", "layers", "load_extractor", "Extractor", "ExtractorTransformer", "cut"]
+
+# Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
+CUT_VERSION = 1
+LayerSpec = "str | int | Sequence[str | int]"
+
+
+# --- which ONNX file ----------------------------------------------------------------------------
+
+class _Source:
+    """The ONNX file a name or path stands for, its hash and what the catalog says about its input."""
+
+    def __init__(self, label: str, path: Path, sha256: str, spec: InputSpec, layout: str | None):
+        self.label, self.path, self.sha256, self.spec, self.layout = label, path, sha256, spec, layout
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _looks_like_path(value: str | os.PathLike) -> bool:
+    text = os.fspath(value)
+    return isinstance(value, os.PathLike) or text.endswith(".onnx") or os.sep in text
+
+
+def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _Source:
+    if _looks_like_path(name_or_path) and os.path.isfile(name_or_path):
+        path = Path(name_or_path).absolute()
+        return _Source(os.fspath(name_or_path), path, _file_sha256(path), InputSpec(), None)
+    if _looks_like_path(name_or_path) and not isinstance(name_or_path, str):
+        raise UnknownModelError(f"{os.fspath(name_or_path)} does not exist; pass an ONNX file or a model name")
+    from zoo.catalog import open_catalog
+
+    name = str(name_or_path)
+    cat = open_catalog(catalog)
+    try:
+        model = cat.get(name)
+    except UnknownModelError:
+        if _looks_like_path(name):
+            raise UnknownModelError(
+                f"{name} is neither an ONNX file nor a model in the catalog; check the path, "
+                "or find models with `zoo search`"
+            ) from None
+        raise
+    artifact = model.artifact("onnx")
+    if not (artifact and artifact.path and os.path.isfile(artifact.path)):
+        own = model.artifact("model")
+        if model.framework == "onnx" and own and own.path and os.path.isfile(own.path):
+            artifact = own
+        else:
+            artifact = _convert(name, cat, cache_dir)
+    path = Path(artifact.path)
+    layout = artifact.meta.get("layout") or model.input.layout
+    return _Source(name, path, artifact.sha256 or _file_sha256(path), model.input, layout)
+
+
+def _convert(name: str, cat: Any, cache_dir: Any):
+    try:
+        from zoo.convert import convert
+    except ImportError as exc:
+        raise ConversionError(
+            f"{name} has no ONNX artifact and zoo cannot convert it here ({exc}); "
+            f"add an ONNX file to the catalog, or cut an .onnx path directly"
+        ) from None
+    try:
+        artifact = convert(name, catalog=cat, cache_dir=cache_dir)
+    except ZooError as exc:  # conversion, fetch or offline errors: keep the type, add the context
+        raise type(exc)(f"{name} has no ONNX artifact and cannot be converted: {exc}") from None
+    if not artifact.path or not os.path.isfile(artifact.path):
+        raise ConversionError(f"converting {name} registered no ONNX file on disk; run `zoo convert {name}`")
+    return artifact
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    import onnx
+
+    try:
+        return onnx.load(os.fspath(path))
+    except Exception as exc:  # protobuf raises DecodeError, OSError...
+        raise ModelFormatError(f"{path} is not a readable ONNX model ({exc}); re-convert it or delete it") from None
+
+
+# --- layers -------------------------------------------------------------------------------------
+
+def layers(
+    name_or_onnx_path: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[LayerInfo]:
+    """A model's layers in order: original names, op types, output shapes, parameters, cut points.
+
+    >>> [layer.name for layer in layers("light_bvlc_alexnet.onnx")][-3:]   # doctest: +SKIP
+    ['n21', 'fc8', 'n23']
+    """
+    from zoo.graph import GraphInfo, list_layers
+
+    source = _source(name_or_onnx_path, catalog, cache_dir)
+    model = _load(source.path)
+    return list_layers(model, GraphInfo(model))
+
+
+def cut(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """A model computing only `outputs` (tensor names) from the inputs they need; batch axis kept."""
+    from zoo.graph import cut as _cut
+
+    return _cut(model, outputs)
+
+
+# --- the cut cache --------------------------------------------------------------------------------
+
+def _spec_key(layer: Any) -> str:
+    """File name for a layer spec: readable prefix + hash (a spec resolves the same way every time)."""
+    spec = layer if isinstance(layer, (str, int)) else list(layer)
+    text = json.dumps({"layer": spec, "v": CUT_VERSION}, sort_keys=True)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", json.dumps(spec)).strip("_")[:40] or "layer"
+    return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> dict[str, Any]:
+    """Cut the source at `layer`, try a dynamic batch, write the cut and its metadata."""
+    from zoo.graph import GraphInfo, batch_dim, list_layers, make_batch_dynamic, resolve
+    from zoo.graph import cut as _cut
+
+    model = _load(source.path)
+    info = GraphInfo(model)
+    all_layers = list_layers(model, info)
+    chosen = resolve(all_layers, layer, source.label, info)
+    if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].index >= 0:
+        warnings.warn(
+            f"layer {chosen[0].name!r} of {source.label} is not a cut point: other paths (a "
+            "residual or parallel branch) bypass it, so its output does not carry everything the "
+            f"layers above use; cut points are marked in `zoo layers {source.label}`",
+            stacklevel=3,
+        )
+    outputs = [c.output for c in chosen]
+    sub = _cut(model, outputs, info)
+    fixed = batch_dim(sub)
+    if isinstance(fixed, int):
+        dynamic = make_batch_dynamic(sub)
+        if dynamic is not None:
+            sub, fixed = dynamic, None
+    sub_info = GraphInfo(sub)
+    (inp,) = [i for i in sub.graph.input if i.name in sub_info.inputs][:1] or [None]
+    if inp is None:
+        raise InputError(f"the cut at {layer!r} of {source.label} does not depend on the model input")
+    input_meta = {
+        "name": inp.name,
+        "shape": _dims(inp),
+        "dtype": _np_dtype(inp.type.tensor_type.elem_type),
+    }
+    meta = {
+        "version": CUT_VERSION,
+        "source_sha256": source.sha256,
+        "spec": layer if isinstance(layer, (str, int)) else list(layer),
+        "layers": [c.name for c in chosen],
+        "outputs": outputs,
+        "output_shapes": [_dims(o) for o in sub.graph.output],
+        "input": input_meta,
+        "inputs": len(sub_info.inputs),
+        "fixed_batch": fixed if isinstance(fixed, int) else None,
+    }
+    # Metadata first, model last: the .onnx file's presence means the pair is complete.
+    _write_atomic(meta_path, json.dumps(meta, indent=1).encode())
+    _write_atomic(onnx_path, sub.SerializeToString())
+    return meta
+
+
+def _dims(value_info) -> list[int | str | None] | None:
+    tt = value_info.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def _np_dtype(elem_type: int) -> str:
+    from onnx import helper
+
+    return str(helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+# --- the extractor ----------------------------------------------------------------------------------
+
+def load_extractor(
+    name_or_path: str | os.PathLike,
+    layer: str | int | Sequence[str | int] = -2,
+    *,
+    catalog: str | os.PathLike | Catalog | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    preprocess: bool = False,
+) -> Extractor:
+    """A frozen feature extractor: the model cut at `layer`, run by onnxruntime.
+
+    `layer` is a layer name (see `zoo layers NAME`), an ONNX tensor name, a position (-1 the
+    last layer, -2 drops the top layer) or a list of those (the extractor then returns a dict).
+    The cut graph is cached under ``<cache>/cuts/<sha256 of the model>/``, so loading again only
+    starts a session. Models converted on demand when they have no ONNX artifact yet.
+
+    >>> extractor = load_extractor("bvlc_alexnet.caffe", layer="fc7")     # doctest: +SKIP
+    >>> extractor(images).shape                                        # doctest: +SKIP
+    (32, 4096)
+    """
+    from zoo import config
+
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    source = _source(name_or_path, catalog, cache_dir)
+    folder = config.cache_dir(cache_dir) / "cuts" / source.sha256
+    key = _spec_key(layer)
+    onnx_path, meta_path = folder / f"{key}.onnx", folder / f"{key}.json"
+    meta = None
+    if onnx_path.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            meta = None
+    if meta is None or meta.get("version") != CUT_VERSION:
+        meta = _make_cut(source, layer, onnx_path, meta_path)
+    return Extractor(
+        onnx_path,
+        meta,
+        source=source.label,
+        spec=source.spec,
+        layout=source.layout,
+        batch_size=batch_size,
+        threads=threads,
+        providers=providers,
+        preprocess=preprocess,
+    )
+
+
+class Extractor:
+    """A cut ONNX graph with an onnxruntime session: call it on a numpy batch to get features.
+
+    Attributes: ``layer`` (a name, or a list for several), ``input_spec``, ``output_shape`` (batch
+    axis None; a dict for several layers), ``model_path`` (the cut .onnx) and ``fingerprint``
+    (changes whenever the outputs would: model file, cut, preprocessing).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        meta: dict[str, Any],
+        *,
+        source: str = "",
+        spec: InputSpec | None = None,
+        layout: str | None = None,
+        batch_size: int = 64,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        preprocess: bool = False,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.meta = meta
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.threads = threads
+        self.providers = list(providers) if providers else None
+        self.preprocess = bool(preprocess)
+        inp = meta["input"]
+        shape = list(inp["shape"] or [])
+        if shape:
+            shape[0] = None
+        if layout is None and len(shape) == 4:
+            layout = "NCHW" if shape[1] in (1, 3) else "NHWC" if shape[3] in (1, 3) else None
+        self.input_spec = replace(spec or InputSpec(), name=inp["name"], shape=shape, dtype=inp["dtype"], layout=layout)
+        names = meta["layers"]
+        shapes = [None if s is None else tuple([None, *s[1:]]) for s in meta["output_shapes"]]
+        self.layer: str | list[str] = names[0] if len(names) == 1 else list(names)
+        self.output_shape = shapes[0] if len(names) == 1 else dict(zip(names, shapes))
+        payload = {
+            "source": meta["source_sha256"],
+            "outputs": meta["outputs"],
+            "preprocess": self.input_spec.to_dict() if self.preprocess else None,
+        }
+        self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        self._session = None
+
+    def __repr__(self) -> str:
+        return f"Extractor({self.source!r}, layer={self.layer!r}, output_shape={self.output_shape})"
+
+    # The session holds native state; a copy in another process builds its own on first call.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __deepcopy__(self, memo: dict) -> Extractor:
+        new = copy.copy(self)
+        new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+    @property
+    def session(self):
+        """The onnxruntime session, started on first use."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            if not self.model_path.is_file():
+                raise ModelFormatError(
+                    f"the cut model {self.model_path} is gone (cache cleared?); load the extractor again"
+                )
+            options = ort.SessionOptions()
+            if self.threads:
+                options.intra_op_num_threads = int(self.threads)
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(
+                os.fspath(self.model_path), options, providers=self.providers or ["CPUExecutionProvider"]
+            )
+        return self._session
+
+    @property
+    def cut_model(self) -> onnx.ModelProto:
+        """The cut graph as an ONNX ModelProto."""
+        return _load(self.model_path)
+
+    def to_torch(self):
+        """The cut graph as a frozen ``torch.nn.Module`` (``.unfreeze(top=k)`` to fine-tune)."""
+        from zoo.errors import require
+
+        require("torch", "torch")
+        from converters.onnx_to_torch import to_torch
+
+        return to_torch(self.cut_model)
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def _check(self, x: Any) -> np.ndarray:
+        import numpy as np
+
+        x = np.asarray(x)
+        spec = self.input_spec
+        expected = [d if isinstance(d, int) else None for d in (spec.shape or [])]
+        shown = "(" + ", ".join("N" if i == 0 else (str(d) if d else "?") for i, d in enumerate(expected)) + ")"
+        if x.dtype.kind not in "fiub":
+            raise InputError(
+                f"input has dtype {x.dtype}; {self.source} expects numbers ({spec.dtype}) of shape {shown}"
+            )
+        if self.preprocess:
+            x = self._preprocess(x, expected)
+        want = np.dtype(spec.dtype)
+        if x.dtype != want:
+            # Any float precision is accepted and cast; integers only with preprocess (pixels).
+            if want.kind == "f" and x.dtype.kind != "f":
+                raise InputError(
+                    f"input has dtype {x.dtype}; {self.source} expects {spec.dtype} values of shape "
+                    f"{shown}; convert with x.astype('{spec.dtype}') (or pass preprocess=True for 0-255 pixels)"
+                )
+            x = x.astype(want)
+        if expected:
+            if x.ndim != len(expected) or any(
+                d is not None and d != n for d, n in zip(expected[1:], x.shape[1:])
+            ):
+                hint = " (add a batch axis: x[None])" if x.ndim == len(expected) - 1 else ""
+                raise InputError(
+                    f"input has shape {tuple(x.shape)}; {self.source} expects {shown} in {spec.layout or 'its'} "
+                    f"layout{hint}"
+                )
+        return np.ascontiguousarray(x)
+
+    def _preprocess(self, x: np.ndarray, expected: list[int | None]) -> np.ndarray:
+        """Raw RGB pixels -> the model's input: channel order, scale, mean, std, layout."""
+        import numpy as np
+
+        spec = self.input_spec
+        layout = spec.layout or "NCHW"
+        if layout not in ("NCHW", "NHWC") or x.ndim != 4:
+            raise InputError(
+                f"preprocess=True takes a batch of images (N, H, W, C) or (N, C, H, W); got shape "
+                f"{tuple(x.shape)} for a {layout} model; pass preprocess=False and prepare inputs yourself"
+            )
+        x = x.astype(np.float32)
+        channel_axis = 1 if layout == "NCHW" else 3
+        # Images in the other layout are transposed when the channel axis says so unambiguously.
+        if expected and len(expected) == 4:
+            c = expected[channel_axis]
+            other_axis = 3 if channel_axis == 1 else 1
+            if c is not None and x.shape[channel_axis] != c and x.shape[other_axis] == c:
+                x = x.transpose(0, 3, 1, 2) if layout == "NCHW" else x.transpose(0, 2, 3, 1)
+        if spec.channel_order == "BGR":
+            x = np.flip(x, axis=channel_axis)
+        shape = [1, 1, 1, 1]
+        shape[channel_axis] = -1
+        if spec.scale is not None:
+            x = x * np.float32(spec.scale)
+        if spec.mean is not None:
+            x = x - np.asarray(spec.mean, np.float32).reshape(shape)
+        if spec.std is not None:
+            x = x / np.asarray(spec.std, np.float32).reshape(shape)
+        return x
+
+    def __call__(self, x: Any) -> np.ndarray | dict[str, np.ndarray]:
+        """Features of a batch: an array, or a dict layer -> array when cut at several layers."""
+        import numpy as np
+
+        x = self._check(x)
+        session = self.session
+        name = self.meta["input"]["name"]
+        outputs = self.meta["outputs"]
+        fixed = self.meta.get("fixed_batch")
+        step = fixed or self.batch_size
+        n = len(x)
+        if n == step or (fixed is None and n <= step):
+            results = session.run(outputs, {name: x})
+        else:
+            parts: list[list[np.ndarray]] = []
+            for start in range(0, n, step):
+                chunk = x[start:start + step]
+                if fixed and len(chunk) < fixed:  # a fixed-batch graph takes only full batches
+                    pad = np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                    got = session.run(outputs, {name: np.concatenate([chunk, pad])})
+                    got = [g[: len(chunk)] for g in got]
+                else:
+                    got = session.run(outputs, {name: chunk})
+                parts.append(got)
+            if not parts:
+                results = [np.zeros((0, *(d or 0 for d in s[1:])), np.float32) for s in self.meta["output_shapes"]]
+            else:
+                results = [np.concatenate([p[i] for p in parts]) for i in range(len(outputs))]
+        if len(outputs) == 1:
+            return results[0]
+        return dict(zip(self.layer, results))
+
+
+# --- scikit-learn ---------------------------------------------------------------------------------
+
+def _sklearn_bases():
+    try:
+        from sklearn.base import BaseEstimator, TransformerMixin
+    except ImportError:  # keep zoo.extract importable without scikit-learn
+        class BaseEstimator:  # type: ignore[no-redef]
+            pass
+
+        class TransformerMixin:  # type: ignore[no-redef]
+            pass
+    return BaseEstimator, TransformerMixin
+
+
+_BaseEstimator, _TransformerMixin = _sklearn_bases()
+
+
+class ExtractorTransformer(_TransformerMixin, _BaseEstimator):
+    """A scikit-learn transformer: `fit` does nothing, `transform` returns flattened features.
+
+    >>> from sklearn.pipeline import make_pipeline                       # doctest: +SKIP
+    >>> make_pipeline(ExtractorTransformer("bvlc_alexnet.caffe", layer="fc7"), LogisticRegression())
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Extractor = None,
+        layer: str | int | Sequence[str | int] = -2,
+        *,
+        batch_size: int = 64,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        preprocess: bool = False,
+        catalog: Any = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.model = model
+        self.layer = layer
+        self.batch_size = batch_size
+        self.threads = threads
+        self.providers = providers
+        self.preprocess = preprocess
+        self.catalog = catalog
+        self.cache_dir = cache_dir
+
+    def _extractor(self) -> Extractor:
+        if isinstance(self.model, Extractor):
+            return self.model
+        cached = self.__dict__.get("_loaded")
+        params = (os.fspath(self.model), repr(self.layer), self.batch_size, self.threads,
+                  repr(self.providers), self.preprocess, repr(self.catalog), repr(self.cache_dir))
+        if cached is None or cached[0] != params:
+            extractor = load_extractor(
+                self.model, self.layer, catalog=self.catalog, cache_dir=self.cache_dir,
+                batch_size=self.batch_size, threads=self.threads, providers=self.providers,
+                preprocess=self.preprocess,
+            )
+            self.__dict__["_loaded"] = (params, extractor)
+            return extractor
+        return cached[1]
+
+    def fit(self, X: Any = None, y: Any = None) -> ExtractorTransformer:
+        """Nothing to learn: the extractor is frozen."""
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Features of X, one flat row per sample (several layers are concatenated)."""
+        import numpy as np
+
+        features = self._extractor()(X)
+        if isinstance(features, dict):
+            return np.concatenate([f.reshape(len(f), -1) for f in features.values()], axis=1)
+        return features.reshape(len(features), -1)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True

@@ -1,0 +1,574 @@
+"""ONNX graph analysis for cutting: layers, cut points (dominators), cutting, dynamic batch, MACs."""
+from __future__ import annotations
+
+import difflib
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from zoo.errors import UnknownLayerError
+
+if TYPE_CHECKING:
+    import onnx
+
+# Nodes that only compute shapes or constants; they are never a layer of their own.
+SHAPE_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike"}
+# Producers whose node names are scopes ("model/conv1/Conv2D"): several nodes make one layer.
+SCOPED_PRODUCERS = ("tf2onnx", "keras2onnx", "pytorch")
+# tf2onnx inserts glue nodes named like "Transpose__26": they belong to the layer that follows.
+_GLUE = re.compile(r"^[A-Za-z]+__\d+$")
+# Auto-generated node names (onnx-caffe2 "n12", empty) say nothing; a weight name says more.
+_AUTO_NAME = re.compile(r"^(n\d+|node_\d+|)$")
+_PARAM_SUFFIX = re.compile(
+    r"(_(w|b|s|rm|riv|scale|bias|mean|var|weights?))?(_0)?$|/(weights?|biases?|kernel)$"
+)
+_FLOAT_TYPES = {1, 10, 11, 16}  # float, float16, double, bfloat16
+
+
+@dataclass
+class LayerInfo:
+    """One layer of a model: a node, or the nodes of one framework layer (a Keras scope)."""
+
+    index: int
+    name: str
+    op_type: str  # the main op; "Conv+Relu" style when a layer holds several compute ops
+    output: str  # the tensor a cut at this layer returns
+    shape: list[int | str | None] | None  # batch axis as None
+    parameters: int
+    is_cut_point: bool
+    nodes: list[str] = field(default_factory=list)  # ONNX node names (or output names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GraphInfo:
+    """Producers, consumers, constants and inferred shapes of one ONNX graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        import onnx
+
+        self.model = model
+        graph = model.graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.inputs = [i.name for i in graph.input if i.name not in self.initializers]
+        self.outputs = [o.name for o in graph.output]
+        self.nodes = list(graph.node)
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = defaultdict(list)
+        for i, node in enumerate(self.nodes):
+            for out in node.output:
+                if out:
+                    self.producer[out] = i
+            for inp in node.input:
+                if inp:
+                    self.consumers[inp].append(i)
+        # Constant tensors: initializers and whatever is computed from them alone (the onnx
+        # package's light models build every weight with ConstantOfShape).
+        self.constant: set[str] = set(self.initializers)
+        # Shape tensors: computed from data only through Shape/Size, never from its values.
+        self.shape_like: set[str] = set()
+        data = set(self.inputs)
+        for node in self.nodes:
+            ins = [x for x in node.input if x]
+            if all(x in self.constant for x in ins) and node.op_type not in ("Shape", "Size"):
+                self.constant.update(o for o in node.output if o)
+            elif node.op_type in ("Shape", "Size") or all(
+                x in self.constant or x in self.shape_like for x in ins
+            ):
+                self.shape_like.update(o for o in node.output if o)
+            if any(x in data for x in ins) and node.op_type not in ("Shape", "Size"):
+                data.update(o for o in node.output if o)
+        self.data = data - self.shape_like
+        self.types = _inferred_types(model)
+        self._onnx = onnx
+
+    def is_compute(self, i: int) -> bool:
+        """A node that transforms data (not shape arithmetic, not constant folding)."""
+        node = self.nodes[i]
+        return node.op_type not in SHAPE_OPS and any(o in self.data for o in node.output)
+
+    def shape(self, name: str) -> list[int | str | None] | None:
+        entry = self.types.get(name)
+        return None if entry is None else entry[1]
+
+    def elem_type(self, name: str) -> int | None:
+        entry = self.types.get(name)
+        return None if entry is None else entry[0]
+
+    def size(self, name: str) -> int:
+        """Number of elements of a constant tensor (0 when unknown)."""
+        if name in self.initializers:
+            n = 1
+            for d in self.initializers[name].dims:
+                n *= d
+            return n
+        dims = self.shape(name)
+        if not dims or any(not isinstance(d, int) for d in dims):
+            return 0
+        n = 1
+        for d in dims:
+            n *= d
+        return n
+
+    def is_float(self, name: str) -> bool:
+        if name in self.initializers:
+            return self.initializers[name].data_type in _FLOAT_TYPES
+        return self.elem_type(name) in _FLOAT_TYPES
+
+
+def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int | str | None] | None]]:
+    """name -> (elem_type, dims) for every tensor shape inference can type."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model shape inference rejects can still be cut; shapes stay unknown
+        inferred = model
+    graph = inferred.graph
+    out: dict[str, tuple[int, list[int | str | None] | None]] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        tt = vi.type.tensor_type
+        dims: list[int | str | None] | None = None
+        if tt.HasField("shape"):
+            dims = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+            ]
+        out[vi.name] = (tt.elem_type, dims)
+    for t in graph.initializer:
+        out[t.name] = (t.data_type, list(t.dims))
+    return out
+
+
+# --- cut points -------------------------------------------------------------------------------
+
+def cut_points(info: GraphInfo) -> set[str]:
+    """Tensors every path from the inputs to the outputs goes through (dominators of the outputs).
+
+    The graph of tensors is a DAG in topological order, so one pass finds immediate dominators:
+    idom(v) is the nearest common dominator of v's predecessors.
+    """
+    source, sink = "\0source", "\0sink"
+    preds: dict[str, set[str]] = defaultdict(set)
+    order = [source]
+    for name in info.inputs:
+        preds[name].add(source)
+        order.append(name)
+    for node in info.nodes:
+        ins = [x for x in node.input if x and (x in info.data or x in info.shape_like or x in info.inputs)]
+        outs = [o for o in node.output if o and (o in info.data or o in info.shape_like)]
+        for o in outs:
+            preds[o].update(ins)
+            order.append(o)
+    preds[sink].update(o for o in info.outputs if o in preds or o in info.inputs)
+    order.append(sink)
+
+    idom: dict[str, str] = {source: source}
+    depth = {source: 0}
+    for v in order[1:]:
+        ps = [p for p in preds[v] if p in idom]
+        if not ps:
+            continue
+        d = ps[0]
+        for p in ps[1:]:
+            a, b = d, p
+            while a != b:
+                if depth[a] >= depth[b]:
+                    a = idom[a]
+                else:
+                    b = idom[b]
+            d = a
+        idom[v] = d
+        depth[v] = depth[d] + 1
+    points: set[str] = set()
+    v = idom.get(sink)
+    while v is not None and v != source:
+        points.add(v)
+        v = idom[v]
+    return points
+
+
+# --- layers -----------------------------------------------------------------------------------
+
+def _scope(name: str) -> str:
+    return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def _stem(param: str) -> str:
+    """'gpu_0/res2_0_branch2a_w_0' -> 'res2_0_branch2a'; 'conv1/7x7_s2_b_0' -> 'conv1/7x7_s2'."""
+    name = re.sub(r"^gpu_\d+/", "", param)
+    return _PARAM_SUFFIX.sub("", name) or name
+
+
+def list_layers(model: onnx.ModelProto, info: GraphInfo | None = None) -> list[LayerInfo]:
+    """The model's layers in graph order, with names, shapes, parameter counts and cut points."""
+    info = info or GraphInfo(model)
+    compute = [i for i in range(len(info.nodes)) if info.is_compute(i)]
+    scoped = model.producer_name.lower().startswith(SCOPED_PRODUCERS)
+    groups = _group_scoped(info, compute) if scoped else [(None, [i]) for i in compute]
+    points = cut_points(info)
+
+    layers: list[LayerInfo] = []
+    for label, members in groups:
+        member_set = set(members)
+        last = info.nodes[members[-1]]
+        output = next((o for o in last.output if o), "")
+        # A layer hands on the output its last node makes; prefer one consumed outside the group.
+        for i in reversed(members):
+            outs = [
+                o for o in info.nodes[i].output
+                if o and (o in info.outputs or any(c not in member_set for c in info.consumers.get(o, [])))
+            ]
+            if outs:
+                output = outs[0]
+                break
+        params = {
+            x
+            for i in members
+            for x in info.nodes[i].input
+            if x and x in info.constant and info.is_float(x)
+        }
+        ops = [info.nodes[i].op_type for i in members if not _GLUE.match(info.nodes[i].name)]
+        op_type = "+".join(dict.fromkeys(ops)) or info.nodes[members[0]].op_type
+        shape = info.shape(output)
+        if shape:
+            shape = [None, *shape[1:]]
+        layers.append(
+            LayerInfo(
+                index=len(layers),
+                name=label or _node_label(info, members[0], params),
+                op_type=op_type,
+                output=output,
+                shape=shape,
+                parameters=sum(info.size(p) for p in params),
+                is_cut_point=output in points,
+                nodes=[info.nodes[i].name or info.nodes[i].output[0] for i in members],
+            )
+        )
+    _dedupe_names(layers, info)
+    return layers
+
+
+def _node_label(info: GraphInfo, i: int, params: set[str]) -> str:
+    node = info.nodes[i]
+    if not _AUTO_NAME.match(node.name):
+        return node.name
+    # onnx-caffe2 exports call nodes n0, n1...; the weights still carry the Caffe layer name.
+    stems = sorted({_stem(_origin(info, p)) for p in params if info.size(p) > 1 or len(params) == 1})
+    if len(stems) == 1:
+        return stems[0]
+    return node.name or node.output[0]
+
+
+def _origin(info: GraphInfo, name: str) -> str:
+    """The named weight behind a derived constant (densenet's Unsqueeze(conv1/bn_w_0) -> 'r2')."""
+    for _ in range(8):
+        i = info.producer.get(name)
+        if i is None or not _AUTO_NAME.match(info.nodes[i].name) or not re.fullmatch(r"r\d+", name):
+            return name
+        node = info.nodes[i]
+        if node.op_type in ("ConstantOfShape", "Constant") or not node.input:
+            return name
+        name = node.input[0]
+    return name
+
+
+def _dedupe_names(layers: list[LayerInfo], info: GraphInfo) -> None:
+    """Later layers that share a derived name get the op appended ('conv1/bn', 'conv1/bn/mul')."""
+    taken: set[str] = set()
+    for layer in layers:
+        if layer.name in taken:
+            alt = f"{layer.name}/{layer.op_type.lower()}"
+            layer.name = alt if alt not in taken else (layer.nodes[-1] if layer.nodes[-1] not in taken else layer.output)
+        taken.add(layer.name)
+
+
+def _group_scoped(info: GraphInfo, compute: list[int]) -> list[tuple[str, list[int]]]:
+    """Group the nodes of one framework layer by name scope ('model/fc1/MatMul' -> 'fc1')."""
+    names = [info.nodes[i].name.lstrip("/") for i in compute]
+    scopes = [_scope(n) for n in names]
+    # Strip a scope every node shares (the Keras model's own name, "sequential_1/").
+    common = _common_scope([s for s in scopes if s])
+    # Keras 3 under tf2onnx suffixes every scope with "_1" ("mynet_1/fc1_1/MatMul").
+    labels: list[str | None] = []
+    for name, scope in zip(names, scopes):
+        if _GLUE.match(name) or not scope:
+            labels.append(None)
+            continue
+        # The Keras layer is the first scope below the model's; deeper ones are TF op scopes.
+        labels.append((scope[len(common):].lstrip("/") or scope).split("/")[0])
+    if labels and common.endswith("_1") and all(lab is None or lab.endswith("_1") for lab in labels):
+        labels = [None if lab is None else lab[:-2] for lab in labels]
+    groups: dict[str, list[int]] = {}
+    order: list[str] = []
+    pending: list[int] = []  # unscoped glue waits for the next scoped layer
+    for i, label in zip(compute, labels):
+        if label is None:
+            if _GLUE.match(info.nodes[i].name):
+                pending.append(i)
+                continue
+            label = info.nodes[i].name or info.nodes[i].output[0]
+        if label not in groups:
+            groups[label] = []
+            order.append(label)
+        groups[label].extend(pending)
+        groups[label].append(i)
+        pending = []
+    if pending:  # trailing glue: its own layer
+        for i in pending:
+            label = info.nodes[i].name
+            groups[label] = [i]
+            order.append(label)
+    return [(label, sorted(groups[label])) for label in order]
+
+
+def _common_scope(scopes: list[str]) -> str:
+    if len(scopes) < 2:
+        return ""
+    parts = [s.split("/") for s in scopes]
+    common: list[str] = []
+    for column in zip(*parts):
+        if len(set(column)) != 1:
+            break
+        common.append(column[0])
+    # Keep at least one component so a layer never loses its own name.
+    if common and all(len(p) == len(common) for p in parts):
+        common = common[:-1]
+    return "/".join(common)
+
+
+# --- resolving a layer spec -------------------------------------------------------------------
+
+LayerSpec = "str | int | Sequence[str | int]"
+
+
+def resolve(
+    layers: list[LayerInfo], spec: str | int | Sequence[str | int], model_name: str, info: GraphInfo | None = None
+) -> list[LayerInfo]:
+    """Layers a spec names: a name, a position (-1 the last layer), or a list of those."""
+    specs = [spec] if isinstance(spec, (str, int)) else list(spec)
+    if not specs:
+        raise UnknownLayerError(f"no layer given for {model_name}; pass a name or a position like -2")
+    chosen: list[LayerInfo] = []
+    for s in specs:
+        layer = _resolve_one(layers, s, model_name, info)
+        if layer not in chosen:
+            chosen.append(layer)
+    return chosen
+
+
+def _resolve_one(layers: list[LayerInfo], spec: str | int, model_name: str, info: GraphInfo | None) -> LayerInfo:
+    hint = f"List them with `zoo layers {model_name}`."
+    if isinstance(spec, str) and re.fullmatch(r"[+-]?\d+", spec.strip()):
+        spec = int(spec)
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if -len(layers) <= spec < len(layers):
+            return layers[spec]
+        raise UnknownLayerError(
+            f"layer position {spec} is out of range for {model_name}: it has {len(layers)} layers "
+            f"(positions 0..{len(layers) - 1} or -1..-{len(layers)}). {hint}"
+        )
+    if not isinstance(spec, str):
+        raise UnknownLayerError(f"layer {spec!r} must be a name or an integer position. {hint}")
+    for layer in layers:
+        if spec == layer.name:
+            return layer
+    for layer in layers:  # an ONNX output tensor or node name works too
+        if spec == layer.output or spec in layer.nodes:
+            return layer
+    if info is not None and spec in info.data:
+        # Any data tensor can be an output, even one inside a layer.
+        return LayerInfo(-1, spec, "tensor", spec, None, 0, False, [])
+    close = difflib.get_close_matches(spec, [layer.name for layer in layers], n=3, cutoff=0.5)
+    closest = f"; closest: {', '.join(close)}" if close else ""
+    raise UnknownLayerError(f"layer {spec!r} is not in {model_name}{closest}. {hint}")
+
+
+# --- cutting ----------------------------------------------------------------------------------
+
+def cut(model: onnx.ModelProto, outputs: list[str], info: GraphInfo | None = None) -> onnx.ModelProto:
+    """A model that computes only `outputs`: the nodes they need, typed outputs, batch kept.
+
+    >>> sub = cut(onnx.load("resnet50.onnx"), ["r171"])   # doctest: +SKIP
+    """
+    import onnx
+    from onnx import helper
+
+    info = info or GraphInfo(model)
+    graph = model.graph
+    known = set(info.producer) | set(info.initializers) | {i.name for i in graph.input}
+    missing = [o for o in outputs if o not in known]
+    if missing:
+        raise UnknownLayerError(f"tensor(s) {', '.join(missing)} are not in the graph")
+    needed: set[str] = set()
+    keep: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        i = info.producer.get(name)
+        if i is None or i in keep:
+            continue
+        keep.add(i)
+        stack.extend(x for x in info.nodes[i].input if x)
+        # Subgraphs (If/Loop bodies) may read outer tensors by name.
+        for attr in info.nodes[i].attribute:
+            for sub in [attr.g, *attr.graphs] if attr.type in (5, 10) else []:
+                stack.extend(_outer_names(sub))
+    new_outputs = []
+    for name in outputs:
+        elem, dims = info.types.get(name, (None, None))
+        if elem is None:
+            elem = onnx.TensorProto.FLOAT
+        new_outputs.append(helper.make_tensor_value_info(name, elem, dims))
+    new_graph = helper.make_graph(
+        [info.nodes[i] for i in sorted(keep)],
+        graph.name,
+        [i for i in graph.input if i.name in needed],
+        new_outputs,
+        [t for t in graph.initializer if t.name in needed],
+        value_info=[v for v in graph.value_info if v.name in needed and v.name not in outputs],
+    )
+    new = helper.make_model(
+        new_graph,
+        opset_imports=list(model.opset_import),
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+    )
+    new.ir_version = model.ir_version
+    new.functions.extend(model.functions)
+    for prop in model.metadata_props:
+        new.metadata_props.add(key=prop.key, value=prop.value)
+    return new
+
+
+def _outer_names(graph) -> Iterable[str]:
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        local.update(node.output)
+    for node in graph.node:
+        for x in node.input:
+            if x and x not in local:
+                yield x
+
+
+# --- dynamic batch ----------------------------------------------------------------------------
+
+BATCH = "batch"
+
+
+def batch_dim(model: onnx.ModelProto) -> int | str | None:
+    """The first data input's batch axis: an int when fixed, its symbol when dynamic."""
+    inits = {t.name for t in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if not dims:
+            return None
+        d = dims[0]
+        return d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+    return None
+
+
+def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy whose fixed batch axis is symbolic, or None when that cannot be shown to be safe.
+
+    Caffe prototxts and old exports fix the batch (often 1) and flatten with Reshape(shape=[1, -1]).
+    Those constants become 0 ("copy this axis"), then shape inference must carry the symbol to
+    every output and agree with the original on every other axis.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    fixed = batch_dim(model)
+    if not isinstance(fixed, int) or fixed <= 0:
+        return None
+    new = onnx.ModelProto()
+    new.CopyFrom(model)
+    graph = new.graph
+    inits = {t.name: t for t in graph.initializer}
+    for inp in graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value != fixed:
+            return None
+        dims[0].Clear()
+        dims[0].dim_param = BATCH
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    rewritten: dict[str, Any] = {}
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            return None
+        name = node.input[1]
+        if name in rewritten:
+            continue
+        if name in inits:
+            value = numpy_helper.to_array(inits[name])
+        elif name in consts:
+            value = numpy_helper.to_array(consts[name].attribute[0].t)
+        else:
+            continue  # computed from Shape: already follows the batch
+        if value.ndim == 1 and value.size and value[0] == fixed:
+            value = value.copy()
+            value[0] = 0
+            tensor = numpy_helper.from_array(value.astype(np.int64), name)
+            if name in inits:
+                inits[name].CopyFrom(tensor)
+            else:
+                for a in consts[name].attribute:
+                    if a.name == "value":
+                        a.t.CopyFrom(tensor)
+            rewritten[name] = True
+    # Stale value_info would pin the old batch size.
+    del graph.value_info[:]
+    for out in graph.output:
+        out.type.tensor_type.ClearField("shape")
+    before = _inferred_types(model)
+    after = _inferred_types(new)
+    for out in graph.output:
+        old, now = before.get(out.name, (0, None))[1], after.get(out.name, (0, None))[1]
+        if not old or not now or len(old) != len(now) or now[0] != BATCH or old[1:] != now[1:]:
+            return None
+        elem = after[out.name][0]
+        fresh = onnx.helper.make_tensor_value_info(out.name, elem, now)
+        out.CopyFrom(fresh)
+    return new
+
+
+# --- cost ---------------------------------------------------------------------------------------
+
+def macs(model: onnx.ModelProto, info: GraphInfo | None = None) -> int:
+    """Multiply-accumulates of the Conv, ConvTranspose, Gemm and MatMul nodes for one sample."""
+    info = info or GraphInfo(model)
+    total = 0
+    for node in info.nodes:
+        out = info.shape(node.output[0]) if node.output else None
+        if not out:
+            continue
+        out_elems = _prod(out[1:])
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
+            w = info.shape(node.input[1])
+            if w:
+                # Each output element sums C_in/groups x kernel inputs.
+                total += out_elems * _prod(w[1:]) if node.op_type == "Conv" else _prod(w) * _prod(info.shape(node.input[0])[2:] or [1])
+        elif node.op_type in ("Gemm", "MatMul") and len(node.input) > 1:
+            a = info.shape(node.input[0])
+            if a:
+                k = a[0] if any(x.name == "transA" and x.i for x in node.attribute) else a[-1]
+                total += out_elems * (k if isinstance(k, int) else 0)
+    return total
+
+
+def _prod(dims: Sequence[Any]) -> int:
+    n = 1
+    for d in dims:
+        n *= d if isinstance(d, int) else 1
+    return n
