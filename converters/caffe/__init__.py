@@ -1,0 +1,284 @@
+"""Caffe prototxt + caffemodel -> ONNX, without Caffe installed, checked against OpenCV's Caffe importer.
+
+>>> conversion = convert("deploy.prototxt", "bvlc_alexnet.caffemodel")
+>>> conversion.report.verified, conversion.report.max_rel
+>>> conversion.save("bvlc_alexnet.onnx")
+
+See `layers` for how ONNX tensors are named after Caffe layers (cut a model at ``pool5`` or ``fc7``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from zoo.errors import ConversionError
+
+from .layers import SUPPORTED_LAYERS, BlobSpec, build_graph
+from .parse import Net, read_mean, read_prototxt, read_weights
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from converters.report import Conversion
+
+__all__ = ["SUPPORTED_LAYERS", "DEFAULT_OPSET", "MIN_OPSET", "convert", "input_spec", "make_random_caffemodel"]
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13  # Softmax with a single axis, Split sizes as an input
+
+
+def convert(
+    prototxt: str | os.PathLike,
+    caffemodel: str | os.PathLike | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    mean_file: str | os.PathLike | None = None,
+    verify: bool = True,
+) -> Conversion:
+    """Convert a Caffe deploy net and its weights to ONNX (NCHW input, dynamic batch axis).
+
+    With ``verify`` and OpenCV installed, the ONNX model (run by onnxruntime) is compared with
+    ``cv2.dnn.readNetFromCaffe`` on a fixed random input; ``report.verified`` says whether every net
+    output is within ``report.tolerance`` x its scale. Without OpenCV, ``verified`` is None.
+
+    Raises UnsupportedLayerError (a layer type zoo cannot convert), ConversionError (weights that do not
+    fit the prototxt, bad layer parameters), ModelFormatError (unreadable files).
+    """
+    from converters.report import Conversion, ConversionReport
+
+    start = time.perf_counter()
+    if caffemodel is None:
+        raise ConversionError(
+            f"{os.fspath(prototxt)}: converting needs the .caffemodel weights as well as the prototxt; "
+            "pass caffemodel=..., or write random weights with make_random_caffemodel(prototxt, path)"
+        )
+    _check_opset(opset)
+    prototxt, caffemodel = os.fspath(prototxt), os.fspath(caffemodel)
+    net = read_prototxt(prototxt)
+    weights = read_weights(caffemodel)
+    model, producers = build_graph(net, opset, _StoredBlobs(weights, caffemodel))
+    import onnx
+
+    onnx.checker.check_model(model)
+    files = [prototxt, caffemodel] + ([os.fspath(mean_file)] if mean_file is not None else [])
+    report = ConversionReport(
+        source_format="caffe",
+        source_files={path: _sha256(path) for path in files},
+        converter="converters.caffe",
+        versions=_versions(),
+        opset=opset,
+        input_layout=_layout(next(iter(net.inputs.values()))),
+    )
+    spec = _input_spec(net, mean_file)
+    report.notes.append(
+        f"input '{spec['name']}': shape {spec['shape']} (batch dynamic), {spec.get('channel_order', 'no')} "
+        f"channel order, pixel range {spec['pixel_range']}"
+        + (f", per-channel mean {[round(m, 4) for m in spec['mean']]} from {os.path.basename(files[-1])}"
+           if "mean" in spec else "")
+    )
+    if net.v1:
+        report.notes.append("prototxt uses the old V1 `layers {}` format; upgraded while reading")
+    if verify:
+        from .opencv_check import verify_report
+
+        verify_report(model, producers, prototxt, caffemodel, net, report)
+    report.seconds = round(time.perf_counter() - start, 3)
+    return Conversion(model, report)
+
+
+def input_spec(prototxt: str | os.PathLike, mean_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """How to feed the net, as ``zoo.records.InputSpec.to_dict()``: name, shape (None = batch), dtype,
+    layout, mean (per channel, from a .binaryproto mean file), channel_order "BGR", pixel_range [0, 255].
+    """
+    return _input_spec(read_prototxt(prototxt), mean_file)
+
+
+def make_random_caffemodel(prototxt: str | os.PathLike, path: str | os.PathLike, seed: int = 0) -> None:
+    """Write a .caffemodel with random weights shaped for `prototxt` (for tests and demos).
+
+    Weights keep activations of order one through deep nets: He-scaled convolution and inner-product
+    weights, BatchNorm variances in [0.5, 1.5] stored with a random positive scale factor, Scale
+    factors in [0.3, 0.7] so residual sums do not grow block after block.
+    """
+    import numpy as np
+
+    net = read_prototxt(prototxt)
+    source = _RandomBlobs(np.random.default_rng(seed))
+    build_graph(net, DEFAULT_OPSET, source)
+    write_caffemodel(path, net.name, source.layers)
+
+
+def write_caffemodel(path: str | os.PathLike, name: str, layers: list[tuple[str, str, list]]) -> None:
+    """Write (layer name, layer type, [float32 arrays]) as a binary NetParameter, atomically."""
+    import numpy as np
+
+    from . import schema
+
+    proto = schema.raw_messages().NetParameter(name=name)
+    for layer_name, layer_type, arrays in layers:
+        layer = proto.layer.add(name=layer_name, type=layer_type)
+        for array in arrays:
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(int(d) for d in array.shape)
+            blob.data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    _write_atomic(path, proto.SerializeToString())
+
+
+def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    import tempfile
+
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _StoredBlobs:
+    """Weights from a caffemodel, checked against the shapes the prototxt implies."""
+
+    def __init__(self, weights: dict, path: str) -> None:
+        self.weights = weights
+        self.path = path
+
+    def __call__(self, layer, specs: list[BlobSpec]) -> list[np.ndarray]:
+        import numpy as np
+
+        from .parse import Blob, blob_array, legacy_shape
+
+        file = os.path.basename(self.path)
+        wanted = ", ".join(f"{s.role} {s.shape}" for s in specs)
+        blobs = self.weights.get(layer.name)
+        if blobs is None and len(layer.blobs):  # weights written inline in the prototxt
+            blobs = [Blob(blob_array(b, f"layer '{layer.name}'"), legacy_shape(b)) for b in layer.blobs]
+        if blobs is None:
+            raise ConversionError(
+                f"layer '{layer.name}' ({layer.type}) has no weights in {file}; the prototxt needs {wanted}. "
+                "Is this the caffemodel of this prototxt?"
+            )
+        if len(blobs) != len(specs):
+            raise ConversionError(
+                f"layer '{layer.name}' ({layer.type}) has {len(blobs)} blobs in {file} of shapes "
+                f"{[list(b.array.shape) for b in blobs]}; the prototxt needs {len(specs)}: {wanted}"
+            )
+        arrays = []
+        for i, (blob, spec) in enumerate(zip(blobs, specs)):
+            got = list(blob.array.shape)
+            if not _same_shape(got, spec.shape):
+                raise ConversionError(
+                    f"layer '{layer.name}' ({layer.type}) blob {i} ({spec.role}) has shape {got} in {file}; "
+                    f"the prototxt needs {spec.shape}"
+                )
+            arrays.append(np.asarray(blob.array, dtype=np.float32).reshape(spec.shape))
+        return arrays
+
+
+def _same_shape(got: list[int], want: list[int]) -> bool:
+    # Caffe's legacy 4-D blobs index from the end ((1, 1, M, N) for an M x N matrix): compare without
+    # leading ones, as Caffe's own Blob::ShapeEquals does for them.
+    def strip(shape: list[int]) -> list[int]:
+        shape = list(shape)
+        while shape and shape[0] == 1:
+            shape.pop(0)
+        return shape
+
+    return got == want or strip(got) == strip(want)
+
+
+class _RandomBlobs:
+    """Random weights for any layer, recorded so they can be written as a caffemodel."""
+
+    def __init__(self, rng) -> None:
+        self.rng = rng
+        self.layers: list[tuple[str, str, list]] = []
+        self._factor = 1.0
+
+    def __call__(self, layer, specs: list[BlobSpec]) -> list[np.ndarray]:
+        arrays = [self._make(spec).astype("float32", copy=False) for spec in specs]
+        self.layers.append((layer.name, layer.type, arrays))
+        return arrays
+
+    def _make(self, spec: BlobSpec):
+        import numpy as np
+
+        rng, shape = self.rng, spec.shape
+        if spec.role == "weights":
+            weights = rng.standard_normal(shape, dtype=np.float32)
+            weights *= np.float32(np.sqrt(2.0 / max(spec.fan_in, 1.0)))
+            return weights
+        if spec.role == "bias":
+            return rng.standard_normal(shape) * 0.1
+        if spec.role == "mean":
+            # BatchNorm blobs are [mean, variance, factor] with the statistics multiplied by the factor.
+            self._factor = float(rng.uniform(0.5, 2.0))
+            return rng.standard_normal(shape) * 0.1 * self._factor
+        if spec.role == "variance":
+            return rng.uniform(0.5, 1.5, shape) * self._factor
+        if spec.role == "scale_factor":
+            return np.full(shape, self._factor)
+        if spec.role == "scale":
+            return rng.uniform(0.3, 0.7, shape)
+        if spec.role == "slope":
+            return rng.uniform(0.05, 0.5, shape)
+        return rng.standard_normal(shape) * 0.1
+
+
+def _input_spec(net: Net, mean_file: str | os.PathLike | None) -> dict[str, Any]:
+    from zoo.records import InputSpec
+
+    name, shape = next(iter(net.inputs.items()))
+    spec = InputSpec(
+        name=name,
+        shape=[None, *shape[1:]],
+        dtype="float32",
+        layout=_layout(shape),
+        channel_order="BGR" if len(shape) == 4 and shape[1] == 3 else None,
+        pixel_range=[0, 255],
+    )
+    if mean_file is not None:
+        mean = read_mean(mean_file)
+        if len(shape) > 1 and mean.shape[0] != shape[1]:
+            raise ConversionError(
+                f"mean file {os.path.basename(os.fspath(mean_file))} has {mean.shape[0]} channels; "
+                f"input '{name}' has {shape[1]} (shape {shape}). Is it the mean file of this model?"
+            )
+        spec.mean = [float(v) for v in mean.reshape(mean.shape[0], -1).mean(axis=1)]
+    return spec.to_dict()
+
+
+def _layout(shape: list[int]) -> str:
+    return {4: "NCHW", 2: "NC"}.get(len(shape), "other")
+
+
+def _check_opset(opset: int) -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ConversionError(
+            f"opset {opset!r} is not supported; choose {MIN_OPSET}..{newest} (default {DEFAULT_OPSET})"
+        )
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import google.protobuf
+    import numpy
+    import onnx
+
+    return {"onnx": onnx.__version__, "protobuf": google.protobuf.__version__, "numpy": numpy.__version__}

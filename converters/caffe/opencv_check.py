@@ -1,0 +1,116 @@
+"""Compare a converted Caffe net (onnxruntime) with OpenCV's independent Caffe importer, layer by layer."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+    from converters.report import ConversionReport, OutputDiff
+
+    from .parse import Net
+
+
+def sample_inputs(net: Net, batch: int = 1, seed: int = 0, low: float = -128.0, high: float = 128.0):
+    """A fixed random input per net input, on the scale of mean-subtracted 0-255 pixels by default."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {
+        name: rng.uniform(low, high, [batch, *shape[1:]]).astype(np.float32) for name, shape in net.inputs.items()
+    }
+
+
+def run_onnx(model: onnx.ModelProto, inputs: dict, names: list[str], threads: int = 1) -> list[np.ndarray]:
+    """Run `model` in onnxruntime and return the tensors `names` (graph outputs or any intermediate)."""
+    import onnx
+    import onnxruntime as ort
+
+    present = {o.name for o in model.graph.output}
+    extra = [n for n in names if n not in present]
+    if extra:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        for name in extra:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(names, inputs)
+
+
+def run_opencv(prototxt: str, caffemodel: str, inputs: dict, pins: list[str], threads: int = 1) -> list[np.ndarray]:
+    """Run the net in OpenCV's Caffe importer and return the outputs of layers `pins` (``layer`` or
+    ``layer.index`` for a layer's later tops)."""
+    import cv2
+
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        net = cv2.dnn.readNetFromCaffe(os.fspath(prototxt), os.fspath(caffemodel))
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        for name, value in inputs.items():
+            net.setInput(value, name)
+        return [o.copy() for o in net.forward(pins)]
+    finally:
+        cv2.setNumThreads(previous)
+
+
+def opencv_pin(producers: dict[str, tuple[str, int]], tensor: str) -> str:
+    """OpenCV's name for the output a tensor holds: the layer name, with ``.k`` for the k-th top."""
+    layer, index = producers[tensor]
+    return layer if index == 0 else f"{layer}.{index}"
+
+
+def compare(
+    model: onnx.ModelProto,
+    producers: dict[str, tuple[str, int]],
+    prototxt: str,
+    caffemodel: str,
+    net: Net,
+    tensors: list[str] | None = None,
+    batch: int = 1,
+    seed: int = 0,
+) -> list[OutputDiff]:
+    """Max differences between onnxruntime and OpenCV at `tensors` (default: the graph outputs)."""
+    from converters.report import compare_outputs
+
+    tensors = tensors or [o.name for o in model.graph.output]
+    inputs = sample_inputs(net, batch, seed)
+    reference = run_opencv(prototxt, caffemodel, inputs, [opencv_pin(producers, t) for t in tensors])
+    converted = run_onnx(model, inputs, tensors)
+    return compare_outputs(tensors, reference, converted)
+
+
+def verify_report(model, producers, prototxt: str, caffemodel: str, net: Net, report: ConversionReport) -> None:
+    """Fill `report` with the comparison against OpenCV, or say why there is none."""
+    try:
+        import cv2
+    except ImportError:
+        report.verified = None
+        report.notes.append(
+            "not verified: OpenCV is not installed (pip install 'zoo[caffe-check]' for opencv-python-headless<5)"
+        )
+        return
+    import onnxruntime
+
+    report.versions["onnxruntime"] = onnxruntime.__version__
+    report.versions["opencv"] = cv2.__version__
+    report.reference = f"opencv {cv2.__version__} (cv2.dnn.readNetFromCaffe)"
+    try:
+        report.outputs = compare(model, producers, prototxt, caffemodel, net)
+    except cv2.error as exc:
+        report.verified = None
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        report.notes.append(f"not verified: OpenCV cannot run this net ({reason})")
+        return
+    report.verified = all(o.max_rel <= report.tolerance for o in report.outputs)
+    worst = max(report.outputs, key=lambda o: o.max_rel)
+    report.notes.append(
+        f"onnxruntime vs OpenCV on a fixed random input: worst output '{worst.name}' max abs diff "
+        f"{worst.max_abs:.3g} (scale {worst.scale:.3g}, tolerance {report.tolerance:g} x scale)"
+    )
