@@ -103,7 +103,7 @@ class FaultServer:
         self.routes: dict[str, Route] = {}
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._httpd = _QuietServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self.host, self.port = self._httpd.server_address[:2]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -135,6 +135,16 @@ class FaultServer:
     @property
     def bytes_sent(self) -> int:
         return sum(r.bytes_sent for r in self.routes.values())
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients hanging up mid-response is normal here (that is what tests provoke)."""
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:

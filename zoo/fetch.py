@@ -1,0 +1,929 @@
+"""Downloads that survive real networks: resume, retries, mirrors, locks, checksums, offline, auth.
+
+`download` fetches one file from a list of mirror URLs into place; `fetch` does it for every
+file of a cataloged model and registers the result; `verify` re-hashes what is on disk.
+
+How a download goes (see `download`): take the `<dest>.lock` file lock; reuse `dest` if it
+is already there and verifies; otherwise stream into `<dest>.part` (hashing sha256 and the
+publisher's checksum in the same pass), resuming with Range + If-Range from whatever an
+earlier attempt or run left (its validator is kept in `<dest>.part.json`); verify size and
+checksum; rename into place. Only then does `fetch` register the artifact.
+
+Files fetched without a published checksum are pinned on first use: `fetch` records the
+sha256 it observed in `Artifact.sha256` and `Artifact.meta["first_fetch_sha256"]` (leaving
+`checksum` None, since nobody published it) and later fetches must match it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import errno
+import json
+import logging
+import os
+import queue
+import re
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from zoo import config
+from zoo.archives import archive_kind, safe_extract, unpacked_name
+from zoo.errors import ChecksumError, FetchError, OfflineError
+from zoo.hashes import MultiHasher, file_hash, parse_checksum
+
+if TYPE_CHECKING:
+    import requests
+
+    from zoo.catalog import Catalog
+    from zoo.records import Artifact
+
+log = logging.getLogger("zoo.fetch")
+
+CHUNK = 1 << 20
+MAX_REDIRECTS = 10
+USER_AGENT = "zoo-fetch/0.1 (+https://github.com/zoo; requests)"
+# progress(bytes of the file on disk so far, total size or None)
+Progress = Callable[[int, "int | None"], None]
+
+
+@dataclass
+class DownloadResult:
+    """What `download` did: where the file is, its sha256, and how much went over the wire."""
+
+    path: Path
+    sha256: str
+    size: int
+    seconds: float
+    bytes_transferred: int
+    url: str | None  # credentials redacted; None when a verified cached copy was reused
+    cached: bool = False
+
+    @property
+    def throughput(self) -> float:
+        """Bytes per second actually transferred (0 for a cached copy)."""
+        return self.bytes_transferred / self.seconds if self.seconds > 0 else 0.0
+
+
+class _WriteError(FetchError):
+    """Writing the download failed (disk full, permissions): no other mirror can fix that."""
+
+
+class _Retry(Exception):
+    """A transient failure: wait `wait` seconds (None: exponential backoff) and try again."""
+
+    def __init__(self, reason: str, wait: float | None = None):
+        super().__init__(reason)
+        self.reason, self.wait = reason, wait
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+
+
+def redact(url: str) -> str:
+    """The URL without user:password and with secret-looking query values masked."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if not parts.scheme or parts.scheme == "file":
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        secret = re.compile(r"token|key|sig|secret|password|auth|credential", re.I)
+        query = urllib.parse.urlencode([(k, "***" if secret.search(k) else v) for k, v in pairs])
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _is_remote(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme.lower() in ("http", "https")
+
+
+def _local_path(url: str) -> Path | None:
+    """The file a file:// URL or a plain path names, or None for other schemes."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() == "file":
+        return Path(urllib.request.url2pathname(parts.path))
+    if parts.scheme == "" or (len(parts.scheme) == 1 and os.name == "nt"):
+        return Path(url).expanduser()
+    return None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) from a Content-Range header such as 'bytes 100-199/1000'."""
+    m = re.match(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value or "")
+    if not m:
+        return None, None
+    start = int(m.group(1)) if m.group(1) else None
+    total = int(m.group(2)) if m.group(2) != "*" else None
+    return start, total
+
+
+def _looks_like_html(data: bytes) -> bool:
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or (
+        head.startswith((b"<!--", b"<?xml")) and b"<html" in head
+    )
+
+
+def human_size(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class _BearerAuth:
+    """Adds `Authorization: Bearer <token>`; its repr never shows the token."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<bearer token from ZOO_TOKEN>"
+
+
+def new_session() -> "requests.Session":
+    """A requests session for downloads (reads .netrc for hosts it lists, as requests does)."""
+    import requests
+
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def _file_lock(dest: Path, label: str, lock_timeout: float | None):
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(dest) + ".lock")
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        log.warning("waiting for another process that is downloading %s (%s.lock)", label, dest)
+        try:
+            lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
+        except Timeout:
+            raise FetchError(
+                f"{label}: another process has held {dest}.lock for over {lock_timeout:.0f} s; "
+                "wait for it to finish or, if no zoo process is running, delete the .lock file"
+            ) from None
+    return lock
+
+
+# --------------------------------------------------------------------------------------
+# what the file must be
+
+
+@dataclass
+class _Expected:
+    size: int | None
+    checksums: list[tuple[str, str]]  # (algo, hex), the publisher's and/or a pinned sha256
+
+    @classmethod
+    def of(cls, size: int | None, checksum: str | None, sha256: str | None) -> _Expected:
+        sums = [parse_checksum(checksum)] if checksum else []
+        if sha256:
+            pin = parse_checksum("sha256:" + sha256)
+            if pin not in sums:
+                sums.append(pin)
+        return cls(size, sums)
+
+    @property
+    def algos(self) -> list[str]:
+        return [algo for algo, _ in self.checksums]
+
+    def strong(self) -> bool:
+        return bool(self.checksums)
+
+    def problem(self, path: Path, hasher: MultiHasher | None, nbytes: int) -> str | None:
+        """None when `path` (hashed by `hasher`, when given) is right, else what is wrong."""
+        if self.size is not None and nbytes != self.size:
+            return f"size is {nbytes} bytes, expected {self.size}"
+        for algo, want in self.checksums:
+            got = hasher.hexdigest(algo) if hasher is not None else None
+            if got is None:  # a git blob id whose size was not known up front
+                got = file_hash(path, algo)
+            if got != want:
+                return f"{algo} does not match: expected {want}, got {got}"
+        return None
+
+
+def _hash_file(path: Path, algos: Sequence[str], progress: Progress | None = None) -> MultiHasher:
+    size = path.stat().st_size
+    hasher = MultiHasher(list(algos), size=size)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+    return hasher
+
+
+# --------------------------------------------------------------------------------------
+# download
+
+
+def download(
+    urls: str | os.PathLike | Sequence[str | os.PathLike],
+    dest: str | os.PathLike,
+    *,
+    size: int | None = None,
+    checksum: str | None = None,
+    sha256: str | None = None,
+    session: "requests.Session | None" = None,
+    timeout: float | tuple[float, float] = (10, 60),
+    retries: int = 4,
+    backoff: float = 0.5,
+    max_wait: float = 60.0,
+    progress: Progress | None = None,
+    force: bool = False,
+    offline: bool | None = None,
+    label: str | None = None,
+    chunk_size: int = CHUNK,
+    lock_timeout: float | None = None,
+) -> DownloadResult:
+    """Download one file from the first of `urls` that works into `dest`, verified.
+
+    Parameters
+    ----------
+    urls: mirror URLs tried in order: http(s)://, file:// or plain local paths.
+    dest: where the verified file ends up (written as `<dest>.part` first).
+    size, checksum: what the publisher says ("sha256:<hex>", "sha1:", "md5:", "gitblob:").
+    sha256: a sha256 pinned by an earlier fetch; must match too.
+    session: a requests.Session to reuse connections; ZOO_TOKEN is sent as a bearer token
+        to each URL's own host (never to another host after a redirect), .netrc
+        credentials go to the host they are listed for.
+    timeout: (connect, read) seconds; a server silent for longer is retried, then given up.
+    retries: attempts per URL after connection errors, stalls, 5xx and 429 (the count
+        restarts whenever an attempt made progress); waits `backoff * 2**n` seconds or
+        what Retry-After asks, at most `max_wait`.
+    progress: called as progress(bytes_on_disk, total_or_None) while downloading; an
+        exception it raises (e.g. KeyboardInterrupt) stops the download, keeping the .part.
+    force: download again even when `dest` is there and verifies.
+    offline: never touch the network (default: $ZOO_OFFLINE); local files still work.
+    label: how messages name the file, e.g. "weights resnet50.caffemodel of resnet50.caffe".
+
+    Raises ChecksumError (download deleted), OfflineError, FetchError (HTTP errors, HTML
+    instead of a file, redirect loops, stalls, disk full). A KeyboardInterrupt keeps the
+    `.part` for the next run to resume.
+
+    >>> download(["https://example.org/w.bin"], "w.bin", checksum="sha1:...")  # doctest: +SKIP
+    """
+    if isinstance(urls, (str, os.PathLike)):
+        urls = [urls]
+    url_list = [os.fspath(u) for u in urls]
+    dest = Path(dest).expanduser().absolute()
+    label = label or dest.name
+    expected = _Expected.of(size, checksum, sha256)
+    offline = config.offline() if offline is None else offline
+    if not url_list:
+        raise FetchError(f"{label} has no URL to download from; add one to its catalog entry")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    lock = _file_lock(dest, label, lock_timeout)
+    try:
+        stale = None
+        if dest.is_file() and not force:
+            hasher = _hash_file(dest, expected.algos)
+            stale = expected.problem(dest, hasher, hasher.count)
+            if stale is None:
+                return DownloadResult(
+                    dest, hasher.hexdigest(), hasher.count, time.monotonic() - started, 0, None, cached=True
+                )
+            log.warning("cached %s is not right (%s); downloading it again", dest, stale)
+        if offline:
+            local = [u for u in url_list if not _is_remote(u)]
+            if not local:
+                why = f"the cached copy {dest} is not right ({stale})" if stale else f"{dest} does not exist"
+                raise OfflineError(
+                    f"offline mode is on and {label} is not cached: {why}; it would come from "
+                    f"{redact(url_list[0])}. Fetch it while online (unset ZOO_OFFLINE / drop --offline)"
+                )
+            url_list = local
+        own_session = session is None and any(_is_remote(u) for u in url_list)
+        if own_session:
+            session = new_session()
+        try:
+            job = _Job(dest, expected, session, timeout, retries, backoff, max_wait, progress, label, chunk_size)
+            errors: list[FetchError] = []
+            for url in url_list:
+                try:
+                    return job.run(url, started)
+                except _WriteError:
+                    raise
+                except FetchError as exc:
+                    errors.append(exc)
+                    if len(url_list) > 1:
+                        log.warning("%s; trying the next URL", exc)
+            if len(errors) == 1:
+                raise errors[0]
+            kind = type(errors[-1]) if all(type(e) is type(errors[-1]) for e in errors) else FetchError
+            raise kind(f"every URL for {label} failed: " + "; ".join(str(e) for e in errors))
+        finally:
+            if own_session:
+                session.close()
+    finally:
+        lock.release()
+
+
+class _Job:
+    """One file's download state shared by its attempts and mirrors."""
+
+    def __init__(self, dest, expected, session, timeout, retries, backoff, max_wait, progress, label, chunk_size):
+        self.dest: Path = dest
+        self.part = dest.with_name(dest.name + ".part")
+        self.meta = dest.with_name(dest.name + ".part.json")
+        self.expected: _Expected = expected
+        self.session = session
+        self.timeout = timeout
+        self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
+        self.progress = progress
+        self.label = label
+        self.chunk_size = chunk_size
+        self.transferred = 0
+        self.token = os.environ.get("ZOO_TOKEN") or None
+        # The .part's bytes as hashed so far; None until the .part has been looked at.
+        self.hasher: MultiHasher | None = None
+        self.offset = 0
+        self.total: int | None = None
+        self.validator: str | None = None
+        self.resumed_bytes = 0  # bytes of the .part that came from an earlier attempt or run
+
+    # -- the .part file --------------------------------------------------------------
+
+    def _new_hasher(self, total: int | None) -> MultiHasher:
+        return MultiHasher(self.expected.algos, size=self.expected.size if self.expected.size is not None else total)
+
+    def _reset(self) -> None:
+        """Start the .part over, empty."""
+        self.part.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+        self.offset, self.total, self.validator = 0, None, None
+        self.resumed_bytes = 0
+        self.hasher = self._new_hasher(None)
+
+    def _discard(self) -> None:
+        self.part.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+        self.hasher = None
+
+    def _load_part(self, url: str) -> None:
+        """Pick up a .part left by an earlier run, if it can be resumed safely."""
+        if self.hasher is not None and self.part.is_file() and self.part.stat().st_size == self.offset:
+            return  # another mirror of this same run: the hash state is already right
+        saved: dict[str, Any] = {}
+        try:
+            saved = json.loads(self.meta.read_text())
+        except (OSError, ValueError):
+            pass
+        validator = saved.get("validator")
+        if not self.part.is_file() or self.part.stat().st_size == 0:
+            return self._reset()
+        # Without a validator (If-Range) only a checksum can tell a mix of two versions apart.
+        if not _is_remote(url) or (validator is None and not self.expected.strong()):
+            log.info("not resuming %s: nothing to check it against", self.part)
+            return self._reset()
+        self.total = saved.get("total")
+        self.validator = validator
+        self.hasher = _hash_file(self.part, self.expected.algos)
+        if self.expected.size is None and self.total is not None and "gitblob" in self.expected.algos:
+            # The git blob header needs the size: rehash with it known (rare; small files).
+            self.hasher = MultiHasher(self.expected.algos, size=self.total)
+            with open(self.part, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    self.hasher.update(chunk)
+        self.offset = self.hasher.count
+        log.info("resuming %s at byte %d", self.label, self.offset)
+
+    def _save_meta(self, url: str) -> None:
+        tmp = self.meta.with_name(self.meta.name + ".tmp")
+        tmp.write_text(json.dumps({"url": redact(url), "validator": self.validator, "total": self.total}))
+        os.replace(tmp, self.meta)
+
+    # -- running ---------------------------------------------------------------------
+
+    def run(self, url: str, started: float) -> DownloadResult:
+        source = _local_path(url)
+        if source is None and not _is_remote(url):
+            raise FetchError(
+                f"{self.label}: unsupported URL scheme in {redact(url)}; use http(s)://, file:// or a local path"
+            )
+        restarted = False
+        while True:
+            if source is not None:
+                self._copy_local(source)
+            else:
+                self._download_http(url)
+            problem = self.expected.problem(self.part, self.hasher, self.offset)
+            if problem is None:
+                break
+            resumed = self.resumed_bytes > 0
+            self._discard()
+            if resumed and not restarted and source is None:
+                # The earlier bytes may be of an older version of the file: redo it whole once.
+                log.warning("%s: resumed download did not verify (%s); downloading it whole", self.label, problem)
+                restarted = True
+                continue
+            raise ChecksumError(
+                f"{self.label} from {redact(url)}: {problem}. Deleted the download for safety; the "
+                "file changed upstream, the mirror serves something else, or the catalog entry is wrong"
+            )
+        size = self.offset
+        sha = self.hasher.hexdigest("sha256")
+        try:
+            with open(self.part, "rb+") as f:
+                os.fsync(f.fileno())  # the rename must not land before the bytes do
+            os.replace(self.part, self.dest)
+        except OSError as exc:
+            self._discard()
+            raise FetchError(f"{self.label}: cannot move the download into {self.dest}: {exc}") from None
+        self.meta.unlink(missing_ok=True)
+        return DownloadResult(self.dest, sha, size, time.monotonic() - started, self.transferred, redact(url))
+
+    def _write_error(self, exc: OSError) -> FetchError:
+        self._discard()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            need = f" ({human_size(self.total or self.expected.size or 0)} needed)" if (self.total or self.expected.size) else ""
+            return _WriteError(
+                f"disk full while writing {self.part}{need}: removed the partial download of {self.label}; "
+                "free some space or point ZOO_CACHE / --cache-dir at a bigger disk"
+            )
+        return _WriteError(f"cannot write {self.part} for {self.label}: {exc.strerror or exc}")
+
+    def _copy_local(self, source: Path) -> None:
+        if not source.is_file():
+            raise FetchError(f"{self.label}: local file {source} does not exist")
+        self._reset()
+        total = source.stat().st_size
+        self.total = total
+        self.hasher = self._new_hasher(total)
+        try:
+            with open(source, "rb") as src, open(self.part, "wb") as out:
+                while chunk := src.read(self.chunk_size):
+                    out.write(chunk)
+                    self.hasher.update(chunk)
+                    self.offset += len(chunk)
+                    if self.progress:
+                        self.progress(self.offset, total)
+        except OSError as exc:
+            if exc.filename == str(source) or not self.part.exists():
+                raise FetchError(f"{self.label}: cannot read {source}: {exc.strerror or exc}") from None
+            raise self._write_error(exc) from None
+
+    def _download_http(self, url: str) -> None:
+        self._load_part(url)
+        self.resumed_bytes = self.offset
+        failures = 0
+        while True:
+            before = self.offset
+            try:
+                if self._attempt(url):
+                    return
+                reason, wait = "the connection closed before the end of the file", None
+            except _Retry as retry:
+                reason, wait = retry.reason, retry.wait
+            if self.offset > before:
+                failures = 0  # progress: this is a flaky link, not a dead one
+            failures += 1
+            if failures > self.retries:
+                raise FetchError(
+                    f"{self.label}: giving up on {redact(url)} after {self.retries} retries: {reason}"
+                )
+            if wait is None:
+                wait = self.backoff * 2 ** (failures - 1)
+            wait = min(wait, self.max_wait)
+            log.warning("%s: %s; retrying in %.1f s (%d/%d)", self.label, reason, wait, failures, self.retries)
+            time.sleep(wait)
+
+    def _request(self, url: str, headers: dict[str, str]):
+        """GET following redirects ourselves: loops are named, auth never crosses hosts."""
+        import requests
+
+        current, seen = url, [url]
+        first_origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            # The bearer token goes only to the origin the catalog named, so a redirect to a
+            # CDN or another host never sees it; auth=None lets requests use .netrc for the
+            # host it is listed for, as it does for any request.
+            auth = _BearerAuth(self.token) if self.token and _origin(current) == first_origin else None
+            try:
+                resp = self.session.get(
+                    current, headers=headers, stream=True, timeout=self.timeout, allow_redirects=False, auth=auth
+                )
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                raise _Retry(self._describe(exc, current)) from None
+            except requests.exceptions.RequestException as exc:  # a malformed URL and the like
+                raise FetchError(f"{self.label}: cannot request {redact(current)}: {type(exc).__name__}") from None
+            if not resp.is_redirect:
+                return resp
+            location = urllib.parse.urljoin(current, resp.headers.get("Location", ""))
+            resp.close()
+            if location in seen:
+                chain = " -> ".join(redact(u) for u in [*seen[seen.index(location):], location])
+                raise FetchError(f"{self.label}: redirect loop: {chain}; the server is misconfigured")
+            seen.append(location)
+            current = location
+        raise FetchError(
+            f"{self.label}: more than {MAX_REDIRECTS} redirects starting at {redact(url)}; the server is misconfigured"
+        )
+
+    def _describe(self, exc: Exception, url: str) -> str:
+        import requests
+
+        text = str(exc)
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return f"cannot connect to {redact(url)} (connect timeout)"
+        if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
+            read = self.timeout[1] if isinstance(self.timeout, tuple) else self.timeout
+            return f"{redact(url)} sent nothing for {read} s (read timeout)"
+        if "Connection refused" in text or "NewConnectionError" in text:
+            return f"cannot connect to {redact(url)} (connection refused)"
+        if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in text:
+            return f"the connection to {redact(url)} broke after {self.offset} bytes"
+        return f"network error from {redact(url)}: {type(exc).__name__}"
+
+    def _attempt(self, url: str) -> bool:
+        """One request; True when the .part is complete. Raises _Retry or FetchError."""
+        import requests
+
+        if self.hasher is None:
+            self._reset()
+        # identity: a gzip-encoded body would make byte offsets meaningless for Range.
+        headers = {"Accept-Encoding": "identity"}
+        if self.offset > 0:
+            headers["Range"] = f"bytes={self.offset}-"
+            if self.validator:
+                headers["If-Range"] = self.validator
+        resp = self._request(url, headers)
+        with resp:
+            status = resp.status_code
+            if status == 416 and self.offset > 0:
+                _, total = _content_range(resp.headers.get("Content-Range"))
+                if total == self.offset:
+                    return True  # an earlier run had the whole file already
+                log.warning("%s: server refused to resume at byte %d; starting over", self.label, self.offset)
+                self._reset()
+                raise _Retry("the server refused to resume", wait=0)
+            if status == 429 or status >= 500:
+                wait = _retry_after(resp.headers.get("Retry-After"))
+                raise _Retry(f"{redact(resp.url)} answered HTTP {status} {resp.reason or ''}".rstrip(), wait)
+            if status >= 400:
+                hint = {
+                    401: "it needs credentials: set ZOO_TOKEN or add the host to ~/.netrc",
+                    403: "access is denied: check ZOO_TOKEN / ~/.netrc, or the file is no longer public",
+                    404: "the file is gone or the URL is wrong: check the catalog entry or add a mirror",
+                    410: "the file was removed upstream",
+                }.get(status, "the request was refused")
+                raise FetchError(
+                    f"{self.label}: {redact(resp.url)} answered HTTP {status} {resp.reason or ''}; {hint}"
+                )
+            if status not in (200, 206):
+                raise FetchError(f"{self.label}: unexpected HTTP {status} from {redact(resp.url)}")
+            length = resp.headers.get("Content-Length")
+            if status == 206:
+                start, total = _content_range(resp.headers.get("Content-Range"))
+                if start != self.offset:
+                    self._reset()
+                    raise _Retry(f"the server resumed at byte {start}, not {self.offset}; starting over", wait=0)
+                self.total = total
+            else:
+                if self.offset > 0:
+                    log.warning(
+                        "%s: %s ignored the range (or the file changed); downloading it whole",
+                        self.label, redact(resp.url),
+                    )
+                    self._reset()
+                self.total = int(length) if length and length.isdigit() else None
+                if self.total is not None and self.expected.size is not None and self.total != self.expected.size:
+                    raise ChecksumError(
+                        f"{self.label}: {redact(resp.url)} serves {self.total} bytes, expected "
+                        f"{self.expected.size}; not downloading it. The file changed upstream, the mirror "
+                        "serves something else, or the catalog entry is wrong"
+                    )
+                self.validator = self._validator(resp)
+                self.hasher = self._new_hasher(self.total)
+                self._save_meta(url)
+            return self._stream(resp, requests)
+
+    @staticmethod
+    def _validator(resp) -> str | None:
+        etag = resp.headers.get("ETag")
+        if etag and not etag.startswith("W/"):  # If-Range only accepts strong validators
+            return etag
+        return resp.headers.get("Last-Modified")
+
+    def _stream(self, resp, requests) -> bool:
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        wants_html = self.dest.suffix.lower() in (".html", ".htm")
+        chunks = _body(resp, self.chunk_size)
+        import urllib3
+
+        try:
+            first = next(chunks, b"")
+            if not wants_html and self.offset == 0 and (
+                _looks_like_html(first) or (ctype == "text/html" and b"\0" not in first[:4096])
+            ):
+                self._discard()
+                raise FetchError(
+                    f"{self.label}: {redact(resp.url)} sent a web page (Content-Type {ctype or 'unknown'}) "
+                    "instead of the file; it is probably a login, error or 'confirm download' page. "
+                    "Open the URL in a browser, or set ZOO_TOKEN for a private zoo"
+                )
+            # Hash in a second thread (hashlib releases the GIL) so hashing overlaps the
+            # socket reads and disk writes: sha256 alone is barely faster than loopback.
+            pending: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+            hasher = self.hasher
+            worker = threading.Thread(target=_hash_worker, args=(pending, hasher), daemon=True)
+            worker.start()
+            try:
+                with open(self.part, "ab") as out:
+                    for chunk in _chain(first, chunks):
+                        out.write(chunk)
+                        pending.put(chunk)
+                        self.offset += len(chunk)
+                        self.transferred += len(chunk)
+                        if self.progress:
+                            self.progress(self.offset, self.total)
+            except OSError as exc:
+                raise self._write_error(exc) from None
+            finally:
+                pending.put(None)
+                worker.join()
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError, ConnectionError) as exc:
+            raise _Retry(self._describe(exc, resp.url)) from None
+        if self.total is not None and self.offset < self.total:
+            return False
+        if self.total is not None and self.offset > self.total:
+            self._reset()
+            raise _Retry("the server sent more bytes than it announced; starting over", wait=0)
+        return True
+
+
+def _hash_worker(pending: "queue.Queue[bytes | None]", hasher: MultiHasher) -> None:
+    while (chunk := pending.get()) is not None:
+        hasher.update(chunk)
+
+
+def _body(resp, size: int) -> Iterable[bytes]:
+    """The response body in pieces of at most `size` bytes.
+
+    read1 hands over whatever has arrived, so when a connection breaks every byte received
+    is already on disk (iter_content's full-size reads would drop a partial last chunk).
+    """
+    read1 = getattr(resp.raw, "read1", None)
+    if read1 is None:
+        yield from resp.iter_content(size)
+        return
+    while data := read1(size):
+        yield data
+
+
+def _chain(first: bytes, rest: Iterable[bytes]) -> Iterable[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+# --------------------------------------------------------------------------------------
+# catalog glue
+
+
+class _Bar:
+    """A tqdm bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str):
+        from tqdm import tqdm
+
+        self._bar = tqdm(desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
+        self._last = 0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+            self._bar.refresh()
+        if done < self._last:  # a restart from zero
+            self._bar.reset(total=total)
+            self._last = 0
+        self._bar.update(done - self._last)
+        self._last = done
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+_SAFE_NAME = re.compile(r"[^\w.+=@-]")
+
+
+def _cache_folder(root: Path, name: str) -> Path:
+    folder = _SAFE_NAME.sub("_", name).lstrip(".") or "_"
+    return root / "models" / folder
+
+
+def _check_filename(model: str, filename: str) -> None:
+    if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
+        raise FetchError(
+            f"model {model}: artifact filename {filename!r} is not a plain file name; "
+            "fix the catalog entry (a remote index may not choose paths outside the cache)"
+        )
+
+
+FileReport = Callable[[str, "Artifact", "DownloadResult | None"], None]
+
+
+def fetch(
+    name_or_names: str | Sequence[str],
+    *,
+    catalog: "str | os.PathLike | Catalog | None" = None,
+    cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    offline: bool | None = None,
+    quiet: bool = False,
+    session: "requests.Session | None" = None,
+    on_file: FileReport | None = None,
+    **download_options: Any,
+) -> list["Artifact"]:
+    """Download every file of the named models into the cache, unpack archives, register them.
+
+    Files go to `<cache>/models/<name>/<filename>`; an archive with `extract` set is
+    unpacked beside it into `<cache>/models/<name>/<filename without suffix>/` and the
+    artifact's `path` is that folder (the archive itself is kept, as `meta["archive_path"]`,
+    so `verify` can re-hash it and a later fetch can reuse it). A file already on disk that
+    verifies is not downloaded again unless `force`. Returns the updated artifacts (every
+    role except "onnx", which `zoo convert` makes). `on_file(name, artifact, result)` is
+    called after each file (result None for a user's own local file).
+
+    >>> [a.path for a in fetch("bvlc_alexnet")]  # doctest: +SKIP
+    ['/home/me/.cache/zoo/models/bvlc_alexnet/deploy.prototxt', ...]
+    """
+    from zoo.catalog import open_catalog
+
+    cat = open_catalog(catalog)
+    names = [name_or_names] if isinstance(name_or_names, str) else list(name_or_names)
+    root = config.cache_dir(cache_dir)
+    offline = config.offline() if offline is None else offline
+    own_session = session is None and not offline
+    session = new_session() if own_session else session
+    results: list[Artifact] = []
+    try:
+        for name in names:
+            model = cat.get(name)
+            for artifact in model.artifacts:
+                if artifact.role == "onnx":
+                    continue
+                done, result = _fetch_artifact(
+                    cat, model.name, artifact, root, force, offline, quiet, session, download_options
+                )
+                results.append(done)
+                if on_file is not None:
+                    on_file(model.name, done, result)
+    finally:
+        if own_session:
+            session.close()
+    return results
+
+
+def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, options):
+    from zoo.records import Artifact  # noqa: F401  (typing only)
+
+    label = f"{artifact.role} file {artifact.filename} of {name}"
+    if not artifact.urls:
+        if artifact.path and Path(artifact.path).exists():
+            return artifact, None  # the user's own file, registered by `zoo add`
+        raise FetchError(
+            f"{label} has no URL and is not on disk ({artifact.path or 'no path'}); "
+            f"re-add it with `zoo add` or give the catalog entry a URL"
+        )
+    _check_filename(name, artifact.filename)
+    folder = _cache_folder(root, name)
+    dest = folder / artifact.filename
+    pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
+    bar = _Bar(f"{name}: {artifact.filename}") if not quiet and sys.stderr.isatty() else None
+    try:
+        result = download(
+            artifact.urls, dest, size=artifact.size, checksum=artifact.checksum, sha256=pinned,
+            session=session, force=force, offline=offline, label=label, progress=bar, **options,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    done = dataclasses.replace(artifact, meta=dict(artifact.meta), urls=list(artifact.urls))
+    done.size, done.sha256 = result.size, result.sha256
+    if not artifact.checksum:
+        done.meta.setdefault("first_fetch_sha256", result.sha256)
+    if result.url:
+        done.meta["fetched_from"] = result.url
+    if artifact.extract:
+        kind = archive_kind(artifact.filename, artifact.extract if isinstance(artifact.extract, str) else None)
+        target = folder / unpacked_name(artifact.filename)
+        fresh = result.cached and target.is_dir() and artifact.meta.get("unpacked_sha256") == result.sha256
+        if force or not fresh:
+            safe_extract(dest, target, kind)
+        done.path = str(target)
+        done.meta["archive_path"] = str(dest)
+        done.meta["unpacked_sha256"] = result.sha256
+    else:
+        done.path = str(dest)
+    cat.put_artifact(name, done)
+    return done, result
+
+
+@dataclass
+class Problem:
+    """A local artifact that is missing or whose content changed since it was registered."""
+
+    name: str
+    role: str
+    filename: str
+    path: str
+    kind: str  # "missing" or "changed"
+    expected: str | None = None
+    actual: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "missing":
+            return (
+                f"{self.name}: {self.role} file {self.filename} is missing ({self.path}); "
+                f"fetch it again with `zoo fetch {self.name}`"
+            )
+        return (
+            f"{self.name}: {self.role} file {self.filename} changed on disk ({self.path}): sha256 "
+            f"expected {self.expected}, got {self.actual}; fetch it again with `zoo fetch --force {self.name}`"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "message": str(self)}
+
+
+def verify(
+    names: str | Sequence[str] | None = None, *, catalog: "str | os.PathLike | Catalog | None" = None
+) -> list[Problem]:
+    """Re-hash every local artifact of `names` (default: all models); return what is wrong.
+
+    An unpacked archive is checked through the archive it came from (`meta["archive_path"]`)
+    and its folder must still exist. Artifacts never fetched are not problems.
+    """
+    from zoo.catalog import open_catalog
+
+    cat = open_catalog(catalog)
+    if names is None:
+        names = cat.names()
+    elif isinstance(names, str):
+        names = [names]
+    problems: list[Problem] = []
+    for name in names:
+        model = cat.get(name)
+        for a in model.artifacts:
+            if not a.path:
+                continue
+            fact = dict(name=model.name, role=a.role, filename=a.filename)
+            checked = Path(a.meta.get("archive_path") or a.path)
+            if not Path(a.path).exists():
+                problems.append(Problem(**fact, path=a.path, kind="missing"))
+                continue
+            if not a.sha256:
+                continue
+            if not checked.is_file():
+                problems.append(Problem(**fact, path=str(checked), kind="missing"))
+                continue
+            actual = file_hash(checked)
+            if actual != a.sha256:
+                problems.append(Problem(**fact, path=str(checked), kind="changed", expected=a.sha256, actual=actual))
+    return problems
+
+
+__all__ = ["DownloadResult", "Problem", "download", "fetch", "human_size", "new_session", "redact", "verify"]
