@@ -100,7 +100,7 @@ def test_inception_branches_and_alexnet_chain():
     ("squeezenet", ["fire5/expand3x3", "fire9/squeeze1x1", -3]),
     ("resnet50", ["res2_1_branch2b", "res3_0_branch1"]),
     ("inception_v1", ["inception_3b/5x5", -4]),
-    ("bvlc_alexnet", ["fc7", "conv3"]),
+    pytest.param("bvlc_alexnet", ["fc7", "conv3"], marks=pytest.mark.slow),  # 60M weights
 ])
 def test_cut_matches_onnx_extract_model(light_dir, tmp_path, name, picks):
     import onnx
@@ -183,13 +183,14 @@ def test_fixed_batch_is_made_dynamic_and_checked(light_dir):
 
     from zoo.graph import batch_dim, make_batch_dynamic
 
-    model = onnx.load(_light(light_dir, "bvlc_alexnet"))
+    # inception_v1 flattens with Reshape(shape=[1, 1024]) before its classifier.
+    model = onnx.load(_light(light_dir, "inception_v1"))
     assert batch_dim(model) == 1
     dynamic = make_batch_dynamic(model)
     assert dynamic is not None and batch_dim(dynamic) == "batch"
-    x = _images(3, seed=1)
+    x = _images(2, seed=1)
     (together,) = run_onnx(dynamic, {"data_0": x})
-    one_by_one = np.concatenate([run_onnx(model, {"data_0": x[i:i + 1]})[0] for i in range(3)])
+    one_by_one = np.concatenate([run_onnx(model, {"data_0": x[i:i + 1]})[0] for i in range(2)])
     np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-7)
     # A graph that pins the batch another way (Expand to a constant shape) is left alone.
     from onnx import TensorProto, helper, numpy_helper
@@ -533,3 +534,48 @@ def test_zoo_extract_subprocess(tmp_path, zoo_cmd):
     run = subprocess.run([*zoo_cmd, "layers", str(tmp_path / "nope.onnx")], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 1 and run.stderr.startswith("error: ") and "Traceback" not in run.stderr
+
+
+# --- a real Keras model through tf2onnx --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_keras_layers_are_grouped_by_scope_and_cut_like_keras(tmp_path):
+    """tf2onnx turns one Keras layer into several nodes; `layers` gives back the Keras layers."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow")
+    tf2onnx = pytest.importorskip("tf2onnx")
+    import onnx
+
+    from zoo.extract import layers, load_extractor
+
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((16, 16, 3))
+    # Non-zero biases: tf2onnx drops an all-zero bias, and then the parameter count would differ.
+    x = tf.keras.layers.Conv2D(8, 3, activation="relu", bias_initializer="random_normal", name="block1_conv")(inputs)
+    x = tf.keras.layers.BatchNormalization(name="block1_bn")(x)
+    x = tf.keras.layers.MaxPooling2D(name="block1_pool")(x)
+    x = tf.keras.layers.Flatten(name="flatten")(x)
+    x = tf.keras.layers.Dense(16, activation="relu", bias_initializer="random_normal", name="fc1")(x)
+    outputs = tf.keras.layers.Dense(4, activation="softmax", name="predictions")(x)
+    model = tf.keras.Model(inputs, outputs, name="tinynet")
+    spec = (tf.TensorSpec((None, 16, 16, 3), tf.float32, name="input"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17)
+    path = tmp_path / "tinynet.onnx"
+    onnx.save(proto, path)
+
+    found = layers(path)
+    assert [layer.name for layer in found] == [
+        "block1_conv", "block1_bn", "block1_pool", "flatten", "fc1", "predictions"]
+    assert found[0].parameters == 8 * 3 * 3 * 3 + 8
+    assert found[4].parameters == 7 * 7 * 8 * 16 + 16 and found[4].shape == [None, 16]
+    assert all(layer.is_cut_point for layer in found)
+
+    data = np.random.default_rng(0).normal(size=(5, 16, 16, 3)).astype(np.float32)
+    for name in ("fc1", "flatten"):
+        want = tf.keras.Model(inputs, model.get_layer(name).output)(data).numpy()
+        got = load_extractor(path, name, batch_size=2)(data)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # tf2onnx computes convolutions in NCHW: a conv layer's features come out channels-first.
+    want = tf.keras.Model(inputs, model.get_layer("block1_pool").output)(data).numpy()
+    got = load_extractor(path, "block1_pool")(data)
+    np.testing.assert_allclose(got.transpose(0, 2, 3, 1), want, rtol=1e-4, atol=1e-5)

@@ -501,32 +501,32 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
         dims[0].Clear()
         dims[0].dim_param = BATCH
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-    rewritten: dict[str, Any] = {}
+    info = GraphInfo(model)
+    rewritten: dict[str, str] = {}
     for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2:
-            continue
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in info.data:
+            continue  # reshaping a weight has nothing to do with the batch
         if any(a.name == "allowzero" and a.i for a in node.attribute):
             return None
         name = node.input[1]
-        if name in rewritten:
-            continue
-        if name in inits:
-            value = numpy_helper.to_array(inits[name])
-        elif name in consts:
-            value = numpy_helper.to_array(consts[name].attribute[0].t)
-        else:
-            continue  # computed from Shape: already follows the batch
-        if value.ndim == 1 and value.size and value[0] == fixed:
-            value = value.copy()
-            value[0] = 0
-            tensor = numpy_helper.from_array(value.astype(np.int64), name)
+        if name not in rewritten:
             if name in inits:
-                inits[name].CopyFrom(tensor)
+                value = numpy_helper.to_array(inits[name])
+            elif name in consts:
+                value = numpy_helper.to_array(consts[name].attribute[0].t)
             else:
-                for a in consts[name].attribute:
-                    if a.name == "value":
-                        a.t.CopyFrom(tensor)
-            rewritten[name] = True
+                continue  # computed from Shape: already follows the batch
+            if not (value.ndim == 1 and value.size and value[0] == fixed):
+                continue
+            value = value.astype(np.int64)
+            value[0] = 0  # Reshape's "copy this axis from the input"
+            # A new tensor: the old one may also shape a weight elsewhere.
+            fresh_name = f"{name}__dynamic_batch"
+            graph.initializer.append(numpy_helper.from_array(value, fresh_name))
+            if new.ir_version < 4:  # IR 3 lists initializers among the inputs
+                graph.input.append(onnx.helper.make_tensor_value_info(fresh_name, onnx.TensorProto.INT64, [len(value)]))
+            rewritten[name] = fresh_name
+        node.input[1] = rewritten[name]
     # Stale value_info would pin the old batch size.
     del graph.value_info[:]
     for out in graph.output:
