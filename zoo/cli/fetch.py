@@ -1,0 +1,100 @@
+"""Fetch commands: fetch (download, verify, unpack, register) and verify (re-hash what is on disk)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option
+
+
+class _StderrLines(logging.Handler):
+    """Retry and lock-wait notices from zoo.fetch as plain lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"zoo: {record.getMessage()}", err=True)
+
+
+def _show_notices(quiet: bool):
+    logger = logging.getLogger("zoo.fetch")
+    handler = _StderrLines(level=logging.ERROR if quiet else logging.WARNING)
+    logger.addHandler(handler)
+    logger.propagate = False
+    return logger, handler
+
+
+@cli.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Download again even if a verified copy is cached.")
+@click.option("--offline", is_flag=True, help="Never touch the network; use the cache [env ZOO_OFFLINE=1].")
+@cache_option
+@catalog_option
+@quiet_option
+@json_option
+def fetch_command(names, force, offline, cache_dir, catalog, quiet, as_json):
+    """Download every file of the named models, verify and register them.
+
+    Files are checked against their published size and checksum, resumed after a broken
+    connection, and reused when already cached. Private zoos: set ZOO_TOKEN or use ~/.netrc.
+
+    \b
+    Example:
+        zoo fetch bvlc_alexnet
+        zoo fetch mobilenet_v1.tflite --offline --json
+    """
+    from zoo.fetch import fetch, human_size
+
+    report: list[dict] = []
+
+    def on_file(name, artifact, result) -> None:
+        entry = {"model": name, **artifact.to_dict()}
+        if result is None:
+            how = "your own file"
+        elif result.cached:
+            how = "cached, verified"
+        else:
+            how = (f"{result.seconds:.1f} s, {human_size(result.throughput)}/s"
+                   + (f", {human_size(result.bytes_transferred)} transferred" if result.bytes_transferred != result.size else ""))
+        if result is not None:
+            entry["download"] = {"cached": result.cached, "seconds": round(result.seconds, 3),
+                                 "bytes_transferred": result.bytes_transferred, "url": result.url}
+        report.append(entry)
+        size = human_size(artifact.size) if artifact.size is not None else "?"
+        line = f"{name}  {artifact.role:<8} {artifact.filename}  {size}  ({how})  -> {artifact.path}"
+        if as_json:
+            return
+        # Print as each file lands, so a failure later still shows what did arrive.
+        click.echo(line)
+
+    logger, handler = _show_notices(quiet or as_json)
+    try:
+        fetch(list(names), catalog=catalog, cache_dir=cache_dir, force=force,
+              offline=True if offline else None, quiet=quiet or as_json, on_file=on_file)
+    except KeyboardInterrupt:
+        click.echo("zoo: interrupted; the partial download is kept (.part) and the same command "
+                   "resumes it", err=True)
+        sys.exit(130)
+    finally:
+        logger.removeHandler(handler)
+    emit(report, as_json)
+
+
+@cli.command("verify")
+@click.argument("names", nargs=-1)
+@catalog_option
+@json_option
+def verify_command(names, catalog, as_json):
+    """Re-hash the fetched files of the named models (default: all); exit 1 if any changed.
+
+    \b
+    Example:
+        zoo verify bvlc_alexnet
+    """
+    from zoo.fetch import verify
+
+    problems = verify(list(names) or None, catalog=catalog)
+    emit([p.to_dict() for p in problems], as_json,
+         lambda: "\n".join(str(p) for p in problems) or "all fetched files verify")
+    if problems:
+        sys.exit(1)
