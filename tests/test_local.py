@@ -1,0 +1,188 @@
+"""`zoo.add` and `zoo.scan` of real model files in every format: hashes, names, idempotence."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _format_helpers import model_files  # noqa: E402
+
+import zoo  # noqa: E402
+from zoo.catalog import open_catalog  # noqa: E402
+from zoo.errors import DuplicateModelError, ModelFormatError  # noqa: E402
+from zoo.local import scan  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def light() -> dict[str, Path]:
+    return model_files("light")
+
+
+@pytest.fixture(scope="module")
+def tf_files() -> dict[str, Path]:
+    return model_files("tensorflow")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def copy(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dest)
+    else:
+        shutil.copy(src, dest)
+    return dest
+
+
+def snapshot() -> list[dict]:
+    return [m.to_dict() for m in open_catalog().search(limit=None)]
+
+
+def test_add_onnx_records_path_size_and_sha256(light, tmp_path):
+    path = copy(light["onnx"], tmp_path / "cats.onnx")
+    model = zoo.add(path, task="image-classification", dataset="cats", tags=["pets", "tiny"],
+                    description="A cat classifier")
+    assert (model.name, model.framework, model.format, model.source) == ("cats", "onnx", "onnx", "local")
+    (artifact,) = model.artifacts
+    assert artifact.role == "model" and artifact.path == str(path)
+    assert artifact.size == path.stat().st_size and artifact.sha256 == sha256(path)
+    assert model.is_local
+    assert zoo.info("cats").to_dict() == model.to_dict()
+    assert [m.name for m in zoo.search(tag="pets")] == ["cats"]
+    assert [m.name for m in zoo.search("cat classifier", source="local")] == ["cats"]
+
+
+def test_add_caffe_pair_from_either_file(light):
+    model = zoo.add(light["caffe_graph"])
+    assert model.name == "lenet" and model.framework == "caffe"
+    roles = {a.role: a for a in model.artifacts}
+    assert set(roles) == {"graph", "weights"}
+    assert roles["weights"].sha256 == sha256(light["caffe_weights"])
+    again = zoo.add(light["caffe_weights"], name="lenet_again")
+    assert {a.path for a in again.artifacts} == {a.path for a in model.artifacts}
+
+
+def test_add_torchscript_and_refuse_a_pickle(light):
+    assert zoo.add(light["torchscript"]).format == "torchscript"
+    before = snapshot()
+    with pytest.raises(ModelFormatError, match="never unpickles"):
+        zoo.add(light["torch_checkpoint"])
+    assert snapshot() == before
+
+
+@pytest.mark.slow
+def test_add_every_tensorflow_format(tf_files):
+    expected = {"keras": ("keras", "keras"), "h5": ("keras", "h5"),
+                "h5_weights": ("keras", "h5_weights"), "frozen_graph": ("tensorflow", "frozen_graph"),
+                "saved_model": ("tensorflow", "saved_model"), "tflite": ("tflite", "tflite")}
+    for kind, (framework, fmt) in expected.items():
+        model = zoo.add(tf_files[kind], name=f"tiny_{kind}")
+        assert (model.framework, model.format) == (framework, fmt), kind
+        assert model.is_local and all(a.sha256 and a.size for a in model.artifacts), kind
+    saved = zoo.info("tiny_saved_model").artifacts[0]
+    assert saved.path == str(tf_files["saved_model"]) and saved.meta["sha256_of"] == "folder"
+    assert zoo.info("tiny_h5_weights").artifacts[0].role == "weights"
+    assert zoo.add(tf_files["h5_weights"]).name == "tiny"  # tiny.weights.h5 -> tiny
+
+
+def test_duplicate_name_suggests_name_and_changes_nothing(light, tmp_path):
+    zoo.add(light["onnx"])
+    before = snapshot()
+    with pytest.raises(DuplicateModelError, match="--name"):
+        zoo.add(copy(light["onnx"], tmp_path / "tiny.onnx"))
+    with pytest.raises(DuplicateModelError, match="bvlc_alexnet"):
+        zoo.add(light["onnx"], name="bvlc_alexnet")  # a built-in's name is taken too
+    with pytest.raises(ModelFormatError, match="--name"):
+        zoo.add(light["onnx"], name="my model")
+    assert snapshot() == before
+
+
+def test_corrupt_and_missing_files_change_nothing(light, tmp_path):
+    before = snapshot()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(light["onnx"].read_bytes()[:40])
+    for path in (broken, tmp_path / "absent.tflite", tmp_path):
+        with pytest.raises(ModelFormatError):
+            zoo.add(path)
+    assert snapshot() == before
+
+
+@pytest.fixture
+def tree(light, tmp_path) -> Path:
+    root = tmp_path / "models"
+    copy(light["onnx"], root / "a" / "one.onnx")
+    copy(light["caffe_graph"], root / "b" / "lenet.prototxt")
+    copy(light["caffe_weights"], root / "b" / "lenet.caffemodel")
+    copy(light["torchscript"], root / "c" / "net.pt")
+    (root / "c" / "notes.txt").write_text("not a model\n")
+    broken = root / "broken.tflite"
+    broken.write_bytes(b"garbage that is not a flatbuffer")
+    return root
+
+
+def test_scan_adds_once_and_reports_problems(tree):
+    result = zoo.scan(tree)
+    assert sorted(result.added) == ["lenet", "net", "one"]
+    assert [Path(p).name for p, _ in result.problems] == ["broken.tflite"]
+    assert zoo.info("lenet").framework == "caffe"
+    before = snapshot()
+    again = scan(tree)
+    assert again.added == [] and sorted(again.unchanged) == ["lenet", "net", "one"]
+    assert snapshot() == before
+
+
+def test_scan_notices_moved_and_changed_files(tree, light):
+    scan(tree)
+    zoo.add(tree / "a" / "one.onnx", name="tagged", tags=["mine"])  # same file, second entry
+    # move: same content at a new path -> the entry follows it, keeping what the user said
+    (tree / "c" / "net.pt").rename(tree / "moved.pt")
+    # change: same path, new content -> new sha256
+    from _format_helpers import onnx_file
+
+    onnx_file(tree / "a" / "one.onnx", scale=3.0)
+    result = scan(tree)
+    assert result.moved == ["net"] and not result.added
+    assert sorted(result.changed) == ["one", "tagged"]
+    moved = zoo.info("net").artifacts[0]
+    assert moved.path == str(tree / "moved.pt") and moved.sha256 == sha256(tree / "moved.pt")
+    changed = zoo.info("one").artifacts[0]
+    assert changed.sha256 == sha256(tree / "a" / "one.onnx")
+    assert zoo.info("tagged").tags == ["mine"]
+    assert sorted(scan(tree).unchanged) == ["lenet", "net", "one", "tagged"]
+
+
+def test_scan_copies_become_new_entries_and_missing_files_are_reported(tree):
+    scan(tree)
+    copy(tree / "a" / "one.onnx", tree / "d" / "one.onnx")
+    (tree / "b" / "lenet.caffemodel").unlink()
+    result = scan(tree)
+    assert result.added == ["one-2"] and result.missing == ["lenet"]
+    assert zoo.info("one-2").artifacts[0].path == str(tree / "d" / "one.onnx")
+
+
+def test_scan_of_a_file_or_missing_folder_is_an_error(tree):
+    before = snapshot()
+    with pytest.raises(ModelFormatError, match="zoo add"):
+        scan(tree / "a" / "one.onnx")
+    with pytest.raises(ModelFormatError):
+        scan(tree / "nope")
+    assert snapshot() == before
+
+
+@pytest.mark.slow
+def test_scan_tensorflow_folder(tf_files, tmp_path):
+    copy(tf_files["saved_model"], tmp_path / "exported" / "1")
+    copy(tf_files["tflite"], tmp_path / "m.tflite")
+    copy(tf_files["keras"], tmp_path / "k.keras")
+    result = scan(tmp_path)
+    assert sorted(result.added) == ["1", "k", "m"]
+    # a file changed inside the SavedModel folder changes its tree hash
+    variables = next((tmp_path / "exported" / "1" / "variables").glob("*.data-*"))
+    variables.write_bytes(variables.read_bytes()[::-1])
+    assert scan(tmp_path).changed == ["1"]

@@ -1,0 +1,202 @@
+"""The user's own models: `add(path)` registers one, `scan(folder)` registers every model under it."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from zoo.errors import DuplicateModelError, ModelFormatError
+from zoo.records import Artifact, Model
+
+if TYPE_CHECKING:
+    from zoo.catalog import Catalog
+    from zoo.formats import FormatInfo
+
+SOURCE = "local"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+@dataclass
+class ScanResult:
+    """What `scan` did: names added, unchanged, moved (path updated), changed (new content);
+    local models under the folder whose files are gone; files that look like models but are not."""
+
+    added: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "unchanged": self.unchanged, "moved": self.moved,
+                "changed": self.changed, "missing": self.missing,
+                "problems": [{"path": p, "error": e} for p, e in self.problems]}
+
+
+def _artifacts(info: FormatInfo) -> list[Artifact]:
+    """One artifact per file of the model, with its path, size and sha256 (folders: tree hash)."""
+    from zoo.formats import file_sha256
+
+    artifacts = []
+    for role, path in info.files.items():
+        if path.is_dir():
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            meta = {"sha256_of": "folder"}
+        else:
+            size, meta = path.stat().st_size, {}
+        artifacts.append(Artifact(role=role, filename=path.name, size=size, path=str(path),
+                                  sha256=file_sha256(path), meta=meta))
+    return artifacts
+
+
+def _default_name(info: FormatInfo) -> str:
+    path = info.path
+    stem = path.name if path.is_dir() else path.stem
+    stem = re.sub(r"\.weights$", "", stem)  # Keras' tiny.weights.h5
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", stem).strip("._-") or info.format
+    return name[:128]
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ModelFormatError(
+            f"model name {name!r} is not allowed; use letters, digits and . _ + - (no spaces or "
+            "slashes, at most 128 characters), e.g. --name my_model"
+        )
+    return name
+
+
+def _model(info: FormatInfo, name: str, task: str | None, dataset: str | None,
+           tags: Iterable[str], description: str | None) -> Model:
+    return Model(
+        name=name, framework=info.framework, format=info.format, task=task, dataset=dataset,
+        description=description, tags=list(dict.fromkeys(tags)), source=SOURCE,
+        artifacts=_artifacts(info), meta=dict(info.meta),
+    )
+
+
+def add(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    task: str | None = None,
+    dataset: str | None = None,
+    tags: Iterable[str] = (),
+    description: str | None = None,
+    catalog: str | os.PathLike | Catalog | None = None,
+) -> Model:
+    """Register the model at `path` (any supported format, detected from its content).
+
+    The name defaults to the file or folder stem; a name already in the catalog raises
+    `DuplicateModelError` (choose another with ``name=``).
+
+    >>> zoo.add("exports/cats.onnx", task="image-classification", tags=["cats"])  # doctest: +SKIP
+    """
+    from zoo.catalog import open_catalog
+    from zoo.formats import detect_format
+
+    info = detect_format(path)
+    name = _check_name(name or _default_name(info))
+    cat = open_catalog(catalog)
+    if cat.exists(name):  # say so before hashing a large file
+        raise DuplicateModelError(
+            f"a model named {name!r} is already in the catalog; choose another name with "
+            f"--name, or remove it first with `zoo rm {name}`"
+        )
+    return cat.add_model(_model(info, name, task, dataset, tags, description))
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+def scan(folder: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None
+         ) -> ScanResult:
+    """Register every model under `folder`; safe to run again.
+
+    A file already registered at its path is left alone (or updated if its content changed);
+    a file whose sha256 matches a local model whose file is gone is that model, moved (its path
+    is updated). Everything happens in one transaction.
+    """
+    from zoo.catalog import open_catalog
+    from zoo.formats import find_models
+
+    found, problems = find_models(folder)
+    result = ScanResult(problems=[(str(p), e) for p, e in problems])
+    # Hash before the transaction: hashing large files must not hold the catalog's write lock.
+    candidates = [(info, _artifacts(info)) for info in found]
+    cat = open_catalog(catalog)
+    root = Path(folder).expanduser().absolute()
+    with cat.batch():
+        taken = set(cat.names())
+        seen: set[str] = set()
+        for info, artifacts in candidates:
+            primary = next(a for a in artifacts if Path(a.path) == info.path)
+            for outcome, name in _place(cat, info, artifacts, primary, taken):
+                seen.add(name)
+                getattr(result, outcome).append(name)
+        for model in cat.search(source=SOURCE, limit=None):
+            if model.name in seen:
+                continue
+            paths = [Path(a.path) for a in model.artifacts if a.path and a.role != "onnx"]
+            if any(p.is_relative_to(root) and not p.exists() for p in paths):
+                result.missing.append(model.name)
+    return result
+
+
+def _place(cat: Catalog, info: FormatInfo, artifacts: list[Artifact], primary: Artifact,
+           taken: set[str]) -> list[tuple[str, str]]:
+    """Register one found model; returns (what happened, model name) for each entry it touched."""
+    outcomes = []
+    for name, known in cat.find_by_path(primary.path):
+        if known.role != primary.role:
+            continue
+        model = cat.get(name)
+        old = {a.role: a for a in model.artifacts}
+        if all(old.get(a.role) and old[a.role].sha256 == a.sha256
+               and old[a.role].path == a.path for a in artifacts):
+            outcomes.append(("unchanged", name))
+        else:
+            _refresh(cat, model, info, artifacts)
+            outcomes.append(("changed", name))
+    if outcomes:
+        return outcomes
+    for name, known in cat.find_by_sha256(primary.sha256):
+        if known.role != primary.role or (known.path and Path(known.path).exists()):
+            continue  # a copy of a model still in its place is a model of its own
+        model = cat.get(name)
+        if model.source != SOURCE:
+            continue  # fetched files are the fetcher's to track
+        _refresh(cat, model, info, artifacts)
+        outcomes.append(("moved", name))
+    if outcomes:
+        return outcomes
+    name = _unique_name(_default_name(info), taken)
+    taken.add(name)
+    cat.add_model(Model(name=name, framework=info.framework, format=info.format, source=SOURCE,
+                        artifacts=artifacts, meta=dict(info.meta)))
+    return [("added", name)]
+
+
+def _refresh(cat: Catalog, model: Model, info: FormatInfo, artifacts: list[Artifact]) -> None:
+    """Point a model at its files' new paths and hashes, keeping what the user said about it."""
+    for artifact in artifacts:
+        old = model.artifact(artifact.role)
+        if old is not None and old.filename != artifact.filename:
+            cat.remove_artifact(model.name, old.role, old.filename)
+        meta = {**old.meta, **artifact.meta} if old is not None else dict(artifact.meta)
+        cat.put_artifact(model.name, dataclasses.replace(artifact, meta=meta))
+    if (model.framework, model.format) != (info.framework, info.format):
+        cat.update_model(model.name, framework=info.framework, format=info.format)
+
+
+__all__ = ["ScanResult", "add", "scan"]
