@@ -1,2 +1,338 @@
 """Catalog commands: search, info, add, scan, list, rm, source."""
 from __future__ import annotations
+
+import datetime as _dt
+import os
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from zoo.cli._app import catalog_option, cli, emit, json_option, quiet_option, table
+from zoo.records import FRAMEWORKS
+
+if TYPE_CHECKING:
+    from zoo.records import Model
+
+# Imports of zoo.catalog & co. happen inside the commands: `zoo --help` stays instant.
+
+
+def _rows(models: list[Model]) -> str:
+    rows = []
+    for m in models:
+        state = "fetched" if m.is_local else ("removed upstream" if m.removed_upstream else "")
+        rows.append([m.name, m.framework, m.task, m.dataset, m.source, state])
+    return table(rows, ["NAME", "FRAMEWORK", "TASK", "DATASET", "SOURCE", "LOCAL"])
+
+
+def _filters(func):
+    func = click.option("--local/--remote", "local", default=None,
+                        help="Only models whose files are on disk (--local) or not (--remote).")(func)
+    func = click.option("--source", help="Only models from this zoo (caffe, tensorflow, local, a source).")(func)
+    func = click.option("--tag", help="Only models with this tag.")(func)
+    func = click.option("--dataset", help="Only models trained on this dataset, e.g. imagenet.")(func)
+    func = click.option("--task", help="Only models for this task, e.g. image-classification.")(func)
+    func = click.option("--framework", type=click.Choice(FRAMEWORKS, case_sensitive=False),
+                        help="Only models of this framework.")(func)
+    return func
+
+
+@cli.command()
+@click.argument("query", required=False)
+@_filters
+@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Most results to show (0: all).")
+@json_option
+@catalog_option
+def search(query, framework, task, dataset, tag, source, local, limit, as_json, catalog):
+    """Find models by words in their name, description, architecture, task, dataset or tags.
+
+    \b
+    Example:
+        zoo search resnet --framework caffe
+        zoo search "feature vector" --source tensorflow --json
+    """
+    from zoo.catalog import search as run_search
+
+    models = run_search(query, catalog=catalog, framework=framework, task=task, dataset=dataset,
+                        tag=tag, source=source, local=local, limit=limit or None)
+    if not models and not as_json:
+        click.echo(f"no models match{' ' + repr(query) if query else ''}; "
+                   "list everything with `zoo list`", err=True)
+        return
+    emit([m.to_dict() for m in models], as_json, lambda: _rows(models))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _info_text(model: Model) -> str:
+    lines = [model.name]
+    facts = [("framework", model.framework), ("format", model.format), ("task", model.task),
+             ("dataset", model.dataset), ("architecture", model.architecture),
+             ("source", model.source), ("license", model.license), ("homepage", model.homepage),
+             ("paper", model.paper),
+             ("parameters", f"{model.parameters:,}" if model.parameters else None),
+             ("tags", ", ".join(model.tags) if model.tags else None),
+             ("local", "yes: every file is on disk" if model.is_local
+              else f"no (get the files with `zoo fetch {model.name}`)")]
+    if model.removed_upstream:
+        facts.append(("upstream", "removed from its source's index; kept because fetched"))
+    lines += [f"  {k + ':':16}{v}" for k, v in facts if v is not None]
+    if model.description:
+        lines.append(f"  {'description:':16}{model.description}")
+    spec = model.input.to_dict()
+    if spec:
+        lines.append("  input:")
+        lines += [f"    {k + ':':16}{v}" for k, v in spec.items()]
+    if model.metrics:
+        lines.append("  metrics:")
+        lines += [f"    {k + ':':16}{v}" for k, v in model.metrics.items()]
+    if model.meta:
+        lines.append("  meta:")
+        lines += [f"    {k + ':':16}{v}" for k, v in model.meta.items()]
+    lines.append("  files:")
+    for a in model.artifacts:
+        size = f" ({_size(a.size)})" if a.size is not None else ""
+        lines.append(f"    {a.role}: {a.filename}{size}")
+        for url in a.urls:
+            lines.append(f"      url:        {url}")
+        if a.checksum:
+            lines.append(f"      checksum:   {a.checksum}")
+        elif a.meta.get("checksum_published") is False:
+            lines.append("      checksum:   none published")
+        if a.extract:
+            members = a.meta.get("members")
+            lines.append(f"      extract:    {a.extract}" + (f" -> {members}" if members else ""))
+        if a.path:
+            where = a.path if os.path.exists(a.path) else f"{a.path} (missing!)"
+            lines.append(f"      on disk:    {where}")
+            if a.sha256:
+                lines.append(f"      sha256:     {a.sha256}")
+        else:
+            lines.append("      on disk:    not fetched")
+        if a.meta.get("manual"):
+            lines.append(f"      get it:     {a.meta['manual']}")
+        if a.meta.get("note") and not a.checksum:
+            lines.append(f"      note:       {a.meta['note']}")
+        report = a.meta.get("report")
+        if isinstance(report, dict):
+            lines.append("      conversion: " + ", ".join(
+                f"{k}={v}" for k, v in report.items() if not isinstance(v, (dict, list))))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@catalog_option
+def info(name, as_json, catalog):
+    """Everything known about a model: metadata, input spec, files and where they are on disk.
+
+    \b
+    Example:
+        zoo info bvlc_alexnet
+    """
+    from zoo.catalog import info as run_info
+
+    model = run_info(name, catalog=catalog)
+    emit(model.to_dict(), as_json, lambda: _info_text(model))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--name", help="Name in the catalog [default: the file or folder stem].")
+@click.option("--task", help="What the model does, e.g. image-classification.")
+@click.option("--dataset", help="What it was trained on, e.g. imagenet.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat for several).")
+@click.option("--description", help="A sentence about the model.")
+@json_option
+@catalog_option
+def add(path, name, task, dataset, tags, description, as_json, catalog):
+    """Register a model file or SavedModel folder; the format is detected from its content.
+
+    Formats: ONNX, TF SavedModel folder, Keras .keras/.h5, frozen GraphDef .pb, TFLite,
+    Caffe .prototxt + .caffemodel (give either file), TorchScript .pt.
+
+    \b
+    Example:
+        zoo add exports/cats.onnx --task image-classification --tag cats
+    """
+    from zoo.local import add as run_add
+
+    model = run_add(path, name=name, task=task, dataset=dataset, tags=tags,
+                    description=description, catalog=catalog)
+    files = ", ".join(a.path for a in model.artifacts)
+    emit(model.to_dict(), as_json, f"added {model.name} ({model.framework}, {model.format}): {files}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@json_option
+@quiet_option
+@catalog_option
+def scan(folder, as_json, quiet, catalog):
+    """Register every model under a folder. Safe to re-run: moved and changed files are noticed.
+
+    \b
+    Example:
+        zoo scan ~/models
+    """
+    from zoo.local import scan as run_scan
+
+    result = run_scan(folder, catalog=catalog)
+    if as_json:
+        emit(result.to_dict(), True)
+        return
+    for path, error in result.problems:
+        click.echo(f"warning: skipped {error}", err=True)
+    if not quiet:
+        for what in ("added", "moved", "changed", "missing"):
+            for name in getattr(result, what):
+                click.echo(f"{what:9} {name}")
+    click.echo(f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
+               f"{len(result.moved)} moved, {len(result.changed)} changed"
+               + (f", {len(result.missing)} missing" if result.missing else ""))
+
+
+@cli.command(name="list")
+@_filters
+@json_option
+@catalog_option
+def list_(framework, task, dataset, tag, source, local, as_json, catalog):
+    """List every model in the catalog, by name.
+
+    \b
+    Example:
+        zoo list --source local
+    """
+    from zoo.catalog import list_models
+
+    models = list_models(catalog=catalog, framework=framework, task=task, dataset=dataset,
+                         tag=tag, source=source, local=local)
+    emit([m.to_dict() for m in models], as_json, lambda: _rows(models))
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@catalog_option
+def rm(name, as_json, catalog):
+    """Remove a model from the catalog (its files on disk are left alone).
+
+    \b
+    Example:
+        zoo rm my_model
+    """
+    from zoo.catalog import remove
+
+    remove(name, catalog=catalog)
+    emit({"removed": name}, as_json, f"removed {name} (files on disk are kept)")
+
+
+# ---- sources -----------------------------------------------------------------------------------
+
+@cli.group()
+def source():
+    """Remote zoo indexes (docs/index-format.md): add, list, sync, rm.
+
+    \b
+    Example:
+        zoo source add acme https://models.acme.org/zoo.json
+        zoo source sync
+    """
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "never"
+    return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _report_line(report: Any) -> str:
+    if report.status == "error":
+        return f"{report.name}: error: {report.error}"
+    if report.status in ("unchanged", "added"):
+        return f"{report.name}: {report.status}"
+    s = report.stats
+    text = (f"{report.name}: {len(s.added)} added, {len(s.updated)} updated, "
+            f"{len(s.removed)} removed")
+    return text + (f", {len(s.marked)} kept as removed upstream (fetched)" if s.marked else "")
+
+
+@source.command(name="add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--no-sync", is_flag=True, help="Register without downloading the index now.")
+@json_option
+@catalog_option
+def source_add(name, url, no_sync, as_json, catalog):
+    """Follow the zoo index at URL (http(s)://, file:// or a path) as source NAME.
+
+    \b
+    Example:
+        zoo source add acme https://models.acme.org/zoo.json
+    """
+    from zoo.sources import add_source
+
+    report = add_source(name, url, sync=not no_sync, catalog=catalog)
+    emit(report.to_dict(), as_json, _report_line(report))
+
+
+@source.command(name="list")
+@json_option
+@catalog_option
+def source_list(as_json, catalog):
+    """The sources the catalog follows."""
+    from zoo.sources import list_sources
+
+    sources = list_sources(catalog=catalog)
+    emit([s.to_dict() for s in sources], as_json, lambda: table(
+        [[s.name, s.url, s.models, _when(s.synced_at)] for s in sources],
+        ["NAME", "URL", "MODELS", "SYNCED"]))
+
+
+@source.command(name="sync")
+@click.argument("name", required=False)
+@json_option
+@catalog_option
+def source_sync(name, as_json, catalog):
+    """Download the sources' indexes again (conditional GET) and update the catalog.
+
+    \b
+    Example:
+        zoo source sync acme
+    """
+    from zoo.sources import sync_sources
+
+    reports = sync_sources(name, catalog=catalog)
+    emit([r.to_dict() for r in reports], as_json, lambda: "\n".join(
+        _report_line(r) for r in reports if r.status != "error"))
+    failed = [r for r in reports if r.status == "error"]
+    for report in failed:
+        click.echo(f"error: source {report.name}: {report.error}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+@source.command(name="rm")
+@click.argument("name")
+@json_option
+@catalog_option
+def source_rm(name, as_json, catalog):
+    """Stop following a source; its models go, except those already fetched.
+
+    \b
+    Example:
+        zoo source rm acme
+    """
+    from zoo.sources import remove_source
+
+    stats = remove_source(name, catalog=catalog)
+    emit({"name": name, **stats.to_dict()}, as_json,
+         f"removed source {name}: {len(stats.removed)} models removed"
+         + (f", {len(stats.marked)} fetched models kept" if stats.marked else ""))

@@ -1,0 +1,187 @@
+"""Remote zoo sources over a real HTTP server on 127.0.0.1: ETag/304, upstream removals, bad indexes."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _http_helpers import fault_server  # noqa: E402,F401  (the fixture)
+
+import zoo  # noqa: E402
+from zoo.catalog import open_catalog  # noqa: E402
+from zoo.errors import (  # noqa: E402
+    DuplicateModelError,
+    FetchError,
+    IndexFormatError,
+    OfflineError,
+    UnknownSourceError,
+    ZooError,
+)
+from zoo.index import FORMAT  # noqa: E402
+from zoo.records import Artifact  # noqa: E402
+from zoo.sources import add_source, list_sources, remove_source, sync_sources  # noqa: E402
+
+
+def entry(name: str, description: str = "a model") -> dict:
+    return {"name": name, "framework": "onnx", "description": description, "tags": ["acme"],
+            "files": [{"role": "model", "filename": f"{name}.onnx",
+                       "url": f"https://models.example/{name}.onnx", "sha256": "ab" * 32}]}
+
+
+def index_bytes(*entries: dict) -> bytes:
+    return json.dumps({"format": FORMAT, "name": "acme", "models": list(entries)}).encode()
+
+
+def snapshot() -> tuple[list[dict], list[dict]]:
+    cat = open_catalog()
+    return ([m.to_dict() for m in cat.search(limit=None)], [s.to_dict() for s in cat.sources()])
+
+
+@pytest.fixture
+def acme(fault_server):
+    route = fault_server.add("/zoo.json", index_bytes(entry("a.acme"), entry("b.acme")),
+                             content_type="application/json")
+    return route, fault_server.url("/zoo.json")
+
+
+def test_add_sync_and_304(acme):
+    route, url = acme
+    report = add_source("acme", url)
+    assert report.status == "synced" and sorted(report.stats.added) == ["a.acme", "b.acme"]
+    assert zoo.info("a.acme").source == "acme"
+    assert [m.name for m in zoo.search(source="acme")] == ["a.acme", "b.acme"]
+    (info,) = [s for s in list_sources() if s.name == "acme"]
+    assert info.url == url and info.models == 2 and info.etag == route.current_etag
+    assert info.synced_at
+
+    before = snapshot()[0]
+    (again,) = sync_sources("acme")
+    assert again.status == "unchanged"
+    assert route.requests[-1].headers["If-None-Match"] == route.current_etag
+    assert route.hits == 2 and snapshot()[0] == before
+
+
+def test_sync_updates_adds_deletes_and_marks_fetched(acme):
+    route, url = acme
+    add_source("acme", url)
+    # b was fetched: its file is on disk
+    cat = open_catalog()
+    cat.put_artifact("b.acme", Artifact("model", "b.acme.onnx", urls=["https://models.example/b.acme.onnx"],
+                                        checksum="sha256:" + "ab" * 32, path="/tmp/b.onnx", sha256="ab" * 32))
+    route.set_body(index_bytes(entry("c.acme"), entry("d.acme", description="new text")))
+    (report,) = sync_sources("acme")
+    assert report.status == "synced"
+    assert sorted(report.stats.added) == ["c.acme", "d.acme"]
+    assert report.stats.removed == ["a.acme"] and report.stats.marked == ["b.acme"]
+    assert not cat.exists("a.acme")
+    kept = cat.get("b.acme")
+    assert kept.removed_upstream and kept.artifacts[0].path == "/tmp/b.onnx"
+    # b comes back upstream: unmarked, its local file kept
+    route.set_body(index_bytes(entry("b.acme", "back"), entry("c.acme"), entry("d.acme", "new text")))
+    (report,) = sync_sources("acme")
+    back = cat.get("b.acme")
+    assert report.stats.updated == ["b.acme"] and not back.removed_upstream
+    assert back.description == "back" and back.artifacts[0].path == "/tmp/b.onnx"
+
+
+def test_malformed_index_changes_nothing(acme):
+    route, url = acme
+    add_source("acme", url)
+    before = snapshot()
+    bad = json.loads(index_bytes(entry("a.acme"), entry("z.acme")))
+    bad["models"][1]["framework"] = "caffe2"
+    route.set_body(json.dumps(bad).encode())
+    with pytest.raises(IndexFormatError) as caught:
+        sync_sources("acme")
+    assert str(caught.value).startswith("index 'acme' entry 1 ('z.acme'): field 'framework'")
+    route.set_body(b"<html>maintenance</html>")
+    with pytest.raises(IndexFormatError, match="not valid JSON"):
+        sync_sources("acme")
+    assert snapshot() == before  # models, ETag and sync time all as they were
+
+
+def test_http_errors_change_nothing(acme, fault_server):
+    route, url = acme
+    add_source("acme", url)
+    before = snapshot()
+    route.set_body(b"<html>gone</html>")
+    route.status = 404
+    with pytest.raises(FetchError, match="HTTP 404"):
+        sync_sources("acme")
+    assert snapshot() == before
+    with pytest.raises(FetchError, match="HTTP 404"):
+        add_source("other", fault_server.url("/missing.json"))
+    assert "other" not in [s.name for s in list_sources()]
+
+
+def test_name_clash_with_another_source_changes_nothing(fault_server):
+    fault_server.add("/zoo.json", index_bytes(entry("bvlc_alexnet")))
+    before = snapshot()
+    with pytest.raises(DuplicateModelError, match="bvlc_alexnet"):
+        add_source("acme", fault_server.url("/zoo.json"))
+    assert snapshot() == before
+
+
+def test_sync_all_reports_each_source(acme, fault_server):
+    route, url = acme
+    add_source("acme", url)
+    broken = fault_server.add("/broken.json", index_bytes(entry("x.broken")))
+    add_source("broken", fault_server.url("/broken.json"))
+    broken.set_body(b"{")
+    reports = {r.name: r for r in sync_sources()}
+    assert reports["acme"].status == "unchanged"
+    assert reports["broken"].status == "error" and "not valid JSON" in reports["broken"].error
+    assert reports["caffe"].status in ("synced", "unchanged")
+    assert zoo.info("x.broken").source == "broken"
+
+
+def test_file_urls_and_paths(tmp_path):
+    path = tmp_path / "zoo.json"
+    path.write_bytes(index_bytes(entry("a.acme")))
+    report = add_source("acme", str(path))
+    assert report.url == path.as_uri() and report.stats.added == ["a.acme"]
+    assert sync_sources("acme")[0].status == "unchanged"  # same content
+    path.write_bytes(index_bytes(entry("a.acme"), entry("b.acme")))
+    assert sync_sources("acme")[0].stats.added == ["b.acme"]
+    add_source("again", path.as_uri(), sync=False)
+    assert [s.synced_at for s in list_sources() if s.name == "again"] == [None]
+    with pytest.raises(ZooError, match="does not exist"):
+        add_source("nope", str(tmp_path / "nope.json"))
+
+
+def test_builtin_sources_resync(tmp_path):
+    reports = {r.name: r for r in sync_sources()}
+    assert set(reports) == {"caffe", "tensorflow"}
+    assert all(r.status in ("synced", "unchanged") for r in reports.values())
+    assert sync_sources("caffe")[0].status == "unchanged"
+    with pytest.raises(ZooError, match="built-in"):
+        add_source("caffe", str(tmp_path))
+
+
+def test_remove_source(acme):
+    route, url = acme
+    add_source("acme", url)
+    open_catalog().put_artifact("a.acme", Artifact("model", "a.acme.onnx", path="/tmp/a.onnx", sha256="ab" * 32))
+    stats = remove_source("acme")
+    assert stats.removed == ["b.acme"] and stats.marked == ["a.acme"]
+    assert "acme" not in [s.name for s in list_sources()]
+    assert open_catalog().get("a.acme").removed_upstream
+    with pytest.raises(UnknownSourceError, match="closest: tensorflow"):
+        remove_source("tensorflw")
+    with pytest.raises(UnknownSourceError):
+        sync_sources("acme")
+
+
+def test_bad_names_and_offline(acme, monkeypatch):
+    _route, url = acme
+    for name in ("local", "my source", ""):
+        with pytest.raises(ZooError):
+            add_source(name, url)
+    with pytest.raises(ZooError, match="scheme 'ftp'"):
+        add_source("ftp", "ftp://example.org/zoo.json")
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="ZOO_OFFLINE"):
+        add_source("acme", url)

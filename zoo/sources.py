@@ -1,0 +1,235 @@
+"""Remote zoo sources: zoo indexes (docs/index-format.md) at a URL, added, listed, synced and removed.
+
+A sync sends the ETag of the last one (`If-None-Match`); 304 means nothing changed. An index is
+parsed and validated completely before the catalog is touched, and each source's update is one
+transaction, so a malformed index or a failed download leaves the catalog as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from zoo.errors import FetchError, IndexFormatError, OfflineError, UnknownSourceError, ZooError
+
+if TYPE_CHECKING:
+    from zoo.catalog import Catalog, SourceInfo, SyncStats
+    from zoo.records import Model
+
+BUILTIN_SCHEME = "builtin:"
+RESERVED = ("local",)  # the source of models added with `zoo add`/`zoo scan`
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TIMEOUT = (10, 60)  # connect, read (seconds)
+MAX_INDEX_BYTES = 64 << 20
+
+
+@dataclass
+class SyncReport:
+    """The outcome of syncing one source: "synced", "unchanged" (HTTP 304 or same content) or
+    "error" (the catalog kept what it had)."""
+
+    name: str
+    url: str
+    status: str
+    stats: SyncStats | None = None
+    etag: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "url": self.url, "status": self.status}
+        if self.stats is not None:
+            data.update(self.stats.to_dict())
+        if self.etag:
+            data["etag"] = self.etag
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise ZooError(f"source name {name!r} is not allowed; use letters, digits and . _ - "
+                       "(at most 64 characters), e.g. `zoo source add acme URL`")
+    if name in RESERVED:
+        raise ZooError(f"source name {name!r} is reserved for models added with `zoo add`; "
+                       "choose another name")
+    return name
+
+
+def _local_path(url: str) -> Path | None:
+    """The file a file:// URL or plain path names; None for http(s) and builtin: URLs."""
+    if url.startswith(BUILTIN_SCHEME):
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme in ("http", "https"):
+        return None
+    if "://" in url:
+        raise ZooError(f"index URL {url!r} has scheme {parsed.scheme!r}; use http://, https://, "
+                       "file:// or a path to a file")
+    return Path(url).expanduser().absolute()
+
+
+def _normalise_url(url: str) -> str:
+    path = _local_path(url)
+    if path is None:
+        return url
+    if not path.is_file():
+        raise ZooError(f"index file {path} does not exist; give the path or URL of a zoo index "
+                       "(docs/index-format.md)")
+    return path.as_uri()
+
+
+def _content_etag(data: bytes) -> str:
+    return '"sha256-' + hashlib.sha256(data).hexdigest() + '"'
+
+
+def _download(name: str, url: str, etag: str | None) -> tuple[bytes | None, str | None]:
+    """The index's bytes and ETag, or (None, etag) when it has not changed since `etag`."""
+    if url.startswith(BUILTIN_SCHEME):
+        from importlib import resources
+
+        index = url[len(BUILTIN_SCHEME):]
+        resource = resources.files("zoo").joinpath("data", f"{index}.json")
+        if not resource.is_file():
+            raise IndexFormatError(f"source {name!r} names built-in index {index!r}, which this "
+                                   "zoo does not ship; remove it with `zoo source rm`")
+        data = resource.read_bytes()
+    elif (path := _local_path(url)) is not None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise FetchError(f"cannot read index of source {name!r} at {path}: {exc.strerror}"
+                             ) from None
+    else:
+        return _http_get(name, url, etag)
+    # Files carry no ETag: the content's hash stands in, so an unchanged file is not re-read.
+    new = _content_etag(data)
+    return (None, etag) if new == etag else (data, new)
+
+
+def _http_get(name: str, url: str, etag: str | None) -> tuple[bytes | None, str | None]:
+    from zoo import config
+
+    if config.offline():
+        raise OfflineError(f"ZOO_OFFLINE is set, so source {name!r} ({url}) was not synced; "
+                           "unset ZOO_OFFLINE to sync")
+    import requests
+
+    headers = {"Accept": "application/json"}
+    if etag:
+        headers["If-None-Match"] = etag
+    try:
+        with requests.get(url, headers=headers, timeout=TIMEOUT, stream=True) as response:
+            if response.status_code == 304:
+                return None, etag
+            if response.status_code != 200:
+                raise FetchError(f"source {name!r}: GET {url} answered HTTP "
+                                 f"{response.status_code} {response.reason}; check the URL "
+                                 f"with `zoo source list`")
+            chunks, total = [], 0
+            for chunk in response.iter_content(1 << 16):
+                total += len(chunk)
+                if total > MAX_INDEX_BYTES:
+                    raise FetchError(f"source {name!r}: the index at {url} is larger than "
+                                     f"{MAX_INDEX_BYTES >> 20} MB; is it really a zoo index?")
+                chunks.append(chunk)
+            return b"".join(chunks), response.headers.get("ETag")
+    except requests.RequestException as exc:
+        raise FetchError(f"source {name!r}: cannot download {url} ({exc.__class__.__name__}: "
+                         f"{exc})") from None
+
+
+def _parse(name: str, data: bytes) -> list[Model]:
+    from zoo.index import parse_index
+
+    return parse_index(data, source=name)
+
+
+def add_source(name: str, url: str, *, sync: bool = True,
+               catalog: str | os.PathLike | Catalog | None = None) -> SyncReport:
+    """Register a zoo index at `url` (http(s)://, file:// or a path) as source `name`.
+
+    With `sync` (the default) the index is downloaded and validated first: if that fails,
+    nothing is registered. Adding an existing name again changes its URL.
+
+    >>> zoo.add_source("acme", "https://models.acme.org/zoo.json")   # doctest: +SKIP
+    """
+    from zoo.catalog import open_catalog
+
+    _check_name(name)
+    cat = open_catalog(catalog)
+    existing = {s.name: s for s in cat.sources()}.get(name)
+    if existing is not None and existing.url.startswith(BUILTIN_SCHEME) and existing.url != url:
+        raise ZooError(f"source {name!r} is one of zoo's built-in zoos; choose another name")
+    url = _normalise_url(url.strip())
+    if not sync:
+        cat.add_source(name, url)
+        return SyncReport(name, url, "added")
+    data, etag = _download(name, url, None)
+    models = _parse(name, data)
+    with cat.batch():
+        cat.add_source(name, url)
+        stats = cat.replace_source_models(name, models)
+        cat.update_source(name, etag=etag, synced_at=time.time())
+    return SyncReport(name, url, "synced", stats, etag)
+
+
+def list_sources(*, catalog: str | os.PathLike | Catalog | None = None) -> list[SourceInfo]:
+    """The sources the catalog follows, with their URL, ETag, last sync time and model count."""
+    from zoo.catalog import open_catalog
+
+    return open_catalog(catalog).sources()
+
+
+def _sync_one(cat: Catalog, source: SourceInfo) -> SyncReport:
+    data, etag = _download(source.name, source.url, source.etag)
+    if data is None:
+        cat.update_source(source.name, synced_at=time.time())
+        return SyncReport(source.name, source.url, "unchanged", etag=etag)
+    models = _parse(source.name, data)  # everything is validated before the catalog is touched
+    with cat.batch():
+        stats = cat.replace_source_models(source.name, models)
+        cat.update_source(source.name, etag=etag, synced_at=time.time())
+    return SyncReport(source.name, source.url, "synced", stats, etag)
+
+
+def sync_sources(name: str | None = None, *, catalog: str | os.PathLike | Catalog | None = None
+                 ) -> list[SyncReport]:
+    """Bring the catalog up to date with one source, or all of them.
+
+    Entries gone from an index are deleted, or kept and marked `removed_upstream` when their files
+    were fetched. Syncing one named source raises its error; syncing all reports each source's
+    error in its `SyncReport` and goes on with the others.
+    """
+    from zoo.catalog import open_catalog
+
+    cat = open_catalog(catalog)
+    if name is not None:
+        return [_sync_one(cat, cat.get_source(name))]
+    reports = []
+    for source in cat.sources():
+        try:
+            reports.append(_sync_one(cat, source))
+        except ZooError as exc:
+            reports.append(SyncReport(source.name, source.url, "error", error=str(exc)))
+    return reports
+
+
+def remove_source(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> SyncStats:
+    """Forget a source and its models, keeping (marked `removed_upstream`) the ones fetched."""
+    from zoo.catalog import open_catalog
+
+    if name in RESERVED:
+        raise UnknownSourceError(f"{name!r} is not a source but zoo's name for models added with "
+                                 "`zoo add`; remove those with `zoo rm NAME`")
+    return open_catalog(catalog).remove_source(name)
+
+
+__all__ = ["SyncReport", "add_source", "list_sources", "remove_source", "sync_sources"]
