@@ -228,3 +228,35 @@ def test_ctrl_c_in_zoo_fetch_keeps_the_part_and_registers_nothing(fault_server, 
     (art,) = fetch("big.onnx", quiet=True)
     assert Path(art.path).read_bytes() == big
     assert fault_server.routes["/big.bin"].requests[-1].headers["Range"] == f"bytes={kept}-"
+
+
+def test_progress_bar_only_on_a_terminal(served, zoo_cmd):
+    """`zoo fetch` with stderr on a pseudo-terminal draws a bar; --quiet draws nothing."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    def stderr_of(*args: str) -> str:
+        master, slave = pty.openpty()
+        # A real terminal has a size; tqdm draws nothing in a 0-column one.
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        proc = subprocess.Popen([*zoo_cmd, *args], stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=60)
+        os.close(master)
+        assert proc.returncode == 0
+        return b"".join(chunks).decode(errors="replace")
+
+    assert stderr_of("fetch", "--quiet", "tiny.caffe") == ""
+    drawn = stderr_of("fetch", "--force", "tiny.caffe")
+    assert "tiny.caffe: w.caffemodel" in drawn and "B/s" in drawn

@@ -321,6 +321,8 @@ def download(
             hasher = _hash_file(dest, expected.algos)
             stale = expected.problem(dest, hasher, hasher.count)
             if stale is None:
+                for leftover in (dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json")):
+                    leftover.unlink(missing_ok=True)  # a verified file makes any partial one moot
                 return DownloadResult(
                     dest, hasher.hexdigest(), hasher.count, time.monotonic() - started, 0, None, cached=True
                 )
@@ -464,9 +466,9 @@ class _Job:
             )
         size = self.offset
         sha = self.hasher.hexdigest("sha256")
+        # No fsync before the rename: a file cut short by a crash is caught anyway, because a
+        # cached file is re-hashed before every reuse (and `zoo verify` re-hashes on demand).
         try:
-            with open(self.part, "rb+") as f:
-                os.fsync(f.fileno())  # the rename must not land before the bytes do
             os.replace(self.part, self.dest)
         except OSError as exc:
             self._discard()
