@@ -50,6 +50,7 @@ class Builder:
     shapes: dict[str, list[int]] = field(default_factory=dict)
     reserved: set[str] = field(default_factory=set)  # layer names and blob names
     used: set[str] = field(default_factory=set)
+    node_names: set[str] = field(default_factory=set)
 
     @property
     def graph(self):
@@ -97,7 +98,12 @@ class Builder:
     def node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> None:
         from onnx import helper
 
-        self.graph.node.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
+        unique, n = name, 0
+        while unique in self.node_names:
+            n += 1
+            unique = f"{name}_{n}"
+        self.node_names.add(unique)
+        self.graph.node.append(helper.make_node(op, inputs, outputs, name=unique, **attrs))
 
 
 @dataclass

@@ -42,9 +42,10 @@ def run_onnx(model: onnx.ModelProto, inputs: dict, names: list[str], threads: in
     return session.run(names, inputs)
 
 
-def run_opencv(prototxt: str, caffemodel: str, inputs: dict, pins: list[str], threads: int = 1) -> list[np.ndarray]:
-    """Run the net in OpenCV's Caffe importer and return the outputs of layers `pins` (``layer`` or
-    ``layer.index`` for a layer's later tops)."""
+def run_opencv(
+    prototxt: str, caffemodel: str, inputs: dict, pins: list[tuple[str, int]], threads: int = 1
+) -> list[np.ndarray]:
+    """Run the net in OpenCV's Caffe importer and return the outputs `pins`: (layer name, top index)."""
     import cv2
 
     previous = cv2.getNumThreads()
@@ -55,15 +56,12 @@ def run_opencv(prototxt: str, caffemodel: str, inputs: dict, pins: list[str], th
         net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         for name, value in inputs.items():
             net.setInput(value, name)
-        return [o.copy() for o in net.forward(pins)]
+        layers = list(dict.fromkeys(layer for layer, _ in pins))
+        # forwardAndRetrieve gives every top of a layer; plain forward() only the first.
+        results = dict(zip(layers, net.forwardAndRetrieve(layers)))
+        return [results[layer][index].copy() for layer, index in pins]
     finally:
         cv2.setNumThreads(previous)
-
-
-def opencv_pin(producers: dict[str, tuple[str, int]], tensor: str) -> str:
-    """OpenCV's name for the output a tensor holds: the layer name, with ``.k`` for the k-th top."""
-    layer, index = producers[tensor]
-    return layer if index == 0 else f"{layer}.{index}"
 
 
 def compare(
@@ -81,7 +79,7 @@ def compare(
 
     tensors = tensors or [o.name for o in model.graph.output]
     inputs = sample_inputs(net, batch, seed)
-    reference = run_opencv(prototxt, caffemodel, inputs, [opencv_pin(producers, t) for t in tensors])
+    reference = run_opencv(prototxt, caffemodel, inputs, [producers[t] for t in tensors])
     converted = run_onnx(model, inputs, tensors)
     return compare_outputs(tensors, reference, converted)
 

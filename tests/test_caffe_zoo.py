@@ -1,0 +1,94 @@
+"""Every Caffe Model Zoo deploy net in shared/caffe, with random weights: onnxruntime vs OpenCV per layer."""
+from __future__ import annotations
+
+import pytest
+
+from _caffe_helpers import RTOL, assert_close
+from conftest import CAFFE_MODELS
+
+pytest.importorskip("cv2")
+
+FAST = ["lenet", "cifar10_quick", "squeezenet_v1.0", "squeezenet_v1.1", "bvlc_googlenet", "resnet_50"]
+# Over a few seconds each here (60M-parameter fully connected layers, or 100+ conv layers).
+SLOW = ["bvlc_alexnet", "bvlc_reference_caffenet", "bvlc_reference_rcnn_ilsvrc13", "finetune_flickr_style",
+        "resnet_101", "resnet_152"]
+# Layer types worth comparing at; in-place ones (ReLU, BatchNorm, Scale) are sampled separately.
+CHECKED_TYPES = {"Convolution", "Pooling", "LRN", "InnerProduct", "Concat", "Eltwise", "Softmax"}
+MAX_CHECKED = 40
+
+
+def test_every_zoo_net_is_covered():
+    assert sorted(p.name for p in CAFFE_MODELS.iterdir() if (p / "deploy.prototxt").exists()) == sorted(FAST + SLOW)
+
+
+def _checked_layers(net, graph_outputs: list[str]) -> list[str]:
+    """A spread of layers through the net, the first of each in-place type, and the net outputs."""
+    candidates = [layer.name for layer in net.layers if layer.type in CHECKED_TYPES]
+    step = max(1, len(candidates) // MAX_CHECKED)
+    names = candidates[::step]
+    for kind in ("ReLU", "BatchNorm", "Scale", "Dropout"):
+        names += [layer.name for layer in net.layers if layer.type == kind][:1]
+    names += [n for n in ("pool5", "fc7", "fc6", "pool5/7x7_s1") if n in {layer.name for layer in net.layers}]
+    return list(dict.fromkeys(names + graph_outputs))
+
+
+def _check_zoo_net(model: str, tmp_path, verify: bool):
+    from converters.caffe import convert, make_random_caffemodel
+    from converters.caffe.opencv_check import run_onnx, run_opencv, sample_inputs
+    from converters.caffe.parse import read_prototxt
+
+    prototxt = CAFFE_MODELS / model / "deploy.prototxt"
+    caffemodel = tmp_path / f"{model}.caffemodel"
+    make_random_caffemodel(prototxt, caffemodel, seed=3)
+    # The report's own OpenCV check loads the weights into OpenCV a second time: only on the small nets.
+    conversion = convert(prototxt, caffemodel, verify=verify)
+    report = conversion.report
+    if verify:
+        assert report.verified is True, report.notes
+        assert report.reference.startswith("opencv 4.")
+        assert report.outputs and all(o.max_rel <= RTOL for o in report.outputs)
+    assert report.input_layout == "NCHW" and report.opset == 17
+    assert set(report.source_files) == {str(prototxt), str(caffemodel)}
+
+    net = read_prototxt(prototxt)
+    outputs = [o.name for o in conversion.model.graph.output]
+    names = _checked_layers(net, outputs)
+    # Two items in the batch: the graph's batch axis is dynamic whatever the prototxt says.
+    inputs = sample_inputs(net, batch=2, seed=11)
+    reference = run_opencv(str(prototxt), str(caffemodel), inputs, [(n, 0) for n in names])
+    got = run_onnx(conversion.model, inputs, names)
+    for name, ref, out in zip(names, reference, got):
+        assert_close(f"{model}:{name}", ref, out)
+    # The comparison is not vacuous: the checked layers carry signal, not near-zero activations.
+    assert max(abs(r).max() for r in reference) > 1.0
+
+
+@pytest.mark.parametrize("model", FAST)
+def test_zoo_net_matches_opencv(model, tmp_path):
+    _check_zoo_net(model, tmp_path, verify=model != "resnet_50")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", SLOW)
+def test_big_zoo_net_matches_opencv(model, tmp_path):
+    _check_zoo_net(model, tmp_path, verify=False)
+
+
+def test_googlenet_and_resnet_pool1_use_caffe_ceil_rounding(tmp_path):
+    # 112 -> 56 with Caffe's ceil rounding (floor would give 55): the facts converters get wrong.
+    from converters.caffe.layers import pooled_size
+
+    assert pooled_size(112, 3, 2, 0, ceil=True, any_pad=False) == 56
+    assert pooled_size(112, 3, 2, 0, ceil=False, any_pad=False) == 55
+    from converters.caffe import convert, make_random_caffemodel
+
+    prototxt = CAFFE_MODELS / "resnet_50" / "deploy.prototxt"
+    caffemodel = tmp_path / "r50.caffemodel"
+    make_random_caffemodel(prototxt, caffemodel)
+    conversion = convert(prototxt, caffemodel, verify=False)
+    import numpy as np
+
+    from converters.caffe.opencv_check import run_onnx
+
+    (pool1,) = run_onnx(conversion.model, {"data": np.zeros([1, 3, 224, 224], np.float32)}, ["pool1"])
+    assert pool1.shape == (1, 64, 56, 56)
