@@ -223,6 +223,24 @@ def test_token_goes_to_the_catalog_host_only(fault_server, second_server, tmp_pa
     assert download([fault_server.url("/same")], tmp_path / "b.bin").sha256 == SHA
 
 
+def test_token_hosts_limits_where_the_token_goes(fault_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_TOKEN", "s3cret-token")
+    monkeypatch.setenv("ZOO_TOKEN_HOSTS", "models.example.org, localhost")
+    route = fault_server.add("/w.bin", BODY)
+    download([fault_server.url("/w.bin")], tmp_path / "a.bin")
+    download([fault_server.url("/w.bin", host="localhost")], tmp_path / "b.bin")
+    assert "Authorization" not in route.requests[0].headers
+    assert route.requests[1].headers["Authorization"] == "Bearer s3cret-token"
+
+
+def test_a_mirror_serving_wrong_bytes_is_skipped(fault_server, tmp_path):
+    fault_server.add("/bad/w.bin", b"stale copy" * 50)
+    fault_server.add("/good/w.bin", BODY)
+    result = download([fault_server.url("/bad/w.bin"), fault_server.url("/good/w.bin")], tmp_path / "w.bin",
+                      checksum=f"sha256:{SHA}")
+    assert result.url == fault_server.url("/good/w.bin") and result.path.read_bytes() == BODY
+
+
 def test_netrc_credentials_are_used_for_their_host_only(fault_server, second_server, tmp_path, monkeypatch):
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login alice password wonderland\n")

@@ -244,7 +244,7 @@ class _Expected:
         return None
 
 
-def _hash_file(path: Path, algos: Sequence[str], progress: Progress | None = None) -> MultiHasher:
+def _hash_file(path: Path, algos: Sequence[str]) -> MultiHasher:
     size = path.stat().st_size
     hasher = MultiHasher(list(algos), size=size)
     with open(path, "rb") as f:
@@ -285,8 +285,9 @@ def download(
     size, checksum: what the publisher says ("sha256:<hex>", "sha1:", "md5:", "gitblob:").
     sha256: a sha256 pinned by an earlier fetch; must match too.
     session: a requests.Session to reuse connections; ZOO_TOKEN is sent as a bearer token
-        to each URL's own host (never to another host after a redirect), .netrc
-        credentials go to the host they are listed for.
+        to each URL's own host (never to another host after a redirect; only to the hosts
+        in ZOO_TOKEN_HOSTS when that is set), .netrc credentials go to the host they are
+        listed for.
     timeout: (connect, read) seconds; a server silent for longer is retried, then given up.
     retries: attempts per URL after connection errors, stalls, 5xx and 429 (the count
         restarts whenever an attempt made progress); waits `backoff * 2**n` seconds or
@@ -378,6 +379,8 @@ class _Job:
         self.chunk_size = chunk_size
         self.transferred = 0
         self.token = os.environ.get("ZOO_TOKEN") or None
+        # Optional scope: the token goes only to these host names (comma-separated).
+        self.token_hosts = {h.strip().lower() for h in os.environ.get("ZOO_TOKEN_HOSTS", "").split(",") if h.strip()}
         # The .part's bytes as hashed so far; None until the .part has been looked at.
         self.hasher: MultiHasher | None = None
         self.offset = 0
@@ -541,7 +544,10 @@ class _Job:
             # The bearer token goes only to the origin the catalog named, so a redirect to a
             # CDN or another host never sees it; auth=None lets requests use .netrc for the
             # host it is listed for, as it does for any request.
-            auth = _BearerAuth(self.token) if self.token and _origin(current) == first_origin else None
+            send_token = self.token and _origin(current) == first_origin and (
+                not self.token_hosts or first_origin[1] in self.token_hosts
+            )
+            auth = _BearerAuth(self.token) if send_token else None
             try:
                 resp = self.session.get(
                     current, headers=headers, stream=True, timeout=self.timeout, allow_redirects=False, auth=auth
@@ -820,8 +826,6 @@ def fetch(
 
 
 def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, options):
-    from zoo.records import Artifact  # noqa: F401  (typing only)
-
     label = f"{artifact.role} file {artifact.filename} of {name}"
     if not artifact.urls:
         if artifact.path and Path(artifact.path).exists():
