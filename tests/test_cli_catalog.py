@@ -1,0 +1,199 @@
+"""The catalog commands through click's CliRunner and as the `zoo` a user types (subprocesses)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _format_helpers import model_files  # noqa: E402
+from _http_helpers import fault_server  # noqa: E402,F401  (the fixture)
+
+from zoo.cli import cli  # noqa: E402
+from zoo.index import FORMAT  # noqa: E402
+
+HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "cv2", "keras")
+
+
+def run(*args: str):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result
+
+
+def run_json(*args: str):
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+@pytest.fixture(scope="module")
+def light():
+    return model_files("light")
+
+
+def test_search_text_json_and_filters():
+    result = run("search", "resnet")
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0].split()[:3] == ["NAME", "FRAMEWORK", "TASK"]
+    assert "resnet50.caffe" in result.output and "resnet50.keras" in result.output
+    caffe = run_json("search", "resnet", "--framework", "caffe")
+    assert caffe and {m["framework"] for m in caffe} == {"caffe"}
+    assert {m["name"] for m in caffe} >= {"resnet50.caffe", "resnet101.caffe", "resnet152.caffe"}
+    assert [m["name"] for m in run_json("search", "alexnet", "--limit", "1")] == ["bvlc_alexnet"]
+    hub = run_json("search", "--source", "tensorflow", "--task", "feature-extraction", "--tag", "tf-hub")
+    assert hub and all("tf-hub" in m["tags"] for m in hub)
+    assert run_json("search", "--local") == []
+    assert len(run_json("search", "--remote", "--limit", "0")) == 36
+    assert run_json("search", "--dataset", "flickr-style")[0]["name"] == "finetune_flickr_style"
+    empty = run("search", "nothing-like-this")
+    assert empty.exit_code == 0 and "no models match" in empty.output
+
+
+def test_info_text_and_json():
+    result = run("info", "bvlc_alexnet")
+    assert result.exit_code == 0
+    text = result.output
+    assert "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel" in text
+    assert "sha1:9116a64c0fbe4459d18f4bb6b56d647b63920377" in text
+    assert "not fetched" in text and "BGR" in text and "none published" in text
+    data = run_json("info", "bvlc_alexnet")
+    assert data["name"] == "bvlc_alexnet" and data["local"] is False
+    assert [a["role"] for a in data["artifacts"]] == ["graph", "weights"]
+    assert "OneDrive" in run("info", "resnet50.caffe").output
+
+
+def test_user_errors_are_one_line_with_exit_1(light, tmp_path):
+    result = run("info", "bvlc_alexnt")
+    assert result.exit_code == 1
+    assert result.output.strip() == ("error: model 'bvlc_alexnt' is not in the catalog; closest: "
+                                     "bvlc_alexnet, bvlc_googlenet. Find models with `zoo search`")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07garbage")
+    for args in (["add", str(broken)], ["rm", "nope_model"], ["scan", str(broken)],
+                 ["add", str(tmp_path / "absent.onnx")], ["source", "sync", "nope"],
+                 ["source", "rm", "nope"], ["add", str(light["torch_checkpoint"])]):
+        result = run(*args)
+        assert result.exit_code == 1, args
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.output)
+
+
+def test_usage_errors_exit_2():
+    for args in (["search", "--framework", "caffe2"], ["info"], ["nosuch"], ["search", "--limit", "-1"],
+                 ["source", "add", "only-a-name"]):
+        assert run(*args).exit_code == 2, args
+
+
+def test_add_list_rm(light, tmp_path):
+    result = run("add", str(light["onnx"]), "--name", "cats", "--task", "image-classification",
+                 "--dataset", "pets", "--tag", "cat", "--tag", "tiny", "--description", "Cat model")
+    assert result.exit_code == 0 and result.output.startswith("added cats (onnx, onnx)")
+    again = run("add", str(light["onnx"]), "--name", "cats")
+    assert again.exit_code == 1 and "--name" in again.output
+    data = run_json("info", "cats")
+    assert data["tags"] == ["cat", "tiny"] and data["dataset"] == "pets" and data["local"] is True
+    assert data["artifacts"][0]["path"] == str(light["onnx"])
+    assert "on disk:" in run("info", "cats").output
+    listed = run_json("list")
+    assert len(listed) == 37 and [m["name"] for m in listed] == sorted(m["name"] for m in listed)
+    assert [m["name"] for m in run_json("list", "--source", "local")] == ["cats"]
+    assert [m["name"] for m in run_json("search", "--local")] == ["cats"]
+    assert run("rm", "cats").exit_code == 0
+    assert run("info", "cats").exit_code == 1
+
+
+def test_scan_text_and_json(light, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "one.onnx").write_bytes(light["onnx"].read_bytes())
+    (folder / "net.pt").write_bytes(light["torchscript"].read_bytes())
+    (folder / "bad.tflite").write_bytes(b"nope")
+    result = CliRunner().invoke(cli, ["scan", str(folder)])
+    assert result.exit_code == 0
+    assert "2 added, 0 unchanged, 0 moved, 0 changed" in result.output
+    assert "warning: skipped" in result.output and "bad.tflite" in result.output
+    data = run_json("scan", str(folder))
+    assert data["added"] == [] and sorted(data["unchanged"]) == ["net", "one"]
+    assert data["problems"][0]["path"].endswith("bad.tflite")
+
+
+def test_source_commands(fault_server):
+    entries = [{"name": "m.acme", "framework": "onnx", "files": [
+        {"role": "model", "filename": "m.onnx", "url": "https://example.org/m.onnx", "md5": "0" * 32}]}]
+    route = fault_server.add("/zoo.json", json.dumps(
+        {"format": FORMAT, "name": "acme", "models": entries}).encode())
+    url = fault_server.url("/zoo.json")
+    result = run("source", "add", "acme", url)
+    assert result.exit_code == 0 and result.output.strip() == "acme: 1 added, 0 updated, 0 removed"
+    sources = {s["name"]: s for s in run_json("source", "list")}
+    assert sources["acme"]["models"] == 1 and sources["acme"]["url"] == url
+    assert "acme" in run("source", "list").output
+    assert run("source", "sync", "acme").output.strip() == "acme: unchanged"
+    # a malformed index: exit 1, one line naming entry and field, catalog unchanged
+    before = run_json("list")
+    route.set_body(json.dumps({"format": FORMAT, "name": "acme", "models": [
+        {**entries[0], "framework": "mxnet"}]}).encode())
+    bad = run("source", "sync", "acme")
+    assert bad.exit_code == 1
+    assert bad.output.strip().startswith("error: index 'acme' entry 0 ('m.acme'): field 'framework'")
+    assert run_json("list") == before
+    everything = run("source", "sync")
+    assert everything.exit_code == 1 and "error: source acme:" in everything.output
+    assert "caffe: " in everything.output
+    assert run("source", "rm", "acme").output.strip() == "removed source acme: 1 models removed"
+    assert "m.acme" not in [m["name"] for m in run_json("list")]
+
+
+# ---- the way a user types it --------------------------------------------------------------------
+
+def zoo(zoo_cmd, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*zoo_cmd, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_subprocess_search_info_and_exit_codes(zoo_cmd, zoo_env):
+    found = zoo(zoo_cmd, "search", "resnet")
+    assert found.returncode == 0 and "resnet50.caffe" in found.stdout and not found.stderr
+    data = json.loads(zoo(zoo_cmd, "info", "bvlc_alexnet", "--json").stdout)
+    assert data["artifacts"][1]["checksum"] == "sha1:9116a64c0fbe4459d18f4bb6b56d647b63920377"
+    unknown = zoo(zoo_cmd, "info", "bvlc_alexnt")
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.strip().splitlines() == [
+        "error: model 'bvlc_alexnt' is not in the catalog; closest: bvlc_alexnet, bvlc_googlenet. "
+        "Find models with `zoo search`"]
+    assert zoo(zoo_cmd, "search", "--framework", "caffe2").returncode == 2
+    # --catalog takes a path; the catalog is created there with the built-in zoos
+    other = zoo_env / "other.db"
+    assert json.loads(zoo(zoo_cmd, "search", "vgg16", "--json", "--catalog", str(other)).stdout)
+    assert other.exists()
+
+
+def test_subprocess_add_of_a_real_file(zoo_cmd, light):
+    added = zoo(zoo_cmd, "add", str(light["caffe_weights"]), "--name", "lenet_cli", "--tag", "digits")
+    assert added.returncode == 0, added.stderr
+    info = json.loads(zoo(zoo_cmd, "info", "lenet_cli", "--json").stdout)
+    assert {a["role"] for a in info["artifacts"]} == {"graph", "weights"} and info["local"]
+    assert zoo(zoo_cmd, "add", str(light["caffe_weights"]), "--name", "lenet_cli").returncode == 1
+
+
+def test_search_and_info_never_import_frameworks():
+    code = textwrap.dedent(f"""
+        import sys
+        from zoo.cli import main
+        for args in (["search", "resnet"], ["info", "bvlc_alexnet"], ["search", "--json"]):
+            try:
+                main(args)
+            except SystemExit as exc:
+                assert not exc.code, exc.code
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
+        print("HEAVY", heavy)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
