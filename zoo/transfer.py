@@ -26,6 +26,7 @@ __all__ = [
     "fit_head",
     "make_head",
     "save_model",
+    "fine_tune_parts",
     "train",
     "transfer_model",
 ]
@@ -89,7 +90,9 @@ def _as_tensor(array: Any) -> torch.Tensor:
 
     if isinstance(array, torch.Tensor):
         return array
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    # torch wants writable memory; a read-only memory map of the cache is copied, once per batch.
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 class _Rows:
@@ -345,6 +348,15 @@ def _train_loop(
 # Whole models: a frozen base from the extractor plus a head.
 
 
+def trainable_head(top: Any, head: Any):
+    """The unfrozen top layers and the new head, trained together on the cached features."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    return nn.Sequential(OrderedDict(top=top, head=head))
+
+
 def _compose(base: Any, head: Any):
     from collections import OrderedDict
 
@@ -509,12 +521,75 @@ class TrainResult:
     cut: Any
 
 
-def _fine_tune_split(extractor_name: str, layer: Any, unfreeze: int, catalog: Any):
-    """(lower cut, trainable torch module between it and `layer`) for fine-tuning the top layers."""
-    from zoo import extract
+def fine_tune_parts(
+    name: str,
+    layer: str | int,
+    unfreeze: int,
+    *,
+    catalog: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[str, Any]:
+    """Where to cache for fine-tuning the top `unfreeze` layers of `name` cut at `layer`.
 
-    low_layer, top = extract.trainable_top(extractor_name, layer=layer, top=unfreeze, catalog=catalog)
-    return low_layer, top
+    Returns (the layer to cache at: the last cut point below the lowest unfrozen layer, the
+    trainable torch module that maps that cache to `layer`'s output). Training this module and a
+    head on the cached outputs is the same as training ``transfer_model(..., unfreeze=k)``
+    without running the frozen layers below every epoch.
+    """
+    from converters.onnx_to_torch import to_torch
+    from zoo.extract import layers as list_layers
+
+    if unfreeze < 1:
+        raise InputError(f"unfreeze={unfreeze}: fine-tuning needs at least one layer to unfreeze")
+    extractor = _load_extractor(name, layer, catalog, cache_dir)
+    full = extractor.to_torch()
+    weighted = [node for node, _ in full.layers]
+    if unfreeze > len(weighted):
+        raise InputError(
+            f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {len(weighted)} layers "
+            f"with weights; choose --unfreeze between 0 and {len(weighted)}"
+        )
+    all_layers = list_layers(name, catalog=catalog, cache_dir=cache_dir)
+    output = extractor.meta["outputs"][0]
+    target = next(info for info in all_layers if info.output == output)
+    lowest = next(info for info in all_layers if weighted[-unfreeze] in info.nodes)
+    below = [info for info in all_layers if info.index < lowest.index and info.is_cut_point]
+    if not below:
+        raise InputError(
+            f"unfreeze={unfreeze} unfreezes every layer of {name} up to {target.name}: nothing stays "
+            f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)"
+        )
+    low = below[-1]
+    top = to_torch(_segment(extractor.cut_model, low.output, low.shape))
+    top.unfreeze(top=len(top.layers))
+    return low.name, top
+
+
+def _segment(model: Any, start: str, shape: list | None) -> Any:
+    """The part of a cut model above tensor `start`: `start` becomes its input (batch dynamic)."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    keep, needed, stack = [], set(), [o.name for o in graph.output]
+    while stack:
+        name = stack.pop()
+        if name in needed or name == start:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None and node not in keep:
+            keep.append(node)
+            stack.extend(i for i in node.input if i)
+    nodes = [node for node in graph.node if node in keep]  # graph order is topological
+    dims = ["batch", *(d if isinstance(d, int) else None for d in (shape or [None])[1:])]
+    inp = helper.make_tensor_value_info(start, onnx.TensorProto.FLOAT, dims)
+    inits = [t for t in graph.initializer if t.name in needed]
+    sub = helper.make_graph(nodes, "top", [inp], list(graph.output), inits)
+    out = helper.make_model(sub, opset_imports=model.opset_import, producer_name="zoo")
+    out.ir_version = model.ir_version
+    return out
 
 
 def train(
@@ -557,14 +632,14 @@ def train(
     data_len = _length(data)
     if data_len is not None and len(labels) != data_len:
         raise InputError(f"{len(labels)} labels for {data_len} rows of data; give exactly one label per row")
-    cut, top = (layer, None) if unfreeze == 0 else _fine_tune_split(name, layer, unfreeze, cat)
+    cut, top = (layer, None) if unfreeze == 0 else fine_tune_parts(name, layer, unfreeze, catalog=cat, cache_dir=cache_dir)
     extractor = _load_extractor(name, cut, cat, cache_dir)
     cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress)
     if cached.labels is not None:  # an image folder brings its own labels
         labels = cached.labels
     classes = np.unique(labels)
     head = make_head(int(np.prod(cached.features.shape[1:])) if top is None else _width(top, cached.features), len(classes), hidden, seed=seed)
-    trainable = head if top is None else _compose(top, head)
+    trainable = head if top is None else trainable_head(top, head)
     fit = fit_head(
         cached.features,
         labels,
@@ -577,8 +652,7 @@ def train(
         seed=seed,
         progress=progress,
     )
-    base = extractor.to_torch()
-    module = _compose(base, fit.head)
+    module = _compose(extractor.to_torch(), fit.head)
     input_shape = _input_shape(extractor, data)
     spec = getattr(extractor, "input_spec", None)
     record = save_model(

@@ -1,0 +1,245 @@
+"""Cut-layer sweeps: train a head at each cut (and unfreeze depth) and compare validation accuracy."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from zoo.errors import InputError
+
+if TYPE_CHECKING:
+    from zoo.catalog import Catalog
+
+__all__ = ["SweepResult", "SweepRow", "sweep"]
+
+
+@dataclass
+class SweepRow:
+    """One cut of a sweep: where the features were cached and how the head did."""
+
+    layer: str
+    unfreeze: int
+    cached_at: str  # the layer whose outputs were cached (below the unfrozen ones)
+    features: list[int]  # shape of one cached row
+    val_accuracy: float | None
+    best_epoch: int
+    epochs: int
+    cache_seconds: float
+    train_seconds: float
+    reused: bool  # the features came from the cache
+    test_accuracy: float | None = None
+    fit: Any = field(default=None, repr=False, compare=False)  # the FitResult: trained head, history
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fit"}
+
+
+@dataclass
+class SweepResult:
+    """Rows in the order swept; `table()` and `plot()` show them."""
+
+    model: str
+    rows: list[SweepRow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # combinations that cannot be trained, and why
+    plot_path: Path | None = None
+
+    @property
+    def best(self) -> SweepRow:
+        """The row with the highest validation accuracy (the shallowest cut on ties)."""
+        return max(self.rows, key=lambda r: (r.val_accuracy or 0.0, -self.rows.index(r)))
+
+    def table(self) -> str:
+        """A text table: one line per cut."""
+        has_test = any(r.test_accuracy is not None for r in self.rows)
+        headers = ["layer", "unfreeze", "cached at", "features", "val acc", "best epoch", "cache s", "train s"]
+        if has_test:
+            headers.insert(5, "test acc")
+        lines = []
+        for r in self.rows:
+            cells = [
+                r.layer,
+                r.unfreeze,
+                r.cached_at + (" (reused)" if r.reused else ""),
+                "x".join(str(d) for d in r.features),
+                _pct(r.val_accuracy),
+                f"{r.best_epoch}/{r.epochs}",
+                f"{r.cache_seconds:.2f}",
+                f"{r.train_seconds:.2f}",
+            ]
+            if has_test:
+                cells.insert(5, _pct(r.test_accuracy))
+            lines.append(cells)
+        return _table(lines, headers)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """A PNG of validation (and test) accuracy against the cut layer, one line per unfreeze depth."""
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display: write files only
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        order = list(dict.fromkeys(r.layer for r in self.rows))
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.6))
+        for k in sorted({r.unfreeze for r in self.rows}):
+            rows = [r for r in self.rows if r.unfreeze == k]
+            xs = [order.index(r.layer) for r in rows]
+            label = "frozen base" if k == 0 else f"top {k} unfrozen"
+            line = ax.plot(xs, [r.val_accuracy or 0 for r in rows], marker="o", label=f"{label}: validation")
+            if any(r.test_accuracy is not None for r in rows):
+                ax.plot(xs, [r.test_accuracy or 0 for r in rows], marker="s", linestyle="--",
+                        color=line[0].get_color(), label=f"{label}: test")
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        ax.set_xlabel("cut layer (deeper to the right)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{self.model}: accuracy of a new head vs cut layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)
+        self.plot_path = path
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "rows": [r.to_dict() for r in self.rows],
+            "best": self.best.to_dict() if self.rows else None,
+            "skipped": self.skipped,
+            "plot": str(self.plot_path) if self.plot_path else None,
+        }
+
+
+def _table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def sweep(
+    name: str,
+    data: Any,
+    labels: Any = None,
+    layers: Sequence[str | int] = (-2,),
+    unfreeze: Sequence[int] = (0,),
+    *,
+    validation: tuple[Any, Any] | None = None,
+    test: tuple[Any, Any] | None = None,
+    hidden: Sequence[int] = (),
+    epochs: int = 50,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    val_fraction: float = 0.2,
+    patience: int | None = 5,
+    seed: int = 0,
+    catalog: str | os.PathLike | Catalog | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Train a new head at each cut layer (and each unfreeze depth) and compare them.
+
+    Each cut's features are cached once (a second sweep, or a `zoo train` at the same cut,
+    reuses them); every head trains with the same seed and the same validation rows, so the
+    rows differ only by where the network was cut. ``unfreeze=[0, 1]`` also fine-tunes the top
+    layer below each cut, on features cached one cut lower. `validation` and `test` are
+    optional ``(data, labels)`` pairs; without `validation`, `val_fraction` of `data` is held out.
+
+    >>> result = zoo.sweep("bvlc_alexnet", "x.npy", "y.npy", layers=["fc6", "fc7"], plot="sweep.png")  # doctest: +SKIP
+    >>> print(result.table())                                                                          # doctest: +SKIP
+    """
+    from zoo.catalog import open_catalog
+    from zoo.features import extract_features
+    from zoo.transfer import (
+        _load_extractor,
+        _load_labels,
+        _width,
+        fine_tune_parts,
+        fit_head,
+        make_head,
+        trainable_head,
+    )
+
+    if not layers:
+        raise InputError("no layers to sweep; give them as layers=['fc6', 'fc7'] (`--layers fc6,fc7`)")
+    if any(k < 0 for k in unfreeze) or not unfreeze:
+        raise InputError(f"unfreeze={list(unfreeze)} must be depths of 0 or more, e.g. [0, 1]")
+    cat = open_catalog(catalog)
+    labels = None if labels is None else _load_labels(labels)
+    pairs = {"validation": validation, "test": test}
+    for which, pair in pairs.items():
+        if pair is not None:
+            pairs[which] = (pair[0], _load_labels(pair[1]))
+    result = SweepResult(model=name)
+    for layer in layers:
+        for k in unfreeze:
+            if k == 0:
+                cut, top = layer, None
+            else:
+                try:
+                    cut, top = fine_tune_parts(name, layer, k, catalog=cat, cache_dir=cache_dir)
+                except InputError as exc:  # too deep for this cut: nothing would stay frozen
+                    result.skipped.append(f"{layer} unfreeze={k}: {exc}")
+                    continue
+            extractor = _load_extractor(name, cut, cat, cache_dir)
+            started = time.perf_counter()
+            cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress)
+            sets = {
+                which: (extract_features(extractor, pair[0], cache_dir=cache_dir, progress=progress).features, pair[1])
+                for which, pair in pairs.items()
+                if pair is not None
+            }
+            cache_seconds = time.perf_counter() - started
+            y = cached.labels if cached.labels is not None else labels
+            if y is None:
+                raise InputError("labels are missing; pass labels (`--labels y.npy`) or an image folder")
+            features = cached.features
+            width = int(np.prod(features.shape[1:])) if top is None else _width(top, features)
+            head = make_head(width, len(np.unique(y)), hidden, seed=seed)
+            fit = fit_head(
+                features,
+                y,
+                head=head if top is None else trainable_head(top, head),
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                val_fraction=val_fraction,
+                validation=sets.get("validation"),
+                patience=patience,
+                seed=seed,
+                progress=False,
+            )
+            test_accuracy = fit.accuracy(*sets["test"]) if "test" in sets else None
+            result.rows.append(
+                SweepRow(
+                    layer=str(extractor.layer if k == 0 else _load_extractor(name, layer, cat, cache_dir).layer),
+                    unfreeze=k,
+                    cached_at=str(extractor.layer),
+                    features=[int(d) for d in features.shape[1:]],
+                    val_accuracy=fit.val_accuracy,
+                    best_epoch=fit.best_epoch,
+                    epochs=len(fit.history),
+                    cache_seconds=cache_seconds,
+                    train_seconds=fit.seconds,
+                    reused=cached.reused,
+                    test_accuracy=test_accuracy,
+                    fit=fit,
+                )
+            )
+    if plot is not None:
+        result.plot(plot)
+    return result
