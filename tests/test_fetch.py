@@ -417,3 +417,21 @@ def test_disk_full_is_a_clear_error_and_removes_the_part(fault_server, tmp_path)
     out = json.loads(proc.stdout)
     assert "disk full while writing" in out["error"] and "ZOO_CACHE" in out["error"]
     assert out["left"] == ["w.bin.lock"]  # no .part, no .part.json
+
+
+def test_fault_server_conditional_requests(fault_server):
+    """The shared helper's ETag / Last-Modified handling (remote index sync relies on it)."""
+    import requests
+
+    route = fault_server.add("/index.json", b'{"models": []}', content_type="application/json",
+                             last_modified=1_700_000_000)
+    first = requests.get(fault_server.url("/index.json"))
+    etag, lastmod = first.headers["ETag"], first.headers["Last-Modified"]
+    assert first.status_code == 200 and first.content == b'{"models": []}'
+    assert requests.get(fault_server.url("/index.json"), headers={"If-None-Match": etag}).status_code == 304
+    assert requests.get(fault_server.url("/index.json"), headers={"If-Modified-Since": lastmod}).status_code == 304
+    route.set_body(b'{"models": [1]}')
+    changed = requests.get(fault_server.url("/index.json"), headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert [r.headers.get("If-None-Match") for r in route.requests] == [None, etag, None, etag]
+    assert requests.get(fault_server.url("/missing")).status_code == 404
