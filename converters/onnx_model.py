@@ -1,0 +1,371 @@
+"""ONNX pass-through plus the ONNX-side helpers every converter shares (checks, inputs, verification)."""
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from converters.report import DEFAULT_RTOL, Conversion, ConversionReport, compare_outputs
+from zoo.errors import ModelFormatError, UnsupportedLayerError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+# Sizes given to dynamic dimensions when the converted model is run against its source.
+DEFAULT_BATCH = 2  # batch 2, not 1: a batch dimension that only works for 1 is caught here
+DEFAULT_SPATIAL = 224  # height and width of an image input that leaves them open
+DEFAULT_CHANNELS = 3  # channels of an image input that leaves them open
+DEFAULT_DIM = 16  # any other open dimension (sequence length, features)
+DEFAULT_OPSET = 17
+BATCH = "batch"  # dim_param of the batch dimension in every produced model
+
+# ONNX element type -> numpy dtype name, for the types models take as input.
+_ELEM_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",
+                9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+def load(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file, or raise ModelFormatError saying what the file is not."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFormatError(f"{path} is not a file; an ONNX model is a single .onnx file")
+    try:
+        model = onnx.load(path)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelFormatError(f"{path} is not an ONNX model ({exc}); check the file's format") from None
+    if not model.graph.node:
+        raise ModelFormatError(f"{path} is not an ONNX model: it parses but holds no graph nodes")
+    return model
+
+
+def check(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run onnx.checker and shape inference; return the model with inferred shapes."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
+        return onnx.shape_inference.infer_shapes(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFormatError(f"the ONNX model fails onnx.checker: {first}") from None
+
+
+def opset_of(model: onnx.ModelProto) -> int | None:
+    """The default-domain opset the model imports."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Convert the model to `opset` with onnx.version_converter (downgrades are refused)."""
+    from onnx import version_converter
+
+    current = opset_of(model)
+    if current == opset:
+        return model
+    if current is not None and opset < current:
+        raise UnsupportedLayerError(
+            f"cannot lower the opset from {current} to {opset}; ask for --opset {current} or higher"
+        )
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        raise UnsupportedLayerError(
+            f"onnx.version_converter cannot take this model from opset {current} to {opset} ({exc}); "
+            f"keep its opset with no --opset"
+        ) from None
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """(node name, op type, domain) of every node that no ONNX schema or onnxruntime domain defines."""
+    import onnx
+
+    runtime_domains = {"com.microsoft", "ai.onnx.ml", "com.microsoft.nchwc", "ai.onnx.contrib"}
+    imported = {o.domain or "": o.version for o in model.opset_import}
+    local = {f.name for f in model.functions}
+    bad = []
+    for node in model.graph.node:
+        domain = node.domain or ""
+        if domain in ("", "ai.onnx"):
+            version = imported.get("", imported.get("ai.onnx", DEFAULT_OPSET))
+            try:
+                onnx.defs.get_schema(node.op_type, version, "")
+                continue
+            except onnx.defs.SchemaError:
+                pass
+        elif domain in runtime_domains or node.op_type in local:
+            continue
+        bad.append((node.name, node.op_type, domain))
+    return bad
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[Any]:
+    """The graph inputs that are fed at run time (not initializers)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def input_specs(model: onnx.ModelProto) -> list[tuple[str, list[int | None], str]]:
+    """(name, shape with None for a dynamic dim, numpy dtype name) for each fed input."""
+    specs = []
+    for value in graph_inputs(model):
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        specs.append((value.name, shape, _ELEM_DTYPES.get(tensor.elem_type, "float32")))
+    return specs
+
+
+def concrete_shape(shape: Sequence[int | None], layout: str | None = None) -> list[int]:
+    """Fill the dynamic dims of `shape` with the documented defaults (see DEFAULT_*)."""
+    dims = list(shape)
+    out = []
+    for axis, dim in enumerate(dims):
+        if dim is not None and dim > 0:
+            out.append(int(dim))
+        elif axis == 0:
+            out.append(DEFAULT_BATCH)
+        elif len(dims) == 4 and layout == "NCHW":
+            out.append(DEFAULT_CHANNELS if axis == 1 else DEFAULT_SPATIAL)
+        elif len(dims) == 4:  # NHWC, TensorFlow's default
+            out.append(DEFAULT_CHANNELS if axis == 3 else DEFAULT_SPATIAL)
+        else:
+            out.append(DEFAULT_DIM)
+    return out
+
+
+def sample_inputs(
+    specs: Sequence[tuple[str, Sequence[int | None], str]], layout: str | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Deterministic inputs for each (name, shape, dtype): normal floats, small non-negative ints."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape, dtype in specs:
+        dims = concrete_shape(shape, layout)
+        if np.issubdtype(np.dtype(dtype), np.floating):
+            feeds[name] = rng.standard_normal(dims).astype(dtype)
+        elif np.dtype(dtype) == np.bool_:
+            feeds[name] = rng.integers(0, 2, dims).astype(bool)
+        else:
+            feeds[name] = rng.integers(0, 10, dims).astype(dtype)
+    return feeds
+
+
+def session(model: onnx.ModelProto):
+    """An onnxruntime CPU session on an in-memory model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+    """Output names and values of the model under onnxruntime."""
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return names, sess.run(names, feeds)
+
+
+def layout_of(shape: Sequence[int | None], default: str | None) -> str | None:
+    """Guess an input's layout: channels (1, 3 or 4) in the last or the second axis of a 4-d input."""
+    if len(shape) != 4:
+        return "NC" if len(shape) == 2 else None
+    if shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return "NHWC"
+    if shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
+        return "NCHW"
+    return default
+
+
+def make_batch_dynamic(model: onnx.ModelProto) -> list[str]:
+    """Make dim 0 of every input and output the symbolic `batch`; return notes on what changed.
+
+    A model exported with a fixed batch often bakes that batch into Reshape targets
+    (``[1, 9216]``); those become ``-1`` (or ``0``, copy the input's dim, when ``-1`` is taken)
+    so the graph runs at any batch size. The verification runs batch 2 to prove it.
+    """
+    from onnx import numpy_helper
+
+    notes = []
+    fixed = set()
+    for value in [*graph_inputs(model), *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not len(dims):
+            continue
+        if dims[0].HasField("dim_value"):
+            fixed.add(dims[0].dim_value)
+        dims[0].dim_param = BATCH
+    if not fixed:
+        return notes
+    notes.append(f"batch dimension was fixed at {sorted(fixed)}; made dynamic")
+    constants = {i.name: i for i in model.graph.initializer}
+    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        tensor = constants[node.input[1]]
+        target = numpy_helper.to_array(tensor).copy()
+        if target.ndim != 1 or not len(target) or int(target[0]) not in fixed:
+            continue
+        target[0] = -1 if -1 not in target[1:] else 0
+        tensor.CopyFrom(numpy_helper.from_array(target, tensor.name))
+        notes.append(f"Reshape {node.name or node.output[0]}: batch in its target shape made dynamic")
+    # Shapes inferred for the fixed batch would now contradict the graph.
+    del model.graph.value_info[:]
+    return notes
+
+
+def rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename a tensor everywhere it appears (node inputs and outputs, graph outputs, value_info)."""
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+    for value in [*model.graph.output, *model.graph.value_info, *model.graph.input]:
+        if value.name == old:
+            value.name = new
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set (or replace) one metadata_props entry."""
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
+
+
+def verify(
+    report: ConversionReport,
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    reference: Sequence[np.ndarray],
+    reference_name: str,
+    tolerance: float = DEFAULT_RTOL,
+) -> None:
+    """Run `model` on `feeds` under onnxruntime and record how far each output is from `reference`."""
+    import onnxruntime
+
+    names, got = run(model, feeds)
+    if len(got) != len(reference):
+        raise UnsupportedLayerError(
+            f"the converted model has {len(got)} outputs ({', '.join(names)}) but its source has "
+            f"{len(reference)}; the conversion dropped or added outputs"
+        )
+    report.outputs = compare_outputs(names, list(reference), got)
+    report.reference = f"{reference_name} vs onnxruntime {onnxruntime.__version__}"
+    report.tolerance = tolerance
+    report.verified = all(o.max_rel <= tolerance for o in report.outputs)
+    report.versions.setdefault("onnxruntime", onnxruntime.__version__)
+
+
+def unverified_figures(report: ConversionReport) -> str:
+    """One line naming every output beyond tolerance with its figures."""
+    bad = [o for o in report.outputs if o.max_rel > report.tolerance]
+    return "; ".join(
+        f"{o.name}: max abs diff {o.max_abs:.3g} = {o.max_rel:.3g} x scale {o.scale:.3g} "
+        f"(tolerance {report.tolerance:g})" for o in bad
+    )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of every file under a folder (sorted relative paths and contents)."""
+    import hashlib
+
+    path = os.fspath(path)
+    digest = hashlib.sha256()
+    files = [path]
+    if os.path.isdir(path):
+        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+    for name in files:
+        if os.path.isdir(path):
+            digest.update(os.path.relpath(name, path).encode() + b"\0")
+        with open(name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _per_sample_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run the original model one sample at a time when its batch is fixed at 1."""
+    import numpy as np
+
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    batch = next(iter(feeds.values())).shape[0]
+    rows = [sess.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(batch)]
+    return [np.concatenate([row[j] for row in rows]) for j in range(len(names))]
+
+
+def convert(
+    path: str | os.PathLike, *, opset: int | None = None, verify: bool = True
+) -> Conversion:
+    """Pass an ONNX model through: checker, shape inference, optional opset upgrade, dynamic batch.
+
+    The result is compared under onnxruntime with the original model on the same inputs
+    (the original run one sample at a time if its batch was fixed).
+
+    >>> conversion = convert("resnet50.onnx", opset=17)   # doctest: +SKIP
+    """
+    import onnx
+
+    start = time.perf_counter()
+    original = load(path)
+    check(original)
+    report = ConversionReport(
+        source_format="onnx",
+        source_files={os.fspath(path): file_sha256(path)},
+        converter="converters.onnx_model",
+        versions={"onnx": onnx.__version__},
+    )
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    bad = unsupported_ops(model)
+    if bad:
+        name, op, domain = bad[0]
+        raise UnsupportedLayerError(
+            f"node {name!r} uses op {op!r} (domain {domain!r}) that neither ONNX nor onnxruntime defines"
+        )
+    if opset is not None:
+        model = upgrade_opset(model, opset)
+        report.notes.append(f"opset upgraded from {opset_of(original)} to {opset}")
+    fixed_batch = any(
+        v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].HasField("dim_value")
+        for v in graph_inputs(original)
+    )
+    report.notes += make_batch_dynamic(model)
+    model = check(model)
+    report.opset = opset_of(model)
+    specs = input_specs(original)
+    if specs:
+        report.input_layout = layout_of(specs[0][1], None)
+    if verify:
+        feeds = sample_inputs([(n, [None, *s[1:]], d) for n, s, d in specs], report.input_layout)
+        if fixed_batch:
+            reference = _per_sample_reference(original, feeds)
+        else:
+            reference = run(original, feeds)[1]
+        verify_outputs(report, model, feeds, reference, "onnxruntime on the original model")
+    report.seconds = time.perf_counter() - start
+    return Conversion(model, report)
+
+
+verify_outputs = verify  # `convert(verify=...)` shadows the function name inside convert
+
+
+__all__ = [
+    "DEFAULT_BATCH", "DEFAULT_SPATIAL", "DEFAULT_CHANNELS", "DEFAULT_DIM", "DEFAULT_OPSET",
+    "load", "check", "opset_of", "upgrade_opset", "unsupported_ops", "input_specs", "sample_inputs",
+    "concrete_shape", "run", "make_batch_dynamic", "rename_tensor", "verify", "convert",
+    "file_sha256", "unverified_figures",
+]
