@@ -160,13 +160,15 @@ def _place(cat: Catalog, info: FormatInfo, artifacts: list[Artifact], primary: A
     for name, known in cat.find_by_path(primary.path):
         if known.role != primary.role:
             continue
-        model = cat.get(name)
-        old = {a.role: a for a in model.artifacts}
-        if all(old.get(a.role) and old[a.role].sha256 == a.sha256
-               and old[a.role].path == a.path for a in artifacts):
+        # The usual rescan case costs one query per file: look the model up only if it changed.
+        same = known.sha256 == primary.sha256 and all(
+            any(n == name and k.role == a.role and k.sha256 == a.sha256
+                for n, k in cat.find_by_path(a.path))
+            for a in artifacts if a is not primary)
+        if same:
             outcomes.append(("unchanged", name))
         else:
-            _refresh(cat, model, info, artifacts)
+            _refresh(cat, cat.get(name), info, artifacts)
             outcomes.append(("changed", name))
     if outcomes:
         return outcomes
