@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.errors import ConversionError
 
-from .layers import SUPPORTED_LAYERS, BlobSpec, build_graph
+from .layers import SUPPORTED_LAYERS, BlobSpec, build_graph, check_supported
 from .parse import Net, read_mean, read_prototxt, read_weights
 
 if TYPE_CHECKING:
@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 
     from converters.report import Conversion
 
-__all__ = ["SUPPORTED_LAYERS", "DEFAULT_OPSET", "MIN_OPSET", "convert", "input_spec", "make_random_caffemodel"]
+__all__ = [
+    "SUPPORTED_LAYERS", "DEFAULT_OPSET", "MIN_OPSET", "convert", "input_spec", "make_random_caffemodel",
+    "write_caffemodel",
+]
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Softmax with a single axis, Split sizes as an input
@@ -57,6 +60,7 @@ def convert(
     _check_opset(opset)
     prototxt, caffemodel = os.fspath(prototxt), os.fspath(caffemodel)
     net = read_prototxt(prototxt)
+    check_supported(net)  # before reading a caffemodel that may be hundreds of megabytes
     weights = read_weights(caffemodel)
     model, producers = build_graph(net, opset, _StoredBlobs(weights, caffemodel))
     import onnx

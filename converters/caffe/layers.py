@@ -810,6 +810,16 @@ SUPPORTED_LAYERS: tuple[str, ...] = ("Input", *HANDLERS)
 _MIN_BOTTOMS = {"Crop": 2, "Eltwise": 1, "Concat": 1}
 
 
+def check_supported(net: Net) -> None:
+    """Raise UnsupportedLayerError for the first layer zoo cannot convert."""
+    for layer in net.layers:
+        if layer.type not in HANDLERS:
+            raise UnsupportedLayerError(
+                f"layer '{layer.name}' has type '{layer.type}', which zoo cannot convert; "
+                f"supported types: {', '.join(SUPPORTED_LAYERS)}"
+            )
+
+
 def build_graph(
     net: Net, opset: int, blob_source: BlobSource, graph_name: str | None = None
 ) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
@@ -834,13 +844,9 @@ def build_graph(
         tensor_of[blob] = name
         b.shapes[name] = list(shape)
         graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH, *shape[1:]]))
+    check_supported(net)
     for layer in net.layers:
-        handler = HANDLERS.get(layer.type)
-        if handler is None:
-            raise UnsupportedLayerError(
-                f"layer '{layer.name}' has type '{layer.type}', which zoo cannot convert; "
-                f"supported types: {', '.join(SUPPORTED_LAYERS)}"
-            )
+        handler = HANDLERS[layer.type]
         missing = [blob for blob in layer.bottom if blob not in tensor_of]
         if missing:
             raise ConversionError(
