@@ -144,3 +144,110 @@ def test_save_model_registers_an_onnx_model_that_matches_torch(base_and_onnx, tm
     with pytest.raises(DuplicateModelError):
         save_model(model, "mine.mlp", input_shape=[16])
     save_model(model, "mine.mlp", input_shape=[16], replace=True)
+
+
+@pytest.fixture
+def digits_model():
+    from _transfer_helpers import register_digits_cnn
+
+    return register_digits_cnn()
+
+
+@pytest.fixture(scope="module")
+def digits59():
+    from zoo.walkthrough import _digits
+
+    x, y = _digits()
+    return x[y >= 5][:120], y[y >= 5][:120]
+
+
+def test_transfer_model_freezes_the_base_and_adds_a_head(digits_model):
+    import torch
+
+    from zoo import transfer_model
+
+    model = transfer_model(digits_model.name, layer="relu3", num_classes=3, unfreeze=1)
+    out = model(torch.zeros(4, 1, 8, 8))
+    assert out.shape == (4, 3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("head.") or "fc1" in n for n in trainable)
+    assert any("fc1" in n for n in trainable)
+    assert not any("conv" in n for n in trainable)
+    with pytest.raises(InputError, match="num_classes"):
+        transfer_model(digits_model.name, layer="relu3")
+
+
+def test_fine_tuning_on_cached_features_equals_training_the_unfrozen_model(digits_model, digits59):
+    """unfreeze=1: features cached below fc1, fc1 + head trained on them == the whole model trained end to end."""
+    import torch
+
+    from zoo import fit_head, transfer_model
+    from zoo.features import cache_features
+    from zoo.extract import load_extractor
+    from zoo.transfer import fine_tune_parts, make_head, trainable_head
+
+    x, y = digits59
+    cut, top = fine_tune_parts(digits_model.name, "relu3", 1)
+    assert cut == "flatten" and top.trainable_layers() == ["/fc1/Gemm"]
+    features = cache_features(load_extractor(digits_model.name, layer=cut), x, progress=False)
+    kwargs = dict(epochs=4, batch_size=16, seed=0, patience=None, lr=3e-3)
+    cached = fit_head(features, y, head=trainable_head(top, make_head(64, 5, seed=0)), **kwargs)
+    whole = transfer_model(digits_model.name, layer="relu3", num_classes=5, unfreeze=1, seed=0)
+    through = fit_head(x, y, head=whole, **kwargs)
+    fc1_cached = dict(cached.head.top.named_parameters())
+    fc1_whole = {n: p for n, p in whole.base.named_parameters() if p.requires_grad}
+    assert fc1_cached.keys() == fc1_whole.keys()
+    for n in fc1_cached:
+        torch.testing.assert_close(fc1_cached[n], fc1_whole[n], atol=1e-4, rtol=1e-4)
+    for a, b in zip(cached.head.head.parameters(), whole.head.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_train_caches_fits_and_saves_a_model_onnx_runs(digits_model, digits59, tmp_path):
+    import onnxruntime as ort
+
+    from zoo.catalog import open_catalog
+    from zoo.transfer import train
+
+    x, y = digits59
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    result = train(digits_model.name, tmp_path / "x.npy", tmp_path / "y.npy", layer="relu2", unfreeze=1,
+                   new_name="mine.59", epochs=3, progress=False)
+    assert result.cut == "pool1"
+    stored = open_catalog().get("mine.59")
+    assert stored.meta["classes"] == [5, 6, 7, 8, 9] and stored.meta["base_model"] == digits_model.name
+    logits = ort.InferenceSession(stored.artifact("model").path).run(None, {"input": x[:10]})[0]
+    np.testing.assert_array_equal(
+        np.asarray(result.fit.classes)[logits.argmax(1)],
+        result.fit.predict(x[:10], base=result.module.base),
+    )
+    # a second model reuses the cached features
+    again = train(digits_model.name, tmp_path / "x.npy", y, layer="relu2", unfreeze=1,
+                  new_name="mine.59", epochs=1, replace=True, progress=False)
+    assert again.cache_key == result.cache_key
+    with pytest.raises(InputError, match="119 labels for 120 rows"):
+        train(digits_model.name, tmp_path / "x.npy", y[:-1], layer="relu2", new_name="other", progress=False)
+
+
+def test_zoo_train_command(digits_model, digits59, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    x, y = digits59
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "short.npy", y[:5])
+    runner = CliRunner()
+    args = ["train", digits_model.name, "--layer", "relu3", "-d", str(tmp_path / "x.npy"), "--epochs", "2", "-q"]
+    done = runner.invoke(cli, [*args, "-y", str(tmp_path / "y.npy"), "--name", "cli.59", "--json"])
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.stdout)
+    assert payload["model"] == "cli.59" and len(payload["history"]) == 2
+    bad = runner.invoke(cli, [*args, "-y", str(tmp_path / "short.npy"), "--name", "cli.bad"])
+    assert bad.exit_code == 1 and "5 labels for 120 rows" in bad.output
+    missing = runner.invoke(cli, [*args, "--name", "cli.bad"])
+    assert missing.exit_code == 1 and "--labels is missing" in missing.output

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -424,16 +425,20 @@ def export_onnx(model: Any, path: str | os.PathLike, input_shape: Sequence[int],
     tmp = path.with_name(path.name + ".tmp")
     model.eval()
     example = torch.zeros(2, *input_shape)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(tmp),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,  # the TorchScript exporter works offline and keeps the batch dimension dynamic
-    )
+    with warnings.catch_warnings():
+        # Tracing warns about Python-side shape checks in converted modules; the check below
+        # compares the exported graph with torch on another batch size instead.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,  # the TorchScript exporter works offline and keeps the batch dynamic
+        )
     probe = torch.from_numpy(np.random.default_rng(0).standard_normal((3, *input_shape)).astype(np.float32))
     with torch.no_grad():
         expected = model(probe).numpy()
@@ -459,6 +464,7 @@ def save_model(
     description: str | None = None,
     meta: dict[str, Any] | None = None,
     replace: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Model:
     """Export a torch model to ONNX and register it in the catalog as your own model.
 
@@ -475,7 +481,7 @@ def save_model(
         raise DuplicateModelError(
             f"a model named {name!r} is already in the catalog; choose another name or replace it (--replace)"
         )
-    target = Path(path) if path else config.cache_dir() / "models" / name / f"{name}.onnx"
+    target = Path(path) if path else config.cache_dir(cache_dir) / "models" / name / f"{name}.onnx"
     export_onnx(model, target, input_shape)
     parameters = sum(p.numel() for p in model.parameters())
     record = Model(
@@ -671,6 +677,7 @@ def train(
             "best_epoch": fit.best_epoch,
         },
         replace=replace,
+        cache_dir=cache_dir,
     )
     return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=cut)
 

@@ -1,0 +1,276 @@
+"""Transfer commands: train, sweep, cache list/rm, walkthrough."""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import click
+
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, table
+
+# zoo.transfer & co. import torch: they are imported inside the commands so `zoo --help` stays fast.
+
+
+def _layer(value: str) -> str | int:
+    return int(value) if re.fullmatch(r"[+-]?\d+", value.strip()) else value.strip()
+
+
+def _ints(option: str, text: str | None, what: str) -> list[int]:
+    from zoo.errors import InputError
+
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{option} {text!r} is not a list of {what}; give numbers like 0,1") from None
+
+
+def _training_options(func):
+    """Options shared by `zoo train` and `zoo sweep`."""
+    options = [
+        click.option("--data", "-d", required=True, type=click.Path(exists=True),
+                     help="Inputs: a .npy array (batch first) or an image folder (one sub-folder per class)."),
+        click.option("--labels", "-y", type=click.Path(exists=True, dir_okay=False),
+                     help="A .npy array of one label per row (not needed for an image folder)."),
+        click.option("--hidden", metavar="N,N", help="Hidden layer sizes of the new head, e.g. 256,64."),
+        click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1)),
+        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1)),
+        click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                     help="Adam learning rate."),
+        click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                     help="Share of the rows held out for validation (stratified)."),
+        click.option("--patience", default=5, show_default=True, type=click.IntRange(min=0),
+                     help="Stop after this many epochs without a better validation loss (0: never)."),
+        click.option("--seed", default=0, show_default=True, type=int),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command("train")
+@click.argument("name")
+@click.option("--layer", "-l", default="-2", show_default=True,
+              help="Cut layer: a name from `zoo layers NAME` or a position (-2 drops the top layer).")
+@click.option("--name", "new_name", required=True, help="Catalog name of the trained model.")
+@click.option("--unfreeze", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also train the top K layers with weights below the cut (fine-tuning).")
+@_training_options
+@click.option("--replace", is_flag=True, help="Overwrite a model of the same --name.")
+@json_option
+@quiet_option
+@catalog_option
+@cache_option
+def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs, batch_size, lr,
+                  val_fraction, patience, seed, replace, as_json, quiet, catalog, cache_dir):
+    """Train a new head on NAME cut at a layer; save base + head as your own model (ONNX).
+
+    The data go through the frozen layers once (cached, resumable, reused by later runs); the
+    head trains on the cached outputs. With --unfreeze K the top K layers below the cut train
+    too, on features cached below them.
+
+    \b
+    Example:
+        zoo train bvlc_alexnet.caffe --layer fc7 --data x.npy --labels y.npy --name my-classifier
+        zoo train digits04.cnn --layer relu3 --unfreeze 1 --data x.npy --labels y.npy --name mine
+    """
+    from zoo.transfer import train
+
+    result = train(
+        name, data, labels if labels is not None else _no_labels(data), layer=_layer(layer),
+        new_name=new_name, unfreeze=unfreeze, hidden=_ints("--hidden", hidden, "layer sizes"),
+        epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+        patience=patience or None, seed=seed, catalog=catalog, cache_dir=cache_dir,
+        replace=replace, progress=not quiet,
+    )
+    fit = result.fit
+    payload = {
+        "model": result.model.name,
+        "onnx": result.model.artifact("model").path,
+        "base": name,
+        "layer": result.model.meta.get("layer"),
+        "cached_at": result.cut,
+        "unfreeze": unfreeze,
+        "cache_key": result.cache_key,
+        "classes": fit.classes,
+        "val_accuracy": fit.val_accuracy,
+        "best_epoch": fit.best_epoch,
+        "epochs": len(fit.history),
+        "history": fit.history,
+    }
+
+    def text() -> str:
+        rows = [[h["epoch"], f"{h['loss']:.4f}", f"{100 * h['accuracy']:.1f}%",
+                 f"{h['val_loss']:.4f}" if "val_loss" in h else "-",
+                 f"{100 * h['val_accuracy']:.1f}%" if "val_accuracy" in h else "-"] for h in fit.history]
+        accuracy = "-" if fit.val_accuracy is None else f"{100 * fit.val_accuracy:.1f}%"
+        return "\n".join([
+            table(rows, ["EPOCH", "LOSS", "ACC", "VAL LOSS", "VAL ACC"]),
+            f"best epoch {fit.best_epoch}: validation accuracy {accuracy}"
+            + (" (stopped early)" if fit.stopped_early else ""),
+            f"saved {result.model.name} (frozen {name} + trained head) -> {payload['onnx']}",
+        ])
+
+    emit(payload, as_json, text)
+
+
+def _no_labels(data: str) -> None:
+    """Labels may be left out only for an image folder, which brings its own."""
+    import os
+
+    from zoo.errors import InputError
+
+    if not os.path.isdir(data):
+        raise InputError(f"--labels is missing; give a .npy of one label per row of {data}")
+    return None
+
+
+@cli.command("sweep")
+@click.argument("name")
+@click.option("--layers", "-l", "layers_text", required=True, metavar="L1,L2,...",
+              help="Cut layers to compare (names from `zoo layers NAME` or positions).")
+@click.option("--unfreeze", "unfreeze_text", default="0", show_default=True, metavar="K1,K2",
+              help="Unfreeze depths to try at each cut, e.g. 0,1.")
+@_training_options
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of accuracy vs cut layer here.")
+@json_option
+@quiet_option
+@catalog_option
+@cache_option
+def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs, batch_size, lr,
+                  val_fraction, patience, seed, plot, as_json, quiet, catalog, cache_dir):
+    """Train a head at each cut layer of NAME and compare validation accuracy and time.
+
+    Each cut's features are cached once; every head uses the same seed and validation rows.
+
+    \b
+    Example:
+        zoo sweep bvlc_alexnet.caffe --data x.npy --labels y.npy --layers pool5,fc6,fc7 --plot sweep.png
+        zoo sweep digits04.cnn -d x.npy -y y.npy -l pool1,pool2,relu3 --unfreeze 0,1
+    """
+    from zoo.errors import InputError
+    from zoo.sweep import sweep
+
+    layers = [_layer(part) for part in layers_text.split(",") if part.strip()]
+    if not layers:
+        raise InputError(f"--layers {layers_text!r} names no layer; give names like fc6,fc7")
+    result = sweep(
+        name, data, labels if labels is not None else _no_labels(data), layers=layers,
+        unfreeze=_ints("--unfreeze", unfreeze_text, "depths") or [0],
+        hidden=_ints("--hidden", hidden, "layer sizes"), epochs=epochs, batch_size=batch_size, lr=lr,
+        val_fraction=val_fraction, patience=patience or None, seed=seed, catalog=catalog,
+        cache_dir=cache_dir, plot=plot, progress=not quiet,
+    )
+
+    def text() -> str:
+        best = result.best
+        lines = [result.table(), f"best: {best.layer}" + (f" with top {best.unfreeze} unfrozen" if best.unfreeze else "")]
+        lines += [f"skipped: {s}" for s in result.skipped]
+        if result.plot_path:
+            lines.append(f"plot: {result.plot_path}")
+        return "\n".join(lines)
+
+    emit(result.to_dict(), as_json, text)
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The feature cache: outputs of frozen layers kept on disk, reused by train, sweep and extract."""
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@cache_group.command("list")
+@json_option
+@cache_option
+def cache_list(as_json: bool, cache_dir: str | None) -> None:
+    """List cached features: key, rows, shape, size, complete or not.
+
+    \b
+    Example:
+        zoo cache list
+        zoo cache list --json
+    """
+    from zoo.features import FeatureCache
+
+    entries = FeatureCache(cache_dir).entries()
+
+    def text() -> str:
+        if not entries:
+            return "the feature cache is empty"
+        rows = [[e.key[:12], e.rows, "x".join(map(str, e.shape or [])) or "-", _size(e.bytes),
+                 "yes" if e.complete else "partial",
+                 _dt.datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M") if e.created else "-",
+                 e.dataset or ""] for e in entries]
+        total = _size(sum(e.bytes for e in entries))
+        return table(rows, ["KEY", "ROWS", "SHAPE", "SIZE", "COMPLETE", "CREATED", "DATA"]) + f"\n{len(entries)} entries, {total}"
+
+    emit([e.to_dict() for e in entries], as_json, text)
+
+
+@cache_group.command("rm")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Remove every entry.")
+@json_option
+@cache_option
+def cache_rm(keys: tuple[str, ...], everything: bool, as_json: bool, cache_dir: str | None) -> None:
+    """Remove cached features by KEY (a unique prefix is enough), or --all.
+
+    \b
+    Example:
+        zoo cache rm 3fa9c2
+        zoo cache rm --all
+    """
+    from zoo.errors import InputError
+    from zoo.features import FeatureCache
+
+    cache = FeatureCache(cache_dir)
+    if everything == bool(keys):
+        raise InputError("give the KEYs to remove (see `zoo cache list`) or --all, not both or neither")
+    if everything:
+        removed = [e.key for e in cache.entries()]
+        freed = cache.clear()
+    else:
+        removed, freed = [], 0
+        for key in keys:
+            name = cache._resolve(key)
+            freed += cache.remove(name)
+            removed.append(name)
+    emit({"removed": removed, "bytes": freed}, as_json, f"removed {len(removed)} entries, freed {_size(freed)}")
+
+
+@cli.command("walkthrough")
+@click.option("--out", "-o", default="out/walkthrough", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the ONNX models, the sweep plot and report.json.")
+@click.option("--labels-per-class", default=5, show_default=True, type=click.IntRange(min=1, max=100),
+              help="Labels per class of the new task (digits 5-9).")
+@json_option
+@quiet_option
+@catalog_option
+@cache_option
+def walkthrough_command(out: str, labels_per_class: int, as_json: bool, quiet: bool,
+                        catalog: str | None, cache_dir: str | None) -> None:
+    """Transfer learning end to end, offline, on scikit-learn's digits (the README's main job).
+
+    Trains a small CNN on digits 0-4, registers it as your own model and exports it to ONNX,
+    then reuses it frozen for digits 5-9 with a few labels per class: cached features, a new
+    head, a sweep over cut layers with its plot, and the same CNN trained from scratch beside it.
+    Safe to run twice (models are re-registered, features reused).
+
+    \b
+    Example:
+        zoo walkthrough
+        zoo walkthrough --out /tmp/wt --catalog /tmp/wt/catalog.db
+    """
+    from zoo.walkthrough import run
+
+    echo = None if (quiet or as_json) else (lambda message: click.echo(message, err=True))
+    report = run(out, catalog=catalog, cache_dir=cache_dir, labels_per_class=labels_per_class, echo=echo)
+    emit(report.to_dict(), as_json, report.text)
+
