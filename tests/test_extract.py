@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sqlite3  # noqa: F401  bind the system SQLite (with FTS5) before tensorflow loads its own
 import subprocess
 import sys
 import warnings
@@ -579,3 +580,43 @@ def test_keras_layers_are_grouped_by_scope_and_cut_like_keras(tmp_path):
     want = tf.keras.Model(inputs, model.get_layer("block1_pool").output)(data).numpy()
     got = load_extractor(path, "block1_pool")(data)
     np.testing.assert_allclose(got.transpose(0, 2, 3, 1), want, rtol=1e-4, atol=1e-5)
+
+
+# --- a cataloged Caffe model, converted on demand -------------------------------------------------
+
+def test_caffe_model_is_converted_on_demand_and_cut_like_opencv(tmp_path):
+    """LeNet's real deploy.prototxt with random weights: Caffe layer names, one ONNX conversion,
+    features equal to OpenCV's own Caffe importer at the same layer."""
+    import shutil
+
+    cv2 = pytest.importorskip("cv2")
+    from conftest import CAFFE_MODELS
+    from converters.caffe import make_random_caffemodel
+
+    import zoo
+    from zoo.catalog import open_catalog
+    from zoo.extract import layers, load_extractor
+
+    folder = tmp_path / "lenet"
+    folder.mkdir()
+    prototxt = folder / "deploy.prototxt"
+    shutil.copyfile(CAFFE_MODELS / "lenet" / "deploy.prototxt", prototxt)
+    caffemodel = folder / "lenet.caffemodel"
+    make_random_caffemodel(prototxt, caffemodel, seed=0)
+    zoo.add(caffemodel, name="lenet.caffe")
+    assert open_catalog().get("lenet.caffe").artifact("onnx") is None
+
+    found = layers("lenet.caffe")  # converts: the catalog now has the ONNX artifact
+    assert [layer.name for layer in found] == ["conv1", "pool1", "conv2", "pool2", "ip1", "relu1", "ip2", "prob"]
+    assert found[4].op_type == "Reshape+Gemm" and found[4].parameters == 800 * 500 + 500
+    assert open_catalog().get("lenet.caffe").artifact("onnx").path
+
+    extractor = load_extractor("lenet.caffe", "ip1", batch_size=4)
+    assert extractor.meta["fixed_batch"] is None  # the prototxt's batch of 64 was made dynamic
+    x = np.random.default_rng(0).uniform(0, 1, (6, 1, 28, 28)).astype(np.float32)
+    net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    net.setInput(x)
+    want = net.forward("ip1").reshape(6, -1)
+    got = extractor(x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - want).max() <= 1e-4 * scale

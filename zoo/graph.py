@@ -206,7 +206,7 @@ def list_layers(model: onnx.ModelProto, info: GraphInfo | None = None) -> list[L
     info = info or GraphInfo(model)
     compute = [i for i in range(len(info.nodes)) if info.is_compute(i)]
     scoped = model.producer_name.lower().startswith(SCOPED_PRODUCERS)
-    groups = _group_scoped(info, compute) if scoped else [(None, [i]) for i in compute]
+    groups = _group_scoped(info, compute) if scoped else _group_helpers(info, compute)
     points = cut_points(info)
 
     layers: list[LayerInfo] = []
@@ -282,6 +282,28 @@ def _dedupe_names(layers: list[LayerInfo], info: GraphInfo) -> None:
             alt = f"{layer.name}/{layer.op_type.lower()}"
             layer.name = alt if alt not in taken else (layer.nodes[-1] if layer.nodes[-1] not in taken else layer.output)
         taken.add(layer.name)
+
+
+def _group_helpers(info: GraphInfo, compute: list[int]) -> list[tuple[str | None, list[int]]]:
+    """One node per layer, except helper nodes named '<layer>/<what>' join that layer.
+
+    The Caffe converter names a layer's last node after the layer and its helpers
+    'ip1/Reshape'; a Caffe name with a slash of its own ('inception_3a/1x1') has no node
+    called 'inception_3a', so it stays a layer.
+    """
+    names = {info.nodes[i].name for i in compute if info.nodes[i].name}
+    groups: dict[str, list[int]] = {}
+    for i in compute:
+        name = info.nodes[i].name or info.nodes[i].output[0]
+        key = name
+        prefix = name
+        while "/" in prefix:
+            prefix = prefix.rsplit("/", 1)[0]
+            if prefix in names:
+                key = prefix
+                break
+        groups.setdefault(key, []).append(i)
+    return [(key if len(members) > 1 else None, members) for key, members in groups.items()]
 
 
 def _group_scoped(info: GraphInfo, compute: list[int]) -> list[tuple[str, list[int]]]:
