@@ -140,7 +140,10 @@ def test_filenames_from_an_index_cannot_leave_the_cache(fault_server):
 def test_offline_fetch_with_and_without_cache(served, monkeypatch):
     with pytest.raises(OfflineError) as info:
         fetch("tiny.caffe", offline=True, quiet=True)
-    assert "deploy.prototxt of tiny.caffe" in str(info.value)
+    message = str(info.value)
+    assert "2 file(s) are not cached" in message  # every missing file is named, not just the first
+    assert "deploy.prototxt of tiny.caffe" in message and "w.caffemodel of tiny.caffe" in message
+    assert served.url("/tiny/w.caffemodel") in message
     assert sum(r.hits for r in served.routes.values()) == 0
     fetch("tiny.caffe", quiet=True)
     hits = sum(r.hits for r in served.routes.values())

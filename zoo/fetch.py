@@ -334,7 +334,8 @@ def download(
                 why = f"the cached copy {dest} is not right ({stale})" if stale else f"{dest} does not exist"
                 raise OfflineError(
                     f"offline mode is on and {label} is not cached: {why}; it would come from "
-                    f"{redact(url_list[0])}. Fetch it while online (unset ZOO_OFFLINE / drop --offline)"
+                    f"{redact(url_list[0])}. Fetch it while online (unset ZOO_OFFLINE / drop --offline)",
+                    f"{why}; from {redact(url_list[0])}",  # the short form, for lists of missing files
                 )
             url_list = local
         own_session = session is None and any(_is_remote(u) for u in url_list)
@@ -552,6 +553,11 @@ class _Job:
                 resp = self.session.get(
                     current, headers=headers, stream=True, timeout=self.timeout, allow_redirects=False, auth=auth
                 )
+            except requests.exceptions.SSLError as exc:  # not transient: retrying will not help
+                raise FetchError(
+                    f"{self.label}: TLS check failed for {redact(current)} ({type(exc).__name__}); behind a "
+                    "proxy that re-signs traffic, point REQUESTS_CA_BUNDLE at its certificate"
+                ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 raise _Retry(self._describe(exc, current)) from None
             except requests.exceptions.RequestException as exc:  # a malformed URL and the like
@@ -578,6 +584,9 @@ class _Job:
         if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
             read = self.timeout[1] if isinstance(self.timeout, tuple) else self.timeout
             return f"{redact(url)} sent nothing for {read} s (read timeout)"
+        if "NameResolutionError" in text or "Failed to resolve" in text:
+            host = urllib.parse.urlsplit(url).hostname
+            return f"cannot resolve host {host} (no network or DNS?; cached files work with --offline)"
         if "Connection refused" in text or "NewConnectionError" in text:
             return f"cannot connect to {redact(url)} (connection refused)"
         if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in text:
@@ -802,26 +811,36 @@ def fetch(
 
     cat = open_catalog(catalog)
     names = [name_or_names] if isinstance(name_or_names, str) else list(name_or_names)
+    models = [cat.get(name) for name in names]  # an unknown name fails before any download
     root = config.cache_dir(cache_dir)
     offline = config.offline() if offline is None else offline
     own_session = session is None and not offline
     session = new_session() if own_session else session
     results: list[Artifact] = []
+    missing: list[str] = []  # offline: name every file that is not cached, not just the first
     try:
-        for name in names:
-            model = cat.get(name)
+        for model in models:
             for artifact in model.artifacts:
                 if artifact.role == "onnx":
                     continue
-                done, result = _fetch_artifact(
-                    cat, model.name, artifact, root, force, offline, quiet, session, download_options
-                )
+                try:
+                    done, result = _fetch_artifact(
+                        cat, model.name, artifact, root, force, offline, quiet, session, download_options
+                    )
+                except OfflineError as exc:
+                    missing.append(f"{artifact.filename} of {model.name} ({exc.args[1]})")
+                    continue
                 results.append(done)
                 if on_file is not None:
                     on_file(model.name, done, result)
     finally:
         if own_session:
             session.close()
+    if missing:
+        raise OfflineError(
+            f"offline mode is on and {len(missing)} file(s) are not cached: {'; '.join(missing)}. "
+            "Fetch them while online (unset ZOO_OFFLINE / drop --offline)"
+        )
     return results
 
 
