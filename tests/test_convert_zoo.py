@@ -1,0 +1,250 @@
+"""`zoo.convert` and `zoo convert`: dispatch, storage in the catalog and cache, reuse, refusals."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from _convert_helpers import local_model, tf_models, torch_models  # noqa: F401  (session fixtures)
+from _http_helpers import fault_server  # noqa: F401  (registers the fixture)
+from conftest import CAFFE_MODELS, onnx_light_models
+from zoo.errors import ModelFormatError, UnknownModelError, VerificationError
+from zoo.records import Artifact, Model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cat(zoo_env):
+    from zoo.catalog import open_catalog
+
+    return open_catalog(zoo_env / "catalog.db")
+
+
+def _squeezenet(cat, tmp_path, name="squeeze.local"):
+    cat.add_model(local_model(name, "onnx", onnx_light_models() / "light_squeezenet.onnx",
+                              copy_to=tmp_path / "src"))
+    return name
+
+
+def test_onnx_model_is_stored_registered_and_reused(cat, tmp_path, zoo_env):
+    import zoo
+
+    name = _squeezenet(cat, tmp_path)
+    artifact = zoo.convert(name, catalog=cat)
+    expected = zoo_env / "cache" / "onnx" / name / f"{name}.onnx"
+    assert artifact.path == str(expected) and expected.is_file()
+    assert artifact.meta["reused"] is False
+    stored = cat.get(name).artifact("onnx")
+    assert stored.path == str(expected) and stored.sha256 and stored.size == expected.stat().st_size
+    report = stored.meta["report"]
+    assert report["verified"] is True and report["source_format"] == "onnx"
+    assert stored.meta["layout"] == "NCHW"
+    source = cat.get(name).artifact("model")
+    assert stored.meta["source_sha256"] == {"model": source.sha256}
+    from converters.onnx_model import graph_inputs
+
+    assert graph_inputs(onnx.load(expected))[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert not list(expected.parent.glob("*.part"))  # written atomically
+
+    again = zoo.convert(name, catalog=cat)
+    assert again.meta["reused"] is True and again.path == artifact.path
+    # A new opset is a new conversion; the same options again are reused.
+    upgraded = zoo.convert(name, opset=13, catalog=cat)
+    assert upgraded.meta["reused"] is False and upgraded.meta["report"]["opset"] == 13
+    assert zoo.convert(name, opset=13, catalog=cat).meta["reused"] is True
+    assert len([a for a in cat.get(name).artifacts if a.role == "onnx"]) == 1
+
+
+def test_changed_source_or_deleted_output_is_converted_again(cat, tmp_path):
+    import zoo
+
+    name = _squeezenet(cat, tmp_path)
+    first = zoo.convert(name, catalog=cat)
+    source = Path(cat.get(name).artifact("model").path)
+    # Same bytes, new mtime: re-hashed, found unchanged, reused.
+    os.utime(source, ns=(1, 1))
+    assert zoo.convert(name, catalog=cat).meta["reused"] is True
+    # Different bytes (another real model under the same name): converted again.
+    source.write_bytes((onnx_light_models() / "light_shufflenet.onnx").read_bytes())
+    second = zoo.convert(name, catalog=cat)
+    assert second.meta["reused"] is False and second.sha256 != first.sha256
+    Path(second.path).unlink()
+    assert zoo.convert(name, catalog=cat).meta["reused"] is False
+
+
+@pytest.mark.slow
+def test_second_convert_does_not_import_tensorflow(cat, tf_models, zoo_env):
+    """The reuse check happens before any heavy import: a fresh process stays TF-free."""
+    import zoo
+
+    cat.add_model(local_model("tiny.keras", "keras", tf_models["keras"], fmt="keras"))
+    first = zoo.convert("tiny.keras", catalog=cat)
+    assert first.meta["report"]["verified"] is True and first.meta["layout"] == "NHWC"
+    code = textwrap.dedent(f"""
+        import sys, time, zoo
+        start = time.perf_counter()
+        artifact = zoo.convert("tiny.keras", catalog={str(zoo_env / 'catalog.db')!r})
+        print(artifact.meta["reused"], "tensorflow" in sys.modules, "onnxruntime" in sys.modules,
+              time.perf_counter() - start)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    reused, tf_loaded, ort_loaded, _seconds = out.stdout.split()
+    assert (reused, tf_loaded, ort_loaded) == ("True", "False", "False")
+
+
+@pytest.mark.slow
+def test_tensorflow_formats_through_the_catalog(cat, tf_models):
+    import zoo
+
+    entries = [
+        local_model("sm.custom", "tensorflow", tf_models["saved_model"], fmt="saved_model",
+                    meta={"signature": "embed"}),
+        local_model("frozen.local", "tensorflow", tf_models["frozen"], fmt="frozen_graph",
+                    meta={"inputs": ["input"], "outputs": ["probabilities"]}),
+        local_model("lite.local", "tflite", tf_models["tflite"], fmt="tflite"),
+        local_model("mobilenet.weights", "keras", tf_models["application"], role="weights",
+                    fmt="h5_weights", meta={"keras_application": "MobileNet",
+                                            **tf_models["application_options"]}),
+    ]
+    for model in entries:
+        cat.add_model(model)
+        artifact = zoo.convert(model.name, catalog=cat, nchw=model.name == "lite.local")
+        report = artifact.meta["report"]
+        assert report["verified"] is True, (model.name, report)
+        assert Path(artifact.path).is_file()
+    assert cat.get("lite.local").artifact("onnx").meta["layout"] == "NCHW"
+    assert cat.get("frozen.local").artifact("onnx").meta["report"]["outputs"][0]["name"] == "probabilities"
+
+
+@pytest.mark.slow
+def test_saved_model_without_the_signature_lists_the_ones_it_has(cat, tf_models):
+    import zoo
+
+    cat.add_model(local_model("sm.default", "tensorflow", tf_models["saved_model"], fmt="saved_model"))
+    with pytest.raises(ModelFormatError, match="no signature 'serving_default'.*it has embed"):
+        zoo.convert("sm.default", catalog=cat)
+
+
+def test_caffe_models_share_the_path(cat, tmp_path):
+    pytest.importorskip("cv2")
+    import zoo
+    from converters import caffe
+
+    prototxt = CAFFE_MODELS / "lenet" / "deploy.prototxt"
+    weights = tmp_path / "lenet.caffemodel"
+    caffe.make_random_caffemodel(prototxt, weights, seed=3)
+    cat.add_model(Model(name="lenet.local", framework="caffe", source="local", artifacts=[
+        Artifact(role="graph", filename="deploy.prototxt", path=str(prototxt)),
+        Artifact(role="weights", filename="lenet.caffemodel", path=str(weights)),
+    ]))
+    artifact = zoo.convert("lenet.local", catalog=cat)
+    report = artifact.meta["report"]
+    assert report["source_format"] == "caffe" and report["verified"] is True
+    assert report["reference"].startswith("opencv")
+    assert set(artifact.meta["source_sha256"]) == {"graph", "weights"}
+    assert zoo.convert("lenet.local", catalog=cat).meta["reused"] is True
+
+
+def _nondeterministic_torchscript(path: Path) -> Path:
+    """A real model whose outputs cannot match any other engine: it adds fresh noise each run."""
+    import torch
+
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 + torch.rand_like(x)
+
+    torch.jit.script(Noisy()).save(str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_outputs_beyond_tolerance_are_refused_unless_forced(cat, tmp_path):
+    import zoo
+
+    path = _nondeterministic_torchscript(tmp_path / "noisy.pt")
+    cat.add_model(local_model("noisy", "pytorch", path, input=__import__("zoo").InputSpec(shape=[None, 8])))
+    with pytest.raises(VerificationError, match=r"output: max abs diff .* x scale .*--force"):
+        zoo.convert("noisy", catalog=cat)
+    assert cat.get("noisy").artifact("onnx") is None
+    kept = zoo.convert("noisy", force=True, catalog=cat)
+    assert kept.meta["verified"] is False and kept.meta["report"]["verified"] is False
+    assert any("unverified" in n for n in kept.meta["report"]["notes"])
+    # Kept unverified: reused with --force, refused again without it.
+    assert zoo.convert("noisy", force=True, catalog=cat).meta["reused"] is True
+    with pytest.raises(VerificationError):
+        zoo.convert("noisy", catalog=cat)
+
+
+def test_refusals_name_the_problem(cat, tmp_path, torch_models):
+    import zoo
+
+    cat.add_model(local_model("weights.only", "pytorch", torch_models["state_dict"]))
+    with pytest.raises(ModelFormatError, match="is a state_dict"):
+        zoo.convert("weights.only", catalog=cat)
+    cat.add_model(Model(name="no.files", framework="onnx", source="local",
+                        artifacts=[Artifact(role="labels", filename="l.txt", path=str(tmp_path / "l.txt"))]))
+    (tmp_path / "l.txt").write_text("cat\n")
+    with pytest.raises(ModelFormatError, match="has no local model file to convert"):
+        zoo.convert("no.files", catalog=cat)
+    with pytest.raises(UnknownModelError):
+        zoo.convert("squeezenet.nope", catalog=cat)
+
+
+def test_fetches_a_model_that_is_not_local(cat, fault_server):
+    import zoo
+
+    body = (onnx_light_models() / "light_squeezenet.onnx").read_bytes()
+    fault_server.add("/squeezenet.onnx", body)
+    cat.add_model(Model(name="remote.squeeze", framework="onnx", artifacts=[
+        Artifact(role="model", filename="squeezenet.onnx", urls=[fault_server.url("/squeezenet.onnx")],
+                 size=len(body))]))
+    artifact = zoo.convert("remote.squeeze", catalog=cat)
+    assert artifact.meta["report"]["verified"] is True
+    assert cat.get("remote.squeeze").artifact("model").path
+
+
+def test_cli_json_text_and_errors(cat, tmp_path, zoo_env):
+    from zoo.cli import cli
+
+    name = _squeezenet(cat, tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["convert", name, "--json", "--catalog", str(zoo_env / "catalog.db")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["role"] == "onnx" and data["meta"]["report"]["verified"] is True
+    assert data["meta"]["reused"] is False
+    result = runner.invoke(cli, ["convert", name, "-q"])
+    assert result.exit_code == 0 and "up to date" in result.stdout and "verified" in result.stdout
+    result = runner.invoke(cli, ["convert", "nope.model"])
+    assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, ["convert", name, "--opset", "3"])
+    assert result.exit_code == 2  # click's range check names the valid range
+    assert "--help" in runner.invoke(cli, ["convert", "-h"]).output
+
+
+@pytest.mark.slow
+def test_cli_subprocess(cat, tmp_path, zoo_env, zoo_cmd, torch_models):
+    cat.add_model(local_model("net.ts", "pytorch", torch_models["script"],
+                              input=__import__("zoo").InputSpec(shape=[None, 3, 32, 32])))
+    out = subprocess.run([*zoo_cmd, "convert", "net.ts", "--json", "--opset", "17"], capture_output=True,
+                         text=True, env={**os.environ}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["meta"]["report"]["verified"] is True and data["meta"]["layout"] == "NCHW"
+    assert Path(data["path"]).is_file()
+    dims = onnx.load(data["path"]).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, 32, 32]
+    bad = subprocess.run([*zoo_cmd, "convert", "missing.model"], capture_output=True, text=True,
+                         env={**os.environ}, timeout=120)
+    last = bad.stderr.strip().splitlines()[-1]
+    assert bad.returncode == 1 and last.startswith("error: model 'missing.model'") and "Traceback" not in bad.stderr

@@ -1,0 +1,55 @@
+"""`zoo convert`: turn a cataloged model into a verified ONNX file."""
+from __future__ import annotations
+
+import time
+
+import click
+
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option
+
+
+@cli.command("convert")
+@click.argument("name")
+@click.option("--opset", type=click.IntRange(7, 23), default=None,
+              help="ONNX opset [default 17; an ONNX model keeps its own unless given].")
+@click.option("--nchw", is_flag=True, help="Channels-first inputs for TensorFlow models (tf2onnx inputs_as_nchw).")
+@click.option("--force", is_flag=True, help="Keep the model even if its outputs differ from the source (marked unverified).")
+@json_option
+@catalog_option
+@cache_option
+@quiet_option
+def convert_command(name: str, opset: int | None, nchw: bool, force: bool, as_json: bool,
+                    catalog: str | None, cache_dir: str | None, quiet: bool) -> None:
+    """Convert a model to ONNX, check it against its source framework and register it.
+
+    Fetches the model first if needed. Converting again is instant when nothing changed.
+
+    \b
+    Example:
+        zoo convert bvlc_alexnet
+        zoo convert resnet50.keras --nchw --opset 17 --json
+    """
+    from zoo.convert import convert
+
+    start = time.perf_counter()
+    if not quiet and not as_json:
+        click.echo(f"converting {name}...", err=True)
+    artifact = convert(name, opset=opset, nchw=nchw, force=force, catalog=catalog, cache_dir=cache_dir)
+    elapsed = time.perf_counter() - start
+    data = {"name": name, **artifact.to_dict(), "seconds": round(elapsed, 3)}
+    emit(data, as_json, lambda: _describe(name, artifact.meta, artifact.path, elapsed))
+
+
+def _describe(name: str, meta: dict, path: str | None, elapsed: float) -> str:
+    report = meta.get("report", {})
+    outputs = report.get("outputs", [])
+    if report.get("verified"):
+        worst = max((o["max_rel"] for o in outputs), default=0.0)
+        check = f"verified against {report.get('reference')}: max diff {worst:.2g} x scale"
+    elif report.get("verified") is False:
+        check = "UNVERIFIED: outputs differ beyond tolerance (kept with --force)"
+    else:
+        check = "not compared (no reference engine available)"
+    state = "up to date" if meta.get("reused") else f"converted in {elapsed:.1f} s"
+    return (f"{name}: {state} -> {path}\n"
+            f"  opset {report.get('opset')}, input layout {meta.get('layout')}, {len(outputs)} output(s); {check}")

@@ -1,0 +1,275 @@
+"""`convert(name)`: fetch a cataloged model, pick its converter, verify, register the ONNX artifact.
+
+Converting again is instant when nothing changed: the stored ONNX artifact records the hashes
+of its source files (with their size and mtime, so unchanged files are not re-hashed), the opset
+and the options; when they all still match, the stored artifact is returned before any heavy
+framework is imported.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoo import config
+from zoo.errors import ConversionError, ModelFormatError, VerificationError
+from zoo.records import Artifact, Model
+
+if TYPE_CHECKING:
+    from converters.report import Conversion
+    from zoo.catalog import Catalog
+
+# Bump when a change here or in a converter should invalidate every stored conversion.
+CONVERSION_VERSION = 1
+# Converter defaults when --opset is not given (ONNX models keep their own opset).
+DEFAULT_OPSET = 17
+# Keras Applications constructor options that a model's meta may carry.
+_KERAS_OPTIONS = ("include_top", "classes", "pooling", "input_shape", "alpha", "depth_multiplier",
+                  "minimalistic", "include_preprocessing", "classifier_activation")
+# Which converter a framework + format takes.
+_TF_FORMATS = {"saved_model": "saved_model", "keras": "keras", "h5": "keras", "h5_weights": "keras",
+               "frozen_graph": "frozen_graph", "graphdef": "frozen_graph", "tflite": "tflite"}
+
+
+def convert(
+    name: str,
+    *,
+    opset: int | None = None,
+    nchw: bool = False,
+    force: bool = False,
+    catalog: str | os.PathLike | Catalog | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Artifact:
+    """Convert a cataloged model to a verified ONNX file and register it as its "onnx" artifact.
+
+    The file goes to ``<cache>/onnx/<name>/<name>.onnx``. The converted model is compared with
+    its source framework on the same inputs; outputs beyond tolerance raise VerificationError
+    unless `force`, which keeps the model marked unverified. `nchw` asks TensorFlow conversions
+    for channels-first inputs. The returned artifact's ``meta["reused"]`` says whether an
+    up-to-date conversion was found.
+
+    >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
+    >>> art.meta["report"]["verified"]         # doctest: +SKIP
+    True
+    """
+    from zoo.catalog import open_catalog
+
+    cat = open_catalog(catalog)
+    model = cat.get(name)
+    if not model.is_local:
+        from zoo.fetch import fetch
+
+        fetch(name, catalog=cat, cache_dir=cache_dir)
+        model = cat.get(name)
+    sources = _sources(model)
+    options = _options(model, opset, nchw)
+    current = _up_to_date(model, sources, options, force)
+    if current is not None:
+        current.meta["reused"] = True
+        return current
+
+    conversion = _run_converter(model, sources, options)
+    report = conversion.report
+    if report.verified is False:
+        from converters.onnx_model import unverified_figures
+
+        if not force:
+            raise VerificationError(
+                f"{name}: the ONNX model differs from {report.reference or 'its source'} beyond "
+                f"tolerance ({unverified_figures(report)}); not stored. Keep it anyway, marked "
+                f"unverified, with `zoo convert {name} --force`"
+            )
+        report.notes.append("kept with --force although outputs differ beyond tolerance (unverified)")
+
+    dest = config.cache_dir(cache_dir) / "onnx" / _safe(name) / f"{_safe(name)}.onnx"
+    conversion.save(dest)
+    stats = {role: _stat(path) for role, path in sources.items()}
+    artifact = Artifact(
+        role="onnx",
+        filename=dest.name,
+        path=str(dest),
+        size=dest.stat().st_size,
+        sha256=_sha256(dest),
+        meta={
+            "report": report.to_dict(),
+            "layout": report.input_layout,
+            "source_sha256": {role: _source_sha(report, path) for role, path in sources.items()},
+            "source_stat": stats,
+            "options": options,
+            "verified": report.verified,
+        },
+    )
+    for old in model.artifacts:  # a renamed model or an older file name: one onnx artifact
+        if old.role == "onnx" and old.filename != artifact.filename:
+            cat.remove_artifact(name, "onnx", old.filename)
+    stored = cat.put_artifact(name, artifact)
+    stored.meta["reused"] = False
+    return stored
+
+
+# ---------------------------------------------------------------------------------------------
+# which files, which options
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_").replace(os.sep, "_")
+
+
+def _file(model: Model, role: str) -> str | None:
+    """Path of the file with `role`, looking inside an unpacked archive when it holds that role."""
+    artifact = model.artifact(role)
+    if artifact is not None and artifact.path:
+        return artifact.path
+    for archive in model.artifacts:
+        members = archive.meta.get("members") or {}
+        if archive.role == "archive" and archive.path and role in members:
+            return os.path.join(archive.path, members[role])
+    return None
+
+
+def _sources(model: Model) -> dict[str, str]:
+    """role -> local path of every file the conversion reads."""
+    roles = ("graph", "weights", "mean") if model.framework == "caffe" else ("model", "graph", "weights")
+    found = {role: path for role in roles if (path := _file(model, role))}
+    if model.framework == "caffe":
+        missing = [r for r in ("graph", "weights") if r not in found]
+    else:
+        missing = [] if ("model" in found or "weights" in found or "graph" in found) else ["model"]
+    if missing:
+        have = ", ".join(f"{a.role}:{a.filename}" for a in model.artifacts) or "none"
+        raise ModelFormatError(
+            f"{model.name} has no local {' or '.join(missing)} file to convert (its files: {have}); "
+            f"run `zoo fetch {model.name}` or add the file with `zoo add`"
+        )
+    for role, path in found.items():
+        if not os.path.exists(path):
+            raise ModelFormatError(
+                f"{model.name}: {role} file {path} is missing; run `zoo fetch {model.name}` again"
+            )
+    return found
+
+
+def _options(model: Model, opset: int | None, nchw: bool) -> dict[str, Any]:
+    """Everything besides the source files that changes the converted model."""
+    resolved = opset if opset is not None else (None if model.framework == "onnx" else DEFAULT_OPSET)
+    keep = {k: model.meta[k] for k in ("keras_application", "architecture", "inputs", "outputs",
+                                        "tag", "signature", *_KERAS_OPTIONS) if k in model.meta}
+    return {"version": CONVERSION_VERSION, "framework": model.framework, "format": model.format,
+            "opset": resolved, "nchw": bool(nchw), "meta": keep,
+            "input_shape": model.input.shape}
+
+
+def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: bool) -> Artifact | None:
+    """The stored ONNX artifact when its file exists and its sources and options are unchanged."""
+    stored = model.artifact("onnx")
+    if stored is None or not stored.path or not os.path.isfile(stored.path):
+        return None
+    meta = stored.meta
+    if meta.get("options") != options or set(meta.get("source_sha256", {})) != set(sources):
+        return None
+    if meta.get("verified") is False and not force:
+        return None  # an unverified model kept with --force is not silently reused without it
+    if stored.size is not None and os.path.getsize(stored.path) != stored.size:
+        return None
+    for role, path in sources.items():
+        if meta.get("source_stat", {}).get(role) == _stat(path):
+            continue  # same size and mtime: trust the recorded hash
+        if _sha256(path) != meta["source_sha256"][role]:
+            return None
+    return stored
+
+
+def _stat(path: str) -> list:
+    """Size and mtime of a file, or of every file under a folder."""
+    if os.path.isdir(path):
+        entries = []
+        for root, _, names in sorted(os.walk(path)):
+            for f in sorted(names):
+                st = os.stat(os.path.join(root, f))
+                entries.append([os.path.relpath(os.path.join(root, f), path), st.st_size, st.st_mtime_ns])
+        return entries
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file or a folder (same definition as the converters' report)."""
+    if os.path.isdir(path):
+        from converters.onnx_model import file_sha256
+
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_sha(report, path: str) -> str:
+    return report.source_files.get(os.fspath(path)) or _sha256(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+
+
+def _run_converter(model: Model, sources: dict[str, str], options: dict) -> Conversion:
+    framework = model.framework
+    opset = options["opset"]
+    if framework == "caffe":
+        from converters import caffe
+
+        return caffe.convert(sources["graph"], sources["weights"], opset=opset,
+                             mean_file=sources.get("mean"))
+    path = sources.get("model") or sources.get("weights") or sources.get("graph")
+    if framework == "onnx":
+        from converters import onnx_model
+
+        return onnx_model.convert(path, opset=opset)
+    if framework == "pytorch":
+        from converters import pytorch
+
+        shape = model.input.shape if model.input.shape and len(model.input.shape) in (2, 4) else None
+        return pytorch.convert_torchscript(path, input_shape=shape, opset=opset)
+    if framework in ("tensorflow", "keras", "tflite"):
+        return _convert_tensorflow(model, path, opset, options["nchw"])
+    raise ConversionError(
+        f"{model.name}: no converter for framework {framework!r}; zoo converts caffe, tensorflow, "
+        f"keras, tflite, pytorch and onnx models"
+    )
+
+
+def _convert_tensorflow(model: Model, path: str, opset: int, nchw: bool) -> Conversion:
+    from converters import tensorflow as tfconv
+
+    meta = model.meta
+    fmt = _TF_FORMATS.get(model.format or "") or tfconv.detect_format(path)
+    common = {"opset": opset, "nchw": nchw}
+    if fmt == "keras":
+        architecture = meta.get("keras_application") or meta.get("architecture")
+        kwargs = {k: meta[k] for k in _KERAS_OPTIONS if k in meta}
+        if not kwargs.get("include_top", True):
+            kwargs.pop("classes", None)
+        if architecture and "input_shape" not in kwargs and model.input.shape and len(model.input.shape) == 4:
+            if not kwargs.get("include_top", True) and all(model.input.shape[1:]):
+                kwargs["input_shape"] = list(model.input.shape[1:])
+        if architecture and not tfconv.is_weights_only(path):
+            architecture = None  # a full .keras/.h5 model carries its own architecture
+        return tfconv.convert_keras(path, architecture=architecture, options=kwargs, **common)
+    if fmt == "frozen_graph":
+        return tfconv.convert_frozen_graph(path, inputs=meta.get("inputs"), outputs=meta.get("outputs"),
+                                           **common)
+    if fmt == "saved_model":
+        return tfconv.convert_saved_model(path, tag=meta.get("tag", tfconv.DEFAULT_TAG),
+                                          signature=meta.get("signature", tfconv.DEFAULT_SIGNATURE), **common)
+    return tfconv.convert_tflite(path, **common)
+
+
+def onnx_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where `convert(name)` writes the ONNX file."""
+    return config.cache_dir(cache_dir) / "onnx" / _safe(name) / f"{_safe(name)}.onnx"
+
+
+__all__ = ["convert", "onnx_path"]
