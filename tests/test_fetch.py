@@ -435,3 +435,14 @@ def test_fault_server_conditional_requests(fault_server):
     assert changed.status_code == 200 and changed.headers["ETag"] != etag
     assert [r.headers.get("If-None-Match") for r in route.requests] == [None, etag, None, etag]
     assert requests.get(fault_server.url("/missing")).status_code == 404
+
+
+def test_gitblob_checksum_survives_a_resume_across_runs(fault_server, tmp_path):
+    big = os.urandom(80_000)
+    blob = "gitblob:" + hashlib.sha1(b"blob %d\0" % len(big) + big).hexdigest()
+    route = fault_server.add("/w.bin", big, drop_after=30_000)
+    with pytest.raises(FetchError):
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=blob, retries=0, **FAST)
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=blob, **FAST)
+    assert route.requests[-1].headers["Range"] == "bytes=30000-" and result.bytes_transferred == 50_000
+    assert result.path.read_bytes() == big

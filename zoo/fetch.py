@@ -425,13 +425,11 @@ class _Job:
             return self._reset()
         self.total = saved.get("total")
         self.validator = validator
-        self.hasher = _hash_file(self.part, self.expected.algos)
-        if self.expected.size is None and self.total is not None and "gitblob" in self.expected.algos:
-            # The git blob header needs the size: rehash with it known (rare; small files).
-            self.hasher = MultiHasher(self.expected.algos, size=self.total)
-            with open(self.part, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    self.hasher.update(chunk)
+        # Hash what is there so the rest can be hashed as it arrives (one read of the .part).
+        self.hasher = self._new_hasher(self.total)
+        with open(self.part, "rb") as f:
+            while chunk := f.read(CHUNK):
+                self.hasher.update(chunk)
         self.offset = self.hasher.count
         log.info("resuming %s at byte %d", self.label, self.offset)
 
