@@ -258,3 +258,26 @@ def test_remove_and_clear(mlp, data):
     assert cache.clear() > 0 and cache.entries() == []
     with pytest.raises(ZooError):
         cache.load(a.key)
+
+
+def test_zoo_cache_list_and_rm(mlp, data, zoo_cmd):
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    extractor = _ort(mlp)
+    a = extract_features(extractor, data, progress=False)
+    b = extract_features(extractor, data[:10], progress=False)
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["cache", "list", "--json"])
+    assert listed.exit_code == 0
+    assert {e["key"] for e in json.loads(listed.stdout)} == {a.key, b.key}
+    text = subprocess.run([*zoo_cmd, "cache", "list"], capture_output=True, text=True, timeout=120)
+    assert a.key[:12] in text.stdout and "2 entries" in text.stdout
+    removed = runner.invoke(cli, ["cache", "rm", a.key[:10]])
+    assert removed.exit_code == 0 and "removed 1 entries" in removed.stdout
+    assert [e.key for e in FeatureCache().entries()] == [b.key]
+    unknown = runner.invoke(cli, ["cache", "rm", "nope"])
+    assert unknown.exit_code == 1 and "zoo cache list" in unknown.output
+    assert runner.invoke(cli, ["cache", "rm", "--all"]).exit_code == 0
+    assert FeatureCache().entries() == []

@@ -1,0 +1,99 @@
+"""Cut-layer sweeps: one row per cut and depth, features cached once, the table and the PNG plot."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from zoo.errors import InputError
+
+
+@pytest.fixture
+def digits_model():
+    from _transfer_helpers import register_digits_cnn
+
+    return register_digits_cnn(train_epochs=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    from zoo.walkthrough import _digits
+
+    x, y = _digits()
+    return x[y >= 5][:150], y[y >= 5][:150]
+
+
+def test_sweep_rows_table_and_plot(digits_model, data, tmp_path):
+    from zoo import sweep
+
+    x, y = data
+    result = sweep(digits_model.name, x, y, layers=["pool1", "pool2", -2], unfreeze=[0, 1],
+                   epochs=3, plot=tmp_path / "sweep.png", progress=False)
+    got = [(r.layer, r.unfreeze, r.cached_at) for r in result.rows]
+    # pool1 cannot fine-tune its top layer: conv1 is the first layer, nothing would stay frozen
+    assert got == [("pool1", 0, "pool1"), ("pool2", 0, "pool2"), ("pool2", 1, "pool1"),
+                   ("relu3", 0, "relu3"), ("relu3", 1, "flatten")]
+    assert len(result.skipped) == 1 and "pool1 unfreeze=1" in result.skipped[0]
+    assert [r.features for r in result.rows][:2] == [[16, 4, 4], [32, 2, 2]]
+    assert all(0 <= r.val_accuracy <= 1 and r.epochs == 3 for r in result.rows)
+    # pool2 with its top layer unfrozen caches at pool1, whose features were already cached
+    assert result.rows[2].reused and not result.rows[0].reused
+    assert result.best in result.rows
+    lines = result.table().splitlines()
+    assert lines[0].split()[:3] == ["layer", "unfreeze", "cached"] and len(lines) == 6
+    assert "pool1 (reused)" in lines[3]
+    png = (tmp_path / "sweep.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert json.loads(json.dumps(result.to_dict()))["rows"][0]["layer"] == "pool1"
+
+
+def test_a_second_sweep_reuses_every_cut(digits_model, data):
+    from zoo import sweep
+
+    x, y = data
+    first = sweep(digits_model.name, x, y, layers=["pool2", "relu3"], epochs=2, progress=False)
+    second = sweep(digits_model.name, x, y, layers=["pool2", "relu3"], epochs=2, progress=False)
+    assert all(r.reused for r in second.rows)
+    assert [r.val_accuracy for r in first.rows] == [r.val_accuracy for r in second.rows]
+
+
+def test_sweep_with_validation_and_test_sets(digits_model, data):
+    from zoo import sweep
+
+    x, y = data
+    result = sweep(digits_model.name, x[:60], y[:60], layers=["pool2"], validation=(x[60:100], y[60:100]),
+                   test=(x[100:], y[100:]), epochs=2, progress=False)
+    assert result.rows[0].test_accuracy is not None and "test acc" in result.table()
+
+
+def test_bad_sweeps(digits_model, data):
+    from zoo import sweep
+    from zoo.errors import UnknownLayerError
+
+    x, y = data
+    with pytest.raises(InputError, match="labels for"):
+        sweep(digits_model.name, x, y[:-1], layers=["pool2"], progress=False)
+    with pytest.raises(InputError, match="no layers"):
+        sweep(digits_model.name, x, y, layers=[], progress=False)
+    with pytest.raises(UnknownLayerError, match="zoo layers"):
+        sweep(digits_model.name, x, y, layers=["pool9"], progress=False)
+
+
+def test_zoo_sweep_command(digits_model, data, tmp_path):
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    x, y = data
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    done = CliRunner().invoke(cli, ["sweep", digits_model.name, "-d", str(tmp_path / "x.npy"), "-y",
+                                    str(tmp_path / "y.npy"), "-l", "pool2,relu3", "--unfreeze", "0,1",
+                                    "--epochs", "2", "--plot", str(tmp_path / "p.png"), "-q"])
+    assert done.exit_code == 0, done.output
+    assert "best:" in done.stdout and (tmp_path / "p.png").is_file()
+    assert len([line for line in done.stdout.splitlines() if line.startswith(("pool2", "relu3"))]) == 4
+    bad = CliRunner().invoke(cli, ["sweep", digits_model.name, "-d", str(tmp_path / "x.npy"), "-y",
+                                   str(tmp_path / "y.npy"), "-l", "pool2", "--unfreeze", "a"])
+    assert bad.exit_code == 1 and "--unfreeze 'a'" in bad.output

@@ -1,0 +1,58 @@
+"""The README's main job: the digits walkthrough, small in-process and full as the `zoo walkthrough` command."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+SMALL = dict(labels_per_class=3, base_epochs=3, head_epochs=4, layers=("pool1", "relu3"), unfreeze=(0, 1))
+
+
+@pytest.mark.slow
+def test_walkthrough_small(tmp_path):
+    import onnxruntime as ort
+
+    from zoo.catalog import open_catalog
+    from zoo.walkthrough import BASE_NAME, TRANSFER_NAME, run
+
+    out = tmp_path / "out"
+    messages: list[str] = []
+    report = run(out, echo=messages.append, **SMALL)
+    assert messages and report.train_rows == 15 and report.val_rows == 150
+    assert report.first_cut == "relu3" and report.best_layer in ("pool1", "relu3")
+    assert 0 <= report.scratch_test_accuracy <= 1 and 0 <= report.best_test_accuracy <= 1
+    assert report.onnx_agrees
+    assert [(r["layer"], r["unfreeze"]) for r in report.sweep_rows] == [("pool1", 0), ("relu3", 0), ("relu3", 1)]
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "report.json").read_text())["transfer_model"] == TRANSFER_NAME
+    catalog = open_catalog()
+    base = catalog.get(BASE_NAME)
+    assert base.source == "local" and base.meta["trained_by"] == "zoo walkthrough"
+    session = ort.InferenceSession(catalog.get(TRANSFER_NAME).artifact("model").path)
+    assert session.get_inputs()[0].shape[0] == "batch"  # exported with a dynamic batch
+    text = report.text()
+    assert "trained from scratch" in text and str(out / "sweep.png") in text
+
+    # safe to run twice: models re-registered, features reused, same numbers
+    again = run(out, **SMALL)
+    assert again.features_reused
+    assert again.sweep_rows[0]["val_accuracy"] == report.sweep_rows[0]["val_accuracy"]
+    assert again.scratch_test_accuracy == report.scratch_test_accuracy
+    assert catalog.names().count(BASE_NAME) == 1
+
+
+@pytest.mark.slow
+def test_zoo_walkthrough_command_full(tmp_path, zoo_cmd):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("ZOO_CATALOG")  # the command works in the current directory's catalog.db by default
+    proc = subprocess.run([*zoo_cmd, "walkthrough", "--out", "wt"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "catalog.db").is_file() and (tmp_path / "wt" / "sweep.png").is_file()
+    assert "best cut" in proc.stdout and "trained from scratch" in proc.stdout
+    report = json.loads((tmp_path / "wt" / "report.json").read_text())
+    assert report["onnx_agrees"]
+    # the walkthrough's point: with 5 labels per class, reusing the network beats training it from scratch
+    assert report["best_test_accuracy"] > report["scratch_test_accuracy"]
