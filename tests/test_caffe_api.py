@@ -266,3 +266,49 @@ def test_supported_layers_lists_the_issue_types():
               "Eltwise", "BatchNorm", "Scale", "Bias", "Flatten", "Reshape", "Split", "Slice", "Crop", "Permute",
               "ArgMax"}
     assert isinstance(SUPPORTED_LAYERS, tuple) and set(SUPPORTED_LAYERS) == wanted
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def test_unpacked_float_blobs_are_read(tmp_path):
+    # Caffe writes packed floats; some third-party writers emit one tagged float per value.
+    import struct
+
+    from converters.caffe import convert
+    from converters.caffe.opencv_check import run_onnx
+
+    prototxt = tmp_path / "s.prototxt"
+    prototxt.write_text(net_text([1, 2, 2, 2], 'layer { name: "s" type: "Scale" bottom: "data" top: "s" }'))
+    blob = _field(7, b"\x0a" + _varint(1) + _varint(2))  # shape { dim: 2 } (packed int64 dims)
+    blob += b"".join(_varint(5 << 3 | 5) + struct.pack("<f", v) for v in (2.0, -3.0))
+    layer = _field(1, b"s") + _field(2, b"Scale") + _field(7, blob)
+    caffemodel = tmp_path / "s.caffemodel"
+    caffemodel.write_bytes(_field(100, layer))
+    x = random_input([1, 2, 2, 2])
+    (got,) = run_onnx(convert(prototxt, caffemodel, verify=False).model, {"data": x}, ["s"])
+    np.testing.assert_allclose(got, x * np.array([2.0, -3.0], np.float32).reshape(1, 2, 1, 1))
+
+
+def test_weights_written_inline_in_the_prototxt(tmp_path):
+    from converters.caffe import convert
+    from converters.caffe.opencv_check import run_onnx
+
+    prototxt = tmp_path / "inline.prototxt"
+    prototxt.write_text(net_text([1, 2, 2, 2], 'layer { name: "b" type: "Bias" bottom: "data" top: "b" '
+                                               'blobs { shape { dim: 2 } data: 0.5 data: -1 } }'))
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    x = random_input([1, 2, 2, 2])
+    (got,) = run_onnx(convert(prototxt, empty, verify=False).model, {"data": x}, ["b"])
+    np.testing.assert_allclose(got, x + np.array([0.5, -1.0], np.float32).reshape(1, 2, 1, 1))

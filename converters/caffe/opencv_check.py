@@ -103,8 +103,15 @@ def verify_report(model, producers, prototxt: str, caffemodel: str, net: Net, re
         report.outputs = compare(model, producers, prototxt, caffemodel, net)
     except cv2.error as exc:
         report.verified = None
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        report.notes.append(f"not verified: OpenCV cannot run this net ({reason})")
+        report.notes.append(f"not verified: OpenCV cannot run this net ({_last_line(exc)})")
+        return
+    except Exception as exc:  # onnxruntime raises its own classes, e.g. for an opset newer than it knows
+        if type(exc).__module__.split(".")[0] != "onnxruntime":
+            raise
+        report.verified = None
+        report.notes.append(
+            f"not verified: onnxruntime {onnxruntime.__version__} cannot run the model ({_last_line(exc)})"
+        )
         return
     report.verified = all(o.max_rel <= report.tolerance for o in report.outputs)
     worst = max(report.outputs, key=lambda o: o.max_rel)
@@ -112,3 +119,8 @@ def verify_report(model, producers, prototxt: str, caffemodel: str, net: Net, re
         f"onnxruntime vs OpenCV on a fixed random input: worst output '{worst.name}' max abs diff "
         f"{worst.max_abs:.3g} (scale {worst.scale:.3g}, tolerance {report.tolerance:g} x scale)"
     )
+
+
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

@@ -66,6 +66,18 @@ def read_weights(path: str | os.PathLike) -> dict[str, list[Blob]]:
     except OSError as exc:
         raise ModelFormatError(f"cannot read caffemodel {path}: {exc.strerror}") from None
     net = _decode(schema.raw_messages().NetParameter, data, path)
+    try:
+        return _weights_of(net, path)
+    except _NotPacked:
+        # A writer that did not pack the floats: parse again with the typed schema (slower, same values).
+        return _weights_of(_decode(schema.messages().NetParameter, data, path), path)
+
+
+class _NotPacked(Exception):
+    """A blob's floats were not in the packed encoding the fast path reads."""
+
+
+def _weights_of(net, path: str) -> dict[str, list[Blob]]:
     weights: dict[str, list[Blob]] = {}
     for layer in list(net.layer) + list(net.layers):
         if len(layer.blobs):
@@ -106,19 +118,32 @@ def blob_array(blob, what: str = "blob", path: str = "") -> np.ndarray:
         shape = [blob.num, blob.channels, blob.height, blob.width]
     else:
         shape = None
-    if blob.data:
-        values = np.frombuffer(blob.data, dtype="<f4")
-    elif blob.double_data:
-        values = np.frombuffer(blob.double_data, dtype="<f8")
+    # The raw schema gives packed bytes; the text schema (blobs inline in a prototxt) gives floats.
+    if len(blob.data):
+        values = _values(blob.data, "<f4")
+    elif len(blob.double_data):
+        values = _values(blob.double_data, "<f8")
     else:
         values = np.zeros(0, dtype=np.float32)
     if shape is None:
         shape = [values.size]
+    if values.size == 0 and 0 not in shape and isinstance(blob.data, bytes):
+        raise _NotPacked  # the typed re-parse reports a blob that is really empty
     if int(np.prod(shape, dtype=np.int64)) != values.size:
         raise ModelFormatError(
             f"{os.path.basename(path)}: {what} blob declares shape {shape} but holds {values.size} values"
         )
     return values.astype(np.float32, copy=False).reshape(shape)
+
+
+def _values(field, dtype: str) -> np.ndarray:
+    import numpy as np
+
+    if isinstance(field, bytes):
+        if len(field) % np.dtype(dtype).itemsize:
+            raise ModelFormatError(f"a blob holds {len(field)} bytes, not a whole number of {dtype} values")
+        return np.frombuffer(field, dtype=dtype)
+    return np.asarray(list(field), dtype=dtype)
 
 
 def legacy_shape(blob) -> bool:
