@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sqlite3  # noqa: F401  before tensorflow: TF's own SQLite (no FTS5) would otherwise win
 import struct
 import tempfile
 from pathlib import Path

@@ -19,11 +19,11 @@ import re
 from typing import Any
 
 from zoo.errors import IndexFormatError
+from zoo.hashes import ALGOS
 from zoo.records import FRAMEWORKS, LAYOUTS, ROLES, Artifact, InputSpec, Model
 
 FORMAT = "zoo-index/1"
-# algo -> hex digits; the same table as zoo.hashes.ALGOS (kept here so parsing stays import-light).
-CHECKSUM_ALGOS: dict[str, int] = {"sha256": 64, "sha1": 40, "md5": 32, "gitblob": 40}
+CHECKSUM_ALGOS = ALGOS  # algo -> hex digits of its digest
 EXTRACTS = ("tar", "zip")
 CHANNEL_ORDERS = ("RGB", "BGR")
 # A name is also a cache folder name (models/<name>/): no separators, no leading dot.

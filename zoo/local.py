@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from zoo.errors import DuplicateModelError, ModelFormatError
+from zoo.index import NAME_PATTERN
 from zoo.records import Artifact, Model
 
 if TYPE_CHECKING:
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
     from zoo.formats import FormatInfo
 
 SOURCE = "local"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _default_name(info: FormatInfo) -> str:
 
 
 def _check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not NAME_PATTERN.match(name):
         raise ModelFormatError(
             f"model name {name!r} is not allowed; use letters, digits and . _ + - (no spaces or "
             "slashes, at most 128 characters), e.g. --name my_model"
