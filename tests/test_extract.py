@@ -230,6 +230,34 @@ def test_layer_specs_by_name_position_list_and_errors():
         resolve(found, [], "tiny")
     assert {layer.name for layer in found if layer.is_cut_point} == {
         "stem", "stem_relu", "add", "block_out", "pool", "flat", "fc", "prob"}
+    from zoo.graph import GraphInfo
+
+    info = GraphInfo(tiny_resnet())
+    with pytest.raises(UnknownLayerError, match=r"'a_w' in tiny is a weight \(constant\).*pick a layer"):
+        resolve(found, "a_w", "tiny", info)
+
+
+def test_a_cut_that_needs_two_inputs_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from zoo.extract import load_extractor
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["rx"], name="relu_x"),
+         helper.make_node("Add", ["rx", "y"], ["sum"], name="add")],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+                helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 3])],
+    )
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(InputError, match=r"needs 2 inputs \(x, y\)"):
+        load_extractor(path, "add")
+    x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    with pytest.warns(UserWarning, match="not a cut point"):  # y bypasses it
+        extractor = load_extractor(path, "relu_x")
+    np.testing.assert_array_equal(extractor(x), np.maximum(x, 0))
 
 
 # --- the extractor ------------------------------------------------------------------------------
@@ -620,3 +648,56 @@ def test_caffe_model_is_converted_on_demand_and_cut_like_opencv(tmp_path):
     got = extractor(x)
     scale = max(1.0, float(np.abs(want).max()))
     assert np.abs(got - want).max() <= 1e-4 * scale
+
+
+# --- a PyTorch module through torch.onnx -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_torch_export_layers_are_module_paths(tmp_path):
+    """torch.onnx names nodes '/layer1/layer1.0/conv1/Conv': layers come back as module paths."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from zoo.extract import layers, load_extractor
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.conv1(x) + x)
+
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("stem", nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()))
+    net.add_module("layer1", nn.Sequential(Block(), Block()))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flatten", nn.Flatten())
+    net.add_module("fc", nn.Linear(8, 4))
+    net.eval()
+    path = tmp_path / "net.onnx"
+    example = torch.randn(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example,), str(path), dynamo=False, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    found = {layer.name: layer for layer in layers(path)}
+    modules = dict(net.named_modules())
+    assert {"stem.0", "layer1.0.conv1", "layer1.1.relu", "pool", "flatten", "fc"} <= set(found)
+    assert set(found) - {"layer1.0", "layer1.1"} <= set(modules)  # the blocks' own Add is in their forward
+    assert found["layer1.0.conv1"].parameters == 8 * 8 * 9 + 8 and not found["layer1.0.conv1"].is_cut_point
+    assert found["layer1.0.relu"].is_cut_point
+
+    captured = {}
+
+    def keep(module, inputs, output):  # returns None: the forward stays untouched
+        captured["relu"] = output.detach().numpy()
+
+    modules["layer1.0.relu"].register_forward_hook(keep)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        net(x)
+    got = load_extractor(path, "layer1.0.relu")(x.numpy())
+    np.testing.assert_allclose(got, captured["relu"], rtol=1e-4, atol=1e-5)

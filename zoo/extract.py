@@ -26,7 +26,6 @@ __all__ = ["LayerInfo", "layers", "load_extractor", "Extractor", "ExtractorTrans
 
 # Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
 CUT_VERSION = 1
-LayerSpec = "str | int | Sequence[str | int]"
 
 
 # --- which ONNX file ----------------------------------------------------------------------------
@@ -165,7 +164,7 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     info = GraphInfo(model)
     all_layers = list_layers(model, info)
     chosen = resolve(all_layers, layer, source.label, info)
-    if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].index >= 0:
+    if len(chosen) == 1 and not chosen[0].is_cut_point:
         warnings.warn(
             f"layer {chosen[0].name!r} of {source.label} is not a cut point: other paths (a "
             "residual or parallel branch) bypass it, so its output does not carry everything the "
@@ -180,9 +179,15 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         if dynamic is not None:
             sub, fixed = dynamic, None
     sub_info = GraphInfo(sub)
-    (inp,) = [i for i in sub.graph.input if i.name in sub_info.inputs][:1] or [None]
-    if inp is None:
-        raise InputError(f"the cut at {layer!r} of {source.label} does not depend on the model input")
+    data_inputs = [i for i in sub.graph.input if i.name in sub_info.inputs]
+    if len(data_inputs) != 1:
+        # Only a model with several inputs gets here (constants were refused when resolving).
+        raise InputError(
+            f"the cut at {layer!r} of {source.label} needs {len(data_inputs)} inputs "
+            f"({', '.join(i.name for i in data_inputs)}); an extractor feeds one array: cut at a "
+            f"layer that depends on one input only (see `zoo layers {source.label}`)"
+        )
+    inp = data_inputs[0]
     input_meta = {
         "name": inp.name,
         "shape": _dims(inp),

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 # Nodes that only compute shapes or constants; they are never a layer of their own.
 SHAPE_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike"}
 # Producers whose node names are scopes ("model/conv1/Conv2D"): several nodes make one layer.
-SCOPED_PRODUCERS = ("tf2onnx", "keras2onnx", "pytorch")
+KERAS_PRODUCERS = ("tf2onnx", "keras2onnx")
 # tf2onnx inserts glue nodes named like "Transpose__26": they belong to the layer that follows.
 _GLUE = re.compile(r"^[A-Za-z]+__\d+$")
 # Auto-generated node names (onnx-caffe2 "n12", empty) say nothing; a weight name says more.
@@ -205,8 +205,13 @@ def list_layers(model: onnx.ModelProto, info: GraphInfo | None = None) -> list[L
     """The model's layers in graph order, with names, shapes, parameter counts and cut points."""
     info = info or GraphInfo(model)
     compute = [i for i in range(len(info.nodes)) if info.is_compute(i)]
-    scoped = model.producer_name.lower().startswith(SCOPED_PRODUCERS)
-    groups = _group_scoped(info, compute) if scoped else _group_helpers(info, compute)
+    producer = model.producer_name.lower()
+    if producer.startswith(KERAS_PRODUCERS):
+        groups = _group_scoped(info, compute)
+    elif producer == "pytorch":
+        groups = _group_torch(info, compute)
+    else:
+        groups = _group_helpers(info, compute)
     points = cut_points(info)
 
     layers: list[LayerInfo] = []
@@ -306,6 +311,27 @@ def _group_helpers(info: GraphInfo, compute: list[int]) -> list[tuple[str | None
     return [(key if len(members) > 1 else None, members) for key, members in groups.items()]
 
 
+def _torch_module(scope: str) -> str:
+    """torch.onnx scope 'layer1/layer1.0/conv1' -> the named_modules() path 'layer1.0.conv1'."""
+    path = ""
+    for part in scope.split("/"):
+        if not part:
+            continue
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return path
+
+
+def _group_torch(info: GraphInfo, compute: list[int]) -> list[tuple[str | None, list[int]]]:
+    """Group torch.onnx.export nodes by module ('/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1')."""
+    groups: dict[str, list[int]] = {}
+    for i in compute:
+        name = info.nodes[i].name
+        scope = _scope(name.lstrip("/"))
+        label = _torch_module(scope) if scope else (name.lstrip("/") or info.nodes[i].output[0])
+        groups.setdefault(label, []).append(i)
+    return [(label, members) for label, members in groups.items()]
+
+
 def _group_scoped(info: GraphInfo, compute: list[int]) -> list[tuple[str, list[int]]]:
     """Group the nodes of one framework layer by name scope ('model/fc1/MatMul' -> 'fc1')."""
     names = [info.nodes[i].name.lstrip("/") for i in compute]
@@ -362,9 +388,6 @@ def _common_scope(scopes: list[str]) -> str:
 
 # --- resolving a layer spec -------------------------------------------------------------------
 
-LayerSpec = "str | int | Sequence[str | int]"
-
-
 def resolve(
     layers: list[LayerInfo], spec: str | int | Sequence[str | int], model_name: str, info: GraphInfo | None = None
 ) -> list[LayerInfo]:
@@ -401,7 +424,15 @@ def _resolve_one(layers: list[LayerInfo], spec: str | int, model_name: str, info
             return layer
     if info is not None and spec in info.data:
         # Any data tensor can be an output, even one inside a layer.
-        return LayerInfo(-1, spec, "tensor", spec, None, 0, False, [])
+        shape = info.shape(spec)
+        return LayerInfo(-1, spec, "tensor", spec, shape and [None, *shape[1:]], 0,
+                         spec in cut_points(info), [])
+    if info is not None and (spec in info.constant or spec in info.shape_like):
+        what = "a weight (constant)" if spec in info.constant else "shape arithmetic"
+        raise UnknownLayerError(
+            f"{spec!r} in {model_name} is {what}, not computed from the input, so it cannot be "
+            f"cut at; pick a layer. {hint}"
+        )
     close = difflib.get_close_matches(spec, [layer.name for layer in layers], n=3, cutoff=0.5)
     closest = f"; closest: {', '.join(close)}" if close else ""
     raise UnknownLayerError(f"layer {spec!r} is not in {model_name}{closest}. {hint}")
