@@ -27,6 +27,7 @@ Routes support:
   Retry-After header when set), then the body is served;
 - ``drop_after=N`` (``drops`` times): send N bytes of the body, then cut the connection;
 - ``stall=S`` (``stalls`` times): sleep S seconds after the headers (read timeout test);
+  ``gate=threading.Event()``: hold bodies after the headers until the test sets the event;
   ``delay=S``: sleep before answering at all; ``rate=B``: throttle the body to B bytes/s;
 - ``redirect="/other"`` or a full URL (status ``redirect_status``), for chains and loops;
 - ``auth="Bearer t"``: anything else in Authorization gets 401 (403 when a wrong one is sent);
@@ -80,6 +81,7 @@ class Route:
     redirect: str | None = None
     redirect_status: int = 302
     auth: str | None = None
+    gate: threading.Event | None = None  # hold every body until the test sets it
     # Filled in by the server.
     hits: int = 0
     bytes_sent: int = 0
@@ -260,9 +262,12 @@ def _handler_for(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 stall = route.stall if route.stall and route.stalls > 0 else 0.0
                 if stall:
                     route.stalls -= 1
-            if stall:
+            if stall or route.gate is not None:
                 self.wfile.flush()
+            if stall:
                 time.sleep(stall)
+            if route.gate is not None:
+                route.gate.wait(timeout=60)
             limit = len(payload) if drop is None else min(drop, len(payload))
             self._write(route, payload[:limit])
             if drop is not None:
