@@ -197,3 +197,24 @@ def test_search_and_info_never_import_frameworks():
                           timeout=120, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_info_shows_the_conversion_report(tmp_path):
+    from converters.report import ConversionReport, OutputDiff
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact
+
+    onnx_path = tmp_path / "bvlc_alexnet.onnx"
+    onnx_path.write_bytes(b"stand-in")
+    report = ConversionReport("caffe", converter="converters.caffe", opset=17, input_layout="NCHW",
+                              reference="opencv 4.10", verified=True, notes=["LRN across channels"],
+                              outputs=[OutputDiff("prob", 1e-6, 2e-6, 1.0, [1, 1000])])
+    open_catalog().put_artifact("bvlc_alexnet", Artifact(
+        "onnx", onnx_path.name, path=str(onnx_path), meta={"report": report.to_dict()}))
+    text = run("info", "bvlc_alexnet").output
+    assert "conversion: from caffe, by converters.caffe, opset 17, input NCHW" in text
+    assert "verified:   yes against opencv 4.10: max relative difference 2e-06" in text
+    assert "note:       LRN across channels" in text and f"on disk:    {onnx_path}\n" in text
+    onnx_path.unlink()
+    assert "(missing!)" in run("info", "bvlc_alexnet").output
+    assert run_json("info", "bvlc_alexnet")["artifacts"][2]["meta"]["report"]["verified"] is True

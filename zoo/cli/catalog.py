@@ -70,6 +70,29 @@ def _size(n: float) -> str:
     return str(n)
 
 
+def _report_lines(report: dict[str, Any]) -> list[str]:
+    """A ConversionReport (as stored in the onnx artifact's meta) in a few lines."""
+    how = [f"from {report.get('source_format')}"]
+    if report.get("converter"):
+        how.append(f"by {report['converter']}")
+    if report.get("opset"):
+        how.append(f"opset {report['opset']}")
+    if report.get("input_layout"):
+        how.append(f"input {report['input_layout']}")
+    lines = ["conversion: " + ", ".join(how)]
+    verified = report.get("verified")
+    outputs = report.get("outputs") or []
+    if verified is None:
+        lines.append("verified:   not compared (no reference engine)")
+    else:
+        worst = max((o.get("max_rel", 0.0) for o in outputs), default=0.0)
+        lines.append(f"verified:   {'yes' if verified else 'NO'} against "
+                     f"{report.get('reference') or 'the source framework'}: max relative "
+                     f"difference {worst:.2g} (tolerance {report.get('tolerance')})")
+    lines += [f"note:       {note}" for note in report.get("notes") or []]
+    return lines
+
+
 def _info_text(model: Model) -> str:
     lines = [model.name]
     facts = [("framework", model.framework), ("format", model.format), ("task", model.task),
@@ -121,8 +144,7 @@ def _info_text(model: Model) -> str:
             lines.append(f"      note:       {a.meta['note']}")
         report = a.meta.get("report")
         if isinstance(report, dict):
-            lines.append("      conversion: " + ", ".join(
-                f"{k}={v}" for k, v in report.items() if not isinstance(v, (dict, list))))
+            lines += [f"      {line}" for line in _report_lines(report)]
     return "\n".join(lines)
 
 
