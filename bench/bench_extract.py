@@ -85,6 +85,32 @@ def bench_middle_cut(repeats: int, batch: int) -> None:
     print(f"  time fraction cut/full: {t['cut'] / t['full']:.3f}   MAC fraction of the prefix: {fraction:.3f}")
 
 
+def bench_reload(repeats: int) -> None:
+    """A second load_extractor: cut from the cache, so about one session start."""
+    import onnxruntime as ort
+
+    from zoo.extract import load_extractor
+
+    path = light("resnet50")
+    start = time.perf_counter()
+    first = load_extractor(path, -2)
+    first.session  # noqa: B018  start it, as a first call would
+    cold = time.perf_counter() - start
+
+    def reload():
+        load_extractor(path, -2).session  # noqa: B018
+
+    def bare():
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        ort.InferenceSession(str(first.model_path), options, providers=["CPUExecutionProvider"])
+
+    t = interleaved({"reload": reload, "bare": bare}, repeats)
+    print(f"[reload] resnet50 cut at {first.layer!r}: first load (cut + session) {cold * 1e3:.0f} ms")
+    print(f"  second load + session: {t['reload'] * 1e3:.0f} ms; bare InferenceSession on the cut: "
+          f"{t['bare'] * 1e3:.0f} ms; ratio {t['reload'] / t['bare']:.2f}")
+
+
 def bench_torch(repeats: int, batch: int) -> None:
     try:
         from converters.onnx_to_torch import to_torch  # noqa: F401
@@ -123,6 +149,7 @@ def main() -> None:
         os.environ["ZOO_CACHE"] = cache  # cut files go to a scratch cache, not the user's
         bench_overhead(args.repeats * 2, args.batch)
         bench_middle_cut(args.repeats, max(2, args.batch // 4))
+        bench_reload(args.repeats)
         bench_torch(args.repeats, max(2, args.batch // 2))
 
 

@@ -371,6 +371,12 @@ def test_cut_is_cached_and_reused(tmp_path, zoo_env):
     other = load_extractor(save_tiny(tmp_path, seed=1), "pool")
     assert other.model_path.parent != first.model_path.parent and other.fingerprint != first.fingerprint
     assert not list(first.model_path.parent.glob("*.part"))
+    # The file's hash is remembered by size and mtime; new content in place is noticed.
+    import onnx
+
+    onnx.save(tiny_resnet(seed=2), path)
+    changed = load_extractor(path, "pool")
+    assert changed.fingerprint != first.fingerprint and changed.model_path.parent != first.model_path.parent
 
 
 def test_pickled_extractor_rebuilds_its_session(tmp_path):

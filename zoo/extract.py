@@ -45,6 +45,24 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _path_sha256(path: Path, cache_dir: Any) -> str:
+    """sha256 of a user's file, remembered by (path, size, mtime) so a reload does not re-read it."""
+    from zoo import config
+
+    stat = path.stat()
+    memo = config.cache_dir(cache_dir) / "cuts" / ".hashes" / (hashlib.sha1(os.fsencode(path)).hexdigest() + ".json")
+    try:
+        known = json.loads(memo.read_text())
+        if known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
+            return known["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = _file_sha256(path)
+    record = {"path": os.fspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    _write_atomic(memo, json.dumps(record).encode())
+    return digest
+
+
 def _looks_like_path(value: str | os.PathLike) -> bool:
     text = os.fspath(value)
     return isinstance(value, os.PathLike) or text.endswith(".onnx") or os.sep in text
@@ -53,7 +71,7 @@ def _looks_like_path(value: str | os.PathLike) -> bool:
 def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _Source:
     if _looks_like_path(name_or_path) and os.path.isfile(name_or_path):
         path = Path(name_or_path).absolute()
-        return _Source(os.fspath(name_or_path), path, _file_sha256(path), InputSpec(), None)
+        return _Source(os.fspath(name_or_path), path, _path_sha256(path, cache_dir), InputSpec(), None)
     if _looks_like_path(name_or_path) and not isinstance(name_or_path, str):
         raise UnknownModelError(f"{os.fspath(name_or_path)} does not exist; pass an ONNX file or a model name")
     from zoo.catalog import open_catalog
