@@ -16,6 +16,7 @@ from _caffe_helpers import (
     check_against_opencv,
     layer_blobs,
     make_net,
+    net_text,
     random_input,
     run_converted,
 )
@@ -286,3 +287,44 @@ def test_slice_even_split_and_flatten_end_axis(tmp_path):
     assert_close("c", x[:, 4:6], c, rtol=0)
     assert_close("f", x.reshape(2, 54, 11), f, rtol=0)
     assert_close("p", x.transpose(0, 3, 1, 2), p, rtol=0)
+
+
+def test_pooling_sweep_matches_caffe_reference(tmp_path):
+    # Many small geometries in one net: odd/even sizes, stride above kernel, pad up to kernel - 1.
+    rng = np.random.default_rng(7)
+    cases, body = [], ""
+    for size in (4, 5, 7, 8):
+        for kernel in (1, 2, 3):
+            for stride in (1, 2, 3):
+                for pad in range(kernel):
+                    method, ceil = ("MAX", "AVE")[len(cases) % 2], bool(rng.integers(2)) or stride == 1
+                    if any((caffe_pooled_size(n, kernel, stride, pad, ceil) - 1) * stride - pad >= n
+                           for n in (size, size + 1)):
+                        continue  # last window wholly outside the image: refused, see the next test
+                    name = f"p{len(cases)}"
+                    body += L(name, "Pooling", "data", params=(
+                        f"pooling_param {{ pool: {method} kernel_size: {kernel} stride: {stride} pad: {pad} "
+                        f"round_mode: {'CEIL' if ceil else 'FLOOR'} }}"))
+                    cases.append((name, size, kernel, stride, pad, method, ceil))
+    by_size: dict[int, list] = {}
+    for case in cases:
+        by_size.setdefault(case[1], []).append(case)
+    for size, group in by_size.items():
+        text = "".join(line for line in body.splitlines(keepends=True) if any(f'"{c[0]}"' in line for c in group))
+        prototxt, caffemodel = make_net(tmp_path, [1, 2, size, size + 1], text, name=f"sweep{size}")
+        x = random_input([1, 2, size, size + 1], seed=size)
+        got = run_converted(prototxt, caffemodel, x, [c[0] for c in group])
+        for (name, _, k, s, p, method, ceil), out in zip(group, got):
+            reference = caffe_pool(x, (k, k), (s, s), (p, p), method, ceil)
+            assert_close(f"{name} k{k} s{s} p{p} {method} ceil={ceil}", reference, out, rtol=1e-6)
+
+
+def test_pooling_window_outside_image_is_refused(tmp_path):
+    from converters.caffe import make_random_caffemodel
+    from zoo.errors import ConversionError
+
+    prototxt = tmp_path / "p.prototxt"
+    prototxt.write_text(net_text([1, 1, 4, 4], L("p", "Pooling", "data", params=(
+        "pooling_param { pool: MAX kernel_size: 1 stride: 2 }"))))
+    with pytest.raises(ConversionError, match="layer 'p' \\(Pooling\\).*outside the image.*round_mode: FLOOR"):
+        make_random_caffemodel(prototxt, tmp_path / "p.caffemodel")

@@ -285,6 +285,14 @@ def pooling(ctx: Ctx) -> list[list[int]]:
     ceil = p.round_mode == 0
     any_pad = any(pad)
     out = [pooled_size(h, k, s, q, ceil, any_pad) for h, k, s, q in zip(shape[2:], kernel, stride, pad)]
+    for o, s, q, h in zip(out, stride, pad, shape[2:]):
+        if (o - 1) * s - q >= h:
+            # Stride above kernel can put Caffe's last window wholly past the image, where Caffe writes
+            # -FLT_MAX (MAX) or 0 / NaN (AVE): no model means that, so refuse rather than guess.
+            raise ctx.fail(
+                f"kernel {kernel}, stride {stride}, pad {pad} on input {shape[2:]} put the last window outside "
+                "the image; use round_mode: FLOOR or a stride no larger than the kernel"
+            )
     # End padding that makes ONNX (floor rounding) produce exactly Caffe's windows.
     end = [max((o - 1) * s + k - h - q, 0) for o, s, k, h, q in zip(out, stride, kernel, shape[2:], pad)]
     x = ctx.inputs[0]
