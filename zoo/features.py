@@ -36,6 +36,7 @@ FORMAT_VERSION = 1
 # Errors that mean "no room left": ENOSPC (disk full), EDQUOT (quota), EFBIG (file size limit).
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_BLOCK = 16 << 20
+CHECKPOINT_SECONDS = 1.0
 
 
 class FeatureExtractor(Protocol):
@@ -572,14 +573,15 @@ def _fill(
     from tqdm import tqdm
 
     path = folder / FEATURES
-    with open(path, "r+b" if path.exists() else "w+b") as f:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         # A crash between writing rows and recording them leaves rows the manifest does not
         # know about: drop them, they are computed again.
         known = HEADER_BYTES + (manifest["rows"] * _row_bytes(manifest) if manifest["shape"] else 0)
-        f.truncate(known)
+        os.ftruncate(fd, known)
         if known == HEADER_BYTES:
-            f.write(b"\0" * HEADER_BYTES)
-        f.seek(known)
+            os.pwrite(fd, b"\0" * HEADER_BYTES, 0)
+        os.lseek(fd, known, os.SEEK_SET)
         bar = tqdm(
             total=source.length,
             initial=manifest["next"],
@@ -589,34 +591,53 @@ def _fill(
             file=sys.stderr,
             leave=False,
         )
-        with bar:
-            for start, batch, skipped in source.chunks(manifest["next"], chunk_size):
-                consumed = len(batch) + len(skipped)
-                out = _run(extractor, batch) if len(batch) else None
-                if out is not None:
-                    if manifest["shape"] is None:
-                        manifest["shape"], manifest["dtype"] = list(out.shape[1:]), out.dtype.str
-                    elif list(out.shape[1:]) != manifest["shape"] or out.dtype.str != manifest["dtype"]:
-                        raise InputError(
-                            f"the extractor returned {out.dtype}{list(out.shape[1:])} rows for the batch at "
-                            f"row {start}, but {manifest['dtype']}{manifest['shape']} before; its output "
-                            "shape must not depend on the batch"
-                        )
-                    f.write(memoryview(out).cast("B"))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    manifest["rows"] += len(out)
-                manifest["next"] = start + consumed
-                manifest["chunks"] += 1
-                manifest["skipped"] += skipped
-                _write_json(folder / MANIFEST, manifest)
-                bar.update(consumed)
+
+        def checkpoint() -> None:
+            # Rows first, then the manifest that vouches for them: fsync makes the order hold
+            # on disk too, so a manifest never counts rows a power cut could lose.
+            os.fsync(fd)
+            _write_json(folder / MANIFEST, manifest)
+
+        last, dirty = time.monotonic(), False
+        try:
+            with bar:
+                for start, batch, skipped in source.chunks(manifest["next"], chunk_size):
+                    consumed = len(batch) + len(skipped)
+                    out = _run(extractor, batch) if len(batch) else None
+                    if out is not None:
+                        shape, dtype = list(out.shape[1:]), out.dtype.str
+                        if manifest["shape"] is None:
+                            manifest["shape"], manifest["dtype"] = shape, dtype
+                        elif shape != manifest["shape"] or dtype != manifest["dtype"]:
+                            raise InputError(
+                                f"the extractor returned {out.dtype}{shape} rows for the batch at row {start}, "
+                                f"but {manifest['dtype']}{manifest['shape']} before; its output shape must "
+                                "not depend on the batch"
+                            )
+                        _write_all(fd, memoryview(out).cast("B"))
+                        manifest["rows"] += len(out)
+                    manifest["next"] = start + consumed
+                    manifest["chunks"] += 1
+                    manifest["skipped"] += skipped
+                    dirty = True
+                    bar.update(consumed)
+                    # Recording progress costs two fsyncs; once a second bounds both that cost
+                    # and the work a crash can lose.
+                    if time.monotonic() - last >= CHECKPOINT_SECONDS:
+                        checkpoint()
+                        last, dirty = time.monotonic(), False
+        finally:
+            if dirty:
+                try:
+                    checkpoint()  # keep the complete chunks of an interrupted run
+                except OSError:
+                    pass  # no room even for that: the previous checkpoint still stands
         if manifest["shape"] is None:
             raise InputError("no input could be read, so there are no features; see the skipped files")
-        f.seek(0)
-        f.write(_npy_header((manifest["rows"], *manifest["shape"]), np.dtype(manifest["dtype"])))
-        f.flush()
-        os.fsync(f.fileno())
+        os.pwrite(fd, _npy_header((manifest["rows"], *manifest["shape"]), np.dtype(manifest["dtype"])), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     if source.labels is not None:
         dropped = [s["index"] for s in manifest["skipped"]]
         labels = np.delete(source.labels, dropped) if dropped else source.labels
@@ -631,6 +652,13 @@ def _fill(
     manifest["complete"] = True
     manifest["completed"] = time.time()
     _write_json(folder / MANIFEST, manifest)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """os.write until every byte is written (a write may take only part of them)."""
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
 
 
 def _run(extractor: Any, batch: np.ndarray) -> np.ndarray:
