@@ -198,7 +198,9 @@ def test_cli_verify_exit_codes(served):
 def test_cli_errors_are_one_line_and_never_show_the_token(fault_server, monkeypatch):
     monkeypatch.setenv("ZOO_TOKEN", "tok-0123456789")
     fault_server.add("/p.onnx", b"", status=403)
-    open_catalog().add_model(Model(name="private.onnx", framework="onnx", artifacts=[
+    cat = open_catalog()
+    cat.add_source("corp", fault_server.url("/index.json"))
+    cat.add_model(Model(name="private.onnx", framework="onnx", source="corp", artifacts=[
         Artifact("model", "p.onnx", urls=[fault_server.url("/p.onnx")])]))
     result = CliRunner().invoke(cli, ["fetch", "private.onnx"])
     assert result.exit_code == 1
@@ -263,3 +265,22 @@ def test_progress_bar_only_on_a_terminal(served, zoo_cmd):
     assert stderr_of("fetch", "--quiet", "tiny.caffe") == ""
     drawn = stderr_of("fetch", "--force", "tiny.caffe")
     assert "tiny.caffe: w.caffemodel" in drawn and "B/s" in drawn
+
+
+def test_token_goes_to_a_private_source_host_not_to_public_zoos(fault_server, monkeypatch):
+    monkeypatch.setenv("ZOO_TOKEN", "tok-0123456789")
+    fault_server.add("/private.bin", WEIGHTS, auth="Bearer tok-0123456789")
+    fault_server.add("/public.bin", WEIGHTS)
+    cat = open_catalog()
+    cat.add_source("corp", fault_server.url("/index.json"))
+    cat.add_model(Model(name="mine.onnx", framework="onnx", source="corp", artifacts=[
+        Artifact("model", "private.bin", urls=[fault_server.url("/private.bin")])]))
+    cat.add_model(Model(name="public.caffe", framework="caffe", source="caffe", artifacts=[
+        Artifact("weights", "public.bin", urls=[fault_server.url("/public.bin")])]))
+    fetch(["mine.onnx", "public.caffe"], quiet=True)
+    assert fault_server.routes["/private.bin"].requests[-1].headers["Authorization"] == "Bearer tok-0123456789"
+    assert "Authorization" not in fault_server.routes["/public.bin"].requests[0].headers
+    # ZOO_TOKEN_HOSTS overrides the rule, e.g. for files served from another host than the index.
+    monkeypatch.setenv("ZOO_TOKEN_HOSTS", "127.0.0.1")
+    fetch("public.caffe", quiet=True, force=True)
+    assert fault_server.routes["/public.bin"].requests[-1].headers["Authorization"] == "Bearer tok-0123456789"

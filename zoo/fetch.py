@@ -179,6 +179,14 @@ class _BearerAuth:
         return "<bearer token from ZOO_TOKEN>"
 
 
+def _token_hosts(hosts: Iterable[str] | None) -> set[str] | None:
+    """Where ZOO_TOKEN may go: the hosts given, else $ZOO_TOKEN_HOSTS, else None (any URL's own host)."""
+    if hosts is None:
+        env = os.environ.get("ZOO_TOKEN_HOSTS", "")
+        hosts = env.split(",") if env.strip() else None
+    return None if hosts is None else {h.strip().lower() for h in hosts if h.strip()}
+
+
 def new_session() -> "requests.Session":
     """A requests session for downloads (reads .netrc for hosts it lists, as requests does)."""
     import requests
@@ -275,6 +283,7 @@ def download(
     label: str | None = None,
     chunk_size: int = CHUNK,
     lock_timeout: float | None = None,
+    token_hosts: Iterable[str] | None = None,
 ) -> DownloadResult:
     """Download one file from the first of `urls` that works into `dest`, verified.
 
@@ -284,10 +293,11 @@ def download(
     dest: where the verified file ends up (written as `<dest>.part` first).
     size, checksum: what the publisher says ("sha256:<hex>", "sha1:", "md5:", "gitblob:").
     sha256: a sha256 pinned by an earlier fetch; must match too.
-    session: a requests.Session to reuse connections; ZOO_TOKEN is sent as a bearer token
-        to each URL's own host (never to another host after a redirect; only to the hosts
-        in ZOO_TOKEN_HOSTS when that is set), .netrc credentials go to the host they are
-        listed for.
+    session: a requests.Session to reuse connections. .netrc credentials go to the host
+        they are listed for (requests reads ~/.netrc or $NETRC).
+    token_hosts: host names ZOO_TOKEN (a bearer token) may be sent to; default
+        $ZOO_TOKEN_HOSTS (comma-separated), else the host of each URL given. Never sent to
+        another host after a redirect, never printed.
     timeout: (connect, read) seconds; a server silent for longer is retried, then given up.
     retries: attempts per URL after connection errors, stalls, 5xx and 429 (the count
         restarts whenever an attempt made progress); waits `backoff * 2**n` seconds or
@@ -343,6 +353,7 @@ def download(
             session = new_session()
         try:
             job = _Job(dest, expected, session, timeout, retries, backoff, max_wait, progress, label, chunk_size)
+            job.token_hosts = _token_hosts(token_hosts)
             errors: list[FetchError] = []
             for url in url_list:
                 try:
@@ -380,8 +391,7 @@ class _Job:
         self.chunk_size = chunk_size
         self.transferred = 0
         self.token = os.environ.get("ZOO_TOKEN") or None
-        # Optional scope: the token goes only to these host names (comma-separated).
-        self.token_hosts = {h.strip().lower() for h in os.environ.get("ZOO_TOKEN_HOSTS", "").split(",") if h.strip()}
+        self.token_hosts: set[str] | None = None  # None: the host of each URL given
         # The .part's bytes as hashed so far; None until the .part has been looked at.
         self.hasher: MultiHasher | None = None
         self.offset = 0
@@ -544,7 +554,7 @@ class _Job:
             # CDN or another host never sees it; auth=None lets requests use .netrc for the
             # host it is listed for, as it does for any request.
             send_token = self.token and _origin(current) == first_origin and (
-                not self.token_hosts or first_origin[1] in self.token_hosts
+                self.token_hosts is None or first_origin[1] in self.token_hosts
             )
             auth = _BearerAuth(self.token) if send_token else None
             try:
@@ -618,8 +628,10 @@ class _Job:
                 raise _Retry(f"{redact(resp.url)} answered HTTP {status} {resp.reason or ''}".rstrip(), wait)
             if status >= 400:
                 hint = {
-                    401: "it needs credentials: set ZOO_TOKEN or add the host to ~/.netrc",
-                    403: "access is denied: check ZOO_TOKEN / ~/.netrc, or the file is no longer public",
+                    401: "it needs credentials: set ZOO_TOKEN (sent to the source's host or the hosts in "
+                    "ZOO_TOKEN_HOSTS) or add the host to ~/.netrc",
+                    403: "access is denied: check ZOO_TOKEN / ZOO_TOKEN_HOSTS / ~/.netrc, or the file is "
+                    "no longer public",
                     404: "the file is gone or the URL is wrong: check the catalog entry or add a mirror",
                     410: "the file was removed upstream",
                 }.get(status, "the request was refused")
@@ -794,7 +806,8 @@ def fetch(
 ) -> list["Artifact"]:
     """Download every file of the named models into the cache, unpack archives, register them.
 
-    Files go to `<cache>/models/<name>/<filename>`; an archive with `extract` set is
+    ZOO_TOKEN is sent only to the host of the registered source a model came from (or to
+    the hosts in $ZOO_TOKEN_HOSTS). Files go to `<cache>/models/<name>/<filename>`; an archive with `extract` set is
     unpacked beside it into `<cache>/models/<name>/<filename without suffix>/` and the
     artifact's `path` is that folder (the archive itself is kept, as `meta["archive_path"]`,
     so `verify` can re-hash it and a later fetch can reuse it). A file already on disk that
@@ -821,9 +834,10 @@ def fetch(
             for artifact in model.artifacts:
                 if artifact.role == "onnx":
                     continue
+                options = {"token_hosts": _model_token_hosts(cat, model), **download_options}
                 try:
                     done, result = _fetch_artifact(
-                        cat, model.name, artifact, root, force, offline, quiet, session, download_options
+                        cat, model.name, artifact, root, force, offline, quiet, session, options
                     )
                 except OfflineError as exc:
                     missing.append(f"{artifact.filename} of {model.name} ({exc.args[1]})")
@@ -840,6 +854,25 @@ def fetch(
             "Fetch them while online (unset ZOO_OFFLINE / drop --offline)"
         )
     return results
+
+
+def _model_token_hosts(cat, model) -> set[str] | None:
+    """ZOO_TOKEN goes to the host of the private zoo a model came from, not to public zoos.
+
+    A model synced from a registered source may send the token to that source's host;
+    built-in and local models never send it (a token for a private zoo has no business at
+    GitHub or Kaggle). $ZOO_TOKEN_HOSTS, when set, decides instead.
+    """
+    from zoo.errors import UnknownSourceError
+
+    if os.environ.get("ZOO_TOKEN_HOSTS", "").strip() or not os.environ.get("ZOO_TOKEN"):
+        return None  # download() reads $ZOO_TOKEN_HOSTS itself; without a token nothing is sent
+    try:
+        source = cat.get_source(model.source) if model.source else None
+    except (UnknownSourceError, AttributeError):
+        source = None
+    host = urllib.parse.urlsplit(source.url).hostname if source is not None else None
+    return {host.lower()} if host else set()
 
 
 def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, options):
