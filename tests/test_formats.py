@@ -181,6 +181,13 @@ def test_find_models_treats_a_saved_model_as_one(tf_files, tmp_path):
     copy(tf_files["tflite"], tmp_path / "m.tflite")
     found, problems = find_models(tmp_path)
     assert sorted(i.format for i in found) == ["saved_model", "tflite"] and not problems
+    # a damaged saved_model.pb is reported, not registered
+    pb = tmp_path / "exported" / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes()[: pb.stat().st_size // 2])
+    found, problems = find_models(tmp_path)
+    assert [i.format for i in found] == ["tflite"]
+    assert problems[0][0] == tmp_path / "exported" and "saved_model.pb" in problems[0][1]
+    assert "not a valid SavedModel" in _message(tmp_path / "exported")
 
 
 def test_tree_sha256_follows_content(light, tmp_path):

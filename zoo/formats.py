@@ -301,6 +301,9 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
         raise ModelFormatError(f"{path} does not exist; give the path of a model file or folder")
     if path.is_dir():
         if _saved_model_dir(path):
+            pb = path / "saved_model.pb"
+            if pb.is_file() and _protobuf_kind(pb) != ("tensorflow", "saved_model"):
+                raise _fail(pb, "is not a valid SavedModel protobuf (truncated or corrupt)")
             return FormatInfo("tensorflow", "saved_model", {"model": path})
         raise _fail(path, "is a folder without saved_model.pb, so not a TF SavedModel; give a "
                           f"model file ({EXPECTED}) or register every model in it with `zoo scan`")
@@ -380,8 +383,9 @@ def _check_caffemodel(path: Path) -> None:
 def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple[Path, str]]]:
     """Every model under `folder`, and the files that look like models but cannot be read.
 
-    SavedModel folders count as one model; a Caffe pair counts once; hidden files, partial
-    downloads and other files are passed over.
+    SavedModel folders count as one model; a Caffe pair counts once; hidden files, symbolic
+    links (the file they point to is registered where it lives), partial downloads and files
+    that are no model are passed over.
     """
     root = Path(folder).expanduser().absolute()
     if not root.is_dir():
@@ -394,8 +398,11 @@ def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple
         here = Path(current)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if _saved_model_dir(here):
-            found.append(FormatInfo("tensorflow", "saved_model", {"model": here}))
             dirs[:] = []  # variables/ and assets/ belong to it
+            try:
+                found.append(detect_format(here))
+            except ModelFormatError as exc:
+                problems.append((here, str(exc)))
             continue
         # caffemodels first, so the prototxts they claim are not reported as lonely nets
         names = sorted(f for f in files if not f.startswith(".") and not f.endswith((".part", ".lock")))
