@@ -8,10 +8,10 @@ from conftest import CAFFE_MODELS
 
 pytest.importorskip("cv2")
 
-FAST = ["lenet", "cifar10_quick", "squeezenet_v1.0", "squeezenet_v1.1", "bvlc_googlenet", "resnet_50"]
-# Over a few seconds each here (60M-parameter fully connected layers, or 100+ conv layers).
+FAST = ["lenet", "cifar10_quick", "squeezenet_v1.0", "squeezenet_v1.1", "bvlc_googlenet"]
+# Over a few seconds each here (60M-parameter fully connected layers, or 50+ conv layers).
 SLOW = ["bvlc_alexnet", "bvlc_reference_caffenet", "bvlc_reference_rcnn_ilsvrc13", "finetune_flickr_style",
-        "resnet_101", "resnet_152"]
+        "resnet_50", "resnet_101", "resnet_152"]
 # Layer types worth comparing at; in-place ones (ReLU, BatchNorm, Scale) are sampled separately.
 CHECKED_TYPES = {"Convolution", "Pooling", "LRN", "InnerProduct", "Concat", "Eltwise", "Softmax"}
 MAX_CHECKED = 40
@@ -65,30 +65,29 @@ def _check_zoo_net(model: str, tmp_path, verify: bool):
 
 @pytest.mark.parametrize("model", FAST)
 def test_zoo_net_matches_opencv(model, tmp_path):
-    _check_zoo_net(model, tmp_path, verify=model != "resnet_50")
+    _check_zoo_net(model, tmp_path, verify=True)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", SLOW)
 def test_big_zoo_net_matches_opencv(model, tmp_path):
-    _check_zoo_net(model, tmp_path, verify=False)
+    _check_zoo_net(model, tmp_path, verify=model == "resnet_50")
 
 
-def test_googlenet_and_resnet_pool1_use_caffe_ceil_rounding(tmp_path):
-    # 112 -> 56 with Caffe's ceil rounding (floor would give 55): the facts converters get wrong.
+def test_googlenet_pool1_uses_caffe_ceil_rounding(tmp_path):
+    # 112 -> 56 with Caffe's ceil rounding (floor would give 55): the fact converters get wrong.
+    import numpy as np
+
+    from converters.caffe import convert, make_random_caffemodel
     from converters.caffe.layers import pooled_size
+    from converters.caffe.opencv_check import run_onnx
 
     assert pooled_size(112, 3, 2, 0, ceil=True, any_pad=False) == 56
     assert pooled_size(112, 3, 2, 0, ceil=False, any_pad=False) == 55
-    from converters.caffe import convert, make_random_caffemodel
-
-    prototxt = CAFFE_MODELS / "resnet_50" / "deploy.prototxt"
-    caffemodel = tmp_path / "r50.caffemodel"
+    prototxt = CAFFE_MODELS / "bvlc_googlenet" / "deploy.prototxt"
+    caffemodel = tmp_path / "googlenet.caffemodel"
     make_random_caffemodel(prototxt, caffemodel)
     conversion = convert(prototxt, caffemodel, verify=False)
-    import numpy as np
-
-    from converters.caffe.opencv_check import run_onnx
-
-    (pool1,) = run_onnx(conversion.model, {"data": np.zeros([1, 3, 224, 224], np.float32)}, ["pool1"])
-    assert pool1.shape == (1, 64, 56, 56)
+    x = np.zeros([1, 3, 224, 224], np.float32)
+    pool1, pool5 = run_onnx(conversion.model, {"data": x}, ["pool1/3x3_s2", "pool5/7x7_s1"])
+    assert pool1.shape == (1, 64, 56, 56) and pool5.shape == (1, 1024, 1, 1)
