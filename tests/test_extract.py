@@ -237,6 +237,15 @@ def test_layer_specs_by_name_position_list_and_errors():
         resolve(found, "a_w", "tiny", info)
 
 
+def test_macs_count_conv_and_gemm_from_shapes():
+    from zoo.graph import cut, macs
+
+    model = tiny_resnet()
+    # 8x8x6 outputs per conv: stem sums 3x3x3 inputs, the block convs 6x3x3; fc is 6 x 4.
+    assert macs(model) == 384 * 27 + 2 * 384 * 54 + 6 * 4
+    assert macs(cut(model, ["block_a"])) == 384 * 27 + 384 * 54
+
+
 def test_a_cut_that_needs_two_inputs_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper
@@ -346,6 +355,8 @@ def test_non_cut_point_warns_but_still_cuts(light_dir):
     with pytest.warns(UserWarning, match="'res2_0_branch2a' .* is not a cut point"):
         extractor = load_extractor(path, "res2_0_branch2a")
     assert extractor.output_shape == (None, 64, 56, 56)
+    with pytest.warns(UserWarning, match="not a cut point"):  # again from the cached cut
+        load_extractor(path, "res2_0_branch2a")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_extractor(path, "res_conv1_bn")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["LayerInfo", "layers", "load_extractor", "Extractor", "ExtractorTransformer", "cut"]
 
 # Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
-CUT_VERSION = 1
+CUT_VERSION = 2
 
 
 # --- which ONNX file ----------------------------------------------------------------------------
@@ -182,13 +182,6 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     info = GraphInfo(model)
     all_layers = list_layers(model, info)
     chosen = resolve(all_layers, layer, source.label, info)
-    if len(chosen) == 1 and not chosen[0].is_cut_point:
-        warnings.warn(
-            f"layer {chosen[0].name!r} of {source.label} is not a cut point: other paths (a "
-            "residual or parallel branch) bypass it, so its output does not carry everything the "
-            f"layers above use; cut points are marked in `zoo layers {source.label}`",
-            stacklevel=3,
-        )
     outputs = [c.output for c in chosen]
     sub = _cut(model, outputs, info)
     fixed = batch_dim(sub)
@@ -221,6 +214,8 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         "input": input_meta,
         "inputs": len(sub_info.inputs),
         "fixed_batch": fixed if isinstance(fixed, int) else None,
+        # Said again on every load, not only when the cut is first made.
+        "not_cut_point": chosen[0].name if len(chosen) == 1 and not chosen[0].is_cut_point else None,
     }
     # Metadata first, model last: the .onnx file's presence means the pair is complete.
     _write_atomic(meta_path, json.dumps(meta, indent=1).encode())
@@ -281,6 +276,13 @@ def load_extractor(
             meta = None
     if meta is None or meta.get("version") != CUT_VERSION:
         meta = _make_cut(source, layer, onnx_path, meta_path)
+    if meta.get("not_cut_point"):
+        warnings.warn(
+            f"layer {meta['not_cut_point']!r} of {source.label} is not a cut point: other paths (a "
+            "residual or parallel branch) bypass it, so its output does not carry everything the "
+            f"layers above use; cut points are marked in `zoo layers {source.label}`",
+            stacklevel=2,
+        )
     return Extractor(
         onnx_path,
         meta,

@@ -47,8 +47,6 @@ class GraphInfo:
     """Producers, consumers, constants and inferred shapes of one ONNX graph."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        import onnx
-
         self.model = model
         graph = model.graph
         self.initializers = {t.name: t for t in graph.initializer}
@@ -82,7 +80,6 @@ class GraphInfo:
                 data.update(o for o in node.output if o)
         self.data = data - self.shape_like
         self.types = _inferred_types(model)
-        self._onnx = onnx
 
     def is_compute(self, i: int) -> bool:
         """A node that transforms data (not shape arithmetic, not constant folding)."""
@@ -609,9 +606,13 @@ def macs(model: onnx.ModelProto, info: GraphInfo | None = None) -> int:
         out_elems = _prod(out[1:])
         if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1:
             w = info.shape(node.input[1])
-            if w:
-                # Each output element sums C_in/groups x kernel inputs.
-                total += out_elems * _prod(w[1:]) if node.op_type == "Conv" else _prod(w) * _prod(info.shape(node.input[0])[2:] or [1])
+            x = info.shape(node.input[0])
+            if not w:
+                continue
+            if node.op_type == "Conv":  # each output element sums C_in/groups x kernel products
+                total += out_elems * _prod(w[1:])
+            elif x:  # each input element is spread over C_out/groups x kernel outputs
+                total += _prod(x[2:]) * _prod(w)
         elif node.op_type in ("Gemm", "MatMul") and len(node.input) > 1:
             a = info.shape(node.input[0])
             if a:
