@@ -235,6 +235,7 @@ def test_ctrl_c_in_zoo_fetch_keeps_the_part_and_registers_nothing(fault_server, 
     assert fault_server.routes["/big.bin"].requests[-1].headers["Range"] == f"bytes={kept}-"
 
 
+@pytest.mark.slow
 def test_progress_bar_only_on_a_terminal(served, zoo_cmd):
     """`zoo fetch` with stderr on a pseudo-terminal draws a bar; --quiet draws nothing."""
     import fcntl
