@@ -124,20 +124,25 @@ def caffe_lrn(x, size, alpha, beta, k=1.0, region="ACROSS_CHANNELS"):
 
 
 def caffe_argmax(x, top_k=1, out_max_val=False, axis=None):
-    """argmax_layer.cpp Forward_cpu (ties: Caffe sorts (value, index) pairs descending)."""
+    """argmax_layer.cpp Forward_cpu: partial_sort of (value, index) pairs, descending (ties: larger index)."""
     x = x.astype(np.float64)
+
+    def best(row):
+        return sorted(range(row.size), key=lambda i: (row[i], i), reverse=True)[:top_k]
+
     if axis is None:
-        flat = x.reshape(x.shape[0], -1)
         rows = []
-        for row in flat:
-            order = sorted(range(row.size), key=lambda i: (row[i], i), reverse=True)[:top_k]
-            idx = np.array(order, np.float64)
-            rows.append(np.concatenate([idx, row[order]]) if out_max_val else idx)
+        for row in x.reshape(x.shape[0], -1):
+            idx = best(row)
+            rows.append(np.concatenate([np.array(idx, np.float64), row[idx]]) if out_max_val else np.array(idx, np.float64))
         shape = [x.shape[0], 2 if out_max_val else 1, top_k] + [1] * (x.ndim - 3)
         return np.stack(rows).reshape(shape)
     moved = np.moveaxis(x, axis, -1)
-    order = np.argsort(-moved, axis=-1, kind="stable")[..., :top_k]
-    result = np.take_along_axis(moved, order, -1) if out_max_val else order.astype(np.float64)
+    result = np.empty(moved.shape[:-1] + (top_k,))
+    for position in np.ndindex(*moved.shape[:-1]):
+        row = moved[position]
+        idx = best(row)
+        result[position] = row[idx] if out_max_val else idx
     return np.moveaxis(result, -1, axis)
 
 

@@ -746,40 +746,51 @@ def permute(ctx: Ctx) -> list[list[int]]:
     return [[shape[a] for a in order]]
 
 
+def _top_k(ctx: Ctx, x: str, k: int, axis: int, size: int) -> tuple[str, str]:
+    """Values and float indices of the k largest along `axis`, ties going to the LARGER index as in
+    Caffe (it sorts (value, index) pairs descending); ONNX TopK would pick the smaller one."""
+    import numpy as np
+
+    flipped, values, indices = ctx.tmp("reversed"), ctx.tmp("values"), ctx.tmp("reversed_indices")
+    ctx.node("Slice", [x, ctx.ints("starts", [-1]), ctx.ints("ends", [np.iinfo(np.int64).min]),
+                       ctx.ints("axes", [axis]), ctx.ints("steps", [-1])], [flipped])
+    ctx.node("TopK", [flipped, ctx.ints("k", [k])], [values, indices], axis=axis)
+    as_float, original = ctx.tmp("indices_float"), ctx.tmp("indices")
+    ctx.node("Cast", [indices], [as_float], to=1)
+    ctx.node("Sub", [ctx.const("last_index", np.array(size - 1, dtype=np.float32)), as_float], [original])
+    return values, original
+
+
 def argmax(ctx: Ctx) -> list[list[int]]:
     p = ctx.layer.argmax_param
     shape = ctx.shapes[0]
     k = int(p.top_k)
     x = ctx.inputs[0]
-    values, indices = ctx.tmp("values"), ctx.tmp("indices")
     if p.HasField("axis"):
         axis = ctx.axis(p.axis)
         if k > shape[axis]:
             raise ctx.fail(f"top_k {k} exceeds axis {axis} size {shape[axis]}")
-        ctx.node("TopK", [x, ctx.ints("k", [k])], [values, indices], axis=axis)
+        values, indices = _top_k(ctx, x, k, axis, shape[axis])
         out = list(shape)
         out[axis] = k
-        if p.out_max_val:
-            ctx.node("Identity", [values], ctx.outputs)  # with an axis, Caffe outputs the values only
-        else:
-            ctx.node("Cast", [indices], ctx.outputs, to=1)
+        # With an axis, Caffe outputs either the values or the indices, never both.
+        ctx.node("Identity", [values if p.out_max_val else indices], ctx.outputs)
         return [out]
     if len(shape) < 3:
         raise ctx.fail(f"without argmax_param.axis Caffe needs an input of 3+ axes, got {shape}")
-    if k > _prod(shape[1:]):
-        raise ctx.fail(f"top_k {k} exceeds the {_prod(shape[1:])} values per item")
+    count = _prod(shape[1:])
+    if k > count:
+        raise ctx.fail(f"top_k {k} exceeds the {count} values per item")
     flat = ctx.tmp("flatten")
     ctx.node("Flatten", [x], [flat], axis=1)
-    ctx.node("TopK", [flat, ctx.ints("k", [k])], [values, indices], axis=1)
-    as_float = ctx.tmp("indices_float")
-    ctx.node("Cast", [indices], [as_float], to=1)
+    values, indices = _top_k(ctx, flat, k, 1, count)
     out = [shape[0], 2 if p.out_max_val else 1, k] + [1] * (len(shape) - 3)
     target = [0, out[1], k] + [1] * (len(shape) - 3)
     if p.out_max_val:
         both = ctx.tmp("concat")
-        ctx.node("Concat", [as_float, values], [both], axis=1)
-        as_float = both
-    ctx.node("Reshape", [as_float, ctx.ints("shape", target)], ctx.outputs)
+        ctx.node("Concat", [indices, values], [both], axis=1)
+        indices = both
+    ctx.node("Reshape", [indices, ctx.ints("shape", target)], ctx.outputs)
     return [out]
 
 
