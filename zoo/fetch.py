@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from zoo import config
+from zoo import __version__, config
 from zoo.archives import archive_kind, safe_extract, unpacked_name
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, parse_checksum
@@ -47,7 +47,7 @@ log = logging.getLogger("zoo.fetch")
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 10
-USER_AGENT = "zoo-fetch/0.1 (+https://github.com/zoo; requests)"
+USER_AGENT = f"zoo/{__version__} (model zoo fetcher; python-requests)"
 # progress(bytes of the file on disk so far, total size or None)
 Progress = Callable[[int, "int | None"], None]
 
