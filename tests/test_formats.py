@@ -62,6 +62,17 @@ def test_caffe_pair_by_the_only_weights_and_the_deploy_prototxt(light, tmp_path)
         detect_format(tmp_path / "solver.prototxt")
 
 
+def test_caffe_pair_by_shared_prefix(light, tmp_path):
+    """The MSRA ResNet files as published: ResNet-50-model.caffemodel, ResNet-50-deploy.prototxt."""
+    for depth in (50, 101):
+        copy(CAFFE_MODELS / f"resnet_{depth}" / "deploy.prototxt", tmp_path / f"ResNet-{depth}-deploy.prototxt")
+        copy(light["caffe_weights"], tmp_path / f"ResNet-{depth}-model.caffemodel")
+    info = detect_format(tmp_path / "ResNet-101-model.caffemodel")
+    assert info.files["graph"].name == "ResNet-101-deploy.prototxt"
+    assert detect_format(tmp_path / "ResNet-50-deploy.prototxt").files["weights"].name == (
+        "ResNet-50-model.caffemodel")
+
+
 def test_old_v1_caffe_weights(tmp_path):
     """A V1 net (`layers`, field 2) with net-level input dims (field 4) is still Caffe."""
     copy(CAFFE_MODELS / "resnet_50" / "deploy.prototxt", tmp_path / "net.prototxt")

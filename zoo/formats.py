@@ -260,20 +260,25 @@ def _is_text(head: bytes) -> bool:
 # ---- Caffe pairs -------------------------------------------------------------------------------
 
 def _caffe_partner(path: Path, suffix: str) -> Path | None:
-    """The file that completes a Caffe pair: same stem first, then the only candidate, then a
-    deploy*.prototxt among several."""
+    """The file that completes a Caffe pair: the same stem; else the one sharing the longest
+    name prefix (ResNet-50-model.caffemodel -> ResNet-50-deploy.prototxt); else the only
+    deploy*.prototxt among several nets; else the only candidate in the folder."""
     same = path.with_suffix(suffix)
     if same.is_file():
         return same
     candidates = sorted(p for p in path.parent.glob(f"*{suffix}") if p.is_file())
     if suffix == ".prototxt":
         candidates = [p for p in candidates if _prototxt_kind(p, _head(p, 65536)) == "net"]
-        deploy = [p for p in candidates if p.name.startswith("deploy")]
-        if len(candidates) > 1 and len(deploy) == 1:
-            return deploy[0]
-    if len(candidates) == 1:
-        return candidates[0]
-    return None
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    shared = {p: len(os.path.commonprefix([p.stem.lower(), path.stem.lower()])) for p in candidates}
+    longest = max(shared.values())
+    if longest >= 4:
+        candidates = [p for p in candidates if shared[p] == longest]
+    deploy = [p for p in candidates if "deploy" in p.name.lower()]
+    if len(candidates) > 1 and len(deploy) == 1:
+        return deploy[0]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def _head(path: Path, n: int = 4096) -> bytes:
