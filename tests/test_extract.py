@@ -329,6 +329,7 @@ def test_fixed_batch_graph_is_fed_full_padded_batches(tmp_path):
     assert extractor.meta["fixed_batch"] == 2
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_array_equal(extractor(x), np.maximum(x, 0))
+    assert extractor(x[:0]).shape == (0, 4)
 
 
 def test_wrong_input_shape_and_dtype_say_what_was_expected(tmp_path):

@@ -254,7 +254,14 @@ def load_extractor(
     `layer` is a layer name (see `zoo layers NAME`), an ONNX tensor name, a position (-1 the
     last layer, -2 drops the top layer) or a list of those (the extractor then returns a dict).
     The cut graph is cached under ``<cache>/cuts/<sha256 of the model>/``, so loading again only
-    starts a session. Models converted on demand when they have no ONNX artifact yet.
+    starts a session; a model with no ONNX artifact yet is converted first (`zoo.convert`).
+    A graph exported with a fixed batch (Caffe prototxts, old exports) is given a dynamic batch
+    axis when shape inference shows that is safe; otherwise it is fed in full, padded batches.
+
+    With ``preprocess=True`` the extractor takes raw pixels (uint8 or float, on the scale the
+    catalog's mean/scale refer to, usually 0-255) in RGB order, as (N, H, W, C) or in the model's
+    own layout, and applies the model's InputSpec: channel order, ``x * scale``, ``- mean``,
+    ``/ std`` per channel, then the model's layout.
 
     >>> extractor = load_extractor("bvlc_alexnet.caffe", layer="fc7")     # doctest: +SKIP
     >>> extractor(images).shape                                        # doctest: +SKIP
@@ -484,7 +491,8 @@ class Extractor:
                     got = session.run(outputs, {name: chunk})
                 parts.append(got)
             if not parts:
-                results = [np.zeros((0, *(d or 0 for d in s[1:])), np.float32) for s in self.meta["output_shapes"]]
+                results = [np.zeros((0, *(d if isinstance(d, int) else 0 for d in (s or [0])[1:])), np.float32)
+                           for s in self.meta["output_shapes"]]
             else:
                 results = [np.concatenate([p[i] for p in parts]) for i in range(len(outputs))]
         if len(outputs) == 1:
