@@ -312,3 +312,25 @@ def test_weights_written_inline_in_the_prototxt(tmp_path):
     x = random_input([1, 2, 2, 2])
     (got,) = run_onnx(convert(prototxt, empty, verify=False).model, {"data": x}, ["b"])
     np.testing.assert_allclose(got, x + np.array([0.5, -1.0], np.float32).reshape(1, 2, 1, 1))
+
+
+def test_layers_where_opencv_is_not_caffe_are_not_claimed_verified(tmp_path):
+    pytest.importorskip("cv2")
+    from converters.caffe import convert
+
+    body = 'layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param { local_size: 3 alpha: 0.5 k: 2 } }'
+    prototxt, caffemodel = make_net(tmp_path, [1, 3, 4, 4], body)
+    report = convert(prototxt, caffemodel).report
+    assert report.verified is None
+    assert report.outputs and report.outputs[0].max_rel > report.tolerance  # OpenCV really differs here
+    assert any("layer 'n' (LRN k=2" in note for note in report.notes)
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, converters.caffe; heavy = [m for m in ('numpy', 'onnx', 'onnxruntime', 'cv2', "
+            "'google.protobuf', 'torch', 'tensorflow') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
