@@ -221,8 +221,14 @@ def _extract_zip(archive: Path, dest: Path) -> None:
         # zipfile itself would write a link's target as a small text file; make real links.
         for parts, target in symlinks.items():
             out = dest.joinpath(*parts)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(target, out)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(target, out)
+            except OSError as exc:  # e.g. a file and a link of the same name
+                raise UnsafeArchiveError(
+                    f"{archive.name}: cannot create link {'/'.join(parts)!r}: {exc.strerror}; "
+                    "refusing to unpack the archive"
+                ) from None
 
 
 __all__ = ["KINDS", "archive_kind", "safe_extract", "unpacked_name"]
