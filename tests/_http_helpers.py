@@ -26,7 +26,8 @@ Routes support:
 - ``fail=[503, 503]``: the first requests get those statuses (with ``retry_after`` as a
   Retry-After header when set), then the body is served;
 - ``drop_after=N`` (``drops`` times): send N bytes of the body, then cut the connection;
-- ``stall=S`` (``stalls`` times): sleep S seconds after the headers (read timeout test);
+- ``stall=S`` (``stalls`` times): sleep S seconds after the headers, or after
+  ``stall_after`` bytes of the body (read timeout tests);
   ``gate=threading.Event()``: hold bodies after the headers until the test sets the event;
   ``delay=S``: sleep before answering at all; ``rate=B``: throttle the body to B bytes/s;
 - ``redirect="/other"`` or a full URL (status ``redirect_status``), for chains and loops;
@@ -76,6 +77,7 @@ class Route:
     drops: int = 1
     stall: float = 0.0
     stalls: int = 1
+    stall_after: int = 0  # bytes of the body sent before the stall
     delay: float = 0.0
     rate: float | None = None
     redirect: str | None = None
@@ -262,14 +264,17 @@ def _handler_for(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 stall = route.stall if route.stall and route.stalls > 0 else 0.0
                 if stall:
                     route.stalls -= 1
+            limit = len(payload) if drop is None else min(drop, len(payload))
+            head_start = min(route.stall_after, limit) if stall else 0
+            if head_start:
+                self._write(route, payload[:head_start])
             if stall or route.gate is not None:
                 self.wfile.flush()
             if stall:
                 time.sleep(stall)
             if route.gate is not None:
                 route.gate.wait(timeout=60)
-            limit = len(payload) if drop is None else min(drop, len(payload))
-            self._write(route, payload[:limit])
+            self._write(route, payload[head_start:limit])
             if drop is not None:
                 self.wfile.flush()
                 try:

@@ -105,6 +105,14 @@ def test_stall_past_read_timeout_is_retried(fault_server, tmp_path):
     assert result.sha256 == SHA and route.hits >= 2
 
 
+def test_stall_in_the_middle_of_the_body_resumes(fault_server, tmp_path):
+    route = fault_server.add("/w.bin", BODY, stall=1.5, stall_after=4000)
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", timeout=(2, 0.3), backoff=0.01)
+    assert result.sha256 == SHA
+    assert route.requests[-1].headers["Range"] == "bytes=4000-"
+    assert result.bytes_transferred == len(BODY)
+
+
 def test_server_that_always_stalls_is_given_up(fault_server, tmp_path):
     fault_server.add("/w.bin", BODY, delay=0.6)
     with pytest.raises(FetchError, match="sent nothing for 0.2 s"):
