@@ -1,0 +1,162 @@
+"""Read an ONNX graph into plain nodes: decode attributes, fold constant subgraphs, find unsupported ops."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from converters.onnx_to_torch._ops import OPS, Node, Unsupported
+from zoo.errors import ModelFormatError, UnsupportedLayerError
+
+if TYPE_CHECKING:
+    import onnx
+
+# Ops whose output differs between runs: never fold them into constants.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+@dataclass
+class Graph:
+    """A topologically ordered ONNX graph with its constants evaluated."""
+
+    inputs: list[str]
+    outputs: list[str]
+    nodes: list[Node]  # only the nodes that depend on a graph input, in topological order
+    fns: list  # the torch function of each node in `nodes`
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)
+    opset: int = 13
+
+
+def load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise ModelFormatError(f"ONNX model {str(path)!r} does not exist; pass a .onnx file path or a ModelProto")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and others for bad files
+        raise ModelFormatError(f"{str(path)!r} is not a readable ONNX model ({exc}); "
+                               f"check the file or re-convert it") from None
+
+
+def _attrs(node) -> dict:
+    import onnx
+    from onnx import numpy_helper
+
+    out = {}
+    for attr in node.attribute:
+        value = onnx.helper.get_attribute_value(attr)
+        if attr.type == onnx.AttributeProto.TENSOR:
+            value = numpy_helper.to_array(value)
+        elif isinstance(value, bytes):
+            value = value.decode()
+        elif attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            value = "<subgraph>"
+        out[attr.name] = value
+    return out
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    array = np.asarray(array)
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = array.copy(order="C")  # np.ascontiguousarray would turn a 0-d array 1-d
+    return torch.from_numpy(array)
+
+
+def parse(proto: onnx.ModelProto) -> Graph:
+    """Decode, check and fold `proto`; raise UnsupportedLayerError naming every unsupported node."""
+    from onnx import numpy_helper
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    g = proto.graph
+    constants = {t.name: _tensor(numpy_helper.to_array(t)) for t in g.initializer}
+    inputs = [i.name for i in g.input if i.name not in constants]
+    nodes = [Node(n.name or f"{n.op_type}_{n.output[0]}", n.op_type, list(n.input), list(n.output),
+                  _attrs(n), opset) for n in g.node]
+
+    problems, fns = [], []
+    domains = {n.name: proto.graph.node[i].domain for i, n in enumerate(nodes)}
+    for node in nodes:
+        if domains[node.name] not in ("", "ai.onnx"):
+            problems.append((f"{domains[node.name]}.{node.op_type}", node.name, ""))
+            fns.append(None)
+            continue
+        factory = OPS.get(node.op_type)
+        if factory is None:
+            problems.append((node.op_type, node.name, ""))
+            fns.append(None)
+            continue
+        try:
+            fns.append(factory(node))
+        except (Unsupported, KeyError) as exc:
+            reason = f"missing attribute {exc}" if isinstance(exc, KeyError) else str(exc)
+            problems.append((node.op_type, node.name, reason))
+            fns.append(None)
+    if problems:
+        raise UnsupportedLayerError(_unsupported_message(problems))
+
+    order = _toposort(nodes, set(inputs) | set(constants))
+    live_nodes, live_fns = [], []
+    for i in order:
+        node, fn = nodes[i], fns[i]
+        known = [name for name in node.inputs if name]
+        if node.op_type not in _NONDETERMINISTIC and all(name in constants for name in known):
+            with torch.no_grad():
+                out = fn(*[constants[name] if name else None for name in node.inputs])
+            for name, value in zip(node.outputs, out if isinstance(out, tuple) else (out,)):
+                if name:
+                    constants[name] = value
+            continue
+        node.constants = {k: constants[name] for k, name in enumerate(node.inputs) if name in constants}
+        live_nodes.append(node)
+        live_fns.append(fn)
+    live_nodes, live_fns = _prune(live_nodes, live_fns, [o.name for o in g.output])
+    return Graph(inputs, [o.name for o in g.output], live_nodes, live_fns, constants, opset)
+
+
+def _toposort(nodes: list[Node], available: set[str]) -> list[int]:
+    """Node indices in an order where every input is produced before use (ONNX files are usually sorted)."""
+    produced = set(available)
+    done: list[int] = []
+    pending = list(range(len(nodes)))
+    while pending:
+        rest = []
+        for i in pending:
+            if all(not name or name in produced for name in nodes[i].inputs):
+                done.append(i)
+                produced.update(nodes[i].outputs)
+            else:
+                rest.append(i)
+        if len(rest) == len(pending):
+            missing = sorted({n for i in rest for n in nodes[i].inputs if n and n not in produced})
+            raise ModelFormatError(f"ONNX graph has a cycle or undefined tensors {missing[:5]}; "
+                                   f"check it with onnx.checker.check_model")
+        pending = rest
+    return done
+
+
+def _prune(nodes: list[Node], fns: list, outputs: list[str]) -> tuple[list[Node], list]:
+    """Drop nodes no graph output depends on."""
+    needed = set(outputs)
+    keep = []
+    for i in range(len(nodes) - 1, -1, -1):
+        if any(o in needed for o in nodes[i].outputs):
+            keep.append(i)
+            needed.update(n for n in nodes[i].inputs if n)
+    keep.reverse()
+    return [nodes[i] for i in keep], [fns[i] for i in keep]
+
+
+def _unsupported_message(problems: list[tuple[str, str, str]]) -> str:
+    ops = sorted({op for op, _, _ in problems})
+    listed = "; ".join(f"{name} ({op}{': ' + why if why else ''})" for op, name, why in problems[:20])
+    more = f" and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return (f"ONNX op(s) {', '.join(ops)} have no PyTorch conversion; unsupported nodes: {listed}{more}. "
+            f"Cut the graph below them (zoo layers lists cut points) or run this model with onnxruntime")

@@ -1,0 +1,268 @@
+"""OnnxModule: an ONNX graph run by torch ops, its weights as frozen nn.Parameters grouped per layer."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from converters.onnx_to_torch._graph import Graph
+from converters.onnx_to_torch._ops import ONNX_DTYPES, Node
+from zoo.errors import InputError, UnknownLayerError
+
+# Which constant inputs of a node are trainable weights, and the attribute name each gets.
+_PARAMETERS: dict[str, dict[int, str]] = {
+    "Conv": {1: "weight", 2: "bias"},
+    "ConvTranspose": {1: "weight", 2: "bias"},
+    "Gemm": {1: "weight", 2: "bias"},
+    "MatMul": {0: "weight", 1: "weight"},
+    "BatchNormalization": {1: "weight", 2: "bias"},
+    "InstanceNormalization": {1: "weight", 2: "bias"},
+    "LayerNormalization": {1: "weight", 2: "bias"},
+    "PRelu": {1: "weight"},
+    # A per-channel constant added or multiplied in is a layer's bias or scale (Caffe Scale, Keras
+    # Dense bias after MatMul); a scalar constant is arithmetic, not a weight.
+    "Add": {0: "bias", 1: "bias"},
+    "Sub": {0: "bias", 1: "bias"},
+    "Mul": {0: "weight", 1: "weight"},
+}
+_ELEMENTWISE = {"Add", "Sub", "Mul"}
+# Constant inputs that belong to a layer but are statistics, not trained by gradient.
+_STATISTICS: dict[str, dict[int, str]] = {"BatchNormalization": {3: "running_mean", 4: "running_var"}}
+
+
+class OnnxLayer(nn.Module):
+    """One parameterised ONNX node; `onnx_name` is the node's name in the source graph."""
+
+    def __init__(self, node: Node, fn: Callable, slots: list[str | None], onnx_inputs: dict[str, str]):
+        super().__init__()
+        self.onnx_name = node.name
+        self.op_type = node.op_type
+        self.onnx_inputs = onnx_inputs  # attribute name -> ONNX tensor name it came from
+        self._fn = fn
+        self._slots = slots  # per ONNX input: own attribute name, or None for a run-time input
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def _inputs(self, xs: tuple) -> list:
+        it = iter(xs)
+        return [getattr(self, slot) if slot else next(it) for slot in self._slots]
+
+    def forward(self, *xs):
+        return self._fn(*self._inputs(xs))
+
+    def extra_repr(self) -> str:
+        return f"{self.op_type} {self.onnx_name!r}"
+
+
+class BatchNormLayer(OnnxLayer):
+    """BatchNormalization: running statistics while frozen, batch statistics when trainable in train mode."""
+
+    def forward(self, *xs):
+        return self._fn(*self._inputs(xs), training=self.training and self.trainable)
+
+
+@dataclass
+class _Step:
+    call: Callable
+    args: list[str]
+    outputs: list[str]
+    free: list[str]  # tensors no later step needs
+    layer: int = -1  # index into OnnxModule.layers, or -1
+    dropout: float | None = None  # ratio, for Dropout nodes
+
+
+def _sanitize(name: str) -> str:
+    clean = re.sub(r"\W", "_", name).strip("_") or "layer"
+    return f"l_{clean}" if clean[0].isdigit() else clean
+
+
+class OnnxModule(nn.Module):
+    """An ONNX graph as a torch module: frozen weights, `unfreeze(top=k)` to train the top k layers.
+
+    `layers` lists (ONNX node name, submodule) for every node with weights, in graph order; the
+    submodules are attributes named after the node (sanitized), so `named_parameters()` reads like
+    the source network. Dropout nodes act only in train mode and only when a trainable layer comes
+    after them in graph order (they regularise what is being trained), so a fully frozen module is
+    deterministic in either mode.
+    """
+
+    def __init__(self, graph: Graph, input_dtypes: list[torch.dtype | None] | None = None):
+        super().__init__()
+        self.input_names: list[str] = list(graph.inputs)
+        self.output_names: list[str] = list(graph.outputs)
+        self.opset = graph.opset
+        self._input_dtypes = input_dtypes or [None] * len(graph.inputs)
+        self.layers: list[tuple[str, OnnxLayer]] = []
+        self.constants = nn.Module()  # run-time constants (shapes, indices, scalars) as buffers
+        self._constant_names: dict[str, str] = {}
+        shared: dict[str, nn.Parameter] = {}
+        steps: list[_Step] = []
+        for node, fn in zip(graph.nodes, graph.fns):
+            layer = self._make_layer(node, fn, shared)
+            args = []
+            for k, name in enumerate(node.inputs):
+                if layer is not None and layer._slots[k]:
+                    continue
+                if name and k in node.constants:
+                    self._constant(name, node.constants[k])
+                args.append(name)
+            step = _Step(layer if layer is not None else fn, args, node.outputs, [])
+            if layer is not None:
+                step.layer = len(self.layers)
+                self.layers.append((node.name, layer))
+            if node.op_type == "Dropout":
+                step.dropout = self._dropout_ratio(node)
+            steps.append(step)
+        for name in graph.outputs:
+            if name in graph.constants and name not in graph.inputs:
+                self._constant(name, graph.constants[name])
+        self._steps = self._plan_frees(steps)
+
+    # ---------------------------------------------------------------- construction
+    def _make_layer(self, node: Node, fn: Callable, shared: dict[str, nn.Parameter]) -> OnnxLayer | None:
+        roles = _PARAMETERS.get(node.op_type, {})
+        weights = {k: role for k, role in roles.items()
+                   if k in node.constants and node.constants[k].is_floating_point()}
+        if node.op_type in _ELEMENTWISE:
+            # Only a per-channel (not scalar) constant against a run-time tensor is a layer's weight.
+            weights = {k: r for k, r in weights.items() if node.constants[k].numel() > 1
+                       and len(node.constants) == 1}
+        if not weights:
+            return None
+        stats = {k: r for k, r in _STATISTICS.get(node.op_type, {}).items() if k in node.constants}
+        slots: list[str | None] = [weights.get(k) or stats.get(k) for k in range(len(node.inputs))]
+        onnx_inputs = {slots[k]: node.inputs[k] for k in range(len(node.inputs)) if slots[k]}
+        cls = BatchNormLayer if node.op_type == "BatchNormalization" else OnnxLayer
+        layer = cls(node, fn, slots, onnx_inputs)
+        for k, role in weights.items():
+            name = node.inputs[k]
+            if name not in shared:
+                shared[name] = nn.Parameter(node.constants[k].detach(), requires_grad=False)
+            layer.register_parameter(role, shared[name])
+        for k, role in stats.items():
+            layer.register_buffer(role, node.constants[k].detach().clone())
+        attr = _sanitize(node.name)
+        base, n = attr, 2
+        while hasattr(self, attr) or attr in self._modules:
+            attr, n = f"{base}_{n}", n + 1
+        self.add_module(attr, layer)
+        return layer
+
+    def _constant(self, name: str, value: torch.Tensor) -> None:
+        if name not in self._constant_names:
+            key = f"c{len(self._constant_names)}"
+            self._constant_names[name] = key
+            # Not persistent: they are part of the graph, not weights a checkpoint needs.
+            self.constants.register_buffer(key, value.detach().clone(), persistent=False)
+
+    @staticmethod
+    def _dropout_ratio(node: Node) -> float:
+        if len(node.inputs) > 1 and 1 in node.constants:
+            return float(node.constants[1])
+        return float(node.attrs.get("ratio", 0.5))
+
+    def _plan_frees(self, steps: list[_Step]) -> list[_Step]:
+        keep = set(self.output_names)
+        seen: set[str] = set()
+        for step in reversed(steps):
+            step.free = [n for n in dict.fromkeys(step.args) if n and n not in seen and n not in keep
+                         and n not in self._constant_names]
+            seen.update(step.args)
+        return steps
+
+    # ---------------------------------------------------------------- freezing
+    def freeze(self) -> OnnxModule:
+        """Make every parameter non-trainable (the state right after conversion)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def unfreeze(self, top: int = 1, layers: Iterable[str] | None = None) -> OnnxModule:
+        """Make exactly the top `top` parameterised layers trainable (counted from the output).
+
+        Or, with `layers`, exactly the named layers (ONNX node names). Every other layer is frozen.
+        """
+        names = [name for name, _ in self.layers]
+        if layers is not None:
+            chosen = list(layers)
+            unknown = [n for n in chosen if n not in names]
+            if unknown:
+                raise UnknownLayerError(
+                    f"layer(s) {unknown} have no weights in this module; layers with weights: "
+                    f"{', '.join(names[-8:])}{' ...' if len(names) > 8 else ''} (see .layers)")
+        else:
+            if not 0 <= top <= len(names):
+                raise UnknownLayerError(
+                    f"unfreeze(top={top}): this module has {len(names)} layers with weights; "
+                    f"choose top between 0 and {len(names)}")
+            chosen = names[len(names) - top:] if top else []
+        self.freeze()
+        wanted = set(chosen)
+        for name, layer in self.layers:
+            if name in wanted:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+        return self
+
+    def trainable_layers(self) -> list[str]:
+        """ONNX names of the layers whose parameters currently train."""
+        return [name for name, layer in self.layers if layer.trainable]
+
+    # ---------------------------------------------------------------- running
+    def _as_input(self, k: int, x: Any) -> torch.Tensor:
+        dtype = self._input_dtypes[k]
+        if isinstance(x, torch.Tensor):
+            return x
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"input {self.input_names[k]!r} must be a tensor or array, got "
+                             f"{type(x).__name__} ({exc})") from None
+        return t.to(dtype) if dtype is not None and t.dtype != dtype else t
+
+    def forward(self, *inputs):
+        if len(inputs) != len(self.input_names):
+            raise InputError(f"this module takes {len(self.input_names)} input(s) "
+                             f"{self.input_names}, got {len(inputs)}")
+        env: dict[str, Any] = {name: getattr(self.constants, key) for name, key in self._constant_names.items()}
+        for k, (name, x) in enumerate(zip(self.input_names, inputs)):
+            env[name] = self._as_input(k, x)
+        last_trainable = -1
+        if self.training:
+            last_trainable = max((i for i, (_, layer) in enumerate(self.layers) if layer.trainable),
+                                 default=-1)
+        layer_seen = -1
+        for step in self._steps:
+            args = [env[n] if n else None for n in step.args]
+            if step.dropout is not None:
+                out = F.dropout(args[0], step.dropout, True) if layer_seen < last_trainable else args[0]
+                out = (out, torch.ones_like(out, dtype=torch.bool)) if len(step.outputs) > 1 else out
+            else:
+                out = step.call(*args)
+            if step.layer >= 0:
+                layer_seen = step.layer
+            if isinstance(out, tuple):
+                for name, value in zip(step.outputs, out):
+                    env[name] = value
+            else:
+                env[step.outputs[0]] = out
+            for name in step.free:
+                env.pop(name, None)
+        results = tuple(env[name] for name in self.output_names)
+        return results[0] if len(results) == 1 else results
+
+    def extra_repr(self) -> str:
+        return f"inputs={self.input_names}, outputs={self.output_names}, opset={self.opset}"
+
+
+def input_dtypes(proto) -> list[torch.dtype | None]:
+    """Declared element type of each real graph input (numpy inputs are cast to it)."""
+    init = {t.name for t in proto.graph.initializer}
+    return [ONNX_DTYPES.get(i.type.tensor_type.elem_type) for i in proto.graph.input if i.name not in init]

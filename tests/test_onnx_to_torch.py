@@ -1,0 +1,584 @@
+"""ONNX -> torch converter: outputs vs onnxruntime (and the source framework), freezing, training, errors."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _onnx_to_torch_helpers import light_model_randomized, ort_session, relative_error, run_ort, single_node_model
+from conftest import CAFFE_MODELS, onnx_light_models
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from converters.onnx_to_torch import to_torch  # noqa: E402
+from zoo.errors import InputError, UnknownLayerError, UnsupportedLayerError  # noqa: E402
+
+TOL = 1e-4  # x output scale, the converter contract
+LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
+         "squeezenet", "vgg19", "zfnet512"]
+BIG = {"vgg19", "zfnet512", "bvlc_alexnet"}  # hundreds of MB of weights: batch 1 only
+
+
+def _outputs(result) -> list[np.ndarray]:
+    items = result if isinstance(result, tuple) else (result,)
+    return [t.detach().numpy() for t in items]
+
+
+def _check_against_ort(model, feeds: dict[str, np.ndarray], tol: float = TOL) -> list[np.ndarray]:
+    """Run `model` in onnxruntime and as a torch module; assert every output agrees."""
+    want = run_ort(model, feeds)
+    net = to_torch(model)
+    with torch.no_grad():
+        got = _outputs(net(*[torch.from_numpy(feeds[name]) for name in net.input_names]))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        assert g.dtype == w.dtype or (g.dtype.kind == w.dtype.kind == "f")
+        assert relative_error(g, w) <= tol, relative_error(g, w)
+    return got
+
+
+def _graph(nodes, inputs, outputs, initializers=(), opset=13):
+    """A multi-node ONNX model; inputs/outputs are (name, elem_type, shape) triples."""
+    from onnx import helper
+
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [helper.make_tensor_value_info(*i) for i in inputs],
+                          [helper.make_tensor_value_info(*o) for o in outputs], list(initializers)),
+        opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+# ---------------------------------------------------------------- the onnx package's light models
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_model_matches_onnxruntime_with_random_weights(name):
+    model = light_model_randomized(onnx_light_models() / f"light_{name}.onnx", seed=1)
+    net = to_torch(model)
+    session = ort_session(model, threads=2)
+    for batch in (1,) if name in BIG else (1, 3):
+        x = np.random.default_rng(batch).random((batch, 3, 224, 224), dtype=np.float32)
+        want = session.run(None, {net.input_names[0]: x})
+        with torch.no_grad():
+            got = _outputs(net(torch.from_numpy(x)))
+        assert [g.shape for g in got] == [w.shape for w in want]
+        # The last output is the pre-softmax logits; softmax moves by at most what the logits move,
+        # so the probabilities get the logits' absolute tolerance (random deep nets have big logits).
+        logit_tolerance = TOL * max(1.0, float(np.abs(want[-1]).max()))
+        assert relative_error(got[-1], want[-1]) <= TOL
+        for g, w in zip(got[:-1], want[:-1]):
+            assert float(np.abs(g - w).max()) <= logit_tolerance
+        assert float(np.abs(want[-1]).std()) > 0  # random weights: outputs are not all equal
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_model_matches_shipped_reference_output(name):
+    from onnx import numpy_helper
+
+    path = onnx_light_models() / f"light_{name}.onnx"
+    net = to_torch(path)
+    # The onnx backend test feeds arange(n)/n in the input's shape (onnx/backend/test/runner).
+    x = (np.arange(3 * 224 * 224).reshape(1, 3, 224, 224) / (3 * 224 * 224)).astype(np.float32)
+    want = numpy_helper.to_array(onnx.load_tensor(str(path).replace(".onnx", "_output_0.pb")))
+    with torch.no_grad():
+        got = net(x).numpy()
+    assert relative_error(got, want) <= TOL
+    # Every weight is a trainable-capable parameter, grouped per ONNX node, frozen.
+    assert net.layers and all(not p.requires_grad for p in net.parameters())
+
+
+def test_light_squeezenet_parameters_read_like_layers():
+    net = to_torch(onnx_light_models() / "light_squeezenet.onnx")
+    convs = [layer for _, layer in net.layers if layer.op_type == "Conv"]
+    assert len(convs) == 26 and len(net.layers) == 26
+    names = dict(net.named_parameters())
+    first_name, first = net.layers[0]
+    assert first.onnx_name == first_name
+    assert first.onnx_inputs == {"weight": "conv1_w_0", "bias": "conv1_b_0"}
+    assert tuple(first.weight.shape) == (64, 3, 3, 3)
+    assert any(key.endswith(".weight") for key in names) and any(key.endswith(".bias") for key in names)
+    assert sum(p.numel() for p in net.parameters()) == 1235496  # squeezenet 1.1's published count
+    assert not list(net.state_dict().keys())[0].startswith("constants.")
+
+
+# ---------------------------------------------------------------- one node per tricky op
+def _rand(*shape, seed=0, low=-1.0, high=1.0):
+    return np.random.default_rng(seed).uniform(low, high, shape).astype(np.float32)
+
+
+X4 = _rand(2, 4, 9, 9)
+W3 = _rand(6, 4, 3, 3, seed=1)
+B6 = _rand(6, seed=2)
+I64 = np.int64
+
+OP_CASES = {
+    "conv_asymmetric_pads": ("Conv", {"x": X4}, {"w": W3, "b": B6}, {"pads": [0, 1, 2, 1], "strides": [2, 1]}, 13),
+    "conv_same_upper_stride2": ("Conv", {"x": X4}, {"w": W3}, {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, 13),
+    "conv_same_lower_stride2": ("Conv", {"x": X4}, {"w": W3}, {"auto_pad": "SAME_LOWER", "strides": [2, 2]}, 13),
+    "conv_valid_dilated": ("Conv", {"x": X4}, {"w": W3}, {"auto_pad": "VALID", "dilations": [2, 2]}, 13),
+    "conv_grouped": ("Conv", {"x": X4}, {"w": _rand(6, 2, 3, 3), "b": B6}, {"group": 2, "pads": [1, 1, 1, 1]}, 11),
+    "conv_depthwise": ("Conv", {"x": X4}, {"w": _rand(4, 1, 3, 3)}, {"group": 4}, 13),
+    "conv_1d": ("Conv", {"x": _rand(2, 4, 10)}, {"w": _rand(3, 4, 3)}, {"pads": [2, 0]}, 13),
+    "conv_3d": ("Conv", {"x": _rand(2, 2, 5, 6, 7)}, {"w": _rand(3, 2, 2, 3, 3)}, {"strides": [1, 2, 2]}, 13),
+    "conv_transpose_pads_outpad": ("ConvTranspose", {"x": X4}, {"w": _rand(4, 3, 3, 3), "b": _rand(3)},
+                                   {"strides": [2, 2], "pads": [1, 0, 1, 1], "output_padding": [1, 1]}, 13),
+    "conv_transpose_same_upper": ("ConvTranspose", {"x": X4}, {"w": _rand(4, 3, 4, 4)},
+                                  {"strides": [2, 2], "auto_pad": "SAME_UPPER"}, 13),
+    "conv_transpose_output_shape": ("ConvTranspose", {"x": X4}, {"w": _rand(4, 3, 3, 3)},
+                                    {"strides": [3, 2], "output_shape": [27, 19]}, 13),
+    "conv_transpose_grouped": ("ConvTranspose", {"x": X4}, {"w": _rand(4, 2, 3, 3)},
+                               {"group": 2, "dilations": [2, 1]}, 13),
+    "maxpool_ceil_pads": ("MaxPool", {"x": X4}, {}, {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                     "pads": [1, 0, 0, 1], "ceil_mode": 1}, 12),
+    "maxpool_same_lower": ("MaxPool", {"x": _rand(2, 3, 8, 8)}, {}, {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                                     "auto_pad": "SAME_LOWER"}, 12),
+    "maxpool_same_upper_even": ("MaxPool", {"x": _rand(2, 3, 8, 7)}, {}, {"kernel_shape": [2, 2],
+                                                                          "strides": [2, 2], "auto_pad": "SAME_UPPER"}, 12),
+    "maxpool_dilated": ("MaxPool", {"x": X4}, {}, {"kernel_shape": [2, 2], "dilations": [2, 2]}, 12),
+    "maxpool_big_pad": ("MaxPool", {"x": X4}, {}, {"kernel_shape": [2, 2], "pads": [1, 1, 1, 1]}, 12),
+    "avgpool_ceil_exclude_pad": ("AveragePool", {"x": X4}, {}, {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                                "pads": [1, 1, 1, 1], "ceil_mode": 1}, 19),
+    "avgpool_ceil_include_pad": ("AveragePool", {"x": X4}, {}, {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                                "pads": [1, 1, 1, 1], "ceil_mode": 1,
+                                                                "count_include_pad": 1}, 19),
+    "avgpool_asymmetric_include": ("AveragePool", {"x": X4}, {}, {"kernel_shape": [3, 2], "pads": [0, 1, 2, 0],
+                                                                  "count_include_pad": 1}, 19),
+    "avgpool_same_upper": ("AveragePool", {"x": X4}, {}, {"kernel_shape": [2, 2], "strides": [2, 2],
+                                                          "auto_pad": "SAME_UPPER"}, 19),
+    "global_max_pool": ("GlobalMaxPool", {"x": X4}, {}, {}, 13),
+    "lrn_odd": ("LRN", {"x": _rand(2, 7, 4, 4, low=0)}, {}, {"size": 5, "alpha": 1e-2, "beta": 0.75, "bias": 2.0}, 13),
+    "gemm_trans_alpha_beta": ("Gemm", {"x": _rand(5, 3)}, {"w": _rand(5, 4), "c": _rand(1, 4)},
+                              {"transA": 1, "alpha": 0.5, "beta": 2.0}, 13),
+    "gemm_transb_bias": ("Gemm", {"x": _rand(3, 5)}, {"w": _rand(4, 5), "c": _rand(4)}, {"transB": 1}, 13),
+    "gemm_no_bias": ("Gemm", {"x": _rand(3, 5)}, {"w": _rand(5, 4)}, {}, 13),
+    "matmul_const_3d": ("MatMul", {"x": _rand(2, 3, 5)}, {"w": _rand(5, 4)}, {}, 13),
+    "softmax_opset11_coerces_2d": ("Softmax", {"x": _rand(2, 3, 4, 5)}, {}, {"axis": 1}, 11),
+    "softmax_opset13_axis": ("Softmax", {"x": _rand(2, 3, 4, 5)}, {}, {"axis": 1}, 13),
+    "log_softmax_opset9_default": ("LogSoftmax", {"x": _rand(2, 3, 4)}, {}, {}, 9),
+    "flatten_axis0": ("Flatten", {"x": X4}, {}, {"axis": 0}, 13),
+    "flatten_axis_neg": ("Flatten", {"x": X4}, {}, {"axis": -1}, 13),
+    "flatten_axis2": ("Flatten", {"x": X4}, {}, {"axis": 2}, 13),
+    "reshape_zero_minus_one": ("Reshape", {"x": X4}, {"s": np.array([0, -1, 9], I64)}, {}, 13),
+    "reshape_allowzero": ("Reshape", {"x": X4}, {"s": np.array([2, 4, 81], I64)}, {"allowzero": 1}, 14),
+    "slice_steps": ("Slice", {"x": X4}, {"st": np.array([1, 8], I64), "en": np.array([4, 0], I64),
+                                         "ax": np.array([1, 3], I64), "sp": np.array([2, -3], I64)}, {}, 13),
+    "slice_negative_clamped": ("Slice", {"x": X4}, {"st": np.array([-1, -100], I64),
+                                                    "en": np.array([-1000, 2**62], I64),
+                                                    "ax": np.array([2, -1], I64), "sp": np.array([-1, 1], I64)}, {}, 13),
+    "slice_opset9_attrs": ("Slice", {"x": X4}, {}, {"starts": [1, -3], "ends": [3, 100], "axes": [1, 2]}, 9),
+    "split_opset11_attr": ("Split", {"x": X4}, {}, {"axis": 1, "split": [1, 3]}, 11),
+    "split_opset13_input": ("Split", {"x": X4}, {"sp": np.array([2, 7], I64)}, {"axis": -1}, 13),
+    "split_opset18_num_outputs": ("Split", {"x": X4}, {}, {"axis": 2, "num_outputs": 2}, 18),
+    "split_equal": ("Split", {"x": X4}, {}, {"axis": 1}, 13),
+    "transpose": ("Transpose", {"x": X4}, {}, {"perm": [0, 2, 3, 1]}, 13),
+    "pad_opset10_attrs": ("Pad", {"x": X4}, {}, {"pads": [0, 0, 1, 2, 0, 0, 3, 0], "value": 1.5}, 10),
+    "pad_reflect": ("Pad", {"x": X4}, {"p": np.array([0, 0, 2, 1, 0, 0, 1, 2], I64)}, {"mode": "reflect"}, 13),
+    "pad_edge": ("Pad", {"x": X4}, {"p": np.array([0, 0, 2, 1, 0, 0, 1, 2], I64)}, {"mode": "edge"}, 13),
+    "pad_negative_constant": ("Pad", {"x": X4}, {"p": np.array([0, 1, -1, 0, 0, 0, 2, -2], I64),
+                                                 "v": np.array(0.25, np.float32)}, {}, 13),
+    "clip_opset6_attrs": ("Clip", {"x": X4}, {}, {"min": -0.5, "max": 0.25}, 6),
+    "clip_opset11_max_only": ("Clip", {"x": X4}, {"hi": np.array(0.3, np.float32)}, {}, 11),
+    "argmax_last_index": ("ArgMax", {"x": np.round(X4 * 2)}, {}, {"axis": 1, "keepdims": 0, "select_last_index": 1}, 13),
+    "argmax_keepdims": ("ArgMax", {"x": X4}, {}, {"axis": -1}, 13),
+    "reduce_mean_attr": ("ReduceMean", {"x": X4}, {}, {"axes": [2, 3], "keepdims": 0}, 13),
+    "reduce_mean_input_opset18": ("ReduceMean", {"x": X4}, {"a": np.array([1], I64)}, {}, 18),
+    "reduce_sum_input": ("ReduceSum", {"x": X4}, {"a": np.array([-1, 1], I64)}, {"keepdims": 1}, 13),
+    "reduce_max_all": ("ReduceMax", {"x": X4}, {}, {"keepdims": 0}, 13),
+    "squeeze_opset11": ("Squeeze", {"x": _rand(2, 1, 3, 1)}, {}, {"axes": [1, -1]}, 11),
+    "squeeze_opset13": ("Squeeze", {"x": _rand(2, 1, 3, 1)}, {"a": np.array([3], I64)}, {}, 13),
+    "unsqueeze_opset11": ("Unsqueeze", {"x": _rand(2, 3)}, {}, {"axes": [1, -1]}, 11),
+    "unsqueeze_opset13": ("Unsqueeze", {"x": _rand(2, 3)}, {"a": np.array([0, 3], I64)}, {}, 13),
+    "gather_negative": ("Gather", {"x": X4}, {"i": np.array([[-1, 0], [2, 1]], I64)}, {"axis": 1}, 13),
+    "expand_bidirectional": ("Expand", {"x": _rand(2, 1, 3)}, {"s": np.array([2, 4, 1], I64)}, {}, 13),
+    "tile": ("Tile", {"x": _rand(2, 3)}, {"r": np.array([1, 2], I64)}, {}, 13),
+    "where_equal": ("Where", {"c": np.array([[True, False, True]]), "a": _rand(2, 3)}, {"b": _rand(3)}, {}, 13),
+    "cast_to_int": ("Cast", {"x": X4 * 5}, {}, {"to": 7}, 13),
+    "prelu_channel": ("PRelu", {"x": X4}, {"s": _rand(4, 1, 1)}, {}, 13),
+    "leaky_relu": ("LeakyRelu", {"x": X4}, {}, {"alpha": 0.2}, 13),
+    "elu": ("Elu", {"x": X4}, {}, {"alpha": 0.7}, 13),
+    "softplus": ("Softplus", {"x": X4}, {}, {}, 13),
+    "hard_sigmoid": ("HardSigmoid", {"x": X4}, {}, {"alpha": 0.3}, 13),
+    "pow": ("Pow", {"x": _rand(2, 3, low=0.1)}, {"e": np.array([2.0, 0.5, 3.0], np.float32)}, {}, 13),
+    "sum_three": ("Sum", {"a": _rand(2, 3), "b": _rand(2, 3, seed=1)}, {"c": _rand(3, seed=2)}, {}, 13),
+    "max_broadcast": ("Max", {"a": _rand(2, 3), "b": _rand(2, 3, seed=1)}, {}, {}, 13),
+    "mean": ("Mean", {"a": _rand(2, 3), "b": _rand(2, 3, seed=1)}, {}, {}, 13),
+    "div_sub_neg": ("Div", {"a": _rand(2, 3)}, {"b": _rand(3, low=0.5)}, {}, 13),
+    "batchnorm": ("BatchNormalization", {"x": X4}, {"s": _rand(4), "b": _rand(4), "m": _rand(4),
+                                                    "v": _rand(4, low=0.5, high=2)}, {"epsilon": 1e-3}, 15),
+    "instance_norm": ("InstanceNormalization", {"x": X4}, {"s": _rand(4), "b": _rand(4)}, {}, 13),
+    "layer_norm": ("LayerNormalization", {"x": _rand(2, 3, 8)}, {"s": _rand(8), "b": _rand(8)}, {}, 17),
+    "resize_nearest_asymmetric": ("Resize", {"x": X4}, {"roi": np.array([], np.float32),
+                                                        "sc": np.array([1, 1, 2, 1.5], np.float32)},
+                                  {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                                   "nearest_mode": "floor"}, 13),
+    "resize_linear_half_pixel": ("Resize", {"x": X4}, {"roi": np.array([], np.float32),
+                                                       "sc": np.array([1, 1, 2, 2], np.float32)},
+                                 {"mode": "linear"}, 13),
+    "resize_linear_align_corners_sizes": ("Resize", {"x": X4},
+                                          {"roi": np.array([], np.float32), "sc": np.array([], np.float32),
+                                           "sz": np.array([2, 4, 5, 13], I64)},
+                                          {"mode": "linear", "coordinate_transformation_mode": "align_corners"}, 13),
+    "upsample_opset9": ("Upsample", {"x": X4}, {"sc": np.array([1, 1, 2, 2], np.float32)}, {}, 9),
+    "depth_to_space_dcr": ("DepthToSpace", {"x": X4}, {}, {"blocksize": 2}, 13),
+    "depth_to_space_crd": ("DepthToSpace", {"x": X4}, {}, {"blocksize": 2, "mode": "CRD"}, 13),
+    "space_to_depth": ("SpaceToDepth", {"x": _rand(2, 3, 4, 6)}, {}, {"blocksize": 2}, 13),
+    "dropout_opset12_ratio_input": ("Dropout", {"x": X4}, {"r": np.array(0.3, np.float32)}, {}, 13),
+    "abs_exp_log_family": ("Sqrt", {"x": _rand(2, 3, low=0.1)}, {}, {}, 13),
+}
+N_OUTPUTS = {"split_opset11_attr": 2, "split_opset13_input": 2, "split_opset18_num_outputs": 2, "split_equal": 4}
+INPUT_ORDER = {"clip_opset11_max_only": ["x", "", "hi"], "where_equal": ["c", "a", "b"]}
+
+
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_op_matches_onnxruntime(case):
+    op_type, inputs, constants, attrs, opset = OP_CASES[case]
+    model = single_node_model(op_type, inputs, attrs, constants, N_OUTPUTS.get(case, 1), opset,
+                              INPUT_ORDER.get(case))
+    _check_against_ort(model, inputs, tol=1e-5)
+
+
+def test_lrn_even_size_follows_the_spec_formula():
+    # onnxruntime only takes odd sizes (and onnx.reference's LRN loops over the batch, not channels),
+    # so check against the spec written out: floor((size-1)/2) channels before c, ceil(...) after.
+    x = _rand(2, 7, 4, 4)
+    size, alpha, beta, bias = 4, 0.5, 0.6, 1.5
+    model = single_node_model("LRN", {"x": x}, {"size": size, "alpha": alpha, "beta": beta, "bias": bias})
+    want = np.empty_like(x)
+    for c in range(7):
+        lo, hi = max(0, c - (size - 1) // 2), min(7, c + -(-(size - 1) // 2) + 1)
+        square_sum = (x[:, lo:hi] ** 2).sum(axis=1)
+        want[:, c] = x[:, c] / (bias + alpha / size * square_sum) ** beta
+    with torch.no_grad():
+        got = to_torch(model)(x).numpy()
+    assert relative_error(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("op_type", ["Abs", "Neg", "Exp", "Log", "Reciprocal", "Sigmoid", "Tanh", "Relu",
+                                     "Floor", "Ceil", "Erf", "Softsign", "HardSwish"])
+def test_unary_op_matches_onnxruntime(op_type):
+    x = _rand(2, 3, 4, low=0.1, high=2.0)
+    _check_against_ort(single_node_model(op_type, {"x": x}, opset=14), {"x": x}, tol=1e-5)
+
+
+def test_dynamic_shape_subgraph_follows_the_batch():
+    """tf2onnx's Flatten: Shape -> Gather(0) -> Unsqueeze -> Concat(-1) -> Reshape, run on live shapes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axes"], ["batch1"]),
+        helper.make_node("Concat", ["batch1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"], name="dense"),
+        helper.make_node("Add", ["logits", "bias"], ["y"], name="dense_bias"),
+        helper.make_node("Range", ["start", "batch", "one"], ["rows"]),
+        helper.make_node("ConstantOfShape", ["batch1"], ["filled"],
+                         value=numpy_helper.from_array(np.array([7], np.int64))),
+        helper.make_node("Add", ["rows", "filled"], ["ids"]),
+    ]
+    inits = [numpy_helper.from_array(v, n) for n, v in {
+        "zero": np.array(0, I64), "axes": np.array([0], I64), "minus1": np.array([-1], I64),
+        "w": _rand(36, 5), "bias": _rand(5), "start": np.array(0, I64), "one": np.array(1, I64)}.items()]
+    model = _graph(nodes, [("x", TensorProto.FLOAT, ["n", 4, 3, 3])],
+                   [("y", TensorProto.FLOAT, ["n", 5]), ("ids", TensorProto.INT64, ["n"])], inits)
+    for batch in (1, 3, 6):
+        x = _rand(batch, 4, 3, 3, seed=batch)
+        y, ids = _check_against_ort(model, {"x": x})
+        assert y.shape == (batch, 5) and ids.tolist() == list(range(7, 7 + batch))
+    net = to_torch(model)
+    assert [name for name, _ in net.layers] == ["dense", "dense_bias"]
+
+
+def test_constant_folding_keeps_weights_trainable_and_shapes_as_buffers():
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Transpose", ["w_t"], ["w"], perm=[1, 0]),  # folded at conversion time
+        helper.make_node("Gemm", ["x", "w"], ["h"], name="fc1", transB=1),
+        helper.make_node("Reshape", ["h", "shape"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(_rand(4, 6), "w_t"), numpy_helper.from_array(np.array([-1, 3, 2], I64), "shape")]
+    model = _graph(nodes, [("x", TensorProto.FLOAT, ["n", 4])], [("y", TensorProto.FLOAT, None)], inits)
+    _check_against_ort(model, {"x": _rand(5, 4)})
+    net = to_torch(model)
+    assert [(n, tuple(p.shape)) for n, p in net.named_parameters()] == [("fc1.weight", (6, 4))]
+    assert [tuple(b.shape) for b in net.constants.buffers()] == [(3,)]
+    assert list(net.state_dict()) == ["fc1.weight"]
+
+
+# ---------------------------------------------------------------- freezing and training
+def _small_cnn():
+    """conv -> BN -> relu -> conv -> GAP -> flatten -> gemm: three weight layers and a BN."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "c1w", "c1b"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a", "s", "b", "m", "v"], ["bn"], name="bn1"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu1"),
+        helper.make_node("Dropout", ["r"], ["d"], name="drop1"),
+        helper.make_node("Conv", ["d", "c2w"], ["c2"], name="conv2/3x3"),
+        helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fcw", "fcb"], ["y"], name="fc", transB=1),
+    ]
+    weights = {"c1w": rng.normal(0, 0.3, (8, 3, 3, 3)), "c1b": rng.normal(0, 0.1, 8),
+               "s": rng.uniform(0.5, 1.5, 8), "b": rng.normal(0, 0.1, 8), "m": rng.normal(0, 0.1, 8),
+               "v": rng.uniform(0.5, 1.5, 8), "c2w": rng.normal(0, 0.2, (6, 8, 3, 3)),
+               "fcw": rng.normal(0, 0.3, (4, 6)), "fcb": rng.normal(0, 0.1, 4)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    return _graph(nodes, [("x", TensorProto.FLOAT, ["n", 3, 8, 8])], [("y", TensorProto.FLOAT, ["n", 4])], inits)
+
+
+def _train_step(net, seed=0):
+    x = torch.from_numpy(_rand(4, 3, 8, 8, seed=seed))
+    target = torch.tensor([0, 1, 2, 3])
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.5) if params else None
+    net.train()
+    loss = torch.nn.functional.cross_entropy(net(x), target)
+    if opt:
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return loss
+
+
+def test_frozen_on_creation_and_layers_in_graph_order():
+    net = to_torch(_small_cnn())
+    assert [name for name, _ in net.layers] == ["conv1", "bn1", "conv2/3x3", "fc"]
+    assert net.trainable_layers() == []
+    assert all(not p.requires_grad for p in net.parameters())
+    assert dict(net.named_parameters()).keys() == {
+        "conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "conv2_3x3.weight", "fc.weight", "fc.bias"}
+    assert net.conv2_3x3.onnx_name == "conv2/3x3"
+    assert {k for k, _ in net.bn1.named_buffers()} == {"running_mean", "running_var"}
+
+
+def test_unfreeze_top_one_trains_only_the_top_layer():
+    net = to_torch(_small_cnn())
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    assert net.unfreeze(top=1).trainable_layers() == ["fc"]
+    _train_step(net)
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_unfreeze_top_three_includes_batchnorm_which_then_uses_batch_statistics():
+    net = to_torch(_small_cnn())
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    assert net.unfreeze(top=3).trainable_layers() == ["bn1", "conv2/3x3", "fc"]
+    _train_step(net)
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
+                       "conv2_3x3.weight", "fc.weight", "fc.bias"}
+    net.freeze()
+    assert net.trainable_layers() == []
+    assert net.unfreeze(layers=["conv1"]).trainable_layers() == ["conv1"]
+
+
+def test_frozen_module_in_train_mode_keeps_running_stats_and_skips_dropout():
+    model = _small_cnn()
+    x = _rand(5, 3, 8, 8, seed=3)
+    want = run_ort(model, {"x": x})[0]
+    net = to_torch(model)
+    stats = net.bn1.running_mean.clone()
+    net.train()
+    got = net(torch.from_numpy(x))
+    assert relative_error(got.detach().numpy(), want) <= TOL  # BN on running stats, dropout off
+    assert torch.equal(net.bn1.running_mean, stats)
+    loss = _train_step(net)  # nothing trainable: the forward still runs, nothing changes
+    assert not loss.requires_grad and torch.equal(net.bn1.running_mean, stats)
+
+
+def test_dropout_acts_below_a_trainable_layer_in_train_mode_only():
+    net = to_torch(_small_cnn()).unfreeze(top=1)
+    x = torch.from_numpy(_rand(5, 3, 8, 8, seed=3))
+    net.train()
+    torch.manual_seed(0)
+    a, b = net(x), net(x)
+    assert not torch.allclose(a, b)
+    net.eval()
+    assert torch.equal(net(x), net(x))
+
+
+def test_gradients_reach_only_unfrozen_parameters():
+    net = to_torch(_small_cnn()).unfreeze(top=2)
+    net.eval()
+    net(torch.from_numpy(_rand(2, 3, 8, 8))).sum().backward()
+    with_grad = {n for n, p in net.named_parameters() if p.grad is not None}
+    assert with_grad == {"conv2_3x3.weight", "fc.weight", "fc.bias"}
+
+
+def test_unfreeze_bad_arguments_name_the_choices():
+    net = to_torch(_small_cnn())
+    with pytest.raises(UnknownLayerError, match=r"top=9.*4 layers.*between 0 and 4"):
+        net.unfreeze(top=9)
+    with pytest.raises(UnknownLayerError, match=r"'conv9'.*fc"):
+        net.unfreeze(layers=["conv9"])
+    with pytest.raises(InputError, match=r"1 input"):
+        net(torch.zeros(1, 3, 8, 8), torch.zeros(1))
+
+
+def test_numpy_input_is_cast_to_the_declared_dtype():
+    net = to_torch(_small_cnn())
+    x = _rand(2, 3, 8, 8).astype(np.float64)
+    with torch.no_grad():
+        assert net(x).dtype == torch.float32
+
+
+# ---------------------------------------------------------------- errors
+def test_unsupported_ops_are_all_named_at_conversion_time():
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="ok"),
+        helper.make_node("NonMaxSuppression", ["a", "a"], ["b"], name="nms_1"),
+        helper.make_node("Einsum", ["b"], ["c"], name="mix", equation="ij->ji"),
+        helper.make_node("Resize", ["c", "", "sc"], ["y"], name="up", mode="cubic"),
+    ]
+    model = _graph(nodes, [("x", TensorProto.FLOAT, [2, 2])], [("y", TensorProto.FLOAT, None)])
+    with pytest.raises(UnsupportedLayerError) as err:
+        to_torch(model)
+    message = str(err.value)
+    for needle in ("NonMaxSuppression", "Einsum", "Resize", "nms_1", "mix", "up", "cubic"):
+        assert needle in message
+    assert "ok" not in message.split("unsupported nodes:")[1]
+
+
+def test_bad_model_file_is_a_format_error(tmp_path):
+    from zoo.errors import ModelFormatError
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all \x00\xff")
+    with pytest.raises(ModelFormatError, match="bad.onnx"):
+        to_torch(bad)
+    with pytest.raises(ModelFormatError, match="missing.onnx"):
+        to_torch(tmp_path / "missing.onnx")
+
+
+# ---------------------------------------------------------------- Keras models through tf2onnx
+def _keras_cnn(keras):
+    inp = keras.Input((20, 20, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)
+    x = keras.layers.ReLU(6.0, name="relu6")(x)
+    x = keras.layers.SeparableConv2D(12, 3, padding="valid", name="sep")(x)
+    a = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(x)
+    b = keras.layers.AveragePooling2D(2, padding="same", name="avgpool")(x)
+    b = keras.layers.Conv2D(12, 1, name="proj")(b)
+    x = keras.layers.Add(name="add")([a, b])
+    c = keras.layers.Concatenate(name="concat")([x, a])
+    g = keras.layers.GlobalAveragePooling2D(name="gap")(c)
+    f = keras.layers.Flatten(name="flatten")(c)
+    x = keras.layers.Concatenate(name="concat2")([g, f])
+    x = keras.layers.Dropout(0.5, name="drop")(x)
+    x = keras.layers.Dense(16, activation="tanh", name="fc1")(x)
+    out = keras.layers.Dense(5, activation="softmax", name="fc2")(x)
+    return keras.Model(inp, out)
+
+
+def _keras_mlp(keras):
+    inp = keras.Input((12,))
+    x = keras.layers.Dense(32, activation="relu", name="h1")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Dense(16, activation="sigmoid", name="h2")(x)
+    x = keras.layers.Dropout(0.2)(x)
+    out = keras.layers.Dense(3, name="logits")(x)
+    return keras.Model(inp, out)
+
+
+def _to_onnx(tf, tf2onnx, model, shape):
+    spec = (tf.TensorSpec((None,) + shape, tf.float32, name="input"),)
+
+    @tf.function(input_signature=spec)
+    def infer(x):
+        return model(x, training=False)
+
+    proto, _ = tf2onnx.convert.from_function(infer, input_signature=spec, opset=13)
+    return proto
+
+
+@pytest.fixture(scope="module")
+def keras_models():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow")
+    tf2onnx = pytest.importorskip("tf2onnx")
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, build, shape in (("cnn", _keras_cnn, (20, 20, 3)), ("mlp", _keras_mlp, (12,))):
+        model = build(keras)
+        # Random biases and BN statistics, so no weight is a zero tf2onnx could drop.
+        model.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) if w.ndim == 1 and "bn" in name
+                           else rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+        x = rng.uniform(-1, 1, (3,) + shape).astype(np.float32)
+        out[name] = (_to_onnx(tf, tf2onnx, model, shape), model, x, model(x, training=False).numpy())
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_keras_model_via_tf2onnx_matches_keras_and_onnxruntime(keras_models, name):
+    proto, keras_model, x, want_keras = keras_models[name]
+    net = to_torch(proto)
+    session = ort_session(proto)
+    for batch in (1, 3):
+        with torch.no_grad():
+            got = net(x[:batch]).numpy()
+        assert relative_error(got, want_keras[:batch]) <= TOL
+        assert relative_error(got, session.run(None, {net.input_names[0]: x[:batch]})[0]) <= TOL
+    weights = sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights)
+    assert sum(p.numel() for p in net.parameters()) >= weights * 0.5
+    assert net.unfreeze(top=1).trainable_layers() == [net.layers[-1][0]]
+
+
+# ---------------------------------------------------------------- Caffe zoo architectures
+# Same layers as a listed net with other sizes (caffenet's fc8 for 200 or 20 classes; deeper resnets):
+# run with ZOO_TEST_ALL_CAFFE=1 (each costs ~15 s, mostly writing and converting the random weights).
+CAFFE_SAME_ARCHITECTURE = {"bvlc_reference_rcnn_ilsvrc13", "finetune_flickr_style", "resnet_101", "resnet_152"}
+CAFFE_NETS = sorted(p.parent.name for p in CAFFE_MODELS.glob("*/deploy.prototxt")
+                    if os.environ.get("ZOO_TEST_ALL_CAFFE") or p.parent.name not in CAFFE_SAME_ARCHITECTURE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CAFFE_NETS)
+def test_caffe_converted_model_matches_onnxruntime(name, tmp_path):
+    if importlib.util.find_spec("converters.caffe") is None:
+        pytest.skip("converters.caffe (the Caffe -> ONNX converter) is not in this tree yet")
+    from converters import caffe
+
+    prototxt = CAFFE_MODELS / name / "deploy.prototxt"
+    weights = tmp_path / f"{name}.caffemodel"
+    caffe.make_random_caffemodel(prototxt, weights, seed=0)
+    model = caffe.convert(prototxt, weights, verify=False).model
+    net = to_torch(model)
+    graph_input = next(i for i in model.graph.input if i.name == net.input_names[0])
+    shape = [d.dim_value or 1 for d in graph_input.type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    want = run_ort(model, {net.input_names[0]: x}, threads=2)
+    with torch.no_grad():
+        got = _outputs(net(torch.from_numpy(x)))
+    for g, w in zip(got, want):
+        assert relative_error(g, w) <= TOL
+    assert net.layers and all(not p.requires_grad for p in net.parameters())
+
+
+def test_light_model_folder_is_present():
+    # Guard: the light-model tests above must not silently parametrize over nothing.
+    assert all((onnx_light_models() / f"light_{n}.onnx").is_file() for n in LIGHT)
+    assert isinstance(CAFFE_MODELS, Path)
