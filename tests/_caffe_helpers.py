@@ -69,7 +69,7 @@ def check_against_opencv(
 def layer_blobs(caffemodel: Path) -> dict[str, list[np.ndarray]]:
     from converters.caffe.parse import read_weights
 
-    return {name: [b.array for b in blobs] for name, blobs in read_weights(caffemodel).items()}
+    return read_weights(caffemodel)
 
 
 def input_shape(prototxt: Path) -> list[int]:

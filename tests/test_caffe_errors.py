@@ -149,3 +149,11 @@ def test_mean_file_errors(tmp_path):
         input_spec(prototxt, mean_file)
     with pytest.raises(ModelFormatError, match="cannot read mean file"):
         input_spec(prototxt, tmp_path / "none.binaryproto")
+
+
+def test_non_utf8_comment_is_fine(tmp_path):
+    from converters.caffe import input_spec
+
+    prototxt = tmp_path / "latin1.prototxt"
+    prototxt.write_bytes(net_text([1, 3, 4, 4], "# caf\xe9 net (Latin-1 comment)").encode("latin-1"))
+    assert input_spec(prototxt)["shape"] == [None, 3, 4, 4]

@@ -156,13 +156,13 @@ class _StoredBlobs:
     def __call__(self, layer, specs: list[BlobSpec]) -> list[np.ndarray]:
         import numpy as np
 
-        from .parse import Blob, blob_array, legacy_shape
+        from .parse import blob_array
 
         file = os.path.basename(self.path)
         wanted = ", ".join(f"{s.role} {s.shape}" for s in specs)
         blobs = self.weights.get(layer.name)
         if blobs is None and len(layer.blobs):  # weights written inline in the prototxt
-            blobs = [Blob(blob_array(b, f"layer '{layer.name}'"), legacy_shape(b)) for b in layer.blobs]
+            blobs = [blob_array(b, f"layer '{layer.name}'") for b in layer.blobs]
         if blobs is None:
             raise ConversionError(
                 f"layer '{layer.name}' ({layer.type}) has no weights in {file}; the prototxt needs {wanted}. "
@@ -171,23 +171,24 @@ class _StoredBlobs:
         if len(blobs) != len(specs):
             raise ConversionError(
                 f"layer '{layer.name}' ({layer.type}) has {len(blobs)} blobs in {file} of shapes "
-                f"{[list(b.array.shape) for b in blobs]}; the prototxt needs {len(specs)}: {wanted}"
+                f"{[list(b.shape) for b in blobs]}; the prototxt needs {len(specs)}: {wanted}"
             )
         arrays = []
         for i, (blob, spec) in enumerate(zip(blobs, specs)):
-            got = list(blob.array.shape)
+            got = list(blob.shape)
             if not _same_shape(got, spec.shape):
                 raise ConversionError(
                     f"layer '{layer.name}' ({layer.type}) blob {i} ({spec.role}) has shape {got} in {file}; "
                     f"the prototxt needs {spec.shape}"
                 )
-            arrays.append(np.asarray(blob.array, dtype=np.float32).reshape(spec.shape))
+            arrays.append(np.asarray(blob, dtype=np.float32).reshape(spec.shape))
         return arrays
 
 
 def _same_shape(got: list[int], want: list[int]) -> bool:
-    # Caffe's legacy 4-D blobs index from the end ((1, 1, M, N) for an M x N matrix): compare without
-    # leading ones, as Caffe's own Blob::ShapeEquals does for them.
+    # Caffe's legacy 4-D blobs index from the end ((1, 1, M, N) for an M x N matrix) and Caffe compares
+    # them without leading ones (Blob::ShapeEquals). zoo does so for every blob: third-party writers
+    # also store (1, C, 1, 1) where Caffe would write (C,), and the values are laid out the same.
     def strip(shape: list[int]) -> list[int]:
         shape = list(shape)
         while shape and shape[0] == 1:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from zoo.errors import ModelFormatError
 
@@ -31,14 +31,16 @@ def read_prototxt(path: str | os.PathLike) -> Net:
     path = os.fspath(path)
     name = os.path.basename(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except UnicodeDecodeError:
-        raise ModelFormatError(
-            f"{name} is not a text prototxt (it is binary; a .caffemodel goes second, after the prototxt)"
-        ) from None
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as exc:
         raise ModelFormatError(f"cannot read prototxt {path}: {exc.strerror}") from None
+    if b"\x00" in data[:4096]:
+        raise ModelFormatError(
+            f"{name} is not a text prototxt (it is binary; a .caffemodel goes second, after the prototxt)"
+        )
+    # Comments in old prototxts are not always UTF-8; they never matter to the parse.
+    text = data.decode("utf-8", errors="replace")
     net = schema.messages().NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
@@ -50,14 +52,7 @@ def read_prototxt(path: str | os.PathLike) -> Net:
     return _upgrade(net, name)
 
 
-class Blob(NamedTuple):
-    """A weight blob as stored: its float32 values and whether its shape came from num/channels/h/w."""
-
-    array: np.ndarray
-    legacy: bool
-
-
-def read_weights(path: str | os.PathLike) -> dict[str, list[Blob]]:
+def read_weights(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     """Blobs of a .caffemodel by layer name, each as a float32 array of its recorded shape."""
     path = os.fspath(path)
     try:
@@ -77,13 +72,11 @@ class _NotPacked(Exception):
     """A blob's floats were not in the packed encoding the fast path reads."""
 
 
-def _weights_of(net, path: str) -> dict[str, list[Blob]]:
-    weights: dict[str, list[Blob]] = {}
+def _weights_of(net, path: str) -> dict[str, list[np.ndarray]]:
+    weights: dict[str, list[np.ndarray]] = {}
     for layer in list(net.layer) + list(net.layers):
         if len(layer.blobs):
-            weights[layer.name] = [
-                Blob(blob_array(b, f"layer '{layer.name}'", path), legacy_shape(b)) for b in layer.blobs
-            ]
+            weights[layer.name] = [blob_array(b, f"layer '{layer.name}'", path) for b in layer.blobs]
     return weights
 
 
@@ -144,11 +137,6 @@ def _values(field, dtype: str) -> np.ndarray:
             raise ModelFormatError(f"a blob holds {len(field)} bytes, not a whole number of {dtype} values")
         return np.frombuffer(field, dtype=dtype)
     return np.asarray(list(field), dtype=dtype)
-
-
-def legacy_shape(blob) -> bool:
-    """True when a blob gives its shape with the old num/channels/height/width fields."""
-    return not blob.HasField("shape") and bool(blob.num or blob.channels or blob.height or blob.width)
 
 
 def _decode(cls, data: bytes, path: str):
