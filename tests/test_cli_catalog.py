@@ -135,6 +135,8 @@ def test_source_commands(fault_server):
     assert sources["acme"]["models"] == 1 and sources["acme"]["url"] == url
     assert "acme" in run("source", "list").output
     assert run("source", "sync", "acme").output.strip() == "acme: unchanged"
+    assert run("source", "sync", "acme", "--force").output.strip() == "acme: 0 added, 0 updated, 0 removed"
+    assert "If-None-Match" not in route.requests[-1].headers
     # a malformed index: exit 1, one line naming entry and field, catalog unchanged
     before = run_json("list")
     route.set_body(json.dumps({"format": FORMAT, "name": "acme", "models": [

@@ -159,6 +159,11 @@ def test_builtin_sources_resync(tmp_path):
     assert sync_sources("caffe")[0].status == "unchanged"
     with pytest.raises(ZooError, match="built-in"):
         add_source("caffe", str(tmp_path))
+    # a removed built-in comes back only with force (the index itself did not change)
+    zoo.remove("bvlc_alexnet")
+    assert sync_sources("caffe")[0].status == "unchanged"
+    (forced,) = sync_sources("caffe", force=True)
+    assert forced.stats.added == ["bvlc_alexnet"] and zoo.info("bvlc_alexnet").source == "caffe"
 
 
 def test_remove_source(acme):

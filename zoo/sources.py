@@ -188,8 +188,8 @@ def list_sources(*, catalog: str | os.PathLike | Catalog | None = None) -> list[
     return open_catalog(catalog).sources()
 
 
-def _sync_one(cat: Catalog, source: SourceInfo) -> SyncReport:
-    data, etag = _download(source.name, source.url, source.etag)
+def _sync_one(cat: Catalog, source: SourceInfo, force: bool = False) -> SyncReport:
+    data, etag = _download(source.name, source.url, None if force else source.etag)
     if data is None:
         cat.update_source(source.name, synced_at=time.time())
         return SyncReport(source.name, source.url, "unchanged", etag=etag)
@@ -200,23 +200,24 @@ def _sync_one(cat: Catalog, source: SourceInfo) -> SyncReport:
     return SyncReport(source.name, source.url, "synced", stats, etag)
 
 
-def sync_sources(name: str | None = None, *, catalog: str | os.PathLike | Catalog | None = None
-                 ) -> list[SyncReport]:
+def sync_sources(name: str | None = None, *, force: bool = False,
+                 catalog: str | os.PathLike | Catalog | None = None) -> list[SyncReport]:
     """Bring the catalog up to date with one source, or all of them.
 
     Entries gone from an index are deleted, or kept and marked `removed_upstream` when their files
-    were fetched. Syncing one named source raises its error; syncing all reports each source's
-    error in its `SyncReport` and goes on with the others.
+    were fetched. `force` downloads and applies the index even if its ETag says it is unchanged
+    (e.g. to restore entries removed with `zoo rm`). Syncing one named source raises its error;
+    syncing all reports each source's error in its `SyncReport` and goes on with the others.
     """
     from zoo.catalog import open_catalog
 
     cat = open_catalog(catalog)
     if name is not None:
-        return [_sync_one(cat, cat.get_source(name))]
+        return [_sync_one(cat, cat.get_source(name), force)]
     reports = []
     for source in cat.sources():
         try:
-            reports.append(_sync_one(cat, source))
+            reports.append(_sync_one(cat, source, force))
         except ZooError as exc:
             reports.append(SyncReport(source.name, source.url, "error", error=str(exc)))
     return reports

@@ -320,9 +320,11 @@ def source_list(as_json, catalog):
 
 @source.command(name="sync")
 @click.argument("name", required=False)
+@click.option("--force", is_flag=True,
+              help="Apply the index even if unchanged (restores entries removed with zoo rm).")
 @json_option
 @catalog_option
-def source_sync(name, as_json, catalog):
+def source_sync(name, force, as_json, catalog):
     """Download the sources' indexes again (conditional GET) and update the catalog.
 
     \b
@@ -331,7 +333,7 @@ def source_sync(name, as_json, catalog):
     """
     from zoo.sources import sync_sources
 
-    reports = sync_sources(name, catalog=catalog)
+    reports = sync_sources(name, force=force, catalog=catalog)
     emit([r.to_dict() for r in reports], as_json, lambda: "\n".join(
         _report_line(r) for r in reports if r.status != "error"))
     failed = [r for r in reports if r.status == "error"]
