@@ -30,10 +30,10 @@ def randomized(name: str, seed: int = 0):
             dims = [int(d) for d in numpy_helper.to_array(inits[node.input[0]])]
             if len(dims) > 1:
                 fan_in = int(np.prod(dims[1:]))
-                value = rng.normal(0, np.sqrt(2.0 / fan_in), dims)
+                value = rng.standard_normal(dims, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
             else:
-                value = rng.uniform(0.5, 1.5, dims)
-            new_inits.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
+                value = rng.uniform(0.5, 1.5, dims).astype(np.float32)
+            new_inits.append(numpy_helper.from_array(value, node.output[0]))
         else:
             keep.append(node)
     del model.graph.node[:]
