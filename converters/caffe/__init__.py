@@ -102,35 +102,55 @@ def input_spec(prototxt: str | os.PathLike, mean_file: str | os.PathLike | None 
 def make_random_caffemodel(prototxt: str | os.PathLike, path: str | os.PathLike, seed: int = 0) -> None:
     """Write a .caffemodel with random weights shaped for `prototxt` (for tests and demos).
 
-    Weights keep activations of order one through deep nets: He-scaled convolution and inner-product
-    weights, BatchNorm variances in [0.5, 1.5] stored with a random positive scale factor, Scale
+    Weights keep activations of the input's order through deep nets: He-scaled convolution and
+    inner-product weights, BatchNorm variances in [0.5, 1.5] stored with a random positive scale factor, Scale
     factors in [0.3, 0.7] so residual sums do not grow block after block.
     """
     import numpy as np
 
     net = read_prototxt(prototxt)
     source = _RandomBlobs(np.random.default_rng(seed))
-    build_graph(net, DEFAULT_OPSET, source)
+    build_graph(net, DEFAULT_OPSET, source, store_weights=False)
     write_caffemodel(path, net.name, source.layers)
 
 
 def write_caffemodel(path: str | os.PathLike, name: str, layers: list[tuple[str, str, list]]) -> None:
-    """Write (layer name, layer type, [float32 arrays]) as a binary NetParameter, atomically."""
+    """Write (layer name, layer type, [float32 arrays]) as a binary NetParameter, atomically.
+
+    The weights are streamed straight from the arrays into the file (packed floats, as Caffe writes
+    them) instead of being copied into a protobuf message first.
+    """
     import numpy as np
 
     from . import schema
 
-    proto = schema.raw_messages().NetParameter(name=name)
+    m = schema.raw_messages()
+    chunks: list = [m.NetParameter(name=name).SerializeToString()]
     for layer_name, layer_type, arrays in layers:
-        layer = proto.layer.add(name=layer_name, type=layer_type)
+        parts: list = [m.LayerParameter(name=layer_name, type=layer_type).SerializeToString()]
         for array in arrays:
-            blob = layer.blobs.add()
-            blob.shape.dim.extend(int(d) for d in array.shape)
-            blob.data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    _write_atomic(path, proto.SerializeToString())
+            data = np.ascontiguousarray(array, dtype="<f4")
+            shape = m.BlobProto(shape=m.BlobShape(dim=[int(d) for d in data.shape])).SerializeToString()
+            blob = [shape, _key(5), _varint(data.nbytes), memoryview(data).cast("B")]
+            parts += [_key(7), _varint(sum(len(c) for c in blob)), *blob]
+        chunks += [_key(100), _varint(sum(len(c) for c in parts)), *parts]
+    _write_atomic(path, chunks)
 
 
-def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _key(number: int) -> bytes:
+    return _varint(number << 3 | 2)  # a length-delimited field
+
+
+def _write_atomic(path: str | os.PathLike, chunks: list) -> None:
     import tempfile
 
     path = os.fspath(path)
@@ -138,7 +158,8 @@ def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -216,8 +237,12 @@ class _RandomBlobs:
 
         rng, shape = self.rng, spec.shape
         if spec.role == "weights":
-            weights = rng.standard_normal(shape, dtype=np.float32)
-            weights *= np.float32(np.sqrt(2.0 / max(spec.fan_in, 1.0)))
+            # He scaling: uniform on [-a, a] with variance 2 / fan_in (uniform draws are 3x faster than
+            # normal ones, which matters for AlexNet's 60M weights).
+            bound = np.float32(np.sqrt(3.0 * 2.0 / max(spec.fan_in, 1.0)))
+            weights = rng.random(shape, dtype=np.float32)
+            weights *= 2 * bound
+            weights -= bound
             return weights
         if spec.role == "bias":
             return rng.standard_normal(shape) * 0.1

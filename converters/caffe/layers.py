@@ -47,6 +47,7 @@ class Builder:
     opset: int
     blob_source: BlobSource
     model: Any  # onnx.ModelProto being filled
+    store_weights: bool = True  # False: only walk the net (shapes, blob specs), e.g. for random weights
     shapes: dict[str, list[int]] = field(default_factory=dict)
     reserved: set[str] = field(default_factory=set)  # layer names and blob names
     used: set[str] = field(default_factory=set)
@@ -80,6 +81,8 @@ class Builder:
         from onnx import helper
 
         name = self.helper(layer, what)
+        if not self.store_weights:
+            return name
         array = np.asarray(array)
         array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64, copy=False)
         # Written straight into the model's graph: one copy of the weights instead of four.
@@ -840,13 +843,13 @@ def check_supported(net: Net) -> None:
 
 
 def build_graph(
-    net: Net, opset: int, blob_source: BlobSource, graph_name: str | None = None
+    net: Net, opset: int, blob_source: BlobSource, graph_name: str | None = None, store_weights: bool = True
 ) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
     """Walk the net in prototxt order; return the ONNX model (inputs with a dynamic batch axis) and,
     for each layer output tensor, the Caffe (layer name, top index) that produced it."""
     from onnx import ModelProto, TensorProto, helper
 
-    b = Builder(opset, blob_source, ModelProto())
+    b = Builder(opset, blob_source, ModelProto(), store_weights)
     b.reserved.update(net.inputs)
     for layer in net.layers:
         b.reserved.add(layer.name)
