@@ -71,11 +71,22 @@ def _expect(path: str, condition: bool, what: str, hint: str) -> None:
 
 def _quiet_tf() -> Any:
     """Import tensorflow with its C++ and tf2onnx chatter turned down."""
+    _bind_sqlite_first()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tf = ox_require("tensorflow")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     return tf
+
+
+def _bind_sqlite_first() -> None:
+    """Load Python's sqlite3 before TensorFlow.
+
+    TensorFlow's shared library exports its own SQLite (built without FTS5); when it is loaded
+    first, Python's _sqlite3 binds to it and the catalog's full-text index stops working
+    ("no such module: fts5").
+    """
+    import sqlite3  # noqa: F401
 
 
 def ox_require(module: str) -> Any:
@@ -85,6 +96,7 @@ def ox_require(module: str) -> Any:
 
 
 def _tf2onnx() -> Any:
+    _bind_sqlite_first()
     tf2onnx = ox_require("tf2onnx")
     # Unconverted ops are reported by _refuse_unconverted_ops as one error, not as log lines.
     from tf2onnx import logging as tf2onnx_logging

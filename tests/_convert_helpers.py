@@ -12,6 +12,8 @@ from zoo.records import Artifact, Model
 
 
 def _tf():
+    import sqlite3  # noqa: F401  (before TensorFlow, whose bundled SQLite lacks FTS5)
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
@@ -20,6 +22,7 @@ def _tf():
 
 def build_keras_functional(folder: Path) -> dict[str, Path]:
     """A small CNN with VGG/ResNet-style layer names, saved as .keras and as a full-model .h5."""
+    _tf()
     import keras
 
     keras.utils.set_random_seed(0)

@@ -1,0 +1,125 @@
+"""`zoo convert` on a SavedModel vs tf2onnx called directly on it, and the second (reused) convert.
+
+Run: .venv/bin/python bench/bench_convert.py [--rounds 2]
+
+The SavedModel is Keras Applications MobileNetV2 (random weights, 224 x 224) exported with
+`model.export`. Both sides are timed as a user runs them, as fresh processes:
+`python -m tf2onnx.convert --saved-model DIR --opset 17` against `zoo convert NAME` (which also
+checks the model and runs TensorFlow and onnxruntime on the same inputs). The same pair is
+also timed inside one process, TensorFlow already imported. Best of `--rounds` alternating runs.
+Goals: ratio <= 1.15; a second `zoo convert` < 0.5 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def build_saved_model(folder: Path) -> Path:
+    import sqlite3  # noqa: F401  (before TensorFlow, whose bundled SQLite lacks FTS5)
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+    path = folder / "mobilenet_v2_savedmodel"
+    model.export(str(path), verbose=False)
+    return path
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact, Model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        saved_model = build_saved_model(tmp)
+        env = {**os.environ, "ZOO_CATALOG": str(tmp / "catalog.db"), "ZOO_CACHE": str(tmp / "cache")}
+        cat = open_catalog(env["ZOO_CATALOG"])
+        cat.add_model(Model(name="mnv2.sm", framework="tensorflow", format="saved_model", source="local",
+                            artifacts=[Artifact(role="model", filename=saved_model.name, path=str(saved_model))]))
+        zoo_cli = [str(Path(sys.executable).with_name("zoo")), "convert", "mnv2.sm", "-q", "--opset", "17"]
+        tf2onnx_cli = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
+                       "--opset", "17", "--output", str(tmp / "direct.onnx")]
+
+        # Processes, as a user runs them.
+        direct, zoo_first = [], []
+        for _ in range(args.rounds):
+            direct.append(timed(tf2onnx_cli, env))
+            for f in (tmp / "cache" / "onnx").rglob("*.onnx"):
+                f.unlink()  # force a real conversion, not a reuse
+            zoo_first.append(timed(zoo_cli, env))
+        zoo_second = min(timed(zoo_cli, env) for _ in range(3))
+        # What any catalog command costs as a process (SQLAlchemy import, catalog open): the floor.
+        zoo_search = min(timed([zoo_cli[0], "search", "mnv2"], env) for _ in range(3))
+
+        # In one process, TensorFlow already imported.
+        import tensorflow as tf  # noqa: F401
+        from tf2onnx import tf_loader
+        from tf2onnx.convert import _convert_common
+
+        from converters import tensorflow as tfconv
+        import zoo
+
+        def call_tf2onnx() -> None:
+            graph_def, inputs, outputs, tables, rename = tf_loader.from_saved_model(
+                str(saved_model), None, None, tag=["serve"], signatures=["serving_default"],
+                return_initialized_tables=True, return_tensors_to_rename=True)
+            _convert_common(graph_def, name=str(saved_model), continue_on_error=True, opset=17,
+                            input_names=inputs, output_names=outputs, tensors_to_rename=rename,
+                            initialized_tables=tables)
+
+        tfconv.convert_saved_model(saved_model)  # warm both paths (first tf.function traces)
+        call_tf2onnx()
+        inproc_direct, inproc_zoo = [], []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            call_tf2onnx()
+            inproc_direct.append(time.perf_counter() - start)
+            for f in (tmp / "cache" / "onnx").rglob("*.onnx"):
+                f.unlink()
+            start = time.perf_counter()
+            artifact = zoo.convert("mnv2.sm", opset=17, catalog=cat, cache_dir=env["ZOO_CACHE"])
+            inproc_zoo.append(time.perf_counter() - start)
+        assert artifact.meta["report"]["verified"] is True
+        start = time.perf_counter()
+        again = zoo.convert("mnv2.sm", opset=17, catalog=cat, cache_dir=env["ZOO_CACHE"])
+        inproc_second = time.perf_counter() - start
+        assert again.meta["reused"] is True
+
+    report = artifact.meta["report"]
+    print(f"model: Keras MobileNetV2 224x224 SavedModel; verified max diff {max(o['max_rel'] for o in report['outputs']):.2g} x scale")
+    print(f"processes : tf2onnx CLI {min(direct):6.2f} s | zoo convert {min(zoo_first):6.2f} s | "
+          f"ratio {min(zoo_first) / min(direct):.3f} (goal <= 1.15)")
+    print(f"in-process: tf2onnx API {min(inproc_direct):6.2f} s | zoo.convert {min(inproc_zoo):6.2f} s | "
+          f"ratio {min(inproc_zoo) / min(inproc_direct):.3f}")
+    print(f"second convert: zoo convert process {zoo_second:.3f} s | zoo.convert call {inproc_second * 1000:.1f} ms "
+          f"(goal < 0.5 s)")
+    print(f"floor: `zoo search` process {zoo_search:.3f} s (the same imports and catalog open); "
+          f"second convert / search = {zoo_second / zoo_search:.2f}")
+
+
+if __name__ == "__main__":
+    main()
