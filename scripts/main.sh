@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/venv.sh
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
-.venv/bin/zoo search resnet
-.venv/bin/zoo search --framework tensorflow --limit 5
-.venv/bin/zoo info bvlc_alexnet
+# Train a CNN on digits 0-4, register it as your own model, reuse it frozen for digits 5-9 with a
+# few labels: cached features, a new head, a cut-layer sweep (plot) and a from-scratch baseline.
+# Uses ./catalog.db (or $ZOO_CATALOG); safe to run twice.
+.venv/bin/zoo walkthrough --out out/walkthrough

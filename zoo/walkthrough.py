@@ -78,6 +78,7 @@ class WalkthroughReport:
         """The short report `zoo walkthrough` prints."""
         best = self.best_layer + (f", top {self.best_unfreeze} layer unfrozen" if self.best_unfreeze else ", frozen")
         gain = 100 * (self.best_test_accuracy - self.scratch_test_accuracy)
+        width = len(f"test accuracy, {self.base_model} reused at the best cut")
         lines = [
             "zoo walkthrough: transfer learning on scikit-learn's digits, offline",
             "",
@@ -96,9 +97,11 @@ class WalkthroughReport:
             "",
             f"   best cut: {best}; plot of accuracy vs cut layer: {self.plot}",
             "4. Beside the same CNN trained from scratch on the same few labels (same early stopping):",
-            f"   test accuracy, {self.base_model} reused at the best cut : {_pct(self.best_test_accuracy):>6}",
-            f"   test accuracy, trained from scratch            : {_pct(self.scratch_test_accuracy):>6}",
-            f"   difference                                     : {gain:+.1f} points",
+            *(f"   {label:<{width}} : {value}" for label, value in [
+                (f"test accuracy, {self.base_model} reused at the best cut", f"{_pct(self.best_test_accuracy):>6}"),
+                ("test accuracy, trained from scratch", f"{_pct(self.scratch_test_accuracy):>6}"),
+                ("difference", f"{gain:+5.1f} points"),
+            ]),
             f"5. Saved the frozen base + trained layers as {self.transfer_model!r}, ONNX {self.transfer_onnx}",
             f"   (onnxruntime {'predicts the same labels as' if self.onnx_agrees else 'DISAGREES with'} torch on the test images).",
             f"Done in {self.seconds:.1f} s. Report: {Path(self.plot).with_name('report.json')}",
