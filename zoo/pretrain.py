@@ -1,0 +1,740 @@
+"""Greedy layer-wise pretraining: stacks of autoencoders or RBMs trained on unlabelled data.
+
+When no pretrained model fits the task but unlabelled data is plentiful, train the layers one
+at a time, each on the outputs of the frozen layers below it, then fine-tune with the labels:
+
+>>> result = pretrain(X_unlabelled, layers=[300, 100], method="rbm", name="my-base")  # doctest: +SKIP
+>>> classifier = finetune(result, X_few, y_few)                                       # doctest: +SKIP
+
+With ``name`` the stack is saved to the catalog as an ONNX model whose layer outputs are named
+``layer1``, ``layer2``..., so it is listed, cut and fine-tuned like any other zoo model.
+
+`python -m zoo.pretrain` prints the digits check of docs/pretrain.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import sys
+import tempfile
+import time
+import types
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from zoo.errors import DuplicateModelError, InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from zoo.catalog import Catalog
+    from zoo.records import Model
+
+METHODS = ("autoencoder", "rbm")
+VISIBLE_UNITS = ("auto", "bernoulli", "gaussian")
+MIN_ROWS = 10
+# Adam step sizes that train both kinds of layer on inputs in [0, 1] within tens of epochs.
+DEFAULT_LR = {"autoencoder": 0.01, "rbm": 0.005}
+# Cached outputs of the frozen layers bigger than this go to a memory-mapped file in the cache
+# folder instead of RAM; the next layer then streams its batches from disk.
+MEMMAP_BYTES = 256 * 2**20
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class PretrainResult:
+    """What `pretrain` returns.
+
+    ``stack`` is an ``nn.Sequential`` of ``layer1``, ``layer2``... (each ``Linear`` then
+    ``Sigmoid``), preceded by a ``standardize`` step when the input units are Gaussian, so it
+    takes raw rows. ``losses[i][e]`` is layer i+1's mean squared reconstruction error in epoch
+    e; ``seconds[i]`` the time it took to train. ``units`` are the trained RBMs or
+    autoencoders (with their decoders), ``model`` the catalog record when saved.
+    """
+
+    stack: nn.Sequential
+    method: str
+    layers: list[int]
+    visible: str
+    losses: list[list[float]]
+    seconds: list[float]
+    units: list[Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+    model: Model | None = None
+
+    def transform(self, X: Any, layer: int | None = None) -> np.ndarray:
+        """Outputs of layer ``layer`` (1-based; default the top) for the rows of X."""
+        import torch
+
+        layer = len(self.layers) if layer is None else self._check_layer(layer)
+        x = torch.from_numpy(_validate_data(X, n_features=self.n_features))
+        with torch.no_grad():
+            for module in list(self.stack.children())[: layer + self._offset]:
+                x = module(x)
+        return x.numpy()
+
+    def free_energy(self, X: Any, layer: int = 1) -> np.ndarray:
+        """Free energy of each row of X under the RBM of ``layer`` (lower: more probable)."""
+        import torch
+
+        if self.method != "rbm":
+            raise InputError(f"free energy is defined for RBM stacks; this one is {self.method!r}")
+        layer = self._check_layer(layer)
+        x = torch.from_numpy(_validate_data(X, n_features=self.n_features))
+        with torch.no_grad():
+            for module in list(self.stack.children())[: layer - 1 + self._offset]:
+                x = module(x)
+            return self.units[layer - 1].free_energy(x).numpy()
+
+    @property
+    def n_features(self) -> int:
+        return self.units[0].weight.shape[1]
+
+    @property
+    def _offset(self) -> int:
+        return 1 if hasattr(self.stack, "standardize") else 0
+
+    def _check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or not 1 <= layer <= len(self.layers):
+            raise InputError(f"layer {layer!r} is not in this stack; choose 1 to {len(self.layers)}")
+        return layer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "layers": self.layers,
+            "visible": self.visible,
+            "losses": self.losses,
+            "seconds": self.seconds,
+            "settings": self.settings,
+            "model": self.model.to_dict() if self.model is not None else None,
+        }
+
+
+def pretrain(
+    X: Any,
+    layers: Sequence[int] = (300, 100),
+    method: str = "autoencoder",
+    *,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float | None = None,
+    denoise: float = 0.0,
+    sparsity: float | tuple[float, float] | None = None,
+    cd_k: int = 1,
+    visible: str = "auto",
+    tied: bool = True,
+    seed: int = 0,
+    name: str | None = None,
+    catalog: str | os.PathLike | Catalog | None = None,
+    replace: bool = False,
+    cache: bool = True,
+    progress: bool = True,
+) -> PretrainResult:
+    """Train a stack of sigmoid layers greedily, one layer at a time, on unlabelled rows.
+
+    Parameters
+    ----------
+    X : array of shape (rows, features)
+        Unlabelled data, finite values.
+    layers : hidden units per layer, bottom first.
+    method : "autoencoder" (tied weights unless ``tied=False``) or "rbm" (trained with CD-k).
+    epochs, batch_size, lr : training of each layer (Adam; ``lr`` defaults per method).
+    denoise : fraction of each autoencoder's inputs zeroed during training (masking noise).
+    sparsity : target mean activation of the hidden units, or ``(target, weight)``; adds
+        ``weight * KL(target || mean activation)`` to each layer's loss (weight 0.1 by default).
+    cd_k : Gibbs steps of contrastive divergence (RBMs).
+    visible : units of the bottom layer: "bernoulli" for inputs in [0, 1], "gaussian" for
+        real values (standardized inside the stack), "auto" picks from the data's range.
+        Upper layers see sigmoid outputs, so they are always Bernoulli.
+    seed : seeds every layer's initialisation, shuffling and sampling.
+    name, catalog, replace : save the stack to the catalog under ``name`` (ONNX).
+    cache : train each layer on the stored outputs of the frozen layers below (the default),
+        or recompute them for every batch (``False``; only to measure what caching saves).
+    progress : a progress bar per layer on stderr, with its reconstruction error.
+
+    Example
+    -------
+    >>> from sklearn.datasets import load_digits
+    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm", progress=False)
+    >>> result.transform(load_digits().data[:5] / 16).shape
+    (5, 30)
+    """
+    data = _validate_data(X)
+    sizes = _validate_layers(layers)
+    settings = _validate_settings(
+        method, epochs, batch_size, lr, denoise, sparsity, cd_k, visible, seed, len(data)
+    )
+    visible = _visible_units(data, visible)
+    if name is not None:
+        _check_name(name, catalog, replace)
+
+    import torch
+
+    from zoo.autoencoder import Autoencoder
+    from zoo.rbm import RBM
+
+    standardize = None
+    if visible == "gaussian":
+        standardize = _Standardize(data)
+        data = standardize.apply(data)
+
+    units: list[Any] = []
+    losses: list[list[float]] = []
+    seconds: list[float] = []
+    with contextlib.ExitStack() as scratch:
+        inputs = data  # the cached outputs of the frozen layers below the layer in training
+        for index, n_hidden in enumerate(sizes):
+            started = time.perf_counter()
+            if cache and index > 0:
+                inputs = _encode_all(units[-1], inputs, scratch)
+            generator = torch.Generator().manual_seed(seed * 7919 + index)
+            n_visible = data.shape[1] if index == 0 else sizes[index - 1]
+            unit_visible = visible if index == 0 else "bernoulli"
+            if settings["method"] == "rbm":
+                unit = RBM(n_visible, n_hidden, visible=unit_visible, cd_k=cd_k,
+                           sparsity=settings["sparsity"], generator=generator)
+            else:
+                unit = Autoencoder(n_visible, n_hidden, visible=unit_visible, tied=tied,
+                                   denoise=denoise, sparsity=settings["sparsity"],
+                                   generator=generator)
+            label = f"layer {index + 1}/{len(sizes)} {settings['method']} {n_visible}->{n_hidden}"
+            losses.append(_train_layer(
+                unit, inputs if cache else data, [] if cache else units, generator,
+                epochs=epochs, batch_size=batch_size, lr=settings["lr"],
+                label=label, progress=progress,
+            ))
+            unit.eval().requires_grad_(False)  # frozen from here on
+            units.append(unit)
+            seconds.append(time.perf_counter() - started)
+
+    result = PretrainResult(
+        stack=_build_stack(units, standardize),
+        method=settings["method"],
+        layers=sizes,
+        visible=visible,
+        losses=losses,
+        seconds=seconds,
+        units=units,
+        settings={**settings, "epochs": epochs, "batch_size": batch_size, "denoise": denoise,
+                  "cd_k": cd_k, "tied": tied, "seed": seed, "rows": len(data)},
+    )
+    if name is not None:
+        result.model = save(result, name, catalog=catalog, replace=replace)
+    return result
+
+
+def _train_layer(
+    unit: Any,
+    inputs: np.ndarray,
+    frozen: list[Any],
+    generator: torch.Generator,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    label: str,
+    progress: bool,
+) -> list[float]:
+    """Train one layer; return its mean reconstruction error per epoch."""
+    import torch
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.Adam(unit.parameters(), lr=lr)
+    rows = len(inputs)
+    errors: list[float] = []
+    bar = tqdm(range(epochs), desc=label, disable=not progress, file=sys.stderr, leave=True)
+    for _ in bar:
+        order = torch.randperm(rows, generator=generator).numpy()
+        total = 0.0
+        for start in range(0, rows, batch_size):
+            # Sorted indices read a memmap front to back; the batch is the same set of rows.
+            index = np.sort(order[start:start + batch_size])
+            batch = torch.from_numpy(np.ascontiguousarray(inputs[index]))
+            with torch.no_grad():
+                for lower in frozen:  # only when not caching: rerun the frozen layers
+                    batch = lower.encode(batch)
+            loss, error = unit.loss(batch, generator)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(error) * len(index)
+        errors.append(total / rows)
+        bar.set_postfix(reconstruction_error=f"{errors[-1]:.4f}")
+    bar.close()
+    return errors
+
+
+def _encode_all(unit: Any, inputs: np.ndarray, scratch: contextlib.ExitStack) -> np.ndarray:
+    """Run a frozen layer once over every row: the next layer's training data."""
+    import torch
+
+    n_hidden = unit.weight.shape[0]
+    shape = (len(inputs), n_hidden)
+    if len(inputs) * n_hidden * 4 > MEMMAP_BYTES:
+        from zoo import config
+
+        config.cache_dir().mkdir(parents=True, exist_ok=True)
+        folder = scratch.enter_context(
+            tempfile.TemporaryDirectory(prefix="pretrain-", dir=config.cache_dir())
+        )
+        outputs = np.lib.format.open_memmap(
+            Path(folder) / "features.npy", mode="w+", dtype=np.float32, shape=shape
+        )
+    else:
+        outputs = np.empty(shape, dtype=np.float32)
+    chunk = 4096
+    with torch.no_grad():
+        for start in range(0, len(inputs), chunk):
+            block = torch.from_numpy(np.ascontiguousarray(inputs[start:start + chunk]))
+            outputs[start:start + chunk] = unit.encode(block).numpy()
+    return outputs
+
+
+class _Standardize:
+    """Per-feature mean and standard deviation of the training rows (Gaussian visible units)."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.mean = data.mean(axis=0).astype(np.float32)
+        std = data.std(axis=0)
+        # A constant feature would divide by zero; leave it centred instead.
+        self.std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        return ((data - self.mean) / self.std).astype(np.float32)
+
+
+def _build_stack(units: list[Any], standardize: _Standardize | None) -> nn.Sequential:
+    """The encoders as a plain torch stack: standardize?, layer1 = Linear + Sigmoid, ..."""
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    class Standardize(nn.Module):
+        """(x - mean) / std with the training data's statistics."""
+
+        def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.from_numpy(mean))
+            self.register_buffer("std", torch.from_numpy(std))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - self.mean) / self.std
+
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    if standardize is not None:
+        modules["standardize"] = Standardize(standardize.mean, standardize.std)
+    for index, unit in enumerate(units, start=1):
+        n_hidden, n_visible = unit.weight.shape
+        linear = nn.Linear(n_visible, n_hidden)
+        with torch.no_grad():
+            linear.weight.copy_(unit.weight)
+            linear.bias.copy_(unit.hidden_bias)
+        modules[f"layer{index}"] = nn.Sequential(linear, nn.Sigmoid())
+    return nn.Sequential(modules).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# saving to the catalog
+
+
+def save(
+    result: PretrainResult,
+    name: str,
+    *,
+    catalog: str | os.PathLike | Catalog | None = None,
+    replace: bool = False,
+) -> Model:
+    """Export the stack to ONNX under the cache folder and register it in the catalog."""
+    from zoo import config
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact, InputSpec, Model
+
+    _check_name(name, catalog, replace)
+    folder = config.cache_dir() / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.onnx"
+    content = export_onnx(result.stack, result.n_features)
+    handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    shape = "-".join(str(n) for n in [result.n_features, *result.layers])
+    model = Model(
+        name=name,
+        framework="onnx",
+        format="onnx",
+        source="local",
+        task="feature-extraction",
+        architecture=f"{result.method} stack {shape}",
+        description=(
+            f"Greedy layer-wise {result.method} stack ({shape}, sigmoid units) pretrained by "
+            f"zoo on {result.settings['rows']} unlabelled rows."
+        ),
+        tags=["pretrained", result.method],
+        input=InputSpec(name="input", shape=[None, result.n_features], dtype="float32", layout="NC"),
+        parameters=sum(p.numel() for p in result.stack.parameters()),
+        artifacts=[Artifact(role="model", filename=path.name, path=str(path),
+                            size=len(content), sha256=hashlib.sha256(content).hexdigest())],
+        meta={
+            "pretrained": {
+                "method": result.method,
+                "layers": result.layers,
+                "visible": result.visible,
+                "epochs": result.settings["epochs"],
+                "seed": result.settings["seed"],
+                "losses": result.losses,
+                "seconds": result.seconds,
+                "settings": result.settings,
+            },
+            "layers": [f"layer{i}" for i in range(1, len(result.layers) + 1)],
+        },
+    )
+    cat = open_catalog(catalog)
+    # Remove then add in one transaction: add_model(replace=True) trips the catalog's unique
+    # (model, role, filename) constraint when the new artifact has the old one's file name.
+    with cat.batch():
+        if replace and cat.exists(name):
+            cat.remove_model(name)
+        cat.add_model(model)
+    return model
+
+
+def export_onnx(stack: nn.Sequential, n_features: int) -> bytes:
+    """The stack as ONNX bytes: input ``input`` (batch, features), each layer's output named
+    ``layer1``, ``layer2``... (its node too), the top one the graph output."""
+    import onnx
+    import torch
+
+    top = sum(1 for key, _ in stack.named_children() if key.startswith("layer"))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(
+            stack.eval(), (torch.zeros(1, n_features),), buffer, dynamo=False,
+            input_names=["input"], output_names=[f"layer{top}"], opset_version=17,
+            dynamic_axes={"input": {0: "batch"}, f"layer{top}": {0: "batch"}},
+        )
+    graph_proto = onnx.load_from_string(buffer.getvalue())
+    _name_layers(graph_proto.graph)
+    onnx.checker.check_model(graph_proto)
+    return graph_proto.SerializeToString()
+
+
+def _name_layers(graph: Any) -> None:
+    """Rename torch's scoped names (/layer1/layer1.1/Sigmoid) to layer1, layer1.linear..."""
+    tensors: dict[str, str] = {}
+    for node in graph.node:
+        scope = node.name.strip("/").split("/")[0]
+        if not scope:
+            continue
+        suffix = {"Sigmoid": "", "Gemm": ".linear", "Sub": ".centre", "Div": ""}.get(node.op_type)
+        new = scope + (f".{node.op_type.lower()}" if suffix is None else suffix)
+        node.name = new
+        for i, output in enumerate(node.output):
+            tensors[output] = new if i == 0 else f"{new}:{i}"
+    for init in graph.initializer:  # layer1.0.weight -> layer1.weight
+        tensors[init.name] = re.sub(r"^(layer\d+)\.0\.", r"\1.", init.name)
+    for node in graph.node:
+        node.input[:] = [tensors.get(n, n) for n in node.input]
+        node.output[:] = [tensors.get(n, n) for n in node.output]
+    for init in graph.initializer:
+        init.name = tensors.get(init.name, init.name)
+    for value in list(graph.output) + list(graph.value_info):
+        value.name = tensors.get(value.name, value.name)
+
+
+def _check_name(name: str, catalog: Any, replace: bool) -> None:
+    """Refuse a bad or taken name before training, not after minutes of it."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise InputError(
+            f"model name {name!r} is not usable; use letters, digits, '.', '_', '+' and '-', "
+            "starting with a letter or digit (for example my-base)"
+        )
+    if replace:
+        return
+    from zoo.catalog import open_catalog
+
+    if open_catalog(catalog).exists(name):
+        raise DuplicateModelError(
+            f"model {name!r} is already in the catalog; pick another name or replace it "
+            "(replace=True, or --replace on the command line)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# checking the user's input
+
+
+def _validate_data(X: Any, n_features: int | None = None) -> np.ndarray:
+    """X as a float32 (rows, features) array, or an InputError that says what is wrong."""
+    try:
+        array = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"X cannot be read as an array ({exc}); pass a 2-D numeric array") from None
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"X must be numeric; got dtype {array.dtype}. Convert it with X.astype('float32')")
+    if array.ndim != 2:
+        raise InputError(
+            f"X must be 2-D (rows, features); got shape {array.shape}. "
+            "Flatten each row with X.reshape(len(X), -1)"
+        )
+    if array.size == 0:
+        raise InputError(f"X is empty (shape {array.shape}); pass at least {MIN_ROWS} rows of features")
+    array = array.astype(np.float32)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise InputError(
+            f"X has {int(bad.sum())} NaN or infinite values (first at row {row}, column {column}); "
+            "drop or impute them first"
+        )
+    if n_features is not None and array.shape[1] != n_features:
+        raise InputError(f"X has {array.shape[1]} features; this stack takes {n_features}")
+    return array
+
+
+def _validate_layers(layers: Any) -> list[int]:
+    if isinstance(layers, (int, np.integer)):
+        layers = [layers]
+    try:
+        sizes = list(layers)
+    except TypeError:
+        sizes = None
+    if not sizes or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in sizes
+    ):
+        raise InputError(f"layers must be positive integers, bottom first, like [300, 100]; got {layers!r}")
+    return [int(n) for n in sizes]
+
+
+def _validate_settings(
+    method: str, epochs: int, batch_size: int, lr: float | None, denoise: float,
+    sparsity: Any, cd_k: int, visible: str, seed: int, rows: int,
+) -> dict[str, Any]:
+    if method not in METHODS:
+        raise InputError(f"method {method!r} is not known; choose one of: {', '.join(METHODS)}")
+    if visible not in VISIBLE_UNITS:
+        raise InputError(f"visible {visible!r} is not known; choose one of: {', '.join(VISIBLE_UNITS)}")
+    if rows < MIN_ROWS:
+        raise InputError(f"X has {rows} rows; pretraining needs at least {MIN_ROWS}")
+    for label, value in (("epochs", epochs), ("batch_size", batch_size), ("cd_k", cd_k)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise InputError(f"{label} must be a positive integer; got {value!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer; got {seed!r}")
+    lr = DEFAULT_LR[method] if lr is None else lr
+    if not isinstance(lr, (int, float)) or not lr > 0:
+        raise InputError(f"lr must be a positive number like {DEFAULT_LR[method]}; got {lr!r}")
+    if not isinstance(denoise, (int, float)) or not 0 <= denoise < 1:
+        raise InputError(f"denoise is the fraction of inputs zeroed, in [0, 1); got {denoise!r}")
+    if denoise and method != "autoencoder":
+        raise InputError("denoise applies to autoencoders; use method='autoencoder' or denoise=0")
+    return {"method": method, "lr": float(lr), "sparsity": _sparsity(sparsity)}
+
+
+def _sparsity(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = (value,)
+    try:
+        target, weight = (*value, 0.1)[:2] if len(value) == 1 else value
+        valid = 0 < target < 1 and weight > 0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise InputError(
+            f"sparsity is a target activation in (0, 1), optionally with a weight > 0, "
+            f"like 0.05 or (0.05, 0.1); got {value!r}"
+        )
+    return float(target), float(weight)
+
+
+def _visible_units(data: np.ndarray, visible: str) -> str:
+    low, high = float(data.min()), float(data.max())
+    in_unit_range = low >= 0 and high <= 1
+    if visible == "auto":
+        return "bernoulli" if in_unit_range else "gaussian"
+    if visible == "bernoulli" and not in_unit_range:
+        raise InputError(
+            f"bernoulli visible units need values in [0, 1]; X ranges from {low:g} to {high:g}. "
+            "Scale X into [0, 1] or use visible='gaussian'"
+        )
+    return visible
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning with a few labels, and the check that pretraining pays
+
+
+def finetune(
+    base: PretrainResult | nn.Sequential,
+    X: Any,
+    y: Any,
+    *,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> nn.Sequential:
+    """A copy of the stack plus a softmax head, every layer trained on the labelled rows.
+
+    Returns ``nn.Sequential(<stack layers>, head=Linear)`` giving class logits. Cataloged
+    stacks are fine-tuned through `zoo.transfer` like any other model; this is the small
+    loop the digits check uses, identical for pretrained and freshly initialised stacks.
+    """
+    import copy
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    stack = base.stack if isinstance(base, PretrainResult) else base
+    data = torch.from_numpy(_validate_data(X))
+    labels = np.asarray(y)
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
+        raise InputError(
+            f"y must be integer class labels, one per row of X ({len(data)}); got shape "
+            f"{labels.shape} and dtype {labels.dtype}"
+        )
+    targets = torch.from_numpy(labels.astype(np.int64))
+    classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    top = [m for m in stack.modules() if isinstance(m, nn.Linear)][-1].out_features
+    model = nn.Sequential(OrderedDict(
+        [*copy.deepcopy(stack).named_children(), ("head", nn.Linear(top, classes))]
+    ))
+    model.requires_grad_(True).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            index = order[start:start + batch_size]
+            loss = nn.functional.cross_entropy(model(data[index]), targets[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def fresh_stack(n_features: int, layers: Sequence[int], seed: int = 0) -> nn.Sequential:
+    """The same architecture as a pretrained stack, with torch's default initialisation."""
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    sizes = [n_features, *_validate_layers(layers)]
+    return nn.Sequential(OrderedDict(
+        (f"layer{i}", nn.Sequential(nn.Linear(sizes[i - 1], sizes[i]), nn.Sigmoid()))
+        for i in range(1, len(sizes))
+    ))
+
+
+def accuracy(model: nn.Module, X: Any, y: Any) -> float:
+    """Fraction of rows whose highest logit is the label."""
+    import torch
+
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(_validate_data(X))).argmax(dim=1).numpy()
+    return float((predicted == np.asarray(y)).mean())
+
+
+def digits_check(
+    *,
+    label_fraction: float = 0.05,
+    seeds: Sequence[int] = (0, 1, 2),
+    methods: Sequence[str] = METHODS,
+    layers: Sequence[int] = (300, 100),
+    epochs: int = 20,
+    finetune_epochs: int = 100,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Pretrained-then-fine-tuned vs trained-from-scratch on scikit-learn's digits.
+
+    The digits (8x8, scaled to [0, 1]) are split once into 70 % train and 30 % test. For each
+    seed, ``label_fraction`` of the training rows (stratified) keep their labels; every method
+    pretrains on all training rows without labels; the pretrained stack and a fresh one of the
+    same shape are fine-tuned identically on the labelled rows and scored on the test rows.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    X = (digits.data / 16.0).astype(np.float32)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, digits.target, test_size=0.3, stratify=digits.target, random_state=0
+    )
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        X_few, _, y_few, _ = train_test_split(
+            X_train, y_train, train_size=label_fraction, stratify=y_train, random_state=seed
+        )
+        scratch = finetune(fresh_stack(X.shape[1], layers, seed), X_few, y_few,
+                           num_classes=10, epochs=finetune_epochs, seed=seed)
+        run = {"seed": seed, "labels": len(y_few), "scratch": accuracy(scratch, X_test, y_test)}
+        for method in methods:
+            base = pretrain(X_train, layers, method, epochs=epochs, seed=seed, progress=progress)
+            tuned = finetune(base, X_few, y_few, num_classes=10, epochs=finetune_epochs, seed=seed)
+            run[method] = accuracy(tuned, X_test, y_test)
+        runs.append(run)
+    mean = {key: float(np.mean([r[key] for r in runs])) for key in ["scratch", *methods]}
+    return {
+        "label_fraction": label_fraction, "layers": list(layers), "epochs": epochs,
+        "finetune_epochs": finetune_epochs, "train_rows": len(X_train), "test_rows": len(X_test),
+        "runs": runs, "mean": mean,
+    }
+
+
+def _main() -> None:
+    """Print the digits check (docs/pretrain.md)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m zoo.pretrain", description=_main.__doc__)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds [0,1,2]")
+    parser.add_argument("--fraction", type=float, default=0.05, help="labelled fraction [0.05]")
+    parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs per layer [20]")
+    args = parser.parse_args()
+    report = digits_check(
+        label_fraction=args.fraction, seeds=[int(s) for s in args.seeds.split(",")],
+        epochs=args.epochs, progress=False,
+    )
+    print(f"digits: {report['train_rows']} training rows, {report['test_rows']} test rows, "
+          f"{args.fraction:.0%} labelled, layers 64-{'-'.join(map(str, report['layers']))}")
+    print("test accuracy      " + "  ".join(f"{k:>11}" for k in ["scratch", *METHODS]))
+    for run in report["runs"]:
+        print(f"seed {run['seed']} ({run['labels']} labels)" + "".join(
+            f"  {run[k]:11.3f}" for k in ["scratch", *METHODS]))
+    print("mean" + " " * 15 + "".join(f"  {report['mean'][k]:11.3f}" for k in ["scratch", *METHODS]))
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``zoo.pretrain(X)`` call the function even after ``import zoo.pretrain``, which
+    binds this module to the package attribute of the same name."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> PretrainResult:
+        return pretrain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    _main()
