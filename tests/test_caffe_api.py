@@ -334,3 +334,33 @@ def test_import_is_light():
             "'google.protobuf', 'torch', 'tensorflow') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_two_inputs_and_verification(tmp_path):
+    pytest.importorskip("cv2")
+    from converters.caffe import convert, make_random_caffemodel
+
+    prototxt = tmp_path / "two.prototxt"
+    prototxt.write_text(
+        'name: "two"\ninput: "data"\ninput_shape { dim: 1 dim: 2 dim: 5 dim: 5 }\n'
+        'input: "aux"\ninput_shape { dim: 1 dim: 3 dim: 5 dim: 5 }\n'
+        'layer { name: "cat" type: "Concat" bottom: "data" bottom: "aux" top: "cat" }\n'
+        'layer { name: "conv" type: "Convolution" bottom: "cat" top: "conv" '
+        'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+    )
+    caffemodel = tmp_path / "two.caffemodel"
+    make_random_caffemodel(prototxt, caffemodel)
+    conversion = convert(prototxt, caffemodel)
+    assert [i.name for i in conversion.model.graph.input] == ["data", "aux"]
+    assert conversion.report.verified is True, conversion.report.notes
+
+
+def test_v0_net_is_refused_with_the_fix(tmp_path):
+    from converters.caffe import input_spec
+    from zoo.errors import ModelFormatError
+
+    prototxt = tmp_path / "v0.prototxt"
+    prototxt.write_text('name: "v0"\ninput: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 4\ninput_dim: 4\n'
+                        'layers { layer { name: "conv1" type: "conv" num_output: 4 } bottom: "data" top: "conv1" }\n')
+    with pytest.raises(ModelFormatError, match="V0 format.*upgrade_net_proto_text"):
+        input_spec(prototxt)

@@ -84,6 +84,14 @@ def convert(
     )
     if net.v1:
         report.notes.append("prototxt uses the old V1 `layers {}` format; upgraded while reading")
+    batch_stats = [layer.name for layer in net.layers
+                   if layer.type == "BatchNorm" and layer.batch_norm_param.HasField("use_global_stats")
+                   and not layer.batch_norm_param.use_global_stats]
+    if batch_stats:
+        report.notes.append(
+            f"BatchNorm {', '.join(batch_stats)} set use_global_stats: false (batch statistics, a training "
+            "setting); the ONNX model uses the stored statistics, as Caffe does in a deploy net"
+        )
     if verify:
         from .opencv_check import verify_report
 

@@ -221,7 +221,10 @@ def _from_v1(old, m, name: str):
     type_name = enum.values_by_number[old.type].name
     new_type = schema.V1_TYPES[type_name][1]
     if new_type is None:
-        raise ModelFormatError(f"{name}: V1 layer {old.name!r} has no type")
+        raise ModelFormatError(
+            f"{name}: V1 layer {old.name!r} has no type; a `layers {{ layer {{ ... }} }}` net is Caffe's V0 "
+            "format, which zoo does not read: upgrade it with Caffe's upgrade_net_proto_text tool"
+        )
     layer.type = new_type
     layer.blobs.extend(old.blobs)
     for param in schema.LAYER_PARAM_FIELDS:
