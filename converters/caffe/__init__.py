@@ -89,8 +89,8 @@ def convert(
                    and not layer.batch_norm_param.use_global_stats]
     if batch_stats:
         report.notes.append(
-            f"BatchNorm {', '.join(batch_stats)} set use_global_stats: false (batch statistics, a training "
-            "setting); the ONNX model uses the stored statistics, as Caffe does in a deploy net"
+            f"BatchNorm {', '.join(batch_stats)} set use_global_stats: false, a training setting under which "
+            "Caffe normalizes each batch by its own statistics; the ONNX model uses the stored ones (as OpenCV)"
         )
     if verify:
         from .opencv_check import verify_report
