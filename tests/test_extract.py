@@ -719,3 +719,13 @@ def test_torch_export_layers_are_module_paths(tmp_path):
         net(x)
     got = load_extractor(path, "layer1.0.relu")(x.numpy())
     np.testing.assert_allclose(got, captured["relu"], rtol=1e-4, atol=1e-5)
+
+
+def test_importing_zoo_extract_stays_light():
+    code = (
+        "import sys, zoo.extract, zoo.graph, zoo.cli.extract\n"
+        "heavy = {'onnx', 'onnxruntime', 'sklearn', 'torch', 'tensorflow', 'numpy'} & set(sys.modules)\n"
+        "print(sorted(heavy))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.strip() == "[]"

@@ -501,23 +501,11 @@ class Extractor:
 
 
 # --- scikit-learn ---------------------------------------------------------------------------------
-
-def _sklearn_bases():
-    try:
-        from sklearn.base import BaseEstimator, TransformerMixin
-    except ImportError:  # keep zoo.extract importable without scikit-learn
-        class BaseEstimator:  # type: ignore[no-redef]
-            pass
-
-        class TransformerMixin:  # type: ignore[no-redef]
-            pass
-    return BaseEstimator, TransformerMixin
+# scikit-learn takes seconds to import, so the transformer class is made on first use
+# (`zoo.extract.ExtractorTransformer`, through the module __getattr__ below).
 
 
-_BaseEstimator, _TransformerMixin = _sklearn_bases()
-
-
-class ExtractorTransformer(_TransformerMixin, _BaseEstimator):
+class _ExtractorTransformerBody:
     """A scikit-learn transformer: `fit` does nothing, `transform` returns flattened features.
 
     >>> from sklearn.pipeline import make_pipeline                       # doctest: +SKIP
@@ -561,7 +549,7 @@ class ExtractorTransformer(_TransformerMixin, _BaseEstimator):
             return extractor
         return cached[1]
 
-    def fit(self, X: Any = None, y: Any = None) -> ExtractorTransformer:
+    def fit(self, X: Any = None, y: Any = None):
         """Nothing to learn: the extractor is frozen."""
         return self
 
@@ -576,3 +564,29 @@ class ExtractorTransformer(_TransformerMixin, _BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         return True
+
+
+def _transformer_class() -> type:
+    from zoo.errors import require
+
+    base = require("sklearn.base", "transfer")
+    cls = type(
+        "ExtractorTransformer",
+        (base.TransformerMixin, base.BaseEstimator),
+        {k: v for k, v in vars(_ExtractorTransformerBody).items() if k not in ("__dict__", "__weakref__")},
+    )
+    cls.__module__ = __name__
+    cls.__qualname__ = "ExtractorTransformer"
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ExtractorTransformer":
+        cls = _transformer_class()
+        globals()[name] = cls  # made once: pickle and isinstance see one class
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    ExtractorTransformer = _ExtractorTransformerBody
