@@ -61,6 +61,7 @@ def fill(url: str, entries: int) -> None:
                  meta={}, path=("/cache/w.bin" if r["id"] % 10 == 0 else None))
             for r in rows])
     engine.dispose()
+    Catalog(url, builtins=False).rebuild_search_index()
 
 
 def latency(url: str) -> list[float]:

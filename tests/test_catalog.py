@@ -259,3 +259,34 @@ def test_two_processes_create_one_catalog(tmp_path):
     errors = [p.communicate(timeout=120)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     assert Catalog(url, builtins=False).count() == 10
+
+
+SQLITE_WITHOUT_FTS5 = textwrap.dedent("""
+    import sys
+    import tensorflow  # brings its own SQLite, without FTS5, when imported before sqlite3
+    from zoo.catalog import Catalog
+    from zoo.records import Model
+    cat = Catalog(sys.argv[1], builtins=False)
+    print("fts" if cat._fts else "like")
+    cat.add_model(Model(name="written_without_fts", framework="onnx", description="quokka"))
+    cat.remove_model("gone")
+    print(",".join(m.name for m in cat.search("quokka")))
+""")
+
+
+@pytest.mark.slow
+def test_process_without_fts5_searches_with_like_and_index_catches_up(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    cat = Catalog(url, builtins=False)
+    cat.add_model(make("gone", description="quokka"))
+    script = tmp_path / "tf_first.py"
+    script.write_text(SQLITE_WITHOUT_FTS5)
+    run = subprocess.run([sys.executable, str(script), url], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    mode, found = run.stdout.split()[-2:]
+    assert found == "written_without_fts"
+    # Whatever SQLite that process had, a process with FTS5 sees the index up to date.
+    again = Catalog(url, builtins=False)
+    assert again._fts
+    assert [m.name for m in again.search("quokka")] == ["written_without_fts"]
+    print("process with tensorflow first searched with", mode)

@@ -4,7 +4,7 @@ Find a pretrained model, fetch it, convert it to ONNX, cut it at a layer and fre
 
 >>> import zoo
 >>> zoo.search("resnet", framework="caffe")[0].name
-'resnet_50.caffe'
+'resnet50.caffe'
 >>> extractor = zoo.load_extractor("bvlc_alexnet", layer="fc7")   # doctest: +SKIP
 
 Importing zoo is cheap: each name below is imported from its module on first use, so

@@ -230,6 +230,7 @@ def closest_names(name: str, names: Iterable[str], n: int = 3) -> list[str]:
 
 # bm25 weights, in the FTS column order: name, description, architecture, task, dataset, tags, keywords.
 _FTS_WEIGHTS = "10.0, 1.0, 4.0, 2.0, 2.0, 3.0, 6.0"
+_FTS_COLUMNS = "name, description, architecture, task, dataset, tags, keywords"
 _FTS_TABLE = table("models_fts", column("rowid"))
 
 
@@ -326,9 +327,67 @@ class Catalog:
         if revision != SCHEMA_HEAD:
             self._migrate(created)
         if self.is_sqlite:
-            self._fts = True
+            self._prepare_search()
         if created and self._builtins:
             self._load_builtins()
+
+    def _prepare_search(self) -> None:
+        """Use FTS5 when this process's SQLite has it; build or refresh the index if needed.
+
+        TensorFlow ships its own SQLite without FTS5, and when it is imported before the sqlite3
+        module the process uses that one. Such a process searches with LIKE and marks the index
+        stale when it writes; the next process that has FTS5 rebuilds it.
+        """
+        try:
+            with self._engine.connect() as connection:
+                connection.exec_driver_sql("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts5_probe USING fts5(x)")
+                connection.exec_driver_sql("DROP TABLE temp.fts5_probe")
+        except exc.OperationalError:
+            self._fts = False
+            return
+        with self._engine.connect() as connection:
+            exists = connection.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE name = 'models_fts'").first() is not None
+            stale = connection.exec_driver_sql(
+                "SELECT value FROM zoo_state WHERE key = 'search_stale'").first() is not None
+        self._fts = True
+        if exists and not stale:
+            return
+        try:
+            with self._write_engine.begin() as connection:
+                connection.exec_driver_sql(
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS models_fts USING fts5({_FTS_COLUMNS}, "
+                    "tokenize='unicode61', prefix='2 3 4 5 6 7 8')")
+                connection.exec_driver_sql("DELETE FROM models_fts")
+                connection.exec_driver_sql(
+                    f"INSERT INTO models_fts(rowid, {_FTS_COLUMNS}) SELECT id, {_FTS_COLUMNS} FROM models")
+                connection.exec_driver_sql("DELETE FROM zoo_state WHERE key = 'search_stale'")
+        except exc.OperationalError as error:
+            if "readonly" not in str(error) and "read-only" not in str(error):
+                raise self._database_error(error) from None
+            self._fts = exists  # a read-only catalog searches the index it has
+
+    def rebuild_search_index(self) -> None:
+        """Re-index every model for full-text search (after bulk writes outside the ORM)."""
+        with self._write_engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO zoo_state(key, value) VALUES ('search_stale', '1') "
+                "ON CONFLICT(key) DO NOTHING")
+        self._prepare_search()
+
+    def _sync_search(self, session: Session) -> None:
+        """Bring the FTS rows of the models this transaction touched up to date."""
+        touched = session.info.pop("touched_models", None)
+        if not touched or not self.is_sqlite:
+            return
+        if not self._fts:
+            session.execute(text("INSERT INTO zoo_state(key, value) VALUES ('search_stale', '1') "
+                                 "ON CONFLICT(key) DO NOTHING"))
+            return
+        ids = ",".join(str(int(i)) for i in touched)
+        session.execute(text(f"DELETE FROM models_fts WHERE rowid IN ({ids})"))
+        session.execute(text(f"INSERT INTO models_fts(rowid, {_FTS_COLUMNS}) "
+                             f"SELECT id, {_FTS_COLUMNS} FROM models WHERE id IN ({ids})"))
 
     @property
     def _where(self) -> str:
@@ -409,9 +468,13 @@ class Catalog:
             yield self._active
             return
         session = Session(self._write_engine if write else self._engine, expire_on_commit=False)
+        if write:
+            event.listen(session, "after_flush", _note_touched_models)
         try:
             yield session
             if write:
+                session.flush()
+                self._sync_search(session)
                 session.commit()
         except exc.IntegrityError as error:
             session.rollback()
@@ -792,6 +855,14 @@ class Catalog:
                     stats.removed.append(name)
             session.flush()
         return stats
+
+
+def _note_touched_models(session: Session, _context) -> None:
+    """Remember which models a flush wrote, so the search index can follow them."""
+    touched = session.info.setdefault("touched_models", set())
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, ModelRow) and obj.id is not None:
+            touched.add(obj.id)
 
 
 def _to_record_without_artifacts(row: ModelRow) -> Model:
