@@ -31,6 +31,9 @@ _PARAMETERS: dict[str, dict[int, str]] = {
     "Mul": {0: "weight", 1: "weight"},
 }
 _ELEMENTWISE = {"Add", "Sub", "Mul"}
+# torch's CPU convolutions and pooling run 1.2-15x faster on channels-last (NHWC-strided) 4-D
+# tensors; the layout only changes strides, never values or shapes.
+_CHANNELS_LAST = {"Conv", "ConvTranspose"}
 # Constant inputs that belong to a layer but are statistics, not trained by gradient.
 _STATISTICS: dict[str, dict[int, str]] = {"BatchNormalization": {3: "running_mean", 4: "running_var"}}
 
@@ -144,7 +147,10 @@ class OnnxModule(nn.Module):
         for k, role in weights.items():
             name = node.inputs[k]
             if name not in shared:
-                shared[name] = nn.Parameter(node.constants[k].detach(), requires_grad=False)
+                value = node.constants[k].detach()
+                if node.op_type in _CHANNELS_LAST and value.dim() == 4:
+                    value = value.contiguous(memory_format=torch.channels_last)
+                shared[name] = nn.Parameter(value, requires_grad=False)
             layer.register_parameter(role, shared[name])
         for k, role in stats.items():
             layer.register_buffer(role, node.constants[k].detach().clone())
@@ -218,14 +224,17 @@ class OnnxModule(nn.Module):
     # ---------------------------------------------------------------- running
     def _as_input(self, k: int, x: Any) -> torch.Tensor:
         dtype = self._input_dtypes[k]
-        if isinstance(x, torch.Tensor):
-            return x
-        try:
-            t = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"input {self.input_names[k]!r} must be a tensor or array, got "
-                             f"{type(x).__name__} ({exc})") from None
-        return t.to(dtype) if dtype is not None and t.dtype != dtype else t
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(np.asarray(x))
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"input {self.input_names[k]!r} must be a tensor or array, got "
+                                 f"{type(x).__name__} ({exc})") from None
+            if dtype is not None and x.dtype != dtype:
+                x = x.to(dtype)
+        if x.dim() == 4 and x.is_floating_point():
+            x = x.contiguous(memory_format=torch.channels_last)  # see _CHANNELS_LAST
+        return x
 
     def forward(self, *inputs):
         if len(inputs) != len(self.input_names):

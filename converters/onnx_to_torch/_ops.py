@@ -409,6 +409,9 @@ def _max_pool(node: Node) -> OpFn:
         raise Unsupported("MaxPool with an Indices output")
 
     def run(x):
+        if x.dim() == 4:
+            # torch's NCHW max pooling is ~15x slower than its channels-last kernel on CPU.
+            x = x.contiguous(memory_format=torch.channels_last)
         begin, end, sizes = pool.layout(x)
         fn = _fnd("max_pool", pool.n)
         if pool.native_ok(x, begin, end, sizes):
