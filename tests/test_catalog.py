@@ -61,6 +61,14 @@ def test_artifacts_upsert_and_local_flag(cat):
     assert cat.get("m").artifact("onnx") is None
 
 
+def test_replace_keeps_one_row_per_artifact(cat):
+    cat.add_model(make("m", artifacts=[Artifact("model", "m.onnx", path="/a", sha256="aa")]))
+    cat.add_model(make("m", description="new", artifacts=[Artifact("model", "m.onnx", path="/b", sha256="bb")]),
+                  replace=True)
+    model = cat.get("m")
+    assert model.description == "new" and [a.path for a in model.artifacts] == ["/b"]
+
+
 def test_duplicate_unknown_and_update(cat):
     cat.add_model(make("bvlc_alexnet", "caffe"))
     with pytest.raises(DuplicateModelError, match="--name"):

@@ -551,6 +551,7 @@ class Catalog:
                 session.add(row)
             _fill_model_row(row, model)
             row.artifacts = []
+            session.flush()  # delete the old artifact rows before inserting ones with the same keys
             for artifact in model.artifacts:
                 artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
                 _fill_artifact_row(artifact_row, artifact)
