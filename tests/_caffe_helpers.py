@@ -1,9 +1,8 @@
-"""Helpers for the Caffe converter tests: tiny nets on disk, runners, and numpy references of Caffe's C++.
-
-The numpy references follow Caffe's layer sources line by line (pooling_layer.cpp, lrn_layer.cpp,
-argmax_layer.cpp, ...) so they are an independent check where OpenCV's importer cannot run a layer.
-"""
+"""Helpers for the Caffe converter tests: tiny nets on disk, runners, and numpy references of Caffe's C++."""
 from __future__ import annotations
+
+# The numpy references follow Caffe's layer sources (pooling_layer.cpp, lrn_layer.cpp, argmax_layer.cpp...)
+# so they are an independent check where OpenCV's importer cannot run a layer or computes it differently.
 
 import math
 from pathlib import Path

@@ -1,11 +1,4 @@
-"""Caffe prototxt + caffemodel -> ONNX, without Caffe installed, checked against OpenCV's Caffe importer.
-
->>> conversion = convert("deploy.prototxt", "bvlc_alexnet.caffemodel")
->>> conversion.report.verified, conversion.report.max_rel
->>> conversion.save("bvlc_alexnet.onnx")
-
-See `layers` for how ONNX tensors are named after Caffe layers (cut a model at ``pool5`` or ``fc7``).
-"""
+"""Caffe prototxt + caffemodel -> ONNX, without Caffe installed, checked against OpenCV's Caffe importer."""
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +39,17 @@ def convert(
     ``cv2.dnn.readNetFromCaffe`` on a fixed random input; ``report.verified`` says whether every net
     output is within ``report.tolerance`` x its scale. Without OpenCV, ``verified`` is None.
 
+    ONNX tensors are named after Caffe layers, so the model can be cut at ``pool5`` or ``fc7``; the
+    rule (in-place chains, several tops) is at the top of `converters/caffe/layers.py`.
+
     Raises UnsupportedLayerError (a layer type zoo cannot convert), ConversionError (weights that do not
     fit the prototxt, bad layer parameters), ModelFormatError (unreadable files).
+
+    Example::
+
+        conversion = convert("deploy.prototxt", "bvlc_alexnet.caffemodel")
+        conversion.report.verified, conversion.report.max_rel
+        conversion.save("bvlc_alexnet.onnx")
     """
     from converters.report import Conversion, ConversionReport
 

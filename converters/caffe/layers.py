@@ -1,16 +1,15 @@
-"""Caffe layers as ONNX nodes, with Caffe's own arithmetic (pooling rounding, AVE divisors, BatchNorm scale).
-
-Naming rule (so a graph can be cut at a Caffe layer name):
-- a net input keeps its blob name (``data``);
-- a layer with one top writes a tensor named after the LAYER, not the blob, so each layer of an in-place
-  chain (``conv1`` -> ``bn_conv1`` -> ``scale_conv1`` -> ``conv1_relu``, all on blob ``conv1``) has its own
-  output, and cutting at a layer name gives exactly that layer's output;
-- a layer with several tops (Slice, Split) writes tensors named after its TOP blobs;
-- if a name is already taken (duplicate layer names), ``_1``, ``_2``... is appended;
-- helper tensors and weights are named ``<layer>/<what>`` and never collide with layer or blob names.
-The graph outputs are the blobs no later layer reads (Caffe's net outputs), under their final tensor name.
-"""
+"""Caffe layers as ONNX nodes, with Caffe's own arithmetic (pooling rounding, AVE divisors, BatchNorm scale)."""
 from __future__ import annotations
+
+# Naming rule, so a graph can be cut at a Caffe layer name:
+# - a net input keeps its blob name (``data``);
+# - a layer with one top writes a tensor named after the LAYER, not the blob, so each layer of an in-place
+#   chain (conv1 -> bn_conv1 -> scale_conv1 -> conv1_relu, all on blob conv1) has its own output, and
+#   cutting at a layer name gives exactly that layer's output; the ONNX node is named after the layer too;
+# - a layer with several tops (Slice, Split) writes tensors named after its TOP blobs;
+# - a name already taken (duplicate layer names) gets ``_1``, ``_2``... appended;
+# - helper tensors and weights are named ``<layer>/<what>`` and never collide with layer or blob names.
+# The graph outputs are the blobs no later layer reads (Caffe's net outputs), under their final tensor name.
 
 import math
 from dataclasses import dataclass, field

@@ -1,15 +1,14 @@
-"""The Caffe protobuf messages zoo needs, built at run time so no generated code pins a protobuf release.
-
-Field names, numbers and defaults follow BVLC Caffe's caffe.proto (plus SSD's ``permute_param``, the
-field number OpenCV also uses). Only the messages a deploy net or a caffemodel needs are declared;
-text-format parsing skips anything else.
-
-Two descriptor pools are built. ``messages()`` has the declared types, for prototxt text. ``raw_messages()``
-declares the packed float/double payloads of ``BlobProto`` as ``bytes``: a packed repeated field and a
-bytes field share the wire encoding, so a caffemodel's weights parse (and write) as one buffer that numpy
-reads without a Python float per value.
-"""
+"""The Caffe protobuf messages zoo needs, built at run time so no generated code pins a protobuf release."""
 from __future__ import annotations
+
+# Field names, numbers and defaults follow BVLC Caffe's caffe.proto (plus SSD's ``permute_param``, the
+# field number OpenCV also uses). Only the messages a deploy net or a caffemodel needs are declared;
+# text-format parsing skips anything else.
+#
+# Two descriptor pools are built. ``messages()`` has the declared types, for prototxt text.
+# ``raw_messages()`` declares the packed float/double payloads of ``BlobProto`` as ``bytes``: a packed
+# repeated field and a bytes field share the wire encoding, so a caffemodel's weights parse as one buffer
+# that numpy reads without a Python float per value.
 
 import functools
 from types import SimpleNamespace
