@@ -364,3 +364,31 @@ def test_v0_net_is_refused_with_the_fix(tmp_path):
                         'layers { layer { name: "conv1" type: "conv" num_output: 4 } bottom: "data" top: "conv1" }\n')
     with pytest.raises(ModelFormatError, match="V0 format.*upgrade_net_proto_text"):
         input_spec(prototxt)
+
+
+def test_model_can_be_cut_at_a_layer_name(tmp_path):
+    import onnx.utils
+
+    from converters.caffe import convert
+    from converters.caffe.opencv_check import run_onnx
+
+    body = (
+        'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }\n'
+        'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
+        'layer { name: "pool5" type: "Pooling" bottom: "conv1" top: "pool5" pooling_param { kernel_size: 2 stride: 2 } }\n'
+        'layer { name: "fc7" type: "InnerProduct" bottom: "pool5" top: "fc7" inner_product_param { num_output: 6 } }\n'
+        'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
+        'layer { name: "fc8" type: "InnerProduct" bottom: "fc7" top: "fc8" inner_product_param { num_output: 3 } }\n'
+    )
+    prototxt, caffemodel = make_net(tmp_path, [1, 3, 9, 9], body)
+    full = tmp_path / "full.onnx"
+    convert(prototxt, caffemodel, verify=False).save(full)
+    cut = tmp_path / "cut.onnx"
+    onnx.utils.extract_model(str(full), str(cut), ["data"], ["fc7"])
+    model = onnx.load(cut)
+    assert {n.name for n in model.graph.node} == {"conv1", "relu1", "pool5", "fc7", "fc7/Reshape"}
+    x = random_input([2, 3, 9, 9])
+    (cut_fc7,) = run_onnx(model, {"data": x}, ["fc7"])
+    (full_fc7,) = run_onnx(onnx.load(full), {"data": x}, ["fc7"])
+    np.testing.assert_array_equal(cut_fc7, full_fc7)
+    assert (cut_fc7 < 0).any()  # fc7 is the layer's own output, before relu7 rewrites the blob
