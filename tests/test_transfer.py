@@ -251,3 +251,25 @@ def test_zoo_train_command(digits_model, digits59, tmp_path):
     assert bad.exit_code == 1 and "5 labels for 120 rows" in bad.output
     missing = runner.invoke(cli, [*args, "--name", "cli.bad"])
     assert missing.exit_code == 1 and "--labels is missing" in missing.output
+
+
+def test_train_on_an_image_folder_takes_its_labels_from_the_folders(digits_model, digits59, tmp_path):
+    from PIL import Image
+
+    from zoo.transfer import train
+
+    x, y = digits59
+    for i, (image, label) in enumerate(zip(x[:40], y[:40])):
+        folder = tmp_path / "imgs" / f"digit{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image[0] * 255).astype(np.uint8), mode="L").save(folder / f"{i}.png")
+    (tmp_path / "imgs" / "digit5" / "notes.txt").write_text("not an image")
+    result = train(digits_model.name, tmp_path / "imgs", None, layer="pool2", new_name="folder.59",
+                   epochs=2, progress=False)
+    assert result.fit.classes == [0, 1, 2, 3, 4]  # class indices of digit5..digit9
+    assert result.model.meta["classes"] == ["digit5", "digit6", "digit7", "digit8", "digit9"]
+    from zoo.features import FeatureCache
+
+    entry = FeatureCache().load(result.cache_key)
+    assert entry.classes == ["digit5", "digit6", "digit7", "digit8", "digit9"]
+    assert len(entry.features) == 40 and [s["path"][-9:] for s in entry.skipped] == ["notes.txt"]

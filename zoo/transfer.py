@@ -667,7 +667,8 @@ def train(
         input_shape=input_shape,
         catalog=cat,
         layout=getattr(spec, "layout", None),
-        classes=fit.classes,
+        # an image folder's classes are its sub-folder names
+        classes=[cached.classes[c] for c in fit.classes] if cached.classes else fit.classes,
         description=f"{name} cut at {layer}, new head trained by zoo",
         meta={
             "base_model": name,
