@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -109,6 +110,7 @@ def main() -> None:
     print(f"ideal speedup E(b+h)/(b+Eh)              {ideal:8.2f}x")
     print(f"measured / ideal                         {measured / ideal:8.3f}   (goal >= 0.9)")
     print(f"heads equal (same seed, same batches)    {same}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

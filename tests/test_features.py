@@ -285,3 +285,16 @@ def test_zoo_cache_list_and_rm(mlp, data, zoo_cmd):
     assert unknown.exit_code == 1 and "zoo cache list" in unknown.output
     assert runner.invoke(cli, ["cache", "rm", "--all"]).exit_code == 0
     assert FeatureCache().entries() == []
+
+
+def test_a_memory_map_of_a_file_is_read_from_the_file(mlp, data, tmp_path):
+    from zoo.features import _NpyFileSource, _source
+
+    np.save(tmp_path / "x.npy", data)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert isinstance(_source(mapped, None, None, "skip", None, None), _NpyFileSource)
+    assert not isinstance(_source(mapped[10:], None, None, "skip", None, None), _NpyFileSource)
+    extractor = _ort(mlp)
+    cache = FeatureCache()
+    assert cache.key(extractor, mapped) == cache.key(extractor, data) != cache.key(extractor, mapped[10:])
+    np.testing.assert_allclose(cache_features(extractor, mapped, progress=False), extractor(data), rtol=1e-6)

@@ -141,20 +141,23 @@ class _NpyFileSource(_Source):
     than memory looks (and is accounted) as if it were all loaded.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, layout: tuple[tuple[int, ...], np.dtype, int] | None = None) -> None:
         self.path = path
-        try:
-            with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                reader = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, fortran, dtype = reader(f)
-                self.offset = f.tell()
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path} as a .npy array ({exc}); save it with numpy.save") from None
+        if layout is not None:  # a memory map the caller opened: its shape, dtype and offset
+            (shape, dtype, self.offset), fortran = layout, False
+        else:
+            try:
+                with open(path, "rb") as f:
+                    version = np.lib.format.read_magic(f)
+                    reader = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, fortran, dtype = reader(f)
+                    self.offset = f.tell()
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read {path} as a .npy array ({exc}); save it with numpy.save") from None
         if dtype.hasobject:
             raise InputError(f"{path} holds Python objects; save a numeric array (e.g. float32)")
         if not shape or shape[0] == 0:
@@ -163,10 +166,12 @@ class _NpyFileSource(_Source):
         self.length = shape[0]
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         digest = hashlib.sha256(f"array|{dtype.str}|{self.shape}".encode())
+        remaining = self.length * self.row_bytes
         with open(path, "rb") as f:
             f.seek(self.offset)
-            while block := f.read(_READ_BLOCK):
+            while remaining and (block := f.read(min(_READ_BLOCK, remaining))):
                 digest.update(block)
+                remaining -= len(block)
         self.fingerprint = digest.hexdigest()
         self.description = f"{path.name} {dtype}{list(self.shape)}"
 
@@ -293,6 +298,20 @@ def _image_geometry(
     return (int(image_size[0]), int(image_size[1])), layout, channels
 
 
+def _whole_file_map(data: Any) -> bool:
+    """A read-only or shared memory map of a whole file (not a slice, not copy-on-write)."""
+    import mmap
+
+    return (
+        isinstance(data, np.memmap)
+        and isinstance(data.base, mmap.mmap)
+        and bool(data.filename)
+        and data.mode != "c"
+        and data.flags.c_contiguous
+        and data.ndim >= 1
+    )
+
+
 def _source(
     data: Any,
     extractor: Any,
@@ -311,6 +330,9 @@ def _source(
         if path.is_file():
             return _NpyFileSource(path)
         raise InputError(f"{path} does not exist; give a .npy file or an image folder with one sub-folder per class")
+    if _whole_file_map(data):
+        # np.load(path, mmap_mode="r"): read the file instead, so RAM stays bounded (see above)
+        return _NpyFileSource(Path(data.filename), (data.shape, data.dtype, data.offset))
     if isinstance(data, np.ndarray):
         return _ArraySource(data)
     if isinstance(data, Iterable):
