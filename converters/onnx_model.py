@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from converters.report import DEFAULT_RTOL, Conversion, ConversionReport, compare_outputs
-from zoo.errors import ModelFormatError, UnsupportedLayerError
+from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -256,14 +256,21 @@ def verify(
     """Run `model` on `feeds` under onnxruntime and record how far each output is from `reference`."""
     import onnxruntime
 
-    names, got = run(model, feeds)
+    try:
+        names, got = run(model, feeds)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConversionError(
+            f"onnxruntime cannot run the converted model on inputs "
+            f"{ {k: list(v.shape) for k, v in feeds.items()} } ({first})"
+        ) from None
     if len(got) != len(reference):
         raise UnsupportedLayerError(
             f"the converted model has {len(got)} outputs ({', '.join(names)}) but its source has "
             f"{len(reference)}; the conversion dropped or added outputs"
         )
     report.outputs = compare_outputs(names, list(reference), got)
-    report.reference = f"{reference_name} vs onnxruntime {onnxruntime.__version__}"
+    report.reference = reference_name  # the converted side is always onnxruntime (see versions)
     report.tolerance = tolerance
     report.verified = all(o.max_rel <= tolerance for o in report.outputs)
     report.versions.setdefault("onnxruntime", onnxruntime.__version__)
@@ -279,20 +286,24 @@ def unverified_figures(report: ConversionReport) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of every file under a folder (sorted relative paths and contents)."""
-    import hashlib
+    """sha256 of a file; for a folder (a SavedModel), sha256 over each file's relative path and sha256.
 
-    path = os.fspath(path)
+    The folder hash is the same as ``zoo.formats.tree_sha256``, so reports and catalog agree.
+    """
+    import hashlib
+    from pathlib import Path
+
+    root = Path(path)
+    if root.is_dir():
+        digest = hashlib.sha256()
+        for item in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(item.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(file_sha256(item).encode() + b"\n")
+        return digest.hexdigest()
     digest = hashlib.sha256()
-    files = [path]
-    if os.path.isdir(path):
-        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
-    for name in files:
-        if os.path.isdir(path):
-            digest.update(os.path.relpath(name, path).encode() + b"\0")
-        with open(name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+    with open(root, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 

@@ -496,8 +496,9 @@ def convert_keras_model(
     def reference() -> list[np.ndarray]:
         args = [tf.constant(feeds[s.name]) for s in specs]
         out = model(args if len(args) > 1 else args[0], training=False)
-        out = out if isinstance(out, (list, tuple)) else [out]
-        return [o.numpy() for o in (out.values() if isinstance(out, dict) else out)]
+        if isinstance(out, dict):
+            out = [out[k] for k in sorted(out)]
+        return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
 
     onnx_feeds = _to_onnx_feeds(feeds, {}, nchw)
     conversion = _finish(onnx_model, report, start, verify, onnx_feeds, reference,

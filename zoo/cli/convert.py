@@ -45,7 +45,9 @@ def _describe(name: str, meta: dict, path: str | None, elapsed: float) -> str:
     outputs = report.get("outputs", [])
     if report.get("verified"):
         worst = max((o["max_rel"] for o in outputs), default=0.0)
-        check = f"verified against {report.get('reference')}: max diff {worst:.2g} x scale"
+        runtime = report.get("versions", {}).get("onnxruntime", "")
+        check = (f"verified: onnxruntime {runtime} vs {report.get('reference')}, "
+                 f"max diff {worst:.2g} x output scale")
     elif report.get("verified") is False:
         check = "UNVERIFIED: outputs differ beyond tolerance (kept with --force)"
     else:
