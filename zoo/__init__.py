@@ -13,6 +13,7 @@ Importing zoo is cheap: each name below is imported from its module on first use
 from __future__ import annotations
 
 import importlib
+import sqlite3  # noqa: F401  bind the system SQLite (with FTS5) before tensorflow can load its own
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ _API: dict[str, str] = {
     "convert": "zoo.convert",
     # extract and transfer
     "layers": "zoo.extract",
+    "LayerInfo": "zoo.extract",
     "load_extractor": "zoo.extract",
     "Extractor": "zoo.extract",
     "ExtractorTransformer": "zoo.extract",
@@ -76,7 +78,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.catalog import Catalog, info, list_models, open_catalog, remove, search
     from zoo.convert import convert
     from zoo.errors import ZooError
-    from zoo.extract import Extractor, ExtractorTransformer, layers, load_extractor
+    from zoo.extract import Extractor, ExtractorTransformer, LayerInfo, layers, load_extractor
     from zoo.features import FeatureCache, cache_features
     from zoo.fetch import fetch, verify
     from zoo.local import add, scan
