@@ -298,3 +298,18 @@ def test_a_memory_map_of_a_file_is_read_from_the_file(mlp, data, tmp_path):
     cache = FeatureCache()
     assert cache.key(extractor, mapped) == cache.key(extractor, data) != cache.key(extractor, mapped[10:])
     np.testing.assert_allclose(cache_features(extractor, mapped, progress=False), extractor(data), rtol=1e-6)
+
+
+def test_a_real_extractor_at_several_layers_caches_them_side_by_side():
+    from _transfer_helpers import register_digits_cnn
+    from zoo.extract import load_extractor
+    from zoo.walkthrough import _digits
+
+    model = register_digits_cnn()
+    x = _digits()[0][:70]
+    both = load_extractor(model.name, layer=["pool2", "relu3"])
+    result = extract_features(both, x, chunk_size=32, progress=False)
+    assert result.features.shape == (70, 128 + 64)
+    alone = load_extractor(model.name, layer="relu3")
+    np.testing.assert_allclose(result.features[:, 128:], alone(x), rtol=1e-6)
+    assert extract_features(alone, x, progress=False).key != result.key

@@ -685,6 +685,8 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 def _run(extractor: Any, batch: np.ndarray) -> np.ndarray:
     out = extractor(batch)
+    if isinstance(out, dict):  # an extractor cut at several layers: {layer: features}
+        out = list(out.values())
     if isinstance(out, (list, tuple)):  # several outputs: cache them side by side, flattened
         out = np.concatenate([np.asarray(o).reshape(len(batch), -1) for o in out], axis=1)
     out = np.ascontiguousarray(out)

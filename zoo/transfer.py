@@ -505,11 +505,7 @@ def save_model(
         ],
         meta={"trained_by": "zoo", **({"classes": list(classes)} if classes is not None else {}), **(meta or {})},
     )
-    if replace and cat.exists(name):
-        # add_model(replace=True) re-inserts artifacts of the same (role, filename) before it
-        # deletes the old rows, which the unique index rejects; remove the old entry first.
-        cat.remove_model(name)
-    return cat.add_model(record)
+    return cat.add_model(record, replace=replace)
 
 
 # ---------------------------------------------------------------------------------------------
