@@ -273,3 +273,20 @@ def test_train_on_an_image_folder_takes_its_labels_from_the_folders(digits_model
     entry = FeatureCache().load(result.cache_key)
     assert entry.classes == ["digit5", "digit6", "digit7", "digit8", "digit9"]
     assert len(entry.features) == 40 and [s["path"][-9:] for s in entry.skipped] == ["notes.txt"]
+
+
+def test_features_too_large_for_ram_are_read_per_batch_with_the_same_result(blobs, tmp_path, monkeypatch):
+    import torch
+
+    import zoo.transfer
+    from zoo import fit_head
+
+    x, y = blobs
+    np.save(tmp_path / "f.npy", x)
+    features = np.load(tmp_path / "f.npy", mmap_mode="r")
+    in_ram = fit_head(features, y, epochs=3, seed=1)
+    monkeypatch.setattr(zoo.transfer, "IN_MEMORY_BYTES", 0)
+    from_disk = fit_head(features, y, epochs=3, seed=1)
+    for p, q in zip(in_ram.head.parameters(), from_disk.head.parameters()):
+        torch.testing.assert_close(p, q)
+    assert in_ram.history == from_disk.history

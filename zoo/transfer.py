@@ -112,11 +112,16 @@ class _Rows:
         return len(self.indices)
 
     def take(self, positions: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.ram is not None:
             return self.ram[positions]
-        # Sorted reads are sequential on disk; order within a batch does not change the mean loss.
-        rows = np.sort(self.indices[positions.numpy()])
-        return _as_tensor(self.data[rows])
+        wanted = self.indices[positions.numpy()]
+        # Read in file order (sequential on disk), then put the rows back in batch order.
+        order = np.argsort(wanted, kind="stable")
+        rows = np.empty((len(wanted), *self.data.shape[1:]), dtype=np.float32)
+        rows[order] = self.data[wanted[order]]
+        return torch.from_numpy(rows)
 
 
 def _index(indices: np.ndarray):
@@ -161,7 +166,7 @@ def _logits(head: Any, features: Any, base: Any, batch_size: int) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for i in range(0, len(features), batch_size):
-            x = _as_tensor(np.asarray(features[i : i + batch_size]) if isinstance(features, np.ndarray) else features[i : i + batch_size])
+            x = _as_tensor(features[i : i + batch_size])
             if base is not None:
                 x = base(x)
             outs.append(head(x).numpy())
@@ -238,11 +243,11 @@ def fit_head(
             raise InputError(f"{len(val_labels)} validation labels for {len(val_features)} rows; give one per row")
         _, val_y = _encode(val_labels, classes)
         val_rows = _Rows(val_features, np.arange(len(val_y)))
-    elif val_fraction > 0:
+    elif val_fraction > 0 and np.bincount(y).max() > 1:
         train_idx, val_idx = _split(y, val_fraction, seed)
         val_y = y[val_idx]
         val_rows = _Rows(features, val_idx)
-    else:
+    else:  # no validation asked for, or no class has a row to spare for it
         train_idx, val_rows, val_y = np.arange(len(y)), None, None
     train_rows = _Rows(features, train_idx)
     train_y = torch.from_numpy(y[train_idx])
