@@ -635,10 +635,12 @@ def train(
         raise DuplicateModelError(
             f"a model named {new_name!r} is already in the catalog; choose another --name or pass --replace"
         )
-    labels = _load_labels(labels)
+    labels = None if labels is None else _load_labels(labels)
     data_len = _length(data)
-    if data_len is not None and len(labels) != data_len:
+    if labels is not None and data_len is not None and len(labels) != data_len:
         raise InputError(f"{len(labels)} labels for {data_len} rows of data; give exactly one label per row")
+    if labels is None and not (isinstance(data, (str, os.PathLike)) and Path(data).is_dir()):
+        raise InputError("labels are missing; give one label per row (`--labels y.npy`), or an image folder")
     cut, top = (layer, None) if unfreeze == 0 else fine_tune_parts(name, layer, unfreeze, catalog=cat, cache_dir=cache_dir)
     extractor = _load_extractor(name, cut, cat, cache_dir)
     cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress)
@@ -696,7 +698,10 @@ def _load_labels(labels: Any) -> np.ndarray:
         path = Path(labels)
         if not path.is_file():
             raise InputError(f"labels file {path} does not exist; give a .npy array of one label per row")
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read labels from {path} ({exc}); save them with numpy.save") from None
     return np.asarray(labels)
 
 
