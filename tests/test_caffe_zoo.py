@@ -59,8 +59,10 @@ def _check_zoo_net(model: str, tmp_path, verify: bool):
     got = run_onnx(conversion.model, inputs, names)
     for name, ref, out in zip(names, reference, got):
         assert_close(f"{model}:{name}", ref, out)
-    # The comparison is not vacuous: the checked layers carry signal, not near-zero activations.
-    assert max(abs(r).max() for r in reference) > 1.0
+    # The comparison is not vacuous: the checked layers carry signal, and the random weights keep it on
+    # the input's scale (+-128) through 150+ layers instead of vanishing or exploding.
+    scales = [float(abs(r).max()) for name, r in zip(names, reference) if name not in outputs or "prob" not in name]
+    assert 0.1 < min(scales) and max(scales) < 1e5, dict(zip(names, scales))
 
 
 @pytest.mark.parametrize("model", FAST)
