@@ -584,3 +584,29 @@ def test_light_model_folder_is_present():
     # Guard: the light-model tests above must not silently parametrize over nothing.
     assert all((onnx_light_models() / f"light_{n}.onnx").is_file() for n in LIGHT)
     assert isinstance(CAFFE_MODELS, Path)
+
+
+def test_importing_the_converter_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, converters.onnx_to_torch; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    from converters.onnx_to_torch import supported_ops
+
+    assert {"Conv", "Gemm", "LRN", "BatchNormalization", "Resize"} <= set(supported_ops())
+
+
+def test_deepcopy_and_state_dict_round_trip():
+    import copy
+
+    net = to_torch(_small_cnn()).unfreeze(top=1)
+    twin = copy.deepcopy(net)
+    assert twin.trainable_layers() == ["fc"]
+    x = torch.from_numpy(_rand(2, 3, 8, 8))
+    with torch.no_grad():
+        twin.fc.weight.add_(1.0)
+        assert not torch.equal(net(x), twin(x))
+        twin.load_state_dict(net.state_dict())
+        assert torch.equal(net(x), twin(x))
