@@ -290,3 +290,22 @@ def test_features_too_large_for_ram_are_read_per_batch_with_the_same_result(blob
     for p, q in zip(in_ram.head.parameters(), from_disk.head.parameters()):
         torch.testing.assert_close(p, q)
     assert in_ram.history == from_disk.history
+
+
+def test_zoo_train_strict_images_stops_at_an_unreadable_file(digits_model, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from zoo.cli import cli
+
+    for label in ("a", "b"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), color=40 * i).save(tmp_path / "imgs" / label / f"{i}.png")
+    (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG truncated")
+    args = ["train", digits_model.name, "--layer", "pool2", "-d", str(tmp_path / "imgs"), "--epochs", "1",
+            "--val-fraction", "0", "-q"]
+    strict = CliRunner().invoke(cli, [*args, "--name", "strict", "--strict-images"])
+    assert strict.exit_code == 1 and "broken.png" in strict.output and "--strict-images" in strict.output
+    lenient = CliRunner().invoke(cli, [*args, "--name", "lenient", "--json"])
+    assert lenient.exit_code == 0, lenient.output

@@ -244,8 +244,8 @@ class _ImageFolderSource(_Source):
                 except Exception as exc:  # Pillow raises many types for a bad file
                     if self.on_error == "raise":
                         raise InputError(
-                            f"cannot read image {path} ({type(exc).__name__}: {exc}); remove it, "
-                            "or skip unreadable files (on_error='skip', `--skip-bad`)"
+                            f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or fix it, "
+                            "or skip unreadable files (on_error='skip', the default; without --strict-images)"
                         ) from None
                     skipped.append({"index": j, "path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
             shape = (3 if self.channels == 3 else 1, *self.size)
@@ -464,7 +464,7 @@ class FeatureCache:
         with filelock.FileLock(str(self.root / f"{name}.lock")):
             freed = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
             shutil.rmtree(folder)
-        (self.root / f"{name}.lock").unlink(missing_ok=True)
+        # The lock file stays: deleting it could let two processes lock two different files.
         return freed
 
     def clear(self) -> int:
@@ -516,8 +516,8 @@ class FeatureCache:
                 if on_error == "raise" and manifest.get("skipped"):
                     bad = manifest["skipped"][0]
                     raise InputError(
-                        f"cannot read image {bad['path']} ({bad['reason']}); remove it, or skip "
-                        "unreadable files (on_error='skip', `--skip-bad`)"
+                        f"cannot read image {bad['path']} ({bad['reason']}); remove or fix it, or skip "
+                        "unreadable files (on_error='skip', the default; without --strict-images)"
                     )
                 return _result(folder, manifest, reused=True, source=source)
             if manifest is None or not _resumable(manifest, extractor_fp, source.fingerprint):

@@ -151,6 +151,7 @@ def sweep(
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
+    on_error: str = "skip",
     progress: bool = True,
 ) -> SweepResult:
     """Train a new head at each cut layer (and each unfreeze depth) and compare them.
@@ -199,7 +200,7 @@ def sweep(
                     continue
             extractor = _load_extractor(name, cut, cat, cache_dir)
             started = time.perf_counter()
-            cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress)
+            cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
             sets = {
                 which: (extract_features(extractor, pair[0], cache_dir=cache_dir, progress=progress).features, pair[1])
                 for which, pair in pairs.items()

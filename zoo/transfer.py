@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -617,6 +618,7 @@ def train(
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
     replace: bool = False,
+    on_error: str = "skip",
     progress: bool = True,
 ) -> TrainResult:
     """Cache `data` through `name` cut at `layer`, train a head (and the top `unfreeze` layers), save.
@@ -643,7 +645,9 @@ def train(
         raise InputError("labels are missing; give one label per row (`--labels y.npy`), or an image folder")
     cut, top = (layer, None) if unfreeze == 0 else fine_tune_parts(name, layer, unfreeze, catalog=cat, cache_dir=cache_dir)
     extractor = _load_extractor(name, cut, cat, cache_dir)
-    cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress)
+    cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
+    if cached.skipped and progress:
+        print(f"skipped {len(cached.skipped)} unreadable files, e.g. {cached.skipped[0]['path']}", file=sys.stderr)
     if cached.labels is not None:  # an image folder brings its own labels
         labels = cached.labels
     classes = np.unique(labels)

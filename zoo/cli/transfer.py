@@ -42,6 +42,8 @@ def _training_options(func):
         click.option("--patience", default=5, show_default=True, type=click.IntRange(min=0),
                      help="Stop after this many epochs without a better validation loss (0: never)."),
         click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--strict-images", is_flag=True,
+                     help="Stop at the first unreadable image of a folder instead of skipping it."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -62,7 +64,7 @@ def _training_options(func):
 @catalog_option
 @cache_option
 def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs, batch_size, lr,
-                  val_fraction, patience, seed, replace, as_json, quiet, catalog, cache_dir):
+                  val_fraction, patience, seed, strict_images, replace, as_json, quiet, catalog, cache_dir):
     """Train a new head on NAME cut at a layer; save base + head as your own model (ONNX).
 
     The data go through the frozen layers once (cached, resumable, reused by later runs); the
@@ -81,7 +83,7 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
         new_name=new_name, unfreeze=unfreeze, hidden=_ints("--hidden", hidden, "layer sizes"),
         epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
         patience=patience or None, seed=seed, catalog=catalog, cache_dir=cache_dir,
-        replace=replace, progress=not quiet,
+        replace=replace, on_error="raise" if strict_images else "skip", progress=not quiet,
     )
     fit = result.fit
     payload = {
@@ -138,7 +140,7 @@ def _no_labels(data: str) -> None:
 @catalog_option
 @cache_option
 def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs, batch_size, lr,
-                  val_fraction, patience, seed, plot, as_json, quiet, catalog, cache_dir):
+                  val_fraction, patience, seed, strict_images, plot, as_json, quiet, catalog, cache_dir):
     """Train a head at each cut layer of NAME and compare validation accuracy and time.
 
     Each cut's features are cached once; every head uses the same seed and validation rows.
@@ -159,7 +161,7 @@ def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs
         unfreeze=_ints("--unfreeze", unfreeze_text, "depths") or [0],
         hidden=_ints("--hidden", hidden, "layer sizes"), epochs=epochs, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, patience=patience or None, seed=seed, catalog=catalog,
-        cache_dir=cache_dir, plot=plot, progress=not quiet,
+        cache_dir=cache_dir, plot=plot, on_error="raise" if strict_images else "skip", progress=not quiet,
     )
 
     def text() -> str:
