@@ -313,3 +313,51 @@ def test_a_real_extractor_at_several_layers_caches_them_side_by_side():
     alone = load_extractor(model.name, layer="relu3")
     np.testing.assert_allclose(result.features[:, 128:], alone(x), rtol=1e-6)
     assert extract_features(alone, x, progress=False).key != result.key
+
+
+@pytest.mark.slow
+def test_a_killed_extraction_resumes_from_its_last_checkpoint(tmp_path):
+    import signal
+    import time
+
+    from _transfer_helpers import ProjectionExtractor
+
+    data = np.random.default_rng(0).standard_normal((2000, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    code = f"""
+        import time
+        from _transfer_helpers import ProjectionExtractor
+        from zoo.features import cache_features
+
+        class Slow(ProjectionExtractor):
+            def __call__(self, batch):
+                time.sleep(0.02)
+                return super().__call__(batch)
+
+        cache_features(Slow(32, 8), {str(tmp_path / 'x.npy')!r}, chunk_size=10, progress=False)
+    """
+    env = dict(os.environ, PYTHONPATH=str(HERE))
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env)
+    deadline = time.monotonic() + 120
+    rows = 0
+    while time.monotonic() < deadline and not rows:
+        time.sleep(0.2)
+        entries = FeatureCache().entries()
+        rows = entries[0].rows if entries else 0
+    proc.send_signal(signal.SIGKILL)  # no finally, no last checkpoint: a crash
+    proc.wait()
+    assert 0 < rows < len(data)
+    entry = FeatureCache().entries()[0]
+    assert not entry.complete
+
+    class Counting(ProjectionExtractor):
+        calls = 0
+
+        def __call__(self, batch):
+            Counting.calls += 1
+            return super().__call__(batch)
+
+    extractor = Counting(32, 8)
+    features = cache_features(extractor, tmp_path / "x.npy", chunk_size=10, progress=False)
+    assert Counting.calls == (len(data) - entry.rows) // 10
+    np.testing.assert_allclose(features, ProjectionExtractor(32, 8)(data), rtol=1e-6)
