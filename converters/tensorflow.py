@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -272,8 +273,10 @@ def convert_saved_model(
     """Convert a SavedModel signature to ONNX.
 
     `loader` is "v2" (``tf.saved_model.load``), "v1" (the TF1 session loader, then a frozen
-    graph) or "auto": v2, and v1 when v2 rejects the model, as it does some SavedModels written
-    by older TensorFlow releases.
+    graph) or "auto". Auto tries v2; when v2 rejects a SavedModel written by an older release
+    (the usual case: optimizer slot variables whose optimizer class no longer exists, "'_UserObject'
+    object has no attribute 'add_slot'"), it loads a copy without the slots, and failing that
+    uses the TF1 loader. The report's notes say which path was taken.
 
     >>> conversion = convert_saved_model("export/", signature="serving_default")  # doctest: +SKIP
     """
@@ -286,17 +289,71 @@ def convert_saved_model(
     report = _new_report("saved_model", [path], opset, nchw)
     if loader not in ("auto", "v1", "v2"):
         raise ValueError(f"loader must be 'auto', 'v1' or 'v2', not {loader!r}")
-    if loader in ("auto", "v2"):
+    if loader == "v1":
+        return _saved_model_v1(path, tags, signature, opset, nchw, verify, report, start)
+    try:
+        return _saved_model_v2(path, tags, signature, opset, nchw, verify, report, start)
+    except (UnsupportedLayerError, ModelFormatError):
+        raise
+    except Exception as exc:  # tf.saved_model.load's rejections: AttributeError, ValueError, KeyError...
+        v2_error = _first_line(exc)
+        if loader == "v2":
+            raise ConversionError(f"tf.saved_model.load cannot load {path}: {v2_error}") from None
+    # Training state that the current release cannot revive (optimizer slots whose optimizer class
+    # is gone, e.g. Keras 2 optimizers): inference never reads it, so load a copy without it.
+    stripped = _without_optimizer_slots(path)
+    if stripped is not None:
         try:
-            return _saved_model_v2(path, tags, signature, opset, nchw, verify, report, start)
+            conversion = _saved_model_v2(stripped, tags, signature, opset, nchw, verify, report, start)
+            conversion.report.notes.append(
+                f"tf.saved_model.load rejected it ({v2_error[:200]}); loaded without its optimizer slot variables")
+            return conversion
         except (UnsupportedLayerError, ModelFormatError):
             raise
-        except Exception as exc:  # tf.saved_model.load's rejections are ValueErrors, KeyErrors...
-            if loader == "v2":
-                raise ConversionError(f"tf.saved_model.load cannot load {path}: {exc}") from None
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            report.notes.append(f"tf.saved_model.load rejected it ({first[:200]}); used the TF1 loader")
-    return _saved_model_v1(path, tags, signature, opset, nchw, verify, report, start)
+        except Exception as exc:
+            v2_error = f"{v2_error}; without optimizer slots: {_first_line(exc)}"
+        finally:
+            shutil.rmtree(stripped, ignore_errors=True)
+    try:
+        conversion = _saved_model_v1(path, tags, signature, opset, nchw, verify, report, start)
+    except Exception as exc:
+        raise ConversionError(
+            f"cannot load SavedModel {path}: tf.saved_model.load says {v2_error[:300]}; the TF1 loader says "
+            f"{_first_line(exc)[:300]}"
+        ) from None
+    conversion.report.notes.append(f"tf.saved_model.load rejected it ({v2_error[:200]}); used the TF1 loader")
+    return conversion
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _without_optimizer_slots(path: str) -> str | None:
+    """A temporary copy of a SavedModel whose object graph no longer lists optimizer slot variables.
+
+    Only saved_model.pb is rewritten; every other entry (variables/, assets/) is a symlink to the
+    original. Returns None when the model has no slot variables.
+    """
+    import tempfile
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as fh:
+        proto.ParseFromString(fh.read())
+    nodes = [n for mg in proto.meta_graphs for n in mg.object_graph_def.nodes if n.slot_variables]
+    if not nodes:
+        return None
+    for node in nodes:
+        del node.slot_variables[:]
+    folder = tempfile.mkdtemp(prefix="zoo-savedmodel-")
+    with open(os.path.join(folder, "saved_model.pb"), "wb") as fh:
+        fh.write(proto.SerializeToString())
+    for entry in os.listdir(path):
+        if entry != "saved_model.pb":
+            os.symlink(os.path.abspath(os.path.join(path, entry)), os.path.join(folder, entry))
+    return folder
 
 
 def _saved_model_v2(path, tags, signature, opset, nchw, verify, report, start) -> Conversion:

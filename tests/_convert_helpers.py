@@ -131,6 +131,37 @@ def build_saved_model_with_optimizer(folder: Path) -> Path:
     return path
 
 
+def build_saved_model_with_slots(folder: Path) -> Path:
+    """A TF2 SavedModel whose object graph carries optimizer slot variables (Adam's m and v).
+
+    tf.saved_model.load in current releases rejects it ("'_UserObject' object has no attribute
+    'add_slot'"), like SavedModels written by tf.keras 2.x with their optimizer. The output for a
+    fixed input is saved beside it, to prove a conversion restored the trained weights.
+    """
+    import numpy as np
+
+    tf = _tf()
+
+    class Regressor(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal([4, 2], seed=[1, 2]), name="w")
+            self.optimizer = tf.compat.v1.train.AdamOptimizer(0.1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"scores": tf.matmul(x, self.w)}
+
+    net = Regressor()
+    for _ in range(3):
+        net.optimizer.minimize(lambda: tf.reduce_sum(net.serve(tf.ones((2, 4)))["scores"] ** 2), var_list=[net.w])
+    path = folder / "tf2_with_slots"
+    tf.saved_model.save(net, str(path), signatures={"serving_default": net.serve})
+    probe = np.arange(8, dtype="float32").reshape(2, 4) / 8
+    np.save(folder / "slots_probe_out.npy", net.serve(tf.constant(probe))["scores"].numpy())
+    return path
+
+
 def build_frozen_graph(folder: Path) -> Path:
     """A frozen GraphDef: one Placeholder, a conv net, one unconsumed output."""
     tf = _tf()
@@ -219,6 +250,7 @@ def tf_models(tmp_path_factory) -> dict:
         "application_options": app_options,
         "saved_model": build_saved_model(folder),
         "saved_model_adam": build_saved_model_with_optimizer(folder),
+        "saved_model_slots": build_saved_model_with_slots(folder),
         "frozen": build_frozen_graph(folder),
         "tflite": build_tflite(folder),
     }

@@ -135,6 +135,33 @@ def test_saved_model_with_optimizer_slots_converts_both_ways(tf_models):
     assert conversion.report.outputs[0].scale > 0
 
 
+def test_saved_model_that_tf_saved_model_load_rejects(tf_models):
+    """Optimizer slot variables whose optimizer cannot be revived: v2 fails, auto converts."""
+    from converters import tensorflow as ct
+    from zoo.errors import ConversionError
+
+    import tempfile
+    from pathlib import Path
+
+    path = tf_models["saved_model_slots"]
+    before = set(Path(tempfile.gettempdir()).glob("zoo-savedmodel-*"))
+    with pytest.raises(ConversionError, match="add_slot"):
+        ct.convert_saved_model(path, loader="v2")
+    conversion = ct.convert_saved_model(path)
+    _assert_verified(conversion, outputs=1)
+    assert "without its optimizer slot variables" in " ".join(conversion.report.notes)
+    # The trained weights were restored: the output matches the one computed before saving.
+    probe = np.arange(8, dtype="float32").reshape(2, 4) / 8
+    (got,) = _run(conversion.model, {"x": probe})
+    np.testing.assert_allclose(got, np.load(path.parent / "slots_probe_out.npy"), atol=1e-6)
+    # The temporary slot-free copy is gone; the original still carries its slots.
+    assert set(Path(tempfile.gettempdir()).glob("zoo-savedmodel-*")) == before
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    assert sum(len(n.slot_variables) for n in proto.meta_graphs[0].object_graph_def.nodes) == 2
+
+
 def test_frozen_graph_detects_and_overrides_io(tf_models):
     from converters import tensorflow as ct
 
