@@ -210,7 +210,12 @@ def test_fetches_a_model_that_is_not_local(cat, fault_server):
                  size=len(body))]))
     artifact = zoo.convert("remote.squeeze", catalog=cat)
     assert artifact.meta["report"]["verified"] is True
-    assert cat.get("remote.squeeze").artifact("model").path
+    fetched = Path(cat.get("remote.squeeze").artifact("model").path)
+    assert fetched.is_file()
+    # A fetched file deleted from the cache is fetched again; same bytes, so the ONNX is reused.
+    fetched.unlink()
+    again = zoo.convert("remote.squeeze", catalog=cat)
+    assert fetched.is_file() and again.meta["reused"] is True
 
 
 def test_cli_json_text_and_errors(cat, tmp_path, zoo_env):

@@ -58,7 +58,7 @@ def convert(
 
     cat = open_catalog(catalog)
     model = cat.get(name)
-    if not model.is_local:
+    if _needs_fetch(model):
         from zoo.fetch import fetch
 
         fetch(name, catalog=cat, cache_dir=cache_dir)
@@ -113,6 +113,16 @@ def convert(
 # which files, which options
 
 
+def _needs_fetch(model: Model) -> bool:
+    """True when a file the conversion needs is not on disk but can be downloaded."""
+    for artifact in model.artifacts:
+        if artifact.role in ("onnx", "labels", "other"):
+            continue
+        if (not artifact.path or not os.path.exists(artifact.path)) and artifact.urls:
+            return True
+    return False
+
+
 def _safe(name: str) -> str:
     return name.replace("/", "_").replace(os.sep, "_")
 
@@ -157,7 +167,9 @@ def _options(model: Model, opset: int | None, nchw: bool) -> dict[str, Any]:
     keep = {k: model.meta[k] for k in ("keras_application", "architecture", "inputs", "outputs",
                                         "tag", "signature", *_KERAS_OPTIONS) if k in model.meta}
     return {"version": CONVERSION_VERSION, "framework": model.framework, "format": model.format,
-            "opset": resolved, "nchw": bool(nchw), "meta": keep,
+            # Only tf2onnx can move inputs to channels-first; the other converters ignore --nchw.
+            "opset": resolved, "nchw": bool(nchw) and model.framework in ("tensorflow", "keras", "tflite"),
+            "meta": keep,
             "input_shape": model.input.shape}
 
 
