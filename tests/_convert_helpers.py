@@ -68,6 +68,12 @@ def build_keras_application(folder: Path) -> tuple[Path, dict]:
     model = keras.applications.MobileNet(weights=None, **{**options, "input_shape": (32, 32, 3)})
     path = folder / "mobilenet.weights.h5"
     model.save_weights(path)
+    # The same weights in the legacy Keras 2 layout the built-in index's downloads use.
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(folder / "mobilenet_legacy.h5", "w") as fh:
+        legacy_h5_format.save_weights_to_hdf5_group(fh, model)
     # What the saved weights compute, to prove a conversion loaded them (not fresh random ones).
     import numpy as np
 
@@ -248,6 +254,7 @@ def tf_models(tmp_path_factory) -> dict:
         "sequential": build_keras_sequential(folder),
         "application": app_path,
         "application_options": app_options,
+        "application_legacy": app_path.parent / "mobilenet_legacy.h5",
         "saved_model": build_saved_model(folder),
         "saved_model_adam": build_saved_model_with_optimizer(folder),
         "saved_model_slots": build_saved_model_with_slots(folder),

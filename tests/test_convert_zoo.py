@@ -112,7 +112,7 @@ def test_tensorflow_formats_through_the_catalog(cat, tf_models):
         local_model("frozen.local", "tensorflow", tf_models["frozen"], fmt="frozen_graph",
                     meta={"inputs": ["input"], "outputs": ["probabilities"]}),
         local_model("lite.local", "tflite", tf_models["tflite"], fmt="tflite"),
-        local_model("mobilenet.weights", "keras", tf_models["application"], role="weights",
+        local_model("mobilenet.weights", "keras", tf_models["application_legacy"], role="weights",
                     fmt="h5_weights", meta={"keras_application": "MobileNet",
                                             **tf_models["application_options"]}),
     ]
@@ -124,6 +124,15 @@ def test_tensorflow_formats_through_the_catalog(cat, tf_models):
         assert Path(artifact.path).is_file()
     assert cat.get("lite.local").artifact("onnx").meta["layout"] == "NCHW"
     assert cat.get("frozen.local").artifact("onnx").meta["report"]["outputs"][0]["name"] == "probabilities"
+    # The Keras 2 weights file was really loaded: the output is the one computed before saving.
+    import numpy as np
+
+    from converters.onnx_model import run
+
+    folder = tf_models["application"].parent
+    converted = onnx.load(cat.get("mobilenet.weights").artifact("onnx").path)
+    (got,) = run(converted, {converted.graph.input[0].name: np.load(folder / "mobilenet_probe_in.npy")})[1]
+    np.testing.assert_allclose(got, np.load(folder / "mobilenet_probe_out.npy"), atol=1e-5)
 
 
 @pytest.mark.slow
