@@ -550,8 +550,15 @@ def test_cli_layers_and_extract(tmp_path):
                                  "--output", str(out), "--batch-size", "2", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["shape"] == [5, 6, 1, 1] and report["rows"] == 5
+    assert report["shape"] == [5, 6, 1, 1] and report["rows"] == 5 and report["reused"] is False
     np.testing.assert_allclose(np.load(out), load_extractor(path, "pool")(x), rtol=1e-6)
+    # the second run of the same extraction comes from the feature cache
+    again = runner.invoke(cli, ["extract", str(path), "--layer", "pool", "--input", str(tmp_path / "x.npy"),
+                                "--output", str(tmp_path / "g.npy"), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["reused"] is True
+    assert json.loads(again.output)["cache_key"] == report["cache_key"]
+    np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), np.load(out))
     several = tmp_path / "f.npz"
     result = runner.invoke(cli, ["extract", str(path), "-l", "pool", "-l", "-2", "-i", str(tmp_path / "x.npy"),
                                  "-o", str(several)])

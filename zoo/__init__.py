@@ -51,9 +51,12 @@ _API: dict[str, str] = {
     "ExtractorTransformer": "zoo.extract",
     "FeatureCache": "zoo.features",
     "cache_features": "zoo.features",
+    "extract_features": "zoo.features",
+    "save_features": "zoo.features",
     "transfer_model": "zoo.transfer",
+    "train": "zoo.transfer",
     "fit_head": "zoo.transfer",
-    "sweep": "zoo.sweep",
+    "sweep": "zoo.layer_sweep",
     "pretrain": "zoo.pretrain",
 }
 
@@ -79,11 +82,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.convert import convert
     from zoo.errors import ZooError
     from zoo.extract import Extractor, ExtractorTransformer, LayerInfo, layers, load_extractor
-    from zoo.features import FeatureCache, cache_features
+    from zoo.features import FeatureCache, cache_features, extract_features, save_features
     from zoo.fetch import fetch, verify
     from zoo.local import add, scan
     from zoo.pretrain import pretrain
     from zoo.records import Artifact, InputSpec, Model
     from zoo.sources import add_source, list_sources, remove_source, sync_sources
-    from zoo.sweep import sweep
-    from zoo.transfer import fit_head, transfer_model
+    from zoo.layer_sweep import sweep
+    from zoo.transfer import fit_head, train, transfer_model

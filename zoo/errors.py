@@ -69,6 +69,10 @@ class UnknownLayerError(ZooError, KeyError):
     """A layer name or position does not exist in the model."""
 
 
+class DiskFullError(ZooError):
+    """No room left to write (disk full, quota, file-size limit); what was written stays resumable."""
+
+
 class InputError(ZooError, ValueError):
     """Input data has the wrong shape, dtype, length or values."""
 

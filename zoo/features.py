@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Protocol
 import numpy as np
 
 from zoo import config
-from zoo.errors import InputError, ZooError
+from zoo.errors import DiskFullError, InputError
 
 __all__ = [
     "CacheEntry",
@@ -378,9 +378,9 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return np.lib.format.MAGIC_PREFIX + bytes([1, 0]) + len(text).to_bytes(2, "little") + text.encode("latin1")
 
 
-def _disk_full(exc: OSError, entry: Path) -> ZooError:
+def _disk_full(exc: OSError, entry: Path) -> DiskFullError:
     free = shutil.disk_usage(entry).free if entry.exists() else 0
-    return ZooError(
+    return DiskFullError(
         f"no room left to cache features in {entry} ({os.strerror(exc.errno)}; {free // 2**20} MiB free); "
         "free some space (`zoo cache list`, `zoo cache rm KEY`) and run again: it resumes from the "
         "last complete chunk"
@@ -816,6 +816,6 @@ def save_features(
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno in _DISK_FULL:
-            raise ZooError(f"no room left to write {output} ({os.strerror(exc.errno)}); free some space") from None
+            raise DiskFullError(f"no room left to write {output} ({os.strerror(exc.errno)}); free some space") from None
         raise
     return result

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from zoo import __version__, config
 from zoo.archives import archive_kind, safe_extract, unpacked_name
-from zoo.errors import ChecksumError, FetchError, OfflineError
+from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, parse_checksum
 
 if TYPE_CHECKING:
@@ -71,7 +71,11 @@ class DownloadResult:
 
 
 class _WriteError(FetchError):
-    """Writing the download failed (disk full, permissions): no other mirror can fix that."""
+    """Writing the download failed (permissions): no other mirror can fix that."""
+
+
+class _DiskFull(_WriteError, DiskFullError):
+    """The disk filled up during a download; the partial file was removed."""
 
 
 class _Retry(Exception):
@@ -492,7 +496,7 @@ class _Job:
         self._discard()
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             need = f" ({human_size(self.total or self.expected.size or 0)} needed)" if (self.total or self.expected.size) else ""
-            return _WriteError(
+            return _DiskFull(
                 f"disk full while writing {self.part}{need}: removed the partial download of {self.label}; "
                 "free some space or point ZOO_CACHE / --cache-dir at a bigger disk"
             )

@@ -158,7 +158,7 @@ def run(
     from zoo.catalog import open_catalog
     from zoo.extract import load_extractor
     from zoo.features import extract_features
-    from zoo.sweep import sweep
+    from zoo.layer_sweep import sweep
     from zoo.transfer import _compose, fit_head, make_head, save_model
 
     say = echo or (lambda message: None)

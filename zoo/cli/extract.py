@@ -59,8 +59,8 @@ def _layer_spec(values: tuple[str, ...]):
 @click.argument("name")
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
-@click.option("--input", "-i", "input_path", required=True, type=click.Path(dir_okay=False),
-              help="A .npy array of inputs, batch first.")
+@click.option("--input", "-i", "input_path", required=True, type=click.Path(exists=True),
+              help="A .npy array of inputs (batch first), or an image folder with a sub-folder per class.")
 @click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the features (.npy; .npz for several layers).")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1))
@@ -83,12 +83,28 @@ def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_p
 
     extractor = load_extractor(name, _layer_spec(layer), catalog=catalog, cache_dir=cache_dir,
                                batch_size=batch_size, threads=threads, preprocess=preprocess)
-    data = _read_array(input_path)
-    features = extractor(data)
-    _write_features(output_path, features)
-    shapes = {k: list(v.shape) for k, v in features.items()} if isinstance(features, dict) else list(features.shape)
     result = {"model": name, "layer": extractor.layer, "input": input_path, "output": output_path,
-              "rows": len(data), "shape": shapes, "fingerprint": extractor.fingerprint}
+              "fingerprint": extractor.fingerprint}
+    if isinstance(extractor.layer, str):
+        # One layer goes through the feature cache: resumable, and free the second time.
+        from zoo.features import save_features
+
+        cached = save_features(extractor, input_path, output_path, cache_dir=cache_dir,
+                               progress=not as_json)
+        shapes = list(cached.features.shape)
+        result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
+                      reused=cached.reused, skipped=cached.skipped)
+        if cached.classes is not None:
+            result["classes"] = cached.classes
+    else:
+        if os.path.isdir(input_path):
+            raise InputError(f"{input_path} is a folder; several layers at once need a .npy input "
+                             "(or extract one layer at a time)")
+        data = _read_array(input_path)
+        features = extractor(data)
+        _write_features(output_path, features)
+        shapes = {k: list(v.shape) for k, v in features.items()}
+        result.update(rows=len(data), shape=shapes)
     emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
 
 

@@ -151,7 +151,7 @@ def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs
         zoo sweep digits04.cnn -d x.npy -y y.npy -l pool1,pool2,relu3 --unfreeze 0,1
     """
     from zoo.errors import InputError
-    from zoo.sweep import sweep
+    from zoo.layer_sweep import sweep
 
     layers = [_layer(part) for part in layers_text.split(",") if part.strip()]
     if not layers:

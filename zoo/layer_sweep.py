@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
-import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -246,18 +244,3 @@ def sweep(
     if plot is not None:
         result.plot(plot)
     return result
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`sweep`.
-
-    ``zoo.sweep`` is the public function, but importing ``zoo.sweep`` (the module) sets the
-    package attribute of that name to the module; calling the module keeps ``zoo.sweep(...)``
-    and ``from zoo import sweep`` working either way.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SweepResult:
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
