@@ -285,3 +285,24 @@ def test_token_goes_to_a_private_source_host_not_to_public_zoos(fault_server, mo
     monkeypatch.setenv("ZOO_TOKEN_HOSTS", "127.0.0.1")
     fetch("public.caffe", quiet=True, force=True)
     assert fault_server.routes["/public.bin"].requests[-1].headers["Authorization"] == "Bearer tok-0123456789"
+
+
+def test_file_without_url_is_taken_from_where_the_user_put_it(tmp_path):
+    """Weights published only on a file-sharing page: the user drops them in the cache folder."""
+    from zoo.catalog import open_catalog
+    from zoo.config import cache_dir
+    from zoo.errors import FetchError
+    from zoo.fetch import fetch
+    from zoo.records import Artifact, Model
+
+    cat = open_catalog(builtins=False)
+    cat.add_model(Model(name="manual.caffe", framework="caffe", artifacts=[
+        Artifact("weights", "w.caffemodel", meta={"manual": "download it from the authors' OneDrive"})]))
+    with pytest.raises(FetchError, match="OneDrive.*put the file at .*w.caffemodel"):
+        fetch("manual.caffe", catalog=cat)
+    placed = cache_dir() / "models" / "manual.caffe" / "w.caffemodel"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(b"weights" * 100)
+    [done] = fetch("manual.caffe", catalog=cat)
+    assert done.path == str(placed) and cat.get("manual.caffe").is_local
+    assert cat.get("manual.caffe").artifacts[0].meta["first_fetch_sha256"] == done.sha256

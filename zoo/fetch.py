@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from zoo import __version__, config
 from zoo.archives import archive_kind, safe_extract, unpacked_name
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
-from zoo.hashes import MultiHasher, file_hash, parse_checksum
+from zoo.hashes import MultiHasher, file_hash, hash_matches, parse_checksum
 
 if TYPE_CHECKING:
     import requests
@@ -884,9 +884,15 @@ def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, o
     if not artifact.urls:
         if artifact.path and Path(artifact.path).exists():
             return artifact, None  # the user's own file, registered by `zoo add`
+        # A file published without a direct link (e.g. on a file-sharing page) is downloaded by
+        # hand and dropped where zoo would have put it; it is checked and registered like any other.
+        placed = _cache_folder(root, name) / artifact.filename
+        if placed.is_file():
+            return _register_placed(cat, name, artifact, placed, label), None
+        how = artifact.meta.get("manual")
         raise FetchError(
-            f"{label} has no URL and is not on disk ({artifact.path or 'no path'}); "
-            f"re-add it with `zoo add` or give the catalog entry a URL"
+            f"{label} has no download URL{f' ({how})' if how else ''}; put the file at {placed} and "
+            f"run `zoo fetch {name}` again, or register your copy with `zoo add`"
         )
     _check_filename(name, artifact.filename)
     folder = _cache_folder(root, name)
@@ -920,6 +926,25 @@ def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, o
         done.path = str(dest)
     cat.put_artifact(name, done)
     return done, result
+
+
+def _register_placed(cat, name, artifact, placed: Path, label: str):
+    sha256 = file_hash(placed)
+    if artifact.checksum and not hash_matches(placed, artifact.checksum):
+        algo, expected = parse_checksum(artifact.checksum)
+        raise ChecksumError(
+            f"{label} at {placed} does not match its published {algo} {expected} "
+            f"(got {file_hash(placed, algo)}); download it again"
+        )
+    pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
+    if pinned and pinned != sha256:
+        raise ChecksumError(f"{label} at {placed} has sha256 {sha256}, but {pinned} was recorded before")
+    done = dataclasses.replace(artifact, meta=dict(artifact.meta), urls=[], path=str(placed),
+                               sha256=sha256, size=placed.stat().st_size)
+    if not artifact.checksum:
+        done.meta.setdefault("first_fetch_sha256", sha256)
+    cat.put_artifact(name, done)
+    return done
 
 
 @dataclass
