@@ -295,7 +295,35 @@ def test_dynamic_shape_subgraph_follows_the_batch():
         y, ids = _check_against_ort(model, {"x": x})
         assert y.shape == (batch, 5) and ids.tolist() == list(range(7, 7 + batch))
     net = to_torch(model)
-    assert [name for name, _ in net.layers] == ["dense", "dense_bias"]
+    # The bias Add that only follows the MatMul joins its layer: one layer per source layer.
+    assert [name for name, _ in net.layers] == ["dense"]
+    assert net.dense.onnx_nodes == ["dense", "dense_bias"]
+    assert net.dense.onnx_inputs == {"weight": "w", "bias": "bias"}
+    assert [name for name, _ in net.named_parameters()] == ["dense.weight", "dense.bias"]
+
+
+def test_caffe_scale_layer_mul_add_is_one_layer_and_a_shared_output_is_not_merged():
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Mul", ["x", "gamma"], ["scaled"], name="scale1"),
+        helper.make_node("Add", ["scaled", "beta"], ["y1"], name="scale1_bias"),
+        helper.make_node("Conv", ["y1", "w"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "b2"], ["y"], name="conv_bias"),
+        helper.make_node("Sub", ["b3", "c"], ["z"], name="reversed_sub"),  # c has two readers
+    ]
+    inits = [numpy_helper.from_array(v, n) for n, v in {
+        "gamma": _rand(3, 1, 1), "beta": _rand(3, 1, 1, seed=1), "w": _rand(4, 3, 1, 1, seed=2),
+        "b2": _rand(4, 1, 1, seed=3), "b3": _rand(4, 1, 1, seed=4)}.items()]
+    model = _graph(nodes, [("x", TensorProto.FLOAT, ["n", 3, 5, 5])],
+                   [("y", TensorProto.FLOAT, None), ("z", TensorProto.FLOAT, None)], inits)
+    _check_against_ort(model, {"x": _rand(2, 3, 5, 5, seed=5)})
+    net = to_torch(model)
+    assert [(name, layer.onnx_nodes) for name, layer in net.layers] == [
+        ("scale1", ["scale1", "scale1_bias"]), ("conv", ["conv"]), ("conv_bias", ["conv_bias"]),
+        ("reversed_sub", ["reversed_sub"])]
+    assert net.unfreeze(top=4).trainable_layers()[0] == "scale1"
+    assert net.scale1.bias.requires_grad and net.scale1.weight.requires_grad
 
 
 def test_constant_folding_keeps_weights_trainable_and_shapes_as_buffers():
@@ -500,6 +528,21 @@ def _keras_mlp(keras):
     return keras.Model(inp, out)
 
 
+def _keras_decoder(keras):
+    """Layers the CNN above lacks: padding, transposed conv, upsampling, layer norm, leaky ReLU."""
+    inp = keras.Input((8, 8, 4))
+    x = keras.layers.Rescaling(1 / 2.0, offset=-0.25, name="rescale")(inp)
+    x = keras.layers.ZeroPadding2D(((1, 0), (0, 2)), name="zpad")(x)
+    x = keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", name="deconv")(x)
+    x = keras.layers.LeakyReLU(0.1, name="leaky")(x)
+    x = keras.layers.UpSampling2D(2, name="up")(x)
+    x = keras.layers.Conv2D(5, 3, strides=2, padding="valid", activation="elu", name="conv")(x)
+    x = keras.layers.LayerNormalization(name="ln")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="gmp")(x)
+    out = keras.layers.Dense(4, activation="sigmoid", name="out")(x)
+    return keras.Model(inp, out)
+
+
 def _to_onnx(tf, tf2onnx, model, shape):
     spec = (tf.TensorSpec((None,) + shape, tf.float32, name="input"),)
 
@@ -520,7 +563,8 @@ def keras_models():
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     out = {}
-    for name, build, shape in (("cnn", _keras_cnn, (20, 20, 3)), ("mlp", _keras_mlp, (12,))):
+    for name, build, shape in (("cnn", _keras_cnn, (20, 20, 3)), ("mlp", _keras_mlp, (12,)),
+                               ("decoder", _keras_decoder, (8, 8, 4))):
         model = build(keras)
         # Random biases and BN statistics, so no weight is a zero tf2onnx could drop.
         model.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) if w.ndim == 1 and "bn" in name
@@ -534,7 +578,7 @@ def keras_models():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cnn", "mlp"])
+@pytest.mark.parametrize("name", ["cnn", "mlp", "decoder"])
 def test_keras_model_via_tf2onnx_matches_keras_and_onnxruntime(keras_models, name):
     proto, keras_model, x, want_keras = keras_models[name]
     net = to_torch(proto)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -34,20 +35,30 @@ _ELEMENTWISE = {"Add", "Sub", "Mul"}
 # torch's CPU convolutions and pooling run 1.2-15x faster on channels-last (NHWC-strided) 4-D
 # tensors; the layout only changes strides, never values or shapes.
 _CHANNELS_LAST = {"Conv", "ConvTranspose"}
+# Layers whose output, when it feeds only an Add/Sub of a per-channel constant, take that constant
+# as their own `bias`: one layer per source layer (Keras Dense, Caffe Scale), trained together.
+_BIAS_HOSTS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Mul"}
 # Constant inputs that belong to a layer but are statistics, not trained by gradient.
 _STATISTICS: dict[str, dict[int, str]] = {"BatchNormalization": {3: "running_mean", 4: "running_var"}}
 
 
 class OnnxLayer(nn.Module):
-    """One parameterised ONNX node; `onnx_name` is the node's name in the source graph."""
+    """One parameterised ONNX node (and the bias Add/Sub that only follows it, if any).
+
+    `onnx_name` is the node's name in the source graph, `onnx_nodes` every node it runs and
+    `onnx_inputs` maps each parameter or buffer to the ONNX tensor it was read from.
+    """
 
     def __init__(self, node: Node, fn: Callable, slots: list[str | None], onnx_inputs: dict[str, str]):
         super().__init__()
         self.onnx_name = node.name
         self.op_type = node.op_type
         self.onnx_inputs = onnx_inputs  # attribute name -> ONNX tensor name it came from
+        self.onnx_nodes = [node.name]  # the node, and the bias Add/Sub folded in after it if any
         self._fn = fn
         self._slots = slots  # per ONNX input: own attribute name, or None for a run-time input
+        self._bias_fn: Callable | None = None
+        self._bias_first = False
 
     @property
     def trainable(self) -> bool:
@@ -58,10 +69,13 @@ class OnnxLayer(nn.Module):
         return [getattr(self, slot) if slot else next(it) for slot in self._slots]
 
     def forward(self, *xs):
-        return self._fn(*self._inputs(xs))
+        y = self._fn(*self._inputs(xs))
+        if self._bias_fn is not None:
+            y = self._bias_fn(self.bias, y) if self._bias_first else self._bias_fn(y, self.bias)
+        return y
 
     def extra_repr(self) -> str:
-        return f"{self.op_type} {self.onnx_name!r}"
+        return f"{self.op_type} {' + '.join(map(repr, self.onnx_nodes))}"
 
 
 class BatchNormLayer(OnnxLayer):
@@ -107,7 +121,14 @@ class OnnxModule(nn.Module):
         self._constant_names: dict[str, str] = {}
         shared: dict[str, nn.Parameter] = {}
         steps: list[_Step] = []
+        uses = Counter(name for node in graph.nodes for name in node.inputs if name)
+        uses.update(graph.outputs)
+        producer: dict[str, _Step] = {}
         for node, fn in zip(graph.nodes, graph.fns):
+            host = self._bias_host(node, producer, uses)
+            if host is not None:
+                self._attach_bias(host, node, fn, shared)
+                continue
             layer = self._make_layer(node, fn, shared)
             args = []
             for k, name in enumerate(node.inputs):
@@ -123,12 +144,40 @@ class OnnxModule(nn.Module):
             if node.op_type == "Dropout":
                 step.dropout = self._dropout_ratio(node)
             steps.append(step)
+            producer.update((name, step) for name in node.outputs if name)
         for name in graph.outputs:
             if name in graph.constants and name not in graph.inputs:
                 self._constant(name, graph.constants[name])
         self._steps = self._plan_frees(steps)
 
     # ---------------------------------------------------------------- construction
+    def _bias_host(self, node: Node, producer: dict[str, _Step], uses: Counter) -> _Step | None:
+        """The step of the layer this Add/Sub is the bias of (Keras Dense = MatMul + Add), if any."""
+        if node.op_type not in ("Add", "Sub") or len(node.constants) != 1 or len(node.inputs) != 2:
+            return None
+        (k, value), = node.constants.items()
+        x = node.inputs[1 - k]
+        step = producer.get(x)
+        if (step is None or step.layer < 0 or not value.is_floating_point() or value.numel() <= 1
+                or uses[x] != 1 or node.op_type == "Sub" and k == 0):
+            return None
+        layer = self.layers[step.layer][1]
+        if layer.op_type not in _BIAS_HOSTS or "bias" in layer._parameters or layer._bias_fn is not None:
+            return None
+        return step
+
+    def _attach_bias(self, step: _Step, node: Node, fn: Callable, shared: dict[str, nn.Parameter]) -> None:
+        (k, value), = node.constants.items()
+        layer = self.layers[step.layer][1]
+        name = node.inputs[k]
+        if name not in shared:
+            shared[name] = nn.Parameter(value.detach(), requires_grad=False)
+        layer.register_parameter("bias", shared[name])
+        layer.onnx_inputs["bias"] = name
+        layer.onnx_nodes.append(node.name)
+        layer._bias_fn, layer._bias_first = fn, k == 0
+        step.outputs = node.outputs  # the host's output fed only this node
+
     def _make_layer(self, node: Node, fn: Callable, shared: dict[str, nn.Parameter]) -> OnnxLayer | None:
         roles = _PARAMETERS.get(node.op_type, {})
         weights = {k: role for k, role in roles.items()
