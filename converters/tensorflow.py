@@ -74,7 +74,7 @@ def _quiet_tf() -> Any:
     """Import tensorflow with its C++ and tf2onnx chatter turned down."""
     _bind_sqlite_first()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    tf = ox_require("tensorflow")
+    tf = _require("tensorflow")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     return tf
@@ -90,7 +90,7 @@ def _bind_sqlite_first() -> None:
     import sqlite3  # noqa: F401
 
 
-def ox_require(module: str) -> Any:
+def _require(module: str) -> Any:
     from zoo.errors import require
 
     return require(module, "tensorflow")
@@ -98,7 +98,7 @@ def ox_require(module: str) -> Any:
 
 def _tf2onnx() -> Any:
     _bind_sqlite_first()
-    tf2onnx = ox_require("tf2onnx")
+    tf2onnx = _require("tf2onnx")
     # Unconverted ops are reported by _refuse_unconverted_ops as one error, not as log lines.
     from tf2onnx import logging as tf2onnx_logging
 
@@ -168,6 +168,9 @@ def _finish(
     report.notes += ox.make_batch_dynamic(model)
     model = ox.check(model)
     report.opset = ox.opset_of(model)
+    ranks = {len(shape) for _, shape, _ in ox.input_specs(model)}
+    if 4 not in ranks:  # NHWC/NCHW only describe image inputs
+        report.input_layout = "NC" if ranks == {2} else None
     if verify and reference is not None and onnx_feeds is not None:
         ox.verify(report, model, onnx_feeds, reference(), reference_name)
     report.seconds = time.perf_counter() - start
@@ -429,7 +432,7 @@ def load_keras(
 ):
     """A Keras model from `.keras`/`.h5`, or a Keras Applications `architecture` + weights-only `.h5`."""
     _quiet_tf()
-    keras = ox_require("keras")
+    keras = _require("keras")
     path = os.fspath(path)
     with open(path, "rb") as fh:
         head = fh.read(8)
@@ -559,7 +562,7 @@ def convert_keras_model(
 
     onnx_feeds = _to_onnx_feeds(feeds, {}, nchw)
     conversion = _finish(onnx_model, report, start, verify, onnx_feeds, reference,
-                         f"keras {ox_require('keras').__version__} ({tf.__version__})")
+                         f"keras {_require('keras').__version__} ({tf.__version__})")
     _name_layers(conversion.model, layer_tensors, keras_shapes, set(output_names))
     conversion.report.seconds = time.perf_counter() - start
     return conversion
@@ -590,7 +593,7 @@ def _layer_probe(model):
     ``layer.output``, which for a Sequential or a shared layer may be another call of the layer.
     Layers inside a nested model are not reachable from the outer inputs and are left out.
     """
-    keras = ox_require("keras")
+    keras = _require("keras")
     graph = getattr(model, "_functional", None) or model
     by_depth = getattr(graph, "_nodes_by_depth", {}) or {}
     found: dict[str, Any] = {}

@@ -79,7 +79,7 @@ def test_keras_sequential(tf_models):
 
     conversion = ct.convert_keras(tf_models["sequential"])
     _assert_verified(conversion, outputs=1)
-    assert conversion.report.input_layout == "NHWC" or conversion.report.input_layout
+    assert conversion.report.input_layout == "NC"
     assert "hidden" in {o for n in conversion.model.graph.node for o in n.output}
 
 
