@@ -485,6 +485,18 @@ def test_unsupported_ops_are_all_named_at_conversion_time():
     assert "ok" not in message.split("unsupported nodes:")[1]
 
 
+def test_unsupported_op_in_a_dead_branch_is_ignored():
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Einsum", ["x"], ["unused"], name="dead", equation="ij->ji"),
+        helper.make_node("Relu", ["x"], ["y"], name="live"),
+    ]
+    model = _graph(nodes, [("x", TensorProto.FLOAT, ["n", 2])], [("y", TensorProto.FLOAT, None)])
+    x = _rand(3, 2)
+    assert np.array_equal(to_torch(model)(x).numpy(), np.maximum(x, 0))
+
+
 def test_bad_model_file_is_a_format_error(tmp_path):
     from zoo.errors import ModelFormatError
 

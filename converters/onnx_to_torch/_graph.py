@@ -78,14 +78,16 @@ def parse(proto: onnx.ModelProto) -> Graph:
     g = proto.graph
     constants = {t.name: _tensor(numpy_helper.to_array(t)) for t in g.initializer}
     inputs = [i.name for i in g.input if i.name not in constants]
+    outputs = [o.name for o in g.output]
+    # Only nodes an output depends on: a cut graph may carry dead branches with any ops.
+    protos = [g.node[i] for i in _needed(g.node, outputs)]
     nodes = [Node(n.name or f"{n.op_type}_{n.output[0]}", n.op_type, list(n.input), list(n.output),
-                  _attrs(n), opset) for n in g.node]
+                  _attrs(n), opset) for n in protos]
 
     problems, fns = [], []
-    domains = {n.name: proto.graph.node[i].domain for i, n in enumerate(nodes)}
-    for node in nodes:
-        if domains[node.name] not in ("", "ai.onnx"):
-            problems.append((f"{domains[node.name]}.{node.op_type}", node.name, ""))
+    for node, domain in zip(nodes, (n.domain for n in protos)):
+        if domain not in ("", "ai.onnx"):
+            problems.append((f"{domain}.{node.op_type}", node.name, ""))
             fns.append(None)
             continue
         factory = OPS.get(node.op_type)
@@ -117,8 +119,7 @@ def parse(proto: onnx.ModelProto) -> Graph:
         node.constants = {k: constants[name] for k, name in enumerate(node.inputs) if name in constants}
         live_nodes.append(node)
         live_fns.append(fn)
-    live_nodes, live_fns = _prune(live_nodes, live_fns, [o.name for o in g.output])
-    return Graph(inputs, [o.name for o in g.output], live_nodes, live_fns, constants, opset)
+    return Graph(inputs, outputs, live_nodes, live_fns, constants, opset)
 
 
 def _toposort(nodes: list[Node], available: set[str]) -> list[int]:
@@ -142,16 +143,17 @@ def _toposort(nodes: list[Node], available: set[str]) -> list[int]:
     return done
 
 
-def _prune(nodes: list[Node], fns: list, outputs: list[str]) -> tuple[list[Node], list]:
-    """Drop nodes no graph output depends on."""
-    needed = set(outputs)
-    keep = []
-    for i in range(len(nodes) - 1, -1, -1):
-        if any(o in needed for o in nodes[i].outputs):
-            keep.append(i)
-            needed.update(n for n in nodes[i].inputs if n)
-    keep.reverse()
-    return [nodes[i] for i in keep], [fns[i] for i in keep]
+def _needed(nodes, outputs: list[str]) -> list[int]:
+    """Indices (in file order) of the nodes some graph output depends on."""
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
+    keep: set[int] = set()
+    stack = [name for name in outputs if name in producer]
+    while stack:
+        i = producer[stack.pop()]
+        if i not in keep:
+            keep.add(i)
+            stack.extend(name for name in nodes[i].input if name in producer)
+    return sorted(keep)
 
 
 def _unsupported_message(problems: list[tuple[str, str, str]]) -> str:
