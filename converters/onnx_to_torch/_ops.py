@@ -342,7 +342,7 @@ def _conv_transpose(node: Node) -> OpFn:
         if output_shape or win.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             target = output_shape[-n:] if output_shape else [i * s for i, s in zip(x.shape[2:], strides)]
             total = [f + e - t for f, e, t in zip(full, extra, target)]
-            upper = win.auto_pad != "SAME_LOWER"
+            upper = win.auto_pad == "SAME_UPPER"  # NOTSET with output_shape pads like SAME_LOWER
             begin = [t // 2 if upper else t - t // 2 for t in total]
             end = [t - bb for t, bb in zip(total, begin)]
         else:
@@ -681,7 +681,7 @@ def _slice(node: Node) -> OpFn:
                 index[axis] = slice(*slice(start, end, step).indices(dim))
             else:
                 # torch has no negative steps: take the indices explicitly.
-                start = max(-1, min(dim - 1, start + dim if start < 0 else start))
+                start = max(0, min(dim - 1, start + dim if start < 0 else start))
                 end = max(-1, min(dim - 1, end + dim if end < 0 else end))
                 flips.append((axis, torch.arange(start, end, step, device=x.device)))
         y = x[tuple(index)]
