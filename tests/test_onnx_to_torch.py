@@ -239,8 +239,20 @@ OP_CASES = {
     "space_to_depth": ("SpaceToDepth", {"x": _rand(2, 3, 4, 6)}, {}, {"blocksize": 2}, 13),
     "dropout_opset12_ratio_input": ("Dropout", {"x": X4}, {"r": np.array(0.3, np.float32)}, {}, 13),
     "abs_exp_log_family": ("Sqrt", {"x": _rand(2, 3, low=0.1)}, {}, {}, 13),
+    "mish": ("Mish", {"x": X4}, {}, {}, 18),
+    "celu": ("Celu", {"x": X4}, {}, {"alpha": 0.5}, 13),
+    "thresholded_relu": ("ThresholdedRelu", {"x": X4}, {}, {"alpha": 0.3}, 13),
+    "shrink": ("Shrink", {"x": X4}, {}, {"bias": 0.1, "lambd": 0.4}, 13),
+    "cumsum_exclusive_reverse": ("CumSum", {"x": X4}, {"a": np.array(2, I64)}, {"exclusive": 1, "reverse": 1}, 13),
+    "einsum": ("Einsum", {"a": _rand(2, 3, 4), "b": _rand(2, 4, 5, seed=1)}, {}, {"equation": "bij,bjk->bik"}, 13),
+    "topk": ("TopK", {"x": X4}, {"k": np.array([3], I64)}, {"axis": 1, "largest": 0}, 13),
+    "one_hot": ("OneHot", {"i": np.array([[1, -1, 9, 3], [0, 2, 2, 4]], I64)},
+                {"d": np.array(5, I64), "v": np.array([0.5, 2.0], np.float32)}, {"axis": 1}, 13),
+    "gather_nd": ("GatherND", {"x": X4}, {"i": np.array([[0, 1], [1, 3]], I64)}, {}, 13),
+    "scatter_nd": ("ScatterND", {"x": X4}, {"i": np.array([[1, 2], [0, 0]], I64), "u": _rand(2, 9, 9)}, {}, 13),
+    "trilu_lower": ("Trilu", {"x": X4}, {"k": np.array(1, I64)}, {"upper": 0}, 14),
 }
-N_OUTPUTS = {"split_opset11_attr": 2, "split_opset13_input": 2, "split_opset18_num_outputs": 2, "split_equal": 4}
+N_OUTPUTS = {"topk": 2, "split_opset11_attr": 2, "split_opset13_input": 2, "split_opset18_num_outputs": 2, "split_equal": 4}
 INPUT_ORDER = {"clip_opset11_max_only": ["x", "", "hi"], "where_equal": ["c", "a", "b"]}
 
 

@@ -20,8 +20,8 @@ def to_torch(model: onnx.ModelProto | str | Path) -> OnnxModule:
     depends on the input (tf2onnx's Shape/Gather/Concat/Reshape) runs on the live tensors, so any
     batch size works.
 
-    >>> net = to_torch("squeezenet.onnx")
-    >>> net.unfreeze(top=1).trainable_layers()
+    >>> net = to_torch("squeezenet_v1.1.onnx")  # doctest: +SKIP
+    >>> net.unfreeze(top=1).trainable_layers()  # doctest: +SKIP
     ['conv10']
     """
     from zoo.errors import require

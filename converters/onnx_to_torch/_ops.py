@@ -902,3 +902,128 @@ def _space_to_depth(node: Node) -> OpFn:
         return y.reshape(n, c * b * b, h // b, w // b)
 
     return run
+
+
+# ---------------------------------------------------------------- less common, cheap to support
+@op("Mish")
+def _mish(node: Node) -> OpFn:
+    return F.mish
+
+
+@op("Celu")
+def _celu(node: Node) -> OpFn:
+    alpha = node.attrs.get("alpha", 1.0)
+    return lambda x: F.celu(x, alpha)
+
+
+@op("ThresholdedRelu")
+def _thresholded_relu(node: Node) -> OpFn:
+    alpha = node.attrs.get("alpha", 1.0)
+    return lambda x: torch.where(x > alpha, x, torch.zeros_like(x))
+
+
+@op("Shrink")
+def _shrink(node: Node) -> OpFn:
+    bias, lambd = node.attrs.get("bias", 0.0), node.attrs.get("lambd", 0.5)
+    return lambda x: torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))
+
+
+@op("CumSum")
+def _cumsum(node: Node) -> OpFn:
+    exclusive, reverse = node.attrs.get("exclusive", 0), node.attrs.get("reverse", 0)
+
+    def run(x, axis):
+        ax = _axis(int(axis.item()), x.dim())
+        y = x.flip(ax) if reverse else x
+        out = torch.cumsum(y, ax)
+        if exclusive:
+            out = out - y
+        return out.flip(ax) if reverse else out
+
+    return run
+
+
+@op("Einsum")
+def _einsum(node: Node) -> OpFn:
+    equation = node.attrs["equation"]
+    return lambda *xs: torch.einsum(equation, *xs)
+
+
+@op("TopK")
+def _topk(node: Node) -> OpFn:
+    axis, largest, ordered = node.attrs.get("axis", -1), node.attrs.get("largest", 1), node.attrs.get("sorted", 1)
+    fixed_k = node.attrs.get("k")
+
+    def run(x, k=None):
+        n = fixed_k if node.opset < 10 else int(k.reshape(-1)[0])
+        values, indices = torch.topk(x, n, axis, bool(largest), bool(ordered))
+        return values, indices
+
+    return run
+
+
+@op("OneHot")
+def _one_hot(node: Node) -> OpFn:
+    axis = node.attrs.get("axis", -1)
+
+    def run(indices, depth, values):
+        d = int(depth.reshape(-1)[0])
+        idx = indices.long()
+        idx = torch.where(idx < 0, idx + d, idx)
+        hot = F.one_hot(idx.clamp(0, d - 1), d) * ((idx >= 0) & (idx < d)).unsqueeze(-1)
+        out = torch.where(hot.bool(), values[1], values[0])
+        return out.movedim(-1, _axis(axis, out.dim()))
+
+    return run
+
+
+@op("NonZero")
+def _non_zero(node: Node) -> OpFn:
+    return lambda x: torch.nonzero(x).t().contiguous()
+
+
+@op("GatherND")
+def _gather_nd(node: Node) -> OpFn:
+    batch_dims = node.attrs.get("batch_dims", 0)
+    if batch_dims:
+        raise Unsupported("GatherND with batch_dims")
+
+    def run(x, idx):
+        m = idx.shape[-1]
+        flat = idx.reshape(-1, m).long()
+        out = x[tuple(flat[:, i] for i in range(m))]
+        return out.reshape(tuple(idx.shape[:-1]) + tuple(x.shape[m:]))
+
+    return run
+
+
+@op("ScatterND")
+def _scatter_nd(node: Node) -> OpFn:
+    if node.attrs.get("reduction", "none") != "none":
+        raise Unsupported("ScatterND with a reduction")
+
+    def run(x, idx, updates):
+        m = idx.shape[-1]
+        flat = idx.reshape(-1, m).long()
+        out = x.clone()
+        out[tuple(flat[:, i] for i in range(m))] = updates.reshape((flat.shape[0],) + tuple(x.shape[m:]))
+        return out
+
+    return run
+
+
+@op("Trilu")
+def _trilu(node: Node) -> OpFn:
+    upper = node.attrs.get("upper", 1)
+
+    def run(x, k=None):
+        diagonal = int(k.item()) if k is not None else 0
+        return torch.triu(x, diagonal) if upper else torch.tril(x, diagonal)
+
+    return run
+
+
+@op("IsInf")
+def _is_inf(node: Node) -> OpFn:
+    pos, neg = node.attrs.get("detect_positive", 1), node.attrs.get("detect_negative", 1)
+    return lambda x: (torch.isposinf(x) & bool(pos)) | (torch.isneginf(x) & bool(neg))
