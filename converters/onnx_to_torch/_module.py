@@ -85,6 +85,42 @@ class BatchNormLayer(OnnxLayer):
         return self._fn(*self._inputs(xs), training=self.training and self.trainable)
 
 
+class _ConvBatchNorm:
+    """A Conv and the BatchNormalization reading only its output: one conv with folded weights
+    while both are frozen and unhooked (onnxruntime fuses them too), else the two layers in turn."""
+
+    def __init__(self, conv: OnnxLayer, bn: BatchNormLayer, eps: float):
+        self.conv, self.bn, self.eps = conv, bn, eps
+        self._key: tuple | None = None
+        self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _tensors(self) -> list[torch.Tensor]:
+        conv, bn = self.conv, self.bn
+        extra = [conv.bias] if "bias" in conv._parameters else []
+        return [conv.weight, *extra, bn.weight, bn.bias, bn.running_mean, bn.running_var]
+
+    def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = self._tensors()
+        # Recompute when any tensor changed in place (_version), moved, or was cast.
+        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+        if key != self._key:
+            conv, bn = self.conv, self.bn
+            with torch.no_grad():
+                scale = bn.weight / torch.sqrt(bn.running_var + self.eps)
+                weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
+                bias = conv.bias if "bias" in conv._parameters else torch.zeros_like(bn.bias)
+                self._folded = (weight, (bias - bn.running_mean) * scale + bn.bias)
+            self._key = key
+        return self._folded
+
+    def __call__(self, x):
+        conv, bn = self.conv, self.bn
+        if (conv.trainable or bn.trainable or conv._forward_hooks or bn._forward_hooks
+                or conv._forward_pre_hooks or bn._forward_pre_hooks):
+            return bn(conv(x))
+        return conv._fn(x, *self._weights())
+
+
 @dataclass
 class _Step:
     call: Callable
@@ -130,6 +166,15 @@ class OnnxModule(nn.Module):
                 self._attach_bias(host, node, fn, shared)
                 continue
             layer = self._make_layer(node, fn, shared)
+            conv_step = self._conv_before(node, layer, producer, uses)
+            if conv_step is not None:
+                conv = self.layers[conv_step.layer][1]
+                conv_step.call = _ConvBatchNorm(conv, layer, node.attrs.get("epsilon", 1e-5))
+                conv_step.outputs = node.outputs
+                conv_step.layer = len(self.layers)
+                self.layers.append((node.name, layer))
+                producer.update((name, conv_step) for name in node.outputs if name)
+                continue
             args = []
             for k, name in enumerate(node.inputs):
                 if layer is not None and layer._slots[k]:
@@ -163,6 +208,19 @@ class OnnxModule(nn.Module):
             return None
         layer = self.layers[step.layer][1]
         if layer.op_type not in _BIAS_HOSTS or "bias" in layer._parameters or layer._bias_fn is not None:
+            return None
+        return step
+
+    def _conv_before(self, node: Node, layer: OnnxLayer | None, producer: dict[str, _Step],
+                     uses: Counter) -> _Step | None:
+        """The step of the Conv whose output only this BatchNormalization reads, if any."""
+        if not isinstance(layer, BatchNormLayer) or None in layer._slots[1:] or len(layer._slots) != 5:
+            return None
+        step = producer.get(node.inputs[0])
+        if step is None or step.layer < 0 or uses[node.inputs[0]] != 1 or len(node.outputs) != 1:
+            return None
+        conv = self.layers[step.layer][1]
+        if conv.op_type != "Conv" or conv._bias_fn is not None or not isinstance(step.call, OnnxLayer):
             return None
         return step
 
