@@ -499,6 +499,8 @@ def test_unfreeze_bad_arguments_name_the_choices():
         net.unfreeze(layers=["conv9"])
     with pytest.raises(InputError, match=r"1 input"):
         net(torch.zeros(1, 3, 8, 8), torch.zeros(1))
+    with pytest.raises(InputError, match=r"'x' must have 4 dimensions \[N, 3, 8, 8\], got shape \(3, 8, 8\)"):
+        net(torch.zeros(3, 8, 8))
 
 
 def test_numpy_input_is_cast_to_the_declared_dtype():

@@ -28,10 +28,9 @@ def to_torch(model: onnx.ModelProto | str | Path) -> OnnxModule:
 
     require("torch", "torch")
     from converters.onnx_to_torch._graph import load, parse
-    from converters.onnx_to_torch._module import OnnxModule, input_dtypes
+    from converters.onnx_to_torch._module import OnnxModule
 
-    proto = load(model)
-    module = OnnxModule(parse(proto), input_dtypes(proto))
+    module = OnnxModule(parse(load(model)))
     return module.freeze().eval()
 
 

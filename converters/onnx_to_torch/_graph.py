@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from converters.onnx_to_torch._ops import OPS, Node, Unsupported
+from converters.onnx_to_torch._ops import ONNX_DTYPES, OPS, Node, Unsupported
 from zoo.errors import ModelFormatError, UnsupportedLayerError
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ class Graph:
     fns: list  # the torch function of each node in `nodes`
     constants: dict[str, torch.Tensor] = field(default_factory=dict)
     opset: int = 13
+    input_dtypes: list[torch.dtype | None] = field(default_factory=list)  # declared, per input
+    input_shapes: list[list[int | str | None] | None] = field(default_factory=list)  # None: unknown rank
 
 
 def load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
@@ -119,7 +121,12 @@ def parse(proto: onnx.ModelProto) -> Graph:
         node.constants = {k: constants[name] for k, name in enumerate(node.inputs) if name in constants}
         live_nodes.append(node)
         live_fns.append(fn)
-    return Graph(inputs, outputs, live_nodes, live_fns, constants, opset)
+    declared = {i.name: i.type.tensor_type for i in g.input}
+    dtypes = [ONNX_DTYPES.get(declared[name].elem_type) for name in inputs]
+    shapes = [[d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+               for d in declared[name].shape.dim] if declared[name].HasField("shape") else None
+              for name in inputs]
+    return Graph(inputs, outputs, live_nodes, live_fns, constants, opset, dtypes, shapes)
 
 
 def _toposort(nodes: list[Node], available: set[str]) -> list[int]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from converters.onnx_to_torch._graph import Graph
-from converters.onnx_to_torch._ops import ONNX_DTYPES, Node
+from converters.onnx_to_torch._ops import Node
 from zoo.errors import InputError, UnknownLayerError
 
 # Which constant inputs of a node are trainable weights, and the attribute name each gets.
@@ -146,12 +146,13 @@ class OnnxModule(nn.Module):
     deterministic in either mode.
     """
 
-    def __init__(self, graph: Graph, input_dtypes: list[torch.dtype | None] | None = None):
+    def __init__(self, graph: Graph):
         super().__init__()
         self.input_names: list[str] = list(graph.inputs)
         self.output_names: list[str] = list(graph.outputs)
         self.opset = graph.opset
-        self._input_dtypes = input_dtypes or [None] * len(graph.inputs)
+        self._input_dtypes = graph.input_dtypes or [None] * len(graph.inputs)
+        self.input_shapes = graph.input_shapes or [None] * len(graph.inputs)  # as declared in the graph
         self.layers: list[tuple[str, OnnxLayer]] = []
         self.constants = nn.Module()  # run-time constants (shapes, indices, scalars) as buffers
         self._constant_names: dict[str, str] = {}
@@ -339,6 +340,14 @@ class OnnxModule(nn.Module):
                                  f"{type(x).__name__} ({exc})") from None
             if dtype is not None and x.dtype != dtype:
                 x = x.to(dtype)
+        shape = self.input_shapes[k]
+        if shape is not None and x.dim() != len(shape):
+            # Only the rank is checked: the batch and, in convolutional nets, the spatial sizes may
+            # differ from the declared ones; a wrong size fails in the op that cannot take it.
+            dims = ["N", *(str(d) if d is not None else "?" for d in shape[1:])] if shape else []
+            expected = ", ".join(dims)
+            raise InputError(f"input {self.input_names[k]!r} must have {len(shape)} dimensions "
+                             f"[{expected}], got shape {tuple(x.shape)}")
         if x.dim() == 4 and x.is_floating_point():
             x = x.contiguous(memory_format=torch.channels_last)  # see _CHANNELS_LAST
         return x
@@ -376,9 +385,3 @@ class OnnxModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"inputs={self.input_names}, outputs={self.output_names}, opset={self.opset}"
-
-
-def input_dtypes(proto) -> list[torch.dtype | None]:
-    """Declared element type of each real graph input (numpy inputs are cast to it)."""
-    init = {t.name for t in proto.graph.initializer}
-    return [ONNX_DTYPES.get(i.type.tensor_type.elem_type) for i in proto.graph.input if i.name not in init]
