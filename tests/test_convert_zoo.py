@@ -103,8 +103,15 @@ def test_second_convert_does_not_import_tensorflow(cat, tf_models, zoo_env):
 
 
 @pytest.mark.slow
-def test_tensorflow_formats_through_the_catalog(cat, tf_models):
+def test_tensorflow_formats_through_the_catalog(cat, tf_models, tmp_path):
+    import shutil
+
     import zoo
+
+    unpacked = tmp_path / "mobilenet_v1_1.0_224"  # an unpacked archive, as `zoo fetch` leaves it
+    unpacked.mkdir()
+    shutil.copy(tf_models["tflite"], unpacked / "mobilenet_v1_1.0_224.tflite")
+    (unpacked / "labels.txt").write_text("a\nb\nc\n")
 
     entries = [
         local_model("sm.custom", "tensorflow", tf_models["saved_model"], fmt="saved_model",
@@ -112,6 +119,9 @@ def test_tensorflow_formats_through_the_catalog(cat, tf_models):
         local_model("frozen.local", "tensorflow", tf_models["frozen"], fmt="frozen_graph",
                     meta={"inputs": ["input"], "outputs": ["probabilities"]}),
         local_model("lite.local", "tflite", tf_models["tflite"], fmt="tflite"),
+        Model(name="lite.archive", framework="tflite", format="tflite", artifacts=[Artifact(
+            role="archive", filename="mobilenet_v1_1.0_224.tgz", extract="tar", path=str(unpacked),
+            meta={"members": {"model": "mobilenet_v1_1.0_224.tflite"}})]),
         local_model("mobilenet.weights", "keras", tf_models["application_legacy"], role="weights",
                     fmt="h5_weights", meta={"keras_application": "MobileNet",
                                             **tf_models["application_options"]}),
@@ -123,6 +133,9 @@ def test_tensorflow_formats_through_the_catalog(cat, tf_models):
         assert report["verified"] is True, (model.name, report)
         assert Path(artifact.path).is_file()
     assert cat.get("lite.local").artifact("onnx").meta["layout"] == "NCHW"
+    archived = cat.get("lite.archive").artifact("onnx").meta
+    assert list(archived["report"]["source_files"])[0].endswith("mobilenet_v1_1.0_224.tflite")
+    assert set(archived["source_sha256"]) == {"model"}
     assert cat.get("frozen.local").artifact("onnx").meta["report"]["outputs"][0]["name"] == "probabilities"
     # The Keras 2 weights file was really loaded: the output is the one computed before saving.
     import numpy as np
