@@ -70,6 +70,7 @@ def convert(
         current.meta["reused"] = True
         return current
 
+    stats = {role: _stat(path) for role, path in sources.items()}  # before: a file may change meanwhile
     conversion = _run_converter(model, sources, options)
     report = conversion.report
     if report.verified is False:
@@ -83,9 +84,8 @@ def convert(
             )
         report.notes.append("kept with --force although outputs differ beyond tolerance (unverified)")
 
-    dest = config.cache_dir(cache_dir) / "onnx" / _safe(name) / f"{_safe(name)}.onnx"
+    dest = onnx_path(name, cache_dir)
     conversion.save(dest)
-    stats = {role: _stat(path) for role, path in sources.items()}
     artifact = Artifact(
         role="onnx",
         filename=dest.name,
