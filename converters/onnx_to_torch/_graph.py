@@ -78,40 +78,53 @@ def parse(proto: onnx.ModelProto) -> Graph:
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     g = proto.graph
-    constants = {t.name: _tensor(numpy_helper.to_array(t)) for t in g.initializer}
-    inputs = [i.name for i in g.input if i.name not in constants]
     outputs = [o.name for o in g.output]
     # Only nodes an output depends on: a cut graph may carry dead branches with any ops.
     protos = [g.node[i] for i in _needed(g.node, outputs)]
     nodes = [Node(n.name or f"{n.op_type}_{n.output[0]}", n.op_type, list(n.input), list(n.output),
                   _attrs(n), opset) for n in protos]
+    fns = _functions(nodes, [n.domain for n in protos])
+    used = {name for node in nodes for name in node.inputs} | set(outputs)
+    initializers = {t.name for t in g.initializer}
+    constants = {t.name: _tensor(numpy_helper.to_array(t)) for t in g.initializer if t.name in used}
+    inputs = [i.name for i in g.input if i.name not in initializers]
+    live_nodes, live_fns = _fold(nodes, fns, constants, set(inputs))
+    declared = {i.name: i.type.tensor_type for i in g.input}
+    dtypes = [ONNX_DTYPES.get(declared[name].elem_type) for name in inputs]
+    shapes = [[d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+               for d in declared[name].shape.dim] if declared[name].HasField("shape") else None
+              for name in inputs]
+    return Graph(inputs, outputs, live_nodes, live_fns, constants, opset, dtypes, shapes)
 
+
+def _functions(nodes: list[Node], domains: list[str]) -> list:
+    """The torch function of every node, or UnsupportedLayerError listing all that have none."""
     problems, fns = [], []
-    for node, domain in zip(nodes, (n.domain for n in protos)):
+    for node, domain in zip(nodes, domains):
+        fn = None
         if domain not in ("", "ai.onnx"):
             problems.append((f"{domain}.{node.op_type}", node.name, ""))
-            fns.append(None)
-            continue
-        factory = OPS.get(node.op_type)
-        if factory is None:
+        elif node.op_type not in OPS:
             problems.append((node.op_type, node.name, ""))
-            fns.append(None)
-            continue
-        try:
-            fns.append(factory(node))
-        except (Unsupported, KeyError) as exc:
-            reason = f"missing attribute {exc}" if isinstance(exc, KeyError) else str(exc)
-            problems.append((node.op_type, node.name, reason))
-            fns.append(None)
+        else:
+            try:
+                fn = OPS[node.op_type](node)
+            except (Unsupported, KeyError) as exc:
+                reason = f"missing attribute {exc}" if isinstance(exc, KeyError) else str(exc)
+                problems.append((node.op_type, node.name, reason))
+        fns.append(fn)
     if problems:
         raise UnsupportedLayerError(_unsupported_message(problems))
+    return fns
 
-    order = _toposort(nodes, set(inputs) | set(constants))
+
+def _fold(nodes: list[Node], fns: list, constants: dict[str, torch.Tensor],
+          inputs: set[str]) -> tuple[list[Node], list]:
+    """Evaluate nodes whose inputs are all constants into `constants`; return the others, sorted."""
     live_nodes, live_fns = [], []
-    for i in order:
+    for i in _toposort(nodes, inputs | set(constants)):
         node, fn = nodes[i], fns[i]
-        known = [name for name in node.inputs if name]
-        if node.op_type not in _NONDETERMINISTIC and all(name in constants for name in known):
+        if node.op_type not in _NONDETERMINISTIC and all(not n or n in constants for n in node.inputs):
             with torch.no_grad():
                 out = fn(*[constants[name] if name else None for name in node.inputs])
             for name, value in zip(node.outputs, out if isinstance(out, tuple) else (out,)):
@@ -121,12 +134,7 @@ def parse(proto: onnx.ModelProto) -> Graph:
         node.constants = {k: constants[name] for k, name in enumerate(node.inputs) if name in constants}
         live_nodes.append(node)
         live_fns.append(fn)
-    declared = {i.name: i.type.tensor_type for i in g.input}
-    dtypes = [ONNX_DTYPES.get(declared[name].elem_type) for name in inputs]
-    shapes = [[d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-               for d in declared[name].shape.dim] if declared[name].HasField("shape") else None
-              for name in inputs]
-    return Graph(inputs, outputs, live_nodes, live_fns, constants, opset, dtypes, shapes)
+    return live_nodes, live_fns
 
 
 def _toposort(nodes: list[Node], available: set[str]) -> list[int]:
