@@ -193,13 +193,18 @@ def make_batch_dynamic(model: onnx.ModelProto) -> list[str]:
 
     notes = []
     fixed = set()
-    for value in [*graph_inputs(model), *model.graph.output]:
+    for value in graph_inputs(model):
         dims = value.type.tensor_type.shape.dim
-        if not len(dims):
-            continue
-        if dims[0].HasField("dim_value"):
-            fixed.add(dims[0].dim_value)
-        dims[0].dim_param = BATCH
+        if len(dims):
+            if dims[0].HasField("dim_value"):
+                fixed.add(dims[0].dim_value)
+            dims[0].dim_param = BATCH
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        # An output's first dim is the batch when it is symbolic or equals the inputs' fixed batch;
+        # a fixed size of its own (a [10] table) stays.
+        if len(dims) and (not dims[0].HasField("dim_value") or dims[0].dim_value in fixed):
+            dims[0].dim_param = BATCH
     if not fixed:
         return notes
     notes.append(f"batch dimension was fixed at {sorted(fixed)}; made dynamic")

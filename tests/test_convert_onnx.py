@@ -92,3 +92,32 @@ def test_bad_files(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), custom)
     with pytest.raises((UnsupportedLayerError, ModelFormatError), match="Frobnicate"):
         om.convert(custom)
+
+
+def test_fixed_batch_becomes_dynamic_but_other_fixed_sizes_stay():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters import onnx_model as om
+
+    nodes = [
+        helper.make_node("Reshape", ["x", "target"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+        helper.make_node("Constant", [], ["table"], value=numpy_helper.from_array(np.arange(3, dtype="float32"))),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2]),
+         helper.make_tensor_value_info("table", TensorProto.FLOAT, [3])],
+        initializer=[numpy_helper.from_array(np.array([1, 2, 2], dtype="int64"), "target")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    notes = om.make_batch_dynamic(model)
+    assert any("Reshape" in n for n in notes)
+    first = {v.name: v.type.tensor_type.shape.dim[0] for v in [*model.graph.input, *model.graph.output]}
+    assert first["x"].dim_param == first["y"].dim_param == "batch"
+    assert first["table"].dim_value == 3
+    onnx.checker.check_model(model)
+    x = np.arange(12, dtype="float32").reshape(3, 4) - 6
+    y, table = om.run(model, {"x": x})[1]
+    np.testing.assert_array_equal(y, np.maximum(x, 0).reshape(3, 2, 2))
+    np.testing.assert_array_equal(table, [0, 1, 2])
