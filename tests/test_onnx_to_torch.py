@@ -287,8 +287,8 @@ def test_unary_op_matches_onnxruntime(op_type):
     _check_against_ort(single_node_model(op_type, {"x": x}, opset=14), {"x": x}, tol=1e-5)
 
 
-def test_dynamic_shape_subgraph_follows_the_batch():
-    """tf2onnx's Flatten: Shape -> Gather(0) -> Unsqueeze -> Concat(-1) -> Reshape, run on live shapes."""
+def _dynamic_shape_model():
+    """tf2onnx's Flatten (Shape -> Gather(0) -> Unsqueeze -> Concat(-1) -> Reshape), Range, Expand."""
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [
@@ -302,13 +302,18 @@ def test_dynamic_shape_subgraph_follows_the_batch():
         helper.make_node("Range", ["start", "batch", "one"], ["rows"]),
         helper.make_node("ConstantOfShape", ["batch1"], ["filled"],
                          value=numpy_helper.from_array(np.array([7], np.int64))),
-        helper.make_node("Add", ["rows", "filled"], ["ids"]),
+        helper.make_node("Add", ["rows", "filled"], ["ids0"]),
+        helper.make_node("Expand", ["ids0", "batch1"], ["ids"]),
     ]
     inits = [numpy_helper.from_array(v, n) for n, v in {
         "zero": np.array(0, I64), "axes": np.array([0], I64), "minus1": np.array([-1], I64),
         "w": _rand(36, 5), "bias": _rand(5), "start": np.array(0, I64), "one": np.array(1, I64)}.items()]
-    model = _graph(nodes, [("x", TensorProto.FLOAT, ["n", 4, 3, 3])],
-                   [("y", TensorProto.FLOAT, ["n", 5]), ("ids", TensorProto.INT64, ["n"])], inits)
+    return _graph(nodes, [("x", TensorProto.FLOAT, ["n", 4, 3, 3])],
+                  [("y", TensorProto.FLOAT, ["n", 5]), ("ids", TensorProto.INT64, ["n"])], inits)
+
+
+def test_dynamic_shape_subgraph_follows_the_batch():
+    model = _dynamic_shape_model()
     for batch in (1, 3, 6):
         x = _rand(batch, 4, 3, 3, seed=batch)
         y, ids = _check_against_ort(model, {"x": x})
@@ -343,6 +348,36 @@ def test_caffe_scale_layer_mul_add_is_one_layer_and_a_shared_output_is_not_merge
         ("reversed_sub", ["reversed_sub"])]
     assert net.unfreeze(top=4).trainable_layers()[0] == "scale1"
     assert net.scale1.bias.requires_grad and net.scale1.weight.requires_grad
+
+
+def _export(net, example: np.ndarray, path: Path) -> str:
+    """torch.onnx.export with a dynamic batch, as zoo.transfer.export_onnx does (TorchScript tracing)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about tensors used as sizes
+        torch.onnx.export(net, (torch.from_numpy(example),), str(path), input_names=["x"],
+                          dynamic_axes={"x": {0: "n"}}, opset_version=17, dynamo=False)
+    return str(path)
+
+
+def test_exported_back_to_onnx_the_shape_subgraph_stays_dynamic(tmp_path):
+    """Sizes computed from the input's shape must not become constants of the traced batch."""
+    model = _dynamic_shape_model()
+    path = _export(to_torch(model), _rand(2, 4, 3, 3), tmp_path / "again.onnx")
+    for batch in (1, 5):
+        x = _rand(batch, 4, 3, 3, seed=batch)
+        for got, want in zip(run_ort(str(path), {"x": x}), run_ort(model, {"x": x})):
+            assert relative_error(got, want) <= TOL
+
+
+@pytest.mark.slow
+def test_light_squeezenet_exports_back_to_onnx_with_a_dynamic_batch(tmp_path):
+    model = light_model_randomized(onnx_light_models() / "light_squeezenet.onnx", seed=2)
+    path = _export(to_torch(model), _rand(2, 3, 224, 224), tmp_path / "squeezenet.onnx")
+    x = _rand(3, 3, 224, 224, seed=3, low=0.0)
+    got, want = run_ort(path, {"x": x})[-1], run_ort(model, {"data_0": x})[-1]
+    assert got.shape == (3, 1000, 1, 1) and relative_error(got, want) <= TOL
 
 
 def test_constant_folding_keeps_weights_trainable_and_shapes_as_buffers():
@@ -635,7 +670,7 @@ def keras_models():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn", "mlp", "decoder"])
-def test_keras_model_via_tf2onnx_matches_keras_and_onnxruntime(keras_models, name):
+def test_keras_model_via_tf2onnx_matches_keras_and_onnxruntime(keras_models, name, tmp_path):
     proto, keras_model, x, want_keras = keras_models[name]
     net = to_torch(proto)
     session = ort_session(proto)
@@ -644,6 +679,9 @@ def test_keras_model_via_tf2onnx_matches_keras_and_onnxruntime(keras_models, nam
             got = net(x[:batch]).numpy()
         assert relative_error(got, want_keras[:batch]) <= TOL
         assert relative_error(got, session.run(None, {net.input_names[0]: x[:batch]})[0]) <= TOL
+    exported = _export(net, x[:2], tmp_path / f"{name}.onnx")
+    with torch.no_grad():
+        assert relative_error(run_ort(exported, {"x": x})[0], net(x).numpy()) <= TOL
     weights = sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights)
     assert sum(p.numel() for p in net.parameters()) >= weights * 0.5
     assert net.unfreeze(top=1).trainable_layers() == [net.layers[-1][0]]

@@ -54,6 +54,12 @@ def _ints(t: torch.Tensor | None) -> list[int]:
     return [] if t is None else [int(v) for v in t.reshape(-1).tolist()]
 
 
+def _sizes(t: torch.Tensor) -> list:
+    """A shape tensor as sizes for torch: ints, or 0-d tensors while tracing so that sizes computed
+    from the input's shape (tf2onnx's Shape -> Concat -> Reshape) stay dynamic in torch.onnx.export."""
+    return list(t.reshape(-1)) if torch.jit.is_tracing() else _ints(t)
+
+
 def _axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
@@ -536,7 +542,12 @@ def _matmul(node: Node) -> OpFn:
 @op("Shape")
 def _shape(node: Node) -> OpFn:
     start, end = node.attrs.get("start", 0), node.attrs.get("end")
-    return lambda x: torch.tensor(list(x.shape)[start:end], dtype=torch.int64, device=x.device)
+    def run(x):
+        if torch.jit.is_tracing():
+            return torch._shape_as_tensor(x)[start:end]  # a traced Shape op, not a constant
+        return torch.tensor(list(x.shape)[start:end], dtype=torch.int64, device=x.device)
+
+    return run
 
 
 @op("Size")
@@ -566,7 +577,7 @@ def _constant(node: Node) -> OpFn:
 def _constant_of_shape(node: Node) -> OpFn:
     value = node.attrs.get("value")
     fill = torch.from_numpy(np.array(value).reshape(-1)) if value is not None else torch.zeros(1)
-    return lambda shape: torch.full(_ints(shape), fill.item(), dtype=fill.dtype, device=shape.device)
+    return lambda shape: torch.full(_sizes(shape), fill.item(), dtype=fill.dtype, device=shape.device)
 
 
 @op("Reshape")
@@ -575,12 +586,14 @@ def _reshape(node: Node) -> OpFn:
     if node.opset < 5:
         fixed = list(node.attrs["shape"])
         return lambda x: _do_reshape(x, fixed, allow_zero)
-    return lambda x, shape: _do_reshape(x, _ints(shape), allow_zero)
+    return lambda x, shape: _do_reshape(x, _sizes(shape), allow_zero)
 
 
-def _do_reshape(x, shape: list[int], allow_zero: int):
+def _do_reshape(x, shape: list, allow_zero: int):
     if not allow_zero:
-        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        # While tracing, `s == 0` is decided at trace time: right for constant shapes, and a size
+        # read from the input is never 0.
+        shape = [x.shape[i] if bool(s == 0) else s for i, s in enumerate(shape)]
     return x.reshape(shape)
 
 
@@ -609,7 +622,10 @@ def _squeeze(node: Node) -> OpFn:
         dims = fixed if node.opset < 13 else (_ints(axes) if axes is not None else None)
         if not dims:
             return x.squeeze()
-        return x.squeeze(tuple(_axis(d, x.dim()) for d in dims))
+        # One axis at a time, highest first: torch.onnx's TorchScript exporter takes no dim tuple.
+        for d in sorted((_axis(d, x.dim()) for d in dims), reverse=True):
+            x = x.squeeze(d)
+        return x
 
     return run
 
@@ -721,6 +737,10 @@ def _gather_elements(node: Node) -> OpFn:
 @op("Expand")
 def _expand(node: Node) -> OpFn:
     def run(x, shape):
+        if torch.jit.is_tracing():
+            # Broadcasting against zeros of the target shape expands both ways, and stays dynamic.
+            zeros = torch.zeros(_sizes(shape), dtype=x.dtype, device=x.device)
+            return x | zeros if x.dtype == torch.bool else x + zeros
         return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(_ints(shape))))
 
     return run
@@ -733,8 +753,12 @@ def _tile(node: Node) -> OpFn:
 
 @op("Range")
 def _range(node: Node) -> OpFn:
-    return lambda start, limit, delta: torch.arange(start.item(), limit.item(), delta.item(),
-                                                    dtype=start.dtype, device=start.device)
+    def run(start, limit, delta):
+        if torch.jit.is_tracing():
+            return torch.arange(start, limit, delta, dtype=start.dtype, device=start.device)
+        return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+
+    return run
 
 
 @op("Pad")
