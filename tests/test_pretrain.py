@@ -191,6 +191,19 @@ def test_saved_stack_cuts_with_load_extractor(digits):
     np.testing.assert_allclose(extractor(digits[:9]), result.transform(digits[:9], layer=1), atol=1e-5)
 
 
+def test_saved_stack_fine_tunes_through_zoo_transfer(real_valued):
+    transfer = pytest.importorskip("zoo.transfer", reason="zoo.transfer (fine-tuning) is not built yet")
+    result = pretrain(real_valued, [20, 10], "rbm", epochs=2, name="rbm-base", progress=False)
+    model = transfer.transfer_model("rbm-base", layer="layer2", num_classes=10, unfreeze=2)
+    rows = torch.from_numpy(real_valued[:11])
+    with torch.no_grad():
+        np.testing.assert_allclose(model.base(rows).numpy(), result.transform(real_valued[:11]),
+                                   atol=1e-5)
+        assert model(rows).shape == (11, 10)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any("layer1" in name for name in trainable) and any("layer2" in name for name in trainable)
+
+
 # --- fine-tuning and the digits check ----------------------------------------------------------
 
 def test_finetune_trains_a_head_on_top_of_a_copy_of_the_stack(digits):
@@ -210,11 +223,12 @@ def test_finetune_trains_a_head_on_top_of_a_copy_of_the_stack(digits):
 
 @pytest.mark.slow
 def test_pretraining_beats_training_from_scratch_with_five_percent_of_the_digit_labels():
-    report = digits_check(seeds=(0,), epochs=10, finetune_epochs=300)
+    # docs/pretrain.md has all three seeds; on seed 1 scratch scores 0.839, pretrained 0.874-0.881.
+    report = digits_check(seeds=(1,))
     run = report["runs"][0]
-    assert run["labels"] == 62
+    assert run["labels"] == 62 and report["test_rows"] == 540
     assert run["autoencoder"] > run["scratch"] + 0.02
-    assert run["rbm"] > run["scratch"]
+    assert run["rbm"] > run["scratch"] + 0.02
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def _parse_sparsity(text: str | None) -> tuple[float, ...] | None:
 @click.option("--name", required=True, help="Catalog name for the pretrained stack.")
 @click.option("--epochs", type=int, default=20, show_default=True, help="Epochs per layer.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, help="Adam step size [0.01 autoencoder, 0.005 rbm].")
+@click.option("--lr", type=float, help="Adam step size [0.01 autoencoder, 0.02 rbm].")
 @click.option("--denoise", type=float, default=0.0, show_default=True,
               help="Fraction of inputs zeroed while training autoencoders.")
 @click.option("--sparsity", metavar="TARGET[,WEIGHT]", help="Target mean activation of hidden units.")
