@@ -718,10 +718,10 @@ def test_caffe_converted_model_matches_onnxruntime(name, tmp_path):
     assert net.layers and all(not p.requires_grad for p in net.parameters())
 
 
-def test_light_model_folder_is_present():
-    # Guard: the light-model tests above must not silently parametrize over nothing.
+def test_model_folders_are_present():
+    # Guard: the parametrized model tests above must not silently run over nothing.
     assert all((onnx_light_models() / f"light_{n}.onnx").is_file() for n in LIGHT)
-    assert isinstance(CAFFE_MODELS, Path)
+    assert len(CAFFE_NETS) >= 8, f"no Caffe deploy.prototxt files under {CAFFE_MODELS}"
 
 
 def test_importing_the_converter_does_not_import_torch():
