@@ -7,15 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from _onnx_to_torch_helpers import light_model_randomized, ort_session, relative_error, run_ort, single_node_model
+from _onnx_to_torch_helpers import (
+    light_model_randomized,
+    ort_session,
+    relative_error,
+    run_ort,
+    single_node_model,
+)
 from conftest import CAFFE_MODELS, onnx_light_models
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from converters.onnx_to_torch import to_torch  # noqa: E402
-from zoo.errors import InputError, UnknownLayerError, UnsupportedLayerError  # noqa: E402
+from converters.onnx_to_torch import to_torch
+from zoo.errors import InputError, UnknownLayerError, UnsupportedLayerError
 
 TOL = 1e-4  # x output scale, the converter contract
 LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
@@ -106,7 +111,7 @@ def test_light_squeezenet_parameters_read_like_layers():
     assert tuple(first.weight.shape) == (64, 3, 3, 3)
     assert any(key.endswith(".weight") for key in names) and any(key.endswith(".bias") for key in names)
     assert sum(p.numel() for p in net.parameters()) == 1235496  # squeezenet 1.1's published count
-    assert not list(net.state_dict().keys())[0].startswith("constants.")
+    assert not any(key.startswith("constants.") for key in net.state_dict())
 
 
 # ---------------------------------------------------------------- one node per tricky op

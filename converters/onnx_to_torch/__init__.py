@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
     from converters.onnx_to_torch._module import OnnxLayer, OnnxModule
 
-__all__ = ["to_torch", "supported_ops", "OnnxModule", "OnnxLayer"]
+__all__ = ["OnnxLayer", "OnnxModule", "supported_ops", "to_torch"]
 
 
 def to_torch(model: onnx.ModelProto | str | Path) -> OnnxModule:

@@ -35,6 +35,7 @@ class Graph:
 
 def load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     import onnx
+    from google.protobuf.message import DecodeError
 
     if isinstance(model, onnx.ModelProto):
         return model
@@ -43,7 +44,7 @@ def load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
         raise ModelFormatError(f"ONNX model {str(path)!r} does not exist; pass a .onnx file path or a ModelProto")
     try:
         return onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError and others for bad files
+    except (DecodeError, OSError, ValueError) as exc:
         raise ModelFormatError(f"{str(path)!r} is not a readable ONNX model ({exc}); "
                                f"check the file or re-convert it") from None
 

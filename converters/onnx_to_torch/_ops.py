@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -890,7 +891,7 @@ def _resize(node: Node) -> OpFn:
         else:
             if scales[:2] != [1.0, 1.0]:
                 raise ValueError("Resize of the batch or channel axis is not supported")
-            out = [int(math.floor(i * s)) for i, s in zip(x.shape[2:], scales[2:])]
+            out = [math.floor(i * s) for i, s in zip(x.shape[2:], scales[2:])]
         m = torch_mode
         if m == "linear":
             m = {1: "linear", 2: "bilinear", 3: "trilinear"}[n]
