@@ -6,7 +6,8 @@ The SavedModel is Keras Applications MobileNetV2 (random weights, 224 x 224) exp
 `model.export`. Both sides are timed as a user runs them, as fresh processes:
 `python -m tf2onnx.convert --saved-model DIR --opset 17` against `zoo convert NAME` (which also
 checks the model and runs TensorFlow and onnxruntime on the same inputs). The same pair is
-also timed inside one process, TensorFlow already imported. Best of `--rounds` alternating runs.
+also timed inside one process, TensorFlow already imported. Best of `--rounds` runs, alternating
+which side goes first. The machine is shared: run it when it is quiet, the ratios move with load.
 Goals: ratio <= 1.15; a second `zoo convert` < 0.5 s.
 """
 from __future__ import annotations
@@ -77,11 +78,14 @@ def main() -> None:
 
         # Processes, as a user runs them.
         direct, zoo_first = [], []
-        for _ in range(args.rounds):
-            direct.append(timed(tf2onnx_cli, env))
-            for f in (tmp / "cache" / "onnx").rglob("*.onnx"):
-                f.unlink()  # force a real conversion, not a reuse
-            zoo_first.append(timed(zoo_cli, env))
+        for round_ in range(args.rounds):
+            for side in (("direct", "zoo") if round_ % 2 == 0 else ("zoo", "direct")):  # no order bias
+                if side == "direct":
+                    direct.append(timed(tf2onnx_cli, env))
+                    continue
+                for f in (tmp / "cache" / "onnx").rglob("*.onnx"):
+                    f.unlink()  # force a real conversion, not a reuse
+                zoo_first.append(timed(zoo_cli, env))
         zoo_second = min(timed(zoo_cli, env) for _ in range(3))
         # What any catalog command costs as a process (SQLAlchemy import, catalog open): the floor.
         zoo_search = min(timed([zoo_cli[0], "search", "mnv2"], env) for _ in range(3))
