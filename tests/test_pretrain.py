@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-import zoo  # noqa: E402
-from zoo.errors import DuplicateModelError, InputError  # noqa: E402
-from zoo.pretrain import accuracy, digits_check, finetune, fresh_stack, pretrain  # noqa: E402
+import zoo
+from zoo.errors import DuplicateModelError, InputError
+from zoo.pretrain import accuracy, digits_check, finetune, fresh_stack, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,9 @@ def test_large_cached_outputs_go_to_a_memmap_that_is_removed_afterwards(digits, 
 
 
 def test_same_seed_same_stack_other_seed_other_stack(digits):
+    threads = torch.get_num_threads()
     first = pretrain(digits, [16], "rbm", epochs=2, seed=1, progress=False)
+    assert torch.get_num_threads() == threads  # one thread while training, then restored
     again = pretrain(digits, [16], "rbm", epochs=2, seed=1, progress=False)
     other = pretrain(digits, [16], "rbm", epochs=2, seed=2, progress=False)
     assert torch.equal(first.stack.layer1[0].weight, again.stack.layer1[0].weight)
@@ -377,7 +379,7 @@ def test_cli_as_a_subprocess(zoo_cmd, data_file):
     done = subprocess.run(
         [*zoo_cmd, "pretrain", "--data", str(data_file), "--layers", "12,6", "--method", "rbm",
          "--name", "sub-base", "--epochs", "2"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "saved sub-base (rbm stack" in done.stdout
@@ -385,10 +387,14 @@ def test_cli_as_a_subprocess(zoo_cmd, data_file):
     model = open_catalog().get("sub-base")
     X = np.load(data_file)
     assert _onnx_outputs(model.artifact("model").path, X).shape == (120, 6)
+    listed = subprocess.run([*zoo_cmd, "layers", "sub-base"], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert "layer1" in listed.stdout and "layer2" in listed.stdout
 
     bad = subprocess.run(
         [*zoo_cmd, "pretrain", "--data", str(data_file), "--layers", "0", "--name", "b"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert bad.returncode == 1 and bad.stderr.startswith("error: layers must be positive")
     assert "Traceback" not in bad.stderr
