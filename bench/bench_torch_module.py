@@ -10,14 +10,17 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: first runs allocate and pick kernels
-    times = []
+def _median_seconds(fns, repeats: int) -> list[float]:
+    """Median time of each function, interleaved so that a load change on the machine hits both."""
+    for fn in fns:
+        fn()  # warm-up: first runs allocate and pick kernels
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]
 
 
 def bench(path: Path, batch: int, threads: int, repeats: int) -> tuple[float, float]:
@@ -50,7 +53,8 @@ def bench(path: Path, batch: int, threads: int, repeats: int) -> tuple[float, fl
             for _ in range(batch):
                 net(xt)
 
-    return _median_seconds(run_ort, repeats), _median_seconds(run_torch, repeats)
+    ort_s, torch_s = _median_seconds([run_ort, run_torch], repeats)
+    return ort_s, torch_s
 
 
 def main() -> None:
@@ -61,11 +65,11 @@ def main() -> None:
                         help="comma-separated light model names from the onnx package")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1, help="forward passes per timed call")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
     light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
     print(f"threads={args.threads} (torch.set_num_threads = ort intra_op), input 1x3x224x224, "
-          f"x{args.batch} per call, median of {args.repeats}")
+          f"x{args.batch} per call, median of {args.repeats} interleaved runs")
     print(f"{'model':<14}{'onnxruntime ms':>16}{'torch ms':>12}{'torch/ort':>12}")
     for model in args.models.split(","):
         ort_s, torch_s = bench(light / f"light_{model}.onnx", args.batch, args.threads, args.repeats)
