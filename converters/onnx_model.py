@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from converters.report import DEFAULT_RTOL, Conversion, ConversionReport, compare_outputs
 from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError
@@ -72,7 +73,7 @@ def upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         )
     try:
         return version_converter.convert_version(model, opset)
-    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+    except Exception as exc:  # noqa: BLE001 the converter raises bare RuntimeErrors from C++
         raise UnsupportedLayerError(
             f"onnx.version_converter cannot take this model from opset {current} to {opset} ({exc}); "
             f"keep its opset with no --opset"
@@ -263,7 +264,7 @@ def verify(
 
     try:
         names, got = run(model, feeds)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
+    except Exception as exc:  # noqa: BLE001 onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ConversionError(
             f"onnxruntime cannot run the converted model on inputs "
@@ -380,8 +381,24 @@ verify_outputs = verify  # `convert(verify=...)` shadows the function name insid
 
 
 __all__ = [
-    "DEFAULT_BATCH", "DEFAULT_SPATIAL", "DEFAULT_CHANNELS", "DEFAULT_DIM", "DEFAULT_OPSET",
-    "load", "check", "opset_of", "upgrade_opset", "unsupported_ops", "input_specs", "sample_inputs",
-    "concrete_shape", "run", "make_batch_dynamic", "rename_tensor", "verify", "convert",
-    "file_sha256", "unverified_figures",
+    "DEFAULT_BATCH",
+    "DEFAULT_CHANNELS",
+    "DEFAULT_DIM",
+    "DEFAULT_OPSET",
+    "DEFAULT_SPATIAL",
+    "check",
+    "concrete_shape",
+    "convert",
+    "file_sha256",
+    "input_specs",
+    "load",
+    "make_batch_dynamic",
+    "opset_of",
+    "rename_tensor",
+    "run",
+    "sample_inputs",
+    "unsupported_ops",
+    "unverified_figures",
+    "upgrade_opset",
+    "verify",
 ]

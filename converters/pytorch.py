@@ -14,7 +14,8 @@ import os
 import time
 import warnings
 import zipfile
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from converters import onnx_model as ox
 from converters.report import Conversion, ConversionReport
@@ -123,7 +124,7 @@ def convert_module(
     with torch.no_grad():
         try:
             reference = module(example)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
             raise ConversionError(
                 f"the module fails on an input of shape {list(example.shape)} ({str(exc)[:200]}); "
                 f"give its input shape with input_shape=[None, C, H, W]"
@@ -137,7 +138,7 @@ def convert_module(
         try:
             torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=output_names, dynamic_axes=axes)
-        except Exception as exc:  # torch.onnx.errors.UnsupportedOperatorError and friends
+        except Exception as exc:  # noqa: BLE001 torch.onnx.errors.UnsupportedOperatorError and friends
             message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise UnsupportedLayerError(
                 f"torch.onnx.export cannot convert this module at opset {opset}: {message}; "
@@ -166,4 +167,4 @@ def convert(path: str | os.PathLike, **options: Any) -> Conversion:
     return convert_torchscript(path, **options)
 
 
-__all__ = ["convert", "convert_torchscript", "convert_module", "load_torchscript", "guess_input_shape"]
+__all__ = ["convert", "convert_module", "convert_torchscript", "guess_input_shape", "load_torchscript"]

@@ -20,7 +20,8 @@ import logging
 import os
 import shutil
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from converters import onnx_model as ox
 from converters.report import Conversion, ConversionReport
@@ -325,7 +326,7 @@ def convert_saved_model(
         return _saved_model_v2(path, tags, signature, opset, nchw, verify, report, start)
     except (UnsupportedLayerError, ModelFormatError):
         raise
-    except Exception as exc:  # tf.saved_model.load's rejections: AttributeError, ValueError, KeyError...
+    except Exception as exc:  # noqa: BLE001 tf.saved_model.load's rejections: AttributeError, ValueError, KeyError...
         v2_error = _first_line(exc)
         if loader == "v2":
             raise ConversionError(f"tf.saved_model.load cannot load {path}: {v2_error}") from None
@@ -340,13 +341,13 @@ def convert_saved_model(
             return conversion
         except (UnsupportedLayerError, ModelFormatError):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
             v2_error = f"{v2_error}; without optimizer slots: {_first_line(exc)}"
         finally:
             shutil.rmtree(stripped, ignore_errors=True)
     try:
         conversion = _saved_model_v1(path, tags, signature, opset, nchw, verify, report, start)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
         raise ConversionError(
             f"cannot load SavedModel {path}: tf.saved_model.load says {v2_error[:300]}; the TF1 loader says "
             f"{_first_line(exc)[:300]}"
@@ -480,7 +481,7 @@ def load_keras(
         model = build(weights=None, **kwargs)
         try:
             model.load_weights(path)
-        except Exception as exc:  # ValueError on a layer mismatch, OSError on a bad file
+        except Exception as exc:  # noqa: BLE001 ValueError on a layer mismatch, OSError on a bad file
             raise ModelFormatError(
                 f"{path} does not hold {architecture} weights ({str(exc).splitlines()[0][:300]}); "
                 f"check the architecture and its options {kwargs}"
@@ -493,7 +494,7 @@ def load_keras(
         )
     try:
         return keras.models.load_model(path, compile=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
         raise ModelFormatError(f"{path} is not a loadable Keras model ({str(exc)[:300]})") from None
 
 
@@ -883,6 +884,15 @@ def convert(path: str | os.PathLike, *, format: str | None = None, **options: An
 
 
 __all__ = [
-    "convert", "convert_saved_model", "convert_keras", "convert_keras_model", "convert_frozen_graph",
-    "convert_tflite", "detect_format", "is_weights_only", "saved_model_signatures", "frozen_graph_io", "load_keras",
+    "convert",
+    "convert_frozen_graph",
+    "convert_keras",
+    "convert_keras_model",
+    "convert_saved_model",
+    "convert_tflite",
+    "detect_format",
+    "frozen_graph_io",
+    "is_weights_only",
+    "load_keras",
+    "saved_model_signatures",
 ]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import onnx_light_models
+
 from zoo.errors import ModelFormatError, UnsupportedLayerError
 
 LIGHT = sorted(p.stem for p in onnx_light_models().glob("light_*.onnx"))

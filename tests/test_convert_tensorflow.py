@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 
+import _convert_helpers
 import numpy as np
 import pytest
 
-from _convert_helpers import tf_models  # noqa: F401  (session fixture)
 from zoo.errors import ModelFormatError, UnsupportedLayerError
 
+tf_models = _convert_helpers.tf_models  # the session fixture
 pytestmark = pytest.mark.slow  # TensorFlow takes seconds to start; the models are shared per session
 
 
@@ -137,11 +138,11 @@ def test_saved_model_with_optimizer_slots_converts_both_ways(tf_models):
 
 def test_saved_model_that_tf_saved_model_load_rejects(tf_models):
     """Optimizer slot variables whose optimizer cannot be revived: v2 fails, auto converts."""
-    from converters import tensorflow as ct
-    from zoo.errors import ConversionError
-
     import tempfile
     from pathlib import Path
+
+    from converters import tensorflow as ct
+    from zoo.errors import ConversionError
 
     path = tf_models["saved_model_slots"]
     before = set(Path(tempfile.gettempdir()).glob("zoo-savedmodel-*"))

@@ -8,17 +8,21 @@ import sys
 import textwrap
 from pathlib import Path
 
-import onnx
+import _convert_helpers
+import _http_helpers
 import pytest
+from _convert_helpers import local_model
 from click.testing import CliRunner
-
-from _convert_helpers import local_model, tf_models, torch_models  # noqa: F401  (session fixtures)
-from _http_helpers import fault_server  # noqa: F401  (registers the fixture)
 from conftest import CAFFE_MODELS, onnx_light_models
+
 from zoo.errors import ModelFormatError, UnknownModelError, VerificationError
 from zoo.records import Artifact, Model
 
 ROOT = Path(__file__).resolve().parent.parent
+# Fixtures from the helper modules (session-built models, the 127.0.0.1 HTTP server).
+tf_models = _convert_helpers.tf_models
+torch_models = _convert_helpers.torch_models
+fault_server = _http_helpers.fault_server
 
 
 @pytest.fixture
@@ -49,6 +53,8 @@ def test_onnx_model_is_stored_registered_and_reused(cat, tmp_path, zoo_env):
     assert stored.meta["layout"] == "NCHW"
     source = cat.get(name).artifact("model")
     assert stored.meta["source_sha256"] == {"model": source.sha256}
+    import onnx
+
     from converters.onnx_model import graph_inputs
 
     assert graph_inputs(onnx.load(expected))[0].type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -96,7 +102,7 @@ def test_second_convert_does_not_import_tensorflow(cat, tf_models, zoo_env):
               time.perf_counter() - start)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ}, timeout=120)
+                         env={**os.environ}, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     reused, tf_loaded, ort_loaded, _seconds = out.stdout.split()
     assert (reused, tf_loaded, ort_loaded) == ("True", "False", "False")
@@ -134,7 +140,7 @@ def test_tensorflow_formats_through_the_catalog(cat, tf_models, tmp_path):
         assert Path(artifact.path).is_file()
     assert cat.get("lite.local").artifact("onnx").meta["layout"] == "NCHW"
     archived = cat.get("lite.archive").artifact("onnx").meta
-    assert list(archived["report"]["source_files"])[0].endswith("mobilenet_v1_1.0_224.tflite")
+    assert next(iter(archived["report"]["source_files"])).endswith("mobilenet_v1_1.0_224.tflite")
     assert set(archived["source_sha256"]) == {"model"}
     assert cat.get("frozen.local").artifact("onnx").meta["report"]["outputs"][0]["name"] == "probabilities"
     # The Keras 2 weights file was really loaded: the output is the one computed before saving.
@@ -143,6 +149,8 @@ def test_tensorflow_formats_through_the_catalog(cat, tf_models, tmp_path):
     from converters.onnx_model import run
 
     folder = tf_models["application"].parent
+    import onnx
+
     converted = onnx.load(cat.get("mobilenet.weights").artifact("onnx").path)
     (got,) = run(converted, {converted.graph.input[0].name: np.load(folder / "mobilenet_probe_in.npy")})[1]
     np.testing.assert_allclose(got, np.load(folder / "mobilenet_probe_out.npy"), atol=1e-5)
@@ -264,14 +272,16 @@ def test_cli_subprocess(cat, tmp_path, zoo_env, zoo_cmd, torch_models):
     cat.add_model(local_model("net.ts", "pytorch", torch_models["script"],
                               input=__import__("zoo").InputSpec(shape=[None, 3, 32, 32])))
     out = subprocess.run([*zoo_cmd, "convert", "net.ts", "--json", "--opset", "17"], capture_output=True,
-                         text=True, env={**os.environ}, timeout=300)
+                         text=True, env={**os.environ}, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["meta"]["report"]["verified"] is True and data["meta"]["layout"] == "NCHW"
     assert Path(data["path"]).is_file()
+    import onnx
+
     dims = onnx.load(data["path"]).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, 32, 32]
     bad = subprocess.run([*zoo_cmd, "convert", "missing.model"], capture_output=True, text=True,
-                         env={**os.environ}, timeout=120)
+                         env={**os.environ}, timeout=120, check=False)
     last = bad.stderr.strip().splitlines()[-1]
     assert bad.returncode == 1 and last.startswith("error: model 'missing.model'") and "Traceback" not in bad.stderr

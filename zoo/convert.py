@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -264,9 +263,10 @@ def _convert_tensorflow(model: Model, path: str, opset: int, nchw: bool) -> Conv
         kwargs = {k: meta[k] for k in _KERAS_OPTIONS if k in meta}
         if not kwargs.get("include_top", True):
             kwargs.pop("classes", None)
-        if architecture and "input_shape" not in kwargs and model.input.shape and len(model.input.shape) == 4:
-            if not kwargs.get("include_top", True) and all(model.input.shape[1:]):
-                kwargs["input_shape"] = list(model.input.shape[1:])
+        shape = model.input.shape
+        if (architecture and "input_shape" not in kwargs and shape and len(shape) == 4
+                and not kwargs.get("include_top", True) and all(shape[1:])):
+            kwargs["input_shape"] = list(shape[1:])  # headless models take any size unless told
         if architecture and not tfconv.is_weights_only(path):
             architecture = None  # a full .keras/.h5 model carries its own architecture
         return tfconv.convert_keras(path, architecture=architecture, options=kwargs, **common)
