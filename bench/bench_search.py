@@ -30,7 +30,8 @@ WORDS = [f"w{i}" for i in range(380)] + (
 
 
 def fill(url: str, entries: int) -> None:
-    from zoo.catalog import ArtifactRow, Catalog, ModelRow, _keywords
+    from zoo.catalog import Catalog, _keywords
+    from zoo.schema import artifacts, models
 
     Catalog(url, builtins=False)
     from sqlalchemy import create_engine, insert
@@ -55,8 +56,8 @@ def fill(url: str, entries: int) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         for start in range(0, entries, 5000):
-            connection.execute(insert(ModelRow.__table__), rows[start:start + 5000])
-        connection.execute(insert(ArtifactRow.__table__), [
+            connection.execute(insert(models), rows[start:start + 5000])
+        connection.execute(insert(artifacts), [
             dict(model_id=r["id"], role="weights", filename="w.bin", urls=["http://x/w.bin"],
                  meta={}, path=("/cache/w.bin" if r["id"] % 10 == 0 else None))
             for r in rows])

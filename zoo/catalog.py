@@ -1,9 +1,11 @@
-"""The catalog database: models, their artifacts and remote sources (SQLAlchemy 2 ORM).
+"""The catalog database: models, their artifacts and remote sources (SQLAlchemy 2).
 
 SQLite by default (WAL mode, busy timeout, `BEGIN IMMEDIATE` for writes so two processes can
 share one file); any SQLAlchemy URL works, with LIKE search where FTS5 is not available. The
 schema is versioned with Alembic (`zoo/migrations`): an older catalog is upgraded in place, a
-newer one is refused.
+newer one is refused. Reads run SQLAlchemy Core on `zoo.schema`'s tables; writes use the ORM
+classes of `zoo._orm`, imported only when something is written (the ORM import alone would cost
+`zoo search` ~80 ms).
 """
 from __future__ import annotations
 
@@ -15,28 +17,9 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    column,
-    create_engine,
-    event,
-    exc,
-    func,
-    or_,
-    select,
-    table,
-    text,
-)
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy import Text, create_engine, event, exc, func, or_, select, text
 
 from zoo import config
 from zoo.errors import (
@@ -47,76 +30,21 @@ from zoo.errors import (
     UnknownSourceError,
 )
 from zoo.records import FRAMEWORKS, Artifact, InputSpec, Model
+from zoo.schema import FTS_COLUMNS, FTS_WEIGHTS
+from zoo.schema import artifacts as _artifacts
+from zoo.schema import models as _models
+from zoo.schema import models_fts as _models_fts
+from zoo.schema import sources as _sources
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from zoo._orm import ModelRow, SourceRow
 
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
 SCHEMA_REVISIONS = ("0001", "0002")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 BUSY_TIMEOUT_MS = 30_000
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class ModelRow(_Base):
-    __tablename__ = "models"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
-    framework: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
-    format: Mapped[str | None] = mapped_column(String(64))
-    task: Mapped[str | None] = mapped_column(String(128), index=True)
-    dataset: Mapped[str | None] = mapped_column(String(128), index=True)
-    architecture: Mapped[str | None] = mapped_column(String(128))
-    description: Mapped[str | None] = mapped_column(Text)
-    license: Mapped[str | None] = mapped_column(String(255))
-    tags: Mapped[list] = mapped_column(JSON, default=list)
-    source: Mapped[str | None] = mapped_column(String(255), index=True)
-    homepage: Mapped[str | None] = mapped_column(Text)
-    paper: Mapped[str | None] = mapped_column(Text)
-    input_spec: Mapped[dict] = mapped_column(JSON, default=dict)
-    parameters: Mapped[int | None] = mapped_column(Integer)
-    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)
-    removed_upstream: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
-    # Search helper: the name split at letter/digit boundaries ("resnet 50"), and the tags as words.
-    keywords: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[float] = mapped_column(Float, default=time.time)
-    updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time)
-
-    artifacts: Mapped[list[ArtifactRow]] = relationship(
-        back_populates="model", cascade="all, delete-orphan", order_by="ArtifactRow.id"
-    )
-
-
-class ArtifactRow(_Base):
-    __tablename__ = "artifacts"
-    __table_args__ = (UniqueConstraint("model_id", "role", "filename"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
-    role: Mapped[str] = mapped_column(String(32), nullable=False)
-    filename: Mapped[str] = mapped_column(String(512), nullable=False)
-    urls: Mapped[list] = mapped_column(JSON, default=list)
-    size: Mapped[int | None] = mapped_column(Integer)
-    checksum: Mapped[str | None] = mapped_column(String(160))  # the publisher's, "algo:hex"
-    extract: Mapped[str | None] = mapped_column(String(16))
-    path: Mapped[str | None] = mapped_column(Text)
-    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
-    meta: Mapped[dict] = mapped_column(JSON, default=dict)
-
-    model: Mapped[ModelRow] = relationship(back_populates="artifacts")
-
-
-class SourceRow(_Base):
-    __tablename__ = "sources"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
-    url: Mapped[str] = mapped_column(Text, nullable=False)
-    etag: Mapped[str | None] = mapped_column(String(255))
-    synced_at: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 @dataclass
@@ -148,19 +76,14 @@ class SyncStats:
                 "marked": self.marked}
 
 
-_MODEL_FIELDS = ("framework", "format", "task", "dataset", "architecture", "description",
-                 "license", "tags", "source", "homepage", "paper", "parameters", "metrics",
-                 "meta", "removed_upstream")
-_ARTIFACT_FIELDS = ("urls", "size", "checksum", "extract", "path", "sha256", "meta")
-
-
 def _keywords(name: str, tags: Iterable[str]) -> str:
     """Extra words for search: 'resnet50.caffe' -> 'resnet 50 caffe', so 'resnet 50' finds it."""
     parts = re.findall(r"[A-Za-z]+|\d+", name)
     return " ".join(parts + [str(t) for t in tags])
 
 
-def _to_record(row: ModelRow) -> Model:
+def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
+    """A Model from a models row (Core Row or ORM object) and its artifact rows."""
     return Model(
         name=row.name,
         framework=row.framework,
@@ -179,30 +102,16 @@ def _to_record(row: ModelRow) -> Model:
         metrics=dict(row.metrics or {}),
         meta=dict(row.meta or {}),
         removed_upstream=bool(row.removed_upstream),
-        artifacts=[_artifact_record(a) for a in row.artifacts],
+        artifacts=[_artifact_record(a) for a in artifact_rows],
     )
 
 
-def _artifact_record(row: ArtifactRow) -> Artifact:
+def _artifact_record(row: Any) -> Artifact:
     return Artifact(
         role=row.role, filename=row.filename, urls=list(row.urls or []), size=row.size,
         checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
         meta=dict(row.meta or {}),
     )
-
-
-def _fill_model_row(row: ModelRow, model: Model) -> None:
-    for name in _MODEL_FIELDS:
-        value = getattr(model, name)
-        setattr(row, name, value.copy() if isinstance(value, (list, dict)) else value)
-    row.input_spec = model.input.to_dict()
-    row.keywords = _keywords(model.name, model.tags)
-
-
-def _fill_artifact_row(row: ArtifactRow, artifact: Artifact) -> None:
-    for name in _ARTIFACT_FIELDS:
-        value = getattr(artifact, name)
-        setattr(row, name, value.copy() if isinstance(value, (list, dict)) else value)
 
 
 def _check_model(model: Model) -> None:
@@ -226,12 +135,6 @@ def closest_names(name: str, names: Iterable[str], n: int = 3) -> list[str]:
         if other not in found and (lowered in other.lower() or other.lower() in lowered):
             found.append(other)
     return found
-
-
-# bm25 weights, in the FTS column order: name, description, architecture, task, dataset, tags, keywords.
-_FTS_WEIGHTS = "10.0, 1.0, 4.0, 2.0, 2.0, 3.0, 6.0"
-_FTS_COLUMNS = "name, description, architecture, task, dataset, tags, keywords"
-_FTS_TABLE = table("models_fts", column("rowid"))
 
 
 def _fts_query(query: str) -> str | None:
@@ -356,11 +259,11 @@ class Catalog:
         try:
             with self._write_engine.begin() as connection:
                 connection.exec_driver_sql(
-                    f"CREATE VIRTUAL TABLE IF NOT EXISTS models_fts USING fts5({_FTS_COLUMNS}, "
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS models_fts USING fts5({FTS_COLUMNS}, "
                     "tokenize='unicode61', prefix='2 3 4 5 6 7 8')")
                 connection.exec_driver_sql("DELETE FROM models_fts")
                 connection.exec_driver_sql(
-                    f"INSERT INTO models_fts(rowid, {_FTS_COLUMNS}) SELECT id, {_FTS_COLUMNS} FROM models")
+                    f"INSERT INTO models_fts(rowid, {FTS_COLUMNS}) SELECT id, {FTS_COLUMNS} FROM models")
                 connection.exec_driver_sql("DELETE FROM zoo_state WHERE key = 'search_stale'")
         except exc.OperationalError as error:
             if "readonly" not in str(error) and "read-only" not in str(error):
@@ -386,8 +289,8 @@ class Catalog:
             return
         ids = ",".join(str(int(i)) for i in touched)
         session.execute(text(f"DELETE FROM models_fts WHERE rowid IN ({ids})"))
-        session.execute(text(f"INSERT INTO models_fts(rowid, {_FTS_COLUMNS}) "
-                             f"SELECT id, {_FTS_COLUMNS} FROM models WHERE id IN ({ids})"))
+        session.execute(text(f"INSERT INTO models_fts(rowid, {FTS_COLUMNS}) "
+                             f"SELECT id, {FTS_COLUMNS} FROM models WHERE id IN ({ids})"))
 
     @property
     def _where(self) -> str:
@@ -463,19 +366,34 @@ class Catalog:
 
     # ---- sessions ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _session(self, write: bool = False) -> Iterator[Session]:
+    def _reader(self) -> Iterator[Any]:
+        """Something to run Core selects on: the open batch's session, or a fresh connection."""
         if self._active is not None:
             yield self._active
             return
-        session = Session(self._write_engine if write else self._engine, expire_on_commit=False)
-        if write:
-            event.listen(session, "after_flush", _note_touched_models)
+        try:
+            with self._engine.connect() as connection:
+                yield connection
+        except exc.DatabaseError as error:
+            raise self._database_error(error) from None
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Session]:
+        """An ORM session for a write, committed at the end (inside a batch: the batch's)."""
+        if self._active is not None:
+            yield self._active
+            return
+        from sqlalchemy.orm import Session
+
+        from zoo._orm import note_touched_models
+
+        session = Session(self._write_engine, expire_on_commit=False)
+        event.listen(session, "after_flush", note_touched_models)
         try:
             yield session
-            if write:
-                session.flush()
-                self._sync_search(session)
-                session.commit()
+            session.flush()
+            self._sync_search(session)
+            session.commit()
         except exc.IntegrityError as error:
             session.rollback()
             raise CatalogError(f"catalog {self._where}: {error.orig}") from None
@@ -498,7 +416,7 @@ class Catalog:
         if self._active is not None:
             yield self
             return
-        with self._session(write=True) as session:
+        with self._session() as session:
             self._active = session
             try:
                 yield self
@@ -510,13 +428,15 @@ class Catalog:
 
     # ---- models ------------------------------------------------------------------------
     def _row(self, session: Session, name: str) -> ModelRow:
+        from zoo._orm import ModelRow
+
         row = session.scalars(select(ModelRow).where(ModelRow.name == name)).first()
         if row is None:
             raise self._unknown(session, name)
         return row
 
-    def _unknown(self, session: Session, name: str) -> UnknownModelError:
-        names = session.scalars(select(ModelRow.name)).all()
+    def _unknown(self, reader: Any, name: str) -> UnknownModelError:
+        names = reader.scalars(select(_models.c.name)).all()
         close = closest_names(name, names)
         hint = f"; closest: {', '.join(close)}" if close else ""
         return UnknownModelError(
@@ -525,21 +445,28 @@ class Catalog:
 
     def get(self, name: str) -> Model:
         """The model called `name`; UnknownModelError names the closest ones."""
-        with self._session() as session:
-            return _to_record(self._row(session, name))
+        with self._reader() as reader:
+            row = reader.execute(select(_models).where(_models.c.name == name)).first()
+            if row is None:
+                raise self._unknown(reader, name)
+            files = reader.execute(select(_artifacts).where(_artifacts.c.model_id == row.id)
+                                   .order_by(_artifacts.c.id)).all()
+            return _to_record(row, files)
 
     def exists(self, name: str) -> bool:
-        with self._session() as session:
-            return session.scalar(select(ModelRow.id).where(ModelRow.name == name)) is not None
+        with self._reader() as reader:
+            return reader.scalar(select(_models.c.id).where(_models.c.name == name)) is not None
 
     def names(self) -> list[str]:
-        with self._session() as session:
-            return list(session.scalars(select(ModelRow.name).order_by(ModelRow.name)))
+        with self._reader() as reader:
+            return list(reader.scalars(select(_models.c.name).order_by(_models.c.name)))
 
     def add_model(self, model: Model, *, replace: bool = False) -> Model:
         """Add a model with its artifacts; with `replace`, overwrite one of the same name."""
+        from zoo._orm import ArtifactRow, ModelRow, fill_artifact_row, fill_model_row
+
         _check_model(model)
-        with self._session(write=True) as session:
+        with self._session() as session:
             row = session.scalars(select(ModelRow).where(ModelRow.name == model.name)).first()
             if row is not None and not replace:
                 raise DuplicateModelError(
@@ -549,15 +476,15 @@ class Catalog:
             if row is None:
                 row = ModelRow(name=model.name)
                 session.add(row)
-            _fill_model_row(row, model)
+            fill_model_row(row, model, _keywords(model.name, model.tags))
             row.artifacts = []
             session.flush()  # delete the old artifact rows before inserting ones with the same keys
             for artifact in model.artifacts:
                 artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
-                _fill_artifact_row(artifact_row, artifact)
+                fill_artifact_row(artifact_row, artifact)
                 row.artifacts.append(artifact_row)
             session.flush()
-            return _to_record(row)
+            return _to_record(row, row.artifacts)
 
     def add_models(self, models: Iterable[Model], *, replace: bool = False) -> int:
         """Add many models in one transaction (bulk loads, index syncs)."""
@@ -570,9 +497,11 @@ class Catalog:
 
     def update_model(self, name: str, **fields: Any) -> Model:
         """Change some fields of a model, e.g. `update_model("m", meta={...}, parameters=10)`."""
-        with self._session(write=True) as session:
+        from zoo._orm import fill_model_row
+
+        with self._session() as session:
             row = self._row(session, name)
-            model = _to_record(row)
+            model = _to_record(row, row.artifacts)
             for key, value in fields.items():
                 if key in ("name", "artifacts"):
                     raise CatalogError(f"update_model cannot change {key!r}; use add_model(replace=True)")
@@ -580,63 +509,61 @@ class Catalog:
                     raise CatalogError(f"models have no field {key!r}")
                 setattr(model, key, InputSpec.from_dict(value) if key == "input" and isinstance(value, dict) else value)
             _check_model(model)
-            _fill_model_row(row, model)
+            fill_model_row(row, model, _keywords(model.name, model.tags))
             session.flush()
-            return _to_record(row)
+            return _to_record(row, row.artifacts)
 
     def rename_model(self, name: str, new_name: str) -> Model:
-        with self._session(write=True) as session:
-            if session.scalar(select(ModelRow.id).where(ModelRow.name == new_name)) is not None:
+        with self._session() as session:
+            if session.scalar(select(_models.c.id).where(_models.c.name == new_name)) is not None:
                 raise DuplicateModelError(f"a model named {new_name!r} is already in the catalog")
             row = self._row(session, name)
             row.name = new_name
             row.keywords = _keywords(new_name, row.tags or [])
             session.flush()
-            return _to_record(row)
+            return _to_record(row, row.artifacts)
 
     def remove_model(self, name: str) -> None:
         """Remove a model and its artifact records (files on disk are left alone)."""
-        with self._session(write=True) as session:
+        with self._session() as session:
             session.delete(self._row(session, name))
 
     # ---- artifacts ---------------------------------------------------------------------
     def put_artifact(self, name: str, artifact: Artifact) -> Artifact:
-        """Insert or update one artifact of a model, keyed by (role, filename)."""
-        with self._session(write=True) as session:
+        """Insert or update one artifact of a model, keyed by (role, filename); all fields replaced."""
+        from zoo._orm import ArtifactRow, fill_artifact_row
+
+        with self._session() as session:
             row = self._row(session, name)
             match = next((a for a in row.artifacts
                           if a.role == artifact.role and a.filename == artifact.filename), None)
             if match is None:
                 match = ArtifactRow(role=artifact.role, filename=artifact.filename)
                 row.artifacts.append(match)
-            _fill_artifact_row(match, artifact)
+            fill_artifact_row(match, artifact)
             row.updated_at = time.time()
             session.flush()
             return _artifact_record(match)
 
     def remove_artifact(self, name: str, role: str, filename: str) -> None:
-        with self._session(write=True) as session:
+        with self._session() as session:
             row = self._row(session, name)
             row.artifacts = [a for a in row.artifacts
                              if not (a.role == role and a.filename == filename)]
 
     def find_by_sha256(self, sha256: str) -> list[tuple[str, Artifact]]:
         """(model name, artifact) pairs whose file has this sha256: finds moved files."""
-        with self._session() as session:
-            rows = session.execute(
-                select(ModelRow.name, ArtifactRow).join(ArtifactRow.model)
-                .where(ArtifactRow.sha256 == sha256)
-            ).all()
-            return [(model_name, _artifact_record(a)) for model_name, a in rows]
+        return self._find_artifacts(_artifacts.c.sha256 == sha256)
 
     def find_by_path(self, path: str | os.PathLike) -> list[tuple[str, Artifact]]:
         """(model name, artifact) pairs registered at this path."""
-        with self._session() as session:
-            rows = session.execute(
-                select(ModelRow.name, ArtifactRow).join(ArtifactRow.model)
-                .where(ArtifactRow.path == os.fspath(path))
-            ).all()
-            return [(model_name, _artifact_record(a)) for model_name, a in rows]
+        return self._find_artifacts(_artifacts.c.path == os.fspath(path))
+
+    def _find_artifacts(self, condition) -> list[tuple[str, Artifact]]:
+        stmt = (select(_models.c.name.label("model_name"), _artifacts)
+                .join(_models, _models.c.id == _artifacts.c.model_id).where(condition))
+        with self._reader() as reader:
+            return [(row.model_name, _artifact_record(row)) for row in reader.execute(stmt)]
 
     # ---- search ------------------------------------------------------------------------
     def search(
@@ -663,82 +590,80 @@ class Catalog:
         if fts and self._fts:
             # bm25 is the cost of a search (about 1.5 us per matching row), so the FTS table is
             # ranked on its own when nothing else narrows the rows, and joined only for filters.
-            rank = text(f"bm25(models_fts, {_FTS_WEIGHTS})")
+            rank = text(f"bm25(models_fts, {FTS_WEIGHTS})")
             if conditions:
-                stmt = (select(ModelRow.id).join(_FTS_TABLE, _FTS_TABLE.c.rowid == ModelRow.id)
+                stmt = (select(_models.c.id).join(_models_fts, _models_fts.c.rowid == _models.c.id)
                         .where(text("models_fts MATCH :fts"), *conditions).order_by(rank))
             else:
-                stmt = select(_FTS_TABLE.c.rowid).where(text("models_fts MATCH :fts")).order_by(rank)
+                stmt = select(_models_fts.c.rowid).where(text("models_fts MATCH :fts")).order_by(rank)
             # An exact name is what the user meant: it goes first whatever its bm25.
-            exact = select(ModelRow.id).where(ModelRow.name == query.strip(), *conditions)
+            exact = select(_models.c.id).where(_models.c.name == query.strip(), *conditions)
         elif fts:
-            stmt = select(ModelRow.id).where(*conditions)
+            stmt = select(_models.c.id).where(*conditions)
             for word in re.findall(r"\w+", query):
                 pattern = f"%{word.lower()}%"
                 stmt = stmt.where(or_(*(func.lower(column).like(pattern) for column in (
-                    ModelRow.name, ModelRow.description, ModelRow.architecture, ModelRow.task,
-                    ModelRow.dataset, ModelRow.keywords))))
+                    _models.c.name, _models.c.description, _models.c.architecture, _models.c.task,
+                    _models.c.dataset, _models.c.keywords))))
             stmt = stmt.order_by(
-                (func.lower(ModelRow.name) == query.strip().lower()).desc(),
-                func.lower(ModelRow.name).like(f"%{query.strip().lower()}%").desc(),
-                ModelRow.name,
+                (func.lower(_models.c.name) == query.strip().lower()).desc(),
+                func.lower(_models.c.name).like(f"%{query.strip().lower()}%").desc(),
+                _models.c.name,
             )
         else:
-            stmt = select(ModelRow.id).where(*conditions).order_by(ModelRow.name)
+            stmt = select(_models.c.id).where(*conditions).order_by(_models.c.name)
         if limit:
             stmt = stmt.limit(limit)
-        with self._session() as session:
+        with self._reader() as reader:
             params = {"fts": fts} if fts and self._fts else {}
-            ids = list(session.scalars(stmt, params))
+            ids = list(reader.scalars(stmt, params))
             if exact is not None:
-                first = session.scalar(exact)
+                first = reader.scalar(exact)
                 if first is not None:
                     ids = [first] + [i for i in ids if i != first]
                     ids = ids[:limit] if limit else ids
             if not ids:
                 return []
-            rows = session.scalars(select(ModelRow).where(ModelRow.id.in_(ids))).all()
-            artifacts: dict[int, list[ArtifactRow]] = {}
-            for artifact in session.scalars(
-                    select(ArtifactRow).where(ArtifactRow.model_id.in_(ids)).order_by(ArtifactRow.id)):
-                artifacts.setdefault(artifact.model_id, []).append(artifact)
-            by_id = {}
-            for row in rows:
-                record = _to_record_without_artifacts(row)
-                record.artifacts = [_artifact_record(a) for a in artifacts.get(row.id, [])]
-                by_id[row.id] = record
+            rows = reader.execute(select(_models).where(_models.c.id.in_(ids))).all()
+            files: dict[int, list[Any]] = {}
+            for artifact in reader.execute(select(_artifacts).where(_artifacts.c.model_id.in_(ids))
+                                           .order_by(_artifacts.c.id)):
+                files.setdefault(artifact.model_id, []).append(artifact)
+            by_id = {row.id: _to_record(row, files.get(row.id, [])) for row in rows}
             return [by_id[i] for i in ids]
 
     @staticmethod
     def _filters(framework, task, dataset, tag, source, local) -> list:
         conditions = []
         if framework:
-            conditions.append(ModelRow.framework == framework.lower())
+            conditions.append(_models.c.framework == framework.lower())
         if task:
-            conditions.append(func.lower(ModelRow.task) == task.lower())
+            conditions.append(func.lower(_models.c.task) == task.lower())
         if dataset:
-            conditions.append(func.lower(ModelRow.dataset) == dataset.lower())
+            conditions.append(func.lower(_models.c.dataset) == dataset.lower())
         if source:
-            conditions.append(ModelRow.source == source)
+            conditions.append(_models.c.source == source)
         if tag:
             # Tags are a JSON list; its text form holds each tag quoted.
-            conditions.append(func.lower(ModelRow.tags.cast(Text)).like(f'%"{tag.lower()}"%'))
+            conditions.append(func.lower(_models.c.tags.cast(Text)).like(f'%"{tag.lower()}"%'))
         if local is not None:
-            needed = ArtifactRow.model_id == ModelRow.id, ArtifactRow.role != "onnx"
-            anything = select(ArtifactRow.id).where(*needed).exists()
-            missing = select(ArtifactRow.id).where(*needed, ArtifactRow.path.is_(None)).exists()
+            needed = _artifacts.c.model_id == _models.c.id, _artifacts.c.role != "onnx"
+            anything = select(_artifacts.c.id).where(*needed).exists()
+            missing = select(_artifacts.c.id).where(*needed, _artifacts.c.path.is_(None)).exists()
             is_local = anything & ~missing
             conditions.append(is_local if local else ~is_local)
         return conditions
 
     def count(self) -> int:
-        with self._session() as session:
-            return session.scalar(select(func.count(ModelRow.id))) or 0
+        with self._reader() as reader:
+            return reader.scalar(select(func.count(_models.c.id))) or 0
 
     # ---- sources -----------------------------------------------------------------------
     def add_source(self, name: str, url: str) -> SourceInfo:
         """Register a remote zoo index; re-adding a name updates its URL."""
-        with self._session(write=True) as session:
+        from zoo._orm import SourceRow
+
+        with self._session() as session:
             row = session.scalars(select(SourceRow).where(SourceRow.name == name)).first()
             if row is None:
                 row = SourceRow(name=name, url=url)
@@ -749,32 +674,40 @@ class Catalog:
             return self._source_info(session, row)
 
     def _source_row(self, session: Session, name: str) -> SourceRow:
+        from zoo._orm import SourceRow
+
         row = session.scalars(select(SourceRow).where(SourceRow.name == name)).first()
         if row is None:
-            names = session.scalars(select(SourceRow.name)).all()
-            close = closest_names(name, names)
-            hint = f"; closest: {', '.join(close)}" if close else ""
-            raise UnknownSourceError(
-                f"source {name!r} is not registered{hint}. List them with `zoo source list`"
-            )
+            raise self._unknown_source(session, name)
         return row
 
-    def _source_info(self, session: Session, row: SourceRow) -> SourceInfo:
-        models = session.scalar(select(func.count(ModelRow.id)).where(ModelRow.source == row.name))
+    def _unknown_source(self, reader: Any, name: str) -> UnknownSourceError:
+        names = reader.scalars(select(_sources.c.name)).all()
+        close = closest_names(name, names)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        return UnknownSourceError(
+            f"source {name!r} is not registered{hint}. List them with `zoo source list`"
+        )
+
+    def _source_info(self, reader: Any, row: Any) -> SourceInfo:
+        models = reader.scalar(select(func.count(_models.c.id)).where(_models.c.source == row.name))
         return SourceInfo(row.name, row.url, row.etag, row.synced_at, models or 0)
 
     def sources(self) -> list[SourceInfo]:
-        with self._session() as session:
-            rows = session.scalars(select(SourceRow).order_by(SourceRow.name)).all()
-            return [self._source_info(session, row) for row in rows]
+        with self._reader() as reader:
+            rows = reader.execute(select(_sources).order_by(_sources.c.name)).all()
+            return [self._source_info(reader, row) for row in rows]
 
     def get_source(self, name: str) -> SourceInfo:
-        with self._session() as session:
-            return self._source_info(session, self._source_row(session, name))
+        with self._reader() as reader:
+            row = reader.execute(select(_sources).where(_sources.c.name == name)).first()
+            if row is None:
+                raise self._unknown_source(reader, name)
+            return self._source_info(reader, row)
 
     def update_source(self, name: str, **fields: Any) -> SourceInfo:
         """Change a source's `url`, `etag` or `synced_at`."""
-        with self._session(write=True) as session:
+        with self._session() as session:
             row = self._source_row(session, name)
             for key, value in fields.items():
                 if key not in ("url", "etag", "synced_at"):
@@ -787,7 +720,7 @@ class Catalog:
         """Forget a source and its models, keeping (and marking) the ones already fetched."""
         with self.batch():
             stats = self.replace_source_models(name, [])
-            with self._session(write=True) as session:
+            with self._session() as session:
                 session.delete(self._source_row(session, name))
         return stats
 
@@ -797,8 +730,10 @@ class Catalog:
         New entries are added, changed ones updated (local paths and hashes of fetched files are
         kept), entries gone upstream are deleted, or marked `removed_upstream` if fetched.
         """
+        from zoo._orm import ArtifactRow, ModelRow, fill_artifact_row, fill_model_row
+
         stats = SyncStats()
-        with self._session(write=True) as session:
+        with self._session() as session:
             existing = {row.name: row for row in session.scalars(
                 select(ModelRow).where(ModelRow.source == source))}
             wanted = {m.name for m in models}
@@ -807,7 +742,7 @@ class Catalog:
                 _check_model(model)
                 row = existing.get(model.name)
                 if row is None:
-                    clash = session.scalar(select(ModelRow.source).where(ModelRow.name == model.name))
+                    clash = session.scalar(select(_models.c.source).where(_models.c.name == model.name))
                     if clash is not None:
                         raise DuplicateModelError(
                             f"source {source!r} lists {model.name!r}, which the catalog already has "
@@ -816,15 +751,15 @@ class Catalog:
                     row = ModelRow(name=model.name)
                     session.add(row)
                     stats.added.append(model.name)
-                    _fill_model_row(row, model)
+                    fill_model_row(row, model, _keywords(model.name, model.tags))
                     for artifact in model.artifacts:
                         artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
-                        _fill_artifact_row(artifact_row, artifact)
+                        fill_artifact_row(artifact_row, artifact)
                         row.artifacts.append(artifact_row)
                     continue
-                before = _to_record(row).to_dict()
+                before = _to_record(row, row.artifacts).to_dict()
                 local = {(a.role, a.filename): a for a in row.artifacts}
-                _fill_model_row(row, model)
+                fill_model_row(row, model, _keywords(model.name, model.tags))
                 row.removed_upstream = False
                 kept = []
                 for artifact in model.artifacts:
@@ -834,14 +769,14 @@ class Catalog:
                         path, sha256 = artifact_row.path, artifact_row.sha256
                     else:
                         artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
-                    _fill_artifact_row(artifact_row, artifact)
+                    fill_artifact_row(artifact_row, artifact)
                     if path and artifact_row.path is None:
                         artifact_row.path, artifact_row.sha256 = path, sha256
                     kept.append(artifact_row)
                 # Converted models are zoo's own: they survive an upstream change of the entry.
                 kept += [a for key, a in local.items() if key[0] == "onnx"]
                 row.artifacts = kept
-                if _to_record(row).to_dict() != before:
+                if _to_record(row, row.artifacts).to_dict() != before:
                     stats.updated.append(model.name)
             for name, row in existing.items():
                 if name in wanted:
@@ -856,26 +791,6 @@ class Catalog:
                     stats.removed.append(name)
             session.flush()
         return stats
-
-
-def _note_touched_models(session: Session, _context) -> None:
-    """Remember which models a flush wrote, so the search index can follow them."""
-    touched = session.info.setdefault("touched_models", set())
-    for obj in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(obj, ModelRow) and obj.id is not None:
-            touched.add(obj.id)
-
-
-def _to_record_without_artifacts(row: ModelRow) -> Model:
-    model = Model(
-        name=row.name, framework=row.framework, format=row.format, task=row.task,
-        dataset=row.dataset, architecture=row.architecture, description=row.description,
-        license=row.license, tags=list(row.tags or []), source=row.source, homepage=row.homepage,
-        paper=row.paper, input=InputSpec.from_dict(row.input_spec), parameters=row.parameters,
-        metrics=dict(row.metrics or {}), meta=dict(row.meta or {}),
-        removed_upstream=bool(row.removed_upstream),
-    )
-    return model
 
 
 _OPEN: dict[str, Catalog] = {}
