@@ -5,15 +5,8 @@ import sys
 
 from zoo.cli._app import cli
 
-# Each module registers its commands on `cli` when imported; they import nothing heavy.
-from zoo.cli import catalog as _catalog  # noqa: F401,E402  search info add scan list rm source
-
-for _optional in ("fetch", "convert", "extract", "transfer", "pretrain"):
-    try:
-        __import__(f"zoo.cli.{_optional}")
-    except ModuleNotFoundError as _exc:  # a concern not built yet
-        if _exc.name != f"zoo.cli.{_optional}":
-            raise
+# Each module of commands registers them on `cli` when imported; `zoo.cli._app.COMMAND_MODULES`
+# says which module holds which command, and the group imports it when the command is used.
 
 
 def main(argv: list[str] | None = None) -> None:
