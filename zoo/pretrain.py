@@ -428,13 +428,7 @@ def save(
             "layers": [f"layer{i}" for i in range(1, len(result.layers) + 1)],
         },
     )
-    cat = open_catalog(catalog)
-    # Remove then add in one transaction: add_model(replace=True) trips the catalog's unique
-    # (model, role, filename) constraint when the new artifact has the old one's file name.
-    with cat.batch():
-        if replace and cat.exists(name):
-            cat.remove_model(name)
-        cat.add_model(model)
+    open_catalog(catalog).add_model(model, replace=replace)
     return model
 
 
