@@ -1,4 +1,4 @@
-"""Benchmark: zoo.fetch.download vs curl on a 200 MB file from a loopback server, and resume at 50 %.
+"""Benchmark: zoo.download.download vs curl on a 200 MB file from a loopback server, and resume at 50 %.
 
 Run: .venv/bin/python bench/bench_fetch.py [--mb 200] [--repeat 3]
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zoo.fetch import download  # noqa: E402
+from zoo.download import download  # noqa: E402
 
 
 class FileServer:
@@ -187,7 +187,7 @@ def main() -> None:
             mbps = lambda s: size / s / 1e6  # noqa: E731
             print(f"file: {args.mb} MB from {server.url} (best of {args.repeat})")
             print(f"curl -o               : {best_curl:6.3f} s  {mbps(best_curl):7.1f} MB/s")
-            print(f"zoo.fetch.download    : {best_zoo:6.3f} s  {mbps(best_zoo):7.1f} MB/s  (sha256 in the same pass)")
+            print(f"zoo download         : {best_zoo:6.3f} s  {mbps(best_zoo):7.1f} MB/s  (sha256 in the same pass)")
             print(f"throughput ratio zoo/curl: {best_curl / best_zoo:.3f}  (goal >= 0.9)")
             print(f"CPU seconds (user+sys): curl {min(curl_cpu):.3f}, zoo {min(zoo_cpu):.3f} "
                   "(the difference is mostly sha256, which curl does not compute)")

@@ -48,7 +48,7 @@ def main() -> None:
 
 
 def _compare(X, layers: list[int], epochs: int, repeats: int) -> None:
-    from zoo.pretrain import pretrain
+    from zoo.pretraining import pretrain
 
     stack = "-".join(str(n) for n in [X.shape[1], *layers])
     for method in ("autoencoder", "rbm"):

@@ -1,4 +1,4 @@
-"""zoo.fetch.fetch / verify and the `zoo fetch` / `zoo verify` commands, with a real catalog and server."""
+"""zoo.fetch / zoo.verify and the `zoo fetch` / `zoo verify` commands, with a real catalog and server."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +18,7 @@ from _http_helpers import fault_server  # noqa: F401  (fixture)
 from zoo.catalog import open_catalog
 from zoo.cli import cli
 from zoo.errors import ChecksumError, FetchError, OfflineError, UnsafeArchiveError
-from zoo.fetch import fetch, verify
+from zoo.download import fetch, verify
 from zoo.records import Artifact, Model
 
 GRAPH = b'name: "tiny"\nlayer { name: "data" type: "Input" }\n'
@@ -292,7 +292,7 @@ def test_file_without_url_is_taken_from_where_the_user_put_it(tmp_path):
     from zoo.catalog import open_catalog
     from zoo.config import cache_dir
     from zoo.errors import FetchError
-    from zoo.fetch import fetch
+    from zoo.download import fetch
     from zoo.records import Artifact, Model
 
     cat = open_catalog(builtins=False)

@@ -13,7 +13,7 @@ pytest.importorskip("sklearn")
 
 import zoo
 from zoo.errors import DuplicateModelError, InputError
-from zoo.pretrain import accuracy, digits_check, finetune, fresh_stack, pretrain
+from zoo.pretraining import accuracy, digits_check, finetune, fresh_stack, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_rbm_free_energy_of_training_rows_is_below_that_of_noise(request, data):
 
 
 def test_zoo_pretrain_is_callable_even_after_importing_the_module(digits):
-    importlib.import_module("zoo.pretrain")
+    importlib.import_module("zoo.pretraining")
     result = zoo.pretrain(digits, [4], "rbm", epochs=1, progress=False)
     assert result.layers == [4]
 
@@ -106,7 +106,7 @@ def test_cached_and_recomputed_inputs_train_the_same_stack(digits):
 
 def test_large_cached_outputs_go_to_a_memmap_that_is_removed_afterwards(digits, monkeypatch, zoo_env):
     in_memory = pretrain(digits, [16, 8], "rbm", epochs=2, progress=False)
-    monkeypatch.setattr(importlib.import_module("zoo.pretrain"), "MEMMAP_BYTES", 0)
+    monkeypatch.setattr(importlib.import_module("zoo.pretraining"), "MEMMAP_BYTES", 0)
     on_disk = pretrain(digits, [16, 8], "rbm", epochs=2, progress=False)
     assert on_disk.losses == in_memory.losses
     assert torch.equal(on_disk.stack.layer2[0].weight, in_memory.stack.layer2[0].weight)

@@ -40,9 +40,9 @@ _API: dict[str, str] = {
     "sync_sources": "zoo.sources",
     "remove_source": "zoo.sources",
     # fetch and convert
-    "fetch": "zoo.fetch",
-    "verify": "zoo.fetch",
-    "convert": "zoo.convert",
+    "fetch": "zoo.download",
+    "verify": "zoo.download",
+    "convert": "zoo.conversion",
     # extract and transfer
     "layers": "zoo.extract",
     "LayerInfo": "zoo.extract",
@@ -57,7 +57,7 @@ _API: dict[str, str] = {
     "train": "zoo.transfer",
     "fit_head": "zoo.transfer",
     "sweep": "zoo.layer_sweep",
-    "pretrain": "zoo.pretrain",
+    "pretrain": "zoo.pretraining",
 }
 
 __all__ = ["__version__", *_API]
@@ -79,13 +79,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from converters.report import ConversionReport
     from zoo.catalog import Catalog, info, list_models, open_catalog, remove, search
-    from zoo.convert import convert
+    from zoo.conversion import convert
     from zoo.errors import ZooError
     from zoo.extract import Extractor, ExtractorTransformer, LayerInfo, layers, load_extractor
     from zoo.features import FeatureCache, cache_features, extract_features, save_features
-    from zoo.fetch import fetch, verify
+    from zoo.download import fetch, verify
     from zoo.local import add, scan
-    from zoo.pretrain import pretrain
+    from zoo.pretraining import pretrain
     from zoo.records import Artifact, InputSpec, Model
     from zoo.sources import add_source, list_sources, remove_source, sync_sources
     from zoo.layer_sweep import sweep

@@ -101,7 +101,7 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
 
 def _convert(name: str, cat: Any, cache_dir: Any):
     try:
-        from zoo.convert import convert
+        from zoo.conversion import convert
     except ImportError as exc:
         raise ConversionError(
             f"{name} has no ONNX artifact and zoo cannot convert it here ({exc}); "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 # torch at module level is deliberate: this module is torch models and nothing else, and only
-# zoo.pretrain imports it, from inside the functions that train; `import zoo` never reaches it.
+# zoo.pretraining imports it, from inside the functions that train; `import zoo` never reaches it.
 import torch
 import torch.nn.functional as F
 from torch import nn

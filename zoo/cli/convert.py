@@ -29,7 +29,7 @@ def convert_command(name: str, opset: int | None, nchw: bool, force: bool, as_js
         zoo convert bvlc_alexnet
         zoo convert resnet50.keras --nchw --opset 17 --json
     """
-    from zoo.convert import convert
+    from zoo.conversion import convert
 
     start = time.perf_counter()
     if not quiet and not as_json:

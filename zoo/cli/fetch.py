@@ -10,14 +10,14 @@ from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, q
 
 
 class _StderrLines(logging.Handler):
-    """Retry and lock-wait notices from zoo.fetch as plain lines on stderr."""
+    """Retry and lock-wait notices from zoo.download as plain lines on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
         click.echo(f"zoo: {record.getMessage()}", err=True)
 
 
 def _show_notices(quiet: bool):
-    logger = logging.getLogger("zoo.fetch")
+    logger = logging.getLogger("zoo.download")
     handler = _StderrLines(level=logging.ERROR if quiet else logging.WARNING)
     logger.addHandler(handler)
     logger.propagate = False
@@ -43,7 +43,7 @@ def fetch_command(names, force, offline, cache_dir, catalog, quiet, as_json):
         zoo fetch bvlc_alexnet
         zoo fetch mobilenet_v1.tflite --offline --json
     """
-    from zoo.fetch import fetch, human_size
+    from zoo.download import fetch, human_size
 
     report: list[dict] = []
 
@@ -91,7 +91,7 @@ def verify_command(names, catalog, as_json):
     Example:
         zoo verify bvlc_alexnet
     """
-    from zoo.fetch import verify
+    from zoo.download import verify
 
     problems = verify(list(names) or None, catalog=catalog)
     emit([p.to_dict() for p in problems], as_json,

@@ -89,7 +89,7 @@ def pretrain_command(data_path: str, layers: str, method: str, name: str, epochs
         zoo pretrain --data X.npy --layers 300,100 --method rbm --name my-base
         zoo layers my-base
     """
-    from zoo.pretrain import pretrain
+    from zoo.pretraining import pretrain
 
     result = pretrain(
         _load_rows(data_path), _parse_layers(layers), method, epochs=epochs,

@@ -9,7 +9,7 @@ at a time, each on the outputs of the frozen layers below it, then fine-tune wit
 With ``name`` the stack is saved to the catalog as an ONNX model whose layer outputs are named
 ``layer1``, ``layer2``..., so it is listed, cut and fine-tuned like any other zoo model.
 
-`python -m zoo.pretrain` prints the digits check of docs/pretrain.md.
+`python -m zoo.pretraining` prints the digits check of docs/pretrain.md.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import re
 import sys
 import tempfile
 import time
-import types
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -730,7 +729,7 @@ def _main() -> None:
     """Print the digits check (docs/pretrain.md)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m zoo.pretrain", description=_main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m zoo.pretraining", description=_main.__doc__)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds [0,1,2]")
     parser.add_argument("--fraction", type=float, default=0.05, help="labelled fraction [0.05]")
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs per layer [20]")
@@ -746,17 +745,3 @@ def _main() -> None:
         print(f"seed {run['seed']} ({run['labels']} labels)" + "".join(
             f"  {run[k]:11.3f}" for k in ["scratch", *METHODS]))
     print("mean" + " " * 15 + "".join(f"  {report['mean'][k]:11.3f}" for k in ["scratch", *METHODS]))
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``zoo.pretrain(X)`` call the function even after ``import zoo.pretrain``, which
-    binds this module to the package attribute of the same name."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> PretrainResult:
-        return pretrain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-    _main()

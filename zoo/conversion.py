@@ -58,7 +58,7 @@ def convert(
     cat = open_catalog(catalog)
     model = cat.get(name)
     if _needs_fetch(model):
-        from zoo.fetch import fetch
+        from zoo.download import fetch
 
         fetch(name, catalog=cat, cache_dir=cache_dir)
         model = cat.get(name)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from zoo.catalog import Catalog
     from zoo.records import Artifact
 
-log = logging.getLogger("zoo.fetch")
+log = logging.getLogger("zoo.download")
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 10

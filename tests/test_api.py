@@ -1,0 +1,34 @@
+"""The public API: every name in zoo.__all__ resolves, and `import zoo` stays light."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import zoo
+
+HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "cv2", "sklearn", "keras")
+
+
+def test_every_public_name_resolves_even_after_importing_every_module():
+    # Importing a submodule binds it on the package; no submodule may shadow a public function.
+    for info in pkgutil.iter_modules(zoo.__path__, "zoo."):
+        importlib.import_module(info.name)
+    for name in zoo.__all__:
+        value = getattr(zoo, name)
+        assert value is not None, name
+        if name[0].islower() and name != "__version__":
+            assert callable(value) and not isinstance(value, type(zoo)), name
+
+
+def test_import_zoo_and_cli_load_no_framework():
+    code = ("import sys, zoo, zoo.cli, zoo.catalog; "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_matches_the_cli(zoo_cmd):
+    out = subprocess.run([*zoo_cmd, "--version"], capture_output=True, text=True, check=True)
+    assert zoo.__version__ in out.stdout
