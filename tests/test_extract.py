@@ -736,3 +736,44 @@ def test_importing_zoo_extract_stays_light():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert run.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_keras_conv_layers_cut_in_keras_layout(tmp_path):
+    """zoo's TensorFlow converter marks layers tf2onnx moved to NCHW; cuts there give Keras's NHWC."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow")
+    import onnx
+
+    from converters.tensorflow import convert_keras_model
+    from zoo.extract import load_extractor
+
+    tf.keras.utils.set_random_seed(1)
+    inputs = tf.keras.Input((12, 12, 3))
+    x = tf.keras.layers.Conv2D(6, 3, activation="relu", name="block1_conv")(inputs)
+    x = tf.keras.layers.MaxPooling2D(name="block1_pool")(x)
+    x = tf.keras.layers.Conv2D(5, 3, padding="same", name="block2_conv")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = tf.keras.layers.Dense(3, name="predictions")(x)
+    model = tf.keras.Model(inputs, outputs)
+    path = tmp_path / "k.onnx"
+    onnx.save(convert_keras_model(model).model, path)
+
+    from zoo.extract import layers
+
+    shapes = {layer.name: layer.shape for layer in layers(path)}
+    assert shapes["block1_conv"] == [None, 10, 10, 6] and shapes["block1_pool"] == [None, 5, 5, 6]
+    data = np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype(np.float32)
+    # block1_conv and block1_pool are marked NCHW by the converter; gap is 2-D ("same").
+    for name in ("block1_conv", "block1_pool", "gap"):
+        want = tf.keras.Model(inputs, model.get_layer(name).output)(data).numpy()
+        extractor = load_extractor(path, name, batch_size=3)
+        got = extractor(data)
+        assert got.shape == want.shape, name
+        assert list(extractor.output_shape[1:]) == list(want.shape[1:]), name
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # Two layers at once, one feeding the other: the inner one is renamed, both come out NHWC.
+    both = load_extractor(path, ["block1_conv", "block1_pool"])(data)
+    for name in ("block1_conv", "block1_pool"):
+        want = tf.keras.Model(inputs, model.get_layer(name).output)(data).numpy()
+        np.testing.assert_allclose(both[name], want, rtol=1e-4, atol=1e-5)

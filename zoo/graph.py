@@ -238,6 +238,7 @@ def list_layers(model: onnx.ModelProto, info: GraphInfo | None = None) -> list[L
     else:
         groups = _group_helpers(info, compute)
     points = cut_points(info)
+    channels_first = _channels_first_layers(model)
 
     layers: list[LayerInfo] = []
     for label, members in groups:
@@ -264,6 +265,8 @@ def list_layers(model: onnx.ModelProto, info: GraphInfo | None = None) -> list[L
         shape = info.shape(output)
         if shape:
             shape = [None, *shape[1:]]
+            if output in channels_first and len(shape) == 4:  # a cut there hands back NHWC
+                shape = [None, shape[2], shape[3], shape[1]]
         layers.append(
             LayerInfo(
                 index=len(layers),
@@ -496,14 +499,20 @@ def cut(model: onnx.ModelProto, outputs: list[str], info: GraphInfo | None = Non
         for attr in info.nodes[i].attribute:
             for sub in [attr.g, *attr.graphs] if attr.type in (5, 10) else []:
                 stack.extend(_outer_names(sub))
+    nodes = [info.nodes[i] for i in sorted(keep)]
+    channels_first = _channels_first_layers(model)
     new_outputs = []
     for name in outputs:
         elem, dims = info.types.get(name, (None, None))
         if elem is None:
             elem = onnx.TensorProto.FLOAT
+        if name in channels_first and dims is not None and len(dims) == 4:
+            # tf2onnx computed this Keras layer channels-first; hand back Keras's own NHWC layout.
+            nodes = _with_nhwc_output(nodes, name)
+            dims = [dims[0], dims[2], dims[3], dims[1]]
         new_outputs.append(helper.make_tensor_value_info(name, elem, dims))
     new_graph = helper.make_graph(
-        [info.nodes[i] for i in sorted(keep)],
+        nodes,
         graph.name,
         [i for i in graph.input if i.name in needed],
         new_outputs,
@@ -521,6 +530,42 @@ def cut(model: onnx.ModelProto, outputs: list[str], info: GraphInfo | None = Non
     for prop in model.metadata_props:
         new.metadata_props.add(key=prop.key, value=prop.value)
     return new
+
+
+def _channels_first_layers(model: onnx.ModelProto) -> set[str]:
+    """Layers the TensorFlow converter marked as moved to NCHW (metadata ``zoo:layers``)."""
+    import json
+
+    for prop in model.metadata_props:
+        if prop.key == "zoo:layers":
+            return {name for name, layout in json.loads(prop.value).items() if layout == "NCHW"}
+    return set()
+
+
+def _with_nhwc_output(nodes: list, name: str) -> list:
+    """`nodes` with tensor `name` renamed to `name/nchw` and a Transpose to NHWC producing `name`."""
+    from onnx import helper
+
+    inner = f"{name}/nchw"
+    renamed = []
+    for node in nodes:
+        if name in node.output or name in node.input:
+            node = _copy_node(node)
+            for field in (node.output, node.input):
+                for k, value in enumerate(field):
+                    if value == name:
+                        field[k] = inner
+        renamed.append(node)
+    renamed.append(helper.make_node("Transpose", [inner], [name], name=f"{name}/to_nhwc", perm=[0, 2, 3, 1]))
+    return renamed
+
+
+def _copy_node(node):
+    from onnx import NodeProto
+
+    copy = NodeProto()
+    copy.CopyFrom(node)
+    return copy
 
 
 def _outer_names(graph) -> Iterable[str]:
