@@ -609,7 +609,7 @@ def _fill(
             initial=manifest["next"],
             unit=source.unit,
             desc="features",
-            disable=not progress,
+            disable=not progress or not sys.stderr.isatty(),  # no bar in logs and pipes
             file=sys.stderr,
             leave=False,
         )

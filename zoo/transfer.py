@@ -304,7 +304,8 @@ def _train_loop(
     best_loss, best_epoch, best_state, stale = float("inf"), 0, None, 0
     stopped_early = False
     start = time.perf_counter()
-    for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=False):
+    quiet = not progress or not sys.stderr.isatty()  # no bar in logs and pipes
+    for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=quiet, leave=False):
         head.train()
         order = torch.randperm(len(train_rows), generator=generator)
         total, correct = 0.0, 0
