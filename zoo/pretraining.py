@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zoo.errors import DuplicateModelError, InputError
+from zoo._threads import torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -210,7 +211,7 @@ def pretrain(
                                    denoise=denoise, sparsity=settings["sparsity"],
                                    generator=generator)
             label = f"layer {index + 1}/{len(sizes)} {settings['method']} {n_visible}->{n_hidden}"
-            with _threads(n_visible * n_hidden, threads):
+            with torch_threads(n_visible * n_hidden, threads):
                 losses.append(_train_layer(
                     unit, inputs if cache else data, [] if cache else units, generator,
                     epochs=epochs, batch_size=batch_size, lr=settings["lr"],
@@ -275,25 +276,6 @@ def _train_layer(
         bar.set_postfix(reconstruction_error=f"{errors[-1]:.4f}")
     bar.close()
     return errors
-
-
-@contextlib.contextmanager
-def _threads(weights: int, threads: int | None):
-    """Set torch's intra-op threads for one training run, then restore them.
-
-    Small layers train fastest on one thread: on a busy 2-core machine the digits check took
-    38 s with torch's default 2 threads and 7 s with one.
-    """
-    import torch
-
-    wanted = threads if threads is not None else (1 if weights < 1_000_000 else None)
-    before = torch.get_num_threads()
-    if wanted:
-        torch.set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _encode_all(unit: Any, inputs: np.ndarray, scratch: contextlib.ExitStack) -> np.ndarray:
@@ -641,7 +623,7 @@ def finetune(
     ))
     model.requires_grad_(True).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    with _threads(sum(p.numel() for p in model.parameters()), threads):
+    with torch_threads(sum(p.numel() for p in model.parameters()), threads):
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(data), batch_size):
