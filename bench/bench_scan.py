@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=128, help="size of the large caffemodel")
     args = parser.parse_args()
 
-    from _format_helpers import CAFFE_MODELS, onnx_file, write_caffemodel
+    from _format_helpers import LENET_PROTOTXT, onnx_file, write_caffemodel
 
     with tempfile.TemporaryDirectory(prefix="zoo-bench-scan-") as tmp:
         tmp = Path(tmp)
@@ -49,7 +49,7 @@ def main() -> None:
         big = write_caffemodel(folder / "caffe" / "big.caffemodel",
                                [(f"fc{i}", "InnerProduct", [[floats]]) for i in range(8)])
         (folder / "caffe" / "big.prototxt").write_text(
-            (CAFFE_MODELS / "lenet" / "deploy.prototxt").read_text())
+            LENET_PROTOTXT.read_text())
         for i in range(args.files):
             sub = folder / f"m{i // 50}"  # 50 models per sub-folder
             sub.mkdir(exist_ok=True)

@@ -9,7 +9,8 @@ import struct
 import tempfile
 from pathlib import Path
 
-CAFFE_MODELS = Path(__file__).resolve().parent.parent.parent / "shared" / "caffe" / "models"
+# Carried by the project (tests/data/caffe), so the suite needs nothing beside the checkout.
+LENET_PROTOTXT = Path(__file__).resolve().parent / "data" / "caffe" / "lenet" / "deploy.prototxt"
 
 _BUILT: dict[str, dict[str, Path]] = {}
 
@@ -52,10 +53,10 @@ def write_caffemodel(path: Path, layers: list[tuple[str, str, list[list[int]]]],
 
 
 def caffe_pair(folder: Path, stem: str = "lenet") -> tuple[Path, Path]:
-    """LeNet's deploy.prototxt from the shared Caffe models, with a caffemodel of the right shapes."""
+    """LeNet's deploy.prototxt (carried in tests/data/caffe), with a caffemodel of the right shapes."""
     folder.mkdir(parents=True, exist_ok=True)
     prototxt = folder / f"{stem}.prototxt"
-    shutil.copy(CAFFE_MODELS / "lenet" / "deploy.prototxt", prototxt)
+    shutil.copy(LENET_PROTOTXT, prototxt)
     weights = folder / f"{stem}.caffemodel"
     try:
         from converters.caffe import make_random_caffemodel  # the Caffe converter's own writer

@@ -8,8 +8,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-CAFFE_MODELS = SHARED / "caffe" / "models"
+# The whole Caffe Model Zoo set, when a copy of shared/ lies beside the checkout (it does in CI).
+CAFFE_MODELS = ROOT.parent / "shared" / "caffe" / "models"
+# The few nets the project carries itself, so the suite passes on a fresh clone with nothing beside it.
+CARRIED_CAFFE_MODELS = ROOT / "tests" / "data" / "caffe"
+
+
+def caffe_net(name: str) -> Path:
+    """The deploy.prototxt of a Caffe zoo net: carried by the project, else from shared/, else skip."""
+    for folder in (CARRIED_CAFFE_MODELS, CAFFE_MODELS):
+        prototxt = folder / name / "deploy.prototxt"
+        if prototxt.is_file():
+            return prototxt
+    pytest.skip(f"Caffe zoo net {name!r} needs {CAFFE_MODELS} (shared/ beside the checkout)")
+
+
+def caffe_zoo_nets() -> list[str]:
+    """Names of the shared Caffe zoo nets, empty on a fresh clone with no shared/ beside it."""
+    return sorted(p.parent.name for p in CAFFE_MODELS.glob("*/deploy.prototxt"))
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from _caffe_helpers import assert_close, check_against_opencv, layer_blobs, make_net, net_text, random_input
-from conftest import CAFFE_MODELS
+from conftest import caffe_net
 
 V1_NET = """name: "v1net"
 input: "data"
@@ -163,7 +163,7 @@ def test_report_and_verification(tmp_path):
     pytest.importorskip("cv2")
     from converters.caffe import convert
 
-    prototxt = CAFFE_MODELS / "lenet" / "deploy.prototxt"
+    prototxt = caffe_net("lenet")
     from converters.caffe import make_random_caffemodel
 
     caffemodel = tmp_path / "lenet.caffemodel"
@@ -219,7 +219,7 @@ def test_opset_is_selectable(opset, tmp_path):
 def test_input_spec_with_mean_file(tmp_path):
     from converters.caffe import convert, input_spec, make_random_caffemodel, schema
 
-    prototxt = CAFFE_MODELS / "bvlc_alexnet" / "deploy.prototxt"
+    prototxt = caffe_net("bvlc_alexnet")
     assert input_spec(prototxt) == {
         "name": "data", "shape": [None, 3, 227, 227], "dtype": "float32", "layout": "NCHW",
         "channel_order": "BGR", "pixel_range": [0, 255],

@@ -4,9 +4,12 @@ from __future__ import annotations
 import pytest
 
 from _caffe_helpers import RTOL, assert_close
-from conftest import CAFFE_MODELS
+from conftest import CAFFE_MODELS, caffe_net, caffe_zoo_nets
 
 pytest.importorskip("cv2")
+if not caffe_zoo_nets():
+    pytest.skip(f"the Caffe Model Zoo nets are in {CAFFE_MODELS} (shared/ beside the checkout)",
+                allow_module_level=True)
 
 FAST = ["lenet", "cifar10_quick", "squeezenet_v1.0", "squeezenet_v1.1", "bvlc_googlenet"]
 # Over a few seconds each here (60M-parameter fully connected layers, or 50+ conv layers).
@@ -18,7 +21,7 @@ MAX_CHECKED = 40
 
 
 def test_every_zoo_net_is_covered():
-    assert sorted(p.name for p in CAFFE_MODELS.iterdir() if (p / "deploy.prototxt").exists()) == sorted(FAST + SLOW)
+    assert caffe_zoo_nets() == sorted(FAST + SLOW)
 
 
 def _checked_layers(net, graph_outputs: list[str]) -> list[str]:
@@ -37,7 +40,7 @@ def _check_zoo_net(model: str, tmp_path, verify: bool):
     from converters.caffe.opencv_check import run_onnx, run_opencv, sample_inputs
     from converters.caffe.parse import read_prototxt
 
-    prototxt = CAFFE_MODELS / model / "deploy.prototxt"
+    prototxt = caffe_net(model)
     caffemodel = tmp_path / f"{model}.caffemodel"
     make_random_caffemodel(prototxt, caffemodel, seed=3)
     # The report's own OpenCV check loads the weights into OpenCV a second time: only on the small nets.
@@ -86,7 +89,7 @@ def test_googlenet_pool1_uses_caffe_ceil_rounding(tmp_path):
 
     assert pooled_size(112, 3, 2, 0, ceil=True, any_pad=False) == 56
     assert pooled_size(112, 3, 2, 0, ceil=False, any_pad=False) == 55
-    prototxt = CAFFE_MODELS / "bvlc_googlenet" / "deploy.prototxt"
+    prototxt = caffe_net("bvlc_googlenet")
     caffemodel = tmp_path / "googlenet.caffemodel"
     make_random_caffemodel(prototxt, caffemodel)
     conversion = convert(prototxt, caffemodel, verify=False)

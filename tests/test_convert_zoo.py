@@ -13,7 +13,7 @@ import _http_helpers
 import pytest
 from _convert_helpers import local_model
 from click.testing import CliRunner
-from conftest import CAFFE_MODELS, onnx_light_models
+from conftest import caffe_net, onnx_light_models
 
 from zoo.errors import ModelFormatError, UnknownModelError, VerificationError
 from zoo.records import Artifact, Model
@@ -170,7 +170,7 @@ def test_caffe_models_share_the_path(cat, tmp_path):
     import zoo
     from converters import caffe
 
-    prototxt = CAFFE_MODELS / "lenet" / "deploy.prototxt"
+    prototxt = caffe_net("lenet")
     weights = tmp_path / "lenet.caffemodel"
     caffe.make_random_caffemodel(prototxt, weights, seed=3)
     cat.add_model(Model(name="lenet.local", framework="caffe", source="local", artifacts=[

@@ -643,7 +643,7 @@ def test_caffe_model_is_converted_on_demand_and_cut_like_opencv(tmp_path):
     import shutil
 
     cv2 = pytest.importorskip("cv2")
-    from conftest import CAFFE_MODELS
+    from conftest import caffe_net
     from converters.caffe import make_random_caffemodel
 
     import zoo
@@ -653,7 +653,7 @@ def test_caffe_model_is_converted_on_demand_and_cut_like_opencv(tmp_path):
     folder = tmp_path / "lenet"
     folder.mkdir()
     prototxt = folder / "deploy.prototxt"
-    shutil.copyfile(CAFFE_MODELS / "lenet" / "deploy.prototxt", prototxt)
+    shutil.copyfile(caffe_net("lenet"), prototxt)
     caffemodel = folder / "lenet.caffemodel"
     make_random_caffemodel(prototxt, caffemodel, seed=0)
     zoo.add(caffemodel, name="lenet.caffe")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _format_helpers import CAFFE_MODELS, model_files, write_caffemodel  # noqa: E402
+from _format_helpers import LENET_PROTOTXT, model_files, write_caffemodel  # noqa: E402
+from conftest import caffe_net  # noqa: E402
 
 from zoo.errors import ModelFormatError  # noqa: E402
 from zoo.formats import detect_format, find_models, tree_sha256  # noqa: E402
@@ -65,7 +66,8 @@ def test_caffe_pair_by_the_only_weights_and_the_deploy_prototxt(light, tmp_path)
 def test_caffe_pair_by_shared_prefix(light, tmp_path):
     """The MSRA ResNet files as published: ResNet-50-model.caffemodel, ResNet-50-deploy.prototxt."""
     for depth in (50, 101):
-        copy(CAFFE_MODELS / f"resnet_{depth}" / "deploy.prototxt", tmp_path / f"ResNet-{depth}-deploy.prototxt")
+        # The pairing is by file name: ResNet-50's net serves for both depths.
+        copy(caffe_net("resnet_50"), tmp_path / f"ResNet-{depth}-deploy.prototxt")
         copy(light["caffe_weights"], tmp_path / f"ResNet-{depth}-model.caffemodel")
     info = detect_format(tmp_path / "ResNet-101-model.caffemodel")
     assert info.files["graph"].name == "ResNet-101-deploy.prototxt"
@@ -75,7 +77,7 @@ def test_caffe_pair_by_shared_prefix(light, tmp_path):
 
 def test_old_v1_caffe_weights(tmp_path):
     """A V1 net (`layers`, field 2) with net-level input dims (field 4) is still Caffe."""
-    copy(CAFFE_MODELS / "resnet_50" / "deploy.prototxt", tmp_path / "net.prototxt")
+    copy(caffe_net("resnet_50"), tmp_path / "net.prototxt")
     v1 = tmp_path / "net.caffemodel"
     body = b"\x0a\x03net"  # name (field 1), then two V1 layers (field 2)
     layer = b"\x0a\x05conv1"
@@ -212,5 +214,5 @@ def test_tree_sha256_follows_content(light, tmp_path):
 
 def test_hand_written_caffemodel_is_caffe(tmp_path):
     write_caffemodel(tmp_path / "w.caffemodel", [("ip", "InnerProduct", [[2, 3], [2]])])
-    copy(CAFFE_MODELS / "lenet" / "deploy.prototxt", tmp_path / "w.prototxt")
+    copy(LENET_PROTOTXT, tmp_path / "w.prototxt")
     assert detect_format(tmp_path / "w.caffemodel").format == "caffe"

@@ -14,7 +14,7 @@ from _onnx_to_torch_helpers import (
     run_ort,
     single_node_model,
 )
-from conftest import CAFFE_MODELS, onnx_light_models
+from conftest import CAFFE_MODELS, caffe_net, caffe_zoo_nets, onnx_light_models
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -696,18 +696,19 @@ def test_keras_model_via_tf2onnx_matches_keras_and_onnxruntime(keras_models, nam
 # Same layers as a listed net with other sizes (caffenet's fc8 for 200 or 20 classes; deeper resnets):
 # run with ZOO_TEST_ALL_CAFFE=1 (each costs ~15 s, mostly writing and converting the random weights).
 CAFFE_SAME_ARCHITECTURE = {"bvlc_reference_rcnn_ilsvrc13", "finetune_flickr_style", "resnet_101", "resnet_152"}
-CAFFE_NETS = sorted(p.parent.name for p in CAFFE_MODELS.glob("*/deploy.prototxt")
-                    if os.environ.get("ZOO_TEST_ALL_CAFFE") or p.parent.name not in CAFFE_SAME_ARCHITECTURE)
+CAFFE_NETS = [name for name in caffe_zoo_nets()
+              if os.environ.get("ZOO_TEST_ALL_CAFFE") or name not in CAFFE_SAME_ARCHITECTURE]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CAFFE_NETS)
+@pytest.mark.parametrize("name", CAFFE_NETS or [pytest.param(None, marks=pytest.mark.skip(
+    reason=f"the Caffe Model Zoo nets are in {CAFFE_MODELS} (shared/ beside the checkout)"))])
 def test_caffe_converted_model_matches_onnxruntime(name, tmp_path):
     if importlib.util.find_spec("converters.caffe") is None:
         pytest.skip("converters.caffe (the Caffe -> ONNX converter) is not in this tree yet")
     from converters import caffe
 
-    prototxt = CAFFE_MODELS / name / "deploy.prototxt"
+    prototxt = caffe_net(name)
     weights = tmp_path / f"{name}.caffemodel"
     caffe.make_random_caffemodel(prototxt, weights, seed=0)
     model = caffe.convert(prototxt, weights, verify=False).model
@@ -726,7 +727,8 @@ def test_caffe_converted_model_matches_onnxruntime(name, tmp_path):
 def test_model_folders_are_present():
     # Guard: the parametrized model tests above must not silently run over nothing.
     assert all((onnx_light_models() / f"light_{n}.onnx").is_file() for n in LIGHT)
-    assert len(CAFFE_NETS) >= 8, f"no Caffe deploy.prototxt files under {CAFFE_MODELS}"
+    if CAFFE_MODELS.is_dir():  # on a fresh clone with no shared/ beside it the zoo nets are skipped
+        assert len(CAFFE_NETS) >= 8, f"no Caffe deploy.prototxt files under {CAFFE_MODELS}"
 
 
 def test_importing_the_converter_does_not_import_torch():
