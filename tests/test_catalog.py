@@ -298,3 +298,95 @@ def test_process_without_fts5_searches_with_like_and_index_catches_up(tmp_path):
     assert again._fts
     assert [m.name for m in again.search("quokka")] == ["written_without_fts"]
     print("process with tensorflow first searched with", mode)
+
+
+# ---- a first command killed while it creates the catalog (kill -9) ------------------------------
+
+# The creating process stops (and says so) at a chosen point: after the schema is committed but
+# before the built-ins are read, or inside the transaction that loads them; the test then SIGKILLs it.
+CREATE_AND_STOP = textwrap.dedent("""
+    import sys, time
+    import zoo.catalog, zoo.index
+
+    def stop():
+        print("stopped", flush=True)
+        time.sleep(120)
+
+    if sys.argv[2] == "before-load":
+        real_models = zoo.index.builtin_models
+        def builtin_models(*a, **k):
+            stop()
+            return real_models(*a, **k)
+        zoo.index.builtin_models = builtin_models
+    else:
+        real_replace = zoo.catalog.Catalog.replace_source_models
+        def replace_source_models(self, *a, **k):
+            stats = real_replace(self, *a, **k)
+            self._active.flush()  # the first zoo's rows are written, uncommitted
+            stop()
+            return stats
+        zoo.catalog.Catalog.replace_source_models = replace_source_models
+    zoo.catalog.open_catalog(sys.argv[1])
+""")
+
+
+def _create_and_kill(path, where, tmp_path):
+    import signal
+
+    script = tmp_path / "create.py"
+    script.write_text(CREATE_AND_STOP)
+    proc = subprocess.Popen([sys.executable, str(script), str(path), where],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "stopped", proc.stderr.read()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _forget_open_catalogs():
+    """Make the next open_catalog start afresh, as a new `zoo` command would."""
+    from zoo import catalog
+
+    for opened in catalog._OPEN.values():
+        opened.close()
+    catalog._OPEN.clear()
+
+
+@pytest.mark.parametrize("where", ["before-load", "inside-load"])
+def test_a_creation_killed_before_the_builtins_are_in_is_finished_by_the_next_open(tmp_path, where):
+    from zoo.index import builtin_index_names, builtin_models
+
+    path = tmp_path / "c.db"
+    _create_and_kill(path, where, tmp_path)
+    with sqlite3.connect(path) as connection:  # the schema is there, the zoos are not (yet)
+        assert connection.execute("SELECT count(*) FROM models").fetchone() == (0,)
+        assert connection.execute("SELECT value FROM zoo_state WHERE key = 'builtins'").fetchone() == ("pending",)
+    cat = open_catalog(path)
+    assert sorted(cat.names()) == sorted(m.name for m in builtin_models())
+    assert [s.name for s in cat.sources()] == builtin_index_names()
+    assert cat.search("alexnet")[0].name == "bvlc_alexnet"
+    # Loaded once: a later open neither reloads nor brings back what the user removed.
+    cat.remove_source("caffe")
+    _forget_open_catalogs()
+    assert "caffe" not in [s.name for s in open_catalog(path).sources()]
+
+
+def test_builtins_state_of_new_and_older_catalogs(tmp_path):
+    bare = tmp_path / "bare.db"
+    Catalog(f"sqlite:///{bare}", builtins=False)
+    assert open_catalog(bare).count() == 0  # created without built-ins on purpose: stays so
+    # A catalog written before the state was recorded, empty because its creation was killed.
+    older = tmp_path / "older.db"
+    Catalog(f"sqlite:///{older}", builtins=False)
+    with sqlite3.connect(older) as connection:
+        connection.execute("DELETE FROM zoo_state")
+    assert open_catalog(older).exists("bvlc_alexnet")
+    # One from before, with models of its own: left alone.
+    kept = tmp_path / "kept.db"
+    Catalog(f"sqlite:///{kept}", builtins=False).add_model(make("mine"))
+    with sqlite3.connect(kept) as connection:
+        connection.execute("DELETE FROM zoo_state")
+    assert open_catalog(kept).names() == ["mine"]
