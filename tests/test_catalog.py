@@ -202,16 +202,85 @@ def test_foreign_sqlite_database_is_refused(tmp_path):
         open_catalog(other)
 
 
-@pytest.mark.skipif(os.geteuid() == 0 and not os.environ.get("ZOO_TEST_CHATTR"), reason="root ignores permissions")
-def test_read_only_location(tmp_path):
-    folder = tmp_path / "ro"
+@pytest.fixture
+def media(tmp_path):
+    """A real file system that can be made read-only: a tmpfs mounted under tmp_path.
+
+    Root ignores permission bits, so only a read-only mount shows what read-only media do.
+    Yields (folder, seal), where seal() remounts it read-only.
+    """
+    folder = tmp_path / "media"
     folder.mkdir()
-    folder.chmod(0o500)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+
+    def seal():
+        _forget_open_catalogs()
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
     try:
-        with pytest.raises(CatalogError, match="writable location"):
-            open_catalog(folder / "catalog.db")
+        yield folder, seal
     finally:
-        folder.chmod(0o700)
+        _forget_open_catalogs()
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_read_only_location(media):
+    folder, seal = media
+    seal()
+    with pytest.raises(CatalogError, match="writable location"):
+        open_catalog(folder / "catalog.db")
+
+
+def test_a_catalog_on_read_only_media_can_be_read_not_written(media, zoo_cmd):
+    folder, seal = media
+    path = folder / "catalog.db"
+    open_catalog(path).add_model(make("mine", description="quokka detector"))
+    seal()
+    assert sorted(os.listdir(folder)) == ["catalog.db"]  # closed cleanly: no -wal or -shm to read
+    cat = open_catalog(path)
+    assert cat.read_only
+    assert cat.exists("bvlc_alexnet") and cat.get("mine").description == "quokka detector"
+    assert [m.name for m in cat.search("quokka")] == ["mine"]
+    with pytest.raises(CatalogError, match="is read-only .* copy it somewhere writable"):
+        cat.add_model(make("other"))
+    with pytest.raises(CatalogError, match="is read-only"):
+        cat.remove_model("mine")
+    for args in (["search", "quokka"], ["info", "mine"], ["source", "list"]):
+        run = subprocess.run([*zoo_cmd, *args, "--catalog", str(path)], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "mine" in run.stdout or "caffe" in run.stdout
+    run = subprocess.run([*zoo_cmd, "rm", "mine", "--catalog", str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "is read-only" in run.stderr, run.stderr
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import os, sys
+    from zoo.catalog import Catalog
+    from zoo.records import Model
+    cat = Catalog(sys.argv[1], builtins=False)
+    with cat._engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        cat.add_model(Model(name="only_in_the_wal", framework="onnx"))
+        os._exit(0)  # no checkpoint: the commit lives in the -wal file
+""")
+
+
+def test_a_read_only_catalog_reads_what_its_write_ahead_log_holds(media, tmp_path):
+    folder, seal = media
+    path = folder / "catalog.db"
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    subprocess.run([sys.executable, str(script), f"sqlite:///{path}"], check=True, timeout=120)
+    assert (folder / "catalog.db-wal").stat().st_size > 0
+    seal()
+    cat = open_catalog(path, builtins=False)
+    assert cat.read_only and cat.names() == ["only_in_the_wal"]
 
 
 def test_read_only_file_as_root_is_reported(tmp_path):
