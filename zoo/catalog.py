@@ -63,7 +63,7 @@ class SourceInfo:
     models: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "etag": self.etag,
+        return {"name": self.name, "url": mask_url(self.url), "etag": self.etag,
                 "synced_at": self.synced_at, "models": self.models}
 
 
