@@ -459,3 +459,28 @@ def test_builtins_state_of_new_and_older_catalogs(tmp_path):
     with sqlite3.connect(kept) as connection:
         connection.execute("DELETE FROM zoo_state")
     assert open_catalog(kept).names() == ["mine"]
+
+
+@pytest.mark.slow
+def test_a_creation_killed_at_any_point_leaves_a_catalog_the_next_open_completes(tmp_path):
+    """SIGKILL the first command at points spread over a whole creation; each next open is complete."""
+    import signal
+    import time
+
+    from zoo.index import builtin_models
+
+    create = [sys.executable, "-c", "import sys, zoo.catalog; zoo.catalog.open_catalog(sys.argv[1])"]
+    started = time.monotonic()
+    subprocess.run([*create, str(tmp_path / "whole.db")], check=True, timeout=300)
+    whole = time.monotonic() - started
+    expected = sorted(m.name for m in builtin_models())
+    for i, fraction in enumerate((0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)):
+        path = tmp_path / f"killed{i}.db"
+        proc = subprocess.Popen([*create, str(path)], stderr=subprocess.DEVNULL)
+        time.sleep(whole * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        _forget_open_catalogs()
+        cat = open_catalog(path)
+        assert sorted(cat.names()) == expected, f"killed at {fraction:.0%} of a creation"
+        assert cat.search("alexnet")[0].name == "bvlc_alexnet"
