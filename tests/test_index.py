@@ -182,6 +182,7 @@ BAD = [
     (lambda d: with_file(meta=nested(40)), ["field 'files[0].meta'", "deeper than 16 levels"]),
     (lambda d: index(entry(meta={"blob": "x" * 70_000})), ["field 'meta'", "bytes of JSON", "65536"]),
     (lambda d: index(entry(meta={"loss": float("nan")})), ["field 'meta'", "NaN or Infinity"]),
+    (lambda d: index(entry(meta={"when": {1, 2}})), ["field 'meta'", "not JSON"]),
     (lambda d: index(entry(metrics={"top1": float("inf")})), ["field 'metrics'", "finite"]),
     (lambda d: index(entry(input={"mean": [float("nan")] * 3})), ["field 'input.mean'", "numbers"]),
     (lambda d: index(entry(description="x" * 70_000)), ["field 'description'", "70000 characters"]),
@@ -192,7 +193,7 @@ BAD = [
     (lambda d: with_file(filename="Com1"), ["files[0].filename", "COM1 is a device name"]),
     (lambda d: with_file(filename="model.onnx."), ["files[0].filename", "ending in a dot"]),
     (lambda d: with_file(url="ftp://example.org/x.onnx"), ["files[0].url", "'ftp://", "http, https, file"]),
-    (lambda d: with_file(url="https://example.org/a b.onnx"), ["files[0].url", "no spaces"]),
+    (lambda d: with_file(url="https://example.org/a.onnx\r\nX-Evil: 1"), ["files[0].url", "no control characters"]),
     (lambda d: index(entry(name="Tiny.acme"), entry()), ["entry 1 ('tiny.acme')", "repeats entry 0 ignoring case"]),
     # files that would take the same place in the cache (issue 11 item 7)
     (lambda d: files({"role": "model", "filename": "ok"},

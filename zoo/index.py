@@ -225,7 +225,10 @@ def _meta(where: _Where, data: dict, field: str = "meta") -> dict:
             pending += [(v, depth + 1) for v in value]
         elif isinstance(value, float) and not math.isfinite(value):
             raise where.fail(field, "holds NaN or Infinity, which JSON does not allow")
-    size = len(json.dumps(meta))
+    try:
+        size = len(json.dumps(meta))
+    except (TypeError, ValueError) as exc:  # a dict given from Python can hold anything
+        raise where.fail(field, f"holds a value that is not JSON ({exc})") from None
     if size > MAX_META_BYTES:
         raise where.fail(field, f"is {size} bytes of JSON; at most {MAX_META_BYTES} are allowed "
                                 "(put large data in a file of the entry)")
@@ -321,9 +324,9 @@ def _check_url(where: _Where, field: str, url: str, schemes: tuple[str, ...]) ->
         raise where.fail(field, f"has {_show(url)}; " + (
             f"an index served over the network may only point at {' or '.join(schemes)} URLs"
             if remote else f"the URL scheme must be one of {', '.join(schemes)}"))
-    if any(ord(c) < 32 or c == " " for c in url):
-        raise where.fail(field, f"has {_show(url)}; a URL has no spaces or control characters "
-                                "(encode them as %20 etc.)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):  # CR/LF would split an HTTP request
+        raise where.fail(field, f"has {_show(url)}; a URL has no control characters "
+                                "(encode them as %0D, %0A etc.)")
 
 
 def _parse_checksum(where: _Where, data: dict) -> tuple[str | None, bool]:
