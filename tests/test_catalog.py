@@ -259,6 +259,24 @@ def test_a_catalog_on_read_only_media_can_be_read_not_written(media, zoo_cmd):
     assert run.stderr.count("\n") == 1 and "is read-only" in run.stderr, run.stderr
 
 
+def test_an_immutable_catalog_file_in_a_writable_folder_can_be_read(tmp_path):
+    """chattr +i: the file refuses writes even to root, while its folder takes the -shm/-wal files."""
+    path = tmp_path / "catalog.db"
+    open_catalog(path).add_model(make("mine"))
+    _forget_open_catalogs()
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        cat = open_catalog(path)
+        assert cat.read_only and cat.exists("mine") and cat.exists("bvlc_alexnet")
+        with pytest.raises(CatalogError, match="is read-only"):
+            cat.update_model("mine", description="changed")
+    finally:
+        _forget_open_catalogs()
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert open_catalog(path).get("mine").description is None
+
+
 KILLED_WRITER = textwrap.dedent("""
     import os, sys
     from zoo.catalog import Catalog
