@@ -291,3 +291,19 @@ def test_credentials_in_source_urls_are_masked(fault_server):
     with pytest.raises(FetchError) as caught:
         sync_sources("acme")
     assert secret not in str(caught.value) and "token=***" in str(caught.value)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://bob:pw@h.example/zoo.json", "https://bob:***@h.example/zoo.json"),
+    ("https://ghp_token123@github.example/zoo.json", "https://***@github.example/zoo.json"),
+    ("https://h.example/z.json?X-Amz-Signature=abc&v=2&api_key=k", "https://h.example/z.json?X-Amz-Signature=***&v=2&api_key=***"),
+    ("postgresql+psycopg://zoo:p%40ss@127.0.0.1:5432/zoo", "postgresql+psycopg://zoo:***@127.0.0.1:5432/zoo"),
+    ("https://h.example/zoo.json?v=2", "https://h.example/zoo.json?v=2"),
+    ("sqlite:////home/me/catalog.db", "sqlite:////home/me/catalog.db"),
+    ("file:///home/me/zoo.json", "file:///home/me/zoo.json"),
+])
+def test_mask_url(url, shown):
+    from zoo._redact import mask_secrets, mask_url
+
+    assert mask_url(url) == shown
+    assert mask_secrets(f"cannot open {url!r}: refused") == f"cannot open {shown!r}: refused"
