@@ -283,12 +283,8 @@ def verify(
 
 
 def unverified_figures(report: ConversionReport) -> str:
-    """One line naming every output beyond tolerance with its figures."""
-    bad = [o for o in report.outputs if o.max_rel > report.tolerance]
-    return "; ".join(
-        f"{o.name}: max abs diff {o.max_abs:.3g} = {o.max_rel:.3g} x scale {o.scale:.3g} "
-        f"(tolerance {report.tolerance:g})" for o in bad
-    )
+    """One line naming every output beyond tolerance with its figures, or why it cannot agree."""
+    return report.describe_unverified()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

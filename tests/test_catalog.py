@@ -202,16 +202,103 @@ def test_foreign_sqlite_database_is_refused(tmp_path):
         open_catalog(other)
 
 
-@pytest.mark.skipif(os.geteuid() == 0 and not os.environ.get("ZOO_TEST_CHATTR"), reason="root ignores permissions")
-def test_read_only_location(tmp_path):
-    folder = tmp_path / "ro"
+@pytest.fixture
+def media(tmp_path):
+    """A real file system that can be made read-only: a tmpfs mounted under tmp_path.
+
+    Root ignores permission bits, so only a read-only mount shows what read-only media do.
+    Yields (folder, seal), where seal() remounts it read-only.
+    """
+    folder = tmp_path / "media"
     folder.mkdir()
-    folder.chmod(0o500)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+
+    def seal():
+        _forget_open_catalogs()
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
     try:
-        with pytest.raises(CatalogError, match="writable location"):
-            open_catalog(folder / "catalog.db")
+        yield folder, seal
     finally:
-        folder.chmod(0o700)
+        _forget_open_catalogs()
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_read_only_location(media):
+    folder, seal = media
+    seal()
+    with pytest.raises(CatalogError, match="writable location"):
+        open_catalog(folder / "catalog.db")
+
+
+def test_a_catalog_on_read_only_media_can_be_read_not_written(media, zoo_cmd):
+    folder, seal = media
+    path = folder / "catalog.db"
+    open_catalog(path).add_model(make("mine", description="quokka detector"))
+    seal()
+    assert sorted(os.listdir(folder)) == ["catalog.db"]  # closed cleanly: no -wal or -shm to read
+    cat = open_catalog(path)
+    assert cat.read_only
+    assert cat.exists("bvlc_alexnet") and cat.get("mine").description == "quokka detector"
+    assert [m.name for m in cat.search("quokka")] == ["mine"]
+    with pytest.raises(CatalogError, match="is read-only .* copy it somewhere writable"):
+        cat.add_model(make("other"))
+    with pytest.raises(CatalogError, match="is read-only"):
+        cat.remove_model("mine")
+    for args in (["search", "quokka"], ["info", "mine"], ["source", "list"]):
+        run = subprocess.run([*zoo_cmd, *args, "--catalog", str(path)], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "mine" in run.stdout or "caffe" in run.stdout
+    run = subprocess.run([*zoo_cmd, "rm", "mine", "--catalog", str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "is read-only" in run.stderr, run.stderr
+
+
+def test_an_immutable_catalog_file_in_a_writable_folder_can_be_read(tmp_path):
+    """chattr +i: the file refuses writes even to root, while its folder takes the -shm/-wal files."""
+    path = tmp_path / "catalog.db"
+    open_catalog(path).add_model(make("mine"))
+    _forget_open_catalogs()
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        cat = open_catalog(path)
+        assert cat.read_only and cat.exists("mine") and cat.exists("bvlc_alexnet")
+        with pytest.raises(CatalogError, match="is read-only"):
+            cat.update_model("mine", description="changed")
+    finally:
+        _forget_open_catalogs()
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert open_catalog(path).get("mine").description is None
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import os, sys
+    from zoo.catalog import Catalog
+    from zoo.records import Model
+    cat = Catalog(sys.argv[1], builtins=False)
+    with cat._engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        cat.add_model(Model(name="only_in_the_wal", framework="onnx"))
+        os._exit(0)  # no checkpoint: the commit lives in the -wal file
+""")
+
+
+def test_a_read_only_catalog_reads_what_its_write_ahead_log_holds(media, tmp_path):
+    folder, seal = media
+    path = folder / "catalog.db"
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    subprocess.run([sys.executable, str(script), f"sqlite:///{path}"], check=True, timeout=120)
+    assert (folder / "catalog.db-wal").stat().st_size > 0
+    seal()
+    cat = open_catalog(path, builtins=False)
+    assert cat.read_only and cat.names() == ["only_in_the_wal"]
 
 
 def test_read_only_file_as_root_is_reported(tmp_path):
@@ -298,3 +385,120 @@ def test_process_without_fts5_searches_with_like_and_index_catches_up(tmp_path):
     assert again._fts
     assert [m.name for m in again.search("quokka")] == ["written_without_fts"]
     print("process with tensorflow first searched with", mode)
+
+
+# ---- a first command killed while it creates the catalog (kill -9) ------------------------------
+
+# The creating process stops (and says so) at a chosen point: after the schema is committed but
+# before the built-ins are read, or inside the transaction that loads them; the test then SIGKILLs it.
+CREATE_AND_STOP = textwrap.dedent("""
+    import sys, time
+    import zoo.catalog, zoo.index
+
+    def stop():
+        print("stopped", flush=True)
+        time.sleep(120)
+
+    if sys.argv[2] == "before-load":
+        real_models = zoo.index.builtin_models
+        def builtin_models(*a, **k):
+            stop()
+            return real_models(*a, **k)
+        zoo.index.builtin_models = builtin_models
+    else:
+        real_replace = zoo.catalog.Catalog.replace_source_models
+        def replace_source_models(self, *a, **k):
+            stats = real_replace(self, *a, **k)
+            self._active.flush()  # the first zoo's rows are written, uncommitted
+            stop()
+            return stats
+        zoo.catalog.Catalog.replace_source_models = replace_source_models
+    zoo.catalog.open_catalog(sys.argv[1])
+""")
+
+
+def _create_and_kill(path, where, tmp_path):
+    import signal
+
+    script = tmp_path / "create.py"
+    script.write_text(CREATE_AND_STOP)
+    proc = subprocess.Popen([sys.executable, str(script), str(path), where],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "stopped", proc.stderr.read()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _forget_open_catalogs():
+    """Make the next open_catalog start afresh, as a new `zoo` command would."""
+    from zoo import catalog
+
+    for opened in catalog._OPEN.values():
+        opened.close()
+    catalog._OPEN.clear()
+
+
+@pytest.mark.parametrize("where", ["before-load", "inside-load"])
+def test_a_creation_killed_before_the_builtins_are_in_is_finished_by_the_next_open(tmp_path, where):
+    from zoo.index import builtin_index_names, builtin_models
+
+    path = tmp_path / "c.db"
+    _create_and_kill(path, where, tmp_path)
+    with sqlite3.connect(path) as connection:  # the schema is there, the zoos are not (yet)
+        assert connection.execute("SELECT count(*) FROM models").fetchone() == (0,)
+        assert connection.execute("SELECT value FROM zoo_state WHERE key = 'builtins'").fetchone() == ("pending",)
+    cat = open_catalog(path)
+    assert sorted(cat.names()) == sorted(m.name for m in builtin_models())
+    assert [s.name for s in cat.sources()] == builtin_index_names()
+    assert cat.search("alexnet")[0].name == "bvlc_alexnet"
+    # Loaded once: a later open neither reloads nor brings back what the user removed.
+    cat.remove_source("caffe")
+    _forget_open_catalogs()
+    assert "caffe" not in [s.name for s in open_catalog(path).sources()]
+
+
+def test_builtins_state_of_new_and_older_catalogs(tmp_path):
+    bare = tmp_path / "bare.db"
+    Catalog(f"sqlite:///{bare}", builtins=False)
+    assert open_catalog(bare).count() == 0  # created without built-ins on purpose: stays so
+    # A catalog written before the state was recorded, empty because its creation was killed.
+    older = tmp_path / "older.db"
+    Catalog(f"sqlite:///{older}", builtins=False)
+    with sqlite3.connect(older) as connection:
+        connection.execute("DELETE FROM zoo_state")
+    assert open_catalog(older).exists("bvlc_alexnet")
+    # One from before, with models of its own: left alone.
+    kept = tmp_path / "kept.db"
+    Catalog(f"sqlite:///{kept}", builtins=False).add_model(make("mine"))
+    with sqlite3.connect(kept) as connection:
+        connection.execute("DELETE FROM zoo_state")
+    assert open_catalog(kept).names() == ["mine"]
+
+
+@pytest.mark.slow
+def test_a_creation_killed_at_any_point_leaves_a_catalog_the_next_open_completes(tmp_path):
+    """SIGKILL the first command at points spread over a whole creation; each next open is complete."""
+    import signal
+    import time
+
+    from zoo.index import builtin_models
+
+    create = [sys.executable, "-c", "import sys, zoo.catalog; zoo.catalog.open_catalog(sys.argv[1])"]
+    started = time.monotonic()
+    subprocess.run([*create, str(tmp_path / "whole.db")], check=True, timeout=300)
+    whole = time.monotonic() - started
+    expected = sorted(m.name for m in builtin_models())
+    for i, fraction in enumerate((0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)):
+        path = tmp_path / f"killed{i}.db"
+        proc = subprocess.Popen([*create, str(path)], stderr=subprocess.DEVNULL)
+        time.sleep(whole * fraction)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        _forget_open_catalogs()
+        cat = open_catalog(path)
+        assert sorted(cat.names()) == expected, f"killed at {fraction:.0%} of a creation"
+        assert cat.search("alexnet")[0].name == "bvlc_alexnet"

@@ -220,3 +220,102 @@ def test_info_shows_the_conversion_report(tmp_path):
     onnx_path.unlink()
     assert "(missing!)" in run("info", "bvlc_alexnet").output
     assert run_json("info", "bvlc_alexnet")["artifacts"][2]["meta"]["report"]["verified"] is True
+
+
+# ---- messages: no secrets, strict JSON, causes named (issue 11) -------------------------------------
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN/Infinity, as jq and JavaScript's JSON.parse do."""
+    def refuse(name):
+        raise AssertionError(f"bare {name} in --json output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_even_with_nan(tmp_path):
+    from converters.report import ConversionReport, OutputDiff
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact
+
+    cat = open_catalog()
+    cat.update_model("bvlc_alexnet", metrics={"top1": float("nan"), "gain": float("inf"),
+                                              "loss": float("-inf"), "top5": 0.8})
+    report = ConversionReport("caffe", reference="opencv 4.10", verified=False,
+                              outputs=[OutputDiff("prob", float("nan"), float("nan"), 1.0, [1, 1000])])
+    cat.put_artifact("bvlc_alexnet", Artifact("onnx", "a.onnx", path=str(tmp_path / "a.onnx"),
+                                              meta={"report": report.to_dict(), "max": float("nan")}))
+    for args in (["info", "bvlc_alexnet"], ["search", "alexnet"], ["list"]):
+        result = run(*args, "--json")
+        assert result.exit_code == 0, result.output
+        data = _strict_json(result.output)
+        model = data if isinstance(data, dict) else next(m for m in data if m["name"] == "bvlc_alexnet")
+        assert model["metrics"] == {"top1": "NaN", "gain": "Infinity", "loss": "-Infinity", "top5": 0.8}
+        onnx = next(a for a in model["artifacts"] if a["role"] == "onnx")
+        assert onnx["meta"]["max"] == "NaN"
+
+
+def test_info_names_why_outputs_cannot_agree(tmp_path):
+    import numpy as np
+
+    from converters.report import ConversionReport, compare_outputs
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact
+
+    reference = np.ones((1, 10), np.float32)
+    converted = reference.copy()
+    converted[0, :3] = np.nan
+    outputs = compare_outputs(["prob", "fc7"], [reference, reference], [converted])
+    report = ConversionReport("caffe", reference="opencv 4.10", verified=False, outputs=outputs)
+    assert report.describe_unverified() == (
+        "prob: NaN/infinite values differ: the converted output has 3 NaN values, the source output "
+        "none (of 10); fc7: missing from the converted model")
+    open_catalog().put_artifact("bvlc_alexnet", Artifact(
+        "onnx", "a.onnx", path=str(tmp_path / "a.onnx"), meta={"report": report.to_dict()}))
+    text = run("info", "bvlc_alexnet").output
+    assert "verified:   NO against opencv 4.10: max relative difference inf" in text
+    assert "problem:    prob: NaN/infinite values differ: the converted output has 3 NaN values" in text
+    assert "problem:    fc7: missing from the converted model" in text
+    assert ConversionReport.from_dict(report.to_dict()).describe_unverified() == report.describe_unverified()
+
+
+def test_credentials_are_masked_in_list_info_and_errors(fault_server):
+    import base64
+
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact
+
+    secret = "hunter2-secret"
+    index = json.dumps({"format": FORMAT, "name": "acme", "models": [
+        {"name": "m.acme", "framework": "onnx", "files": [
+            {"role": "model", "filename": "m.onnx", "md5": "0" * 32,
+             "url": f"https://bob:{secret}@models.example/m.onnx?X-Amz-Signature={secret}"}]}]})
+    route = fault_server.add("/zoo.json", index.encode(),
+                             auth="Basic " + base64.b64encode(f"ann:{secret}".encode()).decode())
+    url = fault_server.url("/zoo.json").replace("http://", f"http://ann:{secret}@")
+    added = run("source", "add", "acme", url)
+    assert added.exit_code == 0, added.output
+    outputs = [added.output]
+    for args in (["source", "list"], ["info", "m.acme"], ["search", "m.acme"]):
+        for json_flag in ([], ["--json"]):
+            result = run(*args, *json_flag)
+            assert result.exit_code == 0, result.output
+            outputs.append(result.output)
+    route.fail = [503, 503]
+    for args in (["source", "sync", "acme"], ["source", "sync"]):
+        result = run(*args)
+        assert result.exit_code == 1 and "HTTP 503" in result.output
+        outputs.append(result.output)
+    for output in outputs:
+        assert secret not in output, output
+    assert f"http://ann:***@{fault_server.host}" in outputs[1]
+    assert "https://bob:***@models.example/m.onnx?X-Amz-Signature=***" in outputs[3]
+    assert open_catalog().get_source("acme").url == url  # stored as given: syncs still authenticate
+
+
+@pytest.mark.parametrize("url", ["postgresql://zoo:hunter2-secret@127.0.0.1:9/zoo",
+                                 "nosuchdriver://zoo:hunter2-secret@127.0.0.1:9/zoo"])
+def test_catalog_url_credentials_are_masked_in_errors(url):
+    result = run("search", "x", "--catalog", url)
+    assert result.exit_code == 1
+    assert "hunter2-secret" not in result.output and "zoo:***@127.0.0.1" in result.output, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: "), result.output

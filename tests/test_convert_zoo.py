@@ -285,3 +285,23 @@ def test_cli_subprocess(cat, tmp_path, zoo_env, zoo_cmd, torch_models):
                          env={**os.environ}, timeout=120, check=False)
     last = bad.stderr.strip().splitlines()[-1]
     assert bad.returncode == 1 and last.startswith("error: model 'missing.model'") and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_nan_outputs_beyond_tolerance_say_so(cat, tmp_path):
+    """NaN differences used to give 'beyond tolerance ()': the message names the NaN values."""
+    import torch
+
+    import zoo
+
+    class NaNs(torch.nn.Module):
+        def forward(self, x):  # log of a negative number is NaN, at random places each run
+            return torch.log(torch.rand_like(x) - 0.5) + x
+
+    path = tmp_path / "nans.pt"
+    torch.jit.script(NaNs()).save(str(path))
+    cat.add_model(local_model("nans", "pytorch", path, input=zoo.InputSpec(shape=[None, 64])))
+    with pytest.raises(VerificationError) as caught:
+        zoo.convert("nans", catalog=cat)
+    message = str(caught.value)
+    assert "()" not in message and "NaN values" in message and "the converted output has" in message, message

@@ -360,4 +360,6 @@ def test_a_killed_extraction_resumes_from_its_last_checkpoint(tmp_path):
     extractor = Counting(32, 8)
     features = cache_features(extractor, tmp_path / "x.npy", chunk_size=10, progress=False)
     assert Counting.calls == (len(data) - entry.rows) // 10
-    np.testing.assert_allclose(features, ProjectionExtractor(32, 8)(data), rtol=1e-6)
+    # Batches of 10 and of 2000 take different float32 BLAS paths: agree to float32 precision of the scale.
+    expected = ProjectionExtractor(32, 8)(data)
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))

@@ -30,6 +30,18 @@ def entry(**changes) -> dict:
     return data
 
 
+def nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def files(*specs: dict) -> dict:
+    """An index whose one entry has these files (each given a URL)."""
+    return index(entry(files=[{"url": f"https://example.org/{i}", **spec} for i, spec in enumerate(specs)]))
+
+
 def index(*entries: dict) -> dict:
     return {"format": FORMAT, "name": "acme", "models": list(entries)}
 
@@ -162,6 +174,39 @@ BAD = [
      ["files[0].members", "relative paths"]),
     (lambda d: with_file(sha265="0" * 64), ["files[0].sha265", "did you mean 'sha256'"]),
     (lambda d: index(entry(files=[entry()["files"][0]] * 2)), ["files[1]", "repeats role 'model'"]),
+    # hostile values: bounds, not tracebacks
+    (lambda d: index(entry(parameters=10**30)), ["field 'parameters'", "1000000000000000000000000000000", "2**63-1"]),
+    (lambda d: with_file(size=10**30), ["files[0].size", "2**63-1"]),
+    (lambda d: index(entry(input={"shape": [1, 10**30]})), ["field 'input.shape'", "sizes"]),
+    (lambda d: index(entry(meta=nested(40))), ["field 'meta'", "deeper than 16 levels"]),
+    (lambda d: with_file(meta=nested(40)), ["field 'files[0].meta'", "deeper than 16 levels"]),
+    (lambda d: index(entry(meta={"blob": "x" * 70_000})), ["field 'meta'", "bytes of JSON", "65536"]),
+    (lambda d: index(entry(meta={"loss": float("nan")})), ["field 'meta'", "NaN or Infinity"]),
+    (lambda d: index(entry(meta={"when": {1, 2}})), ["field 'meta'", "not JSON"]),
+    (lambda d: index(entry(metrics={"top1": float("inf")})), ["field 'metrics'", "finite"]),
+    (lambda d: index(entry(input={"mean": [float("nan")] * 3})), ["field 'input.mean'", "numbers"]),
+    (lambda d: index(entry(description="x" * 70_000)), ["field 'description'", "70000 characters"]),
+    (lambda d: with_file(filename="a" * 300 + ".onnx"), ["files[0].filename", "305 bytes", "at most 241"]),
+    (lambda d: with_file(filename="\u00e9" * 125), ["files[0].filename", "250 bytes"]),
+    (lambda d: with_file(filename="a\x00b.onnx"), ["files[0].filename", "NUL or control character"]),
+    (lambda d: with_file(filename="nul.onnx"), ["files[0].filename", "NUL is a device name on Windows"]),
+    (lambda d: with_file(filename="Com1"), ["files[0].filename", "COM1 is a device name"]),
+    (lambda d: with_file(filename="model.onnx."), ["files[0].filename", "ending in a dot"]),
+    (lambda d: with_file(url="ftp://example.org/x.onnx"), ["files[0].url", "'ftp://", "http, https, file"]),
+    (lambda d: with_file(url="https://example.org/a.onnx\r\nX-Evil: 1"), ["files[0].url", "no control characters"]),
+    (lambda d: index(entry(name="Tiny.acme"), entry()), ["entry 1 ('tiny.acme')", "repeats entry 0 ignoring case"]),
+    # files that would take the same place in the cache (issue 11 item 7)
+    (lambda d: files({"role": "model", "filename": "ok"},
+                     {"role": "archive", "filename": "ok.tar", "extract": "tar"}),
+     ["files[1].filename", "'ok.tar'", "folder 'ok' that 'ok.tar' unpacks to", "files[0]'s file 'ok'"]),
+    (lambda d: files({"role": "archive", "filename": "w", "extract": "zip"}, {"role": "labels", "filename": "W.d"}),
+     ["files[1].filename", "files[0]'s folder 'w.d'", "ignoring case"]),
+    (lambda d: files({"role": "model", "filename": "m.onnx"}, {"role": "labels", "filename": "m.onnx"}),
+     ["files[1].filename", "same place in the cache as files[0]'s file 'm.onnx'"]),
+    (lambda d: files({"role": "graph", "filename": "Net.prototxt"}, {"role": "weights", "filename": "net.PROTOTXT"}),
+     ["files[1].filename", "ignoring case"]),
+    (lambda d: files({"role": "model", "filename": "m.onnx"}, {"role": "labels", "filename": "m.onnx.part"}),
+     ["files[1].filename", "files[0]'s download file 'm.onnx.part'"]),
 ]
 
 
@@ -174,6 +219,38 @@ def test_malformed_index_names_entry_and_field(change, words):
     assert message.startswith("index 'acme'") and "\n" not in message
     for word in words:
         assert word in message, message
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"format": "zoo-index/1", "name": "acme", "models": [], "x": NaN}', ["not valid JSON", "NaN is not a JSON value"]),
+    ('{"format": "zoo-index/1", "name": "acme", "models": [{"metrics": {"a": -Infinity}}]}', ["-Infinity"]),
+    ("[" * 200_000 + "]" * 200_000, ["nests objects/lists too deeply"]),
+    ('{"format": "zoo-index/1", "name": "acme", "models": [{"name": "x", "meta": ' + "[" * 5000 + "]" * 5000 + "}]}",
+     ["too deeply"]),
+])
+def test_hostile_json_text_is_one_clear_error(text, words):
+    with pytest.raises(IndexFormatError) as caught:
+        parse_index(text, source="acme")
+    message = str(caught.value)
+    assert message.startswith("index 'acme'") and "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_a_remote_index_may_only_point_at_http_urls():
+    local = with_file(url="file:///etc/passwd")
+    assert parse_index(local, source="acme")[0].artifacts[0].urls == ["file:///etc/passwd"]  # a local index may
+    for url in ("file:///etc/passwd", "FILE:///home/me/.ssh/id_rsa", "ftp://example.org/x"):
+        with pytest.raises(IndexFormatError, match="served over the network may only point at http or https"):
+            parse_index(with_file(url=url), source="acme", remote=True)
+    assert parse_index(with_file(url="HTTPS://example.org/x"), source="acme", remote=True)
+
+
+def test_limits_accept_the_largest_allowed_values():
+    big = entry(parameters=2**63 - 1, meta=nested(16), description="x" * 65536)
+    big["files"][0].update(size=2**63 - 1, filename="a" * 236 + ".onnx")
+    (model,) = parse_index(index(big), source="acme")
+    assert model.parameters == 2**63 - 1 and model.artifacts[0].size == 2**63 - 1
 
 
 def test_message_of_the_issue_example():

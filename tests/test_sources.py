@@ -190,3 +190,120 @@ def test_bad_names_and_offline(acme, monkeypatch):
     monkeypatch.setenv("ZOO_OFFLINE", "1")
     with pytest.raises(OfflineError, match="ZOO_OFFLINE"):
         add_source("acme", url)
+
+
+# ---- hostile remote indexes (issue 11) -----------------------------------------------------------
+
+HOSTILE = [
+    ({"parameters": 10**30}, "field 'parameters'"),
+    ({"meta": json.loads("[" * 40 + "]" * 40)}, "field 'meta'"),
+    ({"meta": {"deep": json.loads('{"a":' * 40 + "1" + "}" * 40)}}, "deeper than 16 levels"),
+    ({"files": [{"role": "model", "filename": "a" * 300, "url": "https://models.example/a"}]}, "at most 241 bytes"),
+    ({"files": [{"role": "model", "filename": "m.onnx", "url": "file:///etc/passwd"}]},
+     "served over the network may only point at http or https"),
+    ({"files": [{"role": "model", "filename": "ok", "url": "https://models.example/ok"},
+                {"role": "archive", "filename": "ok.tar", "url": "https://models.example/ok.tar", "extract": "tar"}]},
+     "unpacks to"),
+]
+
+
+@pytest.mark.parametrize("change, words", HOSTILE, ids=[f"hostile{i}" for i in range(len(HOSTILE))])
+def test_a_hostile_remote_index_is_refused_and_changes_nothing(acme, change, words):
+    route, url = acme
+    add_source("acme", url)
+    before = snapshot()
+    route.set_body(index_bytes(entry("a.acme"), {**entry("evil.acme"), **change}))
+    with pytest.raises(IndexFormatError) as caught:
+        sync_sources("acme")
+    message = str(caught.value)
+    assert message.startswith("index 'acme' entry 1 ('evil.acme')") and words in message, message
+    assert "\n" not in message
+    assert snapshot() == before
+
+
+def test_the_largest_allowed_values_reach_the_catalog(acme):
+    route, url = acme
+    big = entry("big.acme")
+    big["parameters"] = 2**63 - 1
+    big["files"][0]["size"] = 2**63 - 1
+    route.set_body(index_bytes(big))
+    add_source("acme", url)
+    model = zoo.info("big.acme")
+    assert model.parameters == 2**63 - 1 and model.artifacts[0].size == 2**63 - 1
+
+
+def test_a_huge_index_is_refused_at_the_bound(acme, monkeypatch, tmp_path):
+    import socket
+    import threading
+
+    monkeypatch.setattr("zoo.sources.MAX_INDEX_BYTES", 1 << 20)
+    route, url = acme
+    route.set_body(b" " * (2 << 20))  # declared by Content-Length: refused before reading it
+    with pytest.raises(FetchError, match="larger than 1 MB"):
+        add_source("acme", url)
+    # A server that sends an endless body with no length: the client stops at the bound.
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent = []
+
+    def endless():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+            try:
+                for _ in range(64 << 4):  # up to 64 MB
+                    connection.sendall(b" " * 65536)
+                    sent.append(65536)
+            except OSError:
+                pass  # the client hung up: what this test wants
+
+    thread = threading.Thread(target=endless, daemon=True)
+    thread.start()
+    with pytest.raises(FetchError, match="larger than 1 MB"):
+        add_source("endless", f"http://127.0.0.1:{listener.getsockname()[1]}/zoo.json")
+    thread.join(timeout=30)
+    listener.close()
+    assert sum(sent) < 32 << 20  # stopped long before the server ran out
+    assert "endless" not in [s.name for s in list_sources()]
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (2 << 20))
+    with pytest.raises(FetchError, match="larger than 1 MB"):
+        add_source("bigfile", str(big))
+
+
+def test_credentials_in_source_urls_are_masked(fault_server):
+    import base64
+
+    secret = "s3cret-pa55"
+    route = fault_server.add("/zoo.json", index_bytes(entry("a.acme")),
+                             auth="Basic " + base64.b64encode(f"bob:{secret}".encode()).decode())
+    url = fault_server.url("/zoo.json").replace("http://", f"http://bob:{secret}@") + "?token=t0ps3cret"
+    report = add_source("acme", url)
+    assert report.status == "synced"  # the real URL (and its credentials) is what gets used
+    assert [s.url for s in list_sources() if s.name == "acme"] == [url]
+    shown = json.dumps([s.to_dict() for s in list_sources()]) + json.dumps(report.to_dict())
+    assert secret not in shown and "t0ps3cret" not in shown and "bob:***@" in shown
+    route.status = 500
+    route.set_body(b"oops")
+    (failed,) = [r for r in sync_sources() if r.name == "acme"]
+    assert failed.status == "error" and "HTTP 500" in failed.error
+    assert secret not in failed.error and "t0ps3cret" not in failed.error
+    with pytest.raises(FetchError) as caught:
+        sync_sources("acme")
+    assert secret not in str(caught.value) and "token=***" in str(caught.value)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://bob:pw@h.example/zoo.json", "https://bob:***@h.example/zoo.json"),
+    ("https://ghp_token123@github.example/zoo.json", "https://***@github.example/zoo.json"),
+    ("https://h.example/z.json?X-Amz-Signature=abc&v=2&api_key=k", "https://h.example/z.json?X-Amz-Signature=***&v=2&api_key=***"),
+    ("postgresql+psycopg://zoo:p%40ss@127.0.0.1:5432/zoo", "postgresql+psycopg://zoo:***@127.0.0.1:5432/zoo"),
+    ("https://h.example/zoo.json?v=2", "https://h.example/zoo.json?v=2"),
+    ("sqlite:////home/me/catalog.db", "sqlite:////home/me/catalog.db"),
+    ("file:///home/me/zoo.json", "file:///home/me/zoo.json"),
+])
+def test_mask_url(url, shown):
+    from zoo._redact import mask_secrets, mask_url
+
+    assert mask_url(url) == shown
+    assert mask_secrets(f"cannot open {url!r}: refused") == f"cannot open {shown!r}: refused"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from sqlalchemy import Text, create_engine, event, exc, func, or_, select, text
 
 from zoo import config
+from zoo._redact import mask_url
 from zoo.errors import (
     CatalogError,
     CatalogVersionError,
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 SCHEMA_REVISIONS = ("0001", "0002")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 BUSY_TIMEOUT_MS = 30_000
+# zoo_state key saying whether the built-in zoos were loaded: "pending" from the transaction that
+# creates the schema until the one that loads them, so a creation cut short (kill -9) is finished
+# by the next open; "loaded" after; "skipped" for catalogs created with builtins=False.
+BUILTINS_STATE = "builtins"
 
 
 @dataclass
@@ -58,7 +63,7 @@ class SourceInfo:
     models: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "etag": self.etag,
+        return {"name": self.name, "url": mask_url(self.url), "etag": self.etag,
                 "synced_at": self.synced_at, "models": self.models}
 
 
@@ -124,6 +129,44 @@ def _check_model(model: Model) -> None:
         )
 
 
+def _read_only_file(database: str | None) -> bool:
+    """Whether a SQLite catalog file exists but it or its folder cannot be written.
+
+    access(2) reports read-only mounts and immutable files even to root, who ignores mode bits.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return False
+    path = Path(database)
+    if not path.is_file():
+        return False
+    return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+
+
+def _connect_read_only(path: Path):
+    """A read-only SQLite connection to `path`, for catalogs on read-only media.
+
+    `mode=ro` reads a WAL catalog whose -wal/-shm files exist; without them (a cleanly closed
+    catalog) SQLite cannot create the -shm, and `immutable=1` reads the file as it is.
+    """
+    import sqlite3
+    from urllib.parse import quote
+
+    base = "file:" + quote(str(path.absolute()))
+    connection = sqlite3.connect(f"{base}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return connection
+    except sqlite3.OperationalError:
+        connection.close()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        # immutable=1 would silently ignore the committed transactions the -wal holds.
+        raise sqlite3.OperationalError(
+            f"unable to open database file: its write-ahead log {wal.name} cannot be read on "
+            "read-only media; open the catalog once where it is writable to merge it")
+    return sqlite3.connect(f"{base}?immutable=1", uri=True, check_same_thread=False)
+
+
 def closest_names(name: str, names: Iterable[str], n: int = 3) -> list[str]:
     """Names that look like `name`: close spellings first, then names that contain it."""
     names = list(names)
@@ -151,6 +194,7 @@ class Catalog:
     def __init__(self, url: str, *, builtins: bool = True):
         self.url = url
         self._builtins = builtins
+        self.read_only = False  # set when the file or its folder cannot be written: reads only
         self._active: Session | None = None
         self._engine = self._create_engine(url)
         self._write_engine = self._engine.execution_options(zoo_write=True)
@@ -158,7 +202,7 @@ class Catalog:
         self._prepare()
 
     def __repr__(self) -> str:
-        return f"Catalog({self.url!r})"
+        return f"Catalog({mask_url(self.url)!r})"
 
     # ---- connection set-up -------------------------------------------------------------
     @property
@@ -169,7 +213,14 @@ class Catalog:
         try:
             engine = create_engine(url)
         except Exception as error:  # bad URL or missing DB driver
-            raise CatalogError(f"cannot open catalog {url!r}: {error}") from None
+            raise CatalogError(f"cannot open catalog {mask_url(url)!r}: {error}") from None
+        if engine.dialect.name == "sqlite" and _read_only_file(engine.url.database):
+            # Read-only media or permissions: SQLite's default open would need to create the
+            # -shm/-wal files beside it and fails even to read, so open it read-only instead.
+            path = Path(engine.url.database)
+            engine.dispose()
+            engine = create_engine(url, creator=lambda: _connect_read_only(path))
+            self.read_only = True
         if engine.dialect.name == "sqlite":
             database = engine.url.database
             memory = not database or database == ":memory:"
@@ -194,7 +245,7 @@ class Catalog:
                 cursor = dbapi_connection.cursor()
                 cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 cursor.execute("PRAGMA foreign_keys=ON")
-                if memory:
+                if memory or self.read_only:
                     cursor.close()
                     return
                 try:  # WAL lets readers go on while another process writes
@@ -228,10 +279,14 @@ class Catalog:
             )
         created = revision is None
         if revision != SCHEMA_HEAD:
+            if self.read_only:
+                raise self._read_only_error(
+                    f"has schema revision {revision}, older than this zoo's {SCHEMA_HEAD}, and "
+                    "cannot be upgraded in place")
             self._migrate(created)
         if self.is_sqlite:
             self._prepare_search()
-        if created and self._builtins:
+        if self._builtins and not self.read_only and self._builtins_pending():
             self._load_builtins()
 
     def _prepare_search(self) -> None:
@@ -256,6 +311,9 @@ class Catalog:
         self._fts = True
         if exists and not stale:
             return
+        if self.read_only:
+            self._fts = False  # a stale index would miss models: search with LIKE
+            return
         try:
             with self._write_engine.begin() as connection:
                 connection.exec_driver_sql(
@@ -272,6 +330,8 @@ class Catalog:
 
     def rebuild_search_index(self) -> None:
         """Re-index every model for full-text search (after bulk writes outside the ORM)."""
+        if self.read_only:
+            raise self._read_only_error("cannot have its search index rebuilt")
         with self._write_engine.begin() as connection:
             connection.exec_driver_sql(
                 "INSERT INTO zoo_state(key, value) VALUES ('search_stale', '1') "
@@ -328,6 +388,12 @@ class Catalog:
         try:
             with self._write_engine.begin() as connection:
                 upgrade(connection, SCHEMA_HEAD)
+                if created:
+                    # Same transaction as the schema: no catalog exists without this state.
+                    connection.execute(
+                        text("INSERT INTO zoo_state(key, value) VALUES (:key, :value) "
+                             "ON CONFLICT(key) DO NOTHING"),
+                        {"key": BUILTINS_STATE, "value": "pending" if self._builtins else "skipped"})
         except exc.DatabaseError as error:
             raise self._database_error(error) from None
 
@@ -350,6 +416,28 @@ class Catalog:
             )
         return CatalogError(f"catalog {self._where}: {message}")
 
+    def _read_only_error(self, what: str) -> CatalogError:
+        return CatalogError(
+            f"catalog {self._where} is read-only (the file or its folder cannot be written) and "
+            f"{what}; reads work, but to change it copy it somewhere writable and point "
+            "--catalog or ZOO_CATALOG at the copy"
+        )
+
+    @staticmethod
+    def _builtins_state(reader: Any) -> str | None:
+        return reader.execute(text("SELECT value FROM zoo_state WHERE key = :key"),
+                              {"key": BUILTINS_STATE}).scalar()
+
+    def _builtins_pending(self) -> bool:
+        """Whether the built-in zoos still have to be loaded (a creation was cut short)."""
+        with self._reader() as reader:
+            state = self._builtins_state(reader)
+            if state is not None:
+                return state == "pending"
+            # A catalog from before the state was recorded: empty means its creation was cut short.
+            return (reader.execute(select(_models.c.id).limit(1)).first() is None
+                    and reader.execute(select(_sources.c.id).limit(1)).first() is None)
+
     def _load_builtins(self) -> None:
         try:
             from zoo.index import builtin_models
@@ -360,9 +448,16 @@ class Catalog:
         for model in models:
             by_source.setdefault(model.source or "builtin", []).append(model)
         with self.batch():
+            session = self._active
+            if self._builtins_state(session) == "loaded":
+                return  # another process finished it while this one waited for the lock
             for source, entries in by_source.items():
                 self.add_source(source, f"builtin:{source}")
                 self.replace_source_models(source, entries)
+            # Recorded in the loading transaction: the zoos and the state commit together.
+            session.execute(text("INSERT INTO zoo_state(key, value) VALUES (:key, 'loaded') "
+                                 "ON CONFLICT(key) DO UPDATE SET value = 'loaded'"),
+                            {"key": BUILTINS_STATE})
 
     # ---- sessions ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -383,6 +478,8 @@ class Catalog:
         if self._active is not None:
             yield self._active
             return
+        if self.read_only:
+            raise self._read_only_error("cannot be changed")
         from sqlalchemy.orm import Session
 
         from zoo._orm import note_touched_models

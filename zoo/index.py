@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from typing import Any
 
@@ -29,6 +30,21 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 # A name is also a cache folder name (models/<name>/): no separators, no leading dot.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+# Bounds on what an index may say, so a hostile or broken index gets a clear error, not a crash.
+MAX_COUNT = 2**63 - 1  # sizes and parameter counts: the catalog stores 64-bit integers
+# A cached file's longest name is "<filename>.part.json.tmp" and file systems allow 255 bytes.
+MAX_FILENAME_BYTES = 255 - len(".part.json.tmp")
+MAX_TEXT = 1 << 16  # characters of a text field (a description, a URL, a note)
+MAX_META_DEPTH = 16  # nesting of objects and lists inside 'meta'
+MAX_META_BYTES = 1 << 16  # 'meta' of an entry or a file, as JSON
+# Names Windows reserves for devices, whatever the extension ("nul.onnx" is the NUL device).
+_RESERVED_FILENAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                       *(f"LPT{i}" for i in range(1, 10))}
+URL_SCHEMES = ("http", "https", "file")
+REMOTE_URL_SCHEMES = ("http", "https")  # all a remote index may point at: no file:// of ours
+# What a download leaves beside a cached file while it runs (zoo.download).
+_DOWNLOAD_SIDE_FILES = (".part", ".part.json", ".lock")
 
 _TEXT_FIELDS = ("format", "task", "dataset", "architecture", "description", "license",
                 "homepage", "paper")
@@ -53,10 +69,11 @@ def _schema() -> dict[str, Any]:
         "required": ["role", "filename"],
         "properties": {
             "role": {"enum": list(ROLES)},
-            "filename": {"type": "string", "pattern": r"^[^/\\]+$"},
+            "filename": {"type": "string", "pattern": r"^[^/\\\x00]+$",
+                         "maxLength": MAX_FILENAME_BYTES},
             "url": text,
             "urls": {"type": "array", "items": text},
-            "size": {"type": "integer", "minimum": 0},
+            "size": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
             **checksum_props,
             "checksum": {"type": ["string", "null"],
                          "description": "'algo:hex', or null to say no checksum is published"},
@@ -94,7 +111,7 @@ def _schema() -> dict[str, Any]:
             **{f: text for f in _TEXT_FIELDS},
             "tags": {"type": "array", "items": text},
             "input": input_schema,
-            "parameters": {"type": "integer", "minimum": 0},
+            "parameters": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
             "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
             "meta": {"type": "object"},
             "files": {"type": "array", "items": file_schema, "minItems": 1},
@@ -169,11 +186,53 @@ def _text(where: _Where, data: dict, field: str, required: bool = False) -> str 
         return None
     if not isinstance(value, str) or (required and not value.strip()):
         raise where.fail(field, f"is {_kind(value)} {_show(value)}; expected a non-empty string")
+    if len(value) > MAX_TEXT:
+        raise where.fail(field, f"is {len(value)} characters long; at most {MAX_TEXT} are allowed")
     return value
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite JSON number (NaN and Infinity are not JSON, and 1e400 parses as Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) <= MAX_COUNT
+
+
+def _count(where: _Where, data: dict, field: str, what: str) -> int | None:
+    """A non-negative integer that fits the catalog's 64-bit columns, or None."""
+    value = data.get(field)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                              or not 0 <= value <= MAX_COUNT):
+        raise where.fail(field, f"is {_show(value)}; expected {what} (integer >= 0, at most "
+                                "2**63-1)")
+    return value
+
+
+def _meta(where: _Where, data: dict, field: str = "meta") -> dict:
+    """An object of free-form facts, bounded in nesting and size and free of NaN/Infinity."""
+    meta = data.get(field, {})
+    if not isinstance(meta, dict):
+        raise where.fail(field, f"is {_kind(meta)}; expected an object")
+    pending = [(meta, 1)]
+    while pending:  # iterative: a deep object must not exhaust the stack here either
+        value, depth = pending.pop()
+        if depth > MAX_META_DEPTH:
+            raise where.fail(field, f"nests objects/lists deeper than {MAX_META_DEPTH} levels; "
+                                    "flatten it")
+        if isinstance(value, dict):
+            pending += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            pending += [(v, depth + 1) for v in value]
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise where.fail(field, "holds NaN or Infinity, which JSON does not allow")
+    try:
+        size = len(json.dumps(meta))
+    except (TypeError, ValueError) as exc:  # a dict given from Python can hold anything
+        raise where.fail(field, f"holds a value that is not JSON ({exc})") from None
+    if size > MAX_META_BYTES:
+        raise where.fail(field, f"is {size} bytes of JSON; at most {MAX_META_BYTES} are allowed "
+                                "(put large data in a file of the entry)")
+    return dict(meta)
 
 
 def _numbers(where: _Where, data: dict, field: str, length: int | None = None
@@ -207,9 +266,9 @@ def _parse_input(where: _Where, data: Any) -> InputSpec:
     _check_keys(where, data, INPUT_FIELDS)
     shape = data.get("shape")
     if shape is not None and (
-        not isinstance(shape, list)
-        or not all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
-                   for d in shape)
+        not isinstance(shape, list) or len(shape) > MAX_META_DEPTH
+        or not all(d is None or (isinstance(d, int) and not isinstance(d, bool)
+                                 and 0 <= d <= MAX_COUNT) for d in shape)
     ):
         raise where.fail("shape", f"is {_show(shape)}; expected a list of sizes (null = any)")
     scale = data.get("scale")
@@ -230,7 +289,44 @@ def _parse_input(where: _Where, data: Any) -> InputSpec:
 
 def _safe_relative(path: str) -> bool:
     parts = path.replace("\\", "/").split("/")
-    return bool(path) and not path.startswith("/") and ".." not in parts and ":" not in parts[0]
+    return (bool(path) and len(path) <= 4096 and "\0" not in path and not path.startswith("/")
+            and ".." not in parts and ":" not in parts[0])
+
+
+def _check_filename(where: _Where, filename: str) -> None:
+    """A file name every file system can hold: it names the file in the cache."""
+    if "/" in filename or "\\" in filename or filename in (".", ".."):
+        raise where.fail("filename", f"is {filename!r}; expected a bare file name without "
+                                     "folders (it names the file in the cache)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename):
+        raise where.fail("filename", f"is {filename!r}; it holds a NUL or control character")
+    size = len(filename.encode("utf-8", "surrogatepass"))
+    if size > MAX_FILENAME_BYTES:
+        raise where.fail("filename", f"is {size} bytes long ({_show(filename)}); at most "
+                                     f"{MAX_FILENAME_BYTES} bytes (file systems allow 255 and a "
+                                     "download adds '.part.json.tmp')")
+    stem = filename.split(".")[0].rstrip(" ").upper()
+    if stem in _RESERVED_FILENAMES:
+        raise where.fail("filename", f"is {filename!r}; {stem} is a device name on Windows, "
+                                     "which cannot hold such a file; rename it")
+    if filename[-1] in ". ":
+        raise where.fail("filename", f"is {filename!r}; a name ending in a dot or a space is "
+                                     "changed by Windows; drop it")
+
+
+def _check_url(where: _Where, field: str, url: str, schemes: tuple[str, ...]) -> None:
+    scheme = url.partition("://")[0].lower() if "://" in url else None
+    if scheme is None:
+        raise where.fail(field, f"has {_show(url)}; expected an absolute URL such as "
+                                "https://host/file")
+    if scheme not in schemes:
+        remote = schemes == REMOTE_URL_SCHEMES
+        raise where.fail(field, f"has {_show(url)}; " + (
+            f"an index served over the network may only point at {' or '.join(schemes)} URLs"
+            if remote else f"the URL scheme must be one of {', '.join(schemes)}"))
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):  # CR/LF would split an HTTP request
+        raise where.fail(field, f"has {_show(url)}; a URL has no control characters "
+                                "(encode them as %0D, %0A etc.)")
 
 
 def _parse_checksum(where: _Where, data: dict) -> tuple[str | None, bool]:
@@ -267,16 +363,15 @@ def _parse_checksum(where: _Where, data: dict) -> tuple[str | None, bool]:
     return f"{algo}:{digest.lower()}", False
 
 
-def _parse_file(where: _Where, position: int, data: Any) -> Artifact:
+def _parse_file(where: _Where, position: int, data: Any,
+                schemes: tuple[str, ...] = URL_SCHEMES) -> Artifact:
     if not isinstance(data, dict):
         raise where.at("").fail(f"files[{position}]", f"is {_kind(data)}; expected an object")
     where = where.at(f"files[{position}].")
     _check_keys(where, data, FILE_FIELDS)
     role = _choice(where, data, "role", ROLES, required=True)
     filename = _text(where, data, "filename", required=True)
-    if "/" in filename or "\\" in filename or filename in (".", ".."):
-        raise where.fail("filename", f"is {filename!r}; expected a bare file name without "
-                                     "folders (it names the file in the cache)")
+    _check_filename(where, filename)
     urls: list[str] = []
     if data.get("url") is not None:
         urls.append(_text(where, data, "url", required=True))
@@ -287,16 +382,12 @@ def _parse_file(where: _Where, position: int, data: Any) -> Artifact:
                                      "(mirrors, tried in order)")
         urls += [u for u in value if u not in urls]
     for url in urls:
-        if "://" not in url:
-            raise where.fail("urls" if "urls" in data else "url",
-                             f"has {url!r}; expected an absolute URL such as https://host/file")
+        _check_url(where, "urls" if "urls" in data else "url", url, schemes)
     manual = _text(where, data, "manual")
     if not urls and not manual:
         raise where.fail("url", "is missing; give 'url' or 'urls', or 'manual' saying how to get "
                                 "a file that has no direct download")
-    size = data.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise where.fail("size", f"is {_show(size)}; expected a byte count (integer >= 0)")
+    size = _count(where, data, "size", "a byte count")
     checksum, none_published = _parse_checksum(where, data)
     extract = _choice(where, data, "extract", EXTRACTS)
     members = data.get("members")
@@ -310,10 +401,7 @@ def _parse_file(where: _Where, position: int, data: Any) -> Artifact:
         ):
             raise where.fail("members", f"is {_show(members)}; expected an object mapping roles "
                                         "to relative paths inside the archive")
-    meta = data.get("meta", {})
-    if not isinstance(meta, dict):
-        raise where.fail("meta", f"is {_kind(meta)}; expected an object")
-    meta = dict(meta)
+    meta = _meta(where, data)
     for field in _FILE_META_FIELDS:
         if data.get(field) is not None:
             meta[field] = data[field] if field != "note" else _text(where, data, "note")
@@ -323,7 +411,8 @@ def _parse_file(where: _Where, position: int, data: Any) -> Artifact:
                     extract=extract, meta=meta)
 
 
-def _parse_entry(source: str, position: int, data: Any) -> Model:
+def _parse_entry(source: str, position: int, data: Any,
+                 schemes: tuple[str, ...] = URL_SCHEMES) -> Model:
     name = data.get("name") if isinstance(data, dict) else None
     where = _Where(source, position, name)
     if not isinstance(data, dict):
@@ -339,21 +428,16 @@ def _parse_entry(source: str, position: int, data: Any) -> Model:
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
         raise where.fail("tags", f"is {_show(tags)}; expected a list of strings")
-    parameters = data.get("parameters")
-    if parameters is not None and (not isinstance(parameters, int) or isinstance(parameters, bool)
-                                   or parameters < 0):
-        raise where.fail("parameters", f"is {_show(parameters)}; expected a count (integer >= 0)")
+    parameters = _count(where, data, "parameters", "a count")
     metrics = data.get("metrics", {})
     if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
-        raise where.fail("metrics", f"is {_show(metrics)}; expected an object of numbers")
-    meta = data.get("meta", {})
-    if not isinstance(meta, dict):
-        raise where.fail("meta", f"is {_kind(meta)}; expected an object")
+        raise where.fail("metrics", f"is {_show(metrics)}; expected an object of (finite) numbers")
+    meta = _meta(where, data)
     files = data.get("files")
     if not isinstance(files, list) or not files:
         shown = "missing" if files is None else _show(files)
         raise where.fail("files", f"is {shown}; expected a non-empty list of files")
-    artifacts = [_parse_file(where, i, f) for i, f in enumerate(files)]
+    artifacts = [_parse_file(where, i, f, schemes) for i, f in enumerate(files)]
     seen: set[tuple[str, str]] = set()
     for i, artifact in enumerate(artifacts):
         key = (artifact.role, artifact.filename)
@@ -361,6 +445,7 @@ def _parse_entry(source: str, position: int, data: Any) -> Model:
             raise where.fail(f"files[{i}]", f"repeats role {artifact.role!r} with filename "
                                             f"{artifact.filename!r}; each file is listed once")
         seen.add(key)
+    _check_cache_names(where, artifacts)
     return Model(
         name=name, framework=framework, **texts, tags=list(tags), source=source,
         input=_parse_input(where, data.get("input")), parameters=parameters,
@@ -368,20 +453,53 @@ def _parse_entry(source: str, position: int, data: Any) -> Model:
     )
 
 
-def parse_index(data: dict | str | bytes, *, source: str) -> list[Model]:
+def _check_cache_names(where: _Where, artifacts: list[Artifact]) -> None:
+    """Refuse files whose places in the cache collide (ignoring case, as macOS and Windows do).
+
+    An entry's files share one cache folder: each file, its download's side files and the
+    folder an archive unpacks to must all have distinct names, or one overwrites the other.
+    """
+    from zoo.archives import unpacked_name
+
+    taken: dict[str, tuple[int, str]] = {}
+    for i, artifact in enumerate(artifacts):
+        places = [(artifact.filename, f"file {artifact.filename!r}")]
+        places += [(artifact.filename + side, f"download file {artifact.filename + side!r}")
+                   for side in _DOWNLOAD_SIDE_FILES]
+        if artifact.extract:
+            folder = unpacked_name(artifact.filename)
+            places.append((folder, f"folder {folder!r} that {artifact.filename!r} unpacks to"))
+        for name, what in places:
+            other = taken.setdefault(name.casefold(), (i, what))
+            if other[0] != i:
+                raise where.fail(f"files[{i}].filename", (
+                    f"is {artifact.filename!r}: its {what} takes the same place in the cache as "
+                    f"files[{other[0]}]'s {other[1]} (names are compared ignoring case); "
+                    "give each file a name of its own"))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_index(data: dict | str | bytes, *, source: str, remote: bool = False) -> list[Model]:
     """Validate a zoo index and return its models, each with ``source=source``.
 
     Everything is checked before anything is returned: a bad entry raises
     `IndexFormatError` naming the index, the entry (position from 0 and name) and the field.
+    A `remote` index (one downloaded over http(s)) may only point at http(s) URLs.
 
     >>> parse_index('{"format": "zoo-index/1", "name": "x", "models": []}', source="x")
     []
     """
     if isinstance(data, (str, bytes, bytearray)):
         try:
-            data = json.loads(data)
+            data = json.loads(data, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise IndexFormatError(f"index {source!r} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise IndexFormatError(f"index {source!r} nests objects/lists too deeply to be a "
+                                   "zoo index") from None
     where = _Where(source)
     if not isinstance(data, dict):
         raise IndexFormatError(f"{where} is {_kind(data)}; expected a JSON object with "
@@ -395,13 +513,17 @@ def parse_index(data: dict | str | bytes, *, source: str) -> list[Model]:
     if not isinstance(models, list):
         shown = "missing" if models is None else f"{_kind(models)}"
         raise IndexFormatError(f"{where}: field 'models' is {shown}; expected a list of entries")
-    parsed = [_parse_entry(source, i, entry) for i, entry in enumerate(models)]
+    schemes = REMOTE_URL_SCHEMES if remote else URL_SCHEMES
+    parsed = [_parse_entry(source, i, entry, schemes) for i, entry in enumerate(models)]
     first: dict[str, int] = {}
     for i, model in enumerate(parsed):
-        if model.name in first:
+        key = model.name.casefold()  # a name is a cache folder: 'ResNet' and 'resnet' collide
+        if key in first:
+            same = parsed[first[key]].name == model.name
             raise _Where(source, i, model.name).fail(
-                "name", f"repeats entry {first[model.name]}; names are unique in an index")
-        first[model.name] = i
+                "name", f"repeats entry {first[key]}" + ("" if same else " ignoring case")
+                + "; names are unique in an index")
+        first[key] = i
     return parsed
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from zoo._redact import mask_secrets, mask_url
 from zoo.errors import FetchError, IndexFormatError, OfflineError, UnknownSourceError, ZooError
 
 if TYPE_CHECKING:
@@ -41,13 +42,13 @@ class SyncReport:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"name": self.name, "url": self.url, "status": self.status}
+        data: dict[str, Any] = {"name": self.name, "url": mask_url(self.url), "status": self.status}
         if self.stats is not None:
             data.update(self.stats.to_dict())
         if self.etag:
             data["etag"] = self.etag
         if self.error:
-            data["error"] = self.error
+            data["error"] = mask_secrets(self.error)
         return data
 
 
@@ -71,7 +72,7 @@ def _local_path(url: str) -> Path | None:
     if parsed.scheme in ("http", "https"):
         return None
     if "://" in url:
-        raise ZooError(f"index URL {url!r} has scheme {parsed.scheme!r}; use http://, https://, "
+        raise ZooError(f"index URL {mask_url(url)!r} has scheme {parsed.scheme!r}; use http://, https://, "
                        "file:// or a path to a file")
     return Path(url).expanduser().absolute()
 
@@ -103,12 +104,16 @@ def _download(name: str, url: str, etag: str | None) -> tuple[bytes | None, str 
         data = resource.read_bytes()
     elif (path := _local_path(url)) is not None:
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as file:
+                data = file.read(MAX_INDEX_BYTES + 1)
         except OSError as exc:
             raise FetchError(f"cannot read index of source {name!r} at {path}: {exc.strerror}"
                              ) from None
     else:
         return _http_get(name, url, etag)
+    if len(data) > MAX_INDEX_BYTES:
+        raise FetchError(f"source {name!r}: the index at {path} is larger than "
+                         f"{MAX_INDEX_BYTES >> 20} MB; is it really a zoo index?")
     # Files carry no ETag: the content's hash stands in, so an unchanged file is not re-read.
     new = _content_etag(data)
     return (None, etag) if new == etag else (data, new)
@@ -125,31 +130,38 @@ def _http_get(name: str, url: str, etag: str | None) -> tuple[bytes | None, str 
     headers = {"Accept": "application/json"}
     if etag:
         headers["If-None-Match"] = etag
+    shown = mask_url(url)
+    too_big = (f"source {name!r}: the index at {shown} is larger than {MAX_INDEX_BYTES >> 20} MB; "
+               "is it really a zoo index?")
     try:
         with requests.get(url, headers=headers, timeout=TIMEOUT, stream=True) as response:
             if response.status_code == 304:
                 return None, etag
             if response.status_code != 200:
-                raise FetchError(f"source {name!r}: GET {url} answered HTTP "
+                raise FetchError(f"source {name!r}: GET {shown} answered HTTP "
                                  f"{response.status_code} {response.reason}; check the URL "
                                  f"with `zoo source list`")
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_INDEX_BYTES:
+                raise FetchError(too_big)  # refused before a byte of the body is read
             chunks, total = [], 0
             for chunk in response.iter_content(1 << 16):
                 total += len(chunk)
                 if total > MAX_INDEX_BYTES:
-                    raise FetchError(f"source {name!r}: the index at {url} is larger than "
-                                     f"{MAX_INDEX_BYTES >> 20} MB; is it really a zoo index?")
+                    raise FetchError(too_big)
                 chunks.append(chunk)
             return b"".join(chunks), response.headers.get("ETag")
     except requests.RequestException as exc:
-        raise FetchError(f"source {name!r}: cannot download {url} ({exc.__class__.__name__}: "
-                         f"{exc})") from None
+        raise FetchError(f"source {name!r}: cannot download {shown} ({exc.__class__.__name__}: "
+                         f"{mask_secrets(str(exc))})") from None
 
 
-def _parse(name: str, data: bytes) -> list[Model]:
+def _parse(name: str, url: str, data: bytes) -> list[Model]:
     from zoo.index import parse_index
 
-    return parse_index(data, source=name)
+    # An index from the network may not point at the user's own files (file://) or other schemes.
+    remote = urlparse(url).scheme.lower() in ("http", "https")
+    return parse_index(data, source=name, remote=remote)
 
 
 def add_source(name: str, url: str, *, sync: bool = True,
@@ -173,7 +185,7 @@ def add_source(name: str, url: str, *, sync: bool = True,
         cat.add_source(name, url)
         return SyncReport(name, url, "added")
     data, etag = _download(name, url, None)
-    models = _parse(name, data)
+    models = _parse(name, url, data)
     with cat.batch():
         cat.add_source(name, url)
         stats = cat.replace_source_models(name, models)
@@ -193,7 +205,7 @@ def _sync_one(cat: Catalog, source: SourceInfo, force: bool = False) -> SyncRepo
     if data is None:
         cat.update_source(source.name, synced_at=time.time())
         return SyncReport(source.name, source.url, "unchanged", etag=etag)
-    models = _parse(source.name, data)  # everything is validated before the catalog is touched
+    models = _parse(source.name, source.url, data)  # everything is validated before the catalog is touched
     with cat.batch():
         stats = cat.replace_source_models(source.name, models)
         cat.update_source(source.name, etag=etag, synced_at=time.time())

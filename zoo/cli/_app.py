@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Callable
 
 import click
 
 from zoo import __version__
+from zoo._redact import mask_secrets
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -18,7 +20,9 @@ class UserError(click.ClickException):
     exit_code = 1
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+        # One line even when a driver's message has several (psycopg's "connection failed ...\n\tIs
+        # the server running ..."); never a secret.
+        click.echo(f"error: {' '.join(mask_secrets(self.message).split())}", err=True)
 
 
 # command -> module that defines it. Commands are imported on first use, so `zoo search` loads
@@ -97,14 +101,31 @@ def cache_option(func: Callable) -> Callable:
     )(func)
 
 
+def _printable(value: Any) -> Any:
+    """`value` made valid JSON with no secrets: NaN/Infinity become strings, URLs are masked."""
+    if isinstance(value, dict):
+        return {str(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        # Bare NaN/Infinity are not JSON (jq and JSON.parse reject them): spell them as strings.
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return mask_secrets(value if isinstance(value, str) else str(value))
+
+
 def emit(data: Any, as_json: bool, text: Callable[[], str] | str | None = None) -> None:
-    """Print `data` as JSON, or the human text (a string or a function that renders it)."""
+    """Print `data` as JSON, or the human text (a string or a function that renders it).
+
+    Either way, credentials in URLs are masked; JSON is strict (no bare NaN or Infinity).
+    """
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(_printable(data), indent=2, allow_nan=False))
     elif text is not None:
         rendered = text() if callable(text) else text
         if rendered:
-            click.echo(rendered)
+            click.echo(mask_secrets(rendered))
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
@@ -120,5 +141,5 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
 
 def fail(message: str) -> None:
     """Print one error line to stderr and exit 1."""
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {mask_secrets(message)}", err=True)
     sys.exit(1)

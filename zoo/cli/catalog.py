@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from zoo._redact import mask_secrets
 from zoo.cli._app import catalog_option, cli, emit, json_option, quiet_option, table
 from zoo.records import FRAMEWORKS
 
@@ -85,10 +86,13 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     if verified is None:
         lines.append("verified:   not compared (no reference engine)")
     else:
-        worst = max((o.get("max_rel", 0.0) for o in outputs), default=0.0)
+        # A null difference is an output that cannot agree (NaN values, missing): its problem says why.
+        worst = max((float("inf") if o.get("max_rel") is None else o["max_rel"] for o in outputs),
+                    default=0.0)
         lines.append(f"verified:   {'yes' if verified else 'NO'} against "
                      f"{report.get('reference') or 'the source framework'}: max relative "
                      f"difference {worst:.2g} (tolerance {report.get('tolerance')})")
+        lines += [f"problem:    {o.get('name')}: {o['problem']}" for o in outputs if o.get("problem")]
     lines += [f"note:       {note}" for note in report.get("notes") or []]
     return lines
 
@@ -338,7 +342,7 @@ def source_sync(name, force, as_json, catalog):
         _report_line(r) for r in reports if r.status != "error"))
     failed = [r for r in reports if r.status == "error"]
     for report in failed:
-        click.echo(f"error: source {report.name}: {report.error}", err=True)
+        click.echo(f"error: source {report.name}: {mask_secrets(report.error)}", err=True)
     if failed:
         raise SystemExit(1)
 

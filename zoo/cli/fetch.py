@@ -13,7 +13,9 @@ class _StderrLines(logging.Handler):
     """Retry and lock-wait notices from zoo.download as plain lines on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"zoo: {record.getMessage()}", err=True)
+        from zoo._redact import mask_secrets
+
+        click.echo(f"zoo: {mask_secrets(record.getMessage())}", err=True)
 
 
 def _show_notices(quiet: bool):
