@@ -466,3 +466,86 @@ def test_gitblob_checksum_survives_a_resume_across_runs(fault_server, tmp_path):
     result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=blob, **FAST)
     assert route.requests[-1].headers["Range"] == "bytes=30000-" and result.bytes_transferred == 50_000
     assert result.path.read_bytes() == big
+
+
+# -- stalls, the overall bound, unreachable mirrors (issue 11, items 3 and 13) --------------------
+
+def test_a_trickling_server_is_cut_and_given_up_and_a_rerun_resumes(fault_server, tmp_path, monkeypatch):
+    """1 byte every 0.25 s never trips a read timeout; the stall rule cuts it, and trickles are not progress."""
+    monkeypatch.setenv("ZOO_FETCH_MIN_RATE", "1000")
+    monkeypatch.setenv("ZOO_FETCH_STALL_SECONDS", "0.6")
+    route = fault_server.add("/w.bin", BODY, rate=4)
+    with pytest.raises(FetchError) as info:
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin", retries=2, backoff=0.01, timeout=(2, 5))
+    message = str(info.value)
+    assert "giving up on" in message and "after 2 retries" in message
+    assert "stalled" in message and "under the minimum of 1000 B/s (ZOO_FETCH_MIN_RATE" in message
+    assert "bytes received are kept and running the same command resumes" in message
+    assert route.hits == 3  # the first try and 2 retries, although every attempt brought a few bytes
+    kept = (tmp_path / "w.bin.part").stat().st_size
+    assert 0 < kept < len(BODY)
+    route.rate = None
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=f"sha256:{SHA}", **FAST)
+    assert route.requests[-1].headers["Range"] == f"bytes={kept}-" and result.path.read_bytes() == BODY
+
+
+def test_a_server_dropping_every_connection_after_a_few_bytes_is_given_up(fault_server, tmp_path):
+    """Each attempt brings 100 bytes and a broken connection: under the stall amount, so not progress."""
+    big = os.urandom(200_000)
+    route = fault_server.add("/w.bin", big, drop_after=100, drops=10**6)
+    with pytest.raises(FetchError, match="giving up on .* after 3 retries: the connection .* broke"):
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin", retries=3, **FAST)
+    assert route.hits == 4
+
+
+def test_a_fast_flaky_server_still_counts_as_progress(fault_server, tmp_path):
+    big = os.urandom(400_000)
+    route = fault_server.add("/w.bin", big, drop_after=60_000, drops=6)  # 7 attempts, 6 broken
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=f"sha256:{sha256(big)}",
+                      retries=2, **FAST)
+    assert result.path.read_bytes() == big and route.hits == 7
+
+
+def test_the_overall_bound_stops_a_slow_download_and_keeps_the_part(fault_server, second_server, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setenv("ZOO_FETCH_MAX_TIME", "1")
+    big = os.urandom(100_000)
+    slow = fault_server.add("/w.bin", big, rate=8_000)  # above the minimum rate, but 12 s in all
+    mirror = second_server.add("/w.bin", big)
+    with pytest.raises(FetchError, match=r"not finished after 1 s, the bound for one file \(ZOO_FETCH_MAX_TIME\); "
+                                         r"the \d+ bytes received are kept .* resumes from there"):
+        download([fault_server.url("/w.bin"), second_server.url("/w.bin")], tmp_path / "w.bin", **FAST)
+    assert mirror.hits == 0  # the bound is for the file, not for each mirror
+    kept = (tmp_path / "w.bin.part").stat().st_size
+    assert 0 < kept < len(big) and slow.hits == 1
+    monkeypatch.delenv("ZOO_FETCH_MAX_TIME")
+    slow.rate = None
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=f"sha256:{sha256(big)}", **FAST)
+    assert result.bytes_transferred == len(big) - kept
+
+
+def test_bad_pace_settings_are_named(fault_server, tmp_path, monkeypatch):
+    fault_server.add("/w.bin", BODY)
+    monkeypatch.setenv("ZOO_FETCH_MIN_RATE", "fast")
+    with pytest.raises(FetchError, match="ZOO_FETCH_MIN_RATE='fast' is not a number"):
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin")
+
+
+@pytest.mark.parametrize("dead, words", [
+    (lambda: f"http://127.0.0.1:{free_port()}/w.bin", "connection refused"),
+    (lambda: "http://zoo-mirror.invalid/w.bin", "cannot resolve host zoo-mirror.invalid"),
+])
+def test_an_unreachable_mirror_is_not_retried(fault_server, tmp_path, caplog, dead, words):
+    """Refused or unknown host: the next mirror at once (no 4 retries with backoff), or the error at once."""
+    fault_server.add("/w.bin", BODY)
+    url = dead()
+    with caplog.at_level("WARNING", logger="zoo.download"):
+        result = download([url, fault_server.url("/w.bin")], tmp_path / "w.bin", backoff=5)
+    assert result.url == fault_server.url("/w.bin")
+    notices = [r.getMessage() for r in caplog.records]
+    assert not any("retrying" in n for n in notices), notices
+    assert any(words in n and "trying the next URL" in n for n in notices), notices
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zoo.download"), pytest.raises(FetchError, match=words) as info:
+        download([url], tmp_path / "x.bin", backoff=5)
+    assert "giving up" not in str(info.value) and not caplog.records
