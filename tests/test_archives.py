@@ -317,7 +317,7 @@ def test_a_bomb_is_refused_from_its_header_before_anything_is_written(tmp_path, 
     archive = box / "bomb.tar"
     archive.write_bytes(buf.getvalue())
     before = snapshot(tmp_path)
-    with pytest.raises(ArchiveLimitError, match=r"its headers announce 1024\.0 GiB .* over the limit of 32\.0 GiB"):
+    with pytest.raises(ArchiveLimitError, match=r"bomb.tar would unpack to 1024\.0 GiB or more \(from its headers\), over the limit of 32\.0 GiB"):
         safe_extract(archive, box / "out")
     assert_nothing_written(tmp_path, box / "out", before)
 
@@ -325,7 +325,7 @@ def test_a_bomb_is_refused_from_its_header_before_anything_is_written(tmp_path, 
 def test_compression_ratio_over_the_limit_is_refused(tmp_path, box, monkeypatch):
     archive = gz_tar_of_zeros(box / "zeros.tar.gz", 64 << 20)  # ~64 KiB of gzip: ratio ~1000
     before = snapshot(tmp_path)
-    with pytest.raises(ArchiveLimitError, match=r"over 200x compression; an archive bomb\?.*ZOO_MAX_UNPACK_RATIO") as info:
+    with pytest.raises(ArchiveLimitError, match=r"from its headers\), over 200x compression: an archive bomb\?.*ZOO_MAX_UNPACK_RATIO") as info:
         safe_extract(archive, box / "out")
     assert "\n" not in str(info.value)
     assert_nothing_written(tmp_path, box / "out", before)
@@ -353,7 +353,7 @@ def test_total_size_and_member_limits_can_be_lowered_and_raised(tmp_path, box, m
     assert (safe_extract(archive, box / "out", limits=UnpackLimits(max_bytes=2 << 20)) / "f3.bin").exists()
     monkeypatch.delenv("ZOO_MAX_UNPACK_BYTES")
     monkeypatch.setenv("ZOO_MAX_UNPACK_MEMBERS", "3")
-    with pytest.raises(ArchiveLimitError, match="more than 3 members.*ZOO_MAX_UNPACK_MEMBERS"):
+    with pytest.raises(ArchiveLimitError, match="has more than 3 members; refusing.*ZOO_MAX_UNPACK_MEMBERS"):
         safe_extract(archive, box / "out2")
     assert not (box / "out2").exists()
 

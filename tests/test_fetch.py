@@ -549,3 +549,80 @@ def test_an_unreachable_mirror_is_not_retried(fault_server, tmp_path, caplog, de
     with caplog.at_level("WARNING", logger="zoo.download"), pytest.raises(FetchError, match=words) as info:
         download([url], tmp_path / "x.bin", backoff=5)
     assert "giving up" not in str(info.value) and not caplog.records
+
+
+# -- zoo fetch: unpack limits, stalls and leftovers end in one line (issue 11, items 2, 3, 11) ---
+
+def archive_model(fault_server, data: bytes, name: str = "packed.tflite") -> None:
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact, Model
+
+    fault_server.add("/m.tar.gz", data)
+    open_catalog().add_model(Model(name=name, framework="tflite", artifacts=[
+        Artifact("archive", "m.tar.gz", urls=[fault_server.url("/m.tar.gz")], extract="tar",
+                 meta={"members": {"model": "m/model.tflite"}})]))
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_zoo_fetch_max_unpack_size_refuses_and_allows(fault_server, zoo_env, monkeypatch):
+    from click.testing import CliRunner
+
+    from zoo.catalog import open_catalog
+    from zoo.cli import cli
+
+    archive_model(fault_server, tar_gz({"m/model.tflite": os.urandom(3 << 20)}))
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["fetch", "packed.tflite", "--max-unpack-size", "2M"])
+    assert refused.exit_code == 1
+    (line,) = [text for text in refused.output.splitlines() if text.strip()]
+    assert line.startswith("error: m.tar.gz would unpack to 3.0 MiB or more (from its headers), over the limit of 2.0 MiB")
+    assert "--max-unpack-size" in line and open_catalog().get("packed.tflite").artifact("archive").path is None
+    monkeypatch.setenv("ZOO_MAX_UNPACK_BYTES", "1M")  # the environment variable works too
+    assert "over the limit of 1.0 MiB" in runner.invoke(cli, ["fetch", "packed.tflite"]).output
+    bad = runner.invoke(cli, ["fetch", "packed.tflite", "--max-unpack-size", "big"])
+    assert bad.exit_code == 1 and "'big' is not a size" in bad.output
+    ok = runner.invoke(cli, ["fetch", "packed.tflite", "--max-unpack-size", "4M"])
+    assert ok.exit_code == 0, ok.output
+    folder = zoo_env / "cache" / "models" / "packed.tflite" / "m"
+    assert (folder / "m" / "model.tflite").stat().st_size == 3 << 20
+
+
+@pytest.mark.slow  # ~10 s: the CLI's own backoff (0.5 + 1 + 2 + 4 s) between the stalled attempts
+def test_zoo_fetch_of_a_stalled_server_ends_in_one_line(fault_server, zoo_env, monkeypatch):
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    monkeypatch.setenv("ZOO_FETCH_MIN_RATE", "1K")
+    monkeypatch.setenv("ZOO_FETCH_STALL_SECONDS", "0.4")
+    archive_model(fault_server, tar_gz({"m/model.tflite": os.urandom(50_000)}))
+    fault_server.routes["/m.tar.gz"].rate = 5
+    result = CliRunner().invoke(cli, ["fetch", "--quiet", "packed.tflite"])
+    assert result.exit_code == 1
+    (line,) = [text for text in result.output.splitlines() if text.strip()]
+    assert line.startswith("error: archive file m.tar.gz of packed.tflite: giving up on")
+    assert "stalled" in line and "running the same command resumes" in line
+
+
+def test_a_refetch_removes_what_a_killed_unpack_left(fault_server, zoo_env):
+    from zoo.download import fetch
+
+    archive_model(fault_server, tar_gz({"m/model.tflite": b"TFL3"}))
+    fetch("packed.tflite", quiet=True)
+    folder = zoo_env / "cache" / "models" / "packed.tflite"
+    (folder / ".m.99999.unpacking" / "m").mkdir(parents=True)  # a `fetch --force` killed mid-unpack
+    fetch("packed.tflite", quiet=True)  # cached and unpacked already: no new unpack, but cleaned
+    assert not (folder / ".m.99999.unpacking").exists() and (folder / "m" / "m" / "model.tflite").exists()
+    assert fault_server.routes["/m.tar.gz"].hits == 1

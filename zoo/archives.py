@@ -238,10 +238,10 @@ class _Plan:
         parts = _member_parts(name, self.archive)
         self.members += 1
         if self.members > self.limits.max_members:
-            raise self._over(f"more than {self.limits.max_members} members", "ZOO_MAX_UNPACK_MEMBERS")
+            raise self._over(f"has more than {self.limits.max_members} members", "ZOO_MAX_UNPACK_MEMBERS")
         if kind == "file":
             self.declared += max(size, 0)
-            self.check_size(self.declared, "its headers announce")
+            self.check_size(self.declared, "from its headers")
         if not parts:
             return parts
         before = self.kinds.get(parts)
@@ -278,20 +278,21 @@ class _Plan:
         """Refuse an archive that unpacks to more than the limits (from headers or bytes written)."""
         if nbytes > self.limits.max_bytes:
             raise self._over(
-                f"{how} {_size(nbytes)} or more unpacked, over the limit of {_size(self.limits.max_bytes)}",
+                f"would unpack to {_size(nbytes)} or more ({how}), over the limit of "
+                f"{_size(self.limits.max_bytes)}",
                 "ZOO_MAX_UNPACK_BYTES or `zoo fetch --max-unpack-size`",
             )
         if nbytes > _RATIO_FLOOR and nbytes > self.limits.max_ratio * self.packed:
             raise self._over(
-                f"{how} {_size(nbytes)} or more from {_size(self.packed)} (over {self.limits.max_ratio:g}x "
-                "compression; an archive bomb?)",
+                f"would unpack to {_size(nbytes)} or more from {_size(self.packed)} ({how}), over "
+                f"{self.limits.max_ratio:g}x compression: an archive bomb?",
                 "ZOO_MAX_UNPACK_RATIO",
             )
 
     def _over(self, what: str, knob: str) -> ArchiveLimitError:
         return ArchiveLimitError(
-            f"{self.archive.name} unpacks to {what}; refusing to unpack it. If you trust this "
-            f"archive, raise the limit with {knob}"
+            f"{self.archive.name} {what}; refusing to unpack it. If you trust this archive, "
+            f"raise the limit with {knob}"
         )
 
     def check(self) -> None:
@@ -347,7 +348,7 @@ def _copy(src: BinaryIO, out: Path, plan: _Plan, written: list[int]) -> None:
     with open(out, "wb") as dst:
         while chunk := src.read(1 << 20):
             written[0] += len(chunk)
-            plan.check_size(written[0], "writing it reached")
+            plan.check_size(written[0], "counted while writing")
             dst.write(chunk)
 
 
