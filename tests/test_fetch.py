@@ -489,6 +489,19 @@ def test_a_trickling_server_is_cut_and_given_up_and_a_rerun_resumes(fault_server
     assert route.requests[-1].headers["Range"] == f"bytes={kept}-" and result.path.read_bytes() == BODY
 
 
+def test_a_stall_after_real_progress_does_not_use_up_the_retries(fault_server, tmp_path, monkeypatch):
+    """Each response: 100 kB at full speed, then a trickle; the fast part is progress, the trickle is not."""
+    monkeypatch.setenv("ZOO_FETCH_MIN_RATE", "1000")
+    monkeypatch.setenv("ZOO_FETCH_STALL_SECONDS", "0.5")
+    big = os.urandom(300_000)
+    route = fault_server.add("/w.bin", big, rate=4, rate_after=100_000)
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=f"sha256:{sha256(big)}",
+                      retries=1, **FAST)
+    assert result.path.read_bytes() == big and route.hits == 3
+    starts = [int(q.headers["Range"][len("bytes="):-1]) for q in route.requests[1:]]
+    assert starts[0] >= 100_000 and starts[1] >= starts[0] + 100_000  # each retry resumed after the fast part
+
+
 def test_a_server_dropping_every_connection_after_a_few_bytes_is_given_up(fault_server, tmp_path):
     """Each attempt brings 100 bytes and a broken connection: under the stall amount, so not progress."""
     big = os.urandom(200_000)

@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from zoo import __version__, config
-from zoo.archives import UnpackLimits, archive_kind, parse_size, remove_stale_unpacks, safe_extract, unpacked_name
+from zoo.archives import (
+    UnpackLimits, archive_kind, parse_size, remove_stale_unpacks, safe_extract, unpacked_name,
+)
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, hash_matches, parse_checksum
 
@@ -92,6 +94,10 @@ class _Retry(Exception):
 
 class _Stalled(_Retry):
     """Bytes trickle in below the minimum rate: retried, but the trickle is not progress."""
+
+    def __init__(self, reason: str, trickle: int):
+        super().__init__(reason)
+        self.trickle = trickle  # bytes of the window that was too slow
 
 
 # A transfer slower than 1 KiB/s for 30 s is stalled (curl's --speed-limit/--speed-time
@@ -601,14 +607,14 @@ class _Job:
         while True:
             self._check_time()
             before = self.offset
-            stalled = False
+            trickle = 0
             try:
                 if self._attempt(url):
                     return
                 reason, wait = "the connection closed before the end of the file", None
             except _Retry as retry:
-                reason, wait, stalled = retry.reason, retry.wait, isinstance(retry, _Stalled)
-            if self.offset - before >= enough and not stalled:
+                reason, wait, trickle = retry.reason, retry.wait, getattr(retry, "trickle", 0)
+            if self.offset - before - trickle >= enough:
                 failures = 0  # progress: this is a flaky link, not a dead one
             failures += 1
             if failures > self.retries:
@@ -640,7 +646,7 @@ class _Job:
             auth = _BearerAuth(self.token) if send_token else None
             try:
                 resp = self.session.get(
-                    current, headers=headers, stream=True, timeout=self._timeout(), allow_redirects=False, auth=auth
+                    current, headers=headers, stream=True, timeout=self.timeout, allow_redirects=False, auth=auth
                 )
             except requests.exceptions.SSLError as exc:  # not transient: retrying will not help
                 raise FetchError(
@@ -666,13 +672,6 @@ class _Job:
             f"{self.label}: more than {MAX_REDIRECTS} redirects starting at {redact(url)}; the server is misconfigured"
         )
 
-    def _timeout(self) -> tuple[float, float]:
-        """(connect, read) timeouts; silence longer than the stall window is a stall too."""
-        connect, read = self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
-        if self.min_rate > 0:
-            read = min(read, self.stall_seconds)
-        return connect, read
-
     def _describe(self, exc: Exception, url: str) -> str:
         import requests
 
@@ -680,12 +679,14 @@ class _Job:
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             return f"cannot connect to {redact(url)} (connect timeout)"
         if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
-            return f"{redact(url)} sent nothing for {self._timeout()[1]:g} s (read timeout)"
+            read = self.timeout[1] if isinstance(self.timeout, tuple) else self.timeout
+            return f"{redact(url)} sent nothing for {read} s (read timeout)"
         if "NameResolutionError" in text or "Failed to resolve" in text:
             host = urllib.parse.urlsplit(url).hostname
             return f"cannot resolve host {host} (no network or DNS?; cached files work with --offline)"
         if "Network is unreachable" in text or "No route to host" in text:
-            return f"cannot connect to {redact(url)} (no route to its host; no network? cached files work with --offline)"
+            return (f"cannot connect to {redact(url)} (no route to its host: no network?; cached files "
+                    "work with --offline)")
         if "Connection refused" in text or "NewConnectionError" in text:
             return f"cannot connect to {redact(url)} (connection refused)"
         if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in text:
@@ -823,13 +824,13 @@ class _Job:
             raise _Retry("the server sent more bytes than it announced; starting over", wait=0)
         return True
 
-
     def _check_pace(self, nbytes: int, seconds: float, url: str) -> None:
         """Raise _Stalled when the last window brought less than the minimum rate."""
         if nbytes < self.min_rate * seconds:
             raise _Stalled(
                 f"the transfer from {redact(url)} stalled: {nbytes} bytes in {seconds:.1f} s, under the "
-                f"minimum of {human_size(self.min_rate)}/s (ZOO_FETCH_MIN_RATE, ZOO_FETCH_STALL_SECONDS)"
+                f"minimum of {human_size(self.min_rate)}/s (ZOO_FETCH_MIN_RATE, ZOO_FETCH_STALL_SECONDS)",
+                trickle=nbytes,
             )
 
 
@@ -837,10 +838,8 @@ def _unreachable(exc: Exception) -> bool:
     """True when no connection could be made at all (DNS failure, refused, no route)."""
     import urllib3
 
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError) or isinstance(
-        exc.args[0] if exc.args else None, urllib3.exceptions.NewConnectionError
-    )
+    cause = exc.args[0] if exc.args else None  # requests wraps urllib3's MaxRetryError(reason=...)
+    return isinstance(getattr(cause, "reason", cause), urllib3.exceptions.NewConnectionError)
 
 
 def _hash_worker(pending: "queue.Queue[bytes | None]", hasher: MultiHasher) -> None:
