@@ -358,6 +358,44 @@ def test_total_size_and_member_limits_can_be_lowered_and_raised(tmp_path, box, m
     assert not (box / "out2").exists()
 
 
+@pytest.mark.parametrize("mode, name", [("w", "m.tar"), ("w:gz", "m.tar.gz"), ("w:bz2", "m.tar.bz2"),
+                                        ("w:xz", "m.tar.xz")])
+def test_every_tar_compression_unpacks(box, mode, name):
+    archive = make_tar(box / name, [("m", "dir", None), ("m/w.bin", "file", b"w" * 5000)], mode=mode)
+    assert (safe_extract(archive, box / "out") / "m" / "w.bin").read_bytes() == b"w" * 5000
+
+
+def test_an_oversized_pax_header_is_refused_before_it_is_read(tmp_path, box):
+    """tarfile reads a pax header whole into memory: a 4 GiB one must never be read."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, 4 << 30
+    archive = box / "pax.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:  # only the header and 1 MiB of its "records"
+        tar.fileobj.write(header.tobuf(format=tarfile.USTAR_FORMAT) + bytes(1 << 20))
+    before = snapshot(tmp_path)
+    with pytest.raises(ArchiveLimitError, match=r"has a 4\.0 GiB header \(pax or GNU long name"):
+        safe_extract(archive, box / "out")
+    assert_nothing_written(tmp_path, box / "out", before)
+
+
+def test_a_tar_stream_longer_than_its_members_allow_is_refused(tmp_path, box, monkeypatch):
+    """Pax headers count toward no member's size; the stream's length is bounded all the same."""
+    import zoo.archives
+
+    monkeypatch.setattr(zoo.archives._BoundedStream, "_SLACK", 0)
+    archive = box / "pax.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(300):
+            info = tarfile.TarInfo(f"f{i}")
+            info.pax_headers = {"comment": "x" * 8000}
+            tar.addfile(info, io.BytesIO(b""))
+    limits = UnpackLimits(max_bytes=1000, max_members=300)  # 1.2 MB of stream allowed; it has 2.6 MB
+    with pytest.raises(ArchiveLimitError, match="has a tar stream longer than 1.2 MiB"):
+        safe_extract(archive, box / "out", limits=limits)
+    assert not (box / "out").exists()
+    assert (safe_extract(archive, box / "out", limits=UnpackLimits(max_members=300)) / "f299").exists()
+
+
 def test_a_zip_whose_header_understates_a_member_is_refused(tmp_path, box):
     """The central directory says 100 bytes; the stream holds 8 MiB: never written past the header."""
     archive = box / "liar.zip"

@@ -355,38 +355,95 @@ def _copy(src: BinaryIO, out: Path, plan: _Plan, written: list[int]) -> None:
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
 
 
+class _BoundedStream:
+    """A tar's (decompressed) stream that cannot be read past what the limits allow.
+
+    tarfile reads a pax or GNU long-name header whole into memory, whatever size it claims,
+    and such headers count toward no member: this caps each read and the stream's length.
+    """
+
+    _MAX_READ = 16 << 20  # tarfile reads headers whole; data comes in reads of 1 MiB or less
+    _SLACK = 64 << 20
+
+    def __init__(self, raw: BinaryIO, plan: _Plan):
+        self._raw, self._plan = raw, plan
+        # Member bytes plus, per member, a header, padding and a generous pax record.
+        self._cap = plan.limits.max_bytes + 4096 * plan.limits.max_members + self._SLACK
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self._MAX_READ:
+            raise ArchiveLimitError(
+                f"{self._plan.archive.name} has a {_size(n or 0)} header (pax or GNU long name; real ones "
+                f"are a few hundred bytes), over {_size(self._MAX_READ)}; refusing to unpack it"
+            )
+        if self._raw.tell() + n > self._cap:
+            raise self._plan._over(f"has a tar stream longer than {_size(self._cap)}", "ZOO_MAX_UNPACK_BYTES")
+        return self._raw.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+def _decompressed(archive: Path) -> BinaryIO:
+    """The tar stream inside a plain, gzip, bzip2 or xz file (what tarfile's "r:*" would read)."""
+    import bz2
+    import gzip
+
+    with open(archive, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(archive, "rb")
+    if magic[:3] == b"BZh":
+        return bz2.BZ2File(archive, "rb")
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(archive, "rb")
+    return open(archive, "rb")
+
+
 def _extract_tar(archive: Path, dest: Path, limits: UnpackLimits) -> None:
-    try:
-        tar = tarfile.open(archive)
-    except (tarfile.TarError, OSError) as exc:
-        raise UnsafeArchiveError(f"{archive.name} is not a readable tar archive: {exc}") from None
     plan = _Plan(archive, limits)
-    with tar:
-        members: list[tuple[tarfile.TarInfo, tuple[str, ...]]] = []
+    with _decompressed(archive) as raw:
         try:
-            # Header by header, so a bomb is refused at the first header past the limits,
-            # before the rest of its stream is decompressed.
-            for m in tar:
-                if m.isdev() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                    kind = "device file" if m.isdev() else "fifo" if m.isfifo() else "special file"
-                    raise _refuse(archive, f"member {m.name!r} is a {kind}")
-                kind = "sym" if m.issym() else "hard" if m.islnk() else "dir" if m.isdir() else "file"
-                members.append((m, plan.add(m.name, kind, m.size, m.linkname or None)))
+            tar = tarfile.open(fileobj=_BoundedStream(raw, plan), mode="r:")
         except _CORRUPT + (OSError,) as exc:
-            raise UnsafeArchiveError(f"{archive.name} is truncated or corrupt: {exc}") from None
-        plan.check()
-        written = [0]
-        try:
-            for m, parts in members:
-                if not parts:
-                    continue
-                try:  # Python's own "data" filter as a second line of defence, not the only one
+            raise UnsafeArchiveError(f"{archive.name} is not a readable tar archive: {exc}") from None
+        with tar:
+            _unpack_tar(tar, archive, dest, plan)
+
+
+def _unpack_tar(tar: tarfile.TarFile, archive: Path, dest: Path, plan: _Plan) -> None:
+    """Check every header against the plan and the limits, then write the members."""
+    members: list[tuple[tarfile.TarInfo, tuple[str, ...]]] = []
+    try:
+        # Header by header, so a bomb is refused at the first header past the limits,
+        # before the rest of its stream is decompressed.
+        for m in tar:
+            if m.isdev() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                kind = "device file" if m.isdev() else "fifo" if m.isfifo() else "special file"
+                raise _refuse(archive, f"member {m.name!r} is a {kind}")
+            kind = "sym" if m.issym() else "hard" if m.islnk() else "dir" if m.isdir() else "file"
+            members.append((m, plan.add(m.name, kind, m.size, m.linkname or None)))
+    except _CORRUPT + (OSError,) as exc:
+        raise UnsafeArchiveError(f"{archive.name} is truncated or corrupt: {exc}") from None
+    plan.check()
+    written = [0]
+    try:
+        for m, parts in members:
+            if not parts:
+                continue
+            # Python's own "data" filter (3.11.4+) as a second line of defence, not the only
+            # one: onnx.hub relied on tarfile alone (CVE-2024-5187).
+            if hasattr(tarfile, "data_filter"):
+                try:
                     tarfile.data_filter(m, str(dest))
                 except tarfile.FilterError as exc:
                     raise _refuse(archive, str(exc)) from None
-                _write_tar_member(tar, m, parts, dest, plan, written)
-        except _CORRUPT as exc:
-            raise UnsafeArchiveError(f"{archive.name} is truncated or corrupt: {exc}") from None
+            _write_tar_member(tar, m, parts, dest, plan, written)
+    except _CORRUPT as exc:
+        raise UnsafeArchiveError(f"{archive.name} is truncated or corrupt: {exc}") from None
 
 
 def _write_tar_member(tar: tarfile.TarFile, m: tarfile.TarInfo, parts, dest: Path, plan: _Plan, written) -> None:
