@@ -232,6 +232,20 @@ def test_more_link_tricks_are_refused(tmp_path, box, case, members, words):
     assert_nothing_written(tmp_path, box / "out", before)
 
 
+@pytest.mark.parametrize("hops, fine, reverse", [(30, True, False), (45, False, False), (30, True, True),
+                                                (5000, False, True)])
+def test_a_chain_of_links_is_followed_as_far_as_linux_would(box, hops, fine, reverse):
+    """Linux follows 40 links in one path (ELOOP); whatever the order the links come in."""
+    chain = [(f"l{i}", "sym", f"l{i - 1}") for i in range(1, hops + 1)]
+    chain = chain[::-1] if reverse else chain
+    archive = make_tar(box / "chain.tar", [("l0", "file", b"end"), *chain], mode="w")
+    if fine:
+        assert (safe_extract(archive, box / "out") / f"l{hops}").read_bytes() == b"end"
+    else:
+        with pytest.raises(UnsafeArchiveError, match="is a link loop"):
+            safe_extract(archive, box / "out")
+
+
 def test_links_through_links_that_stay_inside_unpack(box):
     archive = make_tar(box / "ok.tar", [
         ("v2", "dir", None), ("v2/model.onnx", "file", b"onnx"), ("latest", "sym", "v2"),

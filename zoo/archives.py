@@ -228,6 +228,8 @@ class _Plan:
         self.packed = max(archive.stat().st_size, 1)
         self.kinds: dict[tuple[str, ...], str] = {}  # "file" | "dir" | "sym" | "hard"
         self.symlinks: dict[tuple[str, ...], str] = {}
+        # symlink -> (where it really points, how many links that took)
+        self.landed: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
         self.hardlinks: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.order: list[tuple[str, ...]] = []
         self.members = 0
@@ -304,35 +306,51 @@ class _Plan:
                         self.archive,
                         f"member {'/'.join(parts)!r} would be written through link {'/'.join(parts[:i])!r}",
                     )
-        for parts, link in self.symlinks.items():
-            self._resolve(parts, link)
+        for link in self.symlinks:
+            self._landing(link)
 
-    def _resolve(self, link: tuple[str, ...], target: str) -> tuple[str, ...]:
-        """Where `link` lands after following every symlink on the way; refused if outside."""
-        path = list(link[:-1])
-        pending = [p for p in target.replace("\\", "/").split("/") if p not in ("", ".")]
-        hops, via = 0, []
-        while pending:
-            piece = pending.pop(0)
-            if piece == "..":
-                if not path:
-                    through = f" through link {via[-1]!r}" if via else ""
-                    raise _refuse(
-                        self.archive,
-                        f"link {'/'.join(link)!r} -> {target!r} points outside the archive{through}",
-                    )
+    def _landing(self, link: tuple[str, ...], stack: tuple[tuple[str, ...], ...] = ()) -> tuple[tuple[str, ...], int]:
+        """Where symlink `link` lands after following every link on the way, and how many it
+        followed; refused if outside, in a loop, or past Linux's 40 links (ELOOP).
+
+        Each link's landing is worked out once and reused, so resolving every link of an
+        archive costs the length of all targets, however the links chain.
+        """
+        if link in self.landed:
+            return self.landed[link]
+        target = self.symlinks[link]
+        if len(stack) > _MAX_LINK_HOPS:  # the link that started this follows more than that
+            raise self._loop(stack[0])
+        path, via, hops = list(link[:-1]), None, 0
+        for piece in (p for p in target.replace("\\", "/").split("/") if p not in ("", ".")):
+            if piece != "..":
+                path.append(piece)
+                if tuple(path) in self.symlinks:
+                    via = "/".join(path)
+                    if tuple(path) in stack or tuple(path) == link:
+                        hops = _MAX_LINK_HOPS + 1
+                    else:
+                        landing, more = self._landing(tuple(path), (*stack, link))
+                        path, hops = list(landing), hops + 1 + more
+                    if hops > _MAX_LINK_HOPS:
+                        raise self._loop(link)
+            elif path:
                 path.pop()
-                continue
-            path.append(piece)
-            step = self.symlinks.get(tuple(path))
-            if step is not None:
-                hops += 1
-                if hops > _MAX_LINK_HOPS:
-                    raise _refuse(self.archive, f"link {'/'.join(link)!r} -> {target!r} is a link loop")
-                via.append("/".join(path))
-                path.pop()
-                pending = [p for p in step.replace("\\", "/").split("/") if p not in ("", ".")] + pending
-        return tuple(path)
+            else:
+                through = f" through link {via!r}" if via else ""
+                raise _refuse(
+                    self.archive, f"link {'/'.join(link)!r} -> {target!r} points outside the archive{through}"
+                )
+        self.landed[link] = (tuple(path), hops)
+        return self.landed[link]
+
+
+    def _loop(self, link: tuple[str, ...]) -> UnsafeArchiveError:
+        return _refuse(
+            self.archive,
+            f"link {'/'.join(link)!r} -> {self.symlinks[link]!r} is a link loop (or a chain of over "
+            f"{_MAX_LINK_HOPS} links)",
+        )
 
 
 def _size(n: int) -> str:
