@@ -149,6 +149,8 @@ EVIL_ZIPS = {
     "drive": ([("C:/escaped.txt", b"x")], "absolute"),
     "symlink_out": ([("link", "../../escaped", "sym")], "outside"),
     "device": ([("dev", b"", "chr")], "device"),
+    "symlink_nul": ([("link", "fine.txt\0/../..", "sym")], "NUL byte"),
+    "link_chain_out": ([("d/x", "../h/../../..", "sym"), ("h", "d", "sym")], "outside the archive through link"),
 }
 
 
@@ -244,6 +246,19 @@ def test_a_chain_of_links_is_followed_as_far_as_linux_would(box, hops, fine, rev
     else:
         with pytest.raises(UnsafeArchiveError, match="is a link loop"):
             safe_extract(archive, box / "out")
+
+
+def test_links_are_resolved_again_on_disk_before_the_folder_is_used(tmp_path):
+    """The last check, on the real files: it catches a link the plan would somehow have missed."""
+    from zoo.archives import _check_links_on_disk
+
+    root = tmp_path / "unpacked"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "in").symlink_to("..")
+    _check_links_on_disk(root, Path("m.tar"))
+    (root / "sub" / "out").symlink_to("../..")
+    with pytest.raises(UnsafeArchiveError, match=r"m.tar: link 'sub/out' resolves outside the archive"):
+        _check_links_on_disk(root, Path("m.tar"))
 
 
 def test_links_through_links_that_stay_inside_unpack(box):

@@ -252,6 +252,8 @@ class _Plan:
         if kind == "sym":
             if not link or _is_absolute(link.replace("\\", "/")):
                 raise _refuse(self.archive, f"link {name!r} points to absolute path {link!r}")
+            if "\0" in link:
+                raise _refuse(self.archive, f"link {name!r} has a NUL byte in its target {link!r}")
             self.symlinks[parts] = link
         elif kind == "hard":
             # A hardlink names another member by its path from the archive root.
