@@ -29,7 +29,8 @@ Routes support:
 - ``stall=S`` (``stalls`` times): sleep S seconds after the headers, or after
   ``stall_after`` bytes of the body (read timeout tests);
   ``gate=threading.Event()``: hold bodies after the headers until the test sets the event;
-  ``delay=S``: sleep before answering at all; ``rate=B``: throttle the body to B bytes/s;
+  ``delay=S``: sleep before answering at all; ``rate=B``: throttle the body to B bytes/s
+  (``rate=4``: a byte every 0.25 s, a stalled server), after ``rate_after`` bytes sent at full speed;
 - ``redirect="/other"`` or a full URL (status ``redirect_status``), for chains and loops;
 - ``auth="Bearer t"``: anything else in Authorization gets 401 (403 when a wrong one is sent);
 - ``status``/``content_type``/``headers``: serve an HTML error page with 200, a 404, etc.
@@ -80,6 +81,7 @@ class Route:
     stall_after: int = 0  # bytes of the body sent before the stall
     delay: float = 0.0
     rate: float | None = None
+    rate_after: int = 0  # bytes of each response sent at full speed before `rate` applies
     redirect: str | None = None
     redirect_status: int = 302
     auth: str | None = None
@@ -274,7 +276,10 @@ def _handler_for(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(stall)
             if route.gate is not None:
                 route.gate.wait(timeout=60)
-            self._write(route, payload[head_start:limit])
+            fast = min(max(route.rate_after, head_start), limit) if route.rate else head_start
+            if fast > head_start:
+                self._write(route, payload[head_start:fast], throttle=False)
+            self._write(route, payload[max(head_start, fast):limit])
             if drop is not None:
                 self.wfile.flush()
                 try:
@@ -283,19 +288,20 @@ def _handler_for(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                     pass
                 self.close_connection = True
 
-        def _write(self, route: Route, data: bytes) -> None:
+        def _write(self, route: Route, data: bytes, throttle: bool = True) -> None:
             step = 64 * 1024
-            if route.rate:
-                step = max(1, int(route.rate / 20))
+            rate = route.rate if throttle else None
+            if rate:
+                step = max(1, int(rate / 20))
             try:
                 for i in range(0, len(data), step):
                     piece = data[i : i + step]
                     self.wfile.write(piece)
                     with server._lock:
                         route.bytes_sent += len(piece)
-                    if route.rate:
+                    if rate:
                         self.wfile.flush()
-                        time.sleep(len(piece) / route.rate)
+                        time.sleep(len(piece) / rate)
             except (BrokenPipeError, ConnectionResetError):  # the client hung up; that is its right
                 self.close_connection = True
 

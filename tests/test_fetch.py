@@ -466,3 +466,176 @@ def test_gitblob_checksum_survives_a_resume_across_runs(fault_server, tmp_path):
     result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=blob, **FAST)
     assert route.requests[-1].headers["Range"] == "bytes=30000-" and result.bytes_transferred == 50_000
     assert result.path.read_bytes() == big
+
+
+# -- stalls, the overall bound, unreachable mirrors (issue 11, items 3 and 13) --------------------
+
+def test_a_trickling_server_is_cut_and_given_up_and_a_rerun_resumes(fault_server, tmp_path, monkeypatch):
+    """1 byte every 0.25 s never trips a read timeout; the stall rule cuts it, and trickles are not progress."""
+    monkeypatch.setenv("ZOO_FETCH_MIN_RATE", "1000")
+    monkeypatch.setenv("ZOO_FETCH_STALL_SECONDS", "0.6")
+    route = fault_server.add("/w.bin", BODY, rate=4)
+    with pytest.raises(FetchError) as info:
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin", retries=2, backoff=0.01, timeout=(2, 5))
+    message = str(info.value)
+    assert "giving up on" in message and "after 2 retries" in message
+    assert "stalled" in message and "under the minimum of 1000 B/s (ZOO_FETCH_MIN_RATE" in message
+    assert "bytes received are kept and running the same command resumes" in message
+    assert route.hits == 3  # the first try and 2 retries, although every attempt brought a few bytes
+    kept = (tmp_path / "w.bin.part").stat().st_size
+    assert 0 < kept < len(BODY)
+    route.rate = None
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=f"sha256:{SHA}", **FAST)
+    assert route.requests[-1].headers["Range"] == f"bytes={kept}-" and result.path.read_bytes() == BODY
+
+
+def test_a_stall_after_real_progress_does_not_use_up_the_retries(fault_server, tmp_path, monkeypatch):
+    """Each response: 100 kB at full speed, then a trickle; the fast part is progress, the trickle is not."""
+    monkeypatch.setenv("ZOO_FETCH_MIN_RATE", "1000")
+    monkeypatch.setenv("ZOO_FETCH_STALL_SECONDS", "0.5")
+    big = os.urandom(300_000)
+    route = fault_server.add("/w.bin", big, rate=4, rate_after=100_000)
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=f"sha256:{sha256(big)}",
+                      retries=1, **FAST)
+    assert result.path.read_bytes() == big and route.hits == 3
+    starts = [int(q.headers["Range"][len("bytes="):-1]) for q in route.requests[1:]]
+    assert starts[0] >= 100_000 and starts[1] >= starts[0] + 100_000  # each retry resumed after the fast part
+
+
+def test_a_server_dropping_every_connection_after_a_few_bytes_is_given_up(fault_server, tmp_path):
+    """Each attempt brings 100 bytes and a broken connection: under the stall amount, so not progress."""
+    big = os.urandom(200_000)
+    route = fault_server.add("/w.bin", big, drop_after=100, drops=10**6)
+    with pytest.raises(FetchError, match="giving up on .* after 3 retries: the connection .* broke"):
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin", retries=3, **FAST)
+    assert route.hits == 4
+
+
+def test_a_fast_flaky_server_still_counts_as_progress(fault_server, tmp_path):
+    big = os.urandom(400_000)
+    route = fault_server.add("/w.bin", big, drop_after=60_000, drops=6)  # 7 attempts, 6 broken
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=f"sha256:{sha256(big)}",
+                      retries=2, **FAST)
+    assert result.path.read_bytes() == big and route.hits == 7
+
+
+def test_the_overall_bound_stops_a_slow_download_and_keeps_the_part(fault_server, second_server, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setenv("ZOO_FETCH_MAX_TIME", "2")
+    big = os.urandom(100_000)
+    slow = fault_server.add("/w.bin", big, rate=8_000)  # above the minimum rate, but 12 s in all
+    mirror = second_server.add("/w.bin", big)
+    with pytest.raises(FetchError, match=r"not finished after 2 s, the bound for one file \(ZOO_FETCH_MAX_TIME\); "
+                                         r"the \d+ bytes received are kept .* resumes from there"):
+        download([fault_server.url("/w.bin"), second_server.url("/w.bin")], tmp_path / "w.bin", **FAST)
+    assert mirror.hits == 0  # the bound is for the file, not for each mirror
+    kept = (tmp_path / "w.bin.part").stat().st_size
+    assert 0 < kept < len(big) and slow.hits == 1
+    monkeypatch.delenv("ZOO_FETCH_MAX_TIME")
+    slow.rate = None
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", checksum=f"sha256:{sha256(big)}", **FAST)
+    assert result.bytes_transferred == len(big) - kept
+
+
+def test_bad_pace_settings_are_named(fault_server, tmp_path, monkeypatch):
+    fault_server.add("/w.bin", BODY)
+    monkeypatch.setenv("ZOO_FETCH_MIN_RATE", "fast")
+    with pytest.raises(FetchError, match="ZOO_FETCH_MIN_RATE='fast' is not a number"):
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin")
+
+
+@pytest.mark.parametrize("dead, words", [
+    (lambda: f"http://127.0.0.1:{free_port()}/w.bin", "connection refused"),
+    (lambda: "http://zoo-mirror.invalid/w.bin", "cannot resolve host zoo-mirror.invalid"),
+])
+def test_an_unreachable_mirror_is_not_retried(fault_server, tmp_path, caplog, dead, words):
+    """Refused or unknown host: the next mirror at once (no 4 retries with backoff), or the error at once."""
+    fault_server.add("/w.bin", BODY)
+    url = dead()
+    with caplog.at_level("WARNING", logger="zoo.download"):
+        result = download([url, fault_server.url("/w.bin")], tmp_path / "w.bin", backoff=5)
+    assert result.url == fault_server.url("/w.bin")
+    notices = [r.getMessage() for r in caplog.records]
+    assert not any("retrying" in n for n in notices), notices
+    assert any(words in n and "trying the next URL" in n for n in notices), notices
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zoo.download"), pytest.raises(FetchError, match=words) as info:
+        download([url], tmp_path / "x.bin", backoff=5)
+    assert "giving up" not in str(info.value) and not caplog.records
+
+
+# -- zoo fetch: unpack limits, stalls and leftovers end in one line (issue 11, items 2, 3, 11) ---
+
+def archive_model(fault_server, data: bytes, name: str = "packed.tflite") -> None:
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact, Model
+
+    fault_server.add("/m.tar.gz", data)
+    open_catalog().add_model(Model(name=name, framework="tflite", artifacts=[
+        Artifact("archive", "m.tar.gz", urls=[fault_server.url("/m.tar.gz")], extract="tar",
+                 meta={"members": {"model": "m/model.tflite"}})]))
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_zoo_fetch_max_unpack_size_refuses_and_allows(fault_server, zoo_env, monkeypatch):
+    from click.testing import CliRunner
+
+    from zoo.catalog import open_catalog
+    from zoo.cli import cli
+
+    archive_model(fault_server, tar_gz({"m/model.tflite": os.urandom(3 << 20)}))
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["fetch", "packed.tflite", "--max-unpack-size", "2M"])
+    assert refused.exit_code == 1
+    (line,) = [text for text in refused.output.splitlines() if text.strip()]
+    assert line.startswith("error: m.tar.gz would unpack to 3.0 MiB or more (from its headers), over the limit of 2.0 MiB")
+    assert "--max-unpack-size" in line and open_catalog().get("packed.tflite").artifact("archive").path is None
+    monkeypatch.setenv("ZOO_MAX_UNPACK_BYTES", "1M")  # the environment variable works too
+    assert "over the limit of 1.0 MiB" in runner.invoke(cli, ["fetch", "packed.tflite"]).output
+    bad = runner.invoke(cli, ["fetch", "packed.tflite", "--max-unpack-size", "big"])
+    assert bad.exit_code == 1 and "'big' is not a size" in bad.output
+    ok = runner.invoke(cli, ["fetch", "packed.tflite", "--max-unpack-size", "4M"])
+    assert ok.exit_code == 0, ok.output
+    folder = zoo_env / "cache" / "models" / "packed.tflite" / "m"
+    assert (folder / "m" / "model.tflite").stat().st_size == 3 << 20
+
+
+@pytest.mark.slow  # ~10 s: the CLI's own backoff (0.5 + 1 + 2 + 4 s) between the stalled attempts
+def test_zoo_fetch_of_a_stalled_server_ends_in_one_line(fault_server, zoo_env, monkeypatch):
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    monkeypatch.setenv("ZOO_FETCH_MIN_RATE", "1K")
+    monkeypatch.setenv("ZOO_FETCH_STALL_SECONDS", "0.4")
+    archive_model(fault_server, tar_gz({"m/model.tflite": os.urandom(50_000)}))
+    fault_server.routes["/m.tar.gz"].rate = 5
+    result = CliRunner().invoke(cli, ["fetch", "--quiet", "packed.tflite"])
+    assert result.exit_code == 1
+    (line,) = [text for text in result.output.splitlines() if text.strip()]
+    assert line.startswith("error: archive file m.tar.gz of packed.tflite: giving up on")
+    assert "stalled" in line and "running the same command resumes" in line
+
+
+def test_a_refetch_removes_what_a_killed_unpack_left(fault_server, zoo_env):
+    from zoo.download import fetch
+
+    archive_model(fault_server, tar_gz({"m/model.tflite": b"TFL3"}))
+    fetch("packed.tflite", quiet=True)
+    folder = zoo_env / "cache" / "models" / "packed.tflite"
+    (folder / ".m.99999.unpacking" / "m").mkdir(parents=True)  # a `fetch --force` killed mid-unpack
+    fetch("packed.tflite", quiet=True)  # cached and unpacked already: no new unpack, but cleaned
+    assert not (folder / ".m.99999.unpacking").exists() and (folder / "m" / "m" / "model.tflite").exists()
+    assert fault_server.routes["/m.tar.gz"].hits == 1

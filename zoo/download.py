@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from zoo import __version__, config
-from zoo.archives import archive_kind, safe_extract, unpacked_name
+from zoo.archives import (
+    UnpackLimits, archive_kind, parse_size, remove_stale_unpacks, safe_extract, unpacked_name,
+)
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, hash_matches, parse_checksum
 
@@ -78,12 +80,43 @@ class _DiskFull(_WriteError, DiskFullError):
     """The disk filled up during a download; the partial file was removed."""
 
 
+class _OutOfTime(FetchError):
+    """The overall time bound for one file ran out; no other mirror gets a turn."""
+
+
 class _Retry(Exception):
     """A transient failure: wait `wait` seconds (None: exponential backoff) and try again."""
 
     def __init__(self, reason: str, wait: float | None = None):
         super().__init__(reason)
         self.reason, self.wait = reason, wait
+
+
+class _Stalled(_Retry):
+    """Bytes trickle in below the minimum rate: retried, but the trickle is not progress."""
+
+    def __init__(self, reason: str, trickle: int):
+        super().__init__(reason)
+        self.trickle = trickle  # bytes of the window that was too slow
+
+
+# A transfer slower than 1 KiB/s for 30 s is stalled (curl's --speed-limit/--speed-time
+# idea): a server sending a byte every few seconds never trips a read timeout. 12 h bounds
+# one file whatever happens (a 5 GiB archive needs only 120 KiB/s to finish in it).
+DEFAULT_MIN_RATE = 1024
+DEFAULT_STALL_SECONDS = 30.0
+DEFAULT_MAX_TIME = 12 * 3600.0
+
+
+def _env_number(name: str, default: float, size: bool = False) -> float:
+    """A positive number from the environment (a size like 10K when `size`), else `default`."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(parse_size(text, name)) if size else float(text)
+    except (ValueError, FetchError):
+        raise FetchError(f"{name}={text!r} is not a number; unset it or give e.g. {default:g}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -288,6 +321,9 @@ def download(
     chunk_size: int = CHUNK,
     lock_timeout: float | None = None,
     token_hosts: Iterable[str] | None = None,
+    min_rate: float | None = None,
+    stall_seconds: float | None = None,
+    max_time: float | None = None,
 ) -> DownloadResult:
     """Download one file from the first of `urls` that works into `dest`, verified.
 
@@ -303,9 +339,16 @@ def download(
         $ZOO_TOKEN_HOSTS (comma-separated), else the host of each URL given. Never sent to
         another host after a redirect, never printed.
     timeout: (connect, read) seconds; a server silent for longer is retried, then given up.
+    min_rate, stall_seconds: an attempt bringing under `min_rate` bytes/s over `stall_seconds`
+        is stalled: cut and retried (resuming), and a trickle is not progress, so `retries`
+        stalls in a row give up (default $ZOO_FETCH_MIN_RATE or 1 KiB/s, $ZOO_FETCH_STALL_SECONDS
+        or 30 s; min_rate 0 turns the rule off).
+    max_time: seconds one file may take over all attempts and mirrors (default
+        $ZOO_FETCH_MAX_TIME or 12 h; 0 for no bound). The .part is kept for a rerun to resume.
     retries: attempts per URL after connection errors, stalls, 5xx and 429 (the count
-        restarts whenever an attempt made progress); waits `backoff * 2**n` seconds or
-        what Retry-After asks, at most `max_wait`.
+        restarts whenever an attempt brought `min_rate * stall_seconds` bytes or more); waits
+        `backoff * 2**n` seconds or what Retry-After asks, at most `max_wait`. A refused
+        connection or an unknown host is not retried: the next URL is tried at once.
     progress: called as progress(bytes_on_disk, total_or_None) while downloading; an
         exception it raises (e.g. KeyboardInterrupt) stops the download, keeping the .part.
     force: download again even when `dest` is there and verifies.
@@ -358,11 +401,12 @@ def download(
         try:
             job = _Job(dest, expected, session, timeout, retries, backoff, max_wait, progress, label, chunk_size)
             job.token_hosts = _token_hosts(token_hosts)
+            job.pace(min_rate, stall_seconds, max_time)
             errors: list[FetchError] = []
             for url in url_list:
                 try:
                     return job.run(url, started)
-                except _WriteError:
+                except (_WriteError, _OutOfTime):
                     raise
                 except FetchError as exc:
                     errors.append(exc)
@@ -402,6 +446,37 @@ class _Job:
         self.total: int | None = None
         self.validator: str | None = None
         self.resumed_bytes = 0  # bytes of the .part that came from an earlier attempt or run
+        self.min_rate, self.stall_seconds = float(DEFAULT_MIN_RATE), DEFAULT_STALL_SECONDS
+        self.max_time: float | None = DEFAULT_MAX_TIME
+        self.deadline: float | None = None
+
+    def pace(self, min_rate: float | None, stall_seconds: float | None, max_time: float | None) -> None:
+        """Set the stall rule and the overall bound (arguments, else the environment, else defaults)."""
+        if min_rate is None:
+            min_rate = _env_number("ZOO_FETCH_MIN_RATE", DEFAULT_MIN_RATE, size=True)
+        if stall_seconds is None:
+            stall_seconds = _env_number("ZOO_FETCH_STALL_SECONDS", DEFAULT_STALL_SECONDS)
+        if max_time is None:
+            max_time = _env_number("ZOO_FETCH_MAX_TIME", DEFAULT_MAX_TIME)
+        self.min_rate, self.stall_seconds = max(0.0, min_rate), max(0.001, stall_seconds)
+        self.max_time = max_time if max_time > 0 else None
+        self.deadline = time.monotonic() + max_time if max_time > 0 else None
+
+    def _check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            kept = (
+                f"the {self.offset} bytes received are kept in {self.part} and running the same command "
+                "again resumes from there" if self.offset and self.part.exists() else "nothing was kept"
+            )
+            raise _OutOfTime(
+                f"{self.label}: not finished after {self.max_time:g} s, the bound for one file "
+                f"(ZOO_FETCH_MAX_TIME); {kept}"
+            )
+
+    def _resume_hint(self) -> str:
+        if self.offset and self.part.exists():
+            return f"; the {self.offset} bytes received are kept and running the same command resumes"
+        return ""
 
     # -- the .part file --------------------------------------------------------------
 
@@ -526,24 +601,32 @@ class _Job:
         self._load_part(url)
         self.resumed_bytes = self.offset
         failures = 0
+        # Progress that makes a broken attempt not count: what the minimum rate brings in one
+        # stall window. A server that drops every connection after a few bytes is not flaky.
+        enough = max(1, int(self.min_rate * self.stall_seconds))
         while True:
+            self._check_time()
             before = self.offset
+            trickle = 0
             try:
                 if self._attempt(url):
                     return
                 reason, wait = "the connection closed before the end of the file", None
             except _Retry as retry:
-                reason, wait = retry.reason, retry.wait
-            if self.offset > before:
+                reason, wait, trickle = retry.reason, retry.wait, getattr(retry, "trickle", 0)
+            if self.offset - before - trickle >= enough:
                 failures = 0  # progress: this is a flaky link, not a dead one
             failures += 1
             if failures > self.retries:
                 raise FetchError(
                     f"{self.label}: giving up on {redact(url)} after {self.retries} retries: {reason}"
+                    f"{self._resume_hint()}"
                 )
             if wait is None:
                 wait = self.backoff * 2 ** (failures - 1)
             wait = min(wait, self.max_wait)
+            if self.deadline is not None:
+                wait = max(0.0, min(wait, self.deadline - time.monotonic() + 0.01))
             log.warning("%s: %s; retrying in %.1f s (%d/%d)", self.label, reason, wait, failures, self.retries)
             time.sleep(wait)
 
@@ -571,6 +654,8 @@ class _Job:
                     "proxy that re-signs traffic, point REQUESTS_CA_BUNDLE at its certificate"
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                if _unreachable(exc):  # offline, no such host, nothing listening: retrying cannot help
+                    raise FetchError(f"{self.label}: {self._describe(exc, current)}") from None
                 raise _Retry(self._describe(exc, current)) from None
             except requests.exceptions.RequestException as exc:  # a malformed URL and the like
                 raise FetchError(f"{self.label}: cannot request {redact(current)}: {type(exc).__name__}") from None
@@ -599,6 +684,9 @@ class _Job:
         if "NameResolutionError" in text or "Failed to resolve" in text:
             host = urllib.parse.urlsplit(url).hostname
             return f"cannot resolve host {host} (no network or DNS?; cached files work with --offline)"
+        if "Network is unreachable" in text or "No route to host" in text:
+            return (f"cannot connect to {redact(url)} (no route to its host: no network?; cached files "
+                    "work with --offline)")
         if "Connection refused" in text or "NewConnectionError" in text:
             return f"cannot connect to {redact(url)} (connection refused)"
         if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in text:
@@ -700,6 +788,8 @@ class _Job:
             hasher = self.hasher
             worker = threading.Thread(target=_hash_worker, args=(pending, hasher), daemon=True)
             worker.start()
+            window_start, window_bytes = time.monotonic(), 0
+            out_of_time = False
             try:
                 with open(self.part, "ab") as out:
                     for chunk in _chain(first, chunks):
@@ -709,6 +799,14 @@ class _Job:
                         self.transferred += len(chunk)
                         if self.progress:
                             self.progress(self.offset, self.total)
+                        window_bytes += len(chunk)
+                        now = time.monotonic()
+                        if now - window_start >= self.stall_seconds:
+                            self._check_pace(window_bytes, now - window_start, resp.url)
+                            window_start, window_bytes = now, 0
+                        if self.deadline is not None and now > self.deadline:
+                            out_of_time = True
+                            break
             except OSError as exc:
                 raise self._write_error(exc) from None
             finally:
@@ -717,12 +815,31 @@ class _Job:
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError, ConnectionError) as exc:
             raise _Retry(self._describe(exc, resp.url)) from None
+        if out_of_time and self.offset != self.total:
+            self._check_time()
         if self.total is not None and self.offset < self.total:
             return False
         if self.total is not None and self.offset > self.total:
             self._reset()
             raise _Retry("the server sent more bytes than it announced; starting over", wait=0)
         return True
+
+    def _check_pace(self, nbytes: int, seconds: float, url: str) -> None:
+        """Raise _Stalled when the last window brought less than the minimum rate."""
+        if nbytes < self.min_rate * seconds:
+            raise _Stalled(
+                f"the transfer from {redact(url)} stalled: {nbytes} bytes in {seconds:.1f} s, under the "
+                f"minimum of {human_size(self.min_rate)}/s (ZOO_FETCH_MIN_RATE, ZOO_FETCH_STALL_SECONDS)",
+                trickle=nbytes,
+            )
+
+
+def _unreachable(exc: Exception) -> bool:
+    """True when no connection could be made at all (DNS failure, refused, no route)."""
+    import urllib3
+
+    cause = exc.args[0] if exc.args else None  # requests wraps urllib3's MaxRetryError(reason=...)
+    return isinstance(getattr(cause, "reason", cause), urllib3.exceptions.NewConnectionError)
 
 
 def _hash_worker(pending: "queue.Queue[bytes | None]", hasher: MultiHasher) -> None:
@@ -806,6 +923,7 @@ def fetch(
     quiet: bool = False,
     session: "requests.Session | None" = None,
     on_file: FileReport | None = None,
+    unpack_limits: UnpackLimits | None = None,
     **download_options: Any,
 ) -> list["Artifact"]:
     """Download every file of the named models into the cache, unpack archives, register them.
@@ -817,7 +935,8 @@ def fetch(
     so `verify` can re-hash it and a later fetch can reuse it). A file already on disk that
     verifies is not downloaded again unless `force`. Returns the updated artifacts (every
     role except "onnx", which `zoo convert` makes). `on_file(name, artifact, result)` is
-    called after each file (result None for a user's own local file).
+    called after each file (result None for a user's own local file). `unpack_limits` bounds
+    what an archive may unpack to (default `UnpackLimits.from_env()`: 32 GiB, 200x, 100k members).
 
     >>> [a.path for a in fetch("bvlc_alexnet")]  # doctest: +SKIP
     ['/home/me/.cache/zoo/models/bvlc_alexnet/deploy.prototxt', ...]
@@ -829,6 +948,7 @@ def fetch(
     models = [cat.get(name) for name in names]  # an unknown name fails before any download
     root = config.cache_dir(cache_dir)
     offline = config.offline() if offline is None else offline
+    limits = unpack_limits or UnpackLimits.from_env()  # a bad $ZOO_MAX_UNPACK_* fails before downloading
     own_session = session is None and not offline
     session = new_session() if own_session else session
     results: list[Artifact] = []
@@ -841,7 +961,7 @@ def fetch(
                 options = {"token_hosts": _model_token_hosts(cat, model), **download_options}
                 try:
                     done, result = _fetch_artifact(
-                        cat, model.name, artifact, root, force, offline, quiet, session, options
+                        cat, model.name, artifact, root, force, offline, quiet, session, options, limits
                     )
                 except OfflineError as exc:
                     missing.append(f"{artifact.filename} of {model.name} ({exc.args[1]})")
@@ -879,7 +999,7 @@ def _model_token_hosts(cat, model) -> set[str] | None:
     return {host.lower()} if host else set()
 
 
-def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, options):
+def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, options, limits=None):
     label = f"{artifact.role} file {artifact.filename} of {name}"
     if not artifact.urls:
         if artifact.path and Path(artifact.path).exists():
@@ -918,7 +1038,9 @@ def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, o
         target = folder / unpacked_name(artifact.filename)
         fresh = result.cached and target.is_dir() and artifact.meta.get("unpacked_sha256") == result.sha256
         if force or not fresh:
-            safe_extract(dest, target, kind)
+            safe_extract(dest, target, kind, limits)
+        else:
+            remove_stale_unpacks(target)  # what an unpack killed during an earlier --force left
         done.path = str(target)
         done.meta["archive_path"] = str(dest)
         done.meta["unpacked_sha256"] = result.sha256

@@ -53,6 +53,10 @@ class UnsafeArchiveError(FetchError):
     """An archive member would write outside its target folder, or is a device/link."""
 
 
+class ArchiveLimitError(UnsafeArchiveError):
+    """An archive unpacks to more bytes or members, or at a higher ratio, than the limits allow."""
+
+
 class ConversionError(ZooError):
     """A model cannot be converted to ONNX (unsupported layer or op, bad weights)."""
 

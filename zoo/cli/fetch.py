@@ -30,21 +30,28 @@ def _show_notices(quiet: bool):
 @click.argument("names", nargs=-1, required=True)
 @click.option("--force", is_flag=True, help="Download again even if a verified copy is cached.")
 @click.option("--offline", is_flag=True, help="Never touch the network; use the cache [env ZOO_OFFLINE=1].")
+@click.option("--max-unpack-size", metavar="SIZE", envvar="ZOO_MAX_UNPACK_BYTES",
+              help="Refuse archives unpacking to more than SIZE, e.g. 64G [default 32G; env ZOO_MAX_UNPACK_BYTES].")
 @cache_option
 @catalog_option
 @quiet_option
 @json_option
-def fetch_command(names, force, offline, cache_dir, catalog, quiet, as_json):
+def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, quiet, as_json):
     """Download every file of the named models, verify and register them.
 
     Files are checked against their published size and checksum, resumed after a broken
     connection, and reused when already cached. Private zoos: set ZOO_TOKEN or use ~/.netrc.
+    A transfer under 1 KiB/s for 30 s is retried, then given up (ZOO_FETCH_MIN_RATE,
+    ZOO_FETCH_STALL_SECONDS; ZOO_FETCH_MAX_TIME bounds one file, default 12 h); a rerun
+    resumes. Archives over 32 GiB, 200x compression or 100k members are refused
+    (ZOO_MAX_UNPACK_BYTES / --max-unpack-size, ZOO_MAX_UNPACK_RATIO, ZOO_MAX_UNPACK_MEMBERS).
 
     \b
     Example:
         zoo fetch bvlc_alexnet
         zoo fetch mobilenet_v1.tflite --offline --json
     """
+    from zoo.archives import UnpackLimits
     from zoo.download import fetch, human_size
 
     report: list[dict] = []
@@ -72,7 +79,8 @@ def fetch_command(names, force, offline, cache_dir, catalog, quiet, as_json):
     logger, handler = _show_notices(quiet or as_json)
     try:
         fetch(list(names), catalog=catalog, cache_dir=cache_dir, force=force,
-              offline=True if offline else None, quiet=quiet or as_json, on_file=on_file)
+              offline=True if offline else None, quiet=quiet or as_json, on_file=on_file,
+              unpack_limits=UnpackLimits.from_env(max_bytes=max_unpack_size))
     except KeyboardInterrupt:
         click.echo("zoo: interrupted; the partial download is kept (.part) and the same command "
                    "resumes it", err=True)
