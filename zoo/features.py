@@ -255,7 +255,7 @@ class _ImageSource(_Source):
             if decoded and len({d.shape for d in decoded}) > 1:
                 raise InputError(
                     f"the images from {self.files[i]} on have different sizes and the model's input has no "
-                    "fixed size to resize them to; pass image_size=(height, width) (`--image-size H,W`)"
+                    "fixed size to resize them to; pass image_size=(height, width)"
                 )
             if decoded:
                 batch = self._batch(np.stack(decoded))

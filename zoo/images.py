@@ -217,7 +217,7 @@ def load_images(paths: Sequence[str | os.PathLike], geo: Geometry) -> np.ndarray
     if len(shapes) > 1:
         raise InputError(
             f"the images have different sizes ({', '.join(sorted(map(str, shapes))[:3])}); the model's input "
-            "has no fixed size to resize them to: pass image_size=(height, width) (`--image-size H,W`)"
+            "has no fixed size to resize them to: pass image_size=(height, width)"
         )
     return np.stack(images)
 
