@@ -443,3 +443,26 @@ def test_cli_train_takes_preprocess_and_pooling(tmp_path):
                                      "1", "--pooling", "avg", "--json"])
     assert swept.exit_code == 0, swept.output
     assert [row["features"] for row in json.loads(swept.output)["rows"]] == [[4], [5]]
+
+
+@pytest.mark.slow
+def test_a_real_architecture_with_its_published_spec_takes_photos(tmp_path):
+    """AlexNet (random weights) with the built-in catalog's bvlc_alexnet input spec, fed photo files."""
+    import json
+
+    from _extract_helpers import save_randomized
+
+    from zoo.extract import load_extractor
+
+    published = next(m for m in json.loads((Path(__file__).parent.parent / "zoo" / "data" / "caffe.json").read_text())["models"]
+                     if m["name"] == "bvlc_alexnet")["input"]
+    published.pop("shape")  # this export takes 224x224 (the ONNX zoo's); the cut says so
+    published.pop("name")  # the input tensor of this export is named differently
+    register("alexnet.photos", save_randomized("bvlc_alexnet", tmp_path), **published)
+    paths = [photo(tmp_path / "p" / f"{i}.png", 300 + 40 * i, 260, seed=i) for i in range(2)]
+    plain = load_extractor("alexnet.photos", "conv5")
+    pooled = load_extractor("alexnet.photos", "conv5", pooling="max")
+    want = plain(np.stack([bvlc_reference(p, 224) for p in paths]))
+    np.testing.assert_allclose(plain(paths), want, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(pooled(tmp_path / "p"), want.max(axis=(2, 3)), rtol=1e-3, atol=1e-3)
+    assert pooled.output_shape == (None, 256)
