@@ -395,6 +395,8 @@ def _has_cuda() -> bool:
 # --- the CLI --------------------------------------------------------------------------------------------
 
 def test_cli_extract_images_with_pooling_and_device(tmp_path):
+    import json
+
     from click.testing import CliRunner
 
     from zoo.cli import cli
@@ -418,6 +420,13 @@ def test_cli_extract_images_with_pooling_and_device(tmp_path):
                               "--no-preprocess", "--pooling", "max"])
     assert raw.exit_code == 0, raw.output
     assert not np.allclose(np.load(out), want[:1], atol=1e-2)
+    # several layers at once (an .npz) from a flat folder
+    npz = tmp_path / "f.npz"
+    both = runner.invoke(cli, ["extract", "bvlc_like", "-l", "relu2", "-l", "fc", "-i", str(tmp_path / "flat"),
+                               "-o", str(npz), "--pooling", "avg", "--json"])
+    assert both.exit_code == 0, both.output
+    np.testing.assert_allclose(np.load(npz)["relu2"], want, rtol=1e-4, atol=1e-4)
+    assert json.loads(both.output)["rows"] == 2
 
 
 def test_cli_train_takes_preprocess_and_pooling(tmp_path):

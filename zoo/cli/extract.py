@@ -103,14 +103,14 @@ def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_p
         if cached.classes is not None:
             result["classes"] = cached.classes
     else:
-        if os.path.isdir(input_path):
-            raise InputError(f"{input_path} is a folder; several layers at once need a .npy input "
-                             "(or extract one layer at a time)")
-        data = _read_array(input_path)
+        from zoo.images import is_image_input
+
+        # An image file or a flat folder goes in as paths: the extractor decodes and preprocesses them.
+        data = input_path if is_image_input(input_path) else _read_array(input_path)
         features = extractor(data)
         _write_features(output_path, features)
         shapes = {k: list(v.shape) for k, v in features.items()}
-        result.update(rows=len(data), shape=shapes)
+        result.update(rows=len(next(iter(features.values()))), shape=shapes)
     emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
 
 
