@@ -441,7 +441,7 @@ def test_cli_train_takes_preprocess_and_pooling(tmp_path):
             photo(tmp_path / "imgs" / c / f"{i}.png", 36, 44, seed=i + (10 if c == "b" else 0))
     args = ["train", "small", "-l", "relu2", "-d", str(tmp_path / "imgs"), "--epochs", "1", "--pooling", "max",
             "--val-fraction", "0", "--json"]
-    done = CliRunner().invoke(cli, [*args, "--name", "mine"])
+    done = CliRunner().invoke(cli, [*args, "--name", "mine", "--device", "cpu"])
     assert done.exit_code == 0, done.output
     no_pre = CliRunner().invoke(cli, [*args, "--name", "mine2", "--no-preprocess"])
     assert no_pre.exit_code == 0, no_pre.output
@@ -452,6 +452,9 @@ def test_cli_train_takes_preprocess_and_pooling(tmp_path):
                                      "1", "--pooling", "avg", "--json"])
     assert swept.exit_code == 0, swept.output
     assert [row["features"] for row in json.loads(swept.output)["rows"]] == [[4], [5]]
+    if not _has_cuda():
+        gpu = CliRunner().invoke(cli, [*args, "--name", "gpu", "--device", "cuda:0"])
+        assert gpu.exit_code == 1 and "CUDAExecutionProvider" in gpu.output and "Traceback" not in gpu.output
 
 
 @pytest.mark.slow

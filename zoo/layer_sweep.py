@@ -153,6 +153,7 @@ def sweep(
     progress: bool = True,
     preprocess: bool | None = None,
     pooling: str | None = None,
+    device: str | Sequence[Any] | None = None,
 ) -> SweepResult:
     """Train a new head at each cut layer (and each unfreeze depth) and compare them.
 
@@ -162,7 +163,8 @@ def sweep(
     layer below each cut, on features cached one cut lower. `validation` and `test` are
     optional ``(data, labels)`` pairs; without `validation`, `val_fraction` of `data` is held out.
     Image files get the model's InputSpec unless ``preprocess=False`` (see :func:`zoo.train`);
-    ``pooling="avg"|"max"`` pools each 4-D cut over its spatial axes (2-D cuts pass unchanged).
+    ``pooling="avg"|"max"`` pools each 4-D cut over its spatial axes (2-D cuts pass unchanged);
+    `device` picks onnxruntime's device for the frozen layers ("cpu", "cuda:1"...).
 
     >>> result = zoo.sweep("bvlc_alexnet", "x.npy", "y.npy", layers=["fc6", "fc7"], plot="sweep.png")  # doctest: +SKIP
     >>> print(result.table())                                                                          # doctest: +SKIP
@@ -204,7 +206,7 @@ def sweep(
                 except InputError as exc:  # too deep for this cut: nothing would stay frozen
                     result.skipped.append(f"{layer} unfreeze={k}: {exc}")
                     continue
-            extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess,
+            extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, device=device,
                                         pooling=pooling if top is None else None)
             started = time.perf_counter()
             cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)

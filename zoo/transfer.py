@@ -624,6 +624,7 @@ def train(
     progress: bool = True,
     preprocess: bool | None = None,
     pooling: str | None = None,
+    device: str | Sequence[Any] | None = None,
 ) -> TrainResult:
     """Cache `data` through `name` cut at `layer`, train a head (and the top `unfreeze` layers), save.
 
@@ -634,7 +635,8 @@ def train(
     `data` is a .npy path or array (model-ready unless ``preprocess=True``: raw pixels), a folder
     with one sub-folder per class (its labels), or a flat folder, image file or list of image
     paths with `labels`; image files get the model's InputSpec unless ``preprocess=False``.
-    ``pooling="avg"|"max"`` pools the cut's spatial axes before the head.
+    ``pooling="avg"|"max"`` pools the cut's spatial axes before the head; `device` runs the
+    frozen layers on an onnxruntime device ("cpu", "cuda", "cuda:1"; see :func:`zoo.load_extractor`).
     """
     from zoo.catalog import open_catalog
     from zoo.features import extract_features
@@ -654,7 +656,8 @@ def train(
         raise InputError("labels are missing; give one label per row (`--labels y.npy`), or an image folder")
     cut, top = (layer, None) if unfreeze == 0 else fine_tune_parts(name, layer, unfreeze, catalog=cat, cache_dir=cache_dir)
     # Pooling belongs to the cut layer: cached features are pooled only when cached at it.
-    extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, pooling=pooling if top is None else None)
+    extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, device=device,
+                                pooling=pooling if top is None else None)
     cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
     if cached.skipped and progress:
         print(f"skipped {len(cached.skipped)} unreadable files, e.g. {cached.skipped[0]['path']}", file=sys.stderr)

@@ -7,7 +7,7 @@ import re
 import click
 
 from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
-from zoo.cli.transfer import pooling_option, preprocess_option
+from zoo.cli.transfer import device_option, pooling_option, preprocess_option
 from zoo.errors import InputError
 
 
@@ -69,7 +69,7 @@ def _layer_spec(values: tuple[str, ...]):
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @preprocess_option
 @pooling_option
-@click.option("--device", help="onnxruntime device: cpu, cuda, cuda:1...  [default: cpu]")
+@device_option
 @json_option
 @catalog_option
 @cache_option

@@ -33,6 +33,8 @@ preprocess_option = click.option(
 pooling_option = click.option(
     "--pooling", type=click.Choice(["avg", "max"]),
     help="Global average or max pooling of a 4-D cut over its spatial axes (Keras-style).")
+device_option = click.option(
+    "--device", help="onnxruntime device for the frozen layers: cpu, cuda, cuda:1...  [default: cpu]")
 
 
 def _training_options(func):
@@ -57,6 +59,7 @@ def _training_options(func):
                      help="Stop at the first unreadable image of a folder instead of skipping it."),
         preprocess_option,
         pooling_option,
+        device_option,
     ]
     for option in reversed(options):
         func = option(func)
@@ -77,7 +80,7 @@ def _training_options(func):
 @catalog_option
 @cache_option
 def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs, batch_size, lr,
-                  val_fraction, patience, seed, strict_images, preprocess, pooling, replace, as_json, quiet,
+                  val_fraction, patience, seed, strict_images, preprocess, pooling, device, replace, as_json, quiet,
                   catalog, cache_dir):
     """Train a new head on NAME cut at a layer; save base + head as your own model (ONNX).
 
@@ -99,7 +102,7 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
         epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
         patience=patience or None, seed=seed, catalog=catalog, cache_dir=cache_dir,
         replace=replace, on_error="raise" if strict_images else "skip", progress=not quiet,
-        preprocess=preprocess, pooling=pooling,
+        preprocess=preprocess, pooling=pooling, device=device,
     )
     fit = result.fit
     payload = {
@@ -157,7 +160,7 @@ def _no_labels(data: str) -> None:
 @catalog_option
 @cache_option
 def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs, batch_size, lr,
-                  val_fraction, patience, seed, strict_images, preprocess, pooling, plot, as_json, quiet,
+                  val_fraction, patience, seed, strict_images, preprocess, pooling, device, plot, as_json, quiet,
                   catalog, cache_dir):
     """Train a head at each cut layer of NAME and compare validation accuracy and time.
 
@@ -180,7 +183,7 @@ def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs
         hidden=_ints("--hidden", hidden, "layer sizes"), epochs=epochs, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, patience=patience or None, seed=seed, catalog=catalog,
         cache_dir=cache_dir, plot=plot, on_error="raise" if strict_images else "skip", progress=not quiet,
-        preprocess=preprocess, pooling=pooling,
+        preprocess=preprocess, pooling=pooling, device=device,
     )
 
     def text() -> str:
