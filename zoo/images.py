@@ -1,4 +1,4 @@
-"""Images in, model inputs out: decode, resize, centre-crop, then the model's InputSpec (order, scale, mean, std, layout).
+"""Images in, model inputs out: decode, resize, centre-crop, then the model's InputSpec (order, mean, std...).
 
 Every place images enter zoo (an extractor called on paths, the feature cache on a folder, `zoo
 train`/`zoo sweep`/`zoo extract`) goes through here, so a net sees the same pixels whichever way

@@ -338,7 +338,7 @@ def _train_loop(
 
 
 def trainable_head(top: Any, head: Any, pool: Any = None):
-    """The unfrozen top layers (then the global pooling, if any) and the new head, trained together on the cached features."""
+    """The unfrozen top layers, the global pooling (if any) and the new head, trained together on the cache."""
     from collections import OrderedDict
 
     from torch import nn
