@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
 from zoo.graph import LayerInfo
+from zoo.pooling import check_pooling, pool, pooled_shape
 from zoo.records import InputSpec
 
 if TYPE_CHECKING:
@@ -247,7 +248,9 @@ def load_extractor(
     batch_size: int = 64,
     threads: int | None = None,
     providers: Sequence[str] | None = None,
-    preprocess: bool = False,
+    preprocess: bool | None = None,
+    pooling: str | None = None,
+    device: str | Sequence[Any] | None = None,
 ) -> Extractor:
     """A frozen feature extractor: the model cut at `layer`, run by onnxruntime.
 
@@ -258,10 +261,16 @@ def load_extractor(
     A graph exported with a fixed batch (Caffe prototxts, old exports) is given a dynamic batch
     axis when shape inference shows that is safe; otherwise it is fed in full, padded batches.
 
-    With ``preprocess=True`` the extractor takes raw pixels (uint8 or float, on the scale the
-    catalog's mean/scale refer to, usually 0-255) in RGB order, as (N, H, W, C) or in the model's
-    own layout, and applies the model's InputSpec: channel order, ``x * scale``, ``- mean``,
-    ``/ std`` per channel, then the model's layout.
+    The extractor also takes image files: a path, a list of paths or a flat folder. They are
+    decoded, resized and centre-cropped to the net's input, then given the model's InputSpec
+    (channel order, ``x * scale``, ``- mean``, ``/ std`` per channel, layout; see ``zoo.images``)
+    unless ``preprocess=False``. Arrays are taken as model-ready unless ``preprocess=True``: then
+    they are raw pixels (uint8 or float, on the scale the catalog's mean/scale refer to, usually
+    0-255) in RGB order, as (N, H, W, C) or in the model's own layout, and get the InputSpec too.
+
+    ``pooling="avg"`` or ``"max"`` pools a 4-D cut output over its spatial axes (as Keras's
+    ``pooling=``), giving (N, C) in either layout; 2-D outputs pass unchanged. ``device`` picks
+    onnxruntime's execution providers: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a providers list.
 
     >>> extractor = load_extractor("bvlc_alexnet.caffe", layer="fc7")     # doctest: +SKIP
     >>> extractor(images).shape                                        # doctest: +SKIP
@@ -271,6 +280,8 @@ def load_extractor(
 
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    check_pooling(pooling)
+    providers = execution_providers(device, providers)
     source = _source(name_or_path, catalog, cache_dir)
     folder = config.cache_dir(cache_dir) / "cuts" / source.sha256
     key = _spec_key(layer)
@@ -300,7 +311,57 @@ def load_extractor(
         threads=threads,
         providers=providers,
         preprocess=preprocess,
+        pooling=pooling,
     )
+
+
+# Short device names for onnxruntime's execution providers.
+_DEVICES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+def execution_providers(
+    device: str | Sequence[Any] | None, providers: Sequence[Any] | None = None
+) -> list[Any] | None:
+    """onnxruntime providers for a device ("cpu", "cuda", "cuda:1" or a providers list), checked to exist here."""
+    if device is None:
+        return list(providers) if providers else None
+    if providers:
+        raise InputError("give device= or providers=, not both (device='cuda:1' stands for the CUDA provider list)")
+    if isinstance(device, str):
+        kind, _, index = device.strip().lower().partition(":")
+        if kind not in _DEVICES or (index and not index.isdigit()):
+            raise InputError(
+                f"device {device!r} is not one of {', '.join(sorted(_DEVICES))} (with :N for a device "
+                "number, e.g. cuda:1), nor a list of onnxruntime providers"
+            )
+        name = _DEVICES[kind]
+        chosen: list[Any] = [(name, {"device_id": int(index)}) if index else name]
+        if name != "CPUExecutionProvider":
+            chosen.append("CPUExecutionProvider")  # for the few ops the device has no kernel for
+    else:
+        chosen = list(device)
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    for provider in chosen:
+        name = provider[0] if isinstance(provider, (tuple, list)) else provider
+        if name not in available:
+            raise InputError(
+                f"device {device!r} needs onnxruntime's {name}, which this onnxruntime does not have "
+                f"(available: {', '.join(available)}); install the onnxruntime build for it "
+                "(e.g. onnxruntime-gpu for CUDA) or use device='cpu'"
+            )
+    return chosen
 
 
 class Extractor:
@@ -322,7 +383,8 @@ class Extractor:
         batch_size: int = 64,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
-        preprocess: bool = False,
+        preprocess: bool | None = None,
+        pooling: str | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.meta = meta
@@ -330,7 +392,9 @@ class Extractor:
         self.batch_size = int(batch_size)
         self.threads = threads
         self.providers = list(providers) if providers else None
-        self.preprocess = bool(preprocess)
+        # None: image files get the InputSpec, arrays are model-ready; True: arrays are raw pixels too.
+        self.preprocess = None if preprocess is None else bool(preprocess)
+        self.pooling = check_pooling(pooling)
         inp = meta["input"]
         shape = list(inp["shape"] or [])
         if shape:
@@ -341,12 +405,16 @@ class Extractor:
         names = meta["layers"]
         shapes = [None if s is None else tuple([None, *s[1:]]) for s in meta["output_shapes"]]
         self.layer: str | list[str] = names[0] if len(names) == 1 else list(names)
+        if self.pooling:
+            shapes = [pooled_shape(s, layout, n) for s, n in zip(shapes, names)]
         self.output_shape = shapes[0] if len(names) == 1 else dict(zip(names, shapes))
         payload = {
             "source": meta["source_sha256"],
             "outputs": meta["outputs"],
             "preprocess": self.input_spec.to_dict() if self.preprocess else None,
         }
+        if self.pooling:  # only when set, so extractors without pooling keep their fingerprints
+            payload["pooling"] = [self.pooling, self.input_spec.layout]
         self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         self._session = None
 
@@ -402,9 +470,21 @@ class Extractor:
 
     # --- running ---------------------------------------------------------------------------------
 
-    def _check(self, x: Any) -> np.ndarray:
+    def load_images(self, images: str | os.PathLike | Sequence[str | os.PathLike]) -> np.ndarray:
+        """The model's input for image files (a path, a flat folder or a list): decoded, resized,
+        centre-cropped to the net's size, then the InputSpec (unless ``preprocess=False``)."""
+        from zoo import images as _images
+
+        pixels = _images.load_images(_images.image_files(images), _images.geometry(self.input_spec))
+        pixels = _images.to_pixel_range(pixels, self.input_spec)
+        if self.preprocess is False:
+            return _images.to_layout(pixels, self.input_spec.layout)
+        return _images.preprocess(pixels, self.input_spec)
+
+    def _check(self, x: Any, raw: bool | None = None) -> np.ndarray:
         import numpy as np
 
+        raw = self.preprocess is True if raw is None else raw
         x = np.asarray(x)
         spec = self.input_spec
         expected = [d if isinstance(d, int) else None for d in (spec.shape or [])]
@@ -413,8 +493,8 @@ class Extractor:
             raise InputError(
                 f"input has dtype {x.dtype}; {self.source} expects numbers ({spec.dtype}) of shape {shown}"
             )
-        if self.preprocess:
-            x = self._preprocess(x, expected)
+        if raw:
+            x = self._preprocess(x)
         want = np.dtype(spec.dtype)
         if x.dtype != want:
             # Any float precision is accepted and cast; integers only with preprocess (pixels).
@@ -435,42 +515,19 @@ class Extractor:
                 )
         return np.ascontiguousarray(x)
 
-    def _preprocess(self, x: np.ndarray, expected: list[int | None]) -> np.ndarray:
-        """Raw RGB pixels -> the model's input: channel order, scale, mean, std, layout."""
-        import numpy as np
+    def _preprocess(self, x: np.ndarray) -> np.ndarray:
+        """Raw RGB pixels -> the model's input: size, channel order, scale, mean, std, layout."""
+        from zoo.images import preprocess
 
-        spec = self.input_spec
-        layout = spec.layout or "NCHW"
-        if layout not in ("NCHW", "NHWC") or x.ndim != 4:
-            raise InputError(
-                f"preprocess=True takes a batch of images (N, H, W, C) or (N, C, H, W); got shape "
-                f"{tuple(x.shape)} for a {layout} model; pass preprocess=False and prepare inputs yourself"
-            )
-        x = x.astype(np.float32)
-        channel_axis = 1 if layout == "NCHW" else 3
-        # Images in the other layout are transposed when the channel axis says so unambiguously.
-        if expected and len(expected) == 4:
-            c = expected[channel_axis]
-            other_axis = 3 if channel_axis == 1 else 1
-            if c is not None and x.shape[channel_axis] != c and x.shape[other_axis] == c:
-                x = x.transpose(0, 3, 1, 2) if layout == "NCHW" else x.transpose(0, 2, 3, 1)
-        if spec.channel_order == "BGR":
-            x = np.flip(x, axis=channel_axis)
-        shape = [1, 1, 1, 1]
-        shape[channel_axis] = -1
-        if spec.scale is not None:
-            x = x * np.float32(spec.scale)
-        if spec.mean is not None:
-            x = x - np.asarray(spec.mean, np.float32).reshape(shape)
-        if spec.std is not None:
-            x = x / np.asarray(spec.std, np.float32).reshape(shape)
-        return x
+        return preprocess(x, self.input_spec)
 
     def __call__(self, x: Any) -> np.ndarray | dict[str, np.ndarray]:
-        """Features of a batch: an array, or a dict layer -> array when cut at several layers."""
+        """Features of a batch (or of image files): an array, or a dict layer -> array when cut at several layers."""
         import numpy as np
 
-        x = self._check(x)
+        from zoo.images import is_image_input
+
+        x = self._check(self.load_images(x), raw=False) if is_image_input(x) else self._check(x)
         session = self.session
         name = self.meta["input"]["name"]
         outputs = self.meta["outputs"]
@@ -495,6 +552,9 @@ class Extractor:
                            for s in self.meta["output_shapes"]]
             else:
                 results = [np.concatenate([p[i] for p in parts]) for i in range(len(outputs))]
+        if self.pooling:
+            names = self.layer if isinstance(self.layer, list) else [self.layer]
+            results = [pool(r, self.pooling, self.input_spec.layout, n) for r, n in zip(results, names)]
         if len(outputs) == 1:
             return results[0]
         return dict(zip(self.layer, results))
@@ -520,9 +580,11 @@ class _ExtractorTransformerBody:
         batch_size: int = 64,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
-        preprocess: bool = False,
+        preprocess: bool | None = None,
         catalog: Any = None,
         cache_dir: str | os.PathLike | None = None,
+        pooling: str | None = None,
+        device: str | Sequence[Any] | None = None,
     ) -> None:
         self.model = model
         self.layer = layer
@@ -532,18 +594,21 @@ class _ExtractorTransformerBody:
         self.preprocess = preprocess
         self.catalog = catalog
         self.cache_dir = cache_dir
+        self.pooling = pooling
+        self.device = device
 
     def _extractor(self) -> Extractor:
         if isinstance(self.model, Extractor):
             return self.model
         cached = self.__dict__.get("_loaded")
         params = (os.fspath(self.model), repr(self.layer), self.batch_size, self.threads,
-                  repr(self.providers), self.preprocess, repr(self.catalog), repr(self.cache_dir))
+                  repr(self.providers), self.preprocess, repr(self.catalog), repr(self.cache_dir),
+                  self.pooling, repr(self.device))
         if cached is None or cached[0] != params:
             extractor = load_extractor(
                 self.model, self.layer, catalog=self.catalog, cache_dir=self.cache_dir,
                 batch_size=self.batch_size, threads=self.threads, providers=self.providers,
-                preprocess=self.preprocess,
+                preprocess=self.preprocess, pooling=self.pooling, device=self.device,
             )
             self.__dict__["_loaded"] = (params, extractor)
             return extractor
@@ -554,7 +619,7 @@ class _ExtractorTransformerBody:
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        """Features of X, one flat row per sample (several layers are concatenated)."""
+        """Features of X (an array, or image paths), one flat row per sample (several layers concatenated)."""
         import numpy as np
 
         features = self._extractor()(X)

@@ -190,57 +190,61 @@ class _NpyFileSource(_Source):
                 yield i, batch, []
 
 
-class _ImageFolderSource(_Source):
-    """An image folder with one sub-folder per class, decoded and resized with Pillow."""
+class _ImageSource(_Source):
+    """Image files (one sub-folder per class, a flat folder, one file or a list), decoded with Pillow.
+
+    Images are resized and centre-cropped to the net's input (``zoo.images.geometry``), then:
+    ``"spec"`` applies the model's InputSpec here; ``"pixels"`` hands (N, H, W, C) raw pixels to
+    an extractor that preprocesses them itself; ``"raw"`` gives 0-255 pixels in the net's layout.
+    """
 
     unit = "img"
 
-    def __init__(self, root: Path, size: tuple[int, int], layout: str, channels: int, on_error: str):
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise InputError(
-                f"{root} has no sub-folders; an image folder needs one sub-folder per class "
-                "(e.g. cats/001.jpg, dogs/002.jpg)"
-            )
-        files: list[Path] = []
-        labels: list[int] = []
-        for index, name in enumerate(classes):
-            for path in sorted((root / name).rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
-                    files.append(path)
-                    labels.append(index)
-        if not files:
-            raise InputError(f"the class folders of {root} ({', '.join(classes)}) hold no files")
-        self.root, self.files, self.classes = root, files, classes
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.size, self.layout, self.channels, self.on_error = size, layout, channels, on_error
+    def __init__(
+        self,
+        files: list[Path],
+        description: str,
+        geometry: Any,
+        layout: str,
+        mode: str,
+        spec: Any,
+        on_error: str,
+        classes: list[str] | None = None,
+        labels: list[int] | None = None,
+        root: Path | None = None,
+    ):
+        self.files, self.classes = files, classes
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self.geometry, self.layout, self.mode, self.spec, self.on_error = geometry, layout, mode, spec, on_error
         self.length = len(files)
         # Paths, sizes and modification times stand for the bytes: hashing every image would
-        # cost a full read of the folder on each run.
-        digest = hashlib.sha256(f"images|{size}|{layout}|{channels}".encode())
+        # cost a full read of the folder on each run. What is done to the pixels counts too.
+        how = {"geometry": geometry.to_dict(), "layout": layout, "mode": mode,
+               "spec": spec.to_dict() if mode == "spec" else None}
+        digest = hashlib.sha256(f"images|{json.dumps(how, sort_keys=True)}".encode())
         for path in files:
             stat = path.stat()
-            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            name = path.relative_to(root) if root is not None else path.absolute()
+            digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         self.fingerprint = digest.hexdigest()
-        self.description = f"{root} ({len(files)} files, {len(classes)} classes)"
+        self.description = description
 
-    def _decode(self, path: Path) -> np.ndarray:
-        from PIL import Image
+    def _batch(self, pixels: np.ndarray) -> np.ndarray:
+        from zoo import images
 
-        with Image.open(path) as image:
-            image = image.convert("L" if self.channels == 1 else "RGB")
-            image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32)
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        return pixels.transpose(2, 0, 1) if self.layout == "NCHW" else pixels
+        if self.mode == "raw":
+            return images.to_layout(pixels, self.layout)
+        pixels = images.to_pixel_range(pixels, self.spec)
+        return pixels if self.mode == "pixels" else images.preprocess(pixels, self.spec)
 
     def chunks(self, start, chunk_size):
+        from zoo.images import load_image
+
         for i in range(start, self.length, chunk_size):
-            images, skipped = [], []
+            decoded, skipped = [], []
             for j, path in enumerate(self.files[i : i + chunk_size], start=i):
                 try:
-                    images.append(self._decode(path))
+                    decoded.append(load_image(path, self.geometry))
                 except Exception as exc:  # Pillow raises many types for a bad file
                     if self.on_error == "raise":
                         raise InputError(
@@ -248,10 +252,15 @@ class _ImageFolderSource(_Source):
                             "or skip unreadable files (on_error='skip', the default; without --strict-images)"
                         ) from None
                     skipped.append({"index": j, "path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
-            shape = (3 if self.channels == 3 else 1, *self.size)
-            if self.layout != "NCHW":
-                shape = (*self.size, shape[0])
-            batch = np.stack(images) if images else np.empty((0, *shape), dtype=np.float32)
+            if decoded and len({d.shape for d in decoded}) > 1:
+                raise InputError(
+                    f"the images from {self.files[i]} on have different sizes and the model's input has no "
+                    "fixed size to resize them to; pass image_size=(height, width)"
+                )
+            if decoded:
+                batch = self._batch(np.stack(decoded))
+            else:
+                batch = np.empty((0,), dtype=np.float32)
             yield i, batch, skipped
 
 
@@ -272,10 +281,13 @@ class _IterableSource(_Source):
             row += len(batch)
 
 
-def _image_geometry(
-    extractor: Any, image_size: tuple[int, int] | None, layout: str | None
-) -> tuple[tuple[int, int], str, int]:
-    """Height/width, layout and channel count for decoding images for this extractor."""
+def _image_source(
+    data: Any, extractor: Any, on_error: str, image_size: tuple[int, int] | None, layout: str | None,
+    preprocess: bool | None,
+) -> _ImageSource:
+    """Image files, with how to size them and whether the cache or the extractor applies the InputSpec."""
+    from zoo import images
+
     spec = getattr(extractor, "input_spec", None)
     shape = list(getattr(spec, "shape", None) or [])
     layout = layout or getattr(spec, "layout", None)
@@ -284,18 +296,37 @@ def _image_geometry(
     layout = layout or "NCHW"
     if layout not in ("NCHW", "NHWC"):
         raise InputError(f"image layout {layout!r} is not one of NCHW, NHWC; pass layout='NCHW' or 'NHWC'")
-    channels = 3
-    if len(shape) == 4:
-        height, width, chans = (shape[2], shape[3], shape[1]) if layout == "NCHW" else shape[1:4]
-        channels = chans if chans in (1, 3) else 3
-        if image_size is None and isinstance(height, int) and isinstance(width, int):
-            image_size = (height, width)
-    if image_size is None:
+    geometry = images.geometry(spec, image_size)
+    if geometry.resize is None and geometry.crop is None:
         raise InputError(
             "the extractor does not say its input image size; pass image_size=(height, width) "
             "(`--image-size H,W`)"
         )
-    return (int(image_size[0]), int(image_size[1])), layout, channels
+    own = getattr(extractor, "preprocess", None)
+    if own is True:
+        mode = "pixels"  # the extractor was loaded with preprocess=True: it applies the spec itself
+    elif own is False or preprocess is False or spec is None:
+        mode = "raw"
+    else:
+        from dataclasses import replace
+
+        mode, spec = "spec", replace(spec, layout=layout)
+    path = Path(data).expanduser() if isinstance(data, (str, os.PathLike)) else None
+    found = images.class_folders(path) if path is not None and path.is_dir() else None
+    if found is not None:
+        classes, files, labels = found
+        description = f"{path} ({len(files)} files, {len(classes)} classes)"
+        return _ImageSource(files, description, geometry, layout, mode, spec, on_error, classes, labels, root=path)
+    files = images.image_files(data)
+    description = f"{path} ({len(files)} images)" if path is not None else f"{len(files)} image files"
+    return _ImageSource(files, description, geometry, layout, mode, spec, on_error,
+                        root=path if path is not None and path.is_dir() else None)
+
+
+def _is_npy(path: Path) -> bool:
+    """A .npy file by its magic bytes, whatever its name."""
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
 
 
 def _whole_file_map(data: Any) -> bool:
@@ -319,17 +350,24 @@ def _source(
     on_error: str,
     image_size: tuple[int, int] | None,
     layout: str | None,
+    preprocess: bool | None = None,
 ) -> _Source:
+    from zoo.images import is_image_input
+
     if on_error not in ("skip", "raise"):
         raise InputError(f"on_error={on_error!r} is not one of 'skip', 'raise'")
     if isinstance(data, (str, os.PathLike)):
         path = Path(data).expanduser()
-        if path.is_dir():
-            size, layout, channels = _image_geometry(extractor, image_size, layout)
-            return _ImageFolderSource(path, size, layout, channels, on_error)
-        if path.is_file():
+        if path.is_file() and path.suffix.lower() == ".npy" or path.is_file() and _is_npy(path):
             return _NpyFileSource(path)
-        raise InputError(f"{path} does not exist; give a .npy file or an image folder with one sub-folder per class")
+        if path.is_dir() or path.is_file():
+            return _image_source(path, extractor, on_error, image_size, layout, preprocess)
+        raise InputError(
+            f"{path} does not exist; give a .npy file, an image file, a folder of images or a folder "
+            "with one sub-folder per class"
+        )
+    if is_image_input(data):  # a list of image paths
+        return _image_source(data, extractor, on_error, image_size, layout, preprocess)
     if _whole_file_map(data):
         # np.load(path, mmap_mode="r"): read the file instead, so RAM stays bounded (see above)
         return _NpyFileSource(Path(data.filename), (data.shape, data.dtype, data.offset))
@@ -413,9 +451,10 @@ class FeatureCache:
         key: str | None = None,
         image_size: tuple[int, int] | None = None,
         layout: str | None = None,
+        preprocess: bool | None = None,
     ) -> str:
         """The cache key of `data` through `extractor` (both fingerprints, hashed)."""
-        source = _source(data, extractor, key, "skip", image_size, layout)
+        source = _source(data, extractor, key, "skip", image_size, layout, preprocess)
         return self._key(_fingerprint(extractor), source.fingerprint)
 
     def entries(self) -> list[CacheEntry]:
@@ -492,13 +531,18 @@ class FeatureCache:
         on_error: str = "skip",
         image_size: tuple[int, int] | None = None,
         layout: str | None = None,
+        preprocess: bool | None = None,
     ) -> CachedFeatures:
-        """Features of `data` through `extractor`: reused when cached, else computed (or resumed)."""
+        """Features of `data` through `extractor`: reused when cached, else computed (or resumed).
+
+        Image files get the extractor's InputSpec (resize, crop, channel order, mean/std...)
+        unless ``preprocess=False`` (or the extractor was loaded with ``preprocess=False``).
+        """
         import filelock
 
         if chunk_size < 1:
             raise InputError(f"chunk_size={chunk_size} must be at least 1")
-        source = _source(data, extractor, key, on_error, image_size, layout)
+        source = _source(data, extractor, key, on_error, image_size, layout, preprocess)
         extractor_fp = _fingerprint(extractor)
         name = self._key(extractor_fp, source.fingerprint)
         folder = self.root / name
@@ -728,11 +772,14 @@ def extract_features(
     on_error: str = "skip",
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
+    preprocess: bool | None = None,
 ) -> CachedFeatures:
     """Features of `data` through `extractor`, with labels and skipped files for an image folder.
 
-    `data` is a numpy array, a ``.npy`` path, an image folder with one sub-folder per class, or
-    an iterable of batches (then `key` names its content). See :func:`cache_features`.
+    `data` is a numpy array, a ``.npy`` path, image files (a folder with one sub-folder per
+    class, a flat folder, one file or a list of paths: they get the model's InputSpec unless
+    ``preprocess=False``), or an iterable of batches (then `key` names its content). See
+    :func:`cache_features`.
     """
     return FeatureCache(cache_dir).features(
         extractor,
@@ -743,6 +790,7 @@ def extract_features(
         on_error=on_error,
         image_size=image_size,
         layout=layout,
+        preprocess=preprocess,
     )
 
 
@@ -757,6 +805,7 @@ def cache_features(
     on_error: str = "skip",
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
+    preprocess: bool | None = None,
 ) -> np.ndarray:
     """Run `data` through a frozen `extractor` once; later calls (any process) reuse the result.
 
@@ -778,6 +827,7 @@ def cache_features(
         on_error=on_error,
         image_size=image_size,
         layout=layout,
+        preprocess=preprocess,
     ).features
 
 
@@ -792,6 +842,7 @@ def save_features(
     on_error: str = "skip",
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
+    preprocess: bool | None = None,
 ) -> CachedFeatures:
     """`zoo extract`'s one call: cache the features, then copy them to `output` (.npy) in chunks."""
     result = extract_features(
@@ -803,6 +854,7 @@ def save_features(
         on_error=on_error,
         image_size=image_size,
         layout=layout,
+        preprocess=preprocess,
     )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ ENTRY_FIELDS = ("name", "framework", *_TEXT_FIELDS, "tags", "input", "parameters
 FILE_FIELDS = ("role", "filename", "url", "urls", "size", *CHECKSUM_ALGOS, "checksum", "extract",
                "members", "note", "manual", "meta")
 INPUT_FIELDS = ("name", "shape", "dtype", "layout", "mean", "std", "scale", "channel_order",
-                "pixel_range")
+                "pixel_range", "resize", "crop")
 # File fields that live in Artifact.meta once parsed (and come back out of it when dumped).
 _FILE_META_FIELDS = ("members", "note", "manual")
 
@@ -85,6 +85,7 @@ def _schema() -> dict[str, Any]:
             "meta": {"type": "object"},
         },
     }
+    size_pair = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
     input_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -99,6 +100,9 @@ def _schema() -> dict[str, Any]:
             "channel_order": {"enum": list(CHANNEL_ORDERS)},
             "pixel_range": {"type": "array", "items": {"type": "number"},
                             "minItems": 2, "maxItems": 2},
+            "resize": {"oneOf": [{"type": "integer", "minimum": 1}, size_pair],
+                       "description": "shorter side in pixels, or [height, width]"},
+            "crop": {**size_pair, "description": "centre crop [height, width] after resizing"},
         },
     }
     entry_schema = {
@@ -284,7 +288,23 @@ def _parse_input(where: _Where, data: Any) -> InputSpec:
         scale=None if scale is None else float(scale),
         channel_order=_choice(where, data, "channel_order", CHANNEL_ORDERS),
         pixel_range=_numbers(where, data, "pixel_range", length=2),
+        resize=_size(where, data, "resize", pair_only=False),
+        crop=_size(where, data, "crop", pair_only=True),
     )
+
+
+def _size(where: _Where, data: dict, field: str, pair_only: bool) -> int | list[int] | None:
+    """An image size: [height, width] of positive ints (or one int, the shorter side, for resize)."""
+    value = data.get(field)
+    if value is None:
+        return None
+    positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+    if not pair_only and positive(value):
+        return value
+    if isinstance(value, list) and len(value) == 2 and all(positive(v) for v in value):
+        return list(value)
+    expected = "[height, width] of positive integers" + ("" if pair_only else ", or one integer (the shorter side)")
+    raise where.fail(field, f"is {_show(value)}; expected {expected}")
 
 
 def _safe_relative(path: str) -> bool:

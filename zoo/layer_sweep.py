@@ -151,6 +151,9 @@ def sweep(
     plot: str | os.PathLike | None = None,
     on_error: str = "skip",
     progress: bool = True,
+    preprocess: bool | None = None,
+    pooling: str | None = None,
+    device: str | Sequence[Any] | None = None,
 ) -> SweepResult:
     """Train a new head at each cut layer (and each unfreeze depth) and compare them.
 
@@ -159,15 +162,21 @@ def sweep(
     rows differ only by where the network was cut. ``unfreeze=[0, 1]`` also fine-tunes the top
     layer below each cut, on features cached one cut lower. `validation` and `test` are
     optional ``(data, labels)`` pairs; without `validation`, `val_fraction` of `data` is held out.
+    Image files get the model's InputSpec unless ``preprocess=False`` (see :func:`zoo.train`);
+    ``pooling="avg"|"max"`` pools each 4-D cut over its spatial axes (2-D cuts pass unchanged);
+    `device` picks onnxruntime's device for the frozen layers ("cpu", "cuda:1"...).
 
     >>> result = zoo.sweep("bvlc_alexnet", "x.npy", "y.npy", layers=["fc6", "fc7"], plot="sweep.png")  # doctest: +SKIP
     >>> print(result.table())                                                                          # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
     from zoo.features import extract_features
+    from zoo.pooling import check_pooling
     from zoo.transfer import (
+        _labels_for,
         _load_extractor,
         _load_labels,
+        _pool_module,
         _width,
         fine_tune_parts,
         fit_head,
@@ -179,6 +188,7 @@ def sweep(
         raise InputError("no layers to sweep; give them as layers=['fc6', 'fc7'] (`--layers fc6,fc7`)")
     if any(k < 0 for k in unfreeze) or not unfreeze:
         raise InputError(f"unfreeze={list(unfreeze)} must be depths of 0 or more, e.g. [0, 1]")
+    check_pooling(pooling)
     cat = open_catalog(catalog)
     labels = None if labels is None else _load_labels(labels)
     pairs = {"validation": validation, "test": test}
@@ -196,7 +206,8 @@ def sweep(
                 except InputError as exc:  # too deep for this cut: nothing would stay frozen
                     result.skipped.append(f"{layer} unfreeze={k}: {exc}")
                     continue
-            extractor = _load_extractor(name, cut, cat, cache_dir)
+            extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, device=device,
+                                        pooling=pooling if top is None else None)
             started = time.perf_counter()
             cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
             sets = {
@@ -205,16 +216,16 @@ def sweep(
                 if pair is not None
             }
             cache_seconds = time.perf_counter() - started
-            y = cached.labels if cached.labels is not None else labels
-            if y is None:
-                raise InputError("labels are missing; pass labels (`--labels y.npy`) or an image folder")
+            y = _labels_for(cached, labels)
             features = cached.features
-            width = int(np.prod(features.shape[1:])) if top is None else _width(top, features)
+            pool = None if top is None else _pool_module(pooling, extractor)  # a cut at `layer` pools itself
+            width = int(np.prod(features.shape[1:])) if top is None else _width(
+                top if pool is None else trainable_head(top, pool), features)
             head = make_head(width, len(np.unique(y)), hidden, seed=seed)
             fit = fit_head(
                 features,
                 y,
-                head=head if top is None else trainable_head(top, head),
+                head=head if top is None else trainable_head(top, head, pool),
                 epochs=epochs,
                 batch_size=batch_size,
                 lr=lr,

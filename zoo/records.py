@@ -24,7 +24,8 @@ class InputSpec:
 
     Preprocessing is ``(x * scale - mean) / std`` per channel, after reordering
     channels to ``channel_order``; pixel values are on a 0-255 scale when
-    ``pixel_range`` is ``[0, 255]``.
+    ``pixel_range`` is ``[0, 255]``. Image files are first resized (``resize``: the shorter
+    side, or an exact ``[H, W]``) and centre-cropped (``crop``: ``[H, W]``); see ``zoo.images``.
     """
 
     name: str | None = None
@@ -36,6 +37,8 @@ class InputSpec:
     scale: float | None = None
     channel_order: str | None = None  # "RGB" or "BGR"
     pixel_range: list[float] | None = None
+    resize: int | list[int] | None = None  # shorter side in pixels, or [height, width]
+    crop: list[int] | None = None  # centre crop [height, width], after resizing
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

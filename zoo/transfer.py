@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from zoo.catalog import Catalog
-    from zoo.records import Model
+    from zoo.records import InputSpec, Model
 
 __all__ = [
     "FitResult",
@@ -337,27 +337,39 @@ def _train_loop(
 # Whole models: a frozen base from the extractor plus a head.
 
 
-def trainable_head(top: Any, head: Any):
-    """The unfrozen top layers and the new head, trained together on the cached features."""
+def trainable_head(top: Any, head: Any, pool: Any = None):
+    """The unfrozen top layers, the global pooling (if any) and the new head, trained together on the cache."""
     from collections import OrderedDict
 
     from torch import nn
 
-    return nn.Sequential(OrderedDict(top=top, head=head))
+    parts = OrderedDict(top=top, pool=pool, head=head) if pool is not None else OrderedDict(top=top, head=head)
+    return nn.Sequential(parts)
 
 
-def _compose(base: Any, head: Any):
+def _compose(base: Any, head: Any, pool: Any = None):
     from collections import OrderedDict
 
     from torch import nn
 
+    if pool is not None:
+        return nn.Sequential(OrderedDict(base=base, pool=pool, head=head))
     return nn.Sequential(OrderedDict(base=base, head=head))
 
 
-def _load_extractor(name: str, layer: Any, catalog: Any, cache_dir: Any = None):
+def _pool_module(pooling: str | None, extractor: Any):
+    """The torch module doing the extractor's global pooling, or None without pooling."""
+    if not pooling:
+        return None
+    from zoo.pooling import pool_module
+
+    return pool_module(pooling, getattr(extractor.input_spec, "layout", None))
+
+
+def _load_extractor(name: str, layer: Any, catalog: Any, cache_dir: Any = None, **options: Any):
     from zoo.extract import load_extractor
 
-    return load_extractor(name, layer=layer, catalog=catalog, cache_dir=cache_dir)
+    return load_extractor(name, layer=layer, catalog=catalog, cache_dir=cache_dir, **options)
 
 
 def transfer_model(
@@ -370,10 +382,12 @@ def transfer_model(
     unfreeze: int = 0,
     catalog: str | os.PathLike | Catalog | None = None,
     seed: int = 0,
+    pooling: str | None = None,
 ):
     """A cataloged model cut at `layer`, frozen, with a new head: one ``nn.Module`` to train.
 
-    The result is ``nn.Sequential(base=..., head=...)``. The base's weights are frozen
+    The result is ``nn.Sequential(base=..., head=...)`` (``base, pool, head`` with ``pooling="avg"``
+    or ``"max"``: global pooling of the cut's spatial axes). The base's weights are frozen
     (BatchNorm in eval mode) except its top `unfreeze` parameterised layers; the default
     ``layer=-2`` drops the old output layer, which the head replaces.
 
@@ -383,14 +397,14 @@ def transfer_model(
         raise InputError("give the new head (head=nn.Module) or the number of classes (num_classes=N)")
     if unfreeze < 0:
         raise InputError(f"unfreeze={unfreeze} must be 0 or more layers")
-    extractor = _load_extractor(name, layer, catalog)
+    extractor = _load_extractor(name, layer, catalog, pooling=pooling)
     base = extractor.to_torch()
     if unfreeze:
         base.unfreeze(top=unfreeze)
     if head is None:
         width = int(np.prod([d for d in extractor.output_shape[1:]]))
         head = make_head(width, num_classes, hidden, seed=seed)
-    return _compose(base, head)
+    return _compose(base, head, _pool_module(pooling, extractor))
 
 
 def _sha256(path: Path) -> str:
@@ -448,6 +462,7 @@ def save_model(
     catalog: str | os.PathLike | Catalog | None = None,
     path: str | os.PathLike | None = None,
     layout: str | None = None,
+    input_spec: InputSpec | None = None,
     classes: Sequence[Any] | None = None,
     description: str | None = None,
     meta: dict[str, Any] | None = None,
@@ -457,8 +472,12 @@ def save_model(
     """Export a torch model to ONNX and register it in the catalog as your own model.
 
     The file goes to `path` (default ``<cache>/models/<name>/<name>.onnx``); the catalog entry
-    has framework "onnx", source "local" and one artifact with role "model".
+    has framework "onnx", source "local" and one artifact with role "model". `input_spec` (the
+    base's) keeps its preprocessing (mean, std, resize, crop...) so images reach the new model
+    as they reached the base.
     """
+    from dataclasses import replace as _replace
+
     from zoo.catalog import open_catalog
     from zoo.records import Artifact, InputSpec, Model
 
@@ -479,7 +498,8 @@ def save_model(
         task="classification",
         source="local",
         description=description,
-        input=InputSpec(name="input", shape=[None, *input_shape], dtype="float32", layout=layout),
+        input=_replace(input_spec or InputSpec(), name="input", shape=[None, *input_shape], dtype="float32",
+                       layout=layout or (input_spec.layout if input_spec else None)),
         parameters=int(parameters),
         artifacts=[
             Artifact(
@@ -602,12 +622,21 @@ def train(
     replace: bool = False,
     on_error: str = "skip",
     progress: bool = True,
+    preprocess: bool | None = None,
+    pooling: str | None = None,
+    device: str | Sequence[Any] | None = None,
 ) -> TrainResult:
     """Cache `data` through `name` cut at `layer`, train a head (and the top `unfreeze` layers), save.
 
     The trained model (frozen base + trained layers) is registered as `new_name`, exported to
     ONNX. With ``unfreeze=k`` the features are cached below the top k layers of the base, and
     those layers train with the head on the cached outputs.
+
+    `data` is a .npy path or array (model-ready unless ``preprocess=True``: raw pixels), a folder
+    with one sub-folder per class (its labels), or a flat folder, image file or list of image
+    paths with `labels`; image files get the model's InputSpec unless ``preprocess=False``.
+    ``pooling="avg"|"max"`` pools the cut's spatial axes before the head; `device` runs the
+    frozen layers on an onnxruntime device ("cpu", "cuda", "cuda:1"; see :func:`zoo.load_extractor`).
     """
     from zoo.catalog import open_catalog
     from zoo.features import extract_features
@@ -626,15 +655,21 @@ def train(
     if labels is None and not (isinstance(data, (str, os.PathLike)) and Path(data).is_dir()):
         raise InputError("labels are missing; give one label per row (`--labels y.npy`), or an image folder")
     cut, top = (layer, None) if unfreeze == 0 else fine_tune_parts(name, layer, unfreeze, catalog=cat, cache_dir=cache_dir)
-    extractor = _load_extractor(name, cut, cat, cache_dir)
+    # Pooling belongs to the cut layer: cached features are pooled only when cached at it.
+    extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, device=device,
+                                pooling=pooling if top is None else None)
     cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
     if cached.skipped and progress:
         print(f"skipped {len(cached.skipped)} unreadable files, e.g. {cached.skipped[0]['path']}", file=sys.stderr)
-    if cached.labels is not None:  # an image folder brings its own labels
-        labels = cached.labels
+    labels = _labels_for(cached, labels)
     classes = np.unique(labels)
-    head = make_head(int(np.prod(cached.features.shape[1:])) if top is None else _width(top, cached.features), len(classes), hidden, seed=seed)
-    trainable = head if top is None else trainable_head(top, head)
+    pool = _pool_module(pooling, extractor)
+    if top is None:
+        width = int(np.prod(cached.features.shape[1:]))
+    else:
+        width = _width(top if pool is None else trainable_head(top, pool), cached.features)
+    head = make_head(width, len(classes), hidden, seed=seed)
+    trainable = head if top is None else trainable_head(top, head, pool)
     fit = fit_head(
         cached.features,
         labels,
@@ -647,7 +682,7 @@ def train(
         seed=seed,
         progress=progress,
     )
-    module = _compose(extractor.to_torch(), fit.head)
+    module = _compose(extractor.to_torch(), fit.head, pool if top is None else None)
     input_shape = _input_shape(extractor, data)
     spec = getattr(extractor, "input_spec", None)
     record = save_model(
@@ -656,6 +691,7 @@ def train(
         input_shape=input_shape,
         catalog=cat,
         layout=getattr(spec, "layout", None),
+        input_spec=spec,
         # an image folder's classes are its sub-folder names
         classes=[cached.classes[c] for c in fit.classes] if cached.classes else fit.classes,
         description=f"{name} cut at {layer}, new head trained by zoo",
@@ -663,6 +699,7 @@ def train(
             "base_model": name,
             "layer": layer,
             "unfreeze": unfreeze,
+            **({"pooling": pooling} if pooling else {}),
             "val_accuracy": fit.val_accuracy,
             "best_epoch": fit.best_epoch,
         },
@@ -670,6 +707,24 @@ def train(
         cache_dir=cache_dir,
     )
     return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=cut)
+
+
+def _labels_for(cached: Any, labels: Any) -> np.ndarray:
+    """The labels of the cached rows: a class folder's own, or the given ones minus skipped files."""
+    if cached.labels is not None:
+        return cached.labels
+    if labels is None:
+        raise InputError("labels are missing; give one label per image (`--labels y.npy`), or one sub-folder per class")
+    labels = np.asarray(labels)
+    dropped = [s["index"] for s in cached.skipped]
+    if dropped and len(labels) == len(cached.features) + len(dropped):
+        labels = np.delete(labels, dropped)
+    if len(labels) != len(cached.features):
+        raise InputError(
+            f"{len(labels)} labels for {len(cached.features)} inputs (+{len(dropped)} unreadable); "
+            "give exactly one label per input, in order (a folder's files sorted by name)"
+        )
+    return labels
 
 
 def _width(top: Any, features: np.ndarray) -> int:

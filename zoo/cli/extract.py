@@ -7,6 +7,7 @@ import re
 import click
 
 from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
+from zoo.cli.transfer import device_option, pooling_option, preprocess_option
 from zoo.errors import InputError
 
 
@@ -60,29 +61,34 @@ def _layer_spec(values: tuple[str, ...]):
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
 @click.option("--input", "-i", "input_path", required=True, type=click.Path(exists=True),
-              help="A .npy array of inputs (batch first), or an image folder with a sub-folder per class.")
+              help="A .npy array of inputs (batch first), an image file, a folder of images, or an image "
+                   "folder with a sub-folder per class.")
 @click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the features (.npy; .npz for several layers).")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
-@click.option("--preprocess", is_flag=True, help="Inputs are raw pixels: apply the model's mean/scale/order.")
+@preprocess_option
+@pooling_option
+@device_option
 @json_option
 @catalog_option
 @cache_option
 def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_path: str,
-                    batch_size: int, threads: int | None, preprocess: bool, as_json: bool,
-                    catalog: str | None, cache_dir: str | None) -> None:
+                    batch_size: int, threads: int | None, preprocess: bool | None, pooling: str | None,
+                    device: str | None, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
     """Write the features of an array file at a layer of a model.
 
     \b
     Example:
         zoo extract bvlc_alexnet.caffe --layer fc7 --input images.npy --output fc7.npy
         zoo extract model.onnx --layer -2 -i x.npy -o features.npy --json
+        zoo extract vgg16_notop.keras --layer block5_pool --pooling avg -i photos/ -o vgg.npy
     """
     from zoo.extract import load_extractor
 
     extractor = load_extractor(name, _layer_spec(layer), catalog=catalog, cache_dir=cache_dir,
-                               batch_size=batch_size, threads=threads, preprocess=preprocess)
+                               batch_size=batch_size, threads=threads, preprocess=preprocess,
+                               pooling=pooling, device=device)
     result = {"model": name, "layer": extractor.layer, "input": input_path, "output": output_path,
               "fingerprint": extractor.fingerprint}
     if isinstance(extractor.layer, str):
@@ -90,21 +96,21 @@ def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_p
         from zoo.features import save_features
 
         cached = save_features(extractor, input_path, output_path, cache_dir=cache_dir,
-                               progress=not as_json)
+                               progress=not as_json, preprocess=preprocess)
         shapes = list(cached.features.shape)
         result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
                       reused=cached.reused, skipped=cached.skipped)
         if cached.classes is not None:
             result["classes"] = cached.classes
     else:
-        if os.path.isdir(input_path):
-            raise InputError(f"{input_path} is a folder; several layers at once need a .npy input "
-                             "(or extract one layer at a time)")
-        data = _read_array(input_path)
+        from zoo.images import is_image_input
+
+        # An image file or a flat folder goes in as paths: the extractor decodes and preprocesses them.
+        data = input_path if is_image_input(input_path) else _read_array(input_path)
         features = extractor(data)
         _write_features(output_path, features)
         shapes = {k: list(v.shape) for k, v in features.items()}
-        result.update(rows=len(data), shape=shapes)
+        result.update(rows=len(next(iter(features.values()))), shape=shapes)
     emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
 
 

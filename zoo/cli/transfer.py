@@ -25,11 +25,24 @@ def _ints(option: str, text: str | None, what: str) -> list[int]:
         raise InputError(f"{option} {text!r} is not a list of {what}; give numbers like 0,1") from None
 
 
+# Shared with `zoo extract`: how images and cut outputs are prepared.
+preprocess_option = click.option(
+    "--preprocess/--no-preprocess", default=None,
+    help="Apply the model's input spec (resize + centre crop, channel order, mean/std, layout). Image "
+         "files get it unless --no-preprocess; a .npy only with --preprocess (it then holds raw 0-255 RGB pixels).")
+pooling_option = click.option(
+    "--pooling", type=click.Choice(["avg", "max"]),
+    help="Global average or max pooling of a 4-D cut over its spatial axes (Keras-style).")
+device_option = click.option(
+    "--device", help="onnxruntime device for the frozen layers: cpu, cuda, cuda:1...  [default: cpu]")
+
+
 def _training_options(func):
     """Options shared by `zoo train` and `zoo sweep`."""
     options = [
         click.option("--data", "-d", required=True, type=click.Path(exists=True),
-                     help="Inputs: a .npy array (batch first) or an image folder (one sub-folder per class)."),
+                     help="Inputs: a .npy array (batch first), an image folder (one sub-folder per class), "
+                          "or a flat folder / image file with --labels."),
         click.option("--labels", "-y", type=click.Path(exists=True, dir_okay=False),
                      help="A .npy array of one label per row (not needed for an image folder)."),
         click.option("--hidden", metavar="N,N", help="Hidden layer sizes of the new head, e.g. 256,64."),
@@ -44,6 +57,9 @@ def _training_options(func):
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--strict-images", is_flag=True,
                      help="Stop at the first unreadable image of a folder instead of skipping it."),
+        preprocess_option,
+        pooling_option,
+        device_option,
     ]
     for option in reversed(options):
         func = option(func)
@@ -64,7 +80,8 @@ def _training_options(func):
 @catalog_option
 @cache_option
 def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs, batch_size, lr,
-                  val_fraction, patience, seed, strict_images, replace, as_json, quiet, catalog, cache_dir):
+                  val_fraction, patience, seed, strict_images, preprocess, pooling, device, replace, as_json, quiet,
+                  catalog, cache_dir):
     """Train a new head on NAME cut at a layer; save base + head as your own model (ONNX).
 
     The data go through the frozen layers once (cached, resumable, reused by later runs); the
@@ -75,6 +92,7 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
     Example:
         zoo train bvlc_alexnet.caffe --layer fc7 --data x.npy --labels y.npy --name my-classifier
         zoo train digits04.cnn --layer relu3 --unfreeze 1 --data x.npy --labels y.npy --name mine
+        zoo train resnet50.keras --layer conv5_block3_out --pooling avg --data photos/ --name pets
     """
     from zoo.transfer import train
 
@@ -84,6 +102,7 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
         epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
         patience=patience or None, seed=seed, catalog=catalog, cache_dir=cache_dir,
         replace=replace, on_error="raise" if strict_images else "skip", progress=not quiet,
+        preprocess=preprocess, pooling=pooling, device=device,
     )
     fit = result.fit
     payload = {
@@ -122,8 +141,9 @@ def _no_labels(data: str) -> None:
 
     from zoo.errors import InputError
 
-    if not os.path.isdir(data):
-        raise InputError(f"--labels is missing; give a .npy of one label per row of {data}")
+    if not os.path.isdir(data) or not any(entry.is_dir() for entry in os.scandir(data)):
+        raise InputError(f"--labels is missing; give a .npy of one label per row (or image) of {data}, "
+                         "or a folder with one sub-folder per class")
     return None
 
 
@@ -140,7 +160,8 @@ def _no_labels(data: str) -> None:
 @catalog_option
 @cache_option
 def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs, batch_size, lr,
-                  val_fraction, patience, seed, strict_images, plot, as_json, quiet, catalog, cache_dir):
+                  val_fraction, patience, seed, strict_images, preprocess, pooling, device, plot, as_json, quiet,
+                  catalog, cache_dir):
     """Train a head at each cut layer of NAME and compare validation accuracy and time.
 
     Each cut's features are cached once; every head uses the same seed and validation rows.
@@ -162,6 +183,7 @@ def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs
         hidden=_ints("--hidden", hidden, "layer sizes"), epochs=epochs, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, patience=patience or None, seed=seed, catalog=catalog,
         cache_dir=cache_dir, plot=plot, on_error="raise" if strict_images else "skip", progress=not quiet,
+        preprocess=preprocess, pooling=pooling, device=device,
     )
 
     def text() -> str:
