@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from zoo.catalog import Catalog
 
-__all__ = ["LayerInfo", "layers", "load_extractor", "Extractor", "ExtractorTransformer", "cut"]
+__all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor", "ExtractorTransformer", "cut"]
 
 # Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
 CUT_VERSION = 3
@@ -143,6 +143,30 @@ def layers(
     return list_layers(model, GraphInfo(model))
 
 
+def model_inputs(
+    name_or_onnx_path: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """A model's inputs in graph order: name, dtype, shape and batch axis (None: fed whole).
+
+    >>> [i["name"] for i in model_inputs("text_encoder")]                  # doctest: +SKIP
+    ['input_ids', 'attention_mask']
+    """
+    from zoo.graph import GraphInfo, batch_dim
+
+    source = _source(name_or_onnx_path, catalog, cache_dir)
+    model = _load(source.path)
+    wanted = set(GraphInfo(model).inputs)
+    found = [i for i in model.graph.input if i.name in wanted]
+    shapes = {i.name: _dims(i) for i in found}
+    axes = _batch_axes(shapes, _fixed_batch(model, batch_dim(model)))
+    return [
+        {"name": i.name, "dtype": _np_dtype(i.type.tensor_type.elem_type), "shape": shapes[i.name],
+         "batch_axis": axes[i.name]}
+        for i in found
+    ]
+
+
 def cut(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     """A model computing only `outputs` (tensor names) from the inputs they need; batch axis kept."""
     from zoo.graph import cut as _cut
@@ -217,7 +241,9 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         "source_inputs": list(info.inputs),  # the whole model's: these may be passed and ignored
         "fixed_batch": fixed if isinstance(fixed, int) else None,
         # Said again on every load, not only when the cut is first made.
-        "not_cut_point": chosen[0].name if len(chosen) == 1 and not chosen[0].is_cut_point else None,
+        # A model output (one of several, like a recurrent state) has no layers above it to miss.
+        "not_cut_point": chosen[0].name
+        if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].output not in info.outputs else None,
     }
     # Metadata first, model last: the .onnx file's presence means the pair is complete.
     _write_atomic(meta_path, json.dumps(meta, indent=1).encode())
