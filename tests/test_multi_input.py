@@ -416,3 +416,91 @@ def test_zoo_extract_named_inputs_subprocess(text_model, tmp_path, zoo_cmd):
                           "--input", f"attention_mask={tmp_path / 'ids.npy'}", "--input", f"input_ids={tmp_path / 'ids.npy'}",
                           "--output", str(tmp_path / "f.npy")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr.startswith("error: ") and "given twice" in run.stderr
+
+
+# --- hand-made graphs: unnamed axes, a fixed batch, preprocessing one input of two --------------------
+
+def _save(tmp_path, name, nodes, inputs, outputs, initializers=(), opset=13):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_unnamed_axes_like_silero_vad(tmp_path):
+    """Silero VAD declares input (?, ?), state (2, ?, 128), sr (): the state's free axis is its batch."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from zoo.extract import load_extractor, model_inputs
+
+    path = _save(tmp_path, "vad_like", [
+        helper.make_node("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["input", "sr_f"], ["scaled"]),
+        helper.make_node("ReduceSum", ["scaled", "axes"], ["energy"], keepdims=1),
+        helper.make_node("Add", ["state", "energy"], ["stateN"], name="update"),
+    ], [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, None]),
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, None, 3]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, None, 3])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    assert [(i["name"], i["batch_axis"]) for i in model_inputs(path)] == [("input", 0), ("state", 1), ("sr", None)]
+    extractor = load_extractor(path, "stateN", batch_size=2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7)).astype(np.float32)
+    state = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    got = extractor(input=x, state=state, sr=8000)
+    want = state + (x / 8000).sum(1, keepdims=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_fixed_batch_multi_input_graph_pads_every_batched_input(tmp_path):
+    from onnx import TensorProto, helper
+
+    from zoo.extract import load_extractor
+
+    path = _save(tmp_path, "fixed_two", [
+        helper.make_node("Mul", ["x", "gain"], ["scaled"], name="scale"),
+        helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["scaled", "ids_f"], ["out"], name="shift"),
+    ], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+        helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3]),
+        helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])])
+    extractor = load_extractor(path, "shift")
+    assert extractor.meta["fixed_batch"] == 2 and extractor.batch_axes == {"x": 0, "ids": 0, "gain": None}
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    ids = rng.integers(0, 9, size=(5, 3))
+    np.testing.assert_allclose(extractor(x=x, ids=ids, gain=np.float32(3.0)), x * 3 + ids, rtol=1e-6)
+
+
+def test_preprocessing_applies_to_the_input_the_catalog_describes(tmp_path):
+    from onnx import TensorProto, helper
+
+    from zoo.catalog import open_catalog
+    from zoo.extract import load_extractor
+    from zoo.hashes import file_hash
+    from zoo.records import Artifact, InputSpec, Model
+
+    path = _save(tmp_path, "image_and_gain", [helper.make_node("Mul", ["image", "gain"], ["out"], name="scale")],
+                 [helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+                  helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 2, 2])],
+                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 2, 2])])
+    open_catalog().add_model(Model(
+        name="image_and_gain", framework="onnx",
+        artifacts=[Artifact(role="model", filename=path.name, path=str(path), sha256=file_hash(path))],
+        input=InputSpec(name="image", mean=[10.0, 20.0, 30.0], scale=1.0, layout="NCHW"),
+    ))
+    extractor = load_extractor("image_and_gain", "scale", preprocess=True)
+    assert extractor.input_names == ["gain", "image"] and extractor.input_spec.name == "image"
+    raw = np.random.default_rng(2).integers(0, 256, size=(4, 2, 2, 3)).astype(np.uint8)  # NHWC pixels
+    want = (raw.astype(np.float32) - np.array([10, 20, 30], np.float32)).transpose(0, 3, 1, 2) * 2
+    # the positional array is the catalog's input; the scalar is not preprocessed
+    np.testing.assert_allclose(extractor(raw, gain=2.0), want, rtol=1e-6)
+    with pytest.raises(InputError, match=r"input 'gain' has dtype int64; .* expects float32"):
+        extractor(raw, gain=2)

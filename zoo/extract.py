@@ -235,7 +235,7 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         "layers": [c.name for c in chosen],
         "outputs": outputs,
         "output_shapes": output_shapes,
-        "output_batch_axes": [_output_batch_axis(s, shapes, batch_axes) for s in output_shapes],
+        "output_batch_axes": [_output_batch_axis(s, shapes, batch_axes, fixed) for s in output_shapes],
         "input": inputs_meta[0],  # the first input, kept for readers of single-input cuts
         "inputs": inputs_meta,  # every input the cut depends on, in graph order
         "source_inputs": list(info.inputs),  # the whole model's: these may be passed and ignored
@@ -274,39 +274,52 @@ def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str |
 def _batch_axes(shapes: dict[str, list | None], fixed: int | str | None) -> dict[str, int | None]:
     """Each input's batch axis: where the batch symbol sits, or None for inputs fed whole (a scalar `sr`).
 
-    The batch is the first axis of the first input of rank >= 1. An input that names that symbol
-    elsewhere (a recurrent state (layers, N, hidden)) is batched on that axis; one whose first
-    axis is symbolic too (exporters that name axes per input) on axis 0; a fixed-shape one not at all.
+    The batch is the first axis of the first input whose first axis is not fixed. An input that
+    names that symbol elsewhere (a recurrent state (layers, N, hidden)) is batched on that axis;
+    one whose first axis is symbolic too (exporters that name axes per input) on axis 0; one
+    whose only free axis is further in (Silero VAD's state (2, ?, 128)) on that axis; a
+    fixed-shape one not at all.
     """
     ranked = [dims for dims in shapes.values() if dims]
+    reference = next((dims for dims in ranked if not isinstance(dims[0], int)), ranked[0] if ranked else [])
     if isinstance(fixed, int):
         symbol: int | str | None = fixed
     else:
-        firsts = [dims[0] for dims in ranked if not isinstance(dims[0], int)]
         anywhere = [d for dims in ranked for d in dims if not isinstance(d, int)]
-        symbol = (firsts or anywhere or [None])[0]
+        symbol = reference[0] if reference and not isinstance(reference[0], int) else (anywhere or [None])[0]
+    # Symbols the reference input uses for its other axes (a sequence length) are not the batch.
+    others = {d for d in reference[1:] if isinstance(d, str) and d != symbol}
     axes: dict[str, int | None] = {}
     for name, dims in shapes.items():
+        free = [k for k, d in enumerate(dims or []) if not isinstance(d, int) and d not in others]
         if dims is None:
             axes[name] = 0  # no shape recorded: the usual layout, checked against the array
         elif not dims:
             axes[name] = None
         elif symbol is not None and symbol in dims:
             axes[name] = dims.index(symbol)
-        elif not isinstance(symbol, int) and not isinstance(dims[0], int):
+        elif isinstance(symbol, int):
+            axes[name] = None
+        elif not isinstance(dims[0], int):
             axes[name] = 0
         else:
-            axes[name] = None
+            axes[name] = free[0] if len(free) == 1 else None
     return axes
 
 
-def _output_batch_axis(dims: list | None, shapes: dict[str, list | None], axes: dict[str, int | None]) -> int:
-    """The axis of an output that follows the batch (axis 0 unless the batch symbol sits elsewhere)."""
+def _output_batch_axis(
+    dims: list | None, shapes: dict[str, list | None], axes: dict[str, int | None], fixed: int | str | None
+) -> int:
+    """The axis of an output that follows the batch (axis 0 unless the batch sits elsewhere)."""
     symbols = {shapes[n][a] for n, a in axes.items() if a is not None and shapes[n] and isinstance(shapes[n][a], str)}
-    if dims:
-        for k, d in enumerate(dims):
-            if isinstance(d, str) and d in symbols:
-                return k
+    if not dims:
+        return 0
+    for k, d in enumerate(dims):
+        if isinstance(d, str) and d in symbols:
+            return k
+    free = [k for k, d in enumerate(dims) if not isinstance(d, int)]
+    if not isinstance(fixed, int) and isinstance(dims[0], int) and len(free) == 1:  # unnamed: the only free axis
+        return free[0]
     return 0
 
 
