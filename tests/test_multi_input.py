@@ -216,6 +216,11 @@ def test_text_features_cached_from_arrays_and_npy_files(text_model, tmp_path):
     changed = extract_features(extractor, {"input_ids": ids, "attention_mask": other}, progress=False)
     assert changed.key != first.key and changed.reused is False
     np.testing.assert_allclose(changed.features, _torch_text(module, ids, other), rtol=1e-4, atol=1e-5)
+    # a record array (one field per input) is an array like any other to the cache
+    records = np.zeros(11, dtype=[("input_ids", "i8", (9,)), ("attention_mask", "i8", (9,))])
+    records["input_ids"], records["attention_mask"] = ids, mask
+    as_records = extract_features(extractor, records, chunk_size=4, progress=False)
+    np.testing.assert_allclose(as_records.features, first.features, rtol=1e-6)
     with pytest.raises(InputError, match="disagree on the number of samples: attention_mask has 10, input_ids has 11"):
         extract_features(extractor, {"input_ids": ids, "attention_mask": mask[:10]}, progress=False)
     with pytest.raises(InputError, match=r"input 'attention_mask': .*nope.npy is not a file"):

@@ -356,6 +356,9 @@ def load_extractor(
     own layout, and applies the model's InputSpec: channel order, ``x * scale``, ``- mean``,
     ``/ std`` per channel, then the model's layout.
 
+    A cut that depends on several inputs (a text encoder's ``input_ids`` and ``attention_mask``)
+    takes them by name; inputs of the model it does not depend on are not needed. See `Extractor`.
+
     >>> extractor = load_extractor("bvlc_alexnet.caffe", layer="fc7")     # doctest: +SKIP
     >>> extractor(images).shape                                        # doctest: +SKIP
     (32, 4096)
@@ -506,7 +509,10 @@ class Extractor:
         return _load(self.model_path)
 
     def to_torch(self):
-        """The cut graph as a frozen ``torch.nn.Module`` (``.unfreeze(top=k)`` to fine-tune)."""
+        """The cut graph as a frozen ``torch.nn.Module`` (``.unfreeze(top=k)`` to fine-tune).
+
+        A multi-input cut's module takes its inputs in ``input_names`` order.
+        """
         from zoo.errors import require
 
         require("torch", "torch")
@@ -735,6 +741,11 @@ def _pad(x: np.ndarray, axis: int, size: int) -> np.ndarray:
 
 class _ExtractorTransformerBody:
     """A scikit-learn transformer: `fit` does nothing, `transform` returns flattened features.
+
+    For a model with several inputs, X is a record array with one field per input (one row per
+    sample: ``np.zeros(n, dtype=[("input_ids", "i8", (128,)), ("attention_mask", "i8", (128,))])``),
+    which sklearn's splitters and cross-validation slice like any array; a dict of arrays works
+    in `transform` too. pandas is not needed.
 
     >>> from sklearn.pipeline import make_pipeline                       # doctest: +SKIP
     >>> make_pipeline(ExtractorTransformer("bvlc_alexnet.caffe", layer="fc7"), LogisticRegression())

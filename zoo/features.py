@@ -838,8 +838,10 @@ def extract_features(
 ) -> CachedFeatures:
     """Features of `data` through `extractor`, with labels and skipped files for an image folder.
 
-    `data` is a numpy array, a ``.npy`` path, an image folder with one sub-folder per class, or
-    an iterable of batches (then `key` names its content). See :func:`cache_features`.
+    `data` is a numpy array, a ``.npy`` path, an image folder with one sub-folder per class, an
+    iterable of batches (then `key` names its content), or for a multi-input extractor a dict of
+    named inputs (arrays or ``.npy`` paths; ``{"input_ids": "ids.npy", "attention_mask": mask}``,
+    split along each input's batch axis, scalars fed whole). See :func:`cache_features`.
     """
     return FeatureCache(cache_dir).features(
         extractor,
@@ -870,7 +872,8 @@ def cache_features(
     The features are written chunk by chunk to ``<cache>/features/<key>/features.npy`` and
     returned memory-mapped, so a dataset larger than memory needs only one chunk of RAM. The
     key hashes the extractor's fingerprint (model file, cut, preprocessing) and the data (its
-    bytes; for an image folder its file names, sizes and times). An interrupted run resumes at
+    bytes, every input's for a dict of named inputs; for an image folder its file names, sizes
+    and times). An interrupted run resumes at
     the last chunk on disk.
 
     >>> features = zoo.cache_features(extractor, "train.npy")    # doctest: +SKIP
