@@ -210,6 +210,13 @@ def test_text_features_cached_from_arrays_and_npy_files(text_model, tmp_path):
     again = extract_features(extractor, {"input_ids": tmp_path / "ids.npy", "attention_mask": str(tmp_path / "mask.npy")},
                              progress=False)
     assert again.reused is True and again.key == first.key
+    # files read in chunks give the features of the arrays they hold
+    np.save(tmp_path / "ids10.npy", ids[:10])
+    np.save(tmp_path / "mask10.npy", mask[:10])
+    from_files = extract_features(extractor, {"input_ids": tmp_path / "ids10.npy", "attention_mask": tmp_path / "mask10.npy"},
+                                  chunk_size=3, progress=False)
+    assert from_files.reused is False
+    np.testing.assert_allclose(from_files.features, first.features[:10], rtol=1e-5, atol=1e-6)
     # every input is in the fingerprint: another mask is another entry
     other = mask.copy()
     other[:, -1] = 1
@@ -305,7 +312,7 @@ def test_cut_before_the_state_does_not_need_it(rnn_model):
     np.testing.assert_allclose(extractor(x, sr=8000), x * 0.5, rtol=1e-6)
 
 
-def test_state_output_is_cached_sample_first(rnn_model):
+def test_state_output_is_cached_sample_first(rnn_model, tmp_path):
     from zoo.extract import load_extractor
     from zoo.features import cache_features
 
@@ -315,8 +322,10 @@ def test_state_output_is_cached_sample_first(rnn_model):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(7, 6, 4)).astype(np.float32)
     state = rng.normal(size=(2, 7, 8)).astype(np.float32)
-    features = cache_features(extractor, {"input": x, "state": state, "sr": np.int64(16000)}, chunk_size=3,
-                              progress=False)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "state.npy", state)  # batched on axis 1, in a file
+    features = cache_features(extractor, {"input": tmp_path / "x.npy", "state": tmp_path / "state.npy",
+                                          "sr": np.int64(16000)}, chunk_size=3, progress=False)
     want = _torch_rnn(module, x, state, 16000)[1]
     assert features.shape == (7, 2, 8)  # one row per sample
     np.testing.assert_allclose(features, want.transpose(1, 0, 2), rtol=1e-4, atol=1e-5)

@@ -310,13 +310,12 @@ class _InputsSource(_Source):
         self.inputs: dict[str, tuple[Any, int | None]] = {}
         lengths: dict[str, int] = {}
         digest = hashlib.sha256(b"inputs")
+        self.files: dict[str, _NpyFileSource] = {}  # batch-first files, read with plain reads
         for name in sorted(data):
             value = data[name]
             if isinstance(value, (str, os.PathLike)):
                 value = _load_npy(Path(value).expanduser(), name)
-            elif _whole_file_map(value) or isinstance(value, np.ndarray):
-                pass
-            else:
+            elif not isinstance(value, np.ndarray):
                 value = np.asarray(value)
             if value.dtype.hasobject:
                 raise InputError(f"input {name!r} has dtype {value.dtype}; give a numeric array (e.g. int64 token ids)")
@@ -326,8 +325,14 @@ class _InputsSource(_Source):
             if axis is not None:
                 lengths[name] = value.shape[axis]
             self.inputs[name] = (value, axis)
+            if axis == 0 and len(value) and _whole_file_map(value):
+                # As for a single .npy file: plain reads keep the process's resident size bounded.
+                self.files[name] = _NpyFileSource(Path(value.filename), (value.shape, value.dtype, value.offset))
+                fingerprint = self.files[name].fingerprint
+            else:
+                fingerprint = _array_fingerprint(value)
             # Files hash like the array they hold: a dict of .npy paths and of arrays share a key.
-            digest.update(f"|{name}|{axis}|{_array_fingerprint(value)}".encode())
+            digest.update(f"|{name}|{axis}|{fingerprint}".encode())
         if not lengths:
             raise InputError(
                 f"none of the inputs ({', '.join(sorted(data))}) has a batch axis; give at least one "
@@ -348,13 +353,18 @@ class _InputsSource(_Source):
         )
 
     def chunks(self, start, chunk_size):
+        # Every batched input has the same length, so the file readers' chunks line up.
+        readers = {name: source.chunks(start, chunk_size) for name, source in self.files.items()}
         for i in range(start, self.length, chunk_size):
-            yield i, {
-                name: value if axis is None else np.ascontiguousarray(
-                    value[(slice(None),) * axis + (slice(i, i + chunk_size),)]
-                )
-                for name, (value, axis) in self.inputs.items()
-            }, []
+            batch = {}
+            for name, (value, axis) in self.inputs.items():
+                if name in readers:
+                    batch[name] = next(readers[name])[1]
+                elif axis is None:
+                    batch[name] = value
+                else:
+                    batch[name] = np.ascontiguousarray(value[(slice(None),) * axis + (slice(i, i + chunk_size),)])
+            yield i, batch, []
 
     def rows(self, batch):
         name, axis = next((k, a) for k, (_, a) in self.inputs.items() if a is not None)
@@ -362,7 +372,7 @@ class _InputsSource(_Source):
 
 
 def _load_npy(path: Path, name: str) -> np.ndarray:
-    """One named input's .npy file, memory-mapped (never unpickled)."""
+    """One named input's .npy file, mapped for its header and rows (never unpickled)."""
     if not path.is_file():
         raise InputError(f"input {name!r}: {path} is not a file; give a .npy array saved with numpy.save")
     try:
@@ -785,7 +795,9 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
-def _run(extractor: Any, batch: Any, rows: int) -> np.ndarray:
+def _run(extractor: Any, batch: Any, rows: int | None = None) -> np.ndarray:
+    """Features of one chunk, one flat row per sample; `rows` counts a chunk of named inputs."""
+    rows = len(batch) if rows is None else rows
     out = extractor(batch)
     # An output whose batch is not its first axis (a recurrent state (layers, N, hidden)) is
     # cached batch first, so every row of the cache is one sample.
