@@ -518,3 +518,51 @@ def test_preprocessing_applies_to_the_input_the_catalog_describes(tmp_path):
     np.testing.assert_allclose(extractor(raw, gain=2.0), want, rtol=1e-6)
     with pytest.raises(InputError, match=r"input 'gain' has dtype int64; .* expects float32"):
         extractor(raw, gain=2)
+
+
+# --- a real published architecture: Hugging Face BERT (random weights, no download) -------------------
+
+@pytest.mark.slow
+def test_huggingface_bert_three_inputs_two_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("USE_TF", "0")  # transformers would import tensorflow too
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    import zoo
+    from zoo.extract import layers, load_extractor, model_inputs
+    from zoo.features import extract_features
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    bert = transformers.BertModel(config).eval()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    example = torch.randint(0, 100, (2, 9))
+    path = _export(bert, (example, torch.ones_like(example), torch.zeros_like(example)), tmp_path / "bert.onnx", names,
+                   ["last_hidden_state", "pooler_output"],
+                   {**{k: {0: "batch", 1: "sequence"} for k in [*names, "last_hidden_state"]}, "pooler_output": {0: "batch"}})
+    zoo.add(path, name="bert-tiny")
+    assert [(i["name"], i["batch_axis"]) for i in model_inputs("bert-tiny")] == [(n, 0) for n in names]
+    found = [layer.name for layer in layers("bert-tiny")]
+    assert found[0] == "embeddings.word_embeddings" and found[-1] == "pooler.activation"
+
+    ids, mask = _tokens(5, seq=11, seed=10)
+    segments = (np.arange(11)[None, :] >= 5).astype(np.int64) * mask
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": segments}  # a tokenizer's output
+    with torch.no_grad():
+        want = bert(**{k: torch.from_numpy(v) for k, v in batch.items()})
+    extractor = load_extractor("bert-tiny", ["encoder.layer.1.output.LayerNorm", "pooler.activation"], batch_size=2)
+    assert extractor.input_names == names
+    got = extractor(batch)
+    assert set(got) == {"encoder.layer.1.output.LayerNorm", "pooler.activation"}
+    np.testing.assert_allclose(got["encoder.layer.1.output.LayerNorm"], want.last_hidden_state.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["pooler.activation"], want.pooler_output.numpy(), rtol=1e-4, atol=1e-4)
+    # the word embeddings need the token ids only; the rest of a tokenizer's output is left out
+    with pytest.warns(UserWarning, match="not a cut point"):  # positions and segments join above it
+        words = load_extractor("bert-tiny", "embeddings.word_embeddings")
+    assert words.input_names == ["input_ids"]
+    np.testing.assert_allclose(words(**batch), bert.embeddings.word_embeddings.weight.detach().numpy()[ids], rtol=1e-6)
+    # pooled features through the cache, in chunks, from the dict
+    pooled = load_extractor("bert-tiny", "pooler.activation")
+    cached = extract_features(pooled, batch, chunk_size=2, progress=False)
+    np.testing.assert_allclose(cached.features, want.pooler_output.numpy(), rtol=1e-4, atol=1e-4)
