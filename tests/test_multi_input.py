@@ -404,12 +404,13 @@ def test_cli_layers_shows_inputs_and_extract_takes_named_inputs(text_model, rnn_
     state = rng.normal(size=(2, 3, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "state.npy", state)
-    result = runner.invoke(cli, ["extract", str(rnn_path), "-l", "output", "-l", "stateN", "-i", f"input={tmp_path / 'x.npy'}",
+    result = runner.invoke(cli, ["extract", str(rnn_path), "-l", "stateN", "-l", "output", "-i", f"input={tmp_path / 'x.npy'}",
                                  "-i", f"state={tmp_path / 'state.npy'}", "-i", "sr=8000", "-o", str(tmp_path / "f.npz"),
                                  "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["shape"] == {"head": [3, 3], "gru": [2, 3, 8]} and report["input"]["sr"] == 8000
+    assert report["rows"] == 3
     want_out, want_state = _torch_rnn(rnn, x, state, 8000)
     with np.load(tmp_path / "f.npz") as archive:
         np.testing.assert_allclose(archive["head"], want_out, rtol=1e-4, atol=1e-5)

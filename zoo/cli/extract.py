@@ -128,7 +128,8 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
             features = extractor(_read_array(input_path))
         _write_features(output_path, features)
         shapes = {k: list(v.shape) for k, v in features.items()}
-        result.update(rows=len(next(iter(features.values()))), shape=shapes)
+        first = next(iter(features))
+        result.update(rows=features[first].shape[extractor.output_batch_axes.get(first, 0)], shape=shapes)
     emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
 
 
