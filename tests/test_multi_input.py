@@ -186,6 +186,8 @@ def test_bad_multi_input_calls_say_what_is_expected(text_model):
         extractor(input_ids=ids.astype(np.float32), attention_mask=mask)
     with pytest.raises(InputError, match=r"disagree on the batch size: input_ids has 4 \(axis 0\), attention_mask has 3"):
         extractor(input_ids=ids, attention_mask=mask[:3])
+    with pytest.raises(InputError, match=r"input 'attention_mask' has 7 along its 'seq' axis but 'input_ids' has 9"):
+        extractor(input_ids=ids, attention_mask=mask[:, :7])
     with pytest.raises(InputError, match="given twice"):
         extractor(ids, input_ids=ids, attention_mask=mask)
     with pytest.raises(InputError, match="not both"):

@@ -595,7 +595,25 @@ class Extractor:
                 f"extractor({', '.join(f'{k}=...' for k in self.input_names)})"
             )
         # Inputs of the whole model that this cut does not depend on are accepted and left out.
-        return {k: self._check(named[k], k) for k in self.input_names}
+        feed = {k: self._check(named[k], k) for k in self.input_names}
+        self._check_shared_axes(feed)
+        return feed
+
+    def _check_shared_axes(self, feed: dict[str, np.ndarray]) -> None:
+        """Axes the graph names alike (token ids' and mask's `seq`) must have one size."""
+        seen: dict[str, tuple[str, int]] = {}
+        for name, x in feed.items():
+            shape, axis = self.input_specs[name].shape or [], self.batch_axes.get(name)
+            for k, d in enumerate(shape):
+                if not isinstance(d, str) or k == axis or k >= x.ndim:
+                    continue
+                if d in seen and seen[d][1] != x.shape[k]:
+                    other, size = seen[d]
+                    raise InputError(
+                        f"input {name!r} has {x.shape[k]} along its {d!r} axis but {other!r} has {size}; "
+                        f"{self.source} needs them equal (pad both to one length)"
+                    )
+                seen.setdefault(d, (name, x.shape[k]))
 
     def _from_records(self, records: np.ndarray) -> dict[str, Any]:
         """A record array (one field per input, one row per sample) as named batches."""
@@ -702,16 +720,7 @@ class Extractor:
         return dict(zip(self.layer, results))
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
-
-        try:
-            return self.session.run(self.meta["outputs"], feed)
-        except InvalidArgument as exc:  # shapes the declared ones allowed but the graph does not
-            message = str(exc).strip().splitlines()[0][:300]
-            raise InputError(
-                f"onnxruntime refused the inputs of {self.source} ({message}); they need "
-                f"{self.describe_inputs()}"
-            ) from None
+        return self.session.run(self.meta["outputs"], feed)
 
 
 def _shown(shape: list | None, axis: int | None) -> str:
