@@ -266,7 +266,8 @@ def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str |
     """
     inits = {t.name for t in model.graph.initializer}
     dims = [_dims(i) for i in model.graph.input if i.name not in inits]
-    if isinstance(first, int) and len(dims) > 1 and any(d is None or not all(isinstance(x, int) for x in d) for d in dims):
+    symbolic = any(d is None or not all(isinstance(x, int) for x in d) for d in dims)
+    if isinstance(first, int) and len(dims) > 1 and symbolic:
         return None
     return first
 
@@ -573,7 +574,9 @@ class Extractor:
 
         if isinstance(x, Mapping) or (isinstance(x, np.ndarray) and x.dtype.names):
             if named:
-                raise InputError("pass the inputs either as one dict (or record array) or as keyword arguments, not both")
+                raise InputError(
+                    "pass the inputs either as one dict (or record array) or as keyword arguments, not both"
+                )
             named, x = (dict(x) if isinstance(x, Mapping) else self._from_records(x)), None
         primary = self.input_spec.name
         if x is not None:

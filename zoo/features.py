@@ -292,7 +292,9 @@ class _IterableSource(_Source):
             axis = self.axes.get(name, 0)
             if axis is not None and value.ndim > axis:
                 return value.shape[axis]
-        raise InputError(f"a batch of inputs ({', '.join(batch)}) has no batch axis; give arrays with one row per sample")
+        raise InputError(
+            f"a batch of inputs ({', '.join(batch)}) has no batch axis; give arrays with one row per sample"
+        )
 
 
 class _InputsSource(_Source):
@@ -378,7 +380,9 @@ def _load_npy(path: Path, name: str) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} (input {name!r}) as a .npy array ({exc}); save it with numpy.save") from None
+        raise InputError(
+            f"cannot read {path} (input {name!r}) as a .npy array ({exc}); save it with numpy.save"
+        ) from None
 
 
 def _image_geometry(
