@@ -246,7 +246,7 @@ def test_macs_count_conv_and_gemm_from_shapes():
     assert macs(cut(model, ["block_a"])) == 384 * 27 + 384 * 54
 
 
-def test_a_cut_that_needs_two_inputs_is_refused(tmp_path):
+def test_a_cut_that_needs_two_inputs_takes_them_by_name(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
@@ -261,9 +261,14 @@ def test_a_cut_that_needs_two_inputs_is_refused(tmp_path):
     )
     path = tmp_path / "two.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    with pytest.raises(InputError, match=r"needs 2 inputs \(x, y\)"):
-        load_extractor(path, "add")
     x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    y = np.array([[1.0, 2.0, 3.0]], np.float32)
+    both = load_extractor(path, "add")
+    assert both.input_names == ["x", "y"]
+    np.testing.assert_array_equal(both(x=x, y=y), np.maximum(x, 0) + y)
+    np.testing.assert_array_equal(both({"x": x, "y": y}), np.maximum(x, 0) + y)
+    with pytest.raises(InputError, match=r"missing input\(s\) y: .* needs x float32 \(N, 3\), y float32 \(N, 3\)"):
+        both(x)
     with pytest.warns(UserWarning, match="not a cut point"):  # y bypasses it
         extractor = load_extractor(path, "relu_x")
     np.testing.assert_array_equal(extractor(x), np.maximum(x, 0))

@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 
     from zoo.catalog import Catalog
 
-__all__ = ["LayerInfo", "layers", "load_extractor", "Extractor", "ExtractorTransformer", "cut"]
+__all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor", "ExtractorTransformer", "cut"]
 
 # Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
-CUT_VERSION = 2
+CUT_VERSION = 3
 
 
 # --- which ONNX file ----------------------------------------------------------------------------
@@ -144,6 +144,30 @@ def layers(
     return list_layers(model, GraphInfo(model))
 
 
+def model_inputs(
+    name_or_onnx_path: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """A model's inputs in graph order: name, dtype, shape and batch axis (None: fed whole).
+
+    >>> [i["name"] for i in model_inputs("text_encoder")]                  # doctest: +SKIP
+    ['input_ids', 'attention_mask']
+    """
+    from zoo.graph import GraphInfo, batch_dim
+
+    source = _source(name_or_onnx_path, catalog, cache_dir)
+    model = _load(source.path)
+    wanted = set(GraphInfo(model).inputs)
+    found = [i for i in model.graph.input if i.name in wanted]
+    shapes = {i.name: _dims(i) for i in found}
+    axes = _batch_axes(shapes, _fixed_batch(model, batch_dim(model)))
+    return [
+        {"name": i.name, "dtype": _np_dtype(i.type.tensor_type.elem_type), "shape": shapes[i.name],
+         "batch_axis": axes[i.name]}
+        for i in found
+    ]
+
+
 def cut(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
     """A model computing only `outputs` (tensor names) from the inputs they need; batch axis kept."""
     from zoo.graph import cut as _cut
@@ -185,38 +209,42 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     chosen = resolve(all_layers, layer, source.label, info)
     outputs = [c.output for c in chosen]
     sub = _cut(model, outputs, info)
-    fixed = batch_dim(sub)
+    fixed = _fixed_batch(sub, batch_dim(sub))
     if isinstance(fixed, int):
         dynamic = make_batch_dynamic(sub)
         if dynamic is not None:
             sub, fixed = dynamic, None
     sub_info = GraphInfo(sub)
     data_inputs = [i for i in sub.graph.input if i.name in sub_info.inputs]
-    if len(data_inputs) != 1:
-        # Only a model with several inputs gets here (constants were refused when resolving).
-        raise InputError(
-            f"the cut at {layer!r} of {source.label} needs {len(data_inputs)} inputs "
-            f"({', '.join(i.name for i in data_inputs)}); an extractor feeds one array: cut at a "
-            f"layer that depends on one input only (see `zoo layers {source.label}`)"
-        )
-    inp = data_inputs[0]
-    input_meta = {
-        "name": inp.name,
-        "shape": _dims(inp),
-        "dtype": _np_dtype(inp.type.tensor_type.elem_type),
-    }
+    # Constants were refused when resolving, so a cut depends on at least one input.
+    shapes = {i.name: _dims(i) for i in data_inputs}
+    batch_axes = _batch_axes(shapes, fixed)
+    inputs_meta = [
+        {
+            "name": i.name,
+            "shape": shapes[i.name],
+            "dtype": _np_dtype(i.type.tensor_type.elem_type),
+            "batch_axis": batch_axes[i.name],
+        }
+        for i in data_inputs
+    ]
+    output_shapes = [_dims(o) for o in sub.graph.output]
     meta = {
         "version": CUT_VERSION,
         "source_sha256": source.sha256,
         "spec": layer if isinstance(layer, (str, int)) else list(layer),
         "layers": [c.name for c in chosen],
         "outputs": outputs,
-        "output_shapes": [_dims(o) for o in sub.graph.output],
-        "input": input_meta,
-        "inputs": len(sub_info.inputs),
+        "output_shapes": output_shapes,
+        "output_batch_axes": [_output_batch_axis(s, shapes, batch_axes, fixed) for s in output_shapes],
+        "input": inputs_meta[0],  # the first input, kept for readers of single-input cuts
+        "inputs": inputs_meta,  # every input the cut depends on, in graph order
+        "source_inputs": list(info.inputs),  # the whole model's: these may be passed and ignored
         "fixed_batch": fixed if isinstance(fixed, int) else None,
         # Said again on every load, not only when the cut is first made.
-        "not_cut_point": chosen[0].name if len(chosen) == 1 and not chosen[0].is_cut_point else None,
+        # A model output (one of several, like a recurrent state) has no layers above it to miss.
+        "not_cut_point": chosen[0].name
+        if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].output not in info.outputs else None,
     }
     # Metadata first, model last: the .onnx file's presence means the pair is complete.
     _write_atomic(meta_path, json.dumps(meta, indent=1).encode())
@@ -229,6 +257,72 @@ def _dims(value_info) -> list[int | str | None] | None:
     if not tt.HasField("shape"):
         return None
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str | None:
+    """The first input's batch size when the graph fixes it; None when a symbolic axis is the batch.
+
+    With several inputs a fixed first axis may be something else (a state's number of layers)
+    while the batch is a symbolic axis further in.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    dims = [_dims(i) for i in model.graph.input if i.name not in inits]
+    symbolic = any(d is None or not all(isinstance(x, int) for x in d) for d in dims)
+    if isinstance(first, int) and len(dims) > 1 and symbolic:
+        return None
+    return first
+
+
+def _batch_axes(shapes: dict[str, list | None], fixed: int | str | None) -> dict[str, int | None]:
+    """Each input's batch axis: where the batch symbol sits, or None for inputs fed whole (a scalar `sr`).
+
+    The batch is the first axis of the first input whose first axis is not fixed. An input that
+    names that symbol elsewhere (a recurrent state (layers, N, hidden)) is batched on that axis;
+    one whose first axis is symbolic too (exporters that name axes per input) on axis 0; one
+    whose only free axis is further in (Silero VAD's state (2, ?, 128)) on that axis; a
+    fixed-shape one not at all.
+    """
+    ranked = [dims for dims in shapes.values() if dims]
+    reference = next((dims for dims in ranked if not isinstance(dims[0], int)), ranked[0] if ranked else [])
+    if isinstance(fixed, int):
+        symbol: int | str | None = fixed
+    else:
+        anywhere = [d for dims in ranked for d in dims if not isinstance(d, int)]
+        symbol = reference[0] if reference and not isinstance(reference[0], int) else (anywhere or [None])[0]
+    # Symbols the reference input uses for its other axes (a sequence length) are not the batch.
+    others = {d for d in reference[1:] if isinstance(d, str) and d != symbol}
+    axes: dict[str, int | None] = {}
+    for name, dims in shapes.items():
+        free = [k for k, d in enumerate(dims or []) if not isinstance(d, int) and d not in others]
+        if dims is None:
+            axes[name] = 0  # no shape recorded: the usual layout, checked against the array
+        elif not dims:
+            axes[name] = None
+        elif symbol is not None and symbol in dims:
+            axes[name] = dims.index(symbol)
+        elif isinstance(symbol, int):
+            axes[name] = None
+        elif not isinstance(dims[0], int):
+            axes[name] = 0
+        else:
+            axes[name] = free[0] if len(free) == 1 else None
+    return axes
+
+
+def _output_batch_axis(
+    dims: list | None, shapes: dict[str, list | None], axes: dict[str, int | None], fixed: int | str | None
+) -> int:
+    """The axis of an output that follows the batch (axis 0 unless the batch sits elsewhere)."""
+    symbols = {shapes[n][a] for n, a in axes.items() if a is not None and shapes[n] and isinstance(shapes[n][a], str)}
+    if not dims:
+        return 0
+    for k, d in enumerate(dims):
+        if isinstance(d, str) and d in symbols:
+            return k
+    free = [k for k, d in enumerate(dims) if not isinstance(d, int)]
+    if not isinstance(fixed, int) and isinstance(dims[0], int) and len(free) == 1:  # unnamed: the only free axis
+        return free[0]
+    return 0
 
 
 def _np_dtype(elem_type: int) -> str:
@@ -271,6 +365,9 @@ def load_extractor(
     ``pooling="avg"`` or ``"max"`` pools a 4-D cut output over its spatial axes (as Keras's
     ``pooling=``), giving (N, C) in either layout; 2-D outputs pass unchanged. ``device`` picks
     onnxruntime's execution providers: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a providers list.
+
+    A cut that depends on several inputs (a text encoder's ``input_ids`` and ``attention_mask``)
+    takes them by name; inputs of the model it does not depend on are not needed. See `Extractor`.
 
     >>> extractor = load_extractor("bvlc_alexnet.caffe", layer="fc7")     # doctest: +SKIP
     >>> extractor(images).shape                                        # doctest: +SKIP
@@ -370,6 +467,11 @@ class Extractor:
     Attributes: ``layer`` (a name, or a list for several), ``input_spec``, ``output_shape`` (batch
     axis None; a dict for several layers), ``model_path`` (the cut .onnx) and ``fingerprint``
     (changes whenever the outputs would: model file, cut, preprocessing).
+
+    A cut that depends on several inputs (token ids and an attention mask; audio, a recurrent
+    state and a sample rate) lists them in ``input_names``, each with an ``input_specs`` entry
+    and a ``batch_axes`` entry (None for an input fed whole with every batch, like a scalar
+    ``sr``). ``input_spec`` is the one the catalog's preprocessing applies to.
     """
 
     def __init__(
@@ -395,15 +497,31 @@ class Extractor:
         # None: image files get the InputSpec, arrays are model-ready; True: arrays are raw pixels too.
         self.preprocess = None if preprocess is None else bool(preprocess)
         self.pooling = check_pooling(pooling)
-        inp = meta["input"]
-        shape = list(inp["shape"] or [])
-        if shape:
-            shape[0] = None
-        if layout is None and len(shape) == 4:
-            layout = "NCHW" if shape[1] in (1, 3) else "NHWC" if shape[3] in (1, 3) else None
-        self.input_spec = replace(spec or InputSpec(), name=inp["name"], shape=shape, dtype=inp["dtype"], layout=layout)
+        # Cuts made before multi-input support list one input; its batch is axis 0.
+        inputs = meta["inputs"] if isinstance(meta.get("inputs"), list) else [{**meta["input"], "batch_axis": 0}]
+        self.input_names: list[str] = [i["name"] for i in inputs]
+        self.batch_axes: dict[str, int | None] = {i["name"]: i["batch_axis"] for i in inputs}
+        # The catalog's InputSpec (mean, std, layout) describes one input: the one it names, else the first.
+        primary = spec.name if spec is not None and spec.name in self.batch_axes else self.input_names[0]
+        self.input_specs: dict[str, InputSpec] = {}
+        for inp in inputs:
+            shape = None if inp["shape"] is None else list(inp["shape"])
+            if shape and inp["batch_axis"] is not None:
+                shape[inp["batch_axis"]] = None
+            if inp["name"] != primary:
+                self.input_specs[inp["name"]] = InputSpec(name=inp["name"], shape=shape, dtype=inp["dtype"])
+                continue
+            if layout is None and shape and len(shape) == 4:
+                layout = "NCHW" if shape[1] in (1, 3) else "NHWC" if shape[3] in (1, 3) else None
+            self.input_specs[inp["name"]] = replace(
+                spec or InputSpec(), name=inp["name"], shape=shape, dtype=inp["dtype"], layout=layout
+            )
+        self.input_spec = self.input_specs[primary]
         names = meta["layers"]
-        shapes = [None if s is None else tuple([None, *s[1:]]) for s in meta["output_shapes"]]
+        axes = meta.get("output_batch_axes") or [0] * len(names)
+        self.output_batch_axes: dict[str, int] = dict(zip(names, axes))
+        shapes = [None if s is None else tuple(None if k == a else d for k, d in enumerate(s))
+                  for s, a in zip(meta["output_shapes"], axes)]
         self.layer: str | list[str] = names[0] if len(names) == 1 else list(names)
         if self.pooling:
             shapes = [pooled_shape(s, layout, n) for s, n in zip(shapes, names)]
@@ -460,7 +578,10 @@ class Extractor:
         return _load(self.model_path)
 
     def to_torch(self):
-        """The cut graph as a frozen ``torch.nn.Module`` (``.unfreeze(top=k)`` to fine-tune)."""
+        """The cut graph as a frozen ``torch.nn.Module`` (``.unfreeze(top=k)`` to fine-tune).
+
+        A multi-input cut's module takes its inputs in ``input_names`` order.
+        """
         from zoo.errors import require
 
         require("torch", "torch")
@@ -481,39 +602,128 @@ class Extractor:
             return _images.to_layout(pixels, self.input_spec.layout)
         return _images.preprocess(pixels, self.input_spec)
 
-    def _check(self, x: Any, raw: bool | None = None) -> np.ndarray:
+    def _check(self, x: Any, name: str | None = None, raw: bool | None = None) -> np.ndarray:
         import numpy as np
 
         raw = self.preprocess is True if raw is None else raw
         x = np.asarray(x)
-        spec = self.input_spec
+        spec = self.input_specs[name] if name else self.input_spec
+        axis = self.batch_axes.get(spec.name, 0)
+        what = "input" if len(self.input_names) == 1 else f"input {spec.name!r}"
         expected = [d if isinstance(d, int) else None for d in (spec.shape or [])]
-        shown = "(" + ", ".join("N" if i == 0 else (str(d) if d else "?") for i, d in enumerate(expected)) + ")"
+        shown = _shown(spec.shape, axis)
         if x.dtype.kind not in "fiub":
             raise InputError(
-                f"input has dtype {x.dtype}; {self.source} expects numbers ({spec.dtype}) of shape {shown}"
+                f"{what} has dtype {x.dtype}; {self.source} expects numbers ({spec.dtype}) of shape {shown}"
             )
-        if raw:
+        if raw and spec is self.input_spec:
             x = self._preprocess(x)
         want = np.dtype(spec.dtype)
         if x.dtype != want:
             # Any float precision is accepted and cast; integers only with preprocess (pixels).
             if want.kind == "f" and x.dtype.kind != "f":
                 raise InputError(
-                    f"input has dtype {x.dtype}; {self.source} expects {spec.dtype} values of shape "
+                    f"{what} has dtype {x.dtype}; {self.source} expects {spec.dtype} values of shape "
                     f"{shown}; convert with x.astype('{spec.dtype}') (or pass preprocess=True for 0-255 pixels)"
                 )
-            x = x.astype(want)
-        if expected:
-            if x.ndim != len(expected) or any(
-                d is not None and d != n for d, n in zip(expected[1:], x.shape[1:])
-            ):
-                hint = " (add a batch axis: x[None])" if x.ndim == len(expected) - 1 else ""
+            # Integer inputs (token ids, masks, a sample rate) take any integers, never rounded floats.
+            if want.kind in "iub" and x.dtype.kind == "f":
                 raise InputError(
-                    f"input has shape {tuple(x.shape)}; {self.source} expects {shown} in {spec.layout or 'its'} "
+                    f"{what} has dtype {x.dtype}; {self.source} expects integers ({spec.dtype}) of shape "
+                    f"{shown}; convert with x.astype('{spec.dtype}')"
+                )
+            x = x.astype(want)
+        if spec.shape is not None and not expected and x.ndim and x.size == 1:
+            x = x.reshape(())  # a scalar input (a sample rate) given as [16000]
+        if spec.shape is not None:
+            if x.ndim != len(expected) or any(
+                d is not None and d != n for k, (d, n) in enumerate(zip(expected, x.shape)) if k != axis
+            ):
+                hint = " (add a batch axis: x[None])" if axis == 0 and x.ndim == len(expected) - 1 else ""
+                raise InputError(
+                    f"{what} has shape {tuple(x.shape)}; {self.source} expects {shown} in {spec.layout or 'its'} "
                     f"layout{hint}"
                 )
         return np.ascontiguousarray(x)
+
+    def _feed(self, x: Any, named: dict[str, Any], raw: bool | None = None) -> dict[str, np.ndarray]:
+        """The checked inputs of one call: a positional array, a dict, a record array or keywords."""
+        from collections.abc import Mapping
+
+        import numpy as np
+
+        if isinstance(x, Mapping) or (isinstance(x, np.ndarray) and x.dtype.names):
+            if named:
+                raise InputError(
+                    "pass the inputs either as one dict (or record array) or as keyword arguments, not both"
+                )
+            named, x = (dict(x) if isinstance(x, Mapping) else self._from_records(x)), None
+        primary = self.input_spec.name
+        if x is not None:
+            if primary in named:
+                raise InputError(f"input {primary!r} is given twice: positionally and by name; pass it once")
+            named = {primary: x, **named}
+        known = set(self.meta.get("source_inputs") or self.input_names)
+        unknown = [k for k in named if k not in known]
+        if unknown:
+            raise InputError(
+                f"{self.source} has no input named {', '.join(map(repr, unknown))}; it takes "
+                f"{self.describe_inputs()} (see `zoo layers {self.source}`)"
+            )
+        missing = [k for k in self.input_names if k not in named]
+        if missing:
+            raise InputError(
+                f"missing input(s) {', '.join(missing)}: the cut at {self.layer!r} of {self.source} needs "
+                f"{self.describe_inputs()}; pass a dict {{name: array}} or keyword arguments, e.g. "
+                f"extractor({', '.join(f'{k}=...' for k in self.input_names)})"
+            )
+        # Inputs of the whole model that this cut does not depend on are accepted and left out.
+        feed = {k: self._check(named[k], k, raw) for k in self.input_names}
+        self._check_shared_axes(feed)
+        return feed
+
+    def _check_shared_axes(self, feed: dict[str, np.ndarray]) -> None:
+        """Axes the graph names alike (token ids' and mask's `seq`) must have one size."""
+        seen: dict[str, tuple[str, int]] = {}
+        for name, x in feed.items():
+            shape, axis = self.input_specs[name].shape or [], self.batch_axes.get(name)
+            for k, d in enumerate(shape):
+                if not isinstance(d, str) or k == axis or k >= x.ndim:
+                    continue
+                if d in seen and seen[d][1] != x.shape[k]:
+                    other, size = seen[d]
+                    raise InputError(
+                        f"input {name!r} has {x.shape[k]} along its {d!r} axis but {other!r} has {size}; "
+                        f"{self.source} needs them equal (pad both to one length)"
+                    )
+                seen.setdefault(d, (name, x.shape[k]))
+
+    def _from_records(self, records: np.ndarray) -> dict[str, Any]:
+        """A record array (one field per input, one row per sample) as named batches."""
+        import numpy as np
+
+        named: dict[str, Any] = {}
+        for name in records.dtype.names:
+            value = records[name]
+            axis = self.batch_axes.get(name, 0)
+            if axis is None:  # fed whole: every row must carry the same value
+                if len(value) and not (value == value[:1]).all():
+                    raise InputError(
+                        f"field {name!r} varies between rows, but {self.source} takes one {name} for "
+                        f"the whole batch; split the rows by {name}"
+                    )
+                value = value[0] if len(value) else value
+            elif axis:
+                value = np.moveaxis(value, 0, axis)  # rows -> the batch axis the model wants
+            named[name] = value
+        return named
+
+    def describe_inputs(self) -> str:
+        """The inputs the cut needs, as 'input_ids int64 (N, seq), attention_mask int64 (N, seq)'."""
+        return ", ".join(
+            f"{name} {spec.dtype} {_shown(spec.shape, self.batch_axes.get(name))}"
+            for name, spec in self.input_specs.items()
+        )
 
     def _preprocess(self, x: np.ndarray) -> np.ndarray:
         """Raw RGB pixels -> the model's input: size, channel order, scale, mean, std, layout."""
@@ -521,43 +731,82 @@ class Extractor:
 
         return preprocess(x, self.input_spec)
 
-    def __call__(self, x: Any) -> np.ndarray | dict[str, np.ndarray]:
-        """Features of a batch (or of image files): an array, or a dict layer -> array when cut at several layers."""
+    def __call__(self, x: Any = None, /, **inputs: Any) -> np.ndarray | dict[str, np.ndarray]:
+        """Features of a batch (or of image files): an array, or a dict layer -> array when cut at several layers.
+
+        A cut that depends on several inputs takes them by name, as a dict, a record array (one
+        field per input) or keyword arguments: ``extractor(input_ids=ids, attention_mask=mask)``;
+        a positional array is ``input_spec.name``'s. Batches are split along the batch axis every
+        batched input shares; inputs without one (a scalar ``sr``) go whole with every batch.
+        """
         import numpy as np
 
         from zoo.images import is_image_input
 
-        x = self._check(self.load_images(x), raw=False) if is_image_input(x) else self._check(x)
-        session = self.session
-        name = self.meta["input"]["name"]
-        outputs = self.meta["outputs"]
+        if x is not None and is_image_input(x):  # files: decoded, sized and given the InputSpec here
+            feed = self._feed(self.load_images(x), inputs, raw=False)
+        else:
+            feed = self._feed(x, inputs)
         fixed = self.meta.get("fixed_batch")
         step = fixed or self.batch_size
-        n = len(x)
-        if n == step or (fixed is None and n <= step):
-            results = session.run(outputs, {name: x})
+        batched = {k: a for k, a in self.batch_axes.items() if a is not None and feed[k].ndim > a}
+        sizes = {k: feed[k].shape[a] for k, a in batched.items()}
+        if len(set(sizes.values())) > 1:
+            raise InputError(
+                "the inputs disagree on the batch size: "
+                + ", ".join(f"{k} has {n} (axis {batched[k]})" for k, n in sizes.items())
+                + "; give every input the same number of samples"
+            )
+        n = next(iter(sizes.values()), None)
+        out_axes = [self.output_batch_axes.get(name, 0) for name in self.meta["layers"]]
+        if n is None or n == step or (fixed is None and n <= step):
+            results = self._run(feed)
         else:
             parts: list[list[np.ndarray]] = []
             for start in range(0, n, step):
-                chunk = x[start:start + step]
-                if fixed and len(chunk) < fixed:  # a fixed-batch graph takes only full batches
-                    pad = np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)
-                    got = session.run(outputs, {name: np.concatenate([chunk, pad])})
-                    got = [g[: len(chunk)] for g in got]
+                chunk = {k: _take(v, batched[k], start, start + step) if k in batched else v for k, v in feed.items()}
+                rows = min(step, n - start)
+                if fixed and rows < fixed:  # a fixed-batch graph takes only full batches
+                    chunk = {k: _pad(v, batched[k], fixed) if k in batched else v for k, v in chunk.items()}
+                    got = [_take(g, a, 0, rows) for g, a in zip(self._run(chunk), out_axes)]
                 else:
-                    got = session.run(outputs, {name: chunk})
+                    got = self._run(chunk)
                 parts.append(got)
             if not parts:
-                results = [np.zeros((0, *(d if isinstance(d, int) else 0 for d in (s or [0])[1:])), np.float32)
-                           for s in self.meta["output_shapes"]]
+                results = [np.zeros(tuple(0 if k == a else (d if isinstance(d, int) else 0)
+                                          for k, d in enumerate(s or [0])), np.float32)
+                           for s, a in zip(self.meta["output_shapes"], out_axes)]
             else:
-                results = [np.concatenate([p[i] for p in parts]) for i in range(len(outputs))]
+                results = [np.concatenate([p[i] for p in parts], axis=out_axes[i]) for i in range(len(out_axes))]
         if self.pooling:
             names = self.layer if isinstance(self.layer, list) else [self.layer]
             results = [pool(r, self.pooling, self.input_spec.layout, n) for r, n in zip(results, names)]
-        if len(outputs) == 1:
+        if len(results) == 1:
             return results[0]
         return dict(zip(self.layer, results))
+
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.meta["outputs"], feed)
+
+
+def _shown(shape: list | None, axis: int | None) -> str:
+    """A shape as users read it: the batch axis as N, unknown axes as ? (symbols by name)."""
+    if shape is None:
+        return "(?)"
+    return "(" + ", ".join("N" if k == axis else (str(d) if d else "?") for k, d in enumerate(shape)) + ")"
+
+
+def _take(x: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    return x[(slice(None),) * axis + (slice(start, stop),)]
+
+
+def _pad(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """`x` padded with zeros along `axis` to `size` (zeros are valid ids and masks too)."""
+    import numpy as np
+
+    shape = list(x.shape)
+    shape[axis] = size - x.shape[axis]
+    return np.concatenate([x, np.zeros(shape, x.dtype)], axis=axis)
 
 
 # --- scikit-learn ---------------------------------------------------------------------------------
@@ -567,6 +816,11 @@ class Extractor:
 
 class _ExtractorTransformerBody:
     """A scikit-learn transformer: `fit` does nothing, `transform` returns flattened features.
+
+    For a model with several inputs, X is a record array with one field per input (one row per
+    sample: ``np.zeros(n, dtype=[("input_ids", "i8", (128,)), ("attention_mask", "i8", (128,))])``),
+    which sklearn's splitters and cross-validation slice like any array; a dict of arrays works
+    in `transform` too. pandas is not needed.
 
     >>> from sklearn.pipeline import make_pipeline                       # doctest: +SKIP
     >>> make_pipeline(ExtractorTransformer("bvlc_alexnet.caffe", layer="fc7"), LogisticRegression())

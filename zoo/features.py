@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -110,6 +110,10 @@ class _Source:
     def chunks(self, start: int, chunk_size: int) -> Iterator[tuple[int, np.ndarray, list[dict]]]:
         raise NotImplementedError
 
+    def rows(self, batch: Any) -> int:
+        """Samples in one chunk (a chunk of named inputs counts along their batch axis)."""
+        return len(batch)
+
 
 class _ArraySource(_Source):
     """An array already in memory (or any array-like numpy can slice)."""
@@ -121,16 +125,24 @@ class _ArraySource(_Source):
             raise InputError(f"the data array is empty (shape {array.shape}); give at least one row")
         self.array = array
         self.length = len(array)
-        digest = hashlib.sha256(f"array|{array.dtype.str}|{array.shape}".encode())
-        rows = max(1, _READ_BLOCK // max(1, array[:1].nbytes))
-        for i in range(0, len(array), rows):
-            digest.update(np.ascontiguousarray(array[i : i + rows]).data)
-        self.fingerprint = digest.hexdigest()
+        self.fingerprint = _array_fingerprint(array)
         self.description = f"array {array.dtype}{list(array.shape)}"
 
     def chunks(self, start, chunk_size):
         for i in range(start, self.length, chunk_size):
             yield i, np.ascontiguousarray(self.array[i : i + chunk_size]), []
+
+
+def _array_fingerprint(array: np.ndarray) -> str:
+    """sha256 of dtype, shape and bytes, read in blocks of rows (a .npy file's source hashes the same)."""
+    digest = hashlib.sha256(f"array|{array.dtype.str}|{array.shape}".encode())
+    if array.ndim == 0:
+        digest.update(np.ascontiguousarray(array).data)
+        return digest.hexdigest()
+    rows = max(1, _READ_BLOCK // max(1, array[:1].nbytes))
+    for i in range(0, len(array), rows):
+        digest.update(np.ascontiguousarray(array[i : i + rows]).data)
+    return digest.hexdigest()
 
 
 class _NpyFileSource(_Source):
@@ -267,18 +279,119 @@ class _ImageSource(_Source):
 class _IterableSource(_Source):
     """Any iterable of batches; the user's key stands for its content."""
 
-    def __init__(self, batches: Iterable, key: str) -> None:
+    def __init__(self, batches: Iterable, key: str, axes: dict[str, int | None] | None = None) -> None:
         self.batches = batches
+        self.axes = axes or {}
         self.fingerprint = hashlib.sha256(f"iterable|{key}".encode()).hexdigest()
         self.description = f"iterable key={key!r}"
 
     def chunks(self, start, chunk_size):
         row = 0
         for batch in self.batches:
-            batch = np.asarray(batch)
+            batch = {k: np.asarray(v) for k, v in batch.items()} if isinstance(batch, Mapping) else np.asarray(batch)
             if row >= start:
                 yield row, batch, []
-            row += len(batch)
+            row += self.rows(batch)
+
+    def rows(self, batch):
+        if not isinstance(batch, Mapping):
+            return len(batch)
+        # Named inputs: the batch axis of the extractor's, else the first axis of any array.
+        for name, value in batch.items():
+            axis = self.axes.get(name, 0)
+            if axis is not None and value.ndim > axis:
+                return value.shape[axis]
+        raise InputError(
+            f"a batch of inputs ({', '.join(batch)}) has no batch axis; give arrays with one row per sample"
+        )
+
+
+class _InputsSource(_Source):
+    """Named inputs of a multi-input extractor: arrays or .npy files sharing one batch axis.
+
+    Each input is split along its batch axis (``extractor.batch_axes``, else axis 0); one
+    without a batch axis (a scalar sample rate) goes whole with every chunk. The fingerprint
+    covers every input, so changing any of them computes the features again.
+    """
+
+    def __init__(self, data: Mapping[str, Any], extractor: Any) -> None:
+        if not data:
+            raise InputError("the dict of inputs is empty; give {input name: array or .npy path}")
+        axes = getattr(extractor, "batch_axes", None) or {}
+        self.inputs: dict[str, tuple[Any, int | None]] = {}
+        lengths: dict[str, int] = {}
+        digest = hashlib.sha256(b"inputs")
+        self.files: dict[str, _NpyFileSource] = {}  # batch-first files, read with plain reads
+        for name in sorted(data):
+            value = data[name]
+            if isinstance(value, (str, os.PathLike)):
+                value = _load_npy(Path(value).expanduser(), name)
+            elif not isinstance(value, np.ndarray):
+                value = np.asarray(value)
+            if value.dtype.hasobject:
+                raise InputError(f"input {name!r} has dtype {value.dtype}; give a numeric array (e.g. int64 token ids)")
+            axis = axes.get(name, 0) if value.ndim else None
+            if axis is not None and value.ndim <= axis:
+                axis = None
+            if axis is not None:
+                lengths[name] = value.shape[axis]
+            self.inputs[name] = (value, axis)
+            if axis == 0 and len(value) and _whole_file_map(value):
+                # As for a single .npy file: plain reads keep the process's resident size bounded.
+                self.files[name] = _NpyFileSource(Path(value.filename), (value.shape, value.dtype, value.offset))
+                fingerprint = self.files[name].fingerprint
+            else:
+                fingerprint = _array_fingerprint(value)
+            # Files hash like the array they hold: a dict of .npy paths and of arrays share a key.
+            digest.update(f"|{name}|{axis}|{fingerprint}".encode())
+        if not lengths:
+            raise InputError(
+                f"none of the inputs ({', '.join(sorted(data))}) has a batch axis; give at least one "
+                "array with one row per sample"
+            )
+        if len(set(lengths.values())) > 1:
+            raise InputError(
+                "the inputs disagree on the number of samples: "
+                + ", ".join(f"{k} has {n}" for k, n in lengths.items())
+                + "; give every batched input the same number of rows"
+            )
+        self.length = next(iter(lengths.values()))
+        if self.length == 0:
+            raise InputError("the inputs hold no samples; give at least one row")
+        self.fingerprint = digest.hexdigest()
+        self.description = "inputs " + ", ".join(
+            f"{k}={v.dtype}{list(v.shape)}" for k, (v, _) in self.inputs.items()
+        )
+
+    def chunks(self, start, chunk_size):
+        # Every batched input has the same length, so the file readers' chunks line up.
+        readers = {name: source.chunks(start, chunk_size) for name, source in self.files.items()}
+        for i in range(start, self.length, chunk_size):
+            batch = {}
+            for name, (value, axis) in self.inputs.items():
+                if name in readers:
+                    batch[name] = next(readers[name])[1]
+                elif axis is None:
+                    batch[name] = value
+                else:
+                    batch[name] = np.ascontiguousarray(value[(slice(None),) * axis + (slice(i, i + chunk_size),)])
+            yield i, batch, []
+
+    def rows(self, batch):
+        name, axis = next((k, a) for k, (_, a) in self.inputs.items() if a is not None)
+        return batch[name].shape[axis]
+
+
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    """One named input's .npy file, mapped for its header and rows (never unpickled)."""
+    if not path.is_file():
+        raise InputError(f"input {name!r}: {path} is not a file; give a .npy array saved with numpy.save")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"cannot read {path} (input {name!r}) as a .npy array ({exc}); save it with numpy.save"
+        ) from None
 
 
 def _image_source(
@@ -366,6 +479,8 @@ def _source(
             f"{path} does not exist; give a .npy file, an image file, a folder of images or a folder "
             "with one sub-folder per class"
         )
+    if isinstance(data, Mapping):  # named inputs of a multi-input extractor
+        return _InputsSource(data, extractor)
     if is_image_input(data):  # a list of image paths
         return _image_source(data, extractor, on_error, image_size, layout, preprocess)
     if _whole_file_map(data):
@@ -379,7 +494,7 @@ def _source(
                 "an iterable of batches has no fingerprint of its own; pass key='...' naming its "
                 "content (change the key when the data changes)"
             )
-        return _IterableSource(data, key)
+        return _IterableSource(data, key, getattr(extractor, "batch_axes", None))
     raise InputError(
         f"cannot cache features of a {type(data).__name__}; give a numpy array, a .npy path, an "
         "image folder or an iterable of batches with key=..."
@@ -668,8 +783,9 @@ def _fill(
         try:
             with bar:
                 for start, batch, skipped in source.chunks(manifest["next"], chunk_size):
-                    consumed = len(batch) + len(skipped)
-                    out = _run(extractor, batch) if len(batch) else None
+                    rows = source.rows(batch)
+                    consumed = rows + len(skipped)
+                    out = _run(extractor, batch, rows) if rows else None
                     if out is not None:
                         shape, dtype = list(out.shape[1:]), out.dtype.str
                         if manifest["shape"] is None:
@@ -727,16 +843,23 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
-def _run(extractor: Any, batch: np.ndarray) -> np.ndarray:
+def _run(extractor: Any, batch: Any, rows: int | None = None) -> np.ndarray:
+    """Features of one chunk, one flat row per sample; `rows` counts a chunk of named inputs."""
+    rows = len(batch) if rows is None else rows
     out = extractor(batch)
+    # An output whose batch is not its first axis (a recurrent state (layers, N, hidden)) is
+    # cached batch first, so every row of the cache is one sample.
+    axes = getattr(extractor, "output_batch_axes", None) or {}
     if isinstance(out, dict):  # an extractor cut at several layers: {layer: features}
-        out = list(out.values())
+        out = [np.moveaxis(np.asarray(o), axes.get(k, 0), 0) for k, o in out.items()]
+    elif len(axes) == 1 and next(iter(axes.values())):
+        out = np.moveaxis(np.asarray(out), next(iter(axes.values())), 0)
     if isinstance(out, (list, tuple)):  # several outputs: cache them side by side, flattened
-        out = np.concatenate([np.asarray(o).reshape(len(batch), -1) for o in out], axis=1)
+        out = np.concatenate([np.asarray(o).reshape(rows, -1) for o in out], axis=1)
     out = np.ascontiguousarray(out)
-    if out.ndim < 1 or len(out) != len(batch):
+    if out.ndim < 1 or len(out) != rows:
         raise InputError(
-            f"the extractor returned {out.shape} for a batch of {len(batch)}; it must return one row per input"
+            f"the extractor returned {out.shape} for a batch of {rows}; it must return one row per input"
         )
     return out
 
@@ -778,8 +901,10 @@ def extract_features(
 
     `data` is a numpy array, a ``.npy`` path, image files (a folder with one sub-folder per
     class, a flat folder, one file or a list of paths: they get the model's InputSpec unless
-    ``preprocess=False``), or an iterable of batches (then `key` names its content). See
-    :func:`cache_features`.
+    ``preprocess=False``), an iterable of batches (then `key` names its content), or for a
+    multi-input extractor a dict of named inputs (arrays or ``.npy`` paths;
+    ``{"input_ids": "ids.npy", "attention_mask": mask}``, split along each input's batch axis,
+    scalars fed whole). See :func:`cache_features`.
     """
     return FeatureCache(cache_dir).features(
         extractor,
@@ -812,7 +937,8 @@ def cache_features(
     The features are written chunk by chunk to ``<cache>/features/<key>/features.npy`` and
     returned memory-mapped, so a dataset larger than memory needs only one chunk of RAM. The
     key hashes the extractor's fingerprint (model file, cut, preprocessing) and the data (its
-    bytes; for an image folder its file names, sizes and times). An interrupted run resumes at
+    bytes, every input's for a dict of named inputs; for an image folder its file names, sizes
+    and times). An interrupted run resumes at
     the last chunk on disk.
 
     >>> features = zoo.cache_features(extractor, "train.npy")    # doctest: +SKIP

@@ -17,25 +17,40 @@ def _shape(shape) -> str:
     return "(" + ", ".join("N" if d is None and i == 0 else str(d if d is not None else "?") for i, d in enumerate(shape)) + ")"
 
 
+def _input_shape(shape, batch_axis) -> str:
+    if shape is None:
+        return "?"
+    return "(" + ", ".join("N" if i == batch_axis else str(d if d else "?") for i, d in enumerate(shape)) + ")"
+
+
 @cli.command("layers")
 @click.argument("name")
+@click.option("--inputs", "only_inputs", is_flag=True, help="List only the model's inputs (name, dtype, shape).")
 @json_option
 @catalog_option
 @cache_option
-def layers_command(name: str, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
-    """List a model's layers: name, op, output shape, parameters, cut point.
+def layers_command(name: str, only_inputs: bool, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
+    """List a model's layers: name, op, output shape, parameters, cut point; then its inputs.
 
     NAME is a cataloged model or an .onnx file. A cut point (*) is a layer whose output
     everything above depends on: cutting there keeps all the information the top uses.
-    Positions count from 0, or from the top with -1 (the last layer).
+    Positions count from 0, or from the top with -1 (the last layer). The inputs table shows
+    each input's batch axis as N (an input without one, like a sample rate, is fed whole).
 
     \b
     Example:
         zoo layers bvlc_alexnet.caffe
         zoo layers model.onnx --json
+        zoo layers text_encoder --inputs
     """
-    from zoo.extract import layers
+    from zoo.extract import layers, model_inputs
 
+    inputs = model_inputs(name, catalog=catalog, cache_dir=cache_dir)
+    input_table = table([[i["name"], i["dtype"], _input_shape(i["shape"], i["batch_axis"])] for i in inputs],
+                        ["input", "dtype", "shape"])
+    if only_inputs:
+        emit(inputs, as_json, input_table)
+        return
     found = layers(name, catalog=catalog, cache_dir=cache_dir)
     total = len(found)
 
@@ -45,7 +60,7 @@ def layers_command(name: str, as_json: bool, catalog: str | None, cache_dir: str
              f"{layer.parameters:,}", "*" if layer.is_cut_point else ""]
             for layer in found
         ]
-        return table(rows, ["#", "-#", "layer", "op", "output shape", "params", "cut"])
+        return table(rows, ["#", "-#", "layer", "op", "output shape", "params", "cut"]) + "\n\n" + input_table
 
     emit([layer.to_dict() for layer in found], as_json, text)
 
@@ -60,9 +75,10 @@ def _layer_spec(values: tuple[str, ...]):
 @click.argument("name")
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
-@click.option("--input", "-i", "input_path", required=True, type=click.Path(exists=True),
+@click.option("--input", "-i", "input_values", required=True, multiple=True,
               help="A .npy array of inputs (batch first), an image file, a folder of images, or an image "
-                   "folder with a sub-folder per class.")
+                   "folder with a sub-folder per class; for a model with several inputs, NAME=FILE.npy "
+                   "(or NAME=number) once per input.")
 @click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the features (.npy; .npz for several layers).")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1))
@@ -73,7 +89,7 @@ def _layer_spec(values: tuple[str, ...]):
 @json_option
 @catalog_option
 @cache_option
-def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_path: str,
+def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, ...], output_path: str,
                     batch_size: int, threads: int | None, preprocess: bool | None, pooling: str | None,
                     device: str | None, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
     """Write the features of an array file at a layer of a model.
@@ -83,13 +99,18 @@ def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_p
         zoo extract bvlc_alexnet.caffe --layer fc7 --input images.npy --output fc7.npy
         zoo extract model.onnx --layer -2 -i x.npy -o features.npy --json
         zoo extract vgg16_notop.keras --layer block5_pool --pooling avg -i photos/ -o vgg.npy
+        zoo extract text_encoder -l pool -i input_ids=ids.npy -i attention_mask=mask.npy -o f.npy
+        zoo extract vad.onnx -l -1 -i input=audio.npy -i state=state.npy -i sr=16000 -o f.npy
     """
     from zoo.extract import load_extractor
 
+    input_path = _input_arg(input_values)
     extractor = load_extractor(name, _layer_spec(layer), catalog=catalog, cache_dir=cache_dir,
                                batch_size=batch_size, threads=threads, preprocess=preprocess,
                                pooling=pooling, device=device)
-    result = {"model": name, "layer": extractor.layer, "input": input_path, "output": output_path,
+    if isinstance(input_path, dict):
+        input_path = _typed_numbers(input_path, extractor)
+    result = {"model": name, "layer": extractor.layer, "input": _shown_input(input_path), "output": output_path,
               "fingerprint": extractor.fingerprint}
     if isinstance(extractor.layer, str):
         # One layer goes through the feature cache: resumable, and free the second time.
@@ -105,13 +126,67 @@ def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_p
     else:
         from zoo.images import is_image_input
 
-        # An image file or a flat folder goes in as paths: the extractor decodes and preprocesses them.
-        data = input_path if is_image_input(input_path) else _read_array(input_path)
+        if isinstance(input_path, dict):
+            data = {k: v if not isinstance(v, str) else _read_array(v) for k, v in input_path.items()}
+        else:
+            # An image file or a flat folder goes in as paths: the extractor decodes and preprocesses them.
+            data = input_path if is_image_input(input_path) else _read_array(input_path)
         features = extractor(data)
         _write_features(output_path, features)
         shapes = {k: list(v.shape) for k, v in features.items()}
-        result.update(rows=len(next(iter(features.values()))), shape=shapes)
+        first = next(iter(features))
+        result.update(rows=features[first].shape[extractor.output_batch_axes.get(first, 0)], shape=shapes)
     emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
+
+
+def _input_arg(values: tuple[str, ...]):
+    """--input values: one plain path, or NAME=FILE.npy / NAME=number pairs, one per model input."""
+    if len(values) == 1 and (os.path.exists(values[0]) or "=" not in values[0]):
+        if not os.path.exists(values[0]):
+            raise InputError(f"--input {values[0]}: no such file or folder; give a .npy file, an image folder, "
+                             "or NAME=FILE.npy for each input of a multi-input model")
+        return values[0]
+    named: dict[str, str] = {}
+    for value in values:
+        key, sep, path = value.partition("=")
+        if not sep or not key:
+            raise InputError(f"--input {value!r}: with several inputs give each as NAME=FILE.npy, e.g. "
+                             "--input input_ids=ids.npy --input attention_mask=mask.npy")
+        if key in named:
+            raise InputError(f"--input {key}= is given twice; give each input once")
+        if not os.path.isfile(path) and not _is_number(path):
+            raise InputError(f"--input {key}={path}: no such file; give a .npy file (or a number for a scalar input)")
+        named[key] = path
+    return named
+
+
+def _is_number(text: str) -> bool:
+    return re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text.strip()) is not None
+
+
+def _typed_numbers(named: dict[str, str], extractor) -> dict:
+    """NAME=number inputs as scalars of the dtype the model declares for them (a sample rate: int64)."""
+    import numpy as np
+
+    out: dict = {}
+    for key, value in named.items():
+        if os.path.isfile(value) or not _is_number(value):
+            out[key] = value
+            continue
+        spec = extractor.input_specs.get(key)
+        dtype = np.dtype(spec.dtype if spec is not None else "float32")
+        number = float(value)
+        if dtype.kind in "iub" and not number.is_integer():
+            raise InputError(f"--input {key}={value}: {key} takes integers ({dtype}); give a whole number")
+        out[key] = np.asarray(number).astype(dtype)
+    return out
+
+
+def _shown_input(value):
+    """The --input values as the JSON report shows them (numbers as numbers)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: v if isinstance(v, str) else v.item() for k, v in value.items()}
 
 
 def _read_array(path: str):
