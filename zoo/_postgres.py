@@ -85,7 +85,7 @@ def connection_error(message: str, where: str, url: URL) -> CatalogError | None:
             f"catalog {where}: {first}; create it (createdb {url.database}) or fix the database "
             "name in ZOO_CATALOG / --catalog"
         )
-    if "connection failed" in message or "could not connect" in message or "timeout expired" in message:
+    if re.search(r"connection (is bad|failed|to server)|could not connect|timeout expired", message):
         return CatalogError(
             f"cannot reach catalog server {where} ({first}); check that it is running and the "
             "host/port in ZOO_CATALOG / --catalog"
