@@ -64,6 +64,28 @@ def test_rows_written_outside_zoo_are_searchable_at_once(catalog_url):
     assert [m.name for m in cat.search("bulk")] == ["quokka_net"]
 
 
+@postgres_only
+def test_same_matches_as_sqlite_fts5_on_the_builtin_zoos(catalog_url, tmp_path):
+    """Both backends find the same published models for the same query and filters."""
+    pg = Catalog(catalog_url)
+    lite = Catalog(f"sqlite:///{tmp_path / 'same.db'}")
+    assert lite._fts and pg.count() == lite.count() > 30
+    queries = [("resnet", {}), ("res", {}), ("resnet 50", {}), ("bvlc_alexnet", {}), ("vgg16", {}),
+               ("inception v3", {}), ("mobile", {}), ("imagenet", {"framework": "caffe"}),
+               ("flickr", {}), ("style", {"dataset": "flickr-style"}), ("mobile", {"tag": "tf-hub"}),
+               ("caffe", {"source": "caffe"}), ("keras", {"local": False}), ("lexnet", {}),
+               ("tf-hub", {}), ("ResNet-152", {}), (None, {"task": "image-classification"})]
+    for query, filters in queries:
+        expected = [m.name for m in lite.search(query, limit=None, **filters)]
+        found = [m.name for m in pg.search(query, limit=None, **filters)]
+        assert sorted(found) == sorted(expected), (query, filters)
+        assert found or query in ("lexnet",), (query, filters)
+    # An exact name, and a name as words, rank first on both.
+    for query, first in (("bvlc_alexnet", "bvlc_alexnet"), ("vgg16.keras", "vgg16.keras"),
+                         ("inception v3", "inception_v3.tf")):
+        assert pg.search(query)[0].name == lite.search(query)[0].name == first
+
+
 def test_tsquery_is_safe_and_matches_the_indexed_words():
     assert tsquery("resnet 50") == "(resnet:*) & (50:*)"
     assert tsquery("bvlc_alexnet") == "(bvlc <-> alexnet:*)"
