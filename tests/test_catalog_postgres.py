@@ -126,6 +126,32 @@ def test_cli_with_a_wrong_password_prints_one_line_without_it(postgres_server, t
     assert wrong not in done.stderr + done.stdout and "Traceback" not in done.stderr
 
 
+@postgres_only
+def test_a_read_only_login_searches_and_cannot_write(catalog_url, postgres_server):
+    """A team member granted SELECT only: search works; a write or a schema creation is one line."""
+    Catalog(catalog_url)  # the owner creates the catalog with the built-in zoos
+    database = Catalog(catalog_url)._engine.url.database
+    with postgres_server.admin() as admin:
+        admin.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {TEAM_USER}')
+    import psycopg
+
+    with psycopg.connect(host=str(postgres_server.folder), user="postgres", dbname=database,
+                         autocommit=True) as owner:
+        owner.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {TEAM_USER}")
+    reader = Catalog(postgres_server.url(database, TEAM_USER, TEAM_PASSWORD))
+    assert reader.search("alexnet")[0].name == "bvlc_alexnet"
+    with pytest.raises(CatalogError, match="permission denied.*GRANT") as caught:
+        reader.add_model(Model(name="mine", framework="onnx"))
+    assert "\n" not in str(caught.value) and TEAM_PASSWORD not in str(caught.value)
+    assert not reader.exists("mine")
+    other = postgres_server.create_database()  # owned by postgres: no CREATE for the team
+    try:
+        with pytest.raises(CatalogError, match="permission denied for schema public.*owner"):
+            Catalog(postgres_server.url(other, TEAM_USER, TEAM_PASSWORD))
+    finally:
+        postgres_server.drop_database(other)
+
+
 def test_masked_url():
     assert masked_url("postgresql+psycopg://ann:pw@db.example/zoo") == "postgresql+psycopg://ann:***@db.example/zoo"
     assert masked_url("postgresql://ann@db/zoo?password=pw&sslmode=require") == (

@@ -70,8 +70,8 @@ def create_engine(url: str) -> Engine:
     return engine
 
 
-def connection_error(message: str, where: str, url: URL) -> CatalogError | None:
-    """One line for a server that cannot be reached or refuses us; None for other errors."""
+def server_error(message: str, where: str, url: URL) -> CatalogError | None:
+    """One line with the fix for a server that cannot be reached or refuses us; None for others."""
     first = next((line.strip() for line in message.splitlines() if line.strip()), message)
     if url.password:
         first = first.replace(url.password, "***")
@@ -84,6 +84,12 @@ def connection_error(message: str, where: str, url: URL) -> CatalogError | None:
         return CatalogError(
             f"catalog {where}: {first}; create it (createdb {url.database}) or fix the database "
             "name in ZOO_CATALOG / --catalog"
+        )
+    if "permission denied" in message:
+        return CatalogError(
+            f"catalog {where}: {first}; the first zoo command creates the tables and loads the "
+            "built-in zoos: run it as the database's owner, then GRANT the team SELECT on its "
+            "tables to search, and INSERT, UPDATE, DELETE and USAGE on its sequences to add and fetch"
         )
     if re.search(r"connection (is bad|failed|to server)|could not connect|timeout expired", message):
         return CatalogError(

@@ -182,7 +182,8 @@ class Catalog:
         except CatalogError:
             raise
         except Exception as error:  # bad URL or missing DB driver
-            raise CatalogError(f"cannot open catalog {_postgres.masked_url(url)!r}: {error}") from None
+            shown = _postgres.masked_url(url)  # parse errors quote the URL, password and all
+            raise CatalogError(f"cannot open catalog {shown!r}: {str(error).replace(url, shown)}") from None
         if engine.dialect.name == "sqlite":
             database = engine.url.database
             memory = not database or database == ":memory:"
@@ -349,11 +350,11 @@ class Catalog:
     def _database_error(self, error: Exception) -> CatalogError:
         message = str(getattr(error, "orig", error))
         if self.is_postgresql:
-            from zoo._postgres import connection_error
+            from zoo._postgres import server_error
 
-            reached = connection_error(message, self._where, self._engine.url)
-            if reached is not None:
-                return reached
+            explained = server_error(message, self._where, self._engine.url)
+            if explained is not None:
+                return explained
             message = " ".join(message.split())
         if "not a database" in message or "file is encrypted" in message:
             return CatalogError(
