@@ -157,6 +157,9 @@ def test_masked_url():
     assert masked_url("postgresql://ann@db/zoo?password=pw&sslmode=require") == (
         "postgresql://ann@db/zoo?password=***&sslmode=require")
     assert "pw" not in masked_url("postgresql://ann:pw@[bad")
+    with pytest.raises(CatalogError) as caught:  # SQLAlchemy's parse error quotes the whole URL
+        Catalog("mysql+nodriver://ann:pw@host/zoo", builtins=False)
+    assert ":pw@" not in str(caught.value) and "ann:***@host" in str(caught.value)
 
 
 # ---- server problems: one line each -------------------------------------------------------
@@ -165,6 +168,8 @@ def test_unreachable_server_and_missing_database(postgres_server, tmp_path):
     with pytest.raises(CatalogError, match="cannot reach catalog server") as caught:
         Catalog(f"postgresql://ann:pw@/zoo?host={tmp_path}", builtins=False)
     assert "\n" not in str(caught.value) and ":pw@" not in str(caught.value)
+    with pytest.raises(CatalogError, match="cannot reach catalog server .*nohost.invalid"):
+        Catalog("postgresql://ann:pw@nohost.invalid/zoo", builtins=False)
     with pytest.raises(CatalogError, match="createdb no_such_db"):
         Catalog(postgres_server.url("no_such_db"), builtins=False)
 

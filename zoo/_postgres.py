@@ -91,7 +91,8 @@ def server_error(message: str, where: str, url: URL) -> CatalogError | None:
             "built-in zoos: run it as the database's owner, then GRANT the team SELECT on its "
             "tables to search, and INSERT, UPDATE, DELETE and USAGE on its sequences to add and fetch"
         )
-    if re.search(r"connection (is bad|failed|to server)|could not connect|timeout expired", message):
+    if re.search(r"connection (is bad|failed|to server)|could not connect|timeout expired|"
+                 r"failed to resolve host|could not translate host", message):
         return CatalogError(
             f"cannot reach catalog server {where} ({first}); check that it is running and the "
             "host/port in ZOO_CATALOG / --catalog"
