@@ -286,8 +286,16 @@ class Catalog:
 
     def rebuild_search_index(self) -> None:
         """Re-index every model for full-text search (after bulk writes outside the ORM)."""
+        if self.is_postgresql:
+            # The tsvector is a generated column, always current; but the planner's statistics
+            # lag a bulk load until autovacuum comes by, and without them a `local` filter can
+            # pick a nested loop a hundred times slower.
+            with self._engine.connect() as connection:
+                connection.exec_driver_sql("ANALYZE models, artifacts")
+                connection.commit()
+            return
         if not self.is_sqlite:
-            return  # PostgreSQL's tsvector is a generated column: always current
+            return
         with self._write_engine.begin() as connection:
             connection.exec_driver_sql(
                 "INSERT INTO zoo_state(key, value) VALUES ('search_stale', '1') "
