@@ -213,3 +213,11 @@ def test_pooled_connections_survive_a_server_side_disconnect(catalog_url, postgr
                                "WHERE datname = %s AND pid <> pg_backend_pid()", (database,)).fetchone()[0]
     assert killed >= 1
     assert cat.names() == ["kept"]
+
+
+def test_install_script_is_idempotent(postgres_server):
+    """With the binaries there (the server runs), scripts/postgres.sh changes nothing and succeeds."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(["bash", str(root / "scripts" / "postgres.sh")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and not done.stdout and not done.stderr, done.stderr
