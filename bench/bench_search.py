@@ -1,6 +1,8 @@
 """Catalog search figures: latency on 100,000 entries, and `zoo search` start-up vs importing sqlalchemy.
 
-Run: .venv/bin/python bench/bench_search.py [--entries 100000]
+Run: .venv/bin/python bench/bench_search.py [--entries 100000] [--postgresql [URL]]
+With --postgresql, the same entries and queries also run on PostgreSQL (a throw-away server like
+the tests', or the empty database at URL) and the p50/p99 ratios PostgreSQL/SQLite are printed.
 """
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ def fill(url: str, entries: int) -> None:
     from sqlalchemy import create_engine, insert
 
     rng = random.Random(0)
-    rng.shuffle(WORDS)
-    word_weights = [1 / (rank + 1) for rank in range(len(WORDS))]
+    words = WORDS[:]  # shuffled copy: a second fill (the PostgreSQL run) gets the same entries
+    rng.shuffle(words)
+    word_weights = [1 / (rank + 1) for rank in range(len(words))]
     arch_weights = [1 / (rank + 1) ** 0.5 for rank in range(len(ARCHS))]
     rows = []
     for i in range(entries):
@@ -49,7 +52,7 @@ def fill(url: str, entries: int) -> None:
         rows.append(dict(
             id=i + 1, name=name, framework=rng.choice(FRAMEWORKS), task=rng.choice(TASKS),
             dataset=rng.choice(DATASETS), architecture=f"{arch}-{depth}",
-            description=" ".join(rng.choices(WORDS, word_weights, k=12)), tags=tags, source=f"zoo{i % 7}",
+            description=" ".join(rng.choices(words, word_weights, k=12)), tags=tags, source=f"zoo{i % 7}",
             input_spec={}, metrics={}, meta={}, removed_upstream=False,
             keywords=_keywords(name, tags), created_at=0.0, updated_at=0.0,
         ))
@@ -61,6 +64,8 @@ def fill(url: str, entries: int) -> None:
             dict(model_id=r["id"], role="weights", filename="w.bin", urls=["http://x/w.bin"],
                  meta={}, path=("/cache/w.bin" if r["id"] % 10 == 0 else None))
             for r in rows])
+        if engine.dialect.name == "postgresql":  # explicit ids: move the sequence past them
+            connection.exec_driver_sql("SELECT setval('models_id_seq', (SELECT max(id) FROM models))")
     engine.dispose()
     Catalog(url, builtins=False).rebuild_search_index()
 
@@ -98,20 +103,47 @@ def wall(cmd: list[str], repeat: int, env: dict) -> float:
     return statistics.median(times)
 
 
+def measure(url: str, entries: int, label: str) -> tuple[float, float]:
+    """Fill a catalog with `entries` and print its search latency; (p50, p99) in ms."""
+    start = time.perf_counter()
+    fill(url, entries)
+    print(f"{label}: filled {entries} entries in {time.perf_counter() - start:.1f} s")
+    times = sorted(latency(url))
+    p50 = times[len(times) // 2] * 1000
+    p99 = times[int(len(times) * 0.99)] * 1000
+    print(f"{label}: search latency on {entries} entries: p50 {p50:.2f} ms (goal <= 10), "
+          f"p99 {p99:.2f} ms (goal <= 50), {len(times)} queries")
+    return p50, p99
+
+
+def postgresql_latency(url: str | None, entries: int, sqlite: tuple[float, float]) -> None:
+    server = None
+    if url is None:  # a throw-away server, as the tests start one
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from _postgres_server import start_server
+
+        server = start_server()
+        url = server.url(server.create_database())
+    try:
+        p50, p99 = measure(url, entries, "postgresql")
+        print(f"postgresql/sqlite search latency (same entries and queries, one run): "
+              f"p50 {p50 / sqlite[0]:.2f}x, p99 {p99 / sqlite[1]:.2f}x (below 1: PostgreSQL faster)")
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--postgresql", nargs="?", const="", default=None, metavar="URL",
+                        help="also measure on PostgreSQL (an empty database; none: a throw-away server)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'big.db'}"
-        start = time.perf_counter()
-        fill(url, args.entries)
-        print(f"filled {args.entries} entries in {time.perf_counter() - start:.1f} s")
-        times = sorted(latency(url))
-        p50 = times[len(times) // 2] * 1000
-        p99 = times[int(len(times) * 0.99)] * 1000
-        print(f"search latency on {args.entries} entries: p50 {p50:.2f} ms (goal <= 10), "
-              f"p99 {p99:.2f} ms (goal <= 50), {len(times)} queries")
+        sqlite = measure(url, args.entries, "sqlite")
+        if args.postgresql is not None:
+            postgresql_latency(args.postgresql or None, args.entries, sqlite)
 
         # Start-up: `zoo search resnet` on the default catalog (built-ins) vs bare `import sqlalchemy`.
         env = dict(os.environ, ZOO_CATALOG=str(Path(tmp) / "small.db"))

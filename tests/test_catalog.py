@@ -1,4 +1,7 @@
-"""The catalog database: round trips, search ranking and filters, concurrency, schema upgrades, bad files."""
+"""The catalog database: round trips, search ranking and filters, concurrency, schema upgrades, bad files.
+
+Tests that take `cat` or `catalog_url` run on SQLite and on a real PostgreSQL server (conftest.py).
+"""
 from __future__ import annotations
 
 import os
@@ -19,8 +22,11 @@ def make(name, framework="onnx", **fields) -> Model:
 
 
 @pytest.fixture
-def cat(tmp_path) -> Catalog:
-    return Catalog(f"sqlite:///{tmp_path / 'c.db'}", builtins=False)
+def cat(catalog_url) -> Catalog:
+    return Catalog(catalog_url, builtins=False)
+
+# For a test of SQLite itself: overrides the backends of the `cat` fixture.
+sqlite_only = pytest.mark.parametrize("catalog_backend", ["sqlite"])
 
 
 def test_round_trip_keeps_every_field(cat):
@@ -140,6 +146,7 @@ def test_search_limit_and_query_with_filters(ranked):
     assert [m.name for m in ranked.search("resnet", framework="keras")] == ["resnet152.keras"]
 
 
+@sqlite_only
 def test_like_fallback_matches_fts(ranked, tmp_path):
     """Non-SQLite databases search with LIKE; simulate by switching FTS off on the same data."""
     ranked._fts = False
@@ -147,21 +154,32 @@ def test_like_fallback_matches_fts(ranked, tmp_path):
     assert [m.name for m in ranked.search("resnet", framework="caffe")][0] == "resnet50.caffe"
 
 
-def test_wal_mode_and_schema_version(cat):
-    db = cat._engine.url.database
-    with sqlite3.connect(db) as connection:
+def test_schema_version(cat):
+    with cat._engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == SCHEMA_HEAD
+
+
+@sqlite_only
+def test_wal_mode(cat):
+    with sqlite3.connect(cat._engine.url.database) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
 
 
-def test_upgrades_catalog_written_by_older_schema(tmp_path):
+def test_sizes_and_parameter_counts_past_32_bits(cat):
+    """Published files pass 2 GiB and models 2**31 parameters; PostgreSQL's INTEGER would not hold them."""
+    cat.add_model(make("big", parameters=175_000_000_000,
+                       artifacts=[Artifact("weights", "w.bin", size=5 * 2**30)]))
+    model = cat.get("big")
+    assert model.parameters == 175_000_000_000 and model.artifacts[0].size == 5 * 2**30
+
+
+def test_upgrades_catalog_written_by_older_schema(catalog_url):
     """A catalog at revision 0001 (no FTS, no keywords) is upgraded in place, data kept."""
     from sqlalchemy import create_engine
 
     from zoo.migrations import upgrade
 
-    path = tmp_path / "old.db"
-    engine = create_engine(f"sqlite:///{path}")
+    engine = create_engine(catalog_url)
     with engine.begin() as connection:
         upgrade(connection, "0001")
         connection.exec_driver_sql(
@@ -169,18 +187,20 @@ def test_upgrades_catalog_written_by_older_schema(tmp_path):
             "VALUES ('old_resnet', 'caffe', 'a residual net', '[\"legacy\"]', '{}', '{}', '{}')")
         connection.exec_driver_sql(
             "INSERT INTO artifacts (model_id, role, filename, urls, meta) VALUES (1, 'weights', 'w', '[]', '{}')")
-    engine.dispose()
-    cat = Catalog(f"sqlite:///{path}", builtins=False)
+    cat = Catalog(catalog_url, builtins=False)
     assert [m.name for m in cat.search("residual")] == ["old_resnet"]
+    assert [m.name for m in cat.search("legacy")] == ["old_resnet"]  # keywords filled from tags
     assert [m.name for m in cat.search(tag="legacy")] == ["old_resnet"]
     assert cat.get("old_resnet").artifacts[0].filename == "w"
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
+    cat.add_model(make("new_resnet"))  # the id sequence goes on after the old rows
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == SCHEMA_HEAD
+    engine.dispose()
 
 
 def test_refuses_catalog_newer_than_itself(cat):
-    with sqlite3.connect(cat._engine.url.database) as connection:
-        connection.execute("UPDATE alembic_version SET version_num = '9999'")
+    with cat._engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(CatalogVersionError, match="9999.*upgrade zoo"):
         Catalog(cat.url, builtins=False)
 
@@ -330,23 +350,26 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_two_processes_write_one_catalog(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+@pytest.mark.slow
+def test_eight_processes_write_one_catalog(catalog_url, tmp_path):
+    url = catalog_url
     Catalog(url, builtins=False)  # create the schema first, as the first `zoo` command would
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    procs = [subprocess.Popen([sys.executable, str(script), url, tag, "60"], stderr=subprocess.PIPE)
-             for tag in ("p", "q")]
-    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errors
+    tags = "pqrstuvw"
+    procs = [subprocess.Popen([sys.executable, str(script), url, tag, "20"], stderr=subprocess.PIPE)
+             for tag in tags]
+    errors = [p.communicate(timeout=300)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errors
     cat = Catalog(url, builtins=False)
-    assert cat.count() == 120
+    assert cat.count() == 160
     assert all(m.is_local for m in cat.search(limit=None))
+    assert {m.name for m in cat.search("w", limit=None)} == {f"w-{i}" for i in range(20)}
 
 
-def test_two_processes_create_one_catalog(tmp_path):
+def test_two_processes_create_one_catalog(catalog_url, tmp_path):
     """Two first-use processes racing to create the schema both succeed."""
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+    url = catalog_url
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     procs = [subprocess.Popen([sys.executable, str(script), url, tag, "5"], stderr=subprocess.PIPE)

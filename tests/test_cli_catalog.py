@@ -18,6 +18,8 @@ from _http_helpers import fault_server  # noqa: E402,F401  (the fixture)
 from zoo.cli import cli  # noqa: E402
 from zoo.index import FORMAT  # noqa: E402
 
+# Every test runs on SQLite and on a real PostgreSQL server (conftest.py).
+pytestmark = pytest.mark.usefixtures("catalog_env")
 HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "cv2", "keras")
 
 

@@ -24,6 +24,9 @@ from zoo.index import FORMAT  # noqa: E402
 from zoo.records import Artifact  # noqa: E402
 from zoo.sources import add_source, list_sources, remove_source, sync_sources  # noqa: E402
 
+# Every test runs on SQLite and on a real PostgreSQL server (conftest.py).
+pytestmark = pytest.mark.usefixtures("catalog_env")
+
 
 def entry(name: str, description: str = "a model") -> dict:
     return {"name": name, "framework": "onnx", "description": description, "tags": ["acme"],

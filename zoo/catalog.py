@@ -1,7 +1,8 @@
 """The catalog database: models, their artifacts and remote sources (SQLAlchemy 2).
 
 SQLite by default (WAL mode, busy timeout, `BEGIN IMMEDIATE` for writes so two processes can
-share one file); any SQLAlchemy URL works, with LIKE search where FTS5 is not available. The
+share one file); a team shares one on PostgreSQL (`zoo._postgres`: tsvector search, pooled,
+writes serialized); any other SQLAlchemy URL works with LIKE search. The
 schema is versioned with Alembic (`zoo/migrations`): an older catalog is upgraded in place, a
 newer one is refused. Reads run SQLAlchemy Core on `zoo.schema`'s tables; writes use the ORM
 classes of `zoo._orm`, imported only when something is written (the ORM import alone would cost
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from zoo._orm import ModelRow, SourceRow
 
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
-SCHEMA_REVISIONS = ("0001", "0002")
+SCHEMA_REVISIONS = ("0001", "0002", "0003")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 BUSY_TIMEOUT_MS = 30_000
 # zoo_state key saying whether the built-in zoos were loaded: "pending" from the transaction that
@@ -209,11 +210,22 @@ class Catalog:
     def is_sqlite(self) -> bool:
         return self._engine.dialect.name == "sqlite"
 
+    @property
+    def is_postgresql(self) -> bool:
+        return self._engine.dialect.name == "postgresql"
+
     def _create_engine(self, url: str):
+        from zoo import _postgres
+
         try:
+            if _postgres.is_postgresql(url):
+                return _postgres.create_engine(url)
             engine = create_engine(url)
+        except CatalogError:
+            raise
         except Exception as error:  # bad URL or missing DB driver
-            raise CatalogError(f"cannot open catalog {mask_url(url)!r}: {error}") from None
+            shown = mask_url(url)  # parse errors quote the URL, password and all
+            raise CatalogError(f"cannot open catalog {shown!r}: {str(error).replace(url, shown)}") from None
         if engine.dialect.name == "sqlite" and _read_only_file(engine.url.database):
             # Read-only media or permissions: SQLite's default open would need to create the
             # -shm/-wal files beside it and fails even to read, so open it read-only instead.
@@ -332,6 +344,16 @@ class Catalog:
         """Re-index every model for full-text search (after bulk writes outside the ORM)."""
         if self.read_only:
             raise self._read_only_error("cannot have its search index rebuilt")
+        if self.is_postgresql:
+            # The tsvector is a generated column, always current; but the planner's statistics
+            # lag a bulk load until autovacuum comes by, and without them a `local` filter can
+            # pick a nested loop a hundred times slower.
+            with self._engine.connect() as connection:
+                connection.exec_driver_sql("ANALYZE models, artifacts")
+                connection.commit()
+            return
+        if not self.is_sqlite:
+            return
         with self._write_engine.begin() as connection:
             connection.exec_driver_sql(
                 "INSERT INTO zoo_state(key, value) VALUES ('search_stale', '1') "
@@ -399,6 +421,13 @@ class Catalog:
 
     def _database_error(self, error: Exception) -> CatalogError:
         message = str(getattr(error, "orig", error))
+        if self.is_postgresql:
+            from zoo._postgres import server_error
+
+            explained = server_error(message, self._where, self._engine.url)
+            if explained is not None:
+                return explained
+            message = " ".join(message.split())
         if "not a database" in message or "file is encrypted" in message:
             return CatalogError(
                 f"{self._where} is not a SQLite catalog ({message}); point --catalog or "
@@ -493,7 +522,7 @@ class Catalog:
             session.commit()
         except exc.IntegrityError as error:
             session.rollback()
-            raise CatalogError(f"catalog {self._where}: {error.orig}") from None
+            raise CatalogError(f"catalog {self._where}: {' '.join(str(error.orig).split())}") from None
         except exc.DatabaseError as error:
             session.rollback()
             raise self._database_error(error) from None
@@ -684,7 +713,19 @@ class Catalog:
             return []
         conditions = self._filters(framework, task, dataset, tag, source, local)
         exact = None
-        if fts and self._fts:
+        tsq = None
+        if fts and self.is_postgresql:
+            from zoo import _postgres
+
+            tsq = _postgres.tsquery(query)
+            if tsq is None:
+                return []
+        if tsq:
+            # The generated tsvector column and its GIN index (migration 0003), ranked by ts_rank.
+            stmt = (select(_models.c.id).where(_postgres.MATCH, *conditions)
+                    .order_by(_postgres.RANK, _models.c.name))
+            exact = select(_models.c.id).where(_models.c.name == query.strip(), *conditions)
+        elif fts and self._fts:
             # bm25 is the cost of a search (about 1.5 us per matching row), so the FTS table is
             # ranked on its own when nothing else narrows the rows, and joined only for filters.
             rank = text(f"bm25(models_fts, {FTS_WEIGHTS})")
@@ -712,7 +753,7 @@ class Catalog:
         if limit:
             stmt = stmt.limit(limit)
         with self._reader() as reader:
-            params = {"fts": fts} if fts and self._fts else {}
+            params = {"tsq": tsq} if tsq else {"fts": fts} if fts and self._fts else {}
             ids = list(reader.scalars(stmt, params))
             if exact is not None:
                 first = reader.scalar(exact)

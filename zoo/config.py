@@ -19,6 +19,29 @@ def catalog_url(location: str | os.PathLike | None = None) -> str:
     return "sqlite:///" + str(Path(location).expanduser().absolute())
 
 
+# Connection-pool settings for a catalog on a database server (PostgreSQL): env var -> default.
+POOL_SETTINGS = {"pool_size": ("ZOO_POOL_SIZE", 5), "max_overflow": ("ZOO_POOL_MAX_OVERFLOW", 10),
+                 "pool_timeout": ("ZOO_POOL_TIMEOUT", 30), "pool_recycle": ("ZOO_POOL_RECYCLE", 1800)}
+
+
+def pool_options() -> dict[str, int]:
+    """SQLAlchemy pool arguments for a server catalog, from $ZOO_POOL_* (invalid values refused)."""
+    from zoo.errors import CatalogError
+
+    options = {}
+    for option, (variable, default) in POOL_SETTINGS.items():
+        raw = os.environ.get(variable, "").strip()
+        try:
+            value = int(raw) if raw else default
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise CatalogError(f"{variable}={raw!r} is not a whole number >= 0; "
+                               f"unset it or set it like {variable}={default}")
+        options[option] = value
+    return options
+
+
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """The cache folder: `override`, $ZOO_CACHE, or the platform's user cache folder for zoo."""
     if override:

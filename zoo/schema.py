@@ -8,6 +8,7 @@ import time
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -49,7 +50,7 @@ models = Table(
     Column("homepage", Text),
     Column("paper", Text),
     Column("input_spec", JSON, default=_empty_dict),
-    Column("parameters", Integer),
+    Column("parameters", BigInteger),  # 64-bit on PostgreSQL too (migration 0003)
     Column("metrics", JSON, default=_empty_dict),
     Column("meta", JSON, default=_empty_dict),
     Column("removed_upstream", Boolean, default=False, nullable=False),
@@ -66,7 +67,7 @@ artifacts = Table(
     Column("role", String(32), nullable=False),
     Column("filename", String(512), nullable=False),
     Column("urls", JSON, default=_empty_list),
-    Column("size", Integer),
+    Column("size", BigInteger),
     Column("checksum", String(160)),  # the publisher's, "algo:hex"
     Column("extract", String(16)),
     Column("path", Text),

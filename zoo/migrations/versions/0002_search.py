@@ -7,6 +7,7 @@ marks it stale otherwise.
 Revision ID: 0002
 Revises: 0001
 """
+import json
 import re
 
 from alembic import op
@@ -33,6 +34,8 @@ def upgrade() -> None:
     # Fill keywords for rows written by revision 0001 (same rule as zoo.catalog._keywords).
     for row_id, name, tags in bind.execute(sa.text("SELECT id, name, tags FROM models")).all():
         words = re.findall(r"[A-Za-z]+|\d+", name or "")
+        if tags is not None and not isinstance(tags, str):  # PostgreSQL's driver parses JSON
+            tags = json.dumps(tags)
         tag_words = re.findall(r"[^\s\",\[\]]+", tags or "")
         bind.execute(sa.text("UPDATE models SET keywords = :k WHERE id = :i"),
                      {"k": " ".join(words + tag_words), "i": row_id})
