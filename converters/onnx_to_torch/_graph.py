@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from converters.onnx_to_torch._ops import ONNX_DTYPES, OPS, Node, Unsupported
+from converters.onnx_to_torch._ops import ONNX_DTYPES, OPS, Node, OpFunction, Unsupported
 from zoo.errors import ModelFormatError, UnsupportedLayerError
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ def _attrs(node) -> dict:
             value = numpy_helper.to_array(value)
         elif isinstance(value, bytes):
             value = value.decode()
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]  # STRINGS, e.g. an RNN's activations
         elif attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             value = "<subgraph>"
         out[attr.name] = value
@@ -109,7 +111,7 @@ def _functions(nodes: list[Node], domains: list[str]) -> list:
             problems.append((node.op_type, node.name, ""))
         else:
             try:
-                fn = OPS[node.op_type](node)
+                fn = OpFunction(node)
             except (Unsupported, KeyError) as exc:
                 reason = f"missing attribute {exc}" if isinstance(exc, KeyError) else str(exc)
                 problems.append((node.op_type, node.name, reason))

@@ -26,6 +26,10 @@ _PARAMETERS: dict[str, dict[int, str]] = {
     "InstanceNormalization": {1: "weight", 2: "bias"},
     "LayerNormalization": {1: "weight", 2: "bias"},
     "PRelu": {1: "weight"},
+    # Recurrent layers: W (input-hidden), R (hidden-hidden), B, and LSTM's peepholes P.
+    "GRU": {1: "weight_ih", 2: "weight_hh", 3: "bias"},
+    "RNN": {1: "weight_ih", 2: "weight_hh", 3: "bias"},
+    "LSTM": {1: "weight_ih", 2: "weight_hh", 3: "bias", 7: "peephole"},
     # A per-channel constant added or multiplied in is a layer's bias or scale (Caffe Scale, Keras
     # Dense bias after MatMul); a scalar constant is arithmetic, not a weight.
     "Add": {0: "bias", 1: "bias"},
@@ -101,18 +105,24 @@ class _ConvBatchNorm:
         return [conv.weight, *extra, bn.weight, bn.bias, bn.running_mean, bn.running_var]
 
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.jit.is_tracing():
+            # A trace must record the folding from the parameters, not a cached result.
+            return self._fold()
         tensors = self._tensors()
         # Recompute when any tensor changed in place (_version), moved, or was cast.
         key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
         if key != self._key:
-            conv, bn = self.conv, self.bn
             with torch.no_grad():
-                scale = bn.weight / torch.sqrt(bn.running_var + self.eps)
-                weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
-                bias = conv.bias if "bias" in conv._parameters else torch.zeros_like(bn.bias)
-                self._folded = (weight, (bias - bn.running_mean) * scale + bn.bias)
+                self._folded = self._fold()
             self._key = key
         return self._folded
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        conv, bn = self.conv, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + self.eps)
+        weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
+        bias = conv.bias if "bias" in conv._parameters else torch.zeros_like(bn.bias)
+        return weight, (bias - bn.running_mean) * scale + bn.bias
 
     def __call__(self, x):
         conv, bn = self.conv, self.bn
@@ -341,6 +351,11 @@ class OnnxModule(nn.Module):
                                  f"{type(x).__name__} ({exc})") from None
             if dtype is not None and x.dtype != dtype:
                 x = x.to(dtype)
+        elif dtype is not None and x.dtype != dtype and not dtype.is_floating_point:
+            if x.is_floating_point() or x.is_complex():
+                raise InputError(f"input {self.input_names[k]!r} takes {str(dtype).replace('torch.', '')} "
+                                 f"values (e.g. token ids), got a {str(x.dtype).replace('torch.', '')} tensor")
+            x = x.to(dtype)  # int32 token ids into an int64 input
         shape = self.input_shapes[k]
         if shape is not None and x.dim() != len(shape):
             # Only the rank is checked: the batch and, in convolutional nets, the spatial sizes may
@@ -353,12 +368,35 @@ class OnnxModule(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)  # see _CHANNELS_LAST
         return x
 
-    def forward(self, *inputs):
-        if len(inputs) != len(self.input_names):
-            raise InputError(f"this module takes {len(self.input_names)} input(s) "
-                             f"{self.input_names}, got {len(inputs)}")
+    def _bind(self, inputs: tuple, named: dict[str, Any]) -> list[Any]:
+        """The inputs in graph order, from positional arguments then keywords (ONNX or sanitized name)."""
+        names = self.input_names
+        if len(inputs) > len(names):
+            raise InputError(f"this module takes {len(names)} input(s) {names}, got {len(inputs)}")
+        bound: list[Any] = list(inputs) + [None] * (len(names) - len(inputs))
+        given = [True] * len(inputs) + [False] * (len(names) - len(inputs))
+        by_name = {name: k for k, name in enumerate(names)}
+        by_name.update({_sanitize(name): k for k, name in enumerate(names) if _sanitize(name) not in by_name})
+        for key, value in named.items():
+            k = by_name.get(key)
+            if k is None:
+                raise InputError(f"this module has no input {key!r}; its inputs are {names}")
+            if given[k]:
+                raise InputError(f"input {names[k]!r} given twice (by position and by name)")
+            bound[k], given[k] = value, True
+        missing = [name for name, ok in zip(names, given) if not ok]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; this module takes {names}, in that order "
+                             f"or by name")
+        return bound
+
+    def forward(self, *inputs, **named):
+        """Run the graph on its inputs, positional in graph input order or by name.
+
+        One graph output comes back as a tensor, several as a tuple in `output_names` order.
+        """
         env: dict[str, Any] = {name: getattr(self.constants, key) for name, key in self._constant_names.items()}
-        for k, (name, x) in enumerate(zip(self.input_names, inputs)):
+        for k, (name, x) in enumerate(zip(self.input_names, self._bind(inputs, named))):
             env[name] = self._as_input(k, x)
         last_trainable = -1
         if self.training:
