@@ -422,5 +422,20 @@ class OnnxModule(nn.Module):
         results = tuple(env[name] for name in self.output_names)
         return results[0] if len(results) == 1 else results
 
+    # ---------------------------------------------------------------- TorchScript
+    def scriptable(self) -> nn.Module:
+        """The inference graph as an `fx.GraphModule` that `torch.jit.script` compiles (same parameters).
+
+        Its forward takes the inputs as tensors, positional or by (sanitized) input name; input
+        checks and casts, and dropout / batch statistics while training, stay with this module.
+        """
+        from converters.onnx_to_torch._script import scriptable
+
+        return scriptable(self)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script(module) calls this first: the interpreted forward cannot be compiled.
+        return self.scriptable()
+
     def extra_repr(self) -> str:
         return f"inputs={self.input_names}, outputs={self.output_names}, opset={self.opset}"
