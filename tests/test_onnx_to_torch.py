@@ -906,3 +906,87 @@ def test_traced_text_encoder_saves_and_loads_with_both_inputs(tmp_path):
     ids, mask = (torch.from_numpy(a) for a in _token_batch(2, 6, seed=3))
     with torch.no_grad():
         assert torch.allclose(loaded(ids, mask), net(ids, mask), atol=1e-6)
+
+
+def test_every_converted_op_has_a_torchscript_form():
+    from converters.onnx_to_torch._ops import OPS
+    from converters.onnx_to_torch._script import EMITTERS
+
+    # Constant nodes have no inputs, so they are always folded away before a forward exists.
+    assert set(OPS) - {"Constant"} <= set(EMITTERS)
+
+
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_scripted_op_matches_the_eager_module(case):
+    op_type, inputs, constants, attrs, opset = OP_CASES[case]
+    model = single_node_model(op_type, inputs, attrs, constants, N_OUTPUTS.get(case, 1), opset,
+                              INPUT_ORDER.get(case))
+    net = to_torch(model)
+    scripted = torch.jit.script(net)
+    xs = [torch.from_numpy(inputs[name]) for name in net.input_names]
+    with torch.no_grad():
+        want, got = net(*xs), scripted(*xs)
+    want, got = (want if isinstance(want, tuple) else (want,)), (got if isinstance(got, tuple) else (got,))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert torch.allclose(g.double(), w.double(), atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet", "resnet50", "inception_v2", "shufflenet"])
+def test_scripted_light_model_saves_loads_and_matches_onnxruntime(name, tmp_path):
+    model = light_model_randomized(onnx_light_models() / f"light_{name}.onnx", seed=3)
+    net = to_torch(model)
+    scripted = torch.jit.script(net)
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    # Same parameters under the same names: a checkpoint of one loads into the other.
+    assert dict(scripted.named_parameters()).keys() == dict(net.named_parameters()).keys()
+    torch.jit.save(scripted, tmp_path / "net.ts")
+    loaded = torch.jit.load(tmp_path / "net.ts")
+    session = ort_session(model, threads=2)
+    for batch in (1, 2):
+        x = np.random.default_rng(batch).random((batch, 3, 224, 224), dtype=np.float32)
+        want = session.run(None, {net.input_names[0]: x})[-1]
+        with torch.no_grad():
+            got = loaded(torch.from_numpy(x))[-1].numpy()
+        assert relative_error(got, want) <= TOL
+
+
+def test_scripted_text_encoder_takes_inputs_by_name_after_save_and_load(tmp_path):
+    path = text_encoder_onnx(tmp_path / "text.onnx")
+    scripted = torch.jit.script(to_torch(path))
+    torch.jit.save(scripted, tmp_path / "text.ts")
+    loaded = torch.jit.load(tmp_path / "text.ts")
+    ids, mask = _token_batch(2, 5, seed=4)
+    want = run_ort(path, {"input_ids": ids, "attention_mask": mask})[0]
+    with torch.no_grad():
+        got = loaded(attention_mask=torch.from_numpy(mask), input_ids=torch.from_numpy(ids))
+    assert relative_error(got.numpy(), want) <= TOL
+
+
+def test_scripted_gru_returns_output_and_state_as_a_tuple(tmp_path):
+    path = gru_onnx(tmp_path / "gru.onnx", bidirectional=True)
+    scripted = torch.jit.script(to_torch(path))
+    torch.jit.save(scripted, tmp_path / "gru.ts")
+    loaded = torch.jit.load(tmp_path / "gru.ts")
+    x, state = _rand(3, 2, 5), _rand(4, 2, 8, seed=1)
+    want = run_ort(path, {"input": x, "state": state})
+    with torch.no_grad():
+        got = loaded(torch.from_numpy(x), torch.from_numpy(state))
+    assert isinstance(got, tuple) and len(got) == 2
+    for g, w in zip(got, want):
+        assert relative_error(g.numpy(), w) <= TOL
+
+
+def test_scripting_a_node_without_a_script_form_names_it_and_the_trace_alternative():
+    from onnx import TensorProto, helper
+
+    # The kernel is a run-time input: the scripted conv needs its rank at conversion time.
+    model = _graph([helper.make_node("Conv", ["x", "k"], ["y"], name="dynamic_conv")],
+                   [("x", TensorProto.FLOAT, ["n", 2, 5, 5]), ("k", TensorProto.FLOAT, [3, 2, 3, 3])],
+                   [("y", TensorProto.FLOAT, None)])
+    net = to_torch(model)
+    with pytest.raises(UnsupportedLayerError, match=r"dynamic_conv \(Conv: a weight computed at run time\).*"
+                                                    r"torch.jit.trace"):
+        torch.jit.script(net)

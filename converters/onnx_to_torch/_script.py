@@ -411,16 +411,91 @@ def _einsum(w, node, args):
 
 @emits("GRU", "LSTM", "RNN")
 def _recurrent(w, node, args):
+    from converters.onnx_to_torch._ops import OPS
+
+    OPS[node.op_type](node)  # the same checks as the eager op (raises Unsupported)
     a = node.attrs
-    if a.get("activations") or a.get("activation_alpha") or a.get("activation_beta") or a.get("input_forget"):
-        raise _NoScript("non-default activations")
+    dirs = 2 if a.get("direction", "forward") == "bidirectional" else 1
+    defaults = {"GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"], "RNN": ["Tanh"]}[node.op_type]
+    acts = list(a.get("activations", [])) or defaults * dirs
     clip = a.get("clip")
     out = w.call(S.recurrent, node.op_type, args[0], args[1], args[2], _arg(args, 3), _arg(args, 4),
                  _arg(args, 5), _arg(args, 6) if node.op_type == "LSTM" else None,
                  _arg(args, 7) if node.op_type == "LSTM" else None, a.get("direction", "forward"),
                  int(a.get("layout", 0)), math.inf if clip is None else float(clip),
-                 bool(a.get("linear_before_reset", 0)))
+                 bool(a.get("linear_before_reset", 0)), acts)
     return [w.graph.call_function(operator.getitem, (out, k)) for k in range(len(node.outputs))]
+
+
+@emits("ConvTranspose")
+def _conv_transpose(w, node, args):
+    weight = args[1].value
+    if weight is None:
+        raise _NoScript("a weight computed at run time")
+    strides, dilations, begin, end, auto_pad = _window(node, weight.dim() - 2)
+    a = node.attrs
+    return w.call(S.conv_transpose, args[0], args[1], _arg(args, 2), strides, begin, end, dilations,
+                  int(a.get("group", 1)), auto_pad, list(a.get("output_padding", [])),
+                  list(a.get("output_shape", [])))
+
+
+@emits("CumSum")
+def _cumsum(w, node, args):
+    return w.call(S.cumsum, args[0], args[1], bool(node.attrs.get("exclusive", 0)), bool(node.attrs.get("reverse", 0)))
+
+
+@emits("GatherND")
+def _gather_nd(w, node, args):
+    if node.attrs.get("batch_dims", 0):
+        raise _NoScript("batch_dims")
+    return w.call(S.gather_nd, *args[:2])
+
+
+@emits("ScatterND")
+def _scatter_nd(w, node, args):
+    return w.call(S.scatter_nd, *args[:3])
+
+
+@emits("OneHot")
+def _one_hot(w, node, args):
+    return w.call(S.one_hot, *args[:3], int(node.attrs.get("axis", -1)))
+
+
+@emits("Shrink")
+def _shrink(w, node, args):
+    return w.call(S.shrink, args[0], float(node.attrs.get("bias", 0.0)), float(node.attrs.get("lambd", 0.5)))
+
+
+@emits("ThresholdedRelu")
+def _thresholded_relu(w, node, args):
+    return w.call(S.thresholded_relu, args[0], float(node.attrs.get("alpha", 1.0)))
+
+
+@emits("TopK")
+def _topk(w, node, args):
+    a = node.attrs
+    rest = (int(a.get("axis", -1)), bool(a.get("largest", 1)), bool(a.get("sorted", 1)))
+    if node.opset < 10:
+        out = w.call(S.topk, args[0], int(a["k"]), *rest)
+    else:
+        out = w.call(S.topk_input, args[0], args[1], *rest)
+    return [w.graph.call_function(operator.getitem, (out, k)) for k in range(len(node.outputs))]
+
+
+@emits("Trilu")
+def _trilu(w, node, args):
+    return w.call(S.trilu, args[0], _arg(args, 1), bool(node.attrs.get("upper", 1)))
+
+
+@emits("NonZero")
+def _non_zero(w, node, args):
+    return w.call(S.non_zero, args[0])
+
+
+@emits("IsInf")
+def _is_inf(w, node, args):
+    return w.call(S.is_inf, args[0], bool(node.attrs.get("detect_positive", 1)),
+                  bool(node.attrs.get("detect_negative", 1)))
 
 
 # ---------------------------------------------------------------- the module

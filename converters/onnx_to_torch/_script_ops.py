@@ -486,10 +486,18 @@ def _time_order(steps: int, batch: int, lens: Optional[Tensor], reverse: bool, d
     return t.expand(steps, batch)
 
 
+def _act(x: Tensor, name: str) -> Tensor:
+    if name == "Sigmoid":
+        return torch.sigmoid(x)
+    if name == "Relu":
+        return torch.relu(x)
+    return torch.tanh(x)
+
+
 def recurrent(kind: str, x: Tensor, w: Tensor, r: Tensor, b: Optional[Tensor], lens: Optional[Tensor],
               h0: Optional[Tensor], c0: Optional[Tensor], p: Optional[Tensor], direction: str, layout: int,
-              clip: float, before_reset: bool) -> List[Tensor]:
-    """ONNX RNN / GRU / LSTM with their default activations: [Y, Y_h] (+ Y_c for an LSTM)."""
+              clip: float, before_reset: bool, acts: List[str]) -> List[Tensor]:
+    """ONNX RNN / GRU / LSTM: [Y, Y_h] (+ Y_c for an LSTM); `acts` holds each direction's activations."""
     if layout == 1:
         x = x.transpose(0, 1)
         if h0 is not None:
@@ -504,7 +512,10 @@ def recurrent(kind: str, x: Tensor, w: Tensor, r: Tensor, b: Optional[Tensor], l
     ys: List[Tensor] = []
     hs: List[Tensor] = []
     cs: List[Tensor] = []
+    per = len(acts) // dirs
     for d in range(dirs):
+        fa, ga = acts[d * per], acts[d * per + min(1, per - 1)]
+        ha = acts[d * per + min(2, per - 1)]
         reverse = direction == "reverse" or d == 1
         order = _time_order(steps, batch, lens, reverse, x.device)
         xs = torch.gather(x, 0, order.unsqueeze(-1).expand(x.shape))
@@ -519,24 +530,24 @@ def recurrent(kind: str, x: Tensor, w: Tensor, r: Tensor, b: Optional[Tensor], l
                 rz, rr, rh = r[d].split(hidden, 0)
                 bz, br, bh = rb.split(hidden)
                 wz, wr, wh = gx.split(hidden, -1)
-                z = torch.sigmoid(torch.clamp(wz + h @ rz.t() + bz, -clip, clip))
-                rt = torch.sigmoid(torch.clamp(wr + h @ rr.t() + br, -clip, clip))
+                z = _act(torch.clamp(wz + h @ rz.t() + bz, -clip, clip), fa)
+                rt = _act(torch.clamp(wr + h @ rr.t() + br, -clip, clip), fa)
                 if before_reset:
-                    cand = torch.tanh(torch.clamp(wh + rt * (h @ rh.t() + bh), -clip, clip))
+                    cand = _act(torch.clamp(wh + rt * (h @ rh.t() + bh), -clip, clip), ga)
                 else:
-                    cand = torch.tanh(torch.clamp(wh + (rt * h) @ rh.t() + bh, -clip, clip))
+                    cand = _act(torch.clamp(wh + (rt * h) @ rh.t() + bh, -clip, clip), ga)
                 new_h, new_c = (1 - z) * cand + z * h, c
             elif kind == "LSTM":
                 g = gx + h @ r[d].t() + rb
                 gi, go, gf, gc = g.split(hidden, -1)
                 pi, po, pf = peep[d].split(hidden)
-                i = torch.sigmoid(torch.clamp(gi + pi * c, -clip, clip))
-                f = torch.sigmoid(torch.clamp(gf + pf * c, -clip, clip))
-                new_c = f * c + i * torch.tanh(torch.clamp(gc, -clip, clip))
-                o = torch.sigmoid(torch.clamp(go + po * new_c, -clip, clip))
-                new_h = o * torch.tanh(new_c)
+                i = _act(torch.clamp(gi + pi * c, -clip, clip), fa)
+                f = _act(torch.clamp(gf + pf * c, -clip, clip), fa)
+                new_c = f * c + i * _act(torch.clamp(gc, -clip, clip), ga)
+                o = _act(torch.clamp(go + po * new_c, -clip, clip), fa)
+                new_h = o * _act(new_c, ha)
             else:
-                new_h = torch.tanh(torch.clamp(gx + h @ r[d].t() + rb, -clip, clip))
+                new_h = _act(torch.clamp(gx + h @ r[d].t() + rb, -clip, clip), fa)
                 new_c = c
             if lens is not None:
                 keep = (k < lens.long()).unsqueeze(-1)
@@ -558,3 +569,115 @@ def recurrent(kind: str, x: Tensor, w: Tensor, r: Tensor, b: Optional[Tensor], l
     if kind == "LSTM":
         return [y, last_h, last_c]
     return [y, last_h]
+
+
+# ---------------------------------------------------------------- less common ops
+def conv_transpose(x: Tensor, w: Tensor, b: Optional[Tensor], strides: List[int], begin: List[int],
+                   end: List[int], dilations: List[int], group: int, auto_pad: str, output_padding: List[int],
+                   output_shape: List[int]) -> Tensor:
+    kernel = w.shape[2:]
+    n = len(kernel)
+    if len(output_padding) == 0:
+        output_padding = [0] * n
+    zeros = [0] * n
+    if n == 1:
+        y = F.conv_transpose1d(x, w, None, strides, zeros, zeros, group, dilations)
+    elif n == 2:
+        y = F.conv_transpose2d(x, w, None, strides, zeros, zeros, group, dilations)
+    else:
+        y = F.conv_transpose3d(x, w, None, strides, zeros, zeros, group, dilations)
+    size = x.shape[2:]
+    full = [(size[j] - 1) * strides[j] + (kernel[j] - 1) * dilations[j] + 1 for j in range(n)]
+    if len(output_shape) > 0 or auto_pad == "SAME_UPPER" or auto_pad == "SAME_LOWER":
+        if len(output_shape) > 0:
+            target = output_shape[len(output_shape) - n:]
+        else:
+            target = [size[j] * strides[j] for j in range(n)]
+        upper = auto_pad == "SAME_UPPER"
+        begin = []
+        end = []
+        for j in range(n):
+            total = full[j] + output_padding[j] - target[j]
+            first = total // 2 if upper else total - total // 2
+            begin.append(first)
+            end.append(total - first)
+    elif auto_pad == "VALID":
+        begin, end = zeros, zeros
+    end = [end[j] - output_padding[j] for j in range(n)]
+    if any([v != 0 for v in begin]) or any([v != 0 for v in end]):
+        y = F.pad(y, _torch_pad([-v for v in begin], [-v for v in end]))
+    if b is not None:
+        y = y + b.reshape([1, -1] + [1] * n)
+    return y
+
+
+def cumsum(x: Tensor, axis: Tensor, exclusive: bool, reverse: bool) -> Tensor:
+    ax = _axis(int(axis.item()), x.dim())
+    y = x.flip([ax]) if reverse else x
+    out = torch.cumsum(y, ax)
+    if exclusive:
+        out = out - y
+    return out.flip([ax]) if reverse else out
+
+
+def _linear_index(x: Tensor, idx: Tensor) -> Tensor:
+    """Rows of x flattened over its first m axes that the m-long index tuples in `idx` pick."""
+    m = idx.shape[-1]
+    flat = idx.reshape(-1, m).long()
+    lin = torch.zeros([flat.shape[0]], dtype=torch.long, device=x.device)
+    for i in range(m):
+        lin = lin * x.shape[i] + torch.where(flat[:, i] < 0, flat[:, i] + x.shape[i], flat[:, i])
+    return lin
+
+
+def gather_nd(x: Tensor, idx: Tensor) -> Tensor:
+    m = idx.shape[-1]
+    rows = x.reshape([-1] + x.shape[m:]).index_select(0, _linear_index(x, idx))
+    return rows.reshape(idx.shape[:-1] + x.shape[m:])
+
+
+def scatter_nd(x: Tensor, idx: Tensor, updates: Tensor) -> Tensor:
+    m = idx.shape[-1]
+    lin = _linear_index(x, idx)
+    rows = x.reshape([-1] + x.shape[m:]).clone()
+    rows[lin] = updates.reshape([lin.shape[0]] + x.shape[m:])
+    return rows.reshape(x.shape)
+
+
+def one_hot(indices: Tensor, depth: Tensor, values: Tensor, axis: int) -> Tensor:
+    d = int(depth.reshape(-1)[0].item())
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + d, idx)
+    hot = F.one_hot(idx.clamp(0, d - 1), d) * ((idx >= 0) & (idx < d)).unsqueeze(-1)
+    out = torch.where(hot.to(torch.bool), values[1], values[0])
+    return out.movedim(-1, _axis(axis, out.dim()))
+
+
+def shrink(x: Tensor, bias: float, lambd: float) -> Tensor:
+    return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))
+
+
+def thresholded_relu(x: Tensor, alpha: float) -> Tensor:
+    return torch.where(x > alpha, x, torch.zeros_like(x))
+
+
+def topk(x: Tensor, k: int, axis: int, largest: bool, ordered: bool) -> List[Tensor]:
+    values, indices = torch.topk(x, k, axis, largest, ordered)
+    return [values, indices]
+
+
+def topk_input(x: Tensor, k: Tensor, axis: int, largest: bool, ordered: bool) -> List[Tensor]:
+    return topk(x, int(k.reshape(-1)[0].item()), axis, largest, ordered)
+
+
+def trilu(x: Tensor, k: Optional[Tensor], upper: bool) -> Tensor:
+    diagonal = int(k.item()) if k is not None else 0
+    return torch.triu(x, diagonal) if upper else torch.tril(x, diagonal)
+
+
+def non_zero(x: Tensor) -> Tensor:
+    return torch.nonzero(x).t().contiguous()
+
+
+def is_inf(x: Tensor, positive: bool, negative: bool) -> Tensor:
+    return (torch.isposinf(x) & positive) | (torch.isneginf(x) & negative)
