@@ -990,3 +990,24 @@ def test_scripting_a_node_without_a_script_form_names_it_and_the_trace_alternati
     with pytest.raises(UnsupportedLayerError, match=r"dynamic_conv \(Conv: a weight computed at run time\).*"
                                                     r"torch.jit.trace"):
         torch.jit.script(net)
+
+
+def test_submodules_are_named_like_zoo_layers_lists_them(tmp_path):
+    from zoo.extract import layers
+
+    # onnx-caffe2 calls its nodes n0, n1...; zoo layers shows the Caffe layer names, and so does torch.
+    path = onnx_light_models() / "light_bvlc_alexnet.onnx"
+    net = to_torch(path)
+    weighted = [info.name for info in layers(path) if info.parameters]
+    assert [name for name, m in net.named_children() if name != "constants"] == weighted
+    assert net.get_submodule("fc6").onnx_name == "n16" and net.fc6.layer_name == "fc6"
+    assert "conv1.weight" in dict(net.named_parameters())
+    # A model exported from torch reads like the torch source: embed.weight, query.weight, query.bias...
+    text = to_torch(text_encoder_onnx(tmp_path / "text.onnx"))
+    assert {"embed.weight", "query.weight", "query.bias", "norm.weight"} <= dict(text.named_parameters()).keys()
+    assert tuple(text.embed.weight.shape) == (50, 16)  # the embedding table is a trainable layer too
+    # Two stacked GRU nodes of one torch layer: gru and gru_2; unfreezing "gru" trains both.
+    gru = to_torch(gru_onnx(tmp_path / "gru.onnx"))
+    assert [layer.layer_name for _, layer in gru.layers] == ["gru", "gru", "head"]
+    assert gru.get_submodule("gru_2").op_type == "GRU"
+    assert gru.unfreeze(layers=["gru"]).trainable_layers() == ["/gru/GRU", "/gru/GRU_1"]

@@ -26,6 +26,7 @@ _PARAMETERS: dict[str, dict[int, str]] = {
     "InstanceNormalization": {1: "weight", 2: "bias"},
     "LayerNormalization": {1: "weight", 2: "bias"},
     "PRelu": {1: "weight"},
+    "Gather": {0: "weight"},  # a float table indexed by token ids: an embedding
     # Recurrent layers: W (input-hidden), R (hidden-hidden), B, and LSTM's peepholes P.
     "GRU": {1: "weight_ih", 2: "weight_hh", 3: "bias"},
     "RNN": {1: "weight_ih", 2: "weight_hh", 3: "bias"},
@@ -50,13 +51,16 @@ _STATISTICS: dict[str, dict[int, str]] = {"BatchNormalization": {3: "running_mea
 class OnnxLayer(nn.Module):
     """One parameterised ONNX node (and the bias Add/Sub that only follows it, if any).
 
-    `onnx_name` is the node's name in the source graph, `onnx_nodes` every node it runs and
-    `onnx_inputs` maps each parameter or buffer to the ONNX tensor it was read from.
+    `onnx_name` is the node's name in the source graph, `layer_name` the layer `zoo layers` lists it
+    under, `onnx_nodes` every node it runs and `onnx_inputs` maps each parameter or buffer to the
+    ONNX tensor it was read from.
     """
 
-    def __init__(self, node: Node, fn: Callable, slots: list[str | None], onnx_inputs: dict[str, str]):
+    def __init__(self, node: Node, fn: Callable, slots: list[str | None], onnx_inputs: dict[str, str],
+                 layer_name: str | None = None):
         super().__init__()
         self.onnx_name = node.name
+        self.layer_name = layer_name or node.name  # as `zoo layers` names the layer this node belongs to
         self.op_type = node.op_type
         self.onnx_inputs = onnx_inputs  # attribute name -> ONNX tensor name it came from
         self.onnx_nodes = [node.name]  # the node, and the bias Add/Sub folded in after it if any
@@ -151,8 +155,9 @@ class OnnxModule(nn.Module):
     """An ONNX graph as a torch module: frozen weights, `unfreeze(top=k)` to train the top k layers.
 
     `layers` lists (ONNX node name, submodule) for every node with weights, in graph order; the
-    submodules are attributes named after the node (sanitized), so `named_parameters()` reads like
-    the source network. Dropout nodes act only in train mode and only when a trainable layer comes
+    submodules are attributes named after the layer `zoo layers` lists the node under (sanitized:
+    `conv1`, `inception_3a_1x1`, a second node of one layer `gru_2`), so `named_parameters()` and
+    `get_submodule()` read like the layers list. Dropout nodes act only in train mode and only when a trainable layer comes
     after them in graph order (they regularise what is being trained), so a fully frozen module is
     deterministic in either mode.
     """
@@ -165,6 +170,7 @@ class OnnxModule(nn.Module):
         self._input_dtypes = graph.input_dtypes or [None] * len(graph.inputs)
         self.input_shapes = graph.input_shapes or [None] * len(graph.inputs)  # as declared in the graph
         self.layers: list[tuple[str, OnnxLayer]] = []
+        self._layer_names = dict(graph.layer_names)
         self.constants = nn.Module()  # run-time constants (shapes, indices, scalars) as buffers
         self._constant_names: dict[str, str] = {}
         shared: dict[str, nn.Parameter] = {}
@@ -262,7 +268,7 @@ class OnnxModule(nn.Module):
         slots: list[str | None] = [weights.get(k) or stats.get(k) for k in range(len(node.inputs))]
         onnx_inputs = {slots[k]: node.inputs[k] for k in range(len(node.inputs)) if slots[k]}
         cls = BatchNormLayer if node.op_type == "BatchNormalization" else OnnxLayer
-        layer = cls(node, fn, slots, onnx_inputs)
+        layer = cls(node, fn, slots, onnx_inputs, self._layer_names.get(node.name))
         for k, role in weights.items():
             name = node.inputs[k]
             if name not in shared:
@@ -273,7 +279,7 @@ class OnnxModule(nn.Module):
             layer.register_parameter(role, shared[name])
         for k, role in stats.items():
             layer.register_buffer(role, node.constants[k].detach().clone())
-        attr = _sanitize(node.name)
+        attr = _sanitize(layer.layer_name)
         base, n = attr, 2
         while hasattr(self, attr) or attr in self._modules:
             attr, n = f"{base}_{n}", n + 1
@@ -312,11 +318,15 @@ class OnnxModule(nn.Module):
     def unfreeze(self, top: int = 1, layers: Iterable[str] | None = None) -> OnnxModule:
         """Make exactly the top `top` parameterised layers trainable (counted from the output).
 
-        Or, with `layers`, exactly the named layers (ONNX node names). Every other layer is frozen.
+        Or, with `layers`, exactly the named layers (ONNX node names, or layer names as `zoo layers`
+        shows them). Every other layer is frozen.
         """
         names = [name for name, _ in self.layers]
         if layers is not None:
-            chosen = list(layers)
+            chosen = []
+            for wanted_name in layers:
+                by_layer = [name for name, layer in self.layers if layer.layer_name == wanted_name]
+                chosen += by_layer if wanted_name not in names and by_layer else [wanted_name]
             unknown = [n for n in chosen if n not in names]
             if unknown:
                 raise UnknownLayerError(
