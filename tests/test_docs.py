@@ -63,6 +63,7 @@ def test_python_snippet_is_valid_python(where, code):
     ast.parse(code)
 
 
+@pytest.mark.slow
 def test_python_snippets_name_real_apis_in_a_fresh_interpreter():
     """Every `zoo.x.y` resolves after only `import zoo`, and every keyword is a parameter."""
     names: set[str] = set()
@@ -71,6 +72,8 @@ def test_python_snippets_name_real_apis_in_a_fresh_interpreter():
         found, made = _zoo_references(code)
         names |= found
         calls += [(f"{where}: {name}", name, keywords) for name, keywords in made]
+    for path in DOCS:  # and the `zoo.x.y` the prose names
+        names |= {m.rstrip(".") for m in re.findall(r"`(zoo\.[A-Za-z_][\w.]*)", path.read_text())}
     assert "zoo.features.extract_features" in names  # the reference the issue found broken
     checker = r"""
 import importlib, inspect, json, sys
@@ -227,3 +230,11 @@ def test_pretrain_doc_snippets_run_in_order_offline(tmp_path):
                           cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith("(1797, 100)")
+
+
+def test_index_format_example_is_a_valid_index():
+    from zoo.index import parse_index
+
+    example = next(code for where, code in _blocks("json") if where.startswith("docs/index-format.md"))
+    models = parse_index(json.loads(example), source="docs")
+    assert models and all(model.name for model in models)
