@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx
@@ -250,7 +251,7 @@ def _size(w, node, args):
 @emits("ConstantOfShape")
 def _constant_of_shape(w, node, args):
     value = node.attrs.get("value")
-    fill = torch.from_numpy(__import__("numpy").array(value).reshape(-1)) if value is not None else torch.zeros(1)
+    fill = torch.from_numpy(np.array(value).reshape(-1)) if value is not None else torch.zeros(1)
     return w.call(S.full, w.ints(args[0]), float(fill[0]), fill.dtype, args[0])
 
 
