@@ -238,3 +238,40 @@ def test_index_format_example_is_a_valid_index():
     example = next(code for where, code in _blocks("json") if where.startswith("docs/index-format.md"))
     models = parse_index(json.loads(example), source="docs")
     assert models and all(model.name for model in models)
+
+
+@pytest.mark.slow
+def test_readme_and_walkthrough_snippets_run_offline_on_a_stand_in_alexnet(tmp_path):
+    """The README's and docs/walkthrough.md's Python blocks, run as written in one fresh interpreter.
+
+    The onnx package's light AlexNet (Caffe layer names, random weights, dynamic batch) stands in
+    for the 233 MB `bvlc_alexnet` download; the data are small random arrays and PNG files.
+    """
+    import numpy as np
+    import onnx
+    from _onnx_to_torch_helpers import light_model_randomized
+    from conftest import onnx_light_models
+    from PIL import Image
+
+    onnx.save(light_model_randomized(onnx_light_models() / "light_bvlc_alexnet.onnx"), tmp_path / "alexnet.onnx")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.random((4, 3, 224, 224), dtype=np.float32))
+    for label in ("cats", "dogs"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for k in range(2):
+            pixels = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / label / f"{k}.png")
+    blocks = [code for where, code in _blocks("python")
+              if where.startswith(("README.md", "docs/walkthrough.md"))]
+    prelude = ("import numpy as np, zoo\n"
+               "zoo.remove('bvlc_alexnet')\n"
+               "zoo.add('alexnet.onnx', name='bvlc_alexnet')\n"
+               "labels = np.array([0, 1, 0, 1])\n")
+    script = prelude + "\n".join(block.replace("epochs=20", "epochs=2") for block in blocks)
+    script += "\nprint(features.shape, result.classes, fit.predict(test_features).shape, net.fc7.weight.shape)\n"
+    script = script.replace("fit.predict(test_features)", "fit.predict(features[:2])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900,
+                          cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "(4, 4096) ['cats', 'dogs'] (2,) torch.Size([4096, 4096])"
+    assert (tmp_path / "fc7.pt").is_file() and (tmp_path / "fc7.ts").is_file()
