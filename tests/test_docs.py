@@ -193,6 +193,7 @@ def test_python_m_modules_and_scripts_the_docs_run_exist():
             assert 'if __name__ == "__main__":' in source, f"{where}: `python -m {target}` would do nothing"
 
 
+@pytest.mark.slow
 def test_extract_features_as_the_docs_write_it_works_in_a_fresh_interpreter(tmp_path):
     """docs/walkthrough.md calls zoo.features.extract_features after only `import zoo`."""
     import numpy as np

@@ -418,6 +418,7 @@ def test_cli_as_a_subprocess(zoo_cmd, data_file):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_shows_progress_bars_when_stderr_is_a_terminal(zoo_cmd, data_file):
     import fcntl
     import pty
@@ -448,6 +449,7 @@ def test_cli_shows_progress_bars_when_stderr_is_a_terminal(zoo_cmd, data_file):
     assert b"layer 1/1 autoencoder 64->6" in err and b"reconstruction_error=" in err
 
 
+@pytest.mark.slow
 def test_python_m_zoo_pretraining_prints_the_digits_check():
     """docs/pretrain.md and the README run `python -m zoo.pretraining`; it must print the table."""
     pytest.importorskip("sklearn")
