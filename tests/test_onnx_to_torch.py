@@ -872,6 +872,27 @@ def test_torch_save_and_load_round_trip_the_whole_module(tmp_path):
     assert dict(twin.named_parameters()).keys() == dict(net.named_parameters()).keys()
 
 
+def test_torch_save_does_not_store_the_fused_conv_batchnorm_cache(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.normal(0, 0.1, (256, 256, 3, 3)), "s": rng.uniform(0.5, 1.5, 256),
+               "b": rng.normal(0, 0.1, 256), "m": rng.normal(0, 0.1, 256), "v": rng.uniform(0.5, 1.5, 256)}
+    model = _graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                    helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"], name="bn")],
+                   [("x", TensorProto.FLOAT, ["n", 256, 4, 4])], [("y", TensorProto.FLOAT, None)],
+                   [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    net = to_torch(model)
+    x = torch.from_numpy(_rand(1, 256, 4, 4))
+    with torch.no_grad():
+        want = net(x)  # fills the cache of folded weights (as big as the conv's)
+    torch.save(net, tmp_path / "net.pt")
+    conv_bytes = 256 * 256 * 9 * 4
+    assert os.path.getsize(tmp_path / "net.pt") < 1.2 * conv_bytes
+    with torch.no_grad():
+        assert torch.allclose(torch.load(tmp_path / "net.pt", weights_only=False)(x), want, atol=1e-5)
+
+
 def test_torch_save_round_trips_a_multi_input_recurrent_module(tmp_path):
     path = gru_onnx(tmp_path / "gru.onnx")
     net = to_torch(path)

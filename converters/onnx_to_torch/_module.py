@@ -103,6 +103,10 @@ class _ConvBatchNorm:
         self._key: tuple | None = None
         self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def __getstate__(self) -> dict:
+        # The folded weights are a cache: torch.save must not store a second copy of the conv.
+        return {**self.__dict__, "_key": None, "_folded": None}
+
     def _tensors(self) -> list[torch.Tensor]:
         conv, bn = self.conv, self.bn
         extra = [conv.bias] if "bias" in conv._parameters else []
