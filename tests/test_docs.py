@@ -170,7 +170,8 @@ def test_model_names_in_the_docs_are_in_the_built_in_catalog():
     known = set(open_catalog().names()) | MADE_IN_THE_DOCS
     quoted = set()
     for _, code in _blocks("python"):
-        quoted |= set(re.findall(r"zoo\.(?:load_extractor|transfer_model|layers|info|fetch|convert)\(\"([^\"]+)\"", code))
+        quoted |= set(re.findall(
+            r"zoo\.(?:load_extractor|transfer_model|layers|info|fetch|convert)\(\"([^\"]+)\"", code))
     takes_a_model = {"info", "fetch", "convert", "layers", "extract", "train", "sweep"}
     for _, words in _command_cases():
         if words and words[0] in takes_a_model and len(words) > 1 and not words[1].startswith("-"):

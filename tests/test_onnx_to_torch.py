@@ -281,7 +281,8 @@ OP_CASES = {
                  {"hidden_size": 6, "activations": ["Relu"]}, 14),
 }
 N_OUTPUTS = {"gru_reverse_seq_lens": 2, "gru_bidirectional_before_reset": 2, "lstm_bidirectional_peepholes": 3,
-             "lstm_reverse_clip": 3, "rnn_relu": 2, "topk": 2, "split_opset11_attr": 2, "split_opset13_input": 2, "split_opset18_num_outputs": 2, "split_equal": 4}
+             "lstm_reverse_clip": 3, "rnn_relu": 2,
+             "topk": 2, "split_opset11_attr": 2, "split_opset13_input": 2, "split_opset18_num_outputs": 2, "split_equal": 4}
 INPUT_ORDER = {"gru_reverse_seq_lens": ["x", "w", "r", "b", "lens", "h"],
                "lstm_bidirectional_peepholes": ["x", "w", "r", "b", "lens", "h", "c", "p"],
                "clip_opset11_max_only": ["x", "", "hi"], "where_equal": ["c", "a", "b"]}

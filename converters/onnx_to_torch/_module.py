@@ -161,9 +161,9 @@ class OnnxModule(nn.Module):
     `layers` lists (ONNX node name, submodule) for every node with weights, in graph order; the
     submodules are attributes named after the layer `zoo layers` lists the node under (sanitized:
     `conv1`, `inception_3a_1x1`, a second node of one layer `gru_2`), so `named_parameters()` and
-    `get_submodule()` read like the layers list. Dropout nodes act only in train mode and only when a trainable layer comes
-    after them in graph order (they regularise what is being trained), so a fully frozen module is
-    deterministic in either mode.
+    `get_submodule()` read like the layers list. Dropout nodes act only in train mode and only when
+    a trainable layer comes after them in graph order (they regularise what is being trained), so a
+    fully frozen module is deterministic in either mode.
     """
 
     def __init__(self, graph: Graph):
