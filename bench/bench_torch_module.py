@@ -23,8 +23,8 @@ def _median_seconds(fns, repeats: int) -> list[float]:
     return [statistics.median(bucket) for bucket in times]
 
 
-def bench(path: Path, batch: int, threads: int, repeats: int) -> tuple[float, float]:
-    """(onnxruntime seconds, torch seconds) per forward pass, medians."""
+def bench(path: Path, batch: int, threads: int, repeats: int) -> tuple[float, float, float]:
+    """(onnxruntime, torch module, TorchScript of it) seconds per forward pass, medians."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -53,8 +53,14 @@ def bench(path: Path, batch: int, threads: int, repeats: int) -> tuple[float, fl
             for _ in range(batch):
                 net(xt)
 
-    ort_s, torch_s = _median_seconds([run_ort, run_torch], repeats)
-    return ort_s, torch_s
+    scripted = torch.jit.script(net)
+
+    def run_script():
+        with torch.inference_mode():
+            for _ in range(batch):
+                scripted(xt)
+
+    return tuple(_median_seconds([run_ort, run_torch, run_script], repeats))
 
 
 def main() -> None:
@@ -70,10 +76,12 @@ def main() -> None:
     light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
     print(f"threads={args.threads} (torch.set_num_threads = ort intra_op), input 1x3x224x224, "
           f"x{args.batch} per call, median of {args.repeats} interleaved runs")
-    print(f"{'model':<14}{'onnxruntime ms':>16}{'torch ms':>12}{'torch/ort':>12}")
+    print(f"{'model':<14}{'onnxruntime ms':>16}{'torch ms':>12}{'torch/ort':>12}{'script ms':>12}"
+          f"{'script/torch':>14}")
     for model in args.models.split(","):
-        ort_s, torch_s = bench(light / f"light_{model}.onnx", args.batch, args.threads, args.repeats)
-        print(f"{model:<14}{ort_s * 1e3:>16.1f}{torch_s * 1e3:>12.1f}{torch_s / ort_s:>12.2f}")
+        ort_s, torch_s, script_s = bench(light / f"light_{model}.onnx", args.batch, args.threads, args.repeats)
+        print(f"{model:<14}{ort_s * 1e3:>16.1f}{torch_s * 1e3:>12.1f}{torch_s / ort_s:>12.2f}"
+              f"{script_s * 1e3:>12.1f}{script_s / torch_s:>14.2f}")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,62 @@ def light_model_randomized(path, seed: int = 0):
     if softmax:
         graph.output.append(helper.make_tensor_value_info(softmax[-1].input[0], onnx.TensorProto.FLOAT, None))
     return model
+
+
+def text_encoder_onnx(path, vocab: int = 50, dim: int = 16):
+    """A small text encoder exported from torch: token ids + attention mask -> masked mean of a
+    one-head self-attention layer over embeddings (the shape of a sentence-embedding model)."""
+    import torch
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(vocab, dim)
+            self.query = torch.nn.Linear(dim, dim)
+            self.key = torch.nn.Linear(dim, dim)
+            self.value = torch.nn.Linear(dim, dim)
+            self.norm = torch.nn.LayerNorm(dim)
+
+        def forward(self, input_ids, attention_mask):
+            x = self.embed(input_ids)
+            scores = self.query(x) @ self.key(x).transpose(1, 2) / dim ** 0.5
+            keep = attention_mask.unsqueeze(1).to(torch.bool)
+            scores = scores.masked_fill(~keep, -1e9)
+            x = self.norm(x + torch.softmax(scores, -1) @ self.value(x))
+            weights = attention_mask.unsqueeze(-1).to(x.dtype)
+            return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+    torch.manual_seed(0)
+    net = TextEncoder().eval()
+    ids = torch.randint(0, vocab, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.int64)
+    torch.onnx.export(net, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                      output_names=["embedding"], opset_version=17, dynamo=False,
+                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                    "embedding": {0: "batch"}})
+    return path
+
+
+def gru_onnx(path, features: int = 5, hidden: int = 8, layers: int = 2, bidirectional: bool = False):
+    """A GRU exported from torch with its state as a second input and the new state as a second output."""
+    import torch
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(features, hidden, num_layers=layers, bidirectional=bidirectional)
+            self.head = torch.nn.Linear(hidden * (2 if bidirectional else 1), 3)
+
+        def forward(self, x, state):
+            y, state = self.gru(x, state)
+            return self.head(y), state
+
+    torch.manual_seed(0)
+    net = Recurrent().eval()
+    dirs = 2 if bidirectional else 1
+    x, state = torch.randn(4, 2, features), torch.randn(layers * dirs, 2, hidden)
+    torch.onnx.export(net, (x, state), str(path), input_names=["input", "state"],
+                      output_names=["output", "state_out"], opset_version=17, dynamo=False,
+                      dynamic_axes={"input": {0: "time", 1: "batch"}, "state": {1: "batch"},
+                                    "output": {0: "time", 1: "batch"}, "state_out": {1: "batch"}})
+    return path

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _onnx_to_torch_helpers import (
+    gru_onnx,
     light_model_randomized,
     ort_session,
     relative_error,
     run_ort,
     single_node_model,
+    text_encoder_onnx,
 )
 from conftest import CAFFE_MODELS, caffe_net, caffe_zoo_nets, onnx_light_models
 
@@ -256,9 +258,34 @@ OP_CASES = {
     "gather_nd": ("GatherND", {"x": X4}, {"i": np.array([[0, 1], [1, 3]], I64)}, {}, 13),
     "scatter_nd": ("ScatterND", {"x": X4}, {"i": np.array([[1, 2], [0, 0]], I64), "u": _rand(2, 9, 9)}, {}, 13),
     "trilu_lower": ("Trilu", {"x": X4}, {"k": np.array(1, I64)}, {"upper": 0}, 14),
+    # Recurrent layers, with what torch's export never uses: reverse and bidirectional runs over
+    # sequences of different lengths, linear_before_reset=0, peepholes, clip, batch-first layout.
+    "gru_reverse_seq_lens": ("GRU", {"x": _rand(5, 3, 4), "h": _rand(1, 3, 6, seed=3)},
+                             {"w": _rand(1, 18, 4, seed=4), "r": _rand(1, 18, 6, seed=5),
+                              "b": _rand(1, 36, seed=6), "lens": np.array([5, 2, 4], np.int32)},
+                             {"hidden_size": 6, "direction": "reverse"}, 14),
+    "gru_bidirectional_before_reset": ("GRU", {"x": _rand(5, 3, 4)}, {
+        "w": _rand(2, 18, 4, seed=4), "r": _rand(2, 18, 6, seed=5), "b": _rand(2, 36, seed=6)},
+        {"hidden_size": 6, "direction": "bidirectional", "linear_before_reset": 1}, 14),
+    "lstm_bidirectional_peepholes": ("LSTM", {"x": _rand(5, 3, 4), "h": _rand(2, 3, 6, seed=3),
+                                              "c": _rand(2, 3, 6, seed=7)},
+                                     {"w": _rand(2, 24, 4, seed=4), "r": _rand(2, 24, 6, seed=5),
+                                      "b": _rand(2, 48, seed=6), "lens": np.array([5, 3, 1], np.int32),
+                                      "p": _rand(2, 18, seed=8)},
+                                     {"hidden_size": 6, "direction": "bidirectional"}, 14),
+    "lstm_reverse_clip": ("LSTM", {"x": _rand(5, 3, 4)}, {
+        "w": _rand(1, 24, 4, seed=4), "r": _rand(1, 24, 6, seed=5)},
+        {"hidden_size": 6, "direction": "reverse", "clip": 0.5}, 14),
+    "rnn_relu": ("RNN", {"x": _rand(5, 3, 4)}, {"w": _rand(1, 6, 4, seed=4), "r": _rand(1, 6, 6, seed=5),
+                                                 "b": _rand(1, 12, seed=6)},
+                 {"hidden_size": 6, "activations": ["Relu"]}, 14),
 }
-N_OUTPUTS = {"topk": 2, "split_opset11_attr": 2, "split_opset13_input": 2, "split_opset18_num_outputs": 2, "split_equal": 4}
-INPUT_ORDER = {"clip_opset11_max_only": ["x", "", "hi"], "where_equal": ["c", "a", "b"]}
+N_OUTPUTS = {"gru_reverse_seq_lens": 2, "gru_bidirectional_before_reset": 2, "lstm_bidirectional_peepholes": 3,
+             "lstm_reverse_clip": 3, "rnn_relu": 2,
+             "topk": 2, "split_opset11_attr": 2, "split_opset13_input": 2, "split_opset18_num_outputs": 2, "split_equal": 4}
+INPUT_ORDER = {"gru_reverse_seq_lens": ["x", "w", "r", "b", "lens", "h"],
+               "lstm_bidirectional_peepholes": ["x", "w", "r", "b", "lens", "h", "c", "p"],
+               "clip_opset11_max_only": ["x", "", "hi"], "where_equal": ["c", "a", "b"]}
 
 
 @pytest.mark.parametrize("case", sorted(OP_CASES))
@@ -267,6 +294,23 @@ def test_op_matches_onnxruntime(case):
     model = single_node_model(op_type, inputs, attrs, constants, N_OUTPUTS.get(case, 1), opset,
                               INPUT_ORDER.get(case))
     _check_against_ort(model, inputs, tol=1e-5)
+
+
+def test_batch_first_recurrent_layout_matches_the_time_first_one():
+    """onnxruntime refuses layout=1; it must equal layout=0 on the transposed input and states."""
+    weights = {"w": _rand(2, 24, 4, seed=4), "r": _rand(2, 24, 6, seed=5), "b": _rand(2, 48, seed=6)}
+    x, h, c = _rand(5, 3, 4), _rand(2, 3, 6, seed=3), _rand(2, 3, 6, seed=7)
+    order = ["x", "w", "r", "b", "", "h", "c"]
+    attrs = {"hidden_size": 6, "direction": "bidirectional"}
+    time_first = to_torch(single_node_model("LSTM", {"x": x, "h": h, "c": c}, attrs, weights, 3, 14, order))
+    batch_first = to_torch(single_node_model("LSTM", {"x": x.transpose(1, 0, 2), "h": h.transpose(1, 0, 2),
+                                                       "c": c.transpose(1, 0, 2)},
+                                             {**attrs, "layout": 1}, weights, 3, 14, order))
+    with torch.no_grad():
+        y, yh, yc = time_first(x, h, c)
+        by, byh, byc = batch_first(x.transpose(1, 0, 2), h.transpose(1, 0, 2), c.transpose(1, 0, 2))
+    assert torch.allclose(by, y.permute(2, 0, 1, 3), atol=1e-6)
+    assert torch.allclose(byh, yh.transpose(0, 1), atol=1e-6) and torch.allclose(byc, yc.transpose(0, 1), atol=1e-6)
 
 
 def test_lrn_even_size_follows_the_spec_formula():
@@ -755,3 +799,239 @@ def test_deepcopy_and_state_dict_round_trip():
         assert not torch.equal(net(x), twin(x))
         twin.load_state_dict(net.state_dict())
         assert torch.equal(net(x), twin(x))
+
+
+# ---------------------------------------------------------------- several inputs, saving, TorchScript
+def _token_batch(batch=3, seq=9, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 50, (batch, seq))
+    mask = np.ones((batch, seq), np.int64)
+    mask[-1, seq // 2:] = 0  # a padded sentence: the mask must change its embedding
+    return ids, mask
+
+
+def test_text_encoder_takes_token_ids_and_mask_by_position_or_name(tmp_path):
+    path = text_encoder_onnx(tmp_path / "text.onnx")
+    net = to_torch(path)
+    assert net.input_names == ["input_ids", "attention_mask"] and net.output_names == ["embedding"]
+    for batch, seq in ((3, 9), (1, 4)):
+        ids, mask = _token_batch(batch, seq, seed=seq)
+        want = run_ort(path, {"input_ids": ids, "attention_mask": mask})[0]
+        with torch.no_grad():
+            positional = net(torch.from_numpy(ids), torch.from_numpy(mask))
+            named = net(attention_mask=torch.from_numpy(mask), input_ids=torch.from_numpy(ids))
+            mixed = net(ids.astype(np.int32), attention_mask=mask)  # numpy int32 ids are cast to int64
+        assert positional.shape == (batch, 16)
+        assert relative_error(positional.numpy(), want) <= TOL
+        assert torch.equal(positional, named) and torch.equal(positional, mixed)
+    ids, mask = _token_batch()
+    unmasked = run_ort(path, {"input_ids": ids, "attention_mask": np.ones_like(mask)})[0]
+    assert np.abs(unmasked[-1] - run_ort(path, {"input_ids": ids, "attention_mask": mask})[0][-1]).max() > 1e-3
+
+
+def test_several_inputs_wrong_calls_name_the_inputs(tmp_path):
+    net = to_torch(text_encoder_onnx(tmp_path / "text.onnx"))
+    ids, mask = (torch.from_numpy(a) for a in _token_batch())
+    with pytest.raises(InputError, match=r"missing input\(s\) \['attention_mask'\]"):
+        net(ids)
+    with pytest.raises(InputError, match="no input 'mask'; its inputs are"):
+        net(ids, mask=mask)
+    with pytest.raises(InputError, match="given twice"):
+        net(ids, mask, input_ids=ids)
+    with pytest.raises(InputError, match="takes 2 input"):
+        net(ids, mask, mask)
+    with pytest.raises(InputError, match="'input_ids' takes int64 values"):
+        net(ids.float(), mask)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gru_with_a_state_input_returns_output_and_state(tmp_path, bidirectional):
+    path = gru_onnx(tmp_path / "gru.onnx", bidirectional=bidirectional)
+    net = to_torch(path)
+    assert net.input_names == ["input", "state"] and net.output_names == ["output", "state_out"]
+    assert [layer.op_type for _, layer in net.layers].count("GRU") == 2  # two stacked layers
+    rng = np.random.default_rng(1)
+    state = rng.standard_normal((4 if bidirectional else 2, 3, 8)).astype(np.float32)
+    for x in (rng.standard_normal((6, 3, 5)).astype(np.float32), rng.standard_normal((1, 3, 5)).astype(np.float32)):
+        want = run_ort(path, {"input": x, "state": state})
+        with torch.no_grad():
+            got = net(torch.from_numpy(x), state=torch.from_numpy(state))
+        assert isinstance(got, tuple) and len(got) == 2
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and relative_error(g.numpy(), w) <= TOL
+        state = want[1]  # feed the state back, as a streaming model is run
+
+
+def test_torch_save_and_load_round_trip_the_whole_module(tmp_path):
+    net = to_torch(_small_cnn()).unfreeze(top=1)
+    with torch.no_grad():
+        net.fc.weight.add_(0.5)  # a fine-tuned weight must survive, not the converted one
+    torch.save(net, tmp_path / "net.pt")
+    twin = torch.load(tmp_path / "net.pt", weights_only=False)
+    x = torch.from_numpy(_rand(2, 3, 8, 8))
+    with torch.no_grad():
+        assert torch.equal(net(x), twin(x))
+    assert twin.trainable_layers() == ["fc"] and twin.input_names == ["x"]
+    assert dict(twin.named_parameters()).keys() == dict(net.named_parameters()).keys()
+
+
+def test_torch_save_does_not_store_the_fused_conv_batchnorm_cache(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.normal(0, 0.1, (256, 256, 3, 3)), "s": rng.uniform(0.5, 1.5, 256),
+               "b": rng.normal(0, 0.1, 256), "m": rng.normal(0, 0.1, 256), "v": rng.uniform(0.5, 1.5, 256)}
+    model = _graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                    helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"], name="bn")],
+                   [("x", TensorProto.FLOAT, ["n", 256, 4, 4])], [("y", TensorProto.FLOAT, None)],
+                   [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    net = to_torch(model)
+    x = torch.from_numpy(_rand(1, 256, 4, 4))
+    with torch.no_grad():
+        want = net(x)  # fills the cache of folded weights (as big as the conv's)
+    torch.save(net, tmp_path / "net.pt")
+    conv_bytes = 256 * 256 * 9 * 4
+    assert os.path.getsize(tmp_path / "net.pt") < 1.2 * conv_bytes
+    with torch.no_grad():
+        assert torch.allclose(torch.load(tmp_path / "net.pt", weights_only=False)(x), want, atol=1e-5)
+
+
+def test_torch_save_round_trips_a_multi_input_recurrent_module(tmp_path):
+    path = gru_onnx(tmp_path / "gru.onnx")
+    net = to_torch(path)
+    torch.save(net, tmp_path / "gru.pt")
+    twin = torch.load(tmp_path / "gru.pt", weights_only=False)
+    x, state = torch.from_numpy(_rand(4, 2, 5)), torch.from_numpy(_rand(2, 2, 8, seed=1))
+    with torch.no_grad():
+        for a, b in zip(net(x, state), twin(x, state)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_traced_module_saves_loads_and_follows_the_batch(tmp_path):
+    net = to_torch(_small_cnn())
+    traced = torch.jit.trace(net, torch.from_numpy(_rand(2, 3, 8, 8)))
+    torch.jit.save(traced, tmp_path / "net.ts")
+    loaded = torch.jit.load(tmp_path / "net.ts")
+    for batch in (1, 5):
+        x = torch.from_numpy(_rand(batch, 3, 8, 8, seed=batch))
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), net(x), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_traced_text_encoder_saves_and_loads_with_both_inputs(tmp_path):
+    path = text_encoder_onnx(tmp_path / "text.onnx")
+    net = to_torch(path)
+    ids, mask = (torch.from_numpy(a) for a in _token_batch())
+    traced = torch.jit.trace(net, (ids, mask))
+    torch.jit.save(traced, tmp_path / "text.ts")
+    loaded = torch.jit.load(tmp_path / "text.ts")
+    ids, mask = (torch.from_numpy(a) for a in _token_batch(2, 6, seed=3))
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids, mask), net(ids, mask), atol=1e-6)
+
+
+def test_every_converted_op_has_a_torchscript_form():
+    from converters.onnx_to_torch._ops import OPS
+    from converters.onnx_to_torch._script import EMITTERS
+
+    # Constant nodes have no inputs, so they are always folded away before a forward exists.
+    assert set(OPS) - {"Constant"} <= set(EMITTERS)
+
+
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_scripted_op_matches_the_eager_module(case):
+    op_type, inputs, constants, attrs, opset = OP_CASES[case]
+    model = single_node_model(op_type, inputs, attrs, constants, N_OUTPUTS.get(case, 1), opset,
+                              INPUT_ORDER.get(case))
+    net = to_torch(model)
+    scripted = torch.jit.script(net)
+    xs = [torch.from_numpy(inputs[name]) for name in net.input_names]
+    with torch.no_grad():
+        want, got = net(*xs), scripted(*xs)
+    want, got = (want if isinstance(want, tuple) else (want,)), (got if isinstance(got, tuple) else (got,))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert torch.allclose(g.double(), w.double(), atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet", "resnet50", "inception_v2", "shufflenet"])
+def test_scripted_light_model_saves_loads_and_matches_onnxruntime(name, tmp_path):
+    model = light_model_randomized(onnx_light_models() / f"light_{name}.onnx", seed=3)
+    net = to_torch(model)
+    scripted = torch.jit.script(net)
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    # Same parameters under the same names: a checkpoint of one loads into the other.
+    assert dict(scripted.named_parameters()).keys() == dict(net.named_parameters()).keys()
+    torch.jit.save(scripted, tmp_path / "net.ts")
+    loaded = torch.jit.load(tmp_path / "net.ts")
+    session = ort_session(model, threads=2)
+    for batch in (1, 2):
+        x = np.random.default_rng(batch).random((batch, 3, 224, 224), dtype=np.float32)
+        want = session.run(None, {net.input_names[0]: x})[-1]
+        with torch.no_grad():
+            got = loaded(torch.from_numpy(x))[-1].numpy()
+        assert relative_error(got, want) <= TOL
+
+
+def test_scripted_text_encoder_takes_inputs_by_name_after_save_and_load(tmp_path):
+    path = text_encoder_onnx(tmp_path / "text.onnx")
+    scripted = torch.jit.script(to_torch(path))
+    torch.jit.save(scripted, tmp_path / "text.ts")
+    loaded = torch.jit.load(tmp_path / "text.ts")
+    ids, mask = _token_batch(2, 5, seed=4)
+    want = run_ort(path, {"input_ids": ids, "attention_mask": mask})[0]
+    with torch.no_grad():
+        got = loaded(attention_mask=torch.from_numpy(mask), input_ids=torch.from_numpy(ids))
+    assert relative_error(got.numpy(), want) <= TOL
+
+
+def test_scripted_gru_returns_output_and_state_as_a_tuple(tmp_path):
+    path = gru_onnx(tmp_path / "gru.onnx", bidirectional=True)
+    scripted = torch.jit.script(to_torch(path))
+    torch.jit.save(scripted, tmp_path / "gru.ts")
+    loaded = torch.jit.load(tmp_path / "gru.ts")
+    x, state = _rand(3, 2, 5), _rand(4, 2, 8, seed=1)
+    want = run_ort(path, {"input": x, "state": state})
+    with torch.no_grad():
+        got = loaded(torch.from_numpy(x), torch.from_numpy(state))
+    assert isinstance(got, tuple) and len(got) == 2
+    for g, w in zip(got, want):
+        assert relative_error(g.numpy(), w) <= TOL
+
+
+def test_scripting_a_node_without_a_script_form_names_it_and_the_trace_alternative():
+    from onnx import TensorProto, helper
+
+    # The kernel is a run-time input: the scripted conv needs its rank at conversion time.
+    model = _graph([helper.make_node("Conv", ["x", "k"], ["y"], name="dynamic_conv")],
+                   [("x", TensorProto.FLOAT, ["n", 2, 5, 5]), ("k", TensorProto.FLOAT, [3, 2, 3, 3])],
+                   [("y", TensorProto.FLOAT, None)])
+    net = to_torch(model)
+    with pytest.raises(UnsupportedLayerError, match=r"dynamic_conv \(Conv: a weight computed at run time\).*"
+                                                    r"torch.jit.trace"):
+        torch.jit.script(net)
+
+
+def test_submodules_are_named_like_zoo_layers_lists_them(tmp_path):
+    from zoo.extract import layers
+
+    # onnx-caffe2 calls its nodes n0, n1...; zoo layers shows the Caffe layer names, and so does torch.
+    path = onnx_light_models() / "light_bvlc_alexnet.onnx"
+    net = to_torch(path)
+    weighted = [info.name for info in layers(path) if info.parameters]
+    assert [name for name, m in net.named_children() if name != "constants"] == weighted
+    assert net.get_submodule("fc6").onnx_name == "n16" and net.fc6.layer_name == "fc6"
+    assert "conv1.weight" in dict(net.named_parameters())
+    # A model exported from torch reads like the torch source: embed.weight, query.weight, query.bias...
+    text = to_torch(text_encoder_onnx(tmp_path / "text.onnx"))
+    assert {"embed.weight", "query.weight", "query.bias", "norm.weight"} <= dict(text.named_parameters()).keys()
+    assert tuple(text.embed.weight.shape) == (50, 16)  # the embedding table is a trainable layer too
+    # Two stacked GRU nodes of one torch layer: gru and gru_2; unfreezing "gru" trains both.
+    gru = to_torch(gru_onnx(tmp_path / "gru.onnx"))
+    assert [layer.layer_name for _, layer in gru.layers] == ["gru", "gru", "head"]
+    assert gru.get_submodule("gru_2").op_type == "GRU"
+    assert gru.unfreeze(layers=["gru"]).trainable_layers() == ["/gru/GRU", "/gru/GRU_1"]

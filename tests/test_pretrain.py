@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -124,13 +127,27 @@ def test_same_seed_same_stack_other_seed_other_stack(digits):
     assert not torch.equal(first.stack.layer1[0].weight, other.stack.layer1[0].weight)
 
 
-def test_progress_bar_shows_each_layer_and_is_silent_when_off(digits, capsys):
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_shows_each_layer_on_a_terminal_and_is_silent_when_off(digits, monkeypatch, capsys):
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
     pretrain(digits, [8, 4], "rbm", epochs=2, progress=False)
-    assert capsys.readouterr() == ("", "")
+    assert terminal.getvalue() == ""
     pretrain(digits, [8, 4], "rbm", epochs=2, progress=True)
-    err = capsys.readouterr().err
+    err = terminal.getvalue()
     assert "layer 1/2 rbm 64->8" in err and "layer 2/2 rbm 8->4" in err
     assert "reconstruction_error=" in err
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(digits, capsys):
+    pretrain(digits, [8, 4], "rbm", epochs=2, progress=True)  # capsys: stderr is a pipe-like buffer
+    assert capsys.readouterr() == ("", "")
 
 
 # --- saving to the catalog ---------------------------------------------------------------------
@@ -383,7 +400,8 @@ def test_cli_as_a_subprocess(zoo_cmd, data_file):
     )
     assert done.returncode == 0, done.stderr
     assert "saved sub-base (rbm stack" in done.stdout
-    assert "layer 1/2 rbm 64->12" in done.stderr  # the progress bar
+    # stdout and stderr are pipes: no progress bars, no carriage returns in a log.
+    assert "\r" not in done.stderr and "layer 1/2" not in done.stderr and "it/s" not in done.stderr
     model = open_catalog().get("sub-base")
     X = np.load(data_file)
     assert _onnx_outputs(model.artifact("model").path, X).shape == (120, 6)
@@ -398,3 +416,53 @@ def test_cli_as_a_subprocess(zoo_cmd, data_file):
     )
     assert bad.returncode == 1 and bad.stderr.startswith("error: layers must be positive")
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_cli_shows_progress_bars_when_stderr_is_a_terminal(zoo_cmd, data_file):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    controller, terminal = pty.openpty()
+    # A new pty is 0 columns wide, and tqdm fits its bar to the width: give it a real terminal's.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        done = subprocess.run(
+            [*zoo_cmd, "pretrain", "--data", str(data_file), "--layers", "6", "--name", "tty-base", "--epochs", "2"],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=300, check=False)
+        os.close(terminal)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(controller, 1 << 16)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0, err.decode(errors="replace")
+    assert "saved tty-base" in done.stdout and "\r" not in done.stdout
+    assert b"layer 1/1 autoencoder 64->6" in err and b"reconstruction_error=" in err
+
+
+@pytest.mark.slow
+def test_python_m_zoo_pretraining_prints_the_digits_check():
+    """docs/pretrain.md and the README run `python -m zoo.pretraining`; it must print the table."""
+    pytest.importorskip("sklearn")
+    done = subprocess.run(
+        [sys.executable, "-m", "zoo.pretraining", "--seeds", "0", "--epochs", "1", "--finetune-epochs", "2"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "digits: 1257 training rows, 540 test rows, 5% labelled, layers 64-300-100"
+    assert lines[1].split() == ["test", "accuracy", "scratch", "autoencoder", "rbm"]
+    assert lines[2].startswith("seed 0 (62 labels)") and lines[3].startswith("mean")
+    assert all(0.0 <= float(v) <= 1.0 for v in lines[3].split()[1:])
+    assert "\r" not in done.stderr  # stderr is a pipe: no bars
+    bad = subprocess.run([sys.executable, "-m", "zoo.pretraining", "--seeds", "a,b"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 2 and "--seeds 'a,b': give comma-separated integers" in bad.stderr

@@ -13,6 +13,7 @@ Importing zoo is cheap: each name below is imported from its module on first use
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sqlite3  # noqa: F401  bind the system SQLite (with FTS5) before tensorflow can load its own
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,11 @@ __all__ = ["__version__", *_API]
 def __getattr__(name: str) -> Any:
     module = _API.get(name)
     if module is None:
+        # `zoo.features.extract_features` in a fresh interpreter: a submodule, imported on first use.
+        if not name.startswith("_") and importlib.util.find_spec(f"zoo.{name}") is not None:
+            value = importlib.import_module(f"zoo.{name}")
+            globals()[name] = value
+            return value
         raise AttributeError(f"module 'zoo' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

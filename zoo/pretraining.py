@@ -256,7 +256,8 @@ def _train_layer(
     optimizer = torch.optim.Adam(unit.parameters(), lr=lr)
     rows = len(inputs)
     errors: list[float] = []
-    bar = tqdm(range(epochs), desc=label, disable=not progress, file=sys.stderr, leave=True)
+    bar = tqdm(range(epochs), desc=label, file=sys.stderr, leave=True,
+               disable=not progress or not sys.stderr.isatty())  # no bar in logs and pipes
     for _ in bar:
         order = torch.randperm(rows, generator=generator).numpy()
         total = 0.0
@@ -715,10 +716,15 @@ def _main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds [0,1,2]")
     parser.add_argument("--fraction", type=float, default=0.05, help="labelled fraction [0.05]")
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs per layer [20]")
+    parser.add_argument("--finetune-epochs", type=int, default=300, help="fine-tuning epochs [300]")
     args = parser.parse_args()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 0,1,2")
     report = digits_check(
-        label_fraction=args.fraction, seeds=[int(s) for s in args.seeds.split(",")],
-        epochs=args.epochs, progress=False,
+        label_fraction=args.fraction, seeds=seeds, epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs, progress=sys.stderr.isatty(),
     )
     print(f"digits: {report['train_rows']} training rows, {report['test_rows']} test rows, "
           f"{args.fraction:.0%} labelled, layers 64-{'-'.join(map(str, report['layers']))}")
@@ -727,3 +733,7 @@ def _main() -> None:
         print(f"seed {run['seed']} ({run['labels']} labels)" + "".join(
             f"  {run[k]:11.3f}" for k in ["scratch", *METHODS]))
     print("mean" + " " * 15 + "".join(f"  {report['mean'][k]:11.3f}" for k in ["scratch", *METHODS]))
+
+
+if __name__ == "__main__":
+    _main()

@@ -597,7 +597,8 @@ def _segment(model: Any, start: str, shape: list | None) -> Any:
     inp = helper.make_tensor_value_info(start, onnx.TensorProto.FLOAT, dims)
     inits = [t for t in graph.initializer if t.name in needed]
     sub = helper.make_graph(nodes, "top", [inp], list(graph.output), inits)
-    out = helper.make_model(sub, opset_imports=model.opset_import, producer_name="zoo")
+    # The source's producer: zoo layers and to_torch then name the segment's layers as in the whole model.
+    out = helper.make_model(sub, opset_imports=model.opset_import, producer_name=model.producer_name or "zoo")
     out.ir_version = model.ir_version
     return out
 

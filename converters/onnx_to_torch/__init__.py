@@ -20,6 +20,11 @@ def to_torch(model: onnx.ModelProto | str | Path) -> OnnxModule:
     depends on the input (tf2onnx's Shape/Gather/Concat/Reshape) runs on the live tensors, so any
     batch size works.
 
+    The module takes the graph inputs in order or by name (`net(ids, attention_mask=mask)`) and
+    returns one tensor, or a tuple in `output_names` order for several outputs. Submodules are
+    named like `zoo layers` lists the layers. `torch.save`, `torch.jit.trace` and
+    `torch.jit.script` (which compiles `net.scriptable()`, the inference graph) work on it.
+
     >>> net = to_torch("squeezenet_v1.1.onnx")  # doctest: +SKIP
     >>> net.unfreeze(top=1).trainable_layers()  # doctest: +SKIP
     ['conv10']

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from converters.onnx_to_torch._ops import ONNX_DTYPES, OPS, Node, Unsupported
+from converters.onnx_to_torch._ops import ONNX_DTYPES, OPS, Node, OpFunction, Unsupported
 from zoo.errors import ModelFormatError, UnsupportedLayerError
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ class Graph:
     opset: int = 13
     input_dtypes: list[torch.dtype | None] = field(default_factory=list)  # declared, per input
     input_shapes: list[list[int | str | None] | None] = field(default_factory=list)  # None: unknown rank
+    layer_names: dict[str, str] = field(default_factory=dict)  # node name -> its layer in `zoo layers`
 
 
 def load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
@@ -60,6 +61,8 @@ def _attrs(node) -> dict:
             value = numpy_helper.to_array(value)
         elif isinstance(value, bytes):
             value = value.decode()
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]  # STRINGS, e.g. an RNN's activations
         elif attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             value = "<subgraph>"
         out[attr.name] = value
@@ -95,7 +98,20 @@ def parse(proto: onnx.ModelProto) -> Graph:
     shapes = [[d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                for d in declared[name].shape.dim] if declared[name].HasField("shape") else None
               for name in inputs]
-    return Graph(inputs, outputs, live_nodes, live_fns, constants, opset, dtypes, shapes)
+    return Graph(inputs, outputs, live_nodes, live_fns, constants, opset, dtypes, shapes,
+                 _layer_names(proto, protos, nodes))
+
+
+def _layer_names(proto: onnx.ModelProto, protos: list, nodes: list[Node]) -> dict[str, str]:
+    """Each node's layer name as `zoo layers` lists it (Caffe names for onnx-caffe2's n0, n1...)."""
+    from zoo.graph import list_layers
+
+    try:
+        listed = {node: layer.name for layer in list_layers(proto) for node in layer.nodes}
+    except Exception:  # noqa: BLE001 - names are cosmetic; a graph zoo.graph cannot read keeps node names
+        return {}
+    return {node.name: listed[p.name or p.output[0]] for p, node in zip(protos, nodes)
+            if (p.name or p.output[0]) in listed}
 
 
 def _functions(nodes: list[Node], domains: list[str]) -> list:
@@ -109,7 +125,7 @@ def _functions(nodes: list[Node], domains: list[str]) -> list:
             problems.append((node.op_type, node.name, ""))
         else:
             try:
-                fn = OPS[node.op_type](node)
+                fn = OpFunction(node)
             except (Unsupported, KeyError) as exc:
                 reason = f"missing attribute {exc}" if isinstance(exc, KeyError) else str(exc)
                 problems.append((node.op_type, node.name, reason))

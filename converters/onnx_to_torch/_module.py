@@ -26,6 +26,11 @@ _PARAMETERS: dict[str, dict[int, str]] = {
     "InstanceNormalization": {1: "weight", 2: "bias"},
     "LayerNormalization": {1: "weight", 2: "bias"},
     "PRelu": {1: "weight"},
+    "Gather": {0: "weight"},  # a float table indexed by token ids: an embedding
+    # Recurrent layers: W (input-hidden), R (hidden-hidden), B, and LSTM's peepholes P.
+    "GRU": {1: "weight_ih", 2: "weight_hh", 3: "bias"},
+    "RNN": {1: "weight_ih", 2: "weight_hh", 3: "bias"},
+    "LSTM": {1: "weight_ih", 2: "weight_hh", 3: "bias", 7: "peephole"},
     # A per-channel constant added or multiplied in is a layer's bias or scale (Caffe Scale, Keras
     # Dense bias after MatMul); a scalar constant is arithmetic, not a weight.
     "Add": {0: "bias", 1: "bias"},
@@ -46,13 +51,16 @@ _STATISTICS: dict[str, dict[int, str]] = {"BatchNormalization": {3: "running_mea
 class OnnxLayer(nn.Module):
     """One parameterised ONNX node (and the bias Add/Sub that only follows it, if any).
 
-    `onnx_name` is the node's name in the source graph, `onnx_nodes` every node it runs and
-    `onnx_inputs` maps each parameter or buffer to the ONNX tensor it was read from.
+    `onnx_name` is the node's name in the source graph, `layer_name` the layer `zoo layers` lists it
+    under, `onnx_nodes` every node it runs and `onnx_inputs` maps each parameter or buffer to the
+    ONNX tensor it was read from.
     """
 
-    def __init__(self, node: Node, fn: Callable, slots: list[str | None], onnx_inputs: dict[str, str]):
+    def __init__(self, node: Node, fn: Callable, slots: list[str | None], onnx_inputs: dict[str, str],
+                 layer_name: str | None = None):
         super().__init__()
         self.onnx_name = node.name
+        self.layer_name = layer_name or node.name  # as `zoo layers` names the layer this node belongs to
         self.op_type = node.op_type
         self.onnx_inputs = onnx_inputs  # attribute name -> ONNX tensor name it came from
         self.onnx_nodes = [node.name]  # the node, and the bias Add/Sub folded in after it if any
@@ -95,24 +103,34 @@ class _ConvBatchNorm:
         self._key: tuple | None = None
         self._folded: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def __getstate__(self) -> dict:
+        # The folded weights are a cache: torch.save must not store a second copy of the conv.
+        return {**self.__dict__, "_key": None, "_folded": None}
+
     def _tensors(self) -> list[torch.Tensor]:
         conv, bn = self.conv, self.bn
         extra = [conv.bias] if "bias" in conv._parameters else []
         return [conv.weight, *extra, bn.weight, bn.bias, bn.running_mean, bn.running_var]
 
     def _weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.jit.is_tracing():
+            # A trace must record the folding from the parameters, not a cached result.
+            return self._fold()
         tensors = self._tensors()
         # Recompute when any tensor changed in place (_version), moved, or was cast.
         key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
         if key != self._key:
-            conv, bn = self.conv, self.bn
             with torch.no_grad():
-                scale = bn.weight / torch.sqrt(bn.running_var + self.eps)
-                weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
-                bias = conv.bias if "bias" in conv._parameters else torch.zeros_like(bn.bias)
-                self._folded = (weight, (bias - bn.running_mean) * scale + bn.bias)
+                self._folded = self._fold()
             self._key = key
         return self._folded
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        conv, bn = self.conv, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + self.eps)
+        weight = conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
+        bias = conv.bias if "bias" in conv._parameters else torch.zeros_like(bn.bias)
+        return weight, (bias - bn.running_mean) * scale + bn.bias
 
     def __call__(self, x):
         conv, bn = self.conv, self.bn
@@ -141,10 +159,11 @@ class OnnxModule(nn.Module):
     """An ONNX graph as a torch module: frozen weights, `unfreeze(top=k)` to train the top k layers.
 
     `layers` lists (ONNX node name, submodule) for every node with weights, in graph order; the
-    submodules are attributes named after the node (sanitized), so `named_parameters()` reads like
-    the source network. Dropout nodes act only in train mode and only when a trainable layer comes
-    after them in graph order (they regularise what is being trained), so a fully frozen module is
-    deterministic in either mode.
+    submodules are attributes named after the layer `zoo layers` lists the node under (sanitized:
+    `conv1`, `inception_3a_1x1`, a second node of one layer `gru_2`), so `named_parameters()` and
+    `get_submodule()` read like the layers list. Dropout nodes act only in train mode and only when
+    a trainable layer comes after them in graph order (they regularise what is being trained), so a
+    fully frozen module is deterministic in either mode.
     """
 
     def __init__(self, graph: Graph):
@@ -155,6 +174,7 @@ class OnnxModule(nn.Module):
         self._input_dtypes = graph.input_dtypes or [None] * len(graph.inputs)
         self.input_shapes = graph.input_shapes or [None] * len(graph.inputs)  # as declared in the graph
         self.layers: list[tuple[str, OnnxLayer]] = []
+        self._layer_names = dict(graph.layer_names)
         self.constants = nn.Module()  # run-time constants (shapes, indices, scalars) as buffers
         self._constant_names: dict[str, str] = {}
         shared: dict[str, nn.Parameter] = {}
@@ -252,7 +272,7 @@ class OnnxModule(nn.Module):
         slots: list[str | None] = [weights.get(k) or stats.get(k) for k in range(len(node.inputs))]
         onnx_inputs = {slots[k]: node.inputs[k] for k in range(len(node.inputs)) if slots[k]}
         cls = BatchNormLayer if node.op_type == "BatchNormalization" else OnnxLayer
-        layer = cls(node, fn, slots, onnx_inputs)
+        layer = cls(node, fn, slots, onnx_inputs, self._layer_names.get(node.name))
         for k, role in weights.items():
             name = node.inputs[k]
             if name not in shared:
@@ -263,7 +283,7 @@ class OnnxModule(nn.Module):
             layer.register_parameter(role, shared[name])
         for k, role in stats.items():
             layer.register_buffer(role, node.constants[k].detach().clone())
-        attr = _sanitize(node.name)
+        attr = _sanitize(layer.layer_name)
         base, n = attr, 2
         while hasattr(self, attr) or attr in self._modules:
             attr, n = f"{base}_{n}", n + 1
@@ -302,11 +322,15 @@ class OnnxModule(nn.Module):
     def unfreeze(self, top: int = 1, layers: Iterable[str] | None = None) -> OnnxModule:
         """Make exactly the top `top` parameterised layers trainable (counted from the output).
 
-        Or, with `layers`, exactly the named layers (ONNX node names). Every other layer is frozen.
+        Or, with `layers`, exactly the named layers (ONNX node names, or layer names as `zoo layers`
+        shows them). Every other layer is frozen.
         """
         names = [name for name, _ in self.layers]
         if layers is not None:
-            chosen = list(layers)
+            chosen = []
+            for wanted_name in layers:
+                by_layer = [name for name, layer in self.layers if layer.layer_name == wanted_name]
+                chosen += by_layer if wanted_name not in names and by_layer else [wanted_name]
             unknown = [n for n in chosen if n not in names]
             if unknown:
                 raise UnknownLayerError(
@@ -341,6 +365,11 @@ class OnnxModule(nn.Module):
                                  f"{type(x).__name__} ({exc})") from None
             if dtype is not None and x.dtype != dtype:
                 x = x.to(dtype)
+        elif dtype is not None and x.dtype != dtype and not dtype.is_floating_point:
+            if x.is_floating_point() or x.is_complex():
+                raise InputError(f"input {self.input_names[k]!r} takes {str(dtype).replace('torch.', '')} "
+                                 f"values (e.g. token ids), got a {str(x.dtype).replace('torch.', '')} tensor")
+            x = x.to(dtype)  # int32 token ids into an int64 input
         shape = self.input_shapes[k]
         if shape is not None and x.dim() != len(shape):
             # Only the rank is checked: the batch and, in convolutional nets, the spatial sizes may
@@ -353,12 +382,35 @@ class OnnxModule(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)  # see _CHANNELS_LAST
         return x
 
-    def forward(self, *inputs):
-        if len(inputs) != len(self.input_names):
-            raise InputError(f"this module takes {len(self.input_names)} input(s) "
-                             f"{self.input_names}, got {len(inputs)}")
+    def _bind(self, inputs: tuple, named: dict[str, Any]) -> list[Any]:
+        """The inputs in graph order, from positional arguments then keywords (ONNX or sanitized name)."""
+        names = self.input_names
+        if len(inputs) > len(names):
+            raise InputError(f"this module takes {len(names)} input(s) {names}, got {len(inputs)}")
+        bound: list[Any] = list(inputs) + [None] * (len(names) - len(inputs))
+        given = [True] * len(inputs) + [False] * (len(names) - len(inputs))
+        by_name = {name: k for k, name in enumerate(names)}
+        by_name.update({_sanitize(name): k for k, name in enumerate(names) if _sanitize(name) not in by_name})
+        for key, value in named.items():
+            k = by_name.get(key)
+            if k is None:
+                raise InputError(f"this module has no input {key!r}; its inputs are {names}")
+            if given[k]:
+                raise InputError(f"input {names[k]!r} given twice (by position and by name)")
+            bound[k], given[k] = value, True
+        missing = [name for name, ok in zip(names, given) if not ok]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; this module takes {names}, in that order "
+                             f"or by name")
+        return bound
+
+    def forward(self, *inputs, **named):
+        """Run the graph on its inputs, positional in graph input order or by name.
+
+        One graph output comes back as a tensor, several as a tuple in `output_names` order.
+        """
         env: dict[str, Any] = {name: getattr(self.constants, key) for name, key in self._constant_names.items()}
-        for k, (name, x) in enumerate(zip(self.input_names, inputs)):
+        for k, (name, x) in enumerate(zip(self.input_names, self._bind(inputs, named))):
             env[name] = self._as_input(k, x)
         last_trainable = -1
         if self.training:
@@ -383,6 +435,21 @@ class OnnxModule(nn.Module):
                 env.pop(name, None)
         results = tuple(env[name] for name in self.output_names)
         return results[0] if len(results) == 1 else results
+
+    # ---------------------------------------------------------------- TorchScript
+    def scriptable(self) -> nn.Module:
+        """The inference graph as an `fx.GraphModule` that `torch.jit.script` compiles (same parameters).
+
+        Its forward takes the inputs as tensors, positional or by (sanitized) input name; input
+        checks and casts, and dropout / batch statistics while training, stay with this module.
+        """
+        from converters.onnx_to_torch._script import scriptable
+
+        return scriptable(self)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script(module) calls this first: the interpreted forward cannot be compiled.
+        return self.scriptable()
 
     def extra_repr(self) -> str:
         return f"inputs={self.input_names}, outputs={self.output_names}, opset={self.opset}"

@@ -32,6 +32,23 @@ class Node:
     constants: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+class OpFunction:
+    """A node's torch function that pickles as its op type and attributes (rebuilt on load), so
+    `torch.save` of a whole module works where pickling the closures the factories return would not."""
+
+    def __init__(self, node: Node):
+        # Without `constants`: the weights are pickled once, as the module's parameters.
+        self.node = Node(node.name, node.op_type, list(node.inputs), list(node.outputs), dict(node.attrs),
+                         node.opset)
+        self.fn = OPS[node.op_type](self.node)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self):
+        return OpFunction, (self.node,)
+
+
 ONNX_DTYPES: dict[int, torch.dtype] = {
     1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32,
     7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16,
@@ -1052,3 +1069,156 @@ def _trilu(node: Node) -> OpFn:
 def _is_inf(node: Node) -> OpFn:
     pos, neg = node.attrs.get("detect_positive", 1), node.attrs.get("detect_negative", 1)
     return lambda x: (torch.isposinf(x) & bool(pos)) | (torch.isneginf(x) & bool(neg))
+
+
+# ---------------------------------------------------------------- recurrent layers
+_RNN_ACTIVATIONS = {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu}
+
+
+class _Recurrence:
+    """What RNN, GRU and LSTM share: attributes, directions, layouts and per-example sequence lengths."""
+
+    def __init__(self, node: Node, default_activations: list[str]):
+        a = node.attrs
+        self.direction = a.get("direction", "forward")
+        if self.direction not in ("forward", "reverse", "bidirectional"):
+            raise Unsupported(f"direction={self.direction!r}")
+        dirs = 2 if self.direction == "bidirectional" else 1
+        names = list(a.get("activations", [])) or default_activations * dirs
+        unknown = sorted({n for n in names if n not in _RNN_ACTIVATIONS})
+        if unknown or a.get("activation_alpha") or a.get("activation_beta"):
+            raise Unsupported(f"activations {unknown or names} (supported: {', '.join(_RNN_ACTIVATIONS)})")
+        per = len(names) // dirs
+        self.activations = [[_RNN_ACTIVATIONS[n] for n in names[d * per:(d + 1) * per]] for d in range(dirs)]
+        self.clip = a.get("clip")
+        self.layout = a.get("layout", 0)
+        if a.get("input_forget", 0):
+            raise Unsupported("LSTM with input_forget=1")
+
+    def gate(self, v):
+        return v if self.clip is None else torch.clamp(v, -self.clip, self.clip)
+
+    def run(self, cell, x, states: list, seq_lens, hidden: int):
+        """Run `cell(d, x_t, states) -> states` over time for each direction; Y and the last states."""
+        if self.layout:
+            x = x.transpose(0, 1)
+            states = [s.transpose(0, 1) if s is not None else None for s in states]
+        steps, batch = x.shape[0], x.shape[1]
+        lens = None if seq_lens is None else seq_lens.long().to(x.device)
+        outs, finals = [], []
+        for d in range(len(self.activations)):
+            reverse = self.direction == "reverse" or d == 1
+            xs = x
+            t = torch.arange(steps, device=x.device).unsqueeze(1)  # [steps, 1]
+            if reverse:
+                # Each sequence reversed within its own length: index len-1-t, padding left in place.
+                n = lens if lens is not None else torch.full((batch,), steps, device=x.device)
+                order = torch.where(t < n, n - 1 - t, t)  # [steps, batch]
+                xs = torch.gather(x, 0, order.unsqueeze(-1).expand(x.shape))
+            mine = [s[d] if s is not None else None for s in states]
+            ys = []
+            for k in range(steps):
+                new = cell(d, xs[k], mine)
+                if lens is not None:
+                    keep = (k < lens).unsqueeze(-1)
+                    new = [torch.where(keep, v, old) for v, old in zip(new, mine)]
+                    ys.append(torch.where(keep, new[0], torch.zeros_like(new[0])))
+                else:
+                    ys.append(new[0])
+                mine = new
+            y = torch.stack(ys) if ys else x.new_zeros((0, batch, hidden))
+            if reverse:
+                y = torch.gather(y, 0, order.unsqueeze(-1).expand(y.shape))
+            outs.append(y)
+            finals.append(mine)
+        y = torch.stack(outs, 1)  # [steps, dirs, batch, hidden]
+        last = [torch.stack([f[i] for f in finals]) for i in range(len(finals[0]))]  # [dirs, batch, hidden]
+        if self.layout:
+            y = y.permute(2, 0, 1, 3)
+            last = [s.transpose(0, 1) for s in last]
+        return (y, *last)
+
+
+def _zero_state(rec: _Recurrence, x, dirs: int, hidden: int):
+    """The default initial state: zeros, laid out like the node's layout."""
+    if rec.layout:
+        return x.new_zeros((x.shape[0], dirs, hidden))
+    return x.new_zeros((dirs, x.shape[1], hidden))
+
+
+@op("GRU")
+def _gru(node: Node) -> OpFn:
+    rec = _Recurrence(node, ["Sigmoid", "Tanh"])
+    before_reset = node.attrs.get("linear_before_reset", 0)
+
+    def run(x, w, r, b=None, seq_lens=None, h0=None):
+        dirs, hidden = w.shape[0], r.shape[-1]
+        h0 = h0 if h0 is not None else _zero_state(rec, x, dirs, hidden)
+        b = x.new_zeros((dirs, 6 * hidden)) if b is None else b
+
+        def cell(d, xt, states):
+            h, = states
+            f, g = rec.activations[d]
+            gx = xt @ w[d].t() + b[d, :3 * hidden]
+            wz, wr, wh = gx.split(hidden, -1)
+            rz, rr, rh = r[d].split(hidden, 0)
+            bz, br, bh = b[d, 3 * hidden:].split(hidden)
+            z = f(rec.gate(wz + h @ rz.t() + bz))
+            rt = f(rec.gate(wr + h @ rr.t() + br))
+            if before_reset:
+                n = g(rec.gate(wh + rt * (h @ rh.t() + bh)))
+            else:
+                n = g(rec.gate(wh + (rt * h) @ rh.t() + bh))
+            return [(1 - z) * n + z * h]
+
+        return rec.run(cell, x, [h0], seq_lens, hidden)
+
+    return run
+
+
+@op("LSTM")
+def _lstm(node: Node) -> OpFn:
+    rec = _Recurrence(node, ["Sigmoid", "Tanh", "Tanh"])
+
+    def run(x, w, r, b=None, seq_lens=None, h0=None, c0=None, p=None):
+        dirs, hidden = w.shape[0], r.shape[-1]
+        h0 = h0 if h0 is not None else _zero_state(rec, x, dirs, hidden)
+        c0 = c0 if c0 is not None else _zero_state(rec, x, dirs, hidden)
+        b = x.new_zeros((dirs, 8 * hidden)) if b is None else b
+        p = x.new_zeros((dirs, 3 * hidden)) if p is None else p
+
+        def cell(d, xt, states):
+            h, c = states
+            f, g, act = rec.activations[d]
+            gates = xt @ w[d].t() + h @ r[d].t() + b[d, :4 * hidden] + b[d, 4 * hidden:]
+            gi, go, gf, gc = gates.split(hidden, -1)
+            pi, po, pf = p[d].split(hidden)
+            i = f(rec.gate(gi + pi * c))
+            ft = f(rec.gate(gf + pf * c))
+            c_new = ft * c + i * g(rec.gate(gc))
+            o = f(rec.gate(go + po * c_new))
+            return [o * act(c_new), c_new]
+
+        y, h, c = rec.run(cell, x, [h0, c0], seq_lens, hidden)
+        return y, h, c
+
+    return run
+
+
+@op("RNN")
+def _rnn(node: Node) -> OpFn:
+    rec = _Recurrence(node, ["Tanh"])
+
+    def run(x, w, r, b=None, seq_lens=None, h0=None):
+        dirs, hidden = w.shape[0], r.shape[-1]
+        h0 = h0 if h0 is not None else _zero_state(rec, x, dirs, hidden)
+        b = x.new_zeros((dirs, 2 * hidden)) if b is None else b
+
+        def cell(d, xt, states):
+            h, = states
+            f, = rec.activations[d]
+            return [f(rec.gate(xt @ w[d].t() + h @ r[d].t() + b[d, :hidden] + b[d, hidden:]))]
+
+        return rec.run(cell, x, [h0], seq_lens, hidden)
+
+    return run
