@@ -9,7 +9,9 @@ import struct
 import tempfile
 from pathlib import Path
 
-CAFFE_MODELS = Path(__file__).resolve().parent.parent.parent / "shared" / "caffe" / "models"
+# The shared folder beside the checkout; ZOO_TEST_SHARED points elsewhere (e.g. from a git worktree).
+CAFFE_MODELS = Path(os.environ.get("ZOO_TEST_SHARED") or Path(__file__).resolve().parent.parent.parent / "shared"
+                    ) / "caffe" / "models"
 
 _BUILT: dict[str, dict[str, Path]] = {}
 
