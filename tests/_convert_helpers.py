@@ -242,6 +242,54 @@ def build_torchscript(folder: Path) -> dict[str, Path]:
     return paths
 
 
+def _speech_net():
+    """A Silero-VAD-like net: forward(x, sr: int) on 512-sample frames, with a branch on the rate."""
+    import torch
+
+    class SpeechNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(1, 4, 9, stride=4)
+            self.out = torch.nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor, sr: int) -> torch.Tensor:
+            if sr == 8000:
+                x = torch.nn.functional.interpolate(x.unsqueeze(1), scale_factor=2.0).squeeze(1)
+            h = torch.relu(self.conv(x.unsqueeze(1))).mean(dim=2)
+            return torch.sigmoid(self.out(h))
+
+    return SpeechNet
+
+
+def _text_net():
+    """A text encoder: token ids (int64) and an attention mask in, mean of unmasked embeddings out."""
+    import torch
+
+    class TextNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(100, 8)
+            self.proj = torch.nn.Linear(8, 6)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            mask = attention_mask.unsqueeze(-1).to(torch.float32)
+            pooled = (self.embed(input_ids) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            return torch.tanh(self.proj(pooled))
+
+    return TextNet
+
+
+def build_torchscript_with_args(folder: Path) -> dict[str, Path]:
+    """TorchScript archives whose forward needs more than one image tensor: (x, sr: int), (ids, mask)."""
+    import torch
+
+    torch.manual_seed(0)
+    paths = {"speech": folder / "vad.pt", "text": folder / "text.pt"}
+    torch.jit.script(_speech_net()().eval()).save(str(paths["speech"]))
+    torch.jit.script(_text_net()().eval()).save(str(paths["text"]))
+    return paths
+
+
 @pytest.fixture(scope="session")
 def tf_models(tmp_path_factory) -> dict:
     """Every TensorFlow-side format, built once per session (TF is slow to start)."""
@@ -265,7 +313,8 @@ def tf_models(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def torch_models(tmp_path_factory) -> dict[str, Path]:
-    return build_torchscript(tmp_path_factory.mktemp("torch-models"))
+    folder = tmp_path_factory.mktemp("torch-models")
+    return {**build_torchscript(folder), **build_torchscript_with_args(folder)}
 
 
 def sha256(path: Path) -> str:

@@ -233,7 +233,7 @@ def _options(model: Model, opset: int | None, nchw: bool, specs: list | None = N
             # Only tf2onnx can move inputs to channels-first; the other converters ignore --nchw.
             "opset": resolved, "nchw": bool(nchw) and model.framework in ("tensorflow", "keras", "tflite"),
             "meta": keep,
-            "input_shape": model.input.shape,
+            "input_shape": None if specs else model.input.shape,  # specs supersede (and set) it
             # Only when given: adding the keys to every model would invalidate every stored conversion.
             **({"inputs": specs} if specs else {}), **({"args": values} if values else {})}
 

@@ -71,13 +71,15 @@ def _dim(name: str, value: Any) -> int | None:
 
 
 def input_specs(inputs: Mapping[str, InputValue] | Iterable[str] | None) -> list[dict[str, Any]]:
-    """Every input, in the given order, from a mapping name -> spec or ``"name=spec"`` strings."""
+    """Every input, in the given order, from a mapping name -> spec, ``"name=spec"`` strings or
+    ``{"name", "shape", "dtype"}`` records (as stored in a model's ``meta["input_specs"]``)."""
     if not inputs:
         return []
     if isinstance(inputs, str):
         inputs = [inputs]
     specs = ([input_spec(str(k), v) for k, v in inputs.items()] if isinstance(inputs, Mapping)
-             else [parse_input(t) for t in inputs])
+             else [input_spec(str(t.get("name")), t) if isinstance(t, Mapping) else parse_input(t)
+                   for t in inputs])
     seen: set[str] = set()
     for spec in specs:
         if spec["name"] in seen:
