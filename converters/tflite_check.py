@@ -109,6 +109,11 @@ class _Table:
         start, count = self.buf.vector(self.buf.target(pos), size, what)
         return struct.unpack_from(f"<{count}{fmt.lstrip('<')}", self.buf.data, start)
 
+    def length(self, index: int, item_size: int, what: str) -> int:
+        """Number of items of a vector field (checked to lie inside the file), without reading them."""
+        pos = self._field(index, 4)
+        return 0 if pos is None else self.buf.vector(self.buf.target(pos), item_size, what)[1]
+
     def string(self, index: int, what: str) -> bytes | None:
         pos = self._field(index, 4)
         if pos is None:
@@ -139,6 +144,7 @@ def validate_tflite(path: str | os.PathLike) -> dict[str, Any]:
         code.scalar(3, "<i")
     buffers = model.tables(4, "buffer")
     for buffer in buffers:
+        buffer.length(0, 1, "weights")
         start = buffer.scalar(1, "<Q")
         size = buffer.scalar(2, "<Q")
         if start > 1 and start + size > len(data):  # weights stored after the flatbuffer (> 2 GB models)
@@ -194,13 +200,12 @@ def _check_tensor(buf: _Buffer, tensor: _Table, buffers: list[_Table]) -> None:
         raise buf.fail(f"a tensor names buffer {index}, but the model has {len(buffers)}")
     if any(d < 0 for d in shape) or kind not in _TYPE_SIZES or tensor.table(6, "sparsity") is not None:
         return
-    data = buffers[index].scalars(0, "B", "weights") if index else ()
+    size = buffers[index].length(0, 1, "weights") if index else 0
     expected = _TYPE_SIZES[kind]
     for dim in shape:
         expected *= dim
-    if data and len(data) < expected:
-        raise buf.fail(f"a tensor of shape {list(shape)} has {len(data)} bytes of weights, "
-                       f"{expected} expected")
+    if size and size < expected:
+        raise buf.fail(f"a tensor of shape {list(shape)} has {size} bytes of weights, {expected} expected")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +219,10 @@ def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | Non
     (``converters.onnx_model.sample_inputs``, NHWC), the outputs by name and, per output, the
     quantization scale of the int tensor it was dequantized from (quantized models). A crash,
     hang or error of the child raises ModelFormatError with one line saying what happened.
+
+    Where the OS can fork, the child is a fork of this process after TensorFlow is imported
+    (converting needs it here anyway), so it starts in milliseconds; elsewhere it is a new
+    Python process, which pays TensorFlow's import again.
     """
     import numpy as np
 
@@ -221,17 +230,9 @@ def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | Non
     limit = timeout if timeout is not None else float(os.environ.get("ZOO_TFLITE_TIMEOUT") or CHILD_TIMEOUT)
     with tempfile.TemporaryDirectory(prefix="zoo-tflite-") as folder:
         out = os.path.join(folder, "result")
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "PYTHONPATH": os.pathsep.join(p for p in [*sys.path, os.environ.get("PYTHONPATH", "")] if p)}
-        command = [sys.executable, "-c", "from converters.tflite_check import _child; _child()", path, out, str(seed)]
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit, check=False)
-        except subprocess.TimeoutExpired:
-            raise ModelFormatError(
-                f"{path}: the TFLite interpreter did not finish loading and running it within {limit:.0f} s "
-                f"(raise ZOO_TFLITE_TIMEOUT for a very large model)") from None
-        if done.returncode != 0:
-            raise ModelFormatError(f"{path}: {_child_failure(done)}")
+        failure = _forked(path, out, seed, limit) if hasattr(os, "fork") else _spawned(path, out, seed, limit)
+        if failure is not None:
+            raise ModelFormatError(f"{path}: {failure}")
         with open(out + ".json") as fh:
             result = json.load(fh)
         with np.load(out + ".npz") as arrays:
@@ -240,16 +241,101 @@ def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | Non
     return result
 
 
+def _timeout_message(limit: float) -> str:
+    return (f"the TFLite interpreter did not finish loading and running it within {limit:.0f} s "
+            f"(raise ZOO_TFLITE_TIMEOUT for a very large model)")
+
+
+def _forked(path: str, out: str, seed: int, limit: float) -> str | None:
+    """Run `_interpret` in a fork; None on success, else what went wrong."""
+    import time
+
+    _import_tensorflow()  # in the parent, once: the fork inherits it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 0
+        try:
+            _write(out, *_interpret(path, seed))
+        except BaseException as exc:  # noqa: BLE001  reported to the parent as one line
+            code = 3
+            try:
+                with open(out + ".error", "w") as fh:
+                    fh.write(f"{type(exc).__name__}: {_first_line(exc)}")
+            except BaseException:  # noqa: BLE001, S110  nothing more can be said
+                pass
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + limit
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return _timeout_message(limit)
+        time.sleep(0.01)
+    if os.WIFSIGNALED(status):
+        return _crash_message(os.WTERMSIG(status))
+    if os.WEXITSTATUS(status) != 0:
+        try:
+            with open(out + ".error") as fh:
+                last = fh.read().strip()
+        except OSError:
+            last = f"exit status {os.WEXITSTATUS(status)}"
+        return f"the TFLite interpreter cannot load or run it: {last[:400]}"
+    return None
+
+
+def _spawned(path: str, out: str, seed: int, limit: float) -> str | None:
+    """Run `_interpret` in a new Python process; None on success, else what went wrong."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join(p for p in [*sys.path, os.environ.get("PYTHONPATH", "")] if p)}
+    command = [sys.executable, "-c", "from converters.tflite_check import _child; _child()", path, out, str(seed)]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        return _timeout_message(limit)
+    return None if done.returncode == 0 else _child_failure(done)
+
+
+def _crash_message(signum: int) -> str:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return (f"the TFLite interpreter crashed ({name}) loading or running it: the file is corrupt, "
+            f"truncated or not a valid TFLite model (zoo ran it in a child process, so nothing "
+            f"else was affected); download it again or re-export it")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _write(out: str, result: dict[str, Any], arrays: dict[str, Any]) -> None:
+    import numpy as np
+
+    np.savez(out + ".npz", **arrays)
+    with open(out + ".json", "w") as fh:
+        json.dump(result, fh)
+
+
+def _import_tensorflow():
+    import sqlite3  # noqa: F401  (before TensorFlow; see converters.tensorflow._bind_sqlite_first)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return tf
+
+
 def _child_failure(done: subprocess.CompletedProcess) -> str:
     """One line for a child that did not succeed: its error, or the signal that killed it."""
     if done.returncode < 0:
-        try:
-            name = signal.Signals(-done.returncode).name
-        except ValueError:
-            name = f"signal {-done.returncode}"
-        return (f"the TFLite interpreter crashed ({name}) loading or running it: the file is corrupt, "
-                f"truncated or not a valid TFLite model (zoo ran it in a child process, so nothing "
-                f"else was affected); download it again or re-export it")
+        return _crash_message(-done.returncode)
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     marked = [line[len("zoo-error: "):] for line in lines if line.startswith("zoo-error: ")]
     last = (marked or lines or [f"exit status {done.returncode}"])[-1]
@@ -262,24 +348,17 @@ def _child() -> None:
     try:
         result, arrays = _interpret(path, seed)
     except Exception as exc:  # noqa: BLE001  reported to the parent as one line
-        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"zoo-error: {type(exc).__name__}: {message}", file=sys.stderr)
+        print(f"zoo-error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
         sys.exit(3)
-    import numpy as np
-
-    np.savez(out + ".npz", **arrays)
-    with open(out + ".json", "w") as fh:
-        json.dump(result, fh)
+    _write(out, result, arrays)
 
 
 def _interpret(path: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    import sqlite3  # noqa: F401  (before TensorFlow; see converters.tensorflow._bind_sqlite_first)
     import warnings
 
     import numpy as np
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    tf = _import_tensorflow()
 
     from converters.onnx_model import sample_inputs
 

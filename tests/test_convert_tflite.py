@@ -109,12 +109,22 @@ def test_every_truncation_is_refused_without_tensorflow(tf_models):
 
 
 @pytest.mark.slow
-def test_an_interpreter_crash_in_the_child_is_an_error(hostile):
+def test_an_interpreter_crash_in_the_child_is_an_error(hostile, tf_models, tmp_path):
     """Without the structural check, the truncated file does kill the interpreter: only its child dies."""
-    from converters.tflite_check import run_interpreter
+    import json
+
+    from converters.tflite_check import _spawned, run_interpreter
 
     with pytest.raises(ModelFormatError, match=r"crashed \(SIG[A-Z]+\).*child process"):
-        run_interpreter(hostile["truncated"])
+        run_interpreter(hostile["truncated"])  # a fork of this process
+    good = run_interpreter(tf_models["tflite"])
+    (values,) = good["values"].values()
+    assert values.shape == (2, 3) and good["quantized"] is False
+    # Where there is no fork, a new Python process: the same verdicts.
+    failure = _spawned(str(hostile["truncated"]), str(tmp_path / "bad"), 0, 300)
+    assert failure is not None and failure.startswith("the TFLite interpreter crashed (SIG")
+    assert _spawned(str(tf_models["tflite"]), str(tmp_path / "good"), 0, 300) is None
+    assert json.loads((tmp_path / "good.json").read_text())["outputs"][0]["name"] in good["values"]
 
 
 @pytest.mark.slow
