@@ -87,14 +87,21 @@ def convert_torchscript(
     path: str | os.PathLike,
     *,
     input_shape: Sequence[int | None] | None = None,
+    inputs: Sequence[dict[str, Any]] | None = None,
+    args: dict[str, Any] | None = None,
     opset: int = ox.DEFAULT_OPSET,
     verify: bool = True,
 ) -> Conversion:
-    """Convert a TorchScript `.pt` archive; `input_shape` (None for dynamic dims) defaults to a guess."""
+    """Convert a TorchScript `.pt` archive; `input_shape` (None for dynamic dims) defaults to a guess.
+
+    `inputs` (``[{"name", "shape", "dtype"}]``, see `zoo.input_specs`) names and shapes the tensors
+    ``forward`` takes; `args` gives its other arguments (``{"sr": 16000}``), baked into the graph.
+    """
     start = time.perf_counter()
     module = load_torchscript(path)
-    conversion = convert_module(module, input_shape=input_shape, opset=opset, verify=verify,
-                                source_files=[os.fspath(path)], source_format="torchscript")
+    conversion = convert_module(module, input_shape=input_shape, inputs=inputs, args=args, opset=opset,
+                                verify=verify, source_files=[os.fspath(path)], source_format="torchscript",
+                                label=os.path.basename(os.fspath(path)))
     conversion.report.seconds = time.perf_counter() - start
     return conversion
 
@@ -103,20 +110,36 @@ def convert_module(
     module: torch.nn.Module,
     *,
     input_shape: Sequence[int | None] | None = None,
+    inputs: Sequence[dict[str, Any]] | None = None,
+    args: dict[str, Any] | None = None,
     opset: int = ox.DEFAULT_OPSET,
     verify: bool = True,
     source_files: Sequence[str] = (),
     source_format: str = "pytorch",
+    label: str = "the module",
 ) -> Conversion:
-    """Convert an nn.Module (or ScriptModule) taking one float tensor, with a dynamic batch axis.
+    """Convert an nn.Module (or ScriptModule) to ONNX and compare it with torch on the same inputs.
+
+    Without `inputs` the module takes one float tensor with a dynamic batch axis (shape from
+    `input_shape` or a guess from its first weight). With `inputs`, each ``forward`` tensor is
+    fed as given (``None`` sizes become dynamic axes) and `args` are passed as constants.
 
     >>> conversion = convert_module(torchvision.models.resnet18(), input_shape=[None, 3, 224, 224])  # doctest: +SKIP
+    >>> conversion = convert_module(vad, inputs=[{"name": "x", "shape": [1, 512]}], args={"sr": 16000})  # doctest: +SKIP
     """
-    import onnx
-
     torch = require("torch", "torch")
-    start = time.perf_counter()
     module = module.eval()
+    params = forward_parameters(module)
+    if inputs or args or _needs_specs(params):
+        specs, calls = _plan_call(params, list(inputs or []), dict(args or {}), label)
+        return _convert_with_specs(module, specs, calls, set(args or {}), opset, verify, source_files,
+                                   source_format, torch)
+    return _convert_single(module, input_shape, opset, verify, source_files, source_format, torch)
+
+
+def _convert_single(module, input_shape, opset, verify, source_files, source_format, torch) -> Conversion:
+    """The common case: one float tensor, batch made dynamic (see make_batch_dynamic)."""
+    start = time.perf_counter()
     shape = list(input_shape) if input_shape else guess_input_shape(module)
     layout = "NCHW" if len(shape) == 4 else ox.layout_of(shape, None)
     feeds = ox.sample_inputs([("input", [None, *shape[1:]], "float32")], layout="NCHW")
@@ -127,32 +150,14 @@ def convert_module(
         except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
             raise ConversionError(
                 f"the module fails on an input of shape {list(example.shape)} ({str(exc)[:200]}); "
-                f"give its input shape with input_shape=[None, C, H, W]"
+                f"give its input shape with input_shape=[None, C, H, W] (zoo convert: "
+                f"--input NAME=Nx3x224x224[:dtype])"
             ) from None
-    outputs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+    outputs = _flat_outputs(reference)
     output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     axes = {name: {0: ox.BATCH} for name in ["input", *output_names]}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the legacy-exporter notice; it is the right exporter here
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=output_names, dynamic_axes=axes)
-        except Exception as exc:  # noqa: BLE001 torch.onnx.errors.UnsupportedOperatorError and friends
-            message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise UnsupportedLayerError(
-                f"torch.onnx.export cannot convert this module at opset {opset}: {message}; "
-                f"a higher --opset may help"
-            ) from None
-    model = onnx.load_from_string(buffer.getvalue())
-    report = ConversionReport(
-        source_format=source_format,
-        source_files={os.fspath(f): ox.file_sha256(f) for f in source_files},
-        converter=f"torch.onnx.export {torch.__version__} (TorchScript-based)",
-        versions={"torch": torch.__version__, "onnx": onnx.__version__},
-        opset=opset,
-        input_layout=layout,
-    )
+    model = _export(module, (example,), ["input"], output_names, axes, opset, torch)
+    report = _report(source_format, source_files, opset, layout, torch)
     report.notes += ox.make_batch_dynamic(model)
     model = ox.check(model)
     report.opset = ox.opset_of(model)
@@ -162,9 +167,212 @@ def convert_module(
     return Conversion(model, report)
 
 
+def _convert_with_specs(module, specs, calls, given_args, opset, verify, source_files, source_format,
+                        torch) -> Conversion:
+    """Feed each forward tensor as specified; constants for the other arguments."""
+    start = time.perf_counter()
+    names = [s["name"] for s in specs]
+    first = specs[0]["shape"] if specs else []
+    layout = ox.layout_of(first, "NCHW") if len(specs) == 1 else None
+    feeds = ox.sample_inputs([(s["name"], s["shape"], s["dtype"]) for s in specs], layout="NCHW")
+    examples = tuple(torch.from_numpy(feeds[n]) for n in names)
+    bound = _bind_forward(module, names, calls, torch)
+    with torch.no_grad():
+        try:
+            reference = bound(*examples)
+        except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
+            given = ", ".join(f"{n}: {list(e.shape)} {e.dtype}" for n, e in zip(names, examples))
+            raise ConversionError(
+                f"the module's forward fails on inputs {given or 'none'} ({_first_line(exc)[:200]}); "
+                f"check the shapes and dtypes given with --input NAME=SHAPE[:dtype] and the values "
+                f"given with --arg NAME=VALUE"
+            ) from None
+    outputs = _flat_outputs(reference)
+    output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    axes = {s["name"]: {i: (ox.BATCH if i == 0 else f"{s['name']}_{i}")
+                        for i, d in enumerate(s["shape"]) if d is None} for s in specs}
+    if any(s["shape"] and s["shape"][0] is None for s in specs):
+        axes.update({n: {0: ox.BATCH} for n, o in zip(output_names, outputs) if o.dim() > 0})
+    with warnings.catch_warnings():  # tracer notices about Python values; the trace is verified below
+        warnings.simplefilter("ignore")
+        try:
+            traced = torch.jit.trace(bound, examples, check_trace=False)
+        except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
+            raise ConversionError(f"torch.jit.trace cannot trace the module's forward: "
+                                  f"{_first_line(exc)[:300]}") from None
+    model = _export(traced, examples, names, output_names, {k: v for k, v in axes.items() if v}, opset, torch)
+    report = _report(source_format, source_files, opset, layout, torch)
+    constants = {k: v for k, v in calls.items() if k in given_args}
+    if constants:
+        report.notes.append("forward arguments baked in as constants: "
+                            + ", ".join(f"{k}={v!r}" for k, v in constants.items()))
+    model = ox.check(model)
+    report.opset = ox.opset_of(model)
+    if verify:
+        ox.verify(report, model, feeds, [o.detach().numpy() for o in outputs], f"torch {torch.__version__}")
+    report.seconds = time.perf_counter() - start
+    return Conversion(model, report)
+
+
+def _report(source_format, source_files, opset, layout, torch) -> ConversionReport:
+    import onnx
+
+    return ConversionReport(
+        source_format=source_format,
+        source_files={os.fspath(f): ox.file_sha256(f) for f in source_files},
+        converter=f"torch.onnx.export {torch.__version__} (TorchScript-based)",
+        versions={"torch": torch.__version__, "onnx": onnx.__version__},
+        opset=opset,
+        input_layout=layout,
+    )
+
+
+def _export(module, examples, input_names, output_names, axes, opset, torch):
+    import onnx
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the legacy-exporter notice; it is the right exporter here
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, examples, buffer, dynamo=False, opset_version=opset,
+                              input_names=input_names, output_names=output_names, dynamic_axes=axes)
+        except Exception as exc:  # noqa: BLE001 torch.onnx.errors.UnsupportedOperatorError and friends
+            raise UnsupportedLayerError(
+                f"torch.onnx.export cannot convert this module at opset {opset}: {_first_line(exc)[:300]}; "
+                f"a higher --opset may help"
+            ) from None
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _first_line(exc: BaseException) -> str:
+    """The line of an error that says what went wrong (TorchScript puts it last, after a traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    return lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
+
+
+def _flat_outputs(reference) -> list:
+    outputs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+    if not all(hasattr(o, "detach") for o in outputs):
+        kinds = ", ".join(type(o).__name__ for o in outputs)
+        raise ConversionError(f"the module returns {kinds}; zoo converts modules that return a tensor "
+                              f"or a tuple of tensors")
+    return outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# forward's signature, and what to pass to it
+
+
+class _Param:
+    """One argument of forward(): its name, whether it takes a tensor, and its default if any."""
+
+    def __init__(self, name: str, type_name: str, required: bool, default: Any = None, keyword: bool = False):
+        self.name, self.type_name, self.required, self.default, self.keyword = (
+            name, type_name, required, default, keyword)
+
+    @property
+    def is_tensor(self) -> bool:
+        return "Tensor" in self.type_name
+
+    def __repr__(self) -> str:
+        return f"{self.name}: {self.type_name}" + ("" if self.required else f" = {self.default!r}")
+
+
+def forward_parameters(module) -> list[_Param]:
+    """forward()'s arguments: from the TorchScript schema, else from the Python signature."""
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    if schema is not None:
+        return [_Param(a.name, str(a.type), not a.has_default_value(),
+                       a.default_value if a.has_default_value() else None, a.kwarg_only)
+                for a in schema.arguments[1:]]
+    import inspect
+
+    params = []
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        annotation = p.annotation
+        type_name = ("Tensor" if annotation is p.empty else getattr(annotation, "__name__", str(annotation)))
+        required = p.default is p.empty
+        params.append(_Param(p.name, type_name, required, None if required else p.default,
+                             p.kind == p.KEYWORD_ONLY))
+    return params
+
+
+def _needs_specs(params: list[_Param]) -> bool:
+    """True when one guessed float tensor cannot call forward (more tensors, or other arguments)."""
+    required = [p for p in params if p.required]
+    return len(required) != 1 or not required[0].is_tensor
+
+
+def _plan_call(params: list[_Param], specs: list[dict], args: dict, label: str) -> tuple[list[dict], dict]:
+    """Check the given inputs and args against forward()'s arguments; (tensor specs, name -> value)."""
+    known = {p.name: p for p in params}
+    signature = f"forward({', '.join(map(repr, params))})"
+    for name in [*(s["name"] for s in specs), *args]:
+        if name not in known:
+            raise ConversionError(f"{label}: {signature} has no argument {name!r}; its arguments are "
+                                  f"{', '.join(known) or 'none'}")
+    given = {s["name"] for s in specs}
+    both = given & set(args)
+    if both:
+        raise ConversionError(f"{label}: {', '.join(sorted(both))} given both as --input and --arg; give each once")
+    wrong = [s["name"] for s in specs if not known[s["name"]].is_tensor]
+    if wrong:
+        p = known[wrong[0]]
+        raise ConversionError(f"{label}: {p.name} is a {p.type_name}, not a tensor; give it with "
+                              f"--arg {p.name}=VALUE instead of --input")
+    missing = [p for p in params if p.required and p.name not in given and p.name not in args]
+    if missing:
+        tensors = [p.name for p in params if p.is_tensor and (p.required or p.name in given)]
+        hint = " ".join([*(f"--input {n}=SHAPE" for n in tensors if n not in given),
+                         *(f"--arg {p.name}=VALUE" for p in missing if not p.is_tensor)])
+        raise ConversionError(
+            f"{label}: {signature} needs {', '.join(p.name for p in missing)}, which the file does not "
+            f"describe; give {hint} (SHAPE like 1x512 or Nx3x224x224:float32, N dynamic; in Python "
+            f"inputs={{name: 'Nx...'}}, args={{name: value}}), or record them once with `zoo add ... "
+            f"--input/--arg`"
+        )
+    order = {p.name: i for i, p in enumerate(params)}
+    specs = sorted(specs, key=lambda s: order[s["name"]])
+    calls = {}
+    for p in params:
+        if p.name in given:
+            calls[p.name] = None  # filled with the tensor at call time
+        elif p.name in args:
+            calls[p.name] = args[p.name]
+        elif not p.required:
+            calls[p.name] = p.default
+    return specs, calls
+
+
+def _bind_forward(module, tensor_names: list[str], calls: dict, torch):
+    """An nn.Module whose forward takes only the tensors, passing every other argument as a constant."""
+
+    class BoundForward(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, *tensors):
+            values = dict(calls)
+            values.update(zip(tensor_names, tensors))
+            for name, value in values.items():
+                if value is not None and not hasattr(value, "dim") and name in _tensor_params:
+                    values[name] = torch.tensor(value)
+            positional = [values[p.name] for p in _params if p.name in values and not p.keyword]
+            keywords = {p.name: values[p.name] for p in _params if p.name in values and p.keyword}
+            return self.inner(*positional, **keywords)
+
+    _params = forward_parameters(module)
+    _tensor_params = {p.name for p in _params if p.is_tensor}
+    return BoundForward().eval()
+
+
 def convert(path: str | os.PathLike, **options: Any) -> Conversion:
     """Convert a PyTorch model file (TorchScript only; see the module docstring)."""
     return convert_torchscript(path, **options)
 
 
-__all__ = ["convert", "convert_module", "convert_torchscript", "guess_input_shape", "load_torchscript"]
+__all__ = ["convert", "convert_module", "convert_torchscript", "forward_parameters", "guess_input_shape",
+           "load_torchscript"]

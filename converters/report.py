@@ -44,6 +44,8 @@ class ConversionReport:
     verified: bool | None = None  # None: not compared (no reference engine available)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # Quantized models: per output, the quantization step, the tolerance in steps, top-class agreement.
+    quantization: dict[str, Any] | None = None
 
     @property
     def max_abs(self) -> float:

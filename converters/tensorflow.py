@@ -816,53 +816,105 @@ def _tensor(name: str) -> str:
 def convert_tflite(
     path: str | os.PathLike, *, opset: int = ox.DEFAULT_OPSET, nchw: bool = False, verify: bool = True
 ) -> Conversion:
-    """Convert a `.tflite` flatbuffer; the reference is TensorFlow's TFLite interpreter."""
+    """Convert a `.tflite` flatbuffer; the reference is TensorFlow's TFLite interpreter.
+
+    The file is untrusted: its structure is checked first and the interpreter runs in a child
+    process (see ``converters.tflite_check``), so a corrupt file is an error, never a crash.
+    A quantized model (int8 activations, float in/out) is verified within its own quantization
+    step rather than at float tolerance: see `_verify_quantized`.
+    """
     import warnings
 
+    from converters.tflite_check import run_interpreter, validate_tflite
+
     start = time.perf_counter()
-    tf = _quiet_tf()
-    tf2onnx = _tf2onnx()
     path = os.fspath(path)
     with open(path, "rb") as fh:
         head = fh.read(8)
     _expect(path, head[4:8] == b"TFL3", "a TFLite flatbuffer (no TFL3 identifier)",
             "give a file written by tf.lite.TFLiteConverter")
-    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_path=path)
-    details = interpreter.get_input_details()
-    specs = [(d["name"], [None if s < 0 else int(s) for s in d["shape_signature"]], d["dtype"].__name__)
-             for d in details]
-    specs = [(n, [None, *s[1:]] if s else s, dt) for n, s, dt in specs]
-    feeds = _tf_feeds(specs)
+    validate_tflite(path)
+    probe = run_interpreter(path)  # before tf2onnx, which builds an interpreter in this process
+    tf = _quiet_tf()
+    tf2onnx = _tf2onnx()
+    feeds = probe["feeds"]
     report = _new_report("tflite", [path], opset, nchw)
-    nchw_inputs = [d["name"] for d in details if nchw and len(d["shape"]) == 4]
+    nchw_inputs = [d["name"] for d in probe["inputs"] if nchw and len(d["shape"]) == 4]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model, _ = tf2onnx.convert.from_tflite(path, opset=opset, inputs_as_nchw=nchw_inputs or None)
+        try:
+            model, _ = tf2onnx.convert.from_tflite(path, opset=opset, inputs_as_nchw=nchw_inputs or None)
+        except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
+            raise ConversionError(f"tf2onnx cannot convert {path}: {_first_line(exc)[:300]}") from None
 
     def reference() -> list[np.ndarray]:
-        import numpy as np
-
-        batch = next(iter(feeds.values())).shape[0] if feeds else 1
-        dynamic = all(d["shape_signature"][0] < 0 for d in details if len(d["shape_signature"]))
-        rows = [feeds] if dynamic else [{k: v[i:i + 1] for k, v in feeds.items()} for i in range(batch)]
-        results = []
-        for row in rows:
-            for d in details:
-                interpreter.resize_tensor_input(d["index"], list(row[d["name"]].shape))
-            interpreter.allocate_tensors()
-            for d in details:
-                interpreter.set_tensor(d["index"], row[d["name"]])
-            interpreter.invoke()
-            results.append([interpreter.get_tensor(o["index"]).copy() for o in interpreter.get_output_details()])
-        values = [np.concatenate([r[j] for r in results]) for j in range(len(results[0]))]
-        by_name = {o["name"]: v for o, v in zip(interpreter.get_output_details(), values)}
-        return _in_onnx_order(model, by_name) if set(by_name) >= {o.name for o in model.graph.output} \
-            else values
+        by_name = probe["values"]
+        if set(by_name) >= {o.name for o in model.graph.output}:
+            return _in_onnx_order(model, by_name)
+        return [by_name[o["name"]] for o in probe["outputs"]]
 
     onnx_feeds = _to_onnx_feeds(feeds, {}, nchw)
-    return _finish(model, report, start, verify, onnx_feeds, reference, f"tflite interpreter ({tf.__version__})")
+    reference_name = f"tflite interpreter ({tf.__version__}, child process)"
+    conversion = _finish(model, report, start, verify, onnx_feeds, reference, reference_name)
+    if verify and probe["quantized"] and conversion.report.outputs:
+        _, converted = ox.run(conversion.model, onnx_feeds)
+        _verify_quantized(conversion.report, probe, reference(), converted)
+    conversion.report.seconds = time.perf_counter() - start
+    return conversion
+
+
+# A quantized model may differ from the interpreter by this many steps (LSBs) of its output's scale:
+# onnxruntime and TFLite requantize with different rounding at every layer, and those one-step
+# differences add up along the network.
+QUANTIZED_LSB = 4
+
+
+def _verify_quantized(report: ConversionReport, probe: dict, reference: list[np.ndarray],
+                      converted: list[np.ndarray]) -> None:
+    """Judge a quantized model by its own quantization step, and by its top class where it has one.
+
+    Each output's tolerance is `QUANTIZED_LSB` steps of the scale of the int tensor it is
+    dequantized from; a classifier-like output ([batch, classes]) must also pick the same class
+    for every row, except rows whose two best reference scores are within that tolerance (a tie
+    at the model's own resolution).
+    """
+    import numpy as np
+
+    steps = {o["name"]: o.get("quantization_scale") for o in probe["outputs"]}
+    ordered = [o["name"] for o in probe["outputs"]]
+    details, verified, loosest = [], True, report.tolerance
+    for i, diff in enumerate(report.outputs):
+        step = steps.get(diff.name) or (steps.get(ordered[i]) if i < len(ordered) else None)
+        if not step:
+            details.append({"output": diff.name, "scale": None, "note": "not quantized; float tolerance"})
+            verified &= diff.max_rel <= report.tolerance
+            continue
+        allowed = QUANTIZED_LSB * step
+        within = diff.max_abs <= allowed + 1e-7
+        loosest = max(loosest, allowed / diff.scale)
+        entry = {"output": diff.name, "scale": step, "lsb_allowed": QUANTIZED_LSB,
+                 "tolerance_abs": allowed, "max_abs": diff.max_abs, "max_lsb": diff.max_abs / step}
+        ref = np.asarray(reference[i]) if i < len(reference) else None
+        if ref is not None and ref.ndim == 2 and ref.shape[1] > 1 and i < len(converted):
+            got = np.asarray(converted[i]).reshape(ref.shape)
+            top2 = np.sort(ref, axis=1)[:, -2:]
+            tie = (top2[:, 1] - top2[:, 0]) <= allowed
+            same = ref.argmax(axis=1) == got.argmax(axis=1)
+            entry["argmax_agree"] = f"{int(same.sum())}/{len(same)}"
+            entry["argmax_ties"] = int((~same & tie).sum())
+            within &= bool(np.all(same | tie))
+        entry["within"] = bool(within)
+        details.append(entry)
+        verified &= within
+    report.verified = bool(verified)
+    report.tolerance = loosest
+    report.quantization = {"lsb_allowed": QUANTIZED_LSB, "outputs": details}
+    worst = max((d.get("max_lsb", 0.0) for d in details), default=0.0)
+    report.notes.append(
+        f"int8-quantized model: verified within {QUANTIZED_LSB} steps of each output's quantization "
+        f"scale (largest difference {worst:.2f} steps)"
+        + "".join(f"; {d['output']}: same top class in {d['argmax_agree']} rows" for d in details
+                  if "argmax_agree" in d))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,6 +204,42 @@ def build_tflite(folder: Path) -> Path:
     return path
 
 
+def build_quantized_tflite(folder: Path) -> Path:
+    """A full-integer (int8) TFLite with float input and output, calibrated on a representative dataset.
+
+    He-initialised convolutions with residual adds keep the activations spread out, so onnxruntime's
+    and TFLite's int8 kernels round differently somewhere, as they do on real quantized models.
+    """
+    import keras
+    import numpy as np
+
+    tf = _tf()
+    keras.utils.set_random_seed(4)
+    init = keras.initializers.HeNormal(seed=1)
+    inp = keras.Input((32, 32, 3), name="image")
+    x = inp
+    for i, channels in enumerate((16, 32, 32)):
+        x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", kernel_initializer=init,
+                                name=f"conv{i}")(x)
+        y = keras.layers.DepthwiseConv2D(3, padding="same", depthwise_initializer=init, name=f"dw{i}")(x)
+        x = keras.layers.AveragePooling2D(2, name=f"pool{i}")(keras.layers.Add(name=f"add{i}")([x, y]))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, keras.layers.Dense(10, kernel_initializer=init, name="logits")(x))
+    rng = np.random.default_rng(0)
+
+    def representative():
+        for _ in range(32):
+            yield [rng.standard_normal((1, 32, 32, 3)).astype("float32")]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # float in and out
+    path = folder / "quantized.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
 def _torch_net():
     """A small CNN class defined at module level, so that torch.save(model) can pickle it."""
     import torch
@@ -242,6 +278,54 @@ def build_torchscript(folder: Path) -> dict[str, Path]:
     return paths
 
 
+def _speech_net():
+    """A Silero-VAD-like net: forward(x, sr: int) on 512-sample frames, with a branch on the rate."""
+    import torch
+
+    class SpeechNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(1, 4, 9, stride=4)
+            self.out = torch.nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor, sr: int) -> torch.Tensor:
+            if sr == 8000:
+                x = torch.nn.functional.interpolate(x.unsqueeze(1), scale_factor=2.0).squeeze(1)
+            h = torch.relu(self.conv(x.unsqueeze(1))).mean(dim=2)
+            return torch.sigmoid(self.out(h))
+
+    return SpeechNet
+
+
+def _text_net():
+    """A text encoder: token ids (int64) and an attention mask in, mean of unmasked embeddings out."""
+    import torch
+
+    class TextNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(100, 8)
+            self.proj = torch.nn.Linear(8, 6)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            mask = attention_mask.unsqueeze(-1).to(torch.float32)
+            pooled = (self.embed(input_ids) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            return torch.tanh(self.proj(pooled))
+
+    return TextNet
+
+
+def build_torchscript_with_args(folder: Path) -> dict[str, Path]:
+    """TorchScript archives whose forward needs more than one image tensor: (x, sr: int), (ids, mask)."""
+    import torch
+
+    torch.manual_seed(0)
+    paths = {"speech": folder / "vad.pt", "text": folder / "text.pt"}
+    torch.jit.script(_speech_net()().eval()).save(str(paths["speech"]))
+    torch.jit.script(_text_net()().eval()).save(str(paths["text"]))
+    return paths
+
+
 @pytest.fixture(scope="session")
 def tf_models(tmp_path_factory) -> dict:
     """Every TensorFlow-side format, built once per session (TF is slow to start)."""
@@ -265,7 +349,8 @@ def tf_models(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def torch_models(tmp_path_factory) -> dict[str, Path]:
-    return build_torchscript(tmp_path_factory.mktemp("torch-models"))
+    folder = tmp_path_factory.mktemp("torch-models")
+    return {**build_torchscript(folder), **build_torchscript_with_args(folder)}
 
 
 def sha256(path: Path) -> str:

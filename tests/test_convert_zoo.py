@@ -15,7 +15,7 @@ from _convert_helpers import local_model
 from click.testing import CliRunner
 from conftest import caffe_net, onnx_light_models
 
-from zoo.errors import ModelFormatError, UnknownModelError, VerificationError
+from zoo.errors import ConversionError, ModelFormatError, UnknownModelError, VerificationError
 from zoo.records import Artifact, Model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,3 +305,81 @@ def test_nan_outputs_beyond_tolerance_say_so(cat, tmp_path):
         zoo.convert("nans", catalog=cat)
     message = str(caught.value)
     assert "()" not in message and "NaN values" in message and "the converted output has" in message, message
+
+
+# ---- TorchScript input specs, `zoo convert PATH` (issue 12) ------------------------------------
+
+
+def test_inputs_and_args_given_once_are_recorded(cat, torch_models):
+    import zoo
+
+    cat.add_model(local_model("vad", "pytorch", torch_models["speech"], fmt="torchscript"))
+    with pytest.raises(ConversionError, match=r"--input x=SHAPE --arg sr=VALUE"):
+        zoo.convert("vad", catalog=cat)
+    artifact = zoo.convert("vad", inputs={"x": "Nx512"}, args={"sr": 16000}, catalog=cat)
+    assert artifact.meta["report"]["verified"] is True and artifact.meta["reused"] is False
+    model = cat.get("vad")
+    assert model.meta["input_specs"] == [{"name": "x", "shape": [None, 512], "dtype": "float32"}]
+    assert model.meta["args"] == {"sr": 16000}
+    assert (model.input.name, model.input.shape) == ("x", [None, 512])
+    assert zoo.convert("vad", catalog=cat).meta["reused"] is True  # nothing to repeat
+    # Other values are another conversion, and become the recorded ones.
+    again = zoo.convert("vad", args=["sr=8000"], catalog=cat)
+    assert again.meta["reused"] is False and "sr=8000" in " ".join(again.meta["report"]["notes"])
+    assert cat.get("vad").meta["args"] == {"sr": 8000}
+
+
+def test_cli_add_records_inputs_so_convert_needs_nothing(cat, torch_models, zoo_env):
+    from zoo.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["add", str(torch_models["text"]), "--name", "encoder",
+                                 "--input", "input_ids=Nx16:int64", "--input", "attention_mask=Nx16:int64"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["convert", "encoder", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["name"] == "encoder" and data["meta"]["report"]["verified"] is True
+    import onnx
+
+    inputs = onnx.load(data["path"]).graph.input
+    assert [i.name for i in inputs] == ["input_ids", "attention_mask"]
+    # --input on a model whose file describes its inputs is refused, not ignored.
+    onnx_file = onnx_light_models() / "light_squeezenet.onnx"
+    result = runner.invoke(cli, ["add", str(onnx_file), "--input", "x=1x3"])
+    assert result.exit_code == 1 and "TorchScript" in result.output and "Traceback" not in result.output
+    name = _squeezenet(cat, Path(data["path"]).parent / "src")
+    result = runner.invoke(cli, ["convert", name, "--arg", "sr=1"])
+    assert result.exit_code == 1 and "leave them out" in result.output
+
+
+def test_convert_a_path_adds_it_first(cat, torch_models, tmp_path, zoo_env):
+    import shutil
+
+    import zoo
+    from zoo.cli import cli
+
+    path = tmp_path / "exports" / "vad.pt"
+    path.parent.mkdir()
+    shutil.copy(torch_models["speech"], path)
+    runner = CliRunner()
+    # A conversion that fails leaves the catalog as it was.
+    result = runner.invoke(cli, ["convert", str(path)])
+    assert result.exit_code == 1 and "--arg sr=VALUE" in result.output
+    assert not cat.exists("vad")
+    result = runner.invoke(cli, ["convert", str(path), "--input", "x=1x512", "--arg", "sr=16000"])
+    assert result.exit_code == 0, result.output
+    assert "added vad to the catalog" in result.stderr and result.stdout.startswith("vad: converted")
+    model = cat.get("vad")
+    assert model.source == "local" and model.artifact("model").path == str(path)
+    assert model.artifact("onnx").meta["verified"] is True
+    # The same path again is the same model (found by its path), already converted.
+    assert zoo.convert(str(path), catalog=cat).meta["reused"] is True
+    assert zoo.convert("vad", catalog=cat).meta["model"] == "vad"
+    # Another file whose name is taken: say how to add it under another name.
+    other = tmp_path / "vad.pt"
+    shutil.copy(torch_models["text"], other)
+    result = runner.invoke(cli, ["convert", str(other)])
+    assert result.exit_code == 1 and "zoo add" in result.output and "--name NEW" in result.output
+    with pytest.raises(UnknownModelError):
+        zoo.convert(str(tmp_path / "missing.pt"), catalog=cat)

@@ -216,3 +216,48 @@ def test_hand_written_caffemodel_is_caffe(tmp_path):
     write_caffemodel(tmp_path / "w.caffemodel", [("ip", "InnerProduct", [[2, 3], [2]])])
     copy(LENET_PROTOTXT, tmp_path / "w.prototxt")
     assert detect_format(tmp_path / "w.caffemodel").format == "caffe"
+
+
+@pytest.mark.timeout(60)
+def test_special_files_are_named_never_opened(light, tmp_path):
+    import os
+    import socket
+
+    from zoo.formats import detect_files, special_file_kind
+
+    os.mkfifo(tmp_path / "pipe.tflite")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.onnx"))
+    try:
+        assert special_file_kind(tmp_path / "pipe.tflite") == "a FIFO (named pipe)"
+        assert special_file_kind(tmp_path / "sock.onnx") == "a socket"
+        assert special_file_kind("/dev/null") == "a character device"
+        assert special_file_kind(light["onnx"]) is None and special_file_kind(tmp_path) is None
+        for path in (tmp_path / "pipe.tflite", tmp_path / "sock.onnx", Path("/dev/zero")):
+            with pytest.raises(ModelFormatError, match="not a regular file; zoo never opens those"):
+                detect_format(path)
+        (tmp_path / "link.onnx").symlink_to(tmp_path / "pipe.tflite")  # a link to one is no better
+        with pytest.raises(ModelFormatError, match="FIFO"):
+            detect_format(tmp_path / "link.onnx")
+        found, problems = find_models(tmp_path)
+        assert found == [] and sorted(p.name for p, _ in problems) == ["pipe.tflite", "sock.onnx"]
+    finally:
+        sock.close()
+
+
+def test_detect_files_pairs_caffe_halves_in_either_order(light, tmp_path):
+    from zoo.formats import detect_files
+
+    graph = copy(light["caffe_graph"], tmp_path / "a" / "net_definition.prototxt")
+    weights = copy(light["caffe_weights"], tmp_path / "b" / "weights.caffemodel")  # another folder
+    for paths in ([graph, weights], [weights, graph]):
+        info = detect_files(paths)
+        assert (info.framework, info.files) == ("caffe", {"graph": graph, "weights": weights})
+    assert detect_files([light["onnx"]]).format == "onnx"
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "train_val.prototxt"\nbase_lr: 0.01\n')
+    for paths, message in [([graph, graph], "like net_definition.prototxt"), ([weights, solver], "solver"),
+                           ([graph, tmp_path / "none.caffemodel"], "does not exist"),
+                           ([graph, tmp_path], "is a folder"), ([], "got 0 paths")]:
+        with pytest.raises(ModelFormatError, match=message):
+            detect_files(paths)

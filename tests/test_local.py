@@ -186,3 +186,69 @@ def test_scan_tensorflow_folder(tf_files, tmp_path):
     variables = next((tmp_path / "exported" / "1" / "variables").glob("*.data-*"))
     variables.write_bytes(variables.read_bytes()[::-1])
     assert scan(tmp_path).changed == ["1"]
+
+
+# ---- two-file Caffe models, and files that are not regular files (issues 11, 12) ---------------
+
+
+def test_add_caffe_pair_given_as_two_files_in_either_order(light, tmp_path):
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    # Names that share nothing, in a folder with another net: only the two paths say which pair.
+    graph = copy(light["caffe_graph"], tmp_path / "deploy.prototxt")
+    copy(light["caffe_graph"], tmp_path / "other_deploy.prototxt")
+    weights = copy(light["caffe_weights"], tmp_path / "snapshot_iter_500.caffemodel")
+    result = CliRunner().invoke(cli, ["add", str(graph), str(weights), "--name", "my_net", "--json"])
+    assert result.exit_code == 0, result.output
+    roles = {a["role"]: a["path"] for a in __import__("json").loads(result.stdout)["artifacts"]}
+    assert roles == {"graph": str(graph), "weights": str(weights)}
+    model = zoo.add(weights, graph, name="my_net_2")  # weights first works too
+    assert {a.role: a.path for a in model.artifacts} == roles
+    before = snapshot()
+    for paths, message in [((graph, tmp_path / "other_deploy.prototxt"), "give one .prototxt and one .caffemodel"),
+                           ((graph, light["onnx"]), "neither a Caffe net definition"),
+                           ((graph, weights, light["onnx"]), "got 3 paths")]:
+        result = CliRunner().invoke(cli, ["add", *map(str, paths)])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert snapshot() == before
+
+
+@pytest.mark.timeout(60)
+def test_add_refuses_a_fifo_without_opening_it(light, tmp_path):
+    import os
+
+    copy(light["caffe_graph"], tmp_path / "deploy.prototxt")
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes: the test would hang
+    before = snapshot()
+    with pytest.raises(ModelFormatError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        zoo.add(fifo)
+    with pytest.raises(ModelFormatError, match="FIFO"):
+        zoo.add(tmp_path / "deploy.prototxt", fifo)  # nor as half of a Caffe pair
+    assert snapshot() == before
+
+
+def test_scan_skips_fifos_and_sockets_with_a_note(tree, zoo_cmd, zoo_env):
+    import json
+    import os
+    import socket
+    import subprocess
+
+    os.mkfifo(tree / "a" / "pipe.onnx")
+    os.mkfifo(tree / "b" / "lenet2.prototxt")  # a FIFO beside a Caffe pair is no partner either
+    os.mkfifo(tree / "c" / "fifo.txt")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tree / "c" / "server.pt"))
+    try:
+        out = subprocess.run([*zoo_cmd, "scan", str(tree), "--json"], capture_output=True, text=True,
+                             timeout=120, check=False, env={**os.environ})
+    finally:
+        sock.close()
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert sorted(data["added"]) == ["lenet", "net", "one"]
+    skipped = {Path(p["path"]).name: p["error"] for p in data["problems"]}
+    assert "FIFO" in skipped["pipe.onnx"] and "FIFO" in skipped["fifo.txt"] and "FIFO" in skipped["lenet2.prototxt"]
+    assert "a socket" in skipped["server.pt"] and "broken.tflite" in skipped

@@ -1,5 +1,9 @@
 """`convert(name)`: fetch a cataloged model, pick its converter, verify, register the ONNX artifact.
 
+`name` may also be the path of a model file that is not in the catalog yet: it is registered
+first, exactly as `zoo add PATH` would (same name, same checks), so `zoo layers` and
+`zoo extract` find it afterwards; a file already registered is converted under its name.
+
 Converting again is instant when nothing changed: the stored ONNX artifact records the hashes
 of its source files (with their size and mtime, so unchanged files are not re-hashed), the opset
 and the options; when they all still match, the stored artifact is returned before any heavy
@@ -10,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zoo import config
-from zoo.errors import ConversionError, ModelFormatError, VerificationError
+from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, VerificationError
 from zoo.records import Artifact, Model
 
 if TYPE_CHECKING:
@@ -35,6 +40,8 @@ _TF_FORMATS = {"saved_model": "saved_model", "keras": "keras", "h5": "keras", "h
 def convert(
     name: str,
     *,
+    inputs: Mapping[str, Any] | Iterable[str] | None = None,
+    args: Mapping[str, Any] | Iterable[str] | None = None,
     opset: int | None = None,
     nchw: bool = False,
     force: bool = False,
@@ -47,23 +54,48 @@ def convert(
     its source framework on the same inputs; outputs beyond tolerance raise VerificationError
     unless `force`, which keeps the model marked unverified. `nchw` asks TensorFlow conversions
     for channels-first inputs. The returned artifact's ``meta["reused"]`` says whether an
-    up-to-date conversion was found.
+    up-to-date conversion was found, ``meta["model"]`` the model's name (``meta["added"]`` is
+    True when `name` was a path registered here).
+
+    `inputs` and `args` describe a TorchScript ``forward`` the file cannot describe itself
+    (see `zoo.input_specs`): ``inputs={"x": "Nx512", "ids": "Nx128:int64"}``, ``args={"sr": 16000}``.
+    Once a conversion with them succeeds they are recorded on the model, so later calls need them not.
 
     >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
     >>> art.meta["report"]["verified"]         # doctest: +SKIP
     True
+    >>> art = convert("vad.pt", inputs={"x": "1x512"}, args={"sr": 16000})  # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
+    from zoo.input_specs import arg_values, input_specs
 
+    specs, values = input_specs(inputs), arg_values(args)
     cat = open_catalog(catalog)
+    name, added = _catalog_name(cat, name, specs, values)
+    try:
+        artifact = _convert_cataloged(cat, name, specs, values, opset, nchw, force, cache_dir)
+    except BaseException:
+        if added:  # a file that cannot be converted is not left behind half-adopted
+            cat.remove_model(name)
+        raise
+    artifact.meta.update(model=name, added=added)
+    return artifact
+
+
+def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset: int | None, nchw: bool,
+                       force: bool, cache_dir: str | os.PathLike | None) -> Artifact:
     model = cat.get(name)
+    if specs or values:
+        _check_specs_apply(model)
     if _needs_fetch(model):
         from zoo.download import fetch
 
         fetch(name, catalog=cat, cache_dir=cache_dir)
         model = cat.get(name)
     sources = _sources(model)
-    options = _options(model, opset, nchw)
+    specs = specs or model.meta.get("input_specs") or []
+    values = values or model.meta.get("args") or {}
+    options = _options(model, opset, nchw, specs, values)
     current = _up_to_date(model, sources, options, force)
     if current is not None:
         current.meta["reused"] = True
@@ -104,8 +136,39 @@ def convert(
         if old.role == "onnx" and old.filename != artifact.filename:
             cat.remove_artifact(name, "onnx", old.filename)
     stored = cat.put_artifact(name, artifact)
+    if (specs, values) != (model.meta.get("input_specs") or [], model.meta.get("args") or {}):
+        from zoo.local import record_inputs
+
+        record_inputs(cat, cat.get(name), specs, values)
     stored.meta["reused"] = False
     return stored
+
+
+def _catalog_name(cat: Catalog, name: str, specs: list, values: dict) -> tuple[str, bool]:
+    """(catalog name, whether it was added here) for a model name or the path of a model file."""
+    if cat.exists(name) or not os.path.lexists(os.path.expanduser(name)):
+        return name, False  # an unknown name: cat.get names the closest ones
+    from zoo.formats import detect_files
+    from zoo.local import add, default_name
+
+    info = detect_files([name])
+    for known, _ in cat.find_by_path(str(info.path)):
+        return known, False
+    new = default_name(info)
+    if cat.exists(new):
+        raise DuplicateModelError(
+            f"{name} is not in the catalog and its name {new!r} is taken by another model; "
+            f"register the file under another name with `zoo add {name} --name NEW`, then `zoo convert NEW`"
+        )
+    return add(name, inputs=specs, args=values, catalog=cat).name, True
+
+
+def _check_specs_apply(model: Model) -> None:
+    if model.framework != "pytorch":
+        raise ConversionError(
+            f"{model.name} is a {model.framework} model: --input/--arg (inputs=/args=) describe a "
+            f"TorchScript forward(); its inputs are already in the file, so leave them out"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +223,8 @@ def _sources(model: Model) -> dict[str, str]:
     return found
 
 
-def _options(model: Model, opset: int | None, nchw: bool) -> dict[str, Any]:
+def _options(model: Model, opset: int | None, nchw: bool, specs: list | None = None,
+             values: dict | None = None) -> dict[str, Any]:
     """Everything besides the source files that changes the converted model."""
     resolved = opset if opset is not None else (None if model.framework == "onnx" else DEFAULT_OPSET)
     keep = {k: model.meta[k] for k in ("keras_application", "architecture", "inputs", "outputs",
@@ -169,7 +233,9 @@ def _options(model: Model, opset: int | None, nchw: bool) -> dict[str, Any]:
             # Only tf2onnx can move inputs to channels-first; the other converters ignore --nchw.
             "opset": resolved, "nchw": bool(nchw) and model.framework in ("tensorflow", "keras", "tflite"),
             "meta": keep,
-            "input_shape": model.input.shape}
+            "input_shape": None if specs else model.input.shape,  # specs supersede (and set) it
+            # Only when given: adding the keys to every model would invalidate every stored conversion.
+            **({"inputs": specs} if specs else {}), **({"args": values} if values else {})}
 
 
 def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: bool) -> Artifact | None:
@@ -243,7 +309,8 @@ def _run_converter(model: Model, sources: dict[str, str], options: dict) -> Conv
         from converters import pytorch
 
         shape = model.input.shape if model.input.shape and len(model.input.shape) in (2, 4) else None
-        return pytorch.convert_torchscript(path, input_shape=shape, opset=opset)
+        return pytorch.convert_torchscript(path, input_shape=shape, inputs=options.get("inputs"),
+                                           args=options.get("args"), opset=opset)
     if framework in ("tensorflow", "keras", "tflite"):
         return _convert_tensorflow(model, path, opset, options["nchw"])
     raise ConversionError(

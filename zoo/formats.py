@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Sequence
 
 from zoo.errors import ModelFormatError
 
@@ -65,6 +66,22 @@ class FormatInfo:
 
 def _fail(path: Path, problem: str) -> ModelFormatError:
     return ModelFormatError(f"{path}: {problem}")
+
+
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What a path that is neither a regular file nor a folder is ("a FIFO (named pipe)", ...).
+
+    Only stat() is used: opening a FIFO blocks until a writer comes, and a device may never end.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
 
 
 # ---- protobuf wire format ----------------------------------------------------------------------
@@ -304,6 +321,10 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
     path = Path(path).expanduser().absolute()
     if not path.exists():
         raise ModelFormatError(f"{path} does not exist; give the path of a model file or folder")
+    special = special_file_kind(path)
+    if special is not None:
+        raise _fail(path, f"is {special}, not a regular file; zoo never opens those (reading one "
+                          "can block forever): give the model file itself")
     if path.is_dir():
         if _saved_model_dir(path):
             pb = path / "saved_model.pb"
@@ -328,6 +349,9 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
         fmt = _hdf5_kind(path)
         return FormatInfo("keras", fmt, {"model" if fmt == "h5" else "weights": path})
     if head[4:8] == b"TFL3":
+        from converters.tflite_check import validate_tflite
+
+        validate_tflite(path)  # pure Python; a truncated file would crash the TFLite interpreter later
         return FormatInfo("tflite", "tflite", {"model": path})
     if head.startswith(ZIP_MAGIC):
         framework, fmt = _zip_kind(path)
@@ -367,6 +391,50 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
     raise _fail(path, f"is not a readable {expected} (corrupt, truncated, or another kind of file)")
 
 
+def detect_files(paths: Sequence[str | os.PathLike]) -> FormatInfo:
+    """The model made of `paths`: one file or folder (see `detect_format`), or a Caffe net
+    definition and its weights given together, in either order.
+
+    >>> detect_files(["deploy.prototxt", "bvlc_alexnet.caffemodel"])   # doctest: +SKIP
+    FormatInfo(framework='caffe', format='caffe', files={'graph': ..., 'weights': ...})
+    """
+    paths = [Path(p).expanduser().absolute() for p in paths]
+    if len(paths) == 1:
+        return detect_format(paths[0])
+    if len(paths) != 2:
+        raise ModelFormatError(
+            f"give one model file or folder, or a Caffe .prototxt and its .caffemodel; got "
+            f"{len(paths)} paths ({', '.join(p.name for p in paths) or 'none'})")
+    roles: dict[str, Path] = {}
+    for path in paths:
+        role = _caffe_role(path)
+        if role in roles:
+            raise _fail(path, f"is a Caffe {'net definition' if role == 'graph' else 'weights file'} "
+                              f"like {roles[role].name}; give one .prototxt and one .caffemodel")
+        roles[role] = path
+    return FormatInfo("caffe", "caffe", {"graph": roles["graph"], "weights": roles["weights"]})
+
+
+def _caffe_role(path: Path) -> str:
+    """'graph' for a Caffe net definition, 'weights' for a caffemodel; else a clear error."""
+    if not path.exists():
+        raise ModelFormatError(f"{path} does not exist; give the path of a model file")
+    special = special_file_kind(path)
+    if special is not None or path.is_dir():
+        raise _fail(path, f"is {special or 'a folder'}, not a Caffe .prototxt or .caffemodel file")
+    head = _head(path, 65536)
+    if _is_text(head):
+        kind = _prototxt_kind(path, head)
+        if kind == "net":
+            return "graph"
+        if kind == "solver":
+            raise _fail(path, "is a Caffe solver, not a net; give the deploy .prototxt")
+    if _protobuf_kind(path) == ("caffe", "caffe"):
+        return "weights"
+    raise _fail(path, "is neither a Caffe net definition (.prototxt) nor Caffe weights "
+                      "(.caffemodel); two paths are only for a Caffe pair")
+
+
 def _expected_for(suffix: str) -> str:
     return {
         ".onnx": "ONNX model (protobuf ModelProto)",
@@ -390,7 +458,8 @@ def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple
 
     SavedModel folders count as one model; a Caffe pair counts once; hidden files, symbolic
     links (the file they point to is registered where it lives), partial downloads and files
-    that are no model are passed over.
+    that are no model are passed over. FIFOs, sockets and devices are never opened (reading
+    one can block forever): they are listed among the problems as skipped.
     """
     root = Path(folder).expanduser().absolute()
     if not root.is_dir():
@@ -415,6 +484,10 @@ def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple
         for name in names:
             path = here / name
             if path in claimed or path.is_symlink():
+                continue
+            special = special_file_kind(path)
+            if special is not None:
+                problems.append((path, f"{path}: is {special}, not a regular file; not opened"))
                 continue
             try:
                 info = detect_format(path)
@@ -457,4 +530,5 @@ def file_sha256(path: str | os.PathLike) -> str:
     return file_hash(path, "sha256")
 
 
-__all__ = ["FORMATS", "FormatInfo", "detect_format", "file_sha256", "find_models", "tree_sha256"]
+__all__ = ["FORMATS", "FormatInfo", "detect_files", "detect_format", "file_sha256", "find_models",
+           "special_file_kind", "tree_sha256"]

@@ -6,7 +6,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from zoo.errors import DuplicateModelError, ModelFormatError
 from zoo.index import NAME_PATTERN
@@ -53,7 +54,8 @@ def _artifacts(info: FormatInfo) -> list[Artifact]:
     return artifacts
 
 
-def _default_name(info: FormatInfo) -> str:
+def default_name(info: FormatInfo) -> str:
+    """The name `add` gives a model: its file or folder stem, made safe."""
     path = info.path
     stem = path.name if path.is_dir() else path.stem
     stem = re.sub(r"\.weights$", "", stem)  # Keras' tiny.weights.h5
@@ -81,33 +83,66 @@ def _model(info: FormatInfo, name: str, task: str | None, dataset: str | None,
 
 def add(
     path: str | os.PathLike,
-    *,
+    *more: str | os.PathLike,
     name: str | None = None,
     task: str | None = None,
     dataset: str | None = None,
     tags: Iterable[str] = (),
     description: str | None = None,
+    inputs: Mapping[str, Any] | Iterable[str] | None = None,
+    args: Mapping[str, Any] | Iterable[str] | None = None,
     catalog: str | os.PathLike | Catalog | None = None,
 ) -> Model:
     """Register the model at `path` (any supported format, detected from its content).
 
-    The name defaults to the file or folder stem; a name already in the catalog raises
-    `DuplicateModelError` (choose another with ``name=``).
+    A Caffe model may be given as its two files, ``add("deploy.prototxt", "net.caffemodel")``
+    (either order); one file finds its other half beside it. FIFOs, sockets and devices are
+    refused without being opened. The name defaults to the file or folder stem; a name already
+    in the catalog raises `DuplicateModelError` (choose another with ``name=``).
+
+    `inputs` and `args` record what a TorchScript ``forward`` takes (see `zoo.input_specs`), so
+    `convert` needs nothing more: ``inputs={"x": "1x512"}, args={"sr": 16000}``.
 
     >>> zoo.add("exports/cats.onnx", task="image-classification", tags=["cats"])  # doctest: +SKIP
+    >>> zoo.add("vad.pt", inputs=["x=1x512"], args=["sr=16000"])  # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
-    from zoo.formats import detect_format
+    from zoo.formats import detect_files
+    from zoo.input_specs import arg_values, input_specs
 
-    info = detect_format(path)
-    name = _check_name(name or _default_name(info))
+    specs, values = input_specs(inputs), arg_values(args)
+    info = detect_files([path, *more])
+    if (specs or values) and info.framework != "pytorch":
+        raise ModelFormatError(
+            f"{info.path} is a {info.framework} model: --input/--arg describe a TorchScript "
+            f"forward(); its inputs are already in the file, so leave them out")
+    name = _check_name(name or default_name(info))
     cat = open_catalog(catalog)
     if cat.exists(name):  # say so before hashing a large file
         raise DuplicateModelError(
             f"a model named {name!r} is already in the catalog; choose another name with "
             f"--name, or remove it first with `zoo rm {name}`"
         )
-    return cat.add_model(_model(info, name, task, dataset, tags, description))
+    model = _model(info, name, task, dataset, tags, description)
+    _set_inputs(model, specs, values)
+    return cat.add_model(model)
+
+
+def _set_inputs(model: Model, specs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """Put input specs and forward args on a model record: meta, and `input` for a single input."""
+    if specs:
+        model.meta["input_specs"] = specs
+        if len(specs) == 1:
+            model.input = dataclasses.replace(model.input, name=specs[0]["name"], shape=specs[0]["shape"],
+                                              dtype=specs[0]["dtype"])
+    if values:
+        model.meta["args"] = values
+
+
+def record_inputs(cat: Catalog, model: Model, specs: list[dict[str, Any]], values: dict[str, Any]) -> Model:
+    """Store input specs and forward args on a cataloged model (after a conversion proved them)."""
+    _set_inputs(model, specs, values)
+    return cat.update_model(model.name, meta=model.meta, input=model.input.to_dict())
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
@@ -182,7 +217,7 @@ def _place(cat: Catalog, info: FormatInfo, artifacts: list[Artifact], primary: A
         outcomes.append(("moved", name))
     if outcomes:
         return outcomes
-    name = _unique_name(_default_name(info), taken)
+    name = _unique_name(default_name(info), taken)
     taken.add(name)
     cat.add_model(Model(name=name, framework=info.framework, format=info.format, source=SOURCE,
                         artifacts=artifacts, meta=dict(info.meta)))
@@ -201,4 +236,4 @@ def _refresh(cat: Catalog, model: Model, info: FormatInfo, artifacts: list[Artif
         cat.update_model(model.name, framework=info.framework, format=info.format)
 
 
-__all__ = ["ScanResult", "add", "scan"]
+__all__ = ["ScanResult", "add", "default_name", "record_inputs", "scan"]

@@ -170,28 +170,36 @@ def info(name, as_json, catalog):
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str), metavar="PATH [WEIGHTS]")
 @click.option("--name", help="Name in the catalog [default: the file or folder stem].")
 @click.option("--task", help="What the model does, e.g. image-classification.")
 @click.option("--dataset", help="What it was trained on, e.g. imagenet.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for several).")
 @click.option("--description", help="A sentence about the model.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]",
+              help="TorchScript: a forward() tensor, e.g. x=1x512 or image=Nx3x224x224:float32 (N: dynamic). "
+                   "Repeat for several.")
+@click.option("--arg", "args", multiple=True, metavar="NAME=VALUE",
+              help="TorchScript: a non-tensor forward() argument, e.g. sr=16000. Repeat for several.")
 @json_option
 @catalog_option
-def add(path, name, task, dataset, tags, description, as_json, catalog):
+def add(paths, name, task, dataset, tags, description, inputs, args, as_json, catalog):
     """Register a model file or SavedModel folder; the format is detected from its content.
 
     Formats: ONNX, TF SavedModel folder, Keras .keras/.h5, frozen GraphDef .pb, TFLite,
-    Caffe .prototxt + .caffemodel (give either file), TorchScript .pt.
+    Caffe .prototxt + .caffemodel (give both, or either one to find the other beside it),
+    TorchScript .pt (with --input/--arg when its forward() needs more than one image tensor).
 
     \b
     Example:
         zoo add exports/cats.onnx --task image-classification --tag cats
+        zoo add deploy.prototxt weights.caffemodel --name my_net
+        zoo add vad.pt --input x=1x512 --arg sr=16000
     """
     from zoo.local import add as run_add
 
-    model = run_add(path, name=name, task=task, dataset=dataset, tags=tags,
-                    description=description, catalog=catalog)
+    model = run_add(*paths, name=name, task=task, dataset=dataset, tags=tags,
+                    description=description, inputs=inputs, args=args, catalog=catalog)
     files = ", ".join(a.path for a in model.artifacts)
     emit(model.to_dict(), as_json, f"added {model.name} ({model.framework}, {model.format}): {files}")
 

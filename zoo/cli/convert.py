@@ -10,6 +10,11 @@ from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, q
 
 @cli.command("convert")
 @click.argument("name")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=SHAPE[:DTYPE]",
+              help="A TorchScript forward() tensor, e.g. x=1x512 or image=Nx3x224x224:float32 (N: dynamic; "
+                   "dtype float32, float16, int64, int32, bool...). Repeat for several; recorded on the model.")
+@click.option("--arg", "args", multiple=True, metavar="NAME=VALUE",
+              help="A non-tensor forward() argument baked into the graph, e.g. sr=16000. Repeat for several.")
 @click.option("--opset", type=click.IntRange(7, 23), default=None,
               help="ONNX opset [default 17; an ONNX model keeps its own unless given].")
 @click.option("--nchw", is_flag=True, help="Channels-first inputs for TensorFlow models (tf2onnx inputs_as_nchw).")
@@ -18,24 +23,31 @@ from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, q
 @catalog_option
 @cache_option
 @quiet_option
-def convert_command(name: str, opset: int | None, nchw: bool, force: bool, as_json: bool,
-                    catalog: str | None, cache_dir: str | None, quiet: bool) -> None:
+def convert_command(name: str, inputs: tuple[str, ...], args: tuple[str, ...], opset: int | None, nchw: bool,
+                    force: bool, as_json: bool, catalog: str | None, cache_dir: str | None, quiet: bool) -> None:
     """Convert a model to ONNX, check it against its source framework and register it.
 
-    Fetches the model first if needed. Converting again is instant when nothing changed.
+    NAME is a catalog name, or the path of a model file not yet in the catalog (it is added
+    first, as `zoo add PATH` would). Fetches the model first if needed. Converting again is
+    instant when nothing changed.
 
     \b
     Example:
         zoo convert bvlc_alexnet
         zoo convert resnet50.keras --nchw --opset 17 --json
+        zoo convert exports/vad.pt --input x=1x512 --arg sr=16000
     """
     from zoo.conversion import convert
 
     start = time.perf_counter()
     if not quiet and not as_json:
         click.echo(f"converting {name}...", err=True)
-    artifact = convert(name, opset=opset, nchw=nchw, force=force, catalog=catalog, cache_dir=cache_dir)
+    artifact = convert(name, inputs=inputs, args=args, opset=opset, nchw=nchw, force=force,
+                       catalog=catalog, cache_dir=cache_dir)
     elapsed = time.perf_counter() - start
+    name = artifact.meta.get("model") or name
+    if artifact.meta.get("added") and not quiet and not as_json:
+        click.echo(f"added {name} to the catalog (source local)", err=True)
     data = {"name": name, **artifact.to_dict(), "seconds": round(elapsed, 3)}
     emit(data, as_json, lambda: _describe(name, artifact.meta, artifact.path, elapsed))
 
