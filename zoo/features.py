@@ -319,11 +319,18 @@ def _source(
     on_error: str,
     image_size: tuple[int, int] | None,
     layout: str | None,
+    column: str | None = None,
 ) -> _Source:
     if on_error not in ("skip", "raise"):
         raise InputError(f"on_error={on_error!r} is not one of 'skip', 'raise'")
     if isinstance(data, (str, os.PathLike)):
+        from zoo import parquet
+
         path = Path(data).expanduser()
+        if parquet.is_parquet(path):
+            return parquet.ParquetSource(path, column)
+        if column is not None:
+            raise InputError(f"column={column!r} applies to Parquet input only; {path} is not a Parquet file or folder")
         if path.is_dir():
             size, layout, channels = _image_geometry(extractor, image_size, layout)
             return _ImageFolderSource(path, size, layout, channels, on_error)
@@ -413,9 +420,10 @@ class FeatureCache:
         key: str | None = None,
         image_size: tuple[int, int] | None = None,
         layout: str | None = None,
+        column: str | None = None,
     ) -> str:
         """The cache key of `data` through `extractor` (both fingerprints, hashed)."""
-        source = _source(data, extractor, key, "skip", image_size, layout)
+        source = _source(data, extractor, key, "skip", image_size, layout, column)
         return self._key(_fingerprint(extractor), source.fingerprint)
 
     def entries(self) -> list[CacheEntry]:
@@ -492,13 +500,23 @@ class FeatureCache:
         on_error: str = "skip",
         image_size: tuple[int, int] | None = None,
         layout: str | None = None,
+        column: str | None = None,
+        engine: Any = "local",
     ) -> CachedFeatures:
-        """Features of `data` through `extractor`: reused when cached, else computed (or resumed)."""
+        """Features of `data` through `extractor`: reused when cached, else computed (or resumed).
+
+        `engine` computes missing chunks: ``"local"`` (this process) or ``"ray"`` / a
+        ``zoo.ray_engine.RayEngine`` (an actor pool on Ray); either writes the same entry.
+        """
         import filelock
 
         if chunk_size < 1:
             raise InputError(f"chunk_size={chunk_size} must be at least 1")
-        source = _source(data, extractor, key, on_error, image_size, layout)
+        if engine != "local":
+            from zoo.ray_engine import RayEngine
+
+            engine = RayEngine.of(engine)
+        source = _source(data, extractor, key, on_error, image_size, layout, column)
         extractor_fp = _fingerprint(extractor)
         name = self._key(extractor_fp, source.fingerprint)
         folder = self.root / name
@@ -538,12 +556,18 @@ class FeatureCache:
                     "complete": False,
                 }
             folder.mkdir(parents=True, exist_ok=True)
+            if engine == "local":
+                computed = _computed(source, extractor, manifest["next"], chunk_size)
+            else:
+                computed = engine.computed(source, extractor, manifest["next"], chunk_size)
             try:
-                _fill(folder, manifest, source, extractor, chunk_size, progress)
+                _fill(folder, manifest, source, computed, progress)
             except OSError as exc:
                 if exc.errno in _DISK_FULL:
                     raise _disk_full(exc, folder) from None
                 raise
+            finally:
+                computed.close()  # stops a Ray job at once when writing failed
             return _result(folder, manifest, reused=False, source=source)
         finally:
             lock.release()
@@ -583,12 +607,19 @@ def _valid(folder: Path, manifest: dict[str, Any]) -> bool:
         return False
 
 
+def _computed(
+    source: _Source, extractor: Any, start: int, chunk_size: int
+) -> Iterator[tuple[int, int, np.ndarray | None, list[dict]]]:
+    """(first row, inputs consumed, features or None, skipped) of each chunk, run in this process."""
+    for first, batch, skipped in source.chunks(start, chunk_size):
+        yield first, len(batch) + len(skipped), _run(extractor, batch) if len(batch) else None, skipped
+
+
 def _fill(
     folder: Path,
     manifest: dict[str, Any],
     source: _Source,
-    extractor: Any,
-    chunk_size: int,
+    computed: Iterator[tuple[int, int, np.ndarray | None, list[dict]]],
     progress: bool,
 ) -> None:
     """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk."""
@@ -623,9 +654,7 @@ def _fill(
         last, dirty = time.monotonic(), False
         try:
             with bar:
-                for start, batch, skipped in source.chunks(manifest["next"], chunk_size):
-                    consumed = len(batch) + len(skipped)
-                    out = _run(extractor, batch) if len(batch) else None
+                for start, consumed, out, skipped in computed:
                     if out is not None:
                         shape, dtype = list(out.shape[1:]), out.dtype.str
                         if manifest["shape"] is None:
@@ -728,11 +757,16 @@ def extract_features(
     on_error: str = "skip",
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
+    column: str | None = None,
+    engine: Any = "local",
 ) -> CachedFeatures:
     """Features of `data` through `extractor`, with labels and skipped files for an image folder.
 
-    `data` is a numpy array, a ``.npy`` path, an image folder with one sub-folder per class, or
-    an iterable of batches (then `key` names its content). See :func:`cache_features`.
+    `data` is a numpy array, a ``.npy`` path, an image folder with one sub-folder per class, a
+    Parquet file or folder (one row per input in a tensor column; `column` names it when there
+    are several) or an iterable of batches (then `key` names its content). ``engine="ray"`` runs
+    the extractor on a Ray actor pool instead of this process (see ``zoo.ray_engine.RayEngine``);
+    the cache entry is the same. See :func:`cache_features`.
     """
     return FeatureCache(cache_dir).features(
         extractor,
@@ -743,6 +777,8 @@ def extract_features(
         on_error=on_error,
         image_size=image_size,
         layout=layout,
+        column=column,
+        engine=engine,
     )
 
 
@@ -757,6 +793,8 @@ def cache_features(
     on_error: str = "skip",
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
+    column: str | None = None,
+    engine: Any = "local",
 ) -> np.ndarray:
     """Run `data` through a frozen `extractor` once; later calls (any process) reuse the result.
 
@@ -778,6 +816,8 @@ def cache_features(
         on_error=on_error,
         image_size=image_size,
         layout=layout,
+        column=column,
+        engine=engine,
     ).features
 
 
@@ -792,6 +832,8 @@ def save_features(
     on_error: str = "skip",
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
+    column: str | None = None,
+    engine: Any = "local",
 ) -> CachedFeatures:
     """`zoo extract`'s one call: cache the features, then copy them to `output` (.npy) in chunks."""
     result = extract_features(
@@ -803,6 +845,8 @@ def save_features(
         on_error=on_error,
         image_size=image_size,
         layout=layout,
+        column=column,
+        engine=engine,
     )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
