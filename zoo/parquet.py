@@ -52,7 +52,7 @@ def _tensor_like(field: Any) -> bool:
     import pyarrow as pa
 
     kind = field.type
-    if isinstance(kind, pa.ExtensionType):
+    if isinstance(kind, pa.BaseExtensionType):
         kind = kind.storage_type
     while pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         kind = kind.value_type
@@ -164,7 +164,7 @@ class ParquetSource:
         position = bisect_right(self.starts, lo) - 1
         array = self._group(position).slice(lo - self.starts[position], hi - lo)
         shape = self.shape
-        if isinstance(array.type, pa.ExtensionType):
+        if isinstance(array.type, pa.BaseExtensionType):
             shape = tuple(getattr(array.type, "shape", None) or ()) or shape
             array = array.storage
         if array.null_count:

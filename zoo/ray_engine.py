@@ -93,6 +93,8 @@ class RayEngine:
         context.enable_progress_bars = False  # the cache shows its own bar
         if hasattr(context, "print_on_execution_start"):
             context.print_on_execution_start = False
+        if hasattr(context, "raise_original_map_exception"):  # a worker's own exception, not Ray's wrapper
+            context.raise_original_map_exception = True
         rows = iter(dataset.iter_rows())
         done = 0
         try:
@@ -100,6 +102,8 @@ class RayEngine:
                 lo, hi = ranges[done]
                 assert int(row["lo"]) == lo, (row["lo"], lo)  # Ray Data keeps the order asked for
                 done += 1
+                if row["error"]:
+                    raise _error(row["error"])
                 blob = row["features"]
                 out = np.load(io.BytesIO(blob), allow_pickle=False) if len(blob) else None
                 yield lo, int(row["consumed"]), out, json.loads(row["skipped"])
@@ -176,66 +180,85 @@ def _connect(address: str | None) -> Any:
     return ray
 
 
+def _error(text: str) -> ZooError:
+    """The zoo error a worker reported in its output row, raised again here."""
+    from zoo import errors
+
+    reported = json.loads(text)
+    kind = getattr(errors, reported["type"], None)
+    if not (isinstance(kind, type) and issubclass(kind, ZooError)):
+        kind = EngineError
+    return kind(reported["message"])
+
+
 def _unwrapped(exc: BaseException) -> BaseException:
-    """The zoo error a Ray worker raised, or an EngineError naming what failed."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        cause = getattr(current, "cause", None)  # RayTaskError keeps the worker's exception here
-        if isinstance(cause, ZooError):
-            return cause
-        if isinstance(current, ZooError) and type(current).__module__.startswith("zoo"):
-            return current
-        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    """An EngineError naming what failed in Ray: the worker's own exception when Ray passes it on."""
+    if isinstance(exc, ZooError) and type(exc).__module__.startswith("zoo"):
+        return exc
+    cause = getattr(exc, "cause", None)  # RayTaskError keeps the worker's exception here
+    inner = cause if isinstance(cause, BaseException) else exc
+    lines = str(inner).strip().splitlines()
     return EngineError(
-        f"the Ray job failed ({type(exc).__name__}: {first}); the chunks already written are kept, "
-        "run again to resume"
+        f"the Ray job failed ({type(inner).__name__}: {lines[0] if lines else ''}); the chunks already "
+        "written are kept, run again to resume"
     )
 
 
 class _ChunkWorker:
     """One Ray actor: its own copy of the source and extractor, with its own onnxruntime session."""
 
-    def __init__(self, source: Any, extractor: Any, model: bytes | None, threads: int) -> None:
-        for path in _paths(source):
-            if not path.exists():
-                import ray
+    # A zoo error (bad input, unreadable image with on_error="raise") travels back in the output
+    # row rather than as an exception: Ray wraps exceptions differently from version to version.
 
-                raise InputError(
-                    f"{path} is not on Ray node {ray.util.get_node_ip_address()}; the Ray engine reads "
-                    "data where its actors run: put it on storage every node mounts at the same path, "
-                    "or use engine='local'"
-                )
-        self.source = source
-        self.extractor = _local_extractor(extractor, model, threads)
+    def __init__(self, source: Any, extractor: Any, model: bytes | None, threads: int) -> None:
+        self.source, self.extractor, self.error = source, None, ""
+        try:
+            for path in _paths(source):
+                if not path.exists():
+                    import ray
+
+                    raise InputError(
+                        f"{path} is not on Ray node {ray.util.get_node_ip_address()}; the Ray engine reads "
+                        "data where its actors run: put it on storage every node mounts at the same path, "
+                        "or use engine='local'"
+                    )
+            self.extractor = _local_extractor(extractor, model, threads)
+        except ZooError as exc:
+            self.error = json.dumps({"type": type(exc).__name__, "message": str(exc)})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows: dict[str, list] = {"lo": [], "consumed": [], "features": [], "skipped": [], "error": []}
+        for lo, hi in zip(batch["lo"], batch["hi"]):
+            first, consumed, blob, skipped, error = int(lo), 0, b"", [], self.error
+            if not error:
+                try:
+                    first, consumed, blob, skipped = self._chunk(int(lo), int(hi))
+                except ZooError as exc:
+                    error = json.dumps({"type": type(exc).__name__, "message": str(exc)})
+            for name, value in zip(rows, (first, consumed, blob, json.dumps(skipped), error)):
+                rows[name].append(value)
+        return {
+            "lo": np.asarray(rows["lo"], dtype=np.int64),
+            "consumed": np.asarray(rows["consumed"], dtype=np.int64),
+            "features": np.asarray(rows["features"], dtype=object),
+            "skipped": np.asarray(rows["skipped"], dtype=object),
+            "error": np.asarray(rows["error"], dtype=object),
+        }
+
+    def _chunk(self, lo: int, hi: int) -> tuple[int, int, bytes, list[dict]]:
         from zoo.features import _run
 
-        los, consumed, blobs, skipped_lists = [], [], [], []
-        for lo, hi in zip(batch["lo"], batch["hi"]):
-            chunks = self.source.chunks(int(lo), int(hi - lo))
-            try:
-                first, inputs, skipped = next(chunks)
-            finally:
-                chunks.close()
-            blob = b""
-            if len(inputs):
-                buffer = io.BytesIO()
-                np.save(buffer, _run(self.extractor, inputs), allow_pickle=False)
-                blob = buffer.getvalue()
-            los.append(first)
-            consumed.append(len(inputs) + len(skipped))
-            blobs.append(blob)
-            skipped_lists.append(json.dumps(skipped))
-        return {
-            "lo": np.asarray(los, dtype=np.int64),
-            "consumed": np.asarray(consumed, dtype=np.int64),
-            "features": np.asarray(blobs, dtype=object),
-            "skipped": np.asarray(skipped_lists, dtype=object),
-        }
+        chunks = self.source.chunks(lo, hi - lo)
+        try:
+            first, inputs, skipped = next(chunks)
+        finally:
+            chunks.close()
+        blob = b""
+        if len(inputs):
+            buffer = io.BytesIO()
+            np.save(buffer, _run(self.extractor, inputs), allow_pickle=False)
+            blob = buffer.getvalue()
+        return first, len(inputs) + len(skipped), blob, skipped
 
 
 def _paths(source: Any) -> list[Path]:

@@ -60,17 +60,26 @@ def _layer_spec(values: tuple[str, ...]):
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
 @click.option("--input", "-i", "input_path", required=True, type=click.Path(exists=True),
-              help="A .npy array of inputs (batch first), or an image folder with a sub-folder per class.")
+              help="A .npy array of inputs (batch first), an image folder with a sub-folder per class, "
+                   "or Parquet (a file or folder; one input per row).")
 @click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the features (.npy; .npz for several layers).")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--preprocess", is_flag=True, help="Inputs are raw pixels: apply the model's mean/scale/order.")
+@click.option("--column", help="Parquet input: the column of inputs (needed when several hold arrays).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              envvar="ZOO_ENGINE", help="Where to run: this process, or a Ray actor pool (pip install 'zoo[ray]').")
+@click.option("--address", help="--engine ray: the Ray cluster (e.g. ray://head:10001); default $RAY_ADDRESS "
+                                "or a new local instance.")
+@click.option("--actors", type=click.IntRange(min=1),
+              help="--engine ray: actors in the pool, each with --threads threads (default 1) [default: all CPUs].")
 @json_option
 @catalog_option
 @cache_option
 def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_path: str,
-                    batch_size: int, threads: int | None, preprocess: bool, as_json: bool,
+                    batch_size: int, threads: int | None, preprocess: bool, column: str | None, engine: str,
+                    address: str | None, actors: int | None, as_json: bool,
                     catalog: str | None, cache_dir: str | None) -> None:
     """Write the features of an array file at a layer of a model.
 
@@ -78,6 +87,7 @@ def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_p
     Example:
         zoo extract bvlc_alexnet.caffe --layer fc7 --input images.npy --output fc7.npy
         zoo extract model.onnx --layer -2 -i x.npy -o features.npy --json
+        zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
     """
     from zoo.extract import load_extractor
 
@@ -90,13 +100,16 @@ def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_p
         from zoo.features import save_features
 
         cached = save_features(extractor, input_path, output_path, cache_dir=cache_dir,
-                               progress=not as_json)
+                               progress=not as_json, column=column,
+                               engine=_engine(engine, address, actors, threads))
         shapes = list(cached.features.shape)
         result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
                       reused=cached.reused, skipped=cached.skipped)
         if cached.classes is not None:
             result["classes"] = cached.classes
     else:
+        if engine != "local":
+            raise InputError("--engine ray extracts one layer at a time; give one --layer")
         if os.path.isdir(input_path):
             raise InputError(f"{input_path} is a folder; several layers at once need a .npy input "
                              "(or extract one layer at a time)")
@@ -106,6 +119,17 @@ def extract_command(name: str, layer: tuple[str, ...], input_path: str, output_p
         shapes = {k: list(v.shape) for k, v in features.items()}
         result.update(rows=len(data), shape=shapes)
     emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
+
+
+def _engine(engine: str, address: str | None, actors: int | None, threads: int | None):
+    """The engine= value for the feature cache: "local", or a RayEngine from the Ray options."""
+    if engine == "local":
+        if address or actors:
+            raise InputError("--address and --actors apply to --engine ray; add --engine ray or drop them")
+        return "local"
+    from zoo.ray_engine import RayEngine
+
+    return RayEngine(address=address, actors=actors, threads=threads or 1)
 
 
 def _read_array(path: str):
