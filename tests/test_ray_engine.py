@@ -227,3 +227,13 @@ def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path):
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "missing: ray is needed" in done.stdout, done.stderr
+
+
+def test_an_unreachable_cluster_fails_at_once(tiny, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 8, 8), np.float32))
+    cmd = [str(Path(sys.executable).with_name("zoo")), "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"),
+           "-o", str(tmp_path / "f.npy"), "--engine", "ray", "--address", "127.0.0.1:1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "f.npy").exists()

@@ -28,7 +28,8 @@ class RayEngine:
     same code as the in-process path, so the features are the same; this process writes them
     into the feature cache in order, so a run resumes at the first chunk missing. Files are read
     where the actors run: on a cluster of several machines the data must sit at the same path on
-    every node (a shared file system); arrays in memory and the model are sent through Ray.
+    every node (a shared file system); arrays in memory and the model are sent through Ray. The
+    nodes need zoo and onnxruntime installed, like this machine.
 
     >>> zoo.extract_features(extractor, "train.parquet", engine=RayEngine(actors=2))  # doctest: +SKIP
 
@@ -169,6 +170,7 @@ def _connect(address: str | None) -> Any:
     require("ray.data", "ray")  # ray without its [data] extra lacks pyarrow and pandas
     if ray.is_initialized():
         return ray
+    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -189,6 +191,26 @@ def _error(text: str) -> ZooError:
     if not (isinstance(kind, type) and issubclass(kind, ZooError)):
         kind = EngineError
     return kind(reported["message"])
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail fast on a host:port nobody listens on: ray.init retries such an address for minutes."""
+    import socket
+
+    if not address:
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():  # "auto", "local": Ray finds the cluster itself
+        return
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=10):
+            pass
+    except OSError as exc:
+        raise EngineError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start one with "
+            "`ray start --head`, check the address (`ray status` on the head node), or leave --address "
+            "out for a local instance"
+        ) from None
 
 
 def _unwrapped(exc: BaseException) -> BaseException:
