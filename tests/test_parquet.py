@@ -152,6 +152,12 @@ def test_not_parquet_files_say_so(x, tmp_path):
     bad.write_bytes(b"PAR1 not really")
     with pytest.raises(InputError, match="cannot read .*broken.parquet as Parquet"):
         extract_features(Projection(24), bad, progress=False)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.table({"x": _fixed_list(x)}), parts / "a.parquet")
+    pq.write_table(pa.table({"y": _fixed_list(x)}), parts / "b.parquet")
+    with pytest.raises(InputError, match="b.parquet has no column 'x'"):
+        extract_features(Projection(24), parts, progress=False)
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(InputError, match="applies to Parquet input only"):
         extract_features(Projection(24), tmp_path / "x.npy", column="x", progress=False)

@@ -83,24 +83,30 @@ class ParquetSource:
         self.groups: list[tuple[int, int, int]] = []  # (first row, file index, row group) in order
         self.starts: list[int] = []
         row = 0
-        schema = None
+        names: list[list[str]] = []
         for index, file in enumerate(files):
             try:
-                meta = pq.ParquetFile(file)
+                with pq.ParquetFile(file) as meta:
+                    schema = meta.schema_arrow if index == 0 else schema
+                    names.append(meta.schema_arrow.names)
+                    for group in range(meta.metadata.num_row_groups):
+                        rows = meta.metadata.row_group(group).num_rows
+                        if rows:
+                            self.groups.append((row, index, group))
+                            self.starts.append(row)
+                            row += rows
             except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a bad file
                 raise InputError(f"cannot read {file} as Parquet ({type(exc).__name__}: {exc})") from None
-            if schema is None:
-                schema = meta.schema_arrow
-            for group in range(meta.metadata.num_row_groups):
-                rows = meta.metadata.row_group(group).num_rows
-                if rows:
-                    self.groups.append((row, index, group))
-                    self.starts.append(row)
-                    row += rows
         self.length = row
         if not row:
             raise InputError(f"{path} has no rows; give at least one row")
         self.column = self._pick_column(schema, column)
+        for file, columns in zip(files, names):
+            if self.column not in columns:
+                raise InputError(
+                    f"{file} has no column {self.column!r} (its columns: {', '.join(columns)}); every file "
+                    f"of {path} must hold the inputs in the same column"
+                )
         field = schema.field(self.column)
         self.shape = None
         if field.metadata and field.metadata.get(_EXTENSION_NAME) in _RAY_TENSORS:
@@ -150,8 +156,14 @@ class ParquetSource:
             import pyarrow.parquet as pq
 
             _, index, group = self.groups[position]
-            with pq.ParquetFile(self.files[index]) as f:
-                table = f.read_row_group(group, columns=[self.column])
+            try:
+                with pq.ParquetFile(self.files[index]) as f:
+                    table = f.read_row_group(group, columns=[self.column])
+            except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+                raise InputError(
+                    f"cannot read row group {group} of {self.files[index]} ({type(exc).__name__}: {exc}); "
+                    "the file changed or is damaged"
+                ) from None
             self._cached = None  # drop the old group before holding the new one
             self._cached = (position, table.column(0).combine_chunks())
         return self._cached[1]
