@@ -203,7 +203,7 @@ def _check_reachable(address: str | None) -> None:
     if not sep or not port.isdigit():  # "auto", "local": Ray finds the cluster itself
         return
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=10):
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=10):
             pass
     except OSError as exc:
         raise EngineError(
