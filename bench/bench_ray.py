@@ -1,6 +1,6 @@
 """Ray engine throughput: 2 single-thread Ray actors vs one single-thread extractor in this process.
 
-Run: .venv/bin/python bench/bench_ray.py [--rows 384] [--repeats 3] [--model resnet50]
+Run: .venv/bin/python bench/bench_ray.py [--rows 512] [--repeats 3] [--model resnet50]
 
 Both sides fill a fresh feature cache from the same .npy file through the same cut model, with
 onnxruntime on one thread each; the Ray side is `extract_features(..., engine=RayEngine(actors=2,
@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # ResNet-50 (about 4 GMAC an image): enough work per run that starting the actor pool, a few
     # seconds of importing Ray Data and onnxruntime in each actor, is a small part of a Ray run.
-    parser.add_argument("--rows", type=int, default=384, help="images (3x224x224) to extract")
+    parser.add_argument("--rows", type=int, default=512, help="images (3x224x224) to extract")
     parser.add_argument("--chunk", type=int, default=16, help="feature-cache chunk (rows per Ray task)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="resnet50", help="an onnx light model: resnet50, squeezenet, ...")
