@@ -127,7 +127,8 @@ def main() -> None:
         print(f"  Ray, 2 actors x 1 thread     : {args.rows / t['ray']:7.1f} images/s ({t['ray']:.1f} s)")
         print(f"  ratio Ray/in-process throughput: {t['local'] / t['ray']:.2f}  (goal >= 1.6 on an idle 2-core machine)")
         print(f"  last 3/4 of the chunks (actor start excluded): in-process {r['local']:.1f} images/s, "
-              f"Ray {r['ray']:.1f} images/s, ratio {r['ray'] / r['local']:.2f}")
+              f"Ray {r['ray']:.1f} images/s, ratio {r['ray'] / r['local']:.2f} (indicative: chunks Ray "
+              "finished while the writer waited for an earlier one arrive together)")
         print(f"  load average (1, 5, 15 min) at start {tuple(round(v, 2) for v in load_start)}, "
               f"at end {tuple(round(v, 2) for v in os.getloadavg())}; cores {os.cpu_count()}")
     finally:
