@@ -54,6 +54,7 @@ _API: dict[str, str] = {
     "cache_features": "zoo.features",
     "extract_features": "zoo.features",
     "save_features": "zoo.features",
+    "RayEngine": "zoo.ray_engine",
     "transfer_model": "zoo.transfer",
     "train": "zoo.transfer",
     "fit_head": "zoo.transfer",

@@ -81,6 +81,10 @@ class InputError(ZooError, ValueError):
     """Input data has the wrong shape, dtype, length or values."""
 
 
+class EngineError(ZooError):
+    """A compute engine failed: a Ray cluster cannot be reached, or one of its workers died."""
+
+
 class MissingDependencyError(ZooError, ImportError):
     """An optional dependency is not installed; the message gives the pip command."""
 

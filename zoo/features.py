@@ -464,13 +464,20 @@ def _source(
     image_size: tuple[int, int] | None,
     layout: str | None,
     preprocess: bool | None = None,
+    column: str | None = None,
 ) -> _Source:
     from zoo.images import is_image_input
 
     if on_error not in ("skip", "raise"):
         raise InputError(f"on_error={on_error!r} is not one of 'skip', 'raise'")
     if isinstance(data, (str, os.PathLike)):
+        from zoo import parquet
+
         path = Path(data).expanduser()
+        if parquet.is_parquet(path):
+            return parquet.ParquetSource(path, column)
+        if column is not None:
+            raise InputError(f"column={column!r} applies to Parquet input only; {path} is not a Parquet file or folder")
         if path.is_file() and path.suffix.lower() == ".npy" or path.is_file() and _is_npy(path):
             return _NpyFileSource(path)
         if path.is_dir() or path.is_file():
@@ -567,9 +574,10 @@ class FeatureCache:
         image_size: tuple[int, int] | None = None,
         layout: str | None = None,
         preprocess: bool | None = None,
+        column: str | None = None,
     ) -> str:
         """The cache key of `data` through `extractor` (both fingerprints, hashed)."""
-        source = _source(data, extractor, key, "skip", image_size, layout, preprocess)
+        source = _source(data, extractor, key, "skip", image_size, layout, preprocess, column)
         return self._key(_fingerprint(extractor), source.fingerprint)
 
     def entries(self) -> list[CacheEntry]:
@@ -647,17 +655,26 @@ class FeatureCache:
         image_size: tuple[int, int] | None = None,
         layout: str | None = None,
         preprocess: bool | None = None,
+        column: str | None = None,
+        engine: Any = "local",
     ) -> CachedFeatures:
         """Features of `data` through `extractor`: reused when cached, else computed (or resumed).
 
         Image files get the extractor's InputSpec (resize, crop, channel order, mean/std...)
         unless ``preprocess=False`` (or the extractor was loaded with ``preprocess=False``).
+
+        `engine` computes missing chunks: ``"local"`` (this process) or ``"ray"`` / a
+        ``zoo.ray_engine.RayEngine`` (an actor pool on Ray); either writes the same entry.
         """
         import filelock
 
         if chunk_size < 1:
             raise InputError(f"chunk_size={chunk_size} must be at least 1")
-        source = _source(data, extractor, key, on_error, image_size, layout, preprocess)
+        if engine != "local":
+            from zoo.ray_engine import RayEngine
+
+            engine = RayEngine.of(engine)
+        source = _source(data, extractor, key, on_error, image_size, layout, preprocess, column)
         extractor_fp = _fingerprint(extractor)
         name = self._key(extractor_fp, source.fingerprint)
         folder = self.root / name
@@ -697,12 +714,18 @@ class FeatureCache:
                     "complete": False,
                 }
             folder.mkdir(parents=True, exist_ok=True)
+            if engine == "local":
+                computed = _computed(source, extractor, manifest["next"], chunk_size)
+            else:
+                computed = engine.computed(source, extractor, manifest["next"], chunk_size)
             try:
-                _fill(folder, manifest, source, extractor, chunk_size, progress)
+                _fill(folder, manifest, source, computed, progress)
             except OSError as exc:
                 if exc.errno in _DISK_FULL:
                     raise _disk_full(exc, folder) from None
                 raise
+            finally:
+                computed.close()  # stops a Ray job at once when writing failed
             return _result(folder, manifest, reused=False, source=source)
         finally:
             lock.release()
@@ -742,12 +765,20 @@ def _valid(folder: Path, manifest: dict[str, Any]) -> bool:
         return False
 
 
+def _computed(
+    source: _Source, extractor: Any, start: int, chunk_size: int
+) -> Iterator[tuple[int, int, np.ndarray | None, list[dict]]]:
+    """(first row, inputs consumed, features or None, skipped) of each chunk, run in this process."""
+    for first, batch, skipped in source.chunks(start, chunk_size):
+        rows = source.rows(batch)
+        yield first, rows + len(skipped), _run(extractor, batch, rows) if rows else None, skipped
+
+
 def _fill(
     folder: Path,
     manifest: dict[str, Any],
     source: _Source,
-    extractor: Any,
-    chunk_size: int,
+    computed: Iterator[tuple[int, int, np.ndarray | None, list[dict]]],
     progress: bool,
 ) -> None:
     """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk."""
@@ -782,10 +813,7 @@ def _fill(
         last, dirty = time.monotonic(), False
         try:
             with bar:
-                for start, batch, skipped in source.chunks(manifest["next"], chunk_size):
-                    rows = source.rows(batch)
-                    consumed = rows + len(skipped)
-                    out = _run(extractor, batch, rows) if rows else None
+                for start, consumed, out, skipped in computed:
                     if out is not None:
                         shape, dtype = list(out.shape[1:]), out.dtype.str
                         if manifest["shape"] is None:
@@ -896,15 +924,20 @@ def extract_features(
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
     preprocess: bool | None = None,
+    column: str | None = None,
+    engine: Any = "local",
 ) -> CachedFeatures:
     """Features of `data` through `extractor`, with labels and skipped files for an image folder.
 
     `data` is a numpy array, a ``.npy`` path, image files (a folder with one sub-folder per
     class, a flat folder, one file or a list of paths: they get the model's InputSpec unless
-    ``preprocess=False``), an iterable of batches (then `key` names its content), or for a
-    multi-input extractor a dict of named inputs (arrays or ``.npy`` paths;
+    ``preprocess=False``), a Parquet file or folder (one row per input in a tensor column; `column`
+    names it when there are several), an iterable of batches (then `key` names its content), or
+    for a multi-input extractor a dict of named inputs (arrays or ``.npy`` paths;
     ``{"input_ids": "ids.npy", "attention_mask": mask}``, split along each input's batch axis,
-    scalars fed whole). See :func:`cache_features`.
+    scalars fed whole). ``engine="ray"`` runs the extractor on a Ray actor pool instead of this
+    process (see ``zoo.ray_engine.RayEngine``); the cache entry is the same. See
+    :func:`cache_features`.
     """
     return FeatureCache(cache_dir).features(
         extractor,
@@ -916,6 +949,8 @@ def extract_features(
         image_size=image_size,
         layout=layout,
         preprocess=preprocess,
+        column=column,
+        engine=engine,
     )
 
 
@@ -931,6 +966,8 @@ def cache_features(
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
     preprocess: bool | None = None,
+    column: str | None = None,
+    engine: Any = "local",
 ) -> np.ndarray:
     """Run `data` through a frozen `extractor` once; later calls (any process) reuse the result.
 
@@ -954,6 +991,8 @@ def cache_features(
         image_size=image_size,
         layout=layout,
         preprocess=preprocess,
+        column=column,
+        engine=engine,
     ).features
 
 
@@ -969,6 +1008,8 @@ def save_features(
     image_size: tuple[int, int] | None = None,
     layout: str | None = None,
     preprocess: bool | None = None,
+    column: str | None = None,
+    engine: Any = "local",
 ) -> CachedFeatures:
     """`zoo extract`'s one call: cache the features, then copy them to `output` (.npy) in chunks."""
     result = extract_features(
@@ -981,6 +1022,8 @@ def save_features(
         image_size=image_size,
         layout=layout,
         preprocess=preprocess,
+        column=column,
+        engine=engine,
     )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

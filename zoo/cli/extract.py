@@ -76,9 +76,9 @@ def _layer_spec(values: tuple[str, ...]):
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
 @click.option("--input", "-i", "input_values", required=True, multiple=True,
-              help="A .npy array of inputs (batch first), an image file, a folder of images, or an image "
-                   "folder with a sub-folder per class; for a model with several inputs, NAME=FILE.npy "
-                   "(or NAME=number) once per input.")
+              help="A .npy array of inputs (batch first), an image file, a folder of images, an image "
+                   "folder with a sub-folder per class, or Parquet (a file or folder; one input per row); "
+                   "for a model with several inputs, NAME=FILE.npy (or NAME=number) once per input.")
 @click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the features (.npy; .npz for several layers).")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1))
@@ -86,12 +86,20 @@ def _layer_spec(values: tuple[str, ...]):
 @preprocess_option
 @pooling_option
 @device_option
+@click.option("--column", help="Parquet input: the column of inputs (needed when several hold arrays).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              envvar="ZOO_ENGINE", help="Where to run: this process, or a Ray actor pool (pip install 'zoo[ray]').")
+@click.option("--address", help="--engine ray: the Ray cluster (e.g. ray://head:10001); default $RAY_ADDRESS "
+                                "or a new local instance.")
+@click.option("--actors", type=click.IntRange(min=1),
+              help="--engine ray: actors in the pool, each with --threads threads (default 1) [default: all CPUs].")
 @json_option
 @catalog_option
 @cache_option
 def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, ...], output_path: str,
                     batch_size: int, threads: int | None, preprocess: bool | None, pooling: str | None,
-                    device: str | None, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
+                    device: str | None, column: str | None, engine: str, address: str | None,
+                    actors: int | None, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
     """Write the features of an array file at a layer of a model.
 
     \b
@@ -101,6 +109,7 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         zoo extract vgg16_notop.keras --layer block5_pool --pooling avg -i photos/ -o vgg.npy
         zoo extract text_encoder -l pool -i input_ids=ids.npy -i attention_mask=mask.npy -o f.npy
         zoo extract vad.onnx -l -1 -i input=audio.npy -i state=state.npy -i sr=16000 -o f.npy
+        zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
     """
     from zoo.extract import load_extractor
 
@@ -117,7 +126,8 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         from zoo.features import save_features
 
         cached = save_features(extractor, input_path, output_path, cache_dir=cache_dir,
-                               progress=not as_json, preprocess=preprocess)
+                               progress=not as_json, preprocess=preprocess, column=column,
+                               engine=_engine(engine, address, actors, threads))
         shapes = list(cached.features.shape)
         result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
                       reused=cached.reused, skipped=cached.skipped)
@@ -126,6 +136,8 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
     else:
         from zoo.images import is_image_input
 
+        if engine != "local":
+            raise InputError("--engine ray extracts one layer at a time; give one --layer")
         if isinstance(input_path, dict):
             data = {k: v if not isinstance(v, str) else _read_array(v) for k, v in input_path.items()}
         else:
@@ -187,6 +199,17 @@ def _shown_input(value):
     if not isinstance(value, dict):
         return value
     return {k: v if isinstance(v, str) else v.item() for k, v in value.items()}
+
+
+def _engine(engine: str, address: str | None, actors: int | None, threads: int | None):
+    """The engine= value for the feature cache: "local", or a RayEngine from the Ray options."""
+    if engine == "local":
+        if address or actors:
+            raise InputError("--address and --actors apply to --engine ray; add --engine ray or drop them")
+        return "local"
+    from zoo.ray_engine import RayEngine
+
+    return RayEngine(address=address, actors=actors, threads=threads or 1)
 
 
 def _read_array(path: str):

@@ -1,0 +1,140 @@
+"""Ray engine throughput: 2 single-thread Ray actors vs one single-thread extractor in this process.
+
+Run: .venv/bin/python bench/bench_ray.py [--rows 512] [--repeats 3] [--model resnet50]
+
+Both sides fill a fresh feature cache from the same .npy file through the same cut model, with
+onnxruntime on one thread each; the Ray side is `extract_features(..., engine=RayEngine(actors=2,
+threads=1))` on a local Ray instance with 2 CPUs. Runs are interleaved (local, Ray, local, Ray...)
+and medians reported, so a neighbour's load hits both sides alike. Ray's start-up (`ray.init`) is
+excluded and reported; each Ray run does include starting its actor pool (one onnxruntime session
+per actor), which a tiny job measures on its own; a second ratio counts only the chunks after
+the first (steady state, actor start excluded). Goal: ratio >= 1.6 on an otherwise idle 2-core
+machine (the ideal is 2.0). The load average is printed: on a busy machine the figure is low.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def light(name: str) -> Path:
+    import onnx
+
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def steady(stamps: list[tuple[float, int]]) -> float:
+    """Rows per second over the last 3/4 of the chunks: actor start-up excluded.
+
+    Not from the first chunk on: chunks computed while the writer waited for the first one
+    (Ray keeps their order) would arrive at once and inflate the rate.
+    """
+    start = len(stamps) // 4
+    return sum(rows for _, rows in stamps[start + 1:]) / (stamps[-1][0] - stamps[start][0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # ResNet-50 (about 4 GMAC an image): enough work per run that starting the actor pool, a few
+    # seconds of importing Ray Data and onnxruntime in each actor, is a small part of a Ray run.
+    parser.add_argument("--rows", type=int, default=512, help="images (3x224x224) to extract")
+    parser.add_argument("--chunk", type=int, default=16, help="feature-cache chunk (rows per Ray task)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="resnet50", help="an onnx light model: resnet50, squeezenet, ...")
+    args = parser.parse_args()
+
+    import ray
+
+    from zoo import features
+    from zoo.extract import load_extractor
+    from zoo.features import extract_features
+    from zoo.ray_engine import RayEngine
+
+    stamps: list[tuple[float, int]] = []  # (time a chunk reached the cache writer, its rows)
+
+    class StampedRay(RayEngine):
+        def computed(self, *args):
+            for item in super().computed(*args):
+                stamps.append((time.perf_counter(), item[1]))
+                yield item
+
+    local_computed = features._computed
+
+    def stamped_local(*args):
+        for item in local_computed(*args):
+            stamps.append((time.perf_counter(), item[1]))
+            yield item
+
+    features._computed = stamped_local
+
+    load_start = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    try:
+        os.environ["ZOO_CACHE"] = str(work / "cache")
+        os.environ["ZOO_CATALOG"] = str(work / "catalog.db")
+        extractor = load_extractor(light(args.model), -2, threads=1)
+        rng = np.random.default_rng(0)
+        data = work / "x.npy"
+        x = np.lib.format.open_memmap(data, mode="w+", dtype=np.float32, shape=(args.rows, 3, 224, 224))
+        for i in range(0, args.rows, 64):
+            x[i:i + 64] = rng.standard_normal((min(64, args.rows - i), 3, 224, 224), dtype=np.float32)
+        x.flush()
+        del x
+
+        startup = timed(lambda: ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR"))
+        engine = StampedRay(actors=2, threads=1)
+        data.read_bytes()  # into the page cache, for both sides alike
+        tiny = np.asarray(np.load(data, mmap_mode="r")[: 2 * args.chunk])
+        pool_start = timed(lambda: extract_features(extractor, tiny, cache_dir=work / "tiny", chunk_size=args.chunk,
+                                                     progress=False, engine=engine))
+
+        times: dict[str, list[float]] = {"local": [], "ray": []}
+        rates: dict[str, list[float]] = {"local": [], "ray": []}
+        for repeat in range(args.repeats):
+            for side in times:
+                folder = work / f"{side}-{repeat}"
+                stamps.clear()
+                times[side].append(timed(lambda: extract_features(
+                    extractor, data, cache_dir=folder, chunk_size=args.chunk, progress=False,
+                    engine="local" if side == "local" else engine)))
+                rates[side].append(steady(stamps))
+        local = np.load(next((work / "local-0" / "features").glob("*/features.npy")), mmap_mode="r")
+        remote = np.load(next((work / "ray-0" / "features").glob("*/features.npy")), mmap_mode="r")
+        np.testing.assert_array_equal(local, remote)
+        t = {k: statistics.median(v) for k, v in times.items()}
+        r = {k: statistics.median(v) for k, v in rates.items()}
+        print(f"[ray] {args.model} cut at {extractor.layer!r}, {args.rows} images, chunks of {args.chunk}, "
+              f"{args.repeats} interleaved repeats; features equal: yes")
+        print(f"  ray.init (excluded)          : {startup:6.1f} s")
+        print(f"  actor pool start + 2 chunks  : {pool_start:6.1f} s (included in each Ray run)")
+        print(f"  in-process, 1 thread         : {args.rows / t['local']:7.1f} images/s ({t['local']:.1f} s)")
+        print(f"  Ray, 2 actors x 1 thread     : {args.rows / t['ray']:7.1f} images/s ({t['ray']:.1f} s)")
+        print(f"  ratio Ray/in-process throughput: {t['local'] / t['ray']:.2f}  (goal >= 1.6 on an idle 2-core machine)")
+        print(f"  last 3/4 of the chunks (actor start excluded): in-process {r['local']:.1f} images/s, "
+              f"Ray {r['ray']:.1f} images/s, ratio {r['ray'] / r['local']:.2f} (indicative: chunks Ray "
+              "finished while the writer waited for an earlier one arrive together)")
+        print(f"  load average (1, 5, 15 min) at start {tuple(round(v, 2) for v in load_start)}, "
+              f"at end {tuple(round(v, 2) for v in os.getloadavg())}; cores {os.cpu_count()}")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
