@@ -1,6 +1,7 @@
 """The Ray Data engine: same cache entries as the in-process path, resume by chunk, errors, the CLI.
 
-Ray runs for real: one local instance (2 CPUs, no dashboard) for the session; starting it
+Ray runs for real: one local instance (2 CPUs, no dashboard) shared by the tests of this module
+and shut down after them, so its processes do not linger through later test files; starting it
 takes about ten seconds, so the tests that need it are few and marked slow.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 pytest.importorskip("ray.data")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
     import ray
 
