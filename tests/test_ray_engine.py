@@ -204,15 +204,15 @@ def test_what_the_ray_engine_cannot_take_says_so(tiny, tmp_path):
         extract_features(session_bound, np.zeros((4, 16), np.float32), progress=False, engine="ray")
 
 
-def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path):
+def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path, zoo_cmd):
     # A `ray` package that fails to import, first on the path: what a user without Ray gets.
     blocked = tmp_path / "blocked"
     (blocked / "ray").mkdir(parents=True)
     (blocked / "ray" / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 8, 8), np.float32))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocked), str(HERE.parent)]))
-    cmd = [str(Path(sys.executable).with_name("zoo")), "extract", str(tiny), "-l", "pool",
-           "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"), "--engine", "ray"]
+    cmd = [*zoo_cmd, "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"),
+           "--engine", "ray"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].endswith("pip install 'zoo[ray]'")
@@ -230,10 +230,10 @@ def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path):
     assert "missing: ray is needed" in done.stdout, done.stderr
 
 
-def test_an_unreachable_cluster_fails_at_once(tiny, tmp_path):
+def test_an_unreachable_cluster_fails_at_once(tiny, tmp_path, zoo_cmd):
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 8, 8), np.float32))
-    cmd = [str(Path(sys.executable).with_name("zoo")), "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"),
-           "-o", str(tmp_path / "f.npy"), "--engine", "ray", "--address", "127.0.0.1:1"]
+    cmd = [*zoo_cmd, "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"),
+           "--engine", "ray", "--address", "127.0.0.1:1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr.strip().splitlines()[-1]

@@ -167,10 +167,11 @@ def _model_bytes(extractor: Any) -> bytes | None:
 def _connect(address: str | None) -> Any:
     """The Ray this process already uses, or one started / joined at `address`."""
     ray = require("ray", "ray")
+    if not ray.is_initialized():
+        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     require("ray.data", "ray")  # ray without its [data] extra lacks pyarrow and pandas
     if ray.is_initialized():
         return ray
-    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
