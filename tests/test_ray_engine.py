@@ -202,6 +202,7 @@ def test_what_the_ray_engine_cannot_take_says_so(tiny, tmp_path):
     session_bound = OrtExtractor(export_mlp(tmp_path / "mlp.onnx"))  # holds an onnxruntime session
     with pytest.raises(InputError, match="cannot be sent to Ray workers .*InferenceSession"):
         extract_features(session_bound, np.zeros((4, 16), np.float32), progress=False, engine="ray")
+    assert FeatureCache().entries() == []  # refused before any cache folder was made
 
 
 def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path, zoo_cmd):

@@ -65,10 +65,18 @@ class RayEngine:
     def computed(
         self, source: Any, extractor: Any, start: int, chunk_size: int
     ) -> Iterator[tuple[int, int, np.ndarray | None, list[dict]]]:
-        """(first row, inputs consumed, features or None, skipped) of each chunk from `start`, in order."""
+        """(first row, inputs consumed, features or None, skipped) of each chunk from `start`, in order.
+
+        Checks the data and the extractor and connects to Ray at once; the chunks come as iterated.
+        """
         ranges = _ranges(source, start, chunk_size)
         _check_portable(extractor)
         ray = _connect(self.address)
+        return self._results(ray, source, extractor, ranges)
+
+    def _results(
+        self, ray: Any, source: Any, extractor: Any, ranges: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, int, np.ndarray | None, list[dict]]]:
         if not ranges:
             return
         import ray.data
