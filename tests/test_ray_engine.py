@@ -6,6 +6,7 @@ takes about ten seconds, so the tests that need it are few and marked slow.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -239,3 +240,32 @@ def test_an_unreachable_cluster_fails_at_once(tiny, tmp_path, zoo_cmd):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "f.npy").exists()
+
+
+def test_an_actor_on_a_node_without_the_files(tiny, tmp_path):
+    """What a worker does on a machine without this one's files, run here without a cluster."""
+    import copy
+    import pickle
+
+    from zoo.extract import load_extractor
+    from zoo.features import _source
+    from zoo.ray_engine import _ChunkWorker
+
+    extractor = load_extractor(tiny, "pool")
+    x = np.random.default_rng(5).standard_normal((12, 3, 8, 8)).astype(np.float32)
+    model = extractor.model_path.read_bytes()
+    elsewhere = pickle.loads(pickle.dumps(extractor))
+    elsewhere.model_path = tmp_path / "not-on-this-node.onnx"  # the cut model travels as bytes instead
+    worker = _ChunkWorker(_source(x, extractor, None, "skip", None, None), elsewhere, model, threads=1)
+    rows = worker({"lo": np.array([0, 5]), "hi": np.array([5, 12])})
+    assert list(rows["error"]) == ["", ""] and list(rows["consumed"]) == [5, 7]
+    got = np.concatenate([np.load(io.BytesIO(b)) for b in rows["features"]])
+    np.testing.assert_array_equal(got, extractor(x))
+    assert worker.extractor.threads == 1
+    # data on a path this node does not have: every chunk reports it, nothing is read
+    np.save(tmp_path / "x.npy", x)
+    source = _source(tmp_path / "x.npy", extractor, None, "skip", None, None)
+    (tmp_path / "x.npy").rename(tmp_path / "moved.npy")
+    lost = _ChunkWorker(source, copy.copy(extractor), model, threads=1)
+    error = json.loads(lost({"lo": np.array([0]), "hi": np.array([12])})["error"][0])
+    assert error["type"] == "InputError" and "x.npy is not on Ray node" in error["message"]
