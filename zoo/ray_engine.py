@@ -5,9 +5,10 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +109,7 @@ class RayEngine:
         done = 0
         try:
             for row in rows:
-                lo, hi = ranges[done]
+                lo, _ = ranges[done]
                 assert int(row["lo"]) == lo, (row["lo"], lo)  # Ray Data keeps the order asked for
                 done += 1
                 if row["error"]:
