@@ -110,9 +110,9 @@ def main() -> None:
             for side in times:
                 folder = work / f"{side}-{repeat}"
                 stamps.clear()
-                times[side].append(timed(lambda: extract_features(
-                    extractor, data, cache_dir=folder, chunk_size=args.chunk, progress=False,
-                    engine="local" if side == "local" else engine)))
+                run_engine = "local" if side == "local" else engine
+                times[side].append(timed(lambda folder=folder, run_engine=run_engine: extract_features(
+                    extractor, data, cache_dir=folder, chunk_size=args.chunk, progress=False, engine=run_engine)))
                 rates[side].append(steady(stamps))
         local = np.load(next((work / "local-0" / "features").glob("*/features.npy")), mmap_mode="r")
         remote = np.load(next((work / "ray-0" / "features").glob("*/features.npy")), mmap_mode="r")

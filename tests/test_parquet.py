@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,9 +164,9 @@ def test_not_parquet_files_say_so(x, tmp_path):
 
 def test_zoo_extract_reads_parquet_with_a_real_model(tmp_path):
     import onnx
+    from _extract_helpers import tiny_resnet
     from click.testing import CliRunner
 
-    from _extract_helpers import tiny_resnet
     from zoo.cli import cli
     from zoo.extract import load_extractor
 

@@ -1,10 +1,12 @@
 """The Ray Data engine: same cache entries as the in-process path, resume by chunk, errors, the CLI.
 
-Ray runs for real: one local instance (2 CPUs, no dashboard) for the session; starting it
+Ray runs for real: one local instance (2 CPUs, no dashboard) shared by the tests of this module
+and shut down after them, so its processes do not linger through later test files; starting it
 takes about ten seconds, so the tests that need it are few and marked slow.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -22,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 pytest.importorskip("ray.data")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
     import ray
 
@@ -35,7 +37,6 @@ def local_ray():
 def tiny(tmp_path_factory) -> Path:
     """A small residual CNN (3x8x8 -> 4) with random weights, as an .onnx file."""
     import onnx
-
     from _extract_helpers import tiny_resnet
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
@@ -187,6 +188,7 @@ def test_zoo_extract_engine_ray(local_ray, tiny, tmp_path):
 
 def test_what_the_ray_engine_cannot_take_says_so(tiny, tmp_path):
     from _transfer_helpers import OrtExtractor, export_mlp
+
     from zoo.extract import load_extractor
     from zoo.ray_engine import RayEngine
 
@@ -201,18 +203,19 @@ def test_what_the_ray_engine_cannot_take_says_so(tiny, tmp_path):
     session_bound = OrtExtractor(export_mlp(tmp_path / "mlp.onnx"))  # holds an onnxruntime session
     with pytest.raises(InputError, match="cannot be sent to Ray workers .*InferenceSession"):
         extract_features(session_bound, np.zeros((4, 16), np.float32), progress=False, engine="ray")
+    assert FeatureCache().entries() == []  # refused before any cache folder was made
 
 
-def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path):
+def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path, zoo_cmd):
     # A `ray` package that fails to import, first on the path: what a user without Ray gets.
     blocked = tmp_path / "blocked"
     (blocked / "ray").mkdir(parents=True)
     (blocked / "ray" / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 8, 8), np.float32))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocked), str(HERE.parent)]))
-    cmd = [str(Path(sys.executable).with_name("zoo")), "extract", str(tiny), "-l", "pool",
-           "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"), "--engine", "ray"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    cmd = [*zoo_cmd, "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"),
+           "--engine", "ray"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].endswith("pip install 'zoo[ray]'")
     assert "Traceback" not in done.stderr
@@ -225,15 +228,15 @@ def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path):
         except MissingDependencyError as exc:
             print("missing:", exc)
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert "missing: ray is needed" in done.stdout, done.stderr
 
 
-def test_an_unreachable_cluster_fails_at_once(tiny, tmp_path):
+def test_an_unreachable_cluster_fails_at_once(tiny, tmp_path, zoo_cmd):
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 8, 8), np.float32))
-    cmd = [str(Path(sys.executable).with_name("zoo")), "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"),
-           "-o", str(tmp_path / "f.npy"), "--engine", "ray", "--address", "127.0.0.1:1"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd = [*zoo_cmd, "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"),
+           "--engine", "ray", "--address", "127.0.0.1:1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "cannot reach the Ray cluster at 127.0.0.1:1" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "f.npy").exists()
@@ -274,3 +277,32 @@ def test_ray_takes_the_named_inputs_of_a_text_model(local_ray, tmp_path):
                               engine=RayEngine(actors=2, threads=1))
     assert remote.features.shape == (37, 6)
     _same(local, remote)
+
+
+def test_an_actor_on_a_node_without_the_files(tiny, tmp_path):
+    """What a worker does on a machine without this one's files, run here without a cluster."""
+    import copy
+    import pickle
+
+    from zoo.extract import load_extractor
+    from zoo.features import _source
+    from zoo.ray_engine import _ChunkWorker
+
+    extractor = load_extractor(tiny, "pool")
+    x = np.random.default_rng(5).standard_normal((12, 3, 8, 8)).astype(np.float32)
+    model = extractor.model_path.read_bytes()
+    elsewhere = pickle.loads(pickle.dumps(extractor))
+    elsewhere.model_path = tmp_path / "not-on-this-node.onnx"  # the cut model travels as bytes instead
+    worker = _ChunkWorker(_source(x, extractor, None, "skip", None, None), elsewhere, model, threads=1)
+    rows = worker({"lo": np.array([0, 5]), "hi": np.array([5, 12])})
+    assert list(rows["error"]) == ["", ""] and list(rows["consumed"]) == [5, 7]
+    got = np.concatenate([np.load(io.BytesIO(b)) for b in rows["features"]])
+    np.testing.assert_array_equal(got, extractor(x))
+    assert worker.extractor.threads == 1
+    # data on a path this node does not have: every chunk reports it, nothing is read
+    np.save(tmp_path / "x.npy", x)
+    source = _source(tmp_path / "x.npy", extractor, None, "skip", None, None)
+    (tmp_path / "x.npy").rename(tmp_path / "moved.npy")
+    lost = _ChunkWorker(source, copy.copy(extractor), model, threads=1)
+    error = json.loads(lost({"lo": np.array([0]), "hi": np.array([12])})["error"][0])
+    assert error["type"] == "InputError" and "x.npy is not on Ray node" in error["message"]

@@ -713,11 +713,11 @@ class FeatureCache:
                     "skipped": [],
                     "complete": False,
                 }
-            folder.mkdir(parents=True, exist_ok=True)
             if engine == "local":
                 computed = _computed(source, extractor, manifest["next"], chunk_size)
             else:
                 computed = engine.computed(source, extractor, manifest["next"], chunk_size)
+            folder.mkdir(parents=True, exist_ok=True)
             try:
                 _fill(folder, manifest, source, computed, progress)
             except OSError as exc:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_right
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -83,12 +84,11 @@ class ParquetSource:
         self.groups: list[tuple[int, int, int]] = []  # (first row, file index, row group) in order
         self.starts: list[int] = []
         row = 0
-        names: list[list[str]] = []
+        schemas: list[Any] = []
         for index, file in enumerate(files):
             try:
                 with pq.ParquetFile(file) as meta:
-                    schema = meta.schema_arrow if index == 0 else schema
-                    names.append(meta.schema_arrow.names)
+                    schemas.append(meta.schema_arrow)
                     for group in range(meta.metadata.num_row_groups):
                         rows = meta.metadata.row_group(group).num_rows
                         if rows:
@@ -100,14 +100,14 @@ class ParquetSource:
         self.length = row
         if not row:
             raise InputError(f"{path} has no rows; give at least one row")
-        self.column = self._pick_column(schema, column)
-        for file, columns in zip(files, names):
-            if self.column not in columns:
+        self.column = self._pick_column(schemas[0], column)
+        for file, schema in zip(files, schemas):
+            if self.column not in schema.names:
                 raise InputError(
-                    f"{file} has no column {self.column!r} (its columns: {', '.join(columns)}); every file "
-                    f"of {path} must hold the inputs in the same column"
+                    f"{file} has no column {self.column!r} (its columns: {', '.join(schema.names)}); every "
+                    f"file of {path} must hold the inputs in the same column"
                 )
-        field = schema.field(self.column)
+        field = schemas[0].field(self.column)
         self.shape = None
         if field.metadata and field.metadata.get(_EXTENSION_NAME) in _RAY_TENSORS:
             self.shape = tuple(json.loads(field.metadata[_EXTENSION_META]))

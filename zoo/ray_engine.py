@@ -5,9 +5,10 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -65,10 +66,18 @@ class RayEngine:
     def computed(
         self, source: Any, extractor: Any, start: int, chunk_size: int
     ) -> Iterator[tuple[int, int, np.ndarray | None, list[dict]]]:
-        """(first row, inputs consumed, features or None, skipped) of each chunk from `start`, in order."""
+        """(first row, inputs consumed, features or None, skipped) of each chunk from `start`, in order.
+
+        Checks the data and the extractor and connects to Ray at once; the chunks come as iterated.
+        """
         ranges = _ranges(source, start, chunk_size)
         _check_portable(extractor)
         ray = _connect(self.address)
+        return self._results(ray, source, extractor, ranges)
+
+    def _results(
+        self, ray: Any, source: Any, extractor: Any, ranges: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, int, np.ndarray | None, list[dict]]]:
         if not ranges:
             return
         import ray.data
@@ -100,7 +109,7 @@ class RayEngine:
         done = 0
         try:
             for row in rows:
-                lo, hi = ranges[done]
+                lo, _ = ranges[done]
                 assert int(row["lo"]) == lo, (row["lo"], lo)  # Ray Data keeps the order asked for
                 done += 1
                 if row["error"]:
@@ -167,10 +176,11 @@ def _model_bytes(extractor: Any) -> bytes | None:
 def _connect(address: str | None) -> Any:
     """The Ray this process already uses, or one started / joined at `address`."""
     ray = require("ray", "ray")
+    if not ray.is_initialized():
+        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     require("ray.data", "ray")  # ray without its [data] extra lacks pyarrow and pandas
     if ray.is_initialized():
         return ray
-    _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
