@@ -221,8 +221,9 @@ def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | Non
     hang or error of the child raises ModelFormatError with one line saying what happened.
 
     Where the OS can fork, the child is a fork of this process after TensorFlow is imported
-    (converting needs it here anyway), so it starts in milliseconds; elsewhere it is a new
-    Python process, which pays TensorFlow's import again.
+    (converting needs it here anyway), so it starts in milliseconds; elsewhere, or with
+    ``ZOO_TFLITE_CHILD=spawn``, it is a new Python process, which pays TensorFlow's import again
+    (seconds) but shares nothing with this one.
     """
     import numpy as np
 
@@ -230,7 +231,8 @@ def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | Non
     limit = timeout if timeout is not None else float(os.environ.get("ZOO_TFLITE_TIMEOUT") or CHILD_TIMEOUT)
     with tempfile.TemporaryDirectory(prefix="zoo-tflite-") as folder:
         out = os.path.join(folder, "result")
-        failure = _forked(path, out, seed, limit) if hasattr(os, "fork") else _spawned(path, out, seed, limit)
+        fork = hasattr(os, "fork") and os.environ.get("ZOO_TFLITE_CHILD", "fork") != "spawn"
+        failure = _forked(path, out, seed, limit) if fork else _spawned(path, out, seed, limit)
         if failure is not None:
             raise ModelFormatError(f"{path}: {failure}")
         with open(out + ".json") as fh:
