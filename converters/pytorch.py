@@ -125,7 +125,7 @@ def convert_module(
     fed as given (``None`` sizes become dynamic axes) and `args` are passed as constants.
 
     >>> conversion = convert_module(torchvision.models.resnet18(), input_shape=[None, 3, 224, 224])  # doctest: +SKIP
-    >>> conversion = convert_module(vad, inputs=[{"name": "x", "shape": [1, 512]}], args={"sr": 16000})  # doctest: +SKIP
+    >>> conversion = convert_module(vad, inputs=[{"name": "x", "shape": [1, 512]}], args={"sr": 8000})  # doctest: +SKIP
     """
     torch = require("torch", "torch")
     module = module.eval()
