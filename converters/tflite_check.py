@@ -5,8 +5,9 @@ a file that only starts like one (``....TFL3``) makes it read outside the buffer
 process dies with SIGSEGV (exit 139), in `zoo convert` and in tf2onnx (which builds an interpreter
 to read shapes). So zoo (1) walks the file's tables, vectors and indices here, in pure Python
 (no TensorFlow import, a few milliseconds), refusing what does not hold together, and (2) runs the
-interpreter, which is also the reference the converted model is compared with, in a child process,
-so whatever slips past the walk ends in a one-line error instead of a crash. The schema is
+interpreter, which is also the reference the converted model is compared with, in a child process
+(a fork, about 0.2 s; see bench/bench_tflite_isolation.py), so whatever slips past the walk ends in
+a one-line error instead of a crash. The schema is
 TensorFlow's ``tensorflow/compiler/mlir/lite/schema/schema.fbs``; field numbers below follow it.
 """
 from __future__ import annotations
