@@ -403,8 +403,8 @@ def _interpret(path: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
 def _output_scales(interpreter, outputs) -> dict[int, float]:
     """Output tensor index -> quantization step of the values it holds (one LSB).
 
-    An int output carries its own scale; a float output of a quantized model is a DEQUANTIZE of
-    an int tensor, whose (largest, for per-channel) scale is the step of the float values.
+    An int output's values are the steps themselves (1); a float output of a quantized model is a
+    DEQUANTIZE of an int tensor, whose (largest, for per-channel) scale is the step of the float values.
     """
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     try:
@@ -416,7 +416,7 @@ def _output_scales(interpreter, outputs) -> dict[int, float]:
     for out in outputs:
         own = out.get("quantization_parameters", {}).get("scales")
         if own is not None and len(own):
-            scales[out["index"]] = float(max(own))
+            scales[out["index"]] = 1.0  # an int output holds the steps themselves
             continue
         op = makers.get(out["index"])
         if op is not None and op.get("op_name") == "DEQUANTIZE" and len(op.get("inputs", [])):
