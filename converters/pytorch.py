@@ -301,6 +301,8 @@ def forward_parameters(module) -> list[_Param]:
 
 def _needs_specs(params: list[_Param]) -> bool:
     """True when one guessed float tensor cannot call forward (more tensors, or other arguments)."""
+    if not params:  # forward(*args): nothing to check, so the one-tensor default as before
+        return False
     required = [p for p in params if p.required]
     return len(required) != 1 or not required[0].is_tensor
 
