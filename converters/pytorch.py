@@ -125,7 +125,7 @@ def convert_module(
     fed as given (``None`` sizes become dynamic axes) and `args` are passed as constants.
 
     >>> conversion = convert_module(torchvision.models.resnet18(), input_shape=[None, 3, 224, 224])  # doctest: +SKIP
-    >>> conversion = convert_module(vad, inputs=[{"name": "x", "shape": [1, 512]}], args={"sr": 16000})  # doctest: +SKIP
+    >>> conversion = convert_module(vad, inputs=[{"name": "x", "shape": [1, 512]}], args={"sr": 8000})  # doctest: +SKIP
     """
     torch = require("torch", "torch")
     module = module.eval()
@@ -301,6 +301,8 @@ def forward_parameters(module) -> list[_Param]:
 
 def _needs_specs(params: list[_Param]) -> bool:
     """True when one guessed float tensor cannot call forward (more tensors, or other arguments)."""
+    if not params:  # forward(*args): nothing to check, so the one-tensor default as before
+        return False
     required = [p for p in params if p.required]
     return len(required) != 1 or not required[0].is_tensor
 

@@ -778,6 +778,13 @@ def convert_frozen_graph(
             )
     if not inputs or not outputs:
         raise ModelFormatError(f"{path} has no Placeholder inputs or no outputs; name them with inputs=/outputs=")
+    loaded = tf.Graph()
+    try:  # TensorFlow's own checks of the graph, before tf2onnx reads it with fewer
+        with loaded.as_default():
+            tf.import_graph_def(graph_def, name="")
+    except Exception as exc:  # noqa: BLE001  ValueError, TypeError, InvalidArgumentError...
+        raise ModelFormatError(f"{path}: TensorFlow cannot load this GraphDef ({_first_line(exc)[:300]}); "
+                               f"the file is corrupt or was not written as a frozen graph") from None
     report = _new_report("frozen_graph", [path], opset, nchw)
     specs = []
     for tensor in inputs:
@@ -789,16 +796,22 @@ def convert_frozen_graph(
     rename = {t: t.split(":")[0] if t.endswith(":0") else t.replace(":", "_") for t in [*inputs, *outputs]}
     nchw_inputs = [t for t, dims, _ in specs if nchw and len(dims) == 4]
     with tf.device("/cpu:0"):
-        model, _ = tf2onnx.convert.from_graph_def(
-            graph_def, name=os.path.basename(path), input_names=inputs, output_names=outputs,
-            opset=opset, inputs_as_nchw=nchw_inputs or None, tensors_to_rename=rename,
-        )
+        try:
+            model, _ = tf2onnx.convert.from_graph_def(
+                graph_def, name=os.path.basename(path), input_names=inputs, output_names=outputs,
+                opset=opset, inputs_as_nchw=nchw_inputs or None, tensors_to_rename=rename,
+            )
+        except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
+            raise ConversionError(f"tf2onnx cannot convert {path}: {_first_line(exc)[:300]}") from None
 
     def reference() -> list[np.ndarray]:
-        with tf.Graph().as_default() as graph:
-            tf.import_graph_def(graph_def, name="")
-            with tf.compat.v1.Session(graph=graph, config=_session_config()) as sess:
+        with tf.compat.v1.Session(graph=loaded, config=_session_config()) as sess:
+            try:
                 return sess.run(outputs, feeds)
+            except Exception as exc:  # noqa: BLE001  tf.errors.* from running a corrupt graph
+                raise ConversionError(f"TensorFlow cannot run {path} on inputs "
+                                      f"{ {k: list(v.shape) for k, v in feeds.items()} }: "
+                                      f"{_first_line(exc)[:300]}") from None
 
     onnx_feeds = _to_onnx_feeds(feeds, rename, nchw)
     report.notes.append(f"inputs {', '.join(inputs)}; outputs {', '.join(outputs)}")

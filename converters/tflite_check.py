@@ -5,8 +5,9 @@ a file that only starts like one (``....TFL3``) makes it read outside the buffer
 process dies with SIGSEGV (exit 139), in `zoo convert` and in tf2onnx (which builds an interpreter
 to read shapes). So zoo (1) walks the file's tables, vectors and indices here, in pure Python
 (no TensorFlow import, a few milliseconds), refusing what does not hold together, and (2) runs the
-interpreter, which is also the reference the converted model is compared with, in a child process,
-so whatever slips past the walk ends in a one-line error instead of a crash. The schema is
+interpreter, which is also the reference the converted model is compared with, in a child process
+(a fork, about 0.2 s; see bench/bench_tflite_isolation.py), so whatever slips past the walk ends in
+a one-line error instead of a crash. The schema is
 TensorFlow's ``tensorflow/compiler/mlir/lite/schema/schema.fbs``; field numbers below follow it.
 """
 from __future__ import annotations
@@ -221,8 +222,9 @@ def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | Non
     hang or error of the child raises ModelFormatError with one line saying what happened.
 
     Where the OS can fork, the child is a fork of this process after TensorFlow is imported
-    (converting needs it here anyway), so it starts in milliseconds; elsewhere it is a new
-    Python process, which pays TensorFlow's import again.
+    (converting needs it here anyway), so it starts in milliseconds; elsewhere, or with
+    ``ZOO_TFLITE_CHILD=spawn``, it is a new Python process, which pays TensorFlow's import again
+    (seconds) but shares nothing with this one.
     """
     import numpy as np
 
@@ -230,7 +232,8 @@ def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | Non
     limit = timeout if timeout is not None else float(os.environ.get("ZOO_TFLITE_TIMEOUT") or CHILD_TIMEOUT)
     with tempfile.TemporaryDirectory(prefix="zoo-tflite-") as folder:
         out = os.path.join(folder, "result")
-        failure = _forked(path, out, seed, limit) if hasattr(os, "fork") else _spawned(path, out, seed, limit)
+        fork = hasattr(os, "fork") and os.environ.get("ZOO_TFLITE_CHILD", "fork") != "spawn"
+        failure = _forked(path, out, seed, limit) if fork else _spawned(path, out, seed, limit)
         if failure is not None:
             raise ModelFormatError(f"{path}: {failure}")
         with open(out + ".json") as fh:
@@ -400,8 +403,8 @@ def _interpret(path: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
 def _output_scales(interpreter, outputs) -> dict[int, float]:
     """Output tensor index -> quantization step of the values it holds (one LSB).
 
-    An int output carries its own scale; a float output of a quantized model is a DEQUANTIZE of
-    an int tensor, whose (largest, for per-channel) scale is the step of the float values.
+    An int output's values are the steps themselves (1); a float output of a quantized model is a
+    DEQUANTIZE of an int tensor, whose (largest, for per-channel) scale is the step of the float values.
     """
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     try:
@@ -413,7 +416,7 @@ def _output_scales(interpreter, outputs) -> dict[int, float]:
     for out in outputs:
         own = out.get("quantization_parameters", {}).get("scales")
         if own is not None and len(own):
-            scales[out["index"]] = float(max(own))
+            scales[out["index"]] = 1.0  # an int output holds the steps themselves
             continue
         op = makers.get(out["index"])
         if op is not None and op.get("op_name") == "DEQUANTIZE" and len(op.get("inputs", [])):

@@ -212,3 +212,20 @@ def test_plain_module_with_keyword_inputs():
     np.testing.assert_allclose(got, np.full((2, 5), 4.0))
     # A fixed size stays fixed: no batch axis is claimed that was not asked for.
     assert [d.dim_value for d in conversion.model.graph.input[0].type.tensor_type.shape.dim] == [2, 5]
+
+
+def test_forward_of_star_args_keeps_the_one_tensor_default():
+    import torch
+
+    from converters import pytorch as cp
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(6, 2)
+
+        def forward(self, *args):
+            return self.fc(args[0])
+
+    conversion = cp.convert_module(Wrapper())  # shape guessed from the Linear weight, as before
+    assert conversion.report.verified is True and conversion.report.outputs[0].shape == [2, 2]

@@ -224,3 +224,33 @@ def test_ops_without_onnx_mapping_are_named(tmp_path):
     w = tf.constant(np.ones((4, 3), "float32"))
     with pytest.raises(UnsupportedLayerError, match=r"'Einsum'.*retry with --opset 12"):
         ct.convert_frozen_graph(freeze(lambda x: tf.einsum("bi,ij->bj", x, w), "einsum.pb"), opset=11)
+
+
+def test_corrupt_frozen_graphs_are_one_line_errors(tmp_path, zoo_cmd, zoo_env):
+    """Constants whose bytes do not match their shape or dtype: an error naming the file, no traceback."""
+    import os
+    import subprocess
+
+    import tensorflow as tf
+
+    paths = []
+    for case in ("short", "dtype"):
+        graph = tf.compat.v1.GraphDef()
+        x = graph.node.add(name="x", op="Placeholder")
+        x.attr["dtype"].type = 1
+        const = graph.node.add(name="w", op="Const")
+        const.attr["dtype"].type = 1
+        tensor = const.attr["value"].tensor
+        tensor.dtype = 1 if case == "short" else 99
+        tensor.tensor_shape.dim.add().size = 1000 if case == "short" else 2
+        tensor.tensor_content = b"\0" * 8
+        add = graph.node.add(name="y", op="AddV2", input=["x", "w"])
+        add.attr["T"].type = 1
+        paths.append(tmp_path / f"{case}.pb")
+        paths[-1].write_bytes(graph.SerializeToString())
+    for path in paths:
+        out = subprocess.run([*zoo_cmd, "convert", str(path)], capture_output=True, text=True, timeout=300,
+                             check=False, env={**os.environ})
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 1 and last.startswith("error: ") and str(path) in last, out.stderr[-1500:]
+        assert "Traceback" not in out.stderr

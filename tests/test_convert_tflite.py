@@ -62,6 +62,14 @@ def test_int8_tflite_through_the_catalog_and_info(quantized, zoo_env):
     artifact = zoo.convert("tiny.int8")
     stored = cat.get("tiny.int8").artifact("onnx").meta["report"]
     assert artifact.meta["verified"] is True and stored["quantization"]["outputs"][0]["within"] is True
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    result = CliRunner().invoke(cli, ["convert", "tiny.int8"])
+    assert result.exit_code == 0 and "quantization steps, within 4 for this int8 model" in result.stdout
+    result = CliRunner().invoke(cli, ["info", "tiny.int8"])
+    assert "int8-quantized model: verified within 4 steps" in result.stdout
 
 
 def test_quantized_verdict_refuses_more_steps_and_another_top_class():

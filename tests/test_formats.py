@@ -223,7 +223,7 @@ def test_special_files_are_named_never_opened(light, tmp_path):
     import os
     import socket
 
-    from zoo.formats import detect_files, special_file_kind
+    from zoo.formats import special_file_kind
 
     os.mkfifo(tmp_path / "pipe.tflite")
     sock = socket.socket(socket.AF_UNIX)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo import config
@@ -59,7 +59,7 @@ def convert(
 
     `inputs` and `args` describe a TorchScript ``forward`` the file cannot describe itself
     (see `zoo.input_specs`): ``inputs={"x": "Nx512", "ids": "Nx128:int64"}``, ``args={"sr": 16000}``.
-    Once a conversion with them succeeds they are recorded on the model, so later calls need them not.
+    Once a conversion with them succeeds they are recorded on the model: later calls need not repeat them.
 
     >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
     >>> art.meta["report"]["verified"]         # doctest: +SKIP

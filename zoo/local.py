@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import DuplicateModelError, ModelFormatError

@@ -60,6 +60,11 @@ def _describe(name: str, meta: dict, path: str | None, elapsed: float) -> str:
         runtime = report.get("versions", {}).get("onnxruntime", "")
         check = (f"verified: onnxruntime {runtime} vs {report.get('reference')}, "
                  f"max diff {worst:.2g} x output scale")
+        quantized = report.get("quantization") or {}
+        steps = [o["max_lsb"] for o in quantized.get("outputs", []) if o.get("max_lsb") is not None]
+        if steps:
+            check += (f" ({max(steps):.2g} quantization steps, within "
+                      f"{quantized.get('lsb_allowed')} for this int8 model)")
     elif report.get("verified") is False:
         check = "UNVERIFIED: outputs differ beyond tolerance (kept with --force)"
     else:
