@@ -361,12 +361,12 @@ def save(
     replace: bool = False,
 ) -> Model:
     """Export the stack to ONNX under the cache folder and register it in the catalog."""
-    from zoo import config
+    from zoo.cache import model_folder
     from zoo.catalog import open_catalog
     from zoo.records import Artifact, InputSpec, Model
 
     _check_name(name, catalog, replace)
-    folder = config.cache_dir() / "models" / name
+    folder = model_folder(name)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.onnx"
     content = export_onnx(result.stack, result.n_features)

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from zoo import config
 from zoo.errors import InputError, ZooError
 from zoo._threads import torch_threads
+from zoo.cache import model_folder
+from zoo.hashes import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -407,16 +408,6 @@ def transfer_model(
     return _compose(base, head, _pool_module(pooling, extractor))
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_onnx(model: Any, path: str | os.PathLike, input_shape: Sequence[int], *, opset: int = 17) -> Path:
     """Export a torch model to ONNX (dynamic batch), atomically, and check it with onnxruntime."""
     import onnxruntime as ort
@@ -488,7 +479,7 @@ def save_model(
         raise DuplicateModelError(
             f"a model named {name!r} is already in the catalog; choose another name or replace it (--replace)"
         )
-    target = Path(path) if path else config.cache_dir(cache_dir) / "models" / name / f"{name}.onnx"
+    target = Path(path) if path else model_folder(name, cache_dir) / f"{name}.onnx"
     export_onnx(model, target, input_shape)
     parameters = sum(p.numel() for p in model.parameters())
     record = Model(
@@ -507,7 +498,7 @@ def save_model(
                 filename=target.name,
                 path=str(target.absolute()),
                 size=target.stat().st_size,
-                sha256=_sha256(target),
+                sha256=file_sha256(target),
                 checksum=None,
             )
         ],

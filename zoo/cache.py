@@ -1,0 +1,264 @@
+"""The cache folder: its layout, the one folder-name rule, atomic writes, and listing/pruning what is in it.
+
+Layout under `root(cache_dir)` (``$ZOO_CACHE`` or the platform's user cache folder):
+``models/<name>/`` fetched files and trained-model copies, ``onnx/<name>/<name>.onnx`` converted
+models, ``cuts/<sha256 of the source>/<cut key>.onnx|.json`` cut graphs, ``features/<key>/``
+cached features. Light: imports nothing heavy, so converters may use it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
+
+from zoo import config
+from zoo.errors import CacheError, InputError
+
+if TYPE_CHECKING:
+    from zoo.catalog import Catalog
+
+# Characters a cache folder name may keep; the rest become "_" (a model name never escapes its folder).
+_UNSAFE = re.compile(r"[^\w.+=@-]")
+KINDS = ("features", "cuts", "onnx", "models", "trained")
+# What `remove(everything=True)` deletes unless kinds are named: a trained copy may be the only one.
+REGENERABLE = ("features", "cuts", "onnx", "models")
+
+
+def root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder (`cache_dir`, $ZOO_CACHE or the user cache folder); not created here."""
+    return config.cache_dir(cache_dir)
+
+
+def folder_name(name: str) -> str:
+    """The folder a model's files live in: characters outside ``[\\w.+=@-]`` become ``_``, no leading dot."""
+    return _UNSAFE.sub("_", name).lstrip(".") or "_"
+
+
+def model_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/models/<name>/``: a model's fetched files, or the copy `zoo train`/`zoo pretrain` saved."""
+    return root(cache_dir) / "models" / folder_name(name)
+
+
+def onnx_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where `convert(name)` writes the ONNX file."""
+    folder = folder_name(name)
+    return root(cache_dir) / "onnx" / folder / f"{folder}.onnx"
+
+
+def cuts_folder(source_sha256: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/cuts/<sha256 of the source ONNX>/``: the cut graphs of one model file."""
+    return root(cache_dir) / "cuts" / source_sha256
+
+
+def features_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/features/``: one folder per cached (extractor, data) pair."""
+    return root(cache_dir) / "features"
+
+
+# --------------------------------------------------------------------------------------
+# atomic writes: a reader sees the old file or the new one, never half of one
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A fresh temp path beside `path`, renamed onto it when the block succeeds and removed when it fails.
+
+    The temp name ends in ``.part`` (then `suffix`, for writers that pick the format from it), which
+    model scans skip. It is created with the umask's permissions, like a plain `open` would.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part{suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = False) -> Iterator[IO[Any]]:
+    """`open(path, mode)` for writing through a temp file; `fsync` makes the content durable before the rename."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str, fsync: bool = False) -> None:
+    """Write bytes or text to `path` through a temp file."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w", fsync=fsync) as f:
+        f.write(data)
+
+
+# --------------------------------------------------------------------------------------
+# listing and pruning (`zoo cache list`, `zoo cache rm`)
+
+
+@dataclass
+class Entry:
+    """One thing in the cache: its kind, its key (path under the cache folder), size and owner."""
+
+    kind: str  # one of KINDS
+    key: str  # path relative to the cache folder, e.g. "onnx/bvlc_alexnet"
+    path: Path
+    bytes: int
+    model: str | None = None  # the model it belongs to, when known
+    detail: dict[str, Any] = field(default_factory=dict)  # kind-specific facts (rows, shape, layers...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _content(folder: Path) -> list[Path]:
+    """A folder's items except lock files (they stay: see `_remove`)."""
+    return [p for p in folder.iterdir() if not p.name.endswith(".lock")]
+
+
+def _trained(cache_dir: Any, catalog: Any) -> set[str]:
+    """Folder names under models/ that hold a model zoo trained or pretrained (from the catalog)."""
+    try:
+        from zoo.catalog import open_catalog
+
+        cat = open_catalog(catalog)
+        found = set()
+        for model in cat.search(source="local", limit=None):
+            if "trained_by" in model.meta or "pretrained" in model.meta:
+                found.add(folder_name(model.name))
+        return found
+    except Exception:  # no catalog (or an unreadable one): list them as plain model files
+        return set()
+
+
+def entries(
+    cache_dir: str | os.PathLike | None = None,
+    kinds: Sequence[str] | None = None,
+    catalog: str | os.PathLike | Catalog | None = None,
+) -> list[Entry]:
+    """What the cache holds, kind by kind; `catalog` tells trained-model copies from fetched files."""
+    import json
+
+    base = root(cache_dir)
+    wanted = _check_kinds(kinds)
+    found: list[Entry] = []
+    if "features" in wanted:
+        from zoo.features import FeatureCache
+
+        for e in FeatureCache(cache_dir).entries():
+            detail = {k: v for k, v in e.to_dict().items() if k not in ("key", "path", "bytes")}
+            found.append(Entry("features", f"features/{e.key}", e.path, e.bytes, None, detail))
+    if "cuts" in wanted and (base / "cuts").is_dir():
+        for folder in sorted(p for p in (base / "cuts").iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for graph in sorted(folder.glob("*.onnx")):
+                meta_path = graph.with_suffix(".json")
+                try:
+                    meta = json.loads(meta_path.read_text())
+                except (OSError, ValueError):
+                    meta = {}
+                size = graph.stat().st_size + (meta_path.stat().st_size if meta_path.is_file() else 0)
+                found.append(Entry("cuts", f"cuts/{folder.name}/{graph.stem}", graph, size, meta.get("model"),
+                                   {"layers": meta.get("layers")}))
+    if "onnx" in wanted and (base / "onnx").is_dir():
+        for folder in sorted(p for p in (base / "onnx").iterdir() if p.is_dir() and _content(p)):
+            found.append(Entry("onnx", f"onnx/{folder.name}", folder, _size(folder), folder.name))
+    if {"models", "trained"} & set(wanted) and (base / "models").is_dir():
+        trained = _trained(cache_dir, catalog)
+        for folder in sorted(p for p in (base / "models").iterdir() if p.is_dir() and _content(p)):
+            kind = "trained" if folder.name in trained else "models"
+            if kind in wanted:
+                found.append(Entry(kind, f"models/{folder.name}", folder, _size(folder), folder.name))
+    return found
+
+
+def _check_kinds(kinds: Sequence[str] | None) -> list[str]:
+    if not kinds:
+        return list(KINDS)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise InputError(f"unknown cache kind {bad[0]!r}; valid: {', '.join(KINDS)}")
+    return list(kinds)
+
+
+def select(
+    found: list[Entry], keys: Sequence[str] = (), model: str | None = None, everything: bool = False,
+    kinds: Sequence[str] | None = None,
+) -> list[Entry]:
+    """The entries `zoo cache rm` means: by key (a unique prefix; a bare feature key works), by model, or all."""
+    if everything:
+        return found if kinds else [e for e in found if e.kind in REGENERABLE]
+    chosen: list[Entry] = []
+    for key in keys:
+        key = key.strip("/")
+        exact = [e for e in found if e.key == key or e.key == f"features/{key}"]
+        matches = exact or [e for e in found if e.key.startswith(key) or e.key.startswith(f"features/{key}")]
+        if not key or not matches:
+            raise InputError(f"nothing in the cache matches {key!r}; list what is there with `zoo cache list`")
+        if len(matches) > 1 and not exact:
+            raise InputError(f"cache key {key!r} matches {len(matches)} entries; give more characters")
+        chosen.extend(m for m in matches if m not in chosen)
+    if model is not None:
+        mine = [e for e in found if e.model in (model, folder_name(model))]
+        if not mine:
+            raise InputError(f"nothing in the cache belongs to model {model!r}; list what is there with `zoo cache list`")
+        chosen.extend(m for m in mine if m not in chosen)
+    return chosen
+
+
+def remove(chosen: list[Entry], cache_dir: str | os.PathLike | None = None) -> int:
+    """Delete the entries (never outside the cache, never under another process's lock); returns bytes freed."""
+    from filelock import FileLock, Timeout
+
+    base = root(cache_dir).resolve()
+    freed = 0
+    for entry in chosen:
+        if entry.kind == "features":
+            from zoo.features import FeatureCache
+
+            freed += FeatureCache(cache_dir).remove(entry.path.name)
+            continue
+        path = entry.path.parent.resolve() / entry.path.name  # the entry itself, not a symlink's target
+        if base not in path.parents:
+            raise CacheError(f"{entry.path} is not inside the cache folder {base}; not removing it")
+        folder = path if path.is_dir() and not path.is_symlink() else path.parent
+        locks = [FileLock(str(p)) for p in sorted(folder.glob("*.lock"))]
+        held = []
+        try:
+            for lock in locks:
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    raise CacheError(
+                        f"{entry.key} is in use by another process ({lock.lock_file} is held); "
+                        "try again when its fetch or conversion has finished"
+                    ) from None
+                held.append(lock)
+            freed += entry.bytes
+            if folder is path:
+                # Lock files stay: deleting one could let two processes lock two different files.
+                for item in _content(path):
+                    shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+            else:
+                for item in (path, path.with_suffix(".json")):
+                    item.unlink(missing_ok=True)
+        finally:
+            for lock in held:
+                lock.release()
+    return freed
+
+
+__all__ = ["KINDS", "Entry", "atomic_open", "atomic_path", "cuts_folder", "entries", "features_folder",
+           "folder_name", "model_folder", "onnx_path", "remove", "root", "select", "write_atomic"]
