@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -105,43 +105,52 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, fsync: bool = False
 
 @dataclass
 class Entry:
-    """One thing in the cache: its kind, its key (path under the cache folder), size and owner."""
+    """One thing in the cache: its kind, its key, where it is, its size and the model it belongs to."""
 
     kind: str  # one of KINDS
-    key: str  # path relative to the cache folder, e.g. "onnx/bvlc_alexnet"
+    key: str  # a feature key, else the path under the cache folder ("onnx/bvlc_alexnet", "cuts/<sha>/<cut>")
     path: Path
     bytes: int
     model: str | None = None  # the model it belongs to, when known
     detail: dict[str, Any] = field(default_factory=dict)  # kind-specific facts (rows, shape, layers...)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "path": str(self.path)}
+        return {**self.detail, "kind": self.kind, "key": self.key, "path": str(self.path),
+                "bytes": self.bytes, "model": self.model}
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes under `path`, not following symlinks (a link to elsewhere is not the cache's)."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _content(folder: Path) -> list[Path]:
-    """A folder's items except lock files (they stay: see `_remove`)."""
+    """A folder's items except lock files (those stay: see `remove`)."""
     return [p for p in folder.iterdir() if not p.name.endswith(".lock")]
 
 
-def _trained(cache_dir: Any, catalog: Any) -> set[str]:
-    """Folder names under models/ that hold a model zoo trained or pretrained (from the catalog)."""
-    try:
-        from zoo.catalog import open_catalog
+def _trained(catalog: Any) -> set[str]:
+    """Folder names under models/ holding a model zoo trained or pretrained, from the catalog.
 
-        cat = open_catalog(catalog)
-        found = set()
-        for model in cat.search(source="local", limit=None):
-            if "trained_by" in model.meta or "pretrained" in model.meta:
-                found.add(folder_name(model.name))
-        return found
-    except Exception:  # no catalog (or an unreadable one): list them as plain model files
-        return set()
+    A catalog that does not exist yet is not created just to list the cache.
+    """
+    from zoo.catalog import Catalog, open_catalog
+
+    if not isinstance(catalog, Catalog):
+        url = config.catalog_url(catalog)
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+            return set()
+    cat = open_catalog(catalog)
+    return {folder_name(m.name) for m in cat.search(source="local", limit=None)
+            if "trained_by" in m.meta or "pretrained" in m.meta}
+
+
+def _folders(parent: Path) -> list[Path]:
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".") and _content(p))
 
 
 def entries(
@@ -149,7 +158,7 @@ def entries(
     kinds: Sequence[str] | None = None,
     catalog: str | os.PathLike | Catalog | None = None,
 ) -> list[Entry]:
-    """What the cache holds, kind by kind; `catalog` tells trained-model copies from fetched files."""
+    """What the cache holds, kind by kind; the catalog tells trained-model copies from fetched files."""
     import json
 
     base = root(cache_dir)
@@ -159,25 +168,25 @@ def entries(
         from zoo.features import FeatureCache
 
         for e in FeatureCache(cache_dir).entries():
-            detail = {k: v for k, v in e.to_dict().items() if k not in ("key", "path", "bytes")}
-            found.append(Entry("features", f"features/{e.key}", e.path, e.bytes, None, detail))
-    if "cuts" in wanted and (base / "cuts").is_dir():
-        for folder in sorted(p for p in (base / "cuts").iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found.append(Entry("features", e.key, e.path, e.bytes, None, e.to_dict()))
+    if "cuts" in wanted:
+        for folder in _folders(base / "cuts"):
             for graph in sorted(folder.glob("*.onnx")):
-                meta_path = graph.with_suffix(".json")
+                side = graph.with_suffix(".json")
                 try:
-                    meta = json.loads(meta_path.read_text())
+                    meta = json.loads(side.read_text())
                 except (OSError, ValueError):
                     meta = {}
-                size = graph.stat().st_size + (meta_path.stat().st_size if meta_path.is_file() else 0)
+                size = _size(graph) + (_size(side) if side.is_file() else 0)
                 found.append(Entry("cuts", f"cuts/{folder.name}/{graph.stem}", graph, size, meta.get("model"),
                                    {"layers": meta.get("layers")}))
-    if "onnx" in wanted and (base / "onnx").is_dir():
-        for folder in sorted(p for p in (base / "onnx").iterdir() if p.is_dir() and _content(p)):
+    if "onnx" in wanted:
+        for folder in _folders(base / "onnx"):
             found.append(Entry("onnx", f"onnx/{folder.name}", folder, _size(folder), folder.name))
-    if {"models", "trained"} & set(wanted) and (base / "models").is_dir():
-        trained = _trained(cache_dir, catalog)
-        for folder in sorted(p for p in (base / "models").iterdir() if p.is_dir() and _content(p)):
+    if {"models", "trained"} & set(wanted):
+        folders = _folders(base / "models")
+        trained = _trained(catalog) if folders else set()
+        for folder in folders:
             kind = "trained" if folder.name in trained else "models"
             if kind in wanted:
                 found.append(Entry(kind, f"models/{folder.name}", folder, _size(folder), folder.name))
@@ -193,21 +202,33 @@ def _check_kinds(kinds: Sequence[str] | None) -> list[str]:
     return list(kinds)
 
 
+def _matches(key: str, entry: Entry) -> bool:
+    """`key` names `entry` when each of its /-separated parts starts the entry key's part."""
+    want, have = key.split("/"), entry.key.split("/")
+    return len(want) <= len(have) and all(h.startswith(w) for w, h in zip(want, have))
+
+
 def select(
-    found: list[Entry], keys: Sequence[str] = (), model: str | None = None, everything: bool = False,
+    found: list[Entry],
+    keys: Sequence[str] = (),
+    model: str | None = None,
+    everything: bool = False,
     kinds: Sequence[str] | None = None,
 ) -> list[Entry]:
-    """The entries `zoo cache rm` means: by key (a unique prefix; a bare feature key works), by model, or all."""
+    """The entries `zoo cache rm` means: by key (unique prefixes, part by part), by model, or all.
+
+    `everything` leaves trained-model copies alone unless `kinds` names them: they may be the only copy.
+    """
     if everything:
         return found if kinds else [e for e in found if e.kind in REGENERABLE]
     chosen: list[Entry] = []
     for key in keys:
-        key = key.strip("/")
-        exact = [e for e in found if e.key == key or e.key == f"features/{key}"]
-        matches = exact or [e for e in found if e.key.startswith(key) or e.key.startswith(f"features/{key}")]
-        if not key or not matches:
+        key = key.strip().strip("/")
+        exact = [e for e in found if e.key == key]
+        matches = exact or ([e for e in found if _matches(key, e)] if key else [])
+        if not matches:
             raise InputError(f"nothing in the cache matches {key!r}; list what is there with `zoo cache list`")
-        if len(matches) > 1 and not exact:
+        if len(matches) > 1:
             raise InputError(f"cache key {key!r} matches {len(matches)} entries; give more characters")
         chosen.extend(m for m in matches if m not in chosen)
     if model is not None:
@@ -218,8 +239,8 @@ def select(
     return chosen
 
 
-def remove(chosen: list[Entry], cache_dir: str | os.PathLike | None = None) -> int:
-    """Delete the entries (never outside the cache, never under another process's lock); returns bytes freed."""
+def remove(chosen: Sequence[Entry], cache_dir: str | os.PathLike | None = None) -> int:
+    """Delete entries: never outside the cache, never while another process holds their lock; bytes freed."""
     from filelock import FileLock, Timeout
 
     base = root(cache_dir).resolve()
@@ -228,32 +249,35 @@ def remove(chosen: list[Entry], cache_dir: str | os.PathLike | None = None) -> i
         if entry.kind == "features":
             from zoo.features import FeatureCache
 
-            freed += FeatureCache(cache_dir).remove(entry.path.name)
+            freed += FeatureCache(cache_dir).remove(entry.key, wait=False)
             continue
-        path = entry.path.parent.resolve() / entry.path.name  # the entry itself, not a symlink's target
+        path = entry.path.parent.resolve() / entry.path.name  # the entry itself, never a link's target
         if base not in path.parents:
             raise CacheError(f"{entry.path} is not inside the cache folder {base}; not removing it")
-        folder = path if path.is_dir() and not path.is_symlink() else path.parent
-        locks = [FileLock(str(p)) for p in sorted(folder.glob("*.lock"))]
+        if entry.kind == "cuts" or path.is_symlink():
+            for item in (path, path.with_suffix(".json")) if entry.kind == "cuts" else (path,):
+                item.unlink(missing_ok=True)
+            freed += entry.bytes
+            continue
         held = []
         try:
-            for lock in locks:
+            for lock_file in sorted(path.glob("*.lock")):  # a fetch or an unpack at work in this folder
+                lock = FileLock(str(lock_file))
                 try:
                     lock.acquire(timeout=0)
                 except Timeout:
                     raise CacheError(
-                        f"{entry.key} is in use by another process ({lock.lock_file} is held); "
-                        "try again when its fetch or conversion has finished"
+                        f"{entry.key} is in use by another process (it holds {lock_file}); "
+                        "try again when its fetch has finished"
                     ) from None
                 held.append(lock)
+            # Lock files stay: deleting one could let two processes lock two different files.
+            for item in _content(path):
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
             freed += entry.bytes
-            if folder is path:
-                # Lock files stay: deleting one could let two processes lock two different files.
-                for item in _content(path):
-                    shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
-            else:
-                for item in (path, path.with_suffix(".json")):
-                    item.unlink(missing_ok=True)
         finally:
             for lock in held:
                 lock.release()
