@@ -102,6 +102,7 @@ class Conversion:
 
     def save(self, path) -> None:
         import os
+
         import onnx
 
         from zoo.cache import atomic_path

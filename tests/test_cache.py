@@ -19,7 +19,6 @@ from zoo.cli import cli
 from zoo.errors import CacheError, InputError
 from zoo.records import Artifact, Model
 
-
 # ---- layout -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, folder", [

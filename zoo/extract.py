@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from zoo.cache import cuts_folder, write_atomic
 from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
 from zoo.graph import LayerInfo
-from zoo.cache import cuts_folder, write_atomic
 from zoo.hashes import file_sha256
 from zoo.pooling import check_pooling, pool, pooled_shape
 from zoo.records import InputSpec

@@ -165,6 +165,7 @@ def pretrain(
     threads : torch threads while training; by default one for layers under a million
         weights, where more threads only add start-up and spin-waiting.
     progress : a progress bar per layer on stderr, with its reconstruction error.
+    cache_dir : the cache folder (default $ZOO_CACHE): the saved model and the big scratch files go there.
 
     Example
     -------

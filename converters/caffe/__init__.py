@@ -5,8 +5,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import ConversionError
 from zoo.cache import atomic_open
+from zoo.errors import ConversionError
 from zoo.hashes import file_sha256
 
 from .layers import SUPPORTED_LAYERS, BlobSpec, build_graph, check_supported
