@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from zoo import config
 from zoo.archives import UnpackLimits, archive_kind, remove_stale_unpacks, safe_extract, unpacked_name
-from zoo.cache import model_folder
+from zoo.cache import model_folder, root as cache_root
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.hashes import file_hash, hash_matches, parse_checksum
 from zoo.transport import DownloadResult, download, new_session
@@ -98,7 +98,7 @@ def fetch(
     cat = open_catalog(catalog)
     names = [name_or_names] if isinstance(name_or_names, str) else list(name_or_names)
     models = [cat.get(name) for name in names]  # an unknown name fails before any download
-    root = config.cache_dir(cache_dir)
+    root = cache_root(cache_dir)
     offline = config.offline() if offline is None else offline
     limits = unpack_limits or UnpackLimits.from_env()  # a bad $ZOO_MAX_UNPACK_* fails before downloading
     own_session = session is None and not offline
