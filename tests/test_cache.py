@@ -199,7 +199,8 @@ def test_cache_rm_all_keeps_trained_copies_unless_asked(filled):
     assert runner.invoke(cli, ["cache", "rm", "--all"]).exit_code == 0
     assert [e["kind"] for e in _listed()] == ["trained"]
     assert (filled / "models" / "mine" / "mine.onnx").is_file()
-    assert runner.invoke(cli, ["cache", "rm", "--all", "--kind", "trained"]).exit_code == 0
+    result = runner.invoke(cli, ["cache", "rm", "--all", "--kind", "trained"])
+    assert result.exit_code == 0 and "the catalog still lists mine" in result.stdout
     assert _listed() == [] and not (filled / "models" / "mine" / "mine.onnx").exists()
 
 
@@ -231,8 +232,16 @@ def test_cache_rm_refuses_what_another_process_holds(filled):
             proc.stdin.close()
             proc.wait(timeout=60)
     assert (fetched / "tiny.onnx").is_file() and features.path.is_dir()
-    assert CliRunner().invoke(cli, ["cache", "rm", "models/tiny.onnx"]).exit_code == 0
-    assert not (fetched / "tiny.onnx").exists()
+    proc = _hold_lock(fetched / "tiny.onnx.lock")
+    try:  # all or nothing: the free entry named first is not removed either
+        result = CliRunner().invoke(cli, ["cache", "rm", "onnx/tiny.onnx", "models/tiny.onnx"])
+        assert result.exit_code == 1 and "nothing was removed" in result.output
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert (filled / "onnx" / "tiny.onnx" / "tiny.onnx.onnx").is_file()
+    assert CliRunner().invoke(cli, ["cache", "rm", "models/tiny.onnx", features.key]).exit_code == 0
+    assert not (fetched / "tiny.onnx").exists() and not features.path.exists()
 
 
 def test_cache_rm_never_follows_a_link_out_of_the_cache(zoo_env, tmp_path):

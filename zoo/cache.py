@@ -239,49 +239,62 @@ def select(
     return chosen
 
 
+def _locks(entry: Entry) -> list[Path]:
+    """The lock files a writer of this entry holds: a feature key's, or a fetch's and an unpack's in its folder."""
+    if entry.kind == "features":
+        return [entry.path.parent / f"{entry.path.name}.lock"]
+    if entry.kind == "cuts" or entry.path.is_symlink():
+        return []
+    return sorted(entry.path.glob("*.lock"))
+
+
+def _delete(entry: Entry) -> None:
+    if entry.kind == "cuts":
+        for item in (entry.path, entry.path.with_suffix(".json")):
+            item.unlink(missing_ok=True)
+    elif entry.path.is_symlink():
+        entry.path.unlink()
+    elif entry.kind == "features":
+        shutil.rmtree(entry.path)
+    else:
+        for item in _content(entry.path):
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item)
+            else:
+                item.unlink()
+
+
 def remove(chosen: Sequence[Entry], cache_dir: str | os.PathLike | None = None) -> int:
-    """Delete entries: never outside the cache, never while another process holds their lock; bytes freed."""
+    """Delete entries, all or none: never outside the cache, never under another process's lock; bytes freed.
+
+    Lock files stay: deleting one could let two processes lock two different files.
+    """
     from filelock import FileLock, Timeout
 
     base = root(cache_dir).resolve()
-    freed = 0
     for entry in chosen:
-        if entry.kind == "features":
-            from zoo.features import FeatureCache
-
-            freed += FeatureCache(cache_dir).remove(entry.key, wait=False)
-            continue
-        path = entry.path.parent.resolve() / entry.path.name  # the entry itself, never a link's target
-        if base not in path.parents:
+        where = entry.path.parent.resolve() / entry.path.name  # the entry itself, never a link's target
+        if base not in where.parents:
             raise CacheError(f"{entry.path} is not inside the cache folder {base}; not removing it")
-        if entry.kind == "cuts" or path.is_symlink():
-            for item in (path, path.with_suffix(".json")) if entry.kind == "cuts" else (path,):
-                item.unlink(missing_ok=True)
-            freed += entry.bytes
-            continue
-        held = []
-        try:
-            for lock_file in sorted(path.glob("*.lock")):  # a fetch or an unpack at work in this folder
+    held: list[Any] = []
+    try:
+        for entry in chosen:
+            for lock_file in _locks(entry):
                 lock = FileLock(str(lock_file))
                 try:
                     lock.acquire(timeout=0)
                 except Timeout:
                     raise CacheError(
-                        f"{entry.key} is in use by another process (it holds {lock_file}); "
-                        "try again when its fetch has finished"
+                        f"{entry.key} is in use by another process (it holds {lock_file}); nothing was "
+                        "removed: try again when its fetch, unpack or extraction has finished"
                     ) from None
                 held.append(lock)
-            # Lock files stay: deleting one could let two processes lock two different files.
-            for item in _content(path):
-                if item.is_dir() and not item.is_symlink():
-                    shutil.rmtree(item)
-                else:
-                    item.unlink()
-            freed += entry.bytes
-        finally:
-            for lock in held:
-                lock.release()
-    return freed
+        for entry in chosen:
+            _delete(entry)
+    finally:
+        for lock in reversed(held):
+            lock.release()
+    return sum(e.bytes for e in chosen)
 
 
 __all__ = ["KINDS", "Entry", "atomic_open", "atomic_path", "cuts_folder", "entries", "features_folder",

@@ -613,28 +613,15 @@ class FeatureCache:
             raise InputError(f"cache key {key!r} matches {len(matches)} entries; give more characters")
         raise InputError(f"no feature cache entry {key!r} in {self.root}; list them with `zoo cache list`")
 
-    def remove(self, key: str, wait: bool = True) -> int:
-        """Delete one entry (a unique key prefix is enough); returns the bytes freed.
-
-        `wait=False` refuses (CacheError) instead of waiting while another process writes the entry.
-        """
+    def remove(self, key: str) -> int:
+        """Delete one entry (a unique key prefix is enough); returns the bytes freed."""
         import filelock
 
         name = self._resolve(key)
         folder = self.root / name
-        lock = filelock.FileLock(str(self.root / f"{name}.lock"))
-        try:
-            lock.acquire(timeout=-1 if wait else 0)
-        except filelock.Timeout:
-            from zoo.errors import CacheError
-
-            raise CacheError(f"feature cache entry {name} is being written by another process; "
-                             "try again when its extraction has finished") from None
-        try:
+        with filelock.FileLock(str(self.root / f"{name}.lock")):
             freed = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
             shutil.rmtree(folder)
-        finally:
-            lock.release()
         # The lock file stays: deleting it could let two processes lock two different files.
         return freed
 

@@ -90,4 +90,8 @@ def cache_rm(keys: tuple[str, ...], model: str | None, everything: bool, kinds: 
     chosen = select(entries(cache_dir, kinds, catalog=catalog), keys, model, everything, kinds)
     freed = remove(chosen, cache_dir)
     removed = [e.key for e in chosen]
-    emit({"removed": removed, "bytes": freed}, as_json, f"removed {len(removed)} entries, freed {human_size(freed)}")
+    text = f"removed {len(removed)} entries, freed {human_size(freed)}"
+    trained = [e.model for e in chosen if e.kind == "trained"]
+    if trained:  # their catalog entries now point at nothing
+        text += f"; the catalog still lists {', '.join(trained)}: `zoo rm NAME` drops an entry you no longer want"
+    emit({"removed": removed, "bytes": freed}, as_json, text)
