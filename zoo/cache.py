@@ -148,6 +148,7 @@ def _trained(catalog: Any) -> set[str]:
 
 
 def _folders(parent: Path) -> list[Path]:
+    """Entry folders under `parent`: not hidden (cuts/.hashes), not empty (only lock files left)."""
     if not parent.is_dir():
         return []
     return sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".") and _content(p))
@@ -194,6 +195,7 @@ def entries(
 
 
 def _check_kinds(kinds: Sequence[str] | None) -> list[str]:
+    """The kinds asked for (all by default); an unknown one is a user error naming the valid ones."""
     if not kinds:
         return list(KINDS)
     bad = [k for k in kinds if k not in KINDS]
@@ -249,6 +251,7 @@ def _locks(entry: Entry) -> list[Path]:
 
 
 def _delete(entry: Entry) -> None:
+    """Delete what the entry is: a cut and its JSON, a link (never its target), or a folder's content."""
     if entry.kind == "cuts":
         for item in (entry.path, entry.path.with_suffix(".json")):
             item.unlink(missing_ok=True)
