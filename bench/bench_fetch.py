@@ -1,4 +1,4 @@
-"""Benchmark: zoo.download.download vs curl on a 200 MB file from a loopback server, and resume at 50 %.
+"""Benchmark: zoo.transport.download vs curl on a 200 MB file from a loopback server, and resume at 50 %.
 
 Run: .venv/bin/python bench/bench_fetch.py [--mb 200] [--repeat 3]
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zoo.download import download  # noqa: E402
+from zoo.transport import download  # noqa: E402
 
 
 class FileServer:

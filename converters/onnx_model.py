@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from converters.report import DEFAULT_RTOL, Conversion, ConversionReport, compare_outputs
 from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError
+from zoo.hashes import file_sha256  # the catalog's hash, so reports and catalog agree
 
 if TYPE_CHECKING:
     import numpy as np
@@ -285,28 +286,6 @@ def verify(
 def unverified_figures(report: ConversionReport) -> str:
     """One line naming every output beyond tolerance with its figures, or why it cannot agree."""
     return report.describe_unverified()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file; for a folder (a SavedModel), sha256 over each file's relative path and sha256.
-
-    The folder hash is the same as ``zoo.formats.tree_sha256``, so reports and catalog agree.
-    """
-    import hashlib
-    from pathlib import Path
-
-    root = Path(path)
-    if root.is_dir():
-        digest = hashlib.sha256()
-        for item in sorted(p for p in root.rglob("*") if p.is_file()):
-            digest.update(item.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(file_sha256(item).encode() + b"\n")
-        return digest.hexdigest()
-    digest = hashlib.sha256()
-    with open(root, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _per_sample_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -102,20 +102,13 @@ class Conversion:
 
     def save(self, path) -> None:
         import os
-        import tempfile
 
         import onnx
 
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".onnx.part")
-        os.close(fd)
-        try:
-            onnx.save(self.model, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        from zoo.cache import atomic_path
+
+        with atomic_path(os.path.abspath(path)) as tmp:
+            onnx.save(self.model, os.fspath(tmp))
 
 
 def compare_outputs(

@@ -1,4 +1,4 @@
-"""zoo.download.download against real HTTP servers on 127.0.0.1 that misbehave on purpose."""
+"""zoo.transport.download against real HTTP servers on 127.0.0.1 that misbehave on purpose."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +17,7 @@ import pytest
 
 from _http_helpers import FaultServer, fault_server, second_server  # noqa: F401  (fixtures)
 from zoo.errors import ChecksumError, FetchError, OfflineError
-from zoo.download import download, redact
+from zoo.transport import download, redact
 
 BODY = bytes(range(256)) * 40  # 10240 bytes of "weights"
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -354,7 +354,7 @@ def test_complete_part_from_a_killed_run_is_finished_without_a_body(fault_server
 
 SCRIPT = textwrap.dedent("""
     import json, sys
-    from zoo.download import download
+    from zoo.transport import download
     r = download([sys.argv[1]], sys.argv[2], checksum=sys.argv[3] if len(sys.argv) > 3 else None)
     print(json.dumps({"cached": r.cached, "bytes": r.bytes_transferred, "sha256": r.sha256}))
 """)
@@ -421,7 +421,7 @@ def test_disk_full_is_a_clear_error_and_removes_the_part(fault_server, tmp_path)
     fault_server.add("/w.bin", big)
     code = textwrap.dedent(f"""
         import json, os
-        from zoo.download import download
+        from zoo.transport import download
         from zoo.errors import FetchError
         try:
             download([{fault_server.url('/w.bin')!r}], {str(mnt / 'w.bin')!r}, retries=0)

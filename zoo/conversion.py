@@ -11,14 +11,14 @@ framework is imported.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo import config
 from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, VerificationError
+from zoo.cache import onnx_path
+from zoo.hashes import file_sha256
 from zoo.records import Artifact, Model
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
         filename=dest.name,
         path=str(dest),
         size=dest.stat().st_size,
-        sha256=_sha256(dest),
+        sha256=file_sha256(dest),
         meta={
             "report": report.to_dict(),
             "layout": report.input_layout,
@@ -183,10 +183,6 @@ def _needs_fetch(model: Model) -> bool:
         if (not artifact.path or not os.path.exists(artifact.path)) and artifact.urls:
             return True
     return False
-
-
-def _safe(name: str) -> str:
-    return name.replace("/", "_").replace(os.sep, "_")
 
 
 def _file(model: Model, role: str) -> str | None:
@@ -253,7 +249,7 @@ def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: boo
     for role, path in sources.items():
         if meta.get("source_stat", {}).get(role) == _stat(path):
             continue  # same size and mtime: trust the recorded hash
-        if _sha256(path) != meta["source_sha256"][role]:
+        if file_sha256(path) != meta["source_sha256"][role]:
             return None
     return stored
 
@@ -271,21 +267,8 @@ def _stat(path: str) -> list:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file or a folder (same definition as the converters' report)."""
-    if os.path.isdir(path):
-        from converters.onnx_model import file_sha256
-
-        return file_sha256(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _source_sha(report, path: str) -> str:
-    return report.source_files.get(os.fspath(path)) or _sha256(path)
+    return report.source_files.get(os.fspath(path)) or file_sha256(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,11 +327,6 @@ def _convert_tensorflow(model: Model, path: str, opset: int, nchw: bool) -> Conv
         return tfconv.convert_saved_model(path, tag=meta.get("tag", tfconv.DEFAULT_TAG),
                                           signature=meta.get("signature", tfconv.DEFAULT_SIGNATURE), **common)
     return tfconv.convert_tflite(path, **common)
-
-
-def onnx_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where `convert(name)` writes the ONNX file."""
-    return config.cache_dir(cache_dir) / "onnx" / _safe(name) / f"{_safe(name)}.onnx"
 
 
 __all__ = ["convert", "onnx_path"]

@@ -77,6 +77,10 @@ class DiskFullError(ZooError):
     """No room left to write (disk full, quota, file-size limit); what was written stays resumable."""
 
 
+class CacheError(ZooError):
+    """A cache entry cannot be removed: another process holds its lock, or it is outside the cache."""
+
+
 class InputError(ZooError, ValueError):
     """Input data has the wrong shape, dtype, length or values."""
 

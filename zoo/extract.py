@@ -6,14 +6,15 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from zoo.cache import cuts_folder, write_atomic
 from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
 from zoo.graph import LayerInfo
+from zoo.hashes import file_sha256
 from zoo.pooling import check_pooling, pool, pooled_shape
 from zoo.records import InputSpec
 
@@ -38,29 +39,19 @@ class _Source:
         self.label, self.path, self.sha256, self.spec, self.layout = label, path, sha256, spec, layout
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _path_sha256(path: Path, cache_dir: Any) -> str:
     """sha256 of a user's file, remembered by (path, size, mtime) so a reload does not re-read it."""
-    from zoo import config
-
     stat = path.stat()
-    memo = config.cache_dir(cache_dir) / "cuts" / ".hashes" / (hashlib.sha1(os.fsencode(path)).hexdigest() + ".json")
+    memo = cuts_folder(".hashes", cache_dir) / (hashlib.sha1(os.fsencode(path)).hexdigest() + ".json")
     try:
         known = json.loads(memo.read_text())
         if known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
             return known["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    digest = _file_sha256(path)
+    digest = file_sha256(path)
     record = {"path": os.fspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    _write_atomic(memo, json.dumps(record).encode())
+    write_atomic(memo, json.dumps(record).encode())
     return digest
 
 
@@ -97,7 +88,7 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
             artifact = _convert(name, cat, cache_dir)
     path = Path(artifact.path)
     layout = artifact.meta.get("layout") or model.input.layout
-    return _Source(name, path, artifact.sha256 or _file_sha256(path), model.input, layout)
+    return _Source(name, path, artifact.sha256 or file_sha256(path), model.input, layout)
 
 
 def _convert(name: str, cat: Any, cache_dir: Any):
@@ -185,19 +176,6 @@ def _spec_key(layer: Any) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> dict[str, Any]:
     """Cut the source at `layer`, try a dynamic batch, write the cut and its metadata."""
     from zoo.graph import GraphInfo, batch_dim, list_layers, make_batch_dynamic, resolve
@@ -232,6 +210,7 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     meta = {
         "version": CUT_VERSION,
         "source_sha256": source.sha256,
+        "model": source.label,  # who the cut belongs to, for `zoo cache rm --model`
         "spec": layer if isinstance(layer, (str, int)) else list(layer),
         "layers": [c.name for c in chosen],
         "outputs": outputs,
@@ -247,8 +226,8 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].output not in info.outputs else None,
     }
     # Metadata first, model last: the .onnx file's presence means the pair is complete.
-    _write_atomic(meta_path, json.dumps(meta, indent=1).encode())
-    _write_atomic(onnx_path, sub.SerializeToString())
+    write_atomic(meta_path, json.dumps(meta, indent=1).encode())
+    write_atomic(onnx_path, sub.SerializeToString())
     return meta
 
 
@@ -373,14 +352,12 @@ def load_extractor(
     >>> extractor(images).shape                                        # doctest: +SKIP
     (32, 4096)
     """
-    from zoo import config
-
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     check_pooling(pooling)
     providers = execution_providers(device, providers)
     source = _source(name_or_path, catalog, cache_dir)
-    folder = config.cache_dir(cache_dir) / "cuts" / source.sha256
+    folder = cuts_folder(source.sha256, cache_dir)
     key = _spec_key(layer)
     onnx_path, meta_path = folder / f"{key}.onnx", folder / f"{key}.json"
     meta = None

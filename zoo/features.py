@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from zoo import config
+from zoo.cache import atomic_open, features_folder
 from zoo.errors import DiskFullError, InputError
 
 __all__ = [
@@ -514,12 +514,8 @@ def _source(
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON so a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w", fsync=True) as f:
         json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -557,7 +553,7 @@ class FeatureCache:
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
-        self.root = config.cache_dir(cache_dir) / "features"
+        self.root = features_folder(cache_dir)
 
     # -- keys and entries --------------------------------------------------------------------
 
@@ -851,12 +847,8 @@ def _fill(
     if source.labels is not None:
         dropped = [s["index"] for s in manifest["skipped"]]
         labels = np.delete(source.labels, dropped) if dropped else source.labels
-        tmp = folder / (LABELS + ".tmp")
-        with open(tmp, "wb") as lf:
+        with atomic_open(folder / LABELS, fsync=True) as lf:
             np.save(lf, labels)
-            lf.flush()
-            os.fsync(lf.fileno())
-        os.replace(tmp, folder / LABELS)
         manifest["classes"] = source.classes
     manifest["length"] = manifest["next"]
     manifest["complete"] = True
@@ -1027,15 +1019,10 @@ def save_features(
     )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
     try:
-        with open(result.path, "rb") as src, open(tmp, "wb") as dst:
+        with open(result.path, "rb") as src, atomic_open(output, fsync=True) as dst:
             shutil.copyfileobj(src, dst, _READ_BLOCK)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, output)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno in _DISK_FULL:
             raise DiskFullError(f"no room left to write {output} ({os.strerror(exc.errno)}); free some space") from None
         raise

@@ -5,7 +5,6 @@ tensorflow, torch or onnx, and nothing is ever unpickled.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
 from zoo.errors import ModelFormatError
+from zoo.hashes import file_sha256, tree_sha256  # noqa: F401  re-exported: their home is zoo.hashes
 
 # framework -> the formats zoo knows for it (Model.format values).
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -508,26 +508,6 @@ def _quiet_miss(path: Path) -> bool:
     if path.suffix == ".prototxt":
         return _prototxt_kind(path, _head(path, 65536)) != "net"
     return False
-
-
-def tree_sha256(folder: str | os.PathLike) -> str:
-    """A content hash of a folder (a SavedModel): sha256 over its files' paths and sha256s."""
-    root = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(file_sha256(path).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, or the tree hash of a folder."""
-    path = Path(path)
-    if path.is_dir():
-        return tree_sha256(path)
-    from zoo.hashes import file_hash
-
-    return file_hash(path, "sha256")
 
 
 __all__ = ["FORMATS", "FormatInfo", "detect_files", "detect_format", "file_sha256", "find_models",

@@ -1,4 +1,4 @@
-"""Checksums: `file_hash`, "algo:hex" strings (sha256, sha1, md5, gitblob) and a streaming hasher."""
+"""Checksums: `file_hash`, `file_sha256` (files and folders), "algo:hex" strings and a streaming hasher."""
 from __future__ import annotations
 
 import hashlib
@@ -95,6 +95,21 @@ def file_hash(path: str | os.PathLike, algo: str = "sha256") -> str:
     return digest
 
 
+def tree_sha256(folder: str | os.PathLike) -> str:
+    """A content hash of a folder (a SavedModel): sha256 over its files' relative paths and sha256s."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(file_hash(path, "sha256").encode() + b"\n")
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, or the tree hash of a folder: the one hash catalog, reports and caches share."""
+    return tree_sha256(path) if Path(path).is_dir() else file_hash(path, "sha256")
+
+
 def hash_matches(path: str | os.PathLike, checksum: str | None) -> bool:
     """True when the file's content matches "algo:hex" (always True for a None checksum)."""
     if not checksum:
@@ -103,4 +118,4 @@ def hash_matches(path: str | os.PathLike, checksum: str | None) -> bool:
     return file_hash(path, algo) == digest
 
 
-__all__ = ["ALGOS", "MultiHasher", "file_hash", "hash_matches", "parse_checksum"]
+__all__ = ["ALGOS", "MultiHasher", "file_hash", "file_sha256", "hash_matches", "parse_checksum", "tree_sha256"]

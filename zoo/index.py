@@ -43,7 +43,7 @@ _RESERVED_FILENAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1,
                        *(f"LPT{i}" for i in range(1, 10))}
 URL_SCHEMES = ("http", "https", "file")
 REMOTE_URL_SCHEMES = ("http", "https")  # all a remote index may point at: no file:// of ours
-# What a download leaves beside a cached file while it runs (zoo.download).
+# What a download leaves beside a cached file while it runs (zoo.transport).
 _DOWNLOAD_SIDE_FILES = (".part", ".part.json", ".lock")
 
 _TEXT_FIELDS = ("format", "task", "dataset", "architecture", "description", "license",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from zoo.cache import atomic_path
 from zoo.errors import InputError
 
 if TYPE_CHECKING:
@@ -101,10 +102,9 @@ class SweepResult:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=110)
+        with atomic_path(path, suffix=path.suffix) as tmp:  # savefig picks the format from the suffix
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
-        os.replace(tmp, path)
         self.plot_path = path
         return path
 

@@ -40,7 +40,7 @@ class ScanResult:
 
 def _artifacts(info: FormatInfo) -> list[Artifact]:
     """One artifact per file of the model, with its path, size and sha256 (folders: tree hash)."""
-    from zoo.formats import file_sha256
+    from zoo.hashes import file_sha256
 
     artifacts = []
     for role, path in info.files.items():

@@ -140,6 +140,7 @@ def pretrain(
     cache: bool = True,
     threads: int | None = None,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> PretrainResult:
     """Train a stack of sigmoid layers greedily, one layer at a time, on unlabelled rows.
 
@@ -164,6 +165,7 @@ def pretrain(
     threads : torch threads while training; by default one for layers under a million
         weights, where more threads only add start-up and spin-waiting.
     progress : a progress bar per layer on stderr, with its reconstruction error.
+    cache_dir : the cache folder (default $ZOO_CACHE): the saved model and the big scratch files go there.
 
     Example
     -------
@@ -199,7 +201,7 @@ def pretrain(
         for index, n_hidden in enumerate(sizes):
             started = time.perf_counter()
             if cache and index > 0:
-                inputs = _encode_all(units[-1], inputs, scratch)
+                inputs = _encode_all(units[-1], inputs, scratch, cache_dir)
             generator = torch.Generator().manual_seed(seed * 7919 + index)
             n_visible = data.shape[1] if index == 0 else sizes[index - 1]
             unit_visible = visible if index == 0 else "bernoulli"
@@ -233,7 +235,7 @@ def pretrain(
                   "cd_k": cd_k, "tied": tied, "seed": seed, "rows": len(data)},
     )
     if name is not None:
-        result.model = save(result, name, catalog=catalog, replace=replace)
+        result.model = save(result, name, catalog=catalog, replace=replace, cache_dir=cache_dir)
     return result
 
 
@@ -279,18 +281,18 @@ def _train_layer(
     return errors
 
 
-def _encode_all(unit: Any, inputs: np.ndarray, scratch: contextlib.ExitStack) -> np.ndarray:
+def _encode_all(unit: Any, inputs: np.ndarray, scratch: contextlib.ExitStack, cache_dir: Any = None) -> np.ndarray:
     """Run a frozen layer once over every row: the next layer's training data."""
     import torch
 
     n_hidden = unit.weight.shape[0]
     shape = (len(inputs), n_hidden)
     if len(inputs) * n_hidden * 4 > MEMMAP_BYTES:
-        from zoo import config
+        from zoo.cache import root
 
-        config.cache_dir().mkdir(parents=True, exist_ok=True)
+        root(cache_dir).mkdir(parents=True, exist_ok=True)
         folder = scratch.enter_context(
-            tempfile.TemporaryDirectory(prefix="pretrain-", dir=config.cache_dir())
+            tempfile.TemporaryDirectory(prefix="pretrain-", dir=root(cache_dir))
         )
         outputs = np.lib.format.open_memmap(
             Path(folder) / "features.npy", mode="w+", dtype=np.float32, shape=shape
@@ -359,26 +361,19 @@ def save(
     *,
     catalog: str | os.PathLike | Catalog | None = None,
     replace: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Model:
     """Export the stack to ONNX under the cache folder and register it in the catalog."""
-    from zoo import config
+    from zoo.cache import model_folder, write_atomic
     from zoo.catalog import open_catalog
     from zoo.records import Artifact, InputSpec, Model
 
     _check_name(name, catalog, replace)
-    folder = config.cache_dir() / "models" / name
+    folder = model_folder(name, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.onnx"
     content = export_onnx(result.stack, result.n_features)
-    handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    write_atomic(path, content)
     shape = "-".join(str(n) for n in [result.n_features, *result.layers])
     model = Model(
         name=name,

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from zoo import config
 from zoo.errors import InputError, ZooError
 from zoo._threads import torch_threads
+from zoo.cache import atomic_path, model_folder
+from zoo.hashes import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -407,50 +408,37 @@ def transfer_model(
     return _compose(base, head, _pool_module(pooling, extractor))
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_onnx(model: Any, path: str | os.PathLike, input_shape: Sequence[int], *, opset: int = 17) -> Path:
     """Export a torch model to ONNX (dynamic batch), atomically, and check it with onnxruntime."""
     import onnxruntime as ort
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     model.eval()
     example = torch.zeros(2, *input_shape)
-    with warnings.catch_warnings():
-        # Tracing warns about Python-side shape checks in converted modules; the check below
-        # compares the exported graph with torch on another batch size instead.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,  # the TorchScript exporter works offline and keeps the batch dynamic
-        )
-    probe = torch.from_numpy(np.random.default_rng(0).standard_normal((3, *input_shape)).astype(np.float32))
-    with torch.no_grad():
-        expected = model(probe).numpy()
-    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": probe.numpy()})[0]
-    scale = max(1.0, float(np.abs(expected).max()))
-    if not np.allclose(got, expected, atol=1e-4 * scale):
-        tmp.unlink(missing_ok=True)
-        raise ZooError(f"the ONNX export of the model differs from torch by {np.abs(got - expected).max():.3g}")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a failed export or check leaves no file behind
+        with warnings.catch_warnings():
+            # Tracing warns about Python-side shape checks in converted modules; the check below
+            # compares the exported graph with torch on another batch size instead.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,  # the TorchScript exporter works offline and keeps the batch dynamic
+            )
+        probe = torch.from_numpy(np.random.default_rng(0).standard_normal((3, *input_shape)).astype(np.float32))
+        with torch.no_grad():
+            expected = model(probe).numpy()
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": probe.numpy()})[0]
+        scale = max(1.0, float(np.abs(expected).max()))
+        if not np.allclose(got, expected, atol=1e-4 * scale):
+            raise ZooError(f"the ONNX export of the model differs from torch by {np.abs(got - expected).max():.3g}")
     return path
 
 
@@ -488,7 +476,7 @@ def save_model(
         raise DuplicateModelError(
             f"a model named {name!r} is already in the catalog; choose another name or replace it (--replace)"
         )
-    target = Path(path) if path else config.cache_dir(cache_dir) / "models" / name / f"{name}.onnx"
+    target = Path(path) if path else model_folder(name, cache_dir) / f"{name}.onnx"
     export_onnx(model, target, input_shape)
     parameters = sum(p.numel() for p in model.parameters())
     record = Model(
@@ -507,7 +495,7 @@ def save_model(
                 filename=target.name,
                 path=str(target.absolute()),
                 size=target.stat().st_size,
-                sha256=_sha256(target),
+                sha256=file_sha256(target),
                 checksum=None,
             )
         ],

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from zoo.cache import write_atomic
+
 if TYPE_CHECKING:
     from zoo.catalog import Catalog
 
@@ -273,7 +275,5 @@ def run(
         seconds=time.perf_counter() - started,
         catalog=cat._where,
     )
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str))
-    os.replace(tmp, out / "report.json")
+    write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
     return report

@@ -1,12 +1,13 @@
 """Caffe prototxt + caffemodel -> ONNX, without Caffe installed, checked against OpenCV's Caffe importer."""
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from zoo.cache import atomic_open
 from zoo.errors import ConversionError
+from zoo.hashes import file_sha256
 
 from .layers import SUPPORTED_LAYERS, BlobSpec, build_graph, check_supported
 from .parse import Net, read_mean, read_prototxt, read_weights
@@ -71,7 +72,7 @@ def convert(
     files = [prototxt, caffemodel] + ([os.fspath(mean_file)] if mean_file is not None else [])
     report = ConversionReport(
         source_format="caffe",
-        source_files={path: _sha256(path) for path in files},
+        source_files={path: file_sha256(path) for path in files},
         converter="converters.caffe",
         versions=_versions(),
         opset=opset,
@@ -161,20 +162,9 @@ def _key(number: int) -> bytes:
 
 
 def _write_atomic(path: str | os.PathLike, chunks: list) -> None:
-    import tempfile
-
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(os.path.abspath(path)) as handle:
+        for chunk in chunks:
+            handle.write(chunk)
 
 
 class _StoredBlobs:
@@ -306,14 +296,6 @@ def _check_opset(opset: int) -> None:
         raise ConversionError(
             f"opset {opset!r} is not supported; choose {MIN_OPSET}..{newest} (default {DEFAULT_OPSET})"
         )
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -32,7 +32,8 @@ COMMAND_MODULES = {
     **dict.fromkeys(["fetch", "verify"], "zoo.cli.fetch"),
     "convert": "zoo.cli.convert",
     **dict.fromkeys(["layers", "extract"], "zoo.cli.extract"),
-    **dict.fromkeys(["train", "sweep", "cache", "walkthrough"], "zoo.cli.transfer"),
+    **dict.fromkeys(["train", "sweep", "walkthrough"], "zoo.cli.transfer"),
+    "cache": "zoo.cli.cache",
     "pretrain": "zoo.cli.pretrain",
 }
 

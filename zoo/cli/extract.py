@@ -223,21 +223,12 @@ def _read_array(path: str):
 
 def _write_features(path: str, features) -> None:
     """Write .npy (or .npz for a dict) through a temp file so a crash leaves no half file."""
-    import tempfile
-
     import numpy as np
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path), suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(features, dict):
-                np.savez(f, **features)
-            else:
-                np.save(f, features)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from zoo.cache import atomic_open
+
+    with atomic_open(os.path.abspath(path)) as f:
+        if isinstance(features, dict):
+            np.savez(f, **features)
+        else:
+            np.save(f, features)

@@ -52,7 +52,8 @@ def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, qu
         zoo fetch mobilenet_v1.tflite --offline --json
     """
     from zoo.archives import UnpackLimits
-    from zoo.download import fetch, human_size
+    from zoo.download import fetch
+    from zoo.transport import human_size
 
     report: list[dict] = []
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from zoo.cli._app import catalog_option, cli, emit, json_option, quiet_option, table
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, table
 
 
 def _load_rows(path: str):
@@ -74,11 +74,12 @@ def _parse_sparsity(text: str | None) -> tuple[float, ...] | None:
 @click.option("--replace", is_flag=True, help="Overwrite a model of the same name.")
 @json_option
 @catalog_option
+@cache_option
 @quiet_option
 def pretrain_command(data_path: str, layers: str, method: str, name: str, epochs: int,
                      batch_size: int, lr: float | None, denoise: float, sparsity: str | None,
                      cd_k: int, visible: str, untied: bool, seed: int, replace: bool,
-                     as_json: bool, catalog: str | None, quiet: bool) -> None:
+                     as_json: bool, catalog: str | None, cache_dir: str | None, quiet: bool) -> None:
     """Pretrain a stack of layers on unlabelled data and save it to the catalog.
 
     Each layer is an autoencoder or an RBM trained on the outputs of the frozen layers
@@ -95,7 +96,7 @@ def pretrain_command(data_path: str, layers: str, method: str, name: str, epochs
         _load_rows(data_path), _parse_layers(layers), method, epochs=epochs,
         batch_size=batch_size, lr=lr, denoise=denoise, sparsity=_parse_sparsity(sparsity),
         cd_k=cd_k, visible=visible, tied=not untied, seed=seed, name=name, catalog=catalog,
-        replace=replace, progress=not quiet and not as_json,
+        replace=replace, progress=not quiet and not as_json, cache_dir=cache_dir,
     )
 
     def text() -> str:

@@ -1,7 +1,6 @@
-"""Transfer commands: train, sweep, cache list/rm, walkthrough."""
+"""Transfer commands: train, sweep, walkthrough."""
 from __future__ import annotations
 
-import datetime as _dt
 import re
 import click
 
@@ -195,78 +194,6 @@ def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs
         return "\n".join(lines)
 
     emit(result.to_dict(), as_json, text)
-
-
-@cli.group("cache")
-def cache_group() -> None:
-    """The feature cache: outputs of frozen layers kept on disk, reused by train, sweep and extract."""
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-@cache_group.command("list")
-@json_option
-@cache_option
-def cache_list(as_json: bool, cache_dir: str | None) -> None:
-    """List cached features: key, rows, shape, size, complete or not.
-
-    \b
-    Example:
-        zoo cache list
-        zoo cache list --json
-    """
-    from zoo.features import FeatureCache
-
-    entries = FeatureCache(cache_dir).entries()
-
-    def text() -> str:
-        if not entries:
-            return "the feature cache is empty"
-        rows = [[e.key[:12], e.rows, "x".join(map(str, e.shape or [])) or "-", _size(e.bytes),
-                 "yes" if e.complete else "partial",
-                 _dt.datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M") if e.created else "-",
-                 e.dataset or ""] for e in entries]
-        total = _size(sum(e.bytes for e in entries))
-        return table(rows, ["KEY", "ROWS", "SHAPE", "SIZE", "COMPLETE", "CREATED", "DATA"]) + f"\n{len(entries)} entries, {total}"
-
-    emit([e.to_dict() for e in entries], as_json, text)
-
-
-@cache_group.command("rm")
-@click.argument("keys", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Remove every entry.")
-@json_option
-@cache_option
-def cache_rm(keys: tuple[str, ...], everything: bool, as_json: bool, cache_dir: str | None) -> None:
-    """Remove cached features by KEY (a unique prefix is enough), or --all.
-
-    \b
-    Example:
-        zoo cache rm 3fa9c2
-        zoo cache rm --all
-    """
-    from zoo.errors import InputError
-    from zoo.features import FeatureCache
-
-    cache = FeatureCache(cache_dir)
-    if everything == bool(keys):
-        raise InputError("give the KEYs to remove (see `zoo cache list`) or --all, not both or neither")
-    if everything:
-        removed = [e.key for e in cache.entries()]
-        freed = cache.clear()
-    else:
-        removed, freed = [], 0
-        for key in keys:
-            name = cache._resolve(key)
-            freed += cache.remove(name)
-            removed.append(name)
-    emit({"removed": removed, "bytes": freed}, as_json, f"removed {len(removed)} entries, freed {_size(freed)}")
 
 
 @cli.command("walkthrough")

@@ -1,0 +1,97 @@
+"""Cache commands: list and remove features, cuts, converted ONNX, fetched files and trained-model copies."""
+from __future__ import annotations
+
+import datetime as _dt
+
+import click
+
+from zoo.cache import KINDS
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
+
+kind_option = click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
+                           help="Only this kind of entry (repeat for several).")
+
+
+def _detail(entry) -> str:
+    """What the entry is, in a few words: rows and shape of features, layers of a cut."""
+    d = entry.detail
+    if entry.kind == "features":
+        created = _dt.datetime.fromtimestamp(d["created"]).strftime("%Y-%m-%d %H:%M") if d.get("created") else "-"
+        shape = "x".join(map(str, d.get("shape") or [])) or "-"
+        state = "complete" if d.get("complete") else "partial"
+        return f"{d.get('rows', 0)} rows of {shape}, {state}, {created}" + (f", {d['dataset']}" if d.get("dataset") else "")
+    if entry.kind == "cuts":
+        return "at " + ", ".join(d.get("layers") or ["?"])
+    return ""
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The cache: features, cut graphs, converted ONNX, fetched model files and trained-model copies."""
+
+
+@cache_group.command("list")
+@kind_option
+@json_option
+@cache_option
+@catalog_option
+def cache_list(kinds: tuple[str, ...], as_json: bool, cache_dir: str | None, catalog: str | None) -> None:
+    """List what the cache holds: kind, key, size, model (the catalog tells trained copies apart).
+
+    \b
+    Example:
+        zoo cache list
+        zoo cache list --kind cuts --kind onnx --json
+    """
+    from zoo.cache import entries
+    from zoo.transport import human_size
+
+    found = entries(cache_dir, kinds, catalog=catalog)
+
+    def text() -> str:
+        if not found:
+            return "the cache is empty"
+        rows = [[e.kind, e.key[:12] if e.kind == "features" else e.key, human_size(e.bytes), e.model or "",
+                 _detail(e)] for e in found]
+        total = human_size(sum(e.bytes for e in found))
+        return table(rows, ["KIND", "KEY", "SIZE", "MODEL", "WHAT"]) + f"\n{len(found)} entries, {total}"
+
+    emit([e.to_dict() for e in found], as_json, text)
+
+
+@cache_group.command("rm")
+@click.argument("keys", nargs=-1)
+@click.option("--model", help="Everything cached for this model (converted ONNX, cuts, fetched files).")
+@click.option("--all", "everything", is_flag=True,
+              help="Every entry (of --kind); trained-model copies only with --kind trained.")
+@kind_option
+@json_option
+@cache_option
+@catalog_option
+def cache_rm(keys: tuple[str, ...], model: str | None, everything: bool, kinds: tuple[str, ...], as_json: bool,
+             cache_dir: str | None, catalog: str | None) -> None:
+    """Remove cache entries by KEY (unique prefixes, part by part, as `zoo cache list` shows them), --model or --all.
+
+    An entry another process is writing (a fetch, an unpack, a feature extraction) is refused, not waited for.
+
+    \b
+    Example:
+        zoo cache rm 3fa9c2
+        zoo cache rm onnx/bvlc_alexnet cuts/5e1b/fc7
+        zoo cache rm --model bvlc_alexnet
+        zoo cache rm --all --kind features
+    """
+    from zoo.cache import entries, remove, select
+    from zoo.errors import InputError
+    from zoo.transport import human_size
+
+    if everything == bool(keys or model):
+        raise InputError("give the KEYs to remove (see `zoo cache list`), --model NAME or --all; not --all with them")
+    chosen = select(entries(cache_dir, kinds, catalog=catalog), keys, model, everything, kinds)
+    freed = remove(chosen, cache_dir)
+    removed = [e.key for e in chosen]
+    text = f"removed {len(removed)} entries, freed {human_size(freed)}"
+    trained = [e.model for e in chosen if e.kind == "trained"]
+    if trained:  # their catalog entries now point at nothing
+        text += f"; the catalog still lists {', '.join(trained)}: `zoo rm NAME` drops an entry you no longer want"
+    emit({"removed": removed, "bytes": freed}, as_json, text)
