@@ -293,10 +293,15 @@ def _run_converter(model: Model, sources: dict[str, str], options: dict) -> Conv
     """Convert with the converter `_CONVERTERS` names for the model's format."""
     import importlib
 
-    path = sources.get("model") or sources.get("weights") or sources.get("graph")
+    path = _main_file(sources)
     fmt = _format(model, path)
     module, arguments = _CONVERTERS[fmt]
     return importlib.import_module(module).convert(path, **arguments(model, sources, options))
+
+
+def _main_file(sources: dict[str, str]) -> str:
+    """The file a converter's `convert(path)` takes: the model, else a pair's weights."""
+    return sources.get("model") or sources.get("weights") or sources["graph"]
 
 
 def _format(model: Model, path: str) -> str:
@@ -341,8 +346,7 @@ def _keras_arguments(model: Model, sources: dict[str, str], options: dict) -> di
     if (architecture and "input_shape" not in kwargs and shape and len(shape) == 4
             and not kwargs.get("include_top", True) and all(shape[1:])):
         kwargs["input_shape"] = list(shape[1:])  # headless models take any size unless told
-    path = sources.get("model") or sources.get("weights") or sources.get("graph")
-    if architecture and not is_weights_only(path):
+    if architecture and not is_weights_only(_main_file(sources)):
         architecture = None  # a full .keras/.h5 model carries its own architecture
     return {"format": "keras", "architecture": architecture, "options": kwargs, **_tf_common(options)}
 
