@@ -185,46 +185,26 @@ def layout_of(shape: Sequence[int | None], default: str | None) -> str | None:
 
 
 def make_batch_dynamic(model: onnx.ModelProto) -> list[str]:
-    """Make dim 0 of every input and output the symbolic `batch`; return notes on what changed.
+    """Make dim 0 of every input and output the symbolic `batch` in place; return notes on what changed.
 
-    A model exported with a fixed batch often bakes that batch into Reshape targets
-    (``[1, 9216]``); those become ``-1`` (or ``0``, copy the input's dim, when ``-1`` is taken)
-    so the graph runs at any batch size. The verification runs batch 2 to prove it.
+    A fixed batch (often 1, baked into Reshape targets too) is rewritten by
+    `zoo.graph.make_batch_dynamic`: proven by shape inference when it can be, else unproven,
+    and the converter's verification on batch 2 proves it. A symbolic one is renamed `batch`.
     """
-    from onnx import numpy_helper
+    from zoo.graph import make_batch_dynamic as rewrite
 
-    notes = []
-    fixed = set()
-    for value in graph_inputs(model):
-        dims = value.type.tensor_type.shape.dim
-        if len(dims):
-            if dims[0].HasField("dim_value"):
-                fixed.add(dims[0].dim_value)
-            dims[0].dim_param = BATCH
-    for value in model.graph.output:
-        dims = value.type.tensor_type.shape.dim
-        # An output's first dim is the batch when it is symbolic or equals the inputs' fixed batch;
-        # a fixed size of its own (a [10] table) stays.
-        if len(dims) and (not dims[0].HasField("dim_value") or dims[0].dim_value in fixed):
-            dims[0].dim_param = BATCH
-    if not fixed:
+    notes: list[str] = []
+    new = rewrite(model, notes=notes)
+    if new is None:
+        notes = []
+        new = rewrite(model, check=False, notes=notes)
+    if new is not None:
+        model.CopyFrom(new)
         return notes
-    notes.append(f"batch dimension was fixed at {sorted(fixed)}; made dynamic")
-    constants = {i.name: i for i in model.graph.initializer}
-    constants.update({n.output[0]: n.attribute[0].t for n in model.graph.node
-                      if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
-    for node in model.graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
-            continue
-        tensor = constants[node.input[1]]
-        target = numpy_helper.to_array(tensor).copy()
-        if target.ndim != 1 or not len(target) or int(target[0]) not in fixed:
-            continue
-        target[0] = -1 if -1 not in target[1:] else 0
-        tensor.CopyFrom(numpy_helper.from_array(target, tensor.name))
-        notes.append(f"Reshape {node.name or node.output[0]}: batch in its target shape made dynamic")
-    # Shapes inferred for the fixed batch would now contradict the graph.
-    del model.graph.value_info[:]
+    for value in [*graph_inputs(model), *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = BATCH
     return notes
 
 

@@ -22,6 +22,7 @@ from converters.report import Conversion, ConversionReport
 from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError, require
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
 DEFAULT_INPUT_SHAPE = (None, 3, 224, 224)  # used when neither the caller nor the module's weights tell
@@ -156,7 +157,8 @@ def _convert_single(module, input_shape, opset, verify, source_files, source_for
     outputs = _flat_outputs(reference)
     output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     axes = {name: {0: ox.BATCH} for name in ["input", *output_names]}
-    model = _export(module, (example,), ["input"], output_names, axes, opset, torch)
+    model = export(module, (example,), input_names=["input"], output_names=output_names, dynamic_axes=axes,
+                   opset=opset)
     report = _report(source_format, source_files, opset, layout, torch)
     report.notes += ox.make_batch_dynamic(model)
     model = ox.check(model)
@@ -200,7 +202,8 @@ def _convert_with_specs(module, specs, calls, given_args, opset, verify, source_
         except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
             raise ConversionError(f"torch.jit.trace cannot trace the module's forward: "
                                   f"{_first_line(exc)[:300]}") from None
-    model = _export(traced, examples, names, output_names, {k: v for k, v in axes.items() if v}, opset, torch)
+    model = export(traced, examples, input_names=names, output_names=output_names,
+                   dynamic_axes={k: v for k, v in axes.items() if v}, opset=opset)
     report = _report(source_format, source_files, opset, layout, torch)
     constants = {k: v for k, v in calls.items() if k in given_args}
     if constants:
@@ -227,15 +230,19 @@ def _report(source_format, source_files, opset, layout, torch) -> ConversionRepo
     )
 
 
-def _export(module, examples, input_names, output_names, axes, opset, torch):
+def export(module, examples: tuple, *, input_names: Sequence[str], output_names: Sequence[str],
+           dynamic_axes: dict[str, dict[int, str]], opset: int = ox.DEFAULT_OPSET) -> onnx.ModelProto:
+    """The one torch.onnx.export call: `module` traced on `examples` as an ONNX model (not yet checked)."""
     import onnx
+    import torch
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the legacy-exporter notice; it is the right exporter here
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, examples, buffer, dynamo=False, opset_version=opset,
-                              input_names=input_names, output_names=output_names, dynamic_axes=axes)
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes=dynamic_axes)
         except Exception as exc:  # noqa: BLE001 torch.onnx.errors.UnsupportedOperatorError and friends
             raise UnsupportedLayerError(
                 f"torch.onnx.export cannot convert this module at opset {opset}: {_first_line(exc)[:300]}; "
@@ -376,5 +383,5 @@ def convert(path: str | os.PathLike, **options: Any) -> Conversion:
     return convert_torchscript(path, **options)
 
 
-__all__ = ["convert", "convert_module", "convert_torchscript", "forward_parameters", "guess_input_shape",
-           "load_torchscript"]
+__all__ = ["convert", "convert_module", "convert_torchscript", "export", "forward_parameters",
+           "guess_input_shape", "load_torchscript"]

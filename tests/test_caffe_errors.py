@@ -103,9 +103,21 @@ def test_swapped_or_corrupt_files(tmp_path):
 def test_weights_are_required(tmp_path):
     from converters.caffe import convert
 
-    prototxt, _ = make_net(tmp_path, [1, 6, 8, 8], CONV.format(n=4, extra=""))
+    prototxt, caffemodel = make_net(tmp_path, [1, 6, 8, 8], CONV.format(n=4, extra=""))
+    caffemodel.unlink()  # none beside the prototxt to pair it with
     with pytest.raises(ConversionError, match="needs the .caffemodel.*make_random_caffemodel"):
         convert(prototxt)
+
+
+def test_either_file_of_a_pair_converts_and_the_other_is_found_beside_it(tmp_path):
+    from converters.caffe import convert
+
+    prototxt, caffemodel = make_net(tmp_path, [1, 6, 8, 8], CONV.format(n=4, extra=""))
+    expected = convert(prototxt, caffemodel, verify=False)
+    for conversion in (convert(prototxt, verify=False), convert(caffemodel, verify=False),
+                       convert(caffemodel, prototxt=prototxt, verify=False)):
+        assert conversion.model.SerializeToString() == expected.model.SerializeToString()
+        assert list(conversion.report.source_files) == [str(prototxt), str(caffemodel)]
 
 
 def test_bad_opset(tmp_path):

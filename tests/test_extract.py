@@ -202,7 +202,13 @@ def test_fixed_batch_is_made_dynamic_and_checked(light_dir):
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])],
         [numpy_helper.from_array(np.array([2, 4], np.int64), "shape")],
     )
-    assert make_batch_dynamic(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])) is None
+    pinned = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert make_batch_dynamic(pinned) is None
+    # Unproven, as converters ask for it (their verification on batch 2 proves it instead).
+    notes: list[str] = []
+    unproven = make_batch_dynamic(pinned, check=False, notes=notes)
+    assert batch_dim(unproven) == "batch" and notes == ["batch dimension was fixed at [2]; made dynamic"]
+    assert unproven.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
 # --- resolving layer specs --------------------------------------------------------------------

@@ -144,6 +144,12 @@ def test_save_model_registers_an_onnx_model_that_matches_torch(base_and_onnx, tm
     with pytest.raises(DuplicateModelError):
         save_model(model, "mine.mlp", input_shape=[16])
     save_model(model, "mine.mlp", input_shape=[16], replace=True)
+    # Names are checked as `zoo add` checks them, before anything is exported or written.
+    with pytest.raises(InputError, match="model name '../mine' is not usable"):
+        save_model(model, "../mine", input_shape=[16])
+    from zoo import config
+
+    assert not (config.cache_dir() / "mine.onnx").exists() and not open_catalog().exists("../mine")
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ Full-text search uses the `models.search` tsvector column and GIN index that mig
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Engine, make_url
 
+from zoo._json import finite
 from zoo._redact import mask_url
 from zoo.errors import CatalogError
 
@@ -30,17 +30,7 @@ CONNECT_TIMEOUT_S = 10
 
 def _json_dumps(value: Any) -> str:
     """JSON for jsonb columns: PostgreSQL refuses bare NaN/Infinity, so they are stored as strings."""
-    return json.dumps(_finite(value))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return json.dumps(finite(value))
 
 
 def is_postgresql(url: str) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import os
 import re
 import time
@@ -981,7 +980,3 @@ def list_models(*, catalog: str | os.PathLike | Catalog | None = None, **filters
 def remove(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> None:
     """Remove a model from the catalog (its files stay on disk)."""
     open_catalog(catalog).remove_model(name)
-
-
-def to_json(models: list[Model]) -> str:
-    return json.dumps([m.to_dict() for m in models], indent=2, default=str)

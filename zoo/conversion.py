@@ -12,8 +12,7 @@ framework is imported.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, VerificationError
@@ -32,9 +31,6 @@ DEFAULT_OPSET = 17
 # Keras Applications constructor options that a model's meta may carry.
 _KERAS_OPTIONS = ("include_top", "classes", "pooling", "input_shape", "alpha", "depth_multiplier",
                   "minimalistic", "include_preprocessing", "classifier_activation")
-# Which converter a framework + format takes.
-_TF_FORMATS = {"saved_model": "saved_model", "keras": "keras", "h5": "keras", "h5_weights": "keras",
-               "frozen_graph": "frozen_graph", "graphdef": "frozen_graph", "tflite": "tflite"}
 
 
 def convert(
@@ -276,57 +272,103 @@ def _source_sha(report, path: str) -> str:
 
 
 def _run_converter(model: Model, sources: dict[str, str], options: dict) -> Conversion:
-    framework = model.framework
-    opset = options["opset"]
-    if framework == "caffe":
-        from converters import caffe
+    """Convert with the converter `_CONVERTERS` names for the model's format."""
+    import importlib
 
-        return caffe.convert(sources["graph"], sources["weights"], opset=opset,
-                             mean_file=sources.get("mean"))
-    path = sources.get("model") or sources.get("weights") or sources.get("graph")
-    if framework == "onnx":
-        from converters import onnx_model
+    path = _main_file(sources)
+    fmt = _format(model, path)
+    module, arguments = _CONVERTERS[fmt]
+    return importlib.import_module(module).convert(path, **arguments(model, sources, options))
 
-        return onnx_model.convert(path, opset=opset)
-    if framework == "pytorch":
-        from converters import pytorch
 
-        shape = model.input.shape if model.input.shape and len(model.input.shape) in (2, 4) else None
-        return pytorch.convert_torchscript(path, input_shape=shape, inputs=options.get("inputs"),
-                                           args=options.get("args"), opset=opset)
-    if framework in ("tensorflow", "keras", "tflite"):
-        return _convert_tensorflow(model, path, opset, options["nchw"])
+def _main_file(sources: dict[str, str]) -> str:
+    """The file a converter's `convert(path)` takes: the model, else a pair's weights."""
+    return sources.get("model") or sources.get("weights") or sources["graph"]
+
+
+def _format(model: Model, path: str) -> str:
+    """The model's format; without a known one, its framework's (TensorFlow's: what the file is)."""
+    if model.format in _CONVERTERS:
+        return model.format
+    if model.framework in ("tensorflow", "keras", "tflite"):
+        from converters.tensorflow import detect_format
+
+        return detect_format(path)
+    if model.framework in _FRAMEWORK_FORMAT:
+        return _FRAMEWORK_FORMAT[model.framework]
     raise ConversionError(
-        f"{model.name}: no converter for framework {framework!r}; zoo converts caffe, tensorflow, "
+        f"{model.name}: no converter for framework {model.framework!r}; zoo converts caffe, tensorflow, "
         f"keras, tflite, pytorch and onnx models"
     )
 
 
-def _convert_tensorflow(model: Model, path: str, opset: int, nchw: bool) -> Conversion:
-    from converters import tensorflow as tfconv
+def _caffe_arguments(model: Model, sources: dict[str, str], options: dict) -> dict[str, Any]:
+    return {"prototxt": sources["graph"], "opset": options["opset"], "mean_file": sources.get("mean")}
+
+
+def _onnx_arguments(model: Model, sources: dict[str, str], options: dict) -> dict[str, Any]:
+    return {"opset": options["opset"]}
+
+
+def _torchscript_arguments(model: Model, sources: dict[str, str], options: dict) -> dict[str, Any]:
+    shape = model.input.shape if model.input.shape and len(model.input.shape) in (2, 4) else None
+    return {"input_shape": shape, "inputs": options.get("inputs"), "args": options.get("args"),
+            "opset": options["opset"]}
+
+
+def _keras_arguments(model: Model, sources: dict[str, str], options: dict) -> dict[str, Any]:
+    from converters.tensorflow import is_weights_only
 
     meta = model.meta
-    fmt = _TF_FORMATS.get(model.format or "") or tfconv.detect_format(path)
-    common = {"opset": opset, "nchw": nchw}
-    if fmt == "keras":
-        architecture = meta.get("keras_application") or meta.get("architecture")
-        kwargs = {k: meta[k] for k in _KERAS_OPTIONS if k in meta}
-        if not kwargs.get("include_top", True):
-            kwargs.pop("classes", None)
-        shape = model.input.shape
-        if (architecture and "input_shape" not in kwargs and shape and len(shape) == 4
-                and not kwargs.get("include_top", True) and all(shape[1:])):
-            kwargs["input_shape"] = list(shape[1:])  # headless models take any size unless told
-        if architecture and not tfconv.is_weights_only(path):
-            architecture = None  # a full .keras/.h5 model carries its own architecture
-        return tfconv.convert_keras(path, architecture=architecture, options=kwargs, **common)
-    if fmt == "frozen_graph":
-        return tfconv.convert_frozen_graph(path, inputs=meta.get("inputs"), outputs=meta.get("outputs"),
-                                           **common)
-    if fmt == "saved_model":
-        return tfconv.convert_saved_model(path, tag=meta.get("tag", tfconv.DEFAULT_TAG),
-                                          signature=meta.get("signature", tfconv.DEFAULT_SIGNATURE), **common)
-    return tfconv.convert_tflite(path, **common)
+    architecture = meta.get("keras_application") or meta.get("architecture")
+    kwargs = {k: meta[k] for k in _KERAS_OPTIONS if k in meta}
+    if not kwargs.get("include_top", True):
+        kwargs.pop("classes", None)
+    shape = model.input.shape
+    if (architecture and "input_shape" not in kwargs and shape and len(shape) == 4
+            and not kwargs.get("include_top", True) and all(shape[1:])):
+        kwargs["input_shape"] = list(shape[1:])  # headless models take any size unless told
+    if architecture and not is_weights_only(_main_file(sources)):
+        architecture = None  # a full .keras/.h5 model carries its own architecture
+    return {"format": "keras", "architecture": architecture, "options": kwargs, **_tf_common(options)}
+
+
+def _frozen_graph_arguments(model: Model, sources: dict[str, str], options: dict) -> dict[str, Any]:
+    return {"format": "frozen_graph", "inputs": model.meta.get("inputs"), "outputs": model.meta.get("outputs"),
+            **_tf_common(options)}
+
+
+def _saved_model_arguments(model: Model, sources: dict[str, str], options: dict) -> dict[str, Any]:
+    from converters.tensorflow import DEFAULT_SIGNATURE, DEFAULT_TAG
+
+    return {"format": "saved_model", "tag": model.meta.get("tag", DEFAULT_TAG),
+            "signature": model.meta.get("signature", DEFAULT_SIGNATURE), **_tf_common(options)}
+
+
+def _tflite_arguments(model: Model, sources: dict[str, str], options: dict) -> dict[str, Any]:
+    return {"format": "tflite", **_tf_common(options)}
+
+
+def _tf_common(options: dict) -> dict[str, Any]:
+    return {"opset": options["opset"], "nchw": options["nchw"]}
+
+
+# Model.format -> (converter module, its `convert` options for a model). Every converter module
+# exposes `convert(path, **options) -> Conversion`; `path` is the model file (a Caffe pair's weights).
+_CONVERTERS: dict[str, tuple[str, Callable[[Model, dict[str, str], dict], dict[str, Any]]]] = {
+    "caffe": ("converters.caffe", _caffe_arguments),
+    "onnx": ("converters.onnx_model", _onnx_arguments),
+    "torchscript": ("converters.pytorch", _torchscript_arguments),
+    "saved_model": ("converters.tensorflow", _saved_model_arguments),
+    "frozen_graph": ("converters.tensorflow", _frozen_graph_arguments),
+    "graphdef": ("converters.tensorflow", _frozen_graph_arguments),
+    "keras": ("converters.tensorflow", _keras_arguments),
+    "h5": ("converters.tensorflow", _keras_arguments),
+    "h5_weights": ("converters.tensorflow", _keras_arguments),
+    "tflite": ("converters.tensorflow", _tflite_arguments),
+}
+# The format of a model that does not say (TensorFlow's is read from the file instead).
+_FRAMEWORK_FORMAT = {"caffe": "caffe", "onnx": "onnx", "pytorch": "torchscript"}
 
 
 __all__ = ["convert", "onnx_path"]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from zoo.catalog import Catalog
 
-__all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor", "ExtractorTransformer", "cut"]
+__all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor", "ExtractorTransformer"]
 
 # Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
 CUT_VERSION = 3
@@ -157,13 +157,6 @@ def model_inputs(
          "batch_axis": axes[i.name]}
         for i in found
     ]
-
-
-def cut(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
-    """A model computing only `outputs` (tensor names) from the inputs they need; batch axis kept."""
-    from zoo.graph import cut as _cut
-
-    return _cut(model, outputs)
 
 
 # --- the cut cache --------------------------------------------------------------------------------

@@ -597,12 +597,15 @@ def batch_dim(model: onnx.ModelProto) -> int | str | None:
     return None
 
 
-def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """A copy whose fixed batch axis is symbolic, or None when that cannot be shown to be safe.
+def make_batch_dynamic(model: onnx.ModelProto, *, check: bool = True,
+                       notes: list[str] | None = None) -> onnx.ModelProto | None:
+    """A copy whose fixed batch axis is symbolic, or None when it has none or that cannot be shown safe.
 
     Caffe prototxts and old exports fix the batch (often 1) and flatten with Reshape(shape=[1, -1]).
     Those constants become 0 ("copy this axis"), then shape inference must carry the symbol to
-    every output and agree with the original on every other axis.
+    every output that had the batch and leave the others (a constant table) as they were.
+    With ``check=False`` the rewrite is returned without that proof: a converter proves it
+    instead by running the model on batch 2. `notes` collects what changed, for a report.
     """
     import numpy as np
     import onnx
@@ -619,10 +622,12 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
         if inp.name in inits:
             continue
         dims = inp.type.tensor_type.shape.dim
-        if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value != fixed:
+        if check and (not dims or not dims[0].HasField("dim_value") or dims[0].dim_value != fixed):
             return None
-        dims[0].Clear()
-        dims[0].dim_param = BATCH
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_param = BATCH
+    changed = [f"batch dimension was fixed at [{fixed}]; made dynamic"]
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     info = GraphInfo(model)
     rewritten: dict[str, str] = {}
@@ -630,12 +635,14 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in info.data:
             continue  # reshaping a weight has nothing to do with the batch
         if any(a.name == "allowzero" and a.i for a in node.attribute):
-            return None
+            if check:
+                return None
+            continue
         name = node.input[1]
         if name not in rewritten:
             if name in inits:
                 value = numpy_helper.to_array(inits[name])
-            elif name in consts:
+            elif name in consts and consts[name].attribute and consts[name].attribute[0].name == "value":
                 value = numpy_helper.to_array(consts[name].attribute[0].t)
             else:
                 continue  # computed from Shape: already follows the batch
@@ -649,20 +656,40 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto | None:
             if new.ir_version < 4:  # IR 3 lists initializers among the inputs
                 graph.input.append(onnx.helper.make_tensor_value_info(fresh_name, onnx.TensorProto.INT64, [len(value)]))
             rewritten[name] = fresh_name
+            changed.append(f"Reshape {node.name or node.output[0]}: batch in its target shape made dynamic")
         node.input[1] = rewritten[name]
     # Stale value_info would pin the old batch size.
     del graph.value_info[:]
+    if not check:
+        for out in graph.output:
+            dims = out.type.tensor_type.shape.dim
+            # The batch when symbolic or equal to the fixed batch; a fixed size of its own (a [10] table) stays.
+            if len(dims) and (not dims[0].HasField("dim_value") or dims[0].dim_value == fixed):
+                dims[0].dim_param = BATCH
+        if notes is not None:
+            notes += changed
+        return new
+    before = _inferred_types(model)
+    shapes = {out.name: list(out.type.tensor_type.shape.dim) for out in graph.output}
     for out in graph.output:
         out.type.tensor_type.ClearField("shape")
-    before = _inferred_types(model)
     after = _inferred_types(new)
     for out in graph.output:
         old, now = before.get(out.name, (0, None))[1], after.get(out.name, (0, None))[1]
-        if not old or not now or len(old) != len(now) or now[0] != BATCH or old[1:] != now[1:]:
+        if not old or not now or len(old) != len(now) or old[1:] != now[1:]:
             return None
+        if old[0] == fixed and now[0] != BATCH:
+            return None
+        if old[0] != fixed:  # not the batch (a constant table): keep its shape as declared
+            if now[0] != old[0]:
+                return None
+            out.type.tensor_type.shape.dim.extend(shapes[out.name])
+            continue
         elem = after[out.name][0]
         fresh = onnx.helper.make_tensor_value_info(out.name, elem, now)
         out.CopyFrom(fresh)
+    if notes is not None:
+        notes += changed
     return new
 
 

@@ -21,14 +21,12 @@ from typing import Any
 
 from zoo.errors import IndexFormatError
 from zoo.hashes import ALGOS
-from zoo.records import FRAMEWORKS, LAYOUTS, ROLES, Artifact, InputSpec, Model
+from zoo.records import FRAMEWORKS, LAYOUTS, NAME_PATTERN, NAME_RULE, ROLES, Artifact, InputSpec, Model
 
 FORMAT = "zoo-index/1"
 CHECKSUM_ALGOS = ALGOS  # algo -> hex digits of its digest
 EXTRACTS = ("tar", "zip")
 CHANNEL_ORDERS = ("RGB", "BGR")
-# A name is also a cache folder name (models/<name>/): no separators, no leading dot.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 # Bounds on what an index may say, so a hostile or broken index gets a clear error, not a crash.
@@ -441,8 +439,7 @@ def _parse_entry(source: str, position: int, data: Any,
     _check_keys(where, data, ENTRY_FIELDS)
     name = _text(where, data, "name", required=True)
     if not NAME_PATTERN.match(name):
-        raise where.fail("name", f"is {name!r}; expected letters, digits and . _ + - "
-                                 "(no spaces or slashes, at most 128 characters)")
+        raise where.fail("name", f"is {name!r}; expected {NAME_RULE}")
     framework = _choice(where, data, "framework", FRAMEWORKS, required=True)
     texts = {f: _text(where, data, f) for f in _TEXT_FIELDS}
     tags = data.get("tags", [])

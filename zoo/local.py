@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import DuplicateModelError, ModelFormatError
-from zoo.index import NAME_PATTERN
-from zoo.records import Artifact, Model
+from zoo.records import Artifact, Model, check_name
 
 if TYPE_CHECKING:
     from zoo.catalog import Catalog
@@ -63,15 +62,6 @@ def default_name(info: FormatInfo) -> str:
     return name[:128]
 
 
-def _check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
-        raise ModelFormatError(
-            f"model name {name!r} is not allowed; use letters, digits and . _ + - (no spaces or "
-            "slashes, at most 128 characters), e.g. --name my_model"
-        )
-    return name
-
-
 def _model(info: FormatInfo, name: str, task: str | None, dataset: str | None,
            tags: Iterable[str], description: str | None) -> Model:
     return Model(
@@ -116,7 +106,7 @@ def add(
         raise ModelFormatError(
             f"{info.path} is a {info.framework} model: --input/--arg describe a TorchScript "
             f"forward(); its inputs are already in the file, so leave them out")
-    name = _check_name(name or default_name(info))
+    name = check_name(name or default_name(info), ModelFormatError, "--name my_model")
     cat = open_catalog(catalog)
     if cat.exists(name):  # say so before hashing a large file
         raise DuplicateModelError(

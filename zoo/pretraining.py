@@ -14,14 +14,11 @@ With ``name`` the stack is saved to the catalog as an ONNX model whose layer out
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import os
 import re
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.errors import DuplicateModelError, InputError
+from zoo.errors import InputError
 from zoo._threads import torch_threads
+from zoo.torch_models import check_new_name
 
 if TYPE_CHECKING:
+    import onnx
     import torch
     from torch import nn
 
@@ -47,7 +46,6 @@ DEFAULT_LR = {"autoencoder": 0.01, "rbm": 0.02}
 # Cached outputs of the frozen layers bigger than this go to a memory-mapped file in the cache
 # folder instead of RAM; the next layer then streams its batches from disk.
 MEMMAP_BYTES = 256 * 2**20
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 @dataclass
@@ -181,7 +179,7 @@ def pretrain(
     )
     visible = _visible_units(data, visible)
     if name is not None:
-        _check_name(name, catalog, replace)
+        check_new_name(name, catalog, replace)
 
     import torch
 
@@ -364,16 +362,10 @@ def save(
     cache_dir: str | os.PathLike | None = None,
 ) -> Model:
     """Export the stack to ONNX under the cache folder and register it in the catalog."""
-    from zoo.cache import model_folder, write_atomic
-    from zoo.catalog import open_catalog
-    from zoo.records import Artifact, InputSpec, Model
+    from zoo.records import InputSpec, Model
+    from zoo.torch_models import register
 
-    _check_name(name, catalog, replace)
-    folder = model_folder(name, cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.onnx"
-    content = export_onnx(result.stack, result.n_features)
-    write_atomic(path, content)
+    check_new_name(name, catalog, replace)
     shape = "-".join(str(n) for n in [result.n_features, *result.layers])
     model = Model(
         name=name,
@@ -389,8 +381,6 @@ def save(
         tags=["pretrained", result.method],
         input=InputSpec(name="input", shape=[None, result.n_features], dtype="float32", layout="NC"),
         parameters=sum(p.numel() for p in result.stack.parameters()),
-        artifacts=[Artifact(role="model", filename=path.name, path=str(path),
-                            size=len(content), sha256=hashlib.sha256(content).hexdigest())],
         meta={
             "pretrained": {
                 "method": result.method,
@@ -405,29 +395,22 @@ def save(
             "layers": [f"layer{i}" for i in range(1, len(result.layers) + 1)],
         },
     )
-    open_catalog(catalog).add_model(model, replace=replace)
-    return model
+    return register(export_onnx(result.stack, result.n_features), model, catalog=catalog, replace=replace,
+                    cache_dir=cache_dir)
 
 
-def export_onnx(stack: nn.Sequential, n_features: int) -> bytes:
-    """The stack as ONNX bytes: input ``input`` (batch, features), each layer's output named
+def export_onnx(stack: nn.Sequential, n_features: int) -> onnx.ModelProto:
+    """The stack as ONNX: input ``input`` (batch, features), each layer's output named
     ``layer1``, ``layer2``... (its node too), the top one the graph output."""
     import onnx
-    import torch
+
+    from zoo.torch_models import export_onnx as export
 
     top = sum(1 for key, _ in stack.named_children() if key.startswith("layer"))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(
-            stack.eval(), (torch.zeros(1, n_features),), buffer, dynamo=False,
-            input_names=["input"], output_names=[f"layer{top}"], opset_version=17,
-            dynamic_axes={"input": {0: "batch"}, f"layer{top}": {0: "batch"}},
-        )
-    graph_proto = onnx.load_from_string(buffer.getvalue())
-    _name_layers(graph_proto.graph)
-    onnx.checker.check_model(graph_proto)
-    return graph_proto.SerializeToString()
+    model = export(stack, [n_features], output_name=f"layer{top}")
+    _name_layers(model.graph)
+    onnx.checker.check_model(model)
+    return model
 
 
 def _name_layers(graph: Any) -> None:
@@ -451,24 +434,6 @@ def _name_layers(graph: Any) -> None:
         init.name = tensors.get(init.name, init.name)
     for value in list(graph.output) + list(graph.value_info):
         value.name = tensors.get(value.name, value.name)
-
-
-def _check_name(name: str, catalog: Any, replace: bool) -> None:
-    """Refuse a bad or taken name before training, not after minutes of it."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise InputError(
-            f"model name {name!r} is not usable; use letters, digits, '.', '_', '+' and '-', "
-            "starting with a letter or digit (for example my-base)"
-        )
-    if replace:
-        return
-    from zoo.catalog import open_catalog
-
-    if open_catalog(catalog).exists(name):
-        raise DuplicateModelError(
-            f"model {name!r} is already in the catalog; pick another name or replace it "
-            "(replace=True, or --replace on the command line)"
-        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,8 +7,23 @@ form used by `--json`, the zoo index format and the built-in indexes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from zoo.errors import InputError, ZooError
+
+# A name is also a cache folder name (models/<name>/): no separators, no leading dot.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+NAME_RULE = "letters, digits and . _ + - (no spaces or slashes, at most 128 characters)"
+
+
+def check_name(name: Any, error: type[ZooError] = InputError, example: str = "my_model") -> str:
+    """`name` when it can name a model (and its cache folder), else `error` saying what is allowed."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise error(f"model name {name!r} is not usable; use {NAME_RULE}, starting with a letter or "
+                    f"digit, e.g. {example}")
+    return name
 
 FRAMEWORKS = ("caffe", "tensorflow", "keras", "tflite", "onnx", "pytorch")
 # What an artifact is for. "model" is a single-file model (.onnx, .tflite, .pt, .keras, .pb);

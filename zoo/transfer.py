@@ -5,17 +5,14 @@ import copy
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from zoo.errors import InputError, ZooError
+from zoo.errors import InputError
 from zoo._threads import torch_threads
-from zoo.cache import atomic_path, model_folder
-from zoo.hashes import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -408,40 +405,6 @@ def transfer_model(
     return _compose(base, head, _pool_module(pooling, extractor))
 
 
-def export_onnx(model: Any, path: str | os.PathLike, input_shape: Sequence[int], *, opset: int = 17) -> Path:
-    """Export a torch model to ONNX (dynamic batch), atomically, and check it with onnxruntime."""
-    import onnxruntime as ort
-    import torch
-
-    path = Path(path)
-    model.eval()
-    example = torch.zeros(2, *input_shape)
-    with atomic_path(path) as tmp:  # a failed export or check leaves no file behind
-        with warnings.catch_warnings():
-            # Tracing warns about Python-side shape checks in converted modules; the check below
-            # compares the exported graph with torch on another batch size instead.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,  # the TorchScript exporter works offline and keeps the batch dynamic
-            )
-        probe = torch.from_numpy(np.random.default_rng(0).standard_normal((3, *input_shape)).astype(np.float32))
-        with torch.no_grad():
-            expected = model(probe).numpy()
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"input": probe.numpy()})[0]
-        scale = max(1.0, float(np.abs(expected).max()))
-        if not np.allclose(got, expected, atol=1e-4 * scale):
-            raise ZooError(f"the ONNX export of the model differs from torch by {np.abs(got - expected).max():.3g}")
-    return path
-
-
 def save_model(
     model: Any,
     name: str,
@@ -466,19 +429,10 @@ def save_model(
     """
     from dataclasses import replace as _replace
 
-    from zoo.catalog import open_catalog
-    from zoo.records import Artifact, InputSpec, Model
+    from zoo.records import InputSpec, Model
+    from zoo.torch_models import check_new_name, export_onnx, register
 
-    cat = open_catalog(catalog)
-    if cat.exists(name) and not replace:
-        from zoo.errors import DuplicateModelError
-
-        raise DuplicateModelError(
-            f"a model named {name!r} is already in the catalog; choose another name or replace it (--replace)"
-        )
-    target = Path(path) if path else model_folder(name, cache_dir) / f"{name}.onnx"
-    export_onnx(model, target, input_shape)
-    parameters = sum(p.numel() for p in model.parameters())
+    check_new_name(name, catalog, replace, example="my-model")
     record = Model(
         name=name,
         framework="onnx",
@@ -488,20 +442,11 @@ def save_model(
         description=description,
         input=_replace(input_spec or InputSpec(), name="input", shape=[None, *input_shape], dtype="float32",
                        layout=layout or (input_spec.layout if input_spec else None)),
-        parameters=int(parameters),
-        artifacts=[
-            Artifact(
-                role="model",
-                filename=target.name,
-                path=str(target.absolute()),
-                size=target.stat().st_size,
-                sha256=file_sha256(target),
-                checksum=None,
-            )
-        ],
+        parameters=int(sum(p.numel() for p in model.parameters())),
         meta={"trained_by": "zoo", **({"classes": list(classes)} if classes is not None else {}), **(meta or {})},
     )
-    return cat.add_model(record, replace=replace)
+    return register(export_onnx(model, input_shape), record, catalog=catalog, path=path, replace=replace,
+                    cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,13 +575,10 @@ def train(
     from zoo.catalog import open_catalog
     from zoo.features import extract_features
 
-    cat = open_catalog(catalog)
-    if cat.exists(new_name) and not replace:
-        from zoo.errors import DuplicateModelError
+    from zoo.torch_models import check_new_name
 
-        raise DuplicateModelError(
-            f"a model named {new_name!r} is already in the catalog; choose another --name or pass --replace"
-        )
+    cat = open_catalog(catalog)
+    check_new_name(new_name, cat, replace, example="my-model")
     labels = None if labels is None else _load_labels(labels)
     data_len = _length(data)
     if labels is not None and data_len is not None and len(labels) != data_len:

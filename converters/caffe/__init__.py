@@ -27,14 +27,18 @@ MIN_OPSET = 13  # Softmax with a single axis, Split sizes as an input
 
 
 def convert(
-    prototxt: str | os.PathLike,
+    path: str | os.PathLike,
     caffemodel: str | os.PathLike | None = None,
     *,
+    prototxt: str | os.PathLike | None = None,
     opset: int = DEFAULT_OPSET,
     mean_file: str | os.PathLike | None = None,
     verify: bool = True,
 ) -> Conversion:
     """Convert a Caffe deploy net and its weights to ONNX (NCHW input, dynamic batch axis).
+
+    `path` is the deploy prototxt (its weights `caffemodel`) or the caffemodel (its net `prototxt`);
+    the other half, when not given, is the file beside it that `zoo add` would pair it with.
 
     With ``verify`` and OpenCV installed, the ONNX model (run by onnxruntime) is compared with
     ``cv2.dnn.readNetFromCaffe`` on a fixed random input; ``report.verified`` says whether every net
@@ -55,13 +59,8 @@ def convert(
     from converters.report import Conversion, ConversionReport
 
     start = time.perf_counter()
-    if caffemodel is None:
-        raise ConversionError(
-            f"{os.fspath(prototxt)}: converting needs the .caffemodel weights as well as the prototxt; "
-            "pass caffemodel=..., or write random weights with make_random_caffemodel(prototxt, path)"
-        )
+    prototxt, caffemodel = _pair(path, caffemodel, prototxt)
     _check_opset(opset)
-    prototxt, caffemodel = os.fspath(prototxt), os.fspath(caffemodel)
     net = read_prototxt(prototxt)
     check_supported(net)  # before reading a caffemodel that may be hundreds of megabytes
     weights = read_weights(caffemodel)
@@ -101,6 +100,30 @@ def convert(
         verify_report(model, producers, prototxt, caffemodel, net, report)
     report.seconds = round(time.perf_counter() - start, 3)
     return Conversion(model, report)
+
+
+def _pair(path: str | os.PathLike, caffemodel: str | os.PathLike | None,
+          prototxt: str | os.PathLike | None) -> tuple[str, str]:
+    """(prototxt, caffemodel) from `path` and whichever half was given, or the pair found beside `path`."""
+    if caffemodel is not None:
+        return os.fspath(path), os.fspath(caffemodel)
+    if prototxt is not None:
+        return os.fspath(prototxt), os.fspath(path)
+    if not os.path.exists(path):
+        return os.fspath(path), ""  # reading it says the file is missing
+    from zoo.errors import ModelFormatError
+    from zoo.formats import detect_format
+
+    try:
+        info = detect_format(path)
+    except ModelFormatError:
+        info = None
+    if info is None or info.format != "caffe":
+        raise ConversionError(
+            f"{os.fspath(path)}: converting needs the .caffemodel weights as well as the prototxt; "
+            "pass caffemodel=..., or write random weights with make_random_caffemodel(prototxt, path)"
+        )
+    return os.fspath(info.files["graph"]), os.fspath(info.files["weights"])
 
 
 def input_spec(prototxt: str | os.PathLike, mean_file: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import math
-import sys
 from typing import Any, Callable
 
 import click
 
 from zoo import __version__
+from zoo._json import finite
 from zoo._redact import mask_secrets
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -104,13 +103,10 @@ def cache_option(func: Callable) -> Callable:
 
 def _printable(value: Any) -> Any:
     """`value` made valid JSON with no secrets: NaN/Infinity become strings, URLs are masked."""
-    if isinstance(value, dict):
-        return {str(k): _printable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_printable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        # Bare NaN/Infinity are not JSON (jq and JSON.parse reject them): spell them as strings.
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return finite(value, _printable_leaf)
+
+
+def _printable_leaf(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return mask_secrets(value if isinstance(value, str) else str(value))
@@ -138,9 +134,3 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)
-
-
-def fail(message: str) -> None:
-    """Print one error line to stderr and exit 1."""
-    click.echo(f"error: {mask_secrets(message)}", err=True)
-    sys.exit(1)

@@ -1,0 +1,90 @@
+"""Save a torch module as the user's own catalog model: export to ONNX, check it, write it, register it.
+
+`zoo train` (`zoo.transfer.save_model`) and `zoo pretrain --name` (`zoo.pretraining.save`) both end
+here, so a trained model is exported, checked and registered the same way whichever made it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from zoo.cache import model_folder, write_atomic
+from zoo.errors import DuplicateModelError, InputError, ZooError
+from zoo.records import Artifact, Model, check_name
+
+if TYPE_CHECKING:
+    import onnx
+
+    from zoo.catalog import Catalog
+
+OPSET = 17
+TOLERANCE = 1e-4  # of the output's scale: the ONNX model must match torch this closely
+
+
+def check_new_name(name: str, catalog: str | os.PathLike | Catalog | None, replace: bool,
+                   example: str = "my-base") -> None:
+    """Refuse a bad or taken name before the work that makes the model, not after minutes of it."""
+    check_name(name, InputError, example)
+    if replace:
+        return
+    from zoo.catalog import open_catalog
+
+    if open_catalog(catalog).exists(name):
+        raise DuplicateModelError(
+            f"model {name!r} is already in the catalog; pick another name or replace it "
+            "(replace=True, or --replace on the command line)"
+        )
+
+
+def export_onnx(module: Any, input_shape: Sequence[int], *, output_name: str = "logits",
+                opset: int = OPSET) -> onnx.ModelProto:
+    """`module` as ONNX (input ``input``, dynamic batch), checked against torch on another batch size."""
+    import onnxruntime as ort
+    import torch
+
+    from converters.pytorch import export
+
+    module.eval()
+    example = torch.zeros(2, *input_shape)
+    model = export(module, (example,), input_names=["input"], output_names=[output_name],
+                   dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}}, opset=opset)
+    probe = torch.from_numpy(np.random.default_rng(0).standard_normal((3, *input_shape)).astype(np.float32))
+    with torch.no_grad():
+        expected = module(probe).numpy()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": probe.numpy()})[0]
+    scale = max(1.0, float(np.abs(expected).max()))
+    if not np.allclose(got, expected, atol=TOLERANCE * scale):
+        raise ZooError(f"the ONNX export of the model differs from torch by {np.abs(got - expected).max():.3g}")
+    return model
+
+
+def model_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where a saved model's ONNX file goes unless the caller names a path."""
+    return model_folder(name, cache_dir) / f"{name}.onnx"
+
+
+def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLike | Catalog | None = None,
+             path: str | os.PathLike | None = None, replace: bool = False,
+             cache_dir: str | os.PathLike | None = None) -> Model:
+    """Write `model` (atomically) and add `record` to the catalog with the file as its "model" artifact."""
+    from dataclasses import replace as _replace
+
+    from zoo.catalog import open_catalog
+
+    cat = open_catalog(catalog)
+    check_new_name(record.name, cat, replace)
+    target = Path(path) if path else model_path(record.name, cache_dir)
+    content = model.SerializeToString()
+    write_atomic(target, content)
+    artifact = Artifact(role="model", filename=target.name, path=str(target.absolute()), size=len(content),
+                        sha256=hashlib.sha256(content).hexdigest(), checksum=None)
+    return cat.add_model(_replace(record, artifacts=[artifact]), replace=replace)
+
+
+__all__ = ["check_new_name", "export_onnx", "model_path", "register"]
