@@ -167,7 +167,7 @@ def test_zoo_extract_reads_parquet_with_a_real_model(tmp_path):
     import onnx
     from click.testing import CliRunner
 
-    from _extract_helpers import tiny_resnet
+    from helpers.extract import tiny_resnet
     from zoo.cli import cli
     from zoo.extract import load_extractor
 
