@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=128, help="size of the large caffemodel")
     args = parser.parse_args()
 
-    from _format_helpers import LENET_PROTOTXT, onnx_file, write_caffemodel
+    from helpers.formats import LENET_PROTOTXT, onnx_file, write_caffemodel
 
     with tempfile.TemporaryDirectory(prefix="zoo-bench-scan-") as tmp:
         tmp = Path(tmp)

@@ -120,7 +120,7 @@ def postgresql_latency(url: str | None, entries: int, sqlite: tuple[float, float
     server = None
     if url is None:  # a throw-away server, as the tests start one
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from _postgres_server import start_server
+        from helpers.postgres_server import start_server
 
         server = start_server()
         url = server.url(server.create_database())

@@ -6,26 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.formats import model_files
+from helpers.postgres_server import start_server
 
-ROOT = Path(__file__).resolve().parent.parent
-# The whole Caffe Model Zoo set, when a copy of shared/ lies beside the checkout (it does in CI).
-CAFFE_MODELS = ROOT.parent / "shared" / "caffe" / "models"
-# The few nets the project carries itself, so the suite passes on a fresh clone with nothing beside it.
-CARRIED_CAFFE_MODELS = ROOT / "tests" / "data" / "caffe"
-
-
-def caffe_net(name: str) -> Path:
-    """The deploy.prototxt of a Caffe zoo net: carried by the project, else from shared/, else skip."""
-    for folder in (CARRIED_CAFFE_MODELS, CAFFE_MODELS):
-        prototxt = folder / name / "deploy.prototxt"
-        if prototxt.is_file():
-            return prototxt
-    pytest.skip(f"Caffe zoo net {name!r} needs {CAFFE_MODELS} (shared/ beside the checkout)")
-
-
-def caffe_zoo_nets() -> list[str]:
-    """Names of the shared Caffe zoo nets, empty on a fresh clone with no shared/ beside it."""
-    return sorted(p.parent.name for p in CAFFE_MODELS.glob("*/deploy.prototxt"))
+# Fixtures defined beside their helpers: fault_server and second_server (a real HTTP server on
+# 127.0.0.1), tf_models and torch_models (tiny real models in every source format, built once).
+pytest_plugins = ["helpers.http_server", "helpers.convert"]
 
 
 @pytest.fixture(autouse=True)
@@ -48,11 +34,16 @@ def zoo_cmd():
     return [str(Path(sys.executable).with_name("zoo"))]
 
 
-def onnx_light_models() -> Path:
-    """Folder of real zoo architectures (with reference outputs) shipped inside the onnx package."""
-    import onnx
+@pytest.fixture(scope="session")
+def light() -> dict[str, Path]:
+    """Tiny real model files (onnx, Caffe pair, TorchScript, torch checkpoint), built once; copy before changing."""
+    return model_files("light")
 
-    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+@pytest.fixture(scope="session")
+def tf_files() -> dict[str, Path]:
+    """Tiny real TensorFlow model files (keras, h5, h5_weights, frozen_graph, saved_model, tflite)."""
+    return model_files("tensorflow")
 
 
 # ---- catalog backends: SQLite and a real PostgreSQL server -------------------------------------
@@ -60,11 +51,8 @@ def onnx_light_models() -> Path:
 @pytest.fixture(scope="session")
 def postgres_server():
     """A throw-away PostgreSQL cluster for the session (installed if missing; fails under CI=true)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _postgres_server
-
     try:
-        server = _postgres_server.start_server()
+        server = start_server()
     except Exception as error:
         message = f"no PostgreSQL server for the catalog tests: {error}"
         if os.environ.get("CI", "").lower() == "true":

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from _http_helpers import fault_server  # noqa: F401  (fixture)
 from zoo.archives import UnpackLimits, archive_kind, parse_size, safe_extract, unpacked_name
 from zoo.errors import ArchiveLimitError, FetchError, UnsafeArchiveError
 
@@ -275,7 +274,7 @@ def test_convert_cannot_read_a_file_outside_through_a_link_chain(fault_server, z
     """The chain points at a real Caffe net outside the cache; `zoo convert` must refuse the archive."""
     from click.testing import CliRunner
 
-    from _caffe_helpers import make_net
+    from helpers.caffe import make_net
     from zoo.catalog import open_catalog
     from zoo.cli import cli
     from zoo.records import Artifact, Model

@@ -6,8 +6,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from _caffe_helpers import assert_close, check_against_opencv, layer_blobs, make_net, net_text, random_input
-from conftest import caffe_net
+from helpers.caffe import assert_close, check_against_opencv, layer_blobs, make_net, net_text, random_input
+from helpers.zoo_nets import caffe_net
 
 V1_NET = """name: "v1net"
 input: "data"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from _caffe_helpers import make_net, net_text
+from helpers.caffe import make_net, net_text
 from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError
 
 CONV = 'layer {{ name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param {{ num_output: {n} kernel_size: 3 {extra} }} }}'

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from _caffe_helpers import (
+from helpers.caffe import (
     assert_close,
     caffe_argmax,
     caffe_inner_product,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from _caffe_helpers import RTOL, assert_close
-from conftest import CAFFE_MODELS, caffe_net, caffe_zoo_nets
+from helpers.caffe import RTOL, assert_close
+from helpers.zoo_nets import CAFFE_MODELS, caffe_net, caffe_zoo_nets
 
 pytest.importorskip("cv2")
 if not caffe_zoo_nets():

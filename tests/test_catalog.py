@@ -332,6 +332,18 @@ def test_read_only_file_as_root_is_reported(tmp_path):
     assert ro.names() == ["a"]
 
 
+def test_a_sqlite_uri_names_its_file_and_leaves_no_file_folder_in_the_cwd(tmp_path, monkeypatch):
+    """`sqlite:///file:...?uri=true` is a SQLite URI: its path is the file, not a folder `file:` in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "data" / "c.db"
+    Catalog(f"sqlite:///{path}", builtins=False).add_model(make("a"))
+    assert Catalog(f"sqlite:///file:{path}?mode=ro&uri=true", builtins=False).names() == ["a"]
+    relative = Catalog("sqlite:///file:sub/new%20one.db?uri=true", builtins=False)  # the folder is made
+    relative.add_model(make("b"))
+    assert (tmp_path / "sub" / "new one.db").is_file()
+    assert not list(tmp_path.glob("file:*"))
+
+
 def test_folder_as_catalog(tmp_path):
     with pytest.raises(CatalogError, match="is a folder"):
         open_catalog(tmp_path)

@@ -10,15 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.postgres_server import TEAM_PASSWORD, TEAM_USER
 
 from zoo._postgres import tsquery
 from zoo._redact import mask_url as masked_url
 from zoo.catalog import Catalog
 from zoo.errors import CatalogError
 from zoo.records import Model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _postgres_server import TEAM_PASSWORD, TEAM_USER  # noqa: E402
 
 postgres_only = pytest.mark.parametrize("catalog_backend", ["postgresql"])
 

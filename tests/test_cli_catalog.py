@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _format_helpers import model_files  # noqa: E402
-from _http_helpers import fault_server  # noqa: E402,F401  (the fixture)
-
-from zoo.cli import cli  # noqa: E402
-from zoo.index import FORMAT  # noqa: E402
+from zoo.cli import cli
+from zoo.index import FORMAT
 
 # Every test runs on SQLite and on a real PostgreSQL server (conftest.py).
 pytestmark = pytest.mark.usefixtures("catalog_env")
@@ -32,11 +28,6 @@ def run_json(*args: str):
     result = run(*args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
-
-
-@pytest.fixture(scope="module")
-def light():
-    return model_files("light")
 
 
 def test_search_text_json_and_filters():

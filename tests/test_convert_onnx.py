@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import onnx_light_models
+from helpers.zoo_nets import onnx_light_models
 
 from zoo.errors import ModelFormatError, UnsupportedLayerError
 

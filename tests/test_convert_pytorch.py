@@ -1,13 +1,10 @@
 """PyTorch conversions: TorchScript archives and nn.Modules, compared with torch; unsafe files refused."""
 from __future__ import annotations
 
-import _convert_helpers
 import numpy as np
 import pytest
 
 from zoo.errors import ConversionError, ModelFormatError
-
-torch_models = _convert_helpers.torch_models  # the session fixture
 
 
 def test_torchscript_matches_torch_with_dynamic_batch(torch_models):

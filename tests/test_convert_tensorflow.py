@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 
-import _convert_helpers
 import numpy as np
 import pytest
 
 from zoo.errors import ModelFormatError, UnsupportedLayerError
 
-tf_models = _convert_helpers.tf_models  # the session fixture
 pytestmark = pytest.mark.slow  # TensorFlow takes seconds to start; the models are shared per session
 
 

@@ -5,19 +5,16 @@ import os
 import subprocess
 from pathlib import Path
 
-import _convert_helpers
 import numpy as np
 import pytest
-from _convert_helpers import local_model
+from helpers.convert import build_quantized_tflite, local_model
 
 from zoo.errors import ModelFormatError
-
-tf_models = _convert_helpers.tf_models  # the session fixture
 
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory) -> Path:
-    return _convert_helpers.build_quantized_tflite(tmp_path_factory.mktemp("quantized"))
+    return build_quantized_tflite(tmp_path_factory.mktemp("quantized"))
 
 
 @pytest.fixture

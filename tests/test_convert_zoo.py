@@ -8,21 +8,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-import _convert_helpers
-import _http_helpers
 import pytest
-from _convert_helpers import local_model
 from click.testing import CliRunner
-from conftest import caffe_net, onnx_light_models
 
+from helpers.convert import local_model
+from helpers.zoo_nets import caffe_net, onnx_light_models
 from zoo.errors import ConversionError, ModelFormatError, UnknownModelError, VerificationError
 from zoo.records import Artifact, Model
 
 ROOT = Path(__file__).resolve().parent.parent
-# Fixtures from the helper modules (session-built models, the 127.0.0.1 HTTP server).
-tf_models = _convert_helpers.tf_models
-torch_models = _convert_helpers.torch_models
-fault_server = _http_helpers.fault_server
 
 
 @pytest.fixture

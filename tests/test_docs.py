@@ -251,8 +251,8 @@ def test_readme_and_walkthrough_snippets_run_offline_on_a_stand_in_alexnet(tmp_p
     """
     import numpy as np
     import onnx
-    from _onnx_to_torch_helpers import light_model_randomized
-    from conftest import onnx_light_models
+    from helpers.onnx_to_torch import light_model_randomized
+    from helpers.zoo_nets import onnx_light_models
     from PIL import Image
 
     onnx.save(light_model_randomized(onnx_light_models() / "light_bvlc_alexnet.onnx"), tmp_path / "alexnet.onnx")

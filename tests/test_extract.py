@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from _extract_helpers import light_path, randomized, run_onnx, save_randomized, save_tiny, tiny_resnet
+from helpers.extract import light_path, randomized, run_onnx, save_randomized, save_tiny, tiny_resnet
 from zoo.errors import ConversionError, InputError, UnknownLayerError, ZooError
 
 
@@ -654,7 +654,7 @@ def test_caffe_model_is_converted_on_demand_and_cut_like_opencv(tmp_path):
     import shutil
 
     cv2 = pytest.importorskip("cv2")
-    from conftest import caffe_net
+    from helpers.zoo_nets import caffe_net
     from converters.caffe import make_random_caffemodel
 
     import zoo

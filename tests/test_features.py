@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory) -> Path:
-    from _transfer_helpers import export_mlp
+    from helpers.transfer import export_mlp
 
     return export_mlp(tmp_path_factory.mktemp("mlp") / "mlp.onnx")
 
@@ -30,7 +30,7 @@ def data() -> np.ndarray:
 
 
 def _ort(path, **kwargs):
-    from _transfer_helpers import OrtExtractor
+    from helpers.transfer import OrtExtractor
 
     return OrtExtractor(path, **kwargs)
 
@@ -68,7 +68,7 @@ def test_npy_path_and_array_share_a_key_and_other_data_does_not(mlp, data, tmp_p
 
 
 def test_another_model_version_never_mixes_caches(mlp, data, tmp_path):
-    from _transfer_helpers import export_mlp
+    from helpers.transfer import export_mlp
 
     old, new = _ort(mlp), _ort(export_mlp(tmp_path / "v2.onnx", seed=1))
     a = extract_features(old, data, progress=False)
@@ -82,7 +82,7 @@ def test_another_model_version_never_mixes_caches(mlp, data, tmp_path):
 def test_reuse_across_processes(mlp, data, tmp_path):
     np.save(tmp_path / "x.npy", data)
     code = f"""
-        from _transfer_helpers import OrtExtractor
+        from helpers.transfer import OrtExtractor
         from zoo.features import extract_features
         r = extract_features(OrtExtractor({str(mlp)!r}), {str(tmp_path / 'x.npy')!r}, chunk_size=50, progress=False)
         print(r.key, r.reused)
@@ -144,7 +144,7 @@ def test_iterables_need_a_key(mlp, data):
 def test_image_folder_skips_and_reports_unreadable_files(tmp_path):
     from PIL import Image
 
-    from _transfer_helpers import ProjectionExtractor
+    from helpers.transfer import ProjectionExtractor
 
     rng = np.random.default_rng(0)
     for name in ("cats", "dogs"):
@@ -192,7 +192,7 @@ def test_disk_full_is_a_clear_error_and_the_partial_cache_resumes(mlp, data, tmp
     # RLIMIT_FSIZE makes writes past the limit fail with EFBIG, as a full disk fails with ENOSPC
     code = f"""
         import resource, signal
-        from _transfer_helpers import OrtExtractor
+        from helpers.transfer import OrtExtractor
         from zoo.features import extract_features
         from zoo.errors import ZooError
         extractor = OrtExtractor({str(mlp)!r})
@@ -225,7 +225,7 @@ def test_memory_stays_bounded_on_a_dataset_larger_than_the_cap(tmp_path):
     code = f"""
         import json
         import numpy as np
-        from _transfer_helpers import ProjectionExtractor
+        from helpers.transfer import ProjectionExtractor
         from zoo.features import cache_features
         def hwm_kb():  # peak RSS of this program; ru_maxrss would carry the parent's over fork+exec
             return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])
@@ -301,7 +301,7 @@ def test_a_memory_map_of_a_file_is_read_from_the_file(mlp, data, tmp_path):
 
 
 def test_a_real_extractor_at_several_layers_caches_them_side_by_side():
-    from _transfer_helpers import register_digits_cnn
+    from helpers.transfer import register_digits_cnn
     from zoo.extract import load_extractor
     from zoo.walkthrough import _digits
 
@@ -320,13 +320,13 @@ def test_a_killed_extraction_resumes_from_its_last_checkpoint(tmp_path):
     import signal
     import time
 
-    from _transfer_helpers import ProjectionExtractor
+    from helpers.transfer import ProjectionExtractor
 
     data = np.random.default_rng(0).standard_normal((2000, 32)).astype(np.float32)
     np.save(tmp_path / "x.npy", data)
     code = f"""
         import time
-        from _transfer_helpers import ProjectionExtractor
+        from helpers.transfer import ProjectionExtractor
         from zoo.features import cache_features
 
         class Slow(ProjectionExtractor):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from _http_helpers import FaultServer, fault_server, second_server  # noqa: F401  (fixtures)
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.transport import download, redact
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from _http_helpers import fault_server  # noqa: F401  (fixture)
 from zoo.catalog import open_catalog
 from zoo.cli import cli
 from zoo.errors import ChecksumError, FetchError, OfflineError, UnsafeArchiveError

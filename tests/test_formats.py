@@ -3,27 +3,14 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.formats import LENET_PROTOTXT, write_caffemodel
+from helpers.zoo_nets import caffe_net
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _format_helpers import LENET_PROTOTXT, model_files, write_caffemodel  # noqa: E402
-from conftest import caffe_net  # noqa: E402
-
-from zoo.errors import ModelFormatError  # noqa: E402
-from zoo.formats import detect_format, find_models, tree_sha256  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def light() -> dict[str, Path]:
-    return model_files("light")
-
-
-@pytest.fixture(scope="module")
-def tf_files() -> dict[str, Path]:
-    return model_files("tensorflow")
+from zoo.errors import ModelFormatError
+from zoo.formats import detect_format, find_models, tree_sha256
 
 
 def copy(src: Path, dest: Path) -> Path:

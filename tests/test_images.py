@@ -463,7 +463,7 @@ def test_a_real_architecture_with_its_published_spec_takes_photos(tmp_path):
     """AlexNet (random weights) with the built-in catalog's bvlc_alexnet input spec, fed photo files."""
     import json
 
-    from _extract_helpers import save_randomized
+    from helpers.extract import save_randomized
 
     from zoo.extract import load_extractor
 

@@ -3,28 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _format_helpers import model_files  # noqa: E402
-
-import zoo  # noqa: E402
-from zoo.catalog import open_catalog  # noqa: E402
-from zoo.errors import DuplicateModelError, ModelFormatError  # noqa: E402
-from zoo.local import scan  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def light() -> dict[str, Path]:
-    return model_files("light")
-
-
-@pytest.fixture(scope="module")
-def tf_files() -> dict[str, Path]:
-    return model_files("tensorflow")
+import zoo
+from zoo.catalog import open_catalog
+from zoo.errors import DuplicateModelError, ModelFormatError
+from zoo.local import scan
 
 
 def sha256(path: Path) -> str:
@@ -143,7 +129,7 @@ def test_scan_notices_moved_and_changed_files(tree, light):
     # move: same content at a new path -> the entry follows it, keeping what the user said
     (tree / "c" / "net.pt").rename(tree / "moved.pt")
     # change: same path, new content -> new sha256
-    from _format_helpers import onnx_file
+    from helpers.formats import onnx_file
 
     onnx_file(tree / "a" / "one.onnx", scale=3.0)
     result = scan(tree)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _onnx_to_torch_helpers import (
+from helpers.onnx_to_torch import (
     gru_onnx,
     light_model_randomized,
     ort_session,
@@ -16,7 +16,7 @@ from _onnx_to_torch_helpers import (
     single_node_model,
     text_encoder_onnx,
 )
-from conftest import CAFFE_MODELS, caffe_net, caffe_zoo_nets, onnx_light_models
+from helpers.zoo_nets import CAFFE_MODELS, caffe_net, caffe_zoo_nets, onnx_light_models
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")

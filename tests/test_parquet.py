@@ -164,7 +164,7 @@ def test_not_parquet_files_say_so(x, tmp_path):
 
 def test_zoo_extract_reads_parquet_with_a_real_model(tmp_path):
     import onnx
-    from _extract_helpers import tiny_resnet
+    from helpers.extract import tiny_resnet
     from click.testing import CliRunner
 
     from zoo.cli import cli

@@ -37,7 +37,7 @@ def local_ray():
 def tiny(tmp_path_factory) -> Path:
     """A small residual CNN (3x8x8 -> 4) with random weights, as an .onnx file."""
     import onnx
-    from _extract_helpers import tiny_resnet
+    from helpers.extract import tiny_resnet
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     onnx.save(tiny_resnet(), path)
@@ -187,7 +187,7 @@ def test_zoo_extract_engine_ray(local_ray, tiny, tmp_path):
 
 
 def test_what_the_ray_engine_cannot_take_says_so(tiny, tmp_path):
-    from _transfer_helpers import OrtExtractor, export_mlp
+    from helpers.transfer import OrtExtractor, export_mlp
 
     from zoo.extract import load_extractor
     from zoo.ray_engine import RayEngine

@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _http_helpers import fault_server  # noqa: E402,F401  (the fixture)
-
-import zoo  # noqa: E402
-from zoo.catalog import open_catalog  # noqa: E402
-from zoo.errors import (  # noqa: E402
+import zoo
+from zoo.catalog import open_catalog
+from zoo.errors import (
     DuplicateModelError,
     FetchError,
     IndexFormatError,
@@ -20,9 +15,9 @@ from zoo.errors import (  # noqa: E402
     UnknownSourceError,
     ZooError,
 )
-from zoo.index import FORMAT  # noqa: E402
-from zoo.records import Artifact  # noqa: E402
-from zoo.sources import add_source, list_sources, remove_source, sync_sources  # noqa: E402
+from zoo.index import FORMAT
+from zoo.records import Artifact
+from zoo.sources import add_source, list_sources, remove_source, sync_sources
 
 # Every test runs on SQLite and on a real PostgreSQL server (conftest.py).
 pytestmark = pytest.mark.usefixtures("catalog_env")

@@ -11,7 +11,7 @@ from zoo.errors import InputError
 
 @pytest.fixture
 def digits_model():
-    from _transfer_helpers import register_digits_cnn
+    from helpers.transfer import register_digits_cnn
 
     return register_digits_cnn(train_epochs=3)
 

@@ -12,7 +12,7 @@ def base_and_onnx(tmp_path_factory):
     """A frozen torch base and the same network exported to ONNX."""
     import torch
 
-    from _transfer_helpers import export_mlp
+    from helpers.transfer import export_mlp
 
     path = export_mlp(tmp_path_factory.mktemp("base") / "base.onnx", inputs=16, hidden=12, outputs=8)
     torch.manual_seed(0)  # export_mlp builds its net from seed 0: rebuild the same weights
@@ -37,7 +37,7 @@ def blobs():
 def test_head_on_cached_features_equals_head_through_the_frozen_base(base_and_onnx, blobs):
     import torch
 
-    from _transfer_helpers import OrtExtractor
+    from helpers.transfer import OrtExtractor
     from zoo import cache_features, fit_head
     from zoo.transfer import make_head
 
@@ -154,7 +154,7 @@ def test_save_model_registers_an_onnx_model_that_matches_torch(base_and_onnx, tm
 
 @pytest.fixture
 def digits_model():
-    from _transfer_helpers import register_digits_cnn
+    from helpers.transfer import register_digits_cnn
 
     return register_digits_cnn()
 

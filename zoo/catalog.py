@@ -38,6 +38,7 @@ from zoo.schema import models_fts as _models_fts
 from zoo.schema import sources as _sources
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
     from sqlalchemy.orm import Session
 
     from zoo._orm import ModelRow, SourceRow
@@ -142,6 +143,27 @@ def _read_only_file(database: str | None) -> bool:
     return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 
+def _sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL opens, None in memory.
+
+    With `uri=true` the database is a SQLite URI (`file:/data/c.db`, `file:c.db`) whose path names
+    the file: taken as a path, `file:/data/c.db` would make a folder `file:` in the working directory.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    from sqlalchemy.util import asbool
+
+    database = url.database
+    if not database or database == ":memory:":
+        return None
+    if not (database.startswith("file:") and asbool(url.query.get("uri", False))):
+        return Path(database)
+    path = unquote(urlsplit(database).path)  # SQLite decodes %XX in a URI's path
+    if not path or path == ":memory:" or url.query.get("mode") == "memory":
+        return None
+    return Path(path)
+
+
 def _connect_read_only(path: Path):
     """A read-only SQLite connection to `path`, for catalogs on read-only media.
 
@@ -235,8 +257,8 @@ class Catalog:
         if engine.dialect.name == "sqlite":
             database = engine.url.database
             memory = not database or database == ":memory:"
-            if not memory:
-                path = Path(database)
+            path = _sqlite_file(engine.url)
+            if path is not None:
                 if path.is_dir():
                     raise CatalogError(
                         f"catalog {path} is a folder; give a file path such as {path / 'catalog.db'}"

@@ -1,8 +1,6 @@
 """A fault-injecting HTTP server on 127.0.0.1 for tests: real sockets, programmable misbehaviour.
 
-Usage (in a test module)::
-
-    from _http_helpers import FaultServer, fault_server  # noqa: F401  (registers the fixture)
+Usage (a pytest plugin: tests/conftest.py lists it in `pytest_plugins`)::
 
     def test_resume(fault_server):
         route = fault_server.add("/w.bin", b"x" * 10_000, drop_after=4_000)

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 # Carried by the project (tests/data/caffe), so the suite needs nothing beside the checkout.
-LENET_PROTOTXT = Path(__file__).resolve().parent / "data" / "caffe" / "lenet" / "deploy.prototxt"
+LENET_PROTOTXT = Path(__file__).resolve().parents[1] / "data" / "caffe" / "lenet" / "deploy.prototxt"
 
 _BUILT: dict[str, dict[str, Path]] = {}
 

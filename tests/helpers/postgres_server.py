@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # A login with a password, for the tests of credentials (trust is only for the admin user).
 TEAM_USER, TEAM_PASSWORD = "zoo_team", "s3cret-Pa55word"
 

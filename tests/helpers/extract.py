@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import onnx_light_models
+from helpers.zoo_nets import onnx_light_models
 
 
 def light_path(name: str) -> Path:

@@ -1,0 +1,1 @@
+"""Test helpers: model builders, servers and fixtures (tests/ is on sys.path through pytest's `pythonpath`)."""
