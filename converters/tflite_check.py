@@ -258,6 +258,11 @@ def _forked(path: str, out: str, seed: int, limit: float) -> str | None:
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's code
+        import faulthandler
+
+        # A crash here is expected and reported by the parent in one line; a traceback dump of
+        # the whole interpreter (pytest and PYTHONFAULTHANDLER turn it on) would only bury it.
+        faulthandler.disable()
         code = 0
         try:
             _write(out, *_interpret(path, seed))
