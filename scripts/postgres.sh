@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL server binaries for the catalog tests (Debian's postgresql package). Safe to run twice:
 # does nothing when initdb is already installed. The tests start their own throw-away cluster in a
-# temp folder (tests/_postgres_server.py); nothing here starts or configures a server.
+# temp folder (tests/helpers/postgres_server.py); nothing here starts or configures a server.
 set -euo pipefail
 if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null; then
     exit 0
