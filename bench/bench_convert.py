@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def build_saved_model(folder: Path) -> Path:
+def mobilenet_v2():
+    """Keras MobileNetV2 with random weights and trained-looking batch-norm statistics."""
     import sqlite3  # noqa: F401  (before TensorFlow, whose bundled SQLite lacks FTS5)
 
     import keras
@@ -43,6 +44,11 @@ def build_saved_model(folder: Path) -> Path:
                                rng.normal(0, 0.1, beta.shape).astype("float32"),
                                rng.normal(0, 0.1, mean.shape).astype("float32"),
                                rng.uniform(0.5, 1.5, var.shape).astype("float32")])
+    return model
+
+
+def build_saved_model(folder: Path) -> Path:
+    model = mobilenet_v2()
     path = folder / "mobilenet_v2_savedmodel"
     model.export(str(path), verbose=False)
     return path

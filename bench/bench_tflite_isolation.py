@@ -26,22 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_tflite(folder: Path) -> Path:
-    import sqlite3  # noqa: F401  (before TensorFlow, whose bundled SQLite lacks FTS5)
-
-    import keras
-    import numpy as np
     import tensorflow as tf
 
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classifier_activation=None)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                               rng.normal(0, 0.1, beta.shape).astype("float32"),
-                               rng.normal(0, 0.1, mean.shape).astype("float32"),
-                               rng.uniform(0.5, 1.5, var.shape).astype("float32")])
+    from bench_convert import mobilenet_v2  # the same net bench_convert converts as a SavedModel
+
+    model = mobilenet_v2()
     path = folder / "mobilenet_v2.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     return path

@@ -161,12 +161,7 @@ def _convert_single(module, input_shape, opset, verify, source_files, source_for
                    opset=opset)
     report = _report(source_format, source_files, opset, layout, torch)
     report.notes += ox.make_batch_dynamic(model)
-    model = ox.check(model)
-    report.opset = ox.opset_of(model)
-    if verify:
-        ox.verify(report, model, feeds, [o.detach().numpy() for o in outputs], f"torch {torch.__version__}")
-    report.seconds = time.perf_counter() - start
-    return Conversion(model, report)
+    return _checked(model, report, feeds, outputs, verify, start, torch)
 
 
 def _convert_with_specs(module, specs, calls, given_args, opset, verify, source_files, source_format,
@@ -209,6 +204,11 @@ def _convert_with_specs(module, specs, calls, given_args, opset, verify, source_
     if constants:
         report.notes.append("forward arguments baked in as constants: "
                             + ", ".join(f"{k}={v!r}" for k, v in constants.items()))
+    return _checked(model, report, feeds, outputs, verify, start, torch)
+
+
+def _checked(model, report, feeds, outputs, verify, start, torch) -> Conversion:
+    """The exported model through the ONNX checker, verified against torch's outputs on `feeds`."""
     model = ox.check(model)
     report.opset = ox.opset_of(model)
     if verify:
