@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import interleaved  # bench/ is the script's folder
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,15 +32,6 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved round by round."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            times[key].append(timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:

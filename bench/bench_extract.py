@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _timing import interleaved  # bench/ is the script's folder
 
 import numpy as np
 
@@ -28,17 +29,6 @@ def light(name: str) -> Path:
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
 
 
-def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved round by round."""
-    for fn in fns.values():  # warm up: first runs allocate arenas
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bare_session(path: Path):

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
+
+from _timing import interleaved  # bench/ is the script's folder
 
 import numpy as np
 
@@ -28,17 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 VOCAB, WIDTH, SEQ = 30522, 256, 128
 
 
-def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved round by round."""
-    for fn in fns.values():  # warm up: first runs allocate arenas
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def export_text_encoder(path: Path) -> None:

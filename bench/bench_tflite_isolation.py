@@ -16,9 +16,10 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
+
+from _timing import best  # bench/ is the script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,13 +55,6 @@ def in_process(path: Path) -> None:
         interpreter.invoke()
 
 
-def best(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -73,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = build_tflite(Path(folder))
         size = path.stat().st_size / 1e6
-        check = best(lambda: validate_tflite(path), rounds)
+        check = best(lambda: validate_tflite(path), repeat=rounds)
         child = best(lambda: run_interpreter(path), rounds)
         local = best(lambda: in_process(path), rounds)
         whole = best(lambda: ct.convert_tflite(path), rounds)
