@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._ops import _pool_out_size  # plain int arithmetic: scripts as it is
+
 
 def ints(t: Tensor) -> List[int]:
     out: List[int] = t.reshape(-1).tolist()
@@ -159,14 +161,6 @@ def conv(x: Tensor, w: Tensor, b: Optional[Tensor], strides: List[int], begin: L
     if n == 2:
         return F.conv2d(x, w, b, strides, begin, dilations, group)
     return F.conv3d(x, w, b, strides, begin, dilations, group)
-
-
-def _pool_out_size(i: int, k: int, s: int, d: int, pb: int, pe: int, ceil: bool) -> int:
-    span = i + pb + pe - d * (k - 1) - 1
-    out = (-(-span // s) if ceil else span // s) + 1
-    if ceil and (out - 1) * s >= i + pb:
-        out -= 1
-    return out
 
 
 def _pool_plan(x: Tensor, kernel: List[int], strides: List[int], dilations: List[int], begin: List[int],
