@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.archives import tar_gz
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.transport import download, redact
 
@@ -575,17 +576,6 @@ def archive_model(fault_server, data: bytes, name: str = "packed.tflite") -> Non
                  meta={"members": {"model": "m/model.tflite"}})]))
 
 
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def test_zoo_fetch_max_unpack_size_refuses_and_allows(fault_server, zoo_env, monkeypatch):

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from helpers.archives import tar_gz
 from zoo.catalog import open_catalog
 from zoo.cli import cli
 from zoo.errors import ChecksumError, FetchError, OfflineError, UnsafeArchiveError
@@ -24,14 +23,6 @@ GRAPH = b'name: "tiny"\nlayer { name: "data" type: "Input" }\n'
 WEIGHTS = os.urandom(30_000)
 
 
-def tar_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -102,7 +93,7 @@ def test_404_names_the_url_and_the_model(fault_server):
 
 
 def test_archive_is_unpacked_and_verified_through_its_archive(fault_server, zoo_env):
-    data = tar_bytes({"mobilenet/model.tflite": b"TFL3 fake", "mobilenet/labels.txt": b"cat\n"})
+    data = tar_gz({"mobilenet/model.tflite": b"TFL3 fake", "mobilenet/labels.txt": b"cat\n"})
     fault_server.add("/m.tar.gz", data)
     open_catalog().add_model(Model(name="mobilenet.tflite", framework="tflite", artifacts=[
         Artifact("archive", "m.tar.gz", urls=[fault_server.url("/m.tar.gz")], extract="tar",
@@ -119,7 +110,7 @@ def test_archive_is_unpacked_and_verified_through_its_archive(fault_server, zoo_
 
 
 def test_unsafe_archive_is_refused_and_not_registered(fault_server, zoo_env, tmp_path):
-    data = tar_bytes({"../../../escaped.txt": b"gotcha"})
+    data = tar_gz({"../../../escaped.txt": b"gotcha"})
     fault_server.add("/evil.tgz", data)
     open_catalog().add_model(Model(name="evil.tflite", framework="tflite", artifacts=[
         Artifact("archive", "evil.tgz", urls=[fault_server.url("/evil.tgz")], extract="tar")]))
