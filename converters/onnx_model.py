@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from converters.report import DEFAULT_RTOL, Conversion, ConversionReport, compare_outputs
 from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError
+from zoo.graph import BATCH  # the dim_param of the batch dimension in every produced model
 from zoo.hashes import file_sha256  # the catalog's hash, so reports and catalog agree
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ DEFAULT_SPATIAL = 224  # height and width of an image input that leaves them ope
 DEFAULT_CHANNELS = 3  # channels of an image input that leaves them open
 DEFAULT_DIM = 16  # any other open dimension (sequence length, features)
 DEFAULT_OPSET = 17
-BATCH = "batch"  # dim_param of the batch dimension in every produced model
 
 # ONNX element type -> numpy dtype name, for the types models take as input.
 _ELEM_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",

@@ -72,7 +72,7 @@ def test_same_matches_as_sqlite_fts5_on_the_builtin_zoos(catalog_url, tmp_path):
     """Both backends find the same published models for the same query and filters."""
     pg = Catalog(catalog_url)
     lite = Catalog(f"sqlite:///{tmp_path / 'same.db'}")
-    assert lite._fts and pg.count() == lite.count() > 30
+    assert lite.search_mode == "fts5" and pg.count() == lite.count() > 30
     queries = [("resnet", {}), ("res", {}), ("resnet 50", {}), ("bvlc_alexnet", {}), ("vgg16", {}),
                ("inception v3", {}), ("mobile", {}), ("imagenet", {"framework": "caffe"}),
                ("flickr", {}), ("style", {"dataset": "flickr-style"}), ("mobile", {"tag": "tf-hub"}),

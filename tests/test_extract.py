@@ -293,7 +293,7 @@ def test_extractor_matches_reference_and_batches(light_dir, tmp_path):
     x = _images(5, seed=2)
     features = extractor(x)
     reference = tmp_path / "ref.onnx"
-    out = extractor.meta["outputs"][0]
+    out = extractor.meta.outputs[0]
     import onnx
 
     extract_model(str(_ir4(onnx.load(path), tmp_path / "ir4.onnx")), str(reference), ["data_0"], [out])
@@ -301,7 +301,7 @@ def test_extractor_matches_reference_and_batches(light_dir, tmp_path):
     np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
     assert extractor.output_shape == (None, *want.shape[1:])
     assert extractor.input_spec.shape == [None, 3, 224, 224] and extractor.input_spec.layout == "NCHW"
-    assert extractor.meta["fixed_batch"] is None  # the batch-1 export was made dynamic
+    assert extractor.meta.fixed_batch is None  # the batch-1 export was made dynamic
     assert len(extractor(x[:0])) == 0
 
 
@@ -337,7 +337,7 @@ def test_fixed_batch_graph_is_fed_full_padded_batches(tmp_path):
     path = tmp_path / "pinned.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     extractor = load_extractor(path, -1, batch_size=64)
-    assert extractor.meta["fixed_batch"] == 2
+    assert extractor.meta.fixed_batch == 2
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_array_equal(extractor(x), np.maximum(x, 0))
     assert extractor(x[:0]).shape == (0, 4)
@@ -676,7 +676,7 @@ def test_caffe_model_is_converted_on_demand_and_cut_like_opencv(tmp_path):
     assert open_catalog().get("lenet.caffe").artifact("onnx").path
 
     extractor = load_extractor("lenet.caffe", "ip1", batch_size=4)
-    assert extractor.meta["fixed_batch"] is None  # the prototxt's batch of 64 was made dynamic
+    assert extractor.meta.fixed_batch is None  # the prototxt's batch of 64 was made dynamic
     x = np.random.default_rng(0).uniform(0, 1, (6, 1, 28, 28)).astype(np.float32)
     net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     net.setInput(x)

@@ -489,7 +489,7 @@ def test_fixed_batch_multi_input_graph_pads_every_batched_input(tmp_path):
         helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])])
     extractor = load_extractor(path, "shift")
-    assert extractor.meta["fixed_batch"] == 2 and extractor.batch_axes == {"x": 0, "ids": 0, "gain": None}
+    assert extractor.meta.fixed_batch == 2 and extractor.batch_axes == {"x": 0, "ids": 0, "gain": None}
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 3)).astype(np.float32)
     ids = rng.integers(0, 9, size=(5, 3))

@@ -17,8 +17,6 @@ import importlib.util
 import sqlite3  # noqa: F401  bind the system SQLite (with FTS5) before tensorflow can load its own
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 # public name -> module that defines it
 _API: dict[str, str] = {
     # records and errors
@@ -66,6 +64,10 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # from the package metadata, read on first use
+        from zoo.config import version
+
+        return version()
     module = _API.get(name)
     if module is None:
         # `zoo.features.extract_features` in a fresh interpreter: a submodule, imported on first use.

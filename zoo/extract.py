@@ -11,10 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from zoo.cache import cuts_folder, write_atomic
+from zoo.atomic import write_atomic
+from zoo.cache import cuts_folder
 from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
-from zoo.graph import LayerInfo
+from zoo.graph import LayerInfo, value_dims
 from zoo.hashes import file_sha256
+from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
 from zoo.pooling import check_pooling, pool, pooled_shape
 from zoo.records import InputSpec
 
@@ -26,8 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor", "ExtractorTransformer"]
 
-# Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
-CUT_VERSION = 3
 
 
 # --- which ONNX file ----------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def model_inputs(
     model = _load(source.path)
     wanted = set(GraphInfo(model).inputs)
     found = [i for i in model.graph.input if i.name in wanted]
-    shapes = {i.name: _dims(i) for i in found}
+    shapes = {i.name: value_dims(i) for i in found}
     axes = _batch_axes(shapes, _fixed_batch(model, batch_dim(model)))
     return [
         {"name": i.name, "dtype": _np_dtype(i.type.tensor_type.elem_type), "shape": shapes[i.name],
@@ -169,17 +169,17 @@ def _spec_key(layer: Any) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> dict[str, Any]:
+def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> CutMetadata:
     """Cut the source at `layer`, try a dynamic batch, write the cut and its metadata."""
     from zoo.graph import GraphInfo, batch_dim, list_layers, make_batch_dynamic, resolve
-    from zoo.graph import cut as _cut
+    from zoo.graph import cut as cut_graph
 
     model = _load(source.path)
     info = GraphInfo(model)
     all_layers = list_layers(model, info)
     chosen = resolve(all_layers, layer, source.label, info)
     outputs = [c.output for c in chosen]
-    sub = _cut(model, outputs, info)
+    sub = cut_graph(model, outputs, info)
     fixed = _fixed_batch(sub, batch_dim(sub))
     if isinstance(fixed, int):
         dynamic = make_batch_dynamic(sub)
@@ -188,47 +188,30 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     sub_info = GraphInfo(sub)
     data_inputs = [i for i in sub.graph.input if i.name in sub_info.inputs]
     # Constants were refused when resolving, so a cut depends on at least one input.
-    shapes = {i.name: _dims(i) for i in data_inputs}
+    shapes = {i.name: value_dims(i) for i in data_inputs}
     batch_axes = _batch_axes(shapes, fixed)
-    inputs_meta = [
-        {
-            "name": i.name,
-            "shape": shapes[i.name],
-            "dtype": _np_dtype(i.type.tensor_type.elem_type),
-            "batch_axis": batch_axes[i.name],
-        }
-        for i in data_inputs
-    ]
-    output_shapes = [_dims(o) for o in sub.graph.output]
-    meta = {
-        "version": CUT_VERSION,
-        "source_sha256": source.sha256,
-        "model": source.label,  # who the cut belongs to, for `zoo cache rm --model`
-        "spec": layer if isinstance(layer, (str, int)) else list(layer),
-        "layers": [c.name for c in chosen],
-        "outputs": outputs,
-        "output_shapes": output_shapes,
-        "output_batch_axes": [_output_batch_axis(s, shapes, batch_axes, fixed) for s in output_shapes],
-        "input": inputs_meta[0],  # the first input, kept for readers of single-input cuts
-        "inputs": inputs_meta,  # every input the cut depends on, in graph order
-        "source_inputs": list(info.inputs),  # the whole model's: these may be passed and ignored
-        "fixed_batch": fixed if isinstance(fixed, int) else None,
+    output_shapes = [value_dims(o) for o in sub.graph.output]
+    meta = CutMetadata(
+        source_sha256=source.sha256,
+        model=source.label,
+        spec=layer if isinstance(layer, (str, int)) else list(layer),
+        layers=[c.name for c in chosen],
+        outputs=outputs,
+        output_shapes=output_shapes,
+        output_batch_axes=[_output_batch_axis(s, shapes, batch_axes, fixed) for s in output_shapes],
+        inputs=[CutInput(i.name, shapes[i.name], _np_dtype(i.type.tensor_type.elem_type), batch_axes[i.name])
+                for i in data_inputs],  # every input the cut depends on, in graph order
+        source_inputs=list(info.inputs),
+        fixed_batch=fixed if isinstance(fixed, int) else None,
         # Said again on every load, not only when the cut is first made.
         # A model output (one of several, like a recurrent state) has no layers above it to miss.
-        "not_cut_point": chosen[0].name
+        not_cut_point=chosen[0].name
         if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].output not in info.outputs else None,
-    }
+    )
     # Metadata first, model last: the .onnx file's presence means the pair is complete.
-    write_atomic(meta_path, json.dumps(meta, indent=1).encode())
+    meta.write(meta_path)
     write_atomic(onnx_path, sub.SerializeToString())
     return meta
-
-
-def _dims(value_info) -> list[int | str | None] | None:
-    tt = value_info.type.tensor_type
-    if not tt.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
 
 
 def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str | None:
@@ -238,7 +221,7 @@ def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str |
     while the batch is a symbolic axis further in.
     """
     inits = {t.name for t in model.graph.initializer}
-    dims = [_dims(i) for i in model.graph.input if i.name not in inits]
+    dims = [value_dims(i) for i in model.graph.input if i.name not in inits]
     symbolic = any(d is None or not all(isinstance(x, int) for x in d) for d in dims)
     if isinstance(first, int) and len(dims) > 1 and symbolic:
         return None
@@ -353,17 +336,12 @@ def load_extractor(
     folder = cuts_folder(source.sha256, cache_dir)
     key = _spec_key(layer)
     onnx_path, meta_path = folder / f"{key}.onnx", folder / f"{key}.json"
-    meta = None
-    if onnx_path.is_file() and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            meta = None
-    if meta is None or meta.get("version") != CUT_VERSION:
+    meta = CutMetadata.read(meta_path) if onnx_path.is_file() else None
+    if meta is None:
         meta = _make_cut(source, layer, onnx_path, meta_path)
-    if meta.get("not_cut_point"):
+    if meta.not_cut_point:
         warnings.warn(
-            f"layer {meta['not_cut_point']!r} of {source.label} is not a cut point: other paths (a "
+            f"layer {meta.not_cut_point!r} of {source.label} is not a cut point: other paths (a "
             "residual or parallel branch) bypass it, so its output does not carry everything the "
             f"layers above use; cut points are marked in `zoo layers {source.label}`",
             stacklevel=2,
@@ -447,7 +425,7 @@ class Extractor:
     def __init__(
         self,
         model_path: str | os.PathLike,
-        meta: dict[str, Any],
+        meta: CutMetadata,
         *,
         source: str = "",
         spec: InputSpec | None = None,
@@ -467,38 +445,37 @@ class Extractor:
         # None: image files get the InputSpec, arrays are model-ready; True: arrays are raw pixels too.
         self.preprocess = None if preprocess is None else bool(preprocess)
         self.pooling = check_pooling(pooling)
-        # Cuts made before multi-input support list one input; its batch is axis 0.
-        inputs = meta["inputs"] if isinstance(meta.get("inputs"), list) else [{**meta["input"], "batch_axis": 0}]
-        self.input_names: list[str] = [i["name"] for i in inputs]
-        self.batch_axes: dict[str, int | None] = {i["name"]: i["batch_axis"] for i in inputs}
+        inputs = meta.inputs
+        self.input_names: list[str] = [i.name for i in inputs]
+        self.batch_axes: dict[str, int | None] = {i.name: i.batch_axis for i in inputs}
         # The catalog's InputSpec (mean, std, layout) describes one input: the one it names, else the first.
         primary = spec.name if spec is not None and spec.name in self.batch_axes else self.input_names[0]
         self.input_specs: dict[str, InputSpec] = {}
         for inp in inputs:
-            shape = None if inp["shape"] is None else list(inp["shape"])
-            if shape and inp["batch_axis"] is not None:
-                shape[inp["batch_axis"]] = None
-            if inp["name"] != primary:
-                self.input_specs[inp["name"]] = InputSpec(name=inp["name"], shape=shape, dtype=inp["dtype"])
+            shape = None if inp.shape is None else list(inp.shape)
+            if shape and inp.batch_axis is not None:
+                shape[inp.batch_axis] = None
+            if inp.name != primary:
+                self.input_specs[inp.name] = InputSpec(name=inp.name, shape=shape, dtype=inp.dtype)
                 continue
             if layout is None and shape and len(shape) == 4:
                 layout = "NCHW" if shape[1] in (1, 3) else "NHWC" if shape[3] in (1, 3) else None
-            self.input_specs[inp["name"]] = replace(
-                spec or InputSpec(), name=inp["name"], shape=shape, dtype=inp["dtype"], layout=layout
+            self.input_specs[inp.name] = replace(
+                spec or InputSpec(), name=inp.name, shape=shape, dtype=inp.dtype, layout=layout
             )
         self.input_spec = self.input_specs[primary]
-        names = meta["layers"]
-        axes = meta.get("output_batch_axes") or [0] * len(names)
+        names = meta.layers
+        axes = meta.output_batch_axes or [0] * len(names)
         self.output_batch_axes: dict[str, int] = dict(zip(names, axes))
         shapes = [None if s is None else tuple(None if k == a else d for k, d in enumerate(s))
-                  for s, a in zip(meta["output_shapes"], axes)]
+                  for s, a in zip(meta.output_shapes, axes)]
         self.layer: str | list[str] = names[0] if len(names) == 1 else list(names)
         if self.pooling:
             shapes = [pooled_shape(s, layout, n) for s, n in zip(shapes, names)]
         self.output_shape = shapes[0] if len(names) == 1 else dict(zip(names, shapes))
         payload = {
-            "source": meta["source_sha256"],
-            "outputs": meta["outputs"],
+            "source": meta.source_sha256,
+            "outputs": meta.outputs,
             "preprocess": self.input_spec.to_dict() if self.preprocess else None,
         }
         if self.pooling:  # only when set, so extractors without pooling keep their fingerprints
@@ -633,7 +610,7 @@ class Extractor:
             if primary in named:
                 raise InputError(f"input {primary!r} is given twice: positionally and by name; pass it once")
             named = {primary: x, **named}
-        known = set(self.meta.get("source_inputs") or self.input_names)
+        known = set(self.meta.source_inputs or self.input_names)
         unknown = [k for k in named if k not in known]
         if unknown:
             raise InputError(
@@ -717,7 +694,7 @@ class Extractor:
             feed = self._feed(self.load_images(x), inputs, raw=False)
         else:
             feed = self._feed(x, inputs)
-        fixed = self.meta.get("fixed_batch")
+        fixed = self.meta.fixed_batch
         step = fixed or self.batch_size
         batched = {k: a for k, a in self.batch_axes.items() if a is not None and feed[k].ndim > a}
         sizes = {k: feed[k].shape[a] for k, a in batched.items()}
@@ -728,7 +705,7 @@ class Extractor:
                 + "; give every input the same number of samples"
             )
         n = next(iter(sizes.values()), None)
-        out_axes = [self.output_batch_axes.get(name, 0) for name in self.meta["layers"]]
+        out_axes = [self.output_batch_axes.get(name, 0) for name in self.meta.layers]
         if n is None or n == step or (fixed is None and n <= step):
             results = self._run(feed)
         else:
@@ -745,7 +722,7 @@ class Extractor:
             if not parts:
                 results = [np.zeros(tuple(0 if k == a else (d if isinstance(d, int) else 0)
                                           for k, d in enumerate(s or [0])), np.float32)
-                           for s, a in zip(self.meta["output_shapes"], out_axes)]
+                           for s, a in zip(self.meta.output_shapes, out_axes)]
             else:
                 results = [np.concatenate([p[i] for p in parts], axis=out_axes[i]) for i in range(len(out_axes))]
         if self.pooling:
@@ -756,7 +733,7 @@ class Extractor:
         return dict(zip(self.layer, results))
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.meta["outputs"], feed)
+        return self.session.run(self.meta.outputs, feed)
 
 
 def _shown(shape: list | None, axis: int | None) -> str:

@@ -14,8 +14,10 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from zoo.cache import atomic_open, features_folder
+from zoo.atomic import atomic_open
+from zoo.cache import features_folder
 from zoo.errors import DiskFullError, InputError
+from zoo.manifests import FEATURES_VERSION, FeatureManifest
 
 __all__ = [
     "CacheEntry",
@@ -32,7 +34,6 @@ LABELS = "labels.npy"
 # The .npy header is written last, into a fixed slot, so rows can be appended before the final
 # row count is known (iterables have no length) and a half-written file never loads as an array.
 HEADER_BYTES = 256
-FORMAT_VERSION = 1
 # Errors that mean "no room left": ENOSPC (disk full), EDQUOT (quota), EFBIG (file size limit).
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_BLOCK = 4 << 20
@@ -512,19 +513,6 @@ def _source(
 # Files of one cache entry.
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so a reader sees the old file or the new one, never half of one."""
-    with atomic_open(path, "w", fsync=True) as f:
-        json.dump(data, f, indent=1)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
     body_len = HEADER_BYTES - len(np.lib.format.MAGIC_PREFIX) - 2 - 2
@@ -559,7 +547,7 @@ class FeatureCache:
 
     @staticmethod
     def _key(extractor_fp: str, dataset_fp: str) -> str:
-        return hashlib.sha256(f"{FORMAT_VERSION}|{extractor_fp}|{dataset_fp}".encode()).hexdigest()[:32]
+        return hashlib.sha256(f"{FEATURES_VERSION}|{extractor_fp}|{dataset_fp}".encode()).hexdigest()[:32]
 
     def key(
         self,
@@ -584,20 +572,20 @@ class FeatureCache:
         for folder in self.root.iterdir():
             if not folder.is_dir():
                 continue
-            manifest = _read_json(folder / MANIFEST) or {}
+            manifest = FeatureManifest.read(folder / MANIFEST)
             size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
             entries.append(
                 CacheEntry(
                     key=folder.name,
                     path=folder,
-                    complete=bool(manifest.get("complete")),
-                    rows=int(manifest.get("rows", 0)),
-                    shape=manifest.get("shape"),
-                    dtype=manifest.get("dtype"),
+                    complete=bool(manifest and manifest.complete),
+                    rows=manifest.rows if manifest else 0,
+                    shape=manifest.shape if manifest else None,
+                    dtype=manifest.dtype if manifest else None,
                     bytes=size,
-                    created=manifest.get("created"),
-                    extractor=manifest.get("extractor"),
-                    dataset=manifest.get("dataset_description"),
+                    created=manifest.created if manifest else None,
+                    extractor=manifest.extractor if manifest else None,
+                    dataset=manifest.dataset_description if manifest else None,
                 )
             )
         return sorted(entries, key=lambda e: (e.created or 0, e.key))
@@ -632,8 +620,8 @@ class FeatureCache:
     def load(self, key: str) -> CachedFeatures:
         """A complete entry, memory-mapped; InputError when it is missing or unfinished."""
         folder = self.root / self._resolve(key)
-        manifest = _read_json(folder / MANIFEST) or {}
-        if not _valid(folder, manifest):
+        manifest = FeatureManifest.read(folder / MANIFEST)
+        if manifest is None or not _valid(folder, manifest):
             raise InputError(f"feature cache entry {folder.name} is not complete; run the extraction again to finish it")
         return _result(folder, manifest, reused=True)
 
@@ -683,36 +671,23 @@ class FeatureCache:
                 print(f"waiting for another process caching {name} ...", file=sys.stderr)
             lock.acquire()
         try:
-            manifest = _read_json(folder / MANIFEST)
+            manifest = FeatureManifest.read(folder / MANIFEST)
             if manifest is not None and _valid(folder, manifest):
-                if on_error == "raise" and manifest.get("skipped"):
-                    bad = manifest["skipped"][0]
+                if on_error == "raise" and manifest.skipped:
+                    bad = manifest.skipped[0]
                     raise InputError(
                         f"cannot read image {bad['path']} ({bad['reason']}); remove or fix it, or skip "
                         "unreadable files (on_error='skip', the default; without --strict-images)"
                     )
                 return _result(folder, manifest, reused=True, source=source)
-            if manifest is None or not _resumable(manifest, extractor_fp, source.fingerprint):
+            if manifest is None or not manifest.resumes(extractor_fp, source.fingerprint):
                 shutil.rmtree(folder, ignore_errors=True)
-                manifest = {
-                    "format": FORMAT_VERSION,
-                    "extractor": extractor_fp,
-                    "dataset": source.fingerprint,
-                    "dataset_description": source.description,
-                    "length": source.length,
-                    "created": time.time(),
-                    "next": 0,
-                    "rows": 0,
-                    "chunks": 0,
-                    "shape": None,
-                    "dtype": None,
-                    "skipped": [],
-                    "complete": False,
-                }
+                manifest = FeatureManifest(extractor=extractor_fp, dataset=source.fingerprint,
+                                           dataset_description=source.description, length=source.length)
             if engine == "local":
-                computed = _computed(source, extractor, manifest["next"], chunk_size)
+                computed = _computed(source, extractor, manifest.next, chunk_size)
             else:
-                computed = engine.computed(source, extractor, manifest["next"], chunk_size)
+                computed = engine.computed(source, extractor, manifest.next, chunk_size)
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 _fill(folder, manifest, source, computed, progress)
@@ -737,27 +712,13 @@ def _fingerprint(extractor: Any) -> str:
     return fp
 
 
-def _resumable(manifest: dict[str, Any], extractor_fp: str, dataset_fp: str) -> bool:
-    return (
-        manifest.get("format") == FORMAT_VERSION
-        and manifest.get("extractor") == extractor_fp
-        and manifest.get("dataset") == dataset_fp
-        and not manifest.get("complete")
-    )
-
-
-def _row_bytes(manifest: dict[str, Any]) -> int:
-    return int(np.prod(manifest["shape"], dtype=np.int64)) * np.dtype(manifest["dtype"]).itemsize
-
-
-def _valid(folder: Path, manifest: dict[str, Any]) -> bool:
+def _valid(folder: Path, manifest: FeatureManifest) -> bool:
     """A complete entry whose file has exactly the bytes its manifest promises."""
-    if manifest.get("format") != FORMAT_VERSION or not manifest.get("complete"):
+    if manifest.format != FEATURES_VERSION or not manifest.complete or manifest.shape is None:
         return False
-    path = folder / FEATURES
     try:
-        return path.stat().st_size == HEADER_BYTES + manifest["rows"] * _row_bytes(manifest)
-    except (OSError, KeyError, TypeError):
+        return (folder / FEATURES).stat().st_size == HEADER_BYTES + manifest.rows * manifest.row_bytes()
+    except (OSError, TypeError):
         return False
 
 
@@ -772,7 +733,7 @@ def _computed(
 
 def _fill(
     folder: Path,
-    manifest: dict[str, Any],
+    manifest: FeatureManifest,
     source: _Source,
     computed: Iterator[tuple[int, int, np.ndarray | None, list[dict]]],
     progress: bool,
@@ -785,14 +746,14 @@ def _fill(
     try:
         # A crash between writing rows and recording them leaves rows the manifest does not
         # know about: drop them, they are computed again.
-        known = HEADER_BYTES + (manifest["rows"] * _row_bytes(manifest) if manifest["shape"] else 0)
+        known = HEADER_BYTES + manifest.rows * manifest.row_bytes()
         os.ftruncate(fd, known)
         if known == HEADER_BYTES:
             os.pwrite(fd, b"\0" * HEADER_BYTES, 0)
         os.lseek(fd, known, os.SEEK_SET)
         bar = tqdm(
             total=source.length,
-            initial=manifest["next"],
+            initial=manifest.next,
             unit=source.unit,
             desc="features",
             disable=not progress or not sys.stderr.isatty(),  # no bar in logs and pipes
@@ -804,7 +765,7 @@ def _fill(
             # Rows first, then the manifest that vouches for them: fsync makes the order hold
             # on disk too, so a manifest never counts rows a power cut could lose.
             os.fsync(fd)
-            _write_json(folder / MANIFEST, manifest)
+            manifest.write(folder / MANIFEST)
 
         last, dirty = time.monotonic(), False
         try:
@@ -812,19 +773,19 @@ def _fill(
                 for start, consumed, out, skipped in computed:
                     if out is not None:
                         shape, dtype = list(out.shape[1:]), out.dtype.str
-                        if manifest["shape"] is None:
-                            manifest["shape"], manifest["dtype"] = shape, dtype
-                        elif shape != manifest["shape"] or dtype != manifest["dtype"]:
+                        if manifest.shape is None:
+                            manifest.shape, manifest.dtype = shape, dtype
+                        elif shape != manifest.shape or dtype != manifest.dtype:
                             raise InputError(
                                 f"the extractor returned {out.dtype}{shape} rows for the batch at row {start}, "
-                                f"but {manifest['dtype']}{manifest['shape']} before; its output shape must "
+                                f"but {manifest.dtype}{manifest.shape} before; its output shape must "
                                 "not depend on the batch"
                             )
                         _write_all(fd, memoryview(out).cast("B"))
-                        manifest["rows"] += len(out)
-                    manifest["next"] = start + consumed
-                    manifest["chunks"] += 1
-                    manifest["skipped"] += skipped
+                        manifest.rows += len(out)
+                    manifest.next = start + consumed
+                    manifest.chunks += 1
+                    manifest.skipped += skipped
                     dirty = True
                     bar.update(consumed)
                     # Recording progress costs two fsyncs; once a second bounds both that cost
@@ -838,22 +799,22 @@ def _fill(
                     checkpoint()  # keep the complete chunks of an interrupted run
                 except OSError:
                     pass  # no room even for that: the previous checkpoint still stands
-        if manifest["shape"] is None:
+        if manifest.shape is None:
             raise InputError("no input could be read, so there are no features; see the skipped files")
-        os.pwrite(fd, _npy_header((manifest["rows"], *manifest["shape"]), np.dtype(manifest["dtype"])), 0)
+        os.pwrite(fd, _npy_header((manifest.rows, *manifest.shape), np.dtype(manifest.dtype)), 0)
         os.fsync(fd)
     finally:
         os.close(fd)
     if source.labels is not None:
-        dropped = [s["index"] for s in manifest["skipped"]]
+        dropped = [s["index"] for s in manifest.skipped]
         labels = np.delete(source.labels, dropped) if dropped else source.labels
         with atomic_open(folder / LABELS, fsync=True) as lf:
             np.save(lf, labels)
-        manifest["classes"] = source.classes
-    manifest["length"] = manifest["next"]
-    manifest["complete"] = True
-    manifest["completed"] = time.time()
-    _write_json(folder / MANIFEST, manifest)
+        manifest.classes = source.classes
+    manifest.length = manifest.next
+    manifest.complete = True
+    manifest.completed = time.time()
+    manifest.write(folder / MANIFEST)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -885,7 +846,7 @@ def _run(extractor: Any, batch: Any, rows: int | None = None) -> np.ndarray:
 
 
 def _result(
-    folder: Path, manifest: dict[str, Any], *, reused: bool, source: _Source | None = None
+    folder: Path, manifest: FeatureManifest, *, reused: bool, source: _Source | None = None
 ) -> CachedFeatures:
     features = np.load(folder / FEATURES, mmap_mode="r")
     labels = np.load(folder / LABELS) if (folder / LABELS).exists() else None
@@ -894,8 +855,8 @@ def _result(
         path=folder / FEATURES,
         features=features,
         labels=labels,
-        classes=manifest.get("classes"),
-        skipped=list(manifest.get("skipped", [])),
+        classes=manifest.classes,
+        skipped=list(manifest.skipped),
         reused=reused,
     )
 

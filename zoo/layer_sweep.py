@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from zoo.cache import atomic_path
+from zoo.atomic import atomic_path
 from zoo.errors import InputError
 
 if TYPE_CHECKING:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.cache import model_folder, write_atomic
+from zoo.atomic import write_atomic
+from zoo.cache import model_folder
 from zoo.errors import DuplicateModelError, InputError, ZooError
 from zoo.records import Artifact, Model, check_name
 

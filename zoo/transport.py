@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from zoo import __version__, config
+from zoo import config
 from zoo.archives import parse_size
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, parse_checksum
@@ -37,7 +37,6 @@ log = logging.getLogger("zoo.download")
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 10
-USER_AGENT = f"zoo/{__version__} (model zoo fetcher; python-requests)"
 # progress(bytes of the file on disk so far, total size or None)
 Progress = Callable[[int, "int | None"], None]
 
@@ -217,7 +216,7 @@ def new_session() -> "requests.Session":
     import requests
 
     session = requests.Session()
-    session.headers["User-Agent"] = USER_AGENT
+    session.headers["User-Agent"] = f"zoo/{config.version()} (model zoo fetcher; python-requests)"
     return session
 
 

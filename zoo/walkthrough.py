@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from zoo.cache import write_atomic
+from zoo.atomic import write_atomic
 
 if TYPE_CHECKING:
     from zoo.catalog import Catalog

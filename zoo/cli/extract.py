@@ -225,7 +225,7 @@ def _write_features(path: str, features) -> None:
     """Write .npy (or .npz for a dict) through a temp file so a crash leaves no half file."""
     import numpy as np
 
-    from zoo.cache import atomic_open
+    from zoo.atomic import atomic_open
 
     with atomic_open(os.path.abspath(path)) as f:
         if isinstance(features, dict):
