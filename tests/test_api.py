@@ -29,6 +29,23 @@ def test_import_zoo_and_cli_load_no_framework():
     assert out.stdout.strip() == "[]"
 
 
-def test_version_matches_the_cli(zoo_cmd):
+def test_version_matches_the_cli_and_the_package_metadata(zoo_cmd):
+    from importlib import metadata
+
+    assert zoo.__version__ == metadata.version("zoo")  # one place: pyproject.toml
     out = subprocess.run([*zoo_cmd, "--version"], capture_output=True, text=True, check=True)
-    assert zoo.__version__ in out.stdout
+    assert out.stdout.strip() == f"zoo, version {zoo.__version__}"
+
+
+def test_the_lazy_table_and_its_type_checking_mirror_name_the_same_things():
+    """Type checkers and IDEs read the TYPE_CHECKING imports; `import zoo` reads `_API`: one list."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(zoo.__file__).read_text())
+    guard = next(node for node in tree.body if isinstance(node, ast.If)
+                 and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+    mirrored = {alias.name: node.module for node in guard.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert mirrored == zoo._API
+    assert sorted(zoo.__all__) == sorted(["__version__", *zoo._API])

@@ -168,10 +168,12 @@ def test_cache_list_does_not_create_a_catalog(zoo_env):
 
 
 def test_cache_rm_by_model_removes_its_onnx_cuts_and_files(filled):
+    listed = {e["key"]: e["bytes"] for e in _listed()}
     result = CliRunner().invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert sorted(k.split("/")[0] for k in out["removed"]) == ["cuts", "models", "onnx"] and out["bytes"] > 0
+    assert sorted(k.split("/")[0] for k in out["removed"]) == ["cuts", "models", "onnx"]
+    assert out["bytes"] == sum(listed[k] for k in out["removed"])  # what the listing said they take
     assert sorted(e["kind"] for e in _listed()) == ["features", "trained"]
     left = [p.name for p in (filled / "models" / "tiny.onnx").iterdir()]
     assert left == ["tiny.onnx.lock"]  # the fetch's lock file stays (see zoo.cache_manager.RemovalPlan.execute), nothing else

@@ -103,7 +103,7 @@ def test_password_in_the_url_works_and_is_never_shown(postgres_server, team_data
     url = postgres_server.url(team_database, TEAM_USER, TEAM_PASSWORD)
     cat = Catalog(url)
     assert cat.exists("bvlc_alexnet")  # created with the built-in zoos by the team login
-    assert TEAM_PASSWORD not in repr(cat) and TEAM_PASSWORD not in cat._where
+    assert TEAM_PASSWORD not in repr(cat) and TEAM_PASSWORD not in cat.where
     assert "***" in repr(cat)
 
 

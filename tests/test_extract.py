@@ -514,10 +514,6 @@ def test_sklearn_pipeline_clone_and_pickle(tmp_path):
 # --- torch --------------------------------------------------------------------------------------
 
 def test_to_torch_matches_onnxruntime(tmp_path):
-    try:
-        from converters.onnx_to_torch import to_torch  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"converters.onnx_to_torch has not landed yet: {exc}")
     import torch
 
     from zoo.extract import load_extractor

@@ -257,9 +257,10 @@ def test_remove_and_clear(mlp, data):
     a = extract_features(extractor, data, progress=False)
     extract_features(extractor, data[:100], progress=False)
     cache = FeatureCache()
-    assert cache.remove(a.key[:8]) > 0
-    assert [e.key for e in cache.entries()] != [a.key] and len(cache.entries()) == 1
-    assert cache.clear() > 0 and cache.entries() == []
+    sizes = {e.key: e.bytes for e in cache.entries()}
+    assert cache.remove(a.key[:8]) == sizes.pop(a.key)  # the bytes freed are the entry's
+    assert [e.key for e in cache.entries()] == list(sizes)
+    assert cache.clear() == sum(sizes.values()) and cache.entries() == []
     with pytest.raises(ZooError):
         cache.load(a.key)
 
@@ -303,10 +304,10 @@ def test_a_memory_map_of_a_file_is_read_from_the_file(mlp, data, tmp_path):
 def test_a_real_extractor_at_several_layers_caches_them_side_by_side():
     from helpers.transfer import register_digits_cnn
     from zoo.extract import load_extractor
-    from zoo.walkthrough import _digits
+    from zoo.demos.walkthrough import digits
 
     model = register_digits_cnn()
-    x = _digits()[0][:70]
+    x = digits()[0][:70]
     both = load_extractor(model.name, layer=["pool2", "relu3"])
     result = extract_features(both, x, chunk_size=32, progress=False)
     assert result.features.shape == (70, 128 + 64)

@@ -126,10 +126,10 @@ def test_save_model_registers_an_onnx_model_that_matches_torch(base_and_onnx, tm
     import torch
 
     from zoo.catalog import open_catalog
-    from zoo.transfer import _compose, make_head, save_model
+    from zoo.transfer import compose, make_head, save_model
 
     base, _ = base_and_onnx
-    model = _compose(base, make_head(8, 3))
+    model = compose(base, make_head(8, 3))
     record = save_model(model, "mine.mlp", input_shape=[16], classes=["a", "b", "c"], layout="NC")
     assert record.source == "local" and record.framework == "onnx"
     artifact = record.artifact("model")
@@ -161,9 +161,9 @@ def digits_model():
 
 @pytest.fixture(scope="module")
 def digits59():
-    from zoo.walkthrough import _digits
+    from zoo.demos.walkthrough import digits
 
-    x, y = _digits()
+    x, y = digits()
     return x[y >= 5][:120], y[y >= 5][:120]
 
 

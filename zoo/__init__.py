@@ -95,6 +95,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.download import fetch, verify
     from zoo.local import add, scan
     from zoo.pretraining import pretrain
+    from zoo.ray_engine import RayEngine
     from zoo.records import Artifact, InputSpec, Model
     from zoo.sources import add_source, list_sources, remove_source, sync_sources
     from zoo.layer_sweep import sweep

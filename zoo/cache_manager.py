@@ -77,7 +77,8 @@ class RemovalPlan:
         for entry in self.entries:
             where = entry.path.parent.resolve() / entry.path.name  # the entry itself, never a link's target
             if base not in where.parents:
-                raise CacheError(f"{entry.path} is not inside the cache folder {base}; not removing it")
+                raise CacheError(f"{entry.path} is not inside the cache folder {base}; not removing it",
+                                 path=str(entry.path))
         held: list[Any] = []
         try:
             for entry in self.entries:
@@ -88,7 +89,8 @@ class RemovalPlan:
                     except Timeout:
                         raise CacheError(
                             f"{entry.key} is in use by another process (it holds {lock_file}); nothing was "
-                            "removed: try again when its fetch, unpack or extraction has finished"
+                            "removed: try again when its fetch, unpack or extraction has finished",
+                            path=str(entry.path),
                         ) from None
                     held.append(lock)
             for entry in self.entries:

@@ -183,9 +183,9 @@ class Catalog:
             raise self._database_error(error) from None
         if revision is not None and revision not in SCHEMA_REVISIONS:
             raise CatalogVersionError(
-                f"catalog {self._where} has schema revision {revision}, newer than this zoo "
+                f"catalog {self.where} has schema revision {revision}, newer than this zoo "
                 f"understands (up to {SCHEMA_HEAD}); upgrade zoo (pip install -U zoo) or use "
-                "another catalog with --catalog"
+                "another catalog with --catalog", revision=revision, supported=SCHEMA_HEAD,
             )
         created = revision is None
         if revision != SCHEMA_HEAD:
@@ -211,7 +211,8 @@ class Catalog:
             raise self._database_error(error) from None
 
     @property
-    def _where(self) -> str:
+    def where(self) -> str:
+        """How messages name this catalog: its file, or its URL without the password."""
         return self._backend.where
 
     def _revision(self, connection) -> str | None:
@@ -226,12 +227,12 @@ class Catalog:
         if "alembic_version" not in tables:
             if tables & {"models", "artifacts"}:
                 raise CatalogError(
-                    f"{self._where} has zoo-like tables but no schema version; it was not written "
+                    f"{self.where} has zoo-like tables but no schema version; it was not written "
                     "by zoo. Use another catalog with --catalog"
                 )
             if tables and self.is_sqlite:
                 raise CatalogError(
-                    f"{self._where} is a SQLite database but not a zoo catalog (tables: "
+                    f"{self.where} is a SQLite database but not a zoo catalog (tables: "
                     f"{', '.join(sorted(tables)[:5])}); point --catalog at a zoo catalog or a new file"
                 )
             return None
@@ -262,24 +263,24 @@ class Catalog:
             message = " ".join(message.split())
         if "not a database" in message or "file is encrypted" in message:
             return CatalogError(
-                f"{self._where} is not a SQLite catalog ({message}); point --catalog or "
+                f"{self.where} is not a SQLite catalog ({message}); point --catalog or "
                 "ZOO_CATALOG at a zoo catalog file or at a new path"
             )
         if "readonly" in message or "read-only" in message or "unable to open" in message:
             return CatalogError(
-                f"catalog {self._where} cannot be written ({message}); choose a writable "
+                f"catalog {self.where} cannot be written ({message}); choose a writable "
                 "location with --catalog or ZOO_CATALOG"
             )
         if "locked" in message:
             return CatalogError(
-                f"catalog {self._where} stayed locked by another process for "
+                f"catalog {self.where} stayed locked by another process for "
                 f"{BUSY_TIMEOUT_MS // 1000} s; try again when it finishes"
             )
-        return CatalogError(f"catalog {self._where}: {message}")
+        return CatalogError(f"catalog {self.where}: {message}")
 
     def _read_only_error(self, what: str) -> CatalogError:
         return CatalogError(
-            f"catalog {self._where} is read-only (the file or its folder cannot be written) and "
+            f"catalog {self.where} is read-only (the file or its folder cannot be written) and "
             f"{what}; reads work, but to change it copy it somewhere writable and point "
             "--catalog or ZOO_CATALOG at the copy"
         )
@@ -358,7 +359,7 @@ class Catalog:
             session.commit()
         except exc.IntegrityError as error:
             session.rollback()
-            raise CatalogError(f"catalog {self._where}: {' '.join(str(error.orig).split())}") from None
+            raise CatalogError(f"catalog {self.where}: {' '.join(str(error.orig).split())}") from None
         except exc.DatabaseError as error:
             session.rollback()
             raise self._database_error(error) from None
@@ -402,7 +403,7 @@ class Catalog:
         close = closest_names(name, names)
         hint = f"; closest: {', '.join(close)}" if close else ""
         return UnknownModelError(
-            f"model {name!r} is not in the catalog{hint}. Find models with `zoo search`"
+            f"model {name!r} is not in the catalog{hint}. Find models with `zoo search`", name=name, closest=close
         )
 
     def get(self, name: str) -> Model:
@@ -625,7 +626,7 @@ class Catalog:
         close = closest_names(name, names)
         hint = f"; closest: {', '.join(close)}" if close else ""
         return UnknownSourceError(
-            f"source {name!r} is not registered{hint}. List them with `zoo source list`"
+            f"source {name!r} is not registered{hint}. List them with `zoo source list`", name=name, closest=close
         )
 
     def _source_info(self, reader: Any, row: Any) -> SourceInfo:

@@ -116,7 +116,7 @@ def fetch(
                         cat, model.name, artifact, root, force, offline, quiet, session, options, limits
                     )
                 except OfflineError as exc:
-                    missing.append(f"{artifact.filename} of {model.name} ({exc.args[1]})")
+                    missing += [f"{artifact.filename} of {model.name} ({why})" for why in exc.missing]
                     continue
                 results.append(done)
                 if on_file is not None:
@@ -127,7 +127,7 @@ def fetch(
     if missing:
         raise OfflineError(
             f"offline mode is on and {len(missing)} file(s) are not cached: {'; '.join(missing)}. "
-            "Fetch them while online (unset ZOO_OFFLINE / drop --offline)"
+            "Fetch them while online (unset ZOO_OFFLINE / drop --offline)", missing=missing,
         )
     return results
 
@@ -206,13 +206,15 @@ def _register_placed(cat, name, artifact, placed: Path, label: str):
     sha256 = file_hash(placed)
     if artifact.checksum and not hash_matches(placed, artifact.checksum):
         algo, expected = parse_checksum(artifact.checksum)
+        got = file_hash(placed, algo)
         raise ChecksumError(
-            f"{label} at {placed} does not match its published {algo} {expected} "
-            f"(got {file_hash(placed, algo)}); download it again"
+            f"{label} at {placed} does not match its published {algo} {expected} (got {got}); download it again",
+            path=str(placed), expected=f"{algo}:{expected}", got=f"{algo}:{got}",
         )
     pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
     if pinned and pinned != sha256:
-        raise ChecksumError(f"{label} at {placed} has sha256 {sha256}, but {pinned} was recorded before")
+        raise ChecksumError(f"{label} at {placed} has sha256 {sha256}, but {pinned} was recorded before",
+                            path=str(placed), expected=f"sha256:{pinned}", got=f"sha256:{sha256}")
     done = dataclasses.replace(artifact, meta=dict(artifact.meta), urls=[], path=str(placed),
                                sha256=sha256, size=placed.stat().st_size)
     if not artifact.checksum:

@@ -101,8 +101,8 @@ def _convert(name: str, cat: Any, cache_dir: Any):
         ) from None
     try:
         artifact = convert(name, catalog=cat, cache_dir=cache_dir)
-    except ZooError as exc:  # conversion, fetch or offline errors: keep the type, add the context
-        raise type(exc)(f"{name} has no ONNX artifact and cannot be converted: {exc}") from None
+    except ZooError as exc:  # conversion, fetch or offline errors: keep the type and fields, add the context
+        raise exc.with_context(f"{name} has no ONNX artifact and cannot be converted") from None
     if not artifact.path or not os.path.isfile(artifact.path):
         raise ConversionError(f"converting {name} registered no ONNX file on disk; run `zoo convert {name}`")
     return artifact

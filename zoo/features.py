@@ -527,7 +527,7 @@ def _disk_full(exc: OSError, entry: Path) -> DiskFullError:
     return DiskFullError(
         f"no room left to cache features in {entry} ({os.strerror(exc.errno)}; {free // 2**20} MiB free); "
         "free some space (`zoo cache list`, `zoo cache rm KEY`) and run again: it resumes from the "
-        "last complete chunk"
+        "last complete chunk", path=str(entry),
     )
 
 
@@ -985,6 +985,7 @@ def save_features(
             shutil.copyfileobj(src, dst, _READ_BLOCK)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            raise DiskFullError(f"no room left to write {output} ({os.strerror(exc.errno)}); free some space") from None
+            raise DiskFullError(f"no room left to write {output} ({os.strerror(exc.errno)}); free some space",
+                                path=str(output)) from None
         raise
     return result

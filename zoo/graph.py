@@ -472,7 +472,7 @@ def _resolve_one(layers: list[LayerInfo], spec: str | int, model_name: str, info
         )
     close = difflib.get_close_matches(spec, [layer.name for layer in layers], n=3, cutoff=0.5)
     closest = f"; closest: {', '.join(close)}" if close else ""
-    raise UnknownLayerError(f"layer {spec!r} is not in {model_name}{closest}. {hint}")
+    raise UnknownLayerError(f"layer {spec!r} is not in {model_name}{closest}. {hint}", layer=spec, closest=close)
 
 
 # --- cutting ----------------------------------------------------------------------------------

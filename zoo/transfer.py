@@ -26,6 +26,7 @@ __all__ = [
     "fit_head",
     "make_head",
     "save_model",
+    "compose",
     "fine_tune_parts",
     "train",
     "transfer_model",
@@ -345,7 +346,8 @@ def trainable_head(top: Any, head: Any, pool: Any = None):
     return nn.Sequential(parts)
 
 
-def _compose(base: Any, head: Any, pool: Any = None):
+def compose(base: Any, head: Any, pool: Any = None):
+    """One module: the frozen base, the global pooling (if any) and the head, as ``nn.Sequential(base=, pool=, head=)``."""
     from collections import OrderedDict
 
     from torch import nn
@@ -402,7 +404,7 @@ def transfer_model(
     if head is None:
         width = int(np.prod([d for d in extractor.output_shape[1:]]))
         head = make_head(width, num_classes, hidden, seed=seed)
-    return _compose(base, head, _pool_module(pooling, extractor))
+    return compose(base, head, _pool_module(pooling, extractor))
 
 
 def save_model(
@@ -613,7 +615,7 @@ def train(
         seed=seed,
         progress=progress,
     )
-    module = _compose(extractor.to_torch(), fit.head, pool if top is None else None)
+    module = compose(extractor.to_torch(), fit.head, pool if top is None else None)
     input_shape = _input_shape(extractor, data)
     spec = getattr(extractor, "input_spec", None)
     record = save_model(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from zoo import config
+from zoo._redact import mask_url
 from zoo.archives import parse_size
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, parse_checksum
@@ -108,25 +109,6 @@ def _env_number(name: str, default: float, size: bool = False) -> float:
 
 # --------------------------------------------------------------------------------------
 # small helpers
-
-
-def redact(url: str) -> str:
-    """The URL without user:password and with secret-looking query values masked."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if not parts.scheme or parts.scheme == "file":
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        secret = re.compile(r"token|key|sig|secret|password|auth|credential", re.I)
-        query = urllib.parse.urlencode([(k, "***" if secret.search(k) else v) for k, v in pairs])
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _is_remote(url: str) -> bool:
@@ -263,17 +245,29 @@ class _Expected:
     def strong(self) -> bool:
         return bool(self.checksums)
 
-    def problem(self, path: Path, hasher: MultiHasher | None, nbytes: int) -> str | None:
+    def problem(self, path: Path, hasher: MultiHasher | None, nbytes: int) -> _Mismatch | None:
         """None when `path` (hashed by `hasher`, when given) is right, else what is wrong."""
         if self.size is not None and nbytes != self.size:
-            return f"size is {nbytes} bytes, expected {self.size}"
+            return _Mismatch(f"size is {nbytes} bytes, expected {self.size}", self.size, nbytes)
         for algo, want in self.checksums:
             got = hasher.hexdigest(algo) if hasher is not None else None
             if got is None:  # a git blob id whose size was not known up front
                 got = file_hash(path, algo)
             if got != want:
-                return f"{algo} does not match: expected {want}, got {got}"
+                return _Mismatch(f"{algo} does not match: expected {want}, got {got}", f"{algo}:{want}", f"{algo}:{got}")
         return None
+
+
+@dataclass(frozen=True)
+class _Mismatch:
+    """What is wrong with a file: the sentence, and the expected and found size or checksum."""
+
+    text: str
+    expected: Any
+    got: Any
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _hash_file(path: Path, algos: Sequence[str]) -> MultiHasher:
@@ -378,8 +372,8 @@ def download(
                 why = f"the cached copy {dest} is not right ({stale})" if stale else f"{dest} does not exist"
                 raise OfflineError(
                     f"offline mode is on and {label} is not cached: {why}; it would come from "
-                    f"{redact(url_list[0])}. Fetch it while online (unset ZOO_OFFLINE / drop --offline)",
-                    f"{why}; from {redact(url_list[0])}",  # the short form, for lists of missing files
+                    f"{mask_url(url_list[0])}. Fetch it while online (unset ZOO_OFFLINE / drop --offline)",
+                    missing=[f"{why}; from {mask_url(url_list[0])}"],
                 )
             url_list = local
         own_session = session is None and any(_is_remote(u) for u in url_list)
@@ -511,7 +505,7 @@ class _Job:
 
     def _save_meta(self, url: str) -> None:
         tmp = self.meta.with_name(self.meta.name + ".tmp")
-        tmp.write_text(json.dumps({"url": redact(url), "validator": self.validator, "total": self.total}))
+        tmp.write_text(json.dumps({"url": mask_url(url), "validator": self.validator, "total": self.total}))
         os.replace(tmp, self.meta)
 
     # -- running ---------------------------------------------------------------------
@@ -520,7 +514,7 @@ class _Job:
         source = _local_path(url)
         if source is None and not _is_remote(url):
             raise FetchError(
-                f"{self.label}: unsupported URL scheme in {redact(url)}; use http(s)://, file:// or a local path"
+                f"{self.label}: unsupported URL scheme in {mask_url(url)}; use http(s)://, file:// or a local path"
             )
         restarted = False
         while True:
@@ -539,8 +533,9 @@ class _Job:
                 restarted = True
                 continue
             raise ChecksumError(
-                f"{self.label} from {redact(url)}: {problem}. Deleted the download for safety; the "
-                "file changed upstream, the mirror serves something else, or the catalog entry is wrong"
+                f"{self.label} from {mask_url(url)}: {problem}. Deleted the download for safety; the "
+                "file changed upstream, the mirror serves something else, or the catalog entry is wrong",
+                path=str(self.dest), expected=problem.expected, got=problem.got,
             )
         size = self.offset
         sha = self.hasher.hexdigest("sha256")
@@ -552,7 +547,7 @@ class _Job:
             self._discard()
             raise FetchError(f"{self.label}: cannot move the download into {self.dest}: {exc}") from None
         self.meta.unlink(missing_ok=True)
-        return DownloadResult(self.dest, sha, size, time.monotonic() - started, self.transferred, redact(url))
+        return DownloadResult(self.dest, sha, size, time.monotonic() - started, self.transferred, mask_url(url))
 
     def _write_error(self, exc: OSError) -> FetchError:
         self._discard()
@@ -606,7 +601,7 @@ class _Job:
             failures += 1
             if failures > self.retries:
                 raise FetchError(
-                    f"{self.label}: giving up on {redact(url)} after {self.retries} retries: {reason}"
+                    f"{self.label}: giving up on {mask_url(url)} after {self.retries} retries: {reason}"
                     f"{self._resume_hint()}"
                 )
             if wait is None:
@@ -637,7 +632,7 @@ class _Job:
                 )
             except requests.exceptions.SSLError as exc:  # not transient: retrying will not help
                 raise FetchError(
-                    f"{self.label}: TLS check failed for {redact(current)} ({type(exc).__name__}); behind a "
+                    f"{self.label}: TLS check failed for {mask_url(current)} ({type(exc).__name__}); behind a "
                     "proxy that re-signs traffic, point REQUESTS_CA_BUNDLE at its certificate"
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
@@ -645,18 +640,18 @@ class _Job:
                     raise FetchError(f"{self.label}: {self._describe(exc, current)}") from None
                 raise _Retry(self._describe(exc, current)) from None
             except requests.exceptions.RequestException as exc:  # a malformed URL and the like
-                raise FetchError(f"{self.label}: cannot request {redact(current)}: {type(exc).__name__}") from None
+                raise FetchError(f"{self.label}: cannot request {mask_url(current)}: {type(exc).__name__}") from None
             if not resp.is_redirect:
                 return resp
             location = urllib.parse.urljoin(current, resp.headers.get("Location", ""))
             resp.close()
             if location in seen:
-                chain = " -> ".join(redact(u) for u in [*seen[seen.index(location):], location])
+                chain = " -> ".join(mask_url(u) for u in [*seen[seen.index(location):], location])
                 raise FetchError(f"{self.label}: redirect loop: {chain}; the server is misconfigured")
             seen.append(location)
             current = location
         raise FetchError(
-            f"{self.label}: more than {MAX_REDIRECTS} redirects starting at {redact(url)}; the server is misconfigured"
+            f"{self.label}: more than {MAX_REDIRECTS} redirects starting at {mask_url(url)}; the server is misconfigured"
         )
 
     def _describe(self, exc: Exception, url: str) -> str:
@@ -664,21 +659,21 @@ class _Job:
 
         text = str(exc)
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return f"cannot connect to {redact(url)} (connect timeout)"
+            return f"cannot connect to {mask_url(url)} (connect timeout)"
         if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
             read = self.timeout[1] if isinstance(self.timeout, tuple) else self.timeout
-            return f"{redact(url)} sent nothing for {read} s (read timeout)"
+            return f"{mask_url(url)} sent nothing for {read} s (read timeout)"
         if "NameResolutionError" in text or "Failed to resolve" in text:
             host = urllib.parse.urlsplit(url).hostname
             return f"cannot resolve host {host} (no network or DNS?; cached files work with --offline)"
         if "Network is unreachable" in text or "No route to host" in text:
-            return (f"cannot connect to {redact(url)} (no route to its host: no network?; cached files "
+            return (f"cannot connect to {mask_url(url)} (no route to its host: no network?; cached files "
                     "work with --offline)")
         if "Connection refused" in text or "NewConnectionError" in text:
-            return f"cannot connect to {redact(url)} (connection refused)"
+            return f"cannot connect to {mask_url(url)} (connection refused)"
         if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in text:
-            return f"the connection to {redact(url)} broke after {self.offset} bytes"
-        return f"network error from {redact(url)}: {type(exc).__name__}"
+            return f"the connection to {mask_url(url)} broke after {self.offset} bytes"
+        return f"network error from {mask_url(url)}: {type(exc).__name__}"
 
     def _attempt(self, url: str) -> bool:
         """One request; True when the .part is complete. Raises _Retry or FetchError."""
@@ -704,7 +699,7 @@ class _Job:
                 raise _Retry("the server refused to resume", wait=0)
             if status == 429 or status >= 500:
                 wait = _retry_after(resp.headers.get("Retry-After"))
-                raise _Retry(f"{redact(resp.url)} answered HTTP {status} {resp.reason or ''}".rstrip(), wait)
+                raise _Retry(f"{mask_url(resp.url)} answered HTTP {status} {resp.reason or ''}".rstrip(), wait)
             if status >= 400:
                 hint = {
                     401: "it needs credentials: set ZOO_TOKEN (sent to the source's host or the hosts in "
@@ -715,10 +710,10 @@ class _Job:
                     410: "the file was removed upstream",
                 }.get(status, "the request was refused")
                 raise FetchError(
-                    f"{self.label}: {redact(resp.url)} answered HTTP {status} {resp.reason or ''}; {hint}"
+                    f"{self.label}: {mask_url(resp.url)} answered HTTP {status} {resp.reason or ''}; {hint}"
                 )
             if status not in (200, 206):
-                raise FetchError(f"{self.label}: unexpected HTTP {status} from {redact(resp.url)}")
+                raise FetchError(f"{self.label}: unexpected HTTP {status} from {mask_url(resp.url)}")
             length = resp.headers.get("Content-Length")
             if status == 206:
                 start, total = _content_range(resp.headers.get("Content-Range"))
@@ -730,15 +725,16 @@ class _Job:
                 if self.offset > 0:
                     log.warning(
                         "%s: %s ignored the range (or the file changed); downloading it whole",
-                        self.label, redact(resp.url),
+                        self.label, mask_url(resp.url),
                     )
                     self._reset()
                 self.total = int(length) if length and length.isdigit() else None
                 if self.total is not None and self.expected.size is not None and self.total != self.expected.size:
                     raise ChecksumError(
-                        f"{self.label}: {redact(resp.url)} serves {self.total} bytes, expected "
+                        f"{self.label}: {mask_url(resp.url)} serves {self.total} bytes, expected "
                         f"{self.expected.size}; not downloading it. The file changed upstream, the mirror "
-                        "serves something else, or the catalog entry is wrong"
+                        "serves something else, or the catalog entry is wrong",
+                        path=str(self.dest), expected=self.expected.size, got=self.total,
                     )
                 self.validator = self._validator(resp)
                 self.hasher = self._new_hasher(self.total)
@@ -765,7 +761,7 @@ class _Job:
             ):
                 self._discard()
                 raise FetchError(
-                    f"{self.label}: {redact(resp.url)} sent a web page (Content-Type {ctype or 'unknown'}) "
+                    f"{self.label}: {mask_url(resp.url)} sent a web page (Content-Type {ctype or 'unknown'}) "
                     "instead of the file; it is probably a login, error or 'confirm download' page. "
                     "Open the URL in a browser, or set ZOO_TOKEN for a private zoo"
                 )
@@ -815,7 +811,7 @@ class _Job:
         """Raise _Stalled when the last window brought less than the minimum rate."""
         if nbytes < self.min_rate * seconds:
             raise _Stalled(
-                f"the transfer from {redact(url)} stalled: {nbytes} bytes in {seconds:.1f} s, under the "
+                f"the transfer from {mask_url(url)} stalled: {nbytes} bytes in {seconds:.1f} s, under the "
                 f"minimum of {human_size(self.min_rate)}/s (ZOO_FETCH_MIN_RATE, ZOO_FETCH_STALL_SECONDS)",
                 trickle=nbytes,
             )
@@ -854,4 +850,4 @@ def _chain(first: bytes, rest: Iterable[bytes]) -> Iterable[bytes]:
     yield from rest
 
 
-__all__ = ["DownloadResult", "Progress", "download", "human_size", "new_session", "redact"]
+__all__ = ["DownloadResult", "Progress", "download", "human_size", "new_session"]

@@ -219,7 +219,7 @@ def walkthrough_command(out: str, labels_per_class: int, as_json: bool, quiet: b
         zoo walkthrough
         zoo walkthrough --out /tmp/wt --catalog /tmp/wt/catalog.db
     """
-    from zoo.walkthrough import run
+    from zoo.demos.walkthrough import run
 
     echo = None if (quiet or as_json) else (lambda message: click.echo(message, err=True))
     report = run(out, catalog=catalog, cache_dir=cache_dir, labels_per_class=labels_per_class, echo=echo)

@@ -15,7 +15,7 @@ from zoo.atomic import write_atomic
 if TYPE_CHECKING:
     from zoo.catalog import Catalog
 
-__all__ = ["WalkthroughReport", "digits_cnn", "run"]
+__all__ = ["WalkthroughReport", "digits", "digits_cnn", "run"]
 
 BASE_NAME = "digits04.cnn"
 TRANSFER_NAME = "digits59.transfer"
@@ -115,7 +115,8 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as (N, 1, 8, 8) float32 images in [0, 1], and their labels."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -161,7 +162,7 @@ def run(
     from zoo.extract import load_extractor
     from zoo.features import extract_features
     from zoo.layer_sweep import sweep
-    from zoo.transfer import _compose, fit_head, make_head, save_model
+    from zoo.transfer import compose, fit_head, make_head, save_model
 
     say = echo or (lambda message: None)
     started = time.perf_counter()
@@ -169,7 +170,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     cat = open_catalog(catalog)
     torch.manual_seed(seed)
-    x, y = _digits()
+    x, y = digits()
 
     # 1. The "pretrained" network: a CNN trained on digits 0-4, kept as the user's own model.
     say(f"training a small CNN on digits 0-4 ({int((y < 5).sum())} images) ...")
@@ -231,7 +232,7 @@ def run(
     # 5. Keep the best: frozen base + trained layers, as one ONNX model in the catalog.
     say(f"saving the frozen base + new head as {TRANSFER_NAME!r} ...")
     best_base = load_extractor(BASE_NAME, layer=best.cached_at, catalog=cat, cache_dir=cache_dir)
-    module = _compose(best_base.to_torch(), best.fit.head)
+    module = compose(best_base.to_torch(), best.fit.head)
     transfer_record = save_model(
         module,
         TRANSFER_NAME,
@@ -273,7 +274,7 @@ def run(
         plot=str(result.plot_path),
         features_reused=cached.reused,
         seconds=time.perf_counter() - started,
-        catalog=cat._where,
+        catalog=cat.where,
     )
     write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
     return report
