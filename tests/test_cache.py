@@ -285,11 +285,12 @@ def test_unknown_kind_is_one_clear_error():
 
 
 def test_pretrain_saves_under_the_given_cache_dir(zoo_env, tmp_path):
+    from zoo.options import PretrainConfig
     from zoo.pretraining import pretrain
 
     other = tmp_path / "other-cache"
     rows = np.random.default_rng(0).random((40, 6)).astype(np.float32)
-    result = pretrain(rows, layers=(3,), epochs=1, name="tiny-stack", progress=False, cache_dir=other)
+    result = pretrain(rows, layers=(3,), name="tiny-stack", cache_dir=other, config=PretrainConfig(epochs=1, progress=False))
     path = Path(result.model.artifacts[0].path)
     assert path == other / "models" / "tiny-stack" / "tiny-stack.onnx" and path.is_file()
     assert not (zoo_env / "cache" / "models" / "tiny-stack").exists()

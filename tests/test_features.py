@@ -13,6 +13,7 @@ import pytest
 
 from zoo.errors import InputError, ZooError
 from zoo.features import FeatureCache, cache_features, extract_features, save_features
+from zoo.datasources import as_source
 
 HERE = Path(__file__).resolve().parent
 
@@ -135,9 +136,9 @@ def test_iterables_need_a_key(mlp, data):
     batches = [data[i : i + 64] for i in range(0, len(data), 64)]
     with pytest.raises(InputError, match="key="):
         cache_features(extractor, iter(batches), progress=False)
-    features = cache_features(extractor, iter(batches), key="my-data-v1", progress=False)
+    features = cache_features(extractor, as_source(iter(batches), extractor, key="my-data-v1"), progress=False)
     np.testing.assert_allclose(features, extractor(data), rtol=1e-6)
-    again = extract_features(extractor, iter(batches), key="my-data-v1", progress=False)
+    again = extract_features(extractor, as_source(iter(batches), extractor, key="my-data-v1"), progress=False)
     assert again.reused
 
 
@@ -154,7 +155,7 @@ def test_image_folder_skips_and_reports_unreadable_files(tmp_path):
             Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
     (tmp_path / "imgs" / "cats" / "broken.jpg").write_bytes(b"not an image")
     extractor = ProjectionExtractor(3 * 8 * 8, 5)
-    result = extract_features(extractor, tmp_path / "imgs", image_size=(8, 8), progress=False, chunk_size=4)
+    result = extract_features(extractor, as_source(tmp_path / "imgs", extractor, image_size=(8, 8)), progress=False, chunk_size=4)
     assert result.features.shape == (6, 5)
     assert result.classes == ["cats", "dogs"]
     assert result.labels.tolist() == [0, 0, 0, 1, 1, 1]
@@ -164,7 +165,7 @@ def test_image_folder_skips_and_reports_unreadable_files(tmp_path):
     expected = extractor(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None])
     np.testing.assert_allclose(result.features[0], expected[0], rtol=1e-5)
     with pytest.raises(InputError, match="broken.jpg"):
-        extract_features(extractor, tmp_path / "imgs", image_size=(8, 8), on_error="raise", progress=False)
+        extract_features(extractor, as_source(tmp_path / "imgs", extractor, image_size=(8, 8), on_error="raise"), progress=False)
     with pytest.raises(InputError, match="image_size"):
         extract_features(extractor, tmp_path / "imgs", progress=False)
 
@@ -289,12 +290,12 @@ def test_zoo_cache_list_and_rm(mlp, data, zoo_cmd):
 
 
 def test_a_memory_map_of_a_file_is_read_from_the_file(mlp, data, tmp_path):
-    from zoo.features import _NpyFileSource, _source
+    from zoo.datasources import NpyFileSource
 
     np.save(tmp_path / "x.npy", data)
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
-    assert isinstance(_source(mapped, None, None, "skip", None, None), _NpyFileSource)
-    assert not isinstance(_source(mapped[10:], None, None, "skip", None, None), _NpyFileSource)
+    assert isinstance(as_source(mapped), NpyFileSource)
+    assert not isinstance(as_source(mapped[10:]), NpyFileSource)
     extractor = _ort(mlp)
     cache = FeatureCache()
     assert cache.key(extractor, mapped) == cache.key(extractor, data) != cache.key(extractor, mapped[10:])

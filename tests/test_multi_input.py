@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from zoo.errors import InputError
+from zoo.options import ExtractorOptions
+from zoo.datasources import as_source
 
 VOCAB, WIDTH = 50, 16
 
@@ -135,7 +137,7 @@ def test_text_encoder_registered_cut_and_fed_by_name(text_model):
     ]
     names = [layer.name for layer in layers("text_encoder")]
     assert names[0] == "embed" and "proj" in names
-    extractor = load_extractor("text_encoder", -1, batch_size=2)
+    extractor = load_extractor("text_encoder", -1, options=ExtractorOptions(batch_size=2))
     assert extractor.input_names == ["input_ids", "attention_mask"]
     assert extractor.output_shape == (None, WIDTH)
     ids, mask = _tokens(5)
@@ -148,7 +150,7 @@ def test_text_encoder_registered_cut_and_fed_by_name(text_model):
     # the mask matters: without it the padding tokens would change the features
     assert not np.allclose(extractor(input_ids=ids, attention_mask=np.ones_like(mask)), want, atol=1e-3)
     # a batch of 5 in batches of 2 equals one batch of 5; a different sequence length works too
-    whole = load_extractor("text_encoder", -1, batch_size=64)
+    whole = load_extractor("text_encoder", -1, options=ExtractorOptions(batch_size=64))
     np.testing.assert_allclose(whole(input_ids=ids, attention_mask=mask), extractor(input_ids=ids, attention_mask=mask),
                                rtol=1e-5, atol=1e-6)
     short_ids, short_mask = _tokens(3, seq=4, seed=1)
@@ -201,7 +203,7 @@ def test_text_features_cached_from_arrays_and_npy_files(text_model, tmp_path):
     from zoo.features import extract_features
 
     module, path = text_model
-    extractor = load_extractor(path, -1, batch_size=4)
+    extractor = load_extractor(path, -1, options=ExtractorOptions(batch_size=4))
     ids, mask = _tokens(11, seed=2)
     first = extract_features(extractor, {"input_ids": ids, "attention_mask": mask}, chunk_size=4, progress=False)
     assert first.reused is False and first.features.shape == (11, WIDTH)
@@ -244,7 +246,7 @@ def test_iterable_of_dict_batches_is_cached(text_model):
     extractor = load_extractor(path, -1)
     ids, mask = _tokens(7, seed=3)
     batches = [{"input_ids": ids[i:i + 3], "attention_mask": mask[i:i + 3]} for i in range(0, 7, 3)]
-    features = cache_features(extractor, iter(batches), key="tokens-v1", progress=False)
+    features = cache_features(extractor, as_source(iter(batches), extractor, key="tokens-v1"), progress=False)
     assert features.shape == (7, WIDTH)
     np.testing.assert_allclose(features, _torch_text(module, ids, mask), rtol=1e-4, atol=1e-5)
 
@@ -283,7 +285,7 @@ def test_recurrent_state_and_scalar_sample_rate(rnn_model):
 
     module, path = rnn_model
     assert [(i["name"], i["batch_axis"]) for i in model_inputs(path)] == [("input", 0), ("state", 1), ("sr", None)]
-    extractor = load_extractor(path, ["output", "stateN"], batch_size=2)
+    extractor = load_extractor(path, ["output", "stateN"], options=ExtractorOptions(batch_size=2))
     assert extractor.input_names == ["input", "state", "sr"]
     assert extractor.batch_axes == {"input": 0, "state": 1, "sr": None}
     assert extractor.output_shape == {"head": (None, 3), "gru": (2, None, 8)}
@@ -466,7 +468,7 @@ def test_unnamed_axes_like_silero_vad(tmp_path):
         [helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, None, 3])],
         [numpy_helper.from_array(np.array([1], np.int64), "axes")])
     assert [(i["name"], i["batch_axis"]) for i in model_inputs(path)] == [("input", 0), ("state", 1), ("sr", None)]
-    extractor = load_extractor(path, "stateN", batch_size=2)
+    extractor = load_extractor(path, "stateN", options=ExtractorOptions(batch_size=2))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 7)).astype(np.float32)
     state = rng.normal(size=(2, 5, 3)).astype(np.float32)
@@ -513,7 +515,7 @@ def test_preprocessing_applies_to_the_input_the_catalog_describes(tmp_path):
         artifacts=[Artifact(role="model", filename=path.name, path=str(path), sha256=file_hash(path))],
         input=InputSpec(name="image", mean=[10.0, 20.0, 30.0], scale=1.0, layout="NCHW"),
     ))
-    extractor = load_extractor("image_and_gain", "scale", preprocess=True)
+    extractor = load_extractor("image_and_gain", "scale", options=ExtractorOptions(preprocess=True))
     assert extractor.input_names == ["gain", "image"] and extractor.input_spec.name == "image"
     raw = np.random.default_rng(2).integers(0, 256, size=(4, 2, 2, 3)).astype(np.uint8)  # NHWC pixels
     want = (raw.astype(np.float32) - np.array([10, 20, 30], np.float32)).transpose(0, 3, 1, 2) * 2
@@ -554,7 +556,7 @@ def test_huggingface_bert_three_inputs_two_outputs(tmp_path, monkeypatch):
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": segments}  # a tokenizer's output
     with torch.no_grad():
         want = bert(**{k: torch.from_numpy(v) for k, v in batch.items()})
-    extractor = load_extractor("bert-tiny", ["encoder.layer.1.output.LayerNorm", "pooler.activation"], batch_size=2)
+    extractor = load_extractor("bert-tiny", ["encoder.layer.1.output.LayerNorm", "pooler.activation"], options=ExtractorOptions(batch_size=2))
     assert extractor.input_names == names
     got = extractor(batch)
     assert set(got) == {"encoder.layer.1.output.LayerNorm", "pooler.activation"}

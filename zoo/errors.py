@@ -140,6 +140,13 @@ class InputError(ZooError, ValueError):
     """Input data has the wrong shape, dtype, length or values."""
 
 
+class UnfreezeDepthError(InputError):
+    """Unfreezing `unfreeze` layers is more than the cut has, or leaves nothing frozen to cache below them."""
+
+    def __init__(self, message: str, *, unfreeze: int | None = None, layers: int | None = None) -> None:
+        super().__init__(message, unfreeze=unfreeze, layers=layers)
+
+
 class EngineError(ZooError):
     """A compute engine failed: a Ray cluster cannot be reached, or one of its workers died."""
 

@@ -17,7 +17,8 @@ from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownMod
 from zoo.graph import LayerInfo, value_dims
 from zoo.hashes import file_sha256
 from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
-from zoo.pooling import check_pooling, pool, pooled_shape
+from zoo.options import ExtractorOptions
+from zoo.pooling import pool, pooled_shape
 from zoo.records import InputSpec
 
 if TYPE_CHECKING:
@@ -290,21 +291,32 @@ def _np_dtype(elem_type: int) -> str:
 
 def load_extractor(
     name_or_path: str | os.PathLike,
-    layer: str | int | Sequence[str | int] = -2,
+    layer: str | int | Sequence[str | int] | None = None,
+    options: ExtractorOptions | None = None,
     *,
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
-    batch_size: int = 64,
-    threads: int | None = None,
-    providers: Sequence[str] | None = None,
-    preprocess: bool | None = None,
-    pooling: str | None = None,
-    device: str | Sequence[Any] | None = None,
 ) -> Extractor:
     """A frozen feature extractor: the model cut at `layer`, run by onnxruntime.
 
-    `layer` is a layer name (see `zoo layers NAME`), an ONNX tensor name, a position (-1 the
-    last layer, -2 drops the top layer) or a list of those (the extractor then returns a dict).
+    Args:
+        name_or_path: a cataloged model, or an ``.onnx`` file.
+        layer: a layer name (see `zoo layers NAME`), an ONNX tensor name, a position (-1 the
+            last layer, -2 drops the top layer) or a list of those (the extractor then returns a
+            dict); None takes ``options.layer`` (-2 by default).
+        options: batch size, threads, device, preprocessing and pooling (`zoo.ExtractorOptions`).
+        catalog: the catalog (path, URL or `Catalog`; default ``$ZOO_CATALOG``).
+        cache_dir: the cache folder, where cuts are kept.
+
+    Returns:
+        The `Extractor`: call it on a batch (or on image files) for features.
+
+    Raises:
+        UnknownModelError: the name is neither a file nor a cataloged model.
+        UnknownLayerError: the layer is not in the model (the message names the closest).
+        ConversionError: the model has no ONNX form and cannot be converted here.
+        InputError: the device is not available in this onnxruntime.
+
     The cut graph is cached under ``<cache>/cuts/<sha256 of the model>/``, so loading again only
     starts a session; a model with no ONNX artifact yet is converted first (`zoo.convert`).
     A graph exported with a fixed batch (Caffe prototxts, old exports) is given a dynamic batch
@@ -320,6 +332,7 @@ def load_extractor(
     ``pooling="avg"`` or ``"max"`` pools a 4-D cut output over its spatial axes (as Keras's
     ``pooling=``), giving (N, C) in either layout; 2-D outputs pass unchanged. ``device`` picks
     onnxruntime's execution providers: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a providers list.
+    These are fields of `options`: ``load_extractor(name, "fc7", ExtractorOptions(pooling="avg"))``.
 
     A cut that depends on several inputs (a text encoder's ``input_ids`` and ``attention_mask``)
     takes them by name; inputs of the model it does not depend on are not needed. See `Extractor`.
@@ -328,10 +341,11 @@ def load_extractor(
     >>> extractor(images).shape                                        # doctest: +SKIP
     (32, 4096)
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    check_pooling(pooling)
-    providers = execution_providers(device, providers)
+    options = options or ExtractorOptions()
+    if layer is not None:
+        options = options.replace(layer=layer)
+    layer = options.layer
+    providers = execution_providers(options.device, options.providers)  # fails before cutting
     source = _source(name_or_path, catalog, cache_dir)
     folder = cuts_folder(source.sha256, cache_dir)
     key = _spec_key(layer)
@@ -346,18 +360,8 @@ def load_extractor(
             f"layers above use; cut points are marked in `zoo layers {source.label}`",
             stacklevel=2,
         )
-    return Extractor(
-        onnx_path,
-        meta,
-        source=source.label,
-        spec=source.spec,
-        layout=source.layout,
-        batch_size=batch_size,
-        threads=threads,
-        providers=providers,
-        preprocess=preprocess,
-        pooling=pooling,
-    )
+    return Extractor(onnx_path, meta, source=source.label, spec=source.spec, layout=source.layout,
+                     options=options, providers=providers)
 
 
 # Short device names for onnxruntime's execution providers.
@@ -430,21 +434,23 @@ class Extractor:
         source: str = "",
         spec: InputSpec | None = None,
         layout: str | None = None,
-        batch_size: int = 64,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        preprocess: bool | None = None,
-        pooling: str | None = None,
+        options: ExtractorOptions | None = None,
+        providers: Sequence[Any] | None = None,
     ) -> None:
+        options = options or ExtractorOptions()
         self.model_path = Path(model_path)
         self.meta = meta
         self.source = source
-        self.batch_size = int(batch_size)
-        self.threads = threads
+        self.options = options
+        self.batch_size = options.batch_size
+        self.threads = options.threads
+        # `providers`: the options' device already resolved (load_extractor checks it exists here).
+        if providers is None:
+            providers = execution_providers(options.device, options.providers)
         self.providers = list(providers) if providers else None
         # None: image files get the InputSpec, arrays are model-ready; True: arrays are raw pixels too.
-        self.preprocess = None if preprocess is None else bool(preprocess)
-        self.pooling = check_pooling(pooling)
+        self.preprocess = None if options.preprocess is None else bool(options.preprocess)
+        self.pooling = options.pooling
         inputs = meta.inputs
         self.input_names: list[str] = [i.name for i in inputs]
         self.batch_axes: dict[str, int | None] = {i.name: i.batch_axis for i in inputs}
@@ -504,20 +510,30 @@ class Extractor:
     def session(self):
         """The onnxruntime session, started on first use."""
         if self._session is None:
-            import onnxruntime as ort
-
-            if not self.model_path.is_file():
-                raise ModelFormatError(
-                    f"the cut model {self.model_path} is gone (cache cleared?); load the extractor again"
-                )
-            options = ort.SessionOptions()
-            if self.threads:
-                options.intra_op_num_threads = int(self.threads)
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(
-                os.fspath(self.model_path), options, providers=self.providers or ["CPUExecutionProvider"]
-            )
+            self.open_session()
         return self._session
+
+    def open_session(self, model: bytes | None = None) -> None:
+        """Start the onnxruntime session now: from the cut file, or from `model`, the file's bytes
+        (a copy of this extractor on a machine that does not have the file, like a Ray node).
+
+        Raises:
+            ModelFormatError: the cut file is gone and no bytes were given.
+        """
+        import onnxruntime as ort
+
+        if model is None and not self.model_path.is_file():
+            raise ModelFormatError(
+                f"the cut model {self.model_path} is gone (cache cleared?); load the extractor again"
+            )
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            model if model is not None else os.fspath(self.model_path), options,
+            providers=self.providers or ["CPUExecutionProvider"],
+        )
 
     @property
     def cut_model(self) -> onnx.ModelProto:
@@ -776,41 +792,28 @@ class _ExtractorTransformerBody:
     def __init__(
         self,
         model: str | os.PathLike | Extractor = None,
-        layer: str | int | Sequence[str | int] = -2,
+        layer: str | int | Sequence[str | int] | None = None,
+        options: ExtractorOptions | None = None,
         *,
-        batch_size: int = 64,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        preprocess: bool | None = None,
         catalog: Any = None,
         cache_dir: str | os.PathLike | None = None,
-        pooling: str | None = None,
-        device: str | Sequence[Any] | None = None,
     ) -> None:
+        # scikit-learn's rule: keep the parameters as given (get_params, clone); load on first use.
         self.model = model
         self.layer = layer
-        self.batch_size = batch_size
-        self.threads = threads
-        self.providers = providers
-        self.preprocess = preprocess
+        self.options = options
         self.catalog = catalog
         self.cache_dir = cache_dir
-        self.pooling = pooling
-        self.device = device
 
     def _extractor(self) -> Extractor:
         if isinstance(self.model, Extractor):
             return self.model
         cached = self.__dict__.get("_loaded")
-        params = (os.fspath(self.model), repr(self.layer), self.batch_size, self.threads,
-                  repr(self.providers), self.preprocess, repr(self.catalog), repr(self.cache_dir),
-                  self.pooling, repr(self.device))
+        params = (os.fspath(self.model), repr(self.layer), repr(self.options), repr(self.catalog),
+                  repr(self.cache_dir))
         if cached is None or cached[0] != params:
-            extractor = load_extractor(
-                self.model, self.layer, catalog=self.catalog, cache_dir=self.cache_dir,
-                batch_size=self.batch_size, threads=self.threads, providers=self.providers,
-                preprocess=self.preprocess, pooling=self.pooling, device=self.device,
-            )
+            extractor = load_extractor(self.model, self.layer, self.options, catalog=self.catalog,
+                                       cache_dir=self.cache_dir)
             self.__dict__["_loaded"] = (params, extractor)
             return extractor
         return cached[1]

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.errors import InputError
 from zoo._threads import torch_threads
+from zoo.errors import InputError
+from zoo.options import PretrainConfig, TrainingConfig
 from zoo.torch_models import check_new_name
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from zoo.records import Model
 
 METHODS = ("autoencoder", "rbm")
-VISIBLE_UNITS = ("auto", "bernoulli", "gaussian")
 MIN_ROWS = 10
 # Adam step sizes that train both kinds of layer on inputs in [0, 1] within tens of epochs.
 DEFAULT_LR = {"autoencoder": 0.01, "rbm": 0.02}
@@ -122,62 +122,48 @@ def pretrain(
     X: Any,
     layers: Sequence[int] = (300, 100),
     method: str = "autoencoder",
+    config: PretrainConfig | None = None,
     *,
-    epochs: int = 20,
-    batch_size: int = 64,
-    lr: float | None = None,
-    denoise: float = 0.0,
-    sparsity: float | tuple[float, float] | None = None,
-    cd_k: int = 1,
-    visible: str = "auto",
-    tied: bool = True,
-    seed: int = 0,
     name: str | None = None,
     catalog: str | os.PathLike | Catalog | None = None,
     replace: bool = False,
-    cache: bool = True,
-    threads: int | None = None,
-    progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> PretrainResult:
     """Train a stack of sigmoid layers greedily, one layer at a time, on unlabelled rows.
 
-    Parameters
-    ----------
-    X : array of shape (rows, features)
-        Unlabelled data, finite values.
-    layers : hidden units per layer, bottom first.
-    method : "autoencoder" (tied weights unless ``tied=False``) or "rbm" (trained with CD-k).
-    epochs, batch_size, lr : training of each layer (Adam; ``lr`` defaults per method).
-    denoise : fraction of each autoencoder's inputs zeroed during training (masking noise).
-    sparsity : target mean activation of the hidden units, or ``(target, weight)``; adds
-        ``weight * KL(target || mean activation)`` to each layer's loss (weight 0.1 by default).
-    cd_k : Gibbs steps of contrastive divergence (RBMs).
-    visible : units of the bottom layer: "bernoulli" for inputs in [0, 1], "gaussian" for
-        real values (standardized inside the stack), "auto" picks from the data's range.
-        Upper layers see sigmoid outputs, so they are always Bernoulli.
-    seed : seeds every layer's initialisation, shuffling and sampling.
-    name, catalog, replace : save the stack to the catalog under ``name`` (ONNX).
-    cache : train each layer on the stored outputs of the frozen layers below (the default),
-        or recompute them for every batch (``False``; only to measure what caching saves).
-    threads : torch threads while training; by default one for layers under a million
-        weights, where more threads only add start-up and spin-waiting.
-    progress : a progress bar per layer on stderr, with its reconstruction error.
-    cache_dir : the cache folder (default $ZOO_CACHE): the saved model and the big scratch files go there.
+    Args:
+        X: unlabelled data of shape (rows, features), finite values.
+        layers: hidden units per layer, bottom first.
+        method: "autoencoder" (tied weights unless ``config.tied`` is False) or "rbm" (trained
+            with CD-k). Upper layers see sigmoid outputs, so they are always Bernoulli units.
+        config: epochs, batch size, learning rate, denoising, sparsity, CD-k steps, visible
+            units, seed, threads, caching, progress (`zoo.PretrainConfig`; its defaults when None).
+        name, catalog, replace: save the stack to the catalog under `name` (ONNX).
+        cache_dir: the cache folder (default $ZOO_CACHE): the saved model and the big scratch
+            files go there.
+
+    Returns:
+        The stack (`PretrainResult.stack`), its layers' losses and times, the catalog record.
+
+    Raises:
+        InputError: bad data, layer sizes, method or settings (one line naming the fix).
+        DuplicateModelError: `name` is taken and `replace` is False.
 
     Example
     -------
     >>> from sklearn.datasets import load_digits
-    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm", progress=False)
+    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm",
+    ...                   config=PretrainConfig(progress=False))
     >>> result.transform(load_digits().data[:5] / 16).shape
     (5, 30)
     """
+    config = config or PretrainConfig()
+    epochs, batch_size, denoise, cd_k, tied = config.epochs, config.batch_size, config.denoise, config.cd_k, config.tied
+    seed, threads, cache, progress = config.seed, config.threads, config.cache, config.progress
     data = _validate_data(X)
     sizes = _validate_layers(layers)
-    settings = _validate_settings(
-        method, epochs, batch_size, lr, denoise, sparsity, cd_k, visible, seed, len(data)
-    )
-    visible = _visible_units(data, visible)
+    settings = _validate_settings(method, config, len(data))
+    visible = _visible_units(data, config.visible)
     if name is not None:
         check_new_name(name, catalog, replace)
 
@@ -482,47 +468,16 @@ def _validate_layers(layers: Any) -> list[int]:
     return [int(n) for n in sizes]
 
 
-def _validate_settings(
-    method: str, epochs: int, batch_size: int, lr: float | None, denoise: float,
-    sparsity: Any, cd_k: int, visible: str, seed: int, rows: int,
-) -> dict[str, Any]:
+def _validate_settings(method: str, config: PretrainConfig, rows: int) -> dict[str, Any]:
+    """What depends on the method and the data: the method itself, its learning rate, denoising."""
     if method not in METHODS:
         raise InputError(f"method {method!r} is not known; choose one of: {', '.join(METHODS)}")
-    if visible not in VISIBLE_UNITS:
-        raise InputError(f"visible {visible!r} is not known; choose one of: {', '.join(VISIBLE_UNITS)}")
     if rows < MIN_ROWS:
         raise InputError(f"X has {rows} rows; pretraining needs at least {MIN_ROWS}")
-    for label, value in (("epochs", epochs), ("batch_size", batch_size), ("cd_k", cd_k)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise InputError(f"{label} must be a positive integer; got {value!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer; got {seed!r}")
-    lr = DEFAULT_LR[method] if lr is None else lr
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise InputError(f"lr must be a positive number like {DEFAULT_LR[method]}; got {lr!r}")
-    if not isinstance(denoise, (int, float)) or not 0 <= denoise < 1:
-        raise InputError(f"denoise is the fraction of inputs zeroed, in [0, 1); got {denoise!r}")
-    if denoise and method != "autoencoder":
+    if config.denoise and method != "autoencoder":
         raise InputError("denoise applies to autoencoders; use method='autoencoder' or denoise=0")
-    return {"method": method, "lr": float(lr), "sparsity": _sparsity(sparsity)}
-
-
-def _sparsity(value: Any) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        value = (value,)
-    try:
-        target, weight = (*value, 0.1)[:2] if len(value) == 1 else value
-        valid = 0 < target < 1 and weight > 0
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise InputError(
-            f"sparsity is a target activation in (0, 1), optionally with a weight > 0, "
-            f"like 0.05 or (0.05, 0.1); got {value!r}"
-        )
-    return float(target), float(weight)
+    lr = DEFAULT_LR[method] if config.lr is None else config.lr
+    return {"method": method, "lr": float(lr), "sparsity": config.sparsity}
 
 
 def _visible_units(data: np.ndarray, visible: str) -> str:
@@ -546,19 +501,17 @@ def finetune(
     base: PretrainResult | nn.Sequential,
     X: Any,
     y: Any,
+    config: TrainingConfig | None = None,
     *,
     num_classes: int | None = None,
-    epochs: int = 300,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
-    threads: int | None = None,
 ) -> nn.Sequential:
     """A copy of the stack plus a softmax head, every layer trained on the labelled rows.
 
     Returns ``nn.Sequential(<stack layers>, head=Linear)`` giving class logits. Cataloged
     stacks are fine-tuned through `zoo.transfer` like any other model; this is the small
     loop the digits check uses, identical for pretrained and freshly initialised stacks.
+    `config` gives epochs (300 by default here), batch size, learning rate, seed and threads
+    (`zoo.TrainingConfig`); every epoch runs, there is no validation.
     """
     import copy
     from collections import OrderedDict
@@ -576,6 +529,8 @@ def finetune(
         )
     targets = torch.from_numpy(labels.astype(np.int64))
     classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    config = config or TrainingConfig(epochs=300)
+    epochs, batch_size, seed = config.epochs, config.batch_size, config.seed
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     top = [m for m in stack.modules() if isinstance(m, nn.Linear)][-1].out_features
@@ -583,8 +538,8 @@ def finetune(
         [*copy.deepcopy(stack).named_children(), ("head", nn.Linear(top, classes))]
     ))
     model.requires_grad_(True).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    with torch_threads(sum(p.numel() for p in model.parameters()), threads):
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr or 1e-3)
+    with torch_threads(sum(p.numel() for p in model.parameters()), config.threads):
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(data), batch_size):

@@ -20,7 +20,8 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -40,6 +41,54 @@ CHUNK = 1 << 20
 MAX_REDIRECTS = 10
 # progress(bytes of the file on disk so far, total size or None)
 Progress = Callable[[int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard `download` tries before it gives up, and how long it waits.
+
+    Attributes:
+        retries: attempts per URL after connection errors, stalls, 5xx and 429 (the count restarts
+            whenever an attempt brought ``min_rate * stall_seconds`` bytes or more). A refused
+            connection or an unknown host is not retried: the next URL is tried at once.
+        backoff: the first wait; then ``backoff * 2**n`` seconds, or what Retry-After asks.
+        max_wait: the longest single wait.
+        timeout: (connect, read) seconds; a server silent for longer is retried, then given up.
+        min_rate, stall_seconds: an attempt bringing under `min_rate` bytes/s over `stall_seconds`
+            is stalled: cut and retried (resuming); a trickle is not progress, so `retries` stalls
+            in a row give up. None: ``$ZOO_FETCH_MIN_RATE`` or 1 KiB/s, ``$ZOO_FETCH_STALL_SECONDS``
+            or 30 s; ``min_rate=0`` turns the rule off.
+        max_time: seconds one file may take over all attempts and mirrors; None:
+            ``$ZOO_FETCH_MAX_TIME`` or 12 h; 0 for no bound. The .part is kept for a rerun.
+        lock_timeout: seconds to wait for another process downloading the same file; None waits.
+    """
+
+    retries: int = 4
+    backoff: float = 0.5
+    max_wait: float = 60.0
+    timeout: float | tuple[float, float] = (10, 60)
+    min_rate: float | None = None
+    stall_seconds: float | None = None
+    max_time: float | None = None
+    lock_timeout: float | None = None
+
+    def replace(self, **changes: Any) -> RetryPolicy:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> RetryPolicy:
+        """This policy with the environment's (else the defaults') stall rule and bound filled in."""
+        min_rate = self.min_rate
+        if min_rate is None:
+            min_rate = _env_number("ZOO_FETCH_MIN_RATE", DEFAULT_MIN_RATE, size=True)
+        stall = self.stall_seconds
+        if stall is None:
+            stall = _env_number("ZOO_FETCH_STALL_SECONDS", DEFAULT_STALL_SECONDS)
+        max_time = self.max_time
+        if max_time is None:
+            max_time = _env_number("ZOO_FETCH_MAX_TIME", DEFAULT_MAX_TIME)
+        return dataclasses.replace(self, min_rate=max(0.0, min_rate), stall_seconds=max(0.001, stall),
+                                   max_time=max_time)
 
 
 @dataclass
@@ -224,19 +273,29 @@ def _file_lock(dest: Path, label: str, lock_timeout: float | None):
 # what the file must be
 
 
-@dataclass
-class _Expected:
-    size: int | None
-    checksums: list[tuple[str, str]]  # (algo, hex), the publisher's and/or a pinned sha256
+@dataclass(frozen=True)
+class Expected:
+    """What a downloaded file must be: its size, the publisher's checksum, a sha256 pinned before.
 
-    @classmethod
-    def of(cls, size: int | None, checksum: str | None, sha256: str | None) -> _Expected:
-        sums = [parse_checksum(checksum)] if checksum else []
-        if sha256:
-            pin = parse_checksum("sha256:" + sha256)
+    Attributes:
+        size: bytes, when published.
+        checksum: the publisher's, ``"algo:hex"`` (sha256, sha1, md5, gitblob).
+        sha256: the sha256 an earlier fetch recorded; it must match too.
+    """
+
+    size: int | None = None
+    checksum: str | None = None
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        sums = [parse_checksum(self.checksum)] if self.checksum else []  # a malformed one fails here
+        if self.sha256:
+            pin = parse_checksum("sha256:" + self.sha256)
             if pin not in sums:
                 sums.append(pin)
-        return cls(size, sums)
+        object.__setattr__(self, "checksums", sums)
+
+    checksums: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def algos(self) -> list[str]:
@@ -287,73 +346,60 @@ def download(
     urls: str | os.PathLike | Sequence[str | os.PathLike],
     dest: str | os.PathLike,
     *,
-    size: int | None = None,
-    checksum: str | None = None,
-    sha256: str | None = None,
+    expected: Expected | None = None,
+    retry: RetryPolicy | None = None,
     session: "requests.Session | None" = None,
-    timeout: float | tuple[float, float] = (10, 60),
-    retries: int = 4,
-    backoff: float = 0.5,
-    max_wait: float = 60.0,
     progress: Progress | None = None,
     force: bool = False,
     offline: bool | None = None,
     label: str | None = None,
-    chunk_size: int = CHUNK,
-    lock_timeout: float | None = None,
     token_hosts: Iterable[str] | None = None,
-    min_rate: float | None = None,
-    stall_seconds: float | None = None,
-    max_time: float | None = None,
 ) -> DownloadResult:
     """Download one file from the first of `urls` that works into `dest`, verified.
 
-    Parameters
-    ----------
-    urls: mirror URLs tried in order: http(s)://, file:// or plain local paths.
-    dest: where the verified file ends up (written as `<dest>.part` first).
-    size, checksum: what the publisher says ("sha256:<hex>", "sha1:", "md5:", "gitblob:").
-    sha256: a sha256 pinned by an earlier fetch; must match too.
-    session: a requests.Session to reuse connections. .netrc credentials go to the host
-        they are listed for (requests reads ~/.netrc or $NETRC).
-    token_hosts: host names ZOO_TOKEN (a bearer token) may be sent to; default
-        $ZOO_TOKEN_HOSTS (comma-separated), else the host of each URL given. Never sent to
-        another host after a redirect, never printed.
-    timeout: (connect, read) seconds; a server silent for longer is retried, then given up.
-    min_rate, stall_seconds: an attempt bringing under `min_rate` bytes/s over `stall_seconds`
-        is stalled: cut and retried (resuming), and a trickle is not progress, so `retries`
-        stalls in a row give up (default $ZOO_FETCH_MIN_RATE or 1 KiB/s, $ZOO_FETCH_STALL_SECONDS
-        or 30 s; min_rate 0 turns the rule off).
-    max_time: seconds one file may take over all attempts and mirrors (default
-        $ZOO_FETCH_MAX_TIME or 12 h; 0 for no bound). The .part is kept for a rerun to resume.
-    retries: attempts per URL after connection errors, stalls, 5xx and 429 (the count
-        restarts whenever an attempt brought `min_rate * stall_seconds` bytes or more); waits
-        `backoff * 2**n` seconds or what Retry-After asks, at most `max_wait`. A refused
-        connection or an unknown host is not retried: the next URL is tried at once.
-    progress: called as progress(bytes_on_disk, total_or_None) while downloading; an
-        exception it raises (e.g. KeyboardInterrupt) stops the download, keeping the .part.
-    force: download again even when `dest` is there and verifies.
-    offline: never touch the network (default: $ZOO_OFFLINE); local files still work.
-    label: how messages name the file, e.g. "weights resnet50.caffemodel of resnet50.caffe".
+    Args:
+        urls: mirror URLs tried in order: http(s)://, file:// or plain local paths.
+        dest: where the verified file ends up (written as `<dest>.part` first).
+        expected: its size, the publisher's checksum ("sha256:<hex>", "sha1:", "md5:",
+            "gitblob:") and a sha256 pinned by an earlier fetch (`Expected`), checked in the same
+            pass as the download.
+        retry: retries and backoff, timeouts, the stall rule, the bound on one file and the wait
+            for another process's lock (`RetryPolicy`; its defaults and the environment's).
+        session: a requests.Session to reuse connections. .netrc credentials go to the host
+            they are listed for (requests reads ~/.netrc or $NETRC).
+        progress: called as progress(bytes_on_disk, total_or_None) while downloading; an
+            exception it raises (e.g. KeyboardInterrupt) stops the download, keeping the .part.
+        force: download again even when `dest` is there and verifies.
+        offline: never touch the network (default: $ZOO_OFFLINE); local files still work.
+        label: how messages name the file, e.g. "weights resnet50.caffemodel of resnet50.caffe".
+        token_hosts: host names ZOO_TOKEN (a bearer token) may be sent to; default
+            $ZOO_TOKEN_HOSTS (comma-separated), else the host of each URL given. Never sent to
+            another host after a redirect, never printed.
 
-    Raises ChecksumError (download deleted), OfflineError, FetchError (HTTP errors, HTML
-    instead of a file, redirect loops, stalls, disk full). A KeyboardInterrupt keeps the
-    `.part` for the next run to resume.
+    Returns:
+        Where the file is, its sha256 and size, and what went over the wire.
 
-    >>> download(["https://example.org/w.bin"], "w.bin", checksum="sha1:...")  # doctest: +SKIP
+    Raises:
+        ChecksumError: the file is not what `expected` says (the download is deleted).
+        OfflineError: offline and not cached (`missing` says what).
+        FetchError: HTTP errors, HTML instead of a file, redirect loops, stalls, disk full.
+        A KeyboardInterrupt keeps the `.part` for the next run to resume.
+
+    >>> download(["https://example.org/w.bin"], "w.bin", expected=Expected(checksum="sha1:..."))  # doctest: +SKIP
     """
     if isinstance(urls, (str, os.PathLike)):
         urls = [urls]
     url_list = [os.fspath(u) for u in urls]
     dest = Path(dest).expanduser().absolute()
     label = label or dest.name
-    expected = _Expected.of(size, checksum, sha256)
+    expected = expected or Expected()
+    retry = (retry or RetryPolicy()).resolved()
     offline = config.offline() if offline is None else offline
     if not url_list:
         raise FetchError(f"{label} has no URL to download from; add one to its catalog entry")
     dest.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    lock = _file_lock(dest, label, lock_timeout)
+    lock = _file_lock(dest, label, retry.lock_timeout)
     try:
         stale = None
         if dest.is_file() and not force:
@@ -380,9 +426,8 @@ def download(
         if own_session:
             session = new_session()
         try:
-            job = _Job(dest, expected, session, timeout, retries, backoff, max_wait, progress, label, chunk_size)
+            job = _Job(dest, expected, session, retry, progress, label)
             job.token_hosts = _token_hosts(token_hosts)
-            job.pace(min_rate, stall_seconds, max_time)
             errors: list[FetchError] = []
             for url in url_list:
                 try:
@@ -407,17 +452,18 @@ def download(
 class _Job:
     """One file's download state shared by its attempts and mirrors."""
 
-    def __init__(self, dest, expected, session, timeout, retries, backoff, max_wait, progress, label, chunk_size):
+    def __init__(self, dest: Path, expected: Expected, session: Any, retry: RetryPolicy, progress: Progress | None,
+                 label: str) -> None:
         self.dest: Path = dest
         self.part = dest.with_name(dest.name + ".part")
         self.meta = dest.with_name(dest.name + ".part.json")
-        self.expected: _Expected = expected
+        self.expected: Expected = expected
         self.session = session
-        self.timeout = timeout
-        self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
+        self.timeout = retry.timeout
+        self.retries, self.backoff, self.max_wait = retry.retries, retry.backoff, retry.max_wait
         self.progress = progress
         self.label = label
-        self.chunk_size = chunk_size
+        self.chunk_size = CHUNK
         self.transferred = 0
         self.token = os.environ.get("ZOO_TOKEN") or None
         self.token_hosts: set[str] | None = None  # None: the host of each URL given
@@ -427,21 +473,10 @@ class _Job:
         self.total: int | None = None
         self.validator: str | None = None
         self.resumed_bytes = 0  # bytes of the .part that came from an earlier attempt or run
-        self.min_rate, self.stall_seconds = float(DEFAULT_MIN_RATE), DEFAULT_STALL_SECONDS
-        self.max_time: float | None = DEFAULT_MAX_TIME
-        self.deadline: float | None = None
-
-    def pace(self, min_rate: float | None, stall_seconds: float | None, max_time: float | None) -> None:
-        """Set the stall rule and the overall bound (arguments, else the environment, else defaults)."""
-        if min_rate is None:
-            min_rate = _env_number("ZOO_FETCH_MIN_RATE", DEFAULT_MIN_RATE, size=True)
-        if stall_seconds is None:
-            stall_seconds = _env_number("ZOO_FETCH_STALL_SECONDS", DEFAULT_STALL_SECONDS)
-        if max_time is None:
-            max_time = _env_number("ZOO_FETCH_MAX_TIME", DEFAULT_MAX_TIME)
-        self.min_rate, self.stall_seconds = max(0.0, min_rate), max(0.001, stall_seconds)
-        self.max_time = max_time if max_time > 0 else None
-        self.deadline = time.monotonic() + max_time if max_time > 0 else None
+        # The stall rule and the overall bound (the policy's, resolved from the environment).
+        self.min_rate, self.stall_seconds = retry.min_rate, retry.stall_seconds
+        self.max_time: float | None = retry.max_time if retry.max_time > 0 else None
+        self.deadline: float | None = time.monotonic() + retry.max_time if retry.max_time > 0 else None
 
     def _check_time(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -850,4 +885,4 @@ def _chain(first: bytes, rest: Iterable[bytes]) -> Iterable[bytes]:
     yield from rest
 
 
-__all__ = ["DownloadResult", "Progress", "download", "human_size", "new_session"]
+__all__ = ["DownloadResult", "Expected", "Progress", "RetryPolicy", "download", "human_size", "new_session"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.options import PretrainConfig, TrainingConfig
 from zoo.pretraining import METHODS, accuracy, finetune, fresh_stack, pretrain
 
 __all__ = ["digits_check"]
@@ -48,12 +49,12 @@ def digits_check(
         X_few, _, y_few, _ = train_test_split(
             X_train, y_train, train_size=label_fraction, stratify=y_train, random_state=seed
         )
-        scratch = finetune(fresh_stack(X.shape[1], layers, seed), X_few, y_few,
-                           num_classes=10, epochs=finetune_epochs, seed=seed)
+        tuning = TrainingConfig(epochs=finetune_epochs, seed=seed)
+        scratch = finetune(fresh_stack(X.shape[1], layers, seed), X_few, y_few, tuning, num_classes=10)
         run = {"seed": seed, "labels": len(y_few), "scratch": accuracy(scratch, X_test, y_test)}
         for method in methods:
-            base = pretrain(X_train, layers, method, epochs=epochs, seed=seed, progress=progress)
-            tuned = finetune(base, X_few, y_few, num_classes=10, epochs=finetune_epochs, seed=seed)
+            base = pretrain(X_train, layers, method, PretrainConfig(epochs=epochs, seed=seed, progress=progress))
+            tuned = finetune(base, X_few, y_few, tuning, num_classes=10)
             run[method] = accuracy(tuned, X_test, y_test)
         runs.append(run)
     mean = {key: float(np.mean([r[key] for r in runs])) for key in ["scratch", *methods]}

@@ -162,6 +162,7 @@ def run(
     from zoo.extract import load_extractor
     from zoo.features import extract_features
     from zoo.layer_sweep import sweep
+    from zoo.options import TrainingConfig
     from zoo.transfer import compose, fit_head, make_head, save_model
 
     say = echo or (lambda message: None)
@@ -177,8 +178,8 @@ def run(
     old = y < 5
     base_net = digits_cnn(5, seed=seed)
     base_fit = fit_head(
-        x[old], y[old], head=base_net, epochs=base_epochs, batch_size=64, lr=3e-3,
-        val_fraction=0.15, patience=5, seed=seed, threads=1,
+        x[old], y[old], TrainingConfig(epochs=base_epochs, batch_size=64, lr=3e-3, val_fraction=0.15, patience=5,
+                                       seed=seed, threads=1, progress=False), head=base_net,
     )
     say(f"registering it as {BASE_NAME!r} and exporting it to ONNX ...")
     base_record = save_model(
@@ -202,36 +203,34 @@ def run(
     x_val, y_val = x[val_i], y[val_i]
     x_test, y_test = x[test_i], y[test_i]
     say(f"reusing {BASE_NAME} frozen at {FIRST_CUT!r} for digits 5-9 with {labels_per_class} labels per class ...")
-    extractor = load_extractor(BASE_NAME, layer=FIRST_CUT, catalog=cat, cache_dir=cache_dir)
+    extractor = load_extractor(BASE_NAME, FIRST_CUT, catalog=cat, cache_dir=cache_dir)
     cached = extract_features(extractor, x_train, cache_dir=cache_dir, progress=False)
     val_features = extract_features(extractor, x_val, cache_dir=cache_dir, progress=False).features
     test_features = extract_features(extractor, x_test, cache_dir=cache_dir, progress=False).features
-    head_args = dict(epochs=head_epochs, batch_size=16, lr=3e-3, patience=15, seed=seed)
+    heads = TrainingConfig(epochs=head_epochs, batch_size=16, lr=3e-3, patience=15, seed=seed, progress=False)
     first = fit_head(
-        cached.features, y_train, head=make_head(int(np.prod(cached.features.shape[1:])), 5, seed=seed),
-        validation=(val_features, y_val), **head_args,
+        cached.features, y_train, heads, head=make_head(int(np.prod(cached.features.shape[1:])), 5, seed=seed),
+        validation=(val_features, y_val),
     )
     first_accuracy = first.accuracy(test_features, y_test)
 
     # 3. Which cut is best? Train a head at each one, also fine-tuning the top layer below it.
     say(f"sweeping the cut layer over {', '.join(layers)} (unfreeze {', '.join(map(str, unfreeze))}) ...")
     result = sweep(
-        BASE_NAME, x_train, y_train, layers=layers, unfreeze=unfreeze,
-        validation=(x_val, y_val), test=(x_test, y_test),
-        catalog=cat, cache_dir=cache_dir, plot=out / "sweep.png", progress=False, **head_args,
+        BASE_NAME, x_train, y_train, layers=layers, unfreeze=unfreeze, validation=(x_val, y_val),
+        test=(x_test, y_test), training=heads, catalog=cat, cache_dir=cache_dir,
     )
+    result.plot(out / "sweep.png")
     best = result.best
 
     # 4. Beside it: the same network trained from scratch on the same few labels, same early stopping.
     say("training the same CNN from scratch on the same few labels ...")
-    scratch = fit_head(
-        x_train, y_train, head=digits_cnn(5, seed=seed), validation=(x_val, y_val), **head_args,
-    )
+    scratch = fit_head(x_train, y_train, heads, head=digits_cnn(5, seed=seed), validation=(x_val, y_val))
     scratch_accuracy = scratch.accuracy(x_test, y_test)
 
     # 5. Keep the best: frozen base + trained layers, as one ONNX model in the catalog.
     say(f"saving the frozen base + new head as {TRANSFER_NAME!r} ...")
-    best_base = load_extractor(BASE_NAME, layer=best.cached_at, catalog=cat, cache_dir=cache_dir)
+    best_base = load_extractor(BASE_NAME, best.cached_at, catalog=cat, cache_dir=cache_dir)
     module = compose(best_base.to_torch(), best.fit.head)
     transfer_record = save_model(
         module,
@@ -248,7 +247,7 @@ def run(
         replace=True,
     )
     # The saved ONNX model, run by onnxruntime, must predict what the torch model predicts.
-    logits = load_extractor(TRANSFER_NAME, layer=-1, catalog=cat, cache_dir=cache_dir)(x_test)
+    logits = load_extractor(TRANSFER_NAME, -1, catalog=cat, cache_dir=cache_dir)(x_test)
     best_features = extract_features(best_base, x_test, cache_dir=cache_dir, progress=False).features
     onnx_agrees = bool(np.array_equal(np.asarray(best.fit.classes)[logits.argmax(1)], best.fit.predict(best_features)))
 
