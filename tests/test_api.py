@@ -49,3 +49,17 @@ def test_the_lazy_table_and_its_type_checking_mirror_name_the_same_things():
                 for alias in node.names}
     assert mirrored == zoo._API
     assert sorted(zoo.__all__) == sorted(["__version__", *zoo._API])
+
+
+def test_every_public_function_says_its_arguments_result_and_errors():
+    import inspect
+
+    for name in zoo.__all__:
+        value = getattr(zoo, name)
+        if name == "__version__" or inspect.isclass(value):
+            continue
+        doc = inspect.getdoc(value) or ""
+        missing = [section for section in ("Args:", "Returns:", "Raises:") if section not in doc]
+        if name in ("cache_features", "save_features", "save_layer_features"):  # "as extract_features"
+            missing = [s for s in missing if s not in ("Returns:", "Raises:")]
+        assert not missing, f"zoo.{name}'s docstring has no {', '.join(missing)}"

@@ -728,13 +728,34 @@ def open_catalog(location: str | os.PathLike | Catalog | None = None, *, builtin
 
 
 def close_all() -> None:
-    """Close every catalog this process opened (`REGISTRY.close_all`)."""
+    """Close every catalog this process opened (`REGISTRY.close_all`).
+
+    Args:
+        (none)
+
+    Returns:
+        None: every catalog is closed; the next `open_catalog` opens (and checks) it again.
+
+    Raises:
+        Nothing: closing a catalog whose server is gone only drops its pool.
+    """
     REGISTRY.close_all()
 
 
 def search(query: str | None = None, *, catalog: str | os.PathLike | Catalog | None = None,
            **filters: Any) -> list[Model]:
     """Search the catalog; see `Catalog.search` for the filters.
+
+    Args:
+        query: words to find (ranked full-text); None lists by name.
+        catalog: a path, a SQLAlchemy URL or a `Catalog` (default ``$ZOO_CATALOG``).
+        **filters: framework, task, dataset, tag, source, local, limit (see `Catalog.search`).
+
+    Returns:
+        The matching models, best first.
+
+    Raises:
+        CatalogError: the catalog cannot be opened or read.
 
     >>> [m.name for m in search("alexnet")]      # doctest: +SKIP
     ['bvlc_alexnet']
@@ -743,16 +764,50 @@ def search(query: str | None = None, *, catalog: str | os.PathLike | Catalog | N
 
 
 def info(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> Model:
-    """Everything the catalog knows about one model."""
+    """Everything the catalog knows about one model.
+
+    Args:
+        name: the model's name.
+        catalog: a path, a SQLAlchemy URL or a `Catalog` (default ``$ZOO_CATALOG``).
+
+    Returns:
+        The model with its artifacts, input spec and metadata.
+
+    Raises:
+        UnknownModelError: no such model (``closest`` holds names that look like it).
+    """
     return open_catalog(catalog).get(name)
 
 
 def list_models(*, catalog: str | os.PathLike | Catalog | None = None, **filters: Any) -> list[Model]:
-    """Every model (optionally filtered), by name."""
+    """Every model (optionally filtered), by name.
+
+    Args:
+        catalog: a path, a SQLAlchemy URL or a `Catalog` (default ``$ZOO_CATALOG``).
+        **filters: framework, task, dataset, tag, source, local, limit (default: no limit).
+
+    Returns:
+        The models, by name.
+
+    Raises:
+        CatalogError: the catalog cannot be opened or read.
+    """
     filters.setdefault("limit", None)
     return open_catalog(catalog).search(None, **filters)
 
 
 def remove(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> None:
-    """Remove a model from the catalog (its files stay on disk)."""
+    """Remove a model from the catalog (its files stay on disk).
+
+    Args:
+        name: the model's name.
+        catalog: a path, a SQLAlchemy URL or a `Catalog` (default ``$ZOO_CATALOG``).
+
+    Returns:
+        None.
+
+    Raises:
+        UnknownModelError: no such model.
+        CatalogError: the catalog is read-only or cannot be written.
+    """
     open_catalog(catalog).remove_model(name)

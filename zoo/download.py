@@ -91,6 +91,25 @@ def fetch(
     what an archive may unpack to (default `UnpackLimits.from_env()`: 32 GiB, 200x, 100k members);
     `retry` how hard each download tries (`zoo.transport.RetryPolicy`).
 
+    Args:
+        name_or_names: one model or several.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder (default ``$ZOO_CACHE``).
+        force: download again even what is cached and verifies.
+        offline: never touch the network (default ``$ZOO_OFFLINE``).
+        quiet: no progress bars.
+        session: a requests.Session to reuse.
+        on_file: called after each file as ``on_file(name, artifact, result)``.
+        unpack_limits: bounds on what an archive may unpack to.
+        retry: how hard each download tries (`zoo.transport.RetryPolicy`).
+
+    Returns:
+        The updated artifacts, every role but "onnx".
+
+    Raises:
+        UnknownModelError: a name is not in the catalog (before any download).
+        FetchError, ChecksumError, OfflineError, UnsafeArchiveError: a file could not be fetched.
+
     >>> [a.path for a in fetch("bvlc_alexnet")]  # doctest: +SKIP
     ['/home/me/.cache/zoo/models/bvlc_alexnet/deploy.prototxt', ...]
     """
@@ -270,6 +289,16 @@ def verify(
 
     An unpacked archive is checked through the archive it came from (`meta["archive_path"]`)
     and its folder must still exist. Artifacts never fetched are not problems.
+
+    Args:
+        names: models to check; None checks every model.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        One `Problem` per file that is missing or does not match.
+
+    Raises:
+        UnknownModelError: a name is not in the catalog.
     """
     from zoo.catalog import open_catalog
 

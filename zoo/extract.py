@@ -126,6 +126,18 @@ def layers(
 ) -> list[LayerInfo]:
     """A model's layers in order: original names, op types, output shapes, parameters, cut points.
 
+    Args:
+        name_or_onnx_path: a cataloged model (converted if needed) or an ``.onnx`` file.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder.
+
+    Returns:
+        One `LayerInfo` per layer, bottom first.
+
+    Raises:
+        UnknownModelError: neither a file nor a cataloged model.
+        ModelFormatError: the ONNX file cannot be read.
+
     >>> [layer.name for layer in layers("light_bvlc_alexnet.onnx")][-3:]   # doctest: +SKIP
     ['n21', 'fc8', 'n23']
     """

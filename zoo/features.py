@@ -478,6 +478,13 @@ def cache_features(
     Returns:
         The features, memory-mapped from the cache.
 
+    Args:
+        extractor, data, cache_dir, chunk_size, progress, engine: as `extract_features`.
+
+    Raises:
+        InputError: the data cannot be read or does not fit the extractor.
+        DiskFullError: no room left; the run resumes from the last complete chunk.
+
     >>> features = zoo.cache_features(extractor, "train.npy")    # doctest: +SKIP
     """
     return extract_features(extractor, data, cache_dir=cache_dir, chunk_size=chunk_size, progress=progress,
@@ -500,6 +507,13 @@ def save_features(
 
     Raises:
         DiskFullError: no room left to write `output` (the cache entry stays).
+
+    Args:
+        extractor, data, cache_dir, chunk_size, progress, engine: as `extract_features`.
+        output: the ``.npy`` file to write.
+
+    Returns:
+        The cached features (as `extract_features`).
     """
     result = extract_features(extractor, data, cache_dir=cache_dir, chunk_size=chunk_size, progress=progress,
                               engine=engine)
@@ -528,6 +542,11 @@ def save_layer_features(extractor: FeatureExtractor, data: Any, output: str | os
 
     Raises:
         InputError: a ``.npy`` file cannot be read, or the data does not fit the extractor.
+
+    Args:
+        extractor: an extractor cut at several layers (`load_extractor(name, ["fc6", "fc7"])`).
+        data: the inputs, as above.
+        output: the ``.npz`` file to write (one array per layer).
     """
     from zoo.images import is_image_input
 

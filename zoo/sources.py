@@ -242,6 +242,19 @@ def add_source(name: str, url: str, *, sync: bool = True,
     With `sync` (the default) the index is downloaded and validated first: if that fails,
     nothing is registered. Adding an existing name again changes its URL.
 
+    Args:
+        name: the source's name (letters, digits, ``. _ -``).
+        url: the index: http(s)://, file:// or a path.
+        sync: download and apply the index now.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        The sync's report (status, models added, updated, removed, marked).
+
+    Raises:
+        ZooError: a reserved or malformed name, or a built-in source's name.
+        FetchError: the index cannot be downloaded; IndexFormatError: it is malformed.
+
     >>> zoo.add_source("acme", "https://models.acme.org/zoo.json")   # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
@@ -265,7 +278,17 @@ def add_source(name: str, url: str, *, sync: bool = True,
 
 
 def list_sources(*, catalog: str | os.PathLike | Catalog | None = None) -> list[SourceInfo]:
-    """The sources the catalog follows, with their URL, ETag, last sync time and model count."""
+    """The sources the catalog follows, with their URL, ETag, last sync time and model count.
+
+    Args:
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        One `SourceInfo` per source, by name.
+
+    Raises:
+        CatalogError: the catalog cannot be opened or read.
+    """
     from zoo.catalog import open_catalog
 
     return open_catalog(catalog).sources()
@@ -291,6 +314,18 @@ def sync_sources(name: str | None = None, *, force: bool = False,
     were fetched. `force` downloads and applies the index even if its ETag says it is unchanged
     (e.g. to restore entries removed with `zoo rm`). Syncing one named source raises its error;
     syncing all reports each source's error in its `SyncReport` and goes on with the others.
+
+    Args:
+        name: one source to sync; None syncs every source.
+        force: apply the index even when its ETag says it is unchanged.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        One `SyncReport` per source synced.
+
+    Raises:
+        UnknownSourceError: `name` is not registered.
+        FetchError, IndexFormatError: syncing the one named source failed.
     """
     from zoo.catalog import open_catalog
 
@@ -307,7 +342,18 @@ def sync_sources(name: str | None = None, *, force: bool = False,
 
 
 def remove_source(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> SyncStats:
-    """Forget a source and its models, keeping (marked `removed_upstream`) the ones fetched."""
+    """Forget a source and its models, keeping (marked `removed_upstream`) the ones fetched.
+
+    Args:
+        name: the source's name.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        What happened to its models: removed, or kept and marked when fetched.
+
+    Raises:
+        UnknownSourceError: `name` is not registered (or is "local").
+    """
     from zoo.catalog import open_catalog
 
     if name in RESERVED:

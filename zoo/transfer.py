@@ -388,6 +388,22 @@ def transfer_model(
     (BatchNorm in eval mode) except its top `unfreeze` parameterised layers; the default
     ``layer=-2`` drops the old output layer, which the head replaces.
 
+    Args:
+        name: the base model (cataloged name or ONNX file).
+        layer: where to cut it.
+        head: the new head; None makes one for `num_classes` with `hidden` layers (seeded by `seed`).
+        num_classes, hidden, seed: the new head's shape and initialisation.
+        unfreeze: top layers of the base with weights left trainable.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        pooling: "avg" or "max" global pooling of a 4-D cut.
+
+    Returns:
+        ``nn.Sequential(base=..., [pool=...,] head=...)``.
+
+    Raises:
+        InputError: neither a head nor a number of classes, or a negative `unfreeze`.
+        UnknownLayerError: the layer is not in the model.
+
     >>> model = zoo.transfer_model("bvlc_alexnet", layer="fc7", num_classes=10)  # doctest: +SKIP
     """
     from zoo.extract import load_extractor
