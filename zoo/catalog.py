@@ -393,18 +393,11 @@ class Catalog:
     def _row(self, session: Session, name: str) -> ModelRow:
         from zoo._orm import ModelRow
 
-        row = session.scalars(select(ModelRow).where(ModelRow.name == name)).first()
-        if row is None:
-            raise self._unknown(session, name)
-        return row
+        return _named_row(session, ModelRow, name, self._unknown)
 
     def _unknown(self, reader: Any, name: str) -> UnknownModelError:
-        names = reader.scalars(select(_models.c.name)).all()
-        close = closest_names(name, names)
-        hint = f"; closest: {', '.join(close)}" if close else ""
-        return UnknownModelError(
-            f"model {name!r} is not in the catalog{hint}. Find models with `zoo search`", name=name, closest=close
-        )
+        return _unknown_name(reader, _models.c.name, name, UnknownModelError,
+                             "model {name!r} is not in the catalog{hint}. Find models with `zoo search`")
 
     def get(self, name: str) -> Model:
         """The model called `name`; UnknownModelError names the closest ones."""
@@ -616,18 +609,11 @@ class Catalog:
     def _source_row(self, session: Session, name: str) -> SourceRow:
         from zoo._orm import SourceRow
 
-        row = session.scalars(select(SourceRow).where(SourceRow.name == name)).first()
-        if row is None:
-            raise self._unknown_source(session, name)
-        return row
+        return _named_row(session, SourceRow, name, self._unknown_source)
 
     def _unknown_source(self, reader: Any, name: str) -> UnknownSourceError:
-        names = reader.scalars(select(_sources.c.name)).all()
-        close = closest_names(name, names)
-        hint = f"; closest: {', '.join(close)}" if close else ""
-        return UnknownSourceError(
-            f"source {name!r} is not registered{hint}. List them with `zoo source list`", name=name, closest=close
-        )
+        return _unknown_name(reader, _sources.c.name, name, UnknownSourceError,
+                             "source {name!r} is not registered{hint}. List them with `zoo source list`")
 
     def _source_info(self, reader: Any, row: Any) -> SourceInfo:
         models = reader.scalar(select(func.count(_models.c.id)).where(_models.c.source == row.name))
@@ -660,6 +646,21 @@ class Catalog:
         """Forget a source's row; its models stay (`zoo.sources.remove_source` removes or marks them first)."""
         with self._session() as session:
             session.delete(self._source_row(session, name))
+
+
+def _named_row(session: Session, kind: type, name: str, unknown: Any) -> Any:
+    """The ORM row of `kind` called `name`, or the error `unknown(session, name)` makes."""
+    row = session.scalars(select(kind).where(kind.name == name)).first()
+    if row is None:
+        raise unknown(session, name)
+    return row
+
+
+def _unknown_name(reader: Any, column: Any, name: str, error: type, message: str) -> Any:
+    """`error` for a name not in `column`, naming the closest names there (a field too)."""
+    close = closest_names(name, reader.scalars(select(column)).all())
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    return error(message.format(name=name, hint=hint), name=name, closest=close)
 
 
 class CatalogRegistry:

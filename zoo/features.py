@@ -457,15 +457,8 @@ def extract_features(
     return FeatureCache(cache_dir).features(extractor, data, chunk_size=chunk_size, progress=progress, engine=engine)
 
 
-def cache_features(
-    extractor: FeatureExtractor,
-    data: Any,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    chunk_size: int = 256,
-    progress: bool = True,
-    engine: str | Engine = "local",
-) -> np.ndarray:
+def cache_features(extractor: FeatureExtractor, data: Any, *, cache_dir: str | os.PathLike | None = None,
+                   chunk_size: int = 256, progress: bool = True, engine: str | Engine = "local") -> np.ndarray:
     """Run `data` through a frozen `extractor` once; later calls (any process) reuse the result.
 
     The features are written chunk by chunk to ``<cache>/features/<key>/features.npy`` and

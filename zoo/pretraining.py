@@ -348,16 +348,14 @@ def save(
     cache_dir: str | os.PathLike | None = None,
 ) -> Model:
     """Export the stack to ONNX under the cache folder and register it in the catalog."""
-    from zoo.records import InputSpec, Model
-    from zoo.torch_models import register
+    from zoo.records import InputSpec
+    from zoo.torch_models import own_model, register
 
     check_new_name(name, catalog, replace)
     shape = "-".join(str(n) for n in [result.n_features, *result.layers])
-    model = Model(
-        name=name,
-        framework="onnx",
-        format="onnx",
-        source="local",
+    model = own_model(
+        name,
+        result.stack,
         task="feature-extraction",
         architecture=f"{result.method} stack {shape}",
         description=(
@@ -366,7 +364,6 @@ def save(
         ),
         tags=["pretrained", result.method],
         input=InputSpec(name="input", shape=[None, result.n_features], dtype="float32", layout="NC"),
-        parameters=sum(p.numel() for p in result.stack.parameters()),
         meta={
             "pretrained": {
                 "method": result.method,

@@ -70,6 +70,16 @@ def model_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     return model_folder(name, cache_dir) / f"{name}.onnx"
 
 
+def own_model(name: str, module: Any, **fields: Any) -> Model:
+    """The catalog record of a model zoo made from `module`: an ONNX model of source "local".
+
+    `fields` are the rest of the `Model` (task, description, input, meta...); the parameter count
+    is the module's.
+    """
+    parameters = int(sum(p.numel() for p in module.parameters()))
+    return Model(name=name, framework="onnx", format="onnx", source="local", parameters=parameters, **fields)
+
+
 def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLike | Catalog | None = None,
              path: str | os.PathLike | None = None, replace: bool = False,
              cache_dir: str | os.PathLike | None = None) -> Model:
@@ -88,4 +98,4 @@ def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLik
     return cat.add_model(_replace(record, artifacts=[artifact]), replace=replace)
 
 
-__all__ = ["check_new_name", "export_onnx", "model_path", "register"]
+__all__ = ["check_new_name", "export_onnx", "model_path", "own_model", "register"]

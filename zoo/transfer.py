@@ -446,20 +446,14 @@ def save_model(
     """
     from dataclasses import replace as _replace
 
-    from zoo.records import InputSpec, Model
-    from zoo.torch_models import check_new_name, export_onnx, register
+    from zoo.records import InputSpec
+    from zoo.torch_models import check_new_name, export_onnx, own_model, register
 
     check_new_name(name, catalog, replace, example="my-model")
-    record = Model(
-        name=name,
-        framework="onnx",
-        format="onnx",
-        task="classification",
-        source="local",
-        description=description,
+    record = own_model(
+        name, model, task="classification", description=description,
         input=_replace(input_spec or InputSpec(), name="input", shape=[None, *input_shape], dtype="float32",
                        layout=layout or (input_spec.layout if input_spec else None)),
-        parameters=int(sum(p.numel() for p in model.parameters())),
         meta={"trained_by": "zoo", **({"classes": list(classes)} if classes is not None else {}), **(meta or {})},
     )
     return register(export_onnx(model, input_shape), record, catalog=catalog, path=path, replace=replace,

@@ -1,6 +1,7 @@
 """The README's main job, offline: train on digits 0-4, reuse the network frozen for 5-9 with few labels."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -182,17 +183,12 @@ def run(
                                        seed=seed, threads=1, progress=False), head=base_net,
     )
     say(f"registering it as {BASE_NAME!r} and exporting it to ONNX ...")
-    base_record = save_model(
-        base_net,
-        BASE_NAME,
-        input_shape=[1, 8, 8],
-        catalog=cat,
-        path=out / f"{BASE_NAME}.onnx",
-        layout="NCHW",
-        classes=[0, 1, 2, 3, 4],
+    # Both models the walkthrough saves: 8x8 single-channel digits, its own files, re-registered on a rerun.
+    save = functools.partial(save_model, input_shape=[1, 8, 8], catalog=cat, layout="NCHW", replace=True)
+    base_record = save(
+        base_net, BASE_NAME, path=out / f"{BASE_NAME}.onnx", classes=[0, 1, 2, 3, 4],
         description="Small CNN trained on scikit-learn's digits 0-4 by `zoo walkthrough`",
         meta={"trained_by": "zoo walkthrough", "dataset": "sklearn digits 0-4", "val_accuracy": base_fit.val_accuracy},
-        replace=True,
     )
     cat.update_model(BASE_NAME, dataset="sklearn digits 0-4", metrics={"val_accuracy": base_fit.val_accuracy})
 
@@ -232,19 +228,12 @@ def run(
     say(f"saving the frozen base + new head as {TRANSFER_NAME!r} ...")
     best_base = load_extractor(BASE_NAME, best.cached_at, catalog=cat, cache_dir=cache_dir)
     module = compose(best_base.to_torch(), best.fit.head)
-    transfer_record = save_model(
-        module,
-        TRANSFER_NAME,
-        input_shape=[1, 8, 8],
-        catalog=cat,
-        path=out / f"{TRANSFER_NAME}.onnx",
-        layout="NCHW",
-        classes=best.fit.classes,
+    transfer_record = save(
+        module, TRANSFER_NAME, path=out / f"{TRANSFER_NAME}.onnx", classes=best.fit.classes,
         description=f"{BASE_NAME} cut at {best.layer} + a new head for digits 5-9, by `zoo walkthrough`",
         meta={"trained_by": "zoo walkthrough", "base_model": BASE_NAME, "layer": best.layer,
               "unfreeze": best.unfreeze, "labels_per_class": labels_per_class,
               "test_accuracy": best.test_accuracy},
-        replace=True,
     )
     # The saved ONNX model, run by onnxruntime, must predict what the torch model predicts.
     logits = load_extractor(TRANSFER_NAME, -1, catalog=cat, cache_dir=cache_dir)(x_test)
