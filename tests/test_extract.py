@@ -582,6 +582,7 @@ def test_cli_layers_and_extract(tmp_path):
     assert result.exit_code == 1 and "expects (N, 3, 8, 8)" in result.output
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_zoo_extract_subprocess(tmp_path, zoo_cmd):
     path = save_tiny(tmp_path)
     x = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)

@@ -421,6 +421,7 @@ def test_cli_layers_shows_inputs_and_extract_takes_named_inputs(text_model, rnn_
         np.testing.assert_allclose(archive["gru"], want_state, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_zoo_extract_named_inputs_subprocess(text_model, tmp_path, zoo_cmd):
     module, path = text_model
     ids, mask = _tokens(3, seed=9)

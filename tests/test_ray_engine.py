@@ -208,6 +208,7 @@ def test_what_the_ray_engine_cannot_take_says_so(tiny, tmp_path):
     assert FeatureCache().entries() == []  # refused before any cache folder was made
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path, zoo_cmd):
     # A `ray` package that fails to import, first on the path: what a user without Ray gets.
     blocked = tmp_path / "blocked"
@@ -234,6 +235,7 @@ def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path, zoo_cmd):
     assert "missing: ray is needed" in done.stdout, done.stderr
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_an_unreachable_cluster_fails_at_once(tiny, tmp_path, zoo_cmd):
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 8, 8), np.float32))
     cmd = [*zoo_cmd, "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"),
