@@ -9,7 +9,6 @@ media, FTS5) is `zoo._sqlite.SQLite`; PostgreSQL's (pool, serialized writes, tsv
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, select
@@ -23,15 +22,15 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
-@dataclass
 class SearchPlan:
     """How one back-end answers one query: the ranked id select, its parameters, and a select of
     the model whose name is the query exactly (it goes first whatever its rank), if the ranking may
-    not put it there by itself."""
+    not put it there by itself. (A plain class: `zoo search` imports this, a dataclass costs more.)"""
 
-    ids: Any
-    params: dict[str, Any] = field(default_factory=dict)
-    exact: Any = None
+    __slots__ = ("ids", "params", "exact")
+
+    def __init__(self, ids: Any, params: dict[str, Any] | None = None, exact: Any = None) -> None:
+        self.ids, self.params, self.exact = ids, params or {}, exact
 
 
 def query_words(query: str) -> list[str]:
