@@ -200,7 +200,8 @@ def main() -> None:
             server.get("/sent")
             server.get(f"/cut?at={size // 2}")
             dest = tmp / "resumed.bin"
-            result = download([server.url], dest, expected=Expected(checksum=f"sha256:{digest}", size=size), retry=RetryPolicy(backoff=0.05))
+            result = download([server.url], dest, expected=Expected(checksum=f"sha256:{digest}", size=size),
+                              retry=RetryPolicy(backoff=0.05))
             assert result.sha256 == digest
             sent = int(server.get("/sent"))
             print(

@@ -58,7 +58,8 @@ def _compare(X, layers: list[int], epochs: int, repeats: int) -> None:
         for _ in range(repeats):
             for cache in (True, False):
                 cpu, wall = time.process_time(), time.perf_counter()
-                result = pretrain(X, layers, method, config=PretrainConfig(epochs=epochs, seed=0, cache=cache, progress=False))
+                result = pretrain(X, layers, method,
+                                  config=PretrainConfig(epochs=epochs, seed=0, cache=cache, progress=False))
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                 if cache not in best or cpu < best[cache][0]:
                     best[cache] = (cpu, wall, result)

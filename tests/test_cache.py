@@ -1,4 +1,5 @@
-"""zoo.cache (layout, folder names), zoo.atomic, zoo.hashes' tree hash, and `zoo cache list` / `zoo cache rm` (zoo.cache_manager)."""
+"""zoo.cache (layout, folder names), zoo.atomic, zoo.hashes' tree hash, and `zoo cache list` / `zoo cache rm`
+(zoo.cache_manager)."""
 from __future__ import annotations
 
 import hashlib
@@ -176,7 +177,7 @@ def test_cache_rm_by_model_removes_its_onnx_cuts_and_files(filled):
     assert out["bytes"] == sum(listed[k] for k in out["removed"])  # what the listing said they take
     assert sorted(e["kind"] for e in _listed()) == ["features", "trained"]
     left = [p.name for p in (filled / "models" / "tiny.onnx").iterdir()]
-    assert left == ["tiny.onnx.lock"]  # the fetch's lock file stays (see zoo.cache_manager.RemovalPlan.execute), nothing else
+    assert left == ["tiny.onnx.lock"]  # the fetch's lock stays (see RemovalPlan.execute), nothing else
     assert not (filled / "onnx" / "tiny.onnx" / "tiny.onnx.onnx").exists()
 
 
@@ -290,7 +291,8 @@ def test_pretrain_saves_under_the_given_cache_dir(zoo_env, tmp_path):
 
     other = tmp_path / "other-cache"
     rows = np.random.default_rng(0).random((40, 6)).astype(np.float32)
-    result = pretrain(rows, layers=(3,), name="tiny-stack", cache_dir=other, config=PretrainConfig(epochs=1, progress=False))
+    result = pretrain(rows, layers=(3,), name="tiny-stack", cache_dir=other,
+                      config=PretrainConfig(epochs=1, progress=False))
     path = Path(result.model.artifacts[0].path)
     assert path == other / "models" / "tiny-stack" / "tiny-stack.onnx" and path.is_file()
     assert not (zoo_env / "cache" / "models" / "tiny-stack").exists()

@@ -155,7 +155,8 @@ def test_image_folder_skips_and_reports_unreadable_files(tmp_path):
             Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
     (tmp_path / "imgs" / "cats" / "broken.jpg").write_bytes(b"not an image")
     extractor = ProjectionExtractor(3 * 8 * 8, 5)
-    result = extract_features(extractor, as_source(tmp_path / "imgs", extractor, image_size=(8, 8)), progress=False, chunk_size=4)
+    result = extract_features(extractor, as_source(tmp_path / "imgs", extractor, image_size=(8, 8)),
+                              progress=False, chunk_size=4)
     assert result.features.shape == (6, 5)
     assert result.classes == ["cats", "dogs"]
     assert result.labels.tolist() == [0, 0, 0, 1, 1, 1]
@@ -165,7 +166,9 @@ def test_image_folder_skips_and_reports_unreadable_files(tmp_path):
     expected = extractor(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None])
     np.testing.assert_allclose(result.features[0], expected[0], rtol=1e-5)
     with pytest.raises(InputError, match="broken.jpg"):
-        extract_features(extractor, as_source(tmp_path / "imgs", extractor, image_size=(8, 8), on_error="raise"), progress=False)
+        extract_features(extractor,
+                         as_source(tmp_path / "imgs", extractor, image_size=(8, 8), on_error="raise"),
+                         progress=False)
     with pytest.raises(InputError, match="image_size"):
         extract_features(extractor, tmp_path / "imgs", progress=False)
 

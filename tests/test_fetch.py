@@ -35,7 +35,8 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_download_verifies_and_moves_into_place(fault_server, tmp_path):
     route = fault_server.add("/w.bin", BODY)
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=f"sha256:{SHA}", size=len(BODY)))
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      expected=Expected(checksum=f"sha256:{SHA}", size=len(BODY)))
     assert result.path.read_bytes() == BODY
     assert (result.sha256, result.size, result.bytes_transferred) == (SHA, len(BODY), len(BODY))
     assert not result.cached and result.url == fault_server.url("/w.bin")
@@ -62,7 +63,8 @@ def test_publisher_checksums_of_every_kind(fault_server, tmp_path, algo):
 
 def test_dropped_connection_resumes_with_range_and_if_range(fault_server, tmp_path):
     route = fault_server.add("/w.bin", BODY, drop_after=3000)
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=f"sha256:{SHA}"), retry=FAST)
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      expected=Expected(checksum=f"sha256:{SHA}"), retry=FAST)
     assert result.path.read_bytes() == BODY
     assert route.hits == 2
     second = route.requests[1].headers
@@ -72,7 +74,8 @@ def test_dropped_connection_resumes_with_range_and_if_range(fault_server, tmp_pa
 
 def test_server_ignoring_range_restarts_cleanly(fault_server, tmp_path):
     route = fault_server.add("/w.bin", BODY, drop_after=3000, ranges=False)
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=f"sha256:{SHA}"), retry=FAST)
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      expected=Expected(checksum=f"sha256:{SHA}"), retry=FAST)
     assert result.path.read_bytes() == BODY and route.hits == 2
     assert route.requests[1].headers["Range"] == "bytes=3000-"  # asked, got a 200 with the whole file
     assert route.bytes_sent == 3000 + len(BODY)
@@ -102,13 +105,15 @@ def test_persistent_5xx_gives_up_naming_the_url(fault_server, tmp_path):
 
 def test_stall_past_read_timeout_is_retried(fault_server, tmp_path):
     route = fault_server.add("/w.bin", BODY, stall=1.5)
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", retry=RetryPolicy(timeout=(2, 0.3), backoff=0.01))
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      retry=RetryPolicy(timeout=(2, 0.3), backoff=0.01))
     assert result.sha256 == SHA and route.hits >= 2
 
 
 def test_stall_in_the_middle_of_the_body_resumes(fault_server, tmp_path):
     route = fault_server.add("/w.bin", BODY, stall=1.5, stall_after=4000)
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", retry=RetryPolicy(timeout=(2, 0.3), backoff=0.01))
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      retry=RetryPolicy(timeout=(2, 0.3), backoff=0.01))
     assert result.sha256 == SHA
     assert route.requests[-1].headers["Range"] == "bytes=4000-"
     assert result.bytes_transferred == len(BODY)
@@ -117,14 +122,16 @@ def test_stall_in_the_middle_of_the_body_resumes(fault_server, tmp_path):
 def test_server_that_always_stalls_is_given_up(fault_server, tmp_path):
     fault_server.add("/w.bin", BODY, delay=0.6)
     with pytest.raises(FetchError, match="sent nothing for 0.2 s"):
-        download([fault_server.url("/w.bin")], tmp_path / "w.bin", retry=RetryPolicy(timeout=(2, 0.2), retries=1, backoff=0.01))
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                 retry=RetryPolicy(timeout=(2, 0.2), retries=1, backoff=0.01))
     assert not (tmp_path / "w.bin").exists()
 
 
 def test_wrong_bytes_are_deleted_and_reported(fault_server, tmp_path):
     fault_server.add("/w.bin", b"not the weights" * 100)
     with pytest.raises(ChecksumError) as info:
-        download([fault_server.url("/w.bin")], tmp_path / "w.bin", label="weights file w.bin of alexnet", expected=Expected(checksum=f"sha256:{SHA}"))
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin", label="weights file w.bin of alexnet",
+                 expected=Expected(checksum=f"sha256:{SHA}"))
     message = str(info.value)
     assert SHA in message and sha256(b"not the weights" * 100) in message
     assert "weights file w.bin of alexnet" in message and "Deleted" in message
@@ -244,7 +251,8 @@ def test_token_hosts_limits_where_the_token_goes(fault_server, tmp_path, monkeyp
 def test_a_mirror_serving_wrong_bytes_is_skipped(fault_server, tmp_path):
     fault_server.add("/bad/w.bin", b"stale copy" * 50)
     fault_server.add("/good/w.bin", BODY)
-    result = download([fault_server.url("/bad/w.bin"), fault_server.url("/good/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=f"sha256:{SHA}"))
+    result = download([fault_server.url("/bad/w.bin"), fault_server.url("/good/w.bin")], tmp_path / "w.bin",
+                      expected=Expected(checksum=f"sha256:{SHA}"))
     assert result.url == fault_server.url("/good/w.bin") and result.path.read_bytes() == BODY
 
 
@@ -406,7 +414,8 @@ def test_killed_process_leaves_a_resumable_part(fault_server, tmp_path):
     kept = part.stat().st_size
     assert not dest.exists() and 0 < kept < len(big)
     route.rate = None
-    result = download([fault_server.url("/w.bin")], dest, expected=Expected(checksum=f"sha256:{sha256(big)}"), retry=RetryPolicy(lock_timeout=5))
+    result = download([fault_server.url("/w.bin")], dest, expected=Expected(checksum=f"sha256:{sha256(big)}"),
+                      retry=RetryPolicy(lock_timeout=5))
     assert route.requests[-1].headers["Range"] == f"bytes={kept}-"
     assert result.bytes_transferred == len(big) - kept and dest.read_bytes() == big
 
@@ -462,7 +471,8 @@ def test_gitblob_checksum_survives_a_resume_across_runs(fault_server, tmp_path):
     blob = "gitblob:" + hashlib.sha1(b"blob %d\0" % len(big) + big).hexdigest()
     route = fault_server.add("/w.bin", big, drop_after=30_000)
     with pytest.raises(FetchError):
-        download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=blob), retry=FAST.replace(retries=0))
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=blob),
+                 retry=FAST.replace(retries=0))
     result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=blob), retry=FAST)
     assert route.requests[-1].headers["Range"] == "bytes=30000-" and result.bytes_transferred == 50_000
     assert result.path.read_bytes() == big
@@ -476,7 +486,8 @@ def test_a_trickling_server_is_cut_and_given_up_and_a_rerun_resumes(fault_server
     monkeypatch.setenv("ZOO_FETCH_STALL_SECONDS", "0.6")
     route = fault_server.add("/w.bin", BODY, rate=4)
     with pytest.raises(FetchError) as info:
-        download([fault_server.url("/w.bin")], tmp_path / "w.bin", retry=RetryPolicy(retries=2, backoff=0.01, timeout=(2, 5)))
+        download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                 retry=RetryPolicy(retries=2, backoff=0.01, timeout=(2, 5)))
     message = str(info.value)
     assert "giving up on" in message and "after 2 retries" in message
     assert "stalled" in message and "under the minimum of 1000 B/s (ZOO_FETCH_MIN_RATE" in message
@@ -485,7 +496,8 @@ def test_a_trickling_server_is_cut_and_given_up_and_a_rerun_resumes(fault_server
     kept = (tmp_path / "w.bin.part").stat().st_size
     assert 0 < kept < len(BODY)
     route.rate = None
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=f"sha256:{SHA}"), retry=FAST)
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      expected=Expected(checksum=f"sha256:{SHA}"), retry=FAST)
     assert route.requests[-1].headers["Range"] == f"bytes={kept}-" and result.path.read_bytes() == BODY
 
 
@@ -495,7 +507,8 @@ def test_a_stall_after_real_progress_does_not_use_up_the_retries(fault_server, t
     monkeypatch.setenv("ZOO_FETCH_STALL_SECONDS", "0.5")
     big = os.urandom(300_000)
     route = fault_server.add("/w.bin", big, rate=4, rate_after=100_000)
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=f"sha256:{sha256(big)}"), retry=FAST.replace(retries=1))
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      expected=Expected(checksum=f"sha256:{sha256(big)}"), retry=FAST.replace(retries=1))
     assert result.path.read_bytes() == big and route.hits == 3
     starts = [int(q.headers["Range"][len("bytes="):-1]) for q in route.requests[1:]]
     assert starts[0] >= 100_000 and starts[1] >= starts[0] + 100_000  # each retry resumed after the fast part
@@ -513,7 +526,8 @@ def test_a_server_dropping_every_connection_after_a_few_bytes_is_given_up(fault_
 def test_a_fast_flaky_server_still_counts_as_progress(fault_server, tmp_path):
     big = os.urandom(400_000)
     route = fault_server.add("/w.bin", big, drop_after=60_000, drops=6)  # 7 attempts, 6 broken
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=f"sha256:{sha256(big)}"), retry=FAST.replace(retries=2))
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      expected=Expected(checksum=f"sha256:{sha256(big)}"), retry=FAST.replace(retries=2))
     assert result.path.read_bytes() == big and route.hits == 7
 
 
@@ -531,7 +545,8 @@ def test_the_overall_bound_stops_a_slow_download_and_keeps_the_part(fault_server
     assert 0 < kept < len(big) and slow.hits == 1
     monkeypatch.delenv("ZOO_FETCH_MAX_TIME")
     slow.rate = None
-    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin", expected=Expected(checksum=f"sha256:{sha256(big)}"), retry=FAST)
+    result = download([fault_server.url("/w.bin")], tmp_path / "w.bin",
+                      expected=Expected(checksum=f"sha256:{sha256(big)}"), retry=FAST)
     assert result.bytes_transferred == len(big) - kept
 
 

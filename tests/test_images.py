@@ -256,7 +256,8 @@ def test_train_and_sweep_on_an_image_folder_cache_preprocessed_features(tmp_path
     for c, label in enumerate(("cat", "dog")):
         for i in range(4):
             files.append(photo(root / label / f"{i}.png", 240 + 10 * i, 280, seed=10 * c + i))
-    result = train("bvlc_like", root, None, new_name="pets", training=TrainingConfig(epochs=1, progress=False), extractor=ExtractorOptions(layer="relu2"))
+    result = train("bvlc_like", root, None, new_name="pets", training=TrainingConfig(epochs=1, progress=False),
+                   extractor=ExtractorOptions(layer="relu2"))
     entry = FeatureCache().load(result.cache_key)
     plain = load_extractor("bvlc_like", "relu2")
     want = plain(np.stack([bvlc_reference(p, 227) for p in files]))
@@ -272,7 +273,8 @@ def test_train_and_sweep_on_an_image_folder_cache_preprocessed_features(tmp_path
     again = FeatureCache().load(FeatureCache().key(plain, root))
     np.testing.assert_allclose(again.features, want, rtol=1e-4, atol=1e-4)
     # --no-preprocess caches what the net would see without the spec
-    unprocessed = sweep("bvlc_like", root, layers=["relu2"], training=TrainingConfig(epochs=1, progress=False), extractor=ExtractorOptions(preprocess=False))
+    unprocessed = sweep("bvlc_like", root, layers=["relu2"], training=TrainingConfig(epochs=1, progress=False),
+                        extractor=ExtractorOptions(preprocess=False))
     assert not unprocessed.rows[0].reused
 
 
@@ -295,9 +297,11 @@ def test_train_on_a_flat_folder_needs_labels_and_drops_unreadable_files(tmp_path
         photo(tmp_path / "flat" / f"{i}.png", 40, 40, seed=i)
     (tmp_path / "flat" / "7.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(InputError, match="labels are missing"):
-        train("small", tmp_path / "flat", None, new_name="m", training=TrainingConfig(epochs=1, progress=False), extractor=ExtractorOptions(layer="relu2"))
+        train("small", tmp_path / "flat", None, new_name="m", training=TrainingConfig(epochs=1, progress=False),
+              extractor=ExtractorOptions(layer="relu2"))
     labels = np.array([0, 1, 0, 1, 0, 1, 1])  # the last one is the broken file's
-    result = train("small", tmp_path / "flat", labels, new_name="m", training=TrainingConfig(epochs=1, progress=False), extractor=ExtractorOptions(layer="relu2"))
+    result = train("small", tmp_path / "flat", labels, new_name="m",
+                   training=TrainingConfig(epochs=1, progress=False), extractor=ExtractorOptions(layer="relu2"))
     assert len(result.fit.history) == 1
 
 
@@ -310,7 +314,8 @@ def test_pooling_averages_or_maxes_the_spatial_axes(tmp_path, layout, axes, laye
     path = conv_net(tmp_path / "net.onnx", 16, layout)
     x = np.random.default_rng(0).normal(size=(3, 3, 16, 16) if layout == "NCHW" else (3, 16, 16, 3)).astype(np.float32)
     plain = load_extractor(path, layer)
-    avg, biggest = load_extractor(path, layer, options=ExtractorOptions(pooling="avg")), load_extractor(path, layer, options=ExtractorOptions(pooling="max"))
+    avg, biggest = load_extractor(path, layer, options=ExtractorOptions(pooling="avg")), load_extractor(path,
+                                  layer, options=ExtractorOptions(pooling="max"))
     full = plain(x)
     assert full.ndim == 4 and avg.output_shape == (None, 5) == biggest.output_shape
     np.testing.assert_allclose(avg(x), full.mean(axis=axes), rtol=1e-5)
@@ -355,7 +360,9 @@ def test_train_with_pooling_saves_a_model_that_pools(tmp_path):
     x = rng.normal(size=(24, 3, 32, 32)).astype(np.float32)
     y = np.arange(24) % 2
     for unfreeze in (0, 1):
-        result = train("small", x, y, new_name=f"pooled{unfreeze}", training=TrainingConfig(unfreeze=unfreeze, epochs=2, progress=False), extractor=ExtractorOptions(layer="relu2", pooling="avg"))
+        result = train("small", x, y, new_name=f"pooled{unfreeze}",
+                       training=TrainingConfig(unfreeze=unfreeze, epochs=2, progress=False),
+                       extractor=ExtractorOptions(layer="relu2", pooling="avg"))
         if unfreeze == 0:
             features = load_extractor("small", "relu2", options=ExtractorOptions(pooling="avg"))(x)
             assert features.shape == (24, 5)

@@ -186,7 +186,8 @@ def test_bad_multi_input_calls_say_what_is_expected(text_model):
     with pytest.raises(InputError, match=r"input 'input_ids' has dtype float32; .* expects integers \(int64\) .*"
                                          r"astype\('int64'\)"):
         extractor(input_ids=ids.astype(np.float32), attention_mask=mask)
-    with pytest.raises(InputError, match=r"disagree on the batch size: input_ids has 4 \(axis 0\), attention_mask has 3"):
+    with pytest.raises(InputError,
+                       match=r"disagree on the batch size: input_ids has 4 \(axis 0\), attention_mask has 3"):
         extractor(input_ids=ids, attention_mask=mask[:3])
     with pytest.raises(InputError, match=r"input 'attention_mask' has 7 along its 'seq' axis but 'input_ids' has 9"):
         extractor(input_ids=ids, attention_mask=mask[:, :7])
@@ -396,9 +397,11 @@ def test_cli_layers_shows_inputs_and_extract_takes_named_inputs(text_model, rnn_
     result = runner.invoke(cli, ["extract", str(path), "-l", "-1", "-i", str(tmp_path / "ids.npy"), "-o", str(out)])
     assert result.exit_code == 1 and "missing input(s) attention_mask" in result.output
     assert "Traceback" not in result.output
-    result = runner.invoke(cli, ["extract", str(path), "-i", str(tmp_path / "ids.npy"), "-i", "mask.npy", "-o", str(out)])
+    result = runner.invoke(cli,
+                           ["extract", str(path), "-i", str(tmp_path / "ids.npy"), "-i", "mask.npy", "-o", str(out)])
     assert result.exit_code == 1 and "give each as NAME=FILE.npy" in result.output
-    result = runner.invoke(cli, ["extract", str(path), "-i", "input_ids=nope.npy", "-i", "attention_mask=x", "-o", str(out)])
+    result = runner.invoke(cli,
+                           ["extract", str(path), "-i", "input_ids=nope.npy", "-i", "attention_mask=x", "-o", str(out)])
     assert result.exit_code == 1 and "input_ids=nope.npy: no such file" in result.output
 
     # several layers of the recurrent model, a scalar sample rate given as a number: an .npz
@@ -557,11 +560,13 @@ def test_huggingface_bert_three_inputs_two_outputs(tmp_path, monkeypatch):
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": segments}  # a tokenizer's output
     with torch.no_grad():
         want = bert(**{k: torch.from_numpy(v) for k, v in batch.items()})
-    extractor = load_extractor("bert-tiny", ["encoder.layer.1.output.LayerNorm", "pooler.activation"], options=ExtractorOptions(batch_size=2))
+    extractor = load_extractor("bert-tiny", ["encoder.layer.1.output.LayerNorm", "pooler.activation"],
+                               options=ExtractorOptions(batch_size=2))
     assert extractor.input_names == names
     got = extractor(batch)
     assert set(got) == {"encoder.layer.1.output.LayerNorm", "pooler.activation"}
-    np.testing.assert_allclose(got["encoder.layer.1.output.LayerNorm"], want.last_hidden_state.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["encoder.layer.1.output.LayerNorm"], want.last_hidden_state.numpy(),
+                               rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got["pooler.activation"], want.pooler_output.numpy(), rtol=1e-4, atol=1e-4)
     # the word embeddings need the token ids only; the rest of a tokenizer's output is left out
     with pytest.warns(UserWarning, match="not a cut point"):  # positions and segments join above it

@@ -104,7 +104,8 @@ def test_lower_layers_stay_unchanged_while_an_upper_layer_trains(digits, method,
 
 def test_cached_and_recomputed_inputs_train_the_same_stack(digits):
     cached = pretrain(digits, [24, 12], "autoencoder", config=PretrainConfig(epochs=3, seed=2, progress=False))
-    rerun = pretrain(digits, [24, 12], "autoencoder", config=PretrainConfig(epochs=3, seed=2, cache=False, progress=False))
+    rerun = pretrain(digits, [24, 12], "autoencoder",
+                     config=PretrainConfig(epochs=3, seed=2, cache=False, progress=False))
     np.testing.assert_allclose(cached.losses, rerun.losses, rtol=1e-4)
     np.testing.assert_allclose(cached.transform(digits), rerun.transform(digits), atol=1e-4)
 
@@ -197,7 +198,8 @@ def test_a_taken_name_is_refused_before_training_unless_replaced(digits):
     pretrain(digits, [8], "rbm", name="base", config=PretrainConfig(epochs=1, progress=False))
     with pytest.raises(DuplicateModelError, match="base"):
         pretrain(digits, [8], "rbm", name="base", config=PretrainConfig(epochs=1, progress=True))
-    replaced = pretrain(digits, [8, 4], "rbm", name="base", replace=True, config=PretrainConfig(epochs=1, progress=False))
+    replaced = pretrain(digits, [8, 4], "rbm", name="base", replace=True,
+                        config=PretrainConfig(epochs=1, progress=False))
     from zoo.catalog import open_catalog
 
     assert open_catalog().get("base").meta["pretrained"]["layers"] == [8, 4] == replaced.layers

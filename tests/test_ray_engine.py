@@ -139,7 +139,9 @@ def test_ray_resumes_a_partial_entry_and_train_reads_it(local_ray, tiny, tmp_pat
     np.testing.assert_allclose(features[:32] - 1000, np.asarray(local.features)[:32], atol=1e-3)
     # `zoo train` (and fit_head, sweep) read the entry the Ray run completed, as it is
     manifest = (resumed.path.parent / "manifest.json").read_text()
-    result = zoo.train(str(tiny), images, None, new_name="pets.tiny", training=TrainingConfig(epochs=2, progress=False), extractor=ExtractorOptions(layer="pool"))
+    result = zoo.train(str(tiny), images, None, new_name="pets.tiny",
+                       training=TrainingConfig(epochs=2, progress=False),
+                       extractor=ExtractorOptions(layer="pool"))
     assert result is not None
     assert (resumed.path.parent / "manifest.json").read_text() == manifest
     assert len(FeatureCache().entries()) == 1
@@ -156,7 +158,8 @@ def test_worker_errors_come_back_as_the_users_error(local_ray, tiny, tmp_path):
         extract_features(extractor, wrong, chunk_size=10, progress=False, engine="ray")
     images = _image_folder(tmp_path / "images", count=30)
     with pytest.raises(InputError, match="cannot read image .*broken.png"):
-        extract_features(extractor, as_source(images, extractor, on_error="raise"), chunk_size=8, progress=False, engine="ray")
+        extract_features(extractor, as_source(images, extractor, on_error="raise"), chunk_size=8,
+                         progress=False, engine="ray")
     entry = FeatureCache().entries()[-1]
     assert not entry.complete and entry.rows == 24  # broken.png is the last of 31 files: chunk 4 of 8-file chunks
     with pytest.raises(InputError, match="need 6 CPUs but the Ray cluster has 2"):
@@ -231,7 +234,8 @@ def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path, zoo_cmd):
         except MissingDependencyError as exc:
             print("missing:", exc)
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
     assert "missing: ray is needed" in done.stdout, done.stderr
 
 

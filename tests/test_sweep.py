@@ -57,7 +57,8 @@ def test_a_second_sweep_reuses_every_cut(digits_model, data):
 
     x, y = data
     first = sweep(digits_model.name, x, y, layers=["pool2", "relu3"], training=TrainingConfig(epochs=2, progress=False))
-    second = sweep(digits_model.name, x, y, layers=["pool2", "relu3"], training=TrainingConfig(epochs=2, progress=False))
+    second = sweep(digits_model.name, x, y, layers=["pool2", "relu3"],
+                   training=TrainingConfig(epochs=2, progress=False))
     assert all(r.reused for r in second.rows)
     assert [r.val_accuracy for r in first.rows] == [r.val_accuracy for r in second.rows]
 
@@ -66,7 +67,8 @@ def test_sweep_with_validation_and_test_sets(digits_model, data):
     from zoo import sweep
 
     x, y = data
-    result = sweep(digits_model.name, x[:60], y[:60], layers=["pool2"], validation=(x[60:100], y[60:100]), test=(x[100:], y[100:]), training=TrainingConfig(epochs=2, progress=False))
+    result = sweep(digits_model.name, x[:60], y[:60], layers=["pool2"], validation=(x[60:100], y[60:100]),
+                   test=(x[100:], y[100:]), training=TrainingConfig(epochs=2, progress=False))
     assert result.rows[0].test_accuracy is not None and "test acc" in result.table()
 
 

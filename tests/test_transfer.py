@@ -219,7 +219,9 @@ def test_train_caches_fits_and_saves_a_model_onnx_runs(digits_model, digits59, t
     x, y = digits59
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    result = train(digits_model.name, tmp_path / "x.npy", tmp_path / "y.npy", new_name="mine.59", training=TrainingConfig(unfreeze=1, epochs=3, progress=False), extractor=ExtractorOptions(layer="relu2"))
+    result = train(digits_model.name, tmp_path / "x.npy", tmp_path / "y.npy", new_name="mine.59",
+                   training=TrainingConfig(unfreeze=1, epochs=3, progress=False),
+                   extractor=ExtractorOptions(layer="relu2"))
     assert result.cut == "pool1"
     stored = open_catalog().get("mine.59")
     assert stored.meta["classes"] == [5, 6, 7, 8, 9] and stored.meta["base_model"] == digits_model.name
@@ -229,10 +231,13 @@ def test_train_caches_fits_and_saves_a_model_onnx_runs(digits_model, digits59, t
         result.fit.predict(x[:10], base=result.module.base),
     )
     # a second model reuses the cached features
-    again = train(digits_model.name, tmp_path / "x.npy", y, new_name="mine.59", replace=True, training=TrainingConfig(unfreeze=1, epochs=1, progress=False), extractor=ExtractorOptions(layer="relu2"))
+    again = train(digits_model.name, tmp_path / "x.npy", y, new_name="mine.59", replace=True,
+                  training=TrainingConfig(unfreeze=1, epochs=1, progress=False),
+                  extractor=ExtractorOptions(layer="relu2"))
     assert again.cache_key == result.cache_key
     with pytest.raises(InputError, match="119 labels for 120 rows"):
-        train(digits_model.name, tmp_path / "x.npy", y[:-1], new_name="other", training=TrainingConfig(progress=False), extractor=ExtractorOptions(layer="relu2"))
+        train(digits_model.name, tmp_path / "x.npy", y[:-1], new_name="other",
+              training=TrainingConfig(progress=False), extractor=ExtractorOptions(layer="relu2"))
 
 
 def test_zoo_train_command(digits_model, digits59, tmp_path):
@@ -269,7 +274,8 @@ def test_train_on_an_image_folder_takes_its_labels_from_the_folders(digits_model
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image[0] * 255).astype(np.uint8), mode="L").save(folder / f"{i}.png")
     (tmp_path / "imgs" / "digit5" / "notes.txt").write_text("not an image")
-    result = train(digits_model.name, tmp_path / "imgs", None, new_name="folder.59", training=TrainingConfig(epochs=2, progress=False), extractor=ExtractorOptions(layer="pool2"))
+    result = train(digits_model.name, tmp_path / "imgs", None, new_name="folder.59",
+                   training=TrainingConfig(epochs=2, progress=False), extractor=ExtractorOptions(layer="pool2"))
     assert result.fit.classes == [0, 1, 2, 3, 4]  # class indices of digit5..digit9
     assert result.model.meta["classes"] == ["digit5", "digit6", "digit7", "digit8", "digit9"]
     from zoo.features import FeatureCache

@@ -224,7 +224,8 @@ class ImageSource(SourceBase):
         self.files, self.classes, self.root, self.description = files, classes, root, description
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.length = len(files)
-        self.on_error, self.image_size, self.requested_layout, self.preprocess = on_error, image_size, layout, preprocess
+        self.on_error, self.image_size, self.preprocess = on_error, image_size, preprocess
+        self.requested_layout = layout
         self._made_for = _image_view(extractor)
         self._fingerprint: str | None = None
         self._fit(extractor, defer=extractor is None)

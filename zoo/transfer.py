@@ -350,7 +350,7 @@ def trainable_head(top: Any, head: Any, pool: Any = None):
 
 
 def compose(base: Any, head: Any, pool: Any = None):
-    """One module: the frozen base, the global pooling (if any) and the head, as ``nn.Sequential(base=, pool=, head=)``."""
+    """One module: the frozen base, the global pooling (if any) and the head (``base``, ``pool``, ``head``)."""
     from collections import OrderedDict
 
     from torch import nn

@@ -313,7 +313,8 @@ class Expected:
             if got is None:  # a git blob id whose size was not known up front
                 got = file_hash(path, algo)
             if got != want:
-                return _Mismatch(f"{algo} does not match: expected {want}, got {got}", f"{algo}:{want}", f"{algo}:{got}")
+                return _Mismatch(f"{algo} does not match: expected {want}, got {got}",
+                                 f"{algo}:{want}", f"{algo}:{got}")
         return None
 
 

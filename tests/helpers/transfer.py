@@ -68,5 +68,6 @@ def register_digits_cnn(name: str = "digits.cnn", *, catalog=None, seed: int = 0
     net = digits_cnn(5, seed=seed)
     if train_epochs:
         x, y = digits()
-        fit_head(x[y < 5], y[y < 5], head=net, config=TrainingConfig(epochs=train_epochs, batch_size=64, lr=3e-3, seed=seed))
+        fit_head(x[y < 5], y[y < 5], head=net,
+                 config=TrainingConfig(epochs=train_epochs, batch_size=64, lr=3e-3, seed=seed))
     return save_model(net.eval(), name, input_shape=[1, 8, 8], catalog=catalog, layout="NCHW", replace=True)
