@@ -302,7 +302,7 @@ def test_features_too_large_for_ram_are_read_per_batch_with_the_same_result(blob
     assert in_ram.history == from_disk.history
 
 
-def test_zoo_train_strict_images_stops_at_an_unreadable_file(digits_model, tmp_path):
+def test_zoo_train_on_error_raise_stops_at_an_unreadable_file(digits_model, tmp_path):
     from click.testing import CliRunner
     from PIL import Image
 
@@ -315,7 +315,9 @@ def test_zoo_train_strict_images_stops_at_an_unreadable_file(digits_model, tmp_p
     (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG truncated")
     args = ["train", digits_model.name, "--layer", "pool2", "-d", str(tmp_path / "imgs"), "--epochs", "1",
             "--val-fraction", "0", "-q"]
-    strict = CliRunner().invoke(cli, [*args, "--name", "strict", "--strict-images"])
-    assert strict.exit_code == 1 and "broken.png" in strict.output and "--strict-images" in strict.output
+    strict = CliRunner().invoke(cli, [*args, "--name", "strict", "--on-error", "raise"])
+    assert strict.exit_code == 1 and "broken.png" in strict.output and "--on-error skip" in strict.output
+    old_spelling = CliRunner().invoke(cli, [*args, "--name", "strict", "--strict-images"])
+    assert old_spelling.exit_code == 1 and "broken.png" in old_spelling.output
     lenient = CliRunner().invoke(cli, [*args, "--name", "lenient", "--json"])
     assert lenient.exit_code == 0, lenient.output

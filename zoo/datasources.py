@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from zoo.errors import InputError
+from zoo.errors import InputError, option
 
 __all__ = [
     "ArraySource",
@@ -248,8 +248,8 @@ class ImageSource(SourceBase):
                 self.geometry = None
                 return
             raise InputError(
-                "the extractor does not say its input image size; pass image_size=(height, width) "
-                "(`--image-size H,W`)"
+                "the extractor does not say its input image size; pass "
+                + option("image_size", value=(224, 224), cli="224,224") + " (the size to resize images to)"
             )
         own = getattr(extractor, "preprocess", None)
         if own is True:
@@ -276,7 +276,8 @@ class ImageSource(SourceBase):
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             raise InputError(
-                "the image files have no size to be read at yet; pass image_size=(height, width), or "
+                "the image files have no size to be read at yet; pass "
+                + option("image_size", value=(224, 224), cli="224,224") + ", or "
                 "let the feature cache fit them to a model's extractor"
             )
         return self._fingerprint
@@ -300,30 +301,12 @@ class ImageSource(SourceBase):
         return pixels if self.mode == "pixels" else images.preprocess(pixels, self.spec)
 
     def chunks(self, start: int, chunk_size: int) -> Iterator[Chunk]:
-        from zoo.images import load_image
+        from zoo.images import read_images, stack_images
 
         self.fingerprint  # noqa: B018  an image source never fitted to a size cannot be read
         for i in range(start, self.length, chunk_size):
-            decoded, skipped = [], []
-            for j, path in enumerate(self.files[i : i + chunk_size], start=i):
-                try:
-                    decoded.append(load_image(path, self.geometry))
-                except Exception as exc:  # Pillow raises many types for a bad file
-                    if self.on_error == "raise":
-                        raise InputError(
-                            f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or fix it, "
-                            "or skip unreadable files (on_error='skip', the default; without --strict-images)"
-                        ) from None
-                    skipped.append({"index": j, "path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
-            if decoded and len({d.shape for d in decoded}) > 1:
-                raise InputError(
-                    f"the images from {self.files[i]} on have different sizes and the model's input has no "
-                    "fixed size to resize them to; pass image_size=(height, width)"
-                )
-            if decoded:
-                batch = self._batch(np.stack(decoded))
-            else:
-                batch = np.empty((0,), dtype=np.float32)
+            decoded, skipped = read_images(self.files[i : i + chunk_size], self.geometry, self.on_error, start=i)
+            batch = self._batch(stack_images(decoded)) if decoded else np.empty((0,), dtype=np.float32)
             yield i, batch, skipped
 
     def paths(self) -> list[Path]:

@@ -17,7 +17,7 @@ from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownMod
 from zoo.graph import LayerInfo, value_dims
 from zoo.hashes import file_sha256
 from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
-from zoo.options import ExtractorOptions
+from zoo.options import ExtractorOptions, accepts_options
 from zoo.pooling import pool, pooled_shape
 from zoo.records import InputSpec
 
@@ -301,6 +301,7 @@ def _np_dtype(elem_type: int) -> str:
 
 # --- the extractor ----------------------------------------------------------------------------------
 
+@accepts_options(options=ExtractorOptions)
 def load_extractor(
     name_or_path: str | os.PathLike,
     layer: str | int | Sequence[str | int] | None = None,
@@ -316,7 +317,8 @@ def load_extractor(
         layer: a layer name (see `zoo layers NAME`), an ONNX tensor name, a position (-1 the
             last layer, -2 drops the top layer) or a list of those (the extractor then returns a
             dict); None takes ``options.layer`` (-2 by default).
-        options: batch size, threads, device, preprocessing and pooling (`zoo.ExtractorOptions`).
+        options: batch size, threads, device, preprocessing and pooling (`zoo.ExtractorOptions`);
+            each field may be passed as a keyword instead: ``load_extractor(name, "fc7", pooling="avg")``.
         catalog: the catalog (path, URL or `Catalog`; default ``$ZOO_CATALOG``).
         cache_dir: the cache folder, where cuts are kept.
 
@@ -344,7 +346,8 @@ def load_extractor(
     ``pooling="avg"`` or ``"max"`` pools a 4-D cut output over its spatial axes (as Keras's
     ``pooling=``), giving (N, C) in either layout; 2-D outputs pass unchanged. ``device`` picks
     onnxruntime's execution providers: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a providers list.
-    These are fields of `options`: ``load_extractor(name, "fc7", ExtractorOptions(pooling="avg"))``.
+    These are fields of `options`: ``load_extractor(name, "fc7", ExtractorOptions(pooling="avg"))``,
+    or keywords: ``load_extractor(name, "fc7", pooling="avg")``.
 
     A cut that depends on several inputs (a text encoder's ``input_ids`` and ``attention_mask``)
     takes them by name; inputs of the model it does not depend on are not needed. See `Extractor`.
@@ -568,11 +571,26 @@ class Extractor:
 
     def load_images(self, images: str | os.PathLike | Sequence[str | os.PathLike]) -> np.ndarray:
         """The model's input for image files (a path, a flat folder or a list): decoded, resized,
-        centre-cropped to the net's size, then the InputSpec (unless ``preprocess=False``)."""
-        from zoo import images as _images
+        centre-cropped to the net's size, then the InputSpec (unless ``preprocess=False``).
 
-        pixels = _images.load_images(_images.image_files(images), _images.geometry(self.input_spec))
-        pixels = _images.to_pixel_range(pixels, self.input_spec)
+        An image that cannot be read follows the one rule (`zoo.images`): left out with a
+        `zoo.errors.SkippedInputsWarning` naming it, or with ``on_error="raise"`` an InputError.
+        """
+        import warnings
+
+        from zoo import images as _images
+        from zoo.errors import SkippedInputsWarning
+
+        files = _images.image_files(images)
+        geometry = _images.geometry(self.input_spec)
+        decoded, skipped = _images.read_images(files, geometry, self.options.on_error)
+        if skipped:
+            if not decoded:
+                raise InputError(f"none of the {len(files)} images could be read: {_images.describe_skipped(skipped)}")
+            warnings.warn(SkippedInputsWarning(
+                f"left out {len(skipped)} of {len(files)} images that cannot be read (the rows are the other "
+                f"images, in order): {_images.describe_skipped(skipped)}", skipped), stacklevel=3)
+        pixels = _images.to_pixel_range(_images.stack_images(decoded), self.input_spec)
         if self.preprocess is False:
             return _images.to_layout(pixels, self.input_spec.layout)
         return _images.preprocess(pixels, self.input_spec)

@@ -28,7 +28,7 @@ import numpy as np
 
 from zoo._threads import torch_threads
 from zoo.errors import InputError
-from zoo.options import PretrainConfig, TrainingConfig
+from zoo.options import PretrainConfig, TrainingConfig, accepts_options
 from zoo.torch_models import check_new_name
 
 if TYPE_CHECKING:
@@ -118,8 +118,9 @@ class PretrainResult:
         }
 
 
+@accepts_options(config=PretrainConfig, renamed={"X": "data"})
 def pretrain(
-    X: Any,
+    data: Any,
     layers: Sequence[int] = (300, 100),
     method: str = "autoencoder",
     config: PretrainConfig | None = None,
@@ -132,12 +133,13 @@ def pretrain(
     """Train a stack of sigmoid layers greedily, one layer at a time, on unlabelled rows.
 
     Args:
-        X: unlabelled data of shape (rows, features), finite values.
+        data: unlabelled rows of shape (rows, features), finite values.
         layers: hidden units per layer, bottom first.
         method: "autoencoder" (tied weights unless ``config.tied`` is False) or "rbm" (trained
             with CD-k). Upper layers see sigmoid outputs, so they are always Bernoulli units.
         config: epochs, batch size, learning rate, denoising, sparsity, CD-k steps, visible
-            units, seed, threads, caching, progress (`zoo.PretrainConfig`; its defaults when None).
+            units, tied, seed, threads, caching, progress (`zoo.PretrainConfig`; its defaults when
+            None). Each field may be passed as a keyword instead (``epochs=60``), as `zoo pretrain`'s flags.
         name, catalog, replace: save the stack to the catalog under `name` (ONNX).
         cache_dir: the cache folder (default $ZOO_CACHE): the saved model and the big scratch
             files go there.
@@ -152,15 +154,14 @@ def pretrain(
     Example
     -------
     >>> from sklearn.datasets import load_digits
-    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm",
-    ...                   config=PretrainConfig(progress=False))
+    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm", progress=False)
     >>> result.transform(load_digits().data[:5] / 16).shape
     (5, 30)
     """
     config = config or PretrainConfig()
     epochs, batch_size, denoise, cd_k, tied = config.epochs, config.batch_size, config.denoise, config.cd_k, config.tied
     seed, threads, cache, progress = config.seed, config.threads, config.cache, config.progress
-    data = _validate_data(X)
+    data = _validate_data(data)
     sizes = _validate_layers(layers)
     settings = _validate_settings(method, config, len(data))
     visible = _visible_units(data, config.visible)

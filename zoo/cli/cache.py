@@ -19,7 +19,10 @@ def _detail(entry) -> str:
         created = _dt.datetime.fromtimestamp(d["created"]).strftime("%Y-%m-%d %H:%M") if d.get("created") else "-"
         shape = "x".join(map(str, d.get("shape") or [])) or "-"
         state = "complete" if d.get("complete") else "partial"
-        return f"{d.get('rows', 0)} rows of {shape}, {state}, {created}" + (f", {d['dataset']}" if d.get("dataset") else "")
+        layer = d.get("layer")
+        at = f"at {', '.join(map(str, layer)) if isinstance(layer, list) else layer}, " if layer is not None else ""
+        return (f"{at}{d.get('rows', 0)} rows of {shape}, {state}, {created}"
+                + (f", {d['dataset']}" if d.get("dataset") else ""))
     if entry.kind == "cuts":
         return "at " + ", ".join(d.get("layers") or ["?"])
     return ""

@@ -6,8 +6,17 @@ import re
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
-from zoo.cli._options import device_option, engine_value, layer_value, pooling_option, preprocess_option
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, skipped_lines, table
+from zoo.cli._options import (
+    device_option,
+    engine_value,
+    image_size_value,
+    layer_value,
+    on_error_value,
+    pooling_option,
+    preprocess_option,
+    reading_options_decorator,
+)
 from zoo.errors import InputError
 
 
@@ -72,7 +81,7 @@ def _layer_spec(values: tuple[str, ...]):
 
 
 @cli.command("extract")
-@click.argument("name")
+@click.argument("model")
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
 @click.option("--input", "-i", "input_values", required=True, multiple=True,
@@ -80,12 +89,17 @@ def _layer_spec(values: tuple[str, ...]):
                    "folder with a sub-folder per class, or Parquet (a file or folder; one input per row); "
                    "for a model with several inputs, NAME=FILE.npy (or NAME=number) once per input.")
 @click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the features (.npy; .npz for several layers).")
+              help="Where to write the features: .npy, or .npz (with the row -> file index, labels and "
+                   "skipped files of images; one array per layer for several).")
+@click.option("--index-out", type=click.Path(dir_okay=False),
+              help="Images with an .npy output: the CSV lining rows up with files (input, path, row, label, "
+                   "skipped) [default: OUTPUT's stem + .index.csv].")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @preprocess_option
 @pooling_option
 @device_option
+@reading_options_decorator
 @click.option("--column", help="Parquet input: the column of inputs (needed when several hold arrays).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               envvar="ZOO_ENGINE", help="Where to run: this process, or a Ray actor pool (pip install 'zoo[ray]').")
@@ -93,20 +107,27 @@ def _layer_spec(values: tuple[str, ...]):
                                 "or a new local instance.")
 @click.option("--actors", type=click.IntRange(min=1),
               help="--engine ray: actors in the pool, each with --threads threads (default 1) [default: all CPUs].")
+@quiet_option
 @json_option
 @catalog_option
 @cache_option
-def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, ...], output_path: str,
-                    batch_size: int, threads: int | None, preprocess: bool | None, pooling: str | None,
-                    device: str | None, column: str | None, engine: str, address: str | None,
-                    actors: int | None, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
-    """Write the features of an array file at a layer of a model.
+def extract_command(model: str, layer: tuple[str, ...], input_values: tuple[str, ...], output_path: str,
+                    index_out: str | None, batch_size: int, threads: int | None, preprocess: bool | None,
+                    pooling: str | None, device: str | None, on_error: str, strict_images: bool,
+                    image_size: str | None, column: str | None, engine: str, address: str | None,
+                    actors: int | None, quiet: bool, as_json: bool, catalog: str | None,
+                    cache_dir: str | None) -> None:
+    """Write the features of MODEL at a layer for a set of inputs.
+
+    For image files the rows are lined up with the files: an .npz output holds `features`,
+    `paths` (the file of each row), `labels` and `classes` (a class folder's) and
+    `skipped_paths` / `skipped_reasons`; an .npy output gets a CSV index beside it.
 
     \b
     Example:
-        zoo extract bvlc_alexnet.caffe --layer fc7 --input images.npy --output fc7.npy
+        zoo extract bvlc_alexnet --layer fc7 --input images.npy --output fc7.npy
         zoo extract model.onnx --layer -2 -i x.npy -o features.npy --json
-        zoo extract vgg16_notop.keras --layer block5_pool --pooling avg -i photos/ -o vgg.npy
+        zoo extract vgg16_notop.keras --layer block5_pool --pooling avg -i photos/ -o vgg.npz
         zoo extract text_encoder -l pool -i input_ids=ids.npy -i attention_mask=mask.npy -o f.npy
         zoo extract vad.onnx -l -1 -i input=audio.npy -i state=state.npy -i sr=16000 -o f.npy
         zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
@@ -114,25 +135,30 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
     from zoo.extract import load_extractor
     from zoo.options import ExtractorOptions
 
+    on_error = on_error_value(on_error, strict_images)
     input_path = _input_arg(input_values)
     options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
-                               preprocess=preprocess, pooling=pooling, device=device)
-    extractor = load_extractor(name, options=options, catalog=catalog, cache_dir=cache_dir)
+                               preprocess=preprocess, pooling=pooling, device=device, on_error=on_error)
+    extractor = load_extractor(model, options=options, catalog=catalog, cache_dir=cache_dir)
     if isinstance(input_path, dict):
         input_path = _typed_numbers(input_path, extractor)
-    result = {"model": name, "layer": extractor.layer, "input": _shown_input(input_path), "output": output_path,
+    result = {"model": model, "layer": extractor.layer, "input": _shown_input(input_path), "output": output_path,
               "fingerprint": extractor.fingerprint}
+    skipped: list = []
     if isinstance(extractor.layer, str):
         # One layer goes through the feature cache: resumable, and free the second time.
         from zoo.datasources import as_source
         from zoo.features import save_features
 
-        source = as_source(input_path, extractor, preprocess=preprocess, column=column)
-        cached = save_features(extractor, source, output_path, cache_dir=cache_dir, progress=not as_json,
-                               engine=engine_value(engine, address, actors, threads))
+        source = as_source(input_path, extractor, preprocess=preprocess, column=column, on_error=on_error,
+                           image_size=image_size_value(image_size))
+        cached = save_features(extractor, source, output_path, index=index_out, cache_dir=cache_dir,
+                               progress=not (quiet or as_json), engine=engine_value(engine, address, actors, threads))
         shapes = list(cached.features.shape)
-        result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
-                      reused=cached.reused, skipped=cached.skipped)
+        skipped = cached.skipped
+        result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key, reused=cached.reused,
+                      skipped=skipped, skipped_count=len(skipped),
+                      index=str(cached.index_path) if cached.index_path else None)
         if cached.classes is not None:
             result["classes"] = cached.classes
     else:
@@ -144,7 +170,12 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         shapes = {k: list(v.shape) for k, v in features.items()}
         first = next(iter(features))
         result.update(rows=features[first].shape[extractor.output_batch_axes.get(first, 0)], shape=shapes)
-    emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
+    lines = [f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}"]
+    if result.get("index"):
+        lines.append(f"wrote {result['index']}: the input file of each row")
+    if not quiet:
+        lines += skipped_lines(skipped, result["rows"] + len(skipped))
+    emit(result, as_json, "\n".join(lines))
 
 
 def _input_arg(values: tuple[str, ...]):
