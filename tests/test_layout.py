@@ -20,7 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "api": ("zoo",),
     "library": (
         "zoo.cache_manager", "zoo.conversion", "zoo.extract", "zoo.features", "zoo.datasources",
-        "zoo.engines", "zoo.ray_engine", "zoo.parquet", "zoo.transfer", "zoo.layer_sweep",
+        "zoo.engines", "zoo.ray_engine", "zoo.parquet", "zoo.transfer", "zoo.layer_sweep", "zoo.predictions",
         "zoo.pretraining", "zoo.autoencoder", "zoo.rbm", "zoo.torch_models", "zoo.local",
     ),
     "catalog and fetch": (
@@ -31,7 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "ground floor": (
         "zoo.errors", "zoo.records", "zoo.config", "zoo.hashes", "zoo.atomic", "zoo.cache", "zoo.formats",
         "zoo.tflite_structure", "zoo.graph", "zoo.manifests", "zoo.options", "zoo.input_specs",
-        "zoo.images", "zoo.pooling", "zoo._global_pool", "zoo._threads", "zoo._redact", "zoo._json",
+        "zoo.images", "zoo.pooling", "zoo._global_pool", "zoo._standardize", "zoo._threads", "zoo._redact", "zoo._json",
         "zoo.data",
     ),
 }

@@ -68,6 +68,8 @@ _API: dict[str, str] = {
     "train": "zoo.transfer",
     "fit_head": "zoo.transfer",
     "sweep": "zoo.layer_sweep",
+    "predict": "zoo.predictions",
+    "Predictions": "zoo.predictions",
     "pretrain": "zoo.pretraining",
 }
 
@@ -108,6 +110,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.options import ExtractorOptions, PretrainConfig, TrainingConfig
     from zoo.download import fetch, verify
     from zoo.local import add, scan
+    from zoo.predictions import Predictions, predict
     from zoo.pretraining import pretrain
     from zoo.ray_engine import RayEngine
     from zoo.records import Artifact, InputSpec, Model

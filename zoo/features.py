@@ -84,7 +84,8 @@ class RowIndex:
 
     ``paths`` has the file of each feature row (None for arrays, whose rows are the inputs),
     ``labels`` a class folder's class index per row and ``classes`` its class names; ``inputs``
-    every input file in order, ``skipped`` those left out (index, path, reason).
+    every input file in order (``input_labels`` their class indices), ``skipped`` those left
+    out (index, path, reason).
     """
 
     paths: list[str] | None
@@ -92,6 +93,7 @@ class RowIndex:
     classes: list[str] | None
     inputs: list[str]
     skipped: list[dict[str, Any]]
+    input_labels: np.ndarray | None = None
 
     @property
     def has_files(self) -> bool:
@@ -117,11 +119,11 @@ class RowIndex:
         out, row = [], 0
         for i, path in enumerate(self.inputs):
             entry: dict[str, Any] = {"input": i, "path": path, "row": None, "label": None, "skipped": reasons.get(i)}
+            if self.input_labels is not None:
+                label = self.input_labels[i].item()
+                entry["label"] = self.classes[label] if self.classes else label
             if i not in reasons:
                 entry["row"] = row
-                if self.labels is not None:
-                    label = self.labels[row].item()
-                    entry["label"] = self.classes[label] if self.classes else label
                 row += 1
             out.append(entry)
         return out
@@ -135,7 +137,7 @@ def row_index(cached: CachedFeatures, source: Any) -> RowIndex:
     dropped = {s["index"] for s in cached.skipped}
     inputs = [str(f) for f in files]
     return RowIndex([p for i, p in enumerate(inputs) if i not in dropped], cached.labels, cached.classes, inputs,
-                    list(cached.skipped))
+                    list(cached.skipped), getattr(source, "labels", None))
 
 
 def write_index(rows: RowIndex, path: Path) -> Path:
@@ -706,6 +708,9 @@ def save_layer_features(extractor: FeatureExtractor, data: Any, output: str | os
         features = {str(extractor.layer): features}
     with atomic_open(Path(output).absolute()) as f:
         np.savez(f, **features, **{k: v for k, v in index.items() if k not in features})
+    if index.get("skipped_paths") is not None and len(index["skipped_paths"]):
+        warnings.warn(SkippedInputsWarning(f"left out {len(skipped)} images that cannot be read (listed in "
+                                           f"{Path(output).name}'s skipped_paths)", skipped), stacklevel=2)
     return features
 
 

@@ -33,6 +33,7 @@ COMMAND_MODULES = {
     **dict.fromkeys(["train", "sweep", "walkthrough"], "zoo.cli.transfer"),
     "cache": "zoo.cli.cache",
     "pretrain": "zoo.cli.pretrain",
+    "predict": "zoo.cli.predict",
 }
 
 
@@ -127,12 +128,13 @@ def emit(data: Any, as_json: bool, text: Callable[[], str] | str | None = None) 
             click.echo(mask_secrets(rendered))
 
 
-def skipped_lines(skipped: list[dict[str, Any]], total: int | None = None, limit: int = 5) -> list[str]:
-    """Text lines naming unreadable inputs that were left out: the count, then the first `limit`."""
+def skipped_lines(skipped: list[dict[str, Any]], total: int | None = None, limit: int = 5,
+                  where: str = "left out of the results") -> list[str]:
+    """Text lines naming unreadable inputs that were skipped: the count, then the first `limit`."""
     if not skipped:
         return []
     of = f" of {total}" if total else ""
-    lines = [f"skipped {len(skipped)}{of} inputs that cannot be read (left out of the results):"]
+    lines = [f"skipped {len(skipped)}{of} inputs that cannot be read ({where}):"]
     lines += [f"  {s.get('path')}: {s.get('reason')}" for s in skipped[:limit]]
     if len(skipped) > limit:
         lines.append(f"  ... and {len(skipped) - limit} more (--json lists all of them)")

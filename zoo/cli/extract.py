@@ -132,11 +132,14 @@ def extract_command(model: str, layer: tuple[str, ...], input_values: tuple[str,
         zoo extract vad.onnx -l -1 -i input=audio.npy -i state=state.npy -i sr=16000 -o f.npy
         zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
     """
+    import warnings
+
+    from zoo.errors import SkippedInputsWarning
     from zoo.extract import load_extractor
     from zoo.options import ExtractorOptions
 
     on_error = on_error_value(on_error, strict_images)
-    input_path = _input_arg(input_values)
+    input_path = input_arg(input_values)
     options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
                                preprocess=preprocess, pooling=pooling, device=device, on_error=on_error)
     extractor = load_extractor(model, options=options, catalog=catalog, cache_dir=cache_dir)
@@ -166,7 +169,11 @@ def extract_command(model: str, layer: tuple[str, ...], input_values: tuple[str,
 
         if engine != "local":
             raise InputError("--engine ray extracts one layer at a time; give one --layer")
-        features = save_layer_features(extractor, input_path, output_path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SkippedInputsWarning)
+            features = save_layer_features(extractor, input_path, output_path)
+        skipped = [s for w in caught if isinstance(w.message, SkippedInputsWarning) for s in w.message.skipped]
+        result.update(skipped=skipped, skipped_count=len(skipped))
         shapes = {k: list(v.shape) for k, v in features.items()}
         first = next(iter(features))
         result.update(rows=features[first].shape[extractor.output_batch_axes.get(first, 0)], shape=shapes)
@@ -178,7 +185,7 @@ def extract_command(model: str, layer: tuple[str, ...], input_values: tuple[str,
     emit(result, as_json, "\n".join(lines))
 
 
-def _input_arg(values: tuple[str, ...]):
+def input_arg(values: tuple[str, ...]):
     """--input values: one plain path, or NAME=FILE.npy / NAME=number pairs, one per model input."""
     if len(values) == 1 and (os.path.exists(values[0]) or "=" not in values[0]):
         if not os.path.exists(values[0]):
