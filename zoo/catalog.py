@@ -565,6 +565,33 @@ class Catalog:
             by_id = {row.id: _to_record(row, files.get(row.id, [])) for row in rows}
             return [by_id[i] for i in ids]
 
+    def count(
+        self,
+        query: str | None = None,
+        *,
+        framework: str | None = None,
+        task: str | None = None,
+        dataset: str | None = None,
+        tag: str | None = None,
+        source: str | None = None,
+        local: bool | None = None,
+    ) -> int:
+        """How many models `search` finds with no limit (every model, with no query nor filter):
+        what a limited listing leaves out is the rest.
+
+        >>> cat.count("resnet")   # doctest: +SKIP
+        """
+        conditions = self._filters(framework, task, dataset, tag, source, local)
+        if query:
+            plan = self._backend.search_plan(query, conditions)
+            if plan is None:
+                return 0
+            stmt, params = plan.ids, plan.params
+        else:
+            stmt, params = select(_models.c.id).where(*conditions), {}
+        with self._reader() as reader:
+            return int(reader.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()), params) or 0)
+
     @staticmethod
     def _filters(framework, task, dataset, tag, source, local) -> list:
         conditions = []
@@ -586,10 +613,6 @@ class Catalog:
             is_local = anything & ~missing
             conditions.append(is_local if local else ~is_local)
         return conditions
-
-    def count(self) -> int:
-        with self._reader() as reader:
-            return reader.scalar(select(func.count(_models.c.id))) or 0
 
     # ---- sources -----------------------------------------------------------------------
     def add_source(self, name: str, url: str) -> SourceInfo:

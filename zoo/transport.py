@@ -252,16 +252,18 @@ def new_session() -> "requests.Session":
 
 
 def _file_lock(dest: Path, label: str, lock_timeout: float | None):
-    from filelock import FileLock, Timeout
+    """The download's lock, `<dest>.lock`; its holder deletes it when done (`zoo.locks`), so no
+    fetch, finished or failed, leaves a lock file behind."""
+    from zoo.locks import LockTimeout, RemovableLock
 
-    lock = FileLock(str(dest) + ".lock")
+    lock = RemovableLock(str(dest) + ".lock")
     try:
         lock.acquire(timeout=0.2)
-    except Timeout:
+    except LockTimeout:
         log.warning("waiting for another process that is downloading %s (%s.lock)", label, dest)
         try:
-            lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
-        except Timeout:
+            lock.acquire(timeout=lock_timeout)
+        except LockTimeout:
             raise FetchError(
                 f"{label}: another process has held {dest}.lock for over {lock_timeout:.0f} s; "
                 "wait for it to finish or, if no zoo process is running, delete the .lock file"
@@ -447,7 +449,7 @@ def download(
             if own_session:
                 session.close()
     finally:
-        lock.release()
+        lock.release(remove=True)
 
 
 class _Job:

@@ -52,15 +52,20 @@ def search(query, framework, task, dataset, tag, source, local, limit, as_json, 
         zoo search resnet --framework caffe
         zoo search "feature vector" --source tensorflow --json
     """
-    from zoo.catalog import search as run_search
+    from zoo.catalog import open_catalog
 
-    models = run_search(query, catalog=catalog, framework=framework, task=task, dataset=dataset,
-                        tag=tag, source=source, local=local, limit=limit or None)
+    cat = open_catalog(catalog)
+    filters = dict(framework=framework, task=task, dataset=dataset, tag=tag, source=source, local=local)
+    models = cat.search(query, limit=limit or None, **filters)
     if not models and not as_json:
         click.echo(f"no models match{' ' + repr(query) if query else ''}; "
                    "list everything with `zoo list`", err=True)
         return
     emit([m.to_dict() for m in models], as_json, lambda: _rows(models))
+    if limit and len(models) == limit:  # there may be more: say how many were left out
+        total = cat.count(query, **filters)
+        if total > len(models):
+            click.echo(f"{len(models)} of {total} shown; `-n 0` for all", err=True)
 
 
 def _size(n: float) -> str:
