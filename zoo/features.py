@@ -20,6 +20,7 @@ import numpy as np
 
 from zoo.atomic import atomic_open
 from zoo.cache import features_folder
+from zoo.units import human_size
 from zoo.errors import DiskFullError, InputError, option
 from zoo.datasources import as_source
 from zoo.engines import Computed, LocalEngine, engine_for
@@ -201,7 +202,7 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
 def _disk_full(exc: OSError, entry: Path) -> DiskFullError:
     free = shutil.disk_usage(entry).free if entry.exists() else 0
     return DiskFullError(
-        f"no room left to cache features in {entry} ({os.strerror(exc.errno)}; {free // 2**20} MiB free); "
+        f"no room left to cache features in {entry} ({os.strerror(exc.errno)}; {human_size(free)} free); "
         "free some space (`zoo cache list`, `zoo cache rm KEY`) and run again: it resumes from the "
         "last complete chunk", path=str(entry),
     )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from zoo import config
 from zoo._redact import mask_url
 from zoo.archives import parse_size
+from zoo.units import human_size
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, parse_checksum
 
@@ -209,15 +210,6 @@ def _looks_like_html(data: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or (
         head.startswith((b"<!--", b"<?xml")) and b"<html" in head
     )
-
-
-def human_size(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 class _BearerAuth:
@@ -888,4 +880,4 @@ def _chain(first: bytes, rest: Iterable[bytes]) -> Iterable[bytes]:
     yield from rest
 
 
-__all__ = ["DownloadResult", "Expected", "Progress", "RetryPolicy", "download", "human_size", "new_session"]
+__all__ = ["DownloadResult", "Expected", "Progress", "RetryPolicy", "download", "new_session"]

@@ -47,7 +47,7 @@ def cache_list(kinds: tuple[str, ...], as_json: bool, cache_dir: str | None, cat
         zoo cache list --kind cuts --kind onnx --json
     """
     from zoo.cache_manager import scan
-    from zoo.transport import human_size
+    from zoo.units import human_size
 
     found = scan(cache_dir, kinds, catalog=catalog)
 
@@ -87,7 +87,7 @@ def cache_rm(keys: tuple[str, ...], model: str | None, everything: bool, kinds: 
     """
     from zoo.cache_manager import plan_removal, scan
     from zoo.errors import InputError
-    from zoo.transport import human_size
+    from zoo.units import human_size
 
     if everything == bool(keys or model):
         raise InputError("give the KEYs to remove (see `zoo cache list`), --model NAME or --all; not --all with them")

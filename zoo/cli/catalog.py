@@ -10,6 +10,7 @@ import click
 from zoo._redact import mask_secrets
 from zoo.cli._app import catalog_option, cli, emit, json_option, quiet_option, table
 from zoo.records import FRAMEWORKS
+from zoo.units import human_size
 
 if TYPE_CHECKING:
     from zoo.records import Model
@@ -68,14 +69,6 @@ def search(query, framework, task, dataset, tag, source, local, limit, as_json, 
             click.echo(f"{len(models)} of {total} shown; `-n 0` for all", err=True)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _report_lines(report: dict[str, Any]) -> list[str]:
     """A ConversionReport (as stored in the onnx artifact's meta) in a few lines."""
     how = [f"from {report.get('source_format')}"]
@@ -129,7 +122,7 @@ def _info_text(model: Model) -> str:
         lines += [f"    {k + ':':16}{v}" for k, v in model.meta.items()]
     lines.append("  files:")
     for a in model.artifacts:
-        size = f" ({_size(a.size)})" if a.size is not None else ""
+        size = f" ({human_size(a.size)})" if a.size is not None else ""
         lines.append(f"    {a.role}: {a.filename}{size}")
         for url in a.urls:
             lines.append(f"      url:        {url}")

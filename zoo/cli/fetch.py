@@ -53,7 +53,7 @@ def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, qu
     """
     from zoo.archives import UnpackLimits
     from zoo.download import fetch
-    from zoo.transport import human_size
+    from zoo.units import human_size
 
     report: list[dict] = []
 
