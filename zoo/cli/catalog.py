@@ -63,7 +63,7 @@ def search(query, framework, task, dataset, tag, source, local, limit, as_json, 
                    "list everything with `zoo list`", err=True)
         return
     emit([m.to_dict() for m in models], as_json, lambda: _rows(models))
-    if limit and len(models) == limit:  # there may be more: say how many were left out
+    if limit and len(models) == limit and not as_json:  # there may be more: say how many were left out
         total = cat.count(query, **filters)
         if total > len(models):
             click.echo(f"{len(models)} of {total} shown; `-n 0` for all", err=True)
