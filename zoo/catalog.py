@@ -396,6 +396,13 @@ class Catalog:
         return _named_row(session, ModelRow, name, self._unknown)
 
     def _unknown(self, reader: Any, name: str) -> UnknownModelError:
+        from zoo.records import missing_path
+
+        gone = missing_path(name)
+        if gone is not None:  # a mistyped file, most likely: say so first
+            return _unknown_name(reader, _models.c.name, name, UnknownModelError,
+                                 gone + ", and no model of that name is in the catalog{hint}; check the path, "
+                                 "or find models with `zoo search`")
         return _unknown_name(reader, _models.c.name, name, UnknownModelError,
                              "model {name!r} is not in the catalog{hint}. Find models with `zoo search`")
 

@@ -19,7 +19,7 @@ from zoo.hashes import file_sha256
 from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
 from zoo.options import ExtractorOptions, accepts_options
 from zoo.pooling import pool, pooled_shape
-from zoo.records import InputSpec
+from zoo.records import InputSpec, looks_like_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,11 +73,12 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
     cat = open_catalog(catalog)
     try:
         model = cat.get(name)
-    except UnknownModelError:
-        if _looks_like_path(name):
+    except UnknownModelError as exc:
+        if looks_like_path(name) and os.path.exists(name):
             raise UnknownModelError(
-                f"{name} is neither an ONNX file nor a model in the catalog; check the path, "
-                "or find models with `zoo search`"
+                f"{name} is a file but not an ONNX model, and no model of that name is in the catalog; if "
+                f"it is a model, `zoo add {name}` registers it (converted on first use)", name=name,
+                closest=exc.closest,
             ) from None
         raise
     artifact = model.artifact("onnx")
