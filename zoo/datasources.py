@@ -241,7 +241,7 @@ class ImageSource(SourceBase):
             layout = "NCHW" if shape[1] in (1, 3) else "NHWC"
         layout = layout or "NCHW"
         if layout not in ("NCHW", "NHWC"):
-            raise InputError(f"image layout {layout!r} is not one of NCHW, NHWC; pass layout='NCHW' or 'NHWC'")
+            raise InputError(f"image layout {layout!r} is not one of NCHW, NHWC; pass layout='NCHW' or 'NHWC'")  # Python only
         geometry = images.geometry(spec, self.image_size)
         if geometry.resize is None and geometry.crop is None:
             if defer:  # sized when fitted to an extractor
@@ -551,7 +551,8 @@ def as_source(
         if parquet.is_parquet(path):
             return parquet.ParquetSource(path, column)
         if column is not None:
-            raise InputError(f"column={column!r} applies to Parquet input only; {path} is not a Parquet file or folder")
+            raise InputError(f"{option('column', column)} applies to Parquet input only; {path} is not a Parquet "
+                             "file or folder")
         if path.is_file() and path.suffix.lower() == ".npy" or path.is_file() and _is_npy(path):
             return NpyFileSource(path)
         if path.is_dir() or path.is_file():

@@ -234,7 +234,10 @@ def option(name: str, value: Any = _UNSET, *, cli: str | None = None, flag: str 
     "on_error='raise'"
     """
     if _SPELLING.get() == "cli":
-        flag = flag or "--" + name.replace("_", "-")
+        dashed = name.replace("_", "-")
+        if isinstance(value, bool) and cli is None:  # a switch: --preprocess / --no-preprocess
+            return flag or f"--{'' if value else 'no-'}{dashed}"
+        flag = flag or "--" + dashed
         if value is _UNSET and cli is None:
             return flag
         return f"{flag} {cli if cli is not None else value}"

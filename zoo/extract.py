@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from zoo.atomic import write_atomic
 from zoo.cache import cuts_folder
-from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
+from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError, option, spelled
 from zoo.graph import LayerInfo, value_dims
 from zoo.hashes import file_sha256
 from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
@@ -618,13 +618,14 @@ class Extractor:
             if want.kind == "f" and x.dtype.kind != "f":
                 raise InputError(
                     f"{what} has dtype {x.dtype}; {self.source} expects {spec.dtype} values of shape "
-                    f"{shown}; convert with x.astype('{spec.dtype}') (or pass preprocess=True for 0-255 pixels)"
+                    f"{shown}; " + spelled(f"convert with x.astype('{spec.dtype}')", f"save the array as {spec.dtype}")
+                    + f" (or {option('preprocess', True)} for 0-255 pixels)"
                 )
             # Integer inputs (token ids, masks, a sample rate) take any integers, never rounded floats.
             if want.kind in "iub" and x.dtype.kind == "f":
                 raise InputError(
                     f"{what} has dtype {x.dtype}; {self.source} expects integers ({spec.dtype}) of shape "
-                    f"{shown}; convert with x.astype('{spec.dtype}')"
+                    f"{shown}; " + spelled(f"convert with x.astype('{spec.dtype}')", f"save the array as {spec.dtype}")
                 )
             x = x.astype(want)
         if spec.shape is not None and not expected and x.ndim and x.size == 1:
@@ -668,8 +669,10 @@ class Extractor:
         if missing:
             raise InputError(
                 f"missing input(s) {', '.join(missing)}: the cut at {self.layer!r} of {self.source} needs "
-                f"{self.describe_inputs()}; pass a dict {{name: array}} or keyword arguments, e.g. "
-                f"extractor({', '.join(f'{k}=...' for k in self.input_names)})"
+                f"{self.describe_inputs()}; "
+                + spelled(f"pass a dict {{name: array}} or keyword arguments, e.g. "
+                          f"extractor({', '.join(f'{k}=...' for k in self.input_names)})",
+                          "give each as " + " ".join(f"-i {k}=FILE.npy" for k in self.input_names))
             )
         # Inputs of the whole model that this cut does not depend on are accepted and left out.
         feed = {k: self._check(named[k], k, raw) for k in self.input_names}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from zoo.errors import InputError
+from zoo.errors import InputError, option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -225,8 +225,6 @@ def read_images(
     with ``on_error="raise"`` an InputError naming the first one. `start` is the index of the
     first path among all inputs (the reported index counts from it).
     """
-    from zoo.errors import option
-
     if on_error not in ON_ERROR:
         raise InputError(f"on_error={on_error!r} is not one of 'skip', 'raise'")
     decoded, skipped = [], []
@@ -253,8 +251,6 @@ def describe_skipped(skipped: Sequence[dict[str, Any]], limit: int = 3) -> str:
 def stack_images(decoded: Sequence[np.ndarray]) -> np.ndarray:
     """Decoded images as one (N, H, W, C) batch; they must share a size (the net's, or image_size's)."""
     import numpy as np
-
-    from zoo.errors import option
 
     shapes = {im.shape for im in decoded}
     if len(shapes) > 1:
@@ -300,8 +296,9 @@ def preprocess(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     layout = spec.layout or "NCHW"
     if layout not in ("NCHW", "NHWC") or x.ndim != 4:
         raise InputError(
-            f"preprocess=True takes a batch of images (N, H, W, C) or (N, C, H, W); got shape "
-            f"{tuple(x.shape)} for a {layout} model; pass preprocess=False and prepare inputs yourself"
+            f"{option('preprocess', True)} takes a batch of images (N, H, W, C) "
+            f"or (N, C, H, W); got shape {tuple(x.shape)} for a {layout} model; leave it out and prepare "
+            "the inputs yourself"
         )
     x = x.astype(np.float32)
     channel_axis = 1 if layout == "NCHW" else 3

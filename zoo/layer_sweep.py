@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from zoo.atomic import atomic_path
-from zoo.errors import InputError, UnfreezeDepthError
+from zoo.errors import InputError, UnfreezeDepthError, option
 from zoo.options import ExtractorOptions, TrainingConfig, accepts_options
 from zoo.transfer import load_labels
 
@@ -252,13 +252,14 @@ def sweep(
     from zoo.transfer import fit_head, prepare
 
     if not layers:
-        raise InputError("no layers to sweep; give them as layers=['fc6', 'fc7'] (`--layers fc6,fc7`)")
+        raise InputError(f"no layers to sweep; give them as {option('layers', ['fc6', 'fc7'], cli='fc6,fc7')}")
     if isinstance(layers, (str, int)):
         layers = [layers]
     if isinstance(unfreeze, int):
         unfreeze = [unfreeze]
     if any(k < 0 for k in unfreeze) or not unfreeze:
-        raise InputError(f"unfreeze={list(unfreeze)} must be depths of 0 or more, e.g. [0, 1]")
+        raise InputError(f"{option('unfreeze', list(unfreeze), cli=','.join(map(str, unfreeze)))} must be depths "
+                         f"of 0 or more, e.g. {option('unfreeze', [0, 1], cli='0,1')}")
     extractor = extractor or ExtractorOptions()
     training = training or TrainingConfig()
     cat = open_catalog(catalog)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from zoo.errors import InputError, UnknownOptionError
+from zoo.errors import InputError, UnknownOptionError, option
 from zoo.pooling import check_pooling
 
 __all__ = ["ExtractorOptions", "PretrainConfig", "TrainingConfig", "accepts_options"]
@@ -76,23 +76,25 @@ class TrainingConfig:
             object.__setattr__(self, "patience", None)
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if not all(_whole(n) and n > 0 for n in self.hidden):
-            raise InputError(f"hidden={list(self.hidden)} must be layer sizes of at least 1, e.g. (256, 64)")
+            raise InputError(f"{option('hidden', list(self.hidden), cli=','.join(map(str, self.hidden)))} must be "
+                             f"layer sizes of at least 1, e.g. {option('hidden', (256, 64), cli='256,64')}")
         if not (_whole(self.epochs) and self.epochs >= 1 and _whole(self.batch_size) and self.batch_size >= 1):
-            raise InputError(f"epochs={self.epochs} and batch_size={self.batch_size} must both be at least 1")
+            raise InputError(f"{option('epochs', self.epochs)} and {option('batch_size', self.batch_size)} must both "
+                             "be at least 1")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise InputError(f"lr={self.lr!r} must be a positive number like 1e-3")
+            raise InputError(f"{option('lr', self.lr)} must be a positive number like 1e-3")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise InputError(f"weight_decay={self.weight_decay!r} must be 0 or more")
+            raise InputError(f"{option('weight_decay', self.weight_decay)} must be 0 or more")
         if not 0 <= self.val_fraction < 1:
-            raise InputError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+            raise InputError(f"{option('val_fraction', self.val_fraction)} must be in [0, 1)")
         if self.patience is not None and not (_whole(self.patience) and self.patience >= 0):
-            raise InputError(f"patience={self.patience!r} must be a whole number of epochs, or None")
+            raise InputError(f"{option('patience', self.patience)} must be a whole number of epochs (0: never stop early)")
         if not (_whole(self.seed) and self.seed >= 0):
-            raise InputError(f"seed={self.seed!r} must be a non-negative whole number")
+            raise InputError(f"{option('seed', self.seed)} must be a non-negative whole number")
         if self.threads is not None and not (_whole(self.threads) and self.threads >= 1):
-            raise InputError(f"threads={self.threads!r} must be a whole number of at least 1")
+            raise InputError(f"{option('threads', self.threads)} must be a whole number of at least 1")
         if not (_whole(self.unfreeze) and self.unfreeze >= 0):
-            raise InputError(f"unfreeze={self.unfreeze} must be 0 or more layers")
+            raise InputError(f"{option('unfreeze', self.unfreeze)} must be 0 or more layers")
 
     def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with some fields changed (checked again)."""
@@ -135,13 +137,13 @@ class ExtractorOptions:
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "raise"):
-            raise InputError(f"on_error={self.on_error!r} is not one of 'skip', 'raise'")
+            raise InputError(f"{option('on_error', self.on_error)} is not one of 'skip', 'raise'")
         if not isinstance(self.layer, (str, int)):
             object.__setattr__(self, "layer", tuple(self.layer))
         if not (_whole(self.batch_size) and self.batch_size >= 1):
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.threads is not None and not (_whole(self.threads) and self.threads >= 1):
-            raise InputError(f"threads={self.threads!r} must be a whole number of at least 1")
+            raise InputError(f"{option('threads', self.threads)} must be a whole number of at least 1")
         if self.device is not None and self.providers:
             raise InputError("give device= or providers=, not both (device='cuda:1' stands for the CUDA provider list)")
         if self.providers is not None:
@@ -214,7 +216,7 @@ class PretrainConfig:
             raise InputError(f"denoise is the fraction of inputs zeroed, in [0, 1); got {self.denoise!r}")
         object.__setattr__(self, "sparsity", _sparsity(self.sparsity))
         if self.threads is not None and not (_whole(self.threads) and self.threads >= 1):
-            raise InputError(f"threads={self.threads!r} must be a whole number of at least 1")
+            raise InputError(f"{option('threads', self.threads)} must be a whole number of at least 1")
 
     def replace(self, **changes: Any) -> PretrainConfig:
         """A copy with some fields changed (checked again)."""

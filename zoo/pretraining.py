@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zoo._threads import torch_threads
-from zoo.errors import InputError
+from zoo.errors import InputError, option
 from zoo.options import PretrainConfig, TrainingConfig, accepts_options
 from zoo.torch_models import check_new_name
 
@@ -473,7 +473,8 @@ def _validate_settings(method: str, config: PretrainConfig, rows: int) -> dict[s
     if rows < MIN_ROWS:
         raise InputError(f"X has {rows} rows; pretraining needs at least {MIN_ROWS}")
     if config.denoise and method != "autoencoder":
-        raise InputError("denoise applies to autoencoders; use method='autoencoder' or denoise=0")
+        raise InputError(f"denoise applies to autoencoders; use {option('method', 'autoencoder')} or "
+                         f"{option('denoise', 0)}")
     lr = DEFAULT_LR[method] if config.lr is None else config.lr
     return {"method": method, "lr": float(lr), "sparsity": config.sparsity}
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from zoo._threads import torch_threads
-from zoo.errors import InputError, NotConvergedWarning, UnfreezeDepthError
+from zoo.errors import InputError, NotConvergedWarning, UnfreezeDepthError, option
 from zoo.options import ExtractorOptions, TrainingConfig, accepts_options
 
 if TYPE_CHECKING:
@@ -495,7 +495,7 @@ def transfer_model(
     if head is None and num_classes is None:
         raise InputError("give the new head (head=nn.Module) or the number of classes (num_classes=N)")
     if unfreeze < 0:
-        raise InputError(f"unfreeze={unfreeze} must be 0 or more layers")
+        raise InputError(f"{option('unfreeze', unfreeze)} must be 0 or more layers")
     options = (options or ExtractorOptions()).replace(layer=layer)
     extractor = load_extractor(name, options=options, catalog=catalog, cache_dir=cache_dir)
     base = extractor.to_torch()
@@ -591,14 +591,15 @@ def fine_tune_parts(
     from zoo.extract import load_extractor
 
     if unfreeze < 1:
-        raise InputError(f"unfreeze={unfreeze}: fine-tuning needs at least one layer to unfreeze")
+        raise InputError(f"{option('unfreeze', unfreeze)}: fine-tuning needs at least one layer to unfreeze")
     extractor = load_extractor(name, layer, catalog=catalog, cache_dir=cache_dir)
     full = extractor.to_torch()
     weighted = [node for node, _ in full.layers]
     if unfreeze > len(weighted):
         raise UnfreezeDepthError(
-            f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {len(weighted)} layers "
-            f"with weights; choose --unfreeze between 0 and {len(weighted)}", unfreeze=unfreeze, layers=len(weighted),
+            f"{option('unfreeze', unfreeze)}, but {name} cut at {extractor.layer!r} has {len(weighted)} layers "
+            f"with weights; choose {option('unfreeze')} between 0 and {len(weighted)}", unfreeze=unfreeze,
+            layers=len(weighted),
         )
     all_layers = list_layers(name, catalog=catalog, cache_dir=cache_dir)
     output = extractor.meta.outputs[0]
@@ -607,8 +608,8 @@ def fine_tune_parts(
     below = [info for info in all_layers if info.index < lowest.index and info.is_cut_point]
     if not below:
         raise UnfreezeDepthError(
-            f"unfreeze={unfreeze} unfreezes every layer of {name} up to {target.name}: nothing stays "
-            f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)",
+            f"{option('unfreeze', unfreeze)} unfreezes every layer of {name} up to {target.name}: nothing stays "
+            f"frozen to cache; choose {option('unfreeze')} below {unfreeze} (or train from scratch)",
             unfreeze=unfreeze, layers=len(weighted),
         )
     low = below[-1]
