@@ -814,13 +814,23 @@ def _pad(x: np.ndarray, axis: int, size: int) -> np.ndarray:
 class _ExtractorTransformerBody:
     """A scikit-learn transformer: `fit` does nothing, `transform` returns flattened features.
 
-    For a model with several inputs, X is a record array with one field per input (one row per
-    sample: ``np.zeros(n, dtype=[("input_ids", "i8", (128,)), ("attention_mask", "i8", (128,))])``),
-    which sklearn's splitters and cross-validation slice like any array; a dict of arrays works
-    in `transform` too. pandas is not needed.
+    X is an array of model inputs, or image files: a list, a numpy array or a pandas Series of
+    paths. For a model with several inputs, X is a record array with one field per input (one
+    row per sample: ``np.zeros(n, dtype=[("input_ids", "i8", (128,)), ("attention_mask", "i8",
+    (128,))])``), which sklearn's splitters and cross-validation slice like any array; a dict of
+    arrays works in `transform` too. pandas is not needed.
+
+    Features come from the feature cache, kept per input (`zoo.features.RowCache`): cross-
+    validation and a grid search over ``layer`` compute each (layer, input) once, however the
+    folds slice the data (``cache=False`` computes every time). An image that cannot be read is
+    an error here: a pipeline needs one row per sample.
+
+    Parameters are the extractor's: the model, the layer, an `ExtractorOptions` and its fields
+    as keywords (a field set here wins over the options object's), so ``set_params(layer=...)``
+    and a grid over ``pooling`` work as for any estimator.
 
     >>> from sklearn.pipeline import make_pipeline                       # doctest: +SKIP
-    >>> make_pipeline(ExtractorTransformer("bvlc_alexnet.caffe", layer="fc7"), LogisticRegression())
+    >>> make_pipeline(ExtractorTransformer("bvlc_alexnet", layer="fc7"), LogisticRegression())  # doctest: +SKIP
     """
 
     def __init__(
@@ -829,6 +839,12 @@ class _ExtractorTransformerBody:
         layer: str | int | Sequence[str | int] | None = None,
         options: ExtractorOptions | None = None,
         *,
+        batch_size: int = 64,
+        threads: int | None = None,
+        device: str | None = None,
+        preprocess: bool | None = None,
+        pooling: str | None = None,
+        cache: bool = True,
         catalog: Any = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
@@ -836,17 +852,31 @@ class _ExtractorTransformerBody:
         self.model = model
         self.layer = layer
         self.options = options
+        self.batch_size = batch_size
+        self.threads = threads
+        self.device = device
+        self.preprocess = preprocess
+        self.pooling = pooling
+        self.cache = cache
         self.catalog = catalog
         self.cache_dir = cache_dir
+
+    def _options(self) -> ExtractorOptions:
+        """The options object with the fields set here on top (an unreadable image stops transform)."""
+        options = self.options or ExtractorOptions()
+        default = ExtractorOptions()
+        given = {name: getattr(self, name) for name in ("batch_size", "threads", "device", "preprocess", "pooling")
+                 if getattr(self, name) != getattr(default, name)}
+        return options.replace(**given, on_error="raise")
 
     def _extractor(self) -> Extractor:
         if isinstance(self.model, Extractor):
             return self.model
         cached = self.__dict__.get("_loaded")
-        params = (os.fspath(self.model), repr(self.layer), repr(self.options), repr(self.catalog),
-                  repr(self.cache_dir))
+        options = self._options()
+        params = (os.fspath(self.model), repr(self.layer), repr(options), repr(self.catalog), repr(self.cache_dir))
         if cached is None or cached[0] != params:
-            extractor = load_extractor(self.model, self.layer, self.options, catalog=self.catalog,
+            extractor = load_extractor(self.model, self.layer, options, catalog=self.catalog,
                                        cache_dir=self.cache_dir)
             self.__dict__["_loaded"] = (params, extractor)
             return extractor
@@ -857,13 +887,29 @@ class _ExtractorTransformerBody:
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        """Features of X (an array, or image paths), one flat row per sample (several layers concatenated)."""
+        """Features of X (an array, or image paths), one flat row per sample (several layers side by side)."""
         import numpy as np
 
-        features = self._extractor()(X)
-        if isinstance(features, dict):
-            return np.concatenate([f.reshape(len(f), -1) for f in features.values()], axis=1)
-        return features.reshape(len(features), -1)
+        from zoo.images import as_paths
+
+        extractor = self._extractor()
+        paths = as_paths(X)
+        if paths is not None:
+            X = paths
+
+        def flat(rows: Any) -> np.ndarray:
+            features = extractor(rows)
+            if isinstance(features, dict):
+                return np.concatenate([f.reshape(len(f), -1) for f in features.values()], axis=1)
+            return features.reshape(len(features), -1)
+
+        if not self.cache or isinstance(X, dict):  # a dict of named inputs has no rows to key
+            return flat(X)
+        from zoo.features import RowCache
+
+        X = X if paths is not None else np.asarray(X)
+        store = RowCache(extractor, self.cache_dir)
+        return store.rows(X, lambda missing: flat([X[i] for i in missing] if paths is not None else X[missing]))
 
     def __sklearn_is_fitted__(self) -> bool:
         return True

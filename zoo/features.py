@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from zoo.engines import Engine
 
 __all__ = [
+    "RowCache",
     "CacheEntry",
     "CachedFeatures",
     "FeatureCache",
@@ -515,6 +517,112 @@ def _result(folder: Path, manifest: FeatureManifest, *, reused: bool) -> CachedF
         skipped=list(manifest.skipped),
         reused=reused,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-input rows: the scikit-learn transformer's cache.
+
+
+ROWS_PREFIX = "rows-"
+
+
+class RowCache:
+    """Feature rows kept per input, for callers that see a dataset in changing subsets.
+
+    Cross-validation and grid search hand a transformer a different slice of the data at every
+    fold: a whole-dataset entry would be computed again for each. Here each input is keyed by
+    itself (an image file by its path, size and modification time; an array row by its bytes),
+    so a row is computed once per extractor whatever slices it comes in. The entry is
+    ``<cache>/features/rows-<key>/``: shards of rows (``shard-*.npy``) each with the keys of its
+    rows (``shard-*.json``, written after the rows: a shard without it is ignored), and a
+    manifest that `zoo cache list` shows (model, layer, rows) and `zoo cache rm` removes.
+    Processes that fill one entry at once (``n_jobs``) write separate shards; a row computed
+    twice is stored twice and read once.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, cache_dir: str | os.PathLike | None = None) -> None:
+        self.extractor = extractor
+        fingerprint = _fingerprint(extractor)
+        key = hashlib.sha256(f"{FEATURES_VERSION}|rows|{fingerprint}".encode()).hexdigest()[:32]
+        self.folder = features_folder(cache_dir) / f"{ROWS_PREFIX}{key}"
+        self.fingerprint = fingerprint
+        self.computed = 0  # rows this object computed (the rest came from the cache)
+
+    @staticmethod
+    def keys(items: Any) -> list[str]:
+        """One key per input: files by path, size and modification time, array rows by their bytes."""
+        keys = []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                path = Path(item).expanduser().absolute()
+                stat = path.stat()
+                text = f"file|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+            else:
+                row = np.ascontiguousarray(item)
+                text = f"row|{row.dtype.str}|{row.shape}|".encode() + row.tobytes()
+            keys.append(hashlib.sha256(text).hexdigest()[:40])
+        return keys
+
+    def _index(self) -> dict[str, tuple[Path, int]]:
+        index: dict[str, tuple[Path, int]] = {}
+        for side in sorted(self.folder.glob("shard-*.json")):
+            try:
+                names = json.loads(side.read_text())
+            except (OSError, ValueError):
+                continue
+            for row, key in enumerate(names):
+                index.setdefault(key, (side.with_suffix(".npy"), row))
+        return index
+
+    def rows(self, items: Any, compute: Any) -> np.ndarray:
+        """The rows of `items` (one flat float row each), cached ones read, the others computed by
+        ``compute(positions)`` (the positions in `items` still missing) and stored."""
+        keys = self.keys(items)
+        index = self._index() if self.folder.is_dir() else {}
+        missing = [i for i, k in enumerate(keys) if k not in index]
+        fresh = None
+        if missing:
+            fresh = np.ascontiguousarray(compute(missing))
+            self.computed += len(missing)
+            self._store([keys[i] for i in missing], fresh)
+        if fresh is not None and len(missing) == len(keys):
+            return fresh
+        width = fresh.shape[1:] if fresh is not None else None
+        new = {position: i for i, position in enumerate(missing)}
+        maps: dict[Path, np.ndarray] = {}
+        out = None
+        for position, key in enumerate(keys):
+            if position in new:
+                value = fresh[new[position]]
+            else:
+                shard, row = index[key]
+                if shard not in maps:
+                    maps[shard] = np.load(shard, mmap_mode="r")
+                value = maps[shard][row]
+            if out is None:
+                width = width or value.shape
+                out = np.empty((len(keys), *width), dtype=value.dtype)
+            out[position] = value
+        return out if out is not None else np.zeros((0, 0), np.float32)
+
+    def _store(self, keys: list[str], rows: np.ndarray) -> None:
+        import secrets
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{secrets.token_hex(8)}"
+        with atomic_open(self.folder / f"{name}.npy") as f:
+            np.save(f, rows)
+        with atomic_open(self.folder / f"{name}.json", "w") as f:  # last: it vouches for the rows
+            json.dump(keys, f)
+        total = len(self._index())
+        layer = getattr(self.extractor, "layer", None)
+        FeatureManifest(
+            extractor=self.fingerprint, dataset="rows", dataset_description="one row per input, any subset "
+            "(ExtractorTransformer)", model=getattr(self.extractor, "source", None) or None,
+            layer=layer if isinstance(layer, (str, int, list, type(None))) else str(layer),
+            rows=total, next=total, shape=list(rows.shape[1:]), dtype=rows.dtype.str, complete=True,
+            completed=time.time(),
+        ).write(self.folder / MANIFEST)
 
 
 # ---------------------------------------------------------------------------------------------

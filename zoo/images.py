@@ -34,6 +34,7 @@ __all__ = [
     "class_folders",
     "geometry",
     "image_files",
+    "as_paths",
     "is_image_input",
     "load_image",
     "load_images",
@@ -123,11 +124,26 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
+def as_paths(value: Any) -> list[Any] | None:
+    """`value` as a list of paths when it is several: a list or tuple, a numpy array of strings, a
+    pandas Series (anything with ``to_numpy``) of paths; None for anything else (one path too)."""
+    if hasattr(value, "to_numpy"):  # pandas (a numpy array has no to_numpy)
+        value = value.to_numpy()
+    if hasattr(value, "dtype") and hasattr(value, "ndim"):
+        if value.ndim != 1 or value.dtype.kind not in "UO" or not len(value):
+            return None
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) and value and all(_is_path(v) for v in value):
+        return list(value)
+    return None
+
+
 def is_image_input(value: Any) -> bool:
-    """True for an image file, a folder, or a list of paths: what an extractor decodes itself."""
+    """True for an image file, a folder, or several paths (a list, a numpy array or a pandas Series
+    of them): what an extractor decodes itself."""
     if _is_path(value):
         return Path(value).suffix.lower() != ".npy"
-    return isinstance(value, (list, tuple)) and bool(value) and all(_is_path(v) for v in value)
+    return as_paths(value) is not None
 
 
 def _visible(path: Path) -> bool:
@@ -154,7 +170,7 @@ def class_folders(root: Path) -> tuple[list[str], list[Path], list[int]] | None:
 def image_files(value: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """The images a path stands for: one file, a flat folder's images (sorted), or a list as given."""
     if not _is_path(value):
-        paths = [Path(v).expanduser() for v in value]
+        paths = [Path(v).expanduser() for v in (as_paths(value) or value)]
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise InputError(f"{missing[0]} is not a file ({len(missing)} of {len(paths)} paths missing); "
