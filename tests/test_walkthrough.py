@@ -39,6 +39,14 @@ def test_walkthrough_small(tmp_path):
     assert session.get_inputs()[0].shape[0] == "batch"  # exported with a dynamic batch
     text = report.text()
     assert "trained from scratch" in text and str(out / "sweep.png") in text
+    # the README's second example finds them: image classifiers, on disk
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    found = CliRunner().invoke(cli, ["search", "--task", "image-classification", "--local", "--json"])
+    assert found.exit_code == 0, found.output
+    assert {BASE_NAME, TRANSFER_NAME} <= {m["name"] for m in json.loads(found.stdout)}
 
     # safe to run twice: models re-registered, features reused, same numbers
     again = run(out, **SMALL)

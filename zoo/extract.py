@@ -155,7 +155,7 @@ def model_inputs(
 ) -> list[dict[str, Any]]:
     """A model's inputs in graph order: name, dtype, shape and batch axis (None: fed whole).
 
-    >>> [i["name"] for i in model_inputs("text_encoder")]                  # doctest: +SKIP
+    >>> [i["name"] for i in model_inputs("text_encoder.onnx")]             # doctest: +SKIP
     ['input_ids', 'attention_mask']
     """
     from zoo.graph import GraphInfo, batch_dim
@@ -353,7 +353,7 @@ def load_extractor(
     A cut that depends on several inputs (a text encoder's ``input_ids`` and ``attention_mask``)
     takes them by name; inputs of the model it does not depend on are not needed. See `Extractor`.
 
-    >>> extractor = load_extractor("bvlc_alexnet.caffe", layer="fc7")     # doctest: +SKIP
+    >>> extractor = load_extractor("bvlc_alexnet", layer="fc7")           # doctest: +SKIP
     >>> extractor(images).shape                                        # doctest: +SKIP
     (32, 4096)
     """

@@ -319,7 +319,12 @@ def source_add(name, url, no_sync, as_json, catalog):
 @json_option
 @catalog_option
 def source_list(as_json, catalog):
-    """The sources the catalog follows."""
+    """The sources the catalog follows: name, index URL, when last synced.
+
+    \b
+    Example:
+        zoo source list --json
+    """
     from zoo.sources import list_sources
 
     sources = list_sources(catalog=catalog)

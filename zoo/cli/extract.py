@@ -48,9 +48,9 @@ def layers_command(name: str, only_inputs: bool, as_json: bool, catalog: str | N
 
     \b
     Example:
-        zoo layers bvlc_alexnet.caffe
+        zoo layers bvlc_alexnet
         zoo layers model.onnx --json
-        zoo layers text_encoder --inputs
+        zoo layers text_encoder.onnx --inputs
     """
     from zoo.extract import layers, model_inputs
 
@@ -128,7 +128,7 @@ def extract_command(model: str, layer: tuple[str, ...], input_values: tuple[str,
         zoo extract bvlc_alexnet --layer fc7 --input images.npy --output fc7.npy
         zoo extract model.onnx --layer -2 -i x.npy -o features.npy --json
         zoo extract vgg16_notop.keras --layer block5_pool --pooling avg -i photos/ -o vgg.npz
-        zoo extract text_encoder -l pool -i input_ids=ids.npy -i attention_mask=mask.npy -o f.npy
+        zoo extract text_encoder.onnx -l pool -i input_ids=ids.npy -i attention_mask=mask.npy -o f.npy
         zoo extract vad.onnx -l -1 -i input=audio.npy -i state=state.npy -i sr=16000 -o f.npy
         zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
     """
