@@ -725,7 +725,7 @@ def save_features(
     data: Any,
     output: str | os.PathLike,
     *,
-    index: str | os.PathLike | None = None,
+    index_out: str | os.PathLike | None = None,
     **options: Any,
 ) -> CachedFeatures:
     """`zoo extract`'s one call: cache the features, then copy them to `output` in chunks.
@@ -733,13 +733,13 @@ def save_features(
     What lines the rows up with the inputs is written beside them: for an ``.npz`` output, in
     the same file (``features``, and for image files ``paths``, ``labels`` and ``classes`` of a
     class folder, ``skipped_paths`` / ``skipped_reasons``); for an ``.npy`` output of image
-    files, to `index` (a CSV, default ``<output stem>.index.csv``): one line per input file
+    files, to `index_out` (a CSV, default ``<output stem>.index.csv``): one line per input file
     with its feature row (empty when skipped), class and the reason it was skipped.
 
     Args:
         extractor, data: as `extract_features`.
         output: the ``.npy`` (features only) or ``.npz`` (features and their index) file to write.
-        index: where the CSV index of an ``.npy`` output goes.
+        index_out: where the CSV index of an ``.npy`` output goes.
         options: `extract_features`'s keywords (cache_dir, chunk_size, progress, engine,
             on_error, image_size).
 
@@ -761,7 +761,7 @@ def save_features(
             with open(result.path, "rb") as src, atomic_open(output, fsync=True) as dst:
                 shutil.copyfileobj(src, dst, _READ_BLOCK)
             if rows.has_files:
-                result.index_path = write_index(rows, Path(index) if index else output.with_suffix(".index.csv"))
+                result.index_path = write_index(rows, Path(index_out) if index_out else output.with_suffix(".index.csv"))
     except OSError as exc:
         if exc.errno in _DISK_FULL:
             raise DiskFullError(f"no room left to write {output} ({os.strerror(exc.errno)}); free some space",

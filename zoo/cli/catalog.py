@@ -299,10 +299,11 @@ def _report_line(report: Any) -> str:
 @source.command(name="add")
 @click.argument("name")
 @click.argument("url")
-@click.option("--no-sync", is_flag=True, help="Register without downloading the index now.")
+@click.option("--sync/--no-sync", default=True, show_default=True,
+              help="Download the index now (--no-sync: only register it).")
 @json_option
 @catalog_option
-def source_add(name, url, no_sync, as_json, catalog):
+def source_add(name, url, sync, as_json, catalog):
     """Follow the zoo index at URL (http(s)://, file:// or a path) as source NAME.
 
     \b
@@ -311,7 +312,7 @@ def source_add(name, url, no_sync, as_json, catalog):
     """
     from zoo.sources import add_source
 
-    report = add_source(name, url, sync=not no_sync, catalog=catalog)
+    report = add_source(name, url, sync=sync, catalog=catalog)
     emit(report.to_dict(), as_json, _report_line(report))
 
 

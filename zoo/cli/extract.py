@@ -84,7 +84,7 @@ def _layer_spec(values: tuple[str, ...]):
 @click.argument("model")
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
-@click.option("--input", "-i", "input_values", required=True, multiple=True,
+@click.option("--input", "-i", "--data", "-d", "data", required=True, multiple=True,
               help="A .npy array of inputs (batch first), an image file, a folder of images, an image "
                    "folder with a sub-folder per class, or Parquet (a file or folder; one input per row); "
                    "for a model with several inputs, NAME=FILE.npy (or NAME=number) once per input.")
@@ -111,7 +111,7 @@ def _layer_spec(values: tuple[str, ...]):
 @json_option
 @catalog_option
 @cache_option
-def extract_command(model: str, layer: tuple[str, ...], input_values: tuple[str, ...], output_path: str,
+def extract_command(model: str, layer: tuple[str, ...], data: tuple[str, ...], output_path: str,
                     index_out: str | None, batch_size: int, threads: int | None, preprocess: bool | None,
                     pooling: str | None, device: str | None, on_error: str, strict_images: bool,
                     image_size: str | None, column: str | None, engine: str, address: str | None,
@@ -139,7 +139,7 @@ def extract_command(model: str, layer: tuple[str, ...], input_values: tuple[str,
     from zoo.options import ExtractorOptions
 
     on_error = on_error_value(on_error, strict_images)
-    input_path = input_arg(input_values)
+    input_path = input_arg(data)
     options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
                                preprocess=preprocess, pooling=pooling, device=device, on_error=on_error)
     extractor = load_extractor(model, options=options, catalog=catalog, cache_dir=cache_dir)
@@ -155,7 +155,7 @@ def extract_command(model: str, layer: tuple[str, ...], input_values: tuple[str,
 
         source = as_source(input_path, extractor, preprocess=preprocess, column=column, on_error=on_error,
                            image_size=image_size_value(image_size))
-        cached = save_features(extractor, source, output_path, index=index_out, cache_dir=cache_dir,
+        cached = save_features(extractor, source, output_path, index_out=index_out, cache_dir=cache_dir,
                                progress=not (quiet or as_json), engine=engine_value(engine, address, actors, threads))
         shapes = list(cached.features.shape)
         skipped = cached.skipped

@@ -31,7 +31,7 @@ def _shown_path(path: str | None, index: int) -> str:
 
 @cli.command("predict")
 @click.argument("model")
-@click.option("--input", "-i", "input_values", required=True, multiple=True,
+@click.option("--input", "-i", "--data", "-d", "data", required=True, multiple=True,
               help="Image files (a folder with a sub-folder per class gives each row its label, a flat folder, "
                    "one file) or a .npy array of model-ready inputs; NAME=FILE.npy once per input of a "
                    "multi-input model.")
@@ -54,7 +54,7 @@ def _shown_path(path: str | None, index: int) -> str:
 @json_option
 @catalog_option
 @cache_option
-def predict_command(model, input_values, output, top, labels, batch_size, threads, preprocess, device, on_error,
+def predict_command(model, data, output, top, labels, batch_size, threads, preprocess, device, on_error,
                     strict_images, image_size, engine, address, actors, quiet, as_json, catalog, cache_dir):
     """Run the classifier MODEL on inputs: the top classes of each, with their probabilities.
 
@@ -73,7 +73,7 @@ def predict_command(model, input_values, output, top, labels, batch_size, thread
     from zoo.options import ExtractorOptions
     from zoo.predictions import predict
 
-    data = input_arg(input_values)
+    data = input_arg(data)
     result = predict(model, data, labels, ExtractorOptions(batch_size=batch_size, threads=threads, preprocess=preprocess,
                                                            device=device),
                      top=top, engine=engine_value(engine, address, actors, threads),
