@@ -29,6 +29,14 @@ class ModelFormatError(ZooError):
     """A model file is unreadable, corrupt, or not in the format it claims."""
 
 
+class UnsafePickleError(ModelFormatError):
+    """A pickle or torch.save checkpoint, refused unopened; `report` lists the globals it would import."""
+
+    def __init__(self, message: str, *, report=None):
+        super().__init__(message)
+        self.report = report
+
+
 class IndexFormatError(ZooError):
     """A zoo index (JSON) is malformed; the message names the entry and the field."""
 
