@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from zoo._orm import ModelRow, SourceRow
 
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
-SCHEMA_REVISIONS = ("0001", "0002", "0003")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 BUSY_TIMEOUT_MS = 30_000
 # zoo_state key saying whether the built-in zoos were loaded: "pending" from the transaction that
@@ -62,10 +62,16 @@ class SourceInfo:
     etag: str | None = None
     synced_at: float | None = None
     models: int = 0
+    require_signature: bool = False  # fetch refuses a model of this source unless its signature verifies
+    signer: dict[str, Any] | None = None  # who must have signed (zoo.signing.Signer.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "url": mask_url(self.url), "etag": self.etag,
-                "synced_at": self.synced_at, "models": self.models}
+        data = {"name": self.name, "url": mask_url(self.url), "etag": self.etag,
+                "synced_at": self.synced_at, "models": self.models,
+                "require_signature": self.require_signature}
+        if self.signer:
+            data["signer"] = self.signer
+        return data
 
 
 @dataclass
@@ -108,6 +114,7 @@ def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
         metrics=dict(row.metrics or {}),
         meta=dict(row.meta or {}),
         removed_upstream=bool(row.removed_upstream),
+        signature=dict(row.signature or {}),
         artifacts=[_artifact_record(a) for a in artifact_rows],
     )
 
@@ -118,6 +125,18 @@ def _artifact_record(row: Any) -> Artifact:
         checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
         meta=dict(row.meta or {}),
     )
+
+
+def _published(artifact_rows: Iterable[Any]) -> list[tuple]:
+    """What a publisher's signature vouches for: each listed file's name, origin and checksum, and the
+    signature file itself with its signer (a change means the last check no longer applies)."""
+    facts = []
+    for a in artifact_rows:
+        if a.role == "onnx" or (a.meta or {}).get("by") == "zoo":
+            continue
+        facts.append((a.role, a.filename, tuple(a.urls or ()), a.checksum,
+                      repr((a.meta or {}).get("signer"))))
+    return sorted(facts)
 
 
 def _check_model(model: Model) -> None:
@@ -692,6 +711,24 @@ class Catalog:
             session.flush()
             return _artifact_record(match)
 
+    def record_signature(self, name: str, by: str, check: dict[str, Any] | None) -> Model:
+        """Record the outcome of checking `by`'s signature of a model ("publisher" or "zoo").
+
+        `check` is a `zoo.signing.SignatureCheck.to_dict()`; None forgets it. The model's
+        `signature_status` column follows in the same transaction.
+        """
+        with self._session() as session:
+            row = self._row(session, name)
+            checks = dict(row.signature or {})
+            if check is None:
+                checks.pop(by, None)
+            else:
+                checks[by] = dict(check)
+            row.signature = checks or None
+            row.signature_status = _to_record(row).signature_status
+            session.flush()
+            return _to_record(row, row.artifacts)
+
     def remove_artifact(self, name: str, role: str, filename: str) -> None:
         with self._session() as session:
             row = self._row(session, name)
@@ -818,17 +855,26 @@ class Catalog:
             return reader.scalar(select(func.count(_models.c.id))) or 0
 
     # ---- sources -----------------------------------------------------------------------
-    def add_source(self, name: str, url: str) -> SourceInfo:
-        """Register a remote zoo index; re-adding a name updates its URL."""
+    def add_source(self, name: str, url: str, *, require_signature: bool | None = None,
+                   signer: dict[str, Any] | None = None) -> SourceInfo:
+        """Register a remote zoo index; re-adding a name updates its URL.
+
+        `require_signature` and `signer` set the source's signature policy when given; left
+        None, a re-added source keeps the policy it had (it is never dropped by accident).
+        """
         from zoo._orm import SourceRow
 
         with self._session() as session:
             row = session.scalars(select(SourceRow).where(SourceRow.name == name)).first()
             if row is None:
-                row = SourceRow(name=name, url=url)
+                row = SourceRow(name=name, url=url, require_signature=False)
                 session.add(row)
             elif row.url != url:
                 row.url, row.etag = url, None
+            if require_signature is not None:
+                row.require_signature = require_signature
+            if signer is not None:
+                row.signer = signer or None  # {} clears it
             session.flush()
             return self._source_info(session, row)
 
@@ -850,7 +896,8 @@ class Catalog:
 
     def _source_info(self, reader: Any, row: Any) -> SourceInfo:
         models = reader.scalar(select(func.count(_models.c.id)).where(_models.c.source == row.name))
-        return SourceInfo(row.name, row.url, row.etag, row.synced_at, models or 0)
+        return SourceInfo(row.name, row.url, row.etag, row.synced_at, models or 0,
+                          bool(row.require_signature), dict(row.signer) if row.signer else None)
 
     def sources(self) -> list[SourceInfo]:
         with self._reader() as reader:
@@ -869,7 +916,7 @@ class Catalog:
         with self._session() as session:
             row = self._source_row(session, name)
             for key, value in fields.items():
-                if key not in ("url", "etag", "synced_at"):
+                if key not in ("url", "etag", "synced_at", "require_signature", "signer"):
                     raise CatalogError(f"sources have no field {key!r}")
                 setattr(row, key, value)
             session.flush()
@@ -917,6 +964,7 @@ class Catalog:
                         row.artifacts.append(artifact_row)
                     continue
                 before = _to_record(row, row.artifacts).to_dict()
+                published = _published(row.artifacts)
                 local = {(a.role, a.filename): a for a in row.artifacts}
                 fill_model_row(row, model, _keywords(model.name, model.tags))
                 row.removed_upstream = False
@@ -932,9 +980,14 @@ class Catalog:
                     if path and artifact_row.path is None:
                         artifact_row.path, artifact_row.sha256 = path, sha256
                     kept.append(artifact_row)
-                # Converted models are zoo's own: they survive an upstream change of the entry.
-                kept += [a for key, a in local.items() if key[0] == "onnx"]
+                # Converted models and zoo's own signatures survive an upstream change of the entry.
+                kept += [a for key, a in local.items()
+                         if key[0] == "onnx" or (key[0] == "signature" and (a.meta or {}).get("by") == "zoo")]
                 row.artifacts = kept
+                if row.signature and "publisher" in row.signature and _published(kept) != published:
+                    # Other files or another signature upstream: what was verified is not what is listed.
+                    row.signature = {k: v for k, v in row.signature.items() if k != "publisher"} or None
+                    row.signature_status = _to_record(row).signature_status
                 if _to_record(row, row.artifacts).to_dict() != before:
                     stats.updated.append(model.name)
             for name, row in existing.items():

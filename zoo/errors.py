@@ -65,6 +65,10 @@ class ArchiveLimitError(UnsafeArchiveError):
     """An archive unpacks to more bytes or members, or at a higher ratio, than the limits allow."""
 
 
+class SignatureError(ZooError):
+    """A model's signature is missing, malformed or does not verify, or a signer/key is unusable."""
+
+
 class ConversionError(ZooError):
     """A model cannot be converted to ONNX (unsupported layer or op, bad weights)."""
 

@@ -21,6 +21,7 @@ from zoo.errors import FetchError, IndexFormatError, OfflineError, UnknownSource
 if TYPE_CHECKING:
     from zoo.catalog import Catalog, SourceInfo, SyncStats
     from zoo.records import Model
+    from zoo.signing import Signer
 
 BUILTIN_SCHEME = "builtin:"
 RESERVED = ("local",)  # the source of models added with `zoo add`/`zoo scan`
@@ -164,30 +165,43 @@ def _parse(name: str, url: str, data: bytes) -> list[Model]:
     return parse_index(data, source=name, remote=remote)
 
 
-def add_source(name: str, url: str, *, sync: bool = True,
+def add_source(name: str, url: str, *, sync: bool = True, require_signature: bool | None = None,
+               signer: Signer | dict[str, Any] | None = None,
                catalog: str | os.PathLike | Catalog | None = None) -> SyncReport:
     """Register a zoo index at `url` (http(s)://, file:// or a path) as source `name`.
 
     With `sync` (the default) the index is downloaded and validated first: if that fails,
     nothing is registered. Adding an existing name again changes its URL.
 
+    `signer` pins who must have signed the source's models (a `zoo.signing.Signer`: public key,
+    certificate chain, Sigstore identity), overriding what the index says; `require_signature`
+    makes fetch refuse any of its models whose signature is missing or does not verify. Left
+    None, a re-added source keeps its policy.
+
     >>> zoo.add_source("acme", "https://models.acme.org/zoo.json")   # doctest: +SKIP
+    >>> zoo.add_source("acme", URL, require_signature=True,
+    ...                signer=Signer.from_files(key="acme.pub"))      # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
+    from zoo.signing import Signer
 
     _check_name(name)
+    pinned = None
+    if signer is not None:
+        pinned = (signer if isinstance(signer, Signer) else Signer.from_dict(signer)).to_dict()
+    policy = {"require_signature": require_signature, "signer": pinned}
     cat = open_catalog(catalog)
     existing = {s.name: s for s in cat.sources()}.get(name)
     if existing is not None and existing.url.startswith(BUILTIN_SCHEME) and existing.url != url:
         raise ZooError(f"source {name!r} is one of zoo's built-in zoos; choose another name")
     url = _normalise_url(url.strip())
     if not sync:
-        cat.add_source(name, url)
+        cat.add_source(name, url, **policy)
         return SyncReport(name, url, "added")
     data, etag = _download(name, url, None)
     models = _parse(name, url, data)
     with cat.batch():
-        cat.add_source(name, url)
+        cat.add_source(name, url, **policy)
         stats = cat.replace_source_models(name, models)
         cat.update_source(name, etag=etag, synced_at=time.time())
     return SyncReport(name, url, "synced", stats, etag)
