@@ -171,6 +171,32 @@ def test_certificate_signatures(fault_server, keys, model_bytes, tmp_path):
     assert zoo.info("tiny").signature_status == "failed"
 
 
+def test_keyless_sigstore_signatures_verify_offline_with_a_local_instance(fault_server, model_bytes, tmp_path):
+    """The Sigstore path end to end: certificate chain, SCT, identity and issuer, transparency log
+    entry (inclusion proof, checkpoint, promise) and DSSE signature, against a trust root made here."""
+    from helpers.signing import sigstore_bundle
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for name, data in model_bytes.items():
+        (folder / name).write_bytes(data)
+    identity, issuer = "release@acme.example", "https://accounts.acme.example"
+    sigstore_bundle(folder, tmp_path / "tiny.sig", tmp_path / "trust.json", identity=identity, issuer=issuer)
+    url = _serve_index(fault_server, _entry(fault_server, "tiny", model_bytes, (tmp_path / "tiny.sig").read_bytes(),
+                                            {"identity": identity, "issuer": issuer}))
+    pinned = Signer.from_files(identity=identity, issuer=issuer, trust_config=tmp_path / "trust.json")
+    zoo.add_source("acme", url, require_signature=True, signer=pinned)
+    zoo.fetch("tiny")
+    check = zoo.info("tiny").signature["publisher"]
+    assert check["status"] == "verified" and check["method"] == "sigstore"
+    assert check["signed_by"] == f"{identity} (Sigstore, {issuer})"
+    # The same bundle, required from someone else: refused by the identity policy.
+    zoo.add_source("acme", url, signer=Signer.from_files(identity="ops@acme.example", issuer=issuer,
+                                                         trust_config=tmp_path / "trust.json"))
+    (verdict,) = verify_signatures("tiny")
+    assert "SANs do not match ops@acme.example" in verdict.checks["publisher"].error
+
+
 def test_a_single_file_signature(fault_server, keys, light, tmp_path):
     files = {"tiny.onnx": light["onnx"].read_bytes()}
     signature = _publisher_sign(files, tmp_path / "tiny", key=keys["publisher"], single=True)

@@ -78,8 +78,9 @@ class Signer:
       to, and optionally the `identity` its subject must name (an e-mail, URI or DNS name in its
       SubjectAltName, or its common name).
     - ``sigstore``: keyless signing; the `identity` (e-mail or workflow URI) and OIDC `issuer` the
-      Fulcio certificate must carry; `trust_config` names a Sigstore ClientTrustConfig JSON for a
-      private instance (default: the public-good instance, fetched over TUF, so online).
+      Fulcio certificate must carry; `trust_config` is the JSON of a Sigstore ClientTrustConfig
+      for a private instance (kept whole, so a shared catalog needs no file of the user's);
+      without it, the public-good instance's trust root, fetched over TUF (so online).
     """
 
     method: str
@@ -128,7 +129,7 @@ class Signer:
                 _read_text(certificate_chain, "certificate chain")), identity=identity)
         if identity or issuer:
             return cls("sigstore", identity=identity, issuer=issuer,
-                       trust_config=str(Path(trust_config).absolute()) if trust_config else None)
+                       trust_config=_read_text(trust_config, "Sigstore trust config") if trust_config else None)
         raise SignatureError("no signer given: name a public key, a certificate chain, or a "
                              "Sigstore identity and issuer")
 
@@ -478,12 +479,16 @@ def _verifying_config(model_signing, signer: Signer):
             chain.write_text("\n".join(signer.certificate_chain))
             return config.use_certificate_verifier(certificate_chain=[chain])
     try:
-        return config.use_sigstore_verifier(
-            identity=signer.identity, oidc_issuer=signer.issuer,
-            trust_config=Path(signer.trust_config) if signer.trust_config else None)
-    except Exception as exc:  # the trust root is fetched over TUF unless a trust config is given
-        raise SignatureError(f"cannot set up Sigstore verification ({_one_line(exc)}); offline, give "
-                             "the instance's trust configuration (trust_config)") from None
+        with tempfile.TemporaryDirectory(prefix="zoo-trust-") as tmp:
+            trust = None
+            if signer.trust_config:
+                trust = Path(tmp) / "trust_config.json"
+                trust.write_text(signer.trust_config)
+            return config.use_sigstore_verifier(identity=signer.identity, oidc_issuer=signer.issuer,
+                                                trust_config=trust)  # read in the constructor
+    except Exception as exc:  # the public trust root is fetched over TUF
+        raise SignatureError(f"cannot set up Sigstore verification ({_one_line(exc)}); offline or for "
+                             "a private instance, pin its trust configuration (--signer-trust-config)") from None
 
 
 def _verified_signer(bundle: Bundle, signer: Signer) -> str:

@@ -330,10 +330,12 @@ def _report_line(report: Any) -> str:
               help="With --signer-cert-chain: the name the certificate must carry; alone with "
                    "--signer-issuer: a Sigstore (keyless) identity.")
 @click.option("--signer-issuer", metavar="URL", help="Sigstore: the OIDC issuer of --signer-identity.")
+@click.option("--signer-trust-config", type=click.Path(dir_okay=False), metavar="TRUST.json",
+              help="Sigstore: a private instance's ClientTrustConfig [default: the public instance, online].")
 @json_option
 @catalog_option
 def source_add(name, url, no_sync, require_signature, signer_key, signer_cert_chain, signer_identity,
-               signer_issuer, as_json, catalog):
+               signer_issuer, signer_trust_config, as_json, catalog):
     """Follow the zoo index at URL (http(s)://, file:// or a path) as source NAME.
 
     Models the index signs are verified on fetch (pip install 'zoo[provenance]'); pin who must
@@ -348,11 +350,12 @@ def source_add(name, url, no_sync, require_signature, signer_key, signer_cert_ch
     from zoo.sources import add_source
 
     signer = None
-    if signer_key or signer_cert_chain or signer_identity or signer_issuer:
+    if signer_key or signer_cert_chain or signer_identity or signer_issuer or signer_trust_config:
         from zoo.signing import Signer
 
         signer = Signer.from_files(key=signer_key, certificate_chain=signer_cert_chain,
-                                   identity=signer_identity, issuer=signer_issuer)
+                                   identity=signer_identity, issuer=signer_issuer,
+                                   trust_config=signer_trust_config)
     report = add_source(name, url, sync=not no_sync, require_signature=require_signature,
                         signer=signer, catalog=catalog)
     emit(report.to_dict(), as_json, _report_line(report))
