@@ -60,3 +60,33 @@ def lineage_command(name, cache_dir, catalog, as_json):
 
     root = chain(name, catalog=catalog, cache_dir=cache_dir)
     emit(root.to_dict(), as_json, lambda: render(root))
+
+
+@cli.command("bom")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="BOM.cdx.json",
+              help="Write the BOM here [default: print it].")
+@cache_option
+@catalog_option
+def bom_command(name, output, cache_dir, catalog):
+    """Write a CycloneDX 1.6 ML-BOM of a model and everything derived from it.
+
+    Components: the model and its files (hashes, licence, model card with task, datasets and
+    metrics), each conversion, cut, feature cache and trained head; the steps that made them as
+    the formulation; dependencies between them. Validated against the CycloneDX schema before it
+    is written. Needs pip install 'zoo[provenance]'.
+
+    \b
+    Example:
+        zoo bom my-classifier -o my-classifier.cdx.json
+    """
+    import json
+
+    from zoo.bom import write
+
+    data, path = write(name, output, catalog=catalog, cache_dir=cache_dir)
+    if path is None:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"wrote the ML-BOM of {name} to {path}: {len(data.get('components', []))} components, "
+                   f"CycloneDX {data['specVersion']}, schema-valid")
