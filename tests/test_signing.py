@@ -317,3 +317,38 @@ def test_without_the_library_zoo_says_the_pip_command(converted, keys, monkeypat
     monkeypatch.setitem(sys.modules, "model_signing", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'zoo\[provenance\]'"):
         sign("tiny", key=keys["publisher"].private)
+
+
+def test_a_catalog_from_before_signatures_is_upgraded(catalog_url):
+    """Revision 0003 -> 0004 (Alembic, on each backend): sources get the policy columns, models
+    the signature columns; rows written before keep their data and read as unsigned, no policy."""
+    from sqlalchemy import create_engine, inspect
+
+    from zoo.catalog import SCHEMA_HEAD, Catalog
+    from zoo.migrations import upgrade
+
+    engine = create_engine(catalog_url)
+    with engine.begin() as connection:
+        upgrade(connection, "0003")
+        connection.exec_driver_sql("INSERT INTO sources (name, url) VALUES ('acme', 'https://acme.example/zoo.json')")
+        connection.exec_driver_sql(
+            "INSERT INTO models (name, framework, source, tags, input_spec, metrics, meta, removed_upstream) "
+            "VALUES ('old', 'onnx', 'acme', '[]', '{}', '{}', '{}', false)")
+    cat = Catalog(catalog_url, builtins=False)
+    columns = {t: {c["name"] for c in inspect(engine).get_columns(t)} for t in ("models", "sources")}
+    assert {"signature", "signature_status"} <= columns["models"]
+    assert {"require_signature", "signer"} <= columns["sources"]
+    (source,) = cat.sources()
+    assert source.require_signature is False and source.signer is None
+    model = cat.get("old")
+    assert model.signature == {} and model.signature_status is None
+    cat.add_source("acme", source.url, require_signature=True,
+                   signer={"method": "key", "public_key": "-----BEGIN PUBLIC KEY-----x-----END PUBLIC KEY-----"})
+    cat.record_signature("old", "publisher", {"status": "verified", "signed_by": "key sha256:ab"})
+    assert cat.get("old").signature_status == "verified" and cat.get_source("acme").require_signature
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == SCHEMA_HEAD
+        status = connection.exec_driver_sql("SELECT signature_status FROM models WHERE name = 'old'").scalar()
+    assert status == "verified"
+    cat.close()
+    engine.dispose()

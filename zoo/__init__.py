@@ -44,6 +44,10 @@ _API: dict[str, str] = {
     "fetch": "zoo.download",
     "verify": "zoo.download",
     "convert": "zoo.conversion",
+    # provenance
+    "Signer": "zoo.signing",
+    "sign": "zoo.signing",
+    "verify_signatures": "zoo.signing",
     # extract and transfer
     "layers": "zoo.extract",
     "LayerInfo": "zoo.extract",
@@ -94,6 +98,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.local import add, scan
     from zoo.pretraining import pretrain
     from zoo.records import Artifact, InputSpec, Model
+    from zoo.signing import Signer, sign, verify_signatures
     from zoo.sources import add_source, list_sources, remove_source, sync_sources
     from zoo.layer_sweep import sweep
     from zoo.transfer import fit_head, train, transfer_model
