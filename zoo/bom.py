@@ -46,27 +46,14 @@ class _Builder:
 
     def __init__(self, catalog: Any):
         from zoo.errors import require
+        from zoo.lineage import Lookup
 
         require("cyclonedx", EXTRA)
-        self.catalog = catalog
+        self.model = Lookup(catalog).model  # a model by name, or None
         self.components: dict[str, Any] = {}  # bom-ref -> cyclonedx Component
         self.cards: dict[str, dict[str, Any]] = {}  # bom-ref -> modelCard JSON
         self.depends: dict[str, set[str]] = {}
         self.tasks: list[dict[str, Any]] = []
-        self._models: dict[str, Model] = {}
-
-    # ---- lookups -------------------------------------------------------------------------
-    def model(self, name: str | None) -> Model | None:
-        from zoo.errors import UnknownModelError
-
-        if not name:
-            return None
-        if name not in self._models:
-            try:
-                self._models[name] = self.catalog.get(name)
-            except UnknownModelError:
-                return None
-        return self._models[name]
 
     # ---- components ----------------------------------------------------------------------
     def add(self, step: Step) -> str:
@@ -310,6 +297,10 @@ def _model_card(model: Model, lookup) -> dict[str, Any]:
                         "slice": f"{model.meta.get('base_model', 'base')} cut at {model.meta.get('layer')}"})
     if model.meta.get("pretrained"):
         parameters["approach"] = {"type": "unsupervised"}
+    return _card(parameters, metrics)
+
+
+def _card(parameters: dict[str, Any], metrics: list[dict[str, str]]) -> dict[str, Any]:
     card: dict[str, Any] = {}
     if parameters:
         card["modelParameters"] = parameters
@@ -333,12 +324,7 @@ def _derived_card(step: Step, model: Model | None) -> dict[str, Any]:
     figures.pop("verified", None)
     metrics = _metrics({k: v for k, v in figures.items() if k != "tolerance"},
                        f"against {reference}" if reference else None)
-    card: dict[str, Any] = {}
-    if parameters:
-        card["modelParameters"] = parameters
-    if metrics:
-        card["quantitativeAnalysis"] = {"performanceMetrics": metrics}
-    return card
+    return _card(parameters, metrics)
 
 
 def _walk(step: Step) -> Iterator[Step]:

@@ -171,8 +171,8 @@ class Step:
         return data
 
 
-class _Index:
-    """Lookups by digest over the catalog (artifacts) and the cache (cuts, feature entries)."""
+class Lookup:
+    """Lookups by name and by digest over the catalog (artifacts) and the cache (cuts, feature entries)."""
 
     def __init__(self, catalog: Catalog, cache_dir: Any = None):
         self.catalog = catalog
@@ -180,9 +180,12 @@ class _Index:
         self._models: dict[str, Model] = {}
         self._cache: dict[str, Any] | None = None
 
-    def model(self, name: str) -> Model | None:
+    def model(self, name: str | None) -> Model | None:
+        """The cataloged model `name` (read once), or None."""
         from zoo.errors import UnknownModelError
 
+        if not name:
+            return None
         if name not in self._models:
             try:
                 self._models[name] = self.catalog.get(name)
@@ -242,12 +245,12 @@ def chain(name: str, *, catalog: Any = None, cache_dir: Any = None) -> Step:
 
     cat = open_catalog(catalog)
     model = cat.get(name)
-    index = _Index(cat, cache_dir)
+    index = Lookup(cat, cache_dir)
     index._models[name] = model
     return _model_step(index, model, seen=set())
 
 
-def _model_step(index: _Index, model: Model, seen: set[str]) -> Step:
+def _model_step(index: Lookup, model: Model, seen: set[str]) -> Step:
     derived = [a for a in model.artifacts if lineage_of(a) is not None]
     own = [a for a in model.artifacts if a.role not in ("onnx", "signature")]
     root = Step(model.name, "model", None, model.name, facts=_model_facts(model))
@@ -284,7 +287,7 @@ def _file_step(model: Model, artifact: Artifact) -> Step:
                 missing=not artifact.path)
 
 
-def _artifact_step(index: _Index, model: Model, artifact: Artifact, seen: set[str]) -> Step:
+def _artifact_step(index: Lookup, model: Model, artifact: Artifact, seen: set[str]) -> Step:
     lineage = lineage_of(artifact)
     label = f"{artifact.filename} ({lineage.kind} of {model.name})" if lineage.kind == "conversion" \
         else f"{artifact.filename} ({lineage.kind}: {model.name})"
@@ -294,7 +297,7 @@ def _artifact_step(index: _Index, model: Model, artifact: Artifact, seen: set[st
     return step
 
 
-def _parent_step(index: _Index, parent: Parent, child_model: Model, seen: set[str]) -> Step:
+def _parent_step(index: Lookup, parent: Parent, child_model: Model, seen: set[str]) -> Step:
     """Resolve a parent by digest: a cataloged file or derived artifact, a cache entry, or data."""
     if parent.sha256 and parent.sha256 in seen:
         return Step(f"{parent.name or parent.kind} (cycle)", parent.kind, parent.sha256, missing=True)
