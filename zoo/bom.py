@@ -70,6 +70,13 @@ class _Builder:
             self.depends.setdefault(ref, set()).add(self.add(parent))
         if step.lineage is not None and ref not in {t["outputs"][0]["resource"]["ref"] for t in self.tasks}:
             self.tasks.append(self._task(step, ref))
+        if step.lineage is not None and step.lineage.kind in _APPROACH:
+            # A trained model's datasets are the data components it was fit on (features, labels).
+            data = [{"ref": r} for r in sorted(self.depends.get(ref, ())) if r.split(":")[0] in ("features", "data")]
+            for owner in (ref, _ref("model", step.model) if step.model else None):
+                card = self.cards.get(owner)
+                if card is not None and data:
+                    card.setdefault("modelParameters", {})["datasets"] = data
         return ref
 
     def _model_component(self, step: Step) -> str:
@@ -320,9 +327,9 @@ def _derived_card(step: Step, model: Model | None) -> dict[str, Any]:
     if lineage is not None and lineage.kind in _APPROACH:
         parameters["approach"] = {"type": _APPROACH[lineage.kind]}
     figures = dict(lineage.figures) if lineage is not None else {}
-    reference = figures.pop("reference", None)
-    figures.pop("verified", None)
-    metrics = _metrics({k: v for k, v in figures.items() if k != "tolerance"},
+    reference = figures.get("reference")
+    # Performance figures only; counts and settings stay properties of the component.
+    metrics = _metrics({k: v for k, v in figures.items() if k in _METRIC_NAMES},
                        f"against {reference}" if reference else None)
     return _card(parameters, metrics)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from zoo.cache import atomic_open, features_folder
 from zoo.errors import DiskFullError, InputError
+from zoo.lineage import Lineage, features_lineage
 
 __all__ = [
     "CacheEntry",
@@ -63,6 +64,7 @@ class CachedFeatures:
     classes: list[str] | None = None  # class names (sub-folder names), for an image folder
     skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs: path, reason
     reused: bool = False  # True when nothing had to be computed
+    lineage: dict[str, Any] | None = None  # zoo.lineage.Lineage of the entry (None: made before lineage)
 
 
 @dataclass
@@ -134,15 +136,10 @@ class _ArraySource(_Source):
 
 
 def _array_fingerprint(array: np.ndarray) -> str:
-    """sha256 of dtype, shape and bytes, read in blocks of rows (a .npy file's source hashes the same)."""
-    digest = hashlib.sha256(f"array|{array.dtype.str}|{array.shape}".encode())
-    if array.ndim == 0:
-        digest.update(np.ascontiguousarray(array).data)
-        return digest.hexdigest()
-    rows = max(1, _READ_BLOCK // max(1, array[:1].nbytes))
-    for i in range(0, len(array), rows):
-        digest.update(np.ascontiguousarray(array[i : i + rows]).data)
-    return digest.hexdigest()
+    """sha256 of dtype, shape and bytes (a .npy file's source hashes the same): `zoo.hashes.array_sha256`."""
+    from zoo.hashes import array_sha256
+
+    return array_sha256(array)
 
 
 class _NpyFileSource(_Source):
@@ -714,8 +711,10 @@ class FeatureCache:
             else:
                 computed = engine.computed(source, extractor, manifest["next"], chunk_size)
             folder.mkdir(parents=True, exist_ok=True)
+            lineage = features_lineage(extractor, source.fingerprint, source.description,
+                                       engine="local" if engine == "local" else "ray")
             try:
-                _fill(folder, manifest, source, computed, progress)
+                _fill(folder, manifest, source, computed, progress, lineage)
             except OSError as exc:
                 if exc.errno in _DISK_FULL:
                     raise _disk_full(exc, folder) from None
@@ -776,12 +775,18 @@ def _fill(
     source: _Source,
     computed: Iterator[tuple[int, int, np.ndarray | None, list[dict]]],
     progress: bool,
+    lineage: Lineage | None = None,
 ) -> None:
-    """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk."""
+    """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk.
+
+    The rows are hashed as they are written (a resumed entry hashes what it kept first), so the
+    complete entry's lineage carries the sha256 of its feature rows at no extra pass.
+    """
     from tqdm import tqdm
 
     path = folder / FEATURES
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    digest = hashlib.sha256()
     try:
         # A crash between writing rows and recording them leaves rows the manifest does not
         # know about: drop them, they are computed again.
@@ -789,6 +794,8 @@ def _fill(
         os.ftruncate(fd, known)
         if known == HEADER_BYTES:
             os.pwrite(fd, b"\0" * HEADER_BYTES, 0)
+        for offset in range(HEADER_BYTES, known, _READ_BLOCK):
+            digest.update(os.pread(fd, min(_READ_BLOCK, known - offset), offset))
         os.lseek(fd, known, os.SEEK_SET)
         bar = tqdm(
             total=source.length,
@@ -820,7 +827,9 @@ def _fill(
                                 f"but {manifest['dtype']}{manifest['shape']} before; its output shape must "
                                 "not depend on the batch"
                             )
-                        _write_all(fd, memoryview(out).cast("B"))
+                        rows = memoryview(out).cast("B")
+                        _write_all(fd, rows)
+                        digest.update(rows)
                         manifest["rows"] += len(out)
                     manifest["next"] = start + consumed
                     manifest["chunks"] += 1
@@ -853,6 +862,11 @@ def _fill(
     manifest["length"] = manifest["next"]
     manifest["complete"] = True
     manifest["completed"] = time.time()
+    if lineage is not None:
+        lineage.sha256 = digest.hexdigest()  # of the feature rows, C order, the manifest's dtype
+        lineage.figures = {"rows": manifest["rows"], "shape": manifest["shape"], "dtype": manifest["dtype"],
+                           "inputs": manifest["length"], "skipped": len(manifest["skipped"])}
+        manifest["lineage"] = lineage.to_dict()
     _write_json(folder / MANIFEST, manifest)
 
 
@@ -897,6 +911,7 @@ def _result(
         classes=manifest.get("classes"),
         skipped=list(manifest.get("skipped", [])),
         reused=reused,
+        lineage=manifest.get("lineage"),
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -142,6 +143,72 @@ def conversion_lineage(sha256: str | None, report: Mapping[str, Any], sources: M
                    time.time() if created is None else created)
 
 
+def cut_lineage(sha256: str, source_sha256: str, model: str, layers: list[str], outputs: list[str],
+                spec: Any, fixed_batch: int | None = None) -> Lineage:
+    """A cut graph: its parent is the whole ONNX model it was cut from."""
+    is_path = os.sep in model or model.endswith(".onnx")
+    parent = Parent("onnx", source_sha256, name=os.path.basename(model) if is_path else f"{model} (ONNX)",
+                    model=None if is_path else model, ref=model if is_path else None)
+    settings = {"model": model, "layers": layers, "outputs": outputs, "spec": spec}
+    if fixed_batch is not None:
+        settings["fixed_batch"] = fixed_batch
+    return Lineage("cut", sha256, [parent], tool_versions("onnx"), settings, {"layers_kept": len(layers)})
+
+
+def features_lineage(extractor: Any, dataset: str, description: str, *, engine: str = "local") -> Lineage:
+    """A feature-cache entry before it is filled: parents are the cut (or extractor) and the data.
+
+    Its own sha256 (of the feature rows as stored) and its figures (rows, shape, skipped inputs)
+    are set when the entry is complete.
+    """
+    meta = getattr(extractor, "meta", None) or {}
+    cut = meta.get("lineage") or {}
+    source = getattr(extractor, "source", None)
+    if cut.get("sha256"):
+        layers = meta.get("layers") or []
+        parent = Parent("cut", cut["sha256"], name=f"cut at {', '.join(map(str, layers))}",
+                        model=source if source and os.sep not in source else None)
+    else:  # any object with a fingerprint can fill the cache
+        parent = Parent("extractor", None, name=type(extractor).__name__,
+                        ref=str(getattr(extractor, "fingerprint", ""))[:64] or None)
+    settings = {"model": source, "layer": getattr(extractor, "layer", None),
+                "pooling": getattr(extractor, "pooling", None),
+                "preprocess": getattr(extractor, "preprocess", None), "engine": engine}
+    tools = tool_versions("onnxruntime", "numpy", *(("ray",) if engine != "local" else ()))
+    return Lineage("features", None, [parent, Parent("data", dataset, name=description)], tools,
+                   {k: v for k, v in settings.items() if v is not None})
+
+
+def training_lineage(extractor: Any, features: Mapping[str, Any] | None, labels_sha256: str | None,
+                     settings: Mapping[str, Any], figures: Mapping[str, Any]) -> Lineage:
+    """A trained head (with the frozen layers it sits on): parents are the features it was fit
+    on, the cut whose layers it keeps, the labels, and (when fine-tuned) the whole base model."""
+    meta = getattr(extractor, "meta", None) or {}
+    cut = meta.get("lineage") or {}
+    source = getattr(extractor, "source", None)
+    model = source if source and os.sep not in source else None
+    parents = []
+    if features and features.get("sha256"):
+        parents.append(Parent("features", features["sha256"], name="cached features", ref=features.get("key")))
+    if cut.get("sha256"):
+        parents.append(Parent("cut", cut["sha256"], name=f"cut at {', '.join(map(str, meta.get('layers') or []))}",
+                              model=model))
+    if settings.get("unfreeze") and meta.get("source_sha256"):
+        parents.append(Parent("onnx", meta["source_sha256"], name=f"{source} (ONNX, fine-tuned layers)", model=model))
+    if labels_sha256:
+        parents.append(Parent("data", labels_sha256, name="labels"))
+    return Lineage("training", None, parents, tool_versions("torch", "onnx", "onnxruntime", "numpy"),
+                   {k: v for k, v in settings.items() if v is not None}, dict(figures))
+
+
+def pretraining_lineage(data_sha256: str | None, rows: int, settings: Mapping[str, Any],
+                        figures: Mapping[str, Any]) -> Lineage:
+    """A greedily pretrained stack: its one parent is the unlabelled data."""
+    parents = [Parent("data", data_sha256, name=f"unlabelled data ({rows} rows)")] if data_sha256 else []
+    return Lineage("pretraining", None, parents, tool_versions("torch", "onnx", "numpy"),
+                   dict(settings), dict(figures))
+
+
 # ---- the chain -------------------------------------------------------------------------------
 
 @dataclass
@@ -225,6 +292,7 @@ def _cached_lineages(cache_dir: Any) -> Iterable[tuple[str, tuple[str, str, Line
 
 def _cache_label(lineage: Lineage, path: Any) -> str:
     what = lineage.settings.get("layers") or lineage.settings.get("layer") or path.parent.name[:12]
+    what = ", ".join(map(str, what)) if isinstance(what, list) else what
     model = lineage.settings.get("model")
     if lineage.kind == "cut":
         return f"cut at {what}" + (f" of {model}" if model else "")
@@ -282,6 +350,10 @@ def _file_step(model: Model, artifact: Artifact) -> Step:
         facts["url"] = artifact.meta.get("fetched_from") or artifact.urls[0]
     elif artifact.path:
         facts["path"] = artifact.path
+    check = model.signature.get("publisher")
+    if check:  # the publisher's signature covers every file of the model
+        facts["signature"] = (f"verified, signed by {check.get('signed_by')}" if check.get("status") == "verified"
+                              else f"FAILED: {check.get('error')}")
     kind = "publisher" if model.source != "local" else "file"
     return Step(f"{artifact.filename} ({model.name})", kind, artifact.sha256, model.name, facts=facts,
                 missing=not artifact.path)
@@ -323,19 +395,29 @@ def _parent_step(index: Lookup, parent: Parent, child_model: Model, seen: set[st
                 parent.kind, parent.sha256, parent.model, missing=True)
 
 
-def render(step: Step, *, indent: int = 0) -> str:
-    """The chain as indented text, newest first, each line `<-` its parents."""
+def render(step: Step, *, indent: int = 0, shown: set[str] | None = None) -> str:
+    """The chain as indented text, newest first, each line `<-` its parents.
+
+    The chain is a graph (a head depends on its features and on the cut they came from): a
+    step met again is named, not repeated.
+    """
+    shown = set() if shown is None else shown
     pad = "  " * indent
     arrow = "" if indent == 0 else "<- "
     digest = f"  sha256:{step.sha256[:16]}" if step.sha256 else ""
-    lines = [f"{pad}{arrow}{step.label}{digest}" + ("  [missing]" if step.missing else "")]
+    head = f"{pad}{arrow}{step.label}{digest}" + ("  [missing]" if step.missing else "")
+    if step.sha256 and step.parents and step.sha256 in shown:
+        return head + "  (shown above)"
+    if step.sha256:
+        shown.add(step.sha256)
+    lines = [head]
     detail = pad + ("   " if indent else "") + "  "
     if step.lineage is not None:
         lines += [f"{detail}{line}" for line in _describe(step.lineage)]
     for key, value in step.facts.items():
         lines.append(f"{detail}{key}: {value}")
     for parent in step.parents:
-        lines.append(render(parent, indent=indent + 1))
+        lines.append(render(parent, indent=indent + 1, shown=shown))
     return "\n".join(lines)
 
 
@@ -362,5 +444,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["LINEAGE_VERSION", "Lineage", "PREDICATE_TYPE", "Parent", "Step", "chain",
-           "conversion_lineage", "lineage_of", "render", "tool_versions"]
+__all__ = ["LINEAGE_VERSION", "Lineage", "Lookup", "PREDICATE_TYPE", "Parent", "Step", "chain",
+           "conversion_lineage", "cut_lineage", "features_lineage", "lineage_of", "pretraining_lineage",
+           "render", "tool_versions", "training_lineage"]

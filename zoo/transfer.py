@@ -13,11 +13,14 @@ import numpy as np
 
 from zoo.errors import InputError
 from zoo._threads import torch_threads
+from zoo.hashes import array_sha256
+from zoo.lineage import training_lineage
 
 if TYPE_CHECKING:
     import torch
 
     from zoo.catalog import Catalog
+    from zoo.lineage import Lineage
     from zoo.records import InputSpec, Model
 
 __all__ = [
@@ -419,13 +422,14 @@ def save_model(
     meta: dict[str, Any] | None = None,
     replace: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    lineage: Lineage | None = None,
 ) -> Model:
     """Export a torch model to ONNX and register it in the catalog as your own model.
 
     The file goes to `path` (default ``<cache>/models/<name>/<name>.onnx``); the catalog entry
     has framework "onnx", source "local" and one artifact with role "model". `input_spec` (the
     base's) keeps its preprocessing (mean, std, resize, crop...) so images reach the new model
-    as they reached the base.
+    as they reached the base. `lineage` says how it was made (`zoo.lineage.training_lineage`).
     """
     from dataclasses import replace as _replace
 
@@ -446,7 +450,7 @@ def save_model(
         meta={"trained_by": "zoo", **({"classes": list(classes)} if classes is not None else {}), **(meta or {})},
     )
     return register(export_onnx(model, input_shape), record, catalog=catalog, path=path, replace=replace,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, lineage=lineage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,6 +620,13 @@ def train(
     module = _compose(extractor.to_torch(), fit.head, pool if top is None else None)
     input_shape = _input_shape(extractor, data)
     spec = getattr(extractor, "input_spec", None)
+    lineage = training_lineage(
+        extractor, {**(cached.lineage or {}), "key": cached.key}, array_sha256(labels),
+        settings={"base_model": name, "layer": layer, "cached_at": cut, "unfreeze": unfreeze,
+                  "hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                  "val_fraction": val_fraction, "patience": patience, "seed": seed, "pooling": pooling},
+        figures={"val_accuracy": fit.val_accuracy, "best_epoch": fit.best_epoch,
+                 "epochs_run": len(fit.history), "rows": int(len(labels)), "classes": len(classes)})
     record = save_model(
         module,
         new_name,
@@ -636,6 +647,7 @@ def train(
         },
         replace=replace,
         cache_dir=cache_dir,
+        lineage=lineage,
     )
     return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=cut)
 
