@@ -19,7 +19,8 @@ import zoo
 from zoo.catalog import open_catalog
 from zoo.errors import IndexFormatError, MissingDependencyError, SignatureError
 from zoo.index import FORMAT
-from zoo.signing import Signer, sign, verify_signatures
+from zoo.signatures import sign, verify_signatures
+from zoo.signing import Signer
 
 pytestmark = pytest.mark.usefixtures("catalog_env")
 

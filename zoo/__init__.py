@@ -46,8 +46,8 @@ _API: dict[str, str] = {
     "convert": "zoo.conversion",
     # provenance
     "Signer": "zoo.signing",
-    "sign": "zoo.signing",
-    "verify_signatures": "zoo.signing",
+    "sign": "zoo.signatures",
+    "verify_signatures": "zoo.signatures",
     # extract and transfer
     "layers": "zoo.extract",
     "LayerInfo": "zoo.extract",
@@ -98,7 +98,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.local import add, scan
     from zoo.pretraining import pretrain
     from zoo.records import Artifact, InputSpec, Model
-    from zoo.signing import Signer, sign, verify_signatures
+    from zoo.signatures import sign, verify_signatures
+    from zoo.signing import Signer
     from zoo.sources import add_source, list_sources, remove_source, sync_sources
     from zoo.layer_sweep import sweep
     from zoo.transfer import fit_head, train, transfer_model

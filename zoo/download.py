@@ -22,7 +22,7 @@ from zoo.archives import UnpackLimits, archive_kind, remove_stale_unpacks, safe_
 from zoo.cache import model_folder, root as cache_root
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.hashes import file_hash, hash_matches, parse_checksum
-from zoo.signing import SignaturePolicy
+from zoo.signatures import SignaturePolicy
 from zoo.transport import DownloadResult, download, new_session
 
 from zoo.records import Artifact
@@ -155,7 +155,7 @@ def _register_signed(cat, model, fetched, policy: SignaturePolicy, on_file: File
     import logging
 
     from zoo.errors import MissingDependencyError
-    from zoo.signing import check_publisher_signature
+    from zoo.signatures import check_publisher_signature
 
     artifacts = [done for done, _ in fetched]
     try:

@@ -124,7 +124,8 @@ def verify_command(names, signatures, key, catalog, as_json):
 
 
 def _verify_signatures(names, key, catalog, as_json) -> None:
-    from zoo.signing import Signer, verify_signatures
+    from zoo.signatures import verify_signatures
+    from zoo.signing import Signer
 
     signer = Signer.from_files(key=key) if key else None
     verdicts = verify_signatures(names, signer=signer, catalog=catalog)

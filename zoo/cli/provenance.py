@@ -31,7 +31,7 @@ def sign_command(name, key, key_password, certificate, chain, cache_dir, catalog
         zoo sign bvlc_alexnet --key release.pem
         zoo sign my-classifier --key team.pem --certificate team.crt --cert-chain ca.pem
     """
-    from zoo.signing import sign
+    from zoo.signatures import sign
 
     check = sign(name, key=key, password=key_password, certificate=certificate, chain=list(chain),
                  catalog=catalog, cache_dir=cache_dir)
