@@ -235,6 +235,13 @@ def test_index_signature_fields_are_validated():
 
     with pytest.raises(IndexFormatError, match=r"signature.public_key' does not name a signer"):
         parse_index(index(url="https://x.example/m.sig", public_key="not a key"), source="x")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_public = rsa.generate_private_key(65537, 2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    with pytest.raises(IndexFormatError, match="not an elliptic-curve key"):
+        parse_index(index(url="https://x.example/m.sig", public_key=rsa_public), source="x")
     with pytest.raises(IndexFormatError, match=r"signature.url' is missing"):
         parse_index(index(public_key="x"), source="x")
     with pytest.raises(IndexFormatError, match=r"signature.filename.*same place"):

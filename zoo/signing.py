@@ -85,12 +85,20 @@ class Signer:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SignatureError(f"signer method {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.method == "key" and not (self.public_key and _PEM_KEY.search(self.public_key)):
-            raise SignatureError("a key signer needs a PEM public key (-----BEGIN PUBLIC KEY-----...); "
-                                 "export it with `openssl ec -in key.pem -pubout`")
-        if self.method == "certificate" and not any(_PEM_CERT.search(c) for c in self.certificate_chain):
-            raise SignatureError("a certificate signer needs the PEM certificate chain it must chain "
-                                 "to (the root at least); zoo never falls back on the system's roots")
+        if self.method == "key":
+            if not (self.public_key and _PEM_KEY.search(self.public_key)):
+                raise SignatureError("a key signer needs a PEM public key (-----BEGIN PUBLIC KEY-----...); "
+                                     "export it with `openssl ec -in key.pem -pubout`")
+            _check_public_key(self.public_key)
+        if self.method == "certificate":
+            if not any(_PEM_CERT.search(c) for c in self.certificate_chain):
+                raise SignatureError("a certificate signer needs the PEM certificate chain it must chain "
+                                     "to (the root at least); zoo never falls back on the system's roots")
+            for pem in self.certificate_chain:
+                try:
+                    _certificate(pem)
+                except ValueError as exc:
+                    raise SignatureError(f"a certificate of the signer's chain cannot be read ({exc})") from None
         if self.method == "sigstore" and not (self.identity and self.issuer):
             raise SignatureError("a Sigstore signer needs both an identity (e-mail or workflow URI) "
                                  "and the OIDC issuer that vouched for it")
@@ -161,6 +169,21 @@ class Signer:
             who = f"{self.identity} " if self.identity else ""
             return f"{who}certificate chaining to {', '.join(roots)}"
         return f"{self.identity} (via {self.issuer})"
+
+
+def _check_public_key(pem: str) -> None:
+    """A readable elliptic-curve public key, the only kind model-signing verifies."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"the signer's public key cannot be read ({exc}); give the PEM that "
+                             "`openssl ec -in key.pem -pubout` prints") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise SignatureError(f"the signer's public key is not an elliptic-curve key ({type(key).__name__}); "
+                             "OpenSSF model signatures are made with P-256, P-384 or P-521 keys")
 
 
 def _read_text(path: str | os.PathLike, what: str) -> str:
