@@ -171,6 +171,10 @@ def test_the_ml_bom_validates_and_holds_the_whole_chain(trained, tmp_path, zoo_c
     assert kinds.count("machine-learning-model") >= 4  # head, its training output, cut, conversion, tinynet
     assert "data" in kinds and "file" in kinds
     head = bom["metadata"]["component"]
+    # The head sits on tinynet's frozen weights: it carries tinynet's licence, as do its conversion and cut.
+    assert head["licenses"][0]["license"]["id"] == "BSD-2-Clause"
+    derived = [c for c in everything if c["bom-ref"].split(":")[0] in ("conversion", "cut", "training")]
+    assert len(derived) == 3 and all(c["licenses"][0]["license"]["id"] == "BSD-2-Clause" for c in derived)
     metrics = head["modelCard"]["quantitativeAnalysis"]["performanceMetrics"]
     assert any(m["type"].startswith("transfer accuracy") for m in metrics)
     tinynet = refs["model:tinynet"]

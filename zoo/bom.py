@@ -88,10 +88,11 @@ class _Builder:
             return ref
         own = [a for a in model.artifacts if a.role not in ("onnx", "signature")] if model else []
         single = own[0] if len(own) == 1 and model and model.source == "local" else None
+        base = self.model(model.meta.get("base_model")) if model and not model.license else None
         component = Component(
             name=step.model or step.label, type=ComponentType.MACHINE_LEARNING_MODEL, bom_ref=ref,
             description=model.description if model else None,
-            licenses=_licenses(model.license if model else None),
+            licenses=_licenses(model.license if model and model.license else base.license if base else None),
             hashes=_hashes(single) if single is not None else None,
             external_references=_model_links(model) if model else None,
             properties=_properties(_model_properties(model)) if model else None,
@@ -147,15 +148,23 @@ class _Builder:
         if ref in self.components:
             return ref
         kind = _COMPONENT_TYPES.get(step.kind, "machine-learning-model")
+        upstream = self._upstream(step)
         component = Component(
             name=step.label, bom_ref=ref, hashes=_sha256_only(step.sha256),
             type=ComponentType.DATA if kind == "data" else ComponentType.MACHINE_LEARNING_MODEL,
+            # A conversion, a cut or a head on frozen layers is a derivative of the model's weights.
+            licenses=_licenses(upstream.license) if upstream is not None and kind != "data" else None,
             properties=_properties({**{f"zoo:setting:{k}": v for k, v in (lineage.settings if lineage else {}).items()},
                                     **{f"zoo:figure:{k}": v for k, v in (lineage.figures if lineage else {}).items()}}))
         self.components[ref] = component
         if kind != "data":
             self.cards[ref] = _derived_card(step, self.model(step.model))
         return ref
+
+    def _upstream(self, step: Step) -> Model | None:
+        """The cataloged model whose weights a derived step carries (the base of a trained head)."""
+        settings = step.lineage.settings if step.lineage is not None else {}
+        return self.model(settings.get("base_model") or settings.get("model") or step.model)
 
     # ---- formulation -----------------------------------------------------------------------
     def _task(self, step: Step, output: str) -> dict[str, Any]:
