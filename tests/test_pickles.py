@@ -131,6 +131,20 @@ def test_benign_data_and_other_files_are_told_apart(tmp_path):
     assert pickles.inspect(other_zip) is None
 
 
+def test_a_huge_argument_is_never_read_whole(tmp_path, monkeypatch):
+    """The walk reads at most MAX_WALK_BYTES; what it could not read is said, never called safe."""
+    monkeypatch.setattr(pickles, "MAX_WALK_BYTES", 1 << 20)
+    path = tmp_path / "big.pkl"
+    path.write_bytes(pickle.dumps([b"x" * (4 << 20), _Shell()], protocol=4))
+    report = pickles.inspect(path)
+    assert report is not None and not report.complete and not report.weights_only
+    assert "the rest was not read and may import anything" in report.message()
+    small = tmp_path / "small.pkl"
+    small.write_bytes(pickle.dumps([_Shell(), b"x" * (4 << 20)], protocol=4))
+    assert "outside zoo's allow-list of tensor and container builders in the first 1 MB" in \
+        pickles.inspect(small).message()
+
+
 def test_torchscript_archives_are_not_checkpoints(light):
     assert pickles.inspect(light["torchscript"]) is None
 

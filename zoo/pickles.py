@@ -24,9 +24,10 @@ from zoo.errors import UnsafePickleError
 
 # Suffixes of files that are pickles or torch.save checkpoints in the wild (HF's pytorch_model.bin).
 SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib")
-# At most this many bytes of opcodes are walked per pickle (a pickled array carries its data
-# inline); what lies beyond is reported as not read.
-MAX_WALK_BYTES = 256 << 20
+# At most this many bytes of a pickle are read (a pickled array carries its data inline, and an
+# opcode's argument is read whole); what lies beyond is reported as not read. A checkpoint's
+# data.pkl is a few MB even for large models: its tensors are stored beside it.
+MAX_WALK_BYTES = 64 << 20
 # A legacy torch.save file is several pickles in a row: magic number, protocol, system info, the
 # object, the storage keys; raw tensor bytes follow.
 _LEGACY_PICKLES = 5
@@ -120,11 +121,15 @@ class PickleReport:
                 "pickle": "a Python pickle"}[self.kind]
         head = f"{self.path}: is {what}; zoo never unpickles files, because unpickling runs the code its opcodes name."
         outside, allowed = self.outside, [g for g in self.globals if g.allowed]
+        read = "" if self.complete else f" in the first {MAX_WALK_BYTES >> 20} MB that were read"
         if outside:
             shown = ", ".join(map(str, outside[:8])) + (f" and {len(outside) - 8} more" if len(outside) > 8 else "")
             body = (f" Its opcodes would import {len(outside)} global(s) outside zoo's allow-list of "
-                    f"tensor and container builders: {shown}"
-                    + (f" (besides {len(allowed)} allowed)" if allowed else "") + ".")
+                    f"tensor and container builders{read}: {shown}"
+                    + (f" (besides {len(allowed)} allowed)" if allowed else "") + ". To use the model,")
+        elif not self.complete:
+            body = (f" Its opcodes import nothing outside zoo's allow-list{read}; the rest was not read "
+                    "and may import anything. To use the model,")
         elif self.globals:
             body = (" It holds only tensors and containers (every global it imports is on zoo's "
                     f"allow-list: {', '.join(map(str, allowed[:4]))}{', ...' if len(allowed) > 4 else ''}): "
@@ -132,10 +137,6 @@ class PickleReport:
                     "its model class (model.load_state_dict(torch.load(path, weights_only=True))) and")
         else:
             body = " It imports no globals: plain data, not a model. To use a model,"
-        if not self.complete:
-            body = f" Only the first {MAX_WALK_BYTES >> 20} MB of its opcodes were read." + body
-        if outside:
-            body += " To use the model,"
         return f"{head}{body} {EXPORT_HINT}"
 
 
@@ -149,7 +150,7 @@ _OPAQUE = _Opaque()
 _MARK = object()
 
 
-def walk(stream: BinaryIO, limit: int = MAX_WALK_BYTES) -> tuple[list[PickleGlobal], bool]:
+def walk(stream: BinaryIO, limit: int | None = None) -> tuple[list[PickleGlobal], bool]:
     """The globals one pickle (from the stream's position to its STOP) would import.
 
     Returns (globals in order of first appearance, whether the walk reached STOP). Strings are
@@ -162,6 +163,8 @@ def walk(stream: BinaryIO, limit: int = MAX_WALK_BYTES) -> tuple[list[PickleGlob
     memo: dict[int, object] = {}
     start = stream.tell()
     ops = 0
+    # A huge argument is cut short at the limit (default MAX_WALK_BYTES), never read whole.
+    stream = _Bounded(stream, start + (MAX_WALK_BYTES if limit is None else limit))
 
     def pop() -> object:
         return stack.pop() if stack else _OPAQUE
@@ -175,8 +178,6 @@ def walk(stream: BinaryIO, limit: int = MAX_WALK_BYTES) -> tuple[list[PickleGlob
         for opcode, arg, position in pickletools.genops(stream):
             ops += 1
             name = opcode.name
-            if position - start > limit:
-                return list(found), False
             if name in ("GLOBAL", "INST"):
                 module, _, attr = str(arg).partition(" ")
                 found.setdefault(PickleGlobal(module, attr), None)
@@ -211,6 +212,24 @@ def walk(stream: BinaryIO, limit: int = MAX_WALK_BYTES) -> tuple[list[PickleGlob
             raise ValueError(f"not a pickle ({exc})") from None
         return list(found), False
     return list(found), False
+
+
+class _Bounded:
+    """A read-only view of a binary stream that ends at absolute offset `end`."""
+
+    def __init__(self, stream: BinaryIO, end: int):
+        self._stream, self._end = stream, end
+
+    def read(self, size: int = -1) -> bytes:
+        left = max(0, self._end - self._stream.tell())
+        return self._stream.read(left if size is None or size < 0 else min(size, left))
+
+    def readline(self, size: int = -1) -> bytes:
+        left = max(0, self._end - self._stream.tell())
+        return self._stream.readline(left if size is None or size < 0 else min(size, left))
+
+    def tell(self) -> int:
+        return self._stream.tell()
 
 
 def _apply(opcode: pickletools.OpcodeInfo, arg: object, stack: list, pop, pop_mark) -> None:
