@@ -327,6 +327,23 @@ def test_without_the_library_zoo_says_the_pip_command(converted, keys, monkeypat
         sign("tiny", key=keys["publisher"].private)
 
 
+def test_fetch_without_the_library(fault_server, keys, model_bytes, tmp_path, monkeypatch, caplog):
+    """No model-signing: a signed model is fetched with a warning, unless its source requires a check."""
+    signature = _publisher_sign(model_bytes, tmp_path / "tiny", key=keys["publisher"])
+    url = _serve_index(fault_server, _entry(fault_server, "tiny", model_bytes, signature,
+                                            {"public_key": keys["publisher"].public_pem}))
+    zoo.add_source("acme", url, require_signature=True)
+    monkeypatch.setitem(sys.modules, "model_signing", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'zoo\[provenance\]'"):
+        zoo.fetch("tiny")
+    assert not zoo.info("tiny").is_local
+    zoo.add_source("acme", url, require_signature=False)
+    with caplog.at_level("WARNING", logger="zoo.download"):
+        zoo.fetch("tiny")
+    assert "publishes a signature that was not checked" in caplog.text
+    assert zoo.info("tiny").is_local and zoo.info("tiny").signature == {}
+
+
 def test_a_catalog_from_before_signatures_is_upgraded(catalog_url):
     """Revision 0003 -> 0004 (Alembic, on each backend): sources get the policy columns, models
     the signature columns; rows written before keep their data and read as unsigned, no policy."""

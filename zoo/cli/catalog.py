@@ -165,7 +165,8 @@ def _signature_facts(model: Model) -> list[tuple[str, str]]:
             done = SignatureCheck.from_dict(check)
             facts.append((label, f"{done.summary()} ({_when(done.checked_at)})"))
         elif by == "publisher" and published:
-            facts.append((label, f"published, not verified yet (run `zoo fetch {model.name}`)"))
+            facts.append((label, f"published, not verified yet (`zoo fetch {model.name}` verifies it, "
+                                 "with pip install 'zoo[provenance]')"))
     return facts or [("signature", "unsigned")]
 
 
