@@ -185,13 +185,13 @@ def sign(name: str, *, key: str | os.PathLike, password: str | None = None,
     if not named:
         raise SignatureError(f"{name} has no file on disk to sign; fetch it (`zoo fetch {name}`) or "
                              "add it first")
+    signer = Signer.for_private_key(key, password, certificate, chain)  # a bad key fails before any write
     folder = signatures_folder(name, cache_dir)
     files = {view: Path(a.meta.get("archive_path") or a.path) for view, a in named}
     for view, (subject, lineage) in _statement_names(model).items():
         path = folder / Path(view).name
         write_atomic(path, json.dumps(lineage.statement(subject), indent=1, sort_keys=True))
         files[view] = path
-    signer = Signer.for_private_key(key, password, certificate, chain)
     bundle_path = folder / ZOO_SIGNATURE
     sign_files(files, bundle_path, key=key, password=password, certificate=certificate, chain=chain,
                label=name)
