@@ -75,8 +75,9 @@ def trained(published, tmp_path):
     np.save(tmp_path / "y.npy", y)
     zoo.fetch("tinynet")
     zoo.convert("tinynet")
-    result = zoo.train("tinynet", tmp_path / "x.npy", tmp_path / "y.npy", layer="fc1", new_name="tiny-head",
-                       epochs=3, progress=False)
+    result = zoo.train("tinynet", tmp_path / "x.npy", tmp_path / "y.npy", new_name="tiny-head",
+                       extractor=zoo.ExtractorOptions(layer="fc1"),
+                       training=zoo.TrainingConfig(epochs=3, progress=False))
     return {**published, "x": x, "y": y, "result": result}
 
 
@@ -116,7 +117,7 @@ def test_lineage_runs_from_the_trained_head_to_the_publisher_files(trained, zoo_
     assert conversion_digest == onnx.sha256 == _sha256(onnx.path)
     publisher = {s["sha256"] for s in by_kind["publisher"]}
     assert publisher == {_sha256(trained["prototxt"]), _sha256(trained["caffemodel"])}
-    from zoo.hashes import array_sha256
+    from zoo.datasources import array_fingerprint as array_sha256
 
     data = {s["sha256"] for s in by_kind["data"]}
     assert {array_sha256(trained["x"]), array_sha256(trained["y"])} <= data
@@ -208,9 +209,9 @@ def test_the_ml_bom_validates_and_holds_the_whole_chain(trained, tmp_path, zoo_c
 def test_a_pretrained_stack_records_its_data(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.random((64, 12)).astype(np.float32)
-    result = zoo.pretrain(x, layers=[6, 3], epochs=1, name="tiny-stack", progress=False)
+    result = zoo.pretrain(x, layers=[6, 3], name="tiny-stack", config=zoo.PretrainConfig(epochs=1, progress=False))
     lineage = result.model.artifact("model").meta["lineage"]
-    from zoo.hashes import array_sha256
+    from zoo.datasources import array_fingerprint as array_sha256
 
     assert lineage["kind"] == "pretraining" and lineage["parents"][0]["sha256"] == array_sha256(x)
     assert lineage["sha256"] == _sha256(result.model.artifact("model").path)

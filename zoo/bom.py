@@ -360,7 +360,7 @@ def build(name: str, *, catalog: Any = None, cache_dir: Any = None) -> dict[str,
     from cyclonedx.model.component import Component, ComponentType
     from cyclonedx.output.json import JsonV1Dot6
 
-    from zoo import __version__
+    from zoo.config import version
     from zoo.catalog import open_catalog
     from zoo.lineage import chain
 
@@ -368,7 +368,7 @@ def build(name: str, *, catalog: Any = None, cache_dir: Any = None) -> dict[str,
     root = chain(name, catalog=cat, cache_dir=cache_dir)
     builder = _Builder(cat)
     root_ref = builder.add(root)
-    tool = Component(name="zoo", version=__version__, type=ComponentType.APPLICATION, bom_ref="tool:zoo")
+    tool = Component(name="zoo", version=version(), type=ComponentType.APPLICATION, bom_ref="tool:zoo")
     metadata = BomMetaData(component=builder.components[root_ref])
     metadata.tools.components.add(tool)
     bom = Bom(metadata=metadata)
@@ -445,7 +445,7 @@ def validate(data: dict[str, Any] | str) -> str | None:
 def write(name: str, path: str | os.PathLike | None = None, *, catalog: Any = None,
           cache_dir: Any = None) -> tuple[dict[str, Any], Path | None]:
     """Build the ML-BOM of `name` and write it (atomically) to `path`, when given."""
-    from zoo.cache import write_atomic
+    from zoo.atomic import write_atomic
 
     data = build(name, catalog=catalog, cache_dir=cache_dir)
     if path is None:

@@ -58,6 +58,23 @@ def convert(
     (see `zoo.input_specs`): ``inputs={"x": "Nx512", "ids": "Nx128:int64"}``, ``args={"sr": 16000}``.
     Once a conversion with them succeeds they are recorded on the model: later calls need not repeat them.
 
+    Args:
+        name: a cataloged model, or a model file's path (added first).
+        inputs, args: what a TorchScript ``forward`` takes.
+        opset: upgrade the ONNX opset to this one.
+        nchw: channels-first inputs for TensorFlow models.
+        force: keep a conversion beyond tolerance, marked unverified.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder.
+
+    Returns:
+        The "onnx" artifact, with the conversion report in ``meta["report"]``.
+
+    Raises:
+        ConversionError (UnsupportedLayerError, VerificationError): it cannot be converted, or
+            differs from its source beyond tolerance.
+        FetchError: its files cannot be fetched. MissingDependencyError: the framework is missing.
+
     >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
     >>> art.meta["report"]["verified"]         # doctest: +SKIP
     True

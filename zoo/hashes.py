@@ -110,25 +110,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return tree_sha256(path) if Path(path).is_dir() else file_hash(path, "sha256")
 
 
-def array_sha256(array) -> str:
-    """sha256 of an array's dtype, shape and C-order bytes, read a block of rows at a time.
-
-    The digest zoo gives data: the feature cache's fingerprint of an array or a .npy file (which
-    hashes the same bytes from disk), and the data parents in lineage records.
-    """
-    import numpy as np
-
-    array = np.asarray(array)
-    digest = hashlib.sha256(f"array|{array.dtype.str}|{array.shape}".encode())
-    if array.ndim == 0:
-        digest.update(np.ascontiguousarray(array).data)
-        return digest.hexdigest()
-    rows = max(1, (4 << 20) // max(1, array[:1].nbytes))
-    for i in range(0, len(array), rows):
-        digest.update(np.ascontiguousarray(array[i : i + rows]).data)
-    return digest.hexdigest()
-
-
 def hash_matches(path: str | os.PathLike, checksum: str | None) -> bool:
     """True when the file's content matches "algo:hex" (always True for a None checksum)."""
     if not checksum:
@@ -137,4 +118,4 @@ def hash_matches(path: str | os.PathLike, checksum: str | None) -> bool:
     return file_hash(path, algo) == digest
 
 
-__all__ = ["ALGOS", "MultiHasher", "array_sha256", "file_hash", "file_sha256", "hash_matches", "parse_checksum", "tree_sha256"]
+__all__ = ["ALGOS", "MultiHasher", "file_hash", "file_sha256", "hash_matches", "parse_checksum", "tree_sha256"]

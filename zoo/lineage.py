@@ -37,9 +37,9 @@ def tool_versions(*packages: str) -> dict[str, str]:
     """zoo's, Python's and each installed package's version (nothing is imported to learn them)."""
     from importlib import metadata
 
-    from zoo import __version__
+    from zoo.config import version
 
-    versions = {"zoo": __version__, "python": platform.python_version()}
+    versions = {"zoo": version(), "python": platform.python_version()}
     for package in packages:
         try:
             versions[package] = metadata.version(package)
@@ -155,17 +155,17 @@ def cut_lineage(sha256: str, source_sha256: str, model: str, layers: list[str], 
     return Lineage("cut", sha256, [parent], tool_versions("onnx"), settings, {"layers_kept": len(layers)})
 
 
-def features_lineage(extractor: Any, dataset: str, description: str, *, engine: str = "local") -> Lineage:
+def features_lineage(extractor: Any, dataset: str, description: str, *, engine: str = "LocalEngine") -> Lineage:
     """A feature-cache entry before it is filled: parents are the cut (or extractor) and the data.
 
     Its own sha256 (of the feature rows as stored) and its figures (rows, shape, skipped inputs)
     are set when the entry is complete.
     """
-    meta = getattr(extractor, "meta", None) or {}
-    cut = meta.get("lineage") or {}
+    meta = getattr(extractor, "meta", None)  # a zoo.manifests.CutMetadata for zoo's extractors
+    cut = getattr(meta, "lineage", None) or {}
     source = getattr(extractor, "source", None)
     if cut.get("sha256"):
-        layers = meta.get("layers") or []
+        layers = getattr(meta, "layers", None) or []
         parent = Parent("cut", cut["sha256"], name=f"cut at {', '.join(map(str, layers))}",
                         model=source if source and os.sep not in source else None)
     else:  # any object with a fingerprint can fill the cache
@@ -174,7 +174,7 @@ def features_lineage(extractor: Any, dataset: str, description: str, *, engine: 
     settings = {"model": source, "layer": getattr(extractor, "layer", None),
                 "pooling": getattr(extractor, "pooling", None),
                 "preprocess": getattr(extractor, "preprocess", None), "engine": engine}
-    tools = tool_versions("onnxruntime", "numpy", *(("ray",) if engine != "local" else ()))
+    tools = tool_versions("onnxruntime", "numpy", *(("ray",) if engine == "RayEngine" else ()))
     return Lineage("features", None, [parent, Parent("data", dataset, name=description)], tools,
                    {k: v for k, v in settings.items() if v is not None})
 
@@ -183,18 +183,19 @@ def training_lineage(extractor: Any, features: Mapping[str, Any] | None, labels_
                      settings: Mapping[str, Any], figures: Mapping[str, Any]) -> Lineage:
     """A trained head (with the frozen layers it sits on): parents are the features it was fit
     on, the cut whose layers it keeps, the labels, and (when fine-tuned) the whole base model."""
-    meta = getattr(extractor, "meta", None) or {}
-    cut = meta.get("lineage") or {}
+    meta = getattr(extractor, "meta", None)  # a zoo.manifests.CutMetadata
+    cut = getattr(meta, "lineage", None) or {}
     source = getattr(extractor, "source", None)
     model = source if source and os.sep not in source else None
     parents = []
     if features and features.get("sha256"):
         parents.append(Parent("features", features["sha256"], name="cached features", ref=features.get("key")))
     if cut.get("sha256"):
-        parents.append(Parent("cut", cut["sha256"], name=f"cut at {', '.join(map(str, meta.get('layers') or []))}",
-                              model=model))
-    if settings.get("unfreeze") and meta.get("source_sha256"):
-        parents.append(Parent("onnx", meta["source_sha256"], name=f"{source} (ONNX, fine-tuned layers)", model=model))
+        layers = getattr(meta, "layers", None) or []
+        parents.append(Parent("cut", cut["sha256"], name=f"cut at {', '.join(map(str, layers))}", model=model))
+    source_sha256 = getattr(meta, "source_sha256", None)
+    if settings.get("unfreeze") and source_sha256:
+        parents.append(Parent("onnx", source_sha256, name=f"{source} (ONNX, fine-tuned layers)", model=model))
     if labels_sha256:
         parents.append(Parent("data", labels_sha256, name="labels"))
     return Lineage("training", None, parents, tool_versions("torch", "onnx", "onnxruntime", "numpy"),

@@ -85,7 +85,7 @@ def check_publisher_signature(model: Model, artifacts: list[Artifact],
                 f"{model.name} is unsigned (its index publishes no signature), and source "
                 f"{policy.source!r} requires one (--require-signature); nothing was registered. Ask "
                 f"the publisher for an OpenSSF model signature, or drop the requirement with "
-                f"`zoo source add {policy.source} URL --no-require-signature`")
+                f"`zoo source add {policy.source} URL --no-require-signature`", model=model.name)
         return None
     signer = policy.signer
     if signer is None and signature.meta.get("signer"):
@@ -102,7 +102,7 @@ def check_publisher_signature(model: Model, artifacts: list[Artifact],
     if not check.verified and policy.require:
         raise SignatureError(
             f"{model.name}: {check.summary()}; source {policy.source!r} requires a verified "
-            "signature (--require-signature), so nothing was registered")
+            "signature (--require-signature), so nothing was registered", model=model.name)
     return check
 
 
@@ -169,13 +169,30 @@ def sign(name: str, *, key: str | os.PathLike, password: str | None = None,
     lineage as an in-toto statement (source digests, converter and framework versions, the
     verified difference), so the signature attests how it was made. The bundle and statements
     go to ``<cache>/signatures/<name>/``; the catalog records the signature (role "signature",
-    ``meta["by"] = "zoo"``) and the check made right after signing. `certificate` and `chain`
-    sign with an X.509 certificate instead of a bare key.
+    ``meta["by"] = "zoo"``) and the check made right after signing.
+
+    Args:
+        name: the cataloged model.
+        key: an elliptic-curve private key (PEM file).
+        password: the key's password, when it is encrypted.
+        certificate: sign with this X.509 certificate of the key instead of the bare key.
+        chain: the certificate's issuing CA certificates (PEM files); needed with `certificate`.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder.
+
+    Returns:
+        The check of the new signature (verified, by whom, which files).
+
+    Raises:
+        SignatureError: nothing to sign, or a key/certificate that cannot sign (says why).
+        MissingDependencyError: model-signing is not installed (pip install 'zoo[provenance]').
+        UnknownModelError: no model called `name`.
 
     >>> zoo.sign("bvlc_alexnet", key="release.pem").summary()        # doctest: +SKIP
     'signed by key sha256:1f0c..., verified'
     """
-    from zoo.cache import signatures_folder, write_atomic
+    from zoo.atomic import write_atomic
+    from zoo.cache import signatures_folder
     from zoo.catalog import open_catalog
     from zoo.hashes import file_sha256
 
@@ -184,7 +201,7 @@ def sign(name: str, *, key: str | os.PathLike, password: str | None = None,
     named = _signed_artifacts(model)
     if not named:
         raise SignatureError(f"{name} has no file on disk to sign; fetch it (`zoo fetch {name}`) or "
-                             "add it first")
+                             "add it first", model=name)
     signer = Signer.for_private_key(key, password, certificate, chain)  # a bad key fails before any write
     folder = signatures_folder(name, cache_dir)
     files = {view: Path(a.meta.get("archive_path") or a.path) for view, a in named}
@@ -197,7 +214,7 @@ def sign(name: str, *, key: str | os.PathLike, password: str | None = None,
                label=name)
     check = verify_files(files, bundle_path, signer, label=name, by="zoo")
     if not check.verified:  # a key and a certificate that do not belong together, for one
-        raise SignatureError(f"{name}: the signature just made does not verify: {check.error}")
+        raise SignatureError(f"{name}: the signature just made does not verify: {check.error}", model=name)
     artifact = Artifact(role="signature", filename=ZOO_SIGNATURE, path=str(bundle_path),
                         size=bundle_path.stat().st_size, sha256=file_sha256(bundle_path),
                         meta={"by": "zoo", "signer": signer.to_dict(), "covers": sorted(files)})
@@ -230,8 +247,20 @@ def verify_signatures(names: str | list[str] | None = None, *, signer: Signer | 
 
     A publisher's signature is checked against the signer its source pins, else the one its
     index names; zoo's own against `signer` when given, else the key or chain recorded when it
-    was made. Each check is recorded (`zoo info` shows it). Models with no signature on disk
-    are left out.
+    was made. Each check is recorded (`zoo info` shows it).
+
+    Args:
+        names: a model name, several, or None for every model.
+        signer: who must have made zoo's own signatures (default: the signer recorded with them).
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        One verdict per signed model (models with no signature on disk are left out): each
+        signature's check and one line per lineage statement it attests.
+
+    Raises:
+        MissingDependencyError: model-signing is not installed (pip install 'zoo[provenance]').
+        UnknownModelError: a name is not in the catalog.
     """
     from zoo.catalog import open_catalog
 

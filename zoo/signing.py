@@ -549,7 +549,7 @@ def sign_files(files: Mapping[str, str | os.PathLike], out: str | os.PathLike, *
     The bundle goes to `out` atomically; it verifies with the `model-signing` CLI too, on a
     folder holding the files under these names. Returns the parsed bundle.
     """
-    from zoo.cache import atomic_path
+    from zoo.atomic import atomic_path
 
     model_signing = _library()
     files = {name: Path(path) for name, path in files.items()}
