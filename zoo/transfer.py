@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from zoo._threads import torch_threads
+from zoo.datasources import array_fingerprint
 from zoo.errors import InputError, NotConvergedWarning, UnfreezeDepthError, option
+from zoo.lineage import training_lineage
 from zoo.options import ExtractorOptions, TrainingConfig, accepts_options
 
 if TYPE_CHECKING:
     import torch
 
     from zoo.catalog import Catalog
+    from zoo.lineage import Lineage
     from zoo.records import InputSpec, Model
 
 __all__ = [
@@ -523,6 +526,7 @@ def save_model(
     cache_dir: str | os.PathLike | None = None,
     task: str | None = None,
     outputs: str = "logits",
+    lineage: Lineage | None = None,
 ) -> Model:
     """Export a torch model to ONNX and register it in the catalog as your own model.
 
@@ -531,7 +535,8 @@ def save_model(
     base's) keeps its preprocessing (mean, std, resize, crop...) so images reach the new model
     as they reached the base. `task` defaults to "image-classification" for a model fed images
     (a 4-D input with a layout), else "classification"; ``meta["outputs"]`` records what the
-    model outputs ("logits" or "probabilities"), so `zoo.predict` knows whether to apply a softmax.
+    model outputs ("logits" or "probabilities"), so `zoo.predict` knows whether to apply a softmax. `lineage` says how it was
+    made (`zoo.lineage.training_lineage`).
     """
     from dataclasses import replace as _replace
 
@@ -552,7 +557,7 @@ def save_model(
               **(meta or {})},
     )
     return register(export_onnx(model, input_shape), record, catalog=catalog, path=path, replace=replace,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, lineage=lineage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,6 +842,16 @@ def train(
     cached = prepared.cached
     layer = extractor.layer
     base = _base_record(model, cat)
+    lineage = training_lineage(
+        frozen, {**(cached.lineage or {}), "key": cached.key}, array_fingerprint(prepared.labels),
+        settings={"base_model": model, "layer": layer if isinstance(layer, (str, int)) else list(layer),
+                  "cached_at": prepared.cut, "unfreeze": training.unfreeze, "hidden": list(training.hidden),
+                  "epochs": training.epochs, "batch_size": training.batch_size, "lr": training.lr,
+                  "weight_decay": training.weight_decay, "val_fraction": training.val_fraction,
+                  "patience": training.patience, "seed": training.seed, "pooling": extractor.pooling},
+        figures={"val_accuracy": fit.val_accuracy, "best_epoch": fit.best_epoch,
+                 "epochs_run": len(fit.history), "rows": int(len(prepared.labels)),
+                 "classes": len(prepared.classes)})
     record = save_model(
         module,
         name,
@@ -860,6 +875,7 @@ def train(
         },
         replace=replace,
         cache_dir=cache_dir,
+        lineage=lineage,
     )
     return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=prepared.cut,
                        skipped=list(cached.skipped))

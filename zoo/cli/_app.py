@@ -34,6 +34,7 @@ COMMAND_MODULES = {
     "cache": "zoo.cli.cache",
     "pretrain": "zoo.cli.pretrain",
     "predict": "zoo.cli.predict",
+    **dict.fromkeys(["sign", "lineage", "bom"], "zoo.cli.provenance"),
 }
 
 
