@@ -23,7 +23,7 @@ from zoo.options import ExtractorOptions, PretrainConfig, TrainingConfig
 
 def _python():
     """command -> the callables and options classes whose parameters its flags are."""
-    from zoo import cache_manager
+    from zoo import bom, cache_manager, lineage, signatures
     from zoo.catalog import Catalog
     from zoo.demos import walkthrough
     from zoo.extract import model_inputs
@@ -44,7 +44,10 @@ def _python():
         "source sync": [zoo.sync_sources],
         "source rm": [zoo.remove_source],
         "fetch": [zoo.fetch],
-        "verify": [zoo.verify],
+        "verify": [zoo.verify, signatures.verify_signatures],
+        "sign": [zoo.sign],
+        "lineage": [lineage.chain],
+        "bom": [bom.write],
         "convert": [zoo.convert],
         "layers": [zoo.layers, model_inputs],
         "extract": [save_features, ExtractorOptions, zoo.load_extractor, zoo.as_source, *ray],
@@ -78,6 +81,16 @@ CLI_ONLY = {
     ("cache list", "kind"): "scan(kinds=[...]): one flag per kind",
     ("cache rm", "kind"): "scan(kinds=[...]): one flag per kind",
     ("add", "tag"): "add(tags=[...]): one flag per tag",
+    ("source add", "signer_key"): "signer=zoo.Signer.from_files(key=, certificate_chain=, identity=, issuer=, "
+                                  "trust_config=), one flag per file",
+    ("source add", "signer_cert_chain"): "see --signer-key",
+    ("source add", "signer_identity"): "see --signer-key",
+    ("source add", "signer_issuer"): "see --signer-key",
+    ("source add", "signer_trust_config"): "see --signer-key",
+    ("verify", "signatures"): "verify_signatures(names) instead of verify(names)",
+    ("verify", "key"): "verify_signatures(signer=zoo.Signer.from_files(key=...))",
+    ("sign", "key_password"): "sign(password=): in Python it sits beside key=; the flag says whose password",
+    ("bom", "output"): "bom.write(name, path)",
 }
 # Flags whose default differs from the keyword's, and why.
 DEFAULTS_DIFFER = {
@@ -95,6 +108,9 @@ PYTHON_ONLY = {
     ("*", "engine"): "--engine (with --address, --actors)",
     ("*", "chunk_size"): "rows per unit of work: the extractor's batch size unless a program tunes it",
     ("search", "query"): "the QUERY argument",
+    ("source add", "signer"): "--signer-key & co. build it",
+    ("sign", "password"): "--key-password",
+    ("bom", "path"): "--output",
     ("fetch", "session"): "a requests.Session to reuse: a program's concern",
     ("fetch", "on_file"): "a callback per file: the command prints instead",
     ("fetch", "retry"): "zoo.RetryPolicy; the command reads $ZOO_FETCH_*",
@@ -122,6 +138,11 @@ def _commands() -> list[tuple[str, click.Command]]:
         else:
             found.append((path, command))
     return sorted(found, key=lambda pair: pair[0])
+
+
+def test_every_command_is_mapped_to_python():
+    """A new command joins the walk: it says which Python functions its flags are."""
+    assert sorted(path for path, _ in _commands()) == sorted(_python())
 
 
 def _keywords(target) -> dict[str, object]:
