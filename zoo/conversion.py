@@ -41,6 +41,7 @@ def convert(
     opset: int | None = None,
     nchw: bool = False,
     force: bool = False,
+    trust_model_code: bool = False,
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Artifact:
@@ -57,6 +58,11 @@ def convert(
     (see `zoo.input_specs`): ``inputs={"x": "Nx512", "ids": "Nx128:int64"}``, ``args={"sr": 16000}``.
     Once a conversion with them succeeds they are recorded on the model: later calls need not repeat them.
 
+    TensorFlow and TorchScript models are converted in a child process that can write only in a
+    scratch folder (``converters.isolation``; ``meta["sandbox"]`` says what was enforced), after
+    every op they would run is checked (``converters.model_code``): a file, process or network op
+    is refused unless `trust_model_code`. That choice is never recorded, so it covers this call only.
+
     >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
     >>> art.meta["report"]["verified"]         # doctest: +SKIP
     True
@@ -69,7 +75,7 @@ def convert(
     cat = open_catalog(catalog)
     name, added = _catalog_name(cat, name, specs, values)
     try:
-        artifact = _convert_cataloged(cat, name, specs, values, opset, nchw, force, cache_dir)
+        artifact = _convert_cataloged(cat, name, specs, values, opset, nchw, force, cache_dir, trust_model_code)
     except BaseException:
         if added:  # a file that cannot be converted is not left behind half-adopted
             cat.remove_model(name)
@@ -79,7 +85,7 @@ def convert(
 
 
 def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset: int | None, nchw: bool,
-                       force: bool, cache_dir: str | os.PathLike | None) -> Artifact:
+                       force: bool, cache_dir: str | os.PathLike | None, trust_model_code: bool = False) -> Artifact:
     model = cat.get(name)
     if specs or values:
         _check_specs_apply(model)
@@ -98,8 +104,10 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
         return current
 
     stats = {role: _stat(path) for role, path in sources.items()}  # before: a file may change meanwhile
-    conversion = _run_converter(model, sources, options)
+    conversion, sandbox = _run_converter(model, sources, options, trust_model_code, cache_dir)
     report = conversion.report
+    if trust_model_code:
+        report.notes.append("its ops were not checked for file, process or network access (--trust-model-code)")
     if report.verified is False:
         from converters.onnx_model import unverified_figures
 
@@ -126,6 +134,7 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
             "source_stat": stats,
             "options": options,
             "verified": report.verified,
+            "sandbox": sandbox,
         },
     )
     for old in model.artifacts:  # a renamed model or an older file name: one onnx artifact
@@ -271,14 +280,34 @@ def _source_sha(report, path: str) -> str:
 # dispatch
 
 
-def _run_converter(model: Model, sources: dict[str, str], options: dict) -> Conversion:
-    """Convert with the converter `_CONVERTERS` names for the model's format."""
+def _run_converter(model: Model, sources: dict[str, str], options: dict, trust_model_code: bool = False,
+                   cache_dir: str | os.PathLike | None = None) -> tuple[Conversion, dict[str, Any]]:
+    """Convert with the converter `_CONVERTERS` names for the model's format; (conversion, sandbox facts).
+
+    Converters that run model code (TensorFlow, TorchScript) run in a sandboxed child process.
+    """
     import importlib
+
+    from converters.isolation import FRAMEWORK
 
     path = _main_file(sources)
     fmt = _format(model, path)
     module, arguments = _CONVERTERS[fmt]
-    return importlib.import_module(module).convert(path, **arguments(model, sources, options))
+    kwargs = arguments(model, sources, options)
+    if module not in FRAMEWORK:
+        return importlib.import_module(module).convert(path, **kwargs), {
+            "active": False, "process": "this",
+            "reason": "not needed: the source is a graph of computations that runs no code of its own"}
+    kwargs["trust_model_code"] = trust_model_code
+    importlib.import_module(module).check_file(path, **kwargs)  # what needs no framework, here and first
+    if not hasattr(os, "fork"):
+        return importlib.import_module(module).convert(path, **kwargs), {
+            "active": False, "process": "this", "reason": "this system cannot fork a child process"}
+    from converters.isolation import convert_isolated
+    from zoo.cache import root
+
+    conversion = convert_isolated(module, path, kwargs, scratch_root=root(cache_dir) / "tmp")
+    return conversion, conversion.sandbox
 
 
 def _main_file(sources: dict[str, str]) -> str:

@@ -65,6 +65,10 @@ class UnsupportedLayerError(ConversionError):
     """A layer type or ONNX op has no conversion."""
 
 
+class UnsafeModelError(ConversionError):
+    """A model's graph holds an op that could touch files, processes or the network; refused before it runs."""
+
+
 class VerificationError(ConversionError):
     """A converted model's outputs differ from its source beyond tolerance."""
 
