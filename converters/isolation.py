@@ -406,8 +406,6 @@ def _grandchild(job: dict[str, Any]) -> None:
 
 def _capture_streams(scratch: str) -> None:
     """stdin from /dev/null; stdout and stderr (a model's prints, TensorFlow's logs) into output.log."""
-    import tempfile
-
     os.chdir(scratch)
     out = os.open(os.path.join(scratch, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -416,14 +414,19 @@ def _capture_streams(scratch: str) -> None:
     os.dup2(out, 2)
     os.close(out)
     os.close(null)
-    os.environ["TMPDIR"] = scratch
-    tempfile.tempdir = scratch
 
 
 def enter_sandbox(scratch: str) -> dict[str, Any]:
-    """Confine this process to writing in `scratch` (unless ZOO_SANDBOX=off); what was enforced, as a dict."""
+    """Confine this process to writing in `scratch` (unless ZOO_SANDBOX=off); what was enforced, as a dict.
+
+    `scratch` becomes the temp folder too: the only place left to write temporary files.
+    """
+    import tempfile
+
     from zoo.landlock import SandboxStatus, restrict_writes
 
+    os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = scratch
     if os.environ.get("ZOO_SANDBOX", "").strip().lower() in ("0", "off", "no", "false"):
         status = SandboxStatus(active=False, reason="turned off with ZOO_SANDBOX=off")
     else:

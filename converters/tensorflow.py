@@ -363,7 +363,16 @@ def convert_saved_model(
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """The line of an error that says what went wrong.
+
+    TensorFlow's runtime errors start "Graph execution error:", then the stack where the node was
+    defined; what failed is the line before the ``[[{{node ...}}]]`` marker.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    if lines[0].endswith("execution error:"):
+        said = [line for line in lines[1:] if not line.startswith(("File ", "Detected at", "[["))]
+        return said[-1] if said else lines[0]
+    return lines[0]
 
 
 def _without_optimizer_slots(path: str) -> str | None:
