@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, VerificationError
 from zoo.cache import onnx_path
+from zoo.freshness import changed, file_state, remember
 from zoo.hashes import file_sha256
 from zoo.records import Artifact, Model
 
@@ -98,12 +99,12 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
     specs = specs or model.meta.get("input_specs") or []
     values = values or model.meta.get("args") or {}
     options = _options(model, opset, nchw, specs, values)
-    current = _up_to_date(model, sources, options, force)
+    current = _up_to_date(model, sources, options, force, cache_dir)
     if current is not None:
         current.meta["reused"] = True
         return current
 
-    stats = {role: _stat(path) for role, path in sources.items()}  # before: a file may change meanwhile
+    stats = {role: file_state(path) for role, path in sources.items()}  # before: a file may change meanwhile
     conversion, sandbox = _run_converter(model, sources, options, trust_model_code, cache_dir)
     report = conversion.report
     if trust_model_code:
@@ -121,12 +122,14 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
 
     dest = onnx_path(name, cache_dir)
     conversion.save(dest)
+    digest = file_sha256(dest)
+    remember(dest, digest, cache_dir)  # its users check it by size and mtime from now on
     artifact = Artifact(
         role="onnx",
         filename=dest.name,
         path=str(dest),
         size=dest.stat().st_size,
-        sha256=file_sha256(dest),
+        sha256=digest,
         meta={
             "report": report.to_dict(),
             "layout": report.input_layout,
@@ -239,7 +242,8 @@ def _options(model: Model, opset: int | None, nchw: bool, specs: list | None = N
             **({"inputs": specs} if specs else {}), **({"args": values} if values else {})}
 
 
-def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: bool) -> Artifact | None:
+def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: bool,
+                cache_dir: str | os.PathLike | None = None) -> Artifact | None:
     """The stored ONNX artifact when its file exists and its sources and options are unchanged."""
     stored = model.artifact("onnx")
     if stored is None or not stored.path or not os.path.isfile(stored.path):
@@ -251,25 +255,31 @@ def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: boo
         return None  # an unverified model kept with --force is not silently reused without it
     if stored.size is not None and os.path.getsize(stored.path) != stored.size:
         return None
-    for role, path in sources.items():
-        if meta.get("source_stat", {}).get(role) == _stat(path):
-            continue  # same size and mtime: trust the recorded hash
-        if file_sha256(path) != meta["source_sha256"][role]:
-            return None
+    if _changed_sources(meta, sources, cache_dir):
+        return None
     return stored
 
 
-def _stat(path: str) -> list:
-    """Size and mtime of a file, or of every file under a folder."""
-    if os.path.isdir(path):
-        entries = []
-        for root, _, names in sorted(os.walk(path)):
-            for f in sorted(names):
-                st = os.stat(os.path.join(root, f))
-                entries.append([os.path.relpath(os.path.join(root, f), path), st.st_size, st.st_mtime_ns])
-        return entries
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
+def _changed_sources(meta: dict[str, Any], sources: dict[str, str], cache_dir: str | os.PathLike | None) -> list[str]:
+    """Roles whose file is no longer the one the stored conversion was made from (see zoo.freshness)."""
+    recorded = meta.get("source_sha256") or {}
+    return [role for role, path in sources.items()
+            if changed(path, (meta.get("source_stat") or {}).get(role), recorded.get(role), cache_dir)]
+
+
+def stale_sources(model: Model, artifact: Artifact, cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """The source files (``"model file /path"``) that changed since `artifact` was converted from them.
+
+    Empty when nothing changed, or when the sources are gone (the converted file then stands on
+    its own). `zoo.extract` calls this before every use of a converted model.
+    """
+    try:
+        sources = _sources(model)
+    except ModelFormatError:
+        return []
+    recorded = artifact.meta.get("source_sha256") or {}
+    sources = {role: path for role, path in sources.items() if role in recorded}
+    return [f"{role} file {sources[role]}" for role in _changed_sources(artifact.meta, sources, cache_dir)]
 
 
 def _source_sha(report, path: str) -> str:
@@ -400,4 +410,4 @@ _CONVERTERS: dict[str, tuple[str, Callable[[Model, dict[str, str], dict], dict[s
 _FRAMEWORK_FORMAT = {"caffe": "caffe", "onnx": "onnx", "pytorch": "torchscript"}
 
 
-__all__ = ["convert", "onnx_path"]
+__all__ = ["convert", "onnx_path", "stale_sources"]

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 from zoo.cache import cuts_folder, write_atomic
 from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
 from zoo.graph import LayerInfo
-from zoo.hashes import file_sha256
 from zoo.pooling import check_pooling, pool, pooled_shape
 from zoo.records import InputSpec
 
@@ -40,19 +39,10 @@ class _Source:
 
 
 def _path_sha256(path: Path, cache_dir: Any) -> str:
-    """sha256 of a user's file, remembered by (path, size, mtime) so a reload does not re-read it."""
-    stat = path.stat()
-    memo = cuts_folder(".hashes", cache_dir) / (hashlib.sha1(os.fsencode(path)).hexdigest() + ".json")
-    try:
-        known = json.loads(memo.read_text())
-        if known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
-            return known["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    digest = file_sha256(path)
-    record = {"path": os.fspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    write_atomic(memo, json.dumps(record).encode())
-    return digest
+    """sha256 of a file as it is now, remembered by (path, size, mtime) so a reload does not re-read it."""
+    from zoo.freshness import content_sha256
+
+    return content_sha256(path, cache_dir)
 
 
 def _looks_like_path(value: str | os.PathLike) -> bool:
@@ -80,7 +70,13 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
             ) from None
         raise
     artifact = model.artifact("onnx")
-    if not (artifact and artifact.path and os.path.isfile(artifact.path)):
+    if artifact and artifact.path and os.path.isfile(artifact.path):
+        from zoo.conversion import stale_sources
+
+        changed = stale_sources(model, artifact, cache_dir)
+        if changed:  # overwritten in place since it was converted: never serve the old model
+            artifact = _convert(name, cat, cache_dir, changed)
+    else:
         own = model.artifact("model")
         if model.framework == "onnx" and own and own.path and os.path.isfile(own.path):
             artifact = own
@@ -88,10 +84,11 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
             artifact = _convert(name, cat, cache_dir)
     path = Path(artifact.path)
     layout = artifact.meta.get("layout") or model.input.layout
-    return _Source(name, path, artifact.sha256 or file_sha256(path), model.input, layout)
+    # The cuts are keyed by the file's content as it is now, not as the catalog last saw it.
+    return _Source(name, path, _path_sha256(path, cache_dir), model.input, layout)
 
 
-def _convert(name: str, cat: Any, cache_dir: Any):
+def _convert(name: str, cat: Any, cache_dir: Any, changed: Sequence[str] = ()):
     try:
         from zoo.conversion import convert
     except ImportError as exc:
@@ -102,7 +99,13 @@ def _convert(name: str, cat: Any, cache_dir: Any):
     try:
         artifact = convert(name, catalog=cat, cache_dir=cache_dir)
     except ZooError as exc:  # conversion, fetch or offline errors: keep the type, add the context
+        if changed:
+            raise type(exc)(f"{name}'s {' and '.join(changed)} changed since it was converted, and converting "
+                            f"it again failed, so its old conversion is not used: {exc}") from None
         raise type(exc)(f"{name} has no ONNX artifact and cannot be converted: {exc}") from None
+    if changed:
+        warnings.warn(f"{name}'s {' and '.join(changed)} changed since it was converted; converted it again",
+                      stacklevel=3)
     if not artifact.path or not os.path.isfile(artifact.path):
         raise ConversionError(f"converting {name} registered no ONNX file on disk; run `zoo convert {name}`")
     return artifact

@@ -16,6 +16,8 @@ import numpy as np
 
 from zoo.cache import atomic_open, features_folder
 from zoo.errors import DiskFullError, InputError
+from zoo.npy import load as load_npy
+from zoo.npy import read_header
 
 __all__ = [
     "CacheEntry",
@@ -157,19 +159,9 @@ class _NpyFileSource(_Source):
         self.path = path
         if layout is not None:  # a memory map the caller opened: its shape, dtype and offset
             (shape, dtype, self.offset), fortran = layout, False
-        else:
-            try:
-                with open(path, "rb") as f:
-                    version = np.lib.format.read_magic(f)
-                    reader = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, fortran, dtype = reader(f)
-                    self.offset = f.tell()
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read {path} as a .npy array ({exc}); save it with numpy.save") from None
+        else:  # the header, checked against the file's size: no row is read past its end
+            header = read_header(path)
+            shape, fortran, dtype, self.offset = header.shape, header.fortran, header.dtype, header.offset
         if dtype.hasobject:
             raise InputError(f"{path} holds Python objects; save a numeric array (e.g. float32)")
         if not shape or shape[0] == 0:
@@ -386,12 +378,7 @@ def _load_npy(path: Path, name: str) -> np.ndarray:
     """One named input's .npy file, mapped for its header and rows (never unpickled)."""
     if not path.is_file():
         raise InputError(f"input {name!r}: {path} is not a file; give a .npy array saved with numpy.save")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"cannot read {path} (input {name!r}) as a .npy array ({exc}); save it with numpy.save"
-        ) from None
+    return load_npy(path, mmap=True, what=f"input {name!r}")
 
 
 def _image_source(
@@ -756,8 +743,11 @@ def _valid(folder: Path, manifest: dict[str, Any]) -> bool:
         return False
     path = folder / FEATURES
     try:
-        return path.stat().st_size == HEADER_BYTES + manifest["rows"] * _row_bytes(manifest)
-    except (OSError, KeyError, TypeError):
+        if path.stat().st_size != HEADER_BYTES + manifest["rows"] * _row_bytes(manifest):
+            return False
+        header = read_header(path, "cached features")  # the header must say what the manifest says
+        return header.shape == (manifest["rows"], *manifest["shape"]) and header.offset == HEADER_BYTES
+    except (OSError, KeyError, TypeError, InputError):
         return False
 
 
@@ -887,8 +877,8 @@ def _run(extractor: Any, batch: Any, rows: int | None = None) -> np.ndarray:
 def _result(
     folder: Path, manifest: dict[str, Any], *, reused: bool, source: _Source | None = None
 ) -> CachedFeatures:
-    features = np.load(folder / FEATURES, mmap_mode="r")
-    labels = np.load(folder / LABELS) if (folder / LABELS).exists() else None
+    features = load_npy(folder / FEATURES, mmap=True, what="cached features")
+    labels = load_npy(folder / LABELS, what="cached labels") if (folder / LABELS).exists() else None
     return CachedFeatures(
         key=folder.name,
         path=folder / FEATURES,

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from zoo._redact import mask_secrets
-from zoo.cli._app import catalog_option, cli, emit, json_option, quiet_option, table
+from zoo._terminal import safe_line
+from zoo.cli._app import catalog_option, cli, echo, emit, json_option, quiet_option, table
 from zoo.records import FRAMEWORKS
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def search(query, framework, task, dataset, tag, source, local, limit, as_json, 
     models = run_search(query, catalog=catalog, framework=framework, task=task, dataset=dataset,
                         tag=tag, source=source, local=local, limit=limit or None)
     if not models and not as_json:
-        click.echo(f"no models match{' ' + repr(query) if query else ''}; "
+        echo(f"no models match{' ' + repr(query) if query else ''}; "
                    "list everything with `zoo list`", err=True)
         return
     emit([m.to_dict() for m in models], as_json, lambda: _rows(models))
@@ -109,19 +110,20 @@ def _info_text(model: Model) -> str:
               else f"no (get the files with `zoo fetch {model.name}`)")]
     if model.removed_upstream:
         facts.append(("upstream", "removed from its source's index; kept because fetched"))
-    lines += [f"  {k + ':':16}{v}" for k, v in facts if v is not None]
+    # Each value on its own line: a newline in an index's text must not forge a line of its own.
+    lines += [f"  {k + ':':16}{safe_line(v)}" for k, v in facts if v is not None]
     if model.description:
-        lines.append(f"  {'description:':16}{model.description}")
+        lines.append(f"  {'description:':16}{safe_line(model.description)}")
     spec = model.input.to_dict()
     if spec:
         lines.append("  input:")
-        lines += [f"    {k + ':':16}{v}" for k, v in spec.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in spec.items()]
     if model.metrics:
         lines.append("  metrics:")
-        lines += [f"    {k + ':':16}{v}" for k, v in model.metrics.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in model.metrics.items()]
     if model.meta:
         lines.append("  meta:")
-        lines += [f"    {k + ':':16}{v}" for k, v in model.meta.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in model.meta.items()]
     lines.append("  files:")
     for a in model.artifacts:
         size = f" ({_size(a.size)})" if a.size is not None else ""
@@ -223,12 +225,12 @@ def scan(folder, as_json, quiet, catalog):
         emit(result.to_dict(), True)
         return
     for path, error in result.problems:
-        click.echo(f"warning: skipped {error}", err=True)
+        echo(f"warning: skipped {error}", err=True, one_line=True)
     if not quiet:
         for what in ("added", "moved", "changed", "missing"):
             for name in getattr(result, what):
-                click.echo(f"{what:9} {name}")
-    click.echo(f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
+                echo(f"{what:9} {name}", one_line=True)
+    echo(f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
                f"{len(result.moved)} moved, {len(result.changed)} changed"
                + (f", {len(result.missing)} missing" if result.missing else ""))
 
@@ -350,7 +352,7 @@ def source_sync(name, force, as_json, catalog):
         _report_line(r) for r in reports if r.status != "error"))
     failed = [r for r in reports if r.status == "error"]
     for report in failed:
-        click.echo(f"error: source {report.name}: {mask_secrets(report.error)}", err=True)
+        echo(f"error: source {report.name}: {mask_secrets(report.error)}", err=True, one_line=True)
     if failed:
         raise SystemExit(1)
 

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option
+from zoo.cli._app import cache_option, catalog_option, cli, echo, emit, json_option, quiet_option
 
 
 @cli.command("convert")
@@ -47,13 +47,13 @@ def convert_command(name: str, inputs: tuple[str, ...], args: tuple[str, ...], o
 
     start = time.perf_counter()
     if not quiet and not as_json:
-        click.echo(f"converting {name}...", err=True)
+        echo(f"converting {name}...", err=True, one_line=True)
     artifact = convert(name, inputs=inputs, args=args, opset=opset, nchw=nchw, force=force,
                        trust_model_code=trust_model_code, catalog=catalog, cache_dir=cache_dir)
     elapsed = time.perf_counter() - start
     name = artifact.meta.get("model") or name
     if artifact.meta.get("added") and not quiet and not as_json:
-        click.echo(f"added {name} to the catalog (source local)", err=True)
+        echo(f"added {name} to the catalog (source local)", err=True, one_line=True)
     data = {"name": name, **artifact.to_dict(), "seconds": round(elapsed, 3)}
     emit(data, as_json, lambda: _describe(name, artifact.meta, artifact.path, elapsed))
 

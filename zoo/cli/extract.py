@@ -213,12 +213,9 @@ def _engine(engine: str, address: str | None, actors: int | None, threads: int |
 
 
 def _read_array(path: str):
-    import numpy as np
+    from zoo.npy import load
 
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a .npy array ({exc}); save inputs with numpy.save") from None
+    return load(path)
 
 
 def _write_features(path: str, features) -> None:

@@ -17,7 +17,9 @@ def _load_rows(path: str):
     suffix = Path(path).suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            from zoo.npy import load
+
+            return load(path, what="--data")
         if suffix in (".csv", ".txt"):
             return np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2)
     except (ValueError, OSError) as exc:

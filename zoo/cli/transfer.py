@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, table
+from zoo.cli._app import cache_option, catalog_option, cli, echo, emit, json_option, quiet_option, table
 
 # zoo.transfer & co. import torch: they are imported inside the commands so `zoo --help` stays fast.
 
@@ -221,7 +221,7 @@ def walkthrough_command(out: str, labels_per_class: int, as_json: bool, quiet: b
     """
     from zoo.walkthrough import run
 
-    echo = None if (quiet or as_json) else (lambda message: click.echo(message, err=True))
-    report = run(out, catalog=catalog, cache_dir=cache_dir, labels_per_class=labels_per_class, echo=echo)
+    say = None if (quiet or as_json) else (lambda message: echo(message, err=True))
+    report = run(out, catalog=catalog, cache_dir=cache_dir, labels_per_class=labels_per_class, echo=say)
     emit(report.to_dict(), as_json, report.text)
 
