@@ -24,6 +24,7 @@ __all__ = [
     "CachedFeatures",
     "FeatureCache",
     "cache_features",
+    "describe_skipped",
     "extract_features",
     "save_features",
 ]
@@ -829,7 +830,9 @@ def _fill(
                 except OSError:
                     pass  # no room even for that: the previous checkpoint still stands
         if manifest["shape"] is None:
-            raise InputError("no input could be read, so there are no features; see the skipped files")
+            skipped = manifest["skipped"]
+            raise InputError(f"none of the {len(skipped) or 'given'} inputs could be read, so there are no "
+                             f"features: {describe_skipped(skipped)}; fix or remove them")
         os.pwrite(fd, _npy_header((manifest["rows"], *manifest["shape"]), np.dtype(manifest["dtype"])), 0)
         os.fsync(fd)
     finally:
@@ -844,6 +847,12 @@ def _fill(
     manifest["complete"] = True
     manifest["completed"] = time.time()
     _write_json(folder / MANIFEST, manifest)
+
+
+def describe_skipped(skipped: list[dict[str, Any]], limit: int = 5) -> str:
+    """The first `limit` unreadable inputs with their reasons, and how many more there are."""
+    shown = "; ".join(f"{s.get('path')} ({s.get('reason')})" for s in skipped[:limit])
+    return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
 
 
 def _write_all(fd: int, data: memoryview) -> None:

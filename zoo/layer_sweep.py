@@ -47,6 +47,7 @@ class SweepResult:
     rows: list[SweepRow] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # combinations that cannot be trained, and why
     plot_path: Path | None = None
+    skipped_files: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs left out: path, reason
 
     @property
     def best(self) -> SweepRow:
@@ -114,6 +115,7 @@ class SweepResult:
             "rows": [r.to_dict() for r in self.rows],
             "best": self.best.to_dict() if self.rows else None,
             "skipped": self.skipped,
+            "skipped_files": self.skipped_files,
             "plot": str(self.plot_path) if self.plot_path else None,
         }
 
@@ -210,6 +212,8 @@ def sweep(
                                         pooling=pooling if top is None else None)
             started = time.perf_counter()
             cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
+            known = {s["path"] for s in result.skipped_files}
+            result.skipped_files += [s for s in cached.skipped if s["path"] not in known]
             sets = {
                 which: (extract_features(extractor, pair[0], cache_dir=cache_dir, progress=progress).features, pair[1])
                 for which, pair in pairs.items()

@@ -462,6 +462,7 @@ class TrainResult:
     module: Any
     cache_key: str
     cut: Any
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs left out: path, reason
 
 
 def fine_tune_parts(
@@ -590,8 +591,6 @@ def train(
     extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, device=device,
                                 pooling=pooling if top is None else None)
     cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
-    if cached.skipped and progress:
-        print(f"skipped {len(cached.skipped)} unreadable files, e.g. {cached.skipped[0]['path']}", file=sys.stderr)
     labels = _labels_for(cached, labels)
     classes = np.unique(labels)
     pool = _pool_module(pooling, extractor)
@@ -637,7 +636,8 @@ def train(
         replace=replace,
         cache_dir=cache_dir,
     )
-    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=cut)
+    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=cut,
+                       skipped=list(cached.skipped))
 
 
 def _labels_for(cached: Any, labels: Any) -> np.ndarray:

@@ -227,6 +227,18 @@ def emit(data: Any, as_json: bool, text: Callable[[], str] | str | None = None) 
             echo(rendered)
 
 
+def skipped_lines(skipped: list[dict[str, Any]], total: int | None = None, limit: int = 5) -> list[str]:
+    """Text lines naming unreadable inputs that were left out: the count, then the first `limit`."""
+    if not skipped:
+        return []
+    of = f" of {total}" if total else ""
+    lines = [f"skipped {len(skipped)}{of} inputs that cannot be read (left out of the results):"]
+    lines += [f"  {safe_line(s.get('path'))}: {safe_line(s.get('reason'))}" for s in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more (--json lists all of them)")
+    return lines
+
+
 def table(rows: list[list[Any]], headers: list[str]) -> str:
     """A plain left-aligned text table; each cell on one line, terminal controls shown as escapes."""
     cells = [[("" if c is None else safe_line(c)) for c in row] for row in rows]

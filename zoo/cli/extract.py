@@ -6,7 +6,7 @@ import re
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, skipped_lines, table
 from zoo.cli.transfer import device_option, pooling_option, preprocess_option
 from zoo.errors import InputError
 
@@ -130,7 +130,7 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
                                engine=_engine(engine, address, actors, threads))
         shapes = list(cached.features.shape)
         result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
-                      reused=cached.reused, skipped=cached.skipped)
+                      reused=cached.reused, skipped=cached.skipped, skipped_count=len(cached.skipped))
         if cached.classes is not None:
             result["classes"] = cached.classes
     else:
@@ -148,7 +148,9 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         shapes = {k: list(v.shape) for k, v in features.items()}
         first = next(iter(features))
         result.update(rows=features[first].shape[extractor.output_batch_axes.get(first, 0)], shape=shapes)
-    emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
+    skipped = result.get("skipped") or []
+    emit(result, as_json, "\n".join([f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}",
+                                     *skipped_lines(skipped, result["rows"] + len(skipped))]))
 
 
 def _input_arg(values: tuple[str, ...]):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, echo, emit, json_option, quiet_option, table
+from zoo.cli._app import (cache_option, catalog_option, cli, echo, emit, json_option, quiet_option, skipped_lines,
+                          table)
 
 # zoo.transfer & co. import torch: they are imported inside the commands so `zoo --help` stays fast.
 
@@ -117,6 +118,8 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
         "best_epoch": fit.best_epoch,
         "epochs": len(fit.history),
         "history": fit.history,
+        "skipped": result.skipped,
+        "skipped_count": len(result.skipped),
     }
 
     def text() -> str:
@@ -129,6 +132,7 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
             f"best epoch {fit.best_epoch}: validation accuracy {accuracy}"
             + (" (stopped early)" if fit.stopped_early else ""),
             f"saved {result.model.name} (frozen {name} + trained head) -> {payload['onnx']}",
+            *skipped_lines(result.skipped),
         ])
 
     emit(payload, as_json, text)
@@ -189,6 +193,7 @@ def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs
         best = result.best
         lines = [result.table(), f"best: {best.layer}" + (f" with top {best.unfreeze} unfrozen" if best.unfreeze else "")]
         lines += [f"skipped: {s}" for s in result.skipped]
+        lines += skipped_lines(result.skipped_files)
         if result.plot_path:
             lines.append(f"plot: {result.plot_path}")
         return "\n".join(lines)
