@@ -52,7 +52,7 @@ PRELOAD = {
 }
 FRAMEWORK = {"converters.tensorflow": "tensorflow", "converters.pytorch": "torch"}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_EXIT_ZOO_ERROR, _EXIT_FAILURE = 3, 4
+_EXIT_ZOO_ERROR, _EXIT_FAILURE, _EXIT_DISK_FULL = 3, 4, 5  # the last: even error.json could not be written
 
 
 @dataclass
@@ -140,11 +140,7 @@ def _alive(pid: int) -> bool:
 
 
 def _write_error(exc: OSError, path: str | os.PathLike) -> errors.ZooError:
-    if exc.errno in _DISK_FULL:
-        return errors.DiskFullError(f"no room left to write {path} ({os.strerror(exc.errno)}); free some space "
-                                    f"or point ZOO_CACHE at a bigger disk")
-    return errors.CacheError(f"cannot write {path} ({exc.strerror or exc}); point ZOO_CACHE (--cache-dir) at a "
-                             f"folder you can write")
+    return errors.write_error(exc, path)
 
 
 def _collect(scratch: Path, status: int, limit: float, path: str, framework: str) -> IsolatedConversion:
@@ -159,6 +155,8 @@ def _collect(scratch: Path, status: int, limit: float, path: str, framework: str
         raise kind(error.get("message") or "the converter failed without saying why")
     if os.WIFSIGNALED(status):
         raise errors.ConversionError(_signal_message(os.WTERMSIG(status), limit, path, framework, scratch))
+    if os.WEXITSTATUS(status) == _EXIT_DISK_FULL:
+        raise errors.write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), scratch.parent)
     if os.WEXITSTATUS(status) != 0:
         error = _read_json(scratch / "error.json") or {}
         log = _keep_traceback(scratch)
@@ -398,6 +396,9 @@ def _grandchild(job: dict[str, Any]) -> None:
         status = enter_sandbox(scratch)
         _write_json(os.path.join(scratch, "sandbox.json"), status)
         code = _convert(job, scratch)
+    except OSError as exc:
+        code = _EXIT_DISK_FULL if exc.errno in _DISK_FULL else code
+        _record_failure(scratch)
     except BaseException:  # noqa: BLE001  reported through the scratch folder
         _record_failure(scratch)
     finally:
@@ -450,7 +451,9 @@ def _convert(job: dict[str, Any], scratch: str) -> int:
             "message": f"converting {job['path']} ran out of memory; free some memory or convert it on a "
                        f"machine with more"})
     except OSError as exc:
-        if exc.errno not in _DISK_FULL and exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if exc.errno in _DISK_FULL:
+            return _EXIT_DISK_FULL
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         _write_json(os.path.join(scratch, "error.json"), {"type": type(_write_error(exc, scratch)).__name__,
                                                           "message": _os_message(exc, job["path"])})
@@ -458,8 +461,6 @@ def _convert(job: dict[str, Any], scratch: str) -> int:
 
 
 def _os_message(exc: OSError, path: str) -> str:
-    if exc.errno in _DISK_FULL:
-        return str(_write_error(exc, exc.filename or "the converted model"))
     return (f"converting {path} tried to write {exc.filename or 'a file'} outside its scratch folder and the "
             f"sandbox refused ({exc.strerror}); a model must not write files while it is converted")
 

@@ -8,6 +8,7 @@ cached features. Light: imports nothing heavy, so converters may use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
 from zoo import config
-from zoo.errors import CacheError, InputError
+from zoo.errors import CacheError, InputError, write_error
 
 if TYPE_CHECKING:
     from zoo.catalog import Catalog
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 # Characters a cache folder name may keep; the rest become "_" (a model name never escapes its folder).
 _UNSAFE = re.compile(r"[^\w.+=@-]")
 KINDS = ("features", "cuts", "onnx", "models", "trained")
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a write that ran out of room
 # What `remove(everything=True)` deletes unless kinds are named: a trained copy may be the only one.
 REGENERABLE = ("features", "cuts", "onnx", "models")
 
@@ -72,14 +74,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     model scans skip. It is created with the umask's permissions, like a plain `open` would.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part{suffix}")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:  # no such folder, read-only, no permission, full: one line naming the file
+        raise write_error(exc, path) from None
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and (exc.errno in _DISK_FULL or exc.filename in (str(tmp), str(path))):
+            raise write_error(exc, path) from None
         raise
 
 

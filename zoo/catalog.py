@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import os
 import re
 import time
@@ -88,9 +89,43 @@ def _keywords(name: str, tags: Iterable[str]) -> str:
     return " ".join(parts + [str(t) for t in tags])
 
 
+class _Damaged(str):
+    """The text of a JSON column that does not parse (a catalog edited by hand, a torn write)."""
+
+
+def _lenient_json(text: str) -> Any:
+    """SQLite JSON columns: a value that does not parse is kept as `_Damaged`, not raised.
+
+    One bad row must not make `list`, `search` and `info` fail for everyone sharing the catalog:
+    `_to_record` shows the model with ``meta["damaged"]`` saying which columns are unreadable.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return _Damaged(text)
+
+
+def _intact(value: Any, kind: type, column: str, damaged: list[str]) -> Any:
+    """`value` when it is a `kind`, else the empty one, noting `column` as damaged."""
+    if value is None:
+        return kind()
+    if isinstance(value, _Damaged) or not isinstance(value, kind):
+        damaged.append(column)
+        return kind()
+    return kind(value)
+
+
 def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
     """A Model from a models row (Core Row or ORM object) and its artifact rows."""
-    return Model(
+    damaged: list[str] = []
+    artifacts = [_artifact_record(a, damaged) for a in artifact_rows]
+    spec = _intact(row.input_spec, dict, "input_spec", damaged)
+    try:
+        spec_record = InputSpec.from_dict(spec)
+    except (TypeError, ValueError):
+        damaged.append("input_spec")
+        spec_record = InputSpec()
+    model = Model(
         name=row.name,
         framework=row.framework,
         format=row.format,
@@ -99,24 +134,29 @@ def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
         architecture=row.architecture,
         description=row.description,
         license=row.license,
-        tags=list(row.tags or []),
+        tags=_intact(row.tags, list, "tags", damaged),
         source=row.source,
         homepage=row.homepage,
         paper=row.paper,
-        input=InputSpec.from_dict(row.input_spec),
+        input=spec_record,
         parameters=row.parameters,
-        metrics=dict(row.metrics or {}),
-        meta=dict(row.meta or {}),
+        metrics=_intact(row.metrics, dict, "metrics", damaged),
+        meta=_intact(row.meta, dict, "meta", damaged),
         removed_upstream=bool(row.removed_upstream),
-        artifacts=[_artifact_record(a) for a in artifact_rows],
+        artifacts=artifacts,
     )
+    if damaged:
+        model.meta["damaged"] = (f"unreadable catalog data ({', '.join(damaged)}: not valid JSON), shown empty; "
+                                 f"`zoo rm {row.name}` and add it again, or sync its source")
+    return model
 
 
-def _artifact_record(row: Any) -> Artifact:
+def _artifact_record(row: Any, damaged: list[str] | None = None) -> Artifact:
+    damaged = [] if damaged is None else damaged
     return Artifact(
-        role=row.role, filename=row.filename, urls=list(row.urls or []), size=row.size,
-        checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
-        meta=dict(row.meta or {}),
+        role=row.role, filename=row.filename, urls=_intact(row.urls, list, f"{row.role} urls", damaged),
+        size=row.size, checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
+        meta=_intact(row.meta, dict, f"{row.role} meta", damaged),
     )
 
 
@@ -241,7 +281,7 @@ class Catalog:
         try:
             if _postgres.is_postgresql(url):
                 return _postgres.create_engine(url)
-            engine = create_engine(url)
+            engine = create_engine(url, json_deserializer=_lenient_json)
         except CatalogError:
             raise
         except Exception as error:  # bad URL or missing DB driver
@@ -252,7 +292,7 @@ class Catalog:
             # -shm/-wal files beside it and fails even to read, so open it read-only instead.
             path = Path(engine.url.database)
             engine.dispose()
-            engine = create_engine(url, creator=lambda: _connect_read_only(path))
+            engine = create_engine(url, creator=lambda: _connect_read_only(path), json_deserializer=_lenient_json)
             self.read_only = True
         if engine.dialect.name == "sqlite":
             database = engine.url.database

@@ -77,6 +77,14 @@ class UnknownLayerError(ZooError, KeyError):
     """A layer name or position does not exist in the model."""
 
 
+class ResourceLimitError(ZooError):
+    """An input, a graph or a training run would need more memory than zoo lets it plan; refused before allocating."""
+
+
+class WriteError(ZooError):
+    """A file cannot be written where asked (no such folder, read-only file system, no permission)."""
+
+
 class DiskFullError(ZooError):
     """No room left to write (disk full, quota, file-size limit); what was written stays resumable."""
 
@@ -95,6 +103,29 @@ class EngineError(ZooError):
 
 class MissingDependencyError(ZooError, ImportError):
     """An optional dependency is not installed; the message gives the pip command."""
+
+
+def write_error(exc: OSError, path) -> ZooError:
+    """The one-line error for an OSError writing `path`: disk full, or where to write instead.
+
+    >>> write_error(OSError(30, "Read-only file system"), "/mnt/ro/x.npy")  # doctest: +SKIP
+    """
+    import errno
+    import os
+
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DiskFullError(f"no room left to write {path} ({reason}); free some space or write elsewhere, "
+                             f"then run the same command again")
+    try:
+        from zoo.config import cache_dir
+
+        in_cache = os.path.abspath(os.fspath(path)).startswith(str(cache_dir()) + os.sep)
+    except Exception:  # noqa: BLE001  a broken configuration: the general hint
+        in_cache = False
+    hint = ("point --cache-dir (ZOO_CACHE) at a folder you can write" if in_cache
+            else "give a path in a folder that exists and that you can write")
+    return WriteError(f"cannot write {path} ({reason}); {hint}")
 
 
 def require(module: str, extra: str):

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from zoo.cache import cuts_folder, write_atomic
-from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
+from zoo.errors import (ConversionError, InputError, ModelFormatError, ResourceLimitError, UnknownModelError,
+                        ZooError)
 from zoo.graph import LayerInfo
 from zoo.pooling import check_pooling, pool, pooled_shape
 from zoo.records import InputSpec
@@ -183,6 +184,11 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     chosen = resolve(all_layers, layer, source.label, info)
     outputs = [c.output for c in chosen]
     sub = _cut(model, outputs, info)
+    from zoo.memory import check_shapes
+
+    # A constant of terabytes in the cut is refused here, not by onnxruntime when it runs.
+    kept = [o for node in sub.graph.node for o in node.output if o in info.types]
+    check_shapes(((name, *info.types[name]) for name in kept), source.label, sub)
     fixed = _fixed_batch(sub, batch_dim(sub))
     if isinstance(fixed, int):
         dynamic = make_batch_dynamic(sub)
@@ -539,10 +545,15 @@ class Extractor:
             options = ort.SessionOptions()
             if self.threads:
                 options.intra_op_num_threads = int(self.threads)
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(
-                os.fspath(self.model_path), options, providers=self.providers or ["CPUExecutionProvider"]
-            )
+            options.log_severity_level = 4  # failures are raised as one error, not logged in colour too
+            try:
+                self._session = ort.InferenceSession(
+                    os.fspath(self.model_path), options, providers=self.providers or ["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # noqa: BLE001  onnxruntime's InvalidGraph/Fail on a graph it refuses
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][-300:]
+                raise ModelFormatError(f"{self.source}: onnxruntime cannot load the cut model ({first}); "
+                                       f"the model file is not one onnxruntime runs") from None
         return self._session
 
     @property
@@ -759,7 +770,18 @@ class Extractor:
         return dict(zip(self.layer, results))
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.meta["outputs"], feed)
+        session = self.session
+        try:
+            return session.run(self.meta["outputs"], feed)
+        except Exception as exc:  # noqa: BLE001  onnxruntime's Fail/RuntimeException on data the shapes allowed
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            shapes = {k: list(getattr(v, "shape", ())) for k, v in feed.items()}
+            if "Failed to allocate memory" in first:
+                raise ResourceLimitError(f"{self.source}: onnxruntime ran out of memory running the cut on inputs "
+                                         f"{shapes}; give a smaller --batch-size, or inputs the model's size "
+                                         f"expects") from None
+            raise InputError(f"{self.source}: onnxruntime cannot run the cut on inputs {shapes}: "
+                             f"{first[-300:]}") from None
 
 
 def _shown(shape: list | None, axis: int | None) -> str:

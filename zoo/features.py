@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol
 import numpy as np
 
 from zoo.cache import atomic_open, features_folder
-from zoo.errors import DiskFullError, InputError
+from zoo.errors import DiskFullError, InputError, write_error
 from zoo.npy import load as load_npy
 from zoo.npy import read_header
 
@@ -662,14 +662,16 @@ class FeatureCache:
         extractor_fp = _fingerprint(extractor)
         name = self._key(extractor_fp, source.fingerprint)
         folder = self.root / name
-        self.root.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.root / f"{name}.lock"))
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
         except filelock.Timeout:
             if progress:
                 print(f"waiting for another process caching {name} ...", file=sys.stderr)
             lock.acquire()
+        except OSError as exc:  # a cache folder that cannot be written: one line, not a traceback
+            raise write_error(exc, self.root / name) from None
         try:
             manifest = _read_json(folder / MANIFEST)
             if manifest is not None and _valid(folder, manifest):

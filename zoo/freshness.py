@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zoo.errors import ZooError
 from zoo.hashes import file_sha256
 
 
@@ -78,7 +79,7 @@ def _remember(memo: Path, path: str | os.PathLike, state: list, digest: str) -> 
     record = {"path": os.fspath(os.path.abspath(os.fspath(path))), "state": state, "sha256": digest}
     try:
         write_atomic(memo, json.dumps(record).encode())
-    except OSError:
+    except (OSError, ZooError):
         pass  # a read-only cache: the hash is computed again next time, nothing is wrong
 
 

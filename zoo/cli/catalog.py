@@ -22,6 +22,8 @@ def _rows(models: list[Model]) -> str:
     rows = []
     for m in models:
         state = "fetched" if m.is_local else ("removed upstream" if m.removed_upstream else "")
+        if m.meta.get("damaged"):
+            state = f"{state}, damaged" if state else "damaged (see zoo info)"
         rows.append([m.name, m.framework, m.task, m.dataset, m.source, state])
     return table(rows, ["NAME", "FRAMEWORK", "TASK", "DATASET", "SOURCE", "LOCAL"])
 
