@@ -30,6 +30,7 @@ from zoo.errors import (
     DuplicateModelError,
     UnknownModelError,
     UnknownSourceError,
+    ZooError,
 )
 from zoo.records import FRAMEWORKS, Artifact, InputSpec, Model
 from zoo.schema import FTS_COLUMNS, FTS_WEIGHTS
@@ -303,11 +304,13 @@ class Catalog:
                     raise CatalogError(
                         f"catalog {path} is a folder; give a file path such as {path / 'catalog.db'}"
                     )
+                from zoo.destinations import prepare
+
                 try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as error:
+                    prepare(path, "the catalog")  # a folder made outside the working directory is said
+                except ZooError as error:
                     raise CatalogError(
-                        f"cannot create the catalog's folder {path.parent}: {error.strerror}; "
+                        f"cannot create the catalog's folder {path.parent}: {error}; "
                         "choose another location with --catalog or ZOO_CATALOG"
                     ) from None
 

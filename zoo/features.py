@@ -1018,8 +1018,10 @@ def save_features(
         column=column,
         engine=engine,
     )
+    from zoo.destinations import prepare
+
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    prepare(output, "output", inputs=list(data.values()) if isinstance(data, Mapping) else [data])
     try:
         with open(result.path, "rb") as src, atomic_open(output, fsync=True) as dst:
             shutil.copyfileobj(src, dst, _READ_BLOCK)

@@ -85,7 +85,9 @@ class SweepResult:
         import matplotlib.pyplot as plt
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from zoo.destinations import prepare
+
+        prepare(path, "the plot")
         order = list(dict.fromkeys(r.layer for r in self.rows))
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.6))
         for k in sorted({r.unfreeze for r in self.rows}):

@@ -111,9 +111,13 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         zoo extract vad.onnx -l -1 -i input=audio.npy -i state=state.npy -i sr=16000 -o f.npy
         zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
     """
+    from zoo.destinations import prepare
     from zoo.extract import load_extractor
 
     input_path = _input_arg(input_values)
+    # Before any work: an output that is an input is refused, a folder made outside here is said.
+    prepare(output_path, "--output",
+            inputs=input_path.values() if isinstance(input_path, dict) else [input_path])
     extractor = load_extractor(name, _layer_spec(layer), catalog=catalog, cache_dir=cache_dir,
                                batch_size=batch_size, threads=threads, preprocess=preprocess,
                                pooling=pooling, device=device)

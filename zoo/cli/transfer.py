@@ -174,9 +174,12 @@ def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs
         zoo sweep bvlc_alexnet.caffe --data x.npy --labels y.npy --layers pool5,fc6,fc7 --plot sweep.png
         zoo sweep digits04.cnn -d x.npy -y y.npy -l pool1,pool2,relu3 --unfreeze 0,1
     """
+    from zoo.destinations import check_not_an_input
     from zoo.errors import InputError
     from zoo.layer_sweep import sweep
 
+    if plot:
+        check_not_an_input(plot, [data, labels], "--plot")
     layers = [_layer(part) for part in layers_text.split(",") if part.strip()]
     if not layers:
         raise InputError(f"--layers {layers_text!r} names no layer; give names like fc6,fc7")
