@@ -30,7 +30,6 @@ from zoo.errors import (
     DuplicateModelError,
     UnknownModelError,
     UnknownSourceError,
-    ZooError,
 )
 from zoo.records import FRAMEWORKS, Artifact, InputSpec, Model
 from zoo.schema import FTS_COLUMNS, FTS_WEIGHTS
@@ -243,6 +242,14 @@ def closest_names(name: str, names: Iterable[str], n: int = 3) -> list[str]:
     return found
 
 
+def _text(value: str | None) -> str | None:
+    """A name or query as the database can take it: bytes that were not UTF-8 (lone surrogates from
+    a file name or an argument) become U+FFFD, which no stored name contains."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def _fts_query(query: str) -> str | None:
     """A safe FTS5 query: every word of the user's query as a quoted prefix term (AND)."""
     words = re.findall(r"\w+", query)
@@ -304,13 +311,13 @@ class Catalog:
                     raise CatalogError(
                         f"catalog {path} is a folder; give a file path such as {path / 'catalog.db'}"
                     )
-                from zoo.destinations import prepare
+                from zoo.destinations import make_folders
 
                 try:
-                    prepare(path, "the catalog")  # a folder made outside the working directory is said
-                except ZooError as error:
+                    make_folders(path.parent, "the catalog", path)  # one made outside the working directory is said
+                except OSError as error:
                     raise CatalogError(
-                        f"cannot create the catalog's folder {path.parent}: {error}; "
+                        f"cannot create the catalog's folder {path.parent}: {error.strerror}; "
                         "choose another location with --catalog or ZOO_CATALOG"
                     ) from None
 
@@ -636,7 +643,7 @@ class Catalog:
     def get(self, name: str) -> Model:
         """The model called `name`; UnknownModelError names the closest ones."""
         with self._reader() as reader:
-            row = reader.execute(select(_models).where(_models.c.name == name)).first()
+            row = reader.execute(select(_models).where(_models.c.name == _text(name))).first()
             if row is None:
                 raise self._unknown(reader, name)
             files = reader.execute(select(_artifacts).where(_artifacts.c.model_id == row.id)
@@ -645,7 +652,7 @@ class Catalog:
 
     def exists(self, name: str) -> bool:
         with self._reader() as reader:
-            return reader.scalar(select(_models.c.id).where(_models.c.name == name)) is not None
+            return reader.scalar(select(_models.c.id).where(_models.c.name == _text(name))) is not None
 
     def names(self) -> list[str]:
         with self._reader() as reader:
@@ -772,6 +779,7 @@ class Catalog:
 
         >>> cat.search("resnet", framework="caffe", limit=5)   # doctest: +SKIP
         """
+        query, task, dataset, tag, source = (_text(v) for v in (query, task, dataset, tag, source))
         fts = _fts_query(query) if query else None
         if query and fts is None:
             return []

@@ -42,7 +42,15 @@ def prepare(path: str | os.PathLike, what: str, *, folder: bool = False, inputs:
     """
     target = Path(path).expanduser().absolute()
     check_not_an_input(target, inputs, what)
-    wanted = target if folder else target.parent
+    try:
+        return make_folders(target if folder else target.parent, what, target)
+    except OSError as exc:
+        raise write_error(exc, target) from None
+
+
+def make_folders(wanted: Path, what: str, target: Path) -> list[str]:
+    """Create `wanted` and its missing parents; the ones created. Warns when they lie outside the
+    working directory. OSError when the file system refuses."""
     missing = []
     current = wanted
     while not current.exists() and current != current.parent:
@@ -50,14 +58,11 @@ def prepare(path: str | os.PathLike, what: str, *, folder: bool = False, inputs:
         current = current.parent
     if not missing:
         return []
-    try:
-        wanted.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(exc, target) from None
+    wanted.mkdir(parents=True, exist_ok=True)
     outermost = missing[-1]
     if not _inside(outermost, Path.cwd()):
         below = " and the folders below it" if len(missing) > 1 else ""
-        warnings.warn(f"created {outermost}{below} for {what} {target}, as it did not exist", stacklevel=2)
+        warnings.warn(f"created {outermost}{below} for {what} {target}, as it did not exist", stacklevel=3)
     return [str(p) for p in reversed(missing)]
 
 
@@ -68,4 +73,4 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-__all__ = ["check_not_an_input", "prepare", "same_file"]
+__all__ = ["check_not_an_input", "make_folders", "prepare", "same_file"]

@@ -116,9 +116,14 @@ def _load(path: Path) -> onnx.ModelProto:
     import onnx
 
     try:
-        return onnx.load(os.fspath(path))
+        model = onnx.load(os.fspath(path))
     except Exception as exc:  # protobuf raises DecodeError, OSError...
-        raise ModelFormatError(f"{path} is not a readable ONNX model ({exc}); re-convert it or delete it") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelFormatError(f"{path} is not a readable ONNX model ({first}); if it is a model in another "
+                               f"format, convert it first with `zoo convert {path}`") from None
+    if not model.graph.node:
+        raise ModelFormatError(f"{path} is not an ONNX model: it holds no graph nodes (an empty or foreign file)")
+    return model
 
 
 # --- layers -------------------------------------------------------------------------------------
@@ -179,6 +184,11 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     from zoo.graph import cut as _cut
 
     model = _load(source.path)
+    names = [n.name for n in model.graph.node if n.name]
+    if len(names) != len(set(names)):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ModelFormatError(f"{source.label}: the ONNX graph names two nodes {twice!r}, which onnxruntime refuses; "
+                               f"give every node its own name (re-export the model)")
     info = GraphInfo(model)
     all_layers = list_layers(model, info)
     chosen = resolve(all_layers, layer, source.label, info)

@@ -470,6 +470,8 @@ def _source(
             return _NpyFileSource(path)
         if path.is_dir() or path.is_file():
             return _image_source(path, extractor, on_error, image_size, layout, preprocess)
+        if path.exists():  # a FIFO, socket or device: reading one can block forever
+            raise InputError(f"{path} is not a regular file or folder; give a .npy file, image files or a folder")
         raise InputError(
             f"{path} does not exist; give a .npy file, an image file, a folder of images or a folder "
             "with one sub-folder per class"

@@ -173,7 +173,8 @@ def _input_arg(values: tuple[str, ...]):
         if key in named:
             raise InputError(f"--input {key}= is given twice; give each input once")
         if not os.path.isfile(path) and not _is_number(path):
-            raise InputError(f"--input {key}={path}: no such file; give a .npy file (or a number for a scalar input)")
+            what = "is not a regular file" if os.path.exists(path) else "no such file"
+            raise InputError(f"--input {key}={path}: {what}; give a .npy file (or a number for a scalar input)")
         named[key] = path
     return named
 

@@ -15,11 +15,11 @@ def _load_rows(path: str):
     from zoo.errors import InputError
 
     suffix = Path(path).suffix.lower()
-    try:
-        if suffix == ".npy":
-            from zoo.npy import load
+    if suffix == ".npy":
+        from zoo.npy import load
 
-            return load(path, what="--data")
+        return load(path, what="--data")
+    try:
         if suffix in (".csv", ".txt"):
             return np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2)
     except (ValueError, OSError) as exc:
