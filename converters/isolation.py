@@ -97,7 +97,7 @@ def convert_isolated(module: str, path: str | os.PathLike, options: dict[str, An
     scratch = _scratch(Path(scratch_root))
     job = {"module": module, "path": os.fspath(path), "options": options, "scratch": str(scratch)}
     try:
-        status = _zygote(framework).run(job, limit)
+        status = _run_job(framework, job, limit)
         result = _collect(scratch, status, limit, os.fspath(path), framework)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -307,33 +307,27 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-_ZYGOTES: dict[str, _Zygote] = {}
-_LOCK = threading.Lock()
+# (process id, framework) -> zygote: a forked copy of this process starts its own.
+_ZYGOTES: dict[tuple[int, str], _Zygote] = {}
+_LOCK = threading.Lock()  # a zygote answers one job after another
 
 
-class _Locked:
-    """A zygote held for one job at a time (it answers one request after another)."""
-
-    def __init__(self, framework: str):
-        self.framework = framework
-
-    def run(self, job: dict[str, Any], limit: float) -> int:
-        with _LOCK:
-            zygote = _ZYGOTES.get(self.framework)
-            if zygote is None or not zygote.alive():
-                zygote = _ZYGOTES[self.framework] = _Zygote(self.framework)
-            return zygote.run(job, limit)
-
-
-def _zygote(framework: str) -> _Locked:
-    return _Locked(framework)
+def _run_job(framework: str, job: dict[str, Any], limit: float) -> int:
+    """Run `job` in this process's zygote for `framework` (started, or restarted, when needed)."""
+    key = (os.getpid(), framework)
+    with _LOCK:
+        zygote = _ZYGOTES.get(key)
+        if zygote is None or not zygote.alive():
+            zygote = _ZYGOTES[key] = _Zygote(framework)
+        return zygote.run(job, limit)
 
 
 @atexit.register
 def _close_zygotes() -> None:
-    for zygote in list(_ZYGOTES.values()):
-        zygote.close()
-    _ZYGOTES.clear()
+    for (pid, framework), zygote in list(_ZYGOTES.items()):
+        if pid == os.getpid():
+            zygote.close()
+            del _ZYGOTES[(pid, framework)]
 
 
 # ---------------------------------------------------------------------------------------------

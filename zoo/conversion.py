@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, VerificationError
+from zoo.errors import (ConversionError, DuplicateModelError, ModelFormatError, UnsafeModelError,
+                        VerificationError)
 from zoo.cache import onnx_path
 from zoo.freshness import changed, file_state, remember
 from zoo.hashes import file_sha256
@@ -105,7 +106,10 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
         return current
 
     stats = {role: file_state(path) for role, path in sources.items()}  # before: a file may change meanwhile
-    conversion, sandbox = _run_converter(model, sources, options, trust_model_code, cache_dir)
+    try:
+        conversion, sandbox = _run_converter(model, sources, options, trust_model_code, cache_dir)
+    except UnsafeModelError as exc:  # the override, spelled for this model
+        raise UnsafeModelError(str(exc).replace("zoo convert NAME", f"zoo convert {name}")) from None
     report = conversion.report
     if trust_model_code:
         report.notes.append("its ops were not checked for file, process or network access (--trust-model-code)")
