@@ -387,7 +387,14 @@ def _grandchild(job: dict[str, Any]) -> None:
         os.close(_REPLIES)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         _capture_streams(scratch)
-        status = enter_sandbox(scratch)
+        try:
+            status = enter_sandbox(scratch)
+        except OSError as exc:  # the kernel has Landlock but refuses the rules: never convert unconfined silently
+            _write_json(os.path.join(scratch, "error.json"), {
+                "type": "ConversionError",
+                "message": f"cannot confine the converter with Linux Landlock ({exc}); if you trust "
+                           f"{job['path']}, convert it without the sandbox with ZOO_SANDBOX=off"})
+            os._exit(_EXIT_ZOO_ERROR)
         _write_json(os.path.join(scratch, "sandbox.json"), status)
         code = _convert(job, scratch)
     except OSError as exc:

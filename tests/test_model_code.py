@@ -152,6 +152,17 @@ def test_loaded_graphs_are_walked_into_branches_and_submodules():
 
     with pytest.raises(UnsafeModelError, match=r"Outer.forward .*line \d+\) uses aten::save"):
         check_torchscript_module(torch.jit.script(Outer()), "outer.pt")
+    # A custom op (any registered library's) can run any code: its namespace is not allowed.
+    library = torch.library.Library("zoo_test_ns", "DEF")
+    library.define("boom(Tensor x) -> Tensor")
+    library.impl("boom", lambda x: x * 2, "CPU")
+
+    class Custom(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.zoo_test_ns.boom(x)
+
+    with pytest.raises(UnsafeModelError, match=r"Custom.forward.* uses zoo_test_ns::boom \(a custom op"):
+        check_torchscript_module(torch.jit.script(Custom()), "custom.pt")
     check_torchscript_module(torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())),
                              "plain.pt")
 

@@ -5,6 +5,7 @@ architecture with other weights, then by a broken file.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -38,6 +39,11 @@ def test_an_onnx_model_overwritten_in_place_is_cut_again(tmp_path, convert_first
     if convert_first:
         assert CliRunner().invoke(cli, ["convert", "mlp"]).exit_code == 0
     old = _extract("mlp", tmp_path / "x.npy", tmp_path / "old.npy")
+    _overwrite(model, lambda path: None)  # touched, same bytes: the hash says nothing changed
+    touched = CliRunner().invoke(cli, ["extract", "mlp", "-l", "-1", "-i", str(tmp_path / "x.npy"),
+                                       "-o", str(tmp_path / "same.npy"), "--json"])
+    assert touched.exit_code == 0 and "converted it again" not in touched.output
+    assert json.loads(touched.stdout)["reused"] is True
     _overwrite(model, lambda path: export_mlp(path, seed=1))  # retrained: same shapes, other weights
     new = _extract("mlp", tmp_path / "x.npy", tmp_path / "new.npy")
     (expected,) = run_onnx(model, {"x": x})
