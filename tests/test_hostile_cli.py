@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sqlite3
-import sys
 from pathlib import Path
 
 import click

@@ -153,6 +153,9 @@ def _info_text(model: Model) -> str:
         report = a.meta.get("report")
         if isinstance(report, dict):
             lines += [f"      {line}" for line in _report_lines(report)]
+        sandbox = a.meta.get("sandbox")
+        if isinstance(sandbox, dict) and sandbox.get("process") == "child":
+            lines.append(f"      sandbox:    {sandbox.get('summary') or ('active' if sandbox.get('active') else 'none')}")
     return "\n".join(lines)
 
 
