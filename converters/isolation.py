@@ -74,7 +74,7 @@ class IsolatedConversion:
 
     def save(self, path: str | os.PathLike) -> None:
         """Move the ONNX file to `path` atomically (a rename: the scratch folder is on the cache's disk)."""
-        from zoo.cache import atomic_path
+        from zoo.atomic import atomic_path
 
         try:
             with atomic_path(os.path.abspath(path)) as tmp:
@@ -140,7 +140,9 @@ def _alive(pid: int) -> bool:
 
 
 def _write_error(exc: OSError, path: str | os.PathLike) -> errors.ZooError:
-    return errors.write_error(exc, path)
+    from zoo.atomic import write_error
+
+    return write_error(exc, path)
 
 
 def _collect(scratch: Path, status: int, limit: float, path: str, framework: str) -> IsolatedConversion:
@@ -156,7 +158,7 @@ def _collect(scratch: Path, status: int, limit: float, path: str, framework: str
     if os.WIFSIGNALED(status):
         raise errors.ConversionError(_signal_message(os.WTERMSIG(status), limit, path, framework, scratch))
     if os.WEXITSTATUS(status) == _EXIT_DISK_FULL:
-        raise errors.write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), scratch.parent)
+        raise _write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), scratch.parent)
     if os.WEXITSTATUS(status) != 0:
         error = _read_json(scratch / "error.json") or {}
         log = _keep_traceback(scratch)

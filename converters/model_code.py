@@ -432,7 +432,7 @@ def _object_graph_functions(meta: Any) -> set[str]:
 
 def check_tflite(path: str | os.PathLike, label: str | None = None) -> None:
     """Refuse Flex ops (TensorFlow ops inside a TFLite file) that are not allowed TensorFlow computations."""
-    from converters.tflite_check import custom_ops
+    from zoo.tflite_structure import custom_ops
 
     path = os.fspath(path)
     label = label or os.path.basename(path)

@@ -869,7 +869,8 @@ def convert_tflite(
     """
     import warnings
 
-    from converters.tflite_check import run_interpreter, validate_tflite
+    from converters.tflite_check import run_interpreter
+    from zoo.tflite_structure import validate_tflite
 
     start = time.perf_counter()
     path = os.fspath(path)
@@ -976,7 +977,7 @@ def check_file(path: str | os.PathLike, *, format: str | None = None, **_options
     without paying TensorFlow's import.
     """
     if (format or detect_format(path)) == "tflite":
-        from converters.tflite_check import validate_tflite
+        from zoo.tflite_structure import validate_tflite
 
         with open(path, "rb") as fh:
             head = fh.read(8)

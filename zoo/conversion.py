@@ -65,6 +65,26 @@ def convert(
     every op they would run is checked (``converters.model_code``): a file, process or network op
     is refused unless `trust_model_code`. That choice is never recorded, so it covers this call only.
 
+    Args:
+        name: a cataloged model, or a model file's path (added first).
+        inputs, args: what a TorchScript ``forward`` takes.
+        opset: upgrade the ONNX opset to this one.
+        nchw: channels-first inputs for TensorFlow models.
+        force: keep a conversion beyond tolerance, marked unverified.
+        trust_model_code: convert even when the model's ops would be refused (this call only).
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder.
+
+    Returns:
+        The "onnx" artifact, with the conversion report in ``meta["report"]`` and what confined
+        the conversion in ``meta["sandbox"]``.
+
+    Raises:
+        ConversionError (UnsupportedLayerError, VerificationError, UnsafeModelError): it cannot be
+            converted, differs from its source beyond tolerance, or its graph holds a file, process
+            or network op.
+        FetchError: its files cannot be fetched. MissingDependencyError: the framework is missing.
+
     >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
     >>> art.meta["report"]["verified"]         # doctest: +SKIP
     True

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import InputError, write_error
+from zoo.atomic import write_error
+from zoo.errors import InputError
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -28,6 +29,8 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 def check_not_an_input(output: str | os.PathLike, inputs: Iterable[Any], option: str = "--output") -> None:
     """Refuse writing `output` when it is one of the `inputs` (paths; other values are ignored)."""
+    if not os.path.exists(output):
+        return  # every input exists: a new file cannot be one of them
     for value in inputs:
         if isinstance(value, (str, os.PathLike)) and os.path.exists(value) and same_file(output, value):
             raise InputError(f"{option} {output} is also an input of this command; writing it would destroy the "

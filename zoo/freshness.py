@@ -74,7 +74,7 @@ def _memo_path(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> 
 
 
 def _remember(memo: Path, path: str | os.PathLike, state: list, digest: str) -> None:
-    from zoo.cache import write_atomic
+    from zoo.atomic import write_atomic
 
     record = {"path": os.fspath(os.path.abspath(os.fspath(path))), "state": state, "sha256": digest}
     try:

@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import click
 
-from zoo import __version__
 from zoo._json import finite
 from zoo._redact import mask_secrets
 from zoo._terminal import safe_line, safe_text
@@ -161,7 +160,7 @@ class ZooGroup(click.Group):
 
 
 @click.group(cls=ZooGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "-V", "--version", prog_name="zoo")
+@click.version_option(None, "-V", "--version", prog_name="zoo", package_name="zoo")
 def cli() -> None:
     """zoo: find, fetch, convert, cut and freeze pretrained models for transfer learning.
 
