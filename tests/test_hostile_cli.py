@@ -218,6 +218,11 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
         "walkthrough": [["walkthrough", "--out", "/proc/zoo-walkthrough"]],
         "cache list": [["cache", "list"], ["cache", "list", "--json"]],
         "cache rm": [["cache", "rm", ESCAPE], ["cache", "rm", "--model", f"no{ESCAPE}such"], ["cache", "rm"]],
+        "sign": [["sign", n, "--key", k] for n in ("damaged", f"no{ESCAPE}such", s["mlp"])
+                 for k in (s["empty"], s["missing"], s["escape_name"])],
+        "lineage": [["lineage", n] for n in (*NAMES, s["mlp"])] + [["lineage", "damaged", "--json"]],
+        "bom": [["bom", n] for n in ("damaged", f"no{ESCAPE}such")]
+               + [["bom", "bvlc_alexnet", "-o", o] for o in (*OUTPUTS, f"new{ESCAPE}/bom.json")],
         "pretrain": ([["pretrain", "--data", s[k], "--name", "p", "--epochs", "1"]
                       for k in ("truncated_npy", "forged_npy", "empty")]
                      + [["pretrain", "--data", s["rows"], "--layers", "100000000", "--name", "p"],

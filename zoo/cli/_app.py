@@ -22,6 +22,11 @@ from zoo._terminal import safe_line, safe_text
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Top-level modules of optional dependencies -> the zoo extra that installs them (pyproject.toml).
+_EXTRAS = {"torch": "torch", "tensorflow": "tensorflow", "tf2onnx": "tensorflow", "keras": "tensorflow",
+           "cv2": "caffe-check", "sklearn": "transfer", "matplotlib": "transfer", "PIL": "transfer",
+           "psycopg": "postgres", "pyarrow": "parquet", "ray": "ray", "model_signing": "provenance",
+           "OpenSSL": "provenance", "cryptography": "provenance", "cyclonedx": "provenance"}
 
 
 def echo(message: Any = "", err: bool = False, nl: bool = True, one_line: bool = False) -> None:
@@ -134,6 +139,12 @@ class ZooGroup(click.Group):
         except MemoryError:
             raise UserError("out of memory; give a smaller input, batch or model, or run it on a machine with "
                             "more memory") from None
+        except ModuleNotFoundError as exc:  # an optional dependency imported without zoo.errors.require
+            extra = _EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise InternalError.of(exc) from None
+            raise UserError(f"{exc.name} is needed for this and is not installed; install it with: "
+                            f"pip install 'zoo[{extra}]'") from None
         except OSError as exc:
             raise _os_error(exc) from None
         except Exception as exc:  # noqa: BLE001  the rule: no traceback reaches the user
