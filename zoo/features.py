@@ -15,18 +15,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from zoo.atomic import atomic_open
+from zoo.atomic import atomic_open, write_error
 from zoo.cache import features_folder
 from zoo.units import human_size
-from zoo.errors import DiskFullError, InputError, option
+from zoo.errors import DiskFullError, InputError, option, spelled
 from zoo.datasources import as_source
 from zoo.engines import Computed, LocalEngine, engine_for
+from zoo.images import describe_skipped  # the one rule for unreadable images (zoo.images)
 from zoo.lineage import Lineage, features_lineage
 from zoo.manifests import FEATURES_VERSION, FeatureManifest
+from zoo.npy import load as load_npy
+from zoo.npy import read_header
 
 if TYPE_CHECKING:
     from zoo.datasources import DataSource
@@ -38,6 +41,7 @@ __all__ = [
     "CachedFeatures",
     "FeatureCache",
     "cache_features",
+    "describe_skipped",
     "extract_features",
     "save_features",
     "save_layer_features",
@@ -346,14 +350,16 @@ class FeatureCache:
         extractor_fp = _fingerprint(extractor)
         name = self._key(extractor_fp, source.fingerprint)
         folder = self.root / name
-        self.root.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.root / f"{name}.lock"))
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
         except filelock.Timeout:
             if progress:
                 print(f"waiting for another process caching {name} ...", file=sys.stderr)
             lock.acquire()
+        except OSError as exc:  # a cache folder that cannot be written: one line, not a traceback
+            raise write_error(exc, self.root / name) from None
         try:
             manifest = FeatureManifest.read(folder / MANIFEST)
             if manifest is not None and _valid(folder, manifest):
@@ -407,8 +413,12 @@ def _valid(folder: Path, manifest: FeatureManifest) -> bool:
     if manifest.format != FEATURES_VERSION or not manifest.complete or manifest.shape is None:
         return False
     try:
-        return (folder / FEATURES).stat().st_size == HEADER_BYTES + manifest.rows * manifest.row_bytes()
-    except (OSError, TypeError):
+        path = folder / FEATURES
+        if path.stat().st_size != HEADER_BYTES + manifest.rows * manifest.row_bytes():
+            return False
+        header = read_header(path, "cached features")  # the header must say what the manifest says
+        return header.shape == (manifest.rows, *manifest.shape) and header.offset == HEADER_BYTES
+    except (OSError, TypeError, InputError):
         return False
 
 
@@ -491,11 +501,8 @@ def _fill(
                 except OSError:
                     pass  # no room even for that: the previous checkpoint still stands
         if manifest.shape is None:
-            from zoo.images import describe_skipped
-
-            skipped = manifest.skipped
-            raise InputError(f"none of the {len(skipped) or 'given'} inputs could be read, so there are no "
-                             f"features: {describe_skipped(skipped)}; fix or remove them")
+            raise InputError(f"none of the {len(manifest.skipped) or 'given'} inputs could be read, so there are "
+                             f"no features: {describe_skipped(manifest.skipped)}; fix or remove them")
         os.pwrite(fd, _npy_header((manifest.rows, *manifest.shape), np.dtype(manifest.dtype)), 0)
         os.fsync(fd)
     finally:
@@ -525,8 +532,8 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def _result(folder: Path, manifest: FeatureManifest, *, reused: bool) -> CachedFeatures:
-    features = np.load(folder / FEATURES, mmap_mode="r")
-    labels = np.load(folder / LABELS) if (folder / LABELS).exists() else None
+    features = load_npy(folder / FEATURES, mmap=True, what="cached features")
+    labels = load_npy(folder / LABELS, what="cached labels") if (folder / LABELS).exists() else None
     return CachedFeatures(
         key=folder.name,
         path=folder / FEATURES,
@@ -769,9 +776,15 @@ def save_features(
     Raises:
         DiskFullError: no room left to write `output` (the cache entry stays).
     """
-    result = extract_features(extractor, data, **options)
+    from zoo.destinations import prepare
+
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    inputs = list(data.values()) if isinstance(data, Mapping) else [data]
+    prepare(output, spelled("output", "--output"), inputs=inputs)  # before the work
+    index_path = Path(index_out) if index_out else output.with_suffix(".index.csv")
+    if output.suffix.lower() != ".npz":
+        prepare(index_path, spelled("index_out", "--index-out"), inputs=[*inputs, output])
+    result = extract_features(extractor, data, **options)
     rows = row_index(result, as_source(data, extractor))
     try:
         if output.suffix.lower() == ".npz":
@@ -781,7 +794,7 @@ def save_features(
             with open(result.path, "rb") as src, atomic_open(output, fsync=True) as dst:
                 shutil.copyfileobj(src, dst, _READ_BLOCK)
             if rows.has_files:
-                result.index_path = write_index(rows, Path(index_out) if index_out else output.with_suffix(".index.csv"))
+                result.index_path = write_index(rows, index_path)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
             raise DiskFullError(f"no room left to write {output} ({os.strerror(exc.errno)}); free some space",
@@ -844,7 +857,4 @@ def save_layer_features(extractor: FeatureExtractor, data: Any, output: str | os
 
 
 def _read_npy(path: str | os.PathLike) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a .npy array ({exc}); save inputs with numpy.save") from None
+    return load_npy(path)  # checked against its header first (zoo.npy)

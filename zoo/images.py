@@ -258,7 +258,7 @@ def read_images(
     return decoded, skipped
 
 
-def describe_skipped(skipped: Sequence[dict[str, Any]], limit: int = 3) -> str:
+def describe_skipped(skipped: Sequence[dict[str, Any]], limit: int = 5) -> str:
     """The first `limit` skipped inputs with their reasons, and how many more there are."""
     shown = "; ".join(f"{s.get('path')} ({s.get('reason')})" for s in skipped[:limit])
     return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")

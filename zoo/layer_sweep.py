@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from zoo.catalog import Catalog
     from zoo.engines import Engine
 
-__all__ = ["SweepResult", "SweepRow", "sweep"]
+__all__ = ["SweepResult", "SweepRow", "check_plot_path", "sweep"]
 
 
 @dataclass
@@ -121,8 +121,10 @@ class SweepResult:
         matplotlib.use("Agg")  # no display: write files only
         import matplotlib.pyplot as plt
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from zoo.destinations import prepare
+
+        path = check_plot_path(path)
+        prepare(path, "the plot")
         order = list(dict.fromkeys(r.layer for r in self.rows))
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.6))
         for k in sorted({r.unfreeze for r in self.rows}):
@@ -173,6 +175,18 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     spread = z * ((accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
     return max(0.0, centre - spread), min(1.0, centre + spread)
+
+
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """`path` when matplotlib can write a plot in the format its suffix names; else InputError."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise InputError(f"--plot {path}: {path.suffix or 'no suffix'} is not an image format matplotlib writes; "
+                         f"end the name with .png, .pdf or .svg (or {', '.join(sorted(formats))})")
+    return path
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> str:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from zoo.catalog import Catalog
     from zoo.engines import Engine
 
-__all__ = ["Predictions", "predict", "scores_kind"]
+__all__ = ["Predictions", "check_output", "predict", "scores_kind"]
 
 FORMATS = (".csv", ".json", ".parquet")
 
@@ -96,11 +96,16 @@ class Predictions:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the table to `path`: ``.csv`` (one line per row), ``.json`` (`to_dict`) or
         ``.parquet`` (pyarrow), atomically. Returns the path."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in FORMATS:
-            raise InputError(f"cannot write predictions to {path.name}: give a file ending in {', '.join(FORMATS)}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = check_output(path)
+        try:
+            self._write(path, path.suffix.lower())
+        except OSError as exc:
+            from zoo.atomic import write_error
+
+            raise write_error(exc, path) from None
+        return path
+
+    def _write(self, path: Path, suffix: str) -> None:
         if suffix == ".csv":
             import csv
 
@@ -121,7 +126,19 @@ class Predictions:
             table = pyarrow.Table.from_pylist([{k: _plain(v) for k, v in row.items()} for row in self.rows])
             with atomic_open(path) as f:
                 parquet.write_table(table, f)
-        return path
+
+
+def check_output(path: str | os.PathLike, inputs: Sequence[Any] = ()) -> Path:
+    """`path` made ready for a table of predictions (before any work): its suffix one of
+    `FORMATS`, not one of `inputs`, its folder made (said when outside the working directory)."""
+    from zoo.destinations import prepare
+    from zoo.errors import spelled
+
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise InputError(f"cannot write predictions to {path.name}: give a file ending in {', '.join(FORMATS)}")
+    prepare(path, spelled("path", "--output"), inputs=inputs)
+    return path
 
 
 def _plain(value: Any) -> Any:

@@ -926,10 +926,9 @@ def load_labels(labels: Any) -> np.ndarray:
         path = Path(labels)
         if not path.is_file():
             raise InputError(f"labels file {path} does not exist; give a .npy array of one label per row")
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read labels from {path} ({exc}); save them with numpy.save") from None
+        from zoo.npy import load
+
+        return load(path, what="labels")
     return np.asarray(labels)
 
 
@@ -942,10 +941,13 @@ def _length(data: Any) -> int | None:
     if isinstance(data, np.ndarray):
         return len(data)
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
+        from zoo.npy import read_header
+
         try:
-            return len(np.load(data, mmap_mode="r"))
-        except (OSError, ValueError):
-            return None
+            shape = read_header(data).shape
+        except InputError:
+            return None  # not a .npy file (an image): the caller counts otherwise
+        return shape[0] if shape else None
     return None
 
 
@@ -961,5 +963,7 @@ def _input_shape(extractor: Any, data: Any) -> list[int]:
     if isinstance(data, (np.ndarray, NpyFileSource)):
         return list(data.shape[1:])
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
-        return list(np.load(data, mmap_mode="r").shape[1:])
+        from zoo.npy import read_header
+
+        return list(read_header(data).shape[1:])
     raise InputError("cannot tell the model's input shape; the extractor's input_spec has no fixed shape")

@@ -134,12 +134,16 @@ def extract_command(model: str, layer: tuple[str, ...], data: tuple[str, ...], o
     """
     import warnings
 
+    from zoo.destinations import prepare
     from zoo.errors import SkippedInputsWarning
     from zoo.extract import load_extractor
     from zoo.options import ExtractorOptions
 
     on_error = on_error_value(on_error, strict_images)
     input_path = input_arg(data)
+    # Before any work: an output that is an input is refused, a folder made outside here is said.
+    prepare(output_path, "--output",
+            inputs=[*(input_path.values() if isinstance(input_path, dict) else [input_path]), index_out])
     options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
                                preprocess=preprocess, pooling=pooling, device=device, on_error=on_error)
     extractor = load_extractor(model, options=options, catalog=catalog, cache_dir=cache_dir)
@@ -180,8 +184,7 @@ def extract_command(model: str, layer: tuple[str, ...], data: tuple[str, ...], o
     lines = [f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}"]
     if result.get("index"):
         lines.append(f"wrote {result['index']}: the input file of each row")
-    if not quiet:
-        lines += skipped_lines(skipped, result["rows"] + len(skipped))
+    lines += skipped_lines(skipped, result["rows"] + len(skipped))  # never quiet: the result left them out
     emit(result, as_json, "\n".join(lines))
 
 
@@ -201,7 +204,8 @@ def input_arg(values: tuple[str, ...]):
         if key in named:
             raise InputError(f"--input {key}= is given twice; give each input once")
         if not os.path.isfile(path) and not _is_number(path):
-            raise InputError(f"--input {key}={path}: no such file; give a .npy file (or a number for a scalar input)")
+            what = "is not a regular file" if os.path.exists(path) else "no such file"
+            raise InputError(f"--input {key}={path}: {what}; give a .npy file (or a number for a scalar input)")
         named[key] = path
     return named
 

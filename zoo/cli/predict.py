@@ -71,9 +71,11 @@ def predict_command(model, data, output, top, labels, batch_size, threads, prepr
     """
     from zoo.cli.extract import input_arg
     from zoo.options import ExtractorOptions
-    from zoo.predictions import predict
+    from zoo.predictions import check_output, predict
 
     data = input_arg(data)
+    if output:  # before any work: a known format, not one of the inputs, its folder made
+        check_output(output, [*(data.values() if isinstance(data, dict) else [data]), labels])
     result = predict(model, data, labels, ExtractorOptions(batch_size=batch_size, threads=threads, preprocess=preprocess,
                                                            device=device),
                      top=top, engine=engine_value(engine, address, actors, threads),
@@ -104,9 +106,9 @@ def predict_command(model, data, output, top, labels, batch_size, threads, prepr
         if result.accuracy is not None:
             lines.append(f"accuracy {100 * result.accuracy:.1f}% on {sum(1 for r in result if not r['skipped'])} "
                          "labelled inputs")
+        lines += skipped_lines([{"path": s["path"] or f"row {s['input']}", "reason": s["reason"]}
+                                for s in result.skipped], len(result), where="their rows say why")  # never quiet
         if not quiet:
-            lines += skipped_lines([{"path": s["path"] or f"row {s['input']}", "reason": s["reason"]}
-                                    for s in result.skipped], len(result), where="their rows say why")
             lines += [f"note: {n}" for n in result.notes]
         return "\n".join(lines)
 

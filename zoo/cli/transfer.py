@@ -5,7 +5,8 @@ from typing import Any
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, skipped_lines, table
+from zoo.cli._app import (cache_option, catalog_option, cli, echo, emit, json_option, quiet_option, skipped_lines,
+                          table)
 from zoo.cli._options import (
     engine_options,
     extractor_options,
@@ -83,8 +84,8 @@ def train_command(model, name, data, extractor, training, engine, replace, as_js
                  f"{100 * h['val_accuracy']:.1f}%" if "val_accuracy" in h else "-"] for h in fit.history]
         accuracy = "-" if fit.val_accuracy is None else f"{100 * fit.val_accuracy:.1f}%"
         saved = f"saved {result.model.name} (frozen {model} + trained head) -> {payload['onnx']}"
-        if quiet:
-            return saved
+        if quiet:  # the result and the inputs it left out (never quiet about those), not the epochs
+            return "\n".join([*skipped_lines(result.skipped), saved])
         return "\n".join([
             table(rows, ["EPOCH", "LOSS", "ACC", "VAL LOSS", "VAL ACC"]),
             f"best epoch {fit.best_epoch}: validation accuracy {accuracy}"
@@ -145,9 +146,16 @@ def sweep_command(model, layers, unfreeze, data, validation, validation_labels, 
         zoo sweep digits04.cnn -d x.npy -y y.npy -l pool1,pool2,relu3 --unfreeze 0,1
         zoo sweep digits04.cnn -d train/ -l pool1,relu3 --validation val/ --test test/
     """
+    from zoo.destinations import check_not_an_input
     from zoo.errors import InputError
     from zoo.layer_sweep import sweep
 
+    if plot:  # before the sweep's work: a plot that would overwrite an input, or that cannot be written
+        from zoo.layer_sweep import check_plot_path
+
+        inputs = [*data.source.paths(), data.labels, validation, validation_labels, test, test_labels]
+        check_not_an_input(plot, [p for p in inputs if p], "--plot")
+        check_plot_path(plot)
     cuts = [layer_value(part) for part in layers.split(",") if part.strip()]
     if not cuts:
         raise InputError(f"--layers {layers!r} names no layer; give names like fc6,fc7")
@@ -164,10 +172,8 @@ def sweep_command(model, layers, unfreeze, data, validation, validation_labels, 
     def text() -> str:
         best = result.best
         lines = [result.table(), f"best: {best.layer}" + (f" with top {best.unfreeze} unfrozen" if best.unfreeze else "")]
-        if quiet:
-            return "\n".join(lines)
         lines += [f"skipped: {s}" for s in result.skipped]
-        lines += skipped_lines(result.skipped_files)
+        lines += skipped_lines(result.skipped_files)  # never quiet: the result left these inputs out
         lines += _notes(result.warnings, quiet)
         if result.plot_path:
             lines.append(f"plot: {result.plot_path}")
@@ -201,7 +207,7 @@ def walkthrough_command(out: str, labels_per_class: int, as_json: bool, quiet: b
     """
     from zoo.demos.walkthrough import run
 
-    echo = None if (quiet or as_json) else (lambda message: click.echo(message, err=True))
-    report = run(out, catalog=catalog, cache_dir=cache_dir, labels_per_class=labels_per_class, echo=echo)
+    say = None if (quiet or as_json) else (lambda message: echo(message, err=True))
+    report = run(out, catalog=catalog, cache_dir=cache_dir, labels_per_class=labels_per_class, echo=say)
     emit(report.to_dict(), as_json, report.text)
 
