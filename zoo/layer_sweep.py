@@ -76,7 +76,9 @@ class SweepResult:
         if len(self.rows) > 1:
             best = self.best
             low, high = wilson_interval(best.val_accuracy or 0.0, best.val_rows)
-            close = [r for r in self.rows if r is not best and (r.val_accuracy or 0.0) >= low]
+            # rows whose 95% interval overlaps the best one's: the data cannot tell them apart
+            close = [r for r in self.rows if r is not best
+                     and wilson_interval(r.val_accuracy or 0.0, r.val_rows)[1] >= low]
             if best.val_rows and close:
                 names = ", ".join(_row_name(r) for r in close[:3]) + (" ..." if len(close) > 3 else "")
                 out.append(
