@@ -377,3 +377,28 @@ def test_sweep_takes_validation_and_test_sets_as_flags(digits):
     bad = CliRunner().invoke(cli, ["sweep", name, "-d", str(folder / "x.npy"), "-y", str(folder / "y.npy"),
                                    "-l", "pool1", "--test-labels", str(folder / "vy.npy")])
     assert bad.exit_code == 1 and "--test-labels needs --test DATA" in bad.output
+
+
+def test_a_missing_file_given_as_a_path_says_it_does_not_exist(tmp_path):
+    for argv in (["info", str(tmp_path / "nope.onnx")], ["layers", "models/nope.onnx"],
+                 ["predict", "./nope.onnx", "-i", str(tmp_path)], ["convert", "~/nope.keras"]):
+        done = CliRunner().invoke(cli, argv)
+        assert done.exit_code == 1 and "does not exist" in done.output, (argv, done.output)
+        assert "not in the catalog" not in done.output, (argv, done.output)
+    with pytest.raises(zoo.ZooError, match="does not exist"):
+        zoo.load_extractor(tmp_path / "nope.onnx", -1)
+    plain = CliRunner().invoke(cli, ["info", "no-such-model"])  # a name, not a path: the catalog's words
+    assert plain.exit_code == 1 and "not in the catalog" in plain.output
+
+
+def test_sizes_are_said_in_one_unit_system():
+    import re
+    from pathlib import Path
+
+    from zoo.units import human_size
+
+    assert [human_size(n) for n in (512, 1536, 64 << 20, 3 << 30)] == ["512 B", "1.5 KiB", "64.0 MiB", "3.0 GiB"]
+    root = Path(zoo.__file__).parent
+    decimal = [f"{p.relative_to(root)}: {m.group(0)}" for p in root.rglob("*.py")
+               for m in re.finditer(r"\d\s?(kB|KB|MB|GB)\b", p.read_text())]
+    assert decimal == [], "say sizes in KiB/MiB/GiB (zoo.units.human_size)"

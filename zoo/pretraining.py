@@ -466,7 +466,7 @@ def _validate_data(X: Any, n_features: int | None = None) -> np.ndarray:
 def _check_size(data: np.ndarray, sizes: list[int], batch_size: int, tied: bool, cache: bool,
                 cache_dir: str | os.PathLike | None) -> None:
     """Refuse a stack that would not fit in memory (or its cached layer outputs on disk), before torch
-    allocates it: ``--layers 100000000`` is a typo, not a 16 GB allocation followed by a crash."""
+    allocates it: ``--layers 100000000`` is a typo, not a 16 GiB allocation followed by a crash."""
     import shutil
 
     from zoo.memory import check_training, human
