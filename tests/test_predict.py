@@ -149,3 +149,37 @@ def test_extract_lines_its_rows_up_with_the_files(digits_model, folder, tmp_path
     default = runner.invoke(cli, ["extract", digits_model.name, "-l", "pool2", "-i", str(folder),
                                   "-o", str(tmp_path / "g.npy")])
     assert default.exit_code == 0 and (tmp_path / "g.index.csv").is_file()
+
+
+def test_a_cataloged_classifier_gets_its_published_labels_and_its_softmax_is_not_applied_twice(
+        fault_server, tmp_path):
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import zoo
+    from zoo.catalog import open_catalog
+    from zoo.records import Artifact, Model
+
+    weights = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"], name="fc"), helper.make_node("Softmax", ["z"], ["p"], name="prob")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 3])], [numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "cls.onnx")
+    labels = b"tabby cat\ngolden retriever\nsports car\n"
+    fault_server.add("/synset.txt", labels)
+    open_catalog().add_model(Model(name="three.onnx", framework="onnx", format="onnx", artifacts=[
+        Artifact(role="model", filename="cls.onnx", path=str(tmp_path / "cls.onnx"),
+                 sha256=hashlib.sha256((tmp_path / "cls.onnx").read_bytes()).hexdigest()),
+        Artifact(role="labels", filename="synset.txt", urls=[fault_server.url("/synset.txt")],
+                 checksum="sha256:" + hashlib.sha256(labels).hexdigest())]))
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    table = zoo.predict("three.onnx", x, top=3, progress=False)
+    assert table.scores == "probabilities" and table.classes == ["tabby cat", "golden retriever", "sports car"]
+    expected = np.exp(x @ weights) / np.exp(x @ weights).sum(1, keepdims=True)
+    assert table["probability_1"] == pytest.approx(list(expected.max(1)), abs=1e-5)  # the model's own, as is
+    assert table["class_1"] == [table.classes[i] for i in expected.argmax(1)]
