@@ -228,7 +228,9 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
                     + [["predict", mlp, "-i", x, "-o", o] for o in (*OUTPUTS, x, "preds.txt", f"p{ESCAPE}.csv")]
                     + [["predict", mlp, "-i", x, "-y", s[k]] for k in ("truncated_npy", "forged_npy", "empty")]
                     + [["predict", n, "-i", x] for n in NAMES]
-                    + [["predict", mlp, "-i", s["folder"], "--image-size", ESCAPE]]),
+                    + [["predict", mlp, "-i", s["folder"], "--image-size", ESCAPE],
+                       ["predict", mlp, "-i", s["escape_name"], "-i", s["non_utf8_name"]],
+                       ["predict", mlp, "-i", x, "-i", s["fifo"]]]),
         "walkthrough": [["walkthrough", "--out", "/proc/zoo-walkthrough"]],
         "cache list": [["cache", "list"], ["cache", "list", "--json"]],
         "cache rm": [["cache", "rm", ESCAPE], ["cache", "rm", "--model", f"no{ESCAPE}such"], ["cache", "rm"]],

@@ -183,3 +183,19 @@ def test_a_cataloged_classifier_gets_its_published_labels_and_its_softmax_is_not
     expected = np.exp(x @ weights) / np.exp(x @ weights).sum(1, keepdims=True)
     assert table["probability_1"] == pytest.approx(list(expected.max(1)), abs=1e-5)  # the model's own, as is
     assert table["class_1"] == [table.classes[i] for i in expected.argmax(1)]
+
+
+def test_several_files_each_with_its_own_input_flag(digits_model, folder, tmp_path):
+    files = sorted(str(p) for p in (folder / "digit5").glob("*.png"))[:2] + [str(folder / "digit6" / "torn.png")]
+    argv = ["predict", digits_model.name, "--json"] + [arg for f in files for arg in ("-i", f)]
+    done = CliRunner().invoke(cli, argv)
+    assert done.exit_code == 0, done.output
+    rows = json.loads(done.stdout)["rows"]
+    assert [r["path"] for r in rows] == files and [bool(r["skipped"]) for r in rows] == [False, False, True]
+    extracted = CliRunner().invoke(cli, ["extract", digits_model.name, "-l", "pool2", "-i", files[0], "-i", files[1],
+                                         "-o", str(tmp_path / "two.npy")])
+    assert extracted.exit_code == 0 and np.load(tmp_path / "two.npy").shape == (2, 32, 2, 2), extracted.output
+    mixed = CliRunner().invoke(cli, ["predict", digits_model.name, "-i", files[0], "-i", str(tmp_path / "two.npy")])
+    assert mixed.exit_code == 1 and "several --input files must be images" in mixed.output
+    gone = CliRunner().invoke(cli, ["predict", digits_model.name, "-i", files[0], "-i", str(tmp_path / "gone.png")])
+    assert gone.exit_code == 1 and "gone.png: no such file" in gone.output

@@ -85,7 +85,7 @@ def _layer_spec(values: tuple[str, ...]):
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
 @click.option("--input", "-i", "--data", "-d", "data", required=True, multiple=True,
-              help="A .npy array of inputs (batch first), an image file, a folder of images, an image "
+              help="A .npy array of inputs (batch first), image files (-i a.jpg -i b.jpg), a folder of images, an image "
                    "folder with a sub-folder per class, or Parquet (a file or folder; one input per row); "
                    "for a model with several inputs, NAME=FILE.npy (or NAME=number) once per input.")
 @click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
@@ -142,8 +142,7 @@ def extract_command(model: str, layer: tuple[str, ...], data: tuple[str, ...], o
     on_error = on_error_value(on_error, strict_images)
     input_path = input_arg(data)
     # Before any work: an output that is an input is refused, a folder made outside here is said.
-    prepare(output_path, "--output",
-            inputs=[*(input_path.values() if isinstance(input_path, dict) else [input_path]), index_out])
+    prepare(output_path, "--output", inputs=[*input_paths(input_path), index_out])
     options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
                                preprocess=preprocess, pooling=pooling, device=device, on_error=on_error)
     extractor = load_extractor(model, options=options, catalog=catalog, cache_dir=cache_dir)
@@ -189,12 +188,23 @@ def extract_command(model: str, layer: tuple[str, ...], data: tuple[str, ...], o
 
 
 def input_arg(values: tuple[str, ...]):
-    """--input values: one plain path, or NAME=FILE.npy / NAME=number pairs, one per model input."""
+    """--input values: one plain path, several image files (-i a.jpg -i b.jpg), or NAME=FILE.npy /
+    NAME=number pairs, one per model input."""
     if len(values) == 1 and (os.path.exists(values[0]) or "=" not in values[0]):
         if not os.path.exists(values[0]):
             raise InputError(f"--input {values[0]}: no such file or folder; give a .npy file, an image folder, "
                              "or NAME=FILE.npy for each input of a multi-input model")
         return values[0]
+    if all(os.path.isfile(v) or "=" not in v for v in values):  # several files: images, in order
+        from zoo.images import IMAGE_SUFFIXES
+
+        for value in values:
+            if not os.path.isfile(value):
+                raise InputError(f"--input {value}: no such file; give image files that exist, one -i each")
+            if not value.lower().endswith(IMAGE_SUFFIXES):
+                raise InputError(f"--input {value}: several --input files must be images ({', '.join(IMAGE_SUFFIXES)}); "
+                                 "give one .npy file, or NAME=FILE.npy for each input of a multi-input model")
+        return list(values)
     named: dict[str, str] = {}
     for value in values:
         key, sep, path = value.partition("=")
@@ -230,6 +240,13 @@ def _typed_numbers(named: dict[str, str], extractor) -> dict:
             raise InputError(f"--input {key}={value}: {key} takes integers ({dtype}); give a whole number")
         out[key] = np.asarray(number).astype(dtype)
     return out
+
+
+def input_paths(value) -> list:
+    """The paths `input_arg` gave, as one list (for the rule that an output is not an input)."""
+    if isinstance(value, dict):
+        return list(value.values())
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _shown_input(value):

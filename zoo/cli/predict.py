@@ -33,7 +33,7 @@ def _shown_path(path: str | None, index: int) -> str:
 @click.argument("model")
 @click.option("--input", "-i", "--data", "-d", "data", required=True, multiple=True,
               help="Image files (a folder with a sub-folder per class gives each row its label, a flat folder, "
-                   "one file) or a .npy array of model-ready inputs; NAME=FILE.npy once per input of a "
+                   "one file, or -i a.jpg -i b.jpg) or a .npy array of model-ready inputs; NAME=FILE.npy once per input of a "
                    "multi-input model.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write the table here: .csv, .json or .parquet [default: print it].")
@@ -69,13 +69,13 @@ def predict_command(model, data, output, top, labels, batch_size, threads, prepr
         zoo predict my-classifier -i x.npy -y y.npy --json
         zoo predict bvlc_alexnet -i cat.jpg --top 5
     """
-    from zoo.cli.extract import input_arg
+    from zoo.cli.extract import input_arg, input_paths
     from zoo.options import ExtractorOptions
     from zoo.predictions import check_output, predict
 
     data = input_arg(data)
     if output:  # before any work: a known format, not one of the inputs, its folder made
-        check_output(output, [*(data.values() if isinstance(data, dict) else [data]), labels])
+        check_output(output, [*input_paths(data), labels])
     result = predict(model, data, labels, ExtractorOptions(batch_size=batch_size, threads=threads, preprocess=preprocess,
                                                            device=device),
                      top=top, engine=engine_value(engine, address, actors, threads),
