@@ -195,9 +195,10 @@ def input_arg(values: tuple[str, ...]):
             raise InputError(f"--input {values[0]}: no such file or folder; give a .npy file, an image folder, "
                              "or NAME=FILE.npy for each input of a multi-input model")
         return values[0]
-    if all(os.path.isfile(v) or "=" not in v for v in values):  # several files: images, in order
-        from zoo.images import IMAGE_SUFFIXES
+    from zoo.images import IMAGE_SUFFIXES
 
+    if (all(os.path.isfile(v) or "=" not in v for v in values)
+            and any(v.lower().endswith(IMAGE_SUFFIXES) for v in values)):  # several image files, in order
         for value in values:
             if not os.path.isfile(value):
                 raise InputError(f"--input {value}: no such file; give image files that exist, one -i each")
