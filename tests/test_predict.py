@@ -199,3 +199,14 @@ def test_several_files_each_with_its_own_input_flag(digits_model, folder, tmp_pa
     assert mixed.exit_code == 1 and "several --input files must be images" in mixed.output
     gone = CliRunner().invoke(cli, ["predict", digits_model.name, "-i", files[0], "-i", str(tmp_path / "gone.png")])
     assert gone.exit_code == 1 and "gone.png: no such file" in gone.output
+
+
+def test_a_multi_layer_extract_lines_up_and_names_its_skipped_files(digits_model, folder, tmp_path):
+    out = tmp_path / "two.npz"
+    done = CliRunner().invoke(cli, ["extract", digits_model.name, "-l", "pool1", "-l", "pool2", "-i",
+                                    str(folder / "digit6"), "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "skipped 1 of" in done.stdout and "torn.png" in done.stdout
+    with np.load(out) as data:
+        assert len(data["paths"]) == len(data["pool1"]) == len(data["pool2"]) == 15
+        assert [str(p).rsplit("/", 1)[1] for p in data["skipped_paths"]] == ["torn.png"]
