@@ -190,6 +190,7 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
         "add": [["add", m] for m in models] + [["add", s["huge_caffe"], s["deep_caffe"]]],
         "scan": [["scan", str(f["mlp"].parent)], ["scan", s["missing"]], ["scan", s["fifo"]]],
         "source add": [["source", "add", "evil", s["index"]], ["source", "add", "bad", "file:///proc/nope"],
+                       ["source", "add", "later", s["index"], "--no-sync"],
                        ["source", "add", f"x{ESCAPE}", s["index"]], ["source", "add", "empty", s["empty"]]],
         "source list": [["source", "list"]],
         "source sync": [["source", "sync"], ["source", "sync", "nope"]],
@@ -215,7 +216,9 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
                   + [["train", mlp, "-l", "-1", "-d", x, "-y", s[k], "--name", "t", "--epochs", "1"]
                      for k in ("truncated_npy", "forged_npy", "empty")]
                   + [["train", m, "-l", "-1", "-d", x, "-y", y, "--name", "t", "--epochs", "1"]
-                     for m in (s["constant_of_shape_onnx"], s["duplicate_names_onnx"], s["external_onnx"])]),
+                     for m in (s["constant_of_shape_onnx"], s["duplicate_names_onnx"], s["external_onnx"])]
+                  + [["train", mlp, "-l", "-1", "-d", s["folder"], "--name", "t", "--on-error", "raise",
+                      "--image-size", v] for v in (ESCAPE, "4,4")]),
         "sweep": [["sweep", mlp, "-l", "-1,-2", "-d", s["forged_npy"], "-y", y],
                   ["sweep", mlp, "-l", "-1", "-d", x, "-y", y, "--epochs", "1", "--plot", x],
                   ["sweep", mlp, "-l", "-1", "-d", x, "-y", y, "--epochs", "1", "--plot", "/proc/p/s.png"]]
