@@ -480,10 +480,14 @@ def test_fixed_batch_multi_input_graph_pads_every_batched_input(tmp_path):
 
     from zoo.extract import load_extractor
 
+    # The Reshape target comes through an Identity, so no rewrite can prove a dynamic batch safe.
     path = _save(tmp_path, "fixed_two", [
         helper.make_node("Mul", ["x", "gain"], ["scaled"], name="scale"),
+        helper.make_node("Constant", [], ["target"], value=helper.make_tensor("t", TensorProto.INT64, [2], [2, 3])),
+        helper.make_node("Identity", ["target"], ["target_copy"]),
+        helper.make_node("Reshape", ["scaled", "target_copy"], ["pinned"], name="pin"),
         helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
-        helper.make_node("Add", ["scaled", "ids_f"], ["out"], name="shift"),
+        helper.make_node("Add", ["pinned", "ids_f"], ["out"], name="shift"),
     ], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
         helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3]),
         helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])],

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from zoo.cache import cuts_folder, write_atomic
 from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
 from zoo.graph import LayerInfo
+from zoo.graph import batch_axes as _batch_axes, fixed_batch as _fixed_batch  # one rule for converters too
+from zoo.graph import output_batch_axis as _output_batch_axis, value_dims as _dims
 from zoo.hashes import file_sha256
 from zoo.pooling import check_pooling, pool, pooled_shape
 from zoo.records import InputSpec
@@ -222,79 +224,6 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     write_atomic(meta_path, json.dumps(meta, indent=1).encode())
     write_atomic(onnx_path, sub.SerializeToString())
     return meta
-
-
-def _dims(value_info) -> list[int | str | None] | None:
-    tt = value_info.type.tensor_type
-    if not tt.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-
-
-def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str | None:
-    """The first input's batch size when the graph fixes it; None when a symbolic axis is the batch.
-
-    With several inputs a fixed first axis may be something else (a state's number of layers)
-    while the batch is a symbolic axis further in.
-    """
-    inits = {t.name for t in model.graph.initializer}
-    dims = [_dims(i) for i in model.graph.input if i.name not in inits]
-    symbolic = any(d is None or not all(isinstance(x, int) for x in d) for d in dims)
-    if isinstance(first, int) and len(dims) > 1 and symbolic:
-        return None
-    return first
-
-
-def _batch_axes(shapes: dict[str, list | None], fixed: int | str | None) -> dict[str, int | None]:
-    """Each input's batch axis: where the batch symbol sits, or None for inputs fed whole (a scalar `sr`).
-
-    The batch is the first axis of the first input whose first axis is not fixed. An input that
-    names that symbol elsewhere (a recurrent state (layers, N, hidden)) is batched on that axis;
-    one whose first axis is symbolic too (exporters that name axes per input) on axis 0; one
-    whose only free axis is further in (Silero VAD's state (2, ?, 128)) on that axis; a
-    fixed-shape one not at all.
-    """
-    ranked = [dims for dims in shapes.values() if dims]
-    reference = next((dims for dims in ranked if not isinstance(dims[0], int)), ranked[0] if ranked else [])
-    if isinstance(fixed, int):
-        symbol: int | str | None = fixed
-    else:
-        anywhere = [d for dims in ranked for d in dims if not isinstance(d, int)]
-        symbol = reference[0] if reference and not isinstance(reference[0], int) else (anywhere or [None])[0]
-    # Symbols the reference input uses for its other axes (a sequence length) are not the batch.
-    others = {d for d in reference[1:] if isinstance(d, str) and d != symbol}
-    axes: dict[str, int | None] = {}
-    for name, dims in shapes.items():
-        free = [k for k, d in enumerate(dims or []) if not isinstance(d, int) and d not in others]
-        if dims is None:
-            axes[name] = 0  # no shape recorded: the usual layout, checked against the array
-        elif not dims:
-            axes[name] = None
-        elif symbol is not None and symbol in dims:
-            axes[name] = dims.index(symbol)
-        elif isinstance(symbol, int):
-            axes[name] = None
-        elif not isinstance(dims[0], int):
-            axes[name] = 0
-        else:
-            axes[name] = free[0] if len(free) == 1 else None
-    return axes
-
-
-def _output_batch_axis(
-    dims: list | None, shapes: dict[str, list | None], axes: dict[str, int | None], fixed: int | str | None
-) -> int:
-    """The axis of an output that follows the batch (axis 0 unless the batch sits elsewhere)."""
-    symbols = {shapes[n][a] for n, a in axes.items() if a is not None and shapes[n] and isinstance(shapes[n][a], str)}
-    if not dims:
-        return 0
-    for k, d in enumerate(dims):
-        if isinstance(d, str) and d in symbols:
-            return k
-    free = [k for k, d in enumerate(dims) if not isinstance(d, int)]
-    if not isinstance(fixed, int) and isinstance(dims[0], int) and len(free) == 1:  # unnamed: the only free axis
-        return free[0]
-    return 0
 
 
 def _np_dtype(elem_type: int) -> str:

@@ -593,7 +593,7 @@ def batch_dim(model: onnx.ModelProto) -> int | str | None:
         if not dims:
             return None
         d = dims[0]
-        return d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
     return None
 
 
@@ -612,21 +612,22 @@ def make_batch_dynamic(model: onnx.ModelProto, *, check: bool = True,
     from onnx import numpy_helper
 
     fixed = batch_dim(model)
-    if not isinstance(fixed, int) or fixed <= 0:
+    if not isinstance(fixed, int) or fixed <= 0 or fixed_batch(model) != fixed:
         return None
+    in_axes, out_axes, _ = model_batch_axes(model)
     new = onnx.ModelProto()
     new.CopyFrom(model)
     graph = new.graph
     inits = {t.name: t for t in graph.initializer}
     for inp in graph.input:
-        if inp.name in inits:
-            continue
+        if inp.name in inits or in_axes.get(inp.name) is None:
+            continue  # fed whole (a scalar, a fixed table): no batch axis to free
         dims = inp.type.tensor_type.shape.dim
-        if check and (not dims or not dims[0].HasField("dim_value") or dims[0].dim_value != fixed):
+        axis = in_axes[inp.name]
+        if check and axis != 0:  # shape inference cannot prove a batch on another axis; the converter's run can
             return None
-        if dims:
-            dims[0].Clear()
-            dims[0].dim_param = BATCH
+        dims[axis].Clear()
+        dims[axis].dim_param = BATCH
     changed = [f"batch dimension was fixed at [{fixed}]; made dynamic"]
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     info = GraphInfo(model)
@@ -663,9 +664,10 @@ def make_batch_dynamic(model: onnx.ModelProto, *, check: bool = True,
     if not check:
         for out in graph.output:
             dims = out.type.tensor_type.shape.dim
+            axis = out_axes.get(out.name, 0)
             # The batch when symbolic or equal to the fixed batch; a fixed size of its own (a [10] table) stays.
-            if len(dims) and (not dims[0].HasField("dim_value") or dims[0].dim_value == fixed):
-                dims[0].dim_param = BATCH
+            if len(dims) > axis and (not dims[axis].HasField("dim_value") or dims[axis].dim_value == fixed):
+                dims[axis].dim_param = BATCH
         if notes is not None:
             notes += changed
         return new
@@ -691,6 +693,98 @@ def make_batch_dynamic(model: onnx.ModelProto, *, check: bool = True,
     if notes is not None:
         notes += changed
     return new
+
+
+# --- batch axes ------------------------------------------------------------------------------
+
+def value_dims(value_info) -> list[int | str | None] | None:
+    """A graph input's or output's dims: ints, symbol names, None for an unnamed dynamic axis."""
+    tt = value_info.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    # Some exporters (paddle2onnx) write -1 for a dynamic size: it is one.
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+            for d in tt.shape.dim]
+
+
+def fixed_batch(model: onnx.ModelProto, first: int | str | None = None) -> int | str | None:
+    """The first input's batch size when the graph fixes it; None when a symbolic axis is the batch.
+
+    With several inputs a fixed first axis may be something else (a state's number of layers)
+    while the batch is a symbolic axis further in.
+    """
+    first = batch_dim(model) if first is None else first
+    inits = {t.name for t in model.graph.initializer}
+    dims = [value_dims(i) for i in model.graph.input if i.name not in inits]
+    symbolic = any(d is None or not all(isinstance(x, int) for x in d) for d in dims)
+    if isinstance(first, int) and len(dims) > 1 and symbolic:
+        return None
+    return first
+
+
+def batch_axes(shapes: dict[str, list | None], fixed: int | str | None) -> dict[str, int | None]:
+    """Each input's batch axis: where the batch symbol sits, or None for inputs fed whole (a scalar `sr`).
+
+    The batch is the first axis of the first input whose first axis is not fixed. An input that
+    names that symbol elsewhere (a recurrent state (layers, N, hidden)) is batched on that axis;
+    one whose first axis is symbolic too (exporters that name axes per input) on axis 0; one
+    whose only free axis is further in (Silero VAD's state (2, ?, 128)) on that axis; a
+    fixed-shape one not at all. This one rule serves extractors (how to split batches) and
+    converters (how to make sample inputs and run a fixed-batch model one sample at a time).
+    """
+    ranked = [dims for dims in shapes.values() if dims]
+    reference = next((dims for dims in ranked if not isinstance(dims[0], int)), ranked[0] if ranked else [])
+    if isinstance(fixed, int):
+        symbol: int | str | None = fixed
+    else:
+        anywhere = [d for dims in ranked for d in dims if not isinstance(d, int)]
+        symbol = reference[0] if reference and not isinstance(reference[0], int) else (anywhere or [None])[0]
+    # Symbols the reference input uses for its other axes (a sequence length) are not the batch.
+    others = {d for d in reference[1:] if isinstance(d, str) and d != symbol}
+    axes: dict[str, int | None] = {}
+    for name, dims in shapes.items():
+        free = [k for k, d in enumerate(dims or []) if not isinstance(d, int) and d not in others]
+        if dims is None:
+            axes[name] = 0  # no shape recorded: the usual layout, checked against the array
+        elif not dims:
+            axes[name] = None
+        elif symbol is not None and symbol in dims:
+            axes[name] = dims.index(symbol)
+        elif isinstance(symbol, int):
+            axes[name] = None
+        elif not isinstance(dims[0], int):
+            axes[name] = 0
+        else:
+            axes[name] = free[0] if len(free) == 1 else None
+    return axes
+
+
+def output_batch_axis(
+    dims: list | None, shapes: dict[str, list | None], axes: dict[str, int | None], fixed: int | str | None
+) -> int:
+    """The axis of an output that follows the batch (axis 0 unless the batch sits elsewhere)."""
+    symbols = {shapes[n][a] for n, a in axes.items() if a is not None and shapes[n] and isinstance(shapes[n][a], str)}
+    if not dims:
+        return 0
+    for k, d in enumerate(dims):
+        if isinstance(d, str) and d in symbols:
+            return k
+    if isinstance(fixed, int):  # a fixed batch: axis 0 when it has that size, else the first axis that does
+        return 0 if dims[0] == fixed else next((k for k, d in enumerate(dims) if d == fixed), 0)
+    free = [k for k, d in enumerate(dims) if not isinstance(d, int)]
+    if isinstance(dims[0], int) and len(free) == 1:  # unnamed: the only free axis
+        return free[0]
+    return 0
+
+
+def model_batch_axes(model: onnx.ModelProto) -> tuple[dict[str, int | None], dict[str, int], int | str | None]:
+    """(input name -> batch axis, output name -> batch axis, fixed batch size or None) of a model."""
+    inits = {t.name for t in model.graph.initializer}
+    shapes = {i.name: value_dims(i) for i in model.graph.input if i.name not in inits}
+    fixed = fixed_batch(model)
+    axes = batch_axes(shapes, fixed)
+    outputs = {o.name: output_batch_axis(value_dims(o), shapes, axes, fixed) for o in model.graph.output}
+    return axes, outputs, fixed
 
 
 # --- cost ---------------------------------------------------------------------------------------
