@@ -175,18 +175,25 @@ def sample_inputs(
     return feeds
 
 
-def session(model: onnx.ModelProto):
-    """An onnxruntime CPU session on an in-memory model."""
+def session(model: onnx.ModelProto, optimize: bool = True):
+    """An onnxruntime CPU session on an in-memory model.
+
+    ``optimize=False`` runs the graph as written: onnxruntime's fusions would otherwise turn a
+    dequantized-weight MatMul into one that quantizes its input on the fly.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = True
+        ) -> tuple[list[str], list[np.ndarray]]:
     """Output names and values of the model under onnxruntime."""
-    sess = session(model)
+    sess = session(model, optimize)
     names = [o.name for o in sess.get_outputs()]
     return names, sess.run(names, feeds)
 

@@ -833,11 +833,13 @@ def convert_tflite(
 
     The file is untrusted: its structure is checked first and the interpreter runs in a child
     process (see ``converters.tflite_check``), so a corrupt file is an error, never a crash.
-    A quantized model (int8 activations, float in/out) is verified within its own quantization
-    step rather than at float tolerance: see `_verify_quantized`.
+    A quantized model (dynamic-range, full-integer with float or int8 in/out) is verified within a
+    tolerance measured from its own quantization rather than at float tolerance: see
+    ``converters.quantization``.
     """
     import warnings
 
+    from converters.quantization import noise, quantization_kind, verify_quantized
     from converters.tflite_check import run_interpreter, validate_tflite
 
     start = time.perf_counter()
@@ -869,65 +871,13 @@ def convert_tflite(
     onnx_feeds = _to_onnx_feeds(feeds, {}, nchw)
     reference_name = f"tflite interpreter ({tf.__version__}, child process)"
     conversion = _finish(model, report, start, verify, onnx_feeds, reference, reference_name)
-    if verify and probe["quantized"] and conversion.report.outputs:
+    if verify and conversion.report.outputs and quantization_kind(conversion.model):
         _, converted = ox.run(conversion.model, onnx_feeds)
-        _verify_quantized(conversion.report, probe, reference(), converted)
+        steps = [o.get("quantization_scale") for o in probe["outputs"]]
+        verify_quantized(conversion.report, reference(), converted, steps, noise(conversion.model, onnx_feeds),
+                         quantization_kind(conversion.model))
     conversion.report.seconds = time.perf_counter() - start
     return conversion
-
-
-# A quantized model may differ from the interpreter by this many steps (LSBs) of its output's scale:
-# onnxruntime and TFLite requantize with different rounding at every layer, and those one-step
-# differences add up along the network.
-QUANTIZED_LSB = 4
-
-
-def _verify_quantized(report: ConversionReport, probe: dict, reference: list[np.ndarray],
-                      converted: list[np.ndarray]) -> None:
-    """Judge a quantized model by its own quantization step, and by its top class where it has one.
-
-    Each output's tolerance is `QUANTIZED_LSB` steps of the scale of the int tensor it is
-    dequantized from; a classifier-like output ([batch, classes]) must also pick the same class
-    for every row, except rows whose two best reference scores are within that tolerance (a tie
-    at the model's own resolution).
-    """
-    import numpy as np
-
-    steps = {o["name"]: o.get("quantization_scale") for o in probe["outputs"]}
-    ordered = [o["name"] for o in probe["outputs"]]
-    details, verified, loosest = [], True, report.tolerance
-    for i, diff in enumerate(report.outputs):
-        step = steps.get(diff.name) or (steps.get(ordered[i]) if i < len(ordered) else None)
-        if not step:
-            details.append({"output": diff.name, "scale": None, "note": "not quantized; float tolerance"})
-            verified &= diff.max_rel <= report.tolerance
-            continue
-        allowed = QUANTIZED_LSB * step
-        within = diff.max_abs <= allowed + 1e-7
-        loosest = max(loosest, allowed / diff.scale)
-        entry = {"output": diff.name, "scale": step, "lsb_allowed": QUANTIZED_LSB,
-                 "tolerance_abs": allowed, "max_abs": diff.max_abs, "max_lsb": diff.max_abs / step}
-        ref = np.asarray(reference[i]) if i < len(reference) else None
-        if ref is not None and ref.ndim == 2 and ref.shape[1] > 1 and i < len(converted):
-            got = np.asarray(converted[i]).reshape(ref.shape)
-            top2 = np.sort(ref, axis=1)[:, -2:]
-            tie = (top2[:, 1] - top2[:, 0]) <= allowed
-            same = ref.argmax(axis=1) == got.argmax(axis=1)
-            entry["argmax_agree"] = f"{int(same.sum())}/{len(same)}"
-            entry["argmax_ties"] = int((~same & tie).sum())
-            within &= bool(np.all(same | tie))
-        entry["within"] = bool(within)
-        details.append(entry)
-        verified &= within
-    report.verified = bool(verified)
-    report.tolerance = loosest
-    report.quantization = {"lsb_allowed": QUANTIZED_LSB, "outputs": details}
-    worst = max((d.get("max_lsb", 0.0) for d in details), default=0.0)
-    report.notes.append(
-        f"int8-quantized model: verified within {QUANTIZED_LSB} steps of each output's quantization "
-        f"scale (largest difference {worst:.2f} steps)"
-        + "".join(f"; {d['output']}: same top class in {d['argmax_agree']} rows" for d in details
-                  if "argmax_agree" in d))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""TFLite: int8-quantized models verified within their quantization step; corrupt files never crash zoo."""
+"""TFLite: quantized models (three kinds) verified by their own quantization; corrupt files never crash zoo."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.convert import build_quantized_tflite, local_model
+from helpers.convert import QUANTIZATION_KINDS, build_quantized_tflite, local_model
 
 from zoo.errors import ModelFormatError
 
@@ -32,20 +32,27 @@ def hostile(tf_models, tmp_path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_int8_tflite_is_verified_within_its_quantization_step(quantized):
+@pytest.mark.parametrize("kind", QUANTIZATION_KINDS)
+def test_each_kind_of_quantized_tflite_is_verified_by_its_own_quantization(kind, tmp_path):
     from converters import tensorflow as ct
+    from converters.quantization import NOISE_FACTOR
     from converters.report import DEFAULT_RTOL, ConversionReport
 
-    report = ct.convert_tflite(quantized).report
+    report = ct.convert_tflite(build_quantized_tflite(tmp_path, kind)).report
     (diff,) = report.outputs
-    # The float tolerance would refuse it: onnxruntime's int8 kernels round differently from TFLite's.
+    # The float tolerance would refuse each of them: TFLite's int8 and hybrid kernels round
+    # differently from onnxruntime (and quantize activations the ONNX graph keeps float).
     assert diff.max_rel > DEFAULT_RTOL
     assert report.verified is True, report.quantization
+    expected = "dynamic-range" if kind == "dynamic-range" else "full-integer"
+    assert report.quantization["kind"] == expected
     (out,) = report.quantization["outputs"]
-    assert out["scale"] > 0 and out["max_lsb"] <= ct.QUANTIZED_LSB and out["within"] is True
-    assert out["tolerance_abs"] == pytest.approx(ct.QUANTIZED_LSB * out["scale"])
-    assert out["argmax_agree"] == "2/2"
-    assert any("int8-quantized model" in note for note in report.notes)
+    assert out["within"] is True and out["argmax_agree"] == "2/2"
+    assert out["noise"] is not None and out["tolerance_abs"] >= NOISE_FACTOR * out["noise"]
+    assert diff.max_abs <= out["tolerance_abs"]
+    if kind == "int8-io":  # an int8 output: its own steps, never less than 4 of them
+        assert out["scale"] == 1.0 and out["tolerance_abs"] >= 4
+    assert any(note.startswith(f"{expected} model checked against its own quantization") for note in report.notes)
     assert ConversionReport.from_dict(report.to_dict()).quantization == report.quantization
 
 
@@ -64,34 +71,78 @@ def test_int8_tflite_through_the_catalog_and_info(quantized, zoo_env):
     from zoo.cli import cli
 
     result = CliRunner().invoke(cli, ["convert", "tiny.int8"])
-    assert result.exit_code == 0 and "quantization steps, within 4 for this int8 model" in result.stdout
+    assert result.exit_code == 0 and "(full-integer model: largest difference" in result.stdout
+    assert "input layout" in result.stdout
     result = CliRunner().invoke(cli, ["info", "tiny.int8"])
-    assert "int8-quantized model: verified within 4 steps" in result.stdout
+    assert "verified:   yes" in result.stdout
+    assert "full-integer model checked against its own quantization" in result.stdout
 
 
-def test_quantized_verdict_refuses_more_steps_and_another_top_class():
+def test_quantized_verdict_refuses_more_than_its_noise_and_another_top_class():
+    from converters.quantization import NOISE_FACTOR, QUANTIZED_LSB, verify_quantized
     from converters.report import ConversionReport, compare_outputs
-    from converters.tensorflow import QUANTIZED_LSB, _verify_quantized
 
-    step = 0.01
-    probe = {"outputs": [{"name": "logits", "quantization_scale": step}]}
+    noise = 0.01
     reference = np.array([[0.50, 0.20, 0.10], [0.30, 0.295, 0.0]], dtype="float32")
 
-    def verdict(converted: np.ndarray) -> ConversionReport:
+    def verdict(converted: np.ndarray, steps=(None,)) -> ConversionReport:
         report = ConversionReport(source_format="tflite")
         report.outputs = compare_outputs(["logits"], [reference], [converted])
-        _verify_quantized(report, probe, [reference], [converted])
+        verify_quantized(report, [reference], [converted], steps, [noise], "dynamic-range")
         return report
 
-    assert verdict(reference + 2 * step).verified is True
-    assert verdict(reference + (QUANTIZED_LSB + 1) * step).verified is False
+    assert verdict(reference + 2 * noise).verified is True
+    refused = verdict(reference + (NOISE_FACTOR + 0.5) * noise)
+    assert refused.verified is False
+    # The note follows the outcome: never "verified" beside a refusal.
+    assert "NOT within the tolerance its own quantization allows" in refused.notes[-1]
+    assert "checked against its own quantization" not in refused.notes[-1]
+    # A quantized output's own steps can allow more than its noise
+    assert verdict(reference + (NOISE_FACTOR + 0.5) * noise, steps=(0.01,)).verified is True
+    assert verdict(reference + (QUANTIZED_LSB + 0.5) * 0.01, steps=(0.01,)).verified is False
     flipped = reference.copy()
-    flipped[1] = [0.295, 0.30, 0.0]  # the second row's two best are 0.5 steps apart: a tie
+    flipped[1] = [0.295, 0.30, 0.0]  # the second row's two best are half a noise apart: a tie
     report = verdict(flipped)
     assert report.verified is True and report.quantization["outputs"][0]["argmax_ties"] == 1
-    flipped[0] = [0.20, 0.23, 0.10]  # the first row's winner changes by 3 steps: another class
+    flipped[0] = [0.20, 0.23, 0.10]  # the first row's winner changes: another class
     report = verdict(flipped)
     assert report.verified is False and report.quantization["outputs"][0]["argmax_agree"] == "0/2"
+
+
+def test_float_reference_removes_activation_quantization_only():
+    """The dequantized float form keeps int8 weights dequantized and drops the activations' Q/DQ."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters.onnx_model import run
+    from converters.quantization import float_reference, hybrid_emulation, noise, quantization_kind
+
+    weights = np.array([[3, -2], [1, 4]], np.int8)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"]),
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+        helper.make_node("MatMul", ["x_dq", "w"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(weights, "w_q"), numpy_helper.from_array(np.float32(0.5), "w_scale"),
+             numpy_helper.from_array(np.float32(0.25), "x_scale"), numpy_helper.from_array(np.int8(0), "x_zero")]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    x = np.array([[0.1, 0.37]], np.float32)
+    assert quantization_kind(model) == "full-integer"
+    (exact,) = run(float_reference(model), {"x": x}, optimize=False)[1]
+    np.testing.assert_allclose(exact, x @ (weights * 0.5), rtol=1e-6)  # x no longer rounded to 0.25 steps
+    (rounded,) = run(model, {"x": x}, optimize=False)[1]
+    np.testing.assert_allclose(noise(model, {"x": x}), [np.abs(rounded - exact).max()], rtol=1e-6)
+    # Without the activation Q/DQ it is a dynamic-range graph; the emulation quantizes x on the fly.
+    del model.graph.node[1:3]
+    model.graph.node[-1].input[0] = "x"
+    assert quantization_kind(model) == "dynamic-range"
+    emulated = hybrid_emulation(model)
+    assert [n.op_type for n in emulated.graph.node].count("DynamicQuantizeLinear") == 1
+    assert noise(model, {"x": x})[0] > 0
 
 
 # ---- corrupt files -----------------------------------------------------------------------------

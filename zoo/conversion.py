@@ -231,15 +231,17 @@ def _options(model: Model, opset: int | None, nchw: bool, specs: list | None = N
 
 
 def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: bool) -> Artifact | None:
-    """The stored ONNX artifact when its file exists and its sources and options are unchanged."""
+    """The stored ONNX artifact when its file exists and its sources and options are unchanged.
+
+    One kept unverified with --force is up to date too: converting it again would only fail the
+    same check again (its report and `zoo convert` keep saying UNVERIFIED).
+    """
     stored = model.artifact("onnx")
     if stored is None or not stored.path or not os.path.isfile(stored.path):
         return None
     meta = stored.meta
     if meta.get("options") != options or set(meta.get("source_sha256", {})) != set(sources):
         return None
-    if meta.get("verified") is False and not force:
-        return None  # an unverified model kept with --force is not silently reused without it
     if stored.size is not None and os.path.getsize(stored.path) != stored.size:
         return None
     for role, path in sources.items():

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor", "ExtractorTransformer"]
 
 # Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
-CUT_VERSION = 3
+CUT_VERSION = 4
 
 
 # --- which ONNX file ----------------------------------------------------------------------------
@@ -122,26 +122,47 @@ def _load(path: Path) -> onnx.ModelProto:
 # --- layers -------------------------------------------------------------------------------------
 
 def layers(
-    name_or_onnx_path: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    name_or_onnx_path: str | os.PathLike, *, args: dict[str, Any] | None = None,
+    catalog: str | os.PathLike | Catalog | None = None, cache_dir: str | os.PathLike | None = None,
 ) -> list[LayerInfo]:
     """A model's layers in order: original names, op types, output shapes, parameters, cut points.
+
+    `args` gives scalar inputs a value (``{"sr": 16000}``): a top-level If they decide is
+    replaced by the branch it takes, whose layers are then listed (see `zoo.folding`).
 
     >>> [layer.name for layer in layers("light_bvlc_alexnet.onnx")][-3:]   # doctest: +SKIP
     ['n21', 'fc8', 'n23']
     """
     from zoo.graph import GraphInfo, list_layers
 
-    source = _source(name_or_onnx_path, catalog, cache_dir)
-    model = _load(source.path)
+    model = _folded(_load(_source(name_or_onnx_path, catalog, cache_dir).path), args)[0]
     return list_layers(model, GraphInfo(model))
 
 
+def branch_hints(
+    name_or_onnx_path: str | os.PathLike, *, args: dict[str, Any] | None = None,
+    catalog: str | os.PathLike | Catalog | None = None, cache_dir: str | os.PathLike | None = None,
+) -> list[str]:
+    """The Ifs left in the top graph that scalar inputs would decide, e.g. "If 'If_0' branches on input sr"."""
+    from zoo.folding import branch_hints as hints
+
+    return hints(_folded(_load(_source(name_or_onnx_path, catalog, cache_dir).path), args)[0])
+
+
+def _folded(model: onnx.ModelProto, args: dict[str, Any] | None) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with `args` baked in and the top-level Ifs they (or constants) decide folded."""
+    from zoo.folding import fold_ifs
+
+    return fold_ifs(model, args)
+
+
 def model_inputs(
-    name_or_onnx_path: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    name_or_onnx_path: str | os.PathLike, *, args: dict[str, Any] | None = None,
+    catalog: str | os.PathLike | Catalog | None = None, cache_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """A model's inputs in graph order: name, dtype, shape and batch axis (None: fed whole).
+
+    Inputs given a value in `args` are baked in (see `layers`) and not listed.
 
     >>> [i["name"] for i in model_inputs("text_encoder")]                  # doctest: +SKIP
     ['input_ids', 'attention_mask']
@@ -149,7 +170,7 @@ def model_inputs(
     from zoo.graph import GraphInfo, batch_dim
 
     source = _source(name_or_onnx_path, catalog, cache_dir)
-    model = _load(source.path)
+    model = _folded(_load(source.path), args)[0]
     wanted = set(GraphInfo(model).inputs)
     found = [i for i in model.graph.input if i.name in wanted]
     shapes = {i.name: _dims(i) for i in found}
@@ -163,20 +184,28 @@ def model_inputs(
 
 # --- the cut cache --------------------------------------------------------------------------------
 
-def _spec_key(layer: Any) -> str:
+def _spec_key(layer: Any, args: dict[str, Any] | None = None) -> str:
     """File name for a layer spec: readable prefix + hash (a spec resolves the same way every time)."""
     spec = layer if isinstance(layer, (str, int)) else list(layer)
-    text = json.dumps({"layer": spec, "v": CUT_VERSION}, sort_keys=True)
+    text = json.dumps({"layer": spec, "v": CUT_VERSION, **({"args": _plain(args)} if args else {})}, sort_keys=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", json.dumps(spec)).strip("_")[:40] or "layer"
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> dict[str, Any]:
+def _plain(args: dict[str, Any] | None) -> dict[str, Any]:
+    """`args` as JSON values (numpy scalars to numbers)."""
+    import numpy as np
+
+    return {k: np.asarray(v).tolist() for k, v in (args or {}).items()}
+
+
+def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path,
+              args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Cut the source at `layer`, try a dynamic batch, write the cut and its metadata."""
     from zoo.graph import GraphInfo, batch_dim, list_layers, make_batch_dynamic, resolve
     from zoo.graph import cut as _cut
 
-    model = _load(source.path)
+    model, folded = _folded(_load(source.path), args)
     info = GraphInfo(model)
     all_layers = list_layers(model, info)
     chosen = resolve(all_layers, layer, source.label, info)
@@ -214,6 +243,8 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         "input": inputs_meta[0],  # the first input, kept for readers of single-input cuts
         "inputs": inputs_meta,  # every input the cut depends on, in graph order
         "source_inputs": list(info.inputs),  # the whole model's: these may be passed and ignored
+        "constants": _plain(args),  # inputs baked in (their Ifs folded): passed again, they must agree
+        "folded": folded,
         "fixed_batch": fixed if isinstance(fixed, int) else None,
         # Said again on every load, not only when the cut is first made.
         # A model output (one of several, like a recurrent state) has no layers above it to miss.
@@ -246,6 +277,7 @@ def load_extractor(
     preprocess: bool | None = None,
     pooling: str | None = None,
     device: str | Sequence[Any] | None = None,
+    args: dict[str, Any] | None = None,
 ) -> Extractor:
     """A frozen feature extractor: the model cut at `layer`, run by onnxruntime.
 
@@ -269,6 +301,9 @@ def load_extractor(
 
     A cut that depends on several inputs (a text encoder's ``input_ids`` and ``attention_mask``)
     takes them by name; inputs of the model it does not depend on are not needed. See `Extractor`.
+    ``args`` bakes scalar inputs in (``{"sr": 16000}``) and folds the top-level Ifs they decide,
+    so the layers of the branch taken can be cut at (`zoo layers NAME --arg sr=16000` lists them);
+    they need not be passed again, and when they are they must agree.
 
     >>> extractor = load_extractor("bvlc_alexnet.caffe", layer="fc7")     # doctest: +SKIP
     >>> extractor(images).shape                                        # doctest: +SKIP
@@ -280,7 +315,7 @@ def load_extractor(
     providers = execution_providers(device, providers)
     source = _source(name_or_path, catalog, cache_dir)
     folder = cuts_folder(source.sha256, cache_dir)
-    key = _spec_key(layer)
+    key = _spec_key(layer, args)
     onnx_path, meta_path = folder / f"{key}.onnx", folder / f"{key}.json"
     meta = None
     if onnx_path.is_file() and meta_path.is_file():
@@ -289,7 +324,7 @@ def load_extractor(
         except (OSError, ValueError):
             meta = None
     if meta is None or meta.get("version") != CUT_VERSION:
-        meta = _make_cut(source, layer, onnx_path, meta_path)
+        meta = _make_cut(source, layer, onnx_path, meta_path, args)
     if meta.get("not_cut_point"):
         warnings.warn(
             f"layer {meta['not_cut_point']!r} of {source.label} is not a cut point: other paths (a "
@@ -432,6 +467,8 @@ class Extractor:
         }
         if self.pooling:  # only when set, so extractors without pooling keep their fingerprints
             payload["pooling"] = [self.pooling, self.input_spec.layout]
+        if meta.get("constants"):  # baked-in inputs (args=) change the features like an input would
+            payload["constants"] = meta["constants"]
         self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         self._session = None
 
@@ -562,6 +599,7 @@ class Extractor:
             if primary in named:
                 raise InputError(f"input {primary!r} is given twice: positionally and by name; pass it once")
             named = {primary: x, **named}
+        named = self._without_constants(named)
         known = set(self.meta.get("source_inputs") or self.input_names)
         unknown = [k for k in named if k not in known]
         if unknown:
@@ -580,6 +618,19 @@ class Extractor:
         feed = {k: self._check(named[k], k, raw) for k in self.input_names}
         self._check_shared_axes(feed)
         return feed
+
+    def _without_constants(self, named: dict[str, Any]) -> dict[str, Any]:
+        """The inputs minus those baked into the cut (``args``), which must agree with their value."""
+        import numpy as np
+
+        constants = self.meta.get("constants") or {}
+        for name in set(named) & set(constants):
+            given = np.asarray(named[name])
+            if given.size != 1 or given.reshape(-1)[0] != np.asarray(constants[name]).reshape(-1)[0]:
+                raise InputError(
+                    f"{name} is baked into this extractor of {self.source} as {constants[name]!r} (args=), but "
+                    f"{given.tolist()!r} was passed; load another extractor with args={{{name!r}: ...}}")
+        return {k: v for k, v in named.items() if k not in constants}
 
     def _check_shared_axes(self, feed: dict[str, np.ndarray]) -> None:
         """Axes the graph names alike (token ids' and mask's `seq`) must have one size."""
