@@ -19,6 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Before anything imports TensorFlow, onnxruntime or Ray: their banners and notices stay off the
+# terminal unless ZOO_LOG_LEVEL=INFO (or `zoo --verbose`); see zoo.logs. Only environment defaults.
+from zoo.logs import quiet as _quiet  # noqa: E402
+
+_quiet()
+
 # public name -> module that defines it
 _API: dict[str, str] = {
     # records and errors

@@ -98,7 +98,7 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
         return current
 
     stats = {role: _stat(path) for role, path in sources.items()}  # before: a file may change meanwhile
-    conversion = _run_converter(model, sources, options)
+    conversion = _run_logged(model, sources, options)
     report = conversion.report
     if report.verified is False:
         from converters.onnx_model import unverified_figures
@@ -271,6 +271,32 @@ def _source_sha(report, path: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # dispatch
+
+
+def _run_logged(model: Model, sources: dict[str, str], options: dict) -> Conversion:
+    """`_run_converter` with third-party output in the log file and no traceback ever reaching the user.
+
+    A ZooError passes unchanged; any other exception becomes one ConversionError naming the
+    model, the step and the cause, its traceback written to the log file the message names.
+    """
+    from zoo.errors import ZooError
+    from zoo.logs import captured, failure
+
+    try:
+        with captured(f"convert {model.name}"):
+            return _run_converter(model, sources, options)
+    except ZooError:
+        raise
+    except Exception as exc:  # noqa: BLE001  every third-party failure becomes one line
+        line, log = failure(f"convert {model.name}", exc, f"converting with {_converter_name(model, sources)}")
+        raise ConversionError(f"{model.name}: {line}" + (f"; the traceback is in {log}" if log else "")) from None
+
+
+def _converter_name(model: Model, sources: dict[str, str]) -> str:
+    try:
+        return _CONVERTERS[_format(model, _main_file(sources))][0]
+    except Exception:  # noqa: BLE001  only for the message
+        return "its converter"
 
 
 def _run_converter(model: Model, sources: dict[str, str], options: dict) -> Conversion:

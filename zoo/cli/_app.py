@@ -59,8 +59,16 @@ class ZooGroup(click.Group):
             raise UserError(str(exc)) from None
 
 
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    from zoo.logs import set_verbose
+
+    set_verbose(value)
+
+
 @click.group(cls=ZooGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="zoo")
+@click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
+              help="Show TensorFlow, onnxruntime, torch and Ray output (else in the log file) [env ZOO_LOG_LEVEL=INFO].")
 def cli() -> None:
     """zoo: find, fetch, convert, cut and freeze pretrained models for transfer learning.
 
