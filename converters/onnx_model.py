@@ -183,8 +183,10 @@ def session(model: onnx.ModelProto, optimize: bool = True):
     """
     import onnxruntime as ort
 
+    from zoo.logs import onnxruntime_severity
+
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = onnxruntime_severity()
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -42,6 +42,7 @@ _API: dict[str, str] = {
     "remove": "zoo.catalog",
     "add": "zoo.local",
     "scan": "zoo.local",
+    "edit": "zoo.local",
     "add_source": "zoo.sources",
     "list_sources": "zoo.sources",
     "sync_sources": "zoo.sources",
@@ -97,7 +98,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.extract import Extractor, ExtractorTransformer, LayerInfo, layers, load_extractor
     from zoo.features import FeatureCache, cache_features, extract_features, save_features
     from zoo.download import fetch, verify
-    from zoo.local import add, scan
+    from zoo.local import add, edit, scan
     from zoo.pretraining import pretrain
     from zoo.records import Artifact, InputSpec, Model
     from zoo.sources import add_source, list_sources, remove_source, sync_sources

@@ -136,8 +136,18 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
         from zoo.local import record_inputs
 
         record_inputs(cat, cat.get(name), specs, values)
+    inputs = graph_inputs(conversion.model)
+    if inputs != model.meta.get("graph_inputs"):  # what the model really takes, for `zoo info`
+        cat.update_model(name, meta={**cat.get(name).meta, "graph_inputs": inputs})
     stored.meta["reused"] = False
     return stored
+
+
+def graph_inputs(model) -> list[dict[str, Any]]:
+    """The inputs an ONNX graph is fed, as ``[{"name", "dtype", "shape"}]`` (None: a dynamic size)."""
+    from converters.onnx_model import input_specs
+
+    return [{"name": n, "dtype": d, "shape": s} for n, s, d in input_specs(model)]
 
 
 def _catalog_name(cat: Catalog, name: str, specs: list, values: dict) -> tuple[str, bool]:

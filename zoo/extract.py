@@ -502,7 +502,9 @@ class Extractor:
             options = ort.SessionOptions()
             if self.threads:
                 options.intra_op_num_threads = int(self.threads)
-            options.log_severity_level = 3
+            from zoo.logs import onnxruntime_severity
+
+            options.log_severity_level = onnxruntime_severity()
             self._session = ort.InferenceSession(
                 os.fspath(self.model_path), options, providers=self.providers or ["CPUExecutionProvider"]
             )
@@ -536,6 +538,9 @@ class Extractor:
         pixels = _images.to_pixel_range(pixels, self.input_spec)
         if self.preprocess is False:
             return _images.to_layout(pixels, self.input_spec.layout)
+        from zoo.preprocessing import warn_if_missing
+
+        warn_if_missing(self.input_spec, self.source)
         return _images.preprocess(pixels, self.input_spec)
 
     def _check(self, x: Any, name: str | None = None, raw: bool | None = None) -> np.ndarray:
@@ -736,7 +741,14 @@ class Extractor:
         return dict(zip(self.layer, results))
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.meta["outputs"], feed)
+        session = self.session
+        try:
+            return session.run(self.meta["outputs"], feed)
+        except Exception as exc:  # noqa: BLE001  onnxruntime's InvalidArgument/Fail: the inputs do not fit the graph
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
+            raise InputError(f"onnxruntime cannot run the cut of {self.source} at {self.layer!r} on {shapes} "
+                             f"({first[:300]}); the model takes {self.describe_inputs()}") from None
 
 
 def _shown(shape: list | None, axis: int | None) -> str:

@@ -423,6 +423,9 @@ def _image_source(
     else:
         from dataclasses import replace
 
+        from zoo.preprocessing import warn_if_missing
+
+        warn_if_missing(spec, getattr(extractor, "source", None) or "the model")
         mode, spec = "spec", replace(spec, layout=layout)
     path = Path(data).expanduser() if isinstance(data, (str, os.PathLike)) else None
     found = images.class_folders(path) if path is not None and path.is_dir() else None

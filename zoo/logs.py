@@ -52,7 +52,13 @@ def set_verbose(on: bool) -> None:
 
 
 def quiet() -> None:
-    """Set the third-party libraries' log levels, before they are imported, unless verbose."""
+    """Set the third-party libraries' log levels, before they are imported, unless verbose.
+
+    TensorFlow logs a few lines while it loads, before absl reads TF_CPP_MIN_LOG_LEVEL ("All
+    log messages before absl::InitializeLog() is called are written to STDERR", oneDNN and
+    CPU-feature notices): the first import of those packages runs with its output sent to the
+    log file (see `_QuietImports`).
+    """
     if verbose():
         return
     for name, value in _QUIET_ENV.items():
@@ -61,6 +67,50 @@ def quiet() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.ERROR)
+    if not any(isinstance(finder, _QuietImports) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImports())
+
+
+# Packages whose import prints to stderr (C++ logging that runs before its level is read).
+_NOISY_IMPORTS = {"tensorflow", "tf2onnx", "keras", "tflite_runtime", "ai_edge_litert", "ray"}
+
+
+class _QuietImports:
+    """A meta path finder that imports the noisy packages with their output captured (see `quiet`)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in _NOISY_IMPORTS or verbose() or name in sys.modules:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader:
+    """The package's own loader, its module executed under `captured`."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with captured(f"import {module.__name__}"):
+            self._inner.exec_module(module)
+
+    def __getattr__(self, name: str):  # resource readers, get_filename, is_package...
+        return getattr(self._inner, name)
+
+
+def onnxruntime_severity() -> int:
+    """An onnxruntime session's log severity: errors come back as exceptions, so only fatal ones are
+    printed (4), unless verbose (2, warnings)."""
+    return 2 if verbose() else 4
 
 
 def ray_options() -> dict:
@@ -160,5 +210,5 @@ def failure(what: str, exc: BaseException, default_step: str) -> tuple[str, Path
     return f"{where} failed ({cause})", path
 
 
-__all__ = ["LOG_LEVEL_ENV", "captured", "failure", "log_path", "quiet", "ray_options", "set_verbose", "step",
-           "verbose", "write"]
+__all__ = ["LOG_LEVEL_ENV", "captured", "failure", "log_path", "onnxruntime_severity", "quiet", "ray_options",
+           "set_verbose", "step", "verbose", "write"]

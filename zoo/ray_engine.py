@@ -315,9 +315,11 @@ def _local_extractor(extractor: Any, model: bytes | None, threads: int) -> Any:
     if model is not None and not extractor.model_path.is_file():
         import onnxruntime as ort
 
+        from zoo.logs import onnxruntime_severity
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.log_severity_level = 3
+        options.log_severity_level = onnxruntime_severity()
         # Extractor opens its session from model_path; on a node without that file, open it here.
         extractor._session = ort.InferenceSession(
             model, options, providers=extractor.providers or ["CPUExecutionProvider"]

@@ -27,7 +27,7 @@ class UserError(click.ClickException):
 # command -> module that defines it. Commands are imported on first use, so `zoo search` loads
 # only the catalog commands (every millisecond of start-up counts there).
 COMMAND_MODULES = {
-    **dict.fromkeys(["search", "info", "add", "scan", "list", "rm", "source"], "zoo.cli.catalog"),
+    **dict.fromkeys(["search", "info", "add", "scan", "edit", "list", "rm", "source"], "zoo.cli.catalog"),
     **dict.fromkeys(["fetch", "verify"], "zoo.cli.fetch"),
     "convert": "zoo.cli.convert",
     **dict.fromkeys(["layers", "extract"], "zoo.cli.extract"),
