@@ -305,7 +305,16 @@ def _source_value(entry: Entry, paths: list[Path], layer, feeds: dict, artifact)
             feeds = {k: v for k, v in feeds.items() if k not in entry.args}
         sub = cut(original, [layer.output])
         wanted = {i.name for i in sub.graph.input}
-        return session(sub).run([layer.output], {k: v for k, v in feeds.items() if k in wanted})[0]
+        run = session(sub)
+        feeds = {k: v for k, v in feeds.items() if k in wanted}
+        from zoo.graph import model_batch_axes
+
+        axes, out_axes, fixed = model_batch_axes(sub)
+        if fixed != 1:
+            return run.run([layer.output], feeds)[0]
+        rows = [run.run([layer.output], {k: v if axes.get(k) is None else np.take(v, [i], axis=axes[k])
+                                         for k, v in feeds.items()})[0] for i in range(2)]
+        return np.concatenate(rows, axis=out_axes.get(layer.output, 0))  # the original fixes its batch at 1
     if kind == "Keras .h5":
         import keras
 

@@ -170,6 +170,10 @@ def _finish(
     report.notes += ox.make_batch_dynamic(model)
     model = ox.check(model)
     report.opset = ox.opset_of(model)
+    if report.input_layout != "NCHW":  # cuts hand back TensorFlow's own NHWC (see converters.tf_layout)
+        from converters.tf_layout import mark_channels_first
+
+        mark_channels_first(model)
     ranks = {len(shape) for _, shape, _ in ox.input_specs(model)}
     if 4 not in ranks:  # NHWC/NCHW only describe image inputs
         report.input_layout = "NC" if ranks == {2} else None
@@ -850,6 +854,7 @@ def convert_tflite(
             "give a file written by tf.lite.TFLiteConverter")
     validate_tflite(path)
     probe = run_interpreter(path)  # before tf2onnx, which builds an interpreter in this process
+    _refuse_unconvertible_tflite(path, probe.get("ops") or [])
     tf = _quiet_tf()
     tf2onnx = _tf2onnx()
     feeds = probe["feeds"]
@@ -861,6 +866,12 @@ def convert_tflite(
             model, _ = tf2onnx.convert.from_tflite(path, opset=opset, inputs_as_nchw=nchw_inputs or None)
         except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
             raise ConversionError(f"tf2onnx cannot convert {path}: {_first_line(exc)[:300]}") from None
+
+    from converters.tf_layout import name_fused_activations
+
+    moved = name_fused_activations(model)  # a TFLite tensor name stands for its activated value
+    if moved:
+        report.notes.append(f"{moved} TFLite tensor names moved to the output of the activation fused into their op")
 
     def reference() -> list[np.ndarray]:
         by_name = probe["values"]
@@ -878,6 +889,25 @@ def convert_tflite(
                          quantization_kind(conversion.model))
     conversion.report.seconds = time.perf_counter() - start
     return conversion
+
+
+# TFLite resource-variable ops; written ones keep state between calls (a streaming model's ring
+# buffers), which ONNX graphs cannot hold.
+_RESOURCE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE")
+
+
+def _refuse_unconvertible_tflite(path: str, ops: Sequence[str]) -> None:
+    """Say precisely why tf2onnx cannot take a model whose op kinds it has no way to convert."""
+    stateful = [op for op in _RESOURCE_OPS if op in ops]
+    if "ASSIGN_VARIABLE" in ops:  # variables only read (VAR_HANDLE, READ_VARIABLE) are constants tf2onnx takes
+        raise UnsupportedLayerError(
+            f"{path} keeps state between calls in TFLite resource variables ({', '.join(stateful)}): it is a "
+            f"streaming model, and neither tf2onnx nor a stateless ONNX graph can hold that state; convert "
+            f"the non-streaming model it was made from")
+    if "DENSIFY" in ops:
+        raise UnsupportedLayerError(
+            f"{path} stores weights as sparse tensors expanded at run time (TFLite DENSIFY ops), which tf2onnx "
+            f"cannot read; convert the dense model it was made from (without sparsity)")
 
 
 # ---------------------------------------------------------------------------------------------

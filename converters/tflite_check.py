@@ -399,6 +399,7 @@ def _interpret(path: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
                     for o in outputs],
         "quantized": _is_quantized(interpreter),
         "tensorflow": tf.__version__,
+        "ops": _op_names(interpreter),
     }
     arrays = {f"in{i}": feeds[n] for i, (n, _, _) in enumerate(specs)}
     arrays.update({f"out{i}": v for i, v in enumerate(values)})
@@ -430,6 +431,15 @@ def _output_scales(interpreter, outputs) -> dict[int, float]:
             if found is not None and len(found):
                 scales[out["index"]] = float(max(found))
     return scales
+
+
+def _op_names(interpreter) -> list[str]:
+    """The kinds of op in the model ("CONV_2D", "DENSIFY", "VAR_HANDLE"), for the converter to judge."""
+    try:
+        ops = interpreter._get_ops_details()  # noqa: SLF001  the only way to list them
+    except AttributeError:
+        return []
+    return sorted({op.get("op_name", "") for op in ops} - {""})
 
 
 def _is_quantized(interpreter) -> bool:

@@ -57,12 +57,30 @@ def _path_sha256(path: Path, cache_dir: Any) -> str:
     return digest
 
 
+def _is_onnx(path: str | os.PathLike) -> bool:
+    """True for an ONNX file (by name, else by content); other model files are converted first."""
+    if os.fspath(path).endswith(".onnx"):
+        return True
+    from zoo.formats import detect_files
+
+    try:
+        return detect_files([path]).format == "onnx"
+    except ZooError:
+        return True  # not a model zoo knows: reading it as ONNX says what it is not
+
+
 def _looks_like_path(value: str | os.PathLike) -> bool:
     text = os.fspath(value)
     return isinstance(value, os.PathLike) or text.endswith(".onnx") or os.sep in text
 
 
 def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _Source:
+    if _looks_like_path(name_or_path) and os.path.exists(name_or_path) and not _is_onnx(name_or_path):
+        # A model file of another format (.tflite, .pt, .h5, a SavedModel folder): registered and
+        # converted as `zoo convert PATH` does, then cut like any cataloged model.
+        from zoo.conversion import convert
+
+        name_or_path = convert(os.fspath(name_or_path), catalog=catalog, cache_dir=cache_dir).meta["model"]
     if _looks_like_path(name_or_path) and os.path.isfile(name_or_path):
         path = Path(name_or_path).absolute()
         return _Source(os.fspath(name_or_path), path, _path_sha256(path, cache_dir), InputSpec(), None)
@@ -505,9 +523,14 @@ class Extractor:
             from zoo.logs import onnxruntime_severity
 
             options.log_severity_level = onnxruntime_severity()
-            self._session = ort.InferenceSession(
-                os.fspath(self.model_path), options, providers=self.providers or ["CPUExecutionProvider"]
-            )
+            try:
+                self._session = ort.InferenceSession(
+                    os.fspath(self.model_path), options, providers=self.providers or ["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # noqa: BLE001  onnxruntime's InvalidGraph/Fail/NotImplemented
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelFormatError(f"onnxruntime cannot load the cut of {self.source} at {self.layer!r} "
+                                       f"({first[:300]})") from None
         return self._session
 
     @property

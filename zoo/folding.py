@@ -152,14 +152,19 @@ def _condition(model: onnx.ModelProto, info, cond: str) -> bool | None:
         return None
     sub = cut(model, [cond], info)
     static = {}
-    for node in sub.graph.node:  # Shape of a tensor whose size the graph fixes: a constant
+    for node in sub.graph.node:  # Shape of a tensor whose read sizes the graph fixes: a constant
         if node.op_type == "Shape":
             dims = info.shape(node.input[0])
-            if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+            if not dims:
                 return None
             start = next((a.i for a in node.attribute if a.name == "start"), 0)
             end = next((a.i for a in node.attribute if a.name == "end"), len(dims))
-            static[node.output[0]] = np.asarray(dims[start:end] if end else dims[start:], np.int64)
+            dims = dims[start:end] if end else dims[start:]
+            fixed = [isinstance(d, int) and d > 0 for d in dims]
+            if not all(fixed) and not _reads_only(sub, node.output[0], fixed):
+                return None
+            # A dynamic size nobody reads: any value stands for it.
+            static[node.output[0]] = np.asarray([d if ok else 1 for d, ok in zip(dims, fixed)], np.int64)
     nodes = [n for n in sub.graph.node if not (n.op_type == "Shape" and n.output[0] in static)]
     constants = [helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(v, name))
                  for name, v in static.items()]
@@ -178,6 +183,32 @@ def _condition(model: onnx.ModelProto, info, cond: str) -> bool | None:
         return None
     value = np.asarray(value)
     return bool(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _reads_only(model: onnx.ModelProto, shape: str, fixed: list[bool]) -> bool:
+    """True when every reader of the `shape` tensor picks fixed positions of it with constant indices
+    (``Gather(shape, 1)``, ``Slice(shape, 1, 2)``): a dynamic size (the batch) is then never read."""
+    from onnx import numpy_helper
+
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    readers = [n for n in model.graph.node if shape in n.input]
+    for node in readers:
+        values = [constants.get(x) for x in node.input[1:]]
+        if node.op_type == "Gather" and node.input[0] == shape and values and values[0] is not None:
+            picked = [int(i) for i in values[0].reshape(-1)]
+        elif node.op_type == "Slice" and node.input[0] == shape and len(values) >= 2 and all(
+                v is not None for v in values):
+            start, end = int(values[0].reshape(-1)[0]), int(values[1].reshape(-1)[0])
+            step = int(values[3].reshape(-1)[0]) if len(values) > 3 else 1
+            picked = list(range(len(fixed)))[start:end:step]
+        else:
+            return False
+        if not all(-len(fixed) <= i < len(fixed) and fixed[i] for i in picked):
+            return False
+    return True
 
 
 def _only_through_static_shapes(info, cone: set[str]) -> bool:

@@ -391,7 +391,7 @@ def _torch_prefix(info: GraphInfo, compute: list[int]) -> str | None:
     if not prefixes:
         return None
     common = max(set(prefixes), key=prefixes.count)
-    return common if prefixes.count(common) >= 0.6 * len(compute) and (
+    return common if prefixes.count(common) >= 0.5 * len(compute) and (
         common == "" or not any(c in common for c in " :")) and _looks_torch(info, compute, common) else None
 
 
