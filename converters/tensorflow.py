@@ -165,22 +165,80 @@ def _finish(
     reference: Callable[[], list[np.ndarray]] | None,
     reference_name: str,
 ) -> Conversion:
-    """Refuse unconverted ops, make the batch dynamic, check, compare with the source."""
+    """Refuse unconverted ops, make the batch dynamic, check, compare with the source.
+
+    A graph exported with a fixed batch whose rewrite to a dynamic one does not run or does not
+    agree (its own shape logic ties it to that batch) keeps the fixed batch when that agrees.
+    """
+    import onnx
+
     _refuse_unconverted_ops(model, report.opset or ox.DEFAULT_OPSET)
-    report.notes += ox.make_batch_dynamic(model)
+    kept = onnx.ModelProto()
+    kept.CopyFrom(model)
+    dynamic = ox.make_batch_dynamic(model)
+    report.notes += dynamic
+    model = _checked_graph(model, report)
+    ranks = {len(shape) for _, shape, _ in ox.input_specs(model)}
+    if 4 not in ranks:  # NHWC/NCHW only describe image inputs
+        report.input_layout = "NC" if ranks == {2} else None
+    if verify and reference is not None and onnx_feeds is not None:
+        expected = reference()
+        try:
+            ox.verify(report, model, onnx_feeds, expected, reference_name)
+        except ConversionError:
+            if not dynamic:
+                raise
+            report.verified = False
+        if dynamic and not report.verified:
+            model = _fixed_batch_fallback(model, kept, report, onnx_feeds, expected, reference_name)
+    report.seconds = time.perf_counter() - start
+    return Conversion(model, report)
+
+
+def _checked_graph(model: onnx.ModelProto, report: ConversionReport) -> onnx.ModelProto:
     model = ox.check(model)
     report.opset = ox.opset_of(model)
     if report.input_layout != "NCHW":  # cuts hand back TensorFlow's own NHWC (see converters.tf_layout)
         from converters.tf_layout import mark_channels_first
 
         mark_channels_first(model)
-    ranks = {len(shape) for _, shape, _ in ox.input_specs(model)}
-    if 4 not in ranks:  # NHWC/NCHW only describe image inputs
-        report.input_layout = "NC" if ranks == {2} else None
-    if verify and reference is not None and onnx_feeds is not None:
-        ox.verify(report, model, onnx_feeds, reference(), reference_name)
-    report.seconds = time.perf_counter() - start
-    return Conversion(model, report)
+    return model
+
+
+def _fixed_batch_fallback(model, kept, report, feeds, expected, reference_name) -> onnx.ModelProto:
+    """`kept` (the graph with the batch it was exported with) when it agrees where `model` did not."""
+    import copy
+
+    from zoo.graph import batch_dim
+
+    fixed = batch_dim(kept)
+    if not isinstance(fixed, int) or fixed < 1:
+        return model
+    trial = copy.deepcopy(report)
+    trial.notes = [n for n in trial.notes if "made dynamic" not in n and "batch in its target shape" not in n]
+    candidate = _checked_graph(kept, trial)
+    try:
+        ox.verify(trial, candidate, {k: v[:fixed] for k, v in feeds.items()}, [r[:fixed] for r in expected],
+                  reference_name)
+    except ConversionError:
+        return model
+    if not trial.verified:
+        return model
+    trial.notes.append(f"batch kept fixed at {fixed}: the graph does not run or agree with a dynamic batch "
+                       f"(extractors feed it full, padded batches)")
+    report.__dict__.update(trial.__dict__)
+    return candidate
+
+
+def fixed_rows(model: onnx.ModelProto, feeds: dict[str, np.ndarray], reference: list[np.ndarray]
+               ) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The feeds and reference cut to the batch a fixed-batch model takes (unchanged when it is dynamic)."""
+    from zoo.graph import batch_dim
+
+    fixed = batch_dim(model)
+    if not isinstance(fixed, int) or fixed < 1:
+        return feeds, reference
+    return {k: v[:fixed] for k, v in feeds.items()}, [r[:fixed] for r in reference]
 
 
 @contextlib.contextmanager
@@ -860,10 +918,10 @@ def convert_tflite(
     feeds = probe["feeds"]
     report = _new_report("tflite", [path], opset, nchw)
     nchw_inputs = [d["name"] for d in probe["inputs"] if nchw and len(d["shape"]) == 4]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _builtin_form(path, probe.get("ops") or [], report) as source:
         warnings.simplefilter("ignore")
         try:
-            model, _ = tf2onnx.convert.from_tflite(path, opset=opset, inputs_as_nchw=nchw_inputs or None)
+            model, _ = tf2onnx.convert.from_tflite(source, opset=opset, inputs_as_nchw=nchw_inputs or None)
         except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
             raise ConversionError(f"tf2onnx cannot convert {path}: {_first_line(exc)[:300]}") from None
 
@@ -883,12 +941,33 @@ def convert_tflite(
     reference_name = f"tflite interpreter ({tf.__version__}, child process)"
     conversion = _finish(model, report, start, verify, onnx_feeds, reference, reference_name)
     if verify and conversion.report.outputs and quantization_kind(conversion.model):
-        _, converted = ox.run(conversion.model, onnx_feeds)
+        feeds, expected = fixed_rows(conversion.model, onnx_feeds, reference())
+        _, converted = ox.run(conversion.model, feeds)
         steps = [o.get("quantization_scale") for o in probe["outputs"]]
-        verify_quantized(conversion.report, reference(), converted, steps, noise(conversion.model, onnx_feeds),
+        verify_quantized(conversion.report, expected, converted, steps, noise(conversion.model, feeds),
                          quantization_kind(conversion.model))
     conversion.report.seconds = time.perf_counter() - start
     return conversion
+
+
+@contextlib.contextmanager
+def _builtin_form(path: str, ops: Sequence[str], report: ConversionReport):
+    """The file tf2onnx reads: `path`, or a temporary copy whose disguised built-ins are built-ins
+    again (converters.tflite_rewrite); the interpreter's reference still runs the original."""
+    import tempfile
+
+    from converters.tflite_rewrite import custom_ops_to_rewrite, rewrite_custom_ops
+
+    found = custom_ops_to_rewrite(list(ops))
+    if not found:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="zoo-tflite-") as folder:
+        copy = os.path.join(folder, os.path.basename(path))
+        count = rewrite_custom_ops(path, copy)
+        report.notes.append(f"{count} TFLite custom op(s) {', '.join(found)} rewritten as built-in ops for tf2onnx "
+                            f"(the check runs the original file)")
+        yield copy
 
 
 # TFLite resource-variable ops; written ones keep state between calls (a streaming model's ring

@@ -200,3 +200,67 @@ def test_cli_convert_layers_and_add_of_corrupt_tflite_exit_1(hostile, zoo_cmd, z
         assert lines[-1].startswith("error: ") and "not a valid TFLite model" in lines[-1]
         assert "Traceback" not in out.stderr
     assert not cat.exists("truncated")  # `zoo convert PATH` adopted nothing
+
+
+# ---- custom ops that are built-ins in disguise ------------------------------------------------
+
+
+def _as_mediapipe_transpose_conv(path, out):
+    """Rewrite a model's TRANSPOSE_CONV (with bias) as MediaPipe's Convolution2DTransposeBias custom op."""
+    import struct
+
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = b"Convolution2DTransposeBias"
+    code.version = 1
+    model.operatorCodes.append(code)
+    rewritten = 0
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            kind = model.operatorCodes[op.opcodeIndex]
+            if max(kind.builtinCode, kind.deprecatedBuiltinCode) != schema.BuiltinOperator.TRANSPOSE_CONV:
+                continue
+            options = op.builtinOptions
+            padding = 1 if options.padding == schema.Padding.SAME else 2
+            if len(op.inputs) < 4 or op.inputs[3] < 0:  # no bias input: the custom op needs one
+                channels = int(graph.tensors[op.outputs[0]].shape[-1])
+                buffer = schema.BufferT()
+                buffer.data = np.frombuffer(np.full(channels, 0.25, np.float32).tobytes(), np.uint8)
+                model.buffers.append(buffer)
+                bias = schema.TensorT()
+                bias.shape, bias.type = np.asarray([channels], np.int32), schema.TensorType.FLOAT32
+                bias.buffer, bias.name = len(model.buffers) - 1, b"up/bias"
+                graph.tensors.append(bias)
+                op.inputs = np.asarray([*op.inputs[:3], len(graph.tensors) - 1], np.int32)
+            op.inputs = np.asarray([op.inputs[2], op.inputs[1], op.inputs[3]], np.int32)
+            op.opcodeIndex = len(model.operatorCodes) - 1
+            op.builtinOptionsType, op.builtinOptions = 0, None
+            op.customOptions = np.frombuffer(struct.pack("<iii", padding, options.strideW, options.strideH), np.uint8)
+            rewritten += 1
+    assert rewritten == 1
+    flatbuffer_utils.write_model(model, str(out))
+
+
+@pytest.mark.slow
+def test_a_custom_op_that_is_a_builtin_in_disguise_is_rewritten_and_verified(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from converters import tensorflow as ct
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv")(inp)
+    out = keras.layers.Conv2DTranspose(2, 2, strides=2, padding="same", name="up")(x)
+    builtin = tmp_path / "builtin.tflite"
+    builtin.write_bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert())
+    custom = tmp_path / "custom.tflite"
+    _as_mediapipe_transpose_conv(builtin, custom)
+    conversion = ct.convert_tflite(custom)
+    assert conversion.report.verified is True, conversion.report.describe_unverified()
+    assert any("Convolution2DTransposeBias rewritten as built-in ops" in n for n in conversion.report.notes)
+    assert "ConvTranspose" in {n.op_type for n in conversion.model.graph.node}

@@ -131,9 +131,11 @@ def warn_if_missing(spec: InputSpec | None, model: str) -> None:
     """Warn that images go in as plain 0-255 RGB when the model has no preprocessing on record."""
     if has_preprocessing(spec):
         return
+    # A file cut directly is not in the catalog: the spec goes on when it is added.
+    hint = (_HINT.format(name=model) if os.sep not in model and not model.endswith(".onnx") else
+            _HINT.replace("`zoo edit {name} ", "`zoo add {name} ").format(name=model))
     warnings.warn(f"{model} has no input spec: images go in as 0-255 RGB pixels with no mean, std or channel "
-                  f"order applied, which is rarely what a pretrained net expects; " + _HINT.format(name=model),
-                  stacklevel=3)
+                  f"order applied, which is rarely what a pretrained net expects; " + hint, stacklevel=3)
 
 
 __all__ = ["FIELDS", "apply", "has_preprocessing", "parse", "warn_if_missing"]
