@@ -205,7 +205,7 @@ def run_entry(entry: Entry, paths: list[Path]) -> Row:
         step = "convert"
         artifact = zoo.convert(entry.name)
         report = artifact.meta["report"]
-        row.kind = _kind(entry, report, artifact.path)
+        row.kind = _kind(entry, report, str(paths[0]))
         row.difference = _difference(report)
         row.status = "verified" if report.get("verified") else "unverified"
         step = "layers"
@@ -229,16 +229,16 @@ def run_entry(entry: Entry, paths: list[Path]) -> Row:
     return row
 
 
-def _kind(entry: Entry, report: dict, onnx_path: str) -> str:
+def _kind(entry: Entry, report: dict, source: str) -> str:
     if entry.kind != "TFLite":
         return entry.kind
     quantization = (report.get("quantization") or {}).get("kind")
     if quantization:
         return f"TFLite {quantization}"
-    import onnx
+    import tensorflow as tf
 
-    model = onnx.load(onnx_path)
-    float16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    interpreter = tf.lite.Interpreter(model_path=source)
+    float16 = any(t["dtype"] == np.float16 for t in interpreter.get_tensor_details())
     return "TFLite float16" if float16 else "TFLite float"
 
 

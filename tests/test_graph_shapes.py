@@ -254,3 +254,21 @@ def test_a_tensor_whose_only_other_reader_is_a_shape_is_a_cut_point(tmp_path):
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
     found = {layer.name: layer for layer in layers(path)}
     assert found["relu"].is_cut_point and found["gate"].is_cut_point
+
+
+def test_a_fixed_batch_the_graph_depends_on_is_kept(tmp_path):
+    """A Reshape target that reaches the node through an Identity pins the batch: no rewrite can free it."""
+    from converters.onnx_model import convert, run
+
+    nodes = [helper.make_node("Identity", ["target"], ["pinned"]),
+             helper.make_node("Reshape", ["x", "pinned"], ["flat"], name="flat"),
+             helper.make_node("Relu", ["flat"], ["y"], name="relu")]
+    inits = [numpy_helper.from_array(np.array([1, 12], np.int64), "target")]
+    path = _save(tmp_path, "pinned", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12])], inits)
+    conversion = convert(path)
+    assert conversion.report.verified is True
+    assert any(n.startswith("batch kept fixed at 1") for n in conversion.report.notes), conversion.report.notes
+    assert conversion.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    x = np.random.default_rng(12).standard_normal((1, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(run(conversion.model, {"x": x})[1][0], np.maximum(x.reshape(1, 12), 0))
