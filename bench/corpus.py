@@ -83,6 +83,8 @@ MODELS = [
     Entry("basic_pitch.onnx", "basic-pitch", [_PITCH + "nmp.onnx"], "ONNX"),
     Entry("face_detection_short.tflite", "mediapipe", [_MP + "face_detection/face_detection_short_range.tflite"],
           "TFLite"),
+    Entry("face_detection_full_sparse.tflite", "mediapipe",
+          [_MP + "face_detection/face_detection_full_range_sparse.tflite"], "TFLite"),
     Entry("face_landmark.tflite", "mediapipe", [_MP + "face_landmark/face_landmark.tflite"], "TFLite"),
     Entry("face_landmark_attention.tflite", "mediapipe",
           [_MP + "face_landmark/face_landmark_with_attention.tflite"], "TFLite"),
@@ -203,6 +205,7 @@ def run_entry(entry: Entry, paths: list[Path]) -> Row:
         zoo.add(*[str(p) for p in paths], name=entry.name, inputs=entry.inputs or None,
                 args=(entry.args if entry.inputs else None))
         step = "convert"
+        row.kind = _kind(entry, {}, str(paths[0]))
         artifact = zoo.convert(entry.name)
         report = artifact.meta["report"]
         row.kind = _kind(entry, report, str(paths[0]))
@@ -237,9 +240,14 @@ def _kind(entry: Entry, report: dict, source: str) -> str:
         return f"TFLite {quantization}"
     import tensorflow as tf
 
-    interpreter = tf.lite.Interpreter(model_path=source)
-    float16 = any(t["dtype"] == np.float16 for t in interpreter.get_tensor_details())
-    return "TFLite float16" if float16 else "TFLite float"
+    try:
+        interpreter = tf.lite.Interpreter(model_path=source)
+    except (RuntimeError, ValueError):  # custom ops this interpreter lacks: zoo says so when converting
+        return "TFLite"
+    details = interpreter.get_tensor_details()
+    if any(t["dtype"] in (np.int8, np.uint8) and len(t["quantization_parameters"]["scales"]) for t in details):
+        return "TFLite int8"  # until the conversion says which kind of quantization
+    return "TFLite float16" if any(t["dtype"] == np.float16 for t in details) else "TFLite float"
 
 
 def _difference(report: dict) -> str:

@@ -962,8 +962,8 @@ def convert_tflite(
 
 @contextlib.contextmanager
 def _builtin_form(path: str, ops: Sequence[str], report: ConversionReport):
-    """The file tf2onnx reads: `path`, or a temporary copy whose disguised built-ins are built-ins
-    again (converters.tflite_rewrite); the interpreter's reference still runs the original."""
+    """The file tf2onnx reads: `path`, or a temporary copy with sparse weights made dense and disguised
+    built-ins made built-in again (converters.tflite_rewrite); the reference still runs the original."""
     import tempfile
 
     from converters.tflite_rewrite import custom_ops_to_rewrite, rewrite_custom_ops
@@ -974,9 +974,14 @@ def _builtin_form(path: str, ops: Sequence[str], report: ConversionReport):
         return
     with tempfile.TemporaryDirectory(prefix="zoo-tflite-") as folder:
         copy = os.path.join(folder, os.path.basename(path))
-        count = rewrite_custom_ops(path, copy)
-        report.notes.append(f"{count} TFLite custom op(s) {', '.join(found)} rewritten as built-in ops for tf2onnx "
-                            f"(the check runs the original file)")
+        try:
+            count = rewrite_custom_ops(path, copy)
+        except (ValueError, KeyError) as exc:
+            raise UnsupportedLayerError(
+                f"{path} stores weights sparse in a form zoo cannot expand ({exc}: TFLite DENSIFY with a block "
+                f"map), which tf2onnx cannot read either; convert the dense model it was made from") from None
+        report.notes.append(f"{count} TFLite op(s) ({', '.join(found)}) rewritten for tf2onnx: sparse weights made "
+                            f"dense, disguised built-ins made built-in (the check runs the original file)")
         yield copy
 
 
@@ -986,17 +991,13 @@ _RESOURCE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE")
 
 
 def _refuse_unconvertible_tflite(path: str, ops: Sequence[str]) -> None:
-    """Say precisely why tf2onnx cannot take a model whose op kinds it has no way to convert."""
+    """Say precisely why a model whose op kinds nothing converts is refused (a streaming model's state)."""
     stateful = [op for op in _RESOURCE_OPS if op in ops]
     if "ASSIGN_VARIABLE" in ops:  # variables only read (VAR_HANDLE, READ_VARIABLE) are constants tf2onnx takes
         raise UnsupportedLayerError(
             f"{path} keeps state between calls in TFLite resource variables ({', '.join(stateful)}): it is a "
             f"streaming model, and neither tf2onnx nor a stateless ONNX graph can hold that state; convert "
             f"the non-streaming model it was made from")
-    if "DENSIFY" in ops:
-        raise UnsupportedLayerError(
-            f"{path} stores weights as sparse tensors expanded at run time (TFLite DENSIFY ops), which tf2onnx "
-            f"cannot read; convert the dense model it was made from (without sparsity)")
 
 
 # ---------------------------------------------------------------------------------------------

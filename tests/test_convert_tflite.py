@@ -262,5 +262,33 @@ def test_a_custom_op_that_is_a_builtin_in_disguise_is_rewritten_and_verified(tmp
     _as_mediapipe_transpose_conv(builtin, custom)
     conversion = ct.convert_tflite(custom)
     assert conversion.report.verified is True, conversion.report.describe_unverified()
-    assert any("Convolution2DTransposeBias rewritten as built-in ops" in n for n in conversion.report.notes)
+    assert any("(Convolution2DTransposeBias) rewritten for tf2onnx" in n for n in conversion.report.notes)
     assert "ConvTranspose" in {n.op_type for n in conversion.model.graph.node}
+
+
+@pytest.mark.slow
+def test_sparse_weights_are_made_dense_for_tf2onnx(tmp_path):
+    """A pruned conv stored sparse (TFLite DENSIFY): tf2onnx alone fails to reshape its values."""
+    import keras
+    import tensorflow as tf
+
+    from converters import tensorflow as ct
+    from converters.tflite_rewrite import densify
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 8))
+    model = keras.Model(inp, keras.layers.Conv2D(4, 3, name="head")(keras.layers.Conv2D(16, 1, name="pruned")(inp)))
+    weights, bias = model.get_layer("pruned").get_weights()
+    weights[np.random.default_rng(0).random(weights.shape) < 0.8] = 0
+    model.get_layer("pruned").set_weights([weights, bias])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    path = tmp_path / "sparse.tflite"
+    path.write_bytes(converter.convert())
+    conversion = ct.convert_tflite(path)
+    assert conversion.report.verified is True, conversion.report.describe_unverified()
+    assert any("(DENSIFY) rewritten for tf2onnx" in n for n in conversion.report.notes), conversion.report.notes
+    # The expansion itself: a 2 x 3 matrix with its rows dense and its columns stored sparse.
+    dense = densify(np.array([5.0, 7.0, 9.0], np.float32), [2, 3], [0, 1],
+                    [("dense", 2), ("sparse", [0, 2, 3], [0, 2, 1])])
+    np.testing.assert_array_equal(dense, [[5, 0, 7], [0, 9, 0]])
