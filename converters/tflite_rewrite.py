@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Op kinds (as the interpreter names them) `rewrite` removes.
 DENSIFY = "DENSIFY"

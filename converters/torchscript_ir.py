@@ -30,10 +30,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any
 
 # Rounds of forwarding, shape folding and constant propagation (each round folds at least one more branch).
 MAX_ROUNDS = 32

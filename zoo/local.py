@@ -193,9 +193,9 @@ def _inherit(model: Model, published: Model, keep_spec: bool, which: str) -> Non
         if spec.name is None or (model.input.name and model.framework != published.framework):
             spec = dataclasses.replace(spec, name=model.input.name or spec.name)
         model.input = spec
-    for field in ("license", "description", "task", "dataset", "architecture", "homepage", "paper"):
-        if getattr(model, field) is None and getattr(published, field) is not None:
-            setattr(model, field, getattr(published, field))
+    for fact in ("license", "description", "task", "dataset", "architecture", "homepage", "paper"):
+        if getattr(model, fact) is None and getattr(published, fact) is not None:
+            setattr(model, fact, getattr(published, fact))
     model.meta["same_as"] = {"model": published.name, "file": which,
                              "inherited": ["input spec"] * (not keep_spec) + ["licence", "description"]}
 
@@ -229,9 +229,9 @@ def edit(
     fields = parse(input_spec) if input_spec is not None else {}
     if fields:
         changes["input"] = apply(model.input, fields).to_dict()
-    for field, value in (("task", task), ("dataset", dataset), ("description", description), ("license", license)):
+    for fact, value in (("task", task), ("dataset", dataset), ("description", description), ("license", license)):
         if value is not None:
-            changes[field] = value
+            changes[fact] = value
     if not changes:
         from zoo.errors import InputError
 
