@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from converters.report import DEFAULT_RTOL, Conversion, ConversionReport, compare_outputs
 from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError
+from zoo.graph import BATCH, value_dims  # BATCH: the dim_param of the batch axis in every produced model
 from zoo.hashes import file_sha256  # the catalog's hash, so reports and catalog agree
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ DEFAULT_DIM = 16  # any other open dimension (sequence length, features)
 # of 48. Small first, so the reference run stays fast.
 FALLBACK_DIMS = (32, 48, 64, 128, 256, 512, 1024, 4096, 16000)
 DEFAULT_OPSET = 17
-BATCH = "batch"  # dim_param of the batch dimension in every produced model
 
 # ONNX element type -> numpy dtype name, for the types models take as input.
 _ELEM_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",
@@ -118,10 +118,14 @@ def input_specs(model: onnx.ModelProto) -> list[tuple[str, list[int | None], str
     """(name, shape with None for a dynamic dim, numpy dtype name) for each fed input."""
     specs = []
     for value in graph_inputs(model):
-        tensor = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
-        specs.append((value.name, shape, _ELEM_DTYPES.get(tensor.elem_type, "float32")))
+        shape = [d if isinstance(d, int) else None for d in value_dims(value) or []]
+        specs.append((value.name, shape, _ELEM_DTYPES.get(value.type.tensor_type.elem_type, "float32")))
     return specs
+
+
+def input_records(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """The inputs the graph is fed, as ``[{"name", "dtype", "shape"}]`` (None: a dynamic size), for the catalog."""
+    return [{"name": n, "dtype": d, "shape": s} for n, s, d in input_specs(model)]
 
 
 def concrete_shape(shape: Sequence[int | None], layout: str | None = None, batch_axis: int | None = 0,
@@ -467,6 +471,7 @@ __all__ = [
     "concrete_shape",
     "convert",
     "file_sha256",
+    "input_records",
     "input_specs",
     "load",
     "make_batch_dynamic",

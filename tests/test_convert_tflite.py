@@ -150,7 +150,7 @@ def test_float_reference_removes_activation_quantization_only():
 
 @pytest.mark.slow
 def test_every_truncation_is_refused_without_tensorflow(tf_models):
-    from converters.tflite_check import validate_tflite
+    from zoo.tflite_structure import validate_tflite
 
     good = Path(tf_models["tflite"])
     summary = validate_tflite(good)

@@ -17,8 +17,6 @@ import importlib.util
 import sqlite3  # noqa: F401  bind the system SQLite (with FTS5) before tensorflow can load its own
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 # Before anything imports TensorFlow, onnxruntime or Ray: their banners and notices stay off the
 # terminal unless ZOO_LOG_LEVEL=INFO (or `zoo --verbose`); see zoo.logs. Only environment defaults.
 from zoo.logs import quiet as _quiet  # noqa: E402
@@ -33,9 +31,15 @@ _API: dict[str, str] = {
     "InputSpec": "zoo.records",
     "ConversionReport": "converters.report",
     "ZooError": "zoo.errors",
+    # options objects
+    "TrainingConfig": "zoo.options",
+    "ExtractorOptions": "zoo.options",
+    "PretrainConfig": "zoo.options",
+    "RetryPolicy": "zoo.transport",
     # catalog
     "Catalog": "zoo.catalog",
     "open_catalog": "zoo.catalog",
+    "close_all": "zoo.catalog",
     "search": "zoo.catalog",
     "info": "zoo.catalog",
     "list_models": "zoo.catalog",
@@ -57,10 +61,15 @@ _API: dict[str, str] = {
     "load_extractor": "zoo.extract",
     "Extractor": "zoo.extract",
     "ExtractorTransformer": "zoo.extract",
+    "DataSource": "zoo.datasources",
+    "as_source": "zoo.datasources",
     "FeatureCache": "zoo.features",
     "cache_features": "zoo.features",
     "extract_features": "zoo.features",
     "save_features": "zoo.features",
+    "save_layer_features": "zoo.features",
+    "Engine": "zoo.engines",
+    "run_extractor": "zoo.engines",
     "RayEngine": "zoo.ray_engine",
     "transfer_model": "zoo.transfer",
     "train": "zoo.transfer",
@@ -73,6 +82,10 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # from the package metadata, read on first use
+        from zoo.config import version
+
+        return version()
     module = _API.get(name)
     if module is None:
         # `zoo.features.extract_features` in a fresh interpreter: a submodule, imported on first use.
@@ -92,15 +105,20 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from converters.report import ConversionReport
-    from zoo.catalog import Catalog, info, list_models, open_catalog, remove, search
+    from zoo.catalog import Catalog, close_all, info, list_models, open_catalog, remove, search
     from zoo.conversion import convert
     from zoo.errors import ZooError
     from zoo.extract import Extractor, ExtractorTransformer, LayerInfo, layers, load_extractor
-    from zoo.features import FeatureCache, cache_features, extract_features, save_features
+    from zoo.datasources import DataSource, as_source
+    from zoo.engines import Engine, run_extractor
+    from zoo.features import FeatureCache, cache_features, extract_features, save_features, save_layer_features
+    from zoo.options import ExtractorOptions, PretrainConfig, TrainingConfig
     from zoo.download import fetch, verify
     from zoo.local import add, edit, scan
     from zoo.pretraining import pretrain
+    from zoo.ray_engine import RayEngine
     from zoo.records import Artifact, InputSpec, Model
     from zoo.sources import add_source, list_sources, remove_source, sync_sources
+    from zoo.transport import RetryPolicy
     from zoo.layer_sweep import sweep
     from zoo.transfer import fit_head, train, transfer_model

@@ -57,6 +57,23 @@ def convert(
     (see `zoo.input_specs`): ``inputs={"x": "Nx512", "ids": "Nx128:int64"}``, ``args={"sr": 16000}``.
     Once a conversion with them succeeds they are recorded on the model: later calls need not repeat them.
 
+    Args:
+        name: a cataloged model, or a model file's path (added first).
+        inputs, args: what a TorchScript ``forward`` takes.
+        opset: upgrade the ONNX opset to this one.
+        nchw: channels-first inputs for TensorFlow models.
+        force: keep a conversion beyond tolerance, marked unverified.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder.
+
+    Returns:
+        The "onnx" artifact, with the conversion report in ``meta["report"]``.
+
+    Raises:
+        ConversionError (UnsupportedLayerError, VerificationError): it cannot be converted, or
+            differs from its source beyond tolerance.
+        FetchError: its files cannot be fetched. MissingDependencyError: the framework is missing.
+
     >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
     >>> art.meta["report"]["verified"]         # doctest: +SKIP
     True
@@ -136,18 +153,13 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
         from zoo.local import record_inputs
 
         record_inputs(cat, cat.get(name), specs, values)
-    inputs = graph_inputs(conversion.model)
+    from converters.onnx_model import input_records
+
+    inputs = input_records(conversion.model)
     if inputs != model.meta.get("graph_inputs"):  # what the model really takes, for `zoo info`
         cat.update_model(name, meta={**cat.get(name).meta, "graph_inputs": inputs})
     stored.meta["reused"] = False
     return stored
-
-
-def graph_inputs(model) -> list[dict[str, Any]]:
-    """The inputs an ONNX graph is fed, as ``[{"name", "dtype", "shape"}]`` (None: a dynamic size)."""
-    from converters.onnx_model import input_specs
-
-    return [{"name": n, "dtype": d, "shape": s} for n, s, d in input_specs(model)]
 
 
 def _catalog_name(cat: Catalog, name: str, specs: list, values: dict) -> tuple[str, bool]:

@@ -349,7 +349,7 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
         fmt = _hdf5_kind(path)
         return FormatInfo("keras", fmt, {"model" if fmt == "h5" else "weights": path})
     if head[4:8] == b"TFL3":
-        from converters.tflite_check import validate_tflite
+        from zoo.tflite_structure import validate_tflite
 
         validate_tflite(path)  # pure Python; a truncated file would crash the TFLite interpreter later
         return FormatInfo("tflite", "tflite", {"model": path})

@@ -79,9 +79,9 @@ def _onnx_inputs(path: Path) -> dict[str, Any]:
     try:
         import onnx
 
-        from zoo.conversion import graph_inputs
+        from converters.onnx_model import input_records
 
-        return {"graph_inputs": graph_inputs(onnx.load(os.fspath(path), load_external_data=False))}
+        return {"graph_inputs": input_records(onnx.load(os.fspath(path), load_external_data=False))}
     except Exception:  # noqa: BLE001  the format check passed; what the inputs are is only a nicety here
         return {}
 
@@ -109,11 +109,27 @@ def add(
     `inputs` and `args` record what a TorchScript ``forward`` takes (see `zoo.input_specs`), so
     `convert` needs nothing more: ``inputs={"x": "1x512"}, args={"sr": 16000}``.
 
-    `input_spec` says how images become its input: an InputSpec, a dict of its fields or a JSON
-    file (``{"mean": [104, 117, 123], "channel_order": "BGR"}``; see `zoo.preprocessing`). A file
-    whose content matches a file of a published catalog entry (a built-in zoo or a synced index)
-    is recognised as that model: it takes that entry's input spec (unless given), licence,
-    description and task, and ``meta["same_as"]`` names it.
+    `input_spec` says how images become its input (see `zoo.preprocessing`). A file whose content
+    matches a file of a published catalog entry (a built-in zoo or a synced index) is recognised
+    as that model: it takes that entry's input spec (unless given), licence, description and
+    task, and ``meta["same_as"]`` names it.
+
+    Args:
+        path: the model file or folder; `more` the other half of a Caffe pair.
+        name: the catalog name (default: the file or folder stem).
+        task, dataset, tags, description: what the catalog says about it.
+        inputs, args: what a TorchScript ``forward`` takes (``NAME=SHAPE[:DTYPE]``, ``NAME=VALUE``).
+        input_spec: an InputSpec, a dict of its fields or a JSON file
+            (``{"mean": [104, 117, 123], "channel_order": "BGR"}``).
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        The new catalog entry, source "local", its files as artifacts.
+
+    Raises:
+        ModelFormatError: the file is not a model zoo recognises, or is not what it claims.
+        DuplicateModelError: the name is taken.
+        InputError: a malformed ``inputs``/``args`` value or input spec.
 
     >>> zoo.add("exports/cats.onnx", task="image-classification", tags=["cats"])  # doctest: +SKIP
     >>> zoo.add("vad.pt", inputs=["x=1x512"], args=["sr=16000"])  # doctest: +SKIP
@@ -216,6 +232,19 @@ def edit(
     Each edit is recorded in ``meta["edits"]`` (when, which fields), which `zoo info` shows.
     Features cached from images follow: their cache key holds the spec.
 
+    Args:
+        name: the cataloged model.
+        input_spec: InputSpec fields to set (an InputSpec, a dict or a JSON file; see `zoo.preprocessing`).
+        task, dataset, description, license: what the catalog says about it.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        The updated catalog entry.
+
+    Raises:
+        UnknownModelError: no model of that name.
+        InputError: nothing to change, or a malformed spec field.
+
     >>> zoo.edit("my_net", input_spec={"mean": [104, 117, 123], "channel_order": "BGR"})  # doctest: +SKIP
     """
     import time
@@ -278,6 +307,19 @@ def scan(folder: str | os.PathLike, *, input_spec: InputSpec | Mapping[str, Any]
     a file whose sha256 matches a local model whose file is gone is that model, moved (its path
     is updated). Everything happens in one transaction. Models added get `input_spec` (see
     `add`); one that is a copy of a published catalog entry's file inherits from it, as in `add`.
+
+    Args:
+        folder: where to look, recursively.
+        input_spec: the input spec of the models added (see `add`).
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        What was added, updated, moved, left alone or found missing, and the files skipped and why.
+
+    Raises:
+        ModelFormatError: `folder` is not a folder.
+        InputError: a malformed input spec.
+        CatalogError: the catalog cannot be written.
     """
     from zoo.catalog import open_catalog
     from zoo.formats import find_models

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.cache import model_folder, write_atomic
+from zoo.atomic import write_atomic
+from zoo.cache import model_folder
 from zoo.errors import DuplicateModelError, InputError, ZooError
 from zoo.records import Artifact, Model, check_name
 
@@ -69,6 +70,16 @@ def model_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     return model_folder(name, cache_dir) / f"{name}.onnx"
 
 
+def own_model(name: str, module: Any, **fields: Any) -> Model:
+    """The catalog record of a model zoo made from `module`: an ONNX model of source "local".
+
+    `fields` are the rest of the `Model` (task, description, input, meta...); the parameter count
+    is the module's.
+    """
+    parameters = int(sum(p.numel() for p in module.parameters()))
+    return Model(name=name, framework="onnx", format="onnx", source="local", parameters=parameters, **fields)
+
+
 def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLike | Catalog | None = None,
              path: str | os.PathLike | None = None, replace: bool = False,
              cache_dir: str | os.PathLike | None = None) -> Model:
@@ -87,4 +98,4 @@ def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLik
     return cat.add_model(_replace(record, artifacts=[artifact]), replace=replace)
 
 
-__all__ = ["check_new_name", "export_onnx", "model_path", "register"]
+__all__ = ["check_new_name", "export_onnx", "model_path", "own_model", "register"]

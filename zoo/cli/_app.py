@@ -6,7 +6,6 @@ from typing import Any, Callable
 
 import click
 
-from zoo import __version__
 from zoo._json import finite
 from zoo._redact import mask_secrets
 
@@ -66,7 +65,7 @@ def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 
 @click.group(cls=ZooGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "-V", "--version", prog_name="zoo")
+@click.version_option(None, "-V", "--version", prog_name="zoo", package_name="zoo")
 @click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
               help="Show TensorFlow, onnxruntime, torch and Ray output (else in the log file) [env ZOO_LOG_LEVEL=INFO].")
 def cli() -> None:
