@@ -267,7 +267,7 @@ def _cut_difference(entry: Entry, paths: list[Path], layer, args: dict | None, a
 
     from zoo.errors import InputError
 
-    extractor = zoo.load_extractor(entry.name, layer.name, args=args, preprocess=False)
+    extractor = zoo.load_extractor(entry.name, layer.name, zoo.ExtractorOptions(preprocess=False), args=args)
     for size in (16, 64, 512, 1024):  # an open length (audio samples) may need more than 16
         feeds = _sample(extractor, size)
         try:
