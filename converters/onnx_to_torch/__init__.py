@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 __all__ = ["OnnxLayer", "OnnxModule", "eager_only_ops", "supported_ops", "to_torch"]
 
 
-def to_torch(model: onnx.ModelProto | str | Path, *, compile: bool = False, pooling: nn.Module | None = None,
-             preprocess: nn.Module | None = None) -> Any:
+def to_torch(model: onnx.ModelProto | str | Path, *, compile: bool | dict = False,
+             pooling: nn.Module | None = None, preprocess: nn.Module | None = None) -> Any:
     """Build a frozen `OnnxModule` from an ONNX model (a ModelProto or a .onnx path).
 
     Every op is checked at conversion time: unsupported ops raise `zoo.errors.UnsupportedLayerError`
@@ -25,7 +25,8 @@ def to_torch(model: onnx.ModelProto | str | Path, *, compile: bool = False, pool
     The module takes the graph inputs in order or by name (`net(ids, attention_mask=mask)`) and
     returns one tensor, or a tuple in `output_names` order for several outputs. Submodules are
     named like `zoo layers` lists the layers. `torch.save`, `torch.jit.trace`, `torch.jit.script`,
-    `torch.export` and `torch.compile` work on it; `compile=True` returns it `torch.compile`d.
+    `torch.export` and `torch.compile` work on it; `compile=True` returns it `torch.compile`d
+    (a dict: the options, e.g. `{"mode": "max-autotune"}`).
     `pooling` and `preprocess` are modules run after every output and before the first input
     (`Extractor.to_torch` passes the extractor's global pooling and input preprocessing).
 
@@ -45,7 +46,7 @@ def to_torch(model: onnx.ModelProto | str | Path, *, compile: bool = False, pool
     if compile:
         import torch
 
-        return torch.compile(module)
+        return torch.compile(module, **(compile if isinstance(compile, dict) else {}))
     return module
 
 

@@ -1,6 +1,7 @@
 """Read an ONNX model once into plain nodes: decoded attributes, parsed subgraphs, constants, types."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,7 @@ def _parse_graph(g: onnx.GraphProto, opset: int, functions: dict, scope: set[str
     opaque: dict[str, str] = {}
     for t in g.initializer:
         try:
-            constants[t.name] = to_tensor(numpy_helper.to_array(t))
+            constants[t.name] = _initializer(t)
         except TypeError as exc:  # a string table: fine unless a live node reads it
             opaque[t.name] = str(exc)
     for sparse in g.sparse_initializer:
@@ -185,6 +186,23 @@ def _parse_graph(g: onnx.GraphProto, opset: int, functions: dict, scope: set[str
     used = {name for node in nodes for name in _reads(node)} | set(graph.outputs)
     graph.outer = sorted(name for name in used if name and name not in defined)
     return graph
+
+
+# Element types whose raw bytes are the tensor as torch stores it (little-endian machines).
+_RAW = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
+        10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
+
+
+def _initializer(t) -> torch.Tensor:
+    """An initializer as a tensor, copied once from the protobuf's bytes (weights are hundreds of MB)."""
+    from onnx import numpy_helper
+
+    if t.data_type in _RAW and t.HasField("raw_data") and sys.byteorder == "little" and not t.external_data:
+        dims = [int(d) for d in t.dims]
+        if len(t.raw_data) == 0:
+            return torch.zeros(dims, dtype=_RAW[t.data_type])
+        return torch.frombuffer(bytearray(t.raw_data), dtype=_RAW[t.data_type]).reshape(dims)
+    return to_tensor(numpy_helper.to_array(t))
 
 
 def _reads(node: Node) -> list[str]:

@@ -107,8 +107,22 @@ class _Packed(nn.Module):
     """The folded and packed tensors of the frozen graph (a cache, never saved)."""
 
 
+def _worth_building(plain: fx.GraphModule) -> bool:
+    """Whether any pass can change the graph: it has a 2-D conv with a weight, or a BatchNorm."""
+    from converters.onnx_to_torch.ops.nn import BatchNormLayer
+
+    for node in plain.graph.nodes:
+        if node.op == "call_function" and node.target in (torch.conv2d, F.conv2d):
+            return True
+        if node.op == "call_module" and isinstance(_attr(plain, node.target), BatchNormLayer):
+            return True
+    return False
+
+
 def build(module: OnnxModule, args: list) -> fx.GraphModule | None:
     plain = module.graph_module
+    if not _worth_building(plain):
+        return None
     graph = fx.Graph()
     values: dict = {}
     out = graph.graph_copy(plain.graph, values)

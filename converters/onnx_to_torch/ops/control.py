@@ -56,6 +56,12 @@ class LoopModule(nn.Module):
         return result
 
 
+class SequenceLoopModule(LoopModule):
+    """A Loop that carries a sequence: it runs eagerly (and traces); TorchScript has no type for it."""
+
+    __zoo_eager_only__ = True
+
+
 class ScanModule(nn.Module):
     """ONNX Scan (opset 9+): the body over slices of the scan inputs, states carried along."""
 
@@ -133,14 +139,15 @@ def _if(g, node, cond):
     return g.unpack(out, len(node.outputs))
 
 
-@op("Loop")
+@op("Loop", eager_only="a Loop carrying a sequence (TorchScript has no type for a list of lists)")
 def _loop(g, node, trip, cond, *initial):
     if g.evaluating:
         raise Unsupported("folding a Loop")
     body = node.subgraphs["body"]
     scans = len(body.outputs) - 1 - len(initial)
     module, captured = g.subgraph(body, body.inputs, g.scope)
-    out = g.call_module(LoopModule(module, len(initial), scans), trip if trip.present else None,
+    cls = SequenceLoopModule if any(v.kind != "tensor" for v in initial) else LoopModule
+    out = g.call_module(cls(module, len(initial), scans), trip if trip.present else None,
                         cond if cond.present else None, list(initial), list(captured), name="loop")
     return g.unpack(out, len(node.outputs))
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from converters.onnx_to_torch._dtypes import ONNX_NAMES, torch_dtype
-from converters.onnx_to_torch._registry import Unsupported, op
+from converters.onnx_to_torch._registry import Unsupported, eager, op
 from converters.onnx_to_torch.ops._common import axis, is_wide_unsigned, widen
 
 
@@ -184,7 +184,12 @@ def softplus(x: Tensor) -> Tensor:
 
 
 def is_inf(x: Tensor, positive: bool, negative: bool) -> Tensor:
-    return (torch.isposinf(x) & positive) | (torch.isneginf(x) & negative)
+    out = torch.zeros_like(x, dtype=torch.bool)
+    if positive:
+        out = out | torch.isposinf(x)
+    if negative:
+        out = out | torch.isneginf(x)
+    return out
 
 
 def bitwise_not(x: Tensor) -> Tensor:
@@ -205,6 +210,7 @@ def sign(x: Tensor) -> Tensor:
     return torch.sign(x)
 
 
+@eager
 def bit_cast(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.view(dtype)
 
@@ -409,7 +415,7 @@ def _cast_like(g, node, x, like):
     return g.call(cast_like, x, like, bool(node.attr("saturate", 1)))
 
 
-@op("BitCast", since=26)
+@op("BitCast", since=26, eager_only="TorchScript resolves Tensor.view(dtype) to a reshape, not a bit cast")
 def _bit_cast(g, node, x):
     dtype = _target(int(node.attr("to")))
     source = x.type_of()
