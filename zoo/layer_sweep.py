@@ -23,7 +23,7 @@ class SweepRow:
     """One cut of a sweep: where the features were cached and how the head did."""
 
     layer: str
-    unfreeze: int
+    unfreeze: int | str  # blocks unfrozen below the cut, or the cut point above which all train
     cached_at: str  # the layer whose outputs were cached (below the unfrozen ones)
     features: list[int]  # shape of one cached row
     val_accuracy: float | None
@@ -33,6 +33,7 @@ class SweepRow:
     train_seconds: float
     reused: bool  # the features came from the cache
     test_accuracy: float | None = None
+    trainable_parameters: int = 0  # the head's and the unfrozen blocks'
     fit: Any = field(default=None, repr=False, compare=False)  # the FitResult: trained head, history
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,9 +57,10 @@ class SweepResult:
     def table(self) -> str:
         """A text table: one line per cut."""
         has_test = any(r.test_accuracy is not None for r in self.rows)
-        headers = ["layer", "unfreeze", "cached at", "features", "val acc", "best epoch", "cache s", "train s"]
+        headers = ["layer", "unfreeze", "cached at", "features", "trains", "val acc", "best epoch", "cache s",
+                   "train s"]
         if has_test:
-            headers.insert(5, "test acc")
+            headers.insert(6, "test acc")
         lines = []
         for r in self.rows:
             cells = [
@@ -66,13 +68,14 @@ class SweepResult:
                 r.unfreeze,
                 r.cached_at + (" (reused)" if r.reused else ""),
                 "x".join(str(d) for d in r.features),
+                f"{r.trainable_parameters:,}",
                 _pct(r.val_accuracy),
                 f"{r.best_epoch}/{r.epochs}",
                 f"{r.cache_seconds:.2f}",
                 f"{r.train_seconds:.2f}",
             ]
             if has_test:
-                cells.insert(5, _pct(r.test_accuracy))
+                cells.insert(6, _pct(r.test_accuracy))
             lines.append(cells)
         return _table(lines, headers)
 
@@ -87,7 +90,7 @@ class SweepResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         order = list(dict.fromkeys(r.layer for r in self.rows))
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.6))
-        for k in sorted({r.unfreeze for r in self.rows}):
+        for k in sorted({r.unfreeze for r in self.rows}, key=str):
             rows = [r for r in self.rows if r.unfreeze == k]
             xs = [order.index(r.layer) for r in rows]
             label = "frozen base" if k == 0 else f"top {k} unfrozen"
@@ -135,7 +138,7 @@ def sweep(
     data: Any,
     labels: Any = None,
     layers: Sequence[str | int] = (-2,),
-    unfreeze: Sequence[int] = (0,),
+    unfreeze: Sequence[int | str] = (0,),
     *,
     validation: tuple[Any, Any] | None = None,
     test: tuple[Any, Any] | None = None,
@@ -159,8 +162,10 @@ def sweep(
 
     Each cut's features are cached once (a second sweep, or a `zoo train` at the same cut,
     reuses them); every head trains with the same seed and the same validation rows, so the
-    rows differ only by where the network was cut. ``unfreeze=[0, 1]`` also fine-tunes the top
-    layer below each cut, on features cached one cut lower. `validation` and `test` are
+    rows differ only by where the network was cut (the table says how many parameters each trains).
+    ``unfreeze=[0, 1]`` also fine-tunes the top block below each cut (a conv/linear layer with its
+    BatchNorm, Scale and activation), on features cached one cut lower; a cut point name
+    (``"res4f"``) fine-tunes every block above it. `validation` and `test` are
     optional ``(data, labels)`` pairs; without `validation`, `val_fraction` of `data` is held out.
     Image files get the model's InputSpec unless ``preprocess=False`` (see :func:`zoo.train`);
     ``pooling="avg"|"max"`` pools each 4-D cut over its spatial axes (2-D cuts pass unchanged);
@@ -186,10 +191,19 @@ def sweep(
 
     if not layers:
         raise InputError("no layers to sweep; give them as layers=['fc6', 'fc7'] (`--layers fc6,fc7`)")
-    if any(k < 0 for k in unfreeze) or not unfreeze:
-        raise InputError(f"unfreeze={list(unfreeze)} must be depths of 0 or more, e.g. [0, 1]")
+    if not unfreeze or any(not isinstance(k, str) and k < 0 for k in unfreeze):
+        raise InputError(f"unfreeze={list(unfreeze)} must be block counts of 0 or more or cut points, e.g. [0, 1]")
     check_pooling(pooling)
     cat = open_catalog(catalog)
+    named = [k for k in unfreeze if isinstance(k, str)]
+    if named:
+        from zoo.extract import layers as list_layers
+
+        known = [info.name for info in list_layers(name, catalog=cat, cache_dir=cache_dir)]
+        unknown = [k for k in named if k not in known]
+        if unknown:
+            raise InputError(f"unfreeze {unknown[0]!r} is not a layer of {name}; give a number of blocks (1) "
+                             f"or a cut point from `zoo layers {name}`")
     labels = None if labels is None else _load_labels(labels)
     pairs = {"validation": validation, "test": test}
     for which, pair in pairs.items():
@@ -198,7 +212,7 @@ def sweep(
     result = SweepResult(model=name)
     for layer in layers:
         for k in unfreeze:
-            if k == 0:
+            if not k:
                 cut, top = layer, None
             else:
                 try:
@@ -222,10 +236,11 @@ def sweep(
             width = int(np.prod(features.shape[1:])) if top is None else _width(
                 top if pool is None else trainable_head(top, pool), features)
             head = make_head(width, len(np.unique(y)), hidden, seed=seed)
+            trained = head if top is None else trainable_head(top, head, pool)
             fit = fit_head(
                 features,
                 y,
-                head=head if top is None else trainable_head(top, head, pool),
+                head=trained,
                 epochs=epochs,
                 batch_size=batch_size,
                 lr=lr,
@@ -249,6 +264,7 @@ def sweep(
                     train_seconds=fit.seconds,
                     reused=cached.reused,
                     test_accuracy=test_accuracy,
+                    trainable_parameters=sum(p.numel() for p in trained.parameters() if p.requires_grad),
                     fit=fit,
                 )
             )

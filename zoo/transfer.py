@@ -377,32 +377,55 @@ def transfer_model(
     head: Any = None,
     num_classes: int | None = None,
     hidden: Sequence[int] = (),
-    unfreeze: int = 0,
+    unfreeze: int | str = 0,
     catalog: str | os.PathLike | Catalog | None = None,
     seed: int = 0,
     pooling: str | None = None,
+    verbose: bool = True,
 ):
     """A cataloged model cut at `layer`, frozen, with a new head: one ``nn.Module`` to train.
 
-    The result is ``nn.Sequential(base=..., head=...)`` (``base, pool, head`` with ``pooling="avg"``
-    or ``"max"``: global pooling of the cut's spatial axes). The base's weights are frozen
-    (BatchNorm in eval mode) except its top `unfreeze` parameterised layers; the default
-    ``layer=-2`` drops the old output layer, which the head replaces.
+    The result is ``nn.Sequential(base=..., head=...)``; with ``pooling="avg"`` or ``"max"`` the
+    base pools the cut's spatial axes (as the extractor does). The base's weights are frozen
+    (BatchNorm in eval mode) except its top `unfreeze` blocks (a conv/linear layer with its
+    BatchNorm, Scale and activation), or every block above the cut point `unfreeze` names
+    (``unfreeze="res4f"``); the default ``layer=-2`` drops the old output layer, which the head
+    replaces. Prints how many parameters train (``verbose=False``: quiet).
 
-    >>> model = zoo.transfer_model("bvlc_alexnet", layer="fc7", num_classes=10)  # doctest: +SKIP
+    >>> model = zoo.transfer_model("bvlc_alexnet", layer="fc7", num_classes=10, unfreeze=1)  # doctest: +SKIP
     """
     if head is None and num_classes is None:
         raise InputError("give the new head (head=nn.Module) or the number of classes (num_classes=N)")
-    if unfreeze < 0:
-        raise InputError(f"unfreeze={unfreeze} must be 0 or more layers")
+    _check_unfreeze(unfreeze)
     extractor = _load_extractor(name, layer, catalog, pooling=pooling)
     base = extractor.to_torch()
     if unfreeze:
-        base.unfreeze(top=unfreeze)
+        base.unfreeze(unfreeze, verbose=False)
     if head is None:
         width = int(np.prod([d for d in extractor.output_shape[1:]]))
         head = make_head(width, num_classes, hidden, seed=seed)
-    return _compose(base, head, _pool_module(pooling, extractor))
+    model = _compose(base, head)
+    if verbose:
+        print(trainable_summary(model, base), file=sys.stderr)
+    return model
+
+
+def _check_unfreeze(unfreeze: int | str) -> None:
+    if isinstance(unfreeze, str):
+        if not unfreeze.strip():
+            raise InputError("unfreeze='' names no layer; give a count of blocks (1) or a cut point ('res4f')")
+    elif unfreeze < 0:
+        raise InputError(f"unfreeze={unfreeze} must be 0 or more blocks, or the name of a cut point")
+
+
+def trainable_summary(model: Any, base: Any = None) -> str:
+    """One line: how many parameters of `model` train, and which blocks of its base."""
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    line = f"{trained:,} of {total:,} parameters train"
+    if base is not None and hasattr(base, "parameter_summary"):
+        line += f"; base: {base.parameter_summary()}"
+    return line
 
 
 def save_model(
@@ -462,49 +485,65 @@ class TrainResult:
     module: Any
     cache_key: str
     cut: Any
+    trainable_parameters: int = 0  # how many parameters trained (head and unfrozen blocks)
+    total_parameters: int = 0  # of the whole saved model
 
 
 def fine_tune_parts(
     name: str,
     layer: str | int,
-    unfreeze: int,
+    unfreeze: int | str,
     *,
     catalog: Any = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[str, Any]:
-    """Where to cache for fine-tuning the top `unfreeze` layers of `name` cut at `layer`.
+    """Where to cache for fine-tuning the top `unfreeze` blocks of `name` cut at `layer`.
 
-    Returns (the layer to cache at: the last cut point below the lowest unfrozen layer, the
-    trainable torch module that maps that cache to `layer`'s output). Training this module and a
-    head on the cached outputs is the same as training ``transfer_model(..., unfreeze=k)``
+    `unfreeze` is a count of blocks (a conv/linear layer with its BatchNorm, Scale and activation)
+    or a cut point: every block above it trains. Returns (the layer to cache at: the last cut
+    point below the lowest unfrozen layer, or the named cut point; the torch module that maps
+    that cache to `layer`'s output, its unfrozen blocks trainable). Training this module and a
+    head on the cached outputs is the same as training ``transfer_model(..., unfreeze=...)``
     without running the frozen layers below every epoch.
     """
     from converters.onnx_to_torch import to_torch
     from zoo.extract import layers as list_layers
 
-    if unfreeze < 1:
-        raise InputError(f"unfreeze={unfreeze}: fine-tuning needs at least one layer to unfreeze")
+    _check_unfreeze(unfreeze)
+    if not unfreeze:
+        raise InputError(f"unfreeze={unfreeze!r}: fine-tuning needs at least one block to unfreeze")
     extractor = _load_extractor(name, layer, catalog, cache_dir)
     full = extractor.to_torch()
-    weighted = [node for node, _ in full.layers]
-    if unfreeze > len(weighted):
-        raise InputError(
-            f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {len(weighted)} layers "
-            f"with weights; choose --unfreeze between 0 and {len(weighted)}"
-        )
     all_layers = list_layers(name, catalog=catalog, cache_dir=cache_dir)
     output = extractor.meta["outputs"][0]
     target = next(info for info in all_layers if info.output == output)
-    lowest = next(info for info in all_layers if weighted[-unfreeze] in info.nodes)
-    below = [info for info in all_layers if info.index < lowest.index and info.is_cut_point]
-    if not below:
-        raise InputError(
-            f"unfreeze={unfreeze} unfreezes every layer of {name} up to {target.name}: nothing stays "
-            f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)"
-        )
-    low = below[-1]
+    if isinstance(unfreeze, str):
+        low = next((info for info in all_layers if info.name == unfreeze), None)
+        cuts = [info.name for info in all_layers if info.is_cut_point and info.index < target.index]
+        if low is None or not low.is_cut_point or low.index >= target.index:
+            raise InputError(
+                f"unfreeze={unfreeze!r} is not a cut point below {target.name} in {name}; cut points: "
+                f"{', '.join(cuts[-8:]) or 'none'} (zoo layers {name})"
+            )
+        chosen = full._layers_above(low.output)
+    else:
+        if unfreeze > len(full.blocks):
+            raise InputError(
+                f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {len(full.blocks)} blocks "
+                f"(a conv/linear layer with its BatchNorm/Scale/activation); choose --unfreeze between 0 "
+                f"and {len(full.blocks)}, or a cut point"
+            )
+        chosen = [node for block in full.blocks[len(full.blocks) - unfreeze:] for node in block.layers]
+        lowest = next(info for info in all_layers if chosen[0] in info.nodes)
+        below = [info for info in all_layers if info.index < lowest.index and info.is_cut_point]
+        if not below:
+            raise InputError(
+                f"unfreeze={unfreeze} unfreezes every block of {name} up to {target.name}: nothing stays "
+                f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)"
+            )
+        low = below[-1]
     top = to_torch(_segment(extractor.cut_model, low.output, low.shape))
-    top.unfreeze(top=len(top.layers))
+    top.unfreeze(layers=[node for node in chosen if node in {name for name, _ in top.layers}], verbose=False)
     return low.name, top
 
 
@@ -543,7 +582,7 @@ def train(
     *,
     layer: str | int = -2,
     new_name: str,
-    unfreeze: int = 0,
+    unfreeze: int | str = 0,
     hidden: Sequence[int] = (),
     epochs: int = 20,
     batch_size: int = 32,
@@ -560,11 +599,13 @@ def train(
     pooling: str | None = None,
     device: str | Sequence[Any] | None = None,
 ) -> TrainResult:
-    """Cache `data` through `name` cut at `layer`, train a head (and the top `unfreeze` layers), save.
+    """Cache `data` through `name` cut at `layer`, train a head (and the top `unfreeze` blocks), save.
 
     The trained model (frozen base + trained layers) is registered as `new_name`, exported to
-    ONNX. With ``unfreeze=k`` the features are cached below the top k layers of the base, and
-    those layers train with the head on the cached outputs.
+    ONNX. With ``unfreeze=k`` the features are cached below the top k blocks of the base (a
+    block: a conv/linear layer with its BatchNorm, Scale and activation), with ``unfreeze="res4f"``
+    at that cut point; those blocks train with the head on the cached outputs. How many
+    parameters train is printed (with `progress`) and kept in the result.
 
     `data` is a .npy path or array (model-ready unless ``preprocess=True``: raw pixels), a folder
     with one sub-folder per class (its labels), or a flat folder, image file or list of image
@@ -585,7 +626,9 @@ def train(
         raise InputError(f"{len(labels)} labels for {data_len} rows of data; give exactly one label per row")
     if labels is None and not (isinstance(data, (str, os.PathLike)) and Path(data).is_dir()):
         raise InputError("labels are missing; give one label per row (`--labels y.npy`), or an image folder")
-    cut, top = (layer, None) if unfreeze == 0 else fine_tune_parts(name, layer, unfreeze, catalog=cat, cache_dir=cache_dir)
+    _check_unfreeze(unfreeze)
+    cut, top = (layer, None) if not unfreeze else fine_tune_parts(name, layer, unfreeze, catalog=cat,
+                                                                   cache_dir=cache_dir)
     # Pooling belongs to the cut layer: cached features are pooled only when cached at it.
     extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, device=device,
                                 pooling=pooling if top is None else None)
@@ -601,6 +644,10 @@ def train(
         width = _width(top if pool is None else trainable_head(top, pool), cached.features)
     head = make_head(width, len(classes), hidden, seed=seed)
     trainable = head if top is None else trainable_head(top, head, pool)
+    base = extractor.to_torch()  # the frozen part; with `top`, the layers up to where the cache is
+    counts = _parameter_counts(base, trainable)
+    if progress and sys.stderr.isatty():  # as the progress bars: not in logs and pipes (`zoo train` says it)
+        print(f"training {counts[0]:,} of {counts[1]:,} parameters", file=sys.stderr)
     fit = fit_head(
         cached.features,
         labels,
@@ -613,7 +660,7 @@ def train(
         seed=seed,
         progress=progress,
     )
-    module = _compose(extractor.to_torch(), fit.head, pool if top is None else None)
+    module = _compose(base, fit.head)
     input_shape = _input_shape(extractor, data)
     spec = getattr(extractor, "input_spec", None)
     record = save_model(
@@ -637,7 +684,15 @@ def train(
         replace=replace,
         cache_dir=cache_dir,
     )
-    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=cut)
+    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=cut,
+                       trainable_parameters=counts[0], total_parameters=counts[1])
+
+
+def _parameter_counts(base: Any, trainable: Any) -> tuple[int, int]:
+    """(parameters that train, all parameters) of a frozen base and the trained layers on top of it."""
+    trained = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in base.parameters()) + sum(p.numel() for p in trainable.parameters())
+    return trained, total
 
 
 def _labels_for(cached: Any, labels: Any) -> np.ndarray:

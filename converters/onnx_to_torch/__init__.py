@@ -14,7 +14,8 @@ __all__ = ["OnnxLayer", "OnnxModule", "eager_only_ops", "supported_ops", "to_tor
 
 
 def to_torch(model: onnx.ModelProto | str | Path, *, compile: bool | dict = False,
-             pooling: nn.Module | None = None, preprocess: nn.Module | None = None) -> Any:
+             pooling: nn.Module | None = None, preprocess: nn.Module | None = None,
+             preprocess_input: str | None = None) -> Any:
     """Build a frozen `OnnxModule` from an ONNX model (a ModelProto or a .onnx path).
 
     Every op is checked at conversion time: unsupported ops raise `zoo.errors.UnsupportedLayerError`
@@ -27,8 +28,9 @@ def to_torch(model: onnx.ModelProto | str | Path, *, compile: bool | dict = Fals
     named like `zoo layers` lists the layers. `torch.save`, `torch.jit.trace`, `torch.jit.script`,
     `torch.export` and `torch.compile` work on it; `compile=True` returns it `torch.compile`d
     (a dict: the options, e.g. `{"mode": "max-autotune"}`).
-    `pooling` and `preprocess` are modules run after every output and before the first input
-    (`Extractor.to_torch` passes the extractor's global pooling and input preprocessing).
+    `pooling` and `preprocess` are modules run after every output and before the first input (or
+    `preprocess_input`): `Extractor.to_torch` passes the extractor's global pooling and input
+    preprocessing.
 
     >>> net = to_torch("squeezenet_v1.1.onnx")  # doctest: +SKIP
     >>> net.unfreeze(1).trainable_layers()  # doctest: +SKIP
@@ -42,7 +44,8 @@ def to_torch(model: onnx.ModelProto | str | Path, *, compile: bool | dict = Fals
     from converters.onnx_to_torch._module import OnnxModule
 
     graph = _passes.run(parse(load(model)))
-    module = OnnxModule(graph, preprocess=preprocess, pooling=pooling).freeze().eval()
+    module = OnnxModule(graph, preprocess=preprocess, pooling=pooling, preprocess_input=preprocess_input)
+    module = module.freeze().eval()
     if compile:
         import torch
 

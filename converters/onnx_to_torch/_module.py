@@ -41,7 +41,8 @@ class OnnxModule(nn.Module):
     regularises what is trained), so a fully frozen module is deterministic in either mode.
     """
 
-    def __init__(self, graph: Graph, *, preprocess: nn.Module | None = None, pooling: nn.Module | None = None):
+    def __init__(self, graph: Graph, *, preprocess: nn.Module | None = None, pooling: nn.Module | None = None,
+                 preprocess_input: str | None = None):
         super().__init__()
         self.input_names: list[str] = list(graph.inputs)
         self.output_names: list[str] = list(graph.outputs)
@@ -59,6 +60,9 @@ class OnnxModule(nn.Module):
         owners, weights = self._make_layers(graph)
         self.blocks = [FineTuneBlock(b.name, tuple(graph.layers[i].name for i in b.layers)) for b in graph.blocks]
         self._block_nodes = [list(b.nodes) for b in graph.blocks]
+        # The input the preprocessing module takes raw pixels for (the first one unless named).
+        self._raw_input = -1 if preprocess is None else self.input_names.index(
+            preprocess_input if preprocess_input in self.input_names else self.input_names[0])
         if preprocess is not None:
             self.preprocess = preprocess
         if pooling is not None:
@@ -67,7 +71,7 @@ class OnnxModule(nn.Module):
         if problems:
             raise UnsupportedLayerError(_unsupported_message(problems))
         self._gates = [m for m in self.modules() if isinstance(m, DropoutGate)]
-        _add_transforms(fx_graph, preprocess is not None, pooling is not None)
+        _add_transforms(fx_graph, self._raw_input, pooling is not None)
         for node in fx_graph.nodes:
             if node.op == "placeholder":
                 kind = self._input_kinds[self.input_names.index(_unsanitize(node.target, self.input_names))]
@@ -231,7 +235,7 @@ class OnnxModule(nn.Module):
             return None
         x = self._tensor(k, x)
         shape = self.input_shapes[k]
-        if k == 0 and hasattr(self, "preprocess"):
+        if k == self._raw_input:
             return x  # raw pixels: the preprocessing checks them
         if shape is not None and x.dim() != len(shape):
             # Only the rank is checked: the batch and, in convolutional nets, the spatial sizes may
@@ -255,7 +259,7 @@ class OnnxModule(nn.Module):
             except (TypeError, ValueError) as exc:
                 raise InputError(f"input {self.input_names[k]!r} must be a tensor or array, got "
                                  f"{type(x).__name__} ({exc})") from None
-            if dtype is not None and x.dtype != dtype and not (k == 0 and hasattr(self, "preprocess")):
+            if dtype is not None and x.dtype != dtype and k != self._raw_input:
                 x = x.to(dtype)
         elif dtype is not None and x.dtype != dtype and not dtype.is_floating_point:
             if x.is_floating_point() or x.is_complex():
@@ -349,10 +353,10 @@ def _unsanitize(target: str, names: list[str]) -> str:
     return next((name for name in names if sanitize(name) == target), names[0])
 
 
-def _add_transforms(graph: fx.Graph, preprocess: bool, pooling: bool) -> None:
-    """The extractor's preprocessing before the first input, its pooling after every output."""
-    if preprocess:
-        placeholder = next(node for node in graph.nodes if node.op == "placeholder")
+def _add_transforms(graph: fx.Graph, raw_input: int, pooling: bool) -> None:
+    """The extractor's preprocessing before input `raw_input` (-1: none), its pooling after every output."""
+    if raw_input >= 0:
+        placeholder = [node for node in graph.nodes if node.op == "placeholder"][raw_input]
         with graph.inserting_after(placeholder):
             new = graph.call_module("preprocess", (placeholder,))
         placeholder.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)

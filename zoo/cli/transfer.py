@@ -70,8 +70,9 @@ def _training_options(func):
 @click.option("--layer", "-l", default="-2", show_default=True,
               help="Cut layer: a name from `zoo layers NAME` or a position (-2 drops the top layer).")
 @click.option("--name", "new_name", required=True, help="Catalog name of the trained model.")
-@click.option("--unfreeze", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Also train the top K layers with weights below the cut (fine-tuning).")
+@click.option("--unfreeze", default="0", show_default=True, metavar="K|LAYER",
+              help="Also train the top K blocks below the cut (a conv/linear layer with its BatchNorm, Scale and "
+                   "activation), or every block above cut point LAYER (fine-tuning).")
 @_training_options
 @click.option("--replace", is_flag=True, help="Overwrite a model of the same --name.")
 @json_option
@@ -84,8 +85,9 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
     """Train a new head on NAME cut at a layer; save base + head as your own model (ONNX).
 
     The data go through the frozen layers once (cached, resumable, reused by later runs); the
-    head trains on the cached outputs. With --unfreeze K the top K layers below the cut train
-    too, on features cached below them.
+    head trains on the cached outputs. With --unfreeze K the top K blocks below the cut train
+    too (--unfreeze res4f: every block above that cut point), on features cached below them.
+    It prints how many parameters train.
 
     \b
     Example:
@@ -97,7 +99,7 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
 
     result = train(
         name, data, labels if labels is not None else _no_labels(data), layer=_layer(layer),
-        new_name=new_name, unfreeze=unfreeze, hidden=_ints("--hidden", hidden, "layer sizes"),
+        new_name=new_name, unfreeze=_unfreeze(unfreeze), hidden=_ints("--hidden", hidden, "layer sizes"),
         epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
         patience=patience or None, seed=seed, catalog=catalog, cache_dir=cache_dir,
         replace=replace, on_error="raise" if strict_images else "skip", progress=not quiet,
@@ -110,7 +112,9 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
         "base": name,
         "layer": result.model.meta.get("layer"),
         "cached_at": result.cut,
-        "unfreeze": unfreeze,
+        "unfreeze": _unfreeze(unfreeze),
+        "trainable_parameters": result.trainable_parameters,
+        "total_parameters": result.total_parameters,
         "cache_key": result.cache_key,
         "classes": fit.classes,
         "val_accuracy": fit.val_accuracy,
@@ -128,10 +132,17 @@ def train_command(name, layer, new_name, unfreeze, data, labels, hidden, epochs,
             table(rows, ["EPOCH", "LOSS", "ACC", "VAL LOSS", "VAL ACC"]),
             f"best epoch {fit.best_epoch}: validation accuracy {accuracy}"
             + (" (stopped early)" if fit.stopped_early else ""),
+            f"trained {result.trainable_parameters:,} of {result.total_parameters:,} parameters",
             f"saved {result.model.name} (frozen {name} + trained head) -> {payload['onnx']}",
         ])
 
     emit(payload, as_json, text)
+
+
+def _unfreeze(text: str) -> int | str:
+    """--unfreeze: a count of blocks, or the name of a cut point."""
+    text = str(text).strip()
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _no_labels(data: str) -> None:
@@ -151,7 +162,7 @@ def _no_labels(data: str) -> None:
 @click.option("--layers", "-l", "layers_text", required=True, metavar="L1,L2,...",
               help="Cut layers to compare (names from `zoo layers NAME` or positions).")
 @click.option("--unfreeze", "unfreeze_text", default="0", show_default=True, metavar="K1,K2",
-              help="Unfreeze depths to try at each cut, e.g. 0,1.")
+              help="Blocks to unfreeze at each cut, e.g. 0,1 (or cut points: 0,res4f).")
 @_training_options
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of accuracy vs cut layer here.")
 @json_option
@@ -178,7 +189,7 @@ def sweep_command(name, layers_text, unfreeze_text, data, labels, hidden, epochs
         raise InputError(f"--layers {layers_text!r} names no layer; give names like fc6,fc7")
     result = sweep(
         name, data, labels if labels is not None else _no_labels(data), layers=layers,
-        unfreeze=_ints("--unfreeze", unfreeze_text, "depths") or [0],
+        unfreeze=[_unfreeze(part) for part in unfreeze_text.split(",") if part.strip()] or [0],
         hidden=_ints("--hidden", hidden, "layer sizes"), epochs=epochs, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, patience=patience or None, seed=seed, catalog=catalog,
         cache_dir=cache_dir, plot=plot, on_error="raise" if strict_images else "skip", progress=not quiet,
