@@ -174,8 +174,9 @@ def _parse_graph(g: onnx.GraphProto, opset: int, functions: dict, scope: set[str
         kind = value.type.WhichOneof("value")
         if kind == "sequence_type":
             graph.kinds[value.name] = "sequence"
-        elif kind == "optional_type":
-            graph.kinds[value.name] = "optional"
+        elif kind == "optional_type":  # None, or a tensor, or a sequence
+            inner = value.type.optional_type.elem_type.WhichOneof("value")
+            graph.kinds[value.name] = "optional sequence" if inner == "sequence_type" else "optional"
     for value in g.input:
         if value.name in initializers or value.type.WhichOneof("value") != "tensor_type":
             continue

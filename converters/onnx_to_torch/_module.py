@@ -75,8 +75,8 @@ class OnnxModule(nn.Module):
         for node in fx_graph.nodes:
             if node.op == "placeholder":
                 kind = self._input_kinds[self.input_names.index(_unsanitize(node.target, self.input_names))]
-                node.type = List[torch.Tensor] if kind == "sequence" else Optional[torch.Tensor] \
-                    if kind == "optional" else torch.Tensor
+                node.type = {"sequence": List[torch.Tensor], "optional": Optional[torch.Tensor],
+                             "optional sequence": Optional[List[torch.Tensor]]}.get(kind, torch.Tensor)
         self.__dict__["graph_module"] = fx.GraphModule(self, fx_graph, class_name="OnnxGraphModule")
         self._share_children()
 
@@ -229,10 +229,10 @@ class OnnxModule(nn.Module):
     # ---------------------------------------------------------------- running
     def _as_input(self, k: int, x: Any) -> Any:
         kind = self._input_kinds[k]
-        if kind == "sequence":
-            return [self._tensor(k, item) for item in x]
-        if kind == "optional" and x is None:
+        if kind.startswith("optional") and x is None:
             return None
+        if kind.endswith("sequence"):
+            return [self._tensor(k, item) for item in x]
         x = self._tensor(k, x)
         shape = self.input_shapes[k]
         if k == self._raw_input:
@@ -284,7 +284,8 @@ class OnnxModule(nn.Module):
             if given[k]:
                 raise InputError(f"input {names[k]!r} given twice (by position and by name)")
             bound[k], given[k] = value, True
-        missing = [name for name, ok, kind in zip(names, given, self._input_kinds) if not ok and kind != "optional"]
+        missing = [name for name, ok, kind in zip(names, given, self._input_kinds)
+                   if not ok and not kind.startswith("optional")]
         if missing:
             raise InputError(f"missing input(s) {missing}; this module takes {names}, in that order "
                              f"or by name")

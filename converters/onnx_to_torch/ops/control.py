@@ -313,20 +313,20 @@ def get_element(x: Optional[Tensor]) -> Tensor:
 def _optional(g, node, x=None):
     if x is None or not x.present:
         return _kind(g.call(empty_optional), "optional")
-    return _kind(x, x.kind if x.kind == "sequence" else "optional")
+    return _kind(x, "optional sequence" if x.kind.endswith("sequence") else "optional")
 
 
 @op("OptionalHasElement", since=15)
 def _optional_has_element(g, node, x=None):
     if x is None or not x.present:
         return g.constant(torch.tensor(False))
-    if x.kind == "sequence":
+    if x.kind.endswith("sequence"):
         return g.call(has_elements, x)
     return g.call(has_element, x)
 
 
 @op("OptionalGetElement", since=15)
 def _optional_get_element(g, node, x):
-    if x.kind == "sequence":
+    if x.kind.endswith("sequence"):
         return x
     return g.call(get_element, x)

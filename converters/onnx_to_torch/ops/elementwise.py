@@ -135,6 +135,26 @@ def float8_max(dtype: torch.dtype) -> float:
     return 0.0
 
 
+@eager
+def cast_e8m0(x: Tensor, saturate: bool, round_mode: str) -> Tensor:
+    """Float -> FLOAT8E8M0 (a power of two, its exponent byte) with ONNX's rounding of the exponent."""
+    bits = x.float().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    exponent = (bits >> 23) & 0xFF
+    special = exponent == 0xFF
+    mantissa = bits & 0x7FFFFF
+    if round_mode == "up":
+        bump = mantissa > 0
+    elif round_mode == "nearest":
+        guard, rest = (bits & 0x400000) > 0, (bits & 0x3FFFFF) > 0
+        bump = guard & (rest | (exponent > 0))
+    else:
+        bump = torch.zeros_like(special)
+    if saturate:
+        bump = bump & (exponent != 0xFE)
+    exponent = torch.where(special, torch.full_like(exponent, 0xFF), (exponent + bump.long()).clamp(max=0xFF))
+    return exponent.to(torch.uint8).view(torch.float8_e8m0fnu)
+
+
 def cast_like(x: Tensor, like: Tensor, saturate: bool) -> Tensor:
     return cast(x, like.dtype, saturate)
 
@@ -399,7 +419,10 @@ def _cast(g, node, x):
         to = {name: code for code, name in ONNX_NAMES.items()}.get(to.upper(), -1)
     if x.type_of() is not None and x.type_of() not in _known_dtypes():
         raise Unsupported(f"from {x.type_of()}")
-    return g.call(cast, x, _target(int(to)), bool(node.attr("saturate", 1)))
+    target = _target(int(to))
+    if str(target) == "torch.float8_e8m0fnu":
+        return g.call(cast_e8m0, x, bool(node.attr("saturate", 1)), node.attr("round_mode", "up"))
+    return g.call(cast, x, target, bool(node.attr("saturate", 1)))
 
 
 def _known_dtypes() -> set:

@@ -592,6 +592,55 @@ def _rotary(g, node, x, cos, sin, positions=None):
                   int(node.attr("rotary_embedding_dim", 0)))
 
 
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, past: Optional[Tensor], decay: Optional[Tensor],
+                     beta: Optional[Tensor], q_heads: int, kv_heads: int, scale: float) -> List[Tensor]:
+    """ONNX LinearAttention (opset 27): a recurrent state updated per step (linear, gated, delta rule)."""
+    b, t = q.shape[0], q.shape[1]
+    d_k, d_v = q.shape[2] // q_heads, v.shape[2] // kv_heads
+    group = q_heads // kv_heads
+    q4 = q.reshape(b, t, q_heads, d_k).transpose(1, 2).float()
+    k4 = k.reshape(b, t, kv_heads, d_k).transpose(1, 2).float()
+    v4 = v.reshape(b, t, kv_heads, d_v).transpose(1, 2).float()
+    decay4: Optional[Tensor] = None
+    if decay is not None:
+        per_head = decay.shape[-1] == kv_heads
+        decay4 = decay.reshape(b, t, kv_heads, 1 if per_head else d_k).transpose(1, 2).float()
+    beta4: Optional[Tensor] = None
+    if beta is not None:
+        beta4 = beta.reshape(b, t, beta.shape[-1], 1).transpose(1, 2).float()
+    state = past.float() if past is not None else torch.zeros([b, kv_heads, d_k, d_v], dtype=torch.float32)
+    if scale == 0.0:
+        scale = 1.0 / math.sqrt(d_k)
+    outs: List[Tensor] = []
+    for i in range(t):
+        k_t, v_t = k4[:, :, i, :], v4[:, :, i, :]
+        if decay4 is not None:
+            state = state * torch.exp(decay4[:, :, i, :]).unsqueeze(-1)
+        if beta4 is not None:
+            retrieved = torch.einsum("bhdm,bhd->bhm", state, k_t)
+            v_t = beta4[:, :, i, :] * (v_t - retrieved)
+        state = state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+        read = state.repeat_interleave(group, 1) if group > 1 else state
+        outs.append(scale * torch.einsum("bhd,bhdm->bhm", q4[:, :, i, :], read))
+    y = torch.stack(outs, 2).transpose(1, 2).reshape(b, t, q_heads * d_v)
+    return [y.to(q.dtype), state.to(past.dtype if past is not None else q.dtype)]
+
+
+@op("LinearAttention", since=27)
+def _linear_attention(g, node, q, k, v, past=None, decay=None, beta=None):
+    rule = node.attr("update_rule", "gated_delta")
+    if rule not in ("linear", "gated", "delta", "gated_delta"):
+        raise Unsupported(f"update_rule={rule!r}")
+
+    def given(value):
+        return value if value is not None and value.present else None
+
+    scale = node.attr("scale")
+    out = g.call(linear_attention, q, k, v, given(past), given(decay), given(beta), int(node.attr("q_num_heads")),
+                 int(node.attr("kv_num_heads")), 0.0 if scale is None else float(scale))
+    return g.unpack(out, len(node.outputs))
+
+
 def swiglu(a: Tensor, b: Tensor, alpha: float) -> Tensor:
     return a * torch.sigmoid(alpha * a) * b
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -978,3 +978,64 @@ def _resize(g, node, x, roi=None, scales=None, sizes=None):
         return g.call(resize, x, [] if roi is None else g.floats(roi), [] if scales is None else g.floats(scales),
                       [] if sizes is None else g.ints(sizes), axes, *options)
     return g.call(resize_input, x, roi, scales, sizes, axes, *options)
+
+
+# ---------------------------------------------------------------- n-gram counting
+def tfidf(x: Tensor, grams: Dict[str, int], min_n: int, max_n: int, max_skip: int, indexes: List[int],
+          size: int, mode: str, weights: List[float]) -> Tensor:
+    """ONNX TfIdfVectorizer over integer token ids: n-gram counts (skipping up to `max_skip`), weighted."""
+    rows = x.reshape(1, -1) if x.dim() == 1 else x
+    values: List[List[int]] = rows.long().tolist()
+    freq = torch.zeros([len(values), size], dtype=torch.float32)
+    for r in range(len(values)):
+        row = values[r]
+        length = len(row)
+        smallest = min_n
+        for skip in range(1, max_skip + 2):
+            if smallest > max_n:
+                break
+            for start in range(length):
+                if start + skip * (smallest - 1) >= length:
+                    break
+                key = ""
+                item, n = start, 1
+                while n <= max_n and item < length:
+                    key = str(row[item]) if n == 1 else key + "," + str(row[item])
+                    if key not in grams:
+                        break
+                    found = grams[key]
+                    if n >= smallest and found != 0:
+                        freq[r, indexes[found - 1]] += 1.0
+                    n += 1
+                    item += skip
+            smallest = max(smallest, 2)  # unigrams count once: a skip does not change them
+    if mode == "IDF":
+        w = torch.tensor(weights, dtype=torch.float32) if len(weights) > 0 else torch.ones([size])
+        freq = torch.where(freq > 0, w.expand(freq.shape), torch.zeros_like(freq))
+    elif mode == "TFIDF" and len(weights) > 0:
+        freq = freq * torch.tensor(weights, dtype=torch.float32)
+    return freq.reshape(size) if x.dim() == 1 else freq
+
+
+@op("TfIdfVectorizer", since=9)
+def _tfidf(g, node, x):
+    pool = [int(v) for v in node.attr("pool_int64s", [])]
+    if not pool:
+        raise Unsupported("pool_strings (strings have no torch tensor type)")
+    counts = [int(c) for c in node.attr("ngram_counts")]
+    min_n, max_n = int(node.attr("min_gram_length")), int(node.attr("max_gram_length"))
+    grams: dict[str, int] = {}
+    next_id = 1  # 0: a prefix of a longer n-gram, not one itself
+    for size, start in enumerate(counts, start=1):
+        end = counts[size] if size < len(counts) else len(pool)
+        n_grams = (end - start) // size
+        for k in range(n_grams):
+            if min_n <= size <= max_n:
+                gram = pool[start + k * size:start + (k + 1) * size]
+                for m in range(1, size):
+                    grams.setdefault(",".join(map(str, gram[:m])), 0)
+                grams[",".join(map(str, gram))] = next_id
+            next_id += 1
+    indexes = [int(i) for i in node.attr("ngram_indexes")]
+    return g.call(tfidf, x, grams, min_n, max_n, int(node.attr("max_skip_count")), indexes, max(indexes) + 1,
+                  node.attr("mode"), [float(w) for w in node.attr("weights", [])])

@@ -1,6 +1,7 @@
-"""Detection and sampling: NonMaxSuppression, GridSample, AffineGrid, Col2Im."""
+"""Detection and sampling: NonMaxSuppression, RoiAlign, DeformConv, GridSample, AffineGrid, Col2Im."""
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 import torch
@@ -66,6 +67,105 @@ def _nms(g, node, boxes, scores, max_out=None, iou=None, threshold=None):
 
     return g.call(non_max_suppression, boxes, scores, given(max_out), given(iou), given(threshold),
                   bool(node.attr("center_point_box", 0)))
+
+
+def roi_align(x: Tensor, rois: Tensor, batch: Tensor, average: bool, out_h: int, out_w: int, ratio: int,
+              scale: float, half_pixel: bool) -> Tensor:
+    """ONNX RoiAlign: bilinear samples on a grid inside each region, averaged (or maxed) per bin."""
+    height, width = x.shape[2], x.shape[3]
+    outs: List[Tensor] = []
+    offset = 0.5 if half_pixel else 0.0
+    for n in range(rois.shape[0]):
+        box = rois[n].double() * scale - offset
+        start_w, start_h = float(box[0]), float(box[1])
+        roi_w, roi_h = float(box[2]) - start_w, float(box[3]) - start_h
+        if not half_pixel:  # malformed regions become 1x1
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        bin_h, bin_w = roi_h / out_h, roi_w / out_w
+        grid_h = ratio if ratio > 0 else int(math.ceil(roi_h / out_h))
+        grid_w = ratio if ratio > 0 else int(math.ceil(roi_w / out_w))
+        iy = torch.arange(out_h, dtype=torch.float64).reshape(-1, 1) * bin_h + \
+            (torch.arange(grid_h, dtype=torch.float64).reshape(1, -1) + 0.5) * bin_h / grid_h + start_h
+        ix = torch.arange(out_w, dtype=torch.float64).reshape(-1, 1) * bin_w + \
+            (torch.arange(grid_w, dtype=torch.float64).reshape(1, -1) + 0.5) * bin_w / grid_w + start_w
+        y = iy.reshape(out_h, 1, grid_h, 1).expand(out_h, out_w, grid_h, grid_w)
+        xx = ix.reshape(1, out_w, 1, grid_w).expand(out_h, out_w, grid_h, grid_w)
+        outside = (y < -1.0) | (y > height) | (xx < -1.0) | (xx > width)
+        y, xx = y.clamp(min=0.0), xx.clamp(min=0.0)
+        y_low, x_low = y.floor().long(), xx.floor().long()
+        y_edge, x_edge = y_low >= height - 1, x_low >= width - 1
+        y_low, x_low = torch.where(y_edge, height - 1, y_low), torch.where(x_edge, width - 1, x_low)
+        y = torch.where(y_edge, y_low.double(), y)
+        xx = torch.where(x_edge, x_low.double(), xx)
+        y_high, x_high = torch.where(y_edge, y_low, y_low + 1), torch.where(x_edge, x_low, x_low + 1)
+        ly, lx = y - y_low.double(), xx - x_low.double()
+        hy, hx = 1.0 - ly, 1.0 - lx
+        plane = x[int(batch[n])].reshape(x.shape[1], -1).double()  # [C, H*W]
+        corners: List[Tensor] = []
+        for pos, w in ((y_low * width + x_low, hy * hx), (y_low * width + x_high, hy * lx),
+                       (y_high * width + x_low, ly * hx), (y_high * width + x_high, ly * lx)):
+            w = torch.where(outside, torch.zeros_like(w), w)
+            corners.append(plane[:, pos.reshape(-1)].reshape([x.shape[1]] + list(pos.shape)) * w)
+        if average:
+            value = (corners[0] + corners[1] + corners[2] + corners[3]).sum([3, 4]) / max(grid_h * grid_w, 1)
+        else:
+            value = torch.maximum(torch.maximum(corners[0], corners[1]),
+                                  torch.maximum(corners[2], corners[3])).amax([3, 4])
+        outs.append(value)
+    if len(outs) == 0:
+        return x.new_zeros([0, x.shape[1], out_h, out_w])
+    return torch.stack(outs).to(x.dtype)
+
+
+@op("RoiAlign", since=10)
+def _roi_align(g, node, x, rois, batch):
+    mode = node.attr("mode", "avg")
+    if mode not in ("avg", "max"):
+        raise Unsupported(f"mode={mode!r}")
+    half_pixel = node.opset >= 16 and node.attr("coordinate_transformation_mode", "half_pixel") == "half_pixel"
+    return g.call(roi_align, x, rois, batch, mode == "avg", int(node.attr("output_height", 1)),
+                  int(node.attr("output_width", 1)), int(node.attr("sampling_ratio", 0)),
+                  float(node.attr("spatial_scale", 1.0)), half_pixel)
+
+
+def deform_conv(x: Tensor, w: Tensor, offset: Tensor, b: Optional[Tensor], mask: Optional[Tensor],
+                strides: List[int], pads: List[int], dilations: List[int], group: int,
+                offset_group: int) -> Tensor:
+    """ONNX DeformConv (2-D): each kernel tap samples the input bilinearly at its learned offset."""
+    n, channels, ih, iw = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    oc, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    oh, ow = offset.shape[2], offset.shape[3]
+    off = offset.reshape(n, offset_group, kh, kw, 2, oh, ow).double()
+    gate = mask.reshape(n, offset_group, kh, kw, oh, ow).double() if mask is not None else \
+        torch.ones([n, offset_group, kh, kw, oh, ow], dtype=torch.float64)
+    base_h = (torch.arange(oh, dtype=torch.float64) * strides[0] - pads[0]).reshape(1, 1, oh, 1)
+    base_w = (torch.arange(ow, dtype=torch.float64) * strides[1] - pads[1]).reshape(1, 1, 1, ow)
+    tap_h = (torch.arange(kh, dtype=torch.float64) * dilations[0]).reshape(kh, 1, 1, 1)
+    tap_w = (torch.arange(kw, dtype=torch.float64) * dilations[1]).reshape(1, kw, 1, 1)
+    per = channels // offset_group
+    columns: List[Tensor] = []
+    for g in range(offset_group):
+        h = base_h + tap_h + off[:, g, :, :, 0]  # [n, kh, kw, oh, ow]
+        ww = base_w + tap_w + off[:, g, :, :, 1]
+        grid = torch.stack([ww / (iw - 1) * 2 - 1, h / (ih - 1) * 2 - 1], -1).reshape(n, kh * kw * oh, ow, 2)
+        sampled = F.grid_sample(x[:, g * per:(g + 1) * per].double(), grid, "bilinear", "zeros", True)
+        columns.append(sampled.reshape(n, per, kh, kw, oh, ow) * gate[:, g].unsqueeze(1))
+    cols = torch.cat(columns, 1).reshape(n, group, (channels // group) * kh * kw, oh * ow)
+    weights = w.double().reshape(group, oc // group, (channels // group) * kh * kw)
+    y = torch.einsum("gok,ngkp->ngop", weights, cols).reshape(n, oc, oh, ow)
+    if b is not None:
+        y = y + b.double().reshape(1, -1, 1, 1)
+    return y.to(x.dtype)
+
+
+@op("DeformConv", since=19)
+def _deform_conv(g, node, x, w, offset, b=None, mask=None):
+    if w.rank is not None and w.rank != 4:
+        raise Unsupported(f"{w.rank - 2}-D kernels (2-D only)")
+    given = [v if v is not None and v.present else None for v in (b, mask)]
+    return g.call(deform_conv, x, w, offset, given[0], given[1], [int(s) for s in node.attr("strides", [1, 1])],
+                  [int(p) for p in node.attr("pads", [0, 0, 0, 0])], [int(d) for d in node.attr("dilations", [1, 1])],
+                  int(node.attr("group", 1)), int(node.attr("offset_group", 1)))
 
 
 def grid_sample(x: Tensor, grid: Tensor, mode: str, padding: str, align: bool) -> Tensor:
