@@ -27,7 +27,6 @@ from zoo.errors import InputError, UnknownLayerError, UnsupportedLayerError
 TOL = 1e-4  # x output scale, the converter contract
 LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
          "squeezenet", "vgg19", "zfnet512"]
-BIG = {"vgg19", "zfnet512", "bvlc_alexnet"}  # hundreds of MB of weights: batch 1 only
 
 
 def _outputs(result) -> list[np.ndarray]:
@@ -62,27 +61,6 @@ def _graph(nodes, inputs, outputs, initializers=(), opset=13):
 
 
 # ---------------------------------------------------------------- the onnx package's light models
-@pytest.mark.slow
-@pytest.mark.parametrize("name", LIGHT)
-def test_light_model_matches_onnxruntime_with_random_weights(name):
-    model = light_model_randomized(onnx_light_models() / f"light_{name}.onnx", seed=1)
-    net = to_torch(model)
-    session = ort_session(model, threads=2)
-    for batch in (1,) if name in BIG else (1, 3):
-        x = np.random.default_rng(batch).random((batch, 3, 224, 224), dtype=np.float32)
-        want = session.run(None, {net.input_names[0]: x})
-        with torch.no_grad():
-            got = _outputs(net(torch.from_numpy(x)))
-        assert [g.shape for g in got] == [w.shape for w in want]
-        # The last output is the pre-softmax logits; softmax moves by at most what the logits move,
-        # so the probabilities get the logits' absolute tolerance (random deep nets have big logits).
-        logit_tolerance = TOL * max(1.0, float(np.abs(want[-1]).max()))
-        assert relative_error(got[-1], want[-1]) <= TOL
-        for g, w in zip(got[:-1], want[:-1]):
-            assert float(np.abs(g - w).max()) <= logit_tolerance
-        assert float(np.abs(want[-1]).std()) > 0  # random weights: outputs are not all equal
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", LIGHT)
 def test_light_model_matches_shipped_reference_output(name):
@@ -974,7 +952,7 @@ def test_scripted_op_matches_the_eager_module(case):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["squeezenet", "resnet50", "inception_v2", "shufflenet"])
+@pytest.mark.parametrize("name", ["squeezenet"])  # all nine script: test_onnx_to_torch_lowering.py
 def test_scripted_light_model_saves_loads_and_matches_onnxruntime(name, tmp_path):
     model = light_model_randomized(onnx_light_models() / f"light_{name}.onnx", seed=3)
     net = to_torch(model)

@@ -152,8 +152,6 @@ def _add_layer_names(proto: onnx.ModelProto, graph: Graph) -> None:
 
 
 def _parse_graph(g: onnx.GraphProto, opset: int, functions: dict, scope: set[str]) -> Graph:
-    from onnx import numpy_helper
-
     initializers = {t.name for t in g.initializer}
     constants: dict[str, torch.Tensor] = {}
     opaque: dict[str, str] = {}

@@ -221,16 +221,20 @@ def _is_float(x) -> bool:
     return x.type_of() is None or x.type_of().is_floating_point
 
 
+def _pool_node(node):
+    """kernel, ceil mode, (strides, dilations, begin, end, auto_pad), and the static plan (or None)."""
+    kernel = _kernel(node)
+    if len(kernel) not in _MAX:
+        raise Unsupported(f"{len(kernel)}-D pooling")
+    return kernel, bool(node.attr("ceil_mode", 0)), _full_window(node, len(kernel)), static_pads(node, len(kernel),
+                                                                                                 kernel)
+
+
 @op("MaxPool")
 def _max_pool(g, node, x):
-    kernel = _kernel(node)
+    kernel, ceil, (strides, dilations, begin, end, auto_pad), plan = _pool_node(node)
     n = len(kernel)
-    if n not in _MAX:
-        raise Unsupported(f"{n}-D pooling")
-    ceil = bool(node.attr("ceil_mode", 0))
-    strides, dilations, begin, end, auto_pad = _full_window(node, n)
     wants_indices = len([o for o in node.outputs if o]) > 1
-    plan = static_pads(node, n, kernel)
     if wants_indices:
         if plan is None or not _native(kernel, plan[2], plan[3]):
             raise Unsupported("Indices output with asymmetric or size-dependent pads")
@@ -245,14 +249,9 @@ def _max_pool(g, node, x):
 
 @op("AveragePool")
 def _avg_pool(g, node, x):
-    kernel = _kernel(node)
+    kernel, ceil, (strides, dilations, begin, end, auto_pad), plan = _pool_node(node)
     n = len(kernel)
-    if n not in _AVG:
-        raise Unsupported(f"{n}-D pooling")
-    ceil = bool(node.attr("ceil_mode", 0))
     include = bool(node.attr("count_include_pad", 0))
-    strides, dilations, begin, end, auto_pad = _full_window(node, n)
-    plan = static_pads(node, n, kernel)
     if plan is not None and _native(kernel, plan[2], plan[3]) and plan[1] == [1] * n:
         return g.call(_AVG[n], x, kernel, plan[0], plan[2], ceil, include)
     return g.call(avg_pool, x, kernel, strides, dilations, begin, end, auto_pad, ceil, include)
