@@ -191,21 +191,33 @@ class BatchNormLayer(OnnxLayer):
 
 
 @op("BatchNormalization")
-def _batch_norm(g, node, x, scale, bias, mean, var):
-    if node.opset < 9 and node.attr("spatial", 1) == 0:
+def _batch_norm_v1(g, node, x, scale, bias, mean, var):
+    """Opsets 1-8: `spatial=0` (statistics per element, not per channel) existed."""
+    if node.attr("spatial", 1) == 0:
         raise Unsupported("spatial=0")
+    return _batch_norm(g, node, x, scale, bias, mean, var)
+
+
+@op("BatchNormalization", since=9)
+def _batch_norm(g, node, x, scale, bias, mean, var):
     eps = float(node.attr("epsilon", 1e-5))
-    if node.opset >= 14 and node.attr("training_mode", 0):
-        outs = g.unpack(g.call(batch_norm_training, x, scale, bias, mean, var, eps,
-                               float(node.attr("momentum", 0.9))), 3)
-        return outs[:len(node.outputs)]
     layer = g.layer()
     if isinstance(layer, BatchNormLayer):
         y = g.call_layer(layer, x)
     else:
         y = g.call(batch_norm, x, scale, bias, mean, var, eps)
-    # Opsets < 9 list the statistics as outputs too; at inference they are the running ones.
+    # Opsets < 14 list the statistics as outputs too; at inference they are the running ones.
     return y if len(node.outputs) == 1 else [y, mean, var, mean, var][:len(node.outputs)]
+
+
+@op("BatchNormalization", since=14)
+def _batch_norm_v14(g, node, x, scale, bias, mean, var):
+    """Opset 14 adds training_mode=1: batch statistics, and the updated running ones as outputs."""
+    if node.attr("training_mode", 0):
+        outs = g.unpack(g.call(batch_norm_training, x, scale, bias, mean, var, float(node.attr("epsilon", 1e-5)),
+                               float(node.attr("momentum", 0.9))), 3)
+        return outs[:len(node.outputs)]
+    return _batch_norm(g, node, x, scale, bias, mean, var)
 
 
 def instance_norm(x: Tensor, scale: Tensor, bias: Tensor, eps: float) -> Tensor:
@@ -427,18 +439,25 @@ def ones_mask(x: Tensor) -> Tensor:
 
 
 @op("Dropout")
-def _dropout(g, node, x, ratio=None, training=None):
+def _dropout(g, node, x):
     """Dropout is the identity at inference; while fine-tuning a gate module decides (see DropoutGate)."""
-    value = float(node.attr("ratio", 0.5))
-    if node.opset >= 12:
-        value = 0.5  # the gate's ratio when the ratio is computed at run time
-        if ratio is not None and ratio.present and ratio.static is not None:
-            value = float(ratio.static.reshape(-1)[0])
-        if training is not None and training.present:
-            if training.static is None or bool(training.static):
-                if ratio is None or not ratio.present:
-                    ratio = g.constant(torch.tensor(0.5))
-                return g.unpack(g.call(dropout_training, x, ratio), 2)[:len(node.outputs)]
+    return _dropout_gate(g, node, x, float(node.attr("ratio", 0.5)))
+
+
+@op("Dropout", since=12)
+def _dropout_v12(g, node, x, ratio=None, training=None):
+    """Opset 12: the ratio and training_mode are inputs (training_mode=1 drops in the graph itself)."""
+    value = 0.5  # the gate's ratio when the ratio is computed at run time
+    if ratio is not None and ratio.present and ratio.static is not None:
+        value = float(ratio.static.reshape(-1)[0])
+    if training is not None and training.present and (training.static is None or bool(training.static)):
+        if ratio is None or not ratio.present:
+            ratio = g.constant(torch.tensor(0.5))
+        return g.unpack(g.call(dropout_training, x, ratio), 2)[:len(node.outputs)]
+    return _dropout_gate(g, node, x, value)
+
+
+def _dropout_gate(g, node, x, value: float):
     if g.evaluating:
         y = x
     else:

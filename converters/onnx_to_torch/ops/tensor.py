@@ -904,19 +904,16 @@ def interpolate(x: Tensor, scales: List[float], mode: str, align: bool) -> Tenso
     return F.interpolate(x, scale_factor=scales[2:], mode=m, align_corners=align, recompute_scale_factor=False)
 
 
-def _resize_options(node):
+def _resize_options(node, legacy: bool):
+    """mode, coordinate rule, rounding... `legacy`: Upsample and Resize-10, whose only rule was
+    asymmetric coordinates with floor rounding."""
     a = node.attrs
     mode = a.get("mode", "nearest")
     if mode not in ("nearest", "linear", "bilinear", "cubic", "bicubic"):
         raise Unsupported(f"mode={mode!r}")
     mode = {"bilinear": "linear", "bicubic": "cubic"}.get(mode, mode)
-    if node.op_type == "Upsample" or node.opset < 11:
-        coord = "asymmetric"
-    else:
-        coord = a.get("coordinate_transformation_mode", "half_pixel")
-    nearest = a.get("nearest_mode", "round_prefer_floor") if node.opset >= 11 else "floor"
-    if node.opset < 11 and mode == "nearest":
-        nearest = "floor"
+    coord = "asymmetric" if legacy else a.get("coordinate_transformation_mode", "half_pixel")
+    nearest = "floor" if legacy else a.get("nearest_mode", "round_prefer_floor")
     known = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
              "tf_crop_and_resize")
     if coord not in known:
@@ -944,14 +941,14 @@ def _fast_resize(g, x, scales: list[float], options) -> object | None:
 
 @op("Upsample")
 def _upsample_v1(g, node, x):
-    options = _resize_options(node)
+    options = _resize_options(node, legacy=True)
     scales = [float(s) for s in node.attr("scales")]
     return _fast_resize(g, x, scales, options) or g.call(resize, x, [], scales, [], [], *options)
 
 
 @op("Upsample", since=9)
 def _upsample(g, node, x, scales):
-    options = _resize_options(node)
+    options = _resize_options(node, legacy=True)
     if scales.static is not None:
         fixed = g.floats(scales)
         return _fast_resize(g, x, fixed, options) or g.call(resize, x, [], fixed, [], [], *options)
@@ -959,11 +956,15 @@ def _upsample(g, node, x, scales):
 
 
 @op("Resize", since=10)
+def _resize_v10(g, node, x, scales):
+    """Resize-10 is Upsample-9 renamed: (X, scales), asymmetric coordinates."""
+    return _upsample(g, node, x, scales)
+
+
+@op("Resize", since=11)
 def _resize(g, node, x, roi=None, scales=None, sizes=None):
-    options = _resize_options(node)
+    options = _resize_options(node, legacy=False)
     axes = [int(a) for a in node.attr("axes", [])]
-    if node.opset < 11:  # Resize-10: (X, scales)
-        roi, scales, sizes = None, roi, None
     roi, scales, sizes = _given(roi), _given(scales), _given(sizes)
     if scales is not None and scales.static is not None and scales.static.numel() == 0:
         scales = None

@@ -118,11 +118,21 @@ def roi_align(x: Tensor, rois: Tensor, batch: Tensor, average: bool, out_h: int,
 
 
 @op("RoiAlign", since=10)
-def _roi_align(g, node, x, rois, batch):
+def _roi_align_v10(g, node, x, rois, batch):
+    """Opset 10 had no coordinate_transformation_mode: output_half_pixel, i.e. no half-pixel shift."""
+    return _roi_align(g, node, x, rois, batch, half_pixel=False)
+
+
+@op("RoiAlign", since=16)
+def _roi_align_v16(g, node, x, rois, batch):
+    return _roi_align(g, node, x, rois, batch,
+                      half_pixel=node.attr("coordinate_transformation_mode", "half_pixel") == "half_pixel")
+
+
+def _roi_align(g, node, x, rois, batch, half_pixel: bool):
     mode = node.attr("mode", "avg")
     if mode not in ("avg", "max"):
         raise Unsupported(f"mode={mode!r}")
-    half_pixel = node.opset >= 16 and node.attr("coordinate_transformation_mode", "half_pixel") == "half_pixel"
     return g.call(roi_align, x, rois, batch, mode == "avg", int(node.attr("output_height", 1)),
                   int(node.attr("output_width", 1)), int(node.attr("sampling_ratio", 0)),
                   float(node.attr("spatial_scale", 1.0)), half_pixel)
@@ -173,8 +183,17 @@ def grid_sample(x: Tensor, grid: Tensor, mode: str, padding: str, align: bool) -
 
 
 @op("GridSample", since=16)
-def _grid_sample(g, node, x, grid):
-    mode = node.attr("mode", "bilinear" if node.opset < 20 else "linear")
+def _grid_sample_v16(g, node, x, grid):
+    return _grid_sample(g, node, x, grid, node.attr("mode", "bilinear"))
+
+
+@op("GridSample", since=20)
+def _grid_sample_v20(g, node, x, grid):
+    """Opset 20 renamed the modes linear and cubic (and took N-D grids)."""
+    return _grid_sample(g, node, x, grid, node.attr("mode", "linear"))
+
+
+def _grid_sample(g, node, x, grid, mode: str):
     mode = {"linear": "bilinear", "cubic": "bicubic"}.get(mode, mode)
     padding = node.attr("padding_mode", "zeros")
     if mode not in ("bilinear", "nearest", "bicubic") or padding not in ("zeros", "border", "reflection"):
