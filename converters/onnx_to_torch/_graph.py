@@ -64,7 +64,6 @@ class Block:
 
     name: str  # the zoo layer name of its main layer
     layers: list[int]  # indices into Graph.layers
-    nodes: list[str] = field(default_factory=list)  # every ONNX node it covers, activations included
 
 
 @dataclass(eq=False)

@@ -249,8 +249,9 @@ class Lowering:
             for name, value in zip(node.outputs, outs):
                 if name:
                     env[name] = value
-            if node.name in self._layer_of:
-                self.layers_seen += 1
+            owner = self._layer_of.get(node.name)
+            if owner is not None and getattr(owner, "onnx_name", None) == node.name:
+                self.layers_seen += 1  # its main node, not the bias Add that joined it
         self.node = None
         if problems and raise_now:
             raise Unsupported(_problem_list(problems))

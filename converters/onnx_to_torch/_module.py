@@ -19,7 +19,6 @@ from converters.onnx_to_torch._registry import LAYER_CLASSES
 from zoo.errors import InputError, UnknownLayerError, UnsupportedLayerError
 
 
-
 @dataclass(frozen=True)
 class FineTuneBlock:
     """A unit of fine-tuning: a conv/linear layer with its BatchNorm/Scale/activation."""
@@ -44,6 +43,7 @@ class OnnxModule(nn.Module):
     def __init__(self, graph: Graph, *, preprocess: nn.Module | None = None, pooling: nn.Module | None = None,
                  preprocess_input: str | None = None):
         super().__init__()
+        self.__dict__["graph_module"] = None  # reserved: set below, never a layer's name
         self.input_names: list[str] = list(graph.inputs)
         self.output_names: list[str] = list(graph.outputs)
         self.opset = graph.opset
@@ -57,9 +57,6 @@ class OnnxModule(nn.Module):
         self.layers: list[tuple[str, OnnxLayer]] = []
         self.constants = nn.Module()  # run-time constants (shapes, indices, scalars) as buffers
         self.ops = nn.Module()  # run-time modules: dropout gates, loops, branches
-        owners, weights = self._make_layers(graph)
-        self.blocks = [FineTuneBlock(b.name, tuple(graph.layers[i].name for i in b.layers)) for b in graph.blocks]
-        self._block_nodes = [list(b.nodes) for b in graph.blocks]
         # The input the preprocessing module takes raw pixels for (the first one unless named).
         self._raw_input = -1 if preprocess is None else self.input_names.index(
             preprocess_input if preprocess_input in self.input_names else self.input_names[0])
@@ -67,7 +64,9 @@ class OnnxModule(nn.Module):
             self.preprocess = preprocess
         if pooling is not None:
             self.pool = pooling
-        fx_graph, lowering, problems = lower(graph, self, owners, self.input_names, weights)
+        owners, weights = self._make_layers(graph)  # after the names above: a layer "pool" becomes pool_2
+        self.blocks = [FineTuneBlock(b.name, tuple(graph.layers[i].name for i in b.layers)) for b in graph.blocks]
+        fx_graph, _, problems = lower(graph, self, owners, self.input_names, weights)
         if problems:
             raise UnsupportedLayerError(_unsupported_message(problems))
         self._gates = [m for m in self.modules() if isinstance(m, DropoutGate)]

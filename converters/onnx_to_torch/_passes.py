@@ -189,10 +189,8 @@ def group_blocks(graph: Graph) -> None:
                 if head and (len(block.layers) == 1 or not any(graph.layers[i].op_type in BLOCK_HEADS
                                                                 for i in block.layers[:-1])):
                     block.name = spec.layer_name
-            graph.blocks[spec.block].nodes.append(node.name)
             origin.update((name, spec.block) for name in node.outputs if name)
         elif node.op_type in ACTIVATIONS and source is not None:
-            graph.blocks[source].nodes.append(node.name)
             origin.update((name, source) for name in node.outputs if name)
 
 
