@@ -1,13 +1,17 @@
 """Frozen inference: the lowered graph specialised to the current weights, as onnxruntime does it.
 
 While nothing trains, an OnnxModule runs a second fx graph derived from its own by named passes:
-`fold_affine` folds a BatchNorm (and a Caffe Scale's per-channel Mul/Add) into the conv before
-it, `fuse_activation` hands the activation after a conv to the conv kernel, and `prepack`
-reorders conv weights once into oneDNN's blocked layout (`torch.ops.mkldnn._convolution_pointwise`
-takes them as they are, where `F.conv2d` reorders on every call). The derived graph is a cache:
-it is rebuilt when any weight changes (in place included) and never pickled; training, hooks,
-tracing, scripting, torch.compile and torch.export all see the plain graph. The first build
-checks its output against the plain graph and falls back to it on any difference.
+`channel_shuffle` makes ShuffleNet's Reshape/Transpose/Reshape one op, `fold_affine` folds a
+BatchNorm (and a Caffe Scale's per-channel Mul/Add) into the conv before it, `fold_norm_chain`
+makes a BatchNorm that follows no conv (DenseNet) and its Scale and ReLU one pass,
+`fuse_activation` hands the activation after a conv to the conv kernel, `prepack` reorders conv
+weights once into oneDNN's blocked layout (`torch.ops.mkldnn._convolution_pointwise` takes them
+as they are, where `F.conv2d` reorders on every call), and `fuse_residual` adds a ResNet's
+shortcut (and ReLU) inside the conv kernel. The derived graph is a cache: it is rebuilt when any
+weight changes (in place included) and never pickled; training, hooks, tracing, scripting,
+torch.compile and torch.export all see the plain graph. Each fused kernel is checked against the
+plain ops it replaces on a random input when the graph is built; any difference falls back to
+the plain graph.
 """
 from __future__ import annotations
 
