@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from converters.onnx_to_torch.ops import elementwise as E
+from converters.onnx_to_torch.ops.nn import BatchNormLayer
+from converters.onnx_to_torch.ops.tensor import reshape_static, transpose
 
 if TYPE_CHECKING:
     from converters.onnx_to_torch._module import OnnxModule
@@ -113,8 +115,6 @@ class _Packed(nn.Module):
 
 def _worth_building(plain: fx.GraphModule) -> bool:
     """Whether any pass can change the graph: it has a 2-D conv with a weight, or a BatchNorm."""
-    from converters.onnx_to_torch.ops.nn import BatchNormLayer
-
     for node in plain.graph.nodes:
         if node.op == "call_function" and node.target in (torch.conv2d, F.conv2d):
             return True
@@ -234,8 +234,6 @@ def _per_channel(value: Any, root: nn.Module, channels: int) -> torch.Tensor | N
 
 def fold_affine(graph: fx.Graph, root: nn.Module, packed: nn.Module, sizes: dict) -> bool:
     """conv -> BatchNorm / per-channel Mul / per-channel Add, each the only reader: one conv, folded weights."""
-    from converters.onnx_to_torch.ops.nn import BatchNormLayer
-
     changed = False
     for conv in _conv_nodes(graph):
         weight = _attr(root, conv.args[1].target)
@@ -390,8 +388,6 @@ def affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, relu: bool
 def fold_norm_chain(graph: fx.Graph, root: nn.Module, packed: nn.Module, sizes: dict) -> bool:
     """A frozen BatchNorm not after a conv (pre-activation nets: DenseNet), the Caffe Scale Mul/Add after
     it and the ReLU after that: one per-channel affine pass and an in-place ReLU, not four passes."""
-    from converters.onnx_to_torch.ops.nn import BatchNormLayer
-
     changed = False
     for bn_node in list(graph.nodes):
         if bn_node.op != "call_module" or not isinstance(_attr(root, bn_node.target), BatchNormLayer):
@@ -431,8 +427,6 @@ def fold_norm_chain(graph: fx.Graph, root: nn.Module, packed: nn.Module, sizes: 
 def channel_shuffle(graph: fx.Graph, root: nn.Module, packed: nn.Module, sizes: dict) -> bool:
     """ShuffleNet's Reshape [N, g, C/g, H, W] -> Transpose(0, 2, 1, 3, 4) -> Reshape [N, C, H, W] as one
     channel shuffle, which keeps the channels-last layout (the reshapes copy it twice)."""
-    from converters.onnx_to_torch.ops.tensor import reshape_static, transpose
-
     def is_reshape(n: fx.Node | None) -> bool:
         return n is not None and n.op == "call_function" and (
             n.target is torch.reshape or (n.target is reshape_static and not n.args[2]))

@@ -168,9 +168,6 @@ class Lowering:
         the enclosing graph (constants it reads are copied into the body instead). Returns the
         module and the Values of this graph it captures.
         """
-        from converters.onnx_to_torch import _passes
-
-        _passes.prepare_subgraph(graph)
         body = Subgraph()
         fx_graph = fx.Graph()
         inner = Lowering(fx_graph, body, self.opset)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from converters.onnx_to_torch._dtypes import to_tensor
 from converters.onnx_to_torch._graph import Graph
 from converters.onnx_to_torch._inference import frozen_graph
 from converters.onnx_to_torch._layers import DropoutGate, OnnxLayer
@@ -251,8 +252,6 @@ class OnnxModule(nn.Module):
     def _tensor(self, k: int, x: Any) -> torch.Tensor:
         dtype = self._input_dtypes[k]
         if not isinstance(x, torch.Tensor):
-            from converters.onnx_to_torch._dtypes import to_tensor
-
             try:
                 x = to_tensor(np.asarray(x))
             except (TypeError, ValueError) as exc:

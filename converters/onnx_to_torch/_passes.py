@@ -15,10 +15,10 @@ from collections import Counter
 import torch
 
 from converters.onnx_to_torch._graph import Block, Graph, LayerSpec, Node
+from converters.onnx_to_torch._lower import evaluate
 from zoo.errors import ModelFormatError
 
-__all__ = ["PASSES", "attach_bias", "fold_constants", "find_layers", "group_blocks", "prepare_subgraph",
-           "prune_dead_nodes", "run"]
+__all__ = ["PASSES", "attach_bias", "fold_constants", "find_layers", "group_blocks", "prune_dead_nodes", "run"]
 
 # Ops whose output differs between runs: never folded into constants.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -76,8 +76,6 @@ def prune_dead_nodes(graph: Graph) -> None:
 
 def fold_constants(graph: Graph) -> None:
     """Compute every node whose inputs are all known now; its outputs become constants."""
-    from converters.onnx_to_torch._lower import evaluate
-
     live: list[Node] = []
     for node in graph.nodes:
         if _foldable(node, graph.constants):
@@ -198,15 +196,20 @@ PASSES = [prune_dead_nodes, fold_constants, find_layers, attach_bias, group_bloc
 
 
 def run(graph: Graph) -> Graph:
+    """Every pass over the main graph, then the ones that apply to its subgraphs."""
     for rewrite in PASSES:
         rewrite(graph)
+    _prepare_subgraphs(graph)
     return graph
 
 
-def prepare_subgraph(graph: Graph) -> None:
-    """A subgraph (If branch, Loop or Scan body) gets the graph rewrites; its constants stay constants."""
-    prune_dead_nodes(graph)
-    fold_constants(graph)
+def _prepare_subgraphs(graph: Graph) -> None:
+    """If branches, Loop and Scan bodies: pruned and folded (their constants stay constants: no weights)."""
+    for node in graph.nodes:
+        for sub in node.subgraphs.values():
+            prune_dead_nodes(sub)
+            fold_constants(sub)
+            _prepare_subgraphs(sub)
 
 
 def _reads(node: Node) -> list[str]:
