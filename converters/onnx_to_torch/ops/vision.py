@@ -213,25 +213,54 @@ def _affine_grid(g, node, theta, size):
 
 def col2im(x: Tensor, image: Tensor, block: Tensor, dilations: List[int], pads: List[int],
            strides: List[int]) -> Tensor:
+    """ONNX Col2Im: sum the sliding blocks (columns) back into an image of any rank."""
     size: List[int] = image.reshape(-1).long().tolist()
     kernel: List[int] = block.reshape(-1).long().tolist()
     n = len(size)
-    if n != 2:
-        raise ValueError("Col2Im: torch folds 2-D images only")
     if len(dilations) == 0:
         dilations = [1] * n
     if len(strides) == 0:
         strides = [1] * n
     if len(pads) == 0:
         pads = [0] * (2 * n)
-    if pads[:n] != pads[n:]:
-        raise ValueError("Col2Im: asymmetric pads")
-    return F.fold(x, size, kernel, dilations, pads[:n], strides)
+    if n == 2 and pads[:n] == pads[n:]:
+        return F.fold(x, size, kernel, dilations, pads[:n], strides)
+    # Per axis: how many blocks fit, then every (kernel offset, block) pair's image coordinate.
+    blocks: List[int] = []
+    for j in range(n):
+        blocks.append((size[j] + pads[j] + pads[n + j] - dilations[j] * (kernel[j] - 1) - 1) // strides[j] + 1)
+    flat = torch.zeros([1], dtype=torch.long)
+    inside = torch.ones([1], dtype=torch.bool)
+    for j in range(n):  # kernel offsets, in row-major order
+        k = torch.arange(kernel[j]).reshape(-1, 1)
+        flat = (flat.reshape(-1, 1) * size[j] + k * dilations[j] - pads[j]).reshape(-1)
+    coords = flat
+    position = torch.zeros([1], dtype=torch.long)
+    for j in range(n):  # block positions, in row-major order
+        position = (position.reshape(-1, 1) * size[j] + torch.arange(blocks[j]).reshape(1, -1) * strides[j]).reshape(-1)
+    index = coords.reshape(-1, 1) + position.reshape(1, -1)  # [prod(kernel), prod(blocks)], may be off the image
+    # Validity per axis: recompute each axis's coordinate and check it is inside the image.
+    valid = torch.ones(index.shape, dtype=torch.bool)
+    k_rest = torch.arange(index.shape[0]).reshape(-1, 1)
+    b_rest = torch.arange(index.shape[1]).reshape(1, -1)
+    for j in range(n - 1, -1, -1):
+        coord = (k_rest % kernel[j]) * dilations[j] - pads[j] + (b_rest % blocks[j]) * strides[j]
+        valid = valid & (coord >= 0) & (coord < size[j])
+        k_rest = k_rest // kernel[j]
+        b_rest = b_rest // blocks[j]
+    total = 1
+    for s in size:
+        total *= s
+    batch, channels = x.shape[0], x.shape[1] // index.shape[0]
+    cols = x.reshape(batch, channels, index.shape[0] * index.shape[1])
+    safe = torch.where(valid, index, torch.zeros_like(index)).reshape(-1)
+    weights = valid.reshape(-1).to(x.dtype)
+    out = torch.zeros([batch, channels, total], dtype=x.dtype)
+    out = out.index_add(2, safe, cols * weights)
+    return out.reshape([batch, channels] + size)
 
 
 @op("Col2Im", since=18)
 def _col2im(g, node, x, image, block):
-    if image.static is not None and image.static.numel() != 2:
-        raise Unsupported(f"{image.static.numel()}-D images (torch folds 2-D ones)")
     return g.call(col2im, x, image, block, [int(v) for v in node.attr("dilations", [])],
                   [int(v) for v in node.attr("pads", [])], [int(v) for v in node.attr("strides", [])])
