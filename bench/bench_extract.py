@@ -40,11 +40,12 @@ def bare_session(path: Path):
 
 
 def bench_overhead(repeats: int, batch: int) -> None:
+    from zoo.options import ExtractorOptions
     from zoo.extract import load_extractor
 
-    extractor = load_extractor(light("squeezenet"), -3, batch_size=batch)
+    extractor = load_extractor(light("squeezenet"), -3, options=ExtractorOptions(batch_size=batch))
     session = bare_session(extractor.model_path)
-    name, outputs = extractor.meta["input"]["name"], extractor.meta["outputs"]
+    name, outputs = extractor.meta.input.name, extractor.meta.outputs
     x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(extractor(x), session.run(outputs, {name: x})[0], rtol=1e-5, atol=1e-6)
     t = interleaved({"extractor": lambda: extractor(x), "bare": lambda: session.run(outputs, {name: x})}, repeats)
@@ -57,6 +58,7 @@ def bench_overhead(repeats: int, batch: int) -> None:
 def bench_middle_cut(repeats: int, batch: int) -> None:
     import onnx
 
+    from zoo.options import ExtractorOptions
     from zoo.extract import load_extractor
     from zoo.graph import GraphInfo, list_layers, macs
 
@@ -65,8 +67,8 @@ def bench_middle_cut(repeats: int, batch: int) -> None:
     found = list_layers(model, GraphInfo(model))
     points = [layer for layer in found if layer.is_cut_point]
     middle = points[len(points) // 2]
-    full = load_extractor(path, -1, batch_size=batch)
-    half = load_extractor(path, middle.name, batch_size=batch)
+    full = load_extractor(path, -1, options=ExtractorOptions(batch_size=batch))
+    half = load_extractor(path, middle.name, options=ExtractorOptions(batch_size=batch))
     fraction = macs(half.cut_model) / macs(full.cut_model)
     x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
     t = interleaved({"full": lambda: full(x), "cut": lambda: half(x)}, repeats)
@@ -109,9 +111,10 @@ def bench_torch(repeats: int, batch: int) -> None:
         return
     import torch
 
+    from zoo.options import ExtractorOptions
     from zoo.extract import load_extractor
 
-    extractor = load_extractor(light("squeezenet"), -3, batch_size=batch)
+    extractor = load_extractor(light("squeezenet"), -3, options=ExtractorOptions(batch_size=batch))
     module = extractor.to_torch().eval()
     x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
     tx = torch.from_numpy(x)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zoo.transport import download  # noqa: E402
+from zoo.transport import Expected, RetryPolicy, download  # noqa: E402
 
 
 class FileServer:
@@ -178,7 +178,7 @@ def main() -> None:
                 out.unlink()
                 dest = tmp / f"zoo-{i}.bin"
                 t, cpu = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
-                result = download([server.url], dest, checksum=f"sha256:{digest}", size=size)
+                result = download([server.url], dest, expected=Expected(checksum=f"sha256:{digest}", size=size))
                 zoo_times.append(time.perf_counter() - t)
                 zoo_cpu.append(_cpu(resource.RUSAGE_SELF) - cpu)
                 assert result.sha256 == digest
@@ -200,7 +200,8 @@ def main() -> None:
             server.get("/sent")
             server.get(f"/cut?at={size // 2}")
             dest = tmp / "resumed.bin"
-            result = download([server.url], dest, checksum=f"sha256:{digest}", size=size, backoff=0.05)
+            result = download([server.url], dest, expected=Expected(checksum=f"sha256:{digest}", size=size),
+                              retry=RetryPolicy(backoff=0.05))
             assert result.sha256 == digest
             sent = int(server.get("/sent"))
             print(

@@ -90,12 +90,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["ZOO_CACHE"] = scratch  # cut files go to a scratch cache, not the user's
         from zoo.extract import load_extractor
+        from zoo.options import ExtractorOptions
 
         path = Path(scratch) / "text_encoder.onnx"
         export_text_encoder(path)
-        extractor = load_extractor(path, -1, batch_size=args.batch)
+        extractor = load_extractor(path, -1, options=ExtractorOptions(batch_size=args.batch))
         session = bare_session(extractor.model_path)
-        outputs = extractor.meta["outputs"]
+        outputs = extractor.meta.outputs
         for factor in (1, 4):
             n = args.batch * factor
             ids, mask = tokens(n)

@@ -48,17 +48,18 @@ def main() -> None:
 
 
 def _compare(X, layers: list[int], epochs: int, repeats: int) -> None:
+    from zoo.options import PretrainConfig
     from zoo.pretraining import pretrain
 
     stack = "-".join(str(n) for n in [X.shape[1], *layers])
     for method in ("autoencoder", "rbm"):
-        pretrain(X, layers, method, epochs=1, progress=False)  # warm-up: first calls are slow
+        pretrain(X, layers, method, config=PretrainConfig(epochs=1, progress=False))  # warm-up: first calls are slow
         best: dict[bool, tuple[float, float, object]] = {}
         for _ in range(repeats):
             for cache in (True, False):
                 cpu, wall = time.process_time(), time.perf_counter()
-                result = pretrain(X, layers, method, epochs=epochs, seed=0, cache=cache,
-                                  progress=False)
+                result = pretrain(X, layers, method,
+                                  config=PretrainConfig(epochs=epochs, seed=0, cache=cache, progress=False))
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                 if cache not in best or cpu < best[cache][0]:
                     best[cache] = (cpu, wall, result)

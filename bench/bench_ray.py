@@ -61,9 +61,10 @@ def main() -> None:
 
     import ray
 
-    from zoo import features
+    from zoo.engines import LocalEngine
     from zoo.extract import load_extractor
     from zoo.features import extract_features
+    from zoo.options import ExtractorOptions
     from zoo.ray_engine import RayEngine
 
     stamps: list[tuple[float, int]] = []  # (time a chunk reached the cache writer, its rows)
@@ -74,21 +75,18 @@ def main() -> None:
                 stamps.append((time.perf_counter(), item[1]))
                 yield item
 
-    local_computed = features._computed
-
-    def stamped_local(*args):
-        for item in local_computed(*args):
-            stamps.append((time.perf_counter(), item[1]))
-            yield item
-
-    features._computed = stamped_local
+    class StampedLocal(LocalEngine):
+        def computed(self, *args):
+            for item in super().computed(*args):
+                stamps.append((time.perf_counter(), item[1]))
+                yield item
 
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     try:
         os.environ["ZOO_CACHE"] = str(work / "cache")
         os.environ["ZOO_CATALOG"] = str(work / "catalog.db")
-        extractor = load_extractor(light(args.model), -2, threads=1)
+        extractor = load_extractor(light(args.model), -2, options=ExtractorOptions(threads=1))
         rng = np.random.default_rng(0)
         data = work / "x.npy"
         x = np.lib.format.open_memmap(data, mode="w+", dtype=np.float32, shape=(args.rows, 3, 224, 224))
@@ -110,7 +108,7 @@ def main() -> None:
             for side in times:
                 folder = work / f"{side}-{repeat}"
                 stamps.clear()
-                run_engine = "local" if side == "local" else engine
+                run_engine = StampedLocal() if side == "local" else engine
                 times[side].append(timed(lambda folder=folder, run_engine=run_engine: extract_features(
                     extractor, data, cache_dir=folder, chunk_size=args.chunk, progress=False, engine=run_engine)))
                 rates[side].append(steady(stamps))

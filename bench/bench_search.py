@@ -32,7 +32,7 @@ WORDS = [f"w{i}" for i in range(380)] + (
 
 
 def fill(url: str, entries: int) -> None:
-    from zoo.catalog import Catalog, _keywords
+    from zoo.catalog import Catalog, search_keywords
     from zoo.schema import artifacts, models
 
     Catalog(url, builtins=False)
@@ -54,7 +54,7 @@ def fill(url: str, entries: int) -> None:
             dataset=rng.choice(DATASETS), architecture=f"{arch}-{depth}",
             description=" ".join(rng.choices(words, word_weights, k=12)), tags=tags, source=f"zoo{i % 7}",
             input_spec={}, metrics={}, meta={}, removed_upstream=False,
-            keywords=_keywords(name, tags), created_at=0.0, updated_at=0.0,
+            keywords=search_keywords(name, tags), created_at=0.0, updated_at=0.0,
         ))
     engine = create_engine(url)
     with engine.begin() as connection:

@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     rounds = parser.parse_args().rounds
     from converters import tensorflow as ct
-    from converters.tflite_check import run_interpreter, validate_tflite
+    from converters.tflite_check import run_interpreter
+    from zoo.tflite_structure import validate_tflite
 
     with tempfile.TemporaryDirectory() as folder:
         path = build_tflite(Path(folder))

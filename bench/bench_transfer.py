@@ -59,6 +59,7 @@ def main() -> None:
 
     import torch
 
+    from zoo.options import TrainingConfig
     from zoo.extract import load_extractor
     from zoo.features import cache_features
     from zoo.transfer import fit_head, make_head, save_model
@@ -75,7 +76,8 @@ def main() -> None:
     x = rng.standard_normal((args.rows, 3, 32, 32), dtype=np.float32)
     y = rng.integers(0, 5, args.rows)
     width = int(np.prod(extractor.output_shape[1:]))
-    common = dict(epochs=args.epochs, batch_size=args.batch_size, val_fraction=0.0, patience=None, seed=0, threads=1)
+    common = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, val_fraction=0.0, patience=None, seed=0,
+                            threads=1, progress=False)
 
     # b: one pass of the training set through the frozen base, in training-size batches.
     adapter = TorchExtractor(base, hashlib.sha256(f"{extractor.fingerprint}|torch".encode()).hexdigest())
@@ -91,13 +93,13 @@ def main() -> None:
     start = time.perf_counter()
     features = cache_features(adapter, x, chunk_size=args.batch_size, progress=False)
     cache_seconds = time.perf_counter() - start
-    fit_cached = fit_head(features, y, head=make_head(width, 5, seed=0), **common)
+    fit_cached = fit_head(features, y, common, head=make_head(width, 5, seed=0))
     cached = cache_seconds + fit_cached.seconds
     h = fit_cached.seconds / args.epochs
 
     # Recomputed: every batch of every epoch goes through the frozen base again.
     start = time.perf_counter()
-    fit_base = fit_head(x, y, base=base, head=make_head(width, 5, seed=0), **common)
+    fit_base = fit_head(x, y, common, base=base, head=make_head(width, 5, seed=0))
     recomputed = time.perf_counter() - start
 
     same = all(torch.allclose(p, q, atol=1e-4) for p, q in zip(fit_cached.head.parameters(), fit_base.head.parameters()))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from converters.report import DEFAULT_RTOL, Conversion, ConversionReport, compare_outputs
 from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError
+from zoo.graph import BATCH, value_dims  # BATCH: the dim_param of the batch axis in every produced model
 from zoo.hashes import file_sha256  # the catalog's hash, so reports and catalog agree
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ DEFAULT_SPATIAL = 224  # height and width of an image input that leaves them ope
 DEFAULT_CHANNELS = 3  # channels of an image input that leaves them open
 DEFAULT_DIM = 16  # any other open dimension (sequence length, features)
 DEFAULT_OPSET = 17
-BATCH = "batch"  # dim_param of the batch dimension in every produced model
 
 # ONNX element type -> numpy dtype name, for the types models take as input.
 _ELEM_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",
@@ -114,9 +114,8 @@ def input_specs(model: onnx.ModelProto) -> list[tuple[str, list[int | None], str
     """(name, shape with None for a dynamic dim, numpy dtype name) for each fed input."""
     specs = []
     for value in graph_inputs(model):
-        tensor = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        specs.append((value.name, shape, _ELEM_DTYPES.get(tensor.elem_type, "float32")))
+        shape = [d if isinstance(d, int) else None for d in value_dims(value) or []]
+        specs.append((value.name, shape, _ELEM_DTYPES.get(value.type.tensor_type.elem_type, "float32")))
     return specs
 
 
@@ -311,10 +310,7 @@ def convert(
     if opset is not None:
         model = upgrade_opset(model, opset)
         report.notes.append(f"opset upgraded from {opset_of(original)} to {opset}")
-    fixed_batch = any(
-        v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].HasField("dim_value")
-        for v in graph_inputs(original)
-    )
+    fixed_batch = any(isinstance((value_dims(v) or [None])[0], int) for v in graph_inputs(original))
     report.notes += make_batch_dynamic(model)
     model = check(model)
     report.opset = opset_of(model)

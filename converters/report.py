@@ -105,7 +105,7 @@ class Conversion:
 
         import onnx
 
-        from zoo.cache import atomic_path
+        from zoo.atomic import atomic_path
 
         with atomic_path(os.path.abspath(path)) as tmp:
             onnx.save(self.model, os.fspath(tmp))

@@ -838,7 +838,8 @@ def convert_tflite(
     """
     import warnings
 
-    from converters.tflite_check import run_interpreter, validate_tflite
+    from converters.tflite_check import run_interpreter
+    from zoo.tflite_structure import validate_tflite
 
     start = time.perf_counter()
     path = os.fspath(path)

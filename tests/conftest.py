@@ -77,11 +77,9 @@ def catalog_url(catalog_backend, zoo_env, request):
     name = server.create_database()
     url = server.url(name)
     yield url
-    from zoo import catalog
+    from zoo.catalog import REGISTRY
 
-    opened = catalog._OPEN.pop(url, None)
-    if opened is not None:
-        opened.close()
+    REGISTRY.close(url)
     server.drop_database(name)
 
 

@@ -29,6 +29,37 @@ def test_import_zoo_and_cli_load_no_framework():
     assert out.stdout.strip() == "[]"
 
 
-def test_version_matches_the_cli(zoo_cmd):
+def test_version_matches_the_cli_and_the_package_metadata(zoo_cmd):
+    from importlib import metadata
+
+    assert zoo.__version__ == metadata.version("zoo")  # one place: pyproject.toml
     out = subprocess.run([*zoo_cmd, "--version"], capture_output=True, text=True, check=True)
-    assert zoo.__version__ in out.stdout
+    assert out.stdout.strip() == f"zoo, version {zoo.__version__}"
+
+
+def test_the_lazy_table_and_its_type_checking_mirror_name_the_same_things():
+    """Type checkers and IDEs read the TYPE_CHECKING imports; `import zoo` reads `_API`: one list."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(zoo.__file__).read_text())
+    guard = next(node for node in tree.body if isinstance(node, ast.If)
+                 and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+    mirrored = {alias.name: node.module for node in guard.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert mirrored == zoo._API
+    assert sorted(zoo.__all__) == sorted(["__version__", *zoo._API])
+
+
+def test_every_public_function_says_its_arguments_result_and_errors():
+    import inspect
+
+    for name in zoo.__all__:
+        value = getattr(zoo, name)
+        if name == "__version__" or inspect.isclass(value):
+            continue
+        doc = inspect.getdoc(value) or ""
+        missing = [section for section in ("Args:", "Returns:", "Raises:") if section not in doc]
+        if name in ("cache_features", "save_features", "save_layer_features"):  # "as extract_features"
+            missing = [s for s in missing if s not in ("Returns:", "Raises:")]
+        assert not missing, f"zoo.{name}'s docstring has no {', '.join(missing)}"

@@ -1,4 +1,5 @@
-"""zoo.cache (layout, folder names, atomic writes), zoo.hashes' tree hash, and `zoo cache list` / `zoo cache rm`."""
+"""zoo.cache (layout, folder names), zoo.atomic, zoo.hashes' tree hash, and `zoo cache list` / `zoo cache rm`
+(zoo.cache_manager)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from zoo import cache
+from zoo import atomic, cache, cache_manager
 from zoo.catalog import open_catalog
 from zoo.cli import cli
 from zoo.errors import CacheError, InputError
@@ -50,10 +51,10 @@ def test_every_path_honours_cache_dir_and_zoo_cache(zoo_env, tmp_path):
 
 def test_atomic_path_replaces_on_success_and_leaves_the_old_file_on_failure(tmp_path):
     target = tmp_path / "sub" / "report.json"
-    cache.write_atomic(target, '{"v": 1}')
+    atomic.write_atomic(target, '{"v": 1}')
     assert json.loads(target.read_text()) == {"v": 1}
     with pytest.raises(RuntimeError):
-        with cache.atomic_open(target, "w") as f:
+        with atomic.atomic_open(target, "w") as f:
             f.write('{"v": 2, "half')
             raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"v": 1}
@@ -63,7 +64,7 @@ def test_atomic_path_replaces_on_success_and_leaves_the_old_file_on_failure(tmp_
 def test_atomic_path_keeps_a_suffix_and_the_umask_permissions(tmp_path):
     plain = tmp_path / "plain.bin"
     plain.write_bytes(b"x")
-    with cache.atomic_path(tmp_path / "plot.png", suffix=".png") as tmp:
+    with atomic.atomic_path(tmp_path / "plot.png", suffix=".png") as tmp:
         assert tmp.name.endswith(".part.png") and tmp.parent == tmp_path
         tmp.write_bytes(b"png")
     made = tmp_path / "plot.png"
@@ -72,7 +73,7 @@ def test_atomic_path_keeps_a_suffix_and_the_umask_permissions(tmp_path):
 
 
 def test_write_atomic_fsync_bytes(tmp_path):
-    cache.write_atomic(tmp_path / "w.bin", b"\x00\x01", fsync=True)
+    atomic.write_atomic(tmp_path / "w.bin", b"\x00\x01", fsync=True)
     assert (tmp_path / "w.bin").read_bytes() == b"\x00\x01"
 
 
@@ -163,19 +164,37 @@ def test_cache_list_shows_every_kind_with_sizes(filled):
 def test_cache_list_does_not_create_a_catalog(zoo_env):
     cache.model_folder("x").mkdir(parents=True)
     (cache.model_folder("x") / "x.bin").write_bytes(b"1")
-    assert [e.kind for e in cache.entries()] == ["models"]
+    assert [e.kind for e in cache_manager.scan()] == ["models"]
     assert not (zoo_env / "catalog.db").exists()
 
 
 def test_cache_rm_by_model_removes_its_onnx_cuts_and_files(filled):
+    listed = {e["key"]: e["bytes"] for e in _listed()}
     result = CliRunner().invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert sorted(k.split("/")[0] for k in out["removed"]) == ["cuts", "models", "onnx"] and out["bytes"] > 0
+    assert sorted(k.split("/")[0] for k in out["removed"]) == ["cuts", "models", "onnx"]
+    assert out["bytes"] == sum(listed[k] for k in out["removed"])  # what the listing said they take
     assert sorted(e["kind"] for e in _listed()) == ["features", "trained"]
     left = [p.name for p in (filled / "models" / "tiny.onnx").iterdir()]
-    assert left == ["tiny.onnx.lock"]  # the fetch's lock file stays (see zoo.cache.remove), nothing else
+    assert left == ["tiny.onnx.lock"]  # the fetch's lock stays (see RemovalPlan.execute), nothing else
     assert not (filled / "onnx" / "tiny.onnx" / "tiny.onnx.onnx").exists()
+
+
+def test_cache_rm_dry_run_plans_the_same_entries_and_removes_nothing(filled):
+    before = _listed()
+    runner = CliRunner()
+    planned = runner.invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--dry-run", "--json"])
+    assert planned.exit_code == 0, planned.output
+    plan = json.loads(planned.stdout)
+    assert plan["dry_run"] is True and _listed() == before  # nothing touched
+    mine = [e for e in before if e["model"] == "tiny.onnx"]
+    assert sorted(plan["removed"]) == sorted(e["key"] for e in mine)
+    assert plan["bytes"] == sum(e["bytes"] for e in mine)
+    text = runner.invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--dry-run"]).stdout
+    assert f"would remove {len(mine)} entries" in text and "onnx/tiny.onnx" in text
+    done = json.loads(runner.invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--json"]).stdout)
+    assert done == {"removed": plan["removed"], "bytes": plan["bytes"]}  # the plan is what was executed
 
 
 def test_cache_rm_by_key_prefix_part_by_part(filled):
@@ -221,7 +240,7 @@ def _hold_lock(lock_file: Path):
 
 def test_cache_rm_refuses_what_another_process_holds(filled):
     fetched = filled / "models" / "tiny.onnx"
-    features = next(e for e in cache.entries() if e.kind == "features")
+    features = next(e for e in cache_manager.scan() if e.kind == "features")
     for lock_file, key in [(fetched / "tiny.onnx.lock", "models/tiny.onnx"),
                            (features.path.parent / f"{features.key}.lock", features.key[:8])]:
         proc = _hold_lock(lock_file)
@@ -251,30 +270,32 @@ def test_cache_rm_never_follows_a_link_out_of_the_cache(zoo_env, tmp_path):
     models = cache.model_folder("x").parent
     models.mkdir(parents=True)
     (models / "linked").symlink_to(outside, target_is_directory=True)
-    [entry] = cache.entries()
+    [entry] = cache_manager.scan()
     assert entry.key == "models/linked" and entry.bytes < 1000  # the link, not what it points at
-    cache.remove([entry])
+    cache_manager.RemovalPlan([entry]).execute()
     assert not (models / "linked").exists() and (outside / "keep.bin").read_bytes() == b"k" * 1000
-    stray = cache.Entry("models", "models/../..", tmp_path, 0)
+    stray = cache_manager.Entry("models", "models/../..", tmp_path, 0)
     with pytest.raises(CacheError, match="not inside the cache"):
-        cache.remove([stray])
+        cache_manager.RemovalPlan([stray]).execute()
     assert (outside / "keep.bin").is_file()
 
 
 def test_unknown_kind_is_one_clear_error():
     with pytest.raises(InputError, match="valid: features, cuts, onnx, models, trained"):
-        cache.entries(kinds=["weights"])
+        cache_manager.scan(kinds=["weights"])
 
 
 def test_pretrain_saves_under_the_given_cache_dir(zoo_env, tmp_path):
+    from zoo.options import PretrainConfig
     from zoo.pretraining import pretrain
 
     other = tmp_path / "other-cache"
     rows = np.random.default_rng(0).random((40, 6)).astype(np.float32)
-    result = pretrain(rows, layers=(3,), epochs=1, name="tiny-stack", progress=False, cache_dir=other)
+    result = pretrain(rows, layers=(3,), name="tiny-stack", cache_dir=other,
+                      config=PretrainConfig(epochs=1, progress=False))
     path = Path(result.model.artifacts[0].path)
     assert path == other / "models" / "tiny-stack" / "tiny-stack.onnx" and path.is_file()
     assert not (zoo_env / "cache" / "models" / "tiny-stack").exists()
     assert [p.name for p in path.parent.iterdir()] == ["tiny-stack.onnx"]
-    assert [e.kind for e in cache.entries(other)] == ["trained"]
+    assert [e.kind for e in cache_manager.scan(other)] == ["trained"]
     assert os.path.getsize(path) == result.model.artifacts[0].size

@@ -4,12 +4,11 @@ from __future__ import annotations
 import pytest
 
 from helpers.caffe import RTOL, assert_close
-from helpers.zoo_nets import CAFFE_MODELS, caffe_net, caffe_zoo_nets
+from helpers.zoo_nets import CAFFE_MODELS, caffe_net, caffe_zoo_nets, without_shared
 
 pytest.importorskip("cv2")
 if not caffe_zoo_nets():
-    pytest.skip(f"the Caffe Model Zoo nets are in {CAFFE_MODELS} (shared/ beside the checkout)",
-                allow_module_level=True)
+    without_shared(f"the Caffe Model Zoo nets are in {CAFFE_MODELS} (shared/ beside the checkout)", module=True)
 
 FAST = ["lenet", "cifar10_quick", "squeezenet_v1.0", "squeezenet_v1.1", "bvlc_googlenet"]
 # Over a few seconds each here (60M-parameter fully connected layers, or 50+ conv layers).

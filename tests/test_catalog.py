@@ -15,6 +15,7 @@ import pytest
 from zoo.catalog import SCHEMA_HEAD, Catalog, open_catalog
 from zoo.errors import CatalogError, CatalogVersionError, DuplicateModelError, UnknownModelError
 from zoo.records import Artifact, InputSpec, Model
+from zoo.sources import remove_source
 
 
 def make(name, framework="onnx", **fields) -> Model:
@@ -149,7 +150,8 @@ def test_search_limit_and_query_with_filters(ranked):
 @sqlite_only
 def test_like_fallback_matches_fts(ranked, tmp_path):
     """Non-SQLite databases search with LIKE; simulate by switching FTS off on the same data."""
-    ranked._fts = False
+    ranked._backend.fts = False
+    assert ranked.search_mode == "like"
     assert set(m.name for m in ranked.search("resnet")) >= {"resnet50.caffe", "resnet152.keras"}
     assert [m.name for m in ranked.search("resnet", framework="caffe")][0] == "resnet50.caffe"
 
@@ -397,7 +399,7 @@ SQLITE_WITHOUT_FTS5 = textwrap.dedent("""
     from zoo.catalog import Catalog
     from zoo.records import Model
     cat = Catalog(sys.argv[1], builtins=False)
-    print("fts" if cat._fts else "like")
+    print(cat.search_mode)
     cat.add_model(Model(name="written_without_fts", framework="onnx", description="quokka"))
     cat.remove_model("gone")
     print(",".join(m.name for m in cat.search("quokka")))
@@ -417,7 +419,7 @@ def test_process_without_fts5_searches_with_like_and_index_catches_up(tmp_path):
     assert found == "written_without_fts"
     # Whatever SQLite that process had, a process with FTS5 sees the index up to date.
     again = Catalog(url, builtins=False)
-    assert again._fts
+    assert again.search_mode == "fts5"
     assert [m.name for m in again.search("quokka")] == ["written_without_fts"]
     print("process with tensorflow first searched with", mode)
 
@@ -441,13 +443,13 @@ CREATE_AND_STOP = textwrap.dedent("""
             return real_models(*a, **k)
         zoo.index.builtin_models = builtin_models
     else:
-        real_replace = zoo.catalog.Catalog.replace_source_models
-        def replace_source_models(self, *a, **k):
-            stats = real_replace(self, *a, **k)
+        real_add = zoo.catalog.Catalog.add_models
+        def add_models(self, *a, **k):
+            count = real_add(self, *a, **k)
             self._active.flush()  # the first zoo's rows are written, uncommitted
             stop()
-            return stats
-        zoo.catalog.Catalog.replace_source_models = replace_source_models
+            return count
+        zoo.catalog.Catalog.add_models = add_models
     zoo.catalog.open_catalog(sys.argv[1])
 """)
 
@@ -470,11 +472,9 @@ def _create_and_kill(path, where, tmp_path):
 
 def _forget_open_catalogs():
     """Make the next open_catalog start afresh, as a new `zoo` command would."""
-    from zoo import catalog
+    from zoo.catalog import close_all
 
-    for opened in catalog._OPEN.values():
-        opened.close()
-    catalog._OPEN.clear()
+    close_all()
 
 
 @pytest.mark.parametrize("where", ["before-load", "inside-load"])
@@ -491,7 +491,7 @@ def test_a_creation_killed_before_the_builtins_are_in_is_finished_by_the_next_op
     assert [s.name for s in cat.sources()] == builtin_index_names()
     assert cat.search("alexnet")[0].name == "bvlc_alexnet"
     # Loaded once: a later open neither reloads nor brings back what the user removed.
-    cat.remove_source("caffe")
+    remove_source("caffe", catalog=cat)
     _forget_open_catalogs()
     assert "caffe" not in [s.name for s in open_catalog(path).sources()]
 

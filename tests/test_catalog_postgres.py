@@ -72,7 +72,7 @@ def test_same_matches_as_sqlite_fts5_on_the_builtin_zoos(catalog_url, tmp_path):
     """Both backends find the same published models for the same query and filters."""
     pg = Catalog(catalog_url)
     lite = Catalog(f"sqlite:///{tmp_path / 'same.db'}")
-    assert lite._fts and pg.count() == lite.count() > 30
+    assert lite.search_mode == "fts5" and pg.count() == lite.count() > 30
     queries = [("resnet", {}), ("res", {}), ("resnet 50", {}), ("bvlc_alexnet", {}), ("vgg16", {}),
                ("inception v3", {}), ("mobile", {}), ("imagenet", {"framework": "caffe"}),
                ("flickr", {}), ("style", {"dataset": "flickr-style"}), ("mobile", {"tag": "tf-hub"}),
@@ -103,7 +103,7 @@ def test_password_in_the_url_works_and_is_never_shown(postgres_server, team_data
     url = postgres_server.url(team_database, TEAM_USER, TEAM_PASSWORD)
     cat = Catalog(url)
     assert cat.exists("bvlc_alexnet")  # created with the built-in zoos by the team login
-    assert TEAM_PASSWORD not in repr(cat) and TEAM_PASSWORD not in cat._where
+    assert TEAM_PASSWORD not in repr(cat) and TEAM_PASSWORD not in cat.where
     assert "***" in repr(cat)
 
 

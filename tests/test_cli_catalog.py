@@ -151,6 +151,7 @@ def zoo(zoo_cmd, *args: str, cwd: Path | None = None) -> subprocess.CompletedPro
     return subprocess.run([*zoo_cmd, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_subprocess_search_info_and_exit_codes(zoo_cmd, zoo_env):
     found = zoo(zoo_cmd, "search", "resnet")
     assert found.returncode == 0 and "resnet50.caffe" in found.stdout and not found.stderr
@@ -168,6 +169,7 @@ def test_subprocess_search_info_and_exit_codes(zoo_cmd, zoo_env):
     assert other.exists()
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_subprocess_add_of_a_real_file(zoo_cmd, light):
     added = zoo(zoo_cmd, "add", str(light["caffe_weights"]), "--name", "lenet_cli", "--tag", "digits")
     assert added.returncode == 0, added.stderr

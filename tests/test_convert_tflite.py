@@ -99,7 +99,7 @@ def test_quantized_verdict_refuses_more_steps_and_another_top_class():
 
 @pytest.mark.slow
 def test_every_truncation_is_refused_without_tensorflow(tf_models):
-    from converters.tflite_check import validate_tflite
+    from zoo.tflite_structure import validate_tflite
 
     good = Path(tf_models["tflite"])
     summary = validate_tflite(good)

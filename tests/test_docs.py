@@ -185,7 +185,7 @@ def test_python_m_modules_and_scripts_the_docs_run_exist():
     for where, code in _blocks("bash"):
         run += [(where, m) for m in re.findall(r"python -m ([\w.]+)", code)]
         run += [(where, p) for p in re.findall(r"(?:python|bash) ((?:bench|scripts)/[\w./-]+)", code)]
-    assert any(target == "zoo.pretraining" for _, target in run)
+    assert any(target == "zoo.demos.digits" for _, target in run)
     for where, target in run:
         if "/" in target:
             assert (ROOT / target).is_file(), f"{where}: {target} does not exist"

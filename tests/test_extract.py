@@ -14,6 +14,7 @@ import pytest
 
 from helpers.extract import light_path, randomized, run_onnx, save_randomized, save_tiny, tiny_resnet
 from zoo.errors import ConversionError, InputError, UnknownLayerError, ZooError
+from zoo.options import ExtractorOptions
 
 
 @pytest.fixture(scope="module")
@@ -288,12 +289,12 @@ def test_extractor_matches_reference_and_batches(light_dir, tmp_path):
     from zoo.extract import load_extractor
 
     path = _light(light_dir, "squeezenet")
-    extractor = load_extractor(path, -4, batch_size=2)
+    extractor = load_extractor(path, -4, options=ExtractorOptions(batch_size=2))
     assert extractor.layer == "conv10"
     x = _images(5, seed=2)
     features = extractor(x)
     reference = tmp_path / "ref.onnx"
-    out = extractor.meta["outputs"][0]
+    out = extractor.meta.outputs[0]
     import onnx
 
     extract_model(str(_ir4(onnx.load(path), tmp_path / "ir4.onnx")), str(reference), ["data_0"], [out])
@@ -301,7 +302,7 @@ def test_extractor_matches_reference_and_batches(light_dir, tmp_path):
     np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
     assert extractor.output_shape == (None, *want.shape[1:])
     assert extractor.input_spec.shape == [None, 3, 224, 224] and extractor.input_spec.layout == "NCHW"
-    assert extractor.meta["fixed_batch"] is None  # the batch-1 export was made dynamic
+    assert extractor.meta.fixed_batch is None  # the batch-1 export was made dynamic
     assert len(extractor(x[:0])) == 0
 
 
@@ -336,8 +337,8 @@ def test_fixed_batch_graph_is_fed_full_padded_batches(tmp_path):
     )
     path = tmp_path / "pinned.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    extractor = load_extractor(path, -1, batch_size=64)
-    assert extractor.meta["fixed_batch"] == 2
+    extractor = load_extractor(path, -1, options=ExtractorOptions(batch_size=64))
+    assert extractor.meta.fixed_batch == 2
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_array_equal(extractor(x), np.maximum(x, 0))
     assert extractor(x[:0]).shape == (0, 4)
@@ -381,7 +382,7 @@ def test_cut_is_cached_and_reused(tmp_path, zoo_env):
     first = load_extractor(path, "pool")
     assert first.model_path.is_relative_to(zoo_env / "cache" / "cuts")
     stat = first.model_path.stat()
-    second = load_extractor(path, "pool", batch_size=7)
+    second = load_extractor(path, "pool", options=ExtractorOptions(batch_size=7))
     assert second.model_path == first.model_path
     after = second.model_path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
@@ -389,7 +390,7 @@ def test_cut_is_cached_and_reused(tmp_path, zoo_env):
     # Another spec for the same tensor shares features (same fingerprint), another layer does not.
     assert load_extractor(path, 7).fingerprint == first.fingerprint
     assert load_extractor(path, "fc").fingerprint != first.fingerprint
-    assert load_extractor(path, "pool", preprocess=True).fingerprint != first.fingerprint
+    assert load_extractor(path, "pool", options=ExtractorOptions(preprocess=True)).fingerprint != first.fingerprint
     # A different model file (other weights) gets another folder.
     other = load_extractor(save_tiny(tmp_path, seed=1), "pool")
     assert other.model_path.parent != first.model_path.parent and other.fingerprint != first.fingerprint
@@ -447,7 +448,7 @@ def test_cataloged_model_with_preprocessing(tmp_path):
     assert [layer.name for layer in layers("tiny.onnx")][-2:] == ["fc", "prob"]
     raw = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 3)).astype(np.uint8)  # NHWC RGB
     plain = load_extractor("tiny.onnx", "fc")
-    cooked = load_extractor("tiny.onnx", "fc", preprocess=True)
+    cooked = load_extractor("tiny.onnx", "fc", options=ExtractorOptions(preprocess=True))
     assert cooked.input_spec.mean == [100.0, 110.0, 120.0]
     x = raw[..., ::-1].astype(np.float32)  # to BGR
     x = (x - np.array([100, 110, 120], np.float32)) / np.array([50, 60, 70], np.float32)
@@ -514,10 +515,6 @@ def test_sklearn_pipeline_clone_and_pickle(tmp_path):
 # --- torch --------------------------------------------------------------------------------------
 
 def test_to_torch_matches_onnxruntime(tmp_path):
-    try:
-        from converters.onnx_to_torch import to_torch  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"converters.onnx_to_torch has not landed yet: {exc}")
     import torch
 
     from zoo.extract import load_extractor
@@ -585,6 +582,7 @@ def test_cli_layers_and_extract(tmp_path):
     assert result.exit_code == 1 and "expects (N, 3, 8, 8)" in result.output
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_zoo_extract_subprocess(tmp_path, zoo_cmd):
     path = save_tiny(tmp_path)
     x = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
@@ -638,7 +636,7 @@ def test_keras_layers_are_grouped_by_scope_and_cut_like_keras(tmp_path):
     data = np.random.default_rng(0).normal(size=(5, 16, 16, 3)).astype(np.float32)
     for name in ("fc1", "flatten"):
         want = tf.keras.Model(inputs, model.get_layer(name).output)(data).numpy()
-        got = load_extractor(path, name, batch_size=2)(data)
+        got = load_extractor(path, name, options=ExtractorOptions(batch_size=2))(data)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     # tf2onnx computes convolutions in NCHW: a conv layer's features come out channels-first.
     want = tf.keras.Model(inputs, model.get_layer("block1_pool").output)(data).numpy()
@@ -675,8 +673,8 @@ def test_caffe_model_is_converted_on_demand_and_cut_like_opencv(tmp_path):
     assert found[4].op_type == "Reshape+Gemm" and found[4].parameters == 800 * 500 + 500
     assert open_catalog().get("lenet.caffe").artifact("onnx").path
 
-    extractor = load_extractor("lenet.caffe", "ip1", batch_size=4)
-    assert extractor.meta["fixed_batch"] is None  # the prototxt's batch of 64 was made dynamic
+    extractor = load_extractor("lenet.caffe", "ip1", options=ExtractorOptions(batch_size=4))
+    assert extractor.meta.fixed_batch is None  # the prototxt's batch of 64 was made dynamic
     x = np.random.default_rng(0).uniform(0, 1, (6, 1, 28, 28)).astype(np.float32)
     net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     net.setInput(x)
@@ -778,7 +776,7 @@ def test_keras_conv_layers_cut_in_keras_layout(tmp_path):
     # block1_conv and block1_pool are marked NCHW by the converter; gap is 2-D ("same").
     for name in ("block1_conv", "block1_pool", "gap"):
         want = tf.keras.Model(inputs, model.get_layer(name).output)(data).numpy()
-        extractor = load_extractor(path, name, batch_size=3)
+        extractor = load_extractor(path, name, options=ExtractorOptions(batch_size=3))
         got = extractor(data)
         assert got.shape == want.shape, name
         assert list(extractor.output_shape[1:]) == list(want.shape[1:]), name

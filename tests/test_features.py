@@ -13,6 +13,7 @@ import pytest
 
 from zoo.errors import InputError, ZooError
 from zoo.features import FeatureCache, cache_features, extract_features, save_features
+from zoo.datasources import as_source
 
 HERE = Path(__file__).resolve().parent
 
@@ -135,9 +136,9 @@ def test_iterables_need_a_key(mlp, data):
     batches = [data[i : i + 64] for i in range(0, len(data), 64)]
     with pytest.raises(InputError, match="key="):
         cache_features(extractor, iter(batches), progress=False)
-    features = cache_features(extractor, iter(batches), key="my-data-v1", progress=False)
+    features = cache_features(extractor, as_source(iter(batches), extractor, key="my-data-v1"), progress=False)
     np.testing.assert_allclose(features, extractor(data), rtol=1e-6)
-    again = extract_features(extractor, iter(batches), key="my-data-v1", progress=False)
+    again = extract_features(extractor, as_source(iter(batches), extractor, key="my-data-v1"), progress=False)
     assert again.reused
 
 
@@ -154,7 +155,8 @@ def test_image_folder_skips_and_reports_unreadable_files(tmp_path):
             Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
     (tmp_path / "imgs" / "cats" / "broken.jpg").write_bytes(b"not an image")
     extractor = ProjectionExtractor(3 * 8 * 8, 5)
-    result = extract_features(extractor, tmp_path / "imgs", image_size=(8, 8), progress=False, chunk_size=4)
+    result = extract_features(extractor, as_source(tmp_path / "imgs", extractor, image_size=(8, 8)),
+                              progress=False, chunk_size=4)
     assert result.features.shape == (6, 5)
     assert result.classes == ["cats", "dogs"]
     assert result.labels.tolist() == [0, 0, 0, 1, 1, 1]
@@ -164,7 +166,9 @@ def test_image_folder_skips_and_reports_unreadable_files(tmp_path):
     expected = extractor(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None])
     np.testing.assert_allclose(result.features[0], expected[0], rtol=1e-5)
     with pytest.raises(InputError, match="broken.jpg"):
-        extract_features(extractor, tmp_path / "imgs", image_size=(8, 8), on_error="raise", progress=False)
+        extract_features(extractor,
+                         as_source(tmp_path / "imgs", extractor, image_size=(8, 8), on_error="raise"),
+                         progress=False)
     with pytest.raises(InputError, match="image_size"):
         extract_features(extractor, tmp_path / "imgs", progress=False)
 
@@ -257,9 +261,10 @@ def test_remove_and_clear(mlp, data):
     a = extract_features(extractor, data, progress=False)
     extract_features(extractor, data[:100], progress=False)
     cache = FeatureCache()
-    assert cache.remove(a.key[:8]) > 0
-    assert [e.key for e in cache.entries()] != [a.key] and len(cache.entries()) == 1
-    assert cache.clear() > 0 and cache.entries() == []
+    sizes = {e.key: e.bytes for e in cache.entries()}
+    assert cache.remove(a.key[:8]) == sizes.pop(a.key)  # the bytes freed are the entry's
+    assert [e.key for e in cache.entries()] == list(sizes)
+    assert cache.clear() == sum(sizes.values()) and cache.entries() == []
     with pytest.raises(ZooError):
         cache.load(a.key)
 
@@ -288,12 +293,12 @@ def test_zoo_cache_list_and_rm(mlp, data, zoo_cmd):
 
 
 def test_a_memory_map_of_a_file_is_read_from_the_file(mlp, data, tmp_path):
-    from zoo.features import _NpyFileSource, _source
+    from zoo.datasources import NpyFileSource
 
     np.save(tmp_path / "x.npy", data)
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
-    assert isinstance(_source(mapped, None, None, "skip", None, None), _NpyFileSource)
-    assert not isinstance(_source(mapped[10:], None, None, "skip", None, None), _NpyFileSource)
+    assert isinstance(as_source(mapped), NpyFileSource)
+    assert not isinstance(as_source(mapped[10:]), NpyFileSource)
     extractor = _ort(mlp)
     cache = FeatureCache()
     assert cache.key(extractor, mapped) == cache.key(extractor, data) != cache.key(extractor, mapped[10:])
@@ -303,10 +308,10 @@ def test_a_memory_map_of_a_file_is_read_from_the_file(mlp, data, tmp_path):
 def test_a_real_extractor_at_several_layers_caches_them_side_by_side():
     from helpers.transfer import register_digits_cnn
     from zoo.extract import load_extractor
-    from zoo.walkthrough import _digits
+    from zoo.demos.walkthrough import digits
 
     model = register_digits_cnn()
-    x = _digits()[0][:70]
+    x = digits()[0][:70]
     both = load_extractor(model.name, layer=["pool2", "relu3"])
     result = extract_features(both, x, chunk_size=32, progress=False)
     assert result.features.shape == (70, 128 + 64)

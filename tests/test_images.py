@@ -10,6 +10,8 @@ import pytest
 
 from zoo.errors import InputError
 from zoo.records import InputSpec
+from zoo.options import ExtractorOptions, TrainingConfig
+from zoo.datasources import as_source
 
 BVLC_MEAN = [104.0, 117.0, 123.0]
 
@@ -199,7 +201,7 @@ def test_extractor_takes_one_file_a_list_and_a_flat_folder(tmp_path):
     np.testing.assert_allclose(extractor(folder), plain, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(extractor(str(paths[1])), plain[1:2], rtol=1e-4, atol=1e-4)
     # raw pixels without the spec are another thing entirely
-    raw = load_extractor("bvlc_like", "relu2", preprocess=False)
+    raw = load_extractor("bvlc_like", "relu2", options=ExtractorOptions(preprocess=False))
     assert not np.allclose(raw(paths), plain, atol=1e-2)
     with pytest.raises(InputError, match="does not exist"):
         extractor(tmp_path / "missing")
@@ -233,11 +235,11 @@ def test_cache_preprocesses_flat_folders_lists_and_class_folders(tmp_path):
     single = extract_features(extractor, flat[2], progress=False)
     np.testing.assert_allclose(single.features, want[2:], rtol=1e-4, atol=1e-4)
     # an extractor loaded with preprocess=True gets raw pixels from the cache, and the same features
-    cooked = load_extractor("bvlc_like", "relu2", preprocess=True)
+    cooked = load_extractor("bvlc_like", "relu2", options=ExtractorOptions(preprocess=True))
     np.testing.assert_allclose(extract_features(cooked, tmp_path / "flat", progress=False).features, want,
                                rtol=1e-4, atol=1e-4)
     # preprocess=False: pixels as decoded (0-255 RGB, resized and cropped), another cache entry
-    raw = extract_features(extractor, tmp_path / "flat", progress=False, preprocess=False)
+    raw = extract_features(extractor, as_source(tmp_path / "flat", extractor, preprocess=False), progress=False)
     assert raw.key != from_folder.key and not np.allclose(raw.features, want, atol=1e-2)
 
 
@@ -254,7 +256,8 @@ def test_train_and_sweep_on_an_image_folder_cache_preprocessed_features(tmp_path
     for c, label in enumerate(("cat", "dog")):
         for i in range(4):
             files.append(photo(root / label / f"{i}.png", 240 + 10 * i, 280, seed=10 * c + i))
-    result = train("bvlc_like", root, None, layer="relu2", new_name="pets", epochs=1, progress=False)
+    result = train("bvlc_like", root, None, new_name="pets", training=TrainingConfig(epochs=1, progress=False),
+                   extractor=ExtractorOptions(layer="relu2"))
     entry = FeatureCache().load(result.cache_key)
     plain = load_extractor("bvlc_like", "relu2")
     want = plain(np.stack([bvlc_reference(p, 227) for p in files]))
@@ -265,12 +268,13 @@ def test_train_and_sweep_on_an_image_folder_cache_preprocessed_features(tmp_path
     saved = open_catalog().get("pets").input
     assert (saved.mean, saved.channel_order, saved.shape) == (BVLC_MEAN, "BGR", [None, 3, 227, 227])
 
-    swept = sweep("bvlc_like", root, layers=["relu2"], epochs=1, progress=False)
+    swept = sweep("bvlc_like", root, layers=["relu2"], training=TrainingConfig(epochs=1, progress=False))
     assert swept.rows[0].reused  # the same preprocessed features as train's
     again = FeatureCache().load(FeatureCache().key(plain, root))
     np.testing.assert_allclose(again.features, want, rtol=1e-4, atol=1e-4)
     # --no-preprocess caches what the net would see without the spec
-    unprocessed = sweep("bvlc_like", root, layers=["relu2"], epochs=1, progress=False, preprocess=False)
+    unprocessed = sweep("bvlc_like", root, layers=["relu2"], training=TrainingConfig(epochs=1, progress=False),
+                        extractor=ExtractorOptions(preprocess=False))
     assert not unprocessed.rows[0].reused
 
 
@@ -293,9 +297,11 @@ def test_train_on_a_flat_folder_needs_labels_and_drops_unreadable_files(tmp_path
         photo(tmp_path / "flat" / f"{i}.png", 40, 40, seed=i)
     (tmp_path / "flat" / "7.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(InputError, match="labels are missing"):
-        train("small", tmp_path / "flat", None, layer="relu2", new_name="m", epochs=1, progress=False)
+        train("small", tmp_path / "flat", None, new_name="m", training=TrainingConfig(epochs=1, progress=False),
+              extractor=ExtractorOptions(layer="relu2"))
     labels = np.array([0, 1, 0, 1, 0, 1, 1])  # the last one is the broken file's
-    result = train("small", tmp_path / "flat", labels, layer="relu2", new_name="m", epochs=1, progress=False)
+    result = train("small", tmp_path / "flat", labels, new_name="m",
+                   training=TrainingConfig(epochs=1, progress=False), extractor=ExtractorOptions(layer="relu2"))
     assert len(result.fit.history) == 1
 
 
@@ -308,18 +314,19 @@ def test_pooling_averages_or_maxes_the_spatial_axes(tmp_path, layout, axes, laye
     path = conv_net(tmp_path / "net.onnx", 16, layout)
     x = np.random.default_rng(0).normal(size=(3, 3, 16, 16) if layout == "NCHW" else (3, 16, 16, 3)).astype(np.float32)
     plain = load_extractor(path, layer)
-    avg, biggest = load_extractor(path, layer, pooling="avg"), load_extractor(path, layer, pooling="max")
+    avg, biggest = load_extractor(path, layer, options=ExtractorOptions(pooling="avg")), load_extractor(path,
+                                  layer, options=ExtractorOptions(pooling="max"))
     full = plain(x)
     assert full.ndim == 4 and avg.output_shape == (None, 5) == biggest.output_shape
     np.testing.assert_allclose(avg(x), full.mean(axis=axes), rtol=1e-5)
     np.testing.assert_allclose(biggest(x), full.max(axis=axes), rtol=1e-6)
     assert len({plain.fingerprint, avg.fingerprint, biggest.fingerprint}) == 3
     # several layers: 4-D outputs are pooled, vectors pass unchanged
-    both = load_extractor(path, [layer, "fc"], pooling="avg")(x)
+    both = load_extractor(path, [layer, "fc"], options=ExtractorOptions(pooling="avg"))(x)
     np.testing.assert_allclose(both[layer], full.mean(axis=axes), rtol=1e-5)
     np.testing.assert_allclose(both["fc"], plain_fc(path, x), rtol=1e-5)
     with pytest.raises(InputError, match="not one of avg, max"):
-        load_extractor(path, layer, pooling="mean")
+        load_extractor(path, layer, options=ExtractorOptions(pooling="mean"))
 
 
 def plain_fc(path: Path, x: np.ndarray) -> np.ndarray:
@@ -350,7 +357,7 @@ def test_to_torch_pools_and_preprocesses_as_the_extractor_does(tmp_path):
     register("small", conv_net(tmp_path / "net.onnx", 16), shape=[None, 3, 16, 16], layout="NCHW",
              mean=[120.0, 110.0, 100.0], std=[60.0, 50.0, 40.0], channel_order="BGR")
     pixels = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3)).astype(np.float32)  # NHWC, RGB
-    extractor = load_extractor("small", "relu2", pooling="max")
+    extractor = load_extractor("small", "relu2", options=ExtractorOptions(pooling="max"))
     want = extractor(preprocess(pixels, extractor.input_spec))
     assert want.shape == (3, 5)
     net = extractor.to_torch()
@@ -377,10 +384,11 @@ def test_train_with_pooling_saves_a_model_that_pools(tmp_path):
     x = rng.normal(size=(24, 3, 32, 32)).astype(np.float32)
     y = np.arange(24) % 2
     for unfreeze in (0, 1):
-        result = train("small", x, y, layer="relu2", new_name=f"pooled{unfreeze}", unfreeze=unfreeze,
-                       pooling="avg", epochs=2, progress=False)
+        result = train("small", x, y, new_name=f"pooled{unfreeze}",
+                       training=TrainingConfig(unfreeze=unfreeze, epochs=2, progress=False),
+                       extractor=ExtractorOptions(layer="relu2", pooling="avg"))
         if unfreeze == 0:
-            features = load_extractor("small", "relu2", pooling="avg")(x)
+            features = load_extractor("small", "relu2", options=ExtractorOptions(pooling="avg"))(x)
             assert features.shape == (24, 5)
         onnx_path = result.model.artifact("model").path
         logits = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -398,17 +406,17 @@ def test_device_cpu_works_and_an_unavailable_one_names_the_providers(tmp_path):
 
     path = conv_net(tmp_path / "net.onnx", 16)
     x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
-    on_cpu = load_extractor(path, "fc", device="cpu")
+    on_cpu = load_extractor(path, "fc", options=ExtractorOptions(device="cpu"))
     np.testing.assert_allclose(on_cpu(x), load_extractor(path, "fc")(x), rtol=1e-6)
     assert on_cpu.session.get_providers() == ["CPUExecutionProvider"]
     assert execution_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     for device in ("cuda", "cuda:1", ["CUDAExecutionProvider"]) if not _has_cuda() else ():
         with pytest.raises(InputError, match=r"CUDAExecutionProvider.*available: .*CPUExecutionProvider.*device='cpu'"):
-            load_extractor(path, "fc", device=device)
+            load_extractor(path, "fc", options=ExtractorOptions(device=device))
     with pytest.raises(InputError, match="not one of"):
-        load_extractor(path, "fc", device="tpu")
+        load_extractor(path, "fc", options=ExtractorOptions(device="tpu"))
     with pytest.raises(InputError, match="not both"):
-        load_extractor(path, "fc", device="cpu", providers=["CPUExecutionProvider"])
+        load_extractor(path, "fc", options=ExtractorOptions(device="cpu", providers=["CPUExecutionProvider"]))
 
 
 def _has_cuda() -> bool:
@@ -498,7 +506,7 @@ def test_a_real_architecture_with_its_published_spec_takes_photos(tmp_path):
     register("alexnet.photos", save_randomized("bvlc_alexnet", tmp_path), **published)
     paths = [photo(tmp_path / "p" / f"{i}.png", 300 + 40 * i, 260, seed=i) for i in range(2)]
     plain = load_extractor("alexnet.photos", "conv5")
-    pooled = load_extractor("alexnet.photos", "conv5", pooling="max")
+    pooled = load_extractor("alexnet.photos", "conv5", options=ExtractorOptions(pooling="max"))
     want = plain(np.stack([bvlc_reference(p, 224) for p in paths]))
     np.testing.assert_allclose(plain(paths), want, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(pooled(tmp_path / "p"), want.max(axis=(2, 3)), rtol=1e-3, atol=1e-3)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from zoo.errors import InputError
+from zoo.options import ExtractorOptions
+from zoo.datasources import as_source
 
 VOCAB, WIDTH = 50, 16
 
@@ -135,7 +137,7 @@ def test_text_encoder_registered_cut_and_fed_by_name(text_model):
     ]
     names = [layer.name for layer in layers("text_encoder")]
     assert names[0] == "embed" and "proj" in names
-    extractor = load_extractor("text_encoder", -1, batch_size=2)
+    extractor = load_extractor("text_encoder", -1, options=ExtractorOptions(batch_size=2))
     assert extractor.input_names == ["input_ids", "attention_mask"]
     assert extractor.output_shape == (None, WIDTH)
     ids, mask = _tokens(5)
@@ -148,7 +150,7 @@ def test_text_encoder_registered_cut_and_fed_by_name(text_model):
     # the mask matters: without it the padding tokens would change the features
     assert not np.allclose(extractor(input_ids=ids, attention_mask=np.ones_like(mask)), want, atol=1e-3)
     # a batch of 5 in batches of 2 equals one batch of 5; a different sequence length works too
-    whole = load_extractor("text_encoder", -1, batch_size=64)
+    whole = load_extractor("text_encoder", -1, options=ExtractorOptions(batch_size=64))
     np.testing.assert_allclose(whole(input_ids=ids, attention_mask=mask), extractor(input_ids=ids, attention_mask=mask),
                                rtol=1e-5, atol=1e-6)
     short_ids, short_mask = _tokens(3, seq=4, seed=1)
@@ -184,7 +186,8 @@ def test_bad_multi_input_calls_say_what_is_expected(text_model):
     with pytest.raises(InputError, match=r"input 'input_ids' has dtype float32; .* expects integers \(int64\) .*"
                                          r"astype\('int64'\)"):
         extractor(input_ids=ids.astype(np.float32), attention_mask=mask)
-    with pytest.raises(InputError, match=r"disagree on the batch size: input_ids has 4 \(axis 0\), attention_mask has 3"):
+    with pytest.raises(InputError,
+                       match=r"disagree on the batch size: input_ids has 4 \(axis 0\), attention_mask has 3"):
         extractor(input_ids=ids, attention_mask=mask[:3])
     with pytest.raises(InputError, match=r"input 'attention_mask' has 7 along its 'seq' axis but 'input_ids' has 9"):
         extractor(input_ids=ids, attention_mask=mask[:, :7])
@@ -201,7 +204,7 @@ def test_text_features_cached_from_arrays_and_npy_files(text_model, tmp_path):
     from zoo.features import extract_features
 
     module, path = text_model
-    extractor = load_extractor(path, -1, batch_size=4)
+    extractor = load_extractor(path, -1, options=ExtractorOptions(batch_size=4))
     ids, mask = _tokens(11, seed=2)
     first = extract_features(extractor, {"input_ids": ids, "attention_mask": mask}, chunk_size=4, progress=False)
     assert first.reused is False and first.features.shape == (11, WIDTH)
@@ -244,7 +247,7 @@ def test_iterable_of_dict_batches_is_cached(text_model):
     extractor = load_extractor(path, -1)
     ids, mask = _tokens(7, seed=3)
     batches = [{"input_ids": ids[i:i + 3], "attention_mask": mask[i:i + 3]} for i in range(0, 7, 3)]
-    features = cache_features(extractor, iter(batches), key="tokens-v1", progress=False)
+    features = cache_features(extractor, as_source(iter(batches), extractor, key="tokens-v1"), progress=False)
     assert features.shape == (7, WIDTH)
     np.testing.assert_allclose(features, _torch_text(module, ids, mask), rtol=1e-4, atol=1e-5)
 
@@ -283,7 +286,7 @@ def test_recurrent_state_and_scalar_sample_rate(rnn_model):
 
     module, path = rnn_model
     assert [(i["name"], i["batch_axis"]) for i in model_inputs(path)] == [("input", 0), ("state", 1), ("sr", None)]
-    extractor = load_extractor(path, ["output", "stateN"], batch_size=2)
+    extractor = load_extractor(path, ["output", "stateN"], options=ExtractorOptions(batch_size=2))
     assert extractor.input_names == ["input", "state", "sr"]
     assert extractor.batch_axes == {"input": 0, "state": 1, "sr": None}
     assert extractor.output_shape == {"head": (None, 3), "gru": (2, None, 8)}
@@ -394,9 +397,11 @@ def test_cli_layers_shows_inputs_and_extract_takes_named_inputs(text_model, rnn_
     result = runner.invoke(cli, ["extract", str(path), "-l", "-1", "-i", str(tmp_path / "ids.npy"), "-o", str(out)])
     assert result.exit_code == 1 and "missing input(s) attention_mask" in result.output
     assert "Traceback" not in result.output
-    result = runner.invoke(cli, ["extract", str(path), "-i", str(tmp_path / "ids.npy"), "-i", "mask.npy", "-o", str(out)])
+    result = runner.invoke(cli,
+                           ["extract", str(path), "-i", str(tmp_path / "ids.npy"), "-i", "mask.npy", "-o", str(out)])
     assert result.exit_code == 1 and "give each as NAME=FILE.npy" in result.output
-    result = runner.invoke(cli, ["extract", str(path), "-i", "input_ids=nope.npy", "-i", "attention_mask=x", "-o", str(out)])
+    result = runner.invoke(cli,
+                           ["extract", str(path), "-i", "input_ids=nope.npy", "-i", "attention_mask=x", "-o", str(out)])
     assert result.exit_code == 1 and "input_ids=nope.npy: no such file" in result.output
 
     # several layers of the recurrent model, a scalar sample rate given as a number: an .npz
@@ -419,6 +424,7 @@ def test_cli_layers_shows_inputs_and_extract_takes_named_inputs(text_model, rnn_
         np.testing.assert_allclose(archive["gru"], want_state, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_zoo_extract_named_inputs_subprocess(text_model, tmp_path, zoo_cmd):
     module, path = text_model
     ids, mask = _tokens(3, seed=9)
@@ -466,7 +472,7 @@ def test_unnamed_axes_like_silero_vad(tmp_path):
         [helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, None, 3])],
         [numpy_helper.from_array(np.array([1], np.int64), "axes")])
     assert [(i["name"], i["batch_axis"]) for i in model_inputs(path)] == [("input", 0), ("state", 1), ("sr", None)]
-    extractor = load_extractor(path, "stateN", batch_size=2)
+    extractor = load_extractor(path, "stateN", options=ExtractorOptions(batch_size=2))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 7)).astype(np.float32)
     state = rng.normal(size=(2, 5, 3)).astype(np.float32)
@@ -489,7 +495,7 @@ def test_fixed_batch_multi_input_graph_pads_every_batched_input(tmp_path):
         helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])])
     extractor = load_extractor(path, "shift")
-    assert extractor.meta["fixed_batch"] == 2 and extractor.batch_axes == {"x": 0, "ids": 0, "gain": None}
+    assert extractor.meta.fixed_batch == 2 and extractor.batch_axes == {"x": 0, "ids": 0, "gain": None}
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 3)).astype(np.float32)
     ids = rng.integers(0, 9, size=(5, 3))
@@ -513,7 +519,7 @@ def test_preprocessing_applies_to_the_input_the_catalog_describes(tmp_path):
         artifacts=[Artifact(role="model", filename=path.name, path=str(path), sha256=file_hash(path))],
         input=InputSpec(name="image", mean=[10.0, 20.0, 30.0], scale=1.0, layout="NCHW"),
     ))
-    extractor = load_extractor("image_and_gain", "scale", preprocess=True)
+    extractor = load_extractor("image_and_gain", "scale", options=ExtractorOptions(preprocess=True))
     assert extractor.input_names == ["gain", "image"] and extractor.input_spec.name == "image"
     raw = np.random.default_rng(2).integers(0, 256, size=(4, 2, 2, 3)).astype(np.uint8)  # NHWC pixels
     want = (raw.astype(np.float32) - np.array([10, 20, 30], np.float32)).transpose(0, 3, 1, 2) * 2
@@ -554,11 +560,13 @@ def test_huggingface_bert_three_inputs_two_outputs(tmp_path, monkeypatch):
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": segments}  # a tokenizer's output
     with torch.no_grad():
         want = bert(**{k: torch.from_numpy(v) for k, v in batch.items()})
-    extractor = load_extractor("bert-tiny", ["encoder.layer.1.output.LayerNorm", "pooler.activation"], batch_size=2)
+    extractor = load_extractor("bert-tiny", ["encoder.layer.1.output.LayerNorm", "pooler.activation"],
+                               options=ExtractorOptions(batch_size=2))
     assert extractor.input_names == names
     got = extractor(batch)
     assert set(got) == {"encoder.layer.1.output.LayerNorm", "pooler.activation"}
-    np.testing.assert_allclose(got["encoder.layer.1.output.LayerNorm"], want.last_hidden_state.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["encoder.layer.1.output.LayerNorm"], want.last_hidden_state.numpy(),
+                               rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got["pooler.activation"], want.pooler_output.numpy(), rtol=1e-4, atol=1e-4)
     # the word embeddings need the token ids only; the rest of a tokenizer's output is left out
     with pytest.warns(UserWarning, match="not a cut point"):  # positions and segments join above it

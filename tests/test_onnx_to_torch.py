@@ -1,7 +1,6 @@
 """ONNX -> torch converter: outputs vs onnxruntime (and the source framework), freezing, training, errors."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from helpers.onnx_to_torch import (
     single_node_model,
     text_encoder_onnx,
 )
-from helpers.zoo_nets import CAFFE_MODELS, caffe_net, caffe_zoo_nets, onnx_light_models
+from helpers.zoo_nets import CAFFE_MODELS, caffe_net, caffe_zoo_nets, onnx_light_models, without_shared
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -747,11 +746,10 @@ CAFFE_NETS = [name for name in caffe_zoo_nets()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CAFFE_NETS or [pytest.param(None, marks=pytest.mark.skip(
-    reason=f"the Caffe Model Zoo nets are in {CAFFE_MODELS} (shared/ beside the checkout)"))])
+@pytest.mark.parametrize("name", CAFFE_NETS or [None])
 def test_caffe_converted_model_matches_onnxruntime(name, tmp_path):
-    if importlib.util.find_spec("converters.caffe") is None:
-        pytest.skip("converters.caffe (the Caffe -> ONNX converter) is not in this tree yet")
+    if name is None:
+        without_shared(f"the Caffe Model Zoo nets are in {CAFFE_MODELS} (shared/ beside the checkout)")
     from converters import caffe
 
     prototxt = caffe_net(name)

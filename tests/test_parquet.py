@@ -8,6 +8,7 @@ import pytest
 
 from zoo.errors import InputError
 from zoo.features import FeatureCache, extract_features
+from zoo.datasources import as_source
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -111,12 +112,12 @@ def test_changed_file_or_column_changes_the_key(x, tmp_path):
     pq.write_table(pa.table({"a": _fixed_list(x), "b": _fixed_list(x + 1)}), path)
     extractor = Projection(24)
     cache = FeatureCache()
-    key_a = cache.key(extractor, path, column="a")
-    assert key_a != cache.key(extractor, path, column="b")
-    b = extract_features(extractor, path, column="b", progress=False)
+    key_a = cache.key(extractor, as_source(path, extractor, column="a"))
+    assert key_a != cache.key(extractor, as_source(path, extractor, column="b"))
+    b = extract_features(extractor, as_source(path, extractor, column="b"), progress=False)
     np.testing.assert_allclose(b.features, extractor(x + 1), rtol=1e-6)
     pq.write_table(pa.table({"a": _fixed_list(x * 2), "b": _fixed_list(x + 1)}), path)
-    assert cache.key(extractor, path, column="a") != key_a
+    assert cache.key(extractor, as_source(path, extractor, column="a")) != key_a
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,7 @@ def test_bad_parquet_input_says_what_to_do(x, tmp_path, table, column, message):
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.table(columns), path)
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        extract_features(Projection(24), path, column=column, progress=False)
+        extract_features(Projection(24), as_source(path, Projection(24), column=column), progress=False)
 
 
 def test_not_parquet_files_say_so(x, tmp_path):
@@ -159,7 +160,7 @@ def test_not_parquet_files_say_so(x, tmp_path):
         extract_features(Projection(24), parts, progress=False)
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(InputError, match="applies to Parquet input only"):
-        extract_features(Projection(24), tmp_path / "x.npy", column="x", progress=False)
+        extract_features(Projection(24), as_source(tmp_path / "x.npy", Projection(24), column="x"), progress=False)
 
 
 def test_zoo_extract_reads_parquet_with_a_real_model(tmp_path):

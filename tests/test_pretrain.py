@@ -16,7 +16,9 @@ pytest.importorskip("sklearn")
 
 import zoo
 from zoo.errors import DuplicateModelError, InputError
-from zoo.pretraining import accuracy, digits_check, finetune, fresh_stack, pretrain
+from zoo.demos.digits import digits_check
+from zoo.options import PretrainConfig, TrainingConfig
+from zoo.pretraining import accuracy, finetune, fresh_stack, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def shuffled_columns(X: np.ndarray, seed: int = 0) -> np.ndarray:
     ids=["plain", "denoising", "sparse", "untied"],
 )
 def test_autoencoder_reconstruction_error_falls_in_every_layer(digits, options):
-    result = pretrain(digits, [32, 16], "autoencoder", epochs=6, progress=False, **options)
+    result = pretrain(digits, [32, 16], "autoencoder", PretrainConfig(epochs=6, progress=False, **options))
     assert [len(errors) for errors in result.losses] == [6, 6]
     for errors in result.losses:
         assert errors[-1] < 0.8 * errors[0], errors
@@ -57,7 +59,7 @@ def test_autoencoder_reconstruction_error_falls_in_every_layer(digits, options):
 @pytest.mark.parametrize("data", ["digits", "real_valued"])
 def test_rbm_reconstruction_error_falls_in_every_layer(request, data):
     X = request.getfixturevalue(data)
-    result = pretrain(X, [32, 16], "rbm", epochs=6, cd_k=2, lr=0.02, progress=False)
+    result = pretrain(X, [32, 16], "rbm", config=PretrainConfig(epochs=6, cd_k=2, lr=0.02, progress=False))
     assert result.visible == ("bernoulli" if data == "digits" else "gaussian")
     for errors in result.losses:
         assert errors[-1] < 0.9 * errors[0], errors
@@ -66,23 +68,23 @@ def test_rbm_reconstruction_error_falls_in_every_layer(request, data):
 @pytest.mark.parametrize("data", ["digits", "real_valued"])
 def test_rbm_free_energy_of_training_rows_is_below_that_of_noise(request, data):
     X = request.getfixturevalue(data)
-    result = pretrain(X, [32, 16], "rbm", epochs=6, progress=False)
+    result = pretrain(X, [32, 16], "rbm", config=PretrainConfig(epochs=6, progress=False))
     # Noise with the data's own per-feature values: only learnt structure tells them apart.
     noise = shuffled_columns(X)
     assert result.free_energy(X).mean() < result.free_energy(noise).mean()
-    untrained = pretrain(X, [32], "rbm", epochs=1, lr=1e-9, progress=False)
+    untrained = pretrain(X, [32], "rbm", config=PretrainConfig(epochs=1, lr=1e-9, progress=False))
     gap = result.free_energy(noise).mean() - result.free_energy(X).mean()
     assert gap > 5 * abs(untrained.free_energy(noise).mean() - untrained.free_energy(X).mean())
 
 
 def test_zoo_pretrain_is_callable_even_after_importing_the_module(digits):
     importlib.import_module("zoo.pretraining")
-    result = zoo.pretrain(digits, [4], "rbm", epochs=1, progress=False)
+    result = zoo.pretrain(digits, [4], "rbm", config=PretrainConfig(epochs=1, progress=False))
     assert result.layers == [4]
 
 
 def test_free_energy_is_for_rbms_only(digits):
-    result = pretrain(digits, [8], "autoencoder", epochs=1, progress=False)
+    result = pretrain(digits, [8], "autoencoder", config=PretrainConfig(epochs=1, progress=False))
     with pytest.raises(InputError, match="RBM"):
         result.free_energy(digits)
 
@@ -90,8 +92,8 @@ def test_free_energy_is_for_rbms_only(digits):
 @pytest.mark.parametrize("cache", [True, False], ids=["cached", "recomputed"])
 @pytest.mark.parametrize("method", ["autoencoder", "rbm"])
 def test_lower_layers_stay_unchanged_while_an_upper_layer_trains(digits, method, cache):
-    one = pretrain(digits, [24], method, epochs=3, seed=5, cache=cache, progress=False)
-    three = pretrain(digits, [24, 12, 6], method, epochs=3, seed=5, cache=cache, progress=False)
+    one = pretrain(digits, [24], method, config=PretrainConfig(epochs=3, seed=5, cache=cache, progress=False))
+    three = pretrain(digits, [24, 12, 6], method, config=PretrainConfig(epochs=3, seed=5, cache=cache, progress=False))
     # Layer 1 trained alone and layer 1 after two more layers trained on top are identical.
     assert torch.equal(one.stack.layer1[0].weight, three.stack.layer1[0].weight)
     assert torch.equal(one.stack.layer1[0].bias, three.stack.layer1[0].bias)
@@ -101,16 +103,17 @@ def test_lower_layers_stay_unchanged_while_an_upper_layer_trains(digits, method,
 
 
 def test_cached_and_recomputed_inputs_train_the_same_stack(digits):
-    cached = pretrain(digits, [24, 12], "autoencoder", epochs=3, seed=2, progress=False)
-    rerun = pretrain(digits, [24, 12], "autoencoder", epochs=3, seed=2, cache=False, progress=False)
+    cached = pretrain(digits, [24, 12], "autoencoder", config=PretrainConfig(epochs=3, seed=2, progress=False))
+    rerun = pretrain(digits, [24, 12], "autoencoder",
+                     config=PretrainConfig(epochs=3, seed=2, cache=False, progress=False))
     np.testing.assert_allclose(cached.losses, rerun.losses, rtol=1e-4)
     np.testing.assert_allclose(cached.transform(digits), rerun.transform(digits), atol=1e-4)
 
 
 def test_large_cached_outputs_go_to_a_memmap_that_is_removed_afterwards(digits, monkeypatch, zoo_env):
-    in_memory = pretrain(digits, [16, 8], "rbm", epochs=2, progress=False)
+    in_memory = pretrain(digits, [16, 8], "rbm", config=PretrainConfig(epochs=2, progress=False))
     monkeypatch.setattr(importlib.import_module("zoo.pretraining"), "MEMMAP_BYTES", 0)
-    on_disk = pretrain(digits, [16, 8], "rbm", epochs=2, progress=False)
+    on_disk = pretrain(digits, [16, 8], "rbm", config=PretrainConfig(epochs=2, progress=False))
     assert on_disk.losses == in_memory.losses
     assert torch.equal(on_disk.stack.layer2[0].weight, in_memory.stack.layer2[0].weight)
     cache = zoo_env / "cache"
@@ -119,10 +122,10 @@ def test_large_cached_outputs_go_to_a_memmap_that_is_removed_afterwards(digits, 
 
 def test_same_seed_same_stack_other_seed_other_stack(digits):
     threads = torch.get_num_threads()
-    first = pretrain(digits, [16], "rbm", epochs=2, seed=1, progress=False)
+    first = pretrain(digits, [16], "rbm", config=PretrainConfig(epochs=2, seed=1, progress=False))
     assert torch.get_num_threads() == threads  # one thread while training, then restored
-    again = pretrain(digits, [16], "rbm", epochs=2, seed=1, progress=False)
-    other = pretrain(digits, [16], "rbm", epochs=2, seed=2, progress=False)
+    again = pretrain(digits, [16], "rbm", config=PretrainConfig(epochs=2, seed=1, progress=False))
+    other = pretrain(digits, [16], "rbm", config=PretrainConfig(epochs=2, seed=2, progress=False))
     assert torch.equal(first.stack.layer1[0].weight, again.stack.layer1[0].weight)
     assert not torch.equal(first.stack.layer1[0].weight, other.stack.layer1[0].weight)
 
@@ -137,16 +140,16 @@ class _Terminal(io.StringIO):
 def test_progress_bar_shows_each_layer_on_a_terminal_and_is_silent_when_off(digits, monkeypatch, capsys):
     terminal = _Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
-    pretrain(digits, [8, 4], "rbm", epochs=2, progress=False)
+    pretrain(digits, [8, 4], "rbm", config=PretrainConfig(epochs=2, progress=False))
     assert terminal.getvalue() == ""
-    pretrain(digits, [8, 4], "rbm", epochs=2, progress=True)
+    pretrain(digits, [8, 4], "rbm", config=PretrainConfig(epochs=2, progress=True))
     err = terminal.getvalue()
     assert "layer 1/2 rbm 64->8" in err and "layer 2/2 rbm 8->4" in err
     assert "reconstruction_error=" in err
 
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(digits, capsys):
-    pretrain(digits, [8, 4], "rbm", epochs=2, progress=True)  # capsys: stderr is a pipe-like buffer
+    pretrain(digits, [8, 4], "rbm", config=PretrainConfig(epochs=2, progress=True))  # capsys: stderr is a pipe-like buffer
     assert capsys.readouterr() == ("", "")
 
 
@@ -166,7 +169,7 @@ def test_saved_stack_reloads_from_the_catalog_with_the_same_outputs(request, dat
     from zoo.catalog import open_catalog
 
     X = request.getfixturevalue(data)
-    result = pretrain(X, [20, 10], "rbm", epochs=2, seed=3, name="my-base", progress=False)
+    result = pretrain(X, [20, 10], "rbm", name="my-base", config=PretrainConfig(epochs=2, seed=3, progress=False))
     model = open_catalog().get("my-base")
     assert (model.framework, model.format, model.source, model.task) == (
         "onnx", "onnx", "local", "feature-extraction")
@@ -192,10 +195,11 @@ def test_saved_stack_reloads_from_the_catalog_with_the_same_outputs(request, dat
 
 
 def test_a_taken_name_is_refused_before_training_unless_replaced(digits):
-    pretrain(digits, [8], "rbm", epochs=1, name="base", progress=False)
+    pretrain(digits, [8], "rbm", name="base", config=PretrainConfig(epochs=1, progress=False))
     with pytest.raises(DuplicateModelError, match="base"):
-        pretrain(digits, [8], "rbm", epochs=1, name="base", progress=True)
-    replaced = pretrain(digits, [8, 4], "rbm", epochs=1, name="base", replace=True, progress=False)
+        pretrain(digits, [8], "rbm", name="base", config=PretrainConfig(epochs=1, progress=True))
+    replaced = pretrain(digits, [8, 4], "rbm", name="base", replace=True,
+                        config=PretrainConfig(epochs=1, progress=False))
     from zoo.catalog import open_catalog
 
     assert open_catalog().get("base").meta["pretrained"]["layers"] == [8, 4] == replaced.layers
@@ -203,7 +207,7 @@ def test_a_taken_name_is_refused_before_training_unless_replaced(digits):
 
 def test_saved_stack_cuts_with_load_extractor(digits):
     extract = pytest.importorskip("zoo.extract", reason="zoo.extract (cutting models) is not built yet")
-    result = pretrain(digits, [20, 10], "autoencoder", epochs=2, name="ae-base", progress=False)
+    result = pretrain(digits, [20, 10], "autoencoder", name="ae-base", config=PretrainConfig(epochs=2, progress=False))
     names = [layer.name for layer in extract.layers("ae-base")]
     assert "layer1" in names and "layer2" in names
     extractor = extract.load_extractor("ae-base", layer="layer1")
@@ -212,7 +216,7 @@ def test_saved_stack_cuts_with_load_extractor(digits):
 
 def test_saved_stack_fine_tunes_through_zoo_transfer(real_valued):
     transfer = pytest.importorskip("zoo.transfer", reason="zoo.transfer (fine-tuning) is not built yet")
-    result = pretrain(real_valued, [20, 10], "rbm", epochs=2, name="rbm-base", progress=False)
+    result = pretrain(real_valued, [20, 10], "rbm", name="rbm-base", config=PretrainConfig(epochs=2, progress=False))
     model = transfer.transfer_model("rbm-base", layer="layer2", num_classes=10, unfreeze=2)
     rows = torch.from_numpy(real_valued[:11])
     with torch.no_grad():
@@ -229,9 +233,9 @@ def test_finetune_trains_a_head_on_top_of_a_copy_of_the_stack(digits):
     from sklearn.datasets import load_digits
 
     y = load_digits().target[:400]
-    result = pretrain(digits, [32], "autoencoder", epochs=3, progress=False)
+    result = pretrain(digits, [32], "autoencoder", config=PretrainConfig(epochs=3, progress=False))
     before = result.stack.layer1[0].weight.clone()
-    model = finetune(result, digits[:200], y[:200], epochs=30)
+    model = finetune(result, digits[:200], y[:200], config=TrainingConfig(epochs=30))
     assert torch.equal(result.stack.layer1[0].weight, before)  # the pretrained stack is untouched
     assert model.head.out_features == 10
     assert accuracy(model, digits[:200], y[:200]) > 0.8
@@ -298,13 +302,15 @@ def _with_inf() -> np.ndarray:
          "batch-size", "lr", "denoise", "denoise-rbm", "sparsity", "sparsity-tuple", "name"],
 )
 def test_bad_input_gets_a_one_line_input_error(X, kwargs, message):
-    with pytest.raises(InputError, match=message) as info:
-        pretrain(X, **{"layers": [4], "progress": False, **kwargs})
+    where = {"layers": [4], **{k: v for k, v in kwargs.items() if k in ("layers", "method", "name")}}
+    settings = {k: v for k, v in kwargs.items() if k not in where}
+    with pytest.raises(InputError, match=message) as info:  # from PretrainConfig, or from pretrain
+        pretrain(X, config=PretrainConfig(progress=False, **settings), **where)
     assert "\n" not in str(info.value)
 
 
 def test_transform_checks_the_number_of_features(digits):
-    result = pretrain(digits, [8], "rbm", epochs=1, progress=False)
+    result = pretrain(digits, [8], "rbm", config=PretrainConfig(epochs=1, progress=False))
     with pytest.raises(InputError, match="X has 5 features; this stack takes 64"):
         result.transform(GOOD)
     with pytest.raises(InputError, match="layer 3 is not in this stack; choose 1 to 1"):
@@ -450,19 +456,19 @@ def test_cli_shows_progress_bars_when_stderr_is_a_terminal(zoo_cmd, data_file):
 
 
 @pytest.mark.slow
-def test_python_m_zoo_pretraining_prints_the_digits_check():
-    """docs/pretrain.md and the README run `python -m zoo.pretraining`; it must print the table."""
+def test_python_m_zoo_demos_digits_prints_the_digits_check():
+    """docs/pretrain.md and the README run `python -m zoo.demos.digits`; it must print the table."""
     pytest.importorskip("sklearn")
     done = subprocess.run(
-        [sys.executable, "-m", "zoo.pretraining", "--seeds", "0", "--epochs", "1", "--finetune-epochs", "2"],
+        [sys.executable, "-m", "zoo.demos.digits", "--seeds", "0", "--epochs", "1", "--finetune-epochs", "2"],
         capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "digits: 1257 training rows, 540 test rows, 5% labelled, layers 64-300-100"
     assert lines[1].split() == ["test", "accuracy", "scratch", "autoencoder", "rbm"]
     assert lines[2].startswith("seed 0 (62 labels)") and lines[3].startswith("mean")
-    assert all(0.0 <= float(v) <= 1.0 for v in lines[3].split()[1:])
+    assert lines[3].split()[1:] == lines[2].split()[4:]  # one seed: its row is the mean
     assert "\r" not in done.stderr  # stderr is a pipe: no bars
-    bad = subprocess.run([sys.executable, "-m", "zoo.pretraining", "--seeds", "a,b"],
+    bad = subprocess.run([sys.executable, "-m", "zoo.demos.digits", "--seeds", "a,b"],
                          capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 2 and "--seeds 'a,b': give comma-separated integers" in bad.stderr

@@ -19,6 +19,8 @@ import pytest
 
 from zoo.errors import InputError
 from zoo.features import FeatureCache, extract_features
+from zoo.options import ExtractorOptions, TrainingConfig
+from zoo.datasources import as_source
 
 HERE = Path(__file__).resolve().parent
 pytest.importorskip("ray.data")
@@ -137,7 +139,9 @@ def test_ray_resumes_a_partial_entry_and_train_reads_it(local_ray, tiny, tmp_pat
     np.testing.assert_allclose(features[:32] - 1000, np.asarray(local.features)[:32], atol=1e-3)
     # `zoo train` (and fit_head, sweep) read the entry the Ray run completed, as it is
     manifest = (resumed.path.parent / "manifest.json").read_text()
-    result = zoo.train(str(tiny), images, None, layer="pool", new_name="pets.tiny", epochs=2, progress=False)
+    result = zoo.train(str(tiny), images, None, new_name="pets.tiny",
+                       training=TrainingConfig(epochs=2, progress=False),
+                       extractor=ExtractorOptions(layer="pool"))
     assert result is not None
     assert (resumed.path.parent / "manifest.json").read_text() == manifest
     assert len(FeatureCache().entries()) == 1
@@ -154,7 +158,8 @@ def test_worker_errors_come_back_as_the_users_error(local_ray, tiny, tmp_path):
         extract_features(extractor, wrong, chunk_size=10, progress=False, engine="ray")
     images = _image_folder(tmp_path / "images", count=30)
     with pytest.raises(InputError, match="cannot read image .*broken.png"):
-        extract_features(extractor, images, chunk_size=8, progress=False, engine="ray", on_error="raise")
+        extract_features(extractor, as_source(images, extractor, on_error="raise"), chunk_size=8,
+                         progress=False, engine="ray")
     entry = FeatureCache().entries()[-1]
     assert not entry.complete and entry.rows == 24  # broken.png is the last of 31 files: chunk 4 of 8-file chunks
     with pytest.raises(InputError, match="need 6 CPUs but the Ray cluster has 2"):
@@ -199,13 +204,14 @@ def test_what_the_ray_engine_cannot_take_says_so(tiny, tmp_path):
     with pytest.raises(InputError, match="actors=0 must be"):
         RayEngine(actors=0)
     with pytest.raises(InputError, match="an iterable of batches runs in this process"):
-        extract_features(extractor, iter([x]), key="k", progress=False, engine="ray")
+        extract_features(extractor, as_source(iter([x]), extractor, key="k"), progress=False, engine="ray")
     session_bound = OrtExtractor(export_mlp(tmp_path / "mlp.onnx"))  # holds an onnxruntime session
     with pytest.raises(InputError, match="cannot be sent to Ray workers .*InferenceSession"):
         extract_features(session_bound, np.zeros((4, 16), np.float32), progress=False, engine="ray")
     assert FeatureCache().entries() == []  # refused before any cache folder was made
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path, zoo_cmd):
     # A `ray` package that fails to import, first on the path: what a user without Ray gets.
     blocked = tmp_path / "blocked"
@@ -228,10 +234,12 @@ def test_without_ray_the_error_gives_the_pip_command(tiny, tmp_path, zoo_cmd):
         except MissingDependencyError as exc:
             print("missing:", exc)
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
     assert "missing: ray is needed" in done.stdout, done.stderr
 
 
+@pytest.mark.slow  # a fresh `zoo` process: seconds of start-up
 def test_an_unreachable_cluster_fails_at_once(tiny, tmp_path, zoo_cmd):
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 8, 8), np.float32))
     cmd = [*zoo_cmd, "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"),
@@ -285,7 +293,6 @@ def test_an_actor_on_a_node_without_the_files(tiny, tmp_path):
     import pickle
 
     from zoo.extract import load_extractor
-    from zoo.features import _source
     from zoo.ray_engine import _ChunkWorker
 
     extractor = load_extractor(tiny, "pool")
@@ -293,7 +300,7 @@ def test_an_actor_on_a_node_without_the_files(tiny, tmp_path):
     model = extractor.model_path.read_bytes()
     elsewhere = pickle.loads(pickle.dumps(extractor))
     elsewhere.model_path = tmp_path / "not-on-this-node.onnx"  # the cut model travels as bytes instead
-    worker = _ChunkWorker(_source(x, extractor, None, "skip", None, None), elsewhere, model, threads=1)
+    worker = _ChunkWorker(as_source(x, extractor), elsewhere, model, threads=1)
     rows = worker({"lo": np.array([0, 5]), "hi": np.array([5, 12])})
     assert list(rows["error"]) == ["", ""] and list(rows["consumed"]) == [5, 7]
     got = np.concatenate([np.load(io.BytesIO(b)) for b in rows["features"]])
@@ -301,7 +308,7 @@ def test_an_actor_on_a_node_without_the_files(tiny, tmp_path):
     assert worker.extractor.threads == 1
     # data on a path this node does not have: every chunk reports it, nothing is read
     np.save(tmp_path / "x.npy", x)
-    source = _source(tmp_path / "x.npy", extractor, None, "skip", None, None)
+    source = as_source(tmp_path / "x.npy", extractor)
     (tmp_path / "x.npy").rename(tmp_path / "moved.npy")
     lost = _ChunkWorker(source, copy.copy(extractor), model, threads=1)
     error = json.loads(lost({"lo": np.array([0]), "hi": np.array([12])})["error"][0])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from zoo.errors import InputError
+from zoo.options import TrainingConfig
 
 
 @pytest.fixture
@@ -18,9 +19,9 @@ def digits_model():
 
 @pytest.fixture(scope="module")
 def data():
-    from zoo.walkthrough import _digits
+    from zoo.demos.walkthrough import digits
 
-    x, y = _digits()
+    x, y = digits()
     return x[y >= 5][:150], y[y >= 5][:150]
 
 
@@ -29,14 +30,17 @@ def test_sweep_rows_table_and_plot(digits_model, data, tmp_path):
 
     x, y = data
     result = sweep(digits_model.name, x, y, layers=["pool1", "pool2", -2], unfreeze=[0, 1],
-                   epochs=3, plot=tmp_path / "sweep.png", progress=False)
+                   training=TrainingConfig(epochs=3, progress=False))
+    result.plot(tmp_path / "sweep.png")
     got = [(r.layer, r.unfreeze, r.cached_at) for r in result.rows]
     # pool1 cannot fine-tune its top layer: conv1 is the first layer, nothing would stay frozen
     assert got == [("pool1", 0, "pool1"), ("pool2", 0, "pool2"), ("pool2", 1, "pool1"),
                    ("relu3", 0, "relu3"), ("relu3", 1, "flatten")]
     assert len(result.skipped) == 1 and "pool1 unfreeze=1" in result.skipped[0]
     assert [r.features for r in result.rows][:2] == [[16, 4, 4], [32, 2, 2]]
-    assert all(0 <= r.val_accuracy <= 1 and r.epochs == 3 for r in result.rows)
+    # each row reports its head's best epoch, the one the head keeps
+    assert all(r.val_accuracy == r.fit.history[r.best_epoch - 1]["val_accuracy"] and r.epochs == 3
+               for r in result.rows)
     # pool2 with its top layer unfrozen caches at pool1, whose features were already cached
     assert result.rows[2].reused and not result.rows[0].reused
     assert result.best in result.rows
@@ -54,8 +58,9 @@ def test_a_second_sweep_reuses_every_cut(digits_model, data):
     from zoo import sweep
 
     x, y = data
-    first = sweep(digits_model.name, x, y, layers=["pool2", "relu3"], epochs=2, progress=False)
-    second = sweep(digits_model.name, x, y, layers=["pool2", "relu3"], epochs=2, progress=False)
+    first = sweep(digits_model.name, x, y, layers=["pool2", "relu3"], training=TrainingConfig(epochs=2, progress=False))
+    second = sweep(digits_model.name, x, y, layers=["pool2", "relu3"],
+                   training=TrainingConfig(epochs=2, progress=False))
     assert all(r.reused for r in second.rows)
     assert [r.val_accuracy for r in first.rows] == [r.val_accuracy for r in second.rows]
 
@@ -65,7 +70,7 @@ def test_sweep_with_validation_and_test_sets(digits_model, data):
 
     x, y = data
     result = sweep(digits_model.name, x[:60], y[:60], layers=["pool2"], validation=(x[60:100], y[60:100]),
-                   test=(x[100:], y[100:]), epochs=2, progress=False)
+                   test=(x[100:], y[100:]), training=TrainingConfig(epochs=2, progress=False))
     assert result.rows[0].test_accuracy is not None and "test acc" in result.table()
 
 
@@ -75,11 +80,11 @@ def test_bad_sweeps(digits_model, data):
 
     x, y = data
     with pytest.raises(InputError, match="labels for"):
-        sweep(digits_model.name, x, y[:-1], layers=["pool2"], progress=False)
+        sweep(digits_model.name, x, y[:-1], layers=["pool2"], training=TrainingConfig(progress=False))
     with pytest.raises(InputError, match="no layers"):
-        sweep(digits_model.name, x, y, layers=[], progress=False)
+        sweep(digits_model.name, x, y, layers=[], training=TrainingConfig(progress=False))
     with pytest.raises(UnknownLayerError, match="zoo layers"):
-        sweep(digits_model.name, x, y, layers=["pool9"], progress=False)
+        sweep(digits_model.name, x, y, layers=["pool9"], training=TrainingConfig(progress=False))
 
 
 def test_zoo_sweep_command(digits_model, data, tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from zoo.errors import InputError
+from zoo.options import ExtractorOptions, TrainingConfig
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,9 @@ def test_head_on_cached_features_equals_head_through_the_frozen_base(base_and_on
     features = cache_features(OrtExtractor(path), x, progress=False)
     with torch.no_grad():
         np.testing.assert_allclose(features, base(torch.from_numpy(x)).numpy(), atol=1e-5)
-    kwargs = dict(epochs=6, batch_size=16, seed=3, patience=None)
-    cached = fit_head(features, y, head=make_head(8, 3, (5,), seed=1), **kwargs)
-    through = fit_head(x, y, base=base, head=make_head(8, 3, (5,), seed=1), **kwargs)
+    config = TrainingConfig(epochs=6, batch_size=16, seed=3, patience=None)
+    cached = fit_head(features, y, config, head=make_head(8, 3, (5,), seed=1))
+    through = fit_head(x, y, config, base=base, head=make_head(8, 3, (5,), seed=1))
     for a, b in zip(cached.head.parameters(), through.head.parameters()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert [h["epoch"] for h in cached.history] == list(range(1, 7))
@@ -69,7 +70,7 @@ def test_fit_head_learns_and_stops_early(blobs):
     centers = rng.standard_normal((3, 16))
     y = rng.integers(0, 3, 90)
     x = (centers[y] + rng.standard_normal((90, 16))).astype(np.float32)
-    result = fit_head(x, y + 5, hidden=(64,), epochs=200, lr=0.01, patience=3, seed=0)
+    result = fit_head(x, y + 5, config=TrainingConfig(hidden=(64,), epochs=200, lr=0.01, patience=3, seed=0))
     assert result.classes == [5, 6, 7]
     assert result.val_accuracy > 0.8
     assert result.stopped_early and len(result.history) < 200
@@ -86,8 +87,8 @@ def test_fit_head_is_deterministic(blobs):
     from zoo import fit_head
 
     x, y = blobs
-    a = fit_head(x, y, epochs=3, seed=7)
-    b = fit_head(x, y, epochs=3, seed=7)
+    a = fit_head(x, y, config=TrainingConfig(epochs=3, seed=7))
+    b = fit_head(x, y, config=TrainingConfig(epochs=3, seed=7))
     for p, q in zip(a.head.parameters(), b.head.parameters()):
         assert torch.equal(p, q)
     assert a.history == b.history
@@ -103,7 +104,7 @@ def test_the_validation_split_is_stratified_and_explicit_validation_works(blobs)
     for c in range(3):
         share = np.mean(y[val] == c) - np.mean(y == c)
         assert abs(share) < 0.05
-    result = fit_head(x[:200], y[:200], validation=(x[200:], y[200:]), epochs=3)
+    result = fit_head(x[:200], y[:200], validation=(x[200:], y[200:]), config=TrainingConfig(epochs=3))
     assert len(result.history) == 3 and "val_accuracy" in result.history[0]
 
 
@@ -126,10 +127,10 @@ def test_save_model_registers_an_onnx_model_that_matches_torch(base_and_onnx, tm
     import torch
 
     from zoo.catalog import open_catalog
-    from zoo.transfer import _compose, make_head, save_model
+    from zoo.transfer import compose, make_head, save_model
 
     base, _ = base_and_onnx
-    model = _compose(base, make_head(8, 3))
+    model = compose(base, make_head(8, 3))
     record = save_model(model, "mine.mlp", input_shape=[16], classes=["a", "b", "c"], layout="NC")
     assert record.source == "local" and record.framework == "onnx"
     artifact = record.artifact("model")
@@ -161,9 +162,9 @@ def digits_model():
 
 @pytest.fixture(scope="module")
 def digits59():
-    from zoo.walkthrough import _digits
+    from zoo.demos.walkthrough import digits
 
-    x, y = _digits()
+    x, y = digits()
     return x[y >= 5][:120], y[y >= 5][:120]
 
 
@@ -196,10 +197,10 @@ def test_fine_tuning_on_cached_features_equals_training_the_unfrozen_model(digit
     cut, top = fine_tune_parts(digits_model.name, "relu3", 1)
     assert cut == "flatten" and top.trainable_layers() == ["/fc1/Gemm"]
     features = cache_features(load_extractor(digits_model.name, layer=cut), x, progress=False)
-    kwargs = dict(epochs=4, batch_size=16, seed=0, patience=None, lr=3e-3)
-    cached = fit_head(features, y, head=trainable_head(top, make_head(64, 5, seed=0)), **kwargs)
+    config = TrainingConfig(epochs=4, batch_size=16, seed=0, patience=None, lr=3e-3)
+    cached = fit_head(features, y, config, head=trainable_head(top, make_head(64, 5, seed=0)))
     whole = transfer_model(digits_model.name, layer="relu3", num_classes=5, unfreeze=1, seed=0)
-    through = fit_head(x, y, head=whole, **kwargs)
+    through = fit_head(x, y, config, head=whole)
     fc1_cached = dict(cached.head.top.named_parameters())
     fc1_whole = {n: p for n, p in whole.base.named_parameters() if p.requires_grad}
     assert fc1_cached.keys() == fc1_whole.keys()
@@ -239,8 +240,9 @@ def test_train_caches_fits_and_saves_a_model_onnx_runs(digits_model, digits59, t
     x, y = digits59
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    result = train(digits_model.name, tmp_path / "x.npy", tmp_path / "y.npy", layer="relu2", unfreeze=1,
-                   new_name="mine.59", epochs=3, progress=False)
+    result = train(digits_model.name, tmp_path / "x.npy", tmp_path / "y.npy", new_name="mine.59",
+                   training=TrainingConfig(unfreeze=1, epochs=3, progress=False),
+                   extractor=ExtractorOptions(layer="relu2"))
     assert result.cut == "pool1"
     assert result.trainable_parameters == sum(p.numel() for p in result.fit.head.parameters() if p.requires_grad)
     assert result.total_parameters == sum(p.numel() for p in result.module.parameters())
@@ -252,11 +254,13 @@ def test_train_caches_fits_and_saves_a_model_onnx_runs(digits_model, digits59, t
         result.fit.predict(x[:10], base=result.module.base),
     )
     # a second model reuses the cached features
-    again = train(digits_model.name, tmp_path / "x.npy", y, layer="relu2", unfreeze=1,
-                  new_name="mine.59", epochs=1, replace=True, progress=False)
+    again = train(digits_model.name, tmp_path / "x.npy", y, new_name="mine.59", replace=True,
+                  training=TrainingConfig(unfreeze=1, epochs=1, progress=False),
+                  extractor=ExtractorOptions(layer="relu2"))
     assert again.cache_key == result.cache_key
     with pytest.raises(InputError, match="119 labels for 120 rows"):
-        train(digits_model.name, tmp_path / "x.npy", y[:-1], layer="relu2", new_name="other", progress=False)
+        train(digits_model.name, tmp_path / "x.npy", y[:-1], new_name="other",
+              training=TrainingConfig(progress=False), extractor=ExtractorOptions(layer="relu2"))
 
 
 def test_zoo_train_command(digits_model, digits59, tmp_path):
@@ -297,8 +301,8 @@ def test_train_on_an_image_folder_takes_its_labels_from_the_folders(digits_model
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image[0] * 255).astype(np.uint8), mode="L").save(folder / f"{i}.png")
     (tmp_path / "imgs" / "digit5" / "notes.txt").write_text("not an image")
-    result = train(digits_model.name, tmp_path / "imgs", None, layer="pool2", new_name="folder.59",
-                   epochs=2, progress=False)
+    result = train(digits_model.name, tmp_path / "imgs", None, new_name="folder.59",
+                   training=TrainingConfig(epochs=2, progress=False), extractor=ExtractorOptions(layer="pool2"))
     assert result.fit.classes == [0, 1, 2, 3, 4]  # class indices of digit5..digit9
     assert result.model.meta["classes"] == ["digit5", "digit6", "digit7", "digit8", "digit9"]
     from zoo.features import FeatureCache
@@ -317,9 +321,9 @@ def test_features_too_large_for_ram_are_read_per_batch_with_the_same_result(blob
     x, y = blobs
     np.save(tmp_path / "f.npy", x)
     features = np.load(tmp_path / "f.npy", mmap_mode="r")
-    in_ram = fit_head(features, y, epochs=3, seed=1)
+    in_ram = fit_head(features, y, config=TrainingConfig(epochs=3, seed=1))
     monkeypatch.setattr(zoo.transfer, "IN_MEMORY_BYTES", 0)
-    from_disk = fit_head(features, y, epochs=3, seed=1)
+    from_disk = fit_head(features, y, config=TrainingConfig(epochs=3, seed=1))
     for p, q in zip(in_ram.head.parameters(), from_disk.head.parameters()):
         torch.testing.assert_close(p, q)
     assert in_ram.history == from_disk.history

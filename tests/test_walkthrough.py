@@ -15,14 +15,19 @@ def test_walkthrough_small(tmp_path):
     import onnxruntime as ort
 
     from zoo.catalog import open_catalog
-    from zoo.walkthrough import BASE_NAME, TRANSFER_NAME, run
+    from zoo.demos.walkthrough import BASE_NAME, TRANSFER_NAME, run
 
     out = tmp_path / "out"
     messages: list[str] = []
     report = run(out, echo=messages.append, **SMALL)
     assert messages and report.train_rows == 15 and report.val_rows == 150
     assert report.first_cut == "relu3" and report.best_layer in ("pool1", "relu3")
-    assert 0 <= report.scratch_test_accuracy <= 1 and 0 <= report.best_test_accuracy <= 1
+    # the best cut's test accuracy is its sweep row's; every accuracy counts whole test images
+    best = next(r for r in report.sweep_rows
+                if (r["layer"], r["unfreeze"]) == (report.best_layer, report.best_unfreeze))
+    assert report.best_test_accuracy == best["test_accuracy"]
+    for accuracy in (report.scratch_test_accuracy, report.best_test_accuracy, report.first_test_accuracy):
+        assert accuracy * report.test_rows == pytest.approx(round(accuracy * report.test_rows))
     assert report.onnx_agrees
     assert [(r["layer"], r["unfreeze"]) for r in report.sweep_rows] == [("pool1", 0), ("relu3", 0), ("relu3", 1)]
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"

@@ -17,8 +17,6 @@ import importlib.util
 import sqlite3  # noqa: F401  bind the system SQLite (with FTS5) before tensorflow can load its own
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 # public name -> module that defines it
 _API: dict[str, str] = {
     # records and errors
@@ -27,9 +25,15 @@ _API: dict[str, str] = {
     "InputSpec": "zoo.records",
     "ConversionReport": "converters.report",
     "ZooError": "zoo.errors",
+    # options objects
+    "TrainingConfig": "zoo.options",
+    "ExtractorOptions": "zoo.options",
+    "PretrainConfig": "zoo.options",
+    "RetryPolicy": "zoo.transport",
     # catalog
     "Catalog": "zoo.catalog",
     "open_catalog": "zoo.catalog",
+    "close_all": "zoo.catalog",
     "search": "zoo.catalog",
     "info": "zoo.catalog",
     "list_models": "zoo.catalog",
@@ -44,16 +48,25 @@ _API: dict[str, str] = {
     "fetch": "zoo.download",
     "verify": "zoo.download",
     "convert": "zoo.conversion",
+    # provenance
+    "Signer": "zoo.signing",
+    "sign": "zoo.signatures",
+    "verify_signatures": "zoo.signatures",
     # extract and transfer
     "layers": "zoo.extract",
     "LayerInfo": "zoo.extract",
     "load_extractor": "zoo.extract",
     "Extractor": "zoo.extract",
     "ExtractorTransformer": "zoo.extract",
+    "DataSource": "zoo.datasources",
+    "as_source": "zoo.datasources",
     "FeatureCache": "zoo.features",
     "cache_features": "zoo.features",
     "extract_features": "zoo.features",
     "save_features": "zoo.features",
+    "save_layer_features": "zoo.features",
+    "Engine": "zoo.engines",
+    "run_extractor": "zoo.engines",
     "RayEngine": "zoo.ray_engine",
     "transfer_model": "zoo.transfer",
     "train": "zoo.transfer",
@@ -66,6 +79,10 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # from the package metadata, read on first use
+        from zoo.config import version
+
+        return version()
     module = _API.get(name)
     if module is None:
         # `zoo.features.extract_features` in a fresh interpreter: a submodule, imported on first use.
@@ -85,15 +102,22 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from converters.report import ConversionReport
-    from zoo.catalog import Catalog, info, list_models, open_catalog, remove, search
+    from zoo.catalog import Catalog, close_all, info, list_models, open_catalog, remove, search
     from zoo.conversion import convert
     from zoo.errors import ZooError
     from zoo.extract import Extractor, ExtractorTransformer, LayerInfo, layers, load_extractor
-    from zoo.features import FeatureCache, cache_features, extract_features, save_features
+    from zoo.datasources import DataSource, as_source
+    from zoo.engines import Engine, run_extractor
+    from zoo.features import FeatureCache, cache_features, extract_features, save_features, save_layer_features
+    from zoo.options import ExtractorOptions, PretrainConfig, TrainingConfig
     from zoo.download import fetch, verify
     from zoo.local import add, scan
     from zoo.pretraining import pretrain
+    from zoo.ray_engine import RayEngine
     from zoo.records import Artifact, InputSpec, Model
+    from zoo.signatures import sign, verify_signatures
+    from zoo.signing import Signer
     from zoo.sources import add_source, list_sources, remove_source, sync_sources
+    from zoo.transport import RetryPolicy
     from zoo.layer_sweep import sweep
     from zoo.transfer import fit_head, train, transfer_model

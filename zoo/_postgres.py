@@ -1,6 +1,6 @@
 """The catalog on a PostgreSQL server: driver and pool options, serialized writes, tsvector search.
 
-`zoo.catalog` calls these only for a `postgresql://` catalog; nothing here runs for SQLite.
+`zoo.catalog` uses `PostgreSQL` only for a `postgresql://` catalog; nothing here runs for SQLite.
 Full-text search uses the `models.search` tsvector column and GIN index that migration 0003 adds.
 """
 from __future__ import annotations
@@ -9,12 +9,14 @@ import json
 import re
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import URL, Engine, make_url
 
+from zoo._backend import Backend, SearchPlan
 from zoo._json import finite
 from zoo._redact import mask_url
 from zoo.errors import CatalogError
+from zoo.schema import models
 
 # psycopg 3: what `pip install 'zoo[postgres]'` brings; plain postgresql:// would mean psycopg2.
 DRIVER = "postgresql+psycopg"
@@ -115,3 +117,32 @@ def tsquery(query: str) -> str | None:
 MATCH = text("models.search @@ to_tsquery('simple', :tsq)")
 # Normalization 1 divides by 1 + log(length), as bm25 favours the shorter of two matches.
 RANK = text(f"ts_rank('{RANK_WEIGHTS}', models.search, to_tsquery('simple', :tsq), 1) DESC")
+
+
+class PostgreSQL(Backend):
+    """A catalog on a server: pooled psycopg 3 connections, writes serialized, ranked tsvector search."""
+
+    search_mode = "tsvector"
+
+    def create_engine(self, url: str) -> Engine:
+        return create_engine(url)
+
+    def rebuild_search_index(self, write_engine: Engine) -> None:
+        # The tsvector is a generated column, always current; but the planner's statistics lag a
+        # bulk load until autovacuum comes by, and without them a `local` filter can pick a nested
+        # loop a hundred times slower.
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE models, artifacts")
+            connection.commit()
+
+    def search_plan(self, query: str, conditions: list) -> SearchPlan | None:
+        tsq = tsquery(query)
+        if tsq is None:
+            return None
+        # The generated tsvector column and its GIN index (migration 0003), ranked by ts_rank.
+        ids = select(models.c.id).where(MATCH, *conditions).order_by(RANK, models.c.name)
+        exact = select(models.c.id).where(models.c.name == query.strip(), *conditions)
+        return SearchPlan(ids, {"tsq": tsq}, exact)
+
+    def explain(self, message: str) -> CatalogError | None:
+        return server_error(message, self.where, self.engine.url)

@@ -4,6 +4,7 @@ Nothing here touches the disk at import time: folders are resolved when first ne
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -56,3 +57,17 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 def offline() -> bool:
     """True when $ZOO_OFFLINE asks never to touch the network."""
     return os.environ.get("ZOO_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.cache
+def version() -> str:
+    """zoo's version, from the installed package's metadata (one place: pyproject.toml).
+
+    Read on first use, not at import: `zoo search` should not pay for scanning installed packages.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("zoo")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"

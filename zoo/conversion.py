@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, VerificationError
 from zoo.cache import onnx_path
 from zoo.hashes import file_sha256
+from zoo.lineage import conversion_lineage
 from zoo.records import Artifact, Model
 
 if TYPE_CHECKING:
@@ -56,6 +57,23 @@ def convert(
     `inputs` and `args` describe a TorchScript ``forward`` the file cannot describe itself
     (see `zoo.input_specs`): ``inputs={"x": "Nx512", "ids": "Nx128:int64"}``, ``args={"sr": 16000}``.
     Once a conversion with them succeeds they are recorded on the model: later calls need not repeat them.
+
+    Args:
+        name: a cataloged model, or a model file's path (added first).
+        inputs, args: what a TorchScript ``forward`` takes.
+        opset: upgrade the ONNX opset to this one.
+        nchw: channels-first inputs for TensorFlow models.
+        force: keep a conversion beyond tolerance, marked unverified.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder.
+
+    Returns:
+        The "onnx" artifact, with the conversion report in ``meta["report"]``.
+
+    Raises:
+        ConversionError (UnsupportedLayerError, VerificationError): it cannot be converted, or
+            differs from its source beyond tolerance.
+        FetchError: its files cannot be fetched. MissingDependencyError: the framework is missing.
 
     >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
     >>> art.meta["report"]["verified"]         # doctest: +SKIP
@@ -113,19 +131,24 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
 
     dest = onnx_path(name, cache_dir)
     conversion.save(dest)
+    source_sha256 = {role: _source_sha(report, path) for role, path in sources.items()}
+    sha256 = file_sha256(dest)
+    lineage = conversion_lineage(sha256, report.to_dict(), source_sha256, options, model=name,
+                                 filenames={role: os.path.basename(path) for role, path in sources.items()})
     artifact = Artifact(
         role="onnx",
         filename=dest.name,
         path=str(dest),
         size=dest.stat().st_size,
-        sha256=file_sha256(dest),
+        sha256=sha256,
         meta={
             "report": report.to_dict(),
             "layout": report.input_layout,
-            "source_sha256": {role: _source_sha(report, path) for role, path in sources.items()},
+            "source_sha256": source_sha256,
             "source_stat": stats,
             "options": options,
             "verified": report.verified,
+            "lineage": lineage.to_dict(),
         },
     )
     for old in model.artifacts:  # a renamed model or an older file name: one onnx artifact

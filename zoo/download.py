@@ -22,13 +22,14 @@ from zoo.archives import UnpackLimits, archive_kind, remove_stale_unpacks, safe_
 from zoo.cache import model_folder, root as cache_root
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.hashes import file_hash, hash_matches, parse_checksum
-from zoo.transport import DownloadResult, download, new_session
+from zoo.records import Artifact
+from zoo.signatures import SignaturePolicy
+from zoo.transport import DownloadResult, Expected, RetryPolicy, download, new_session
 
 if TYPE_CHECKING:
     import requests
 
     from zoo.catalog import Catalog
-    from zoo.records import Artifact
 
 
 class _Bar:
@@ -76,7 +77,7 @@ def fetch(
     session: "requests.Session | None" = None,
     on_file: FileReport | None = None,
     unpack_limits: UnpackLimits | None = None,
-    **download_options: Any,
+    retry: RetryPolicy | None = None,
 ) -> list["Artifact"]:
     """Download every file of the named models into the cache, unpack archives, register them.
 
@@ -88,7 +89,27 @@ def fetch(
     verifies is not downloaded again unless `force`. Returns the updated artifacts (every
     role except "onnx", which `zoo convert` makes). `on_file(name, artifact, result)` is
     called after each file (result None for a user's own local file). `unpack_limits` bounds
-    what an archive may unpack to (default `UnpackLimits.from_env()`: 32 GiB, 200x, 100k members).
+    what an archive may unpack to (default `UnpackLimits.from_env()`: 32 GiB, 200x, 100k members);
+    `retry` how hard each download tries (`zoo.transport.RetryPolicy`).
+
+    Args:
+        name_or_names: one model or several.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder (default ``$ZOO_CACHE``).
+        force: download again even what is cached and verifies.
+        offline: never touch the network (default ``$ZOO_OFFLINE``).
+        quiet: no progress bars.
+        session: a requests.Session to reuse.
+        on_file: called after each file as ``on_file(name, artifact, result)``.
+        unpack_limits: bounds on what an archive may unpack to.
+        retry: how hard each download tries (`zoo.transport.RetryPolicy`).
+
+    Returns:
+        The updated artifacts, every role but "onnx".
+
+    Raises:
+        UnknownModelError: a name is not in the catalog (before any download).
+        FetchError, ChecksumError, OfflineError, UnsafeArchiveError: a file could not be fetched.
 
     >>> [a.path for a in fetch("bvlc_alexnet")]  # doctest: +SKIP
     ['/home/me/.cache/zoo/models/bvlc_alexnet/deploy.prototxt', ...]
@@ -107,29 +128,70 @@ def fetch(
     missing: list[str] = []  # offline: name every file that is not cached, not just the first
     try:
         for model in models:
+            policy = SignaturePolicy.for_model(cat, model)
+            # A model with a signature (or a source that requires one) is registered only once its
+            # files are all here and the signature verdict is in: a refusal registers nothing.
+            signed = policy.require or any(a.role == "signature" for a in model.artifacts
+                                           if a.meta.get("by") != "zoo")
+            fetched: list[tuple[Artifact, DownloadResult | None]] = []
+            complete = True
             for artifact in model.artifacts:
-                if artifact.role == "onnx":
+                if artifact.role == "onnx" or (artifact.role == "signature" and artifact.meta.get("by") == "zoo"):
                     continue
-                options = {"token_hosts": _model_token_hosts(cat, model), **download_options}
+                how = _How(force, offline, quiet, session, retry, _model_token_hosts(cat, model), limits)
                 try:
-                    done, result = _fetch_artifact(
-                        cat, model.name, artifact, root, force, offline, quiet, session, options, limits
-                    )
+                    done, result = _fetch_artifact(cat, model.name, artifact, root, how, register=not signed)
                 except OfflineError as exc:
-                    missing.append(f"{artifact.filename} of {model.name} ({exc.args[1]})")
+                    missing += [f"{artifact.filename} of {model.name} ({why})" for why in exc.missing]
+                    complete = False
                     continue
-                results.append(done)
-                if on_file is not None:
+                fetched.append((done, result))
+                if not signed and on_file is not None:
                     on_file(model.name, done, result)
+            if signed and complete:
+                _register_signed(cat, model, fetched, policy, on_file)
+            results += [done for done, _ in fetched]
     finally:
         if own_session:
             session.close()
     if missing:
         raise OfflineError(
             f"offline mode is on and {len(missing)} file(s) are not cached: {'; '.join(missing)}. "
-            "Fetch them while online (unset ZOO_OFFLINE / drop --offline)"
+            "Fetch them while online (unset ZOO_OFFLINE / drop --offline)", missing=missing,
         )
     return results
+
+
+def _register_signed(cat, model, fetched, policy: SignaturePolicy, on_file: FileReport | None) -> None:
+    """Check the publisher's signature of a fetched model, then register its files and the verdict.
+
+    Under the source's `--require-signature` a missing or failing signature raises SignatureError
+    before anything is registered; otherwise a failure is recorded (and shown by `zoo info`).
+    """
+    import logging
+
+    from zoo.errors import MissingDependencyError
+    from zoo.signatures import check_publisher_signature
+
+    artifacts = [done for done, _ in fetched]
+    try:
+        check = check_publisher_signature(model, artifacts, policy)
+    except MissingDependencyError as exc:
+        if policy.require:
+            raise
+        logging.getLogger("zoo.download").warning(
+            "%s publishes a signature that was not checked: %s", model.name, exc)
+        check = None
+    if check is not None and not check.verified:
+        logging.getLogger("zoo.download").warning("%s: %s", model.name, check.summary())
+    with cat.batch():
+        for done in artifacts:
+            cat.put_artifact(model.name, done)
+        if check is not None:
+            cat.record_signature(model.name, "publisher", check.to_dict())
+    if on_file is not None:
+        for done, result in fetched:
+            on_file(model.name, done, result)
 
 
 def _model_token_hosts(cat, model) -> set[str] | None:
@@ -151,7 +213,20 @@ def _model_token_hosts(cat, model) -> set[str] | None:
     return {host.lower()} if host else set()
 
 
-def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, options, limits=None):
+@dataclass(frozen=True)
+class _How:
+    """How the files of one model are fetched (what `fetch` was told, and who may see the token)."""
+
+    force: bool
+    offline: bool
+    quiet: bool
+    session: Any
+    retry: RetryPolicy | None
+    token_hosts: set[str] | None
+    limits: UnpackLimits | None
+
+
+def _fetch_artifact(cat, name, artifact, root, how: _How, register: bool = True):
     label = f"{artifact.role} file {artifact.filename} of {name}"
     if not artifact.urls:
         if artifact.path and Path(artifact.path).exists():
@@ -160,7 +235,7 @@ def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, o
         # hand and dropped where zoo would have put it; it is checked and registered like any other.
         placed = model_folder(name, root) / artifact.filename
         if placed.is_file():
-            return _register_placed(cat, name, artifact, placed, label), None
+            return _register_placed(cat, name, artifact, placed, label, register), None
         how = artifact.meta.get("manual")
         raise FetchError(
             f"{label} has no download URL{f' ({how})' if how else ''}; put the file at {placed} and "
@@ -170,11 +245,12 @@ def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, o
     folder = model_folder(name, root)
     dest = folder / artifact.filename
     pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
-    bar = _Bar(f"{name}: {artifact.filename}") if not quiet and sys.stderr.isatty() else None
+    bar = _Bar(f"{name}: {artifact.filename}") if not how.quiet and sys.stderr.isatty() else None
     try:
         result = download(
-            artifact.urls, dest, size=artifact.size, checksum=artifact.checksum, sha256=pinned,
-            session=session, force=force, offline=offline, label=label, progress=bar, **options,
+            artifact.urls, dest, expected=Expected(artifact.size, artifact.checksum, pinned), retry=how.retry,
+            session=how.session, force=how.force, offline=how.offline, label=label, progress=bar,
+            token_hosts=how.token_hosts,
         )
     finally:
         if bar is not None:
@@ -189,8 +265,8 @@ def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, o
         kind = archive_kind(artifact.filename, artifact.extract if isinstance(artifact.extract, str) else None)
         target = folder / unpacked_name(artifact.filename)
         fresh = result.cached and target.is_dir() and artifact.meta.get("unpacked_sha256") == result.sha256
-        if force or not fresh:
-            safe_extract(dest, target, kind, limits)
+        if how.force or not fresh:
+            safe_extract(dest, target, kind, how.limits)
         else:
             remove_stale_unpacks(target)  # what an unpack killed during an earlier --force left
         done.path = str(target)
@@ -198,26 +274,30 @@ def _fetch_artifact(cat, name, artifact, root, force, offline, quiet, session, o
         done.meta["unpacked_sha256"] = result.sha256
     else:
         done.path = str(dest)
-    cat.put_artifact(name, done)
+    if register:
+        cat.put_artifact(name, done)
     return done, result
 
 
-def _register_placed(cat, name, artifact, placed: Path, label: str):
+def _register_placed(cat, name, artifact, placed: Path, label: str, register: bool = True):
     sha256 = file_hash(placed)
     if artifact.checksum and not hash_matches(placed, artifact.checksum):
         algo, expected = parse_checksum(artifact.checksum)
+        got = file_hash(placed, algo)
         raise ChecksumError(
-            f"{label} at {placed} does not match its published {algo} {expected} "
-            f"(got {file_hash(placed, algo)}); download it again"
+            f"{label} at {placed} does not match its published {algo} {expected} (got {got}); download it again",
+            path=str(placed), expected=f"{algo}:{expected}", got=f"{algo}:{got}",
         )
     pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
     if pinned and pinned != sha256:
-        raise ChecksumError(f"{label} at {placed} has sha256 {sha256}, but {pinned} was recorded before")
+        raise ChecksumError(f"{label} at {placed} has sha256 {sha256}, but {pinned} was recorded before",
+                            path=str(placed), expected=f"sha256:{pinned}", got=f"sha256:{sha256}")
     done = dataclasses.replace(artifact, meta=dict(artifact.meta), urls=[], path=str(placed),
                                sha256=sha256, size=placed.stat().st_size)
     if not artifact.checksum:
         done.meta.setdefault("first_fetch_sha256", sha256)
-    cat.put_artifact(name, done)
+    if register:
+        cat.put_artifact(name, done)
     return done
 
 
@@ -255,6 +335,16 @@ def verify(
 
     An unpacked archive is checked through the archive it came from (`meta["archive_path"]`)
     and its folder must still exist. Artifacts never fetched are not problems.
+
+    Args:
+        names: models to check; None checks every model.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        One `Problem` per file that is missing or does not match.
+
+    Raises:
+        UnknownModelError: a name is not in the catalog.
     """
     from zoo.catalog import open_catalog
 

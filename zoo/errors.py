@@ -1,12 +1,39 @@
-"""Exceptions a user can cause; the CLI turns each into one line and exit code 1."""
+"""Exceptions a user can cause; the CLI turns each into one line and exit code 1.
+
+Each carries, besides its message, the facts a program needs (`UnknownModelError.closest`,
+`ChecksumError.expected` / `.got`, `OfflineError.missing`...), so a caller passes the error on,
+or adds context with `with_context`, instead of rebuilding one from its text.
+"""
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+_E = TypeVar("_E", bound="ZooError")
+
+
+def _restore(kind: type, message: str, fields: dict[str, Any]) -> ZooError:
+    return kind(message, **fields)
 
 
 class ZooError(Exception):
     """Base class: a problem the user can fix, with a message that says how."""
 
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields
+        for key, value in fields.items():
+            setattr(self, key, value)
+
     def __str__(self) -> str:  # KeyError subclasses would otherwise quote the message
-        return str(self.args[0]) if self.args else self.__class__.__name__
+        return str(self.args[0]) if self.args and self.args[0] else self.__class__.__name__
+
+    def __reduce__(self):  # the fields survive a trip to another process (Ray workers, pickling)
+        return _restore, (type(self), str(self), self.fields)
+
+    def with_context(self: _E, prefix: str) -> _E:
+        """The same error, type and fields, with `prefix` said before its message."""
+        return _restore(type(self), f"{prefix}: {self}", self.fields)
 
 
 class CatalogError(ZooError):
@@ -16,9 +43,15 @@ class CatalogError(ZooError):
 class CatalogVersionError(CatalogError):
     """The catalog was written by a newer zoo than this one."""
 
+    def __init__(self, message: str, *, revision: str | None = None, supported: str | None = None) -> None:
+        super().__init__(message, revision=revision, supported=supported)
+
 
 class UnknownModelError(ZooError, KeyError):
-    """No model of that name is in the catalog."""
+    """No model of that name is in the catalog; `closest` holds the names that look like it."""
+
+    def __init__(self, message: str, *, name: str | None = None, closest: Sequence[str] = ()) -> None:
+        super().__init__(message, name=name, closest=list(closest))
 
 
 class DuplicateModelError(ZooError):
@@ -29,12 +62,22 @@ class ModelFormatError(ZooError):
     """A model file is unreadable, corrupt, or not in the format it claims."""
 
 
+class UnsafePickleError(ModelFormatError):
+    """A pickle or torch.save checkpoint, refused unopened; `report` lists the globals it would import."""
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(message, report=report)  # a zoo.pickles.PickleReport
+
+
 class IndexFormatError(ZooError):
     """A zoo index (JSON) is malformed; the message names the entry and the field."""
 
 
 class UnknownSourceError(ZooError, KeyError):
-    """No remote zoo source of that name is registered."""
+    """No remote zoo source of that name is registered; `closest` holds the names that look like it."""
+
+    def __init__(self, message: str, *, name: str | None = None, closest: Sequence[str] = ()) -> None:
+        super().__init__(message, name=name, closest=list(closest))
 
 
 class FetchError(ZooError):
@@ -42,11 +85,21 @@ class FetchError(ZooError):
 
 
 class ChecksumError(FetchError):
-    """A downloaded or cached file does not match its published size or checksum."""
+    """A downloaded or cached file does not match its published size or checksum.
+
+    `expected` and `got` are what was published and what was found ("sha256:<hex>", or a size in
+    bytes), when known; `path` is the file.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, expected: Any = None, got: Any = None) -> None:
+        super().__init__(message, path=path, expected=expected, got=got)
 
 
 class OfflineError(FetchError):
-    """Offline mode is on and a needed file is not cached."""
+    """Offline mode is on and a needed file is not cached; `missing` says, per file, what is not there."""
+
+    def __init__(self, message: str, *, missing: Sequence[str] = ()) -> None:
+        super().__init__(message, missing=list(missing))
 
 
 class UnsafeArchiveError(FetchError):
@@ -55,6 +108,14 @@ class UnsafeArchiveError(FetchError):
 
 class ArchiveLimitError(UnsafeArchiveError):
     """An archive unpacks to more bytes or members, or at a higher ratio, than the limits allow."""
+
+
+class SignatureError(ZooError):
+    """A model's signature is missing, malformed or does not verify, or a signer/key is unusable;
+    `model` names the model when there is one."""
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message, model=model)
 
 
 class ConversionError(ZooError):
@@ -70,19 +131,35 @@ class VerificationError(ConversionError):
 
 
 class UnknownLayerError(ZooError, KeyError):
-    """A layer name or position does not exist in the model."""
+    """A layer name or position does not exist in the model; `closest` holds names that look like it."""
+
+    def __init__(self, message: str, *, layer: Any = None, closest: Sequence[str] = ()) -> None:
+        super().__init__(message, layer=layer, closest=list(closest))
 
 
 class DiskFullError(ZooError):
     """No room left to write (disk full, quota, file-size limit); what was written stays resumable."""
 
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+
 
 class CacheError(ZooError):
     """A cache entry cannot be removed: another process holds its lock, or it is outside the cache."""
 
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+
 
 class InputError(ZooError, ValueError):
     """Input data has the wrong shape, dtype, length or values."""
+
+
+class UnfreezeDepthError(InputError):
+    """Unfreezing `unfreeze` layers is more than the cut has, or leaves nothing frozen to cache below them."""
+
+    def __init__(self, message: str, *, unfreeze: int | None = None, layers: int | None = None) -> None:
+        super().__init__(message, unfreeze=unfreeze, layers=layers)
 
 
 class EngineError(ZooError):
@@ -90,7 +167,10 @@ class EngineError(ZooError):
 
 
 class MissingDependencyError(ZooError, ImportError):
-    """An optional dependency is not installed; the message gives the pip command."""
+    """An optional dependency is not installed; the message gives the pip command (`extra` is zoo's extra)."""
+
+    def __init__(self, message: str, *, module: str | None = None, extra: str | None = None) -> None:
+        super().__init__(message, module=module, extra=extra)
 
 
 def require(module: str, extra: str):
@@ -105,5 +185,5 @@ def require(module: str, extra: str):
     except ImportError as exc:
         raise MissingDependencyError(
             f"{module} is needed for this and is not installed ({exc}); "
-            f"install it with: pip install 'zoo[{extra}]'"
+            f"install it with: pip install 'zoo[{extra}]'", module=module, extra=extra,
         ) from None

@@ -11,11 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from zoo.cache import cuts_folder, write_atomic
+from zoo.atomic import write_atomic
+from zoo.cache import cuts_folder
 from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
-from zoo.graph import LayerInfo
+from zoo.graph import LayerInfo, value_dims
 from zoo.hashes import file_sha256
-from zoo.pooling import check_pooling, pool, pooled_shape
+from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
+from zoo.options import ExtractorOptions
+from zoo.pooling import pool, pooled_shape
 from zoo.records import InputSpec
 
 if TYPE_CHECKING:
@@ -26,8 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor", "ExtractorTransformer"]
 
-# Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
-CUT_VERSION = 3
 
 
 # --- which ONNX file ----------------------------------------------------------------------------
@@ -101,8 +102,8 @@ def _convert(name: str, cat: Any, cache_dir: Any):
         ) from None
     try:
         artifact = convert(name, catalog=cat, cache_dir=cache_dir)
-    except ZooError as exc:  # conversion, fetch or offline errors: keep the type, add the context
-        raise type(exc)(f"{name} has no ONNX artifact and cannot be converted: {exc}") from None
+    except ZooError as exc:  # conversion, fetch or offline errors: keep the type and fields, add the context
+        raise exc.with_context(f"{name} has no ONNX artifact and cannot be converted") from None
     if not artifact.path or not os.path.isfile(artifact.path):
         raise ConversionError(f"converting {name} registered no ONNX file on disk; run `zoo convert {name}`")
     return artifact
@@ -124,6 +125,18 @@ def layers(
     cache_dir: str | os.PathLike | None = None,
 ) -> list[LayerInfo]:
     """A model's layers in order: original names, op types, output shapes, parameters, cut points.
+
+    Args:
+        name_or_onnx_path: a cataloged model (converted if needed) or an ``.onnx`` file.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        cache_dir: the cache folder.
+
+    Returns:
+        One `LayerInfo` per layer, bottom first.
+
+    Raises:
+        UnknownModelError: neither a file nor a cataloged model.
+        ModelFormatError: the ONNX file cannot be read.
 
     >>> [layer.name for layer in layers("light_bvlc_alexnet.onnx")][-3:]   # doctest: +SKIP
     ['n21', 'fc8', 'n23']
@@ -150,7 +163,7 @@ def model_inputs(
     model = _load(source.path)
     wanted = set(GraphInfo(model).inputs)
     found = [i for i in model.graph.input if i.name in wanted]
-    shapes = {i.name: _dims(i) for i in found}
+    shapes = {i.name: value_dims(i) for i in found}
     axes = _batch_axes(shapes, _fixed_batch(model, batch_dim(model)))
     return [
         {"name": i.name, "dtype": _np_dtype(i.type.tensor_type.elem_type), "shape": shapes[i.name],
@@ -169,17 +182,17 @@ def _spec_key(layer: Any) -> str:
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> dict[str, Any]:
+def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> CutMetadata:
     """Cut the source at `layer`, try a dynamic batch, write the cut and its metadata."""
     from zoo.graph import GraphInfo, batch_dim, list_layers, make_batch_dynamic, resolve
-    from zoo.graph import cut as _cut
+    from zoo.graph import cut as cut_graph
 
     model = _load(source.path)
     info = GraphInfo(model)
     all_layers = list_layers(model, info)
     chosen = resolve(all_layers, layer, source.label, info)
     outputs = [c.output for c in chosen]
-    sub = _cut(model, outputs, info)
+    sub = cut_graph(model, outputs, info)
     fixed = _fixed_batch(sub, batch_dim(sub))
     if isinstance(fixed, int):
         dynamic = make_batch_dynamic(sub)
@@ -188,47 +201,51 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     sub_info = GraphInfo(sub)
     data_inputs = [i for i in sub.graph.input if i.name in sub_info.inputs]
     # Constants were refused when resolving, so a cut depends on at least one input.
-    shapes = {i.name: _dims(i) for i in data_inputs}
+    shapes = {i.name: value_dims(i) for i in data_inputs}
     batch_axes = _batch_axes(shapes, fixed)
-    inputs_meta = [
-        {
-            "name": i.name,
-            "shape": shapes[i.name],
-            "dtype": _np_dtype(i.type.tensor_type.elem_type),
-            "batch_axis": batch_axes[i.name],
-        }
-        for i in data_inputs
-    ]
-    output_shapes = [_dims(o) for o in sub.graph.output]
-    meta = {
-        "version": CUT_VERSION,
-        "source_sha256": source.sha256,
-        "model": source.label,  # who the cut belongs to, for `zoo cache rm --model`
-        "spec": layer if isinstance(layer, (str, int)) else list(layer),
-        "layers": [c.name for c in chosen],
-        "outputs": outputs,
-        "output_shapes": output_shapes,
-        "output_batch_axes": [_output_batch_axis(s, shapes, batch_axes, fixed) for s in output_shapes],
-        "input": inputs_meta[0],  # the first input, kept for readers of single-input cuts
-        "inputs": inputs_meta,  # every input the cut depends on, in graph order
-        "source_inputs": list(info.inputs),  # the whole model's: these may be passed and ignored
-        "fixed_batch": fixed if isinstance(fixed, int) else None,
+    output_shapes = [value_dims(o) for o in sub.graph.output]
+    meta = CutMetadata(
+        source_sha256=source.sha256,
+        model=source.label,
+        spec=layer if isinstance(layer, (str, int)) else list(layer),
+        layers=[c.name for c in chosen],
+        outputs=outputs,
+        output_shapes=output_shapes,
+        output_batch_axes=[_output_batch_axis(s, shapes, batch_axes, fixed) for s in output_shapes],
+        inputs=[CutInput(i.name, shapes[i.name], _np_dtype(i.type.tensor_type.elem_type), batch_axes[i.name])
+                for i in data_inputs],  # every input the cut depends on, in graph order
+        source_inputs=list(info.inputs),
+        fixed_batch=fixed if isinstance(fixed, int) else None,
         # Said again on every load, not only when the cut is first made.
         # A model output (one of several, like a recurrent state) has no layers above it to miss.
-        "not_cut_point": chosen[0].name
+        not_cut_point=chosen[0].name
         if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].output not in info.outputs else None,
-    }
+    )
+    content = sub.SerializeToString()
+    meta = replace(meta, lineage=_cut_lineage(hashlib.sha256(content).hexdigest(), meta))
     # Metadata first, model last: the .onnx file's presence means the pair is complete.
-    write_atomic(meta_path, json.dumps(meta, indent=1).encode())
-    write_atomic(onnx_path, sub.SerializeToString())
+    meta.write(meta_path)
+    write_atomic(onnx_path, content)
     return meta
 
 
-def _dims(value_info) -> list[int | str | None] | None:
-    tt = value_info.type.tensor_type
-    if not tt.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+def _cut_lineage(sha256: str, meta: CutMetadata) -> dict[str, Any]:
+    from zoo.lineage import cut_lineage
+
+    return cut_lineage(sha256, meta.source_sha256, meta.model, meta.layers, meta.outputs, meta.spec,
+                       meta.fixed_batch).to_dict()
+
+
+def _with_lineage(meta: CutMetadata, onnx_path: Path, meta_path: Path) -> CutMetadata:
+    """A cut made before lineage was recorded gets its record now (its file hashed once)."""
+    if meta.lineage:
+        return meta
+    meta = replace(meta, lineage=_cut_lineage(file_sha256(onnx_path), meta))
+    try:
+        meta.write(meta_path)
+    except OSError:
+        pass  # a read-only cache: the record lives in this extractor only
+    return meta
 
 
 def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str | None:
@@ -238,7 +255,7 @@ def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str |
     while the batch is a symbolic axis further in.
     """
     inits = {t.name for t in model.graph.initializer}
-    dims = [_dims(i) for i in model.graph.input if i.name not in inits]
+    dims = [value_dims(i) for i in model.graph.input if i.name not in inits]
     symbolic = any(d is None or not all(isinstance(x, int) for x in d) for d in dims)
     if isinstance(first, int) and len(dims) > 1 and symbolic:
         return None
@@ -307,21 +324,32 @@ def _np_dtype(elem_type: int) -> str:
 
 def load_extractor(
     name_or_path: str | os.PathLike,
-    layer: str | int | Sequence[str | int] = -2,
+    layer: str | int | Sequence[str | int] | None = None,
+    options: ExtractorOptions | None = None,
     *,
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
-    batch_size: int = 64,
-    threads: int | None = None,
-    providers: Sequence[str] | None = None,
-    preprocess: bool | None = None,
-    pooling: str | None = None,
-    device: str | Sequence[Any] | None = None,
 ) -> Extractor:
     """A frozen feature extractor: the model cut at `layer`, run by onnxruntime.
 
-    `layer` is a layer name (see `zoo layers NAME`), an ONNX tensor name, a position (-1 the
-    last layer, -2 drops the top layer) or a list of those (the extractor then returns a dict).
+    Args:
+        name_or_path: a cataloged model, or an ``.onnx`` file.
+        layer: a layer name (see `zoo layers NAME`), an ONNX tensor name, a position (-1 the
+            last layer, -2 drops the top layer) or a list of those (the extractor then returns a
+            dict); None takes ``options.layer`` (-2 by default).
+        options: batch size, threads, device, preprocessing and pooling (`zoo.ExtractorOptions`).
+        catalog: the catalog (path, URL or `Catalog`; default ``$ZOO_CATALOG``).
+        cache_dir: the cache folder, where cuts are kept.
+
+    Returns:
+        The `Extractor`: call it on a batch (or on image files) for features.
+
+    Raises:
+        UnknownModelError: the name is neither a file nor a cataloged model.
+        UnknownLayerError: the layer is not in the model (the message names the closest).
+        ConversionError: the model has no ONNX form and cannot be converted here.
+        InputError: the device is not available in this onnxruntime.
+
     The cut graph is cached under ``<cache>/cuts/<sha256 of the model>/``, so loading again only
     starts a session; a model with no ONNX artifact yet is converted first (`zoo.convert`).
     A graph exported with a fixed batch (Caffe prototxts, old exports) is given a dynamic batch
@@ -337,6 +365,7 @@ def load_extractor(
     ``pooling="avg"`` or ``"max"`` pools a 4-D cut output over its spatial axes (as Keras's
     ``pooling=``), giving (N, C) in either layout; 2-D outputs pass unchanged. ``device`` picks
     onnxruntime's execution providers: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a providers list.
+    These are fields of `options`: ``load_extractor(name, "fc7", ExtractorOptions(pooling="avg"))``.
 
     A cut that depends on several inputs (a text encoder's ``input_ids`` and ``attention_mask``)
     takes them by name; inputs of the model it does not depend on are not needed. See `Extractor`.
@@ -345,41 +374,28 @@ def load_extractor(
     >>> extractor(images).shape                                        # doctest: +SKIP
     (32, 4096)
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    check_pooling(pooling)
-    providers = execution_providers(device, providers)
+    options = options or ExtractorOptions()
+    if layer is not None:
+        options = options.replace(layer=layer)
+    layer = options.layer
+    providers = execution_providers(options.device, options.providers)  # fails before cutting
     source = _source(name_or_path, catalog, cache_dir)
     folder = cuts_folder(source.sha256, cache_dir)
     key = _spec_key(layer)
     onnx_path, meta_path = folder / f"{key}.onnx", folder / f"{key}.json"
-    meta = None
-    if onnx_path.is_file() and meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            meta = None
-    if meta is None or meta.get("version") != CUT_VERSION:
+    meta = CutMetadata.read(meta_path) if onnx_path.is_file() else None
+    if meta is None:
         meta = _make_cut(source, layer, onnx_path, meta_path)
-    if meta.get("not_cut_point"):
+    meta = _with_lineage(meta, onnx_path, meta_path)
+    if meta.not_cut_point:
         warnings.warn(
-            f"layer {meta['not_cut_point']!r} of {source.label} is not a cut point: other paths (a "
+            f"layer {meta.not_cut_point!r} of {source.label} is not a cut point: other paths (a "
             "residual or parallel branch) bypass it, so its output does not carry everything the "
             f"layers above use; cut points are marked in `zoo layers {source.label}`",
             stacklevel=2,
         )
-    return Extractor(
-        onnx_path,
-        meta,
-        source=source.label,
-        spec=source.spec,
-        layout=source.layout,
-        batch_size=batch_size,
-        threads=threads,
-        providers=providers,
-        preprocess=preprocess,
-        pooling=pooling,
-    )
+    return Extractor(onnx_path, meta, source=source.label, spec=source.spec, layout=source.layout,
+                     options=options, providers=providers)
 
 
 # Short device names for onnxruntime's execution providers.
@@ -447,58 +463,59 @@ class Extractor:
     def __init__(
         self,
         model_path: str | os.PathLike,
-        meta: dict[str, Any],
+        meta: CutMetadata,
         *,
         source: str = "",
         spec: InputSpec | None = None,
         layout: str | None = None,
-        batch_size: int = 64,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        preprocess: bool | None = None,
-        pooling: str | None = None,
+        options: ExtractorOptions | None = None,
+        providers: Sequence[Any] | None = None,
     ) -> None:
+        options = options or ExtractorOptions()
         self.model_path = Path(model_path)
         self.meta = meta
         self.source = source
-        self.batch_size = int(batch_size)
-        self.threads = threads
+        self.options = options
+        self.batch_size = options.batch_size
+        self.threads = options.threads
+        # `providers`: the options' device already resolved (load_extractor checks it exists here).
+        if providers is None:
+            providers = execution_providers(options.device, options.providers)
         self.providers = list(providers) if providers else None
         # None: image files get the InputSpec, arrays are model-ready; True: arrays are raw pixels too.
-        self.preprocess = None if preprocess is None else bool(preprocess)
-        self.pooling = check_pooling(pooling)
-        # Cuts made before multi-input support list one input; its batch is axis 0.
-        inputs = meta["inputs"] if isinstance(meta.get("inputs"), list) else [{**meta["input"], "batch_axis": 0}]
-        self.input_names: list[str] = [i["name"] for i in inputs]
-        self.batch_axes: dict[str, int | None] = {i["name"]: i["batch_axis"] for i in inputs}
+        self.preprocess = None if options.preprocess is None else bool(options.preprocess)
+        self.pooling = options.pooling
+        inputs = meta.inputs
+        self.input_names: list[str] = [i.name for i in inputs]
+        self.batch_axes: dict[str, int | None] = {i.name: i.batch_axis for i in inputs}
         # The catalog's InputSpec (mean, std, layout) describes one input: the one it names, else the first.
         primary = spec.name if spec is not None and spec.name in self.batch_axes else self.input_names[0]
         self.input_specs: dict[str, InputSpec] = {}
         for inp in inputs:
-            shape = None if inp["shape"] is None else list(inp["shape"])
-            if shape and inp["batch_axis"] is not None:
-                shape[inp["batch_axis"]] = None
-            if inp["name"] != primary:
-                self.input_specs[inp["name"]] = InputSpec(name=inp["name"], shape=shape, dtype=inp["dtype"])
+            shape = None if inp.shape is None else list(inp.shape)
+            if shape and inp.batch_axis is not None:
+                shape[inp.batch_axis] = None
+            if inp.name != primary:
+                self.input_specs[inp.name] = InputSpec(name=inp.name, shape=shape, dtype=inp.dtype)
                 continue
             if layout is None and shape and len(shape) == 4:
                 layout = "NCHW" if shape[1] in (1, 3) else "NHWC" if shape[3] in (1, 3) else None
-            self.input_specs[inp["name"]] = replace(
-                spec or InputSpec(), name=inp["name"], shape=shape, dtype=inp["dtype"], layout=layout
+            self.input_specs[inp.name] = replace(
+                spec or InputSpec(), name=inp.name, shape=shape, dtype=inp.dtype, layout=layout
             )
         self.input_spec = self.input_specs[primary]
-        names = meta["layers"]
-        axes = meta.get("output_batch_axes") or [0] * len(names)
+        names = meta.layers
+        axes = meta.output_batch_axes or [0] * len(names)
         self.output_batch_axes: dict[str, int] = dict(zip(names, axes))
         shapes = [None if s is None else tuple(None if k == a else d for k, d in enumerate(s))
-                  for s, a in zip(meta["output_shapes"], axes)]
+                  for s, a in zip(meta.output_shapes, axes)]
         self.layer: str | list[str] = names[0] if len(names) == 1 else list(names)
         if self.pooling:
             shapes = [pooled_shape(s, layout, n) for s, n in zip(shapes, names)]
         self.output_shape = shapes[0] if len(names) == 1 else dict(zip(names, shapes))
         payload = {
-            "source": meta["source_sha256"],
-            "outputs": meta["outputs"],
+            "source": meta.source_sha256,
+            "outputs": meta.outputs,
             "preprocess": self.input_spec.to_dict() if self.preprocess else None,
         }
         if self.pooling:  # only when set, so extractors without pooling keep their fingerprints
@@ -527,20 +544,30 @@ class Extractor:
     def session(self):
         """The onnxruntime session, started on first use."""
         if self._session is None:
-            import onnxruntime as ort
-
-            if not self.model_path.is_file():
-                raise ModelFormatError(
-                    f"the cut model {self.model_path} is gone (cache cleared?); load the extractor again"
-                )
-            options = ort.SessionOptions()
-            if self.threads:
-                options.intra_op_num_threads = int(self.threads)
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(
-                os.fspath(self.model_path), options, providers=self.providers or ["CPUExecutionProvider"]
-            )
+            self.open_session()
         return self._session
+
+    def open_session(self, model: bytes | None = None) -> None:
+        """Start the onnxruntime session now: from the cut file, or from `model`, the file's bytes
+        (a copy of this extractor on a machine that does not have the file, like a Ray node).
+
+        Raises:
+            ModelFormatError: the cut file is gone and no bytes were given.
+        """
+        import onnxruntime as ort
+
+        if model is None and not self.model_path.is_file():
+            raise ModelFormatError(
+                f"the cut model {self.model_path} is gone (cache cleared?); load the extractor again"
+            )
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            model if model is not None else os.fspath(self.model_path), options,
+            providers=self.providers or ["CPUExecutionProvider"],
+        )
 
     @property
     def cut_model(self) -> onnx.ModelProto:
@@ -647,7 +674,7 @@ class Extractor:
             if primary in named:
                 raise InputError(f"input {primary!r} is given twice: positionally and by name; pass it once")
             named = {primary: x, **named}
-        known = set(self.meta.get("source_inputs") or self.input_names)
+        known = set(self.meta.source_inputs or self.input_names)
         unknown = [k for k in named if k not in known]
         if unknown:
             raise InputError(
@@ -731,7 +758,7 @@ class Extractor:
             feed = self._feed(self.load_images(x), inputs, raw=False)
         else:
             feed = self._feed(x, inputs)
-        fixed = self.meta.get("fixed_batch")
+        fixed = self.meta.fixed_batch
         step = fixed or self.batch_size
         batched = {k: a for k, a in self.batch_axes.items() if a is not None and feed[k].ndim > a}
         sizes = {k: feed[k].shape[a] for k, a in batched.items()}
@@ -742,7 +769,7 @@ class Extractor:
                 + "; give every input the same number of samples"
             )
         n = next(iter(sizes.values()), None)
-        out_axes = [self.output_batch_axes.get(name, 0) for name in self.meta["layers"]]
+        out_axes = [self.output_batch_axes.get(name, 0) for name in self.meta.layers]
         if n is None or n == step or (fixed is None and n <= step):
             results = self._run(feed)
         else:
@@ -759,7 +786,7 @@ class Extractor:
             if not parts:
                 results = [np.zeros(tuple(0 if k == a else (d if isinstance(d, int) else 0)
                                           for k, d in enumerate(s or [0])), np.float32)
-                           for s, a in zip(self.meta["output_shapes"], out_axes)]
+                           for s, a in zip(self.meta.output_shapes, out_axes)]
             else:
                 results = [np.concatenate([p[i] for p in parts], axis=out_axes[i]) for i in range(len(out_axes))]
         if self.pooling:
@@ -770,7 +797,7 @@ class Extractor:
         return dict(zip(self.layer, results))
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.meta["outputs"], feed)
+        return self.session.run(self.meta.outputs, feed)
 
 
 def _shown(shape: list | None, axis: int | None) -> str:
@@ -813,41 +840,28 @@ class _ExtractorTransformerBody:
     def __init__(
         self,
         model: str | os.PathLike | Extractor = None,
-        layer: str | int | Sequence[str | int] = -2,
+        layer: str | int | Sequence[str | int] | None = None,
+        options: ExtractorOptions | None = None,
         *,
-        batch_size: int = 64,
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        preprocess: bool | None = None,
         catalog: Any = None,
         cache_dir: str | os.PathLike | None = None,
-        pooling: str | None = None,
-        device: str | Sequence[Any] | None = None,
     ) -> None:
+        # scikit-learn's rule: keep the parameters as given (get_params, clone); load on first use.
         self.model = model
         self.layer = layer
-        self.batch_size = batch_size
-        self.threads = threads
-        self.providers = providers
-        self.preprocess = preprocess
+        self.options = options
         self.catalog = catalog
         self.cache_dir = cache_dir
-        self.pooling = pooling
-        self.device = device
 
     def _extractor(self) -> Extractor:
         if isinstance(self.model, Extractor):
             return self.model
         cached = self.__dict__.get("_loaded")
-        params = (os.fspath(self.model), repr(self.layer), self.batch_size, self.threads,
-                  repr(self.providers), self.preprocess, repr(self.catalog), repr(self.cache_dir),
-                  self.pooling, repr(self.device))
+        params = (os.fspath(self.model), repr(self.layer), repr(self.options), repr(self.catalog),
+                  repr(self.cache_dir))
         if cached is None or cached[0] != params:
-            extractor = load_extractor(
-                self.model, self.layer, catalog=self.catalog, cache_dir=self.cache_dir,
-                batch_size=self.batch_size, threads=self.threads, providers=self.providers,
-                preprocess=self.preprocess, pooling=self.pooling, device=self.device,
-            )
+            extractor = load_extractor(self.model, self.layer, self.options, catalog=self.catalog,
+                                       cache_dir=self.cache_dir)
             self.__dict__["_loaded"] = (params, extractor)
             return extractor
         return cached[1]

@@ -24,6 +24,21 @@ _PARAM_SUFFIX = re.compile(
     r"(_(w|b|s|rm|riv|scale|bias|mean|var|weights?))?(_0)?$|/(weights?|biases?|kernel)$"
 )
 _FLOAT_TYPES = {1, 10, 11, 16}  # float, float16, double, bfloat16
+# The dim_param of the batch dimension in every graph zoo writes (converted, cut, rewritten).
+BATCH = "batch"
+
+
+def dim_value(dim: Any) -> int | str | None:
+    """One ONNX dimension: its size when fixed, its symbol when named, None when neither."""
+    return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
+
+
+def value_dims(value_info: Any) -> list[int | str | None] | None:
+    """A graph value's dimensions (see `dim_value`), or None when its shape is unknown."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [dim_value(d) for d in tensor.shape.dim]
 
 
 @dataclass
@@ -126,13 +141,7 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int | s
     graph = inferred.graph
     out: dict[str, tuple[int, list[int | str | None] | None]] = {}
     for vi in [*graph.input, *graph.value_info, *graph.output]:
-        tt = vi.type.tensor_type
-        dims: list[int | str | None] | None = None
-        if tt.HasField("shape"):
-            dims = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-            ]
-        out[vi.name] = (tt.elem_type, dims)
+        out[vi.name] = (vi.type.tensor_type.elem_type, value_dims(vi))
     for t in graph.initializer:
         out[t.name] = (t.data_type, list(t.dims))
     return out
@@ -463,7 +472,7 @@ def _resolve_one(layers: list[LayerInfo], spec: str | int, model_name: str, info
         )
     close = difflib.get_close_matches(spec, [layer.name for layer in layers], n=3, cutoff=0.5)
     closest = f"; closest: {', '.join(close)}" if close else ""
-    raise UnknownLayerError(f"layer {spec!r} is not in {model_name}{closest}. {hint}")
+    raise UnknownLayerError(f"layer {spec!r} is not in {model_name}{closest}. {hint}", layer=spec, closest=close)
 
 
 # --- cutting ----------------------------------------------------------------------------------
@@ -580,7 +589,6 @@ def _outer_names(graph) -> Iterable[str]:
 
 # --- dynamic batch ----------------------------------------------------------------------------
 
-BATCH = "batch"
 
 
 def batch_dim(model: onnx.ModelProto) -> int | str | None:
@@ -592,8 +600,7 @@ def batch_dim(model: onnx.ModelProto) -> int | str | None:
         dims = inp.type.tensor_type.shape.dim
         if not dims:
             return None
-        d = dims[0]
-        return d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        return dim_value(dims[0])
     return None
 
 

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
-from zoo.cache import atomic_path
-from zoo.errors import InputError
+from zoo.atomic import atomic_path
+from zoo.errors import InputError, UnfreezeDepthError
+from zoo.options import ExtractorOptions, TrainingConfig
+from zoo.transfer import load_labels
 
 if TYPE_CHECKING:
     from zoo.catalog import Catalog
+    from zoo.engines import Engine
 
 __all__ = ["SweepResult", "SweepRow", "sweep"]
 
@@ -93,7 +94,7 @@ class SweepResult:
         for k in sorted({r.unfreeze for r in self.rows}, key=str):
             rows = [r for r in self.rows if r.unfreeze == k]
             xs = [order.index(r.layer) for r in rows]
-            label = "frozen base" if k == 0 else f"top {k} unfrozen"
+            label = "frozen base" if not k else f"above {k} unfrozen" if isinstance(k, str) else f"top {k} unfrozen"
             line = ax.plot(xs, [r.val_accuracy or 0 for r in rows], marker="o", label=f"{label}: validation")
             if any(r.test_accuracy is not None for r in rows):
                 ax.plot(xs, [r.test_accuracy or 0 for r in rows], marker="s", linestyle="--",
@@ -137,137 +138,116 @@ def sweep(
     name: str,
     data: Any,
     labels: Any = None,
+    *,
     layers: Sequence[str | int] = (-2,),
     unfreeze: Sequence[int | str] = (0,),
-    *,
     validation: tuple[Any, Any] | None = None,
     test: tuple[Any, Any] | None = None,
-    hidden: Sequence[int] = (),
-    epochs: int = 50,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    val_fraction: float = 0.2,
-    patience: int | None = 5,
-    seed: int = 0,
+    extractor: ExtractorOptions | None = None,
+    training: TrainingConfig | None = None,
+    engine: str | Engine = "local",
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
-    plot: str | os.PathLike | None = None,
-    on_error: str = "skip",
-    progress: bool = True,
-    preprocess: bool | None = None,
-    pooling: str | None = None,
-    device: str | Sequence[Any] | None = None,
 ) -> SweepResult:
     """Train a new head at each cut layer (and each unfreeze depth) and compare them.
 
     Each cut's features are cached once (a second sweep, or a `zoo train` at the same cut,
     reuses them); every head trains with the same seed and the same validation rows, so the
-    rows differ only by where the network was cut (the table says how many parameters each trains).
-    ``unfreeze=[0, 1]`` also fine-tunes the top block below each cut (a conv/linear layer with its
-    BatchNorm, Scale and activation), on features cached one cut lower; a cut point name
-    (``"res4f"``) fine-tunes every block above it. `validation` and `test` are
-    optional ``(data, labels)`` pairs; without `validation`, `val_fraction` of `data` is held out.
-    Image files get the model's InputSpec unless ``preprocess=False`` (see :func:`zoo.train`);
-    ``pooling="avg"|"max"`` pools each 4-D cut over its spatial axes (2-D cuts pass unchanged);
-    `device` picks onnxruntime's device for the frozen layers ("cpu", "cuda:1"...).
+    rows differ only by where the network was cut (the table says how many parameters each
+    trains). ``unfreeze=[0, 1]`` also fine-tunes the top block below each cut (a conv/linear
+    layer with its BatchNorm, Scale and activation), on features cached one cut lower; a cut
+    point's name (``"res4f"``) fine-tunes every block above it.
 
-    >>> result = zoo.sweep("bvlc_alexnet", "x.npy", "y.npy", layers=["fc6", "fc7"], plot="sweep.png")  # doctest: +SKIP
-    >>> print(result.table())                                                                          # doctest: +SKIP
+    Args:
+        name: the base model (cataloged name or ONNX file).
+        data: as `zoo.train`'s: an array, a ``.npy`` path, image files, or a `zoo.DataSource`.
+        labels: one label per input; None for a class folder.
+        layers: the cut layers to compare (names or positions).
+        unfreeze: the blocks to unfreeze at each cut (counts, or cut point names).
+        validation: ``(data, labels)`` to validate on; without it ``training.val_fraction`` of
+            `data` is held out.
+        test: ``(data, labels)`` scored by every row's head.
+        extractor: pooling (of 4-D cuts), device, preprocessing (`zoo.ExtractorOptions`; its
+            layer is replaced by each of `layers`).
+        training: epochs (50 by default here), batch size, learning rate, hidden layers,
+            patience, seed... (`zoo.TrainingConfig`; its unfreeze by each of `unfreeze`).
+        engine: where the features are computed: "local", "ray" or a `zoo.Engine`.
+        catalog: the catalog the base model is in.
+        cache_dir: the cache folder.
+
+    Returns:
+        The rows in the order swept (`SweepResult.table()`, `.plot(path)`, `.best`).
+
+    Raises:
+        InputError: no layers, negative depths or names that are no layer, labels missing or not
+            one per input.
+
+    >>> result = zoo.sweep("bvlc_alexnet", "x.npy", "y.npy", layers=["fc6", "fc7"])  # doctest: +SKIP
+    >>> print(result.table()); result.plot("sweep.png")                            # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
+    from zoo.extract import load_extractor
     from zoo.features import extract_features
-    from zoo.pooling import check_pooling
-    from zoo.transfer import (
-        _labels_for,
-        _load_extractor,
-        _load_labels,
-        _pool_module,
-        _width,
-        fine_tune_parts,
-        fit_head,
-        make_head,
-        trainable_head,
-    )
+    from zoo.transfer import fit_head, prepare
 
     if not layers:
         raise InputError("no layers to sweep; give them as layers=['fc6', 'fc7'] (`--layers fc6,fc7`)")
     if not unfreeze or any(not isinstance(k, str) and k < 0 for k in unfreeze):
         raise InputError(f"unfreeze={list(unfreeze)} must be block counts of 0 or more or cut points, e.g. [0, 1]")
-    check_pooling(pooling)
+    extractor = extractor or ExtractorOptions()
+    training = training or TrainingConfig(epochs=50)
     cat = open_catalog(catalog)
     named = [k for k in unfreeze if isinstance(k, str)]
-    if named:
+    if named:  # a misspelt name fails before any caching; one above a cut only skips that row
         from zoo.extract import layers as list_layers
 
-        known = [info.name for info in list_layers(name, catalog=cat, cache_dir=cache_dir)]
+        known = {info.name for info in list_layers(name, catalog=cat, cache_dir=cache_dir)}
         unknown = [k for k in named if k not in known]
         if unknown:
             raise InputError(f"unfreeze {unknown[0]!r} is not a layer of {name}; give a number of blocks (1) "
                              f"or a cut point from `zoo layers {name}`")
-    labels = None if labels is None else _load_labels(labels)
-    pairs = {"validation": validation, "test": test}
-    for which, pair in pairs.items():
-        if pair is not None:
-            pairs[which] = (pair[0], _load_labels(pair[1]))
+    labels = None if labels is None else load_labels(labels)
+    pairs = {which: (pair[0], load_labels(pair[1])) for which, pair in (("validation", validation), ("test", test))
+             if pair is not None}
     result = SweepResult(model=name)
     for layer in layers:
         for k in unfreeze:
-            if not k:
-                cut, top = layer, None
-            else:
-                try:
-                    cut, top = fine_tune_parts(name, layer, k, catalog=cat, cache_dir=cache_dir)
-                except InputError as exc:  # too deep for this cut: nothing would stay frozen
-                    result.skipped.append(f"{layer} unfreeze={k}: {exc}")
-                    continue
-            extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, device=device,
-                                        pooling=pooling if top is None else None)
+            try:
+                prepared = prepare(name, data, labels, extractor=extractor.replace(layer=layer),
+                                   training=training.replace(unfreeze=k), engine=engine, catalog=cat,
+                                   cache_dir=cache_dir)
+            except UnfreezeDepthError as exc:  # too deep for this cut: the other rows go on
+                result.skipped.append(f"{layer} unfreeze={k}: {exc}")
+                continue
             started = time.perf_counter()
-            cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
             sets = {
-                which: (extract_features(extractor, pair[0], cache_dir=cache_dir, progress=progress).features, pair[1])
+                which: (extract_features(prepared.extractor, pair[0], cache_dir=cache_dir,
+                                         progress=training.progress, engine=engine).features, pair[1])
                 for which, pair in pairs.items()
-                if pair is not None
             }
-            cache_seconds = time.perf_counter() - started
-            y = _labels_for(cached, labels)
-            features = cached.features
-            pool = None if top is None else _pool_module(pooling, extractor)  # a cut at `layer` pools itself
-            width = int(np.prod(features.shape[1:])) if top is None else _width(
-                top if pool is None else trainable_head(top, pool), features)
-            head = make_head(width, len(np.unique(y)), hidden, seed=seed)
-            trained = head if top is None else trainable_head(top, head, pool)
-            fit = fit_head(
-                features,
-                y,
-                head=trained,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                val_fraction=val_fraction,
-                validation=sets.get("validation"),
-                patience=patience,
-                seed=seed,
-                progress=False,
-            )
+            cache_seconds = prepared.seconds + time.perf_counter() - started
+            features = prepared.cached.features
+            trainable = prepared.trainable(training)
+            fit = fit_head(features, prepared.labels, training.replace(progress=False),
+                           head=trainable, validation=sets.get("validation"))
             test_accuracy = fit.accuracy(*sets["test"]) if "test" in sets else None
+            at = prepared.extractor.layer if not k else load_extractor(name, layer, catalog=cat,
+                                                                         cache_dir=cache_dir).layer
             result.rows.append(
                 SweepRow(
-                    layer=str(extractor.layer if k == 0 else _load_extractor(name, layer, cat, cache_dir).layer),
+                    layer=str(at),
                     unfreeze=k,
-                    cached_at=str(extractor.layer),
+                    cached_at=str(prepared.extractor.layer),
                     features=[int(d) for d in features.shape[1:]],
                     val_accuracy=fit.val_accuracy,
                     best_epoch=fit.best_epoch,
                     epochs=len(fit.history),
                     cache_seconds=cache_seconds,
                     train_seconds=fit.seconds,
-                    reused=cached.reused,
+                    reused=prepared.cached.reused,
                     test_accuracy=test_accuracy,
-                    trainable_parameters=sum(p.numel() for p in trained.parameters() if p.requires_grad),
+                    trainable_parameters=sum(p.numel() for p in trainable.parameters() if p.requires_grad),
                     fit=fit,
                 )
             )
-    if plot is not None:
-        result.plot(plot)
     return result

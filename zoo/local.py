@@ -93,6 +93,21 @@ def add(
     `inputs` and `args` record what a TorchScript ``forward`` takes (see `zoo.input_specs`), so
     `convert` needs nothing more: ``inputs={"x": "1x512"}, args={"sr": 16000}``.
 
+    Args:
+        path: the model file or folder; `more` the other half of a Caffe pair.
+        name: the catalog name (default: the file or folder stem).
+        task, dataset, tags, description: what the catalog says about it.
+        inputs, args: what a TorchScript ``forward`` takes (``NAME=SHAPE[:DTYPE]``, ``NAME=VALUE``).
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        The new catalog entry, source "local", its files as artifacts.
+
+    Raises:
+        ModelFormatError: the file is not a model zoo recognises, or is not what it claims.
+        DuplicateModelError: the name is taken.
+        InputError: a malformed ``inputs``/``args`` value.
+
     >>> zoo.add("exports/cats.onnx", task="image-classification", tags=["cats"])  # doctest: +SKIP
     >>> zoo.add("vad.pt", inputs=["x=1x512"], args=["sr=16000"])  # doctest: +SKIP
     """
@@ -151,6 +166,17 @@ def scan(folder: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | No
     A file already registered at its path is left alone (or updated if its content changed);
     a file whose sha256 matches a local model whose file is gone is that model, moved (its path
     is updated). Everything happens in one transaction.
+
+    Args:
+        folder: where to look, recursively.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        What was added, updated, moved, left alone or found missing, and the files skipped and why.
+
+    Raises:
+        ModelFormatError: `folder` is not a folder.
+        CatalogError: the catalog cannot be written.
     """
     from zoo.catalog import open_catalog
     from zoo.formats import find_models

@@ -65,6 +65,8 @@ def _tensor_like(field: Any) -> bool:
 class ParquetSource:
     """A tensor column of a Parquet file (or folder of files), row by row in file and row-group order.
 
+    A `zoo.datasources.DataSource`: it implements the protocol itself, as each format does.
+
     Each row of the column is one input: a fixed-size list, a list (every row the same length),
     nested lists, pyarrow's ``fixed_shape_tensor`` or the tensor type Ray Data writes. Rows are
     read one row group at a time and the last group read is kept, so a chunk costs no more than
@@ -215,8 +217,16 @@ class ParquetSource:
         return out
 
     def rows(self, batch: Any) -> int:
-        """Samples in a chunk (the feature cache's source contract)."""
+        """Samples in a chunk."""
         return len(batch)
+
+    def paths(self) -> list[Path]:
+        """The file or folder read: an engine on another machine needs it at the same path."""
+        return [self.path]
+
+    def for_extractor(self, extractor: Any) -> ParquetSource:
+        """The rows are the model's input as they are: the same source for every extractor."""
+        return self
 
     def chunks(self, start: int, chunk_size: int) -> Iterator[tuple[int, np.ndarray, list[dict]]]:
         for lo, hi in self.ranges(start, chunk_size):

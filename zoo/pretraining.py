@@ -9,7 +9,7 @@ at a time, each on the outputs of the frozen layers below it, then fine-tune wit
 With ``name`` the stack is saved to the catalog as an ONNX model whose layer outputs are named
 ``layer1``, ``layer2``..., so it is listed, cut and fine-tuned like any other zoo model.
 
-`python -m zoo.pretraining` prints the digits check of docs/pretrain.md.
+`python -m zoo.demos.digits` prints the digits check of docs/pretrain.md.
 """
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.errors import InputError
 from zoo._threads import torch_threads
+from zoo.datasources import array_fingerprint
+from zoo.errors import InputError
+from zoo.lineage import pretraining_lineage
+from zoo.options import PretrainConfig, TrainingConfig
 from zoo.torch_models import check_new_name
 
 if TYPE_CHECKING:
@@ -39,7 +42,6 @@ if TYPE_CHECKING:
     from zoo.records import Model
 
 METHODS = ("autoencoder", "rbm")
-VISIBLE_UNITS = ("auto", "bernoulli", "gaussian")
 MIN_ROWS = 10
 # Adam step sizes that train both kinds of layer on inputs in [0, 1] within tens of epochs.
 DEFAULT_LR = {"autoencoder": 0.01, "rbm": 0.02}
@@ -122,62 +124,49 @@ def pretrain(
     X: Any,
     layers: Sequence[int] = (300, 100),
     method: str = "autoencoder",
+    config: PretrainConfig | None = None,
     *,
-    epochs: int = 20,
-    batch_size: int = 64,
-    lr: float | None = None,
-    denoise: float = 0.0,
-    sparsity: float | tuple[float, float] | None = None,
-    cd_k: int = 1,
-    visible: str = "auto",
-    tied: bool = True,
-    seed: int = 0,
     name: str | None = None,
     catalog: str | os.PathLike | Catalog | None = None,
     replace: bool = False,
-    cache: bool = True,
-    threads: int | None = None,
-    progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> PretrainResult:
     """Train a stack of sigmoid layers greedily, one layer at a time, on unlabelled rows.
 
-    Parameters
-    ----------
-    X : array of shape (rows, features)
-        Unlabelled data, finite values.
-    layers : hidden units per layer, bottom first.
-    method : "autoencoder" (tied weights unless ``tied=False``) or "rbm" (trained with CD-k).
-    epochs, batch_size, lr : training of each layer (Adam; ``lr`` defaults per method).
-    denoise : fraction of each autoencoder's inputs zeroed during training (masking noise).
-    sparsity : target mean activation of the hidden units, or ``(target, weight)``; adds
-        ``weight * KL(target || mean activation)`` to each layer's loss (weight 0.1 by default).
-    cd_k : Gibbs steps of contrastive divergence (RBMs).
-    visible : units of the bottom layer: "bernoulli" for inputs in [0, 1], "gaussian" for
-        real values (standardized inside the stack), "auto" picks from the data's range.
-        Upper layers see sigmoid outputs, so they are always Bernoulli.
-    seed : seeds every layer's initialisation, shuffling and sampling.
-    name, catalog, replace : save the stack to the catalog under ``name`` (ONNX).
-    cache : train each layer on the stored outputs of the frozen layers below (the default),
-        or recompute them for every batch (``False``; only to measure what caching saves).
-    threads : torch threads while training; by default one for layers under a million
-        weights, where more threads only add start-up and spin-waiting.
-    progress : a progress bar per layer on stderr, with its reconstruction error.
-    cache_dir : the cache folder (default $ZOO_CACHE): the saved model and the big scratch files go there.
+    Args:
+        X: unlabelled data of shape (rows, features), finite values.
+        layers: hidden units per layer, bottom first.
+        method: "autoencoder" (tied weights unless ``config.tied`` is False) or "rbm" (trained
+            with CD-k). Upper layers see sigmoid outputs, so they are always Bernoulli units.
+        config: epochs, batch size, learning rate, denoising, sparsity, CD-k steps, visible
+            units, seed, threads, caching, progress (`zoo.PretrainConfig`; its defaults when None).
+        name, catalog, replace: save the stack to the catalog under `name` (ONNX).
+        cache_dir: the cache folder (default $ZOO_CACHE): the saved model and the big scratch
+            files go there.
+
+    Returns:
+        The stack (`PretrainResult.stack`), its layers' losses and times, the catalog record.
+
+    Raises:
+        InputError: bad data, layer sizes, method or settings (one line naming the fix).
+        DuplicateModelError: `name` is taken and `replace` is False.
 
     Example
     -------
     >>> from sklearn.datasets import load_digits
-    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm", progress=False)
+    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm",
+    ...                   config=PretrainConfig(progress=False))
     >>> result.transform(load_digits().data[:5] / 16).shape
     (5, 30)
     """
+    config = config or PretrainConfig()
+    epochs, batch_size, denoise, cd_k, tied = config.epochs, config.batch_size, config.denoise, config.cd_k, config.tied
+    seed, threads, cache, progress = config.seed, config.threads, config.cache, config.progress
     data = _validate_data(X)
+    data_sha256 = array_fingerprint(data)  # the lineage's parent: these rows, before any standardizing
     sizes = _validate_layers(layers)
-    settings = _validate_settings(
-        method, epochs, batch_size, lr, denoise, sparsity, cd_k, visible, seed, len(data)
-    )
-    visible = _visible_units(data, visible)
+    settings = _validate_settings(method, config, len(data))
+    visible = _visible_units(data, config.visible)
     if name is not None:
         check_new_name(name, catalog, replace)
 
@@ -230,7 +219,7 @@ def pretrain(
         seconds=seconds,
         units=units,
         settings={**settings, "epochs": epochs, "batch_size": batch_size, "denoise": denoise,
-                  "cd_k": cd_k, "tied": tied, "seed": seed, "rows": len(data)},
+                  "cd_k": cd_k, "tied": tied, "seed": seed, "rows": len(data), "data_sha256": data_sha256},
     )
     if name is not None:
         result.model = save(result, name, catalog=catalog, replace=replace, cache_dir=cache_dir)
@@ -362,16 +351,14 @@ def save(
     cache_dir: str | os.PathLike | None = None,
 ) -> Model:
     """Export the stack to ONNX under the cache folder and register it in the catalog."""
-    from zoo.records import InputSpec, Model
-    from zoo.torch_models import register
+    from zoo.records import InputSpec
+    from zoo.torch_models import own_model, register
 
     check_new_name(name, catalog, replace)
     shape = "-".join(str(n) for n in [result.n_features, *result.layers])
-    model = Model(
-        name=name,
-        framework="onnx",
-        format="onnx",
-        source="local",
+    model = own_model(
+        name,
+        result.stack,
         task="feature-extraction",
         architecture=f"{result.method} stack {shape}",
         description=(
@@ -380,7 +367,6 @@ def save(
         ),
         tags=["pretrained", result.method],
         input=InputSpec(name="input", shape=[None, result.n_features], dtype="float32", layout="NC"),
-        parameters=sum(p.numel() for p in result.stack.parameters()),
         meta={
             "pretrained": {
                 "method": result.method,
@@ -395,8 +381,15 @@ def save(
             "layers": [f"layer{i}" for i in range(1, len(result.layers) + 1)],
         },
     )
+    settings = {k: v for k, v in result.settings.items() if k not in ("rows", "data_sha256")}
+    lineage = pretraining_lineage(
+        result.settings.get("data_sha256"), result.settings["rows"],
+        {**settings, "layers": result.layers, "visible": result.visible},
+        {"final_loss": result.losses[-1][-1] if result.losses and result.losses[-1] else None,
+         "layer_final_losses": [losses[-1] if losses else None for losses in result.losses],
+         "seconds": [round(s, 3) for s in result.seconds]})
     return register(export_onnx(result.stack, result.n_features), model, catalog=catalog, replace=replace,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, lineage=lineage)
 
 
 def export_onnx(stack: nn.Sequential, n_features: int) -> onnx.ModelProto:
@@ -482,47 +475,16 @@ def _validate_layers(layers: Any) -> list[int]:
     return [int(n) for n in sizes]
 
 
-def _validate_settings(
-    method: str, epochs: int, batch_size: int, lr: float | None, denoise: float,
-    sparsity: Any, cd_k: int, visible: str, seed: int, rows: int,
-) -> dict[str, Any]:
+def _validate_settings(method: str, config: PretrainConfig, rows: int) -> dict[str, Any]:
+    """What depends on the method and the data: the method itself, its learning rate, denoising."""
     if method not in METHODS:
         raise InputError(f"method {method!r} is not known; choose one of: {', '.join(METHODS)}")
-    if visible not in VISIBLE_UNITS:
-        raise InputError(f"visible {visible!r} is not known; choose one of: {', '.join(VISIBLE_UNITS)}")
     if rows < MIN_ROWS:
         raise InputError(f"X has {rows} rows; pretraining needs at least {MIN_ROWS}")
-    for label, value in (("epochs", epochs), ("batch_size", batch_size), ("cd_k", cd_k)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise InputError(f"{label} must be a positive integer; got {value!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer; got {seed!r}")
-    lr = DEFAULT_LR[method] if lr is None else lr
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise InputError(f"lr must be a positive number like {DEFAULT_LR[method]}; got {lr!r}")
-    if not isinstance(denoise, (int, float)) or not 0 <= denoise < 1:
-        raise InputError(f"denoise is the fraction of inputs zeroed, in [0, 1); got {denoise!r}")
-    if denoise and method != "autoencoder":
+    if config.denoise and method != "autoencoder":
         raise InputError("denoise applies to autoencoders; use method='autoencoder' or denoise=0")
-    return {"method": method, "lr": float(lr), "sparsity": _sparsity(sparsity)}
-
-
-def _sparsity(value: Any) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        value = (value,)
-    try:
-        target, weight = (*value, 0.1)[:2] if len(value) == 1 else value
-        valid = 0 < target < 1 and weight > 0
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise InputError(
-            f"sparsity is a target activation in (0, 1), optionally with a weight > 0, "
-            f"like 0.05 or (0.05, 0.1); got {value!r}"
-        )
-    return float(target), float(weight)
+    lr = DEFAULT_LR[method] if config.lr is None else config.lr
+    return {"method": method, "lr": float(lr), "sparsity": config.sparsity}
 
 
 def _visible_units(data: np.ndarray, visible: str) -> str:
@@ -539,26 +501,24 @@ def _visible_units(data: np.ndarray, visible: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# fine-tuning with a few labels, and the check that pretraining pays
+# fine-tuning with a few labels (the digits check, `zoo.demos.digits`, compares it with training from scratch)
 
 
 def finetune(
     base: PretrainResult | nn.Sequential,
     X: Any,
     y: Any,
+    config: TrainingConfig | None = None,
     *,
     num_classes: int | None = None,
-    epochs: int = 300,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
-    threads: int | None = None,
 ) -> nn.Sequential:
     """A copy of the stack plus a softmax head, every layer trained on the labelled rows.
 
     Returns ``nn.Sequential(<stack layers>, head=Linear)`` giving class logits. Cataloged
     stacks are fine-tuned through `zoo.transfer` like any other model; this is the small
     loop the digits check uses, identical for pretrained and freshly initialised stacks.
+    `config` gives epochs (300 by default here), batch size, learning rate, seed and threads
+    (`zoo.TrainingConfig`); every epoch runs, there is no validation.
     """
     import copy
     from collections import OrderedDict
@@ -576,6 +536,8 @@ def finetune(
         )
     targets = torch.from_numpy(labels.astype(np.int64))
     classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    config = config or TrainingConfig(epochs=300)
+    epochs, batch_size, seed = config.epochs, config.batch_size, config.seed
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     top = [m for m in stack.modules() if isinstance(m, nn.Linear)][-1].out_features
@@ -583,8 +545,8 @@ def finetune(
         [*copy.deepcopy(stack).named_children(), ("head", nn.Linear(top, classes))]
     ))
     model.requires_grad_(True).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    with torch_threads(sum(p.numel() for p in model.parameters()), threads):
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr or 1e-3)
+    with torch_threads(sum(p.numel() for p in model.parameters()), config.threads):
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(data), batch_size):
@@ -618,82 +580,3 @@ def accuracy(model: nn.Module, X: Any, y: Any) -> float:
     with torch.no_grad():
         predicted = model(torch.from_numpy(_validate_data(X))).argmax(dim=1).numpy()
     return float((predicted == np.asarray(y)).mean())
-
-
-def digits_check(
-    *,
-    label_fraction: float = 0.05,
-    seeds: Sequence[int] = (0, 1, 2),
-    methods: Sequence[str] = METHODS,
-    layers: Sequence[int] = (300, 100),
-    epochs: int = 20,
-    finetune_epochs: int = 300,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Pretrained-then-fine-tuned vs trained-from-scratch on scikit-learn's digits.
-
-    The digits (8x8, scaled to [0, 1]) are split once into 70 % train and 30 % test. For each
-    seed, ``label_fraction`` of the training rows (stratified) keep their labels; every method
-    pretrains on all training rows without labels; the pretrained stack and a fresh one of the
-    same shape are fine-tuned identically on the labelled rows and scored on the test rows.
-    The default fine-tuning budget (300 epochs of Adam at 1e-3 on ~62 rows) is where the
-    network trained from scratch stops improving (1000 epochs, or lr 1e-2, score the same).
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    X = (digits.data / 16.0).astype(np.float32)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, digits.target, test_size=0.3, stratify=digits.target, random_state=0
-    )
-    runs: list[dict[str, Any]] = []
-    for seed in seeds:
-        X_few, _, y_few, _ = train_test_split(
-            X_train, y_train, train_size=label_fraction, stratify=y_train, random_state=seed
-        )
-        scratch = finetune(fresh_stack(X.shape[1], layers, seed), X_few, y_few,
-                           num_classes=10, epochs=finetune_epochs, seed=seed)
-        run = {"seed": seed, "labels": len(y_few), "scratch": accuracy(scratch, X_test, y_test)}
-        for method in methods:
-            base = pretrain(X_train, layers, method, epochs=epochs, seed=seed, progress=progress)
-            tuned = finetune(base, X_few, y_few, num_classes=10, epochs=finetune_epochs, seed=seed)
-            run[method] = accuracy(tuned, X_test, y_test)
-        runs.append(run)
-    mean = {key: float(np.mean([r[key] for r in runs])) for key in ["scratch", *methods]}
-    return {
-        "label_fraction": label_fraction, "layers": list(layers), "epochs": epochs,
-        "finetune_epochs": finetune_epochs, "train_rows": len(X_train), "test_rows": len(X_test),
-        "runs": runs, "mean": mean,
-    }
-
-
-def _main() -> None:
-    """Print the digits check (docs/pretrain.md)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m zoo.pretraining", description=_main.__doc__)
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds [0,1,2]")
-    parser.add_argument("--fraction", type=float, default=0.05, help="labelled fraction [0.05]")
-    parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs per layer [20]")
-    parser.add_argument("--finetune-epochs", type=int, default=300, help="fine-tuning epochs [300]")
-    args = parser.parse_args()
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 0,1,2")
-    report = digits_check(
-        label_fraction=args.fraction, seeds=seeds, epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs, progress=sys.stderr.isatty(),
-    )
-    print(f"digits: {report['train_rows']} training rows, {report['test_rows']} test rows, "
-          f"{args.fraction:.0%} labelled, layers 64-{'-'.join(map(str, report['layers']))}")
-    print("test accuracy      " + "  ".join(f"{k:>11}" for k in ["scratch", *METHODS]))
-    for run in report["runs"]:
-        print(f"seed {run['seed']} ({run['labels']} labels)" + "".join(
-            f"  {run[k]:11.3f}" for k in ["scratch", *METHODS]))
-    print("mean" + " " * 15 + "".join(f"  {report['mean'][k]:11.3f}" for k in ["scratch", *METHODS]))
-
-
-if __name__ == "__main__":
-    _main()

@@ -1,4 +1,8 @@
-"""Ray Data engine for the feature cache: chunks run on an actor pool, written in order by the caller."""
+"""Ray Data engine for the feature cache: chunks run on an actor pool, written in order by the caller.
+
+Registered as ``engine="ray"`` in `zoo.engines`; each actor reads its chunks through the data
+source's own `chunks` and runs them with `zoo.engines.run_extractor`, as the local engine does.
+"""
 from __future__ import annotations
 
 import io
@@ -7,11 +11,11 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from zoo.engines import Computed, run_extractor
 from zoo.errors import EngineError, InputError, ZooError, require
 
 __all__ = ["RayEngine"]
@@ -47,25 +51,16 @@ class RayEngine:
     threads: int = 1
 
     def __post_init__(self) -> None:
+        import importlib.util
+
         if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
             raise InputError(f"actors={self.actors!r} must be a whole number of at least 1")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise InputError(f"threads={self.threads!r} must be a whole number of at least 1")
-
-    @classmethod
-    def of(cls, engine: Any) -> RayEngine:
-        """The engine an ``engine=`` argument names: ``"ray"`` or a RayEngine."""
-        import importlib.util
-
-        if not isinstance(engine, RayEngine) and engine != "ray":
-            raise InputError(f"engine={engine!r} is not one of 'local', 'ray' (or a zoo.ray_engine.RayEngine)")
         if importlib.util.find_spec("ray") is None:  # say so now, not after reading the data
             require("ray", "ray")
-        return engine if isinstance(engine, RayEngine) else cls()
 
-    def computed(
-        self, source: Any, extractor: Any, start: int, chunk_size: int
-    ) -> Iterator[tuple[int, int, np.ndarray | None, list[dict]]]:
+    def computed(self, source: Any, extractor: Any, start: int, chunk_size: int) -> Iterator[Computed]:
         """(first row, inputs consumed, features or None, skipped) of each chunk from `start`, in order.
 
         Checks the data and the extractor and connects to Ray at once; the chunks come as iterated.
@@ -75,9 +70,7 @@ class RayEngine:
         ray = _connect(self.address)
         return self._results(ray, source, extractor, ranges)
 
-    def _results(
-        self, ray: Any, source: Any, extractor: Any, ranges: list[tuple[int, int]]
-    ) -> Iterator[tuple[int, int, np.ndarray | None, list[dict]]]:
+    def _results(self, ray: Any, source: Any, extractor: Any, ranges: list[tuple[int, int]]) -> Iterator[Computed]:
         if not ranges:
             return
         import ray.data
@@ -137,15 +130,13 @@ class RayEngine:
 
 
 def _ranges(source: Any, start: int, chunk_size: int) -> list[tuple[int, int]]:
-    """Chunk boundaries from `start`; a source may set its own (Parquet: within row groups)."""
-    if getattr(source, "length", None) is None:
+    """Chunk boundaries from `start`, as the source sets them (Parquet: within row groups)."""
+    if source.length is None:
         raise InputError(
             "engine='ray' needs data whose rows can be read anywhere: an array, a .npy file, an image "
             "folder or Parquet; an iterable of batches runs in this process (engine='local')"
         )
-    if hasattr(source, "ranges"):
-        return source.ranges(start, chunk_size)
-    return [(lo, min(lo + chunk_size, source.length)) for lo in range(start, source.length, chunk_size)]
+    return source.ranges(start, chunk_size)
 
 
 def _check_portable(extractor: Any) -> None:
@@ -192,15 +183,32 @@ def _connect(address: str | None) -> Any:
     return ray
 
 
+def _reported(exc: ZooError) -> str:
+    """A worker's zoo error as text for its output row: its type, message and fields (JSON values)."""
+    fields = {k: v for k, v in exc.fields.items() if _plain(v)}
+    return json.dumps({"type": type(exc).__name__, "message": str(exc), "fields": fields})
+
+
+def _plain(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _error(text: str) -> ZooError:
-    """The zoo error a worker reported in its output row, raised again here."""
+    """The zoo error a worker reported in its output row, raised again here, fields and all."""
     from zoo import errors
 
     reported = json.loads(text)
     kind = getattr(errors, reported["type"], None)
     if not (isinstance(kind, type) and issubclass(kind, ZooError)):
-        kind = EngineError
-    return kind(reported["message"])
+        return EngineError(reported["message"])
+    try:
+        return kind(reported["message"], **reported.get("fields", {}))
+    except TypeError:  # fields this zoo's class does not take
+        return kind(reported["message"])
 
 
 def _check_reachable(address: str | None) -> None:
@@ -245,7 +253,7 @@ class _ChunkWorker:
     def __init__(self, source: Any, extractor: Any, model: bytes | None, threads: int) -> None:
         self.source, self.extractor, self.error = source, None, ""
         try:
-            for path in _paths(source):
+            for path in source.paths():
                 if not path.exists():
                     import ray
 
@@ -256,7 +264,7 @@ class _ChunkWorker:
                     )
             self.extractor = _local_extractor(extractor, model, threads)
         except ZooError as exc:
-            self.error = json.dumps({"type": type(exc).__name__, "message": str(exc)})
+            self.error = _reported(exc)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows: dict[str, list] = {"lo": [], "consumed": [], "features": [], "skipped": [], "error": []}
@@ -266,7 +274,7 @@ class _ChunkWorker:
                 try:
                     first, consumed, blob, skipped = self._chunk(int(lo), int(hi))
                 except ZooError as exc:
-                    error = json.dumps({"type": type(exc).__name__, "message": str(exc)})
+                    error = _reported(exc)
             for name, value in zip(rows, (first, consumed, blob, json.dumps(skipped), error)):
                 rows[name].append(value)
         return {
@@ -278,8 +286,6 @@ class _ChunkWorker:
         }
 
     def _chunk(self, lo: int, hi: int) -> tuple[int, int, bytes, list[dict]]:
-        from zoo.features import _run
-
         chunks = self.source.chunks(lo, hi - lo)
         try:
             first, inputs, skipped = next(chunks)
@@ -289,19 +295,9 @@ class _ChunkWorker:
         rows = self.source.rows(inputs)  # a dict of named inputs counts its samples, not its keys
         if rows:
             buffer = io.BytesIO()
-            np.save(buffer, _run(self.extractor, inputs, rows), allow_pickle=False)
+            np.save(buffer, run_extractor(self.extractor, inputs, rows), allow_pickle=False)
             blob = buffer.getvalue()
         return first, rows + len(skipped), blob, skipped
-
-
-def _paths(source: Any) -> list[Path]:
-    """The files or folders a source reads from (none for an array in memory)."""
-    found = [getattr(source, name, None) for name in ("path", "root")]
-    files = getattr(source, "files", None) or []
-    if isinstance(files, dict):  # named inputs: their .npy readers
-        files = [reader.path for reader in files.values()]
-    found += list(files)[:1]
-    return [Path(p) for p in found if p is not None]
 
 
 def _local_extractor(extractor: Any, model: bytes | None, threads: int) -> Any:
@@ -312,13 +308,5 @@ def _local_extractor(extractor: Any, model: bytes | None, threads: int) -> Any:
         return extractor
     extractor.threads = threads  # the copy unpickled in this actor, not the caller's
     if model is not None and not extractor.model_path.is_file():
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        # Extractor opens its session from model_path; on a node without that file, open it here.
-        extractor._session = ort.InferenceSession(
-            model, options, providers=extractor.providers or ["CPUExecutionProvider"]
-        )
+        extractor.open_session(model)  # a node without the cut file: the model comes from its bytes
     return extractor

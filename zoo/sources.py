@@ -2,7 +2,8 @@
 
 A sync sends the ETag of the last one (`If-None-Match`); 304 means nothing changed. An index is
 parsed and validated completely before the catalog is touched, and each source's update is one
-transaction, so a malformed index or a failed download leaves the catalog as it was.
+transaction (`apply_index`, on the catalog's public methods), so a malformed index or a failed
+download leaves the catalog as it was. The catalog keeps only the sources' rows.
 """
 from __future__ import annotations
 
@@ -10,23 +11,38 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from zoo._redact import mask_secrets, mask_url
-from zoo.errors import FetchError, IndexFormatError, OfflineError, UnknownSourceError, ZooError
+from zoo.errors import DuplicateModelError, FetchError, IndexFormatError, OfflineError, UnknownSourceError, ZooError
 
 if TYPE_CHECKING:
-    from zoo.catalog import Catalog, SourceInfo, SyncStats
+    from zoo.catalog import Catalog, SourceInfo
     from zoo.records import Model
+    from zoo.signing import Signer
 
 BUILTIN_SCHEME = "builtin:"
 RESERVED = ("local",)  # the source of models added with `zoo add`/`zoo scan`
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TIMEOUT = (10, 60)  # connect, read (seconds)
 MAX_INDEX_BYTES = 64 << 20
+
+
+@dataclass
+class SyncStats:
+    """What a source sync changed."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    marked: list[str] = field(default_factory=list)  # removed upstream but fetched: kept, marked
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"added": self.added, "updated": self.updated, "removed": self.removed,
+                "marked": self.marked}
 
 
 @dataclass
@@ -164,37 +180,139 @@ def _parse(name: str, url: str, data: bytes) -> list[Model]:
     return parse_index(data, source=name, remote=remote)
 
 
-def add_source(name: str, url: str, *, sync: bool = True,
+def apply_index(cat: Catalog, source: str, models: list[Model]) -> SyncStats:
+    """Make the catalog's models of `source` match an index's `models`, in one transaction.
+
+    New entries are added and changed ones replaced, keeping what zoo added to them: the local
+    paths and hashes of fetched files, and converted ONNX models. Entries gone from the index are
+    deleted, or kept and marked `removed_upstream` when their files were fetched.
+
+    Raises:
+        DuplicateModelError: the index lists a name the catalog has from another source.
+    """
+    stats = SyncStats()
+    with cat.batch():
+        existing = {m.name: m for m in cat.search(source=source, limit=None)}
+        for model in models:
+            model.source = source
+            old = existing.get(model.name)
+            if old is None:
+                if cat.exists(model.name):
+                    raise DuplicateModelError(
+                        f"source {source!r} lists {model.name!r}, which the catalog already has "
+                        f"from {cat.get(model.name).source!r}; rename one of them"
+                    )
+                cat.add_model(model)
+                stats.added.append(model.name)
+                continue
+            kept = _keeping_local_files(old, model)
+            if kept.to_dict() != old.to_dict():
+                cat.add_model(kept, replace=True)
+                stats.updated.append(model.name)
+            if "publisher" in old.signature and _published(kept) != _published(old):
+                # Other files or another signature upstream: what was verified is not what is listed.
+                cat.record_signature(model.name, "publisher", None)
+        wanted = {m.name for m in models}
+        for name, old in existing.items():
+            if name in wanted:
+                continue
+            if not any(a.path for a in old.artifacts):
+                cat.remove_model(name)
+                stats.removed.append(name)
+            elif not old.removed_upstream:
+                cat.update_model(name, removed_upstream=True)
+                stats.marked.append(name)
+    return stats
+
+
+def _keeping_local_files(old: Model, new: Model) -> Model:
+    """The index's new entry with what zoo added to the old one: fetched files' paths and hashes
+    (when the index gives none), converted models and zoo's own signatures, and the signature
+    checks (`apply_index` forgets the publisher's when what it vouched for changed)."""
+    local = {(a.role, a.filename): a for a in old.artifacts}
+    artifacts = []
+    for artifact in new.artifacts:
+        mine = local.pop((artifact.role, artifact.filename), None)
+        if mine is not None and mine.path and artifact.path is None:
+            artifact = replace(artifact, path=mine.path, sha256=mine.sha256)
+        artifacts.append(artifact)
+    artifacts += [a for key, a in local.items() if key[0] == "onnx" or a.meta.get("by") == "zoo"]
+    return replace(new, artifacts=artifacts, removed_upstream=False, signature=dict(old.signature))
+
+
+def _published(model: Model) -> list[tuple]:
+    """What a publisher's signature vouches for: each listed file's name, origin and checksum, and the
+    signature file itself with its signer (a change means the last check no longer applies)."""
+    return sorted((a.role, a.filename, tuple(a.urls), a.checksum, repr(a.meta.get("signer")))
+                  for a in model.artifacts if a.role != "onnx" and a.meta.get("by") != "zoo")
+
+
+def add_source(name: str, url: str, *, sync: bool = True, require_signature: bool | None = None,
+               signer: Signer | dict[str, Any] | None = None,
                catalog: str | os.PathLike | Catalog | None = None) -> SyncReport:
     """Register a zoo index at `url` (http(s)://, file:// or a path) as source `name`.
 
     With `sync` (the default) the index is downloaded and validated first: if that fails,
     nothing is registered. Adding an existing name again changes its URL.
 
+    Args:
+        name: the source's name (letters, digits, ``. _ -``).
+        url: the index: http(s)://, file:// or a path.
+        sync: download and apply the index now.
+        require_signature: refuse (at fetch) any of its models whose signature is missing or
+            does not verify; None keeps the source's current policy.
+        signer: who must have signed its models (a `zoo.signing.Signer` or its dict: public key,
+            certificate chain, Sigstore identity), overriding what the index says; None keeps it.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        The sync's report (status, models added, updated, removed, marked).
+
+    Raises:
+        ZooError: a reserved or malformed name, or a built-in source's name.
+        FetchError: the index cannot be downloaded; IndexFormatError: it is malformed.
+
     >>> zoo.add_source("acme", "https://models.acme.org/zoo.json")   # doctest: +SKIP
+    >>> zoo.add_source("acme", URL, require_signature=True,
+    ...                signer=Signer.from_files(key="acme.pub"))      # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
+    from zoo.signing import Signer
 
     _check_name(name)
+    pinned = None
+    if signer is not None:
+        pinned = (signer if isinstance(signer, Signer) else Signer.from_dict(signer)).to_dict()
+    policy = {"require_signature": require_signature, "signer": pinned}
     cat = open_catalog(catalog)
     existing = {s.name: s for s in cat.sources()}.get(name)
     if existing is not None and existing.url.startswith(BUILTIN_SCHEME) and existing.url != url:
         raise ZooError(f"source {name!r} is one of zoo's built-in zoos; choose another name")
     url = _normalise_url(url.strip())
     if not sync:
-        cat.add_source(name, url)
+        cat.add_source(name, url, **policy)
         return SyncReport(name, url, "added")
     data, etag = _download(name, url, None)
     models = _parse(name, url, data)
     with cat.batch():
-        cat.add_source(name, url)
-        stats = cat.replace_source_models(name, models)
+        cat.add_source(name, url, **policy)
+        stats = apply_index(cat, name, models)
         cat.update_source(name, etag=etag, synced_at=time.time())
     return SyncReport(name, url, "synced", stats, etag)
 
 
 def list_sources(*, catalog: str | os.PathLike | Catalog | None = None) -> list[SourceInfo]:
-    """The sources the catalog follows, with their URL, ETag, last sync time and model count."""
+    """The sources the catalog follows, with their URL, ETag, last sync time and model count.
+
+    Args:
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        One `SourceInfo` per source, by name.
+
+    Raises:
+        CatalogError: the catalog cannot be opened or read.
+    """
     from zoo.catalog import open_catalog
 
     return open_catalog(catalog).sources()
@@ -207,7 +325,7 @@ def _sync_one(cat: Catalog, source: SourceInfo, force: bool = False) -> SyncRepo
         return SyncReport(source.name, source.url, "unchanged", etag=etag)
     models = _parse(source.name, source.url, data)  # everything is validated before the catalog is touched
     with cat.batch():
-        stats = cat.replace_source_models(source.name, models)
+        stats = apply_index(cat, source.name, models)
         cat.update_source(source.name, etag=etag, synced_at=time.time())
     return SyncReport(source.name, source.url, "synced", stats, etag)
 
@@ -220,6 +338,18 @@ def sync_sources(name: str | None = None, *, force: bool = False,
     were fetched. `force` downloads and applies the index even if its ETag says it is unchanged
     (e.g. to restore entries removed with `zoo rm`). Syncing one named source raises its error;
     syncing all reports each source's error in its `SyncReport` and goes on with the others.
+
+    Args:
+        name: one source to sync; None syncs every source.
+        force: apply the index even when its ETag says it is unchanged.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        One `SyncReport` per source synced.
+
+    Raises:
+        UnknownSourceError: `name` is not registered.
+        FetchError, IndexFormatError: syncing the one named source failed.
     """
     from zoo.catalog import open_catalog
 
@@ -236,13 +366,29 @@ def sync_sources(name: str | None = None, *, force: bool = False,
 
 
 def remove_source(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> SyncStats:
-    """Forget a source and its models, keeping (marked `removed_upstream`) the ones fetched."""
+    """Forget a source and its models, keeping (marked `removed_upstream`) the ones fetched.
+
+    Args:
+        name: the source's name.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        What happened to its models: removed, or kept and marked when fetched.
+
+    Raises:
+        UnknownSourceError: `name` is not registered (or is "local").
+    """
     from zoo.catalog import open_catalog
 
     if name in RESERVED:
         raise UnknownSourceError(f"{name!r} is not a source but zoo's name for models added with "
                                  "`zoo add`; remove those with `zoo rm NAME`")
-    return open_catalog(catalog).remove_source(name)
+    cat = open_catalog(catalog)
+    with cat.batch():
+        cat.get_source(name)  # an unknown name is an error naming the registered ones
+        stats = apply_index(cat, name, [])
+        cat.delete_source(name)
+    return stats
 
 
-__all__ = ["SyncReport", "add_source", "list_sources", "remove_source", "sync_sources"]
+__all__ = ["SyncReport", "SyncStats", "add_source", "apply_index", "list_sources", "remove_source", "sync_sources"]

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.cache import model_folder, write_atomic
+from zoo.atomic import write_atomic
+from zoo.cache import model_folder
 from zoo.errors import DuplicateModelError, InputError, ZooError
 from zoo.records import Artifact, Model, check_name
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import onnx
 
     from zoo.catalog import Catalog
+    from zoo.lineage import Lineage
 
 OPSET = 17
 TOLERANCE = 1e-4  # of the output's scale: the ONNX model must match torch this closely
@@ -69,10 +71,23 @@ def model_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     return model_folder(name, cache_dir) / f"{name}.onnx"
 
 
+def own_model(name: str, module: Any, **fields: Any) -> Model:
+    """The catalog record of a model zoo made from `module`: an ONNX model of source "local".
+
+    `fields` are the rest of the `Model` (task, description, input, meta...); the parameter count
+    is the module's.
+    """
+    parameters = int(sum(p.numel() for p in module.parameters()))
+    return Model(name=name, framework="onnx", format="onnx", source="local", parameters=parameters, **fields)
+
+
 def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLike | Catalog | None = None,
              path: str | os.PathLike | None = None, replace: bool = False,
-             cache_dir: str | os.PathLike | None = None) -> Model:
-    """Write `model` (atomically) and add `record` to the catalog with the file as its "model" artifact."""
+             cache_dir: str | os.PathLike | None = None, lineage: Lineage | None = None) -> Model:
+    """Write `model` (atomically) and add `record` to the catalog with the file as its "model" artifact.
+
+    `lineage` (how the model was made; its sha256 is set here) goes in the artifact's meta.
+    """
     from dataclasses import replace as _replace
 
     from zoo.catalog import open_catalog
@@ -82,9 +97,14 @@ def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLik
     target = Path(path) if path else model_path(record.name, cache_dir)
     content = model.SerializeToString()
     write_atomic(target, content)
+    sha256 = hashlib.sha256(content).hexdigest()
+    meta = {}
+    if lineage is not None:
+        lineage.sha256 = sha256
+        meta["lineage"] = lineage.to_dict()
     artifact = Artifact(role="model", filename=target.name, path=str(target.absolute()), size=len(content),
-                        sha256=hashlib.sha256(content).hexdigest(), checksum=None)
+                        sha256=sha256, checksum=None, meta=meta)
     return cat.add_model(_replace(record, artifacts=[artifact]), replace=replace)
 
 
-__all__ = ["check_new_name", "export_onnx", "model_path", "register"]
+__all__ = ["check_new_name", "export_onnx", "model_path", "own_model", "register"]

@@ -11,26 +11,35 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from zoo.errors import InputError
 from zoo._threads import torch_threads
+from zoo.datasources import array_fingerprint
+from zoo.errors import InputError, UnfreezeDepthError
+from zoo.lineage import training_lineage
+from zoo.options import ExtractorOptions, TrainingConfig
 
 if TYPE_CHECKING:
     import torch
 
     from zoo.catalog import Catalog
+    from zoo.lineage import Lineage
     from zoo.records import InputSpec, Model
 
 __all__ = [
     "FitResult",
+    "Prepared",
     "TrainResult",
     "fit_head",
+    "load_labels",
     "make_head",
+    "prepare",
     "save_model",
+    "compose",
     "fine_tune_parts",
     "train",
     "transfer_model",
 ]
 
+DEFAULT_LR = 1e-3  # Adam's step size when the TrainingConfig leaves it to the trainer
 # Features smaller than this are loaded into RAM once; larger ones are read a batch at a time
 # from the memory map, so the cache never has to fit in memory.
 IN_MEMORY_BYTES = 256 << 20
@@ -194,44 +203,45 @@ def _evaluate(head: Any, rows: _Rows, y: torch.Tensor, base: Any, batch_size: in
 def fit_head(
     features: Any,
     labels: Any,
+    config: TrainingConfig | None = None,
     *,
     head: Any = None,
-    hidden: Sequence[int] = (),
     base: Any = None,
-    epochs: int = 20,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    val_fraction: float = 0.2,
     validation: tuple[Any, Any] | None = None,
-    patience: int | None = 5,
-    seed: int = 0,
-    threads: int | None = None,
-    progress: bool = False,
 ) -> FitResult:
     """Train the trainable layers on cached outputs of the frozen ones (the seed's loop).
 
     Every epoch shuffles the training rows; each batch of cached features and targets feeds
     `head` (a new one from :func:`make_head` when None); the rows held out for validation
-    (`val_fraction`, stratified, or an explicit `validation=(features, labels)`) pick the best
-    epoch and stop training after `patience` epochs without improvement.
+    (``config.val_fraction``, stratified, or an explicit `validation`) pick the best epoch and
+    stop training after ``config.patience`` epochs without improvement.
 
-    With `base` (a frozen torch module), `features` are raw inputs and every batch goes through
-    `base` first: the costly way this cache avoids, kept as the reference it must equal.
+    Args:
+        features: one row per sample (an array, or the memory map `zoo.cache_features` returns).
+        labels: one class label per row, any values (``FitResult.classes`` maps them back).
+        config: epochs, batch size, learning rate, hidden layers of a new head, validation
+            share, patience, seed, threads (`zoo.TrainingConfig`; its defaults when None).
+        head: the torch module to train; a new one from :func:`make_head` when None.
+        base: a frozen torch module: `features` are then raw inputs and every batch goes through
+            it first, the costly way the cache avoids, kept as the reference it must equal.
+        validation: ``(features, labels)`` to validate on instead of holding rows out.
+
+    Returns:
+        The trained head (with its best epoch's weights) and the history of every epoch.
+
+    Raises:
+        InputError: labels and rows disagree, a single class, or a head with nothing to train.
 
     >>> result = zoo.fit_head(zoo.cache_features(extractor, "x.npy"), np.load("y.npy"))  # doctest: +SKIP
     >>> result.val_accuracy, result.best_epoch                                        # doctest: +SKIP
     """
     import torch
 
+    config = config or TrainingConfig(progress=False)
     if len(labels) != len(features):
         raise InputError(
             f"{len(labels)} labels for {len(features)} rows of data; give exactly one label per row"
         )
-    if epochs < 1 or batch_size < 1:
-        raise InputError(f"epochs={epochs} and batch_size={batch_size} must both be at least 1")
-    if not 0 <= val_fraction < 1:
-        raise InputError(f"val_fraction={val_fraction} must be in [0, 1)")
     classes, y = _encode(labels)
     if len(classes) < 2:
         raise InputError(f"the labels hold a single class ({classes.tolist()}); a classifier needs at least 2")
@@ -242,8 +252,8 @@ def fit_head(
             raise InputError(f"{len(val_labels)} validation labels for {len(val_features)} rows; give one per row")
         _, val_y = _encode(val_labels, classes)
         val_rows = _Rows(val_features, np.arange(len(val_y)))
-    elif val_fraction > 0 and np.bincount(y).max() > 1:
-        train_idx, val_idx = _split(y, val_fraction, seed)
+    elif config.val_fraction > 0 and np.bincount(y).max() > 1:
+        train_idx, val_idx = _split(y, config.val_fraction, config.seed)
         val_y = y[val_idx]
         val_rows = _Rows(features, val_idx)
     else:  # no validation asked for, or no class has a row to spare for it
@@ -258,32 +268,29 @@ def fit_head(
         with torch.no_grad():
             sample = train_rows.take(torch.arange(1))
             width = int(np.prod((base(sample) if base is not None else sample).shape[1:]))
-        head = make_head(width, len(classes), hidden, seed=seed)
+        head = make_head(width, len(classes), config.hidden, seed=config.seed)
     params = [p for p in head.parameters() if p.requires_grad]
     if not params:
         raise InputError("the head has no trainable parameters; unfreeze some or pass a new head")
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    with torch_threads(sum(p.numel() for p in params), threads):
-        return _train_loop(
-            head, base, optimizer, generator, train_rows, train_y, val_rows, val_target,
-            classes, epochs, batch_size, patience, progress,
-        )
+    optimizer = torch.optim.Adam(params, lr=config.lr or DEFAULT_LR, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch_threads(sum(p.numel() for p in params), config.threads):
+        return _train_loop(head, base, optimizer, generator, (train_rows, train_y), (val_rows, val_target),
+                           classes, config)
 
 
-def _train_loop(
-    head, base, optimizer, generator, train_rows, train_y, val_rows, val_target,
-    classes, epochs, batch_size, patience, progress,
-) -> FitResult:
+def _train_loop(head, base, optimizer, generator, train, validation, classes, config: TrainingConfig) -> FitResult:
     import torch
     from torch.nn import functional as F
     from tqdm import tqdm
 
+    (train_rows, train_y), (val_rows, val_target) = train, validation
+    epochs, batch_size, patience = config.epochs, config.batch_size, config.patience
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state, stale = float("inf"), 0, None, 0
     stopped_early = False
     start = time.perf_counter()
-    quiet = not progress or not sys.stderr.isatty()  # no bar in logs and pipes
+    quiet = not config.progress or not sys.stderr.isatty()  # no bar in logs and pipes
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=quiet, leave=False):
         head.train()
         order = torch.randperm(len(train_rows), generator=generator)
@@ -345,7 +352,8 @@ def trainable_head(top: Any, head: Any, pool: Any = None):
     return nn.Sequential(parts)
 
 
-def _compose(base: Any, head: Any, pool: Any = None):
+def compose(base: Any, head: Any, pool: Any = None):
+    """One module: the frozen base, the global pooling (if any) and the head (``base``, ``pool``, ``head``)."""
     from collections import OrderedDict
 
     from torch import nn
@@ -362,12 +370,6 @@ def _pool_module(pooling: str | None, extractor: Any):
     from zoo.pooling import pool_module
 
     return pool_module(pooling, getattr(extractor.input_spec, "layout", None))
-
-
-def _load_extractor(name: str, layer: Any, catalog: Any, cache_dir: Any = None, **options: Any):
-    from zoo.extract import load_extractor
-
-    return load_extractor(name, layer=layer, catalog=catalog, cache_dir=cache_dir, **options)
 
 
 def transfer_model(
@@ -390,32 +392,49 @@ def transfer_model(
     (BatchNorm in eval mode) except its top `unfreeze` blocks (a conv/linear layer with its
     BatchNorm, Scale and activation), or every block above the cut point `unfreeze` names
     (``unfreeze="res4f"``); the default ``layer=-2`` drops the old output layer, which the head
-    replaces. Prints how many parameters train (``verbose=False``: quiet).
+    replaces. Prints how many parameters train.
+
+    Args:
+        name: the base model (cataloged name or ONNX file).
+        layer: where to cut it.
+        head: the new head; None makes one for `num_classes` with `hidden` layers (seeded by `seed`).
+        num_classes, hidden, seed: the new head's shape and initialisation.
+        unfreeze: top blocks of the base left trainable, or the cut point above which they are.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+        pooling: "avg" or "max" global pooling of a 4-D cut.
+        verbose: print how many parameters train (to stderr); False is quiet.
+
+    Returns:
+        ``nn.Sequential(base=..., head=...)``.
+
+    Raises:
+        InputError: neither a head nor a number of classes, a negative `unfreeze`, or one
+            naming no cut point of the base.
+        UnknownLayerError: the layer is not in the model.
 
     >>> model = zoo.transfer_model("bvlc_alexnet", layer="fc7", num_classes=10, unfreeze=1)  # doctest: +SKIP
     """
+    from zoo.extract import load_extractor
+
     if head is None and num_classes is None:
         raise InputError("give the new head (head=nn.Module) or the number of classes (num_classes=N)")
     _check_unfreeze(unfreeze)
-    extractor = _load_extractor(name, layer, catalog, pooling=pooling)
-    base = extractor.to_torch()
+    extractor = load_extractor(name, layer, ExtractorOptions(pooling=pooling), catalog=catalog)
+    base = extractor.to_torch()  # pools as the extractor does
     if unfreeze:
         base.unfreeze(unfreeze, verbose=False)
     if head is None:
         width = int(np.prod([d for d in extractor.output_shape[1:]]))
         head = make_head(width, num_classes, hidden, seed=seed)
-    model = _compose(base, head)
+    model = compose(base, head)
     if verbose:
         print(trainable_summary(model, base), file=sys.stderr)
     return model
 
 
 def _check_unfreeze(unfreeze: int | str) -> None:
-    if isinstance(unfreeze, str):
-        if not unfreeze.strip():
-            raise InputError("unfreeze='' names no layer; give a count of blocks (1) or a cut point ('res4f')")
-    elif unfreeze < 0:
-        raise InputError(f"unfreeze={unfreeze} must be 0 or more blocks, or the name of a cut point")
+    """A count of blocks (0 or more) or a layer name; TrainingConfig is where that is checked."""
+    TrainingConfig(unfreeze=unfreeze)
 
 
 def trainable_summary(model: Any, base: Any = None) -> str:
@@ -442,34 +461,29 @@ def save_model(
     meta: dict[str, Any] | None = None,
     replace: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    lineage: Lineage | None = None,
 ) -> Model:
     """Export a torch model to ONNX and register it in the catalog as your own model.
 
     The file goes to `path` (default ``<cache>/models/<name>/<name>.onnx``); the catalog entry
     has framework "onnx", source "local" and one artifact with role "model". `input_spec` (the
     base's) keeps its preprocessing (mean, std, resize, crop...) so images reach the new model
-    as they reached the base.
+    as they reached the base. `lineage` says how it was made (`zoo.lineage.training_lineage`).
     """
     from dataclasses import replace as _replace
 
-    from zoo.records import InputSpec, Model
-    from zoo.torch_models import check_new_name, export_onnx, register
+    from zoo.records import InputSpec
+    from zoo.torch_models import check_new_name, export_onnx, own_model, register
 
     check_new_name(name, catalog, replace, example="my-model")
-    record = Model(
-        name=name,
-        framework="onnx",
-        format="onnx",
-        task="classification",
-        source="local",
-        description=description,
+    record = own_model(
+        name, model, task="classification", description=description,
         input=_replace(input_spec or InputSpec(), name="input", shape=[None, *input_shape], dtype="float32",
                        layout=layout or (input_spec.layout if input_spec else None)),
-        parameters=int(sum(p.numel() for p in model.parameters())),
         meta={"trained_by": "zoo", **({"classes": list(classes)} if classes is not None else {}), **(meta or {})},
     )
     return register(export_onnx(model, input_shape), record, catalog=catalog, path=path, replace=replace,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, lineage=lineage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,38 +522,42 @@ def fine_tune_parts(
     """
     from converters.onnx_to_torch import to_torch
     from zoo.extract import layers as list_layers
+    from zoo.extract import load_extractor
 
     _check_unfreeze(unfreeze)
     if not unfreeze:
         raise InputError(f"unfreeze={unfreeze!r}: fine-tuning needs at least one block to unfreeze")
-    extractor = _load_extractor(name, layer, catalog, cache_dir)
+    extractor = load_extractor(name, layer, catalog=catalog, cache_dir=cache_dir)
     full = extractor.to_torch()
     all_layers = list_layers(name, catalog=catalog, cache_dir=cache_dir)
-    output = extractor.meta["outputs"][0]
+    output = extractor.meta.outputs[0]
     target = next(info for info in all_layers if info.output == output)
     if isinstance(unfreeze, str):
         low = next((info for info in all_layers if info.name == unfreeze), None)
         cuts = [info.name for info in all_layers if info.is_cut_point and info.index < target.index]
         if low is None or not low.is_cut_point or low.index >= target.index:
-            raise InputError(
+            error = InputError if low is None else UnfreezeDepthError  # a sweep skips the latter's row
+            raise error(
                 f"unfreeze={unfreeze!r} is not a cut point below {target.name} in {name}; cut points: "
                 f"{', '.join(cuts[-8:]) or 'none'} (zoo layers {name})"
             )
-        chosen = full._layers_above(low.output)
+        chosen = full.layers_above(low.output)
     else:
-        if unfreeze > len(full.blocks):
-            raise InputError(
-                f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {len(full.blocks)} blocks "
+        blocks = len(full.blocks)
+        if unfreeze > blocks:
+            raise UnfreezeDepthError(
+                f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {blocks} blocks "
                 f"(a conv/linear layer with its BatchNorm/Scale/activation); choose --unfreeze between 0 "
-                f"and {len(full.blocks)}, or a cut point"
+                f"and {blocks}, or a cut point", unfreeze=unfreeze, layers=blocks,
             )
-        chosen = [node for block in full.blocks[len(full.blocks) - unfreeze:] for node in block.layers]
+        chosen = [node for block in full.blocks[blocks - unfreeze:] for node in block.layers]
         lowest = next(info for info in all_layers if chosen[0] in info.nodes)
         below = [info for info in all_layers if info.index < lowest.index and info.is_cut_point]
         if not below:
-            raise InputError(
+            raise UnfreezeDepthError(
                 f"unfreeze={unfreeze} unfreezes every block of {name} up to {target.name}: nothing stays "
-                f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)"
+                f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)",
+                unfreeze=unfreeze, layers=blocks,
             )
         low = below[-1]
     top = to_torch(_segment(extractor.cut_model, low.output, low.shape))
@@ -575,98 +593,203 @@ def _segment(model: Any, start: str, shape: list | None) -> Any:
     return out
 
 
-def train(
+@dataclass
+class Prepared:
+    """One cut made ready to train at: its features cached, its labels, and what trains on them.
+
+    With ``unfreeze=0`` the features are the cut layer's and only a new head trains; with
+    ``unfreeze=k`` they are cached below the top k blocks (`cut`; ``unfreeze="res4f"``: at that
+    cut point), and `top`, those blocks as a torch module, trains with the head.
+    """
+
+    name: str
+    layer: Any  # the cut asked for
+    cut: Any  # where the features were cached
+    extractor: Any  # the frozen part, cut at `cut` (zoo.extract.Extractor)
+    cached: Any  # its features (zoo.features.CachedFeatures)
+    labels: np.ndarray  # one per cached row
+    top: Any = None  # the unfrozen layers (a torch module), or None
+    pool: Any = None  # the head's global pooling when the cut is pooled above the cache, else None
+    seconds: float = 0.0  # spent caching
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.unique(self.labels)
+
+    def trainable(self, training: TrainingConfig) -> Any:
+        """What trains on the cached features: a new head (its hidden layers and seed from
+        `training`), after the unfrozen layers and the pooling when there are any."""
+        features = self.cached.features
+        if self.top is None:
+            width = int(np.prod(features.shape[1:]))
+        else:
+            width = _width(self.top if self.pool is None else trainable_head(self.top, self.pool), features)
+        head = make_head(width, len(self.classes), training.hidden, seed=training.seed)
+        return head if self.top is None else trainable_head(self.top, head, self.pool)
+
+    def module(self, fit: FitResult) -> Any:
+        """The whole trained model: the frozen base (pooling as its extractor does) and the trained layers."""
+        return compose(self.extractor.to_torch(), fit.head)
+
+    def parameter_counts(self, trainable: Any) -> tuple[int, int]:
+        """(parameters that train, all parameters of the model) for `trainable` on this cut."""
+        trained = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.extractor.to_torch().parameters())
+        return trained, frozen + sum(p.numel() for p in trainable.parameters())
+
+
+def prepare(
     name: str,
     data: Any,
-    labels: Any,
+    labels: Any = None,
     *,
-    layer: str | int = -2,
-    new_name: str,
-    unfreeze: int | str = 0,
-    hidden: Sequence[int] = (),
-    epochs: int = 20,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    val_fraction: float = 0.2,
-    patience: int | None = 5,
-    seed: int = 0,
+    extractor: ExtractorOptions | None = None,
+    training: TrainingConfig | None = None,
+    engine: Any = "local",
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
-    replace: bool = False,
-    on_error: str = "skip",
-    progress: bool = True,
-    preprocess: bool | None = None,
-    pooling: str | None = None,
-    device: str | Sequence[Any] | None = None,
-) -> TrainResult:
-    """Cache `data` through `name` cut at `layer`, train a head (and the top `unfreeze` blocks), save.
+) -> Prepared:
+    """Cache `data` through `name` where training starts, and pair the cached rows with labels.
 
-    The trained model (frozen base + trained layers) is registered as `new_name`, exported to
-    ONNX. With ``unfreeze=k`` the features are cached below the top k blocks of the base (a
-    block: a conv/linear layer with its BatchNorm, Scale and activation), with ``unfreeze="res4f"``
-    at that cut point; those blocks train with the head on the cached outputs. How many
-    parameters train is printed (with `progress`) and kept in the result.
+    The shared first half of `train` and `zoo.sweep`: cut at ``extractor.layer``, or with
+    ``training.unfreeze = k`` at the last cut point below the top k blocks (which then train
+    too; ``unfreeze="res4f"``: at that cut point); cache the data's features there (reused when cached); drop the labels of
+    unreadable images.
 
-    `data` is a .npy path or array (model-ready unless ``preprocess=True``: raw pixels), a folder
-    with one sub-folder per class (its labels), or a flat folder, image file or list of image
-    paths with `labels`; image files get the model's InputSpec unless ``preprocess=False``.
-    ``pooling="avg"|"max"`` pools the cut's spatial axes before the head; `device` runs the
-    frozen layers on an onnxruntime device ("cpu", "cuda", "cuda:1"; see :func:`zoo.load_extractor`).
+    Args:
+        name: the base model (cataloged name or ONNX file).
+        data: a `zoo.DataSource` or anything `zoo.as_source` takes; a folder with one sub-folder
+            per class brings its own labels.
+        labels: one label per input (array or ``.npy`` path); None for a class folder.
+        extractor: the cut layer and how the frozen layers run (`zoo.ExtractorOptions`).
+        training: ``unfreeze`` and ``progress`` are read here (`zoo.TrainingConfig`).
+        engine: where the features are computed ("local", "ray" or a `zoo.Engine`).
+        catalog: the catalog the base model is in.
+        cache_dir: the cache folder.
+
+    Returns:
+        A `Prepared` cut: `trainable` makes what trains, `module` the whole model after.
+
+    Raises:
+        InputError: labels missing or not one per input; `unfreeze` too deep for the cut.
     """
-    from zoo.catalog import open_catalog
+    from zoo.extract import load_extractor
     from zoo.features import extract_features
 
-    from zoo.torch_models import check_new_name
-
-    cat = open_catalog(catalog)
-    check_new_name(new_name, cat, replace, example="my-model")
-    labels = None if labels is None else _load_labels(labels)
+    extractor = extractor or ExtractorOptions()
+    training = training or TrainingConfig()
+    labels = None if labels is None else load_labels(labels)
     data_len = _length(data)
     if labels is not None and data_len is not None and len(labels) != data_len:
         raise InputError(f"{len(labels)} labels for {data_len} rows of data; give exactly one label per row")
-    if labels is None and not (isinstance(data, (str, os.PathLike)) and Path(data).is_dir()):
+    if labels is None and not _brings_labels(data):
         raise InputError("labels are missing; give one label per row (`--labels y.npy`), or an image folder")
-    _check_unfreeze(unfreeze)
-    cut, top = (layer, None) if not unfreeze else fine_tune_parts(name, layer, unfreeze, catalog=cat,
-                                                                   cache_dir=cache_dir)
-    # Pooling belongs to the cut layer: cached features are pooled only when cached at it.
-    extractor = _load_extractor(name, cut, cat, cache_dir, preprocess=preprocess, device=device,
-                                pooling=pooling if top is None else None)
-    cached = extract_features(extractor, data, cache_dir=cache_dir, progress=progress, on_error=on_error)
-    if cached.skipped and progress:
-        print(f"skipped {len(cached.skipped)} unreadable files, e.g. {cached.skipped[0]['path']}", file=sys.stderr)
-    labels = _labels_for(cached, labels)
-    classes = np.unique(labels)
-    pool = _pool_module(pooling, extractor)
-    if top is None:
-        width = int(np.prod(cached.features.shape[1:]))
+    if not training.unfreeze:
+        cut, top = extractor.layer, None
     else:
-        width = _width(top if pool is None else trainable_head(top, pool), cached.features)
-    head = make_head(width, len(classes), hidden, seed=seed)
-    trainable = head if top is None else trainable_head(top, head, pool)
-    base = extractor.to_torch()  # the frozen part; with `top`, the layers up to where the cache is
-    counts = _parameter_counts(base, trainable)
-    if progress and sys.stderr.isatty():  # as the progress bars: not in logs and pipes (`zoo train` says it)
+        cut, top = fine_tune_parts(name, extractor.layer, training.unfreeze, catalog=catalog, cache_dir=cache_dir)
+    # Pooling belongs to the cut layer: cached features are pooled only when cached at it.
+    frozen = load_extractor(name, cut, extractor.replace(pooling=extractor.pooling if top is None else None),
+                            catalog=catalog, cache_dir=cache_dir)
+    started = time.perf_counter()
+    cached = extract_features(frozen, data, cache_dir=cache_dir, progress=training.progress, engine=engine)
+    seconds = time.perf_counter() - started
+    if cached.skipped and training.progress:
+        print(f"skipped {len(cached.skipped)} unreadable files, e.g. {cached.skipped[0]['path']}", file=sys.stderr)
+    return Prepared(name=name, layer=extractor.layer, cut=cut, extractor=frozen, cached=cached,
+                    labels=_labels_for(cached, labels), top=top,
+                    pool=None if top is None else _pool_module(extractor.pooling, frozen),
+                    seconds=seconds)
+
+
+def _brings_labels(data: Any) -> bool:
+    """Data whose labels come with it: a folder (of class sub-folders), or a source that has them."""
+    from zoo.datasources import is_source
+
+    if is_source(data):
+        return data.labels is not None or bool(getattr(data, "root", None))
+    return isinstance(data, (str, os.PathLike)) and Path(data).is_dir()
+
+
+def train(
+    name: str,
+    data: Any,
+    labels: Any = None,
+    *,
+    new_name: str,
+    extractor: ExtractorOptions | None = None,
+    training: TrainingConfig | None = None,
+    engine: Any = "local",
+    replace: bool = False,
+    catalog: str | os.PathLike | Catalog | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Cache `data` through `name` cut at a layer, train a head (and the top layers), save it.
+
+    The trained model (frozen base + trained layers) is registered as `new_name`, exported to
+    ONNX. With ``training.unfreeze = k`` the features are cached below the top k blocks of the
+    base (a block: a conv/linear layer with its BatchNorm, Scale and activation), with
+    ``unfreeze="res4f"`` at that cut point; those blocks train with the head on the cached
+    outputs. How many parameters train is printed (with progress, on a terminal) and kept in the
+    result.
+
+    Args:
+        name: the base model (cataloged name or ONNX file).
+        data: a ``.npy`` path or array (model-ready unless ``extractor.preprocess``: raw pixels),
+            a folder with one sub-folder per class (its labels), a flat folder, image file or list
+            of image paths with `labels`, or a `zoo.DataSource` (``zoo.as_source(folder,
+            on_error="raise")`` stops at an unreadable image instead of skipping it).
+        labels: one label per input; None for a class folder.
+        new_name: the catalog name of the trained model.
+        extractor: the cut layer (``-2`` drops the top layer), pooling, device, preprocessing
+            (`zoo.ExtractorOptions`).
+        training: epochs, batch size, learning rate, hidden layers, validation share, patience,
+            seed, threads, unfreeze, progress (`zoo.TrainingConfig`).
+        engine: where the features are computed: "local", "ray" or a `zoo.Engine`.
+        replace: overwrite a model named `new_name`.
+        catalog: the catalog (path, URL or `Catalog`).
+        cache_dir: the cache folder.
+
+    Returns:
+        The catalog entry, the fit, the torch module, the cache key and where it was cached.
+
+    Raises:
+        DuplicateModelError: `new_name` is taken and `replace` is False (checked before any work).
+        InputError: labels missing or not one per input, bad options.
+    """
+    from zoo.catalog import open_catalog
+    from zoo.torch_models import check_new_name
+
+    extractor = extractor or ExtractorOptions()
+    training = training or TrainingConfig()
+    cat = open_catalog(catalog)
+    check_new_name(new_name, cat, replace, example="my-model")
+    prepared = prepare(name, data, labels, extractor=extractor, training=training, engine=engine, catalog=cat,
+                       cache_dir=cache_dir)
+    trainable = prepared.trainable(training)
+    counts = prepared.parameter_counts(trainable)
+    if training.progress and sys.stderr.isatty():  # as the progress bars: not in logs and pipes (`zoo train` says it)
         print(f"training {counts[0]:,} of {counts[1]:,} parameters", file=sys.stderr)
-    fit = fit_head(
-        cached.features,
-        labels,
-        head=trainable,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        val_fraction=val_fraction,
-        patience=patience,
-        seed=seed,
-        progress=progress,
-    )
-    module = _compose(base, fit.head)
-    input_shape = _input_shape(extractor, data)
-    spec = getattr(extractor, "input_spec", None)
+    fit = fit_head(prepared.cached.features, prepared.labels, training, head=trainable)
+    module = prepared.module(fit)
+    frozen = prepared.extractor
+    spec = getattr(frozen, "input_spec", None)
+    cached = prepared.cached
+    layer = extractor.layer
+    lineage = training_lineage(
+        frozen, {**(cached.lineage or {}), "key": cached.key}, array_fingerprint(prepared.labels),
+        settings={"base_model": name, "layer": layer if isinstance(layer, (str, int)) else list(layer),
+                  "cached_at": prepared.cut, "unfreeze": training.unfreeze, "hidden": list(training.hidden),
+                  "epochs": training.epochs, "batch_size": training.batch_size, "lr": training.lr,
+                  "weight_decay": training.weight_decay, "val_fraction": training.val_fraction,
+                  "patience": training.patience, "seed": training.seed, "pooling": extractor.pooling},
+        figures={"val_accuracy": fit.val_accuracy, "best_epoch": fit.best_epoch,
+                 "epochs_run": len(fit.history), "rows": int(len(prepared.labels)),
+                 "classes": len(prepared.classes)})
     record = save_model(
         module,
         new_name,
-        input_shape=input_shape,
+        input_shape=_input_shape(frozen, data),
         catalog=cat,
         layout=getattr(spec, "layout", None),
         input_spec=spec,
@@ -675,24 +798,18 @@ def train(
         description=f"{name} cut at {layer}, new head trained by zoo",
         meta={
             "base_model": name,
-            "layer": layer,
-            "unfreeze": unfreeze,
-            **({"pooling": pooling} if pooling else {}),
+            "layer": layer if isinstance(layer, (str, int)) else list(layer),
+            "unfreeze": training.unfreeze,
+            **({"pooling": extractor.pooling} if extractor.pooling else {}),
             "val_accuracy": fit.val_accuracy,
             "best_epoch": fit.best_epoch,
         },
         replace=replace,
         cache_dir=cache_dir,
+        lineage=lineage,
     )
-    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=cut,
+    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=prepared.cut,
                        trainable_parameters=counts[0], total_parameters=counts[1])
-
-
-def _parameter_counts(base: Any, trainable: Any) -> tuple[int, int]:
-    """(parameters that train, all parameters) of a frozen base and the trained layers on top of it."""
-    trained = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in base.parameters()) + sum(p.numel() for p in trainable.parameters())
-    return trained, total
 
 
 def _labels_for(cached: Any, labels: Any) -> np.ndarray:
@@ -720,7 +837,8 @@ def _width(top: Any, features: np.ndarray) -> int:
         return int(np.prod(top(_as_tensor(np.asarray(features[:1]))).shape[1:]))
 
 
-def _load_labels(labels: Any) -> np.ndarray:
+def load_labels(labels: Any) -> np.ndarray:
+    """Labels as an array: given as one, or read from a ``.npy`` file (never unpickled)."""
     if isinstance(labels, (str, os.PathLike)):
         path = Path(labels)
         if not path.is_file():
@@ -733,6 +851,11 @@ def _load_labels(labels: Any) -> np.ndarray:
 
 
 def _length(data: Any) -> int | None:
+    """Rows of an array or a .npy file (of such a source too); None for others (images may be skipped)."""
+    from zoo.datasources import ArraySource, NpyFileSource
+
+    if isinstance(data, (ArraySource, NpyFileSource)):
+        return data.length
     if isinstance(data, np.ndarray):
         return len(data)
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
@@ -748,7 +871,11 @@ def _input_shape(extractor: Any, data: Any) -> list[int]:
     shape = list(getattr(spec, "shape", None) or [])[1:]
     if shape and all(isinstance(d, int) for d in shape):
         return shape
-    if isinstance(data, np.ndarray):
+    from zoo.datasources import ArraySource, NpyFileSource
+
+    if isinstance(data, ArraySource):
+        data = data.array
+    if isinstance(data, (np.ndarray, NpyFileSource)):
         return list(data.shape[1:])
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
         return list(np.load(data, mmap_mode="r").shape[1:])

@@ -20,11 +20,13 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from zoo import __version__, config
+from zoo import config
+from zoo._redact import mask_url
 from zoo.archives import parse_size
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, parse_checksum
@@ -37,9 +39,56 @@ log = logging.getLogger("zoo.download")
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 10
-USER_AGENT = f"zoo/{__version__} (model zoo fetcher; python-requests)"
 # progress(bytes of the file on disk so far, total size or None)
 Progress = Callable[[int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard `download` tries before it gives up, and how long it waits.
+
+    Attributes:
+        retries: attempts per URL after connection errors, stalls, 5xx and 429 (the count restarts
+            whenever an attempt brought ``min_rate * stall_seconds`` bytes or more). A refused
+            connection or an unknown host is not retried: the next URL is tried at once.
+        backoff: the first wait; then ``backoff * 2**n`` seconds, or what Retry-After asks.
+        max_wait: the longest single wait.
+        timeout: (connect, read) seconds; a server silent for longer is retried, then given up.
+        min_rate, stall_seconds: an attempt bringing under `min_rate` bytes/s over `stall_seconds`
+            is stalled: cut and retried (resuming); a trickle is not progress, so `retries` stalls
+            in a row give up. None: ``$ZOO_FETCH_MIN_RATE`` or 1 KiB/s, ``$ZOO_FETCH_STALL_SECONDS``
+            or 30 s; ``min_rate=0`` turns the rule off.
+        max_time: seconds one file may take over all attempts and mirrors; None:
+            ``$ZOO_FETCH_MAX_TIME`` or 12 h; 0 for no bound. The .part is kept for a rerun.
+        lock_timeout: seconds to wait for another process downloading the same file; None waits.
+    """
+
+    retries: int = 4
+    backoff: float = 0.5
+    max_wait: float = 60.0
+    timeout: float | tuple[float, float] = (10, 60)
+    min_rate: float | None = None
+    stall_seconds: float | None = None
+    max_time: float | None = None
+    lock_timeout: float | None = None
+
+    def replace(self, **changes: Any) -> RetryPolicy:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> RetryPolicy:
+        """This policy with the environment's (else the defaults') stall rule and bound filled in."""
+        min_rate = self.min_rate
+        if min_rate is None:
+            min_rate = _env_number("ZOO_FETCH_MIN_RATE", DEFAULT_MIN_RATE, size=True)
+        stall = self.stall_seconds
+        if stall is None:
+            stall = _env_number("ZOO_FETCH_STALL_SECONDS", DEFAULT_STALL_SECONDS)
+        max_time = self.max_time
+        if max_time is None:
+            max_time = _env_number("ZOO_FETCH_MAX_TIME", DEFAULT_MAX_TIME)
+        return dataclasses.replace(self, min_rate=max(0.0, min_rate), stall_seconds=max(0.001, stall),
+                                   max_time=max_time)
 
 
 @dataclass
@@ -109,25 +158,6 @@ def _env_number(name: str, default: float, size: bool = False) -> float:
 
 # --------------------------------------------------------------------------------------
 # small helpers
-
-
-def redact(url: str) -> str:
-    """The URL without user:password and with secret-looking query values masked."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if not parts.scheme or parts.scheme == "file":
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        secret = re.compile(r"token|key|sig|secret|password|auth|credential", re.I)
-        query = urllib.parse.urlencode([(k, "***" if secret.search(k) else v) for k, v in pairs])
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _is_remote(url: str) -> bool:
@@ -217,7 +247,7 @@ def new_session() -> "requests.Session":
     import requests
 
     session = requests.Session()
-    session.headers["User-Agent"] = USER_AGENT
+    session.headers["User-Agent"] = f"zoo/{config.version()} (model zoo fetcher; python-requests)"
     return session
 
 
@@ -243,19 +273,29 @@ def _file_lock(dest: Path, label: str, lock_timeout: float | None):
 # what the file must be
 
 
-@dataclass
-class _Expected:
-    size: int | None
-    checksums: list[tuple[str, str]]  # (algo, hex), the publisher's and/or a pinned sha256
+@dataclass(frozen=True)
+class Expected:
+    """What a downloaded file must be: its size, the publisher's checksum, a sha256 pinned before.
 
-    @classmethod
-    def of(cls, size: int | None, checksum: str | None, sha256: str | None) -> _Expected:
-        sums = [parse_checksum(checksum)] if checksum else []
-        if sha256:
-            pin = parse_checksum("sha256:" + sha256)
+    Attributes:
+        size: bytes, when published.
+        checksum: the publisher's, ``"algo:hex"`` (sha256, sha1, md5, gitblob).
+        sha256: the sha256 an earlier fetch recorded; it must match too.
+    """
+
+    size: int | None = None
+    checksum: str | None = None
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        sums = [parse_checksum(self.checksum)] if self.checksum else []  # a malformed one fails here
+        if self.sha256:
+            pin = parse_checksum("sha256:" + self.sha256)
             if pin not in sums:
                 sums.append(pin)
-        return cls(size, sums)
+        object.__setattr__(self, "checksums", sums)
+
+    checksums: list[tuple[str, str]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def algos(self) -> list[str]:
@@ -264,17 +304,30 @@ class _Expected:
     def strong(self) -> bool:
         return bool(self.checksums)
 
-    def problem(self, path: Path, hasher: MultiHasher | None, nbytes: int) -> str | None:
+    def problem(self, path: Path, hasher: MultiHasher | None, nbytes: int) -> _Mismatch | None:
         """None when `path` (hashed by `hasher`, when given) is right, else what is wrong."""
         if self.size is not None and nbytes != self.size:
-            return f"size is {nbytes} bytes, expected {self.size}"
+            return _Mismatch(f"size is {nbytes} bytes, expected {self.size}", self.size, nbytes)
         for algo, want in self.checksums:
             got = hasher.hexdigest(algo) if hasher is not None else None
             if got is None:  # a git blob id whose size was not known up front
                 got = file_hash(path, algo)
             if got != want:
-                return f"{algo} does not match: expected {want}, got {got}"
+                return _Mismatch(f"{algo} does not match: expected {want}, got {got}",
+                                 f"{algo}:{want}", f"{algo}:{got}")
         return None
+
+
+@dataclass(frozen=True)
+class _Mismatch:
+    """What is wrong with a file: the sentence, and the expected and found size or checksum."""
+
+    text: str
+    expected: Any
+    got: Any
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def _hash_file(path: Path, algos: Sequence[str]) -> MultiHasher:
@@ -294,73 +347,60 @@ def download(
     urls: str | os.PathLike | Sequence[str | os.PathLike],
     dest: str | os.PathLike,
     *,
-    size: int | None = None,
-    checksum: str | None = None,
-    sha256: str | None = None,
+    expected: Expected | None = None,
+    retry: RetryPolicy | None = None,
     session: "requests.Session | None" = None,
-    timeout: float | tuple[float, float] = (10, 60),
-    retries: int = 4,
-    backoff: float = 0.5,
-    max_wait: float = 60.0,
     progress: Progress | None = None,
     force: bool = False,
     offline: bool | None = None,
     label: str | None = None,
-    chunk_size: int = CHUNK,
-    lock_timeout: float | None = None,
     token_hosts: Iterable[str] | None = None,
-    min_rate: float | None = None,
-    stall_seconds: float | None = None,
-    max_time: float | None = None,
 ) -> DownloadResult:
     """Download one file from the first of `urls` that works into `dest`, verified.
 
-    Parameters
-    ----------
-    urls: mirror URLs tried in order: http(s)://, file:// or plain local paths.
-    dest: where the verified file ends up (written as `<dest>.part` first).
-    size, checksum: what the publisher says ("sha256:<hex>", "sha1:", "md5:", "gitblob:").
-    sha256: a sha256 pinned by an earlier fetch; must match too.
-    session: a requests.Session to reuse connections. .netrc credentials go to the host
-        they are listed for (requests reads ~/.netrc or $NETRC).
-    token_hosts: host names ZOO_TOKEN (a bearer token) may be sent to; default
-        $ZOO_TOKEN_HOSTS (comma-separated), else the host of each URL given. Never sent to
-        another host after a redirect, never printed.
-    timeout: (connect, read) seconds; a server silent for longer is retried, then given up.
-    min_rate, stall_seconds: an attempt bringing under `min_rate` bytes/s over `stall_seconds`
-        is stalled: cut and retried (resuming), and a trickle is not progress, so `retries`
-        stalls in a row give up (default $ZOO_FETCH_MIN_RATE or 1 KiB/s, $ZOO_FETCH_STALL_SECONDS
-        or 30 s; min_rate 0 turns the rule off).
-    max_time: seconds one file may take over all attempts and mirrors (default
-        $ZOO_FETCH_MAX_TIME or 12 h; 0 for no bound). The .part is kept for a rerun to resume.
-    retries: attempts per URL after connection errors, stalls, 5xx and 429 (the count
-        restarts whenever an attempt brought `min_rate * stall_seconds` bytes or more); waits
-        `backoff * 2**n` seconds or what Retry-After asks, at most `max_wait`. A refused
-        connection or an unknown host is not retried: the next URL is tried at once.
-    progress: called as progress(bytes_on_disk, total_or_None) while downloading; an
-        exception it raises (e.g. KeyboardInterrupt) stops the download, keeping the .part.
-    force: download again even when `dest` is there and verifies.
-    offline: never touch the network (default: $ZOO_OFFLINE); local files still work.
-    label: how messages name the file, e.g. "weights resnet50.caffemodel of resnet50.caffe".
+    Args:
+        urls: mirror URLs tried in order: http(s)://, file:// or plain local paths.
+        dest: where the verified file ends up (written as `<dest>.part` first).
+        expected: its size, the publisher's checksum ("sha256:<hex>", "sha1:", "md5:",
+            "gitblob:") and a sha256 pinned by an earlier fetch (`Expected`), checked in the same
+            pass as the download.
+        retry: retries and backoff, timeouts, the stall rule, the bound on one file and the wait
+            for another process's lock (`RetryPolicy`; its defaults and the environment's).
+        session: a requests.Session to reuse connections. .netrc credentials go to the host
+            they are listed for (requests reads ~/.netrc or $NETRC).
+        progress: called as progress(bytes_on_disk, total_or_None) while downloading; an
+            exception it raises (e.g. KeyboardInterrupt) stops the download, keeping the .part.
+        force: download again even when `dest` is there and verifies.
+        offline: never touch the network (default: $ZOO_OFFLINE); local files still work.
+        label: how messages name the file, e.g. "weights resnet50.caffemodel of resnet50.caffe".
+        token_hosts: host names ZOO_TOKEN (a bearer token) may be sent to; default
+            $ZOO_TOKEN_HOSTS (comma-separated), else the host of each URL given. Never sent to
+            another host after a redirect, never printed.
 
-    Raises ChecksumError (download deleted), OfflineError, FetchError (HTTP errors, HTML
-    instead of a file, redirect loops, stalls, disk full). A KeyboardInterrupt keeps the
-    `.part` for the next run to resume.
+    Returns:
+        Where the file is, its sha256 and size, and what went over the wire.
 
-    >>> download(["https://example.org/w.bin"], "w.bin", checksum="sha1:...")  # doctest: +SKIP
+    Raises:
+        ChecksumError: the file is not what `expected` says (the download is deleted).
+        OfflineError: offline and not cached (`missing` says what).
+        FetchError: HTTP errors, HTML instead of a file, redirect loops, stalls, disk full.
+        A KeyboardInterrupt keeps the `.part` for the next run to resume.
+
+    >>> download(["https://example.org/w.bin"], "w.bin", expected=Expected(checksum="sha1:..."))  # doctest: +SKIP
     """
     if isinstance(urls, (str, os.PathLike)):
         urls = [urls]
     url_list = [os.fspath(u) for u in urls]
     dest = Path(dest).expanduser().absolute()
     label = label or dest.name
-    expected = _Expected.of(size, checksum, sha256)
+    expected = expected or Expected()
+    retry = (retry or RetryPolicy()).resolved()
     offline = config.offline() if offline is None else offline
     if not url_list:
         raise FetchError(f"{label} has no URL to download from; add one to its catalog entry")
     dest.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    lock = _file_lock(dest, label, lock_timeout)
+    lock = _file_lock(dest, label, retry.lock_timeout)
     try:
         stale = None
         if dest.is_file() and not force:
@@ -379,17 +419,16 @@ def download(
                 why = f"the cached copy {dest} is not right ({stale})" if stale else f"{dest} does not exist"
                 raise OfflineError(
                     f"offline mode is on and {label} is not cached: {why}; it would come from "
-                    f"{redact(url_list[0])}. Fetch it while online (unset ZOO_OFFLINE / drop --offline)",
-                    f"{why}; from {redact(url_list[0])}",  # the short form, for lists of missing files
+                    f"{mask_url(url_list[0])}. Fetch it while online (unset ZOO_OFFLINE / drop --offline)",
+                    missing=[f"{why}; from {mask_url(url_list[0])}"],
                 )
             url_list = local
         own_session = session is None and any(_is_remote(u) for u in url_list)
         if own_session:
             session = new_session()
         try:
-            job = _Job(dest, expected, session, timeout, retries, backoff, max_wait, progress, label, chunk_size)
+            job = _Job(dest, expected, session, retry, progress, label)
             job.token_hosts = _token_hosts(token_hosts)
-            job.pace(min_rate, stall_seconds, max_time)
             errors: list[FetchError] = []
             for url in url_list:
                 try:
@@ -414,17 +453,18 @@ def download(
 class _Job:
     """One file's download state shared by its attempts and mirrors."""
 
-    def __init__(self, dest, expected, session, timeout, retries, backoff, max_wait, progress, label, chunk_size):
+    def __init__(self, dest: Path, expected: Expected, session: Any, retry: RetryPolicy, progress: Progress | None,
+                 label: str) -> None:
         self.dest: Path = dest
         self.part = dest.with_name(dest.name + ".part")
         self.meta = dest.with_name(dest.name + ".part.json")
-        self.expected: _Expected = expected
+        self.expected: Expected = expected
         self.session = session
-        self.timeout = timeout
-        self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
+        self.timeout = retry.timeout
+        self.retries, self.backoff, self.max_wait = retry.retries, retry.backoff, retry.max_wait
         self.progress = progress
         self.label = label
-        self.chunk_size = chunk_size
+        self.chunk_size = CHUNK
         self.transferred = 0
         self.token = os.environ.get("ZOO_TOKEN") or None
         self.token_hosts: set[str] | None = None  # None: the host of each URL given
@@ -434,21 +474,10 @@ class _Job:
         self.total: int | None = None
         self.validator: str | None = None
         self.resumed_bytes = 0  # bytes of the .part that came from an earlier attempt or run
-        self.min_rate, self.stall_seconds = float(DEFAULT_MIN_RATE), DEFAULT_STALL_SECONDS
-        self.max_time: float | None = DEFAULT_MAX_TIME
-        self.deadline: float | None = None
-
-    def pace(self, min_rate: float | None, stall_seconds: float | None, max_time: float | None) -> None:
-        """Set the stall rule and the overall bound (arguments, else the environment, else defaults)."""
-        if min_rate is None:
-            min_rate = _env_number("ZOO_FETCH_MIN_RATE", DEFAULT_MIN_RATE, size=True)
-        if stall_seconds is None:
-            stall_seconds = _env_number("ZOO_FETCH_STALL_SECONDS", DEFAULT_STALL_SECONDS)
-        if max_time is None:
-            max_time = _env_number("ZOO_FETCH_MAX_TIME", DEFAULT_MAX_TIME)
-        self.min_rate, self.stall_seconds = max(0.0, min_rate), max(0.001, stall_seconds)
-        self.max_time = max_time if max_time > 0 else None
-        self.deadline = time.monotonic() + max_time if max_time > 0 else None
+        # The stall rule and the overall bound (the policy's, resolved from the environment).
+        self.min_rate, self.stall_seconds = retry.min_rate, retry.stall_seconds
+        self.max_time: float | None = retry.max_time if retry.max_time > 0 else None
+        self.deadline: float | None = time.monotonic() + retry.max_time if retry.max_time > 0 else None
 
     def _check_time(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -512,7 +541,7 @@ class _Job:
 
     def _save_meta(self, url: str) -> None:
         tmp = self.meta.with_name(self.meta.name + ".tmp")
-        tmp.write_text(json.dumps({"url": redact(url), "validator": self.validator, "total": self.total}))
+        tmp.write_text(json.dumps({"url": mask_url(url), "validator": self.validator, "total": self.total}))
         os.replace(tmp, self.meta)
 
     # -- running ---------------------------------------------------------------------
@@ -521,7 +550,7 @@ class _Job:
         source = _local_path(url)
         if source is None and not _is_remote(url):
             raise FetchError(
-                f"{self.label}: unsupported URL scheme in {redact(url)}; use http(s)://, file:// or a local path"
+                f"{self.label}: unsupported URL scheme in {mask_url(url)}; use http(s)://, file:// or a local path"
             )
         restarted = False
         while True:
@@ -540,8 +569,9 @@ class _Job:
                 restarted = True
                 continue
             raise ChecksumError(
-                f"{self.label} from {redact(url)}: {problem}. Deleted the download for safety; the "
-                "file changed upstream, the mirror serves something else, or the catalog entry is wrong"
+                f"{self.label} from {mask_url(url)}: {problem}. Deleted the download for safety; the "
+                "file changed upstream, the mirror serves something else, or the catalog entry is wrong",
+                path=str(self.dest), expected=problem.expected, got=problem.got,
             )
         size = self.offset
         sha = self.hasher.hexdigest("sha256")
@@ -553,7 +583,7 @@ class _Job:
             self._discard()
             raise FetchError(f"{self.label}: cannot move the download into {self.dest}: {exc}") from None
         self.meta.unlink(missing_ok=True)
-        return DownloadResult(self.dest, sha, size, time.monotonic() - started, self.transferred, redact(url))
+        return DownloadResult(self.dest, sha, size, time.monotonic() - started, self.transferred, mask_url(url))
 
     def _write_error(self, exc: OSError) -> FetchError:
         self._discard()
@@ -607,7 +637,7 @@ class _Job:
             failures += 1
             if failures > self.retries:
                 raise FetchError(
-                    f"{self.label}: giving up on {redact(url)} after {self.retries} retries: {reason}"
+                    f"{self.label}: giving up on {mask_url(url)} after {self.retries} retries: {reason}"
                     f"{self._resume_hint()}"
                 )
             if wait is None:
@@ -638,7 +668,7 @@ class _Job:
                 )
             except requests.exceptions.SSLError as exc:  # not transient: retrying will not help
                 raise FetchError(
-                    f"{self.label}: TLS check failed for {redact(current)} ({type(exc).__name__}); behind a "
+                    f"{self.label}: TLS check failed for {mask_url(current)} ({type(exc).__name__}); behind a "
                     "proxy that re-signs traffic, point REQUESTS_CA_BUNDLE at its certificate"
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
@@ -646,18 +676,18 @@ class _Job:
                     raise FetchError(f"{self.label}: {self._describe(exc, current)}") from None
                 raise _Retry(self._describe(exc, current)) from None
             except requests.exceptions.RequestException as exc:  # a malformed URL and the like
-                raise FetchError(f"{self.label}: cannot request {redact(current)}: {type(exc).__name__}") from None
+                raise FetchError(f"{self.label}: cannot request {mask_url(current)}: {type(exc).__name__}") from None
             if not resp.is_redirect:
                 return resp
             location = urllib.parse.urljoin(current, resp.headers.get("Location", ""))
             resp.close()
             if location in seen:
-                chain = " -> ".join(redact(u) for u in [*seen[seen.index(location):], location])
+                chain = " -> ".join(mask_url(u) for u in [*seen[seen.index(location):], location])
                 raise FetchError(f"{self.label}: redirect loop: {chain}; the server is misconfigured")
             seen.append(location)
             current = location
         raise FetchError(
-            f"{self.label}: more than {MAX_REDIRECTS} redirects starting at {redact(url)}; the server is misconfigured"
+            f"{self.label}: more than {MAX_REDIRECTS} redirects starting at {mask_url(url)}; the server is misconfigured"
         )
 
     def _describe(self, exc: Exception, url: str) -> str:
@@ -665,21 +695,21 @@ class _Job:
 
         text = str(exc)
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return f"cannot connect to {redact(url)} (connect timeout)"
+            return f"cannot connect to {mask_url(url)} (connect timeout)"
         if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in text:
             read = self.timeout[1] if isinstance(self.timeout, tuple) else self.timeout
-            return f"{redact(url)} sent nothing for {read} s (read timeout)"
+            return f"{mask_url(url)} sent nothing for {read} s (read timeout)"
         if "NameResolutionError" in text or "Failed to resolve" in text:
             host = urllib.parse.urlsplit(url).hostname
             return f"cannot resolve host {host} (no network or DNS?; cached files work with --offline)"
         if "Network is unreachable" in text or "No route to host" in text:
-            return (f"cannot connect to {redact(url)} (no route to its host: no network?; cached files "
+            return (f"cannot connect to {mask_url(url)} (no route to its host: no network?; cached files "
                     "work with --offline)")
         if "Connection refused" in text or "NewConnectionError" in text:
-            return f"cannot connect to {redact(url)} (connection refused)"
+            return f"cannot connect to {mask_url(url)} (connection refused)"
         if "IncompleteRead" in text or "Connection broken" in text or "ProtocolError" in text:
-            return f"the connection to {redact(url)} broke after {self.offset} bytes"
-        return f"network error from {redact(url)}: {type(exc).__name__}"
+            return f"the connection to {mask_url(url)} broke after {self.offset} bytes"
+        return f"network error from {mask_url(url)}: {type(exc).__name__}"
 
     def _attempt(self, url: str) -> bool:
         """One request; True when the .part is complete. Raises _Retry or FetchError."""
@@ -705,7 +735,7 @@ class _Job:
                 raise _Retry("the server refused to resume", wait=0)
             if status == 429 or status >= 500:
                 wait = _retry_after(resp.headers.get("Retry-After"))
-                raise _Retry(f"{redact(resp.url)} answered HTTP {status} {resp.reason or ''}".rstrip(), wait)
+                raise _Retry(f"{mask_url(resp.url)} answered HTTP {status} {resp.reason or ''}".rstrip(), wait)
             if status >= 400:
                 hint = {
                     401: "it needs credentials: set ZOO_TOKEN (sent to the source's host or the hosts in "
@@ -716,10 +746,10 @@ class _Job:
                     410: "the file was removed upstream",
                 }.get(status, "the request was refused")
                 raise FetchError(
-                    f"{self.label}: {redact(resp.url)} answered HTTP {status} {resp.reason or ''}; {hint}"
+                    f"{self.label}: {mask_url(resp.url)} answered HTTP {status} {resp.reason or ''}; {hint}"
                 )
             if status not in (200, 206):
-                raise FetchError(f"{self.label}: unexpected HTTP {status} from {redact(resp.url)}")
+                raise FetchError(f"{self.label}: unexpected HTTP {status} from {mask_url(resp.url)}")
             length = resp.headers.get("Content-Length")
             if status == 206:
                 start, total = _content_range(resp.headers.get("Content-Range"))
@@ -731,15 +761,16 @@ class _Job:
                 if self.offset > 0:
                     log.warning(
                         "%s: %s ignored the range (or the file changed); downloading it whole",
-                        self.label, redact(resp.url),
+                        self.label, mask_url(resp.url),
                     )
                     self._reset()
                 self.total = int(length) if length and length.isdigit() else None
                 if self.total is not None and self.expected.size is not None and self.total != self.expected.size:
                     raise ChecksumError(
-                        f"{self.label}: {redact(resp.url)} serves {self.total} bytes, expected "
+                        f"{self.label}: {mask_url(resp.url)} serves {self.total} bytes, expected "
                         f"{self.expected.size}; not downloading it. The file changed upstream, the mirror "
-                        "serves something else, or the catalog entry is wrong"
+                        "serves something else, or the catalog entry is wrong",
+                        path=str(self.dest), expected=self.expected.size, got=self.total,
                     )
                 self.validator = self._validator(resp)
                 self.hasher = self._new_hasher(self.total)
@@ -766,7 +797,7 @@ class _Job:
             ):
                 self._discard()
                 raise FetchError(
-                    f"{self.label}: {redact(resp.url)} sent a web page (Content-Type {ctype or 'unknown'}) "
+                    f"{self.label}: {mask_url(resp.url)} sent a web page (Content-Type {ctype or 'unknown'}) "
                     "instead of the file; it is probably a login, error or 'confirm download' page. "
                     "Open the URL in a browser, or set ZOO_TOKEN for a private zoo"
                 )
@@ -816,7 +847,7 @@ class _Job:
         """Raise _Stalled when the last window brought less than the minimum rate."""
         if nbytes < self.min_rate * seconds:
             raise _Stalled(
-                f"the transfer from {redact(url)} stalled: {nbytes} bytes in {seconds:.1f} s, under the "
+                f"the transfer from {mask_url(url)} stalled: {nbytes} bytes in {seconds:.1f} s, under the "
                 f"minimum of {human_size(self.min_rate)}/s (ZOO_FETCH_MIN_RATE, ZOO_FETCH_STALL_SECONDS)",
                 trickle=nbytes,
             )
@@ -855,4 +886,4 @@ def _chain(first: bytes, rest: Iterable[bytes]) -> Iterable[bytes]:
     yield from rest
 
 
-__all__ = ["DownloadResult", "Progress", "download", "human_size", "new_session", "redact"]
+__all__ = ["DownloadResult", "Expected", "Progress", "RetryPolicy", "download", "human_size", "new_session"]

@@ -5,7 +5,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from zoo.cache import atomic_open
+from zoo.atomic import atomic_open
 from zoo.errors import ConversionError
 from zoo.hashes import file_sha256
 

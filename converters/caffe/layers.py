@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from zoo.errors import ConversionError, UnsupportedLayerError
+from zoo.graph import BATCH  # the dim_param of the dynamic batch dimension
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx
 
     from .parse import Net
-
-BATCH = "batch"  # dim_param of the dynamic batch dimension
 
 
 @dataclass

@@ -251,7 +251,7 @@ class Lowering:
                 self.layers_seen += 1  # its main node, not the bias Add that joined it
         self.node = None
         if problems and raise_now:
-            raise Unsupported(_problem_list(problems))
+            raise Unsupported(problem_list(problems))
         result = []
         for name in graph.outputs:
             if name not in env and name in graph.constants:
@@ -360,7 +360,7 @@ def _outputs(result: Any, node: Node) -> list[Value]:
     return list(result)
 
 
-def _problem_list(problems: list[tuple[str, str, str]]) -> str:
+def problem_list(problems: list[tuple[str, str, str]]) -> str:
     return "; ".join(f"{name} ({op}{': ' + why if why else ''})" for op, name, why in problems[:20])
 
 

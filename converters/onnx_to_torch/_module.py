@@ -15,7 +15,7 @@ from converters.onnx_to_torch._dtypes import to_tensor
 from converters.onnx_to_torch._graph import Graph
 from converters.onnx_to_torch._inference import frozen_graph
 from converters.onnx_to_torch._layers import DropoutGate, OnnxLayer
-from converters.onnx_to_torch._lower import Value, _problem_list, lower, sanitize
+from converters.onnx_to_torch._lower import Value, problem_list, lower, sanitize
 from converters.onnx_to_torch._registry import LAYER_CLASSES
 from zoo.errors import InputError, UnknownLayerError, UnsupportedLayerError
 
@@ -156,7 +156,7 @@ class OnnxModule(nn.Module):
         if layers is not None:
             chosen = self._named_layers(layers)
         elif isinstance(blocks, str):
-            chosen = self._layers_above(blocks)
+            chosen = self.layers_above(blocks)
         else:
             count = 1 if blocks is None else int(blocks)
             if not 0 <= count <= len(self.blocks):
@@ -187,7 +187,7 @@ class OnnxModule(nn.Module):
                 f"{', '.join(names[-8:])}{' ...' if len(names) > 8 else ''} (see .layers)")
         return chosen
 
-    def _layers_above(self, cut: str) -> list[str]:
+    def layers_above(self, cut: str) -> list[str]:
         """The weight layers computed from the output of layer `cut` (a `zoo layers` name or ONNX tensor)."""
         tensor = self.layer_outputs.get(cut, cut)
         produced = {out for _, _, outs in self._edges for out in outs}
@@ -372,5 +372,5 @@ def _unsupported_message(problems: list[tuple[str, str, str]]) -> str:
     ops = sorted({op for op, _, _ in problems})
     more = f" and {len(problems) - 20} more" if len(problems) > 20 else ""
     return (f"ONNX op(s) {', '.join(ops)} have no PyTorch conversion; unsupported nodes: "
-            f"{_problem_list(problems)}{more}. "
+            f"{problem_list(problems)}{more}. "
             f"Cut the graph below them (zoo layers lists cut points) or run this model with onnxruntime")

@@ -5,6 +5,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+from zoo.options import TrainingConfig
 
 
 def export_mlp(path: Path, *, seed: int = 0, inputs: int = 16, hidden: int = 12, outputs: int = 8) -> Path:
@@ -62,10 +63,11 @@ class ProjectionExtractor:
 def register_digits_cnn(name: str = "digits.cnn", *, catalog=None, seed: int = 0, train_epochs: int = 0):
     """The walkthrough's CNN (random, or briefly trained on digits 0-4) registered as the user's own model."""
     from zoo.transfer import fit_head, save_model
-    from zoo.walkthrough import _digits, digits_cnn
+    from zoo.demos.walkthrough import digits, digits_cnn
 
     net = digits_cnn(5, seed=seed)
     if train_epochs:
-        x, y = _digits()
-        fit_head(x[y < 5], y[y < 5], head=net, epochs=train_epochs, batch_size=64, lr=3e-3, seed=seed)
+        x, y = digits()
+        fit_head(x[y < 5], y[y < 5], head=net,
+                 config=TrainingConfig(epochs=train_epochs, batch_size=64, lr=3e-3, seed=seed))
     return save_model(net.eval(), name, input_shape=[1, 8, 8], catalog=catalog, layout="NCHW", replace=True)

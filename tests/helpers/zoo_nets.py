@@ -1,6 +1,7 @@
 """Published nets the tests run on: Caffe zoo prototxts (carried, else from shared/) and onnx's light models."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,21 @@ CAFFE_MODELS = ROOT.parent / "shared" / "caffe" / "models"
 CARRIED_CAFFE_MODELS = ROOT / "tests" / "data" / "caffe"
 
 
+def without_shared(reason: str, *, module: bool = False) -> None:
+    """Skip a test that needs shared/ when it is not there; under CI=true (which has it) fail instead,
+    as the PostgreSQL tests do, so a CI run cannot pass over them unnoticed."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true, where shared/ must be there")
+    pytest.skip(reason, allow_module_level=module)
+
+
 def caffe_net(name: str) -> Path:
     """The deploy.prototxt of a Caffe zoo net: carried by the project, else from shared/, else skip."""
     for folder in (CARRIED_CAFFE_MODELS, CAFFE_MODELS):
         prototxt = folder / name / "deploy.prototxt"
         if prototxt.is_file():
             return prototxt
-    pytest.skip(f"Caffe zoo net {name!r} needs {CAFFE_MODELS} (shared/ beside the checkout)")
+    without_shared(f"Caffe zoo net {name!r} needs {CAFFE_MODELS} (shared/ beside the checkout)")
 
 
 def caffe_zoo_nets() -> list[str]:

@@ -6,7 +6,6 @@ from typing import Any, Callable
 
 import click
 
-from zoo import __version__
 from zoo._json import finite
 from zoo._redact import mask_secrets
 
@@ -34,6 +33,7 @@ COMMAND_MODULES = {
     **dict.fromkeys(["train", "sweep", "walkthrough"], "zoo.cli.transfer"),
     "cache": "zoo.cli.cache",
     "pretrain": "zoo.cli.pretrain",
+    **dict.fromkeys(["sign", "lineage", "bom"], "zoo.cli.provenance"),
 }
 
 
@@ -60,7 +60,7 @@ class ZooGroup(click.Group):
 
 
 @click.group(cls=ZooGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "-V", "--version", prog_name="zoo")
+@click.version_option(None, "-V", "--version", prog_name="zoo", package_name="zoo")
 def cli() -> None:
     """zoo: find, fetch, convert, cut and freeze pretrained models for transfer learning.
 

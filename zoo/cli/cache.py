@@ -5,7 +5,7 @@ import datetime as _dt
 
 import click
 
-from zoo.cache import KINDS
+from zoo.cache_manager import KINDS
 from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
 
 kind_option = click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
@@ -43,10 +43,10 @@ def cache_list(kinds: tuple[str, ...], as_json: bool, cache_dir: str | None, cat
         zoo cache list
         zoo cache list --kind cuts --kind onnx --json
     """
-    from zoo.cache import entries
+    from zoo.cache_manager import scan
     from zoo.transport import human_size
 
-    found = entries(cache_dir, kinds, catalog=catalog)
+    found = scan(cache_dir, kinds, catalog=catalog)
 
     def text() -> str:
         if not found:
@@ -65,11 +65,12 @@ def cache_list(kinds: tuple[str, ...], as_json: bool, cache_dir: str | None, cat
 @click.option("--all", "everything", is_flag=True,
               help="Every entry (of --kind); trained-model copies only with --kind trained.")
 @kind_option
+@click.option("--dry-run", is_flag=True, help="Say what would be removed and the space it frees; remove nothing.")
 @json_option
 @cache_option
 @catalog_option
-def cache_rm(keys: tuple[str, ...], model: str | None, everything: bool, kinds: tuple[str, ...], as_json: bool,
-             cache_dir: str | None, catalog: str | None) -> None:
+def cache_rm(keys: tuple[str, ...], model: str | None, everything: bool, kinds: tuple[str, ...], dry_run: bool,
+             as_json: bool, cache_dir: str | None, catalog: str | None) -> None:
     """Remove cache entries by KEY (unique prefixes, part by part, as `zoo cache list` shows them), --model or --all.
 
     An entry another process is writing (a fetch, an unpack, a feature extraction) is refused, not waited for.
@@ -78,20 +79,24 @@ def cache_rm(keys: tuple[str, ...], model: str | None, everything: bool, kinds: 
     Example:
         zoo cache rm 3fa9c2
         zoo cache rm onnx/bvlc_alexnet cuts/5e1b/fc7
-        zoo cache rm --model bvlc_alexnet
+        zoo cache rm --model bvlc_alexnet --dry-run
         zoo cache rm --all --kind features
     """
-    from zoo.cache import entries, remove, select
+    from zoo.cache_manager import plan_removal, scan
     from zoo.errors import InputError
     from zoo.transport import human_size
 
     if everything == bool(keys or model):
         raise InputError("give the KEYs to remove (see `zoo cache list`), --model NAME or --all; not --all with them")
-    chosen = select(entries(cache_dir, kinds, catalog=catalog), keys, model, everything, kinds)
-    freed = remove(chosen, cache_dir)
-    removed = [e.key for e in chosen]
-    text = f"removed {len(removed)} entries, freed {human_size(freed)}"
-    trained = [e.model for e in chosen if e.kind == "trained"]
+    plan = plan_removal(scan(cache_dir, kinds, catalog=catalog), keys, model, everything, kinds, cache_dir)
+    if dry_run:
+        lines = [f"would remove {e.key} ({human_size(e.bytes)})" for e in plan.entries]
+        lines.append(f"would remove {len(plan.entries)} entries, freeing {human_size(plan.bytes)}")
+        emit({**plan.to_dict(), "dry_run": True}, as_json, "\n".join(lines))
+        return
+    freed = plan.execute()
+    text = f"removed {len(plan.entries)} entries, freed {human_size(freed)}"
+    trained = [e.model for e in plan.entries if e.kind == "trained"]
     if trained:  # their catalog entries now point at nothing
         text += f"; the catalog still lists {', '.join(trained)}: `zoo rm NAME` drops an entry you no longer want"
-    emit({"removed": removed, "bytes": freed}, as_json, text)
+    emit(plan.to_dict(), as_json, text)

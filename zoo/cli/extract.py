@@ -7,7 +7,7 @@ import re
 import click
 
 from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
-from zoo.cli.transfer import device_option, pooling_option, preprocess_option
+from zoo.cli._options import device_option, engine_value, layer_value, pooling_option, preprocess_option
 from zoo.errors import InputError
 
 
@@ -67,7 +67,7 @@ def layers_command(name: str, only_inputs: bool, as_json: bool, catalog: str | N
 
 def _layer_spec(values: tuple[str, ...]):
     """--layer values: ints stay positions, names stay names; several give several outputs."""
-    specs: list[str | int] = [int(v) if re.fullmatch(r"[+-]?\d+", v.strip()) else v for v in values]
+    specs = [layer_value(v) for v in values]
     return specs[0] if len(specs) == 1 else specs
 
 
@@ -112,39 +112,35 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
     """
     from zoo.extract import load_extractor
+    from zoo.options import ExtractorOptions
 
     input_path = _input_arg(input_values)
-    extractor = load_extractor(name, _layer_spec(layer), catalog=catalog, cache_dir=cache_dir,
-                               batch_size=batch_size, threads=threads, preprocess=preprocess,
-                               pooling=pooling, device=device)
+    options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
+                               preprocess=preprocess, pooling=pooling, device=device)
+    extractor = load_extractor(name, options=options, catalog=catalog, cache_dir=cache_dir)
     if isinstance(input_path, dict):
         input_path = _typed_numbers(input_path, extractor)
     result = {"model": name, "layer": extractor.layer, "input": _shown_input(input_path), "output": output_path,
               "fingerprint": extractor.fingerprint}
     if isinstance(extractor.layer, str):
         # One layer goes through the feature cache: resumable, and free the second time.
+        from zoo.datasources import as_source
         from zoo.features import save_features
 
-        cached = save_features(extractor, input_path, output_path, cache_dir=cache_dir,
-                               progress=not as_json, preprocess=preprocess, column=column,
-                               engine=_engine(engine, address, actors, threads))
+        source = as_source(input_path, extractor, preprocess=preprocess, column=column)
+        cached = save_features(extractor, source, output_path, cache_dir=cache_dir, progress=not as_json,
+                               engine=engine_value(engine, address, actors, threads))
         shapes = list(cached.features.shape)
         result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
                       reused=cached.reused, skipped=cached.skipped)
         if cached.classes is not None:
             result["classes"] = cached.classes
     else:
-        from zoo.images import is_image_input
+        from zoo.features import save_layer_features
 
         if engine != "local":
             raise InputError("--engine ray extracts one layer at a time; give one --layer")
-        if isinstance(input_path, dict):
-            data = {k: v if not isinstance(v, str) else _read_array(v) for k, v in input_path.items()}
-        else:
-            # An image file or a flat folder goes in as paths: the extractor decodes and preprocesses them.
-            data = input_path if is_image_input(input_path) else _read_array(input_path)
-        features = extractor(data)
-        _write_features(output_path, features)
+        features = save_layer_features(extractor, input_path, output_path)
         shapes = {k: list(v.shape) for k, v in features.items()}
         first = next(iter(features))
         result.update(rows=features[first].shape[extractor.output_batch_axes.get(first, 0)], shape=shapes)
@@ -199,36 +195,3 @@ def _shown_input(value):
     if not isinstance(value, dict):
         return value
     return {k: v if isinstance(v, str) else v.item() for k, v in value.items()}
-
-
-def _engine(engine: str, address: str | None, actors: int | None, threads: int | None):
-    """The engine= value for the feature cache: "local", or a RayEngine from the Ray options."""
-    if engine == "local":
-        if address or actors:
-            raise InputError("--address and --actors apply to --engine ray; add --engine ray or drop them")
-        return "local"
-    from zoo.ray_engine import RayEngine
-
-    return RayEngine(address=address, actors=actors, threads=threads or 1)
-
-
-def _read_array(path: str):
-    import numpy as np
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a .npy array ({exc}); save inputs with numpy.save") from None
-
-
-def _write_features(path: str, features) -> None:
-    """Write .npy (or .npz for a dict) through a temp file so a crash leaves no half file."""
-    import numpy as np
-
-    from zoo.cache import atomic_open
-
-    with atomic_open(os.path.abspath(path)) as f:
-        if isinstance(features, dict):
-            np.savez(f, **features)
-        else:
-            np.save(f, features)

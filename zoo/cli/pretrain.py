@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, table
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
+from zoo.cli._options import pretrain_options
+
+if TYPE_CHECKING:
+    from zoo.options import PretrainConfig
 
 
 def _load_rows(path: str):
@@ -39,20 +44,6 @@ def _parse_layers(text: str) -> list[int]:
         ) from None
 
 
-def _parse_sparsity(text: str | None) -> tuple[float, ...] | None:
-    from zoo.errors import InputError
-
-    if text is None:
-        return None
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) not in (1, 2):
-        raise InputError(f"--sparsity {text!r}: give a target activation like 0.05, or 0.05,0.1 with a weight")
-    return values
-
-
 @cli.command("pretrain")
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Unlabelled rows: a .npy array (rows, features) or a .csv of numbers.")
@@ -60,26 +51,13 @@ def _parse_sparsity(text: str | None) -> tuple[float, ...] | None:
 @click.option("--method", type=click.Choice(["autoencoder", "rbm"]), default="autoencoder",
               show_default=True, help="What each layer is trained as.")
 @click.option("--name", required=True, help="Catalog name for the pretrained stack.")
-@click.option("--epochs", type=int, default=20, show_default=True, help="Epochs per layer.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, help="Adam step size [0.01 autoencoder, 0.02 rbm].")
-@click.option("--denoise", type=float, default=0.0, show_default=True,
-              help="Fraction of inputs zeroed while training autoencoders.")
-@click.option("--sparsity", metavar="TARGET[,WEIGHT]", help="Target mean activation of hidden units.")
-@click.option("--cd-k", type=int, default=1, show_default=True, help="Gibbs steps of CD-k (rbm).")
-@click.option("--visible", type=click.Choice(["auto", "bernoulli", "gaussian"]), default="auto",
-              show_default=True, help="Input units: bernoulli for [0, 1] data, gaussian for real values.")
-@click.option("--untied", is_flag=True, help="Autoencoders get their own decoder weights.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@pretrain_options
 @click.option("--replace", is_flag=True, help="Overwrite a model of the same name.")
 @json_option
 @catalog_option
 @cache_option
-@quiet_option
-def pretrain_command(data_path: str, layers: str, method: str, name: str, epochs: int,
-                     batch_size: int, lr: float | None, denoise: float, sparsity: str | None,
-                     cd_k: int, visible: str, untied: bool, seed: int, replace: bool,
-                     as_json: bool, catalog: str | None, cache_dir: str | None, quiet: bool) -> None:
+def pretrain_command(data_path: str, layers: str, method: str, name: str, config: PretrainConfig,
+                     replace: bool, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
     """Pretrain a stack of layers on unlabelled data and save it to the catalog.
 
     Each layer is an autoencoder or an RBM trained on the outputs of the frozen layers
@@ -92,12 +70,9 @@ def pretrain_command(data_path: str, layers: str, method: str, name: str, epochs
     """
     from zoo.pretraining import pretrain
 
-    result = pretrain(
-        _load_rows(data_path), _parse_layers(layers), method, epochs=epochs,
-        batch_size=batch_size, lr=lr, denoise=denoise, sparsity=_parse_sparsity(sparsity),
-        cd_k=cd_k, visible=visible, tied=not untied, seed=seed, name=name, catalog=catalog,
-        replace=replace, progress=not quiet and not as_json, cache_dir=cache_dir,
-    )
+    config = config.replace(progress=config.progress and not as_json)
+    result = pretrain(_load_rows(data_path), _parse_layers(layers), method, config, name=name, catalog=catalog,
+                      replace=replace, cache_dir=cache_dir)
 
     def text() -> str:
         rows = [

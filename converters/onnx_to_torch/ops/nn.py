@@ -89,7 +89,7 @@ def conv_transpose(x: Tensor, w: Tensor, b: Optional[Tensor], strides: List[int]
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _window(node, n: int) -> tuple[list[int], list[int], list[int], list[int], str]:
+def conv_window(node, n: int) -> tuple[list[int], list[int], list[int], list[int], str]:
     """strides, dilations, begin and end pads of a Conv or pooling node, and its auto_pad."""
     strides = [int(v) for v in node.attr("strides", [])] or [1] * n
     dilations = [int(v) for v in node.attr("dilations", [])] or [1] * n
@@ -102,7 +102,7 @@ def _window(node, n: int) -> tuple[list[int], list[int], list[int], list[int], s
 
 def static_pads(node, n: int, kernel: list[int]) -> tuple[list[int], list[int], list[int], list[int]] | None:
     """(strides, dilations, begin, end) when the pads do not depend on the input size, else None."""
-    strides, dilations, begin, end, auto_pad = _window(node, n)
+    strides, dilations, begin, end, auto_pad = conv_window(node, n)
     if auto_pad == "VALID":
         return strides, dilations, [0] * n, [0] * n
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -118,13 +118,13 @@ def _conv(g, node, x, w, b=None):
     rank = w.rank
     group = int(node.attr("group", 1))
     if rank is None or rank - 2 not in _CONV:
-        strides, dilations, begin, end, auto_pad = _window(node, len(node.attr("kernel_shape", [])))
+        strides, dilations, begin, end, auto_pad = conv_window(node, len(node.attr("kernel_shape", [])))
         return g.call(conv, x, w, bias, strides, begin, end, dilations, group, auto_pad)
     n = rank - 2
     kernel = node.attr("kernel_shape") or (w.const.shape[2:] if w.const is not None else w.shape[2:])
     plan = static_pads(node, n, [int(k) for k in kernel])
     if plan is None:
-        strides, dilations, begin, end, auto_pad = _window(node, n)
+        strides, dilations, begin, end, auto_pad = conv_window(node, n)
         return g.call(conv, x, w, bias, strides, begin, end, dilations, group, auto_pad)
     strides, dilations, begin, end = plan
     if begin != end:
@@ -137,7 +137,7 @@ def _conv(g, node, x, w, b=None):
 def _conv_transpose(g, node, x, w, b=None):
     bias = b if b is not None and b.present else None
     n = (w.rank or 4) - 2
-    strides, dilations, begin, end, auto_pad = _window(node, n)
+    strides, dilations, begin, end, auto_pad = conv_window(node, n)
     output_padding = [int(v) for v in node.attr("output_padding", [])]
     output_shape = [int(v) for v in node.attr("output_shape", [])]
     group = int(node.attr("group", 1))

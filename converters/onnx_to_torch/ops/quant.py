@@ -14,7 +14,7 @@ from converters.onnx_to_torch._dtypes import ONNX_DTYPES
 from converters.onnx_to_torch._registry import Unsupported, op
 from converters.onnx_to_torch.ops._common import axis, int_range, is_float_dtype
 from converters.onnx_to_torch.ops.elementwise import cast
-from converters.onnx_to_torch.ops.nn import _window, conv
+from converters.onnx_to_torch.ops.nn import conv, conv_window
 
 
 def _spread(v: Tensor, x: Tensor, ax: int, block: int) -> Tensor:
@@ -160,7 +160,7 @@ def conv_integer(x: Tensor, w: Tensor, x_zero: Optional[Tensor], w_zero: Optiona
 @op("ConvInteger", since=10)
 def _conv_integer(g, node, x, w, x_zero=None, w_zero=None):
     n = len(node.attr("kernel_shape", [])) or ((w.rank or 4) - 2)
-    strides, dilations, begin, end, auto_pad = _window(node, n)
+    strides, dilations, begin, end, auto_pad = conv_window(node, n)
     return g.call(conv_integer, x, w, _given(x_zero), _given(w_zero), strides, begin, end, dilations,
                   int(node.attr("group", 1)), auto_pad)
 
@@ -187,7 +187,7 @@ def qlinear_conv(x: Tensor, x_scale: Tensor, x_zero: Optional[Tensor], w: Tensor
 @op("QLinearConv", since=10)
 def _qlinear_conv(g, node, x, x_scale, x_zero, w, w_scale, w_zero, y_scale, y_zero, b=None):
     n = len(node.attr("kernel_shape", [])) or ((w.rank or 4) - 2)
-    strides, dilations, begin, end, auto_pad = _window(node, n)
+    strides, dilations, begin, end, auto_pad = conv_window(node, n)
     return g.call(qlinear_conv, x, x_scale, _given(x_zero), w, w_scale, _given(w_zero), y_scale, _given(y_zero),
                   _given(b), strides, begin, end, dilations, int(node.attr("group", 1)), auto_pad)
 

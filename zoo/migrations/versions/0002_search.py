@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column("value", sa.Text),
     )
     bind = op.get_bind()
-    # Fill keywords for rows written by revision 0001 (same rule as zoo.catalog._keywords).
+    # Fill keywords for rows written by revision 0001 (same rule as zoo.catalog.search_keywords).
     for row_id, name, tags in bind.execute(sa.text("SELECT id, name, tags FROM models")).all():
         words = re.findall(r"[A-Za-z]+|\d+", name or "")
         if tags is not None and not isinstance(tags, str):  # PostgreSQL's driver parses JSON

@@ -1,6 +1,7 @@
 """The README's main job, offline: train on digits 0-4, reuse the network frozen for 5-9 with few labels."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -10,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from zoo.cache import write_atomic
+from zoo.atomic import write_atomic
 
 if TYPE_CHECKING:
     from zoo.catalog import Catalog
 
-__all__ = ["WalkthroughReport", "digits_cnn", "run"]
+__all__ = ["WalkthroughReport", "digits", "digits_cnn", "run"]
 
 BASE_NAME = "digits04.cnn"
 TRANSFER_NAME = "digits59.transfer"
@@ -60,7 +61,7 @@ class WalkthroughReport:
     first_cut: str
     first_test_accuracy: float
     best_layer: str
-    best_unfreeze: int
+    best_unfreeze: int | str
     best_test_accuracy: float
     scratch_test_accuracy: float
     transfer_model: str
@@ -78,7 +79,7 @@ class WalkthroughReport:
 
     def text(self) -> str:
         """The short report `zoo walkthrough` prints."""
-        best = self.best_layer + (f", top {self.best_unfreeze} layer unfrozen" if self.best_unfreeze else ", frozen")
+        best = self.best_layer + (f", top {self.best_unfreeze} block unfrozen" if self.best_unfreeze else ", frozen")
         gain = 100 * (self.best_test_accuracy - self.scratch_test_accuracy)
         width = len(f"test accuracy, {self.base_model} reused at the best cut")
         lines = [
@@ -115,7 +116,8 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as (N, 1, 8, 8) float32 images in [0, 1], and their labels."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -161,7 +163,8 @@ def run(
     from zoo.extract import load_extractor
     from zoo.features import extract_features
     from zoo.layer_sweep import sweep
-    from zoo.transfer import _compose, fit_head, make_head, save_model
+    from zoo.options import TrainingConfig
+    from zoo.transfer import compose, fit_head, make_head, save_model
 
     say = echo or (lambda message: None)
     started = time.perf_counter()
@@ -169,28 +172,23 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     cat = open_catalog(catalog)
     torch.manual_seed(seed)
-    x, y = _digits()
+    x, y = digits()
 
     # 1. The "pretrained" network: a CNN trained on digits 0-4, kept as the user's own model.
     say(f"training a small CNN on digits 0-4 ({int((y < 5).sum())} images) ...")
     old = y < 5
     base_net = digits_cnn(5, seed=seed)
     base_fit = fit_head(
-        x[old], y[old], head=base_net, epochs=base_epochs, batch_size=64, lr=3e-3,
-        val_fraction=0.15, patience=5, seed=seed, threads=1,
+        x[old], y[old], TrainingConfig(epochs=base_epochs, batch_size=64, lr=3e-3, val_fraction=0.15, patience=5,
+                                       seed=seed, threads=1, progress=False), head=base_net,
     )
     say(f"registering it as {BASE_NAME!r} and exporting it to ONNX ...")
-    base_record = save_model(
-        base_net,
-        BASE_NAME,
-        input_shape=[1, 8, 8],
-        catalog=cat,
-        path=out / f"{BASE_NAME}.onnx",
-        layout="NCHW",
-        classes=[0, 1, 2, 3, 4],
+    # Both models the walkthrough saves: 8x8 single-channel digits, its own files, re-registered on a rerun.
+    save = functools.partial(save_model, input_shape=[1, 8, 8], catalog=cat, layout="NCHW", replace=True)
+    base_record = save(
+        base_net, BASE_NAME, path=out / f"{BASE_NAME}.onnx", classes=[0, 1, 2, 3, 4],
         description="Small CNN trained on scikit-learn's digits 0-4 by `zoo walkthrough`",
         meta={"trained_by": "zoo walkthrough", "dataset": "sklearn digits 0-4", "val_accuracy": base_fit.val_accuracy},
-        replace=True,
     )
     cat.update_model(BASE_NAME, dataset="sklearn digits 0-4", metrics={"val_accuracy": base_fit.val_accuracy})
 
@@ -201,53 +199,44 @@ def run(
     x_val, y_val = x[val_i], y[val_i]
     x_test, y_test = x[test_i], y[test_i]
     say(f"reusing {BASE_NAME} frozen at {FIRST_CUT!r} for digits 5-9 with {labels_per_class} labels per class ...")
-    extractor = load_extractor(BASE_NAME, layer=FIRST_CUT, catalog=cat, cache_dir=cache_dir)
+    extractor = load_extractor(BASE_NAME, FIRST_CUT, catalog=cat, cache_dir=cache_dir)
     cached = extract_features(extractor, x_train, cache_dir=cache_dir, progress=False)
     val_features = extract_features(extractor, x_val, cache_dir=cache_dir, progress=False).features
     test_features = extract_features(extractor, x_test, cache_dir=cache_dir, progress=False).features
-    head_args = dict(epochs=head_epochs, batch_size=16, lr=3e-3, patience=15, seed=seed)
+    heads = TrainingConfig(epochs=head_epochs, batch_size=16, lr=3e-3, patience=15, seed=seed, progress=False)
     first = fit_head(
-        cached.features, y_train, head=make_head(int(np.prod(cached.features.shape[1:])), 5, seed=seed),
-        validation=(val_features, y_val), **head_args,
+        cached.features, y_train, heads, head=make_head(int(np.prod(cached.features.shape[1:])), 5, seed=seed),
+        validation=(val_features, y_val),
     )
     first_accuracy = first.accuracy(test_features, y_test)
 
     # 3. Which cut is best? Train a head at each one, also fine-tuning the top layer below it.
     say(f"sweeping the cut layer over {', '.join(layers)} (unfreeze {', '.join(map(str, unfreeze))}) ...")
     result = sweep(
-        BASE_NAME, x_train, y_train, layers=layers, unfreeze=unfreeze,
-        validation=(x_val, y_val), test=(x_test, y_test),
-        catalog=cat, cache_dir=cache_dir, plot=out / "sweep.png", progress=False, **head_args,
+        BASE_NAME, x_train, y_train, layers=layers, unfreeze=unfreeze, validation=(x_val, y_val),
+        test=(x_test, y_test), training=heads, catalog=cat, cache_dir=cache_dir,
     )
+    result.plot(out / "sweep.png")
     best = result.best
 
     # 4. Beside it: the same network trained from scratch on the same few labels, same early stopping.
     say("training the same CNN from scratch on the same few labels ...")
-    scratch = fit_head(
-        x_train, y_train, head=digits_cnn(5, seed=seed), validation=(x_val, y_val), **head_args,
-    )
+    scratch = fit_head(x_train, y_train, heads, head=digits_cnn(5, seed=seed), validation=(x_val, y_val))
     scratch_accuracy = scratch.accuracy(x_test, y_test)
 
     # 5. Keep the best: frozen base + trained layers, as one ONNX model in the catalog.
     say(f"saving the frozen base + new head as {TRANSFER_NAME!r} ...")
-    best_base = load_extractor(BASE_NAME, layer=best.cached_at, catalog=cat, cache_dir=cache_dir)
-    module = _compose(best_base.to_torch(), best.fit.head)
-    transfer_record = save_model(
-        module,
-        TRANSFER_NAME,
-        input_shape=[1, 8, 8],
-        catalog=cat,
-        path=out / f"{TRANSFER_NAME}.onnx",
-        layout="NCHW",
-        classes=best.fit.classes,
+    best_base = load_extractor(BASE_NAME, best.cached_at, catalog=cat, cache_dir=cache_dir)
+    module = compose(best_base.to_torch(), best.fit.head)
+    transfer_record = save(
+        module, TRANSFER_NAME, path=out / f"{TRANSFER_NAME}.onnx", classes=best.fit.classes,
         description=f"{BASE_NAME} cut at {best.layer} + a new head for digits 5-9, by `zoo walkthrough`",
         meta={"trained_by": "zoo walkthrough", "base_model": BASE_NAME, "layer": best.layer,
               "unfreeze": best.unfreeze, "labels_per_class": labels_per_class,
               "test_accuracy": best.test_accuracy},
-        replace=True,
     )
     # The saved ONNX model, run by onnxruntime, must predict what the torch model predicts.
-    logits = load_extractor(TRANSFER_NAME, layer=-1, catalog=cat, cache_dir=cache_dir)(x_test)
+    logits = load_extractor(TRANSFER_NAME, -1, catalog=cat, cache_dir=cache_dir)(x_test)
     best_features = extract_features(best_base, x_test, cache_dir=cache_dir, progress=False).features
     onnx_agrees = bool(np.array_equal(np.asarray(best.fit.classes)[logits.argmax(1)], best.fit.predict(best_features)))
 
@@ -273,7 +262,7 @@ def run(
         plot=str(result.plot_path),
         features_reused=cached.reused,
         seconds=time.perf_counter() - started,
-        catalog=cat._where,
+        catalog=cat.where,
     )
     write_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
     return report
