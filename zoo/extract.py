@@ -593,17 +593,31 @@ class Extractor:
         """The cut graph as an ONNX ModelProto."""
         return _load(self.model_path)
 
-    def to_torch(self):
-        """The cut graph as a frozen ``torch.nn.Module`` (``.unfreeze(top=k)`` to fine-tune).
+    def to_torch(self, *, preprocess: bool = False, compile: bool | dict = False):
+        """The cut graph as a frozen ``torch.nn.Module`` that gives what this extractor gives.
 
-        A multi-input cut's module takes its inputs in ``input_names`` order.
+        The extractor's ``pooling`` is applied to the outputs; ``preprocess=True`` puts its input
+        preprocessing first, so the module takes raw pixels (N, H, W, C) RGB at the net's size.
+        ``.unfreeze(k)`` trains the top k blocks, ``.unfreeze("res4f")`` everything above a cut
+        point. A multi-input cut's module takes its inputs in ``input_names`` order or by name.
         """
         from zoo.errors import require
 
         require("torch", "torch")
         from converters.onnx_to_torch import to_torch
 
-        return to_torch(self.cut_model)
+        pool = None
+        if self.pooling:
+            from zoo.pooling import pool_module
+
+            pool = pool_module(self.pooling, self.input_spec.layout)
+        first = None
+        if preprocess:
+            from zoo.images import preprocess_module
+
+            first = preprocess_module(self.input_spec)
+        return to_torch(self.cut_model, pooling=pool, preprocess=first, preprocess_input=self.input_spec.name,
+                        compile=compile)
 
     # --- running ---------------------------------------------------------------------------------
 
