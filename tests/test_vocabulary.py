@@ -19,6 +19,7 @@ import zoo
 from zoo.cli import cli
 from zoo.errors import UnknownOptionError
 from zoo.options import ExtractorOptions, PretrainConfig, TrainingConfig
+from zoo.records import InputSpec
 
 
 def _python():
@@ -36,8 +37,9 @@ def _python():
         "search": [zoo.search, Catalog.search],
         "list": [zoo.list_models, Catalog.search],
         "info": [zoo.info],
-        "add": [zoo.add],
-        "scan": [zoo.scan],
+        "add": [zoo.add, InputSpec],  # --mean, --std ... are fields of input_spec=
+        "edit": [zoo.edit, InputSpec],
+        "scan": [zoo.scan, InputSpec],
         "rm": [zoo.remove],
         "source add": [zoo.add_source],
         "source list": [zoo.list_sources],

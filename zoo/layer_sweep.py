@@ -24,7 +24,7 @@ class SweepRow:
     """One cut of a sweep: where the features were cached and how the head did."""
 
     layer: str
-    unfreeze: int
+    unfreeze: int | str  # blocks unfrozen below the cut, or the cut point above which all train
     cached_at: str  # the layer whose outputs were cached (below the unfrozen ones)
     features: list[int]  # shape of one cached row
     val_accuracy: float | None
@@ -36,7 +36,7 @@ class SweepRow:
     test_accuracy: float | None = None
     val_loss: float | None = None  # of the best epoch: breaks ties in accuracy
     val_rows: int = 0  # rows the validation accuracy was measured on
-    trainable: int = 0  # parameters trained (head and unfrozen layers): the cost, with the time
+    trainable_parameters: int = 0  # the head's and the unfrozen blocks': the cost, with the time
     converged: bool = True  # False: the best epoch was the last one, more epochs would likely help
     fit: Any = field(default=None, repr=False, compare=False)  # the FitResult: trained head, history
 
@@ -44,7 +44,7 @@ class SweepRow:
         """Sort key, best first: validation accuracy, then loss, then cost (frozen before
         unfrozen, fewer trained parameters, less time)."""
         return (-(self.val_accuracy or 0.0), self.val_loss if self.val_loss is not None else float("inf"),
-                self.unfreeze, self.trainable, self.cache_seconds + self.train_seconds)
+                0 if not self.unfreeze else 1, self.trainable_parameters, self.cache_seconds + self.train_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fit"}
@@ -96,9 +96,10 @@ class SweepResult:
     def table(self) -> str:
         """A text table: one line per cut."""
         has_test = any(r.test_accuracy is not None for r in self.rows)
-        headers = ["layer", "unfreeze", "cached at", "features", "val acc", "best epoch", "cache s", "train s"]
+        headers = ["layer", "unfreeze", "cached at", "features", "trains", "val acc", "best epoch", "cache s",
+                   "train s"]
         if has_test:
-            headers.insert(5, "test acc")
+            headers.insert(6, "test acc")
         lines = []
         for r in self.rows:
             cells = [
@@ -106,13 +107,14 @@ class SweepResult:
                 r.unfreeze,
                 r.cached_at + (" (reused)" if r.reused else ""),
                 "x".join(str(d) for d in r.features),
+                f"{r.trainable_parameters:,}",
                 _pct(r.val_accuracy),
                 f"{r.best_epoch}/{r.epochs}",
                 f"{r.cache_seconds:.2f}",
                 f"{r.train_seconds:.2f}",
             ]
             if has_test:
-                cells.insert(5, _pct(r.test_accuracy))
+                cells.insert(6, _pct(r.test_accuracy))
             lines.append(cells)
         return _table(lines, headers)
 
@@ -129,10 +131,10 @@ class SweepResult:
         prepare(path, "the plot")
         order = list(dict.fromkeys(r.layer for r in self.rows))
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.6))
-        for k in sorted({r.unfreeze for r in self.rows}):
+        for k in sorted({r.unfreeze for r in self.rows}, key=str):
             rows = [r for r in self.rows if r.unfreeze == k]
             xs = [order.index(r.layer) for r in rows]
-            label = "frozen base" if k == 0 else f"top {k} unfrozen"
+            label = "frozen base" if not k else f"above {k} unfrozen" if isinstance(k, str) else f"top {k} unfrozen"
             line = ax.plot(xs, [r.val_accuracy or 0 for r in rows], marker="o", label=f"{label}: validation")
             if any(r.test_accuracy is not None for r in rows):
                 ax.plot(xs, [r.test_accuracy or 0 for r in rows], marker="s", linestyle="--",
@@ -163,7 +165,10 @@ class SweepResult:
 
 
 def _row_name(row: SweepRow) -> str:
-    return row.layer + (f" (top {row.unfreeze} unfrozen)" if row.unfreeze else "")
+    if not row.unfreeze:
+        return row.layer
+    return row.layer + (f" (blocks above {row.unfreeze} unfrozen)" if isinstance(row.unfreeze, str)
+                        else f" (top {row.unfreeze} unfrozen)")
 
 
 def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -210,7 +215,7 @@ def sweep(
     labels: Any = None,
     *,
     layers: Sequence[str | int] = (-2,),
-    unfreeze: Sequence[int] = (0,),
+    unfreeze: Sequence[int | str] = (0,),
     validation: tuple[Any, Any] | None = None,
     test: tuple[Any, Any] | None = None,
     extractor: ExtractorOptions | None = None,
@@ -225,8 +230,10 @@ def sweep(
 
     Each cut's features are cached once (a second sweep, or a `zoo train` at the same cut,
     reuses them); every head trains with the same seed and the same validation rows, so the
-    rows differ only by where the network was cut. ``unfreeze=[0, 1]`` also fine-tunes the top
-    layer below each cut, on features cached one cut lower. The best row has the highest
+    rows differ only by where the network was cut (the table says how many parameters each
+    trains). ``unfreeze=[0, 1]`` also fine-tunes the top block below each cut (a conv/linear
+    layer with its BatchNorm, Scale and activation), on features cached one cut lower; a cut
+    point's name (``"res4f"``) fine-tunes every block above it. The best row has the highest
     validation accuracy; ties go to the lower validation loss, then to the cheaper row.
 
     Args:
@@ -234,7 +241,7 @@ def sweep(
         data: as `zoo.train`'s: an array, a ``.npy`` path, image files, or a `zoo.DataSource`.
         labels: one label per input; None for a class folder.
         layers: the cut layers to compare (names or positions).
-        unfreeze: the unfreeze depths to try at each cut.
+        unfreeze: the blocks to unfreeze at each cut (counts, or cut point names).
         validation: ``(data, labels)`` to validate on (labels None for a class folder); without
             it ``val_fraction`` of `data` is held out.
         test: ``(data, labels)`` scored by every row's head.
@@ -254,7 +261,8 @@ def sweep(
         `.warnings`: a validation set too small to tell the best from others, heads not converged).
 
     Raises:
-        InputError: no layers, negative depths, labels missing or not one per input.
+        InputError: no layers, negative depths or names that are no layer, labels missing or not
+            one per input.
 
     >>> result = zoo.sweep("bvlc_alexnet", "x.npy", "y.npy", layers=["fc6", "fc7"])  # doctest: +SKIP
     >>> print(result.table()); result.plot("sweep.png")                            # doctest: +SKIP
@@ -271,14 +279,23 @@ def sweep(
         raise InputError(f"no layers to sweep; give them as {option('layers', ['fc6', 'fc7'], cli='fc6,fc7')}")
     if isinstance(layers, (str, int)):
         layers = [layers]
-    if isinstance(unfreeze, int):
+    if isinstance(unfreeze, (str, int)):
         unfreeze = [unfreeze]
-    if any(k < 0 for k in unfreeze) or not unfreeze:
-        raise InputError(f"{option('unfreeze', list(unfreeze), cli=','.join(map(str, unfreeze)))} must be depths "
-                         f"of 0 or more, e.g. {option('unfreeze', [0, 1], cli='0,1')}")
+    if not unfreeze or any(not isinstance(k, str) and k < 0 for k in unfreeze):
+        raise InputError(f"{option('unfreeze', list(unfreeze), cli=','.join(map(str, unfreeze)))} must be block "
+                         f"counts of 0 or more or cut points, e.g. {option('unfreeze', [0, 1], cli='0,1')}")
     extractor = extractor or ExtractorOptions()
     training = training or TrainingConfig()
     cat = open_catalog(catalog)
+    named = [k for k in unfreeze if isinstance(k, str)]
+    if named:  # a misspelt name fails before any caching; one above a cut only skips that row
+        from zoo.extract import layers as list_layers
+
+        known = {info.name for info in list_layers(model, catalog=cat, cache_dir=cache_dir)}
+        unknown = [k for k in named if k not in known]
+        if unknown:
+            raise InputError(f"{option('unfreeze', unknown[0])} is not a layer of {model}; give a number of blocks "
+                             f"({option('unfreeze', 1)}) or a cut point from `zoo layers {model}`")
     labels = None if labels is None else load_labels(labels)
     pairs = {which: (pair[0], None if pair[1] is None else load_labels(pair[1]))
              for which, pair in (("validation", validation), ("test", test)) if pair is not None}
@@ -302,13 +319,13 @@ def sweep(
                     for which, pair in pairs.items()}
             cache_seconds = prepared.seconds + time.perf_counter() - started
             features = prepared.cached.features
-            head = prepared.trainable(training)
+            trainable = prepared.trainable(training)
             with _warnings.catch_warnings():  # said once for the whole sweep (SweepResult.warnings)
                 _warnings.simplefilter("ignore", NotConvergedWarning)
-                fit = fit_head(features, prepared.labels, training.replace(progress=False), head=head,
+                fit = fit_head(features, prepared.labels, training.replace(progress=False), head=trainable,
                                validation=sets.get("validation"))
             test_accuracy = fit.accuracy(*sets["test"]) if "test" in sets else None
-            at = prepared.extractor.layer if k == 0 else load_extractor(model, layer, catalog=cat,
+            at = prepared.extractor.layer if not k else load_extractor(model, layer, catalog=cat,
                                                                          cache_dir=cache_dir).layer
             result.rows.append(
                 SweepRow(
@@ -325,7 +342,7 @@ def sweep(
                     test_accuracy=test_accuracy,
                     val_loss=fit.val_loss,
                     val_rows=fit.val_rows,
-                    trainable=sum(p.numel() for p in head.parameters() if p.requires_grad),
+                    trainable_parameters=sum(p.numel() for p in trainable.parameters() if p.requires_grad),
                     converged=fit.converged,
                     fit=fit,
                 )

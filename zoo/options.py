@@ -48,8 +48,9 @@ class TrainingConfig:
         patience: epochs without a better validation loss before stopping; 0 or None never stops early.
         seed: seeds the head's initialisation, the shuffling and the validation split.
         threads: torch threads while training; None for one on a small model, torch's choice otherwise.
-        unfreeze: top layers of the base with weights trained too, on features cached below them
-            (`zoo.train`; `zoo.sweep` takes the depths to try itself).
+        unfreeze: top blocks of the base (a conv/linear layer with its BatchNorm, Scale and
+            activation) trained too, on features cached below them; or a cut point's name: every
+            block above it trains (`zoo.train`; `zoo.sweep` takes the depths to try itself).
         standardize: a new head first scales each feature to mean 0 and variance 1 over the
             training rows (the scaling is part of the saved head, so it needs no setup to run).
         progress: progress bars on stderr when it is a terminal.
@@ -67,7 +68,7 @@ class TrainingConfig:
     patience: int | None = 5
     seed: int = 0
     threads: int | None = None
-    unfreeze: int = 0
+    unfreeze: int | str = 0
     standardize: bool = True
     progress: bool = True
 
@@ -93,8 +94,11 @@ class TrainingConfig:
             raise InputError(f"{option('seed', self.seed)} must be a non-negative whole number")
         if self.threads is not None and not (_whole(self.threads) and self.threads >= 1):
             raise InputError(f"{option('threads', self.threads)} must be a whole number of at least 1")
-        if not (_whole(self.unfreeze) and self.unfreeze >= 0):
-            raise InputError(f"{option('unfreeze', self.unfreeze)} must be 0 or more layers")
+        if isinstance(self.unfreeze, str) and not self.unfreeze.strip():
+            raise InputError(f"{option('unfreeze', self.unfreeze)} names no layer; give a count of blocks "
+                             f"({option('unfreeze', 1)}) or a cut point ({option('unfreeze', 'res4f')})")
+        if not isinstance(self.unfreeze, str) and not (_whole(self.unfreeze) and self.unfreeze >= 0):
+            raise InputError(f"{option('unfreeze', self.unfreeze)} must be 0 or more blocks, or the name of a cut point")
 
     def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with some fields changed (checked again)."""

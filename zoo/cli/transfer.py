@@ -10,11 +10,11 @@ from zoo.cli._app import (cache_option, catalog_option, cli, echo, emit, json_op
 from zoo.cli._options import (
     engine_options,
     extractor_options,
-    int_list,
     layer_value,
     source_value,
     training_data,
     training_options,
+    unfreeze_value,
 )
 
 # zoo.transfer & co. import torch: they are imported inside the commands so `zoo --help` stays fast.
@@ -39,8 +39,10 @@ def train_command(model, name, data, extractor, training, engine, replace, as_js
     """Train a new head on MODEL cut at a layer; save base + head as your own model (ONNX).
 
     The data go through the frozen layers once (cached, resumable, reused by later runs); the
-    head trains on the cached outputs. With --unfreeze K the top K layers below the cut train
-    too, on features cached below them. -q prints only the saved model's line.
+    head trains on the cached outputs. With --unfreeze K the top K blocks below the cut train
+    too (--unfreeze res4f: every block above that cut point), on features cached below them.
+    It says how many parameters trained. -q prints only the saved model's line (and the files
+    it left out).
 
     \b
     Example:
@@ -66,6 +68,8 @@ def train_command(model, name, data, extractor, training, engine, replace, as_js
         "layer": result.model.meta.get("layer"),
         "cached_at": result.cut,
         "unfreeze": training.unfreeze,
+        "trainable_parameters": result.trainable_parameters,
+        "total_parameters": result.total_parameters,
         "cache_key": result.cache_key,
         "classes": fit.classes,
         "val_accuracy": fit.val_accuracy,
@@ -83,7 +87,8 @@ def train_command(model, name, data, extractor, training, engine, replace, as_js
                  f"{h['val_loss']:.4f}" if "val_loss" in h else "-",
                  f"{100 * h['val_accuracy']:.1f}%" if "val_accuracy" in h else "-"] for h in fit.history]
         accuracy = "-" if fit.val_accuracy is None else f"{100 * fit.val_accuracy:.1f}%"
-        saved = f"saved {result.model.name} (frozen {model} + trained head) -> {payload['onnx']}"
+        saved = (f"saved {result.model.name} (frozen {model} + trained head; trained {result.trainable_parameters:,} "
+                 f"of {result.total_parameters:,} parameters) -> {payload['onnx']}")
         if quiet:  # the result and the inputs it left out (never quiet about those), not the epochs
             return "\n".join([*skipped_lines(result.skipped), saved])
         return "\n".join([
@@ -114,7 +119,7 @@ def _labelled_set(path: str | None, labels: str | None, data: Any, which: str):
 @click.option("--layers", "-l", required=True, metavar="L1,L2,...",
               help="Cut layers to compare (names from `zoo layers NAME` or positions).")
 @click.option("--unfreeze", default="0", show_default=True, metavar="K1,K2",
-              help="Unfreeze depths to try at each cut, e.g. 0,1.")
+              help="Blocks to unfreeze at each cut, e.g. 0,1 (or cut points: 0,res4f).")
 @training_data
 @click.option("--validation", type=click.Path(exists=True), metavar="DATA",
               help="Validate on these inputs (.npy or an image folder) instead of holding out --val-fraction.")
@@ -135,10 +140,11 @@ def sweep_command(model, layers, unfreeze, data, validation, validation_labels, 
                   training, engine, plot, as_json, catalog, cache_dir):
     """Train a head at each cut layer of MODEL and compare validation accuracy and time.
 
-    Each cut's features are cached once; every head uses the same seed and validation rows.
+    Each cut's features are cached once; every head uses the same seed and validation rows. The
+    table's "trains" column counts the parameters each row trains (head and unfrozen blocks).
     The best row has the highest validation accuracy, then the lowest validation loss, then the
-    lowest cost (frozen before unfrozen, fewer trained parameters); a note says when the
-    validation set is too small to tell the best from the others. -q prints only the table.
+    lowest cost (frozen before unfrozen, fewer trained parameters, less time); a note says when
+    the validation set is too small to tell the best from the others. -q prints only the table.
 
     \b
     Example:
@@ -161,7 +167,7 @@ def sweep_command(model, layers, unfreeze, data, validation, validation_labels, 
         raise InputError(f"--layers {layers!r} names no layer; give names like fc6,fc7")
     quiet = not training.progress
     result = sweep(model, data.source, data.labels, layers=cuts,
-                   unfreeze=int_list("--unfreeze", unfreeze, "depths") or [0],
+                   unfreeze=[unfreeze_value(part) for part in unfreeze.split(",") if part.strip()] or [0],
                    validation=_labelled_set(validation, validation_labels, data, "validation"),
                    test=_labelled_set(test, test_labels, data, "test"),
                    extractor=extractor.replace(threads=training.threads), training=training, engine=engine,
@@ -171,7 +177,9 @@ def sweep_command(model, layers, unfreeze, data, validation, validation_labels, 
 
     def text() -> str:
         best = result.best
-        lines = [result.table(), f"best: {best.layer}" + (f" with top {best.unfreeze} unfrozen" if best.unfreeze else "")]
+        unfrozen = "" if not best.unfreeze else (f" with the blocks above {best.unfreeze} unfrozen"
+                                                  if isinstance(best.unfreeze, str) else f" with top {best.unfreeze} unfrozen")
+        lines = [result.table(), f"best: {best.layer}{unfrozen}"]
         lines += [f"skipped: {s}" for s in result.skipped]
         lines += skipped_lines(result.skipped_files)  # never quiet: the result left these inputs out
         lines += _notes(result.warnings, quiet)
