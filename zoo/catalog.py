@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
 SCHEMA_REVISIONS = ("0001", "0002", "0003")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
+# The URL of the in-memory catalog read-only commands use before any catalog file exists.
+IN_MEMORY = "sqlite://"
 # zoo_state key saying whether the built-in zoos were loaded: "pending" from the transaction that
 # creates the schema until the one that loads them, so a creation cut short (kill -9) is finished
 # by the next open; "loaded" after; "skipped" for catalogs created with builtins=False.
@@ -675,11 +677,22 @@ class CatalogRegistry:
     def __init__(self) -> None:
         self._open: dict[tuple[str, bool], Catalog] = {}
 
-    def open(self, location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True) -> Catalog:
-        """The open catalog at `location`, opened (created, upgraded) now if it is not yet."""
+    def open(self, location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True,
+             create: bool = True) -> Catalog:
+        """The open catalog at `location`, opened (created, upgraded) now if it is not yet.
+
+        With ``create=False`` (what read-only commands use) a catalog file that does not exist yet is
+        not made: the built-in zoos are served from memory instead, and nothing is written to disk.
+        """
         if isinstance(location, Catalog):
             return location
-        url = config.catalog_url(location)
+        where = config.catalog_location(location)
+        url = where.url
+        if where.path is not None and not where.path.exists():
+            if not create and (where.kind == "home" or where.path.parent.is_dir()):
+                return self._in_memory(builtins)
+            if where.kind == "home":  # zoo's own folder: made on first write, like ~/.cache/huggingface
+                where.path.parent.mkdir(parents=True, exist_ok=True)
         catalog = self._open.get((url, builtins))
         if catalog is not None and catalog.is_sqlite:
             database = catalog._engine.url.database
@@ -690,6 +703,13 @@ class CatalogRegistry:
             catalog = Catalog(url, builtins=builtins)
             self._open[(url, builtins)] = catalog
         return catalog
+
+    def _in_memory(self, builtins: bool) -> Catalog:
+        """A catalog in memory holding only the built-in zoos: what a read shows before any catalog exists."""
+        key = (IN_MEMORY, builtins)
+        if key not in self._open:
+            self._open[key] = Catalog(IN_MEMORY, builtins=builtins)
+        return self._open[key]
 
     def close(self, location: str | os.PathLike | None = None) -> None:
         """Close and forget the catalogs open at `location` (its connections return to the server)."""
@@ -707,25 +727,29 @@ class CatalogRegistry:
 REGISTRY = CatalogRegistry()
 
 
-def open_catalog(location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True) -> Catalog:
+def open_catalog(location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True,
+                 create: bool = True) -> Catalog:
     """Open (creating or upgrading if needed) the catalog at a path or SQLAlchemy URL.
 
     Args:
         location: a file path, a SQLAlchemy URL, an open `Catalog` (returned as it is), or None for
-            ``$ZOO_CATALOG``, else ``catalog.db`` in the working directory.
+            ``$ZOO_CATALOG``, else the project's ``catalog.db`` (the working folder's or a parent's),
+            else the user's catalog in zoo's home (`zoo.config.catalog_location`).
         builtins: fill a new catalog with the built-in Caffe and TensorFlow zoo indexes.
+        create: make the catalog file when it does not exist; False (reads) serves the built-in
+            zoos from memory instead and writes nothing.
 
     Returns:
         The catalog, shared by every call with the same location in this process (`REGISTRY`).
 
     Raises:
-        CatalogError: the location cannot be opened, is not a zoo catalog, or cannot be written
-            when it must be created or upgraded.
+        CatalogError: the location cannot be opened, is not a zoo catalog, cannot be written
+            when it must be created or upgraded, or names a file in a folder that does not exist.
         CatalogVersionError: the catalog was written by a newer zoo.
 
     >>> cat = open_catalog("my-models.db")      # doctest: +SKIP
     """
-    return REGISTRY.open(location, builtins=builtins)
+    return REGISTRY.open(location, builtins=builtins, create=create)
 
 
 def close_all() -> None:
@@ -761,7 +785,7 @@ def search(query: str | None = None, *, catalog: str | os.PathLike | Catalog | N
     >>> [m.name for m in search("alexnet")]      # doctest: +SKIP
     ['bvlc_alexnet']
     """
-    return open_catalog(catalog).search(query, **filters)
+    return open_catalog(catalog, create=False).search(query, **filters)
 
 
 def info(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> Model:
@@ -777,7 +801,7 @@ def info(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> Mo
     Raises:
         UnknownModelError: no such model (``closest`` holds names that look like it).
     """
-    return open_catalog(catalog).get(name)
+    return open_catalog(catalog, create=False).get(name)
 
 
 def list_models(*, catalog: str | os.PathLike | Catalog | None = None, **filters: Any) -> list[Model]:
@@ -794,7 +818,7 @@ def list_models(*, catalog: str | os.PathLike | Catalog | None = None, **filters
         CatalogError: the catalog cannot be opened or read.
     """
     filters.setdefault("limit", None)
-    return open_catalog(catalog).search(None, **filters)
+    return open_catalog(catalog, create=False).search(None, **filters)
 
 
 def remove(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> None:

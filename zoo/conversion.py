@@ -19,6 +19,7 @@ from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, V
 from zoo.cache import onnx_path
 from zoo.hashes import file_sha256
 from zoo.records import Artifact, Model
+from zoo.store import Store
 
 if TYPE_CHECKING:
     from converters.report import Conversion
@@ -130,12 +131,14 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
 
     dest = onnx_path(name, cache_dir)
     conversion.save(dest)
+    sha256 = file_sha256(dest)
+    Store(cache_dir).adopt(dest, sha256)  # one copy of identical conversions (two names, two revisions)
     artifact = Artifact(
         role="onnx",
         filename=dest.name,
         path=str(dest),
         size=dest.stat().st_size,
-        sha256=file_sha256(dest),
+        sha256=sha256,
         meta={
             "report": report.to_dict(),
             "layout": report.input_layout,

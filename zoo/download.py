@@ -9,6 +9,7 @@ sha256 it observed in `Artifact.sha256` and `Artifact.meta["first_fetch_sha256"]
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -22,6 +23,7 @@ from zoo.archives import UnpackLimits, archive_kind, remove_stale_unpacks, safe_
 from zoo.cache import model_folder, root as cache_root
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.hashes import file_hash, hash_matches, parse_checksum
+from zoo.store import Store
 from zoo.transport import DownloadResult, Expected, RetryPolicy, download, new_session
 
 if TYPE_CHECKING:
@@ -119,6 +121,7 @@ def fetch(
     names = [name_or_names] if isinstance(name_or_names, str) else list(name_or_names)
     models = [cat.get(name) for name in names]  # an unknown name fails before any download
     root = cache_root(cache_dir)
+    Store(root).ensure()  # a cache from before the store moves into it, once
     offline = config.offline() if offline is None else offline
     limits = unpack_limits or UnpackLimits.from_env()  # a bad $ZOO_MAX_UNPACK_* fails before downloading
     own_session = session is None and not offline
@@ -180,6 +183,7 @@ class _How:
     retry: RetryPolicy | None
     token_hosts: set[str] | None
     limits: UnpackLimits | None
+    headers: dict[str, str] | None = None  # extra request headers (a hub's)
 
 
 def _fetch_artifact(cat, name, artifact, root, how: _How):
@@ -201,16 +205,38 @@ def _fetch_artifact(cat, name, artifact, root, how: _How):
     folder = model_folder(name, root)
     dest = folder / artifact.filename
     pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
-    bar = _Bar(f"{name}: {artifact.filename}") if not how.quiet and sys.stderr.isatty() else None
-    try:
-        result = download(
-            artifact.urls, dest, expected=Expected(artifact.size, artifact.checksum, pinned), retry=how.retry,
-            session=how.session, force=how.force, offline=how.offline, label=label, progress=bar,
-            token_hosts=how.token_hosts,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+    store = Store(root)
+    known = known_sha256(artifact)
+    # Held from before the download until the view is made: `zoo cache gc` leaves the blob alone.
+    with store.hold(known) if known else contextlib.nullcontext():
+        if known and not how.force and store.has(known) and not store.refers(dest, known):
+            store.link(known, dest)  # the same bytes are in the store (another name, source or revision)
+        bar = _Bar(f"{name}: {artifact.filename}") if not how.quiet and sys.stderr.isatty() else None
+        try:
+            result = download(
+                artifact.urls, dest, expected=Expected(artifact.size, artifact.checksum, pinned), retry=how.retry,
+                session=how.session, force=how.force, offline=how.offline, label=label, progress=bar,
+                token_hosts=how.token_hosts, headers=how.headers,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        store.adopt(dest, result.sha256)
+    return _record_fetched(cat, name, artifact, result, dest, folder, how)
+
+
+def known_sha256(artifact: Artifact) -> str | None:
+    """The sha256 a file must have, known before it is downloaded: published, or pinned by a fetch."""
+    if artifact.checksum:
+        algo, digest = parse_checksum(artifact.checksum)
+        if algo == "sha256":
+            return digest.lower()
+    pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
+    return pinned.lower() if isinstance(pinned, str) and len(pinned) == 64 else None
+
+
+def _record_fetched(cat, name, artifact, result, dest: Path, folder: Path, how: _How):
+    """Register a downloaded (or verified cached) file: its hash, where it came from, its unpacked folder."""
     done = dataclasses.replace(artifact, meta=dict(artifact.meta), urls=list(artifact.urls))
     done.size, done.sha256 = result.size, result.sha256
     if not artifact.checksum:

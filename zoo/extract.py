@@ -61,7 +61,7 @@ def _looks_like_path(value: str | os.PathLike) -> bool:
     return isinstance(value, os.PathLike) or text.endswith(".onnx") or os.sep in text
 
 
-def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _Source:
+def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any, create: bool = True) -> _Source:
     if _looks_like_path(name_or_path) and os.path.isfile(name_or_path):
         path = Path(name_or_path).absolute()
         return _Source(os.fspath(name_or_path), path, _path_sha256(path, cache_dir), InputSpec(), None)
@@ -70,7 +70,7 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
     from zoo.catalog import open_catalog
 
     name = str(name_or_path)
-    cat = open_catalog(catalog)
+    cat = open_catalog(catalog, create=create)  # `zoo layers` reads: it never creates a catalog
     try:
         model = cat.get(name)
     except UnknownModelError:
@@ -143,7 +143,7 @@ def layers(
     """
     from zoo.graph import GraphInfo, list_layers
 
-    source = _source(name_or_onnx_path, catalog, cache_dir)
+    source = _source(name_or_onnx_path, catalog, cache_dir, create=False)
     model = _load(source.path)
     return list_layers(model, GraphInfo(model))
 
@@ -159,7 +159,7 @@ def model_inputs(
     """
     from zoo.graph import GraphInfo, batch_dim
 
-    source = _source(name_or_onnx_path, catalog, cache_dir)
+    source = _source(name_or_onnx_path, catalog, cache_dir, create=False)
     model = _load(source.path)
     wanted = set(GraphInfo(model).inputs)
     found = [i for i in model.graph.input if i.name in wanted]

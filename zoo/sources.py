@@ -291,7 +291,7 @@ def list_sources(*, catalog: str | os.PathLike | Catalog | None = None) -> list[
     """
     from zoo.catalog import open_catalog
 
-    return open_catalog(catalog).sources()
+    return open_catalog(catalog, create=False).sources()
 
 
 def _sync_one(cat: Catalog, source: SourceInfo, force: bool = False) -> SyncReport:

@@ -153,16 +153,26 @@ def _info_text(model: Model) -> str:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--paths", is_flag=True, help="Say which catalog and cache are in use and why (as `zoo --where`).")
 @json_option
 @catalog_option
-def info(name, as_json, catalog):
-    """Everything known about a model: metadata, input spec, files and where they are on disk.
+def info(name, paths, as_json, catalog):
+    """Everything known about a model (NAME or NAME@REVISION): metadata, input spec, files on disk.
 
     \b
     Example:
         zoo info bvlc_alexnet
+        zoo info --paths
     """
+    if paths or not name:
+        if not paths:
+            raise click.UsageError("give a model NAME, or --paths")
+        from zoo.cli._where import where_text
+        from zoo.config import where
+
+        emit(where(catalog), as_json, lambda: where_text(catalog))
+        return
     from zoo.catalog import info as run_info
 
     model = run_info(name, catalog=catalog)
