@@ -207,7 +207,9 @@ class Store:
             if self.refers(view, sha256):
                 return "hardlink" if not view.is_symlink() else "symlink"
             view.parent.mkdir(parents=True, exist_ok=True)
-            return _make_view(blob, view)
+            mode = _make_view(blob, view)
+            self._note_mode(mode)
+            return mode
 
     def adopt(self, path: str | os.PathLike, sha256: str) -> str:
         """Put the verified file at `path` (whose sha256 is `sha256`) in the store; `path` becomes a view.
@@ -222,9 +224,13 @@ class Store:
                 return "hardlink" if not path.is_symlink() else "symlink"
             if blob.is_file():
                 if _size(blob) == _size(path) and file_hash(blob) == sha256:
-                    return _make_view(blob, path)
+                    mode = _make_view(blob, path)
+                    self._note_mode(mode)
+                    return mode
                 log.warning("blob %s in the store is damaged; replacing it with the verified copy", sha256[:12])
-            return self._move_in(path, blob)
+            mode = self._move_in(path, blob)
+            self._note_mode(mode)
+            return mode
 
     def _move_in(self, path: Path, blob: Path) -> str:
         """Make `path`'s file the blob, keeping `path` readable throughout (link first, then rename)."""
@@ -245,42 +251,55 @@ class Store:
     # ---- collecting --------------------------------------------------------------------------
     def references(self, blobs: list[Path] | None = None) -> set[str]:
         """The names of the blobs (of `blobs`, default all) some view refers to, or a link outside the cache."""
+        return {name for name, views in self.views(blobs).items() if views}
+
+    def views(self, blobs: list[Path] | None = None) -> dict[str, list[Path | None]]:
+        """Blob name -> the views that refer to it (None stands for a hard link outside the cache's views).
+
+        Hard links are matched by inode, symbolic links by target, reflinks and copies by their bytes
+        (only files of a blob's size are hashed).
+        """
         blobs = self.blobs() if blobs is None else blobs
+        found: dict[str, list[Path | None]] = {}
         by_inode: dict[tuple[int, int], str] = {}
         by_size: dict[int, list[str]] = {}
-        referenced: set[str] = set()
+        links: dict[str, int] = {}
         for blob in blobs:
             try:
                 st = blob.stat()
             except FileNotFoundError:
                 continue
-            if st.st_nlink > 1:  # a hard link somewhere (a view, or the user's own): in use
-                referenced.add(blob.name)
-                continue
+            found[blob.name] = []
+            links[blob.name] = st.st_nlink - 1
             by_inode[(st.st_dev, st.st_ino)] = blob.name
             by_size.setdefault(st.st_size, []).append(blob.name)
         store_real = Path(os.path.realpath(self.folder))
+        # Where views are links, a plain file with a blob's bytes is somebody's own copy, not a view.
+        compare_bytes = self.view_mode() not in ("hardlink", "symlink")
         for folder in view_folders(self.root):
             for view in _view_files(folder):
                 try:
                     if view.is_symlink():
                         target = Path(os.path.realpath(view))
-                        if target.parent == store_real:
-                            referenced.add(target.name)
+                        if target.parent == store_real and target.name in found:
+                            found[target.name].append(view)
                         continue
                     st = view.stat()
                 except OSError:
                     continue
                 name = by_inode.get((st.st_dev, st.st_ino))
                 if name is not None:
-                    referenced.add(name)
+                    found[name].append(view)
+                    links[name] -= 1
                     continue
-                candidates = [n for n in by_size.get(st.st_size, ()) if n not in referenced]
+                candidates = by_size.get(st.st_size) if compare_bytes else None
                 if candidates:  # a reflink or a copy: the same bytes refer to the blob
                     digest = file_hash(view)
                     if digest in candidates:
-                        referenced.add(digest)
-        return referenced
+                        found[digest].append(view)
+        for name, outside in links.items():
+            found[name] += [None] * max(0, outside)  # hard links elsewhere: someone uses the bytes
+        return found
 
     def plan_gc(self) -> GcPlan:
         """The blobs nothing refers to (`GcPlan`); those a running fetch holds are listed apart."""
@@ -323,6 +342,19 @@ class Store:
             for _, lock in reversed(held):
                 lock.release()
         return freed, skipped
+
+    def view_mode(self) -> str | None:
+        """How this cache's views are made ("hardlink", "reflink", "symlink", "copy"), once decided."""
+        try:
+            mode = (self.root / "blobs" / "MODE").read_text().strip()
+        except OSError:
+            return None
+        return mode if mode in LINK_MODES else None
+
+    def _note_mode(self, mode: str) -> None:
+        """Record how views are made here the first time one is (`views` trusts links then)."""
+        if self.view_mode() is None:
+            _write_marker(self.root / "blobs" / "MODE", mode)
 
     # ---- an old cache ------------------------------------------------------------------------
     @property
@@ -368,9 +400,9 @@ class Store:
             self.migrate()
 
 
-def _write_marker(path: Path) -> None:
+def _write_marker(path: Path, text: str = LAYOUT_VERSION) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(LAYOUT_VERSION + "\n")
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
 
