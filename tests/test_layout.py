@@ -29,7 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "converters": ("converters",),
     "ground floor": (
-        "zoo.errors", "zoo.records", "zoo.config", "zoo.hashes", "zoo.atomic", "zoo.cache", "zoo.store", "zoo.formats",
+        "zoo.errors", "zoo.records", "zoo.revisions", "zoo.config", "zoo.hashes", "zoo.atomic", "zoo.cache", "zoo.store", "zoo.formats",
         "zoo.tflite_structure", "zoo.graph", "zoo.manifests", "zoo.options", "zoo.input_specs",
         "zoo.images", "zoo.pooling", "zoo._global_pool", "zoo._threads", "zoo._redact", "zoo._json",
         "zoo.data",

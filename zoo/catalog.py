@@ -12,6 +12,7 @@ when something is written (the ORM import alone would cost `zoo search` ~80 ms).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
 import re
@@ -30,20 +31,23 @@ from zoo.errors import (
     CatalogVersionError,
     DuplicateModelError,
     UnknownModelError,
+    UnknownRevisionError,
     UnknownSourceError,
 )
 from zoo.records import FRAMEWORKS, Artifact, InputSpec, Model
+from zoo.revisions import DERIVED_ROLES, Revision, content_digest, resolve, split_ref
 from zoo.schema import artifacts as _artifacts
 from zoo.schema import models as _models
+from zoo.schema import revisions as _revisions
 from zoo.schema import sources as _sources
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from zoo._orm import ModelRow, SourceRow
+    from zoo._orm import ModelRow, RevisionRow, SourceRow
 
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
-SCHEMA_REVISIONS = ("0001", "0002", "0003")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 # The URL of the in-memory catalog read-only commands use before any catalog file exists.
 IN_MEMORY = "sqlite://"
@@ -95,7 +99,23 @@ def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
         meta=dict(row.meta or {}),
         removed_upstream=bool(row.removed_upstream),
         artifacts=[_artifact_record(a) for a in artifact_rows],
+        revision=row.revision,
     )
+
+
+def _revision_record(row: Any, current: str | None) -> Revision:
+    return Revision(revision=row.revision, digest=row.digest, tag=row.tag, created_at=row.created_at,
+                    current=row.revision == current, source=row.source,
+                    files=[Artifact.from_dict(a) for a in (row.files or [])], meta=dict(row.meta or {}))
+
+
+def _superseded(model: Model) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What a revision keeps when it stops being current: its files (not where they were on disk:
+    the model's folder now holds the new revision's, and `fetch NAME@REV` places the old ones
+    apart) and the model's facts then (input spec, format...)."""
+    files = [dataclasses.replace(a, path=None).to_dict() for a in model.artifacts if a.role not in DERIVED_ROLES]
+    facts = {k: v for k, v in model.to_dict().items() if k not in ("artifacts", "local", "name")}
+    return files, {"model": facts}
 
 
 def _artifact_record(row: Any) -> Artifact:
@@ -104,6 +124,14 @@ def _artifact_record(row: Any) -> Artifact:
         checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
         meta=dict(row.meta or {}),
     )
+
+
+def _past(base: str, chosen: Revision, current: Model) -> Model:
+    """An earlier revision as a model: its facts then, its files, named ``NAME@<id>``."""
+    facts = chosen.meta.get("model")
+    model = Model.from_dict({**facts, "name": base}) if isinstance(facts, dict) else current
+    return dataclasses.replace(model, name=f"{base}@{chosen.revision}", revision=chosen.revision,
+                               artifacts=list(chosen.files), removed_upstream=False)
 
 
 def _check_model(model: Model) -> None:
@@ -395,35 +423,116 @@ class Catalog:
     def _row(self, session: Session, name: str) -> ModelRow:
         from zoo._orm import ModelRow
 
-        return _named_row(session, ModelRow, name, self._unknown)
+        return _named_row(session, ModelRow, split_ref(name)[0], self._unknown)
 
     def _unknown(self, reader: Any, name: str) -> UnknownModelError:
         return _unknown_name(reader, _models.c.name, name, UnknownModelError,
                              "model {name!r} is not in the catalog{hint}. Find models with `zoo search`")
 
     def get(self, name: str) -> Model:
-        """The model called `name`; UnknownModelError names the closest ones."""
+        """The model called `name` (``NAME@REV``: that revision of it); UnknownModelError names the closest ones.
+
+        An earlier revision comes back named ``NAME@<revision id>`` with its own files and facts;
+        the current one is the model itself, whatever `REV` called it.
+        """
+        base, wanted = split_ref(name)
         with self._reader() as reader:
-            row = reader.execute(select(_models).where(_models.c.name == name)).first()
+            row = reader.execute(select(_models).where(_models.c.name == base)).first()
             if row is None:
-                raise self._unknown(reader, name)
+                raise self._unknown(reader, base)
+            if wanted is not None:
+                chosen = resolve(base, wanted, self._revision_rows(reader, row.id, row.revision))
+                if not chosen.current:
+                    return _past(base, chosen, _to_record(row))
             files = reader.execute(select(_artifacts).where(_artifacts.c.model_id == row.id)
                                    .order_by(_artifacts.c.id)).all()
             return _to_record(row, files)
 
     def exists(self, name: str) -> bool:
+        base, wanted = split_ref(name)
         with self._reader() as reader:
-            return reader.scalar(select(_models.c.id).where(_models.c.name == name)) is not None
+            row = reader.execute(select(_models.c.id, _models.c.revision).where(_models.c.name == base)).first()
+            if row is None or wanted is None:
+                return row is not None
+            try:
+                resolve(base, wanted, self._revision_rows(reader, row.id, row.revision))
+            except UnknownRevisionError:
+                return False
+            return True
 
     def names(self) -> list[str]:
         with self._reader() as reader:
             return list(reader.scalars(select(_models.c.name).order_by(_models.c.name)))
 
+    # ---- revisions ---------------------------------------------------------------------
+    def revisions(self, name: str) -> list[Revision]:
+        """Every revision the model had, oldest first; the current one has ``current`` set.
+
+        Raises:
+            UnknownModelError: no such model.
+        """
+        base, _ = split_ref(name)
+        with self._reader() as reader:
+            row = reader.execute(select(_models.c.id, _models.c.revision).where(_models.c.name == base)).first()
+            if row is None:
+                raise self._unknown(reader, base)
+            return self._revision_rows(reader, row.id, row.revision)
+
+    @staticmethod
+    def _revision_rows(reader: Any, model_id: int, current: str | None) -> list[Revision]:
+        rows = reader.execute(select(_revisions).where(_revisions.c.model_id == model_id)
+                              .order_by(_revisions.c.created_at, _revisions.c.id)).all()
+        return [_revision_record(r, current) for r in rows]
+
+    def _past_revision_row(self, session: Session, name: str) -> RevisionRow | None:
+        """The revisions row `name` (``NAME@REV``) stands for when it is not the current one, else None."""
+        base, wanted = split_ref(name)
+        if wanted is None:
+            return None
+        row = self._row(session, base)
+        chosen = resolve(base, wanted, [_revision_record(r, row.revision) for r in row.revisions])
+        if chosen.current:
+            return None
+        return next(r for r in row.revisions if r.revision == chosen.revision)
+
+    def _note_revision(self, session: Session, row: ModelRow, before: Model | None, model: Model) -> None:
+        """Record the revision the model's files now are: the same one, or a new one (the old one kept)."""
+        from zoo._orm import RevisionRow
+
+        digest = content_digest(model.artifacts)
+        known = {r.revision: r for r in row.revisions}
+        current = known.get(row.revision) if row.revision else None
+        tag = model.meta.get("version") if isinstance(model.meta.get("version"), str) else None
+        if current is not None and current.digest == digest:
+            if tag and not current.tag:
+                current.tag = tag
+            return
+        if current is not None and before is not None:  # it stops being current: it keeps its files
+            current.files, facts = _superseded(before)
+            current.meta = {**(current.meta or {}), **facts}
+        wanted = model.revision or digest[:12]
+        if wanted in known and known[wanted].digest != digest:
+            wanted = digest[:12]  # an id the publisher reused for other files: the digest tells them apart
+        chosen = known.get(wanted)
+        if chosen is None:
+            chosen = RevisionRow(revision=wanted, digest=digest, tag=tag, source=model.source,
+                                 created_at=time.time(), meta={})
+            row.revisions.append(chosen)
+        chosen.files = None  # the current revision's files are the model's artifacts
+        row.revision = chosen.revision
+
     def add_model(self, model: Model, *, replace: bool = False) -> Model:
-        """Add a model with its artifacts; with `replace`, overwrite one of the same name."""
+        """Add a model with its artifacts; with `replace`, overwrite one of the same name.
+
+        Replacing files with other ones (a sync of a changed index) adds a revision and keeps the
+        old one (`revisions`, ``NAME@REV``); the same files keep their revision.
+        """
         from zoo._orm import ArtifactRow, ModelRow, fill_artifact_row, fill_model_row
 
         _check_model(model)
+        if "@" in model.name:
+            raise CatalogError(f"model name {model.name!r} has an '@', which names a revision (NAME@REV); "
+                               "choose a name without it")
         with self._session() as session:
             row = session.scalars(select(ModelRow).where(ModelRow.name == model.name)).first()
             if row is not None and not replace:
@@ -431,9 +540,12 @@ class Catalog:
                     f"a model named {model.name!r} is already in the catalog; choose another name "
                     f"with --name, or remove it first with `zoo rm {model.name}`"
                 )
+            before = None
             if row is None:
                 row = ModelRow(name=model.name)
                 session.add(row)
+            else:
+                before = _to_record(row, row.artifacts)
             fill_model_row(row, model, search_keywords(model.name, model.tags))
             row.artifacts = []
             session.flush()  # delete the old artifact rows before inserting ones with the same keys
@@ -441,6 +553,7 @@ class Catalog:
                 artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
                 fill_artifact_row(artifact_row, artifact)
                 row.artifacts.append(artifact_row)
+            self._note_revision(session, row, before, model)
             session.flush()
             return _to_record(row, row.artifacts)
 
@@ -457,6 +570,7 @@ class Catalog:
         """Change some fields of a model, e.g. `update_model("m", meta={...}, parameters=10)`."""
         from zoo._orm import fill_model_row
 
+        name = split_ref(name)[0]  # a model's facts are the model's, whichever revision named it
         with self._session() as session:
             row = self._row(session, name)
             model = _to_record(row, row.artifacts)
@@ -472,6 +586,8 @@ class Catalog:
             return _to_record(row, row.artifacts)
 
     def rename_model(self, name: str, new_name: str) -> Model:
+        if "@" in new_name:
+            raise CatalogError(f"model name {new_name!r} has an '@', which names a revision; choose another")
         with self._session() as session:
             if session.scalar(select(_models.c.id).where(_models.c.name == new_name)) is not None:
                 raise DuplicateModelError(f"a model named {new_name!r} is already in the catalog")
@@ -482,9 +598,9 @@ class Catalog:
             return _to_record(row, row.artifacts)
 
     def remove_model(self, name: str) -> None:
-        """Remove a model and its artifact records (files on disk are left alone)."""
+        """Remove a model with its artifact and revision records (files on disk are left alone)."""
         with self._session() as session:
-            session.delete(self._row(session, name))
+            session.delete(self._row(session, split_ref(name)[0]))
 
     # ---- artifacts ---------------------------------------------------------------------
     def put_artifact(self, name: str, artifact: Artifact) -> Artifact:
@@ -492,7 +608,13 @@ class Catalog:
         from zoo._orm import ArtifactRow, fill_artifact_row
 
         with self._session() as session:
+            past = self._past_revision_row(session, name)
+            if past is not None:  # an earlier revision's file (`fetch NAME@REV`): kept with that revision
+                kept = [a for a in (past.files or []) if (a.get("role"), a.get("filename")) != (artifact.role, artifact.filename)]
+                past.files = kept + [artifact.to_dict()]
+                return Artifact.from_dict(artifact.to_dict())
             row = self._row(session, name)
+            before = _to_record(row, row.artifacts)
             match = next((a for a in row.artifacts
                           if a.role == artifact.role and a.filename == artifact.filename), None)
             if match is None:
@@ -501,10 +623,15 @@ class Catalog:
             fill_artifact_row(match, artifact)
             row.updated_at = time.time()
             session.flush()
+            self._note_revision(session, row, before, _to_record(row, row.artifacts))
             return _artifact_record(match)
 
     def remove_artifact(self, name: str, role: str, filename: str) -> None:
         with self._session() as session:
+            past = self._past_revision_row(session, name)
+            if past is not None:
+                past.files = [a for a in (past.files or []) if (a.get("role"), a.get("filename")) != (role, filename)]
+                return
             row = self._row(session, name)
             row.artifacts = [a for a in row.artifacts
                              if not (a.role == role and a.filename == filename)]

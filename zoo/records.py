@@ -120,6 +120,9 @@ class Model:
     artifacts: list[Artifact] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     removed_upstream: bool = False
+    # The revision these files are (zoo.revisions): a Hub commit, an index's revision, or a digest
+    # prefix; None until the catalog records one.
+    revision: str | None = None
 
     @property
     def is_local(self) -> bool:

@@ -223,16 +223,25 @@ def apply_index(cat: Catalog, source: str, models: list[Model]) -> SyncStats:
 
 def _keeping_local_files(old: Model, new: Model) -> Model:
     """The index's new entry with what zoo added to the old one: fetched files' paths and hashes
-    (when the index gives none), and converted models, which are zoo's own."""
+    (when the index gives none and the file is the same one), and converted models, which are zoo's
+    own. A file the index changed is not fetched yet: the catalog keeps the old one with the old
+    revision (`Catalog.add_model`)."""
+    from zoo.revisions import content_digest, file_identity
+
     local = {(a.role, a.filename): a for a in old.artifacts}
     artifacts = []
     for artifact in new.artifacts:
         mine = local.pop((artifact.role, artifact.filename), None)
-        if mine is not None and mine.path and artifact.path is None:
-            artifact = replace(artifact, path=mine.path, sha256=mine.sha256)
+        if (mine is not None and mine.path and artifact.path is None
+                and file_identity(mine) == file_identity(artifact)):
+            artifact = replace(artifact, path=mine.path, sha256=mine.sha256,
+                               meta={**mine.meta, **artifact.meta})
         artifacts.append(artifact)
-    artifacts += [a for key, a in local.items() if key[0] == "onnx"]
-    return replace(new, artifacts=artifacts, removed_upstream=False)
+    same = content_digest(artifacts) == content_digest(old.artifacts)
+    if same:
+        artifacts += [a for key, a in local.items() if key[0] == "onnx"]
+    revision = new.revision or (old.revision if same else None)
+    return replace(new, artifacts=artifacts, removed_upstream=False, revision=revision)
 
 
 def add_source(name: str, url: str, *, sync: bool = True,
