@@ -484,6 +484,25 @@ class Catalog:
                               .order_by(_revisions.c.created_at, _revisions.c.id)).all()
         return [_revision_record(r, current) for r in rows]
 
+    def add_revision(self, name: str, revision: Revision) -> Revision:
+        """Record an earlier revision of a model (one a lock file pins and this catalog never saw).
+
+        A revision of that id already recorded is kept as it is and returned.
+        """
+        from zoo._orm import RevisionRow
+
+        with self._session() as session:
+            row = self._row(session, name)
+            for known in row.revisions:
+                if known.revision == revision.revision:
+                    return _revision_record(known, row.revision)
+            added = RevisionRow(revision=revision.revision, digest=revision.digest, tag=revision.tag,
+                                source=revision.source, created_at=revision.created_at or time.time(),
+                                files=[a.to_dict() for a in revision.files], meta=dict(revision.meta))
+            row.revisions.append(added)
+            session.flush()
+            return _revision_record(added, row.revision)
+
     def _past_revision_row(self, session: Session, name: str) -> RevisionRow | None:
         """The revisions row `name` (``NAME@REV``) stands for when it is not the current one, else None."""
         base, wanted = split_ref(name)

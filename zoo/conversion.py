@@ -99,6 +99,7 @@ def convert(
 def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset: int | None, nchw: bool,
                        force: bool, cache_dir: str | os.PathLike | None) -> Artifact:
     model = cat.get(name)
+    name = model.name  # NAME@v2 and NAME@3fa9 are one revision: one place in the cache (NAME@<id>)
     if specs or values:
         _check_specs_apply(model)
     if _needs_fetch(model):
@@ -146,6 +147,7 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
             "source_stat": stats,
             "options": options,
             "verified": report.verified,
+            "revision": model.revision,  # the revision of the model the conversion came from
         },
     )
     for old in model.artifacts:  # a renamed model or an older file name: one onnx artifact

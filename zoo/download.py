@@ -209,6 +209,8 @@ def _fetch_artifact(cat, name, artifact, root, how: _How):
     known = known_sha256(artifact)
     # Held from before the download until the view is made: `zoo cache gc` leaves the blob alone.
     with store.hold(known) if known else contextlib.nullcontext():
+        if known and not store.refers(dest, known) and (dest.is_file() or dest.is_symlink()):
+            _set_aside(store, dest, known)  # another revision's file: its bytes stay in the store
         if known and not how.force and store.has(known) and not store.refers(dest, known):
             store.link(known, dest)  # the same bytes are in the store (another name, source or revision)
         bar = _Bar(f"{name}: {artifact.filename}") if not how.quiet and sys.stderr.isatty() else None
@@ -223,6 +225,21 @@ def _fetch_artifact(cat, name, artifact, root, how: _How):
                 bar.close()
         store.adopt(dest, result.sha256)
     return _record_fetched(cat, name, artifact, result, dest, folder, how)
+
+
+def _set_aside(store: Store, dest: Path, known: str) -> None:
+    """`dest` holds other bytes than the file now wanted (the model's previous revision): keep them
+    in the store, where `fetch NAME@REV` finds them, and clear the place."""
+    try:
+        digest = file_hash(dest)
+    except OSError:  # a dangling link: nothing to keep
+        dest.unlink(missing_ok=True)
+        return
+    if digest == known:
+        store.adopt(dest, digest)
+        return
+    store.adopt(dest, digest)
+    dest.unlink()
 
 
 def known_sha256(artifact: Artifact) -> str | None:

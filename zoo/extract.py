@@ -36,8 +36,10 @@ __all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor",
 class _Source:
     """The ONNX file a name or path stands for, its hash and what the catalog says about its input."""
 
-    def __init__(self, label: str, path: Path, sha256: str, spec: InputSpec, layout: str | None):
+    def __init__(self, label: str, path: Path, sha256: str, spec: InputSpec, layout: str | None,
+                 revision: str | None = None):
         self.label, self.path, self.sha256, self.spec, self.layout = label, path, sha256, spec, layout
+        self.revision = revision  # the model revision the ONNX file came from (None for a file)
 
 
 def _path_sha256(path: Path, cache_dir: Any) -> str:
@@ -81,6 +83,7 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any, creat
             ) from None
         raise
     artifact = model.artifact("onnx")
+    name = model.name  # NAME@v2 -> NAME@<revision id>: where that revision's files and conversion are
     if not (artifact and artifact.path and os.path.isfile(artifact.path)):
         own = model.artifact("model")
         if model.framework == "onnx" and own and own.path and os.path.isfile(own.path):
@@ -89,7 +92,7 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any, creat
             artifact = _convert(name, cat, cache_dir)
     path = Path(artifact.path)
     layout = artifact.meta.get("layout") or model.input.layout
-    return _Source(name, path, artifact.sha256 or file_sha256(path), model.input, layout)
+    return _Source(name, path, artifact.sha256 or file_sha256(path), model.input, layout, model.revision)
 
 
 def _convert(name: str, cat: Any, cache_dir: Any):
@@ -372,8 +375,10 @@ def load_extractor(
             f"layers above use; cut points are marked in `zoo layers {source.label}`",
             stacklevel=2,
         )
-    return Extractor(onnx_path, meta, source=source.label, spec=source.spec, layout=source.layout,
-                     options=options, providers=providers)
+    extractor = Extractor(onnx_path, meta, source=source.label, spec=source.spec, layout=source.layout,
+                          options=options, providers=providers)
+    extractor.revision = source.revision  # recorded by the feature cache entries it fills
+    return extractor
 
 
 # Short device names for onnxruntime's execution providers.
@@ -499,6 +504,7 @@ class Extractor:
         if self.pooling:  # only when set, so extractors without pooling keep their fingerprints
             payload["pooling"] = [self.pooling, self.input_spec.layout]
         self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        self.revision: str | None = None  # the catalog model's revision, when loaded by name
         self._session = None
 
     def __repr__(self) -> str:

@@ -138,6 +138,7 @@ class FeatureManifest:
     complete: bool = False
     completed: float | None = None
     classes: list[str] | None = None  # an image folder's class names
+    revision: str | None = None  # the revision of the model whose extractor computed them
     format: int = FEATURES_VERSION
 
     def resumes(self, extractor: str, dataset: str) -> bool:
