@@ -101,7 +101,8 @@ def _info_text(model: Model) -> str:
     lines = [model.name]
     facts = [("framework", model.framework), ("format", model.format), ("task", model.task),
              ("dataset", model.dataset), ("architecture", model.architecture),
-             ("source", model.source), ("license", model.license), ("homepage", model.homepage),
+             ("source", model.source), ("revision", model.revision),
+             ("license", model.license), ("homepage", model.homepage),
              ("paper", model.paper),
              ("parameters", f"{model.parameters:,}" if model.parameters else None),
              ("tags", ", ".join(model.tags) if model.tags else None),
@@ -173,10 +174,24 @@ def info(name, paths, as_json, catalog):
 
         emit(where(catalog), as_json, lambda: where_text(catalog))
         return
-    from zoo.catalog import info as run_info
+    from zoo.catalog import open_catalog
 
-    model = run_info(name, catalog=catalog)
-    emit(model.to_dict(), as_json, lambda: _info_text(model))
+    cat = open_catalog(catalog, create=False)
+    model = cat.get(name)
+    revisions = cat.revisions(name)
+    data = {**model.to_dict(), "revisions": [r.to_dict() for r in revisions]}
+    emit(data, as_json, lambda: _info_text(model) + _revisions_text(model, revisions))
+
+
+def _revisions_text(model: Model, revisions: list) -> str:
+    if not revisions:
+        return ""
+    lines = ["  revisions:"]
+    for r in revisions:
+        mark = "*" if r.revision == model.revision else " "
+        lines.append(f"   {mark}{r.label()}  digest {r.digest[:12]}" + (f"  (zoo fetch {model.name.split('@')[0]}@{r.revision})"
+                                                                          if not r.current else ""))
+    return "\n" + "\n".join(lines)
 
 
 @cli.command()
