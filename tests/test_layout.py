@@ -21,18 +21,19 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "library": (
         "zoo.cache_manager", "zoo.conversion", "zoo.extract", "zoo.features", "zoo.datasources",
         "zoo.engines", "zoo.ray_engine", "zoo.parquet", "zoo.transfer", "zoo.layer_sweep",
-        "zoo.pretraining", "zoo.autoencoder", "zoo.rbm", "zoo.torch_models", "zoo.local",
+        "zoo.pretraining", "zoo.autoencoder", "zoo.rbm", "zoo.torch_models", "zoo.local", "zoo.bom",
     ),
     "catalog and fetch": (
         "zoo.catalog", "zoo._backend", "zoo._sqlite", "zoo._postgres", "zoo._orm", "zoo.schema", "zoo.migrations",
         "zoo.sources", "zoo.index", "zoo.download", "zoo.lockfile", "zoo.transport", "zoo.archives",
+        "zoo.signatures", "zoo.lineage",
     ),
     "converters": ("converters",),
     "ground floor": (
         "zoo.errors", "zoo.records", "zoo.revisions", "zoo.config", "zoo.hashes", "zoo.atomic", "zoo.cache", "zoo.store", "zoo.formats",
         "zoo.tflite_structure", "zoo.graph", "zoo.manifests", "zoo.options", "zoo.input_specs",
         "zoo.images", "zoo.pooling", "zoo._global_pool", "zoo._threads", "zoo._redact", "zoo._json",
-        "zoo.data",
+        "zoo.data", "zoo.pickles", "zoo.signing",
     ),
 }
 ORDER = list(LAYERS)

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from zoo._orm import ModelRow, RevisionRow, SourceRow
 
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
-SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 # The URL of the in-memory catalog read-only commands use before any catalog file exists.
 IN_MEMORY = "sqlite://"
@@ -66,10 +66,16 @@ class SourceInfo:
     etag: str | None = None
     synced_at: float | None = None
     models: int = 0
+    require_signature: bool = False  # fetch refuses a model of this source unless its signature verifies
+    signer: dict[str, Any] | None = None  # who must have signed (zoo.signing.Signer.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "url": mask_url(self.url), "etag": self.etag,
-                "synced_at": self.synced_at, "models": self.models}
+        data = {"name": self.name, "url": mask_url(self.url), "etag": self.etag,
+                "synced_at": self.synced_at, "models": self.models,
+                "require_signature": self.require_signature}
+        if self.signer:
+            data["signer"] = self.signer
+        return data
 
 
 def search_keywords(name: str, tags: Iterable[str]) -> str:
@@ -98,6 +104,7 @@ def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
         metrics=dict(row.metrics or {}),
         meta=dict(row.meta or {}),
         removed_upstream=bool(row.removed_upstream),
+        signature=dict(row.signature or {}),
         artifacts=[_artifact_record(a) for a in artifact_rows],
         revision=row.revision,
     )
@@ -645,6 +652,32 @@ class Catalog:
             self._note_revision(session, row, before, _to_record(row, row.artifacts))
             return _artifact_record(match)
 
+    def record_signature(self, name: str, by: str, check: dict[str, Any] | None) -> Model:
+        """Record the outcome of checking `by`'s signature of a model ("publisher" or "zoo").
+
+        `check` is a `zoo.signing.SignatureCheck.to_dict()`; None forgets it. The model's
+        `signature_status` column follows in the same transaction.
+        """
+        with self._session() as session:
+            past = self._past_revision_row(session, name)
+            if past is not None:  # an earlier revision's files were checked: its verdict stays with it
+                meta = dict(past.meta or {})
+                checks = {k: v for k, v in (meta.get("signature") or {}).items() if k != by}
+                meta["signature"] = {**checks, **({by: dict(check)} if check is not None else {})}
+                past.meta = meta
+                session.flush()
+                return self.get(name)
+            row = self._row(session, name)
+            checks = dict(row.signature or {})
+            if check is None:
+                checks.pop(by, None)
+            else:
+                checks[by] = dict(check)
+            row.signature = checks or None
+            row.signature_status = _to_record(row).signature_status
+            session.flush()
+            return _to_record(row, row.artifacts)
+
     def remove_artifact(self, name: str, role: str, filename: str) -> None:
         with self._session() as session:
             past = self._past_revision_row(session, name)
@@ -740,17 +773,26 @@ class Catalog:
             return reader.scalar(select(func.count(_models.c.id))) or 0
 
     # ---- sources -----------------------------------------------------------------------
-    def add_source(self, name: str, url: str) -> SourceInfo:
-        """Register a remote zoo index; re-adding a name updates its URL."""
+    def add_source(self, name: str, url: str, *, require_signature: bool | None = None,
+                   signer: dict[str, Any] | None = None) -> SourceInfo:
+        """Register a remote zoo index; re-adding a name updates its URL.
+
+        `require_signature` and `signer` set the source's signature policy when given; left
+        None, a re-added source keeps the policy it had (it is never dropped by accident).
+        """
         from zoo._orm import SourceRow
 
         with self._session() as session:
             row = session.scalars(select(SourceRow).where(SourceRow.name == name)).first()
             if row is None:
-                row = SourceRow(name=name, url=url)
+                row = SourceRow(name=name, url=url, require_signature=False)
                 session.add(row)
             elif row.url != url:
                 row.url, row.etag = url, None
+            if require_signature is not None:
+                row.require_signature = require_signature
+            if signer is not None:
+                row.signer = signer or None  # {} clears it
             session.flush()
             return self._source_info(session, row)
 
@@ -765,7 +807,8 @@ class Catalog:
 
     def _source_info(self, reader: Any, row: Any) -> SourceInfo:
         models = reader.scalar(select(func.count(_models.c.id)).where(_models.c.source == row.name))
-        return SourceInfo(row.name, row.url, row.etag, row.synced_at, models or 0)
+        return SourceInfo(row.name, row.url, row.etag, row.synced_at, models or 0,
+                          bool(row.require_signature), dict(row.signer) if row.signer else None)
 
     def sources(self) -> list[SourceInfo]:
         with self._reader() as reader:
@@ -784,7 +827,7 @@ class Catalog:
         with self._session() as session:
             row = self._source_row(session, name)
             for key, value in fields.items():
-                if key not in ("url", "etag", "synced_at"):
+                if key not in ("url", "etag", "synced_at", "require_signature", "signer"):
                     raise CatalogError(f"sources have no field {key!r}")
                 setattr(row, key, value)
             session.flush()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, VerificationError
 from zoo.cache import onnx_path
 from zoo.hashes import file_sha256
+from zoo.lineage import conversion_lineage
 from zoo.records import Artifact, Model
 from zoo.store import Store
 
@@ -132,7 +133,10 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
 
     dest = onnx_path(name, cache_dir)
     conversion.save(dest)
+    source_sha256 = {role: _source_sha(report, path) for role, path in sources.items()}
     sha256 = file_sha256(dest)
+    lineage = conversion_lineage(sha256, report.to_dict(), source_sha256, options, model=name,
+                                 filenames={role: os.path.basename(path) for role, path in sources.items()})
     Store(cache_dir).adopt(dest, sha256)  # one copy of identical conversions (two names, two revisions)
     artifact = Artifact(
         role="onnx",
@@ -143,10 +147,11 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
         meta={
             "report": report.to_dict(),
             "layout": report.input_layout,
-            "source_sha256": {role: _source_sha(report, path) for role, path in sources.items()},
+            "source_sha256": source_sha256,
             "source_stat": stats,
             "options": options,
             "verified": report.verified,
+            "lineage": lineage.to_dict(),
             "revision": model.revision,  # the revision of the model the conversion came from
         },
     )

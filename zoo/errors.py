@@ -70,6 +70,13 @@ class ModelFormatError(ZooError):
     """A model file is unreadable, corrupt, or not in the format it claims."""
 
 
+class UnsafePickleError(ModelFormatError):
+    """A pickle or torch.save checkpoint, refused unopened; `report` lists the globals it would import."""
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(message, report=report)  # a zoo.pickles.PickleReport
+
+
 class IndexFormatError(ZooError):
     """A zoo index (JSON) is malformed; the message names the entry and the field."""
 
@@ -123,6 +130,14 @@ class UnsafeArchiveError(FetchError):
 
 class ArchiveLimitError(UnsafeArchiveError):
     """An archive unpacks to more bytes or members, or at a higher ratio, than the limits allow."""
+
+
+class SignatureError(ZooError):
+    """A model's signature is missing, malformed or does not verify, or a signer/key is unusable;
+    `model` names the model when there is one."""
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message, model=model)
 
 
 class ConversionError(ZooError):

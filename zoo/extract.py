@@ -224,9 +224,30 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         not_cut_point=chosen[0].name
         if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].output not in info.outputs else None,
     )
+    content = sub.SerializeToString()
+    meta = replace(meta, lineage=_cut_lineage(hashlib.sha256(content).hexdigest(), meta))
     # Metadata first, model last: the .onnx file's presence means the pair is complete.
     meta.write(meta_path)
-    write_atomic(onnx_path, sub.SerializeToString())
+    write_atomic(onnx_path, content)
+    return meta
+
+
+def _cut_lineage(sha256: str, meta: CutMetadata) -> dict[str, Any]:
+    from zoo.lineage import cut_lineage
+
+    return cut_lineage(sha256, meta.source_sha256, meta.model, meta.layers, meta.outputs, meta.spec,
+                       meta.fixed_batch).to_dict()
+
+
+def _with_lineage(meta: CutMetadata, onnx_path: Path, meta_path: Path) -> CutMetadata:
+    """A cut made before lineage was recorded gets its record now (its file hashed once)."""
+    if meta.lineage:
+        return meta
+    meta = replace(meta, lineage=_cut_lineage(file_sha256(onnx_path), meta))
+    try:
+        meta.write(meta_path)
+    except OSError:
+        pass  # a read-only cache: the record lives in this extractor only
     return meta
 
 
@@ -368,6 +389,7 @@ def load_extractor(
     meta = CutMetadata.read(meta_path) if onnx_path.is_file() else None
     if meta is None:
         meta = _make_cut(source, layer, onnx_path, meta_path)
+    meta = _with_lineage(meta, onnx_path, meta_path)
     if meta.not_cut_point:
         warnings.warn(
             f"layer {meta.not_cut_point!r} of {source.label} is not a cut point: other paths (a "

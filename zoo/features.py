@@ -23,6 +23,7 @@ from zoo.cache import features_folder
 from zoo.errors import DiskFullError, InputError
 from zoo.datasources import as_source
 from zoo.engines import Computed, engine_for
+from zoo.lineage import Lineage, features_lineage
 from zoo.manifests import FEATURES_VERSION, FeatureManifest
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class CachedFeatures:
     classes: list[str] | None = None  # class names (sub-folder names), for an image folder
     skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs: path, reason
     reused: bool = False  # True when nothing had to be computed
+    lineage: dict[str, Any] | None = None  # zoo.lineage.Lineage of the entry (None: made before lineage)
 
 
 @dataclass
@@ -277,8 +279,10 @@ class FeatureCache:
                                            revision=getattr(extractor, "revision", None))
             computed = engine.computed(source, extractor, manifest.next, chunk_size)
             folder.mkdir(parents=True, exist_ok=True)
+            lineage = features_lineage(extractor, source.fingerprint, source.description,
+                                       engine=type(engine).__name__)
             try:
-                _fill(folder, manifest, source, computed, progress)
+                _fill(folder, manifest, source, computed, progress, lineage)
             except OSError as exc:
                 if exc.errno in _DISK_FULL:
                     raise _disk_full(exc, folder) from None
@@ -316,12 +320,18 @@ def _fill(
     source: DataSource,
     computed: Iterator[Computed],
     progress: bool,
+    lineage: Lineage | None = None,
 ) -> None:
-    """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk."""
+    """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk.
+
+    The rows are hashed as they are written (a resumed entry hashes what it kept first), so the
+    complete entry's lineage carries the sha256 of its feature rows at no extra pass.
+    """
     from tqdm import tqdm
 
     path = folder / FEATURES
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    digest = hashlib.sha256()
     try:
         # A crash between writing rows and recording them leaves rows the manifest does not
         # know about: drop them, they are computed again.
@@ -329,6 +339,8 @@ def _fill(
         os.ftruncate(fd, known)
         if known == HEADER_BYTES:
             os.pwrite(fd, b"\0" * HEADER_BYTES, 0)
+        for offset in range(HEADER_BYTES, known, _READ_BLOCK):
+            digest.update(os.pread(fd, min(_READ_BLOCK, known - offset), offset))
         os.lseek(fd, known, os.SEEK_SET)
         bar = tqdm(
             total=source.length,
@@ -360,7 +372,9 @@ def _fill(
                                 f"but {manifest.dtype}{manifest.shape} before; its output shape must "
                                 "not depend on the batch"
                             )
-                        _write_all(fd, memoryview(out).cast("B"))
+                        rows = memoryview(out).cast("B")
+                        _write_all(fd, rows)
+                        digest.update(rows)
                         manifest.rows += len(out)
                     manifest.next = start + consumed
                     manifest.chunks += 1
@@ -393,6 +407,11 @@ def _fill(
     manifest.length = manifest.next
     manifest.complete = True
     manifest.completed = time.time()
+    if lineage is not None:
+        lineage.sha256 = digest.hexdigest()  # of the feature rows, C order, the manifest's dtype
+        lineage.figures = {"rows": manifest.rows, "shape": manifest.shape, "dtype": manifest.dtype,
+                           "inputs": manifest.length, "skipped": len(manifest.skipped)}
+        manifest.lineage = lineage.to_dict()
     manifest.write(folder / MANIFEST)
 
 
@@ -414,6 +433,7 @@ def _result(folder: Path, manifest: FeatureManifest, *, reused: bool) -> CachedF
         classes=manifest.classes,
         skipped=list(manifest.skipped),
         reused=reused,
+        lineage=manifest.lineage,
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
-from zoo.errors import ModelFormatError
+from zoo.errors import ModelFormatError, UnsafePickleError
 from zoo.hashes import file_sha256, tree_sha256  # noqa: F401  re-exported: their home is zoo.hashes
 
 # framework -> the formats zoo knows for it (Model.format values).
@@ -219,12 +219,18 @@ def _zip_kind(path: Path) -> tuple[str, str]:
         return "keras", "keras"
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
         return "pytorch", "torchscript"
-    if any(n.endswith("data.pkl") for n in names):
-        raise _fail(path, "is a pickled PyTorch checkpoint (torch.save), not TorchScript; zoo never "
-                          "unpickles files. Export the model with torch.jit.save(torch.jit.script("
-                          "model), 'model.pt') or convert it to ONNX")
+    _refuse_pickle(path)  # a torch.save checkpoint: data.pkl without TorchScript's code/
     raise _fail(path, f"is a zip archive but neither a Keras .keras (config.json) nor TorchScript "
                       f"(code/, constants.pkl); it holds {', '.join(names[:5]) or 'nothing'}")
+
+
+def _refuse_pickle(path: Path) -> None:
+    """Refuse a pickle or torch.save checkpoint, naming the globals its opcodes would import."""
+    from zoo import pickles
+
+    report = pickles.inspect(path)
+    if report is not None:
+        raise pickles.refuse(report)
 
 
 def _hdf5_kind(path: Path) -> str:
@@ -357,8 +363,7 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
         framework, fmt = _zip_kind(path)
         return FormatInfo(framework, fmt, {"model": path})
     if head.startswith(_PICKLE_START):
-        raise _fail(path, "is a Python pickle (e.g. a torch.save checkpoint); zoo never unpickles "
-                          "files. Export TorchScript with torch.jit.save or convert to ONNX")
+        _refuse_pickle(path)
     if _is_text(head):
         kind = _prototxt_kind(path, _head(path, 65536))
         if kind == "net":
@@ -385,6 +390,7 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
             raise _fail(path, "is a SavedModel protobuf; it must be named saved_model.pb inside "
                               "its folder (with variables/ beside it): give the folder")
         return FormatInfo(framework, fmt, {"model": path})
+    _refuse_pickle(path)  # protocol 0/1 pickles have no magic bytes
     if _is_text(head):
         raise _fail(path, f"is a text file that is no model zoo knows; expected {EXPECTED}")
     expected = _expected_for(path.suffix.lower())
@@ -491,6 +497,9 @@ def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple
                 continue
             try:
                 info = detect_format(path)
+            except UnsafePickleError as exc:  # a checkpoint by any name is worth saying why
+                problems.append((path, str(exc)))
+                continue
             except ModelFormatError as exc:
                 if path.suffix.lower() in MODEL_SUFFIXES and not _quiet_miss(path):
                     problems.append((path, str(exc)))

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zoo._threads import torch_threads
+from zoo.datasources import array_fingerprint
 from zoo.errors import InputError
+from zoo.lineage import pretraining_lineage
 from zoo.options import PretrainConfig, TrainingConfig
 from zoo.torch_models import check_new_name
 
@@ -161,6 +163,7 @@ def pretrain(
     epochs, batch_size, denoise, cd_k, tied = config.epochs, config.batch_size, config.denoise, config.cd_k, config.tied
     seed, threads, cache, progress = config.seed, config.threads, config.cache, config.progress
     data = _validate_data(X)
+    data_sha256 = array_fingerprint(data)  # the lineage's parent: these rows, before any standardizing
     sizes = _validate_layers(layers)
     settings = _validate_settings(method, config, len(data))
     visible = _visible_units(data, config.visible)
@@ -216,7 +219,7 @@ def pretrain(
         seconds=seconds,
         units=units,
         settings={**settings, "epochs": epochs, "batch_size": batch_size, "denoise": denoise,
-                  "cd_k": cd_k, "tied": tied, "seed": seed, "rows": len(data)},
+                  "cd_k": cd_k, "tied": tied, "seed": seed, "rows": len(data), "data_sha256": data_sha256},
     )
     if name is not None:
         result.model = save(result, name, catalog=catalog, replace=replace, cache_dir=cache_dir)
@@ -378,8 +381,15 @@ def save(
             "layers": [f"layer{i}" for i in range(1, len(result.layers) + 1)],
         },
     )
+    settings = {k: v for k, v in result.settings.items() if k not in ("rows", "data_sha256")}
+    lineage = pretraining_lineage(
+        result.settings.get("data_sha256"), result.settings["rows"],
+        {**settings, "layers": result.layers, "visible": result.visible},
+        {"final_loss": result.losses[-1][-1] if result.losses and result.losses[-1] else None,
+         "layer_final_losses": [losses[-1] if losses else None for losses in result.losses],
+         "seconds": [round(s, 3) for s in result.seconds]})
     return register(export_onnx(result.stack, result.n_features), model, catalog=catalog, replace=replace,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, lineage=lineage)
 
 
 def export_onnx(stack: nn.Sequential, n_features: int) -> onnx.ModelProto:

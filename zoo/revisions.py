@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from zoo.errors import UnknownRevisionError
-from zoo.records import Artifact
+from zoo.records import DERIVED_ROLES, Artifact
 
 __all__ = ["DERIVED_ROLES", "Revision", "content_digest", "file_identity", "resolve", "split_ref"]
 
-# Files zoo makes from a model (its ONNX conversion): not part of what a revision is.
-DERIVED_ROLES = ("onnx",)
 _HEX = re.compile(r"^[0-9a-f]{4,64}$")
 CURRENT = ("latest", "current")
 

@@ -12,13 +12,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from zoo._threads import torch_threads
+from zoo.datasources import array_fingerprint
 from zoo.errors import InputError, UnfreezeDepthError
+from zoo.lineage import training_lineage
 from zoo.options import ExtractorOptions, TrainingConfig
 
 if TYPE_CHECKING:
     import torch
 
     from zoo.catalog import Catalog
+    from zoo.lineage import Lineage
     from zoo.records import InputSpec, Model
 
 __all__ = [
@@ -436,13 +439,14 @@ def save_model(
     meta: dict[str, Any] | None = None,
     replace: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    lineage: Lineage | None = None,
 ) -> Model:
     """Export a torch model to ONNX and register it in the catalog as your own model.
 
     The file goes to `path` (default ``<cache>/models/<name>/<name>.onnx``); the catalog entry
     has framework "onnx", source "local" and one artifact with role "model". `input_spec` (the
     base's) keeps its preprocessing (mean, std, resize, crop...) so images reach the new model
-    as they reached the base.
+    as they reached the base. `lineage` says how it was made (`zoo.lineage.training_lineage`).
     """
     from dataclasses import replace as _replace
 
@@ -457,7 +461,7 @@ def save_model(
         meta={"trained_by": "zoo", **({"classes": list(classes)} if classes is not None else {}), **(meta or {})},
     )
     return register(export_onnx(model, input_shape), record, catalog=catalog, path=path, replace=replace,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, lineage=lineage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -718,6 +722,16 @@ def train(
     spec = getattr(frozen, "input_spec", None)
     cached = prepared.cached
     layer = extractor.layer
+    lineage = training_lineage(
+        frozen, {**(cached.lineage or {}), "key": cached.key}, array_fingerprint(prepared.labels),
+        settings={"base_model": name, "layer": layer if isinstance(layer, (str, int)) else list(layer),
+                  "cached_at": prepared.cut, "unfreeze": training.unfreeze, "hidden": list(training.hidden),
+                  "epochs": training.epochs, "batch_size": training.batch_size, "lr": training.lr,
+                  "weight_decay": training.weight_decay, "val_fraction": training.val_fraction,
+                  "patience": training.patience, "seed": training.seed, "pooling": extractor.pooling},
+        figures={"val_accuracy": fit.val_accuracy, "best_epoch": fit.best_epoch,
+                 "epochs_run": len(fit.history), "rows": int(len(prepared.labels)),
+                 "classes": len(prepared.classes)})
     record = save_model(
         module,
         new_name,
@@ -738,6 +752,7 @@ def train(
         },
         replace=replace,
         cache_dir=cache_dir,
+        lineage=lineage,
     )
     return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=prepared.cut)
 

@@ -35,6 +35,7 @@ COMMAND_MODULES = {
     **dict.fromkeys(["train", "sweep", "walkthrough"], "zoo.cli.transfer"),
     "cache": "zoo.cli.cache",
     "pretrain": "zoo.cli.pretrain",
+    **dict.fromkeys(["sign", "lineage", "bom"], "zoo.cli.provenance"),
 }
 
 

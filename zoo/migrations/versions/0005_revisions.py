@@ -4,8 +4,8 @@ Each model of an older catalog gets one revision, its current files, whose id is
 digits of their content digest (the rule of `zoo.revisions.content_digest`, frozen here as this
 migration must stay what it was). Plain ADD COLUMN and CREATE TABLE on both backends (see 0002).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 import hashlib
 import json
@@ -14,8 +14,8 @@ import time
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
@@ -55,7 +55,7 @@ def upgrade() -> None:
     files: dict[int, list] = {}
     for model_id, role, filename, checksum, sha256, urls, size in bind.execute(sa.text(
             "SELECT model_id, role, filename, checksum, sha256, urls, size FROM artifacts")).all():
-        if role != "onnx":
+        if role not in ("onnx", "signature"):  # derived files (zoo.records.DERIVED_ROLES)
             files.setdefault(model_id, []).append([role, filename, _identity(checksum, sha256, _json(urls) or [], size)])
     now = time.time()
     for model_id, source in bind.execute(sa.text("SELECT id, source FROM models")).all():
