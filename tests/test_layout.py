@@ -25,7 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "catalog and fetch": (
         "zoo.catalog", "zoo._backend", "zoo._sqlite", "zoo._postgres", "zoo._orm", "zoo.schema", "zoo.migrations",
-        "zoo.sources", "zoo.index", "zoo.download", "zoo.lockfile", "zoo.transport", "zoo.archives",
+        "zoo.sources", "zoo.hubs", "zoo.index", "zoo.download", "zoo.lockfile", "zoo.transport", "zoo.archives",
         "zoo.signatures", "zoo.lineage",
     ),
     "converters": ("converters",),

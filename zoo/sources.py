@@ -298,7 +298,13 @@ def add_source(name: str, url: str, *, sync: bool = True, require_signature: boo
     existing = {s.name: s for s in cat.sources()}.get(name)
     if existing is not None and existing.url.startswith(BUILTIN_SCHEME) and existing.url != url:
         raise ZooError(f"source {name!r} is one of zoo's built-in zoos; choose another name")
-    url = _normalise_url(url.strip())
+    url = url.strip()
+    from zoo.hubs import is_hub_source
+
+    if is_hub_source(url):  # a hub (hf://?author=ORG&library=onnx): its models come by search, add and sync
+        cat.add_source(name, url, **policy)
+        return _sync_hub(cat, cat.get_source(name)) if sync and "author=" in url else SyncReport(name, url, "added")
+    url = _normalise_url(url)
     if not sync:
         cat.add_source(name, url, **policy)
         return SyncReport(name, url, "added")
@@ -328,7 +334,23 @@ def list_sources(*, catalog: str | os.PathLike | Catalog | None = None) -> list[
     return open_catalog(catalog, create=False).sources()
 
 
+def _sync_hub(cat: Catalog, source: SourceInfo) -> SyncReport:
+    """A hub source's sync: each pinned model at its branch's commit now (a new commit with other
+    files is a new revision), search results kept, the author's models listed (`zoo.hubs.sync_models`)."""
+    from zoo.hubs import sync_models
+
+    models = sync_models(cat, source)  # everything is asked of the hub before the catalog is touched
+    with cat.batch():
+        stats = apply_index(cat, source.name, models)
+        cat.update_source(source.name, synced_at=time.time())
+    return SyncReport(source.name, source.url, "synced", stats)
+
+
 def _sync_one(cat: Catalog, source: SourceInfo, force: bool = False) -> SyncReport:
+    from zoo.hubs import is_hub_source
+
+    if is_hub_source(source.url):
+        return _sync_hub(cat, source)
     data, etag = _download(source.name, source.url, None if force else source.etag)
     if data is None:
         cat.update_source(source.name, synced_at=time.time())

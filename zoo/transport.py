@@ -180,7 +180,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
     if not value:
         return None
@@ -742,7 +742,7 @@ class _Job:
                 self._reset()
                 raise _Retry("the server refused to resume", wait=0)
             if status == 429 or status >= 500:
-                wait = _retry_after(resp.headers.get("Retry-After"))
+                wait = retry_after(resp.headers.get("Retry-After"))
                 raise _Retry(f"{mask_url(resp.url)} answered HTTP {status} {resp.reason or ''}".rstrip(), wait)
             if status >= 400:
                 hint = {
