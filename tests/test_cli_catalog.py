@@ -16,7 +16,7 @@ from zoo.index import FORMAT
 
 # Every test runs on SQLite and on a real PostgreSQL server (conftest.py).
 pytestmark = pytest.mark.usefixtures("catalog_env")
-HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "cv2", "keras")
+HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "cv2", "keras", "huggingface_hub")
 
 
 def run(*args: str):

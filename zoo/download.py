@@ -136,6 +136,9 @@ def fetch(
             hub_offline = offline or (origin is not None and origin.offline())
             if origin is not None and not hub_offline:
                 model = origin.ready(cat, model)  # a search result is pinned to a commit first
+            elif origin is not None and origin.stub:
+                missing.append(f"{model.name} (a Hub search result, never pinned to a commit: no files known yet)")
+                continue
             policy = SignaturePolicy.for_model(cat, model)
             # A model with a signature (or a source that requires one) is registered only once its
             # files are all here and the signature verdict is in: a refusal registers nothing.

@@ -34,7 +34,7 @@ from zoo.cache import root
 from zoo.errors import CacheError
 from zoo.hashes import file_hash
 
-__all__ = ["LINK_MODES", "GcPlan", "MigrationReport", "Store", "view_folders"]
+__all__ = ["LINK_MODES", "GcPlan", "MigrationReport", "Store", "single_file", "view_folders"]
 
 log = logging.getLogger("zoo.download")
 
@@ -49,6 +49,10 @@ _UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ENOS
                 getattr(errno, "EOPNOTSUPP", 95), getattr(errno, "ENOTSUP", 95)}
 _FICLONE = 0x40049409  # Linux ioctl: clone src's extents into dst (btrfs, XFS, bcachefs, overlay on them)
 
+# Files that must stay one plain file: ONNX external data (onnx refuses to read weights through a hard
+# or symbolic link, its guard against link attacks). Their view is a reflink of the blob, else a plain
+# copy that the store does not duplicate (no blob is kept where no reflink can share its bytes).
+SINGLE_SUFFIXES = (".onnx_data", ".onnx.data", "_data", ".data")
 # (store device, view device) -> the first mode that worked there; decided once per process.
 _MODES: dict[tuple[int, int], str] = {}
 _MODES_LOCK = threading.Lock()
@@ -67,6 +71,11 @@ def view_folders(cache_dir: str | os.PathLike | None = None) -> list[Path]:
             found += sorted(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink()
                             and not p.name.startswith("."))
     return found
+
+
+def single_file(path: str | os.PathLike) -> bool:
+    """Whether the file must stay a single plain file (ONNX external data): never a hard or symbolic link."""
+    return Path(path).name.endswith(SINGLE_SUFFIXES)
 
 
 def _is_side_file(path: Path) -> bool:
@@ -188,6 +197,8 @@ class Store:
         """True when `view` is already a hard or symbolic link to the blob (no bytes to compare)."""
         blob = self.blob(sha256)
         try:
+            if single_file(view):  # a copy or a reflink: its bytes are checked by whoever uses it
+                return view.is_file() and not view.is_symlink() and (not blob.exists() or _size(blob) == _size(view))
             if view.is_symlink():
                 return Path(os.path.realpath(view)) == Path(os.path.realpath(blob))
             return view.exists() and blob.exists() and os.path.samefile(view, blob)
@@ -207,6 +218,8 @@ class Store:
             if self.refers(view, sha256):
                 return "hardlink" if not view.is_symlink() else "symlink"
             view.parent.mkdir(parents=True, exist_ok=True)
+            if single_file(view):
+                return _make_view(blob, view, ("reflink", "copy"))
             mode = _make_view(blob, view)
             self._note_mode(mode)
             return mode
@@ -220,6 +233,8 @@ class Store:
         """
         path = Path(path)
         with self.hold(sha256) as blob:
+            if single_file(path):
+                return self._adopt_single(path, blob)
             if self.refers(path, sha256):
                 return "hardlink" if not path.is_symlink() else "symlink"
             if blob.is_file():
@@ -231,6 +246,20 @@ class Store:
             mode = self._move_in(path, blob)
             self._note_mode(mode)
             return mode
+
+    @staticmethod
+    def _adopt_single(path: Path, blob: Path) -> str:
+        """A file that stays a plain file: the blob shares its bytes by reflink, or there is no blob."""
+        if blob.is_file():
+            return "copy"  # the file has the blob's bytes already, as a file of its own
+        tmp = blob.with_name(f".{blob.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            _reflink(path, tmp)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return "copy"
+        os.replace(tmp, blob)
+        return "reflink"
 
     def _move_in(self, path: Path, blob: Path) -> str:
         """Make `path`'s file the blob, keeping `path` readable throughout (link first, then rename)."""
@@ -292,7 +321,7 @@ class Store:
                     found[name].append(view)
                     links[name] -= 1
                     continue
-                candidates = by_size.get(st.st_size) if compare_bytes else None
+                candidates = by_size.get(st.st_size) if compare_bytes or single_file(view) else None
                 if candidates:  # a reflink or a copy: the same bytes refer to the blob
                     digest = file_hash(view)
                     if digest in candidates:
@@ -431,13 +460,13 @@ def _taken(path: str) -> bool:
     return False
 
 
-def _make_view(blob: Path, view: Path) -> str:
+def _make_view(blob: Path, view: Path, allowed: tuple[str, ...] = LINK_MODES) -> str:
     """Replace `view` with a view of `blob` (built beside it, renamed into place); the mode used."""
     key = (_device(blob.parent), _device(view.parent))
     with _MODES_LOCK:
         decided = _MODES.get(key)
     modes = LINK_MODES[LINK_MODES.index(decided):] if decided else LINK_MODES
-    for mode in modes:
+    for mode in (m for m in modes if m in allowed):
         tmp = view.with_name(f".{view.name}.{secrets.token_hex(4)}.tmp")
         try:
             _MAKERS[mode](blob, tmp)

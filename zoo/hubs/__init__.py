@@ -153,8 +153,10 @@ def search(query: str | None, *, scheme: str = "hf", author: str | None = None,
     cat = open_catalog(catalog)
     source = _hub_source(cat, scheme)
     _, source_author, source_libraries = hub_options(source.url)
-    if _offline(module, offline):
-        return cat.search(query, source=source.name, limit=limit or None)
+    if _offline(module, offline):  # what earlier searches stored, most downloaded first as the hub ranks
+        stored = cat.search(query, source=source.name, limit=None)
+        stored.sort(key=lambda m: -((m.meta.get("hub") or {}).get("downloads") or 0))
+        return stored[:limit or None]
     found = module.search(query, author=author or source_author,
                           libraries=list(libraries or source_libraries or module.DEFAULT_LIBRARIES),
                           limit=limit, source=source.name)
