@@ -33,13 +33,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "zoo.errors", "zoo.records", "zoo.revisions", "zoo.config", "zoo.hashes", "zoo.atomic", "zoo.cache", "zoo.store", "zoo.formats",
         "zoo.tflite_structure", "zoo.graph", "zoo.manifests", "zoo.options", "zoo.input_specs",
         "zoo.images", "zoo.pooling", "zoo._global_pool", "zoo._threads", "zoo._redact", "zoo._json",
-        "zoo.data", "zoo.pickles", "zoo.signing",
+        "zoo.data", "zoo.pickles", "zoo.signing", "zoo.npy", "zoo.freshness", "zoo.memory", "zoo.destinations",
+        "zoo.landlock", "zoo.errorlog", "zoo._terminal",
     ),
 }
 ORDER = list(LAYERS)
 # What converters may use of zoo: they take paths and return a Conversion, never the catalog.
 CONVERTERS_USE = {"zoo.errors", "zoo.atomic", "zoo.hashes", "zoo.records", "zoo.formats", "zoo.graph",
-                  "zoo.tflite_structure"}
+                  "zoo.tflite_structure", "zoo.memory", "zoo.landlock", "zoo.errorlog"}
 # converters/onnx_to_torch has a circle of its own (_module <-> _script); the torch.fx rewrite of
 # that package (issue 20) removes it. Until it lands, the package's inside is left out of the
 # circle and private-name rules; its imports of the rest of the code still obey every rule.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import event, exc, select, text
 
-from zoo._backend import Backend, SearchPlan, query_words
+from zoo._backend import Backend, SearchPlan, lenient_json, query_words
 from zoo.errors import CatalogError
 from zoo.schema import FTS_COLUMNS, FTS_WEIGHTS, models, models_fts
 
@@ -124,7 +124,7 @@ class SQLite(Backend):
             # -shm/-wal files beside it and fails even to read, so open it read-only instead.
             path = Path(engine.url.database)
             engine.dispose()
-            engine = create_engine(url, creator=lambda: connect_read_only(path))
+            engine = create_engine(url, creator=lambda: connect_read_only(path), json_deserializer=lenient_json)
             self.read_only = True
         database = engine.url.database
         memory = not database or database == ":memory:"

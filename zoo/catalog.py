@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from sqlalchemy import Text, event, exc, func, select, text
 
 from zoo import config
-from zoo._backend import Backend
+from zoo._backend import Backend, Damaged
 from zoo._redact import mask_url
 from zoo._sqlite import BUSY_TIMEOUT_MS
 from zoo.errors import (
@@ -84,9 +84,27 @@ def search_keywords(name: str, tags: Iterable[str]) -> str:
     return " ".join(parts + [str(t) for t in tags])
 
 
+def _intact(value: Any, kind: type, column: str, damaged: list[str]) -> Any:
+    """`value` when it is a `kind`, else the empty one, noting `column` as damaged (see `Damaged`)."""
+    if value is None:
+        return kind()
+    if isinstance(value, Damaged) or not isinstance(value, kind):
+        damaged.append(column)
+        return kind()
+    return kind(value)
+
+
 def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
     """A Model from a models row (Core Row or ORM object) and its artifact rows."""
-    return Model(
+    damaged: list[str] = []
+    artifacts = [_artifact_record(a, damaged) for a in artifact_rows]
+    spec = _intact(row.input_spec, dict, "input_spec", damaged)
+    try:
+        spec_record = InputSpec.from_dict(spec)
+    except (TypeError, ValueError):
+        damaged.append("input_spec")
+        spec_record = InputSpec()
+    model = Model(
         name=row.name,
         framework=row.framework,
         format=row.format,
@@ -95,19 +113,23 @@ def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
         architecture=row.architecture,
         description=row.description,
         license=row.license,
-        tags=list(row.tags or []),
+        tags=_intact(row.tags, list, "tags", damaged),
         source=row.source,
         homepage=row.homepage,
         paper=row.paper,
-        input=InputSpec.from_dict(row.input_spec),
+        input=spec_record,
         parameters=row.parameters,
-        metrics=dict(row.metrics or {}),
-        meta=dict(row.meta or {}),
+        metrics=_intact(row.metrics, dict, "metrics", damaged),
+        meta=_intact(row.meta, dict, "meta", damaged),
         removed_upstream=bool(row.removed_upstream),
-        signature=dict(row.signature or {}),
-        artifacts=[_artifact_record(a) for a in artifact_rows],
+        signature=_intact(row.signature, dict, "signature", damaged),
+        artifacts=artifacts,
         revision=row.revision,
     )
+    if damaged:
+        model.meta["damaged"] = (f"unreadable catalog data ({', '.join(damaged)}: not valid JSON), shown empty; "
+                                 f"`zoo rm {row.name}` and add it again, or sync its source")
+    return model
 
 
 def _revision_record(row: Any, current: str | None) -> Revision:
@@ -125,11 +147,12 @@ def _superseded(model: Model) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return files, {"model": facts}
 
 
-def _artifact_record(row: Any) -> Artifact:
+def _artifact_record(row: Any, damaged: list[str] | None = None) -> Artifact:
+    damaged = [] if damaged is None else damaged
     return Artifact(
-        role=row.role, filename=row.filename, urls=list(row.urls or []), size=row.size,
-        checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
-        meta=dict(row.meta or {}),
+        role=row.role, filename=row.filename, urls=_intact(row.urls, list, f"{row.role} urls", damaged),
+        size=row.size, checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
+        meta=_intact(row.meta, dict, f"{row.role} meta", damaged),
     )
 
 
@@ -162,6 +185,15 @@ def closest_names(name: str, names: Iterable[str], n: int = 3) -> list[str]:
         if other not in found and (lowered in other.lower() or other.lower() in lowered):
             found.append(other)
     return found
+
+
+def _text(value: str | None) -> str | None:
+    """A name or query as the database can take it: bytes that were not UTF-8 (lone surrogates from
+    a file name or an argument) become U+FFFD, which no stored name contains."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "replace").decode("utf-8")
+
 
 
 def _backend(url: str) -> Backend:
@@ -444,7 +476,7 @@ class Catalog:
         """
         base, wanted = split_ref(name)
         with self._reader() as reader:
-            row = reader.execute(select(_models).where(_models.c.name == base)).first()
+            row = reader.execute(select(_models).where(_models.c.name == _text(base))).first()
             if row is None:
                 raise self._unknown(reader, base)
             if wanted is not None:
@@ -458,7 +490,7 @@ class Catalog:
     def exists(self, name: str) -> bool:
         base, wanted = split_ref(name)
         with self._reader() as reader:
-            row = reader.execute(select(_models.c.id, _models.c.revision).where(_models.c.name == base)).first()
+            row = reader.execute(select(_models.c.id, _models.c.revision).where(_models.c.name == _text(base))).first()
             if row is None or wanted is None:
                 return row is not None
             try:
@@ -719,6 +751,7 @@ class Catalog:
 
         >>> cat.search("resnet", framework="caffe", limit=5)   # doctest: +SKIP
         """
+        query, task, dataset, tag, source = (_text(v) for v in (query, task, dataset, tag, source))
         conditions = self._filters(framework, task, dataset, tag, source, local)
         if query:
             plan = self._backend.search_plan(query, conditions)

@@ -148,6 +148,10 @@ class UnsupportedLayerError(ConversionError):
     """A layer type or ONNX op has no conversion."""
 
 
+class UnsafeModelError(ConversionError):
+    """A model's graph holds an op that could touch files, processes or the network; refused before it runs."""
+
+
 class VerificationError(ConversionError):
     """A converted model's outputs differ from its source beyond tolerance."""
 
@@ -157,6 +161,17 @@ class UnknownLayerError(ZooError, KeyError):
 
     def __init__(self, message: str, *, layer: Any = None, closest: Sequence[str] = ()) -> None:
         super().__init__(message, layer=layer, closest=list(closest))
+
+
+class ResourceLimitError(ZooError):
+    """An input, a graph or a training run would need more memory than zoo lets it plan; refused before allocating."""
+
+
+class WriteError(ZooError):
+    """A file cannot be written where asked (no such folder, read-only file system, no permission)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path)
 
 
 class DiskFullError(ZooError):
@@ -193,6 +208,8 @@ class MissingDependencyError(ZooError, ImportError):
 
     def __init__(self, message: str, *, module: str | None = None, extra: str | None = None) -> None:
         super().__init__(message, module=module, extra=extra)
+
+
 
 
 def require(module: str, extra: str):

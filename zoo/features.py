@@ -14,17 +14,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from zoo.atomic import atomic_open
+from zoo.atomic import atomic_open, write_error
 from zoo.cache import features_folder
 from zoo.errors import DiskFullError, InputError
 from zoo.datasources import as_source
 from zoo.engines import Computed, engine_for
 from zoo.lineage import Lineage, features_lineage
 from zoo.manifests import FEATURES_VERSION, FeatureManifest
+from zoo.npy import load as load_npy
+from zoo.npy import read_header
 
 if TYPE_CHECKING:
     from zoo.datasources import DataSource
@@ -35,6 +37,7 @@ __all__ = [
     "CachedFeatures",
     "FeatureCache",
     "cache_features",
+    "describe_skipped",
     "extract_features",
     "save_features",
     "save_layer_features",
@@ -253,14 +256,16 @@ class FeatureCache:
         extractor_fp = _fingerprint(extractor)
         name = self._key(extractor_fp, source.fingerprint)
         folder = self.root / name
-        self.root.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.root / f"{name}.lock"))
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
         except filelock.Timeout:
             if progress:
                 print(f"waiting for another process caching {name} ...", file=sys.stderr)
             lock.acquire()
+        except OSError as exc:  # a cache folder that cannot be written: one line, not a traceback
+            raise write_error(exc, self.root / name) from None
         try:
             manifest = FeatureManifest.read(folder / MANIFEST)
             if manifest is not None and _valid(folder, manifest):
@@ -309,8 +314,12 @@ def _valid(folder: Path, manifest: FeatureManifest) -> bool:
     if manifest.format != FEATURES_VERSION or not manifest.complete or manifest.shape is None:
         return False
     try:
-        return (folder / FEATURES).stat().st_size == HEADER_BYTES + manifest.rows * manifest.row_bytes()
-    except (OSError, TypeError):
+        path = folder / FEATURES
+        if path.stat().st_size != HEADER_BYTES + manifest.rows * manifest.row_bytes():
+            return False
+        header = read_header(path, "cached features")  # the header must say what the manifest says
+        return header.shape == (manifest.rows, *manifest.shape) and header.offset == HEADER_BYTES
+    except (OSError, TypeError, InputError):
         return False
 
 
@@ -393,7 +402,8 @@ def _fill(
                 except OSError:
                     pass  # no room even for that: the previous checkpoint still stands
         if manifest.shape is None:
-            raise InputError("no input could be read, so there are no features; see the skipped files")
+            raise InputError(f"none of the {len(manifest.skipped) or 'given'} inputs could be read, so there are "
+                             f"no features: {describe_skipped(manifest.skipped)}; fix or remove them")
         os.pwrite(fd, _npy_header((manifest.rows, *manifest.shape), np.dtype(manifest.dtype)), 0)
         os.fsync(fd)
     finally:
@@ -415,6 +425,12 @@ def _fill(
     manifest.write(folder / MANIFEST)
 
 
+def describe_skipped(skipped: list[dict[str, Any]], limit: int = 5) -> str:
+    """The first `limit` unreadable inputs with their reasons, and how many more there are."""
+    shown = "; ".join(f"{s.get('path')} ({s.get('reason')})" for s in skipped[:limit])
+    return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
+
+
 def _write_all(fd: int, data: memoryview) -> None:
     """os.write until every byte is written (a write may take only part of them)."""
     while data:
@@ -423,8 +439,8 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def _result(folder: Path, manifest: FeatureManifest, *, reused: bool) -> CachedFeatures:
-    features = np.load(folder / FEATURES, mmap_mode="r")
-    labels = np.load(folder / LABELS) if (folder / LABELS).exists() else None
+    features = load_npy(folder / FEATURES, mmap=True, what="cached features")
+    labels = load_npy(folder / LABELS, what="cached labels") if (folder / LABELS).exists() else None
     return CachedFeatures(
         key=folder.name,
         path=folder / FEATURES,
@@ -529,10 +545,12 @@ def save_features(
     Returns:
         The cached features (as `extract_features`).
     """
+    from zoo.destinations import prepare
+
+    output = Path(output)
+    prepare(output, "output", inputs=list(data.values()) if isinstance(data, Mapping) else [data])  # before work
     result = extract_features(extractor, data, cache_dir=cache_dir, chunk_size=chunk_size, progress=progress,
                               engine=engine)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(result.path, "rb") as src, atomic_open(output, fsync=True) as dst:
             shutil.copyfileobj(src, dst, _READ_BLOCK)
@@ -577,7 +595,4 @@ def save_layer_features(extractor: FeatureExtractor, data: Any, output: str | os
 
 
 def _read_npy(path: str | os.PathLike) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a .npy array ({exc}); save inputs with numpy.save") from None
+    return load_npy(path)  # checked against its header first (zoo.npy)

@@ -405,6 +405,8 @@ def detect_files(paths: Sequence[str | os.PathLike]) -> FormatInfo:
     FormatInfo(framework='caffe', format='caffe', files={'graph': ..., 'weights': ...})
     """
     paths = [Path(p).expanduser().absolute() for p in paths]
+    for path in paths:
+        _check_storable(path)
     if len(paths) == 1:
         return detect_format(paths[0])
     if len(paths) != 2:
@@ -459,6 +461,15 @@ def _check_caffemodel(path: Path) -> None:
                           "corrupt, truncated or something else")
 
 
+def _check_storable(path: Path) -> None:
+    """Refuse a path the catalog cannot store: a name whose bytes are not UTF-8 (the catalog keeps text)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ModelFormatError(f"{path}: its name is not valid UTF-8, so the catalog cannot record it; rename "
+                               f"it to a UTF-8 name (e.g. with mv) and add it again") from None
+
+
 def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple[Path, str]]]:
     """Every model under `folder`, and the files that look like models but cannot be read.
 
@@ -480,6 +491,7 @@ def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple
         if _saved_model_dir(here):
             dirs[:] = []  # variables/ and assets/ belong to it
             try:
+                _check_storable(here)
                 found.append(detect_format(here))
             except ModelFormatError as exc:
                 problems.append((here, str(exc)))
@@ -497,11 +509,13 @@ def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple
                 continue
             try:
                 info = detect_format(path)
+                for file in info.files.values():
+                    _check_storable(file)
             except UnsafePickleError as exc:  # a checkpoint by any name is worth saying why
                 problems.append((path, str(exc)))
                 continue
             except ModelFormatError as exc:
-                if path.suffix.lower() in MODEL_SUFFIXES and not _quiet_miss(path):
+                if path.suffix.lower() in MODEL_SUFFIXES and not _quiet_miss(path) or "UTF-8" in str(exc):
                     problems.append((path, str(exc)))
                 continue
             files = set(info.files.values())

@@ -477,6 +477,7 @@ class TrainResult:
     module: Any
     cache_key: str
     cut: Any
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs left out: path, reason
 
 
 def fine_tune_parts(
@@ -648,8 +649,6 @@ def prepare(
     started = time.perf_counter()
     cached = extract_features(frozen, data, cache_dir=cache_dir, progress=training.progress, engine=engine)
     seconds = time.perf_counter() - started
-    if cached.skipped and training.progress:
-        print(f"skipped {len(cached.skipped)} unreadable files, e.g. {cached.skipped[0]['path']}", file=sys.stderr)
     return Prepared(name=name, layer=extractor.layer, cut=cut, extractor=frozen, cached=cached,
                     labels=_labels_for(cached, labels), top=top, pool=_pool_module(extractor.pooling, frozen),
                     seconds=seconds)
@@ -754,7 +753,8 @@ def train(
         cache_dir=cache_dir,
         lineage=lineage,
     )
-    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=prepared.cut)
+    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=prepared.cut,
+                       skipped=list(cached.skipped))
 
 
 def _labels_for(cached: Any, labels: Any) -> np.ndarray:
@@ -788,10 +788,9 @@ def load_labels(labels: Any) -> np.ndarray:
         path = Path(labels)
         if not path.is_file():
             raise InputError(f"labels file {path} does not exist; give a .npy array of one label per row")
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read labels from {path} ({exc}); save them with numpy.save") from None
+        from zoo.npy import load
+
+        return load(path, what="labels")
     return np.asarray(labels)
 
 
@@ -804,10 +803,13 @@ def _length(data: Any) -> int | None:
     if isinstance(data, np.ndarray):
         return len(data)
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
+        from zoo.npy import read_header
+
         try:
-            return len(np.load(data, mmap_mode="r"))
-        except (OSError, ValueError):
-            return None
+            shape = read_header(data).shape
+        except InputError:
+            return None  # not a .npy file (an image): the caller counts otherwise
+        return shape[0] if shape else None
     return None
 
 
@@ -823,5 +825,7 @@ def _input_shape(extractor: Any, data: Any) -> list[int]:
     if isinstance(data, (np.ndarray, NpyFileSource)):
         return list(data.shape[1:])
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
-        return list(np.load(data, mmap_mode="r").shape[1:])
+        from zoo.npy import read_header
+
+        return list(read_header(data).shape[1:])
     raise InputError("cannot tell the model's input shape; the extractor's input_spec has no fixed shape")

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from zoo._redact import mask_secrets
-from zoo.cli._app import catalog_option, cli, emit, json_option, quiet_option, table
+from zoo._terminal import safe_line
+from zoo.cli._app import catalog_option, cli, echo, emit, json_option, quiet_option, table
 from zoo.records import FRAMEWORKS
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ def _rows(models: list[Model]) -> str:
     rows = []
     for m in models:
         state = "fetched" if m.is_local else ("removed upstream" if m.removed_upstream else "")
+        if m.meta.get("damaged"):
+            state = f"{state}, damaged" if state else "damaged (see zoo info)"
         rows.append([m.name, m.framework, m.task, m.dataset, m.source, state])
     return table(rows, ["NAME", "FRAMEWORK", "TASK", "DATASET", "SOURCE", "LOCAL"])
 
@@ -93,7 +96,7 @@ def search(query, framework, task, dataset, tag, source, local, limit, hub, auth
     models = run_search(query, catalog=catalog, framework=framework, task=task, dataset=dataset,
                         tag=tag, source=source, local=local, limit=limit or None)
     if not models and not as_json:
-        click.echo(f"no models match{' ' + repr(query) if query else ''}; "
+        echo(f"no models match{' ' + repr(query) if query else ''}; "
                    "list everything with `zoo list`", err=True)
         return
     emit([m.to_dict() for m in models], as_json, lambda: _rows(models))
@@ -147,19 +150,20 @@ def _info_text(model: Model) -> str:
     if model.removed_upstream:
         facts.append(("upstream", "removed from its source's index; kept because fetched"))
     facts += _signature_facts(model)
-    lines += [f"  {k + ':':16}{v}" for k, v in facts if v is not None]
+    # Each value on its own line: a newline in an index's text must not forge a line of its own.
+    lines += [f"  {k + ':':16}{safe_line(v)}" for k, v in facts if v is not None]
     if model.description:
-        lines.append(f"  {'description:':16}{model.description}")
+        lines.append(f"  {'description:':16}{safe_line(model.description)}")
     spec = model.input.to_dict()
     if spec:
         lines.append("  input:")
-        lines += [f"    {k + ':':16}{v}" for k, v in spec.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in spec.items()]
     if model.metrics:
         lines.append("  metrics:")
-        lines += [f"    {k + ':':16}{v}" for k, v in model.metrics.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in model.metrics.items()]
     if model.meta:
         lines.append("  meta:")
-        lines += [f"    {k + ':':16}{v}" for k, v in model.meta.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in model.meta.items()]
     lines.append("  files:")
     for a in model.artifacts:
         size = f" ({_size(a.size)})" if a.size is not None else ""
@@ -187,6 +191,9 @@ def _info_text(model: Model) -> str:
         report = a.meta.get("report")
         if isinstance(report, dict):
             lines += [f"      {line}" for line in _report_lines(report)]
+        sandbox = a.meta.get("sandbox")
+        if isinstance(sandbox, dict) and sandbox.get("process") == "child":
+            lines.append(f"      sandbox:    {sandbox.get('summary') or ('active' if sandbox.get('active') else 'none')}")
     return "\n".join(lines)
 
 
@@ -320,12 +327,12 @@ def scan(folder, as_json, quiet, catalog):
         emit(result.to_dict(), True)
         return
     for path, error in result.problems:
-        click.echo(f"warning: skipped {error}", err=True)
+        echo(f"warning: skipped {error}", err=True, one_line=True)
     if not quiet:
         for what in ("added", "moved", "changed", "missing"):
             for name in getattr(result, what):
-                click.echo(f"{what:9} {name}")
-    click.echo(f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
+                echo(f"{what:9} {name}", one_line=True)
+    echo(f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
                f"{len(result.moved)} moved, {len(result.changed)} changed"
                + (f", {len(result.missing)} missing" if result.missing else ""))
 
@@ -499,7 +506,7 @@ def source_sync(name, force, as_json, catalog):
         _report_line(r) for r in reports if r.status != "error"))
     failed = [r for r in reports if r.status == "error"]
     for report in failed:
-        click.echo(f"error: source {report.name}: {mask_secrets(report.error)}", err=True)
+        echo(f"error: source {report.name}: {mask_secrets(report.error)}", err=True, one_line=True)
     if failed:
         raise SystemExit(1)
 

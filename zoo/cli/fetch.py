@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option
+from zoo.cli._app import cache_option, catalog_option, cli, echo, emit, json_option, quiet_option
 
 
 class _StderrLines(logging.Handler):
@@ -15,7 +15,7 @@ class _StderrLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from zoo._redact import mask_secrets
 
-        click.echo(f"zoo: {mask_secrets(record.getMessage())}", err=True)
+        echo(f"zoo: {mask_secrets(record.getMessage())}", err=True, one_line=True)
 
 
 def _show_notices(quiet: bool):
@@ -87,7 +87,7 @@ def fetch_command(names, locked, lock_file, force, offline, max_unpack_size, cac
         if as_json:
             return
         # Print as each file lands, so a failure later still shows what did arrive.
-        click.echo(line)
+        echo(line, one_line=True)
 
     logger, handler = _show_notices(quiet or as_json)
     try:
@@ -105,7 +105,7 @@ def fetch_command(names, locked, lock_file, force, offline, max_unpack_size, cac
                   offline=True if offline else None, quiet=quiet or as_json, on_file=on_file,
                   unpack_limits=UnpackLimits.from_env(max_bytes=max_unpack_size))
     except KeyboardInterrupt:
-        click.echo("zoo: interrupted; the partial download is kept (.part) and the same command "
+        echo("zoo: interrupted; the partial download is kept (.part) and the same command "
                    "resumes it", err=True)
         sys.exit(130)
     finally:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option
+from zoo.cli._app import cache_option, catalog_option, cli, echo, emit, json_option
 
 
 @cli.command("sign")
@@ -80,13 +80,15 @@ def bom_command(name, output, cache_dir, catalog):
     Example:
         zoo bom my-classifier -o my-classifier.cdx.json
     """
-    import json
-
     from zoo.bom import write
 
+    if output is not None:
+        from zoo.destinations import prepare
+
+        prepare(output, "--output")  # a folder made outside the working directory is said
     data, path = write(name, output, catalog=catalog, cache_dir=cache_dir)
     if path is None:
-        click.echo(json.dumps(data, indent=2))
+        emit(data, True)  # strict JSON: every control character escaped
     else:
-        click.echo(f"wrote the ML-BOM of {name} to {path}: {len(data.get('components', []))} components, "
-                   f"CycloneDX {data['specVersion']}, schema-valid")
+        echo(f"wrote the ML-BOM of {name} to {path}: {len(data.get('components', []))} components, "
+             f"CycloneDX {data['specVersion']}, schema-valid")
