@@ -271,3 +271,25 @@ def test_without_huggingface_hub_the_error_gives_the_pip_command(repos, monkeypa
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if it were not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'zoo\[hub\]'"):
         add("hf://acme/resnet-18")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_token_is_one_line_that_never_shows_it(repos, monkeypatch, status):
+    model = add("hf://acme/resnet-18")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    repos.fail("/acme/resnet-18/resolve/", status=status, retry_after=None, times=8)
+    out = CliRunner().invoke(cli, ["fetch", model.name])
+    assert out.exit_code == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert f"the Hub refused (HTTP {status}): HF_TOKEN is missing, expired or may not read hf://acme/resnet-18" in line
+    assert TOKEN not in out.output
+
+
+def test_a_file_gone_from_the_pinned_commit_is_one_line(repos):
+    model = add("hf://acme/resnet-18")
+    repo = repos.repos["acme/resnet-18"]
+    del repo.commits[model.revision]["onnx/model.onnx"]
+    out = CliRunner().invoke(cli, ["fetch", model.name])
+    assert out.exit_code == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert "hf://acme/resnet-18 has no such file" in line
