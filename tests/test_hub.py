@@ -293,3 +293,16 @@ def test_a_file_gone_from_the_pinned_commit_is_one_line(repos):
     assert out.exit_code == 1
     (line,) = out.stderr.strip().splitlines()
     assert "hf://acme/resnet-18 has no such file" in line
+
+
+def test_a_hub_model_exported_to_an_index_is_fetched_by_plain_http(repos, tmp_path, monkeypatch):
+    model = add("hf://acme/resnet-18")
+    zoo.export_index([model.name], tmp_path / "team.json")
+    entry = json.loads((tmp_path / "team.json").read_text())["models"][0]
+    assert entry["meta"]["upstream"] == f"hf://acme/resnet-18@{model.revision}/onnx/model.onnx" and "hub" not in entry["meta"]
+    monkeypatch.setenv("ZOO_CATALOG", str(tmp_path / "other.db"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "other-cache"))
+    zoo.add_source("team", str(tmp_path / "team.json"))
+    (fetched,) = zoo.fetch(model.name, quiet=True)  # resolve, then the redirect to the second host
+    assert fetched.sha256 == model.artifacts[0].checksum.split(":")[1]
+    assert open_catalog().get(model.name).revision == model.revision

@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "catalog and fetch": (
         "zoo.catalog", "zoo._backend", "zoo._sqlite", "zoo._postgres", "zoo._orm", "zoo.schema", "zoo.migrations",
         "zoo.sources", "zoo.hubs", "zoo.index", "zoo.download", "zoo.lockfile", "zoo.transport", "zoo.archives",
-        "zoo.signatures", "zoo.lineage",
+        "zoo.signatures", "zoo.lineage", "zoo.publish",
     ),
     "converters": ("converters",),
     "ground floor": (

@@ -685,7 +685,8 @@ def dump_index(models: list[Model], *, name: str, description: str | None = None
     """
     entries = []
     for model in models:
-        entry = {k: v for k, v in model.to_dict().items() if k in ENTRY_FIELDS}
+        # `signature` of an entry is the publisher's signature file, never the model's verdicts
+        entry = {k: v for k, v in model.to_dict().items() if k in ENTRY_FIELDS and k != "signature"}
         meta = dict(entry.get("meta") or {})
         if isinstance(meta.get("version"), str):
             entry["version"] = meta.pop("version")
