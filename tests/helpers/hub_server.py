@@ -21,6 +21,7 @@ Point huggingface_hub and zoo at it with ``HF_ENDPOINT`` (the `hub` fixture does
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -38,13 +39,20 @@ LFS_SUFFIXES = (".onnx", ".onnx_data", ".tflite", ".keras", ".h5", ".pt", ".pb",
                 ".safetensors", ".data")
 
 
+@functools.lru_cache(maxsize=256)
+def sha256_hex(body: bytes) -> str:
+    """A body's sha256, computed once per body (the Hub stores it; a 200 MB benchmark file is not re-read)."""
+    return hashlib.sha256(body).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
 def git_blob_id(body: bytes) -> str:
     """The id git gives a file's content (what the Hub calls blobId)."""
     return hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
 
 
 def lfs_pointer(body: bytes) -> bytes:
-    return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(body).hexdigest()}\n"
+    return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256_hex(body)}\n"
             f"size {len(body)}\n").encode()
 
 
@@ -67,7 +75,7 @@ class HubRepo:
         """A new commit on `ref` with `files` (added to the branch's current ones when `keep`); its sha."""
         base = dict(self.commits.get(self.refs.get(ref, ""), {})) if keep else {}
         base.update(files)
-        sha = hashlib.sha1(json.dumps(sorted((p, hashlib.sha256(b).hexdigest()) for p, b in base.items()))
+        sha = hashlib.sha1(json.dumps(sorted((p, sha256_hex(b)) for p, b in base.items()))
                            .encode() + str(len(self.commits)).encode()).hexdigest()
         self.commits[sha] = base
         self.refs[ref] = sha
@@ -119,7 +127,7 @@ class HubServer:
         """Commit `files` to `ref`; LFS bodies go to the CDN under their sha256."""
         for path, body in files.items():
             if repo.is_lfs(path, body):
-                self.cdn.add(f"/lfs/{hashlib.sha256(body).hexdigest()}", body)
+                self.cdn.add(f"/lfs/{sha256_hex(body)}", body)
         return repo.commit(files, ref, keep)
 
     def fail(self, path_prefix: str, status: int = 429, retry_after: str | None = "1", times: int = 1) -> None:
@@ -167,7 +175,7 @@ class HubServer:
                 if repo.is_lfs(path, body):
                     pointer = lfs_pointer(body)
                     sibling.update(blobId=git_blob_id(pointer), size=len(body), lfs={
-                        "sha256": hashlib.sha256(body).hexdigest(), "size": len(body), "pointerSize": len(pointer)})
+                        "sha256": sha256_hex(body), "size": len(body), "pointerSize": len(pointer)})
                 else:
                     sibling.update(blobId=git_blob_id(body), size=len(body))
             siblings.append(sibling)
@@ -262,7 +270,7 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                                    {"X-Repo-Commit": sha})
             common = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
             if repo.is_lfs(file, body):
-                sha256 = hashlib.sha256(body).hexdigest()
+                sha256 = sha256_hex(body)
                 location = server.cdn.url(f"/lfs/{sha256}", host="localhost") + \
                     f"?X-Amz-Expires=3600&X-Amz-Signature={hashlib.sha1(sha256.encode()).hexdigest()}"
                 return self._reply(302, b"", {**common, "Location": location, "ETag": f'"{git_blob_id(lfs_pointer(body))}"',

@@ -170,13 +170,25 @@ def search(query: str | None, *, author: str | None = None, libraries: Sequence[
            limit: int = 20, source: str = SCHEME) -> list[Model]:
     """The Hub's models matching `query`, most downloaded first, as catalog entries without files.
 
-    One request per library (the Hub ANDs its filters), merged by downloads.
+    One request per library (the Hub ANDs its filters), sent together (the wait is one round trip,
+    not one per library), merged by downloads.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     api = _api()
+
+    def listing(library: str | None) -> list[Any]:
+        return _call(f"searching the Hub for {query or 'models'}", lambda: list(api.list_models(
+            search=query or None, author=author, filter=library, sort="downloads", direction=-1, limit=limit or None)))
+
+    wanted = list(libraries) or [None]
+    if len(wanted) == 1:
+        listings = [listing(wanted[0])]
+    else:  # huggingface_hub keeps one HTTP session per thread
+        with ThreadPoolExecutor(max_workers=min(len(wanted), 8), thread_name_prefix="zoo-hub-search") as pool:
+            listings = list(pool.map(listing, wanted))
     found: dict[str, Any] = {}
-    for library in list(libraries) or [None]:
-        listed = _call(f"searching the Hub for {query or 'models'}", lambda lib=library: list(api.list_models(
-            search=query or None, author=author, filter=lib, sort="downloads", direction=-1, limit=limit or None)))
+    for listed in listings:
         for info in listed:
             found.setdefault(info.id, info)
     ranked = sorted(found.values(), key=lambda i: -(i.downloads or 0))
