@@ -306,3 +306,32 @@ def test_a_hub_model_exported_to_an_index_is_fetched_by_plain_http(repos, tmp_pa
     (fetched,) = zoo.fetch(model.name, quiet=True)  # resolve, then the redirect to the second host
     assert fetched.sha256 == model.artifacts[0].checksum.split(":")[1]
     assert open_catalog().get(model.name).revision == model.revision
+
+
+def test_another_hub_is_one_more_module(fault_server, monkeypatch):
+    from helpers import other_hub
+
+    import zoo.hubs
+
+    body = _onnx(6.0)
+    monkeypatch.setitem(zoo.hubs.SCHEMES, "kg", "helpers.other_hub")
+    monkeypatch.setattr(other_hub, "MODELS", {"acme/net": {
+        "version": "3", "downloads": 10, "files": {"net.onnx": fault_server.url("/kg/net.onnx")},
+        "bodies": {"net.onnx": body}}})
+    fault_server.add("/kg/net.onnx", body)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["add", "kg://acme/net"])
+    assert out.exit_code == 0, out.output
+    assert [m.name for m in search("net", scheme="kg")] == ["acme--net.kg"]
+    assert runner.invoke(cli, ["fetch", "acme--net.kg"]).exit_code == 0
+    model = open_catalog().get("acme--net.kg")
+    assert model.is_local and model.revision == "v3" and model.source == "kg"
+    assert fault_server.routes["/kg/net.onnx"].requests[0].headers["X-Hub"] == "kg"
+    fault_server.add("/kg/net4.onnx", _onnx(7.0))  # a new version with other bytes: a sync follows it
+    other_hub.MODELS["acme/net"].update(version="4", files={"net.onnx": fault_server.url("/kg/net4.onnx")},
+                                        bodies={"net.onnx": _onnx(7.0)})
+    zoo.sync_sources("kg")
+    assert [r.revision for r in open_catalog().revisions("acme--net.kg")] == ["v3", "v4"]
+    x = np.ones((1, 4), np.float32)
+    assert np.allclose(zoo.load_extractor("acme--net.kg", layer="fc")(x), 28.0)
+    assert np.allclose(zoo.load_extractor("acme--net.kg@v3", layer="fc")(x), 24.0)
