@@ -9,7 +9,8 @@ A hub is one module with the same few functions (`zoo.hubs.huggingface` is the H
 - ``resolve(repo, *, revision, path, name, source) -> Model``: the model pinned to a commit, its
   files with their sizes and checksums, its card's facts;
 - ``Origin(model)``: how `zoo.fetch` downloads its files (session, token, the file's location);
-- ``DEFAULT_LIBRARIES`` and ``offline()``.
+- ``DEFAULT_LIBRARIES`` and ``offline()``; optionally ``client()``, which imports the hub's
+  library so a search can start before the catalog opens.
 
 This package keeps what is the same for every hub: ``SCHEME://REPO[@REV][/PATH]`` references, the
 hub source rows (``hf://?author=ORG&library=onnx,keras``), and storing what a search found so an
@@ -147,23 +148,60 @@ def search(query: str | None, *, scheme: str = "hf", author: str | None = None,
         HubError: the hub refused or cannot be reached (one line: what to do).
         MissingDependencyError: the hub's client library is not installed (`pip install 'zoo[hub]'`).
     """
+    module = _module(scheme)
+    # Most searches use the hub source's defaults: ask the hub now, while the catalog opens (its
+    # database library loads in the time the answer takes); asked again if the source says otherwise.
+    early = None if _offline(module, offline) else _Early(module, query, author, libraries, limit)
     from zoo.catalog import open_catalog
 
-    module = _module(scheme)
     cat = open_catalog(catalog)
     source = _hub_source(cat, scheme)
     _, source_author, source_libraries = hub_options(source.url)
-    if _offline(module, offline):  # what earlier searches stored, most downloaded first as the hub ranks
+    if early is None:  # what earlier searches stored, most downloaded first as the hub ranks
         stored = cat.search(query, source=source.name, limit=None)
         stored.sort(key=lambda m: -((m.meta.get("hub") or {}).get("downloads") or 0))
         return stored[:limit or None]
-    found = module.search(query, author=author or source_author,
-                          libraries=list(libraries or source_libraries or module.DEFAULT_LIBRARIES),
-                          limit=limit, source=source.name)
+    wanted = (author or source_author, list(libraries or source_libraries or module.DEFAULT_LIBRARIES))
+    if early.asked == wanted:
+        found = early.result()
+        for model in found:
+            model.source = source.name
+    else:
+        found = module.search(query, author=wanted[0], libraries=wanted[1], limit=limit, source=source.name)
     with cat.batch():
         for model in found:
             _keep_stub(cat, model)
     return found
+
+
+class _Early:
+    """A hub search started in a thread before the catalog is open (the hub's client is imported
+    here, in the caller's thread; only the requests run in the other)."""
+
+    def __init__(self, module: ModuleType, query: str | None, author: str | None,
+                 libraries: Sequence[str] | None, limit: int) -> None:
+        import threading
+
+        self.asked = (author, list(libraries or module.DEFAULT_LIBRARIES))
+        self._found: list[Model] | None = None
+        self._error: BaseException | None = None
+        if hasattr(module, "client"):
+            module.client()  # imports stay in this thread
+        self._thread = threading.Thread(target=self._run, args=(module, query, limit), daemon=True,
+                                        name="zoo-hub-search")
+        self._thread.start()
+
+    def _run(self, module: ModuleType, query: str | None, limit: int) -> None:
+        try:
+            self._found = module.search(query, author=self.asked[0], libraries=self.asked[1], limit=limit)
+        except BaseException as error:  # handed to the caller by result()
+            self._error = error
+
+    def result(self) -> list[Model]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._found or []
 
 
 def _keep_stub(cat: Catalog, model: Model) -> None:

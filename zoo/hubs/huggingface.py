@@ -27,7 +27,7 @@ from zoo.records import Artifact, InputSpec, Model
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["DEFAULT_LIBRARIES", "Origin", "catalog_name", "endpoint", "offline", "resolve", "search"]
+__all__ = ["DEFAULT_LIBRARIES", "Origin", "catalog_name", "client", "endpoint", "offline", "resolve", "search"]
 
 SCHEME = "hf"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -85,6 +85,11 @@ def _version() -> str:
 def _api():
     hub = _hub()
     return hub.HfApi(endpoint=endpoint(), library_name="zoo", library_version=_version())
+
+
+def client() -> Any:
+    """huggingface_hub's API client (importing it: `zoo.hubs` does that before it starts a search)."""
+    return _api()
 
 
 # ---- errors ------------------------------------------------------------------------------------
