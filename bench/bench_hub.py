@@ -42,7 +42,7 @@ def _onnx_of(mb: int) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def serve(mb: int) -> None:
+def serve(mb: int, latency: float = 0.0) -> None:
     """The child: a loopback Hub with a few resnet repos and one of `mb` MB; prints its URLs, serves until stdin closes."""
     from helpers.http_server import FaultServer
     from helpers.hub_server import HubServer, sha256_hex
@@ -50,6 +50,7 @@ def serve(mb: int) -> None:
     body = _onnx_of(mb)
     with FaultServer() as cdn:
         hub = HubServer(cdn).start()
+        hub.latency = latency
         for i, library in enumerate(("onnx", "keras", "tflite", "onnx", "keras")):
             hub.repo(f"org{i}/resnet-{18 + i}", {"model.onnx" if library == "onnx" else "model.h5": b"\0" * 64},
                      library=library, downloads=1000 * (i + 1), card={"license": "mit"})
@@ -83,11 +84,14 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--startups", type=int, default=11)
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds the loopback Hub waits before each API answer (a far-away Hub's round trip)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return serve(args.mb)
-    child = subprocess.Popen([sys.executable, __file__, "--serve", "--mb", str(args.mb)], stdin=subprocess.PIPE,
+        return serve(args.mb, args.latency)
+    child = subprocess.Popen([sys.executable, __file__, "--serve", "--mb", str(args.mb), "--latency", str(args.latency)],
+                             stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
         where = json.loads(child.stdout.readline())

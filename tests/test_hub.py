@@ -335,3 +335,14 @@ def test_another_hub_is_one_more_module(fault_server, monkeypatch):
     x = np.ones((1, 4), np.float32)
     assert np.allclose(zoo.load_extractor("acme--net.kg", layer="fc")(x), 28.0)
     assert np.allclose(zoo.load_extractor("acme--net.kg@v3", layer="fc")(x), 24.0)
+
+
+def test_a_hub_source_with_an_author_narrows_a_search_started_before_the_catalog_opened(repos):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["source", "add", "hf", "--author", "other", "--no-sync"]).exit_code == 0
+    before = repos.hits("/api/models")
+    out = runner.invoke(cli, ["search", "resnet", "--hub", "--library", "transformers", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [m["name"] for m in json.loads(out.stdout)] == ["other--resnet-50-torch"]
+    # asked before the catalog said "--author other", then again with it
+    assert repos.hits("/api/models") - before == 2

@@ -96,6 +96,7 @@ class HubServer:
         self.cdn = cdn
         self.repos: dict[str, HubRepo] = {}
         self.tokens: set[str] = set()  # tokens whose owner accepted the gated repos' conditions
+        self.latency = 0.0  # seconds each API answer waits, as a far-away Hub's round trip would
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._fail: list[tuple[str, int, str | None]] = []
         self._lock = threading.Lock()
@@ -219,6 +220,8 @@ def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
             path = unquote(parts.path)
             with server._lock:
                 server.requests.append((self.command, path, dict(self.headers.items())))
+            if server.latency and path.startswith("/api/"):
+                time.sleep(server.latency)
             failure = server._failure(path)
             if failure is not None:
                 status, retry = failure
