@@ -156,3 +156,18 @@ def test_lock_errors_are_one_line(tmp_path, monkeypatch):
     bad = runner.invoke(cli, ["fetch", "--locked"])
     assert bad.exit_code == 1 and "is not JSON" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert runner.invoke(cli, ["fetch"]).exit_code == 1
+
+
+def test_a_file_listed_without_size_or_checksum_keeps_its_revision_and_path_across_syncs(fault_server):
+    fault_server.add("/v1/net.onnx", V1)
+    entry = {"name": "bare.acme", "framework": "onnx", "files": [
+        {"role": "model", "filename": "net.onnx", "url": fault_server.url("/v1/net.onnx"), "checksum": None}]}
+    index = fault_server.add("/zoo.json", json.dumps({"format": "zoo-index/1", "name": "acme", "models": [entry]}).encode())
+    zoo.add_source("acme", fault_server.url("/zoo.json"))
+    (fetched,) = zoo.fetch("bare.acme", quiet=True)
+    assert len(open_catalog().revisions("bare.acme")) == 1  # the fetch measured its size: the same file
+    index.set_body(index.body + b"\n")  # a new ETag, the same entry
+    (report,) = zoo.sync_sources("acme")
+    model = open_catalog().get("bare.acme")
+    assert report.stats.updated == [] and model.artifacts[0].path == fetched.path
+    assert len(open_catalog().revisions("bare.acme")) == 1

@@ -319,6 +319,8 @@ def _record_fetched(cat, name, artifact, result, dest: Path, folder: Path, how: 
     """Register a downloaded (or verified cached) file: its hash, where it came from, its unpacked folder."""
     done = dataclasses.replace(artifact, meta=dict(artifact.meta), urls=list(artifact.urls))
     done.size, done.sha256 = result.size, result.sha256
+    if artifact.size is None and not artifact.meta.get("size_measured"):
+        done.meta["size_measured"] = True  # not the publisher's: the file's identity stays what was listed
     if not artifact.checksum:
         done.meta.setdefault("first_fetch_sha256", result.sha256)
     if result.url:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["Export", "export_index"]
 
 # What a file's meta says about this machine only: never published.
-LOCAL_FILE_META = ("fetched_from", "archive_path", "unpacked_sha256", "first_fetch_sha256", "lineage", "added",
+LOCAL_FILE_META = ("fetched_from", "archive_path", "unpacked_sha256", "first_fetch_sha256", "size_measured", "lineage", "added",
                    "sandbox", "by")
 # What a model's meta says about this catalog only ("hub": how this catalog fetches it; the
 # published entry is a plain index entry, its origin kept as `upstream`).

@@ -38,8 +38,9 @@ def file_identity(artifact: Artifact) -> str | None:
         return artifact.checksum.lower()
     if not artifact.urls and artifact.sha256:
         return "sha256:" + artifact.sha256
-    if artifact.urls:
-        return f"url:{artifact.urls[0]}#{artifact.size if artifact.size is not None else ''}"
+    if artifact.urls:  # the size the publisher listed, not the one a fetch measured
+        listed = artifact.size if artifact.size is not None and not artifact.meta.get("size_measured") else ""
+        return f"url:{artifact.urls[0]}#{listed}"
     return None
 
 

@@ -240,6 +240,7 @@ def _keeping_local_files(old: Model, new: Model) -> Model:
         if (mine is not None and mine.path and artifact.path is None
                 and file_identity(mine) == file_identity(artifact)):
             artifact = replace(artifact, path=mine.path, sha256=mine.sha256,
+                               size=artifact.size if artifact.size is not None else mine.size,
                                meta={**mine.meta, **artifact.meta})
         artifacts.append(artifact)
     same = content_digest(artifacts) == content_digest(old.artifacts)
