@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,7 +172,9 @@ def _connect(address: str | None) -> Any:
     if ray.is_initialized():
         return ray
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        from zoo.logs import ray_options
+
+        ray.init(address=address, include_dashboard=False, **ray_options())
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
         raise EngineError(
