@@ -133,6 +133,11 @@ def test_a_repo_with_nothing_to_convert_says_what_it_has(repos):
         add("hf://acme/resnet-18/config.json")
     with pytest.raises(HubError, match="has no file onnx/nope.onnx"):
         add("hf://acme/resnet-18/onnx/nope.onnx")
+    repos.repo("keras-io/tiny-savedmodel", {"saved_model.pb": b"\x08\x01" + bytes(40), "keras_metadata.pb": b"\x08",
+                                            "variables/variables.index": b"\0" * 8}, library="keras")
+    out = runner.invoke(cli, ["add", "hf://keras-io/tiny-savedmodel"])
+    (line,) = out.stderr.strip().splitlines()
+    assert "holds a TensorFlow SavedModel" in line and "huggingface-cli download keras-io/tiny-savedmodel" in line
     for ref, said in (("hf://acme/nope", "is not on the Hub"), ("hf://acme/resnet-18@v9", "has no such revision")):
         out = runner.invoke(cli, ["add", ref])
         assert out.exit_code == 1 and said in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -299,6 +299,12 @@ def _choose(repo: str, files: dict[str, Any], path: str | None) -> tuple[list[tu
                                    "TFLite, TorchScript, Caffe, frozen .pb); the repo's convertible files: "
                                    f"{_listing(convertible) or 'none'}")
         main = path
+    elif not convertible and any(os.path.basename(p) == "saved_model.pb" for p in files):
+        folder = os.path.dirname(next(p for p in sorted(files) if os.path.basename(p) == "saved_model.pb"))
+        raise ModelFormatError(
+            f"hf://{repo} holds a TensorFlow SavedModel ({folder or 'the repo root'}: saved_model.pb and variables/), "
+            "which zoo does not fetch from the Hub as a folder yet; download it (`huggingface-cli download "
+            f"{repo} --local-dir DIR`) and register it with `zoo add DIR{'/' + folder if folder else ''}`")
     elif not convertible:
         raise ModelFormatError(
             f"hf://{repo} has no file zoo converts (ONNX, Keras .keras/.h5, SavedModel, TFLite, TorchScript, Caffe); "
