@@ -351,3 +351,17 @@ def test_a_hub_source_with_an_author_narrows_a_search_started_before_the_catalog
     assert [m["name"] for m in json.loads(out.stdout)] == ["other--resnet-50-torch"]
     # asked before the catalog said "--author other", then again with it
     assert repos.hits("/api/models") - before == 2
+
+
+def test_a_locked_hub_model_is_fetched_exactly_in_a_fresh_catalog(repos, tmp_path, monkeypatch):
+    from zoo.lockfile import fetch_locked, lock
+
+    model = add("hf://acme/resnet-18")
+    lock_file = tmp_path / "zoo.lock"
+    lock([model.name], output=lock_file)
+    repos.publish(repos.repos["acme/resnet-18"], {"onnx/model.onnx": _onnx(7.0)})  # main moved on
+    monkeypatch.setenv("ZOO_CATALOG", str(tmp_path / "other.db"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "other-cache"))
+    fetch_locked(lock_file=lock_file, quiet=True)
+    fetched = open_catalog().get(model.name)
+    assert fetched.revision == model.revision and fetched.artifacts[0].sha256 == model.artifacts[0].checksum[7:]
