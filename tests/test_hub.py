@@ -108,6 +108,11 @@ def test_add_pins_the_commit_with_the_files_card_and_input_spec(repos):
     repos.repos["acme/resnet-18"].tag("v1.0")
     tagged = add("hf://acme/resnet-18@v1.0", name="resnet18.v1")
     assert tagged.revision == commit and tagged.meta["version"] == "v1.0"
+    repos.repo("timm/mobilenet.onnx", {"model.onnx": _onnx(1.0), "README.md": b"# MobileNet\n\n## Model Details\n"
+                                       b"- **Model Type:** Image classification\n- **Image size:** 160 x 160\n"},
+               card={"license": "apache-2.0"})
+    spec = add("hf://timm/mobilenet.onnx").input  # no preprocessing config: the card's image size
+    assert (spec.shape, spec.layout, spec.mean) == ([None, 3, 160, 160], "NCHW", None)
     keras = add("hf://acme/resnet-50-keras")
     assert (keras.framework, keras.format, keras.artifacts[0].checksum.split(":")[0]) == ("keras", "h5", "sha256")
 

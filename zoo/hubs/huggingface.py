@@ -255,12 +255,15 @@ def resolve(repo: str, *, revision: str | None = None, path: str | None = None, 
         **({"other_models": others} if others else {})}}
     if revision and revision != commit and revision != "main":
         meta["version"] = revision
+    readme = _small_file(repo, commit, "README.md", files)
+    spec = _input_spec(_small_file(repo, commit, "preprocessor_config.json", files), framework)
+    if spec.shape is None:
+        spec = _card_input_spec(readme, framework)
     return Model(
         name=name or catalog_name(repo, path), framework=framework, format=fmt, task=info.pipeline_tag,
         dataset=datasets[0] if isinstance(datasets, list) and datasets else None,
-        description=_summary(_small_file(repo, commit, "README.md", files)), license=_license(tags, card),
-        tags=_tags(tags), source=source, homepage=f"{endpoint()}/{repo}",
-        input=_input_spec(_small_file(repo, commit, "preprocessor_config.json", files), framework),
+        description=_summary(readme), license=_license(tags, card),
+        tags=_tags(tags), source=source, homepage=f"{endpoint()}/{repo}", input=spec,
         artifacts=[_artifact(repo, commit, files[p], role) for role, p in chosen],
         meta=meta, revision=commit)
 
@@ -378,6 +381,21 @@ def _summary(card: str | None) -> str | None:
         cut = summary[:_SUMMARY]
         summary = (cut[:cut.rfind(". ") + 1] if ". " in cut else cut.rsplit(" ", 1)[0] + " ...")
     return summary or None
+
+
+# A model card's "Image size: 224 x 224" (timm's and many vision cards' "Model Details" list).
+_CARD_SIZE = re.compile(r"image[ _-]?size\W{0,6}(\d{2,4})\s*[x×]\s*(\d{2,4})", re.I)
+
+
+def _card_input_spec(card: str | None, framework: str) -> InputSpec:
+    """The input size a model card states (no preprocessing config): the shape only, nothing guessed."""
+    found = _CARD_SIZE.search(card or "")
+    if not found:
+        return InputSpec()
+    height, width = int(found.group(1)), int(found.group(2))
+    nhwc = framework in ("keras", "tflite", "tensorflow")
+    return InputSpec(shape=[None, height, width, 3] if nhwc else [None, 3, height, width],
+                     layout="NHWC" if nhwc else "NCHW", channel_order="RGB")
 
 
 def _input_spec(text: str | None, framework: str) -> InputSpec:
