@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Models the docs create themselves (zoo pretrain / train / the walkthrough) rather than find.
 MADE_IN_THE_DOCS = {"my-base", "my-classifier", "my-digits", "my-photos", "digits04.cnn", "digits59.transfer", "pets",
+                    "resnet9.acme",  # a model of the README's example source (zoo source add acme ...)
                     "mine"}
 # Commands whose first argument is a model: the names the docs, help texts and docstrings give them exist.
 TAKES_A_MODEL = {"info", "fetch", "convert", "layers", "extract", "train", "sweep", "predict", "verify"}
@@ -224,7 +225,7 @@ def _model_arguments(words_list: list[list[str]]) -> set[str]:
     quoted = set()
     for words in words_list:
         if words and words[0] in TAKES_A_MODEL and len(words) > 1 and not words[1].startswith("-"):
-            quoted.add(words[1])
+            quoted.add(words[1].split("@")[0])  # NAME@REV names a revision of NAME
     return quoted
 
 

@@ -24,7 +24,8 @@ from zoo.records import InputSpec
 
 def _python():
     """command -> the callables and options classes whose parameters its flags are."""
-    from zoo import bom, cache_manager, lineage, signatures
+    from zoo import bom, cache_manager, hubs, lineage, lockfile, publish, signatures
+    from zoo.catalog import open_catalog
     from zoo.catalog import Catalog
     from zoo.demos import walkthrough
     from zoo.extract import model_inputs
@@ -34,7 +35,7 @@ def _python():
 
     ray = [RayEngine]
     return {
-        "search": [zoo.search, Catalog.search],
+        "search": [zoo.search, Catalog.search, hubs.search],
         "list": [zoo.list_models, Catalog.search],
         "info": [zoo.info],
         "add": [zoo.add, InputSpec],  # --mean, --std ... are fields of input_spec=
@@ -45,7 +46,11 @@ def _python():
         "source list": [zoo.list_sources],
         "source sync": [zoo.sync_sources],
         "source rm": [zoo.remove_source],
-        "fetch": [zoo.fetch],
+        "fetch": [zoo.fetch, lockfile.fetch_locked],
+        "lock": [lockfile.lock],
+        "init": [open_catalog],
+        "index export": [publish.export_index],
+        "cache gc": [cache_manager.plan_gc],
         "verify": [zoo.verify, signatures.verify_signatures],
         "sign": [zoo.sign],
         "lineage": [lineage.chain],
@@ -79,6 +84,14 @@ CLI_ONLY = {
     ("fetch", "max_unpack_size"): "unpack_limits=zoo.archives.UnpackLimits(max_bytes=...)",
     ("layers", "inputs"): "zoo.extract.model_inputs(name) instead of layers(name)",
     ("cache rm", "all"): "plan_removal(everything=True)",
+    ("cache gc", "dry_run"): "a plan not executed: plan_gc(...) without .execute()",
+    ("fetch", "locked"): "zoo.lockfile.fetch_locked(names, lock_file=) instead of fetch(names)",
+    ("info", "paths"): "where zoo keeps things: zoo.config's paths, read by a program directly",
+    ("search", "hub"): "zoo.hubs.search(query, author=, libraries=, offline=) instead of zoo.search",
+    ("source add", "author"): "a hub source's settings: zoo.hubs, not an index URL's",
+    ("source add", "library"): "see --author",
+    ("index export", "output"): "export_index(names, output) is positional",
+    ("index export", "name"): "export_index(index_name=): the index's name, not a model's",
     ("cache rm", "dry_run"): "a plan not executed: plan_removal(...) without .execute()",
     ("cache list", "kind"): "scan(kinds=[...]): one flag per kind",
     ("cache rm", "kind"): "scan(kinds=[...]): one flag per kind",
@@ -98,6 +111,8 @@ CLI_ONLY = {
 DEFAULTS_DIFFER = {
     ("fetch", "offline"): "an absent flag is offline=None: $ZOO_OFFLINE decides, as in Python",
     ("layers", "inputs"): "a switch",
+    ("lock", "quiet"): "a library call is quiet by default (lock(quiet=True)); the command talks unless -q",
+    ("search", "offline"): "an absent --offline is offline=None: $ZOO_OFFLINE / HF_HUB_OFFLINE decide, as in Python",
 }
 # Keywords of a command's main function with no flag, and why.
 PYTHON_ONLY = {
@@ -119,6 +134,9 @@ PYTHON_ONLY = {
     ("fetch", "unpack_limits"): "--max-unpack-size",
     ("pretrain", "cache"): "only to measure what caching saves (docs/pretrain.md)",
     ("train", "layer"): "--layer",
+    ("lock", "offline"): "$ZOO_OFFLINE decides, as for zoo fetch without --offline",
+    ("init", "create"): "zoo init always creates: that is the command",
+    ("init", "builtins"): "zoo init loads the built-in zoos, as every new catalog does",
     ("walkthrough", "val_per_class"): "the demo's fixed design; --labels-per-class is the knob",
     ("walkthrough", "base_epochs"): "the demo's fixed design",
     ("walkthrough", "head_epochs"): "the demo's fixed design",

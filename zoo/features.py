@@ -377,7 +377,8 @@ class FeatureCache:
                 manifest = FeatureManifest(extractor=extractor_fp, dataset=source.fingerprint,
                                            dataset_description=source.description, length=source.length,
                                            model=getattr(extractor, "source", None) or None,
-                                           layer=layer if isinstance(layer, (str, int, list, type(None))) else str(layer))
+                                           layer=layer if isinstance(layer, (str, int, list, type(None))) else str(layer),
+                                           revision=getattr(extractor, "revision", None))
             computed = engine.computed(source, extractor, manifest.next, chunk_size)
             folder.mkdir(parents=True, exist_ok=True)
             lineage = features_lineage(extractor, source.fingerprint, source.description,
