@@ -325,6 +325,21 @@ def test_the_log_goes_to_the_temp_folder_when_the_cache_cannot_hold_it(monkeypat
     assert Path(path).read_text().rstrip().endswith("Traceback (most recent call last): ...")
 
 
+def test_the_log_masks_secrets_escapes_controls_and_keeps_its_newest_entries(zoo_env, monkeypatch):
+    from zoo import logs
+
+    path = logs.write("fetch", "GET https://alice:hunter2@127.0.0.1/m.onnx?token=s3cret failed \x1b]0;pwned\x07")
+    text = path.read_text()
+    assert path == zoo_env / "cache" / "logs" / "zoo.log"
+    assert "hunter2" not in text and "s3cret" not in text and "\x1b" not in text and "\x07" not in text
+    monkeypatch.setattr(logs, "MAX_LOG_BYTES", 4000)
+    for i in range(60):
+        logs.write(f"entry {i}", "x" * 100)
+    text = path.read_text()
+    assert path.stat().st_size <= 4000 + 200 and "entry 59" in text and "entry 0\n" not in text
+    assert text.startswith("=== ")  # cut at an entry's start, never in the middle of one
+
+
 def test_the_console_script_exits_with_one_line(tmp_path, zoo_cmd, zoo_env):
     import subprocess
 
