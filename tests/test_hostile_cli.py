@@ -345,6 +345,12 @@ def test_the_log_masks_secrets_escapes_controls_and_keeps_its_newest_entries(zoo
     text = path.read_text()
     assert path.stat().st_size <= 4000 + 200 and "entry 59" in text and "entry 0\n" not in text
     assert text.startswith("=== ")  # cut at an entry's start, never in the middle of one
+    endless = zoo_env / "output.log"  # a sandboxed child's output, from a model that printed without end
+    endless.write_bytes(b"y" * 10_000 + b"\nlast words\n")
+    logs.relay(endless, "child")
+    text = path.read_text()
+    assert "last words" in text and "bytes were left out" in text
+    assert path.stat().st_size <= 4000 + 4000 // 2 + 200  # the trim runs before each entry: at most one entry over
 
 
 def test_the_console_script_exits_with_one_line(tmp_path, zoo_cmd, zoo_env):

@@ -191,22 +191,30 @@ def _clean(text: str) -> str:
 
 def absorb(child_log: Path) -> Path | None:
     """Append a sandboxed child's log file to this process's; the path it went to (None: nothing, or unwritable)."""
-    try:
-        text = child_log.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+    text = _tail(child_log)
     if not text.strip():
         return None
     return _append(_clean(text))
 
 
+def _tail(path: Path) -> str:
+    """A child's file, its last MAX_LOG_BYTES // 2 bytes at most (a model may print without end); "" if unreadable."""
+    keep = MAX_LOG_BYTES // 2
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(size - keep, 0))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return f"[the first {size - keep} bytes were left out]\n{text}" if size > keep else text
+
+
 def relay(output: Path, title: str) -> Path | None:
     """What a sandboxed child printed (its captured stdout/stderr, `output`): on stderr, with terminal
     controls shown as escapes, when verbose; else an entry in the log file (its path; None: nothing)."""
-    try:
-        text = output.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+    text = _tail(output)
     if not text.strip():
         return None
     if verbose():
