@@ -160,7 +160,8 @@ def _collect(scratch: Path, status: int, limit: float, path: str, framework: str
         if not (isinstance(kind, type) and issubclass(kind, errors.ZooError)):
             kind = errors.ConversionError
         message = error.get("message") or "the converter failed without saying why"
-        raise kind(message.replace(str(child_log), str(log)) if log else message)
+        # The child named its own log, which goes with the scratch folder: name the one it went to.
+        raise kind(message.replace(str(child_log), str(log) if log else "a log no folder could hold"))
     if os.WIFSIGNALED(status):
         raise errors.ConversionError(_signal_message(os.WTERMSIG(status), limit, path, framework, scratch))
     if os.WEXITSTATUS(status) == _EXIT_DISK_FULL:
