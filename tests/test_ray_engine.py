@@ -293,23 +293,26 @@ def test_an_actor_on_a_node_without_the_files(tiny, tmp_path):
     import pickle
 
     from zoo.extract import load_extractor
-    from zoo.ray_engine import _ChunkWorker
+    from zoo.ray_engine import _ChunkWorker, _Work
 
     extractor = load_extractor(tiny, "pool")
     x = np.random.default_rng(5).standard_normal((12, 3, 8, 8)).astype(np.float32)
     model = extractor.model_path.read_bytes()
     elsewhere = pickle.loads(pickle.dumps(extractor))
     elsewhere.model_path = tmp_path / "not-on-this-node.onnx"  # the cut model travels as bytes instead
-    worker = _ChunkWorker(as_source(x, extractor), elsewhere, model, threads=1)
-    rows = worker({"lo": np.array([0, 5]), "hi": np.array([5, 12])})
-    assert list(rows["error"]) == ["", ""] and list(rows["consumed"]) == [5, 7]
-    got = np.concatenate([np.load(io.BytesIO(b)) for b in rows["features"]])
-    np.testing.assert_array_equal(got, extractor(x))
-    assert worker.extractor.threads == 1
-    # data on a path this node does not have: every chunk reports it, nothing is read
+    worker = _ChunkWorker.__new__(_ChunkWorker)  # the actor's class, without Ray around it
+    worker.__dict__.update(threads=1, node="a" * 56, extractors={}, token="", source=None, extractor=None, error="")
+    work = _Work(token="t1", key="k1", source=as_source(x, extractor), extractor=pickle.dumps(elsewhere), model=model)
+    rows = [worker.run(work, 0, 5), worker.run(work, 5, 12)]
+    assert [r["error"] for r in rows] == ["", ""] and [r["consumed"] for r in rows] == [5, 7]
+    np.testing.assert_array_equal(np.concatenate([r["features"] for r in rows]), extractor(x))
+    assert worker.extractor.threads == 1 and rows[0]["setup"] > 0 and rows[1]["setup"] == 0
+    # data on a path this node does not have: every chunk of the call reports it, nothing is read
     np.save(tmp_path / "x.npy", x)
     source = as_source(tmp_path / "x.npy", extractor)
     (tmp_path / "x.npy").rename(tmp_path / "moved.npy")
-    lost = _ChunkWorker(source, copy.copy(extractor), model, threads=1)
-    error = json.loads(lost({"lo": np.array([0]), "hi": np.array([12])})["error"][0])
-    assert error["type"] == "InputError" and "x.npy is not on Ray node" in error["message"]
+    lost = _Work(token="t2", key="k1", source=source, extractor=pickle.dumps(copy.copy(extractor)), model=model)
+    error = json.loads(worker.run(lost, 0, 12)["error"])
+    assert error["type"] == "InputError"
+    assert error["message"].startswith(f"cannot read {tmp_path / 'x.npy'} on Ray node ")
+    assert list(worker.extractors) == ["k1"]  # the first call's session is kept for later calls
