@@ -112,6 +112,20 @@ class RayRun:
                      f"(about {self.local_estimate_s():.1f} s against {self.wall_s:.1f} s)")
         return line
 
+    @classmethod
+    def total(cls, runs: list[RayRun]) -> RayRun:
+        """The calls of one command (a sweep's layers) as one: sums, and the pool's start once."""
+        starts = [r.pool_start_s for r in runs if r.pool_start_s is not None]
+        return cls(
+            actors=max((r.actors for r in runs), default=0),
+            cluster_nodes=max((r.cluster_nodes for r in runs), default=0),
+            chunk_nodes=[node for r in runs for node in r.chunk_nodes],
+            connect_s=sum(r.connect_s for r in runs),
+            pool_start_s=sum(starts) if starts else None,
+            **{name: sum(getattr(r, name) for r in runs)
+               for name in ("setup_s", "compute_s", "wall_s", "rows", "retried", "lost_actors")},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("chunk_nodes")
@@ -142,6 +156,7 @@ class RayEngine:
         threads: onnxruntime intra-op threads per actor, and CPUs Ray reserves for it. Set
             explicitly because Ray sets ``OMP_NUM_THREADS=1`` in its workers.
         last_run: what the last call did (`RayRun`), None before the first.
+        runs: what every call did, oldest first (`RayRun.total(engine.runs)` sums them).
     """
 
     def __init__(self, address: str | None = None, actors: int | None = None, threads: int = 1) -> None:
@@ -155,6 +170,7 @@ class RayEngine:
             require("ray", "ray")
         self.address, self.actors, self.threads = address, actors, threads
         self.last_run: RayRun | None = None
+        self.runs: list[RayRun] = []
         self._pool: _Pool | None = None
         self._model: tuple[tuple, Any] | None = None  # (file identity, ObjectRef of its bytes)
 
@@ -169,6 +185,10 @@ class RayEngine:
 
     def __repr__(self) -> str:
         return f"RayEngine(address={self.address!r}, actors={self.actors!r}, threads={self.threads!r})"
+
+    def summary(self) -> str | None:
+        """One line on this engine's calls so far (`RayRun.summary`), None before any or when warm."""
+        return RayRun.total(self.runs).summary() if self.runs else None
 
     def __enter__(self) -> RayEngine:
         return self
@@ -240,6 +260,7 @@ class RayEngine:
         pool, new = self._warm_pool(ray)
         pool.busy = True
         self.last_run = run
+        self.runs.append(run)
         try:
             # A new pool's actors start in the background while the work goes into the object store.
             work = _Work(

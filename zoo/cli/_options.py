@@ -150,8 +150,8 @@ def engine_session(engine: Any, *, quiet: bool = False) -> Iterator[Any]:
         close = getattr(engine, "close", None)
         if close is not None:
             close()
-    run = getattr(engine, "last_run", None)
-    line = run.summary() if run is not None and not quiet else None
+    summary = getattr(engine, "summary", None)
+    line = summary() if summary is not None and not quiet else None
     if line:
         click.echo(line, err=True)
 
