@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from converters.report import DEFAULT_RTOL, Conversion, ConversionReport, compare_outputs
-from zoo.errors import ConversionError, ModelFormatError, UnsupportedLayerError
+from zoo.errors import ConversionError, ModelFormatError, ResourceLimitError, UnsupportedLayerError
 from zoo.graph import BATCH, value_dims  # BATCH: the dim_param of the batch axis in every produced model
 from zoo.hashes import file_sha256  # the catalog's hash, so reports and catalog agree
 
@@ -39,6 +39,9 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(path)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise ModelFormatError(f"{path} is not an ONNX model ({exc}); check the file's format") from None
+    except onnx.checker.ValidationError as exc:  # external data that points outside the model's folder
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFormatError(f"{path}: {first}; zoo reads a model's external data only from its own folder") from None
     if not model.graph.node:
         raise ModelFormatError(f"{path} is not an ONNX model: it parses but holds no graph nodes")
     return model
@@ -48,12 +51,23 @@ def check(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run onnx.checker and shape inference; return the model with inferred shapes."""
     import onnx
 
+    _refuse_duplicate_node_names(model)
     try:
         onnx.checker.check_model(model)
         return onnx.shape_inference.infer_shapes(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFormatError(f"the ONNX model fails onnx.checker: {first}") from None
+
+
+def _refuse_duplicate_node_names(model: onnx.ModelProto) -> None:
+    """onnxruntime refuses a graph where two nodes share a name (the checker lets it pass)."""
+    seen: set[str] = set()
+    for node in model.graph.node:
+        if node.name and node.name in seen:
+            raise ModelFormatError(f"the ONNX graph names two nodes {node.name!r}, which onnxruntime refuses; "
+                                   f"give every node its own name (re-export the model)")
+        seen.add(node.name)
 
 
 def opset_of(model: onnx.ModelProto) -> int | None:
@@ -143,10 +157,14 @@ def sample_inputs(
     """Deterministic inputs for each (name, shape, dtype): normal floats, small non-negative ints."""
     import numpy as np
 
+    from zoo.memory import check_tensor
+
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, shape, dtype in specs:
         dims = concrete_shape(shape, layout)
+        check_tensor(name, dims, np.dtype(dtype).itemsize, "input",
+                     "the model declares an input size it cannot be run at here")
         if np.issubdtype(np.dtype(dtype), np.floating):
             feeds[name] = rng.standard_normal(dims).astype(dtype)
         elif np.dtype(dtype) == np.bool_:
@@ -161,12 +179,16 @@ def session(model: onnx.ModelProto):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are raised, and said once, by the caller
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
-    """Output names and values of the model under onnxruntime."""
+    """Output names and values of the model under onnxruntime, once its shapes are known to fit in memory."""
+    from zoo.memory import check_onnx
+
+    sizes = [v.shape[0] for v in feeds.values() if getattr(v, "ndim", 0)]
+    check_onnx(model, "the ONNX model", batch=sizes[0] if sizes else None, feeds=feeds)
     sess = session(model)
     names = [o.name for o in sess.get_outputs()]
     return names, sess.run(names, feeds)
@@ -244,6 +266,8 @@ def verify(
 
     try:
         names, got = run(model, feeds)
+    except ResourceLimitError:
+        raise
     except Exception as exc:  # noqa: BLE001 onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ConversionError(
@@ -271,6 +295,9 @@ def _per_sample_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) 
     """Run the original model one sample at a time when its batch is fixed at 1."""
     import numpy as np
 
+    from zoo.memory import check_onnx
+
+    check_onnx(model, "the ONNX model", batch=1)
     sess = session(model)
     names = [o.name for o in sess.get_outputs()]
     batch = next(iter(feeds.values())).shape[0]
@@ -292,7 +319,7 @@ def convert(
 
     start = time.perf_counter()
     original = load(path)
-    check(original)
+    checked = check(original)  # with inferred shapes: what running it will allocate is known first
     report = ConversionReport(
         source_format="onnx",
         source_files={os.fspath(path): file_sha256(path)},
@@ -319,10 +346,17 @@ def convert(
         report.input_layout = layout_of(specs[0][1], None)
     if verify:
         feeds = sample_inputs([(n, [None, *s[1:]], d) for n, s, d in specs], report.input_layout)
-        if fixed_batch:
-            reference = _per_sample_reference(original, feeds)
-        else:
-            reference = run(original, feeds)[1]
+        try:
+            if fixed_batch:
+                reference = _per_sample_reference(checked, feeds)
+            else:
+                reference = run(checked, feeds)[1]
+        except (ModelFormatError, ResourceLimitError):
+            raise
+        except Exception as exc:  # noqa: BLE001 onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ConversionError(f"onnxruntime cannot run the original model on inputs "
+                                  f"{ {k: list(v.shape) for k, v in feeds.items()} } ({first})") from None
         verify_outputs(report, model, feeds, reference, "onnxruntime on the original model")
     report.seconds = time.perf_counter() - start
     return Conversion(model, report)

@@ -28,9 +28,11 @@ if TYPE_CHECKING:
 DEFAULT_INPUT_SHAPE = (None, 3, 224, 224)  # used when neither the caller nor the module's weights tell
 
 
-def load_torchscript(path: str | os.PathLike):
-    """Load a TorchScript archive, or raise ModelFormatError saying what the file is instead."""
-    torch = require("torch", "torch")
+def check_file(path: str | os.PathLike, *, trust_model_code: bool = False, **_options: Any) -> None:
+    """The checks that need no torch: a PyTorch zip archive whose serialized code uses no refused op.
+
+    `zoo.convert` runs them in its own process before it starts the sandboxed converter.
+    """
     path = os.fspath(path)
     if not zipfile.is_zipfile(path):
         raise ModelFormatError(
@@ -42,10 +44,31 @@ def load_torchscript(path: str | os.PathLike):
             raise ModelFormatError(
                 f"{path} is a zip archive but not a PyTorch file (no data.pkl or constants.pkl in it)"
             )
+    if not trust_model_code:
+        from converters.model_code import check_torchscript_archive
+
+        check_torchscript_archive(path)
+
+
+def load_torchscript(path: str | os.PathLike, check_code: bool = False):
+    """Load a TorchScript archive, or raise ModelFormatError saying what the file is instead.
+
+    `check_code` refuses (UnsafeModelError) an archive whose code uses file, process or network
+    ops or custom ops, before loading it and again on the loaded graphs (``converters.model_code``).
+    """
+    torch = require("torch", "torch")
+    path = os.fspath(path)
+    check_file(path, trust_model_code=not check_code)
     try:
-        return torch.jit.load(path, map_location="cpu").eval()
+        module = torch.jit.load(path, map_location="cpu").eval()
     except RuntimeError:
-        pass
+        module = None
+    if module is not None:
+        if check_code:
+            from converters.model_code import check_torchscript_module
+
+            check_torchscript_module(module, os.path.basename(path))
+        return module
     raise ModelFormatError(f"{path} is not TorchScript: {_what_it_is(path)}")
 
 
@@ -92,14 +115,17 @@ def convert_torchscript(
     args: dict[str, Any] | None = None,
     opset: int = ox.DEFAULT_OPSET,
     verify: bool = True,
+    trust_model_code: bool = False,
 ) -> Conversion:
     """Convert a TorchScript `.pt` archive; `input_shape` (None for dynamic dims) defaults to a guess.
 
     `inputs` (``[{"name", "shape", "dtype"}]``, see `zoo.input_specs`) names and shapes the tensors
     ``forward`` takes; `args` gives its other arguments (``{"sr": 16000}``), baked into the graph.
+    Its code is checked before it is loaded and before it runs (``converters.model_code``) unless
+    `trust_model_code`.
     """
     start = time.perf_counter()
-    module = load_torchscript(path)
+    module = load_torchscript(path, check_code=not trust_model_code)
     conversion = convert_module(module, input_shape=input_shape, inputs=inputs, args=args, opset=opset,
                                 verify=verify, source_files=[os.fspath(path)], source_format="torchscript",
                                 label=os.path.basename(os.fspath(path)))
@@ -383,5 +409,5 @@ def convert(path: str | os.PathLike, **options: Any) -> Conversion:
     return convert_torchscript(path, **options)
 
 
-__all__ = ["convert", "convert_module", "convert_torchscript", "export", "forward_parameters",
+__all__ = ["check_file", "convert", "convert_module", "convert_torchscript", "export", "forward_parameters",
            "guess_input_shape", "load_torchscript"]

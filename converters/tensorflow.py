@@ -300,6 +300,7 @@ def convert_saved_model(
     nchw: bool = False,
     verify: bool = True,
     loader: str = "auto",
+    trust_model_code: bool = False,
 ) -> Conversion:
     """Convert a SavedModel signature to ONNX.
 
@@ -307,7 +308,8 @@ def convert_saved_model(
     graph) or "auto". Auto tries v2; when v2 rejects a SavedModel written by an older release
     (the usual case: optimizer slot variables whose optimizer class no longer exists, "'_UserObject'
     object has no attribute 'add_slot'"), it loads a copy without the slots, and failing that
-    uses the TF1 loader. The report's notes say which path was taken.
+    uses the TF1 loader. The report's notes say which path was taken. Every op it would run is
+    checked first (``converters.model_code``) unless `trust_model_code`.
 
     >>> conversion = convert_saved_model("export/", signature="serving_default")  # doctest: +SKIP
     """
@@ -317,6 +319,10 @@ def convert_saved_model(
     tags = [tag] if isinstance(tag, str) else list(tag)
     tags = [t for t in tags if t]
     _check_tag_and_signature(path, tags, signature)
+    if not trust_model_code:
+        from converters.model_code import check_saved_model
+
+        check_saved_model(path, tags, signature)
     report = _new_report("saved_model", [path], opset, nchw)
     if loader not in ("auto", "v1", "v2"):
         raise ValueError(f"loader must be 'auto', 'v1' or 'v2', not {loader!r}")
@@ -357,7 +363,16 @@ def convert_saved_model(
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """The line of an error that says what went wrong.
+
+    TensorFlow's runtime errors start "Graph execution error:", then the stack where the node was
+    defined; what failed is the line before the ``[[{{node ...}}]]`` marker.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    if lines[0].endswith("execution error:"):
+        said = [line for line in lines[1:] if not line.startswith(("File ", "Detected at", "[["))]
+        return said[-1] if said else lines[0]
+    return lines[0]
 
 
 def _without_optimizer_slots(path: str) -> str | None:
@@ -521,12 +536,13 @@ def convert_keras(
     opset: int = ox.DEFAULT_OPSET,
     nchw: bool = False,
     verify: bool = True,
+    trust_model_code: bool = False,
 ) -> Conversion:
     """Convert a `.keras` / `.h5` file (or an architecture plus weights-only `.h5`) to ONNX."""
     start = time.perf_counter()
     model = load_keras(path, architecture, options)
     conversion = convert_keras_model(model, opset=opset, nchw=nchw, verify=verify,
-                                     source_files=[os.fspath(path)])
+                                     source_files=[os.fspath(path)], trust_model_code=trust_model_code)
     conversion.report.seconds = time.perf_counter() - start
     if architecture:
         conversion.report.notes.append(f"architecture keras.applications.{architecture}")
@@ -540,10 +556,12 @@ def convert_keras_model(
     nchw: bool = False,
     verify: bool = True,
     source_files: Sequence[str] = (),
+    trust_model_code: bool = False,
 ) -> Conversion:
     """Convert an in-memory Keras model: a tf.function with a None-batch signature, then tf2onnx.
 
     Every layer's output tensor is traced so that it can be renamed to the layer's name in ONNX.
+    The traced graph's ops are checked before it runs (``converters.model_code``) unless `trust_model_code`.
     """
     start = time.perf_counter()
     tf = _quiet_tf()
@@ -565,6 +583,10 @@ def convert_keras_model(
         return {f"o{i:05d}": t for i, t in enumerate(outputs)}
 
     func = traced.get_concrete_function()
+    if not trust_model_code:
+        from converters.model_code import check_graph_def
+
+        check_graph_def(func.graph.as_graph_def(), getattr(model, "name", None) or "the Keras model")
     flat = [t for t in func.outputs if t.dtype != tf.dtypes.resource]
     # The probe returns the model's outputs first, then one tensor per layer.
     model_tensors = [t.name for t in flat[: len(output_names)]]
@@ -759,8 +781,12 @@ def convert_frozen_graph(
     opset: int = ox.DEFAULT_OPSET,
     nchw: bool = False,
     verify: bool = True,
+    trust_model_code: bool = False,
 ) -> Conversion:
-    """Convert a frozen GraphDef `.pb`; inputs default to its Placeholders, outputs to its sinks."""
+    """Convert a frozen GraphDef `.pb`; inputs default to its Placeholders, outputs to its sinks.
+
+    The ops the outputs depend on are checked before anything runs unless `trust_model_code`.
+    """
     start = time.perf_counter()
     tf = _quiet_tf()
     tf2onnx = _tf2onnx()
@@ -778,6 +804,10 @@ def convert_frozen_graph(
             )
     if not inputs or not outputs:
         raise ModelFormatError(f"{path} has no Placeholder inputs or no outputs; name them with inputs=/outputs=")
+    if not trust_model_code:
+        from converters.model_code import check_graph_def
+
+        check_graph_def(graph_def, os.path.basename(path), outputs=outputs)
     loaded = tf.Graph()
     try:  # TensorFlow's own checks of the graph, before tf2onnx reads it with fewer
         with loaded.as_default():
@@ -827,7 +857,8 @@ def _tensor(name: str) -> str:
 
 
 def convert_tflite(
-    path: str | os.PathLike, *, opset: int = ox.DEFAULT_OPSET, nchw: bool = False, verify: bool = True
+    path: str | os.PathLike, *, opset: int = ox.DEFAULT_OPSET, nchw: bool = False, verify: bool = True,
+    trust_model_code: bool = False,
 ) -> Conversion:
     """Convert a `.tflite` flatbuffer; the reference is TensorFlow's TFLite interpreter.
 
@@ -848,6 +879,10 @@ def convert_tflite(
     _expect(path, head[4:8] == b"TFL3", "a TFLite flatbuffer (no TFL3 identifier)",
             "give a file written by tf.lite.TFLiteConverter")
     validate_tflite(path)
+    if not trust_model_code:
+        from converters.model_code import check_tflite
+
+        check_tflite(path)  # Flex ops carry any TensorFlow op
     probe = run_interpreter(path)  # before tf2onnx, which builds an interpreter in this process
     tf = _quiet_tf()
     tf2onnx = _tf2onnx()
@@ -935,6 +970,22 @@ def _verify_quantized(report: ConversionReport, probe: dict, reference: list[np.
 # dispatch
 
 
+def check_file(path: str | os.PathLike, *, format: str | None = None, **_options: Any) -> None:
+    """The checks of `convert` that need no TensorFlow (a TFLite file's structure), for the caller's process.
+
+    `zoo.convert` runs them before it starts the sandboxed converter, so a corrupt file is refused
+    without paying TensorFlow's import.
+    """
+    if (format or detect_format(path)) == "tflite":
+        from zoo.tflite_structure import validate_tflite
+
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        _expect(os.fspath(path), head[4:8] == b"TFL3", "a TFLite flatbuffer (no TFL3 identifier)",
+                "give a file written by tf.lite.TFLiteConverter")
+        validate_tflite(path)
+
+
 def convert(path: str | os.PathLike, *, format: str | None = None, **options: Any) -> Conversion:
     """Convert any TensorFlow model file; `format` is detected from the content when not given."""
     fmt = format or detect_format(path)
@@ -950,6 +1001,7 @@ def convert(path: str | os.PathLike, *, format: str | None = None, **options: An
 
 
 __all__ = [
+    "check_file",
     "convert",
     "convert_frozen_graph",
     "convert_keras",

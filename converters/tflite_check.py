@@ -8,7 +8,8 @@ to read shapes). So zoo (1) walks the file's tables, vectors and indices first, 
 does not hold together, and (2) runs the
 interpreter, which is also the reference the converted model is compared with, in a child process
 (a fork, about 0.2 s; see bench/bench_tflite_isolation.py), so whatever slips past the walk ends in
-a one-line error instead of a crash.
+a one-line error instead of a crash. That child can write only its result files (Linux Landlock,
+as ``converters.isolation``'s converters).
 """
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ def _forked(path: str, out: str, seed: int, limit: float) -> str | None:
         faulthandler.disable()
         code = 0
         try:
+            _sandbox(out)
             _write(out, *_interpret(path, seed))
         except BaseException as exc:  # noqa: BLE001  reported to the parent as one line
             code = 3
@@ -171,11 +173,19 @@ def _child() -> None:
     """Child process entry: argv = model path, output prefix, seed."""
     path, out, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     try:
+        _sandbox(out)
         result, arrays = _interpret(path, seed)
     except Exception as exc:  # noqa: BLE001  reported to the parent as one line
         print(f"zoo-error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
         sys.exit(3)
     _write(out, result, arrays)
+
+
+def _sandbox(out: str) -> None:
+    """Confine the interpreter's process to writing its result files (``zoo.landlock``; see converters.isolation)."""
+    from converters.isolation import enter_sandbox
+
+    enter_sandbox(os.path.dirname(out))
 
 
 def _interpret(path: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:

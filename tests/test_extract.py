@@ -557,7 +557,8 @@ def test_cli_layers_and_extract(tmp_path):
     result = runner.invoke(cli, ["extract", str(path), "--layer", "pool", "--input", str(tmp_path / "x.npy"),
                                  "--output", str(out), "--batch-size", "2", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    assert f"warning: created {out.parent} for --output {out}" in result.stderr  # outside the working directory
+    report = json.loads(result.stdout)
     assert report["shape"] == [5, 6, 1, 1] and report["rows"] == 5 and report["reused"] is False
     np.testing.assert_allclose(np.load(out), load_extractor(path, "pool")(x), rtol=1e-6)
     # the second run of the same extraction comes from the feature cache

@@ -48,6 +48,10 @@ _API: dict[str, str] = {
     "fetch": "zoo.download",
     "verify": "zoo.download",
     "convert": "zoo.conversion",
+    # provenance
+    "Signer": "zoo.signing",
+    "sign": "zoo.signatures",
+    "verify_signatures": "zoo.signatures",
     # extract and transfer
     "layers": "zoo.extract",
     "LayerInfo": "zoo.extract",
@@ -111,6 +115,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.pretraining import pretrain
     from zoo.ray_engine import RayEngine
     from zoo.records import Artifact, InputSpec, Model
+    from zoo.signatures import sign, verify_signatures
+    from zoo.signing import Signer
     from zoo.sources import add_source, list_sources, remove_source, sync_sources
     from zoo.transport import RetryPolicy
     from zoo.layer_sweep import sweep

@@ -8,6 +8,7 @@ media, FTS5) is `zoo._sqlite.SQLite`; PostgreSQL's (pool, serialized writes, tsv
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,23 @@ class SearchPlan:
         self.ids, self.params, self.exact = ids, params or {}, exact
 
 
+class Damaged(str):
+    """The text of a JSON column that does not parse (a catalog edited by hand, a torn write)."""
+
+
+def lenient_json(text: str) -> Any:
+    """JSON columns stored as text: a value that does not parse is kept as `Damaged`, not raised.
+
+    One bad row must not make `list`, `search` and `info` fail for everyone sharing the catalog:
+    `zoo.catalog` shows the model with ``meta["damaged"]`` saying which columns are unreadable.
+    (PostgreSQL's json columns cannot hold malformed JSON; its driver decodes them itself.)
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return Damaged(text)
+
+
 def query_words(query: str) -> list[str]:
     """The words of a user's query, as every back-end splits it."""
     return re.findall(r"\w+", query)
@@ -52,7 +70,7 @@ class Backend:
         from sqlalchemy import create_engine
 
         try:
-            return create_engine(url)
+            return create_engine(url, json_deserializer=lenient_json)
         except CatalogError:
             raise
         except Exception as error:  # bad URL or missing DB driver

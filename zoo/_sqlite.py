@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import event, exc, select, text
 
-from zoo._backend import Backend, SearchPlan, query_words
+from zoo._backend import Backend, SearchPlan, lenient_json, query_words
+from zoo.destinations import make_folders
 from zoo.errors import CatalogError
 from zoo.schema import FTS_COLUMNS, FTS_WEIGHTS, models, models_fts
 
@@ -118,7 +119,7 @@ class SQLite(Backend):
             # -shm/-wal files beside it and fails even to read, so open it read-only instead.
             path = Path(engine.url.database)
             engine.dispose()
-            engine = create_engine(url, creator=lambda: connect_read_only(path))
+            engine = create_engine(url, creator=lambda: connect_read_only(path), json_deserializer=lenient_json)
             self.read_only = True
         database = engine.url.database
         memory = not database or database == ":memory:"
@@ -126,8 +127,8 @@ class SQLite(Backend):
         if path is not None:
             if path.is_dir():
                 raise CatalogError(f"catalog {path} is a folder; give a file path such as {path / 'catalog.db'}")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # a folder made outside the working directory is said (zoo.destinations)
+                make_folders(path.parent, "the catalog", path)
             except OSError as error:
                 raise CatalogError(
                     f"cannot create the catalog's folder {path.parent}: {error.strerror}; "

@@ -46,6 +46,14 @@ def cuts_folder(source_sha256: str, cache_dir: str | os.PathLike | None = None) 
     return root(cache_dir) / "cuts" / source_sha256
 
 
+def signatures_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/signatures/<name>/``: `zoo sign`'s bundle and the lineage statements it signs.
+
+    Not a cache kind `zoo cache rm` clears: a signature cannot be made again without its key.
+    """
+    return root(cache_dir) / "signatures" / folder_name(name)
+
+
 def features_folder(cache_dir: str | os.PathLike | None = None) -> Path:
     """``<cache>/features/``: one folder per cached (extractor, data) pair."""
     return root(cache_dir) / "features"

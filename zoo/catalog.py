@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from sqlalchemy import Text, event, exc, func, select, text
 
 from zoo import config
-from zoo._backend import Backend
+from zoo._backend import Backend, Damaged
 from zoo._redact import mask_url
 from zoo._sqlite import BUSY_TIMEOUT_MS
 from zoo.errors import (
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from zoo._orm import ModelRow, SourceRow
 
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
-SCHEMA_REVISIONS = ("0001", "0002", "0003")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 # zoo_state key saying whether the built-in zoos were loaded: "pending" from the transaction that
 # creates the schema until the one that loads them, so a creation cut short (kill -9) is finished
@@ -60,10 +60,16 @@ class SourceInfo:
     etag: str | None = None
     synced_at: float | None = None
     models: int = 0
+    require_signature: bool = False  # fetch refuses a model of this source unless its signature verifies
+    signer: dict[str, Any] | None = None  # who must have signed (zoo.signing.Signer.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "url": mask_url(self.url), "etag": self.etag,
-                "synced_at": self.synced_at, "models": self.models}
+        data = {"name": self.name, "url": mask_url(self.url), "etag": self.etag,
+                "synced_at": self.synced_at, "models": self.models,
+                "require_signature": self.require_signature}
+        if self.signer:
+            data["signer"] = self.signer
+        return data
 
 
 def search_keywords(name: str, tags: Iterable[str]) -> str:
@@ -72,9 +78,27 @@ def search_keywords(name: str, tags: Iterable[str]) -> str:
     return " ".join(parts + [str(t) for t in tags])
 
 
+def _intact(value: Any, kind: type, column: str, damaged: list[str]) -> Any:
+    """`value` when it is a `kind`, else the empty one, noting `column` as damaged (see `Damaged`)."""
+    if value is None:
+        return kind()
+    if isinstance(value, Damaged) or not isinstance(value, kind):
+        damaged.append(column)
+        return kind()
+    return kind(value)
+
+
 def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
     """A Model from a models row (Core Row or ORM object) and its artifact rows."""
-    return Model(
+    damaged: list[str] = []
+    artifacts = [_artifact_record(a, damaged) for a in artifact_rows]
+    spec = _intact(row.input_spec, dict, "input_spec", damaged)
+    try:
+        spec_record = InputSpec.from_dict(spec)
+    except (TypeError, ValueError):
+        damaged.append("input_spec")
+        spec_record = InputSpec()
+    model = Model(
         name=row.name,
         framework=row.framework,
         format=row.format,
@@ -83,24 +107,30 @@ def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
         architecture=row.architecture,
         description=row.description,
         license=row.license,
-        tags=list(row.tags or []),
+        tags=_intact(row.tags, list, "tags", damaged),
         source=row.source,
         homepage=row.homepage,
         paper=row.paper,
-        input=InputSpec.from_dict(row.input_spec),
+        input=spec_record,
         parameters=row.parameters,
-        metrics=dict(row.metrics or {}),
-        meta=dict(row.meta or {}),
+        metrics=_intact(row.metrics, dict, "metrics", damaged),
+        meta=_intact(row.meta, dict, "meta", damaged),
         removed_upstream=bool(row.removed_upstream),
-        artifacts=[_artifact_record(a) for a in artifact_rows],
+        signature=_intact(row.signature, dict, "signature", damaged),
+        artifacts=artifacts,
     )
+    if damaged:
+        model.meta["damaged"] = (f"unreadable catalog data ({', '.join(damaged)}: not valid JSON), shown empty; "
+                                 f"`zoo rm {row.name}` and add it again, or sync its source")
+    return model
 
 
-def _artifact_record(row: Any) -> Artifact:
+def _artifact_record(row: Any, damaged: list[str] | None = None) -> Artifact:
+    damaged = [] if damaged is None else damaged
     return Artifact(
-        role=row.role, filename=row.filename, urls=list(row.urls or []), size=row.size,
-        checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
-        meta=dict(row.meta or {}),
+        role=row.role, filename=row.filename, urls=_intact(row.urls, list, f"{row.role} urls", damaged),
+        size=row.size, checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
+        meta=_intact(row.meta, dict, f"{row.role} meta", damaged),
     )
 
 
@@ -125,6 +155,15 @@ def closest_names(name: str, names: Iterable[str], n: int = 3) -> list[str]:
         if other not in found and (lowered in other.lower() or other.lower() in lowered):
             found.append(other)
     return found
+
+
+def _text(value: str | None) -> str | None:
+    """A name or query as the database can take it: bytes that were not UTF-8 (lone surrogates from
+    a file name or an argument) become U+FFFD, which no stored name contains."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "replace").decode("utf-8")
+
 
 
 def _backend(url: str) -> Backend:
@@ -402,7 +441,7 @@ class Catalog:
     def get(self, name: str) -> Model:
         """The model called `name`; UnknownModelError names the closest ones."""
         with self._reader() as reader:
-            row = reader.execute(select(_models).where(_models.c.name == name)).first()
+            row = reader.execute(select(_models).where(_models.c.name == _text(name))).first()
             if row is None:
                 raise self._unknown(reader, name)
             files = reader.execute(select(_artifacts).where(_artifacts.c.model_id == row.id)
@@ -411,7 +450,7 @@ class Catalog:
 
     def exists(self, name: str) -> bool:
         with self._reader() as reader:
-            return reader.scalar(select(_models.c.id).where(_models.c.name == name)) is not None
+            return reader.scalar(select(_models.c.id).where(_models.c.name == _text(name))) is not None
 
     def names(self) -> list[str]:
         with self._reader() as reader:
@@ -501,6 +540,24 @@ class Catalog:
             session.flush()
             return _artifact_record(match)
 
+    def record_signature(self, name: str, by: str, check: dict[str, Any] | None) -> Model:
+        """Record the outcome of checking `by`'s signature of a model ("publisher" or "zoo").
+
+        `check` is a `zoo.signing.SignatureCheck.to_dict()`; None forgets it. The model's
+        `signature_status` column follows in the same transaction.
+        """
+        with self._session() as session:
+            row = self._row(session, name)
+            checks = dict(row.signature or {})
+            if check is None:
+                checks.pop(by, None)
+            else:
+                checks[by] = dict(check)
+            row.signature = checks or None
+            row.signature_status = _to_record(row).signature_status
+            session.flush()
+            return _to_record(row, row.artifacts)
+
     def remove_artifact(self, name: str, role: str, filename: str) -> None:
         with self._session() as session:
             row = self._row(session, name)
@@ -538,6 +595,7 @@ class Catalog:
 
         >>> cat.search("resnet", framework="caffe", limit=5)   # doctest: +SKIP
         """
+        query, task, dataset, tag, source = (_text(v) for v in (query, task, dataset, tag, source))
         conditions = self._filters(framework, task, dataset, tag, source, local)
         if query:
             plan = self._backend.search_plan(query, conditions)
@@ -592,17 +650,26 @@ class Catalog:
             return reader.scalar(select(func.count(_models.c.id))) or 0
 
     # ---- sources -----------------------------------------------------------------------
-    def add_source(self, name: str, url: str) -> SourceInfo:
-        """Register a remote zoo index; re-adding a name updates its URL."""
+    def add_source(self, name: str, url: str, *, require_signature: bool | None = None,
+                   signer: dict[str, Any] | None = None) -> SourceInfo:
+        """Register a remote zoo index; re-adding a name updates its URL.
+
+        `require_signature` and `signer` set the source's signature policy when given; left
+        None, a re-added source keeps the policy it had (it is never dropped by accident).
+        """
         from zoo._orm import SourceRow
 
         with self._session() as session:
             row = session.scalars(select(SourceRow).where(SourceRow.name == name)).first()
             if row is None:
-                row = SourceRow(name=name, url=url)
+                row = SourceRow(name=name, url=url, require_signature=False)
                 session.add(row)
             elif row.url != url:
                 row.url, row.etag = url, None
+            if require_signature is not None:
+                row.require_signature = require_signature
+            if signer is not None:
+                row.signer = signer or None  # {} clears it
             session.flush()
             return self._source_info(session, row)
 
@@ -617,7 +684,8 @@ class Catalog:
 
     def _source_info(self, reader: Any, row: Any) -> SourceInfo:
         models = reader.scalar(select(func.count(_models.c.id)).where(_models.c.source == row.name))
-        return SourceInfo(row.name, row.url, row.etag, row.synced_at, models or 0)
+        return SourceInfo(row.name, row.url, row.etag, row.synced_at, models or 0,
+                          bool(row.require_signature), dict(row.signer) if row.signer else None)
 
     def sources(self) -> list[SourceInfo]:
         with self._reader() as reader:
@@ -636,7 +704,7 @@ class Catalog:
         with self._session() as session:
             row = self._source_row(session, name)
             for key, value in fields.items():
-                if key not in ("url", "etag", "synced_at"):
+                if key not in ("url", "etag", "synced_at", "require_signature", "signer"):
                     raise CatalogError(f"sources have no field {key!r}")
                 setattr(row, key, value)
             session.flush()

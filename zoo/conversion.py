@@ -15,9 +15,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import ConversionError, DuplicateModelError, ModelFormatError, VerificationError
+from zoo.errors import (ConversionError, DuplicateModelError, ModelFormatError, UnsafeModelError,
+                        VerificationError)
 from zoo.cache import onnx_path
+from zoo.freshness import changed, file_state, remember
 from zoo.hashes import file_sha256
+from zoo.lineage import conversion_lineage
 from zoo.records import Artifact, Model
 
 if TYPE_CHECKING:
@@ -41,6 +44,7 @@ def convert(
     opset: int | None = None,
     nchw: bool = False,
     force: bool = False,
+    trust_model_code: bool = False,
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Artifact:
@@ -57,21 +61,29 @@ def convert(
     (see `zoo.input_specs`): ``inputs={"x": "Nx512", "ids": "Nx128:int64"}``, ``args={"sr": 16000}``.
     Once a conversion with them succeeds they are recorded on the model: later calls need not repeat them.
 
+    TensorFlow and TorchScript models are converted in a child process that can write only in a
+    scratch folder (``converters.isolation``; ``meta["sandbox"]`` says what was enforced), after
+    every op they would run is checked (``converters.model_code``): a file, process or network op
+    is refused unless `trust_model_code`. That choice is never recorded, so it covers this call only.
+
     Args:
         name: a cataloged model, or a model file's path (added first).
         inputs, args: what a TorchScript ``forward`` takes.
         opset: upgrade the ONNX opset to this one.
         nchw: channels-first inputs for TensorFlow models.
         force: keep a conversion beyond tolerance, marked unverified.
+        trust_model_code: convert even when the model's ops would be refused (this call only).
         catalog: a path, a SQLAlchemy URL or a `Catalog`.
         cache_dir: the cache folder.
 
     Returns:
-        The "onnx" artifact, with the conversion report in ``meta["report"]``.
+        The "onnx" artifact, with the conversion report in ``meta["report"]`` and what confined
+        the conversion in ``meta["sandbox"]``.
 
     Raises:
-        ConversionError (UnsupportedLayerError, VerificationError): it cannot be converted, or
-            differs from its source beyond tolerance.
+        ConversionError (UnsupportedLayerError, VerificationError, UnsafeModelError): it cannot be
+            converted, differs from its source beyond tolerance, or its graph holds a file, process
+            or network op.
         FetchError: its files cannot be fetched. MissingDependencyError: the framework is missing.
 
     >>> art = convert("bvlc_alexnet")          # doctest: +SKIP
@@ -86,7 +98,7 @@ def convert(
     cat = open_catalog(catalog)
     name, added = _catalog_name(cat, name, specs, values)
     try:
-        artifact = _convert_cataloged(cat, name, specs, values, opset, nchw, force, cache_dir)
+        artifact = _convert_cataloged(cat, name, specs, values, opset, nchw, force, cache_dir, trust_model_code)
     except BaseException:
         if added:  # a file that cannot be converted is not left behind half-adopted
             cat.remove_model(name)
@@ -96,7 +108,7 @@ def convert(
 
 
 def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset: int | None, nchw: bool,
-                       force: bool, cache_dir: str | os.PathLike | None) -> Artifact:
+                       force: bool, cache_dir: str | os.PathLike | None, trust_model_code: bool = False) -> Artifact:
     model = cat.get(name)
     if specs or values:
         _check_specs_apply(model)
@@ -109,14 +121,19 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
     specs = specs or model.meta.get("input_specs") or []
     values = values or model.meta.get("args") or {}
     options = _options(model, opset, nchw, specs, values)
-    current = _up_to_date(model, sources, options, force)
+    current = _up_to_date(model, sources, options, force, cache_dir)
     if current is not None:
         current.meta["reused"] = True
         return current
 
-    stats = {role: _stat(path) for role, path in sources.items()}  # before: a file may change meanwhile
-    conversion = _run_converter(model, sources, options)
+    stats = {role: file_state(path) for role, path in sources.items()}  # before: a file may change meanwhile
+    try:
+        conversion, sandbox = _run_converter(model, sources, options, trust_model_code, cache_dir)
+    except UnsafeModelError as exc:  # the override, spelled for this model
+        raise UnsafeModelError(str(exc).replace("zoo convert NAME", f"zoo convert {name}")) from None
     report = conversion.report
+    if trust_model_code:
+        report.notes.append("its ops were not checked for file, process or network access (--trust-model-code)")
     if report.verified is False:
         from converters.onnx_model import unverified_figures
 
@@ -130,19 +147,26 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
 
     dest = onnx_path(name, cache_dir)
     conversion.save(dest)
+    source_sha256 = {role: _source_sha(report, path) for role, path in sources.items()}
+    sha256 = file_sha256(dest)
+    remember(dest, sha256, cache_dir)  # its users check it by size and mtime from now on
+    lineage = conversion_lineage(sha256, report.to_dict(), source_sha256, options, model=name,
+                                 filenames={role: os.path.basename(path) for role, path in sources.items()})
     artifact = Artifact(
         role="onnx",
         filename=dest.name,
         path=str(dest),
         size=dest.stat().st_size,
-        sha256=file_sha256(dest),
+        sha256=sha256,
         meta={
             "report": report.to_dict(),
             "layout": report.input_layout,
-            "source_sha256": {role: _source_sha(report, path) for role, path in sources.items()},
+            "source_sha256": source_sha256,
             "source_stat": stats,
             "options": options,
             "verified": report.verified,
+            "sandbox": sandbox,
+            "lineage": lineage.to_dict(),
         },
     )
     for old in model.artifacts:  # a renamed model or an older file name: one onnx artifact
@@ -247,7 +271,8 @@ def _options(model: Model, opset: int | None, nchw: bool, specs: list | None = N
             **({"inputs": specs} if specs else {}), **({"args": values} if values else {})}
 
 
-def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: bool) -> Artifact | None:
+def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: bool,
+                cache_dir: str | os.PathLike | None = None) -> Artifact | None:
     """The stored ONNX artifact when its file exists and its sources and options are unchanged."""
     stored = model.artifact("onnx")
     if stored is None or not stored.path or not os.path.isfile(stored.path):
@@ -259,25 +284,31 @@ def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: boo
         return None  # an unverified model kept with --force is not silently reused without it
     if stored.size is not None and os.path.getsize(stored.path) != stored.size:
         return None
-    for role, path in sources.items():
-        if meta.get("source_stat", {}).get(role) == _stat(path):
-            continue  # same size and mtime: trust the recorded hash
-        if file_sha256(path) != meta["source_sha256"][role]:
-            return None
+    if _changed_sources(meta, sources, cache_dir):
+        return None
     return stored
 
 
-def _stat(path: str) -> list:
-    """Size and mtime of a file, or of every file under a folder."""
-    if os.path.isdir(path):
-        entries = []
-        for root, _, names in sorted(os.walk(path)):
-            for f in sorted(names):
-                st = os.stat(os.path.join(root, f))
-                entries.append([os.path.relpath(os.path.join(root, f), path), st.st_size, st.st_mtime_ns])
-        return entries
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
+def _changed_sources(meta: dict[str, Any], sources: dict[str, str], cache_dir: str | os.PathLike | None) -> list[str]:
+    """Roles whose file is no longer the one the stored conversion was made from (see zoo.freshness)."""
+    recorded = meta.get("source_sha256") or {}
+    return [role for role, path in sources.items()
+            if changed(path, (meta.get("source_stat") or {}).get(role), recorded.get(role), cache_dir)]
+
+
+def stale_sources(model: Model, artifact: Artifact, cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """The source files (``"model file /path"``) that changed since `artifact` was converted from them.
+
+    Empty when nothing changed, or when the sources are gone (the converted file then stands on
+    its own). `zoo.extract` calls this before every use of a converted model.
+    """
+    try:
+        sources = _sources(model)
+    except ModelFormatError:
+        return []
+    recorded = artifact.meta.get("source_sha256") or {}
+    sources = {role: path for role, path in sources.items() if role in recorded}
+    return [f"{role} file {sources[role]}" for role in _changed_sources(artifact.meta, sources, cache_dir)]
 
 
 def _source_sha(report, path: str) -> str:
@@ -288,14 +319,34 @@ def _source_sha(report, path: str) -> str:
 # dispatch
 
 
-def _run_converter(model: Model, sources: dict[str, str], options: dict) -> Conversion:
-    """Convert with the converter `_CONVERTERS` names for the model's format."""
+def _run_converter(model: Model, sources: dict[str, str], options: dict, trust_model_code: bool = False,
+                   cache_dir: str | os.PathLike | None = None) -> tuple[Conversion, dict[str, Any]]:
+    """Convert with the converter `_CONVERTERS` names for the model's format; (conversion, sandbox facts).
+
+    Converters that run model code (TensorFlow, TorchScript) run in a sandboxed child process.
+    """
     import importlib
+
+    from converters.isolation import FRAMEWORK
 
     path = _main_file(sources)
     fmt = _format(model, path)
     module, arguments = _CONVERTERS[fmt]
-    return importlib.import_module(module).convert(path, **arguments(model, sources, options))
+    kwargs = arguments(model, sources, options)
+    if module not in FRAMEWORK:
+        return importlib.import_module(module).convert(path, **kwargs), {
+            "active": False, "process": "this",
+            "reason": "not needed: the source is a graph of computations that runs no code of its own"}
+    kwargs["trust_model_code"] = trust_model_code
+    importlib.import_module(module).check_file(path, **kwargs)  # what needs no framework, here and first
+    if not hasattr(os, "fork"):
+        return importlib.import_module(module).convert(path, **kwargs), {
+            "active": False, "process": "this", "reason": "this system cannot fork a child process"}
+    from converters.isolation import convert_isolated
+    from zoo.cache import root
+
+    conversion = convert_isolated(module, path, kwargs, scratch_root=root(cache_dir) / "tmp")
+    return conversion, conversion.sandbox
 
 
 def _main_file(sources: dict[str, str]) -> str:
@@ -388,4 +439,4 @@ _CONVERTERS: dict[str, tuple[str, Callable[[Model, dict[str, str], dict], dict[s
 _FRAMEWORK_FORMAT = {"caffe": "caffe", "onnx": "onnx", "pytorch": "torchscript"}
 
 
-__all__ = ["convert", "onnx_path"]
+__all__ = ["convert", "onnx_path", "stale_sources"]

@@ -25,6 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from zoo.errors import InputError
+from zoo.npy import load as load_npy
+from zoo.npy import read_header
 
 __all__ = [
     "ArraySource",
@@ -147,19 +149,9 @@ class NpyFileSource(SourceBase):
         self.path = path
         if layout is not None:  # a memory map the caller opened: its shape, dtype and offset
             (shape, dtype, self.offset), fortran = layout, False
-        else:
-            try:
-                with open(path, "rb") as f:
-                    version = np.lib.format.read_magic(f)
-                    reader = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, fortran, dtype = reader(f)
-                    self.offset = f.tell()
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read {path} as a .npy array ({exc}); save it with numpy.save") from None
+        else:  # the header, checked against the file's size: no row is read past its end (zoo.npy)
+            header = read_header(path)
+            shape, fortran, dtype, self.offset = header.shape, header.fortran, header.dtype, header.offset
         if dtype.hasobject:
             raise InputError(f"{path} holds Python objects; save a numeric array (e.g. float32)")
         if not shape or shape[0] == 0:
@@ -466,12 +458,7 @@ def _load_npy(path: Path, name: str) -> np.ndarray:
     """One named input's .npy file, mapped for its header and rows (never unpickled)."""
     if not path.is_file():
         raise InputError(f"input {name!r}: {path} is not a file; give a .npy array saved with numpy.save")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"cannot read {path} (input {name!r}) as a .npy array ({exc}); save it with numpy.save"
-        ) from None
+    return load_npy(path, mmap=True, what=f"input {name!r}")
 
 
 def _is_npy(path: Path) -> bool:
@@ -573,6 +560,8 @@ def as_source(
             return NpyFileSource(path)
         if path.is_dir() or path.is_file():
             return _image_source(path, extractor, images)
+        if path.exists():  # a FIFO, socket or device: reading one can block forever
+            raise InputError(f"{path} is not a regular file or folder; give a .npy file, image files or a folder")
         raise InputError(
             f"{path} does not exist; give a .npy file, an image file, a folder of images or a folder "
             "with one sub-folder per class"

@@ -22,13 +22,14 @@ from zoo.archives import UnpackLimits, archive_kind, remove_stale_unpacks, safe_
 from zoo.cache import model_folder, root as cache_root
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.hashes import file_hash, hash_matches, parse_checksum
+from zoo.records import Artifact
+from zoo.signatures import SignaturePolicy
 from zoo.transport import DownloadResult, Expected, RetryPolicy, download, new_session
 
 if TYPE_CHECKING:
     import requests
 
     from zoo.catalog import Catalog
-    from zoo.records import Artifact
 
 
 class _Bar:
@@ -127,18 +128,29 @@ def fetch(
     missing: list[str] = []  # offline: name every file that is not cached, not just the first
     try:
         for model in models:
+            policy = SignaturePolicy.for_model(cat, model)
+            # A model with a signature (or a source that requires one) is registered only once its
+            # files are all here and the signature verdict is in: a refusal registers nothing.
+            signed = policy.require or any(a.role == "signature" for a in model.artifacts
+                                           if a.meta.get("by") != "zoo")
+            fetched: list[tuple[Artifact, DownloadResult | None]] = []
+            complete = True
             for artifact in model.artifacts:
-                if artifact.role == "onnx":
+                if artifact.role == "onnx" or (artifact.role == "signature" and artifact.meta.get("by") == "zoo"):
                     continue
                 how = _How(force, offline, quiet, session, retry, _model_token_hosts(cat, model), limits)
                 try:
-                    done, result = _fetch_artifact(cat, model.name, artifact, root, how)
+                    done, result = _fetch_artifact(cat, model.name, artifact, root, how, register=not signed)
                 except OfflineError as exc:
                     missing += [f"{artifact.filename} of {model.name} ({why})" for why in exc.missing]
+                    complete = False
                     continue
-                results.append(done)
-                if on_file is not None:
+                fetched.append((done, result))
+                if not signed and on_file is not None:
                     on_file(model.name, done, result)
+            if signed and complete:
+                _register_signed(cat, model, fetched, policy, on_file)
+            results += [done for done, _ in fetched]
     finally:
         if own_session:
             session.close()
@@ -148,6 +160,38 @@ def fetch(
             "Fetch them while online (unset ZOO_OFFLINE / drop --offline)", missing=missing,
         )
     return results
+
+
+def _register_signed(cat, model, fetched, policy: SignaturePolicy, on_file: FileReport | None) -> None:
+    """Check the publisher's signature of a fetched model, then register its files and the verdict.
+
+    Under the source's `--require-signature` a missing or failing signature raises SignatureError
+    before anything is registered; otherwise a failure is recorded (and shown by `zoo info`).
+    """
+    import logging
+
+    from zoo.errors import MissingDependencyError
+    from zoo.signatures import check_publisher_signature
+
+    artifacts = [done for done, _ in fetched]
+    try:
+        check = check_publisher_signature(model, artifacts, policy)
+    except MissingDependencyError as exc:
+        if policy.require:
+            raise
+        logging.getLogger("zoo.download").warning(
+            "%s publishes a signature that was not checked: %s", model.name, exc)
+        check = None
+    if check is not None and not check.verified:
+        logging.getLogger("zoo.download").warning("%s: %s", model.name, check.summary())
+    with cat.batch():
+        for done in artifacts:
+            cat.put_artifact(model.name, done)
+        if check is not None:
+            cat.record_signature(model.name, "publisher", check.to_dict())
+    if on_file is not None:
+        for done, result in fetched:
+            on_file(model.name, done, result)
 
 
 def _model_token_hosts(cat, model) -> set[str] | None:
@@ -182,7 +226,7 @@ class _How:
     limits: UnpackLimits | None
 
 
-def _fetch_artifact(cat, name, artifact, root, how: _How):
+def _fetch_artifact(cat, name, artifact, root, how: _How, register: bool = True):
     label = f"{artifact.role} file {artifact.filename} of {name}"
     if not artifact.urls:
         if artifact.path and Path(artifact.path).exists():
@@ -191,7 +235,7 @@ def _fetch_artifact(cat, name, artifact, root, how: _How):
         # hand and dropped where zoo would have put it; it is checked and registered like any other.
         placed = model_folder(name, root) / artifact.filename
         if placed.is_file():
-            return _register_placed(cat, name, artifact, placed, label), None
+            return _register_placed(cat, name, artifact, placed, label, register), None
         how = artifact.meta.get("manual")
         raise FetchError(
             f"{label} has no download URL{f' ({how})' if how else ''}; put the file at {placed} and "
@@ -230,11 +274,12 @@ def _fetch_artifact(cat, name, artifact, root, how: _How):
         done.meta["unpacked_sha256"] = result.sha256
     else:
         done.path = str(dest)
-    cat.put_artifact(name, done)
+    if register:
+        cat.put_artifact(name, done)
     return done, result
 
 
-def _register_placed(cat, name, artifact, placed: Path, label: str):
+def _register_placed(cat, name, artifact, placed: Path, label: str, register: bool = True):
     sha256 = file_hash(placed)
     if artifact.checksum and not hash_matches(placed, artifact.checksum):
         algo, expected = parse_checksum(artifact.checksum)
@@ -251,7 +296,8 @@ def _register_placed(cat, name, artifact, placed: Path, label: str):
                                sha256=sha256, size=placed.stat().st_size)
     if not artifact.checksum:
         done.meta.setdefault("first_fetch_sha256", sha256)
-    cat.put_artifact(name, done)
+    if register:
+        cat.put_artifact(name, done)
     return done
 
 

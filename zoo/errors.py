@@ -62,6 +62,13 @@ class ModelFormatError(ZooError):
     """A model file is unreadable, corrupt, or not in the format it claims."""
 
 
+class UnsafePickleError(ModelFormatError):
+    """A pickle or torch.save checkpoint, refused unopened; `report` lists the globals it would import."""
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(message, report=report)  # a zoo.pickles.PickleReport
+
+
 class IndexFormatError(ZooError):
     """A zoo index (JSON) is malformed; the message names the entry and the field."""
 
@@ -103,12 +110,24 @@ class ArchiveLimitError(UnsafeArchiveError):
     """An archive unpacks to more bytes or members, or at a higher ratio, than the limits allow."""
 
 
+class SignatureError(ZooError):
+    """A model's signature is missing, malformed or does not verify, or a signer/key is unusable;
+    `model` names the model when there is one."""
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message, model=model)
+
+
 class ConversionError(ZooError):
     """A model cannot be converted to ONNX (unsupported layer or op, bad weights)."""
 
 
 class UnsupportedLayerError(ConversionError):
     """A layer type or ONNX op has no conversion."""
+
+
+class UnsafeModelError(ConversionError):
+    """A model's graph holds an op that could touch files, processes or the network; refused before it runs."""
 
 
 class VerificationError(ConversionError):
@@ -120,6 +139,17 @@ class UnknownLayerError(ZooError, KeyError):
 
     def __init__(self, message: str, *, layer: Any = None, closest: Sequence[str] = ()) -> None:
         super().__init__(message, layer=layer, closest=list(closest))
+
+
+class ResourceLimitError(ZooError):
+    """An input, a graph or a training run would need more memory than zoo lets it plan; refused before allocating."""
+
+
+class WriteError(ZooError):
+    """A file cannot be written where asked (no such folder, read-only file system, no permission)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path)
 
 
 class DiskFullError(ZooError):
@@ -156,6 +186,8 @@ class MissingDependencyError(ZooError, ImportError):
 
     def __init__(self, message: str, *, module: str | None = None, extra: str | None = None) -> None:
         super().__init__(message, module=module, extra=extra)
+
+
 
 
 def require(module: str, extra: str):

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from zoo.atomic import write_atomic
 from zoo.cache import cuts_folder
-from zoo.errors import ConversionError, InputError, ModelFormatError, UnknownModelError, ZooError
+from zoo.errors import (ConversionError, InputError, ModelFormatError, ResourceLimitError, UnknownModelError,
+                        ZooError)
 from zoo.graph import LayerInfo, value_dims
 from zoo.hashes import file_sha256
 from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
@@ -41,19 +42,10 @@ class _Source:
 
 
 def _path_sha256(path: Path, cache_dir: Any) -> str:
-    """sha256 of a user's file, remembered by (path, size, mtime) so a reload does not re-read it."""
-    stat = path.stat()
-    memo = cuts_folder(".hashes", cache_dir) / (hashlib.sha1(os.fsencode(path)).hexdigest() + ".json")
-    try:
-        known = json.loads(memo.read_text())
-        if known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
-            return known["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    digest = file_sha256(path)
-    record = {"path": os.fspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    write_atomic(memo, json.dumps(record).encode())
-    return digest
+    """sha256 of a file as it is now, remembered by (path, size, mtime) so a reload does not re-read it."""
+    from zoo.freshness import content_sha256
+
+    return content_sha256(path, cache_dir)
 
 
 def _looks_like_path(value: str | os.PathLike) -> bool:
@@ -81,7 +73,13 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
             ) from None
         raise
     artifact = model.artifact("onnx")
-    if not (artifact and artifact.path and os.path.isfile(artifact.path)):
+    if artifact and artifact.path and os.path.isfile(artifact.path):
+        from zoo.conversion import stale_sources
+
+        changed = stale_sources(model, artifact, cache_dir)
+        if changed:  # overwritten in place since it was converted: never serve the old model
+            artifact = _convert(name, cat, cache_dir, changed)
+    else:
         own = model.artifact("model")
         if model.framework == "onnx" and own and own.path and os.path.isfile(own.path):
             artifact = own
@@ -89,10 +87,11 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
             artifact = _convert(name, cat, cache_dir)
     path = Path(artifact.path)
     layout = artifact.meta.get("layout") or model.input.layout
-    return _Source(name, path, artifact.sha256 or file_sha256(path), model.input, layout)
+    # The cuts are keyed by the file's content as it is now, not as the catalog last saw it.
+    return _Source(name, path, _path_sha256(path, cache_dir), model.input, layout)
 
 
-def _convert(name: str, cat: Any, cache_dir: Any):
+def _convert(name: str, cat: Any, cache_dir: Any, changed: Sequence[str] = ()):
     try:
         from zoo.conversion import convert
     except ImportError as exc:
@@ -103,7 +102,13 @@ def _convert(name: str, cat: Any, cache_dir: Any):
     try:
         artifact = convert(name, catalog=cat, cache_dir=cache_dir)
     except ZooError as exc:  # conversion, fetch or offline errors: keep the type and fields, add the context
+        if changed:
+            raise exc.with_context(f"{name}'s {' and '.join(changed)} changed since it was converted, and "
+                                   f"converting it again failed, so its old conversion is not used") from None
         raise exc.with_context(f"{name} has no ONNX artifact and cannot be converted") from None
+    if changed:
+        warnings.warn(f"{name}'s {' and '.join(changed)} changed since it was converted; converted it again",
+                      stacklevel=3)
     if not artifact.path or not os.path.isfile(artifact.path):
         raise ConversionError(f"converting {name} registered no ONNX file on disk; run `zoo convert {name}`")
     return artifact
@@ -113,9 +118,14 @@ def _load(path: Path) -> onnx.ModelProto:
     import onnx
 
     try:
-        return onnx.load(os.fspath(path))
+        model = onnx.load(os.fspath(path))
     except Exception as exc:  # protobuf raises DecodeError, OSError...
-        raise ModelFormatError(f"{path} is not a readable ONNX model ({exc}); re-convert it or delete it") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelFormatError(f"{path} is not a readable ONNX model ({first}); if it is a model in another "
+                               f"format, convert it first with `zoo convert {path}`") from None
+    if not model.graph.node:
+        raise ModelFormatError(f"{path} is not an ONNX model: it holds no graph nodes (an empty or foreign file)")
+    return model
 
 
 # --- layers -------------------------------------------------------------------------------------
@@ -188,11 +198,21 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
     from zoo.graph import cut as cut_graph
 
     model = _load(source.path)
+    names = [n.name for n in model.graph.node if n.name]
+    if len(names) != len(set(names)):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ModelFormatError(f"{source.label}: the ONNX graph names two nodes {twice!r}, which onnxruntime refuses; "
+                               f"give every node its own name (re-export the model)")
     info = GraphInfo(model)
     all_layers = list_layers(model, info)
     chosen = resolve(all_layers, layer, source.label, info)
     outputs = [c.output for c in chosen]
     sub = cut_graph(model, outputs, info)
+    from zoo.memory import check_shapes
+
+    # A constant of terabytes in the cut is refused here, not by onnxruntime when it runs.
+    kept = [o for node in sub.graph.node for o in node.output if o in info.types]
+    check_shapes(((name, *info.types[name]) for name in kept), source.label, sub)
     fixed = _fixed_batch(sub, batch_dim(sub))
     if isinstance(fixed, int):
         dynamic = make_batch_dynamic(sub)
@@ -221,9 +241,30 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         not_cut_point=chosen[0].name
         if len(chosen) == 1 and not chosen[0].is_cut_point and chosen[0].output not in info.outputs else None,
     )
+    content = sub.SerializeToString()
+    meta = replace(meta, lineage=_cut_lineage(hashlib.sha256(content).hexdigest(), meta))
     # Metadata first, model last: the .onnx file's presence means the pair is complete.
     meta.write(meta_path)
-    write_atomic(onnx_path, sub.SerializeToString())
+    write_atomic(onnx_path, content)
+    return meta
+
+
+def _cut_lineage(sha256: str, meta: CutMetadata) -> dict[str, Any]:
+    from zoo.lineage import cut_lineage
+
+    return cut_lineage(sha256, meta.source_sha256, meta.model, meta.layers, meta.outputs, meta.spec,
+                       meta.fixed_batch).to_dict()
+
+
+def _with_lineage(meta: CutMetadata, onnx_path: Path, meta_path: Path) -> CutMetadata:
+    """A cut made before lineage was recorded gets its record now (its file hashed once)."""
+    if meta.lineage:
+        return meta
+    meta = replace(meta, lineage=_cut_lineage(file_sha256(onnx_path), meta))
+    try:
+        meta.write(meta_path)
+    except OSError:
+        pass  # a read-only cache: the record lives in this extractor only
     return meta
 
 
@@ -365,6 +406,7 @@ def load_extractor(
     meta = CutMetadata.read(meta_path) if onnx_path.is_file() else None
     if meta is None:
         meta = _make_cut(source, layer, onnx_path, meta_path)
+    meta = _with_lineage(meta, onnx_path, meta_path)
     if meta.not_cut_point:
         warnings.warn(
             f"layer {meta.not_cut_point!r} of {source.label} is not a cut point: other paths (a "
@@ -541,11 +583,16 @@ class Extractor:
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(
-            model if model is not None else os.fspath(self.model_path), options,
-            providers=self.providers or ["CPUExecutionProvider"],
-        )
+        options.log_severity_level = 4  # failures are raised as one error, not logged in colour too
+        try:
+            self._session = ort.InferenceSession(
+                model if model is not None else os.fspath(self.model_path), options,
+                providers=self.providers or ["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # noqa: BLE001  onnxruntime's InvalidGraph/Fail on a graph it refuses
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][-300:]
+            raise ModelFormatError(f"{self.source}: onnxruntime cannot load the cut model ({first}); "
+                                   f"the model file is not one onnxruntime runs") from None
 
     @property
     def cut_model(self) -> onnx.ModelProto:
@@ -761,7 +808,18 @@ class Extractor:
         return dict(zip(self.layer, results))
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.meta.outputs, feed)
+        session = self.session
+        try:
+            return session.run(self.meta.outputs, feed)
+        except Exception as exc:  # noqa: BLE001  onnxruntime's Fail/RuntimeException on data the shapes allowed
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            shapes = {k: list(getattr(v, "shape", ())) for k, v in feed.items()}
+            if "Failed to allocate memory" in first:
+                raise ResourceLimitError(f"{self.source}: onnxruntime ran out of memory running the cut on inputs "
+                                         f"{shapes}; give a smaller --batch-size, or inputs the model's size "
+                                         f"expects") from None
+            raise InputError(f"{self.source}: onnxruntime cannot run the cut on inputs {shapes}: "
+                             f"{first[-300:]}") from None
 
 
 def _shown(shape: list | None, axis: int | None) -> str:

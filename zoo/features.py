@@ -14,16 +14,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from zoo.atomic import atomic_open
+from zoo.atomic import atomic_open, write_error
 from zoo.cache import features_folder
 from zoo.errors import DiskFullError, InputError
 from zoo.datasources import as_source
 from zoo.engines import Computed, engine_for
+from zoo.lineage import Lineage, features_lineage
 from zoo.manifests import FEATURES_VERSION, FeatureManifest
+from zoo.npy import load as load_npy
+from zoo.npy import read_header
 
 if TYPE_CHECKING:
     from zoo.datasources import DataSource
@@ -34,6 +37,7 @@ __all__ = [
     "CachedFeatures",
     "FeatureCache",
     "cache_features",
+    "describe_skipped",
     "extract_features",
     "save_features",
     "save_layer_features",
@@ -75,6 +79,7 @@ class CachedFeatures:
     classes: list[str] | None = None  # class names (sub-folder names), for an image folder
     skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs: path, reason
     reused: bool = False  # True when nothing had to be computed
+    lineage: dict[str, Any] | None = None  # zoo.lineage.Lineage of the entry (None: made before lineage)
 
 
 @dataclass
@@ -251,14 +256,16 @@ class FeatureCache:
         extractor_fp = _fingerprint(extractor)
         name = self._key(extractor_fp, source.fingerprint)
         folder = self.root / name
-        self.root.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.root / f"{name}.lock"))
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
         except filelock.Timeout:
             if progress:
                 print(f"waiting for another process caching {name} ...", file=sys.stderr)
             lock.acquire()
+        except OSError as exc:  # a cache folder that cannot be written: one line, not a traceback
+            raise write_error(exc, self.root / name) from None
         try:
             manifest = FeatureManifest.read(folder / MANIFEST)
             if manifest is not None and _valid(folder, manifest):
@@ -276,8 +283,10 @@ class FeatureCache:
                                            dataset_description=source.description, length=source.length)
             computed = engine.computed(source, extractor, manifest.next, chunk_size)
             folder.mkdir(parents=True, exist_ok=True)
+            lineage = features_lineage(extractor, source.fingerprint, source.description,
+                                       engine=type(engine).__name__)
             try:
-                _fill(folder, manifest, source, computed, progress)
+                _fill(folder, manifest, source, computed, progress, lineage)
             except OSError as exc:
                 if exc.errno in _DISK_FULL:
                     raise _disk_full(exc, folder) from None
@@ -304,8 +313,12 @@ def _valid(folder: Path, manifest: FeatureManifest) -> bool:
     if manifest.format != FEATURES_VERSION or not manifest.complete or manifest.shape is None:
         return False
     try:
-        return (folder / FEATURES).stat().st_size == HEADER_BYTES + manifest.rows * manifest.row_bytes()
-    except (OSError, TypeError):
+        path = folder / FEATURES
+        if path.stat().st_size != HEADER_BYTES + manifest.rows * manifest.row_bytes():
+            return False
+        header = read_header(path, "cached features")  # the header must say what the manifest says
+        return header.shape == (manifest.rows, *manifest.shape) and header.offset == HEADER_BYTES
+    except (OSError, TypeError, InputError):
         return False
 
 
@@ -315,12 +328,18 @@ def _fill(
     source: DataSource,
     computed: Iterator[Computed],
     progress: bool,
+    lineage: Lineage | None = None,
 ) -> None:
-    """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk."""
+    """Append feature rows chunk by chunk; the manifest records each chunk once it is on disk.
+
+    The rows are hashed as they are written (a resumed entry hashes what it kept first), so the
+    complete entry's lineage carries the sha256 of its feature rows at no extra pass.
+    """
     from tqdm import tqdm
 
     path = folder / FEATURES
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    digest = hashlib.sha256()
     try:
         # A crash between writing rows and recording them leaves rows the manifest does not
         # know about: drop them, they are computed again.
@@ -328,6 +347,8 @@ def _fill(
         os.ftruncate(fd, known)
         if known == HEADER_BYTES:
             os.pwrite(fd, b"\0" * HEADER_BYTES, 0)
+        for offset in range(HEADER_BYTES, known, _READ_BLOCK):
+            digest.update(os.pread(fd, min(_READ_BLOCK, known - offset), offset))
         os.lseek(fd, known, os.SEEK_SET)
         bar = tqdm(
             total=source.length,
@@ -359,7 +380,9 @@ def _fill(
                                 f"but {manifest.dtype}{manifest.shape} before; its output shape must "
                                 "not depend on the batch"
                             )
-                        _write_all(fd, memoryview(out).cast("B"))
+                        rows = memoryview(out).cast("B")
+                        _write_all(fd, rows)
+                        digest.update(rows)
                         manifest.rows += len(out)
                     manifest.next = start + consumed
                     manifest.chunks += 1
@@ -378,7 +401,8 @@ def _fill(
                 except OSError:
                     pass  # no room even for that: the previous checkpoint still stands
         if manifest.shape is None:
-            raise InputError("no input could be read, so there are no features; see the skipped files")
+            raise InputError(f"none of the {len(manifest.skipped) or 'given'} inputs could be read, so there are "
+                             f"no features: {describe_skipped(manifest.skipped)}; fix or remove them")
         os.pwrite(fd, _npy_header((manifest.rows, *manifest.shape), np.dtype(manifest.dtype)), 0)
         os.fsync(fd)
     finally:
@@ -392,7 +416,18 @@ def _fill(
     manifest.length = manifest.next
     manifest.complete = True
     manifest.completed = time.time()
+    if lineage is not None:
+        lineage.sha256 = digest.hexdigest()  # of the feature rows, C order, the manifest's dtype
+        lineage.figures = {"rows": manifest.rows, "shape": manifest.shape, "dtype": manifest.dtype,
+                           "inputs": manifest.length, "skipped": len(manifest.skipped)}
+        manifest.lineage = lineage.to_dict()
     manifest.write(folder / MANIFEST)
+
+
+def describe_skipped(skipped: list[dict[str, Any]], limit: int = 5) -> str:
+    """The first `limit` unreadable inputs with their reasons, and how many more there are."""
+    shown = "; ".join(f"{s.get('path')} ({s.get('reason')})" for s in skipped[:limit])
+    return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -403,8 +438,8 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def _result(folder: Path, manifest: FeatureManifest, *, reused: bool) -> CachedFeatures:
-    features = np.load(folder / FEATURES, mmap_mode="r")
-    labels = np.load(folder / LABELS) if (folder / LABELS).exists() else None
+    features = load_npy(folder / FEATURES, mmap=True, what="cached features")
+    labels = load_npy(folder / LABELS, what="cached labels") if (folder / LABELS).exists() else None
     return CachedFeatures(
         key=folder.name,
         path=folder / FEATURES,
@@ -413,6 +448,7 @@ def _result(folder: Path, manifest: FeatureManifest, *, reused: bool) -> CachedF
         classes=manifest.classes,
         skipped=list(manifest.skipped),
         reused=reused,
+        lineage=manifest.lineage,
     )
 
 
@@ -508,10 +544,12 @@ def save_features(
     Returns:
         The cached features (as `extract_features`).
     """
+    from zoo.destinations import prepare
+
+    output = Path(output)
+    prepare(output, "output", inputs=list(data.values()) if isinstance(data, Mapping) else [data])  # before work
     result = extract_features(extractor, data, cache_dir=cache_dir, chunk_size=chunk_size, progress=progress,
                               engine=engine)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(result.path, "rb") as src, atomic_open(output, fsync=True) as dst:
             shutil.copyfileobj(src, dst, _READ_BLOCK)
@@ -556,7 +594,4 @@ def save_layer_features(extractor: FeatureExtractor, data: Any, output: str | os
 
 
 def _read_npy(path: str | os.PathLike) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as a .npy array ({exc}); save inputs with numpy.save") from None
+    return load_npy(path)  # checked against its header first (zoo.npy)

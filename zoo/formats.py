@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
-from zoo.errors import ModelFormatError
+from zoo.errors import ModelFormatError, UnsafePickleError
 from zoo.hashes import file_sha256, tree_sha256  # noqa: F401  re-exported: their home is zoo.hashes
 
 # framework -> the formats zoo knows for it (Model.format values).
@@ -219,12 +219,18 @@ def _zip_kind(path: Path) -> tuple[str, str]:
         return "keras", "keras"
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
         return "pytorch", "torchscript"
-    if any(n.endswith("data.pkl") for n in names):
-        raise _fail(path, "is a pickled PyTorch checkpoint (torch.save), not TorchScript; zoo never "
-                          "unpickles files. Export the model with torch.jit.save(torch.jit.script("
-                          "model), 'model.pt') or convert it to ONNX")
+    _refuse_pickle(path)  # a torch.save checkpoint: data.pkl without TorchScript's code/
     raise _fail(path, f"is a zip archive but neither a Keras .keras (config.json) nor TorchScript "
                       f"(code/, constants.pkl); it holds {', '.join(names[:5]) or 'nothing'}")
+
+
+def _refuse_pickle(path: Path) -> None:
+    """Refuse a pickle or torch.save checkpoint, naming the globals its opcodes would import."""
+    from zoo import pickles
+
+    report = pickles.inspect(path)
+    if report is not None:
+        raise pickles.refuse(report)
 
 
 def _hdf5_kind(path: Path) -> str:
@@ -357,8 +363,7 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
         framework, fmt = _zip_kind(path)
         return FormatInfo(framework, fmt, {"model": path})
     if head.startswith(_PICKLE_START):
-        raise _fail(path, "is a Python pickle (e.g. a torch.save checkpoint); zoo never unpickles "
-                          "files. Export TorchScript with torch.jit.save or convert to ONNX")
+        _refuse_pickle(path)
     if _is_text(head):
         kind = _prototxt_kind(path, _head(path, 65536))
         if kind == "net":
@@ -385,6 +390,7 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
             raise _fail(path, "is a SavedModel protobuf; it must be named saved_model.pb inside "
                               "its folder (with variables/ beside it): give the folder")
         return FormatInfo(framework, fmt, {"model": path})
+    _refuse_pickle(path)  # protocol 0/1 pickles have no magic bytes
     if _is_text(head):
         raise _fail(path, f"is a text file that is no model zoo knows; expected {EXPECTED}")
     expected = _expected_for(path.suffix.lower())
@@ -399,6 +405,8 @@ def detect_files(paths: Sequence[str | os.PathLike]) -> FormatInfo:
     FormatInfo(framework='caffe', format='caffe', files={'graph': ..., 'weights': ...})
     """
     paths = [Path(p).expanduser().absolute() for p in paths]
+    for path in paths:
+        _check_storable(path)
     if len(paths) == 1:
         return detect_format(paths[0])
     if len(paths) != 2:
@@ -453,6 +461,15 @@ def _check_caffemodel(path: Path) -> None:
                           "corrupt, truncated or something else")
 
 
+def _check_storable(path: Path) -> None:
+    """Refuse a path the catalog cannot store: a name whose bytes are not UTF-8 (the catalog keeps text)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ModelFormatError(f"{path}: its name is not valid UTF-8, so the catalog cannot record it; rename "
+                               f"it to a UTF-8 name (e.g. with mv) and add it again") from None
+
+
 def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple[Path, str]]]:
     """Every model under `folder`, and the files that look like models but cannot be read.
 
@@ -474,6 +491,7 @@ def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple
         if _saved_model_dir(here):
             dirs[:] = []  # variables/ and assets/ belong to it
             try:
+                _check_storable(here)
                 found.append(detect_format(here))
             except ModelFormatError as exc:
                 problems.append((here, str(exc)))
@@ -491,8 +509,13 @@ def find_models(folder: str | os.PathLike) -> tuple[list[FormatInfo], list[tuple
                 continue
             try:
                 info = detect_format(path)
+                for file in info.files.values():
+                    _check_storable(file)
+            except UnsafePickleError as exc:  # a checkpoint by any name is worth saying why
+                problems.append((path, str(exc)))
+                continue
             except ModelFormatError as exc:
-                if path.suffix.lower() in MODEL_SUFFIXES and not _quiet_miss(path):
+                if path.suffix.lower() in MODEL_SUFFIXES and not _quiet_miss(path) or "UTF-8" in str(exc):
                     problems.append((path, str(exc)))
                 continue
             files = set(info.files.values())

@@ -47,9 +47,18 @@ _DOWNLOAD_SIDE_FILES = (".part", ".part.json", ".lock")
 _TEXT_FIELDS = ("format", "task", "dataset", "architecture", "description", "license",
                 "homepage", "paper")
 ENTRY_FIELDS = ("name", "framework", *_TEXT_FIELDS, "tags", "input", "parameters", "metrics",
-                "meta", "files")
+                "meta", "files", "signature")
 FILE_FIELDS = ("role", "filename", "url", "urls", "size", *CHECKSUM_ALGOS, "checksum", "extract",
                "members", "note", "manual", "meta")
+# Roles a file of `files` may take: a signature is the entry's own `signature` field.
+FILE_ROLES = tuple(r for r in ROLES if r != "signature")
+# An entry's `signature`: where the OpenSSF model signature (a Sigstore bundle) is, and who must
+# have signed it (zoo.signing.Signer): a public key, a certificate chain (+ identity), or a
+# Sigstore identity and issuer.
+SIGNATURE_FIELDS = ("url", "urls", "filename", "size", *CHECKSUM_ALGOS, "checksum", "public_key",
+                    "certificate_chain", "identity", "issuer", "note")
+SIGNER_FIELDS = ("public_key", "certificate_chain", "identity", "issuer")
+DEFAULT_SIGNATURE_FILENAME = "model.sig"  # the model-signing CLI's default output
 INPUT_FIELDS = ("name", "shape", "dtype", "layout", "mean", "std", "scale", "channel_order",
                 "pixel_range", "resize", "crop")
 # File fields that live in Artifact.meta once parsed (and come back out of it when dumped).
@@ -66,7 +75,7 @@ def _schema() -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["role", "filename"],
         "properties": {
-            "role": {"enum": list(ROLES)},
+            "role": {"enum": list(FILE_ROLES)},
             "filename": {"type": "string", "pattern": r"^[^/\\\x00]+$",
                          "maxLength": MAX_FILENAME_BYTES},
             "url": text,
@@ -81,6 +90,27 @@ def _schema() -> dict[str, Any]:
             "manual": {"type": "string",
                        "description": "how to get a file that has no direct download URL"},
             "meta": {"type": "object"},
+        },
+    }
+    signature_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "an OpenSSF model signature (Sigstore bundle) over the entry's files, and "
+                       "who must have signed it",
+        "properties": {
+            "url": text,
+            "urls": {"type": "array", "items": text},
+            "filename": file_schema["properties"]["filename"],
+            "size": file_schema["properties"]["size"],
+            **checksum_props,
+            "checksum": file_schema["properties"]["checksum"],
+            "public_key": {"type": "string", "description": "PEM elliptic-curve public key"},
+            "certificate_chain": {"type": "array", "items": text,
+                                  "description": "PEM certificates the signing certificate chains to"},
+            "identity": {"type": "string",
+                         "description": "certificate SubjectAltName/CN, or Sigstore identity"},
+            "issuer": {"type": "string", "description": "Sigstore OIDC issuer"},
+            "note": text,
         },
     }
     size_pair = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
@@ -117,6 +147,7 @@ def _schema() -> dict[str, Any]:
             "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
             "meta": {"type": "object"},
             "files": {"type": "array", "items": file_schema, "minItems": 1},
+            "signature": signature_schema,
         },
     }
     return {
@@ -387,7 +418,10 @@ def _parse_file(where: _Where, position: int, data: Any,
         raise where.at("").fail(f"files[{position}]", f"is {_kind(data)}; expected an object")
     where = where.at(f"files[{position}].")
     _check_keys(where, data, FILE_FIELDS)
-    role = _choice(where, data, "role", ROLES, required=True)
+    if data.get("role") == "signature":
+        raise where.fail("role", "is 'signature'; give a model's signature in the entry's "
+                                 "'signature' field (with who must have signed it), not in 'files'")
+    role = _choice(where, data, "role", FILE_ROLES, required=True)
     filename = _text(where, data, "filename", required=True)
     _check_filename(where, filename)
     urls: list[str] = []
@@ -429,6 +463,51 @@ def _parse_file(where: _Where, position: int, data: Any,
                     extract=extract, meta=meta)
 
 
+def _parse_signature(where: _Where, data: Any, schemes: tuple[str, ...]) -> Artifact:
+    """The entry's `signature` as an Artifact with role "signature" and its signer in meta."""
+    from zoo.errors import SignatureError
+    from zoo.signing import Signer
+
+    if not isinstance(data, dict):
+        raise where.fail("signature", f"is {_kind(data)}; expected an object with the signature's "
+                                      "url and who must have signed it")
+    where = where.at("signature.")
+    _check_keys(where, data, SIGNATURE_FIELDS)
+    filename = _text(where, data, "filename") or DEFAULT_SIGNATURE_FILENAME
+    _check_filename(where, filename)
+    urls: list[str] = []
+    if data.get("url") is not None:
+        urls.append(_text(where, data, "url", required=True))
+    value = data.get("urls", [])
+    if not isinstance(value, list) or not all(isinstance(u, str) and u for u in value):
+        raise where.fail("urls", f"is {_show(value)}; expected a list of URL strings")
+    urls += [u for u in value if u not in urls]
+    if not urls:
+        raise where.fail("url", "is missing; give 'url' (or 'urls'): where the signature file is")
+    for url in urls:
+        _check_url(where, "urls" if "urls" in data else "url", url, schemes)
+    checksum, none_published = _parse_checksum(where, data)
+    meta: dict[str, Any] = {}
+    given = {k: data[k] for k in SIGNER_FIELDS if data.get(k) is not None}
+    for key in ("public_key", "identity", "issuer"):
+        if key in given:
+            _text(where, data, key, required=True)
+    chain = given.get("certificate_chain")
+    if chain is not None and (not isinstance(chain, list) or not all(isinstance(c, str) for c in chain)):
+        raise where.fail("certificate_chain", f"is {_show(chain)}; expected a list of PEM certificates")
+    if given:
+        try:
+            meta["signer"] = Signer.from_dict(given).to_dict()
+        except SignatureError as exc:
+            raise where.fail(next(iter(given)), f"does not name a signer: {exc}") from None
+    if data.get("note") is not None:
+        meta["note"] = _text(where, data, "note")
+    if none_published:
+        meta["checksum_published"] = False
+    return Artifact(role="signature", filename=filename, urls=urls,
+                    size=_count(where, data, "size", "a byte count"), checksum=checksum, meta=meta)
+
+
 def _parse_entry(source: str, position: int, data: Any,
                  schemes: tuple[str, ...] = URL_SCHEMES) -> Model:
     name = data.get("name") if isinstance(data, dict) else None
@@ -455,6 +534,8 @@ def _parse_entry(source: str, position: int, data: Any,
         shown = "missing" if files is None else _show(files)
         raise where.fail("files", f"is {shown}; expected a non-empty list of files")
     artifacts = [_parse_file(where, i, f, schemes) for i, f in enumerate(files)]
+    if data.get("signature") is not None:
+        artifacts.append(_parse_signature(where, data["signature"], schemes))
     seen: set[tuple[str, str]] = set()
     for i, artifact in enumerate(artifacts):
         key = (artifact.role, artifact.filename)
@@ -489,7 +570,8 @@ def _check_cache_names(where: _Where, artifacts: list[Artifact]) -> None:
         for name, what in places:
             other = taken.setdefault(name.casefold(), (i, what))
             if other[0] != i:
-                raise where.fail(f"files[{i}].filename", (
+                field = "signature" if artifact.role == "signature" else f"files[{i}]"
+                raise where.fail(f"{field}.filename", (
                     f"is {artifact.filename!r}: its {what} takes the same place in the cache as "
                     f"files[{other[0]}]'s {other[1]} (names are compared ignoring case); "
                     "give each file a name of its own"))
@@ -568,6 +650,17 @@ def _dump_file(artifact: Artifact) -> dict[str, Any]:
     return data
 
 
+def _dump_signature(artifact: Artifact) -> dict[str, Any]:
+    data = {k: v for k, v in _dump_file(artifact).items() if k not in ("role", "meta")}
+    if data.get("filename") == DEFAULT_SIGNATURE_FILENAME:
+        del data["filename"]
+    signer = dict(artifact.meta.get("signer") or {})
+    signer.pop("method", None)
+    signer.pop("trust_config", None)
+    data.update(signer)
+    return data
+
+
 def dump_index(models: list[Model], *, name: str, description: str | None = None
                ) -> dict[str, Any]:
     """The index (a JSON-ready dict) listing `models`: the inverse of `parse_index`.
@@ -577,7 +670,11 @@ def dump_index(models: list[Model], *, name: str, description: str | None = None
     entries = []
     for model in models:
         entry = {k: v for k, v in model.to_dict().items() if k in ENTRY_FIELDS}
-        entry["files"] = [_dump_file(a) for a in model.artifacts if a.role != "onnx"]
+        entry["files"] = [_dump_file(a) for a in model.artifacts if a.role not in ("onnx", "signature")]
+        signature = next((a for a in model.artifacts
+                          if a.role == "signature" and a.meta.get("by") != "zoo"), None)
+        if signature is not None:
+            entry["signature"] = _dump_signature(signature)
         entries.append(entry)
     index: dict[str, Any] = {"format": FORMAT, "name": name}
     if description:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from zoo.catalog import Catalog
     from zoo.engines import Engine
 
-__all__ = ["SweepResult", "SweepRow", "sweep"]
+__all__ = ["SweepResult", "SweepRow", "check_plot_path", "sweep"]
 
 
 @dataclass
@@ -48,6 +48,7 @@ class SweepResult:
     rows: list[SweepRow] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # combinations that cannot be trained, and why
     plot_path: Path | None = None
+    skipped_files: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs left out: path, reason
 
     @property
     def best(self) -> SweepRow:
@@ -84,8 +85,10 @@ class SweepResult:
         matplotlib.use("Agg")  # no display: write files only
         import matplotlib.pyplot as plt
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from zoo.destinations import prepare
+
+        path = check_plot_path(path)
+        prepare(path, "the plot")
         order = list(dict.fromkeys(r.layer for r in self.rows))
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.6))
         for k in sorted({r.unfreeze for r in self.rows}):
@@ -115,8 +118,21 @@ class SweepResult:
             "rows": [r.to_dict() for r in self.rows],
             "best": self.best.to_dict() if self.rows else None,
             "skipped": self.skipped,
+            "skipped_files": self.skipped_files,
             "plot": str(self.plot_path) if self.plot_path else None,
         }
+
+
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """`path` when matplotlib can write a plot in the format its suffix names; else InputError."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise InputError(f"--plot {path}: {path.suffix or 'no suffix'} is not an image format matplotlib writes; "
+                         f"end the name with .png, .pdf or .svg (or {', '.join(sorted(formats))})")
+    return path
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> str:
@@ -205,6 +221,8 @@ def sweep(
                 result.skipped.append(f"{layer} unfreeze={k}: {exc}")
                 continue
             started = time.perf_counter()
+            known = {s["path"] for s in result.skipped_files}
+            result.skipped_files += [s for s in prepared.cached.skipped if s["path"] not in known]
             sets = {
                 which: (extract_features(prepared.extractor, pair[0], cache_dir=cache_dir,
                                          progress=training.progress, engine=engine).features, pair[1])

@@ -77,6 +77,9 @@ class CutMetadata:
     source_inputs: list[str] = field(default_factory=list)
     fixed_batch: int | None = None
     not_cut_point: str | None = None
+    # How the cut was made (`zoo.lineage.Lineage.to_dict()`: its sha256, the model's as parent);
+    # None in cuts made before lineage, which get it on their next load.
+    lineage: dict[str, Any] | None = None
     version: int = CUT_VERSION
 
     @property
@@ -138,6 +141,9 @@ class FeatureManifest:
     complete: bool = False
     completed: float | None = None
     classes: list[str] | None = None  # an image folder's class names
+    # How the complete entry was made (`zoo.lineage.Lineage.to_dict()`: the sha256 of its feature
+    # rows, the cut and the data as parents); set when the entry is complete.
+    lineage: dict[str, Any] | None = None
     format: int = FEATURES_VERSION
 
     def resumes(self, extractor: str, dataset: str) -> bool:

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zoo._threads import torch_threads
-from zoo.errors import InputError
+from zoo.datasources import array_fingerprint
+from zoo.errors import InputError, ResourceLimitError
+from zoo.lineage import pretraining_lineage
 from zoo.options import PretrainConfig, TrainingConfig
 from zoo.torch_models import check_new_name
 
@@ -161,8 +163,10 @@ def pretrain(
     epochs, batch_size, denoise, cd_k, tied = config.epochs, config.batch_size, config.denoise, config.cd_k, config.tied
     seed, threads, cache, progress = config.seed, config.threads, config.cache, config.progress
     data = _validate_data(X)
+    data_sha256 = array_fingerprint(data)  # the lineage's parent: these rows, before any standardizing
     sizes = _validate_layers(layers)
     settings = _validate_settings(method, config, len(data))
+    _check_size(data, sizes, config.batch_size, config.tied, config.cache, cache_dir)
     visible = _visible_units(data, config.visible)
     if name is not None:
         check_new_name(name, catalog, replace)
@@ -216,7 +220,7 @@ def pretrain(
         seconds=seconds,
         units=units,
         settings={**settings, "epochs": epochs, "batch_size": batch_size, "denoise": denoise,
-                  "cd_k": cd_k, "tied": tied, "seed": seed, "rows": len(data)},
+                  "cd_k": cd_k, "tied": tied, "seed": seed, "rows": len(data), "data_sha256": data_sha256},
     )
     if name is not None:
         result.model = save(result, name, catalog=catalog, replace=replace, cache_dir=cache_dir)
@@ -378,8 +382,15 @@ def save(
             "layers": [f"layer{i}" for i in range(1, len(result.layers) + 1)],
         },
     )
+    settings = {k: v for k, v in result.settings.items() if k not in ("rows", "data_sha256")}
+    lineage = pretraining_lineage(
+        result.settings.get("data_sha256"), result.settings["rows"],
+        {**settings, "layers": result.layers, "visible": result.visible},
+        {"final_loss": result.losses[-1][-1] if result.losses and result.losses[-1] else None,
+         "layer_final_losses": [losses[-1] if losses else None for losses in result.losses],
+         "seconds": [round(s, 3) for s in result.seconds]})
     return register(export_onnx(result.stack, result.n_features), model, catalog=catalog, replace=replace,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, lineage=lineage)
 
 
 def export_onnx(stack: nn.Sequential, n_features: int) -> onnx.ModelProto:
@@ -449,6 +460,33 @@ def _validate_data(X: Any, n_features: int | None = None) -> np.ndarray:
     if n_features is not None and array.shape[1] != n_features:
         raise InputError(f"X has {array.shape[1]} features; this stack takes {n_features}")
     return array
+
+
+def _check_size(data: np.ndarray, sizes: list[int], batch_size: int, tied: bool, cache: bool,
+                cache_dir: str | os.PathLike | None) -> None:
+    """Refuse a stack that would not fit in memory (or its cached layer outputs on disk), before torch
+    allocates it: ``--layers 100000000`` is a typo, not a 16 GB allocation followed by a crash."""
+    import shutil
+
+    from zoo.memory import check_training, human
+
+    widths = [int(data.shape[1]), *sizes]
+    parameters = sum(a * b * (1 if tied else 2) + a + b for a, b in zip(widths, widths[1:]))
+    check_training(parameters, batch_size, max(widths), f"the stack --layers {','.join(map(str, sizes))}",
+                   "give fewer hidden units")
+    if not cache:
+        return
+    from zoo.cache import root
+
+    need = len(data) * max(sizes) * 4  # the widest layer's outputs for every row, kept for the next layer
+    folder = root(cache_dir)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > MEMMAP_BYTES and need > free:
+        raise ResourceLimitError(f"the layer outputs of --layers {','.join(map(str, sizes))} for {len(data):,} rows "
+                                 f"would take {human(need)} in the cache, more than the {human(free)} free there; "
+                                 f"give fewer hidden units, or point ZOO_CACHE at a bigger disk")
 
 
 def _validate_layers(layers: Any) -> list[int]:

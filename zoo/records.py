@@ -28,8 +28,11 @@ def check_name(name: Any, error: type[ZooError] = InputError, example: str = "my
 FRAMEWORKS = ("caffe", "tensorflow", "keras", "tflite", "onnx", "pytorch")
 # What an artifact is for. "model" is a single-file model (.onnx, .tflite, .pt, .keras, .pb);
 # "graph" + "weights" are two-file models (Caffe prototxt + caffemodel, Keras arch + .h5);
-# "onnx" is zoo's converted ONNX; "archive" is a tarball that holds the model files.
-ROLES = ("model", "graph", "weights", "labels", "mean", "onnx", "archive", "other")
+# "onnx" is zoo's converted ONNX; "archive" is a tarball that holds the model files;
+# "signature" an OpenSSF model signature (a Sigstore bundle) over the model's files.
+ROLES = ("model", "graph", "weights", "labels", "mean", "onnx", "archive", "signature", "other")
+# Files that are not part of what a model is made of: zoo's conversion and signatures over the rest.
+DERIVED_ROLES = ("onnx", "signature")
 LAYOUTS = ("NCHW", "NHWC", "NC", "other")
 
 
@@ -120,6 +123,17 @@ class Model:
     artifacts: list[Artifact] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     removed_upstream: bool = False
+    # The last signature checks, by whose signature ("publisher", "zoo"): zoo.signing.SignatureCheck
+    # as dicts. Recorded by fetch, `zoo sign` and `zoo verify --signatures`, never by an index.
+    signature: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def signature_status(self) -> str | None:
+        """"verified" when every recorded signature check passed, "failed" when one did, else None."""
+        statuses = [check.get("status") for check in self.signature.values()]
+        if not statuses:
+            return None
+        return "verified" if all(s == "verified" for s in statuses) else "failed"
 
     @property
     def is_local(self) -> bool:

@@ -54,6 +54,10 @@ models = Table(
     Column("metrics", JSON, default=_empty_dict),
     Column("meta", JSON, default=_empty_dict),
     Column("removed_upstream", Boolean, default=False, nullable=False),
+    # The last signature checks (zoo.signing.SignatureCheck by "publisher"/"zoo") and their
+    # summary, "verified" or "failed" (migration 0004).
+    Column("signature_status", String(16), index=True),
+    Column("signature", JSON),
     # Search helper: the name split at letter/digit boundaries ("resnet 50"), and the tags as words.
     Column("keywords", Text),
     Column("created_at", Float, default=time.time),
@@ -84,6 +88,10 @@ sources = Table(
     Column("etag", String(255)),
     Column("synced_at", Float),
     Column("created_at", Float, default=time.time),
+    # Fetch refuses this source's models unless their signature verifies (migration 0004), and
+    # who must have signed them (zoo.signing.Signer.to_dict()), pinned at `zoo source add`.
+    Column("require_signature", Boolean, default=False, nullable=False),
+    Column("signer", JSON),
 )
 
 # The FTS5 index on SQLite (maintained by zoo.catalog, not part of the migrated schema).

@@ -22,6 +22,7 @@ from zoo.errors import DuplicateModelError, FetchError, IndexFormatError, Offlin
 if TYPE_CHECKING:
     from zoo.catalog import Catalog, SourceInfo
     from zoo.records import Model
+    from zoo.signing import Signer
 
 BUILTIN_SCHEME = "builtin:"
 RESERVED = ("local",)  # the source of models added with `zoo add`/`zoo scan`
@@ -208,6 +209,9 @@ def apply_index(cat: Catalog, source: str, models: list[Model]) -> SyncStats:
             if kept.to_dict() != old.to_dict():
                 cat.add_model(kept, replace=True)
                 stats.updated.append(model.name)
+            if "publisher" in old.signature and _published(kept) != _published(old):
+                # Other files or another signature upstream: what was verified is not what is listed.
+                cat.record_signature(model.name, "publisher", None)
         wanted = {m.name for m in models}
         for name, old in existing.items():
             if name in wanted:
@@ -223,7 +227,8 @@ def apply_index(cat: Catalog, source: str, models: list[Model]) -> SyncStats:
 
 def _keeping_local_files(old: Model, new: Model) -> Model:
     """The index's new entry with what zoo added to the old one: fetched files' paths and hashes
-    (when the index gives none), and converted models, which are zoo's own."""
+    (when the index gives none), converted models and zoo's own signatures, and the signature
+    checks (`apply_index` forgets the publisher's when what it vouched for changed)."""
     local = {(a.role, a.filename): a for a in old.artifacts}
     artifacts = []
     for artifact in new.artifacts:
@@ -231,11 +236,19 @@ def _keeping_local_files(old: Model, new: Model) -> Model:
         if mine is not None and mine.path and artifact.path is None:
             artifact = replace(artifact, path=mine.path, sha256=mine.sha256)
         artifacts.append(artifact)
-    artifacts += [a for key, a in local.items() if key[0] == "onnx"]
-    return replace(new, artifacts=artifacts, removed_upstream=False)
+    artifacts += [a for key, a in local.items() if key[0] == "onnx" or a.meta.get("by") == "zoo"]
+    return replace(new, artifacts=artifacts, removed_upstream=False, signature=dict(old.signature))
 
 
-def add_source(name: str, url: str, *, sync: bool = True,
+def _published(model: Model) -> list[tuple]:
+    """What a publisher's signature vouches for: each listed file's name, origin and checksum, and the
+    signature file itself with its signer (a change means the last check no longer applies)."""
+    return sorted((a.role, a.filename, tuple(a.urls), a.checksum, repr(a.meta.get("signer")))
+                  for a in model.artifacts if a.role != "onnx" and a.meta.get("by") != "zoo")
+
+
+def add_source(name: str, url: str, *, sync: bool = True, require_signature: bool | None = None,
+               signer: Signer | dict[str, Any] | None = None,
                catalog: str | os.PathLike | Catalog | None = None) -> SyncReport:
     """Register a zoo index at `url` (http(s)://, file:// or a path) as source `name`.
 
@@ -246,6 +259,10 @@ def add_source(name: str, url: str, *, sync: bool = True,
         name: the source's name (letters, digits, ``. _ -``).
         url: the index: http(s)://, file:// or a path.
         sync: download and apply the index now.
+        require_signature: refuse (at fetch) any of its models whose signature is missing or
+            does not verify; None keeps the source's current policy.
+        signer: who must have signed its models (a `zoo.signing.Signer` or its dict: public key,
+            certificate chain, Sigstore identity), overriding what the index says; None keeps it.
         catalog: a path, a SQLAlchemy URL or a `Catalog`.
 
     Returns:
@@ -256,22 +273,29 @@ def add_source(name: str, url: str, *, sync: bool = True,
         FetchError: the index cannot be downloaded; IndexFormatError: it is malformed.
 
     >>> zoo.add_source("acme", "https://models.acme.org/zoo.json")   # doctest: +SKIP
+    >>> zoo.add_source("acme", URL, require_signature=True,
+    ...                signer=Signer.from_files(key="acme.pub"))      # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
+    from zoo.signing import Signer
 
     _check_name(name)
+    pinned = None
+    if signer is not None:
+        pinned = (signer if isinstance(signer, Signer) else Signer.from_dict(signer)).to_dict()
+    policy = {"require_signature": require_signature, "signer": pinned}
     cat = open_catalog(catalog)
     existing = {s.name: s for s in cat.sources()}.get(name)
     if existing is not None and existing.url.startswith(BUILTIN_SCHEME) and existing.url != url:
         raise ZooError(f"source {name!r} is one of zoo's built-in zoos; choose another name")
     url = _normalise_url(url.strip())
     if not sync:
-        cat.add_source(name, url)
+        cat.add_source(name, url, **policy)
         return SyncReport(name, url, "added")
     data, etag = _download(name, url, None)
     models = _parse(name, url, data)
     with cat.batch():
-        cat.add_source(name, url)
+        cat.add_source(name, url, **policy)
         stats = apply_index(cat, name, models)
         cat.update_source(name, etag=etag, synced_at=time.time())
     return SyncReport(name, url, "synced", stats, etag)

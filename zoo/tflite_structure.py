@@ -16,12 +16,13 @@ from typing import Any
 
 from zoo.errors import ModelFormatError
 
-__all__ = ["validate_tflite"]
+__all__ = ["custom_ops", "validate_tflite"]
 
 # Bytes per element of each TensorType with a fixed size (schema.fbs enum TensorType).
 _TYPE_SIZES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 15: 4,
                16: 2, 18: 2}
 _MAX_TABLES = 5_000_000  # a bound on the walk, far above any real model's tensor and op count
+_CUSTOM_OP = 32  # BuiltinOperator.CUSTOM: the op is named by the operator code's custom_code string
 
 
 class _Buffer:
@@ -178,6 +179,31 @@ def validate_tflite(path: str | os.PathLike) -> dict[str, Any]:
             raise buf.fail("a metadata buffer index points at no buffer")
     model.tables(7, "signature")
     return {"subgraphs": len(subgraphs), "buffers": len(buffers), "op_codes": len(codes), **counts}
+
+
+def custom_ops(path: str | os.PathLike) -> list[tuple[str, bytes]]:
+    """(custom op name, custom options bytes) of every operator that runs a custom op (Flex ops included).
+
+    Read with the same bounds-checked walk as `validate_tflite` (call that first): a Flex op's
+    options hold the TensorFlow op it runs, which ``converters.model_code`` checks.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    buf = _Buffer(data, path)
+    model = buf.table(buf.target(0), "model")
+    names = []
+    for code in model.tables(1, "operator code"):
+        builtin = max(code.scalar(0, "<b"), code.scalar(3, "<i"))
+        custom = code.string(1, "custom op name")
+        names.append(custom.decode("utf-8", "replace") if builtin == _CUSTOM_OP and custom is not None else None)
+    found = []
+    for graph in model.tables(2, "subgraph"):
+        for op in graph.tables(3, "operator"):
+            index = op.scalar(0, "<I")
+            if index < len(names) and names[index] is not None:
+                found.append((names[index], bytes(op.scalars(5, "B", "custom options"))))
+    return found
 
 
 def _check_tensor(buf: _Buffer, tensor: _Table, buffers: list[_Table]) -> None:

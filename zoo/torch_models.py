@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import onnx
 
     from zoo.catalog import Catalog
+    from zoo.lineage import Lineage
 
 OPSET = 17
 TOLERANCE = 1e-4  # of the output's scale: the ONNX model must match torch this closely
@@ -82,8 +83,11 @@ def own_model(name: str, module: Any, **fields: Any) -> Model:
 
 def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLike | Catalog | None = None,
              path: str | os.PathLike | None = None, replace: bool = False,
-             cache_dir: str | os.PathLike | None = None) -> Model:
-    """Write `model` (atomically) and add `record` to the catalog with the file as its "model" artifact."""
+             cache_dir: str | os.PathLike | None = None, lineage: Lineage | None = None) -> Model:
+    """Write `model` (atomically) and add `record` to the catalog with the file as its "model" artifact.
+
+    `lineage` (how the model was made; its sha256 is set here) goes in the artifact's meta.
+    """
     from dataclasses import replace as _replace
 
     from zoo.catalog import open_catalog
@@ -93,8 +97,13 @@ def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLik
     target = Path(path) if path else model_path(record.name, cache_dir)
     content = model.SerializeToString()
     write_atomic(target, content)
+    sha256 = hashlib.sha256(content).hexdigest()
+    meta = {}
+    if lineage is not None:
+        lineage.sha256 = sha256
+        meta["lineage"] = lineage.to_dict()
     artifact = Artifact(role="model", filename=target.name, path=str(target.absolute()), size=len(content),
-                        sha256=hashlib.sha256(content).hexdigest(), checksum=None)
+                        sha256=sha256, checksum=None, meta=meta)
     return cat.add_model(_replace(record, artifacts=[artifact]), replace=replace)
 
 

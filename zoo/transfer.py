@@ -12,13 +12,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from zoo._threads import torch_threads
+from zoo.datasources import array_fingerprint
 from zoo.errors import InputError, UnfreezeDepthError
+from zoo.lineage import training_lineage
 from zoo.options import ExtractorOptions, TrainingConfig
 
 if TYPE_CHECKING:
     import torch
 
     from zoo.catalog import Catalog
+    from zoo.lineage import Lineage
     from zoo.records import InputSpec, Model
 
 __all__ = [
@@ -436,13 +439,14 @@ def save_model(
     meta: dict[str, Any] | None = None,
     replace: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    lineage: Lineage | None = None,
 ) -> Model:
     """Export a torch model to ONNX and register it in the catalog as your own model.
 
     The file goes to `path` (default ``<cache>/models/<name>/<name>.onnx``); the catalog entry
     has framework "onnx", source "local" and one artifact with role "model". `input_spec` (the
     base's) keeps its preprocessing (mean, std, resize, crop...) so images reach the new model
-    as they reached the base.
+    as they reached the base. `lineage` says how it was made (`zoo.lineage.training_lineage`).
     """
     from dataclasses import replace as _replace
 
@@ -457,7 +461,7 @@ def save_model(
         meta={"trained_by": "zoo", **({"classes": list(classes)} if classes is not None else {}), **(meta or {})},
     )
     return register(export_onnx(model, input_shape), record, catalog=catalog, path=path, replace=replace,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, lineage=lineage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,6 +477,7 @@ class TrainResult:
     module: Any
     cache_key: str
     cut: Any
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs left out: path, reason
 
 
 def fine_tune_parts(
@@ -644,8 +649,6 @@ def prepare(
     started = time.perf_counter()
     cached = extract_features(frozen, data, cache_dir=cache_dir, progress=training.progress, engine=engine)
     seconds = time.perf_counter() - started
-    if cached.skipped and training.progress:
-        print(f"skipped {len(cached.skipped)} unreadable files, e.g. {cached.skipped[0]['path']}", file=sys.stderr)
     return Prepared(name=name, layer=extractor.layer, cut=cut, extractor=frozen, cached=cached,
                     labels=_labels_for(cached, labels), top=top, pool=_pool_module(extractor.pooling, frozen),
                     seconds=seconds)
@@ -718,6 +721,16 @@ def train(
     spec = getattr(frozen, "input_spec", None)
     cached = prepared.cached
     layer = extractor.layer
+    lineage = training_lineage(
+        frozen, {**(cached.lineage or {}), "key": cached.key}, array_fingerprint(prepared.labels),
+        settings={"base_model": name, "layer": layer if isinstance(layer, (str, int)) else list(layer),
+                  "cached_at": prepared.cut, "unfreeze": training.unfreeze, "hidden": list(training.hidden),
+                  "epochs": training.epochs, "batch_size": training.batch_size, "lr": training.lr,
+                  "weight_decay": training.weight_decay, "val_fraction": training.val_fraction,
+                  "patience": training.patience, "seed": training.seed, "pooling": extractor.pooling},
+        figures={"val_accuracy": fit.val_accuracy, "best_epoch": fit.best_epoch,
+                 "epochs_run": len(fit.history), "rows": int(len(prepared.labels)),
+                 "classes": len(prepared.classes)})
     record = save_model(
         module,
         new_name,
@@ -738,8 +751,10 @@ def train(
         },
         replace=replace,
         cache_dir=cache_dir,
+        lineage=lineage,
     )
-    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=prepared.cut)
+    return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=prepared.cut,
+                       skipped=list(cached.skipped))
 
 
 def _labels_for(cached: Any, labels: Any) -> np.ndarray:
@@ -773,10 +788,9 @@ def load_labels(labels: Any) -> np.ndarray:
         path = Path(labels)
         if not path.is_file():
             raise InputError(f"labels file {path} does not exist; give a .npy array of one label per row")
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read labels from {path} ({exc}); save them with numpy.save") from None
+        from zoo.npy import load
+
+        return load(path, what="labels")
     return np.asarray(labels)
 
 
@@ -789,10 +803,13 @@ def _length(data: Any) -> int | None:
     if isinstance(data, np.ndarray):
         return len(data)
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
+        from zoo.npy import read_header
+
         try:
-            return len(np.load(data, mmap_mode="r"))
-        except (OSError, ValueError):
-            return None
+            shape = read_header(data).shape
+        except InputError:
+            return None  # not a .npy file (an image): the caller counts otherwise
+        return shape[0] if shape else None
     return None
 
 
@@ -808,5 +825,7 @@ def _input_shape(extractor: Any, data: Any) -> list[int]:
     if isinstance(data, (np.ndarray, NpyFileSource)):
         return list(data.shape[1:])
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
-        return list(np.load(data, mmap_mode="r").shape[1:])
+        from zoo.npy import read_header
+
+        return list(read_header(data).shape[1:])
     raise InputError("cannot tell the model's input shape; the extractor's input_spec has no fixed shape")

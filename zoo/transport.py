@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from zoo import config
 from zoo._redact import mask_url
 from zoo.archives import parse_size
+from zoo.atomic import write_error
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, parse_checksum
 
@@ -398,9 +399,12 @@ def download(
     offline = config.offline() if offline is None else offline
     if not url_list:
         raise FetchError(f"{label} has no URL to download from; add one to its catalog entry")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    lock = _file_lock(dest, label, retry.lock_timeout)
+    try:  # an unwritable cache is one line naming the folder, before any byte is fetched
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        lock = _file_lock(dest, label, retry.lock_timeout)
+    except OSError as exc:
+        raise write_error(exc, dest) from None
     try:
         stale = None
         if dest.is_file() and not force:

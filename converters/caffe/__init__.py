@@ -68,6 +68,7 @@ def convert(
     import onnx
 
     onnx.checker.check_model(model)
+    _check_memory(model, prototxt)
     files = [prototxt, caffemodel] + ([os.fspath(mean_file)] if mean_file is not None else [])
     report = ConversionReport(
         source_format="caffe",
@@ -100,6 +101,16 @@ def convert(
         verify_report(model, producers, prototxt, caffemodel, net, report)
     report.seconds = round(time.perf_counter() - start, 3)
     return Conversion(model, report)
+
+
+def _check_memory(model, prototxt: str) -> None:
+    """Refuse a net whose blobs would not fit in memory (a 1x3x100000x100000 input), before OpenCV or
+    onnxruntime allocate them."""
+    from zoo.graph import GraphInfo
+    from zoo.memory import check_shapes
+
+    types = GraphInfo(model).types
+    check_shapes(((name, *entry) for name, entry in types.items()), os.path.basename(prototxt), model, batch=1)
 
 
 def _pair(path: str | os.PathLike, caffemodel: str | os.PathLike | None,

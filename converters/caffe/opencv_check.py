@@ -37,7 +37,7 @@ def run_onnx(model: onnx.ModelProto, inputs: dict, names: list[str], threads: in
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are raised; onnxruntime's coloured log lines would only repeat them
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(names, inputs)
 

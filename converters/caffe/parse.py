@@ -41,15 +41,40 @@ def read_prototxt(path: str | os.PathLike) -> Net:
         )
     # Comments in old prototxts are not always UTF-8; they never matter to the parse.
     text = data.decode("utf-8", errors="replace")
+    depth = _nesting(text)
+    if depth > MAX_NESTING:
+        raise ModelFormatError(f"{name}: messages nested {depth} levels deep; a Caffe net nests a few levels "
+                               f"(at most {MAX_NESTING} are read), so this is not a net definition")
     net = schema.messages().NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
+    except RecursionError:
+        raise ModelFormatError(f"{name}: messages nested too deep to read; this is not a Caffe net definition") from None
     except text_format.ParseError as exc:
         line = exc.GetLine()
         message = str(exc).split(" : ", 1)[-1].replace("\n", " ")
         where = f" line {line}" if line else ""
         raise ModelFormatError(f"{name}:{where}: not a valid Caffe prototxt: {message}") from None
     return _upgrade(net, name)
+
+
+# Nesting levels of { } a prototxt may use; real nets use 3 or 4 (layer { param { shape { } } }).
+MAX_NESTING = 64
+
+
+def _nesting(text: str) -> int:
+    """The deepest { } nesting of a prototxt, outside quoted strings and # comments."""
+    import re
+
+    deepest = depth = 0
+    for token in re.finditer(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}<>]', text):
+        char = token.group()
+        if char in "{<":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "}>":
+            depth -= 1
+    return deepest
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:

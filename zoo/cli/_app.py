@@ -1,26 +1,102 @@
-"""The `zoo` click group and the option decorators every command shares."""
+"""The `zoo` click group, the option decorators every command shares, and the one way out to the terminal.
+
+Everything a command prints goes through `echo`, `emit` or `table` here (and errors through
+`UserError`, warnings through `_show_warning`): secrets in URLs are masked and terminal controls
+that came from a model, an index or a file name are shown as escapes (`zoo._terminal`). JSON
+output stays lossless: `json.dumps` already writes every control character as a ``\\u`` escape.
+An exception nobody anticipated becomes one line naming a log file that holds its traceback.
+"""
 from __future__ import annotations
 
+import errno
 import json
+import sys
+import warnings
 from typing import Any, Callable
 
 import click
 
 from zoo._json import finite
 from zoo._redact import mask_secrets
+from zoo._terminal import safe_line, safe_text
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Top-level modules of optional dependencies -> the zoo extra that installs them (pyproject.toml).
+_EXTRAS = {"torch": "torch", "tensorflow": "tensorflow", "tf2onnx": "tensorflow", "keras": "tensorflow",
+           "cv2": "caffe-check", "sklearn": "transfer", "matplotlib": "transfer", "PIL": "transfer",
+           "psycopg": "postgres", "pyarrow": "parquet", "ray": "ray", "model_signing": "provenance",
+           "OpenSSL": "provenance", "cryptography": "provenance", "cyclonedx": "provenance"}
+
+
+def echo(message: Any = "", err: bool = False, nl: bool = True, one_line: bool = False) -> None:
+    """click.echo of text made safe: secrets masked, terminal controls shown as escapes.
+
+    `one_line` escapes newlines and tabs too: for lines that quote a name (a file name may hold a newline).
+    """
+    text = mask_secrets(str(message))
+    click.echo(safe_line(text) if one_line else safe_text(text), err=err, nl=nl)
 
 
 class UserError(click.ClickException):
     """A ZooError on its way out: one line on stderr, exit code 1."""
 
     exit_code = 1
+    prefix = "error: "
 
     def show(self, file=None) -> None:
         # One line even when a driver's message has several (psycopg's "connection failed ...\n\tIs
-        # the server running ..."); never a secret.
-        click.echo(f"error: {' '.join(mask_secrets(self.message).split())}", err=True)
+        # the server running ..."); never a secret, never a terminal control.
+        click.echo(self.prefix + safe_line(" ".join(mask_secrets(self.message).split())), err=True)
+
+
+class InternalError(UserError):
+    """An exception zoo did not anticipate: one line, the traceback in a log file, exit code 1."""
+
+    prefix = ""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> InternalError:
+        import traceback
+
+        from zoo.errorlog import write_log
+
+        log = write_log("".join(traceback.format_exception(exc)), f"zoo {' '.join(sys.argv[1:])}")
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        where = f"the traceback is in {log}" if log else "no log folder could be written for its traceback"
+        return cls(f"internal error: {type(exc).__name__}: {first}; {where}")
+
+
+def _os_error(exc: OSError) -> UserError:
+    """An OSError no code path turned into a ZooError: still one line that names the file."""
+    what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    if exc.errno in _DISK_FULL:
+        return UserError(f"no room left to write ({what}); free some space and run the same command again")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"cannot write or read there ({what}); check the path and its permissions, or "
+                         f"point --output / --cache-dir / ZOO_CACHE / ZOO_CATALOG somewhere writable")
+    return InternalError.of(exc)
+
+
+class _SafeStream:
+    """A text stream that passes what click writes (its own usage errors) through `safe_text`."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(safe_text(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (a layer that is not a cut point, a model converted again) as one safe line."""
+    echo(f"warning: {' '.join(mask_secrets(str(message)).split())}", err=True)
 
 
 # command -> module that defines it. Commands are imported on first use, so `zoo search` loads
@@ -33,6 +109,7 @@ COMMAND_MODULES = {
     **dict.fromkeys(["train", "sweep", "walkthrough"], "zoo.cli.transfer"),
     "cache": "zoo.cli.cache",
     "pretrain": "zoo.cli.pretrain",
+    **dict.fromkeys(["sign", "lineage", "bom"], "zoo.cli.provenance"),
 }
 
 
@@ -56,6 +133,42 @@ class ZooGroup(click.Group):
             return super().invoke(ctx)
         except ZooError as exc:
             raise UserError(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, BrokenPipeError,
+                KeyboardInterrupt):
+            raise
+        except MemoryError:
+            raise UserError("out of memory; give a smaller input, batch or model, or run it on a machine with "
+                            "more memory") from None
+        except ModuleNotFoundError as exc:  # an optional dependency imported without zoo.errors.require
+            extra = _EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise InternalError.of(exc) from None
+            raise UserError(f"{exc.name} is needed for this and is not installed; install it with: "
+                            f"pip install 'zoo[{extra}]'") from None
+        except OSError as exc:
+            raise _os_error(exc) from None
+        except Exception as exc:  # noqa: BLE001  the rule: no traceback reaches the user
+            raise InternalError.of(exc) from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's main, with its own messages (usage errors quote the arguments) made terminal-safe
+        and Python warnings shown as one line each."""
+        previous = warnings.showwarning
+        warnings.showwarning = _show_warning
+        try:
+            if not standalone_mode:
+                return super().main(args, prog_name, complete_var, False, **extra)
+            try:
+                result = super().main(args, prog_name, complete_var, False, **extra)
+            except click.ClickException as exc:
+                exc.show(file=_SafeStream(click.get_text_stream("stderr")))
+                sys.exit(exc.exit_code)
+            except click.exceptions.Abort:
+                echo("interrupted", err=True)
+                sys.exit(130)
+            sys.exit(result if isinstance(result, int) else 0)
+        finally:
+            warnings.showwarning = previous
 
 
 @click.group(cls=ZooGroup, context_settings=CONTEXT)
@@ -117,16 +230,29 @@ def emit(data: Any, as_json: bool, text: Callable[[], str] | str | None = None) 
     Either way, credentials in URLs are masked; JSON is strict (no bare NaN or Infinity).
     """
     if as_json:
-        click.echo(json.dumps(_printable(data), indent=2, allow_nan=False))
+        # ensure_ascii writes every control as \u escape; DEL is the one it leaves raw.
+        click.echo(json.dumps(_printable(data), indent=2, allow_nan=False).replace("\x7f", "\\u007f"))
     elif text is not None:
         rendered = text() if callable(text) else text
         if rendered:
-            click.echo(mask_secrets(rendered))
+            echo(rendered)
+
+
+def skipped_lines(skipped: list[dict[str, Any]], total: int | None = None, limit: int = 5) -> list[str]:
+    """Text lines naming unreadable inputs that were left out: the count, then the first `limit`."""
+    if not skipped:
+        return []
+    of = f" of {total}" if total else ""
+    lines = [f"skipped {len(skipped)}{of} inputs that cannot be read (left out of the results):"]
+    lines += [f"  {safe_line(s.get('path'))}: {safe_line(s.get('reason'))}" for s in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more (--json lists all of them)")
+    return lines
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:
-    """A plain left-aligned text table."""
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    """A plain left-aligned text table; each cell on one line, terminal controls shown as escapes."""
+    cells = [[("" if c is None else safe_line(c)) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row)]

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from zoo._redact import mask_secrets
-from zoo.cli._app import catalog_option, cli, emit, json_option, quiet_option, table
+from zoo._terminal import safe_line
+from zoo.cli._app import catalog_option, cli, echo, emit, json_option, quiet_option, table
 from zoo.records import FRAMEWORKS
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ def _rows(models: list[Model]) -> str:
     rows = []
     for m in models:
         state = "fetched" if m.is_local else ("removed upstream" if m.removed_upstream else "")
+        if m.meta.get("damaged"):
+            state = f"{state}, damaged" if state else "damaged (see zoo info)"
         rows.append([m.name, m.framework, m.task, m.dataset, m.source, state])
     return table(rows, ["NAME", "FRAMEWORK", "TASK", "DATASET", "SOURCE", "LOCAL"])
 
@@ -57,7 +60,7 @@ def search(query, framework, task, dataset, tag, source, local, limit, as_json, 
     models = run_search(query, catalog=catalog, framework=framework, task=task, dataset=dataset,
                         tag=tag, source=source, local=local, limit=limit or None)
     if not models and not as_json:
-        click.echo(f"no models match{' ' + repr(query) if query else ''}; "
+        echo(f"no models match{' ' + repr(query) if query else ''}; "
                    "list everything with `zoo list`", err=True)
         return
     emit([m.to_dict() for m in models], as_json, lambda: _rows(models))
@@ -109,19 +112,21 @@ def _info_text(model: Model) -> str:
               else f"no (get the files with `zoo fetch {model.name}`)")]
     if model.removed_upstream:
         facts.append(("upstream", "removed from its source's index; kept because fetched"))
-    lines += [f"  {k + ':':16}{v}" for k, v in facts if v is not None]
+    facts += _signature_facts(model)
+    # Each value on its own line: a newline in an index's text must not forge a line of its own.
+    lines += [f"  {k + ':':16}{safe_line(v)}" for k, v in facts if v is not None]
     if model.description:
-        lines.append(f"  {'description:':16}{model.description}")
+        lines.append(f"  {'description:':16}{safe_line(model.description)}")
     spec = model.input.to_dict()
     if spec:
         lines.append("  input:")
-        lines += [f"    {k + ':':16}{v}" for k, v in spec.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in spec.items()]
     if model.metrics:
         lines.append("  metrics:")
-        lines += [f"    {k + ':':16}{v}" for k, v in model.metrics.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in model.metrics.items()]
     if model.meta:
         lines.append("  meta:")
-        lines += [f"    {k + ':':16}{v}" for k, v in model.meta.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in model.meta.items()]
     lines.append("  files:")
     for a in model.artifacts:
         size = f" ({_size(a.size)})" if a.size is not None else ""
@@ -149,7 +154,27 @@ def _info_text(model: Model) -> str:
         report = a.meta.get("report")
         if isinstance(report, dict):
             lines += [f"      {line}" for line in _report_lines(report)]
+        sandbox = a.meta.get("sandbox")
+        if isinstance(sandbox, dict) and sandbox.get("process") == "child":
+            lines.append(f"      sandbox:    {sandbox.get('summary') or ('active' if sandbox.get('active') else 'none')}")
     return "\n".join(lines)
+
+
+def _signature_facts(model: Model) -> list[tuple[str, str]]:
+    """ "signed by ..., verified" / "signature FAILED: ..." per signature, or "unsigned"."""
+    published = any(a.role == "signature" and a.meta.get("by") != "zoo" for a in model.artifacts)
+    facts = []
+    for by, label in (("publisher", "signature"), ("zoo", "zoo signature")):
+        check = model.signature.get(by)
+        if check:
+            from zoo.signing import SignatureCheck
+
+            done = SignatureCheck.from_dict(check)
+            facts.append((label, f"{done.summary()} ({_when(done.checked_at)})"))
+        elif by == "publisher" and published:
+            facts.append((label, f"published, not verified yet (`zoo fetch {model.name}` verifies it, "
+                                 "with pip install 'zoo[provenance]')"))
+    return facts or [("signature", "unsigned")]
 
 
 @cli.command()
@@ -223,12 +248,12 @@ def scan(folder, as_json, quiet, catalog):
         emit(result.to_dict(), True)
         return
     for path, error in result.problems:
-        click.echo(f"warning: skipped {error}", err=True)
+        echo(f"warning: skipped {error}", err=True, one_line=True)
     if not quiet:
         for what in ("added", "moved", "changed", "missing"):
             for name in getattr(result, what):
-                click.echo(f"{what:9} {name}")
-    click.echo(f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
+                echo(f"{what:9} {name}", one_line=True)
+    echo(f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
                f"{len(result.moved)} moved, {len(result.changed)} changed"
                + (f", {len(result.missing)} missing" if result.missing else ""))
 
@@ -302,18 +327,45 @@ def _report_line(report: Any) -> str:
 @click.argument("name")
 @click.argument("url")
 @click.option("--no-sync", is_flag=True, help="Register without downloading the index now.")
+@click.option("--require-signature/--no-require-signature", default=None,
+              help="Refuse (register nothing of) any model of this source whose OpenSSF model "
+                   "signature is missing or does not verify [default: keep the current policy; off].")
+@click.option("--signer-key", type=click.Path(dir_okay=False), metavar="PUB.pem",
+              help="Pin the publisher's elliptic-curve public key; overrides the index's signer.")
+@click.option("--signer-cert-chain", type=click.Path(dir_okay=False), metavar="CHAIN.pem",
+              help="Pin the CA certificates the signing certificate must chain to.")
+@click.option("--signer-identity", metavar="ID",
+              help="With --signer-cert-chain: the name the certificate must carry; alone with "
+                   "--signer-issuer: a Sigstore (keyless) identity.")
+@click.option("--signer-issuer", metavar="URL", help="Sigstore: the OIDC issuer of --signer-identity.")
+@click.option("--signer-trust-config", type=click.Path(dir_okay=False), metavar="TRUST.json",
+              help="Sigstore: a private instance's ClientTrustConfig [default: the public instance, online].")
 @json_option
 @catalog_option
-def source_add(name, url, no_sync, as_json, catalog):
+def source_add(name, url, no_sync, require_signature, signer_key, signer_cert_chain, signer_identity,
+               signer_issuer, signer_trust_config, as_json, catalog):
     """Follow the zoo index at URL (http(s)://, file:// or a path) as source NAME.
+
+    Models the index signs are verified on fetch (pip install 'zoo[provenance]'); pin who must
+    have signed them with --signer-key / --signer-cert-chain / --signer-identity, and refuse
+    unsigned ones with --require-signature.
 
     \b
     Example:
         zoo source add acme https://models.acme.org/zoo.json
+        zoo source add acme https://models.acme.org/zoo.json --require-signature --signer-key acme.pub
     """
     from zoo.sources import add_source
 
-    report = add_source(name, url, sync=not no_sync, catalog=catalog)
+    signer = None
+    if signer_key or signer_cert_chain or signer_identity or signer_issuer or signer_trust_config:
+        from zoo.signing import Signer
+
+        signer = Signer.from_files(key=signer_key, certificate_chain=signer_cert_chain,
+                                   identity=signer_identity, issuer=signer_issuer,
+                                   trust_config=signer_trust_config)
+    report = add_source(name, url, sync=not no_sync, require_signature=require_signature,
+                        signer=signer, catalog=catalog)
     emit(report.to_dict(), as_json, _report_line(report))
 
 
@@ -326,8 +378,18 @@ def source_list(as_json, catalog):
 
     sources = list_sources(catalog=catalog)
     emit([s.to_dict() for s in sources], as_json, lambda: table(
-        [[s.name, s.url, s.models, _when(s.synced_at)] for s in sources],
-        ["NAME", "URL", "MODELS", "SYNCED"]))
+        [[s.name, s.url, s.models, _when(s.synced_at), _policy(s)] for s in sources],
+        ["NAME", "URL", "MODELS", "SYNCED", "SIGNATURES"]))
+
+
+def _policy(source: Any) -> str:
+    """A source's signature policy in a few words."""
+    if source.signer:
+        from zoo.signing import Signer
+
+        who = Signer.from_dict(source.signer).describe()
+        return f"{'required' if source.require_signature else 'checked'}, by {who}"
+    return "required" if source.require_signature else "checked if published"
 
 
 @source.command(name="sync")
@@ -350,7 +412,7 @@ def source_sync(name, force, as_json, catalog):
         _report_line(r) for r in reports if r.status != "error"))
     failed = [r for r in reports if r.status == "error"]
     for report in failed:
-        click.echo(f"error: source {report.name}: {mask_secrets(report.error)}", err=True)
+        echo(f"error: source {report.name}: {mask_secrets(report.error)}", err=True, one_line=True)
     if failed:
         raise SystemExit(1)
 

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option
+from zoo.cli._app import cache_option, catalog_option, cli, echo, emit, json_option, quiet_option
 
 
 @cli.command("convert")
@@ -19,17 +19,23 @@ from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, q
               help="ONNX opset [default 17; an ONNX model keeps its own unless given].")
 @click.option("--nchw", is_flag=True, help="Channels-first inputs for TensorFlow models (tf2onnx inputs_as_nchw).")
 @click.option("--force", is_flag=True, help="Keep the model even if its outputs differ from the source (marked unverified).")
+@click.option("--trust-model-code", is_flag=True,
+              help="Convert even if the model's graph uses file, process, network or custom ops (refused by "
+                   "default, before anything runs). Applies to this conversion only; never recorded.")
 @json_option
 @catalog_option
 @cache_option
 @quiet_option
 def convert_command(name: str, inputs: tuple[str, ...], args: tuple[str, ...], opset: int | None, nchw: bool,
-                    force: bool, as_json: bool, catalog: str | None, cache_dir: str | None, quiet: bool) -> None:
+                    force: bool, trust_model_code: bool, as_json: bool, catalog: str | None, cache_dir: str | None,
+                    quiet: bool) -> None:
     """Convert a model to ONNX, check it against its source framework and register it.
 
     NAME is a catalog name, or the path of a model file not yet in the catalog (it is added
     first, as `zoo add PATH` would). Fetches the model first if needed. Converting again is
-    instant when nothing changed.
+    instant when nothing changed. TensorFlow and TorchScript models are checked for file,
+    process and network ops before anything runs, then converted in a sandboxed child process
+    (Linux Landlock: it can write only in a scratch folder); --json says whether it was active.
 
     \b
     Example:
@@ -41,13 +47,13 @@ def convert_command(name: str, inputs: tuple[str, ...], args: tuple[str, ...], o
 
     start = time.perf_counter()
     if not quiet and not as_json:
-        click.echo(f"converting {name}...", err=True)
+        echo(f"converting {name}...", err=True, one_line=True)
     artifact = convert(name, inputs=inputs, args=args, opset=opset, nchw=nchw, force=force,
-                       catalog=catalog, cache_dir=cache_dir)
+                       trust_model_code=trust_model_code, catalog=catalog, cache_dir=cache_dir)
     elapsed = time.perf_counter() - start
     name = artifact.meta.get("model") or name
     if artifact.meta.get("added") and not quiet and not as_json:
-        click.echo(f"added {name} to the catalog (source local)", err=True)
+        echo(f"added {name} to the catalog (source local)", err=True, one_line=True)
     data = {"name": name, **artifact.to_dict(), "seconds": round(elapsed, 3)}
     emit(data, as_json, lambda: _describe(name, artifact.meta, artifact.path, elapsed))
 
@@ -70,5 +76,10 @@ def _describe(name: str, meta: dict, path: str | None, elapsed: float) -> str:
     else:
         check = "not compared (no reference engine available)"
     state = "up to date" if meta.get("reused") else f"converted in {elapsed:.1f} s"
+    sandbox = meta.get("sandbox") or {}
+    isolation = ""
+    if sandbox.get("process") == "child":
+        isolation = f"\n  sandbox: {sandbox.get('summary') or ('active' if sandbox.get('active') else 'none')}"
     return (f"{name}: {state} -> {path}\n"
-            f"  opset {report.get('opset')}, input layout {meta.get('layout')}, {len(outputs)} output(s); {check}")
+            f"  opset {report.get('opset')}, input layout {meta.get('layout')}, {len(outputs)} output(s); {check}"
+            + isolation)

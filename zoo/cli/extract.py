@@ -6,7 +6,7 @@ import re
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, table
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, skipped_lines, table
 from zoo.cli._options import (
     device_option,
     engine_session,
@@ -118,10 +118,14 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         zoo extract vad.onnx -l -1 -i input=audio.npy -i state=state.npy -i sr=16000 -o f.npy
         zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
     """
+    from zoo.destinations import prepare
     from zoo.extract import load_extractor
     from zoo.options import ExtractorOptions
 
     input_path = _input_arg(input_values)
+    # Before any work: an output that is an input is refused, a folder made outside here is said.
+    prepare(output_path, "--output",
+            inputs=input_path.values() if isinstance(input_path, dict) else [input_path])
     options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
                                preprocess=preprocess, pooling=pooling, device=device)
     extractor = load_extractor(name, options=options, catalog=catalog, cache_dir=cache_dir)
@@ -140,7 +144,7 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
                                    engine=running)
         shapes = list(cached.features.shape)
         result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
-                      reused=cached.reused, skipped=cached.skipped)
+                      reused=cached.reused, skipped=cached.skipped, skipped_count=len(cached.skipped))
         if getattr(running, "last_run", None) is not None:
             result["ray"] = running.last_run.to_dict()  # where the chunks ran, how long the pool took
         if cached.classes is not None:
@@ -154,7 +158,9 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         shapes = {k: list(v.shape) for k, v in features.items()}
         first = next(iter(features))
         result.update(rows=features[first].shape[extractor.output_batch_axes.get(first, 0)], shape=shapes)
-    emit(result, as_json, f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}")
+    skipped = result.get("skipped") or []
+    emit(result, as_json, "\n".join([f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}",
+                                     *skipped_lines(skipped, result["rows"] + len(skipped))]))
 
 
 def _input_arg(values: tuple[str, ...]):
@@ -173,7 +179,8 @@ def _input_arg(values: tuple[str, ...]):
         if key in named:
             raise InputError(f"--input {key}= is given twice; give each input once")
         if not os.path.isfile(path) and not _is_number(path):
-            raise InputError(f"--input {key}={path}: no such file; give a .npy file (or a number for a scalar input)")
+            what = "is not a regular file" if os.path.exists(path) else "no such file"
+            raise InputError(f"--input {key}={path}: {what}; give a .npy file (or a number for a scalar input)")
         named[key] = path
     return named
 

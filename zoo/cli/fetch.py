@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option
+from zoo.cli._app import cache_option, catalog_option, cli, echo, emit, json_option, quiet_option
 
 
 class _StderrLines(logging.Handler):
@@ -15,7 +15,7 @@ class _StderrLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from zoo._redact import mask_secrets
 
-        click.echo(f"zoo: {mask_secrets(record.getMessage())}", err=True)
+        echo(f"zoo: {mask_secrets(record.getMessage())}", err=True, one_line=True)
 
 
 def _show_notices(quiet: bool):
@@ -75,7 +75,7 @@ def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, qu
         if as_json:
             return
         # Print as each file lands, so a failure later still shows what did arrive.
-        click.echo(line)
+        echo(line, one_line=True)
 
     logger, handler = _show_notices(quiet or as_json)
     try:
@@ -83,7 +83,7 @@ def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, qu
               offline=True if offline else None, quiet=quiet or as_json, on_file=on_file,
               unpack_limits=UnpackLimits.from_env(max_bytes=max_unpack_size))
     except KeyboardInterrupt:
-        click.echo("zoo: interrupted; the partial download is kept (.part) and the same command "
+        echo("zoo: interrupted; the partial download is kept (.part) and the same command "
                    "resumes it", err=True)
         sys.exit(130)
     finally:
@@ -93,19 +93,53 @@ def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, qu
 
 @cli.command("verify")
 @click.argument("names", nargs=-1)
+@click.option("--signatures", is_flag=True,
+              help="Check the OpenSSF model signatures (the publisher's and zoo sign's) of the signed "
+                   "models instead; exit 1 if one fails.")
+@click.option("--key", type=click.Path(dir_okay=False), metavar="PUB.pem",
+              help="With --signatures: check zoo's own signatures against this public key instead of "
+                   "the one recorded when signing.")
 @catalog_option
 @json_option
-def verify_command(names, catalog, as_json):
+def verify_command(names, signatures, key, catalog, as_json):
     """Re-hash the fetched files of the named models (default: all); exit 1 if any changed.
 
     \b
     Example:
         zoo verify bvlc_alexnet
+        zoo verify --signatures
     """
+    if signatures:
+        _verify_signatures(list(names) or None, key, catalog, as_json)
+        return
+    if key:
+        raise click.UsageError("--key goes with --signatures")
     from zoo.download import verify
 
     problems = verify(list(names) or None, catalog=catalog)
     emit([p.to_dict() for p in problems], as_json,
          lambda: "\n".join(str(p) for p in problems) or "all fetched files verify")
     if problems:
+        sys.exit(1)
+
+
+def _verify_signatures(names, key, catalog, as_json) -> None:
+    from zoo.signatures import verify_signatures
+    from zoo.signing import Signer
+
+    signer = Signer.from_files(key=key) if key else None
+    verdicts = verify_signatures(names, signer=signer, catalog=catalog)
+
+    def text() -> str:
+        if not verdicts:
+            return "no signed model to check"
+        lines = []
+        for verdict in verdicts:
+            for by, check in verdict.checks.items():
+                lines.append(f"{verdict.name} ({by}): {check.summary()}")
+            lines += [f"  attests {line}" for line in verdict.attested]
+        return "\n".join(lines)
+
+    emit([v.to_dict() for v in verdicts], as_json, text)
+    if not all(v.ok for v in verdicts):
         sys.exit(1)

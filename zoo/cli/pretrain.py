@@ -20,9 +20,11 @@ def _load_rows(path: str):
     from zoo.errors import InputError
 
     suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        from zoo.npy import load
+
+        return load(path, what="--data")
     try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
         if suffix in (".csv", ".txt"):
             return np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2)
     except (ValueError, OSError) as exc:

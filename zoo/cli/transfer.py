@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, table
+from zoo.cli._app import (cache_option, catalog_option, cli, echo, emit, json_option, quiet_option, skipped_lines,
+                          table)
 from zoo.cli._options import (
     int_list,
     engine_options,
@@ -58,6 +59,8 @@ def train_command(name, new_name, data, extractor, training, engine, replace, as
         "best_epoch": fit.best_epoch,
         "epochs": len(fit.history),
         "history": fit.history,
+        "skipped": result.skipped,
+        "skipped_count": len(result.skipped),
     }
 
     def text() -> str:
@@ -70,6 +73,7 @@ def train_command(name, new_name, data, extractor, training, engine, replace, as
             f"best epoch {fit.best_epoch}: validation accuracy {accuracy}"
             + (" (stopped early)" if fit.stopped_early else ""),
             f"saved {result.model.name} (frozen {name} + trained head) -> {payload['onnx']}",
+            *skipped_lines(result.skipped),
         ])
 
     emit(payload, as_json, text)
@@ -100,9 +104,15 @@ def sweep_command(name, layers_text, unfreeze_text, data, extractor, training, e
         zoo sweep bvlc_alexnet.caffe --data x.npy --labels y.npy --layers pool5,fc6,fc7 --plot sweep.png
         zoo sweep digits04.cnn -d x.npy -y y.npy -l pool1,pool2,relu3 --unfreeze 0,1
     """
+    from zoo.destinations import check_not_an_input
     from zoo.errors import InputError
     from zoo.layer_sweep import sweep
 
+    if plot:  # before the sweep's work: a plot that would overwrite an input, or that cannot be written
+        from zoo.layer_sweep import check_plot_path
+
+        check_not_an_input(plot, [*data.source.paths(), data.labels], "--plot")
+        check_plot_path(plot)
     layers = [layer_value(part) for part in layers_text.split(",") if part.strip()]
     if not layers:
         raise InputError(f"--layers {layers_text!r} names no layer; give names like fc6,fc7")
@@ -116,6 +126,7 @@ def sweep_command(name, layers_text, unfreeze_text, data, extractor, training, e
         best = result.best
         lines = [result.table(), f"best: {best.layer}" + (f" with top {best.unfreeze} unfrozen" if best.unfreeze else "")]
         lines += [f"skipped: {s}" for s in result.skipped]
+        lines += skipped_lines(result.skipped_files)
         if result.plot_path:
             lines.append(f"plot: {result.plot_path}")
         return "\n".join(lines)
@@ -148,7 +159,7 @@ def walkthrough_command(out: str, labels_per_class: int, as_json: bool, quiet: b
     """
     from zoo.demos.walkthrough import run
 
-    echo = None if (quiet or as_json) else (lambda message: click.echo(message, err=True))
-    report = run(out, catalog=catalog, cache_dir=cache_dir, labels_per_class=labels_per_class, echo=echo)
+    say = None if (quiet or as_json) else (lambda message: echo(message, err=True))
+    report = run(out, catalog=catalog, cache_dir=cache_dir, labels_per_class=labels_per_class, echo=say)
     emit(report.to_dict(), as_json, report.text)
 

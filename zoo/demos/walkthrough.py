@@ -168,8 +168,10 @@ def run(
 
     say = echo or (lambda message: None)
     started = time.perf_counter()
+    from zoo.destinations import prepare
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare(out, "--out", folder=True)
     cat = open_catalog(catalog)
     torch.manual_seed(seed)
     x, y = digits()
