@@ -152,7 +152,7 @@ class RayCluster:
             if node.process.poll() is None:
                 try:
                     os.killpg(node.process.pid, signal.SIGTERM)  # `ray start --block` stops what it started
-                    node.process.wait(timeout=30)
+                    node.process.wait(timeout=5)  # then, throw-away as it is, it is killed
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
             for pid in pids:  # anything that outlived it
