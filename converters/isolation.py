@@ -146,15 +146,19 @@ def _write_error(exc: OSError, path: str | os.PathLike) -> errors.ZooError:
 
 
 def _collect(scratch: Path, status: int, limit: float, path: str, framework: str) -> IsolatedConversion:
-    """The child's result, or its error raised as one line."""
+    """The child's result, or its error raised as one line (its log and output kept in this process's log)."""
     from converters.report import ConversionReport
+    from zoo.logs import absorb
 
+    child_log = scratch / "zoo.log"
+    log = absorb(child_log)
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _EXIT_ZOO_ERROR:
         error = _read_json(scratch / "error.json") or {}
         kind = getattr(errors, str(error.get("type")), None)
         if not (isinstance(kind, type) and issubclass(kind, errors.ZooError)):
             kind = errors.ConversionError
-        raise kind(error.get("message") or "the converter failed without saying why")
+        message = error.get("message") or "the converter failed without saying why"
+        raise kind(message.replace(str(child_log), str(log)) if log else message)
     if os.WIFSIGNALED(status):
         raise errors.ConversionError(_signal_message(os.WTERMSIG(status), limit, path, framework, scratch))
     if os.WEXITSTATUS(status) == _EXIT_DISK_FULL:
@@ -389,6 +393,9 @@ def _grandchild(job: dict[str, Any]) -> None:
         os.close(_REPLIES)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         _capture_streams(scratch)
+        from zoo.logs import LOG_FILE_ENV
+
+        os.environ[LOG_FILE_ENV] = os.path.join(scratch, "zoo.log")  # the cache's log is outside the sandbox
         try:
             status = enter_sandbox(scratch)
         except OSError as exc:  # the kernel has Landlock but refuses the rules: never convert unconfined silently

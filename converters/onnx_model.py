@@ -20,6 +20,10 @@ DEFAULT_BATCH = 2  # batch 2, not 1: a batch dimension that only works for 1 is 
 DEFAULT_SPATIAL = 224  # height and width of an image input that leaves them open
 DEFAULT_CHANNELS = 3  # channels of an image input that leaves them open
 DEFAULT_DIM = 16  # any other open dimension (sequence length, features)
+# Sizes tried in turn for the other open dimensions of a model that refuses the defaults: an
+# audio front end needs at least its window (a 512-sample STFT), a text-line recognizer a height
+# of 48. Small first, so the reference run stays fast.
+FALLBACK_DIMS = (32, 48, 64, 128, 256, 512, 1024, 4096, 16000)
 DEFAULT_OPSET = 17
 
 # ONNX element type -> numpy dtype name, for the types models take as input.
@@ -133,15 +137,28 @@ def input_specs(model: onnx.ModelProto) -> list[tuple[str, list[int | None], str
     return specs
 
 
-def concrete_shape(shape: Sequence[int | None], layout: str | None = None) -> list[int]:
-    """Fill the dynamic dims of `shape` with the documented defaults (see DEFAULT_*)."""
+def input_records(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """The inputs the graph is fed, as ``[{"name", "dtype", "shape"}]`` (None: a dynamic size), for the catalog."""
+    return [{"name": n, "dtype": d, "shape": s} for n, s, d in input_specs(model)]
+
+
+def concrete_shape(shape: Sequence[int | None], layout: str | None = None, batch_axis: int | None = 0,
+                   other: int | None = None) -> list[int]:
+    """Fill the dynamic dims of `shape` with the documented defaults (see DEFAULT_*).
+
+    The dynamic dim at `batch_axis` (None: the input has no batch axis, like a scalar `sr` or a
+    fixed state) gets DEFAULT_BATCH; `other`, when given, every other dynamic dim (see
+    FALLBACK_DIMS), else image-like and DEFAULT_DIM sizes.
+    """
     dims = list(shape)
     out = []
     for axis, dim in enumerate(dims):
         if dim is not None and dim > 0:
             out.append(int(dim))
-        elif axis == 0:
+        elif axis == batch_axis:
             out.append(DEFAULT_BATCH)
+        elif other is not None:
+            out.append(other)
         elif len(dims) == 4 and layout == "NCHW":
             out.append(DEFAULT_CHANNELS if axis == 1 else DEFAULT_SPATIAL)
         elif len(dims) == 4:  # NHWC, TensorFlow's default
@@ -152,9 +169,14 @@ def concrete_shape(shape: Sequence[int | None], layout: str | None = None) -> li
 
 
 def sample_inputs(
-    specs: Sequence[tuple[str, Sequence[int | None], str]], layout: str | None = None, seed: int = 0
+    specs: Sequence[tuple[str, Sequence[int | None], str]], layout: str | None = None, seed: int = 0,
+    batch_axes: dict[str, int | None] | None = None, other: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Deterministic inputs for each (name, shape, dtype): normal floats, small non-negative ints."""
+    """Deterministic inputs for each (name, shape, dtype): normal floats, small non-negative ints.
+
+    `batch_axes` (input name -> axis, None for an input without one) says where each input's
+    batch is (axis 0 when not given); `other` sizes the other dynamic dims (see concrete_shape).
+    """
     import numpy as np
 
     from zoo.memory import check_tensor
@@ -162,7 +184,8 @@ def sample_inputs(
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, shape, dtype in specs:
-        dims = concrete_shape(shape, layout)
+        axis = (batch_axes or {}).get(name, 0)
+        dims = concrete_shape(shape, layout, axis, other)
         check_tensor(name, dims, np.dtype(dtype).itemsize, "input",
                      "the model declares an input size it cannot be run at here")
         if np.issubdtype(np.dtype(dtype), np.floating):
@@ -174,22 +197,31 @@ def sample_inputs(
     return feeds
 
 
-def session(model: onnx.ModelProto):
-    """An onnxruntime CPU session on an in-memory model."""
+def session(model: onnx.ModelProto, optimize: bool = True):
+    """An onnxruntime CPU session on an in-memory model.
+
+    ``optimize=False`` runs the graph as written: onnxruntime's fusions would otherwise turn a
+    dequantized-weight MatMul into one that quantizes its input on the fly.
+    """
     import onnxruntime as ort
 
+    from zoo.logs import onnxruntime_severity
+
     options = ort.SessionOptions()
-    options.log_severity_level = 4  # failures are raised, and said once, by the caller
+    options.log_severity_level = onnxruntime_severity()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = True
+        ) -> tuple[list[str], list[np.ndarray]]:
     """Output names and values of the model under onnxruntime, once its shapes are known to fit in memory."""
     from zoo.memory import check_onnx
 
     sizes = [v.shape[0] for v in feeds.values() if getattr(v, "ndim", 0)]
     check_onnx(model, "the ONNX model", batch=sizes[0] if sizes else None, feeds=feeds)
-    sess = session(model)
+    sess = session(model, optimize)
     names = [o.name for o in sess.get_outputs()]
     return names, sess.run(names, feeds)
 
@@ -291,18 +323,94 @@ def unverified_figures(report: ConversionReport) -> str:
     return report.describe_unverified()
 
 
-def _per_sample_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run the original model one sample at a time when its batch is fixed at 1."""
+class SampleRun:
+    """Inputs a model accepts and its outputs on them (how a converted model is checked).
+
+    `axes` maps each input to its batch axis (None: fed whole), `output_axes` each output to
+    its own; `fixed` is the batch size the graph fixes (None when dynamic), in which case the
+    model was run one batch of `fixed` at a time and the outputs concatenated.
+    """
+
+    def __init__(self, feeds, outputs, names, axes, output_axes, fixed, note=None):
+        self.feeds, self.outputs, self.names = feeds, outputs, names
+        self.axes, self.output_axes, self.fixed, self.note = axes, output_axes, fixed, note
+
+    def first_batch(self) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """The feeds and outputs of the first `fixed` samples (for a model kept at its fixed batch)."""
+        size = self.fixed if isinstance(self.fixed, int) else DEFAULT_BATCH
+        feeds = {k: _take(v, self.axes.get(k), 0, size) for k, v in self.feeds.items()}
+        outputs = [_take(o, self.output_axes.get(n, 0), 0, size) for n, o in zip(self.names, self.outputs)]
+        return feeds, outputs
+
+
+def _take(x: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
+    if axis is None or x.ndim <= axis:
+        return x
+    return x[(slice(None),) * axis + (slice(start, stop),)]
+
+
+def sample_run(model: onnx.ModelProto, layout: str | None = None) -> SampleRun:
+    """Run `model` under onnxruntime on sample inputs it accepts; see SampleRun.
+
+    Each input's batch axis follows `zoo.graph.batch_axes`, the rule extractors use too (a
+    recurrent state (2, N, 128) is batched on axis 1, a scalar `sr` not at all). When the
+    defaults do not run (a window longer than 16 samples, a fixed height), the other open
+    dimensions take each of FALLBACK_DIMS in turn. A graph with a fixed batch runs one batch
+    of that size at a time on inputs of twice that size. Raises ConversionError with the first
+    error when no size runs.
+    """
     import numpy as np
 
+    from zoo.graph import model_batch_axes
     from zoo.memory import check_onnx
 
-    check_onnx(model, "the ONNX model", batch=1)
-    sess = session(model)
-    names = [o.name for o in sess.get_outputs()]
-    batch = next(iter(feeds.values())).shape[0]
-    rows = [sess.run(names, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(batch)]
-    return [np.concatenate([row[j] for row in rows]) for j in range(len(names))]
+    axes, output_axes, fixed = model_batch_axes(model)
+    specs = input_specs(model)
+    open_dims = [(n, k) for n, shape, _ in specs for k, d in enumerate(shape) if d is None and k != axes.get(n)]
+    if isinstance(fixed, int):  # a batch of twice the fixed size, run a fixed batch at a time
+        specs = [(n, [None if k == axes.get(n) else d for k, d in enumerate(shape)], t) for n, shape, t in specs]
+    sess = names = None
+    first_error = None
+    for other in [None, *FALLBACK_DIMS] if open_dims else [None]:
+        feeds = sample_inputs(specs, layout, batch_axes=axes, other=other)
+        if isinstance(fixed, int) and fixed > 1:
+            feeds = {k: _repeat_batch(v, axes.get(k), fixed) for k, v in feeds.items()}
+        if sess is None:  # what running it will allocate is known before onnxruntime allocates it
+            check_onnx(model, "the ONNX model", batch=fixed if isinstance(fixed, int) else DEFAULT_BATCH,
+                       feeds=None if isinstance(fixed, int) else feeds)
+            sess = session(model)
+            names = [o.name for o in sess.get_outputs()]
+        try:
+            if isinstance(fixed, int):
+                step = fixed
+                rows = [sess.run(names, {k: _take(v, axes.get(k), i * step, (i + 1) * step) for k, v in feeds.items()})
+                        for i in range(DEFAULT_BATCH)]
+                outputs = [np.concatenate([r[j] for r in rows], axis=output_axes.get(n, 0))
+                           for j, n in enumerate(names)]
+            else:
+                outputs = sess.run(names, feeds)
+        except Exception as exc:  # noqa: BLE001 onnxruntime's Fail/InvalidArgument/RuntimeException
+            first_error = first_error or exc
+            continue
+        note = None if other is None else (
+            f"sample inputs: open dimensions other than the batch set to {other} (the defaults do not run)")
+        return SampleRun(feeds, outputs, names, axes, output_axes, fixed, note)
+    shown = ", ".join(f"{n} {['N' if k == axes.get(n) else (d or '?') for k, d in enumerate(s)]} {t}"
+                      for n, s, t in input_specs(model))
+    raise ConversionError(
+        f"onnxruntime cannot run the original model on sample inputs ({shown}; open dimensions tried at "
+        f"{DEFAULT_DIM}/{DEFAULT_SPATIAL} and {', '.join(map(str, FALLBACK_DIMS))}): "
+        f"{(str(first_error).strip().splitlines() or [type(first_error).__name__])[0][:300]}"
+    )
+
+
+def _repeat_batch(x: np.ndarray, axis: int | None, fixed: int) -> np.ndarray:
+    """Sample inputs of DEFAULT_BATCH x `fixed` along the batch axis (built with DEFAULT_BATCH)."""
+    import numpy as np
+
+    if axis is None or x.ndim <= axis:
+        return x
+    return np.concatenate([x] * fixed, axis=axis) if x.shape[axis] == DEFAULT_BATCH else x
 
 
 def convert(
@@ -311,7 +419,10 @@ def convert(
     """Pass an ONNX model through: checker, shape inference, optional opset upgrade, dynamic batch.
 
     The result is compared under onnxruntime with the original model on the same inputs
-    (the original run one sample at a time if its batch was fixed).
+    (see `sample_run`: each input batched on its own axis; the original run one fixed batch
+    at a time if its batch was fixed). A fixed batch the graph's own shape logic depends on
+    (a condition or a Reshape computed from it) is kept when the dynamic one does not run or
+    does not agree: extractors then feed that model full, padded batches.
 
     >>> conversion = convert("resnet50.onnx", opset=17)   # doctest: +SKIP
     """
@@ -326,38 +437,50 @@ def convert(
         converter="converters.onnx_model",
         versions={"onnx": onnx.__version__},
     )
-    model = onnx.ModelProto()
-    model.CopyFrom(original)
-    bad = unsupported_ops(model)
+    bad = unsupported_ops(original)
     if bad:
         name, op, domain = bad[0]
         raise UnsupportedLayerError(
             f"node {name!r} uses op {op!r} (domain {domain!r}) that neither ONNX nor onnxruntime defines"
         )
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
     if opset is not None:
         model = upgrade_opset(model, opset)
         report.notes.append(f"opset upgraded from {opset_of(original)} to {opset}")
-    fixed_batch = any(isinstance((value_dims(v) or [None])[0], int) for v in graph_inputs(original))
-    report.notes += make_batch_dynamic(model)
+    kept = onnx.ModelProto()
+    kept.CopyFrom(model)  # the fixed-batch fallback
+    dynamic_notes = make_batch_dynamic(model)
     model = check(model)
     report.opset = opset_of(model)
     specs = input_specs(original)
     if specs:
         report.input_layout = layout_of(specs[0][1], None)
-    if verify:
-        feeds = sample_inputs([(n, [None, *s[1:]], d) for n, s, d in specs], report.input_layout)
-        try:
-            if fixed_batch:
-                reference = _per_sample_reference(checked, feeds)
-            else:
-                reference = run(checked, feeds)[1]
-        except (ModelFormatError, ResourceLimitError):
+    if not verify:
+        report.notes += dynamic_notes
+        report.seconds = time.perf_counter() - start
+        return Conversion(model, report)
+    sample = sample_run(checked, report.input_layout)
+    if sample.note:
+        report.notes.append(sample.note)
+    reference_name = "onnxruntime on the original model"
+    try:
+        verify_outputs(report, model, sample.feeds, sample.outputs, reference_name)
+        agrees = report.verified
+    except ConversionError:
+        if not dynamic_notes:
             raise
-        except Exception as exc:  # noqa: BLE001 onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ConversionError(f"onnxruntime cannot run the original model on inputs "
-                                  f"{ {k: list(v.shape) for k, v in feeds.items()} } ({first})") from None
-        verify_outputs(report, model, feeds, reference, "onnxruntime on the original model")
+        agrees = False
+    if dynamic_notes and not agrees:
+        # The graph's own shape logic ties it to its batch (an If on a shape, a Reshape computed
+        # from it): keep the batch it was exported with rather than a rewrite that does not run.
+        model = check(kept)
+        feeds, outputs = sample.first_batch()
+        verify_outputs(report, model, feeds, outputs, reference_name)
+        report.notes.append(f"batch kept fixed at {sample.fixed}: the graph does not run or agree with "
+                            f"a dynamic batch (extractors feed it full, padded batches)")
+    else:
+        report.notes += dynamic_notes
     report.seconds = time.perf_counter() - start
     return Conversion(model, report)
 
@@ -371,10 +494,13 @@ __all__ = [
     "DEFAULT_DIM",
     "DEFAULT_OPSET",
     "DEFAULT_SPATIAL",
+    "FALLBACK_DIMS",
+    "SampleRun",
     "check",
     "concrete_shape",
     "convert",
     "file_sha256",
+    "input_records",
     "input_specs",
     "load",
     "make_batch_dynamic",
@@ -382,6 +508,7 @@ __all__ = [
     "rename_tensor",
     "run",
     "sample_inputs",
+    "sample_run",
     "unsupported_ops",
     "unverified_figures",
     "upgrade_opset",

@@ -171,9 +171,10 @@ def _convert_single(module, input_shape, opset, verify, source_files, source_for
     layout = "NCHW" if len(shape) == 4 else ox.layout_of(shape, None)
     feeds = ox.sample_inputs([("input", [None, *shape[1:]], "float32")], layout="NCHW")
     example = torch.from_numpy(feeds["input"])
+    specialized = _specialized(module, [example], [[0]], {}, torch)
     with torch.no_grad():
         try:
-            reference = module(example)
+            reference = (_fresh(module) if specialized else module)(example)
         except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
             raise ConversionError(
                 f"the module fails on an input of shape {list(example.shape)} ({str(exc)[:200]}); "
@@ -183,11 +184,38 @@ def _convert_single(module, input_shape, opset, verify, source_files, source_for
     outputs = _flat_outputs(reference)
     output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     axes = {name: {0: ox.BATCH} for name in ["input", *output_names]}
-    model = export(module, (example,), input_names=["input"], output_names=output_names, dynamic_axes=axes,
-                   opset=opset)
+    first = [p.name for p in forward_parameters(module)][:1] or ["input"]
+    model = export(_bind_forward(module, first, {}, torch, function=specialized.function) if specialized
+                   else module, (example,), input_names=["input"],
+                   output_names=output_names, dynamic_axes=axes, opset=opset,
+                   remaining=specialized.remaining if specialized else None)
     report = _report(source_format, source_files, opset, layout, torch)
+    report.notes += specialized.notes if specialized else []
     report.notes += ox.make_batch_dynamic(model)
     return _checked(model, report, feeds, outputs, verify, start, torch)
+
+
+def _specialized(module, examples: list, dynamic: list[list[int]], values: dict[str, Any], torch):
+    """The module specialized on these inputs and argument values (converters.torchscript_ir), or None
+    when it has no control flow or attribute writes to fold, or cannot be specialized."""
+    from converters.torchscript_ir import needs_specializing, specialize
+    from zoo.logs import step, write
+
+    if not needs_specializing(module):
+        return None
+    try:
+        with step("specializing the TorchScript graph on the given inputs"):
+            return specialize(module, examples, dynamic, values)
+    except Exception as exc:  # noqa: BLE001  the plain export is still tried, and says what fails
+        write("specializing the TorchScript graph", f"{type(exc).__name__}: {exc}")
+        return None
+
+
+def _fresh(module):
+    """A copy of a module that keeps state between calls, so the reference is one call from its state now."""
+    import copy
+
+    return copy.deepcopy(module)
 
 
 def _convert_with_specs(module, specs, calls, given_args, opset, verify, source_files, source_format,
@@ -199,7 +227,10 @@ def _convert_with_specs(module, specs, calls, given_args, opset, verify, source_
     layout = ox.layout_of(first, "NCHW") if len(specs) == 1 else None
     feeds = ox.sample_inputs([(s["name"], s["shape"], s["dtype"]) for s in specs], layout="NCHW")
     examples = tuple(torch.from_numpy(feeds[n]) for n in names)
-    bound = _bind_forward(module, names, calls, torch)
+    values = {k: v for k, v in calls.items() if k not in names}
+    specialized = _specialized(module, list(examples), [[i for i, d in enumerate(s["shape"]) if d is None]
+                                                        for s in specs], values, torch)
+    bound = _bind_forward(_fresh(module) if specialized else module, names, calls, torch)
     with torch.no_grad():
         try:
             reference = bound(*examples)
@@ -216,16 +247,37 @@ def _convert_with_specs(module, specs, calls, given_args, opset, verify, source_
                         for i, d in enumerate(s["shape"]) if d is None} for s in specs}
     if any(s["shape"] and s["shape"][0] is None for s in specs):
         axes.update({n: {0: ox.BATCH} for n, o in zip(output_names, outputs) if o.dim() > 0})
-    with warnings.catch_warnings():  # tracer notices about Python values; the trace is verified below
-        warnings.simplefilter("ignore")
+    dynamic_axes = {k: v for k, v in axes.items() if v}
+
+    def traced_export(bound, remaining=None):
+        with warnings.catch_warnings():  # tracer notices about Python values; the trace is verified below
+            warnings.simplefilter("ignore")
+            try:
+                traced = torch.jit.trace(bound, examples, check_trace=False)
+            except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
+                raise ConversionError(f"torch.jit.trace cannot trace the module's forward: "
+                                      f"{_first_line(exc)[:300]}") from None
+        return export(traced, examples, input_names=names, output_names=output_names,
+                      dynamic_axes=dynamic_axes, opset=opset, remaining=remaining)
+
+    notes = []
+    if specialized:
         try:
-            traced = torch.jit.trace(bound, examples, check_trace=False)
-        except Exception as exc:  # noqa: BLE001  a third-party failure, re-raised as a zoo error
-            raise ConversionError(f"torch.jit.trace cannot trace the module's forward: "
-                                  f"{_first_line(exc)[:300]}") from None
-    model = export(traced, examples, input_names=names, output_names=output_names,
-                   dynamic_axes={k: v for k, v in axes.items() if v}, opset=opset)
+            model = traced_export(_bind_forward(module, names, calls, torch, function=specialized.function),
+                                  specialized.remaining)
+            notes = specialized.notes
+        except ConversionError as failed:
+            # What is left (a loop in F.interpolate) may still be the exporter's to handle as written.
+            try:
+                model = traced_export(_bind_forward(_fresh(module), names, calls, torch))
+            except ConversionError:
+                raise failed from None
+            notes = ["exported as scripted (the specialized graph does not export: "
+                     f"{str(failed).split('; the full error')[0][:200]})"]
+    else:
+        model = traced_export(bound)
     report = _report(source_format, source_files, opset, layout, torch)
+    report.notes += notes
     constants = {k: v for k, v in calls.items() if k in given_args}
     if constants:
         report.notes.append("forward arguments baked in as constants: "
@@ -257,24 +309,52 @@ def _report(source_format, source_files, opset, layout, torch) -> ConversionRepo
 
 
 def export(module, examples: tuple, *, input_names: Sequence[str], output_names: Sequence[str],
-           dynamic_axes: dict[str, dict[int, str]], opset: int = ox.DEFAULT_OPSET) -> onnx.ModelProto:
-    """The one torch.onnx.export call: `module` traced on `examples` as an ONNX model (not yet checked)."""
+           dynamic_axes: dict[str, dict[int, str]], opset: int = ox.DEFAULT_OPSET,
+           remaining: Sequence[str] | None = None) -> onnx.ModelProto:
+    """The one torch.onnx.export call: `module` traced on `examples` as an ONNX model (not yet checked).
+
+    `remaining` lists the control flow a specialization left (converters.torchscript_ir), named
+    in the error when the export fails.
+    """
     import onnx
     import torch
 
+    from zoo.logs import captured
+
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the legacy-exporter notice; it is the right exporter here
-        warnings.simplefilter("ignore")
+    # The exporter prints the Torch IR of a graph it fails on: to the log file, with the error.
+    with warnings.catch_warnings(), captured(f"torch.onnx.export at opset {opset}"):
+        warnings.simplefilter("ignore")  # the legacy-exporter notice; it is the right exporter here
         try:
             torch.onnx.export(module, examples, buffer, dynamo=False, opset_version=opset,
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_axes=dynamic_axes)
         except Exception as exc:  # noqa: BLE001 torch.onnx.errors.UnsupportedOperatorError and friends
-            raise UnsupportedLayerError(
-                f"torch.onnx.export cannot convert this module at opset {opset}: {_first_line(exc)[:300]}; "
-                f"a higher --opset may help"
-            ) from None
+            failure = _export_failure(exc, opset, remaining)
+        else:
+            failure = None
+    if failure:
+        raise UnsupportedLayerError(failure)
     return onnx.load_from_string(buffer.getvalue())
+
+
+def _export_failure(exc: BaseException, opset: int, remaining: Sequence[str] | None) -> str:
+    """One line for a failed export; the whole error (with its Torch IR) goes to the log file it names."""
+    import re
+
+    from zoo.logs import write
+
+    text = str(exc)
+    log = write(f"torch.onnx.export at opset {opset}", f"{type(exc).__name__}: {text}")
+    line = f"torch.onnx.export cannot convert this module at opset {opset}: {_first_line(exc)[:300]}"
+    if remaining:
+        more = f" (and {len(remaining) - 1} more)" if len(remaining) > 1 else ""
+        line += (f"; control flow on tensor values is left after specializing on the given --input/--arg: "
+                 f"{remaining[0][:200]}{more}")
+    newer = re.search(r"(?:added in|supported (?:from|since)) (?:opset )?(?:version )?(\d+)", text)
+    if newer and int(newer.group(1)) > opset:  # only an op that a newer opset has is helped by one
+        line += f"; retry with --opset {newer.group(1)}"
+    return line + (f"; the full error and Torch IR are in {log}" if log else "")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -381,13 +461,20 @@ def _plan_call(params: list[_Param], specs: list[dict], args: dict, label: str) 
     return specs, calls
 
 
-def _bind_forward(module, tensor_names: list[str], calls: dict, torch):
-    """An nn.Module whose forward takes only the tensors, passing every other argument as a constant."""
+def _bind_forward(module, tensor_names: list[str], calls: dict, torch, function=None):
+    """An nn.Module whose forward takes only the tensors, passing every other argument as a constant.
+
+    `function`, when given, is called instead of `module` with the same arguments: the
+    specialized forward as a script function (converters.torchscript_ir), which tracing inlines.
+    """
 
     class BoundForward(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.inner = module
+            if function is None:
+                self.inner = module
+            else:
+                object.__setattr__(self, "inner", function)  # not a submodule: traced as its code
 
         def forward(self, *tensors):
             values = dict(calls)

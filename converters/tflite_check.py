@@ -31,13 +31,16 @@ CHILD_TIMEOUT = 600.0
 # the interpreter, in a child process
 
 
-def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | None = None) -> dict[str, Any]:
+def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | None = None,
+                    kernels: str = "default") -> dict[str, Any]:
     """Load the model in TensorFlow's TFLite interpreter in a child process and run it once.
 
     Returns the input details (name, shape signature, dtype), the deterministic feeds
     (``converters.onnx_model.sample_inputs``, NHWC), the outputs by name and, per output, the
     quantization scale of the int tensor it was dequantized from (quantized models). A crash,
     hang or error of the child raises ModelFormatError with one line saying what happened.
+
+    ``kernels="reference"`` runs TFLite's built-in kernels instead of the XNNPACK delegate.
 
     Where the OS can fork, the child is a fork of this process after TensorFlow is imported
     (converting needs it here anyway), so it starts in milliseconds; elsewhere, or with
@@ -51,7 +54,7 @@ def run_interpreter(path: str | os.PathLike, seed: int = 0, timeout: float | Non
     with tempfile.TemporaryDirectory(prefix="zoo-tflite-") as folder:
         out = os.path.join(folder, "result")
         fork = hasattr(os, "fork") and os.environ.get("ZOO_TFLITE_CHILD", "fork") != "spawn"
-        failure = _forked(path, out, seed, limit) if fork else _spawned(path, out, seed, limit)
+        failure = _forked(path, out, seed, limit, kernels) if fork else _spawned(path, out, seed, limit, kernels)
         if failure is not None:
             raise ModelFormatError(f"{path}: {failure}")
         with open(out + ".json") as fh:
@@ -67,7 +70,7 @@ def _timeout_message(limit: float) -> str:
             f"(raise ZOO_TFLITE_TIMEOUT for a very large model)")
 
 
-def _forked(path: str, out: str, seed: int, limit: float) -> str | None:
+def _forked(path: str, out: str, seed: int, limit: float, kernels: str = "default") -> str | None:
     """Run `_interpret` in a fork; None on success, else what went wrong."""
     import time
 
@@ -84,7 +87,7 @@ def _forked(path: str, out: str, seed: int, limit: float) -> str | None:
         code = 0
         try:
             _sandbox(out)
-            _write(out, *_interpret(path, seed))
+            _write(out, *_interpret(path, seed, kernels))
         except BaseException as exc:  # noqa: BLE001  reported to the parent as one line
             code = 3
             try:
@@ -116,11 +119,12 @@ def _forked(path: str, out: str, seed: int, limit: float) -> str | None:
     return None
 
 
-def _spawned(path: str, out: str, seed: int, limit: float) -> str | None:
+def _spawned(path: str, out: str, seed: int, limit: float, kernels: str = "default") -> str | None:
     """Run `_interpret` in a new Python process; None on success, else what went wrong."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONPATH": os.pathsep.join(p for p in [*sys.path, os.environ.get("PYTHONPATH", "")] if p)}
-    command = [sys.executable, "-c", "from converters.tflite_check import _child; _child()", path, out, str(seed)]
+    command = [sys.executable, "-c", "from converters.tflite_check import _child; _child()", path, out, str(seed),
+               kernels]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
@@ -172,9 +176,10 @@ def _child_failure(done: subprocess.CompletedProcess) -> str:
 def _child() -> None:
     """Child process entry: argv = model path, output prefix, seed."""
     path, out, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    kernels = sys.argv[4] if len(sys.argv) > 4 else "default"
     try:
         _sandbox(out)
-        result, arrays = _interpret(path, seed)
+        result, arrays = _interpret(path, seed, kernels)
     except Exception as exc:  # noqa: BLE001  reported to the parent as one line
         print(f"zoo-error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
         sys.exit(3)
@@ -188,7 +193,7 @@ def _sandbox(out: str) -> None:
     enter_sandbox(os.path.dirname(out))
 
 
-def _interpret(path: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _interpret(path: str, seed: int, kernels: str = "default") -> tuple[dict[str, Any], dict[str, Any]]:
     import warnings
 
     import numpy as np
@@ -199,7 +204,11 @@ def _interpret(path: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
     with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
         warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_path=path)
+        # "reference": TFLite's built-in kernels without the XNNPACK delegate, the other arithmetic
+        # TFLite itself offers (how far the two differ bounds what a float conversion can promise).
+        resolver = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES \
+            if kernels == "reference" else tf.lite.experimental.OpResolverType.AUTO
+        interpreter = tf.lite.Interpreter(model_path=path, experimental_op_resolver_type=resolver)
     details = interpreter.get_input_details()
     specs = [(d["name"], [None if s < 0 else int(s) for s in d["shape_signature"]], d["dtype"].__name__)
              for d in details]
@@ -226,6 +235,7 @@ def _interpret(path: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
                     for o in outputs],
         "quantized": _is_quantized(interpreter),
         "tensorflow": tf.__version__,
+        "ops": _op_names(interpreter),
     }
     arrays = {f"in{i}": feeds[n] for i, (n, _, _) in enumerate(specs)}
     arrays.update({f"out{i}": v for i, v in enumerate(values)})
@@ -257,6 +267,15 @@ def _output_scales(interpreter, outputs) -> dict[int, float]:
             if found is not None and len(found):
                 scales[out["index"]] = float(max(found))
     return scales
+
+
+def _op_names(interpreter) -> list[str]:
+    """The kinds of op in the model ("CONV_2D", "DENSIFY", "VAR_HANDLE"), for the converter to judge."""
+    try:
+        ops = interpreter._get_ops_details()  # noqa: SLF001  the only way to list them
+    except AttributeError:
+        return []
+    return sorted({op.get("op_name", "") for op in ops} - {""})
 
 
 def _is_quantized(interpreter) -> bool:

@@ -54,13 +54,18 @@ def test_round_trip_keeps_every_field(cat):
     assert again.get("resnet50.caffe").to_dict() == model.to_dict()
 
 
-def test_artifacts_upsert_and_local_flag(cat):
+def test_artifacts_upsert_and_local_flag(cat, tmp_path):
     cat.add_model(make("m", artifacts=[Artifact("model", "m.onnx", urls=["http://x/m.onnx"])]))
     assert [m.name for m in cat.search(local=False)] == ["m"]
-    cat.put_artifact("m", Artifact("model", "m.onnx", urls=["http://x/m.onnx"], path="/tmp/m.onnx", sha256="ab"))
+    on_disk = tmp_path / "m.onnx"
+    on_disk.write_bytes(b"onnx")
+    cat.put_artifact("m", Artifact("model", "m.onnx", urls=["http://x/m.onnx"], path=str(on_disk), sha256="ab"))
     cat.put_artifact("m", Artifact("onnx", "m.onnx", path="/tmp/c/m.onnx", meta={"report": {"verified": True}}))
     model = cat.get("m")
     assert model.is_local and len(model.artifacts) == 2
+    on_disk.unlink()  # a file that is gone is not local any more, whatever the catalog recorded
+    assert not cat.get("m").is_local and str(on_disk) in cat.get("m").missing_files
+    on_disk.write_bytes(b"onnx")
     assert model.artifact("onnx").meta == {"report": {"verified": True}}
     assert [m.name for m in cat.search(local=True)] == ["m"]
     assert cat.find_by_sha256("ab")[0][0] == "m"
@@ -377,7 +382,7 @@ def test_eight_processes_write_one_catalog(catalog_url, tmp_path):
     assert [p.returncode for p in procs] == [0] * 8, errors
     cat = Catalog(url, builtins=False)
     assert cat.count() == 160
-    assert all(m.is_local for m in cat.search(limit=None))
+    assert all(a.path for m in cat.search(limit=None) for a in m.artifacts)
     assert {m.name for m in cat.search("w", limit=None)} == {f"w-{i}" for i in range(20)}
 
 

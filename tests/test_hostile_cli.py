@@ -189,6 +189,9 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
         "rm": [["rm", f"no{ESCAPE}such"]],
         "add": [["add", m] for m in models] + [["add", s["huge_caffe"], s["deep_caffe"]]],
         "scan": [["scan", str(f["mlp"].parent)], ["scan", s["missing"]], ["scan", s["fifo"]]],
+        "edit": [["edit", n, "--description", ESCAPE] for n in NAMES]
+        + [["edit", "damaged", "--input-spec", s[k]] for k in ("missing", "empty", "fifo", "non_utf8_name")]
+        + [["edit", "damaged", "--mean", "nan,x"]],
         "source add": [["source", "add", "evil", s["index"]], ["source", "add", "bad", "file:///proc/nope"],
                        ["source", "add", f"x{ESCAPE}", s["index"]], ["source", "add", "empty", s["empty"]]],
         "source list": [["source", "list"]],

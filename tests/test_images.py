@@ -348,6 +348,30 @@ def test_pooling_module_is_scriptable_and_saveable(tmp_path):
     torch.testing.assert_close(loaded(x), x.mean(dim=(2, 3)))
 
 
+def test_to_torch_pools_and_preprocesses_as_the_extractor_does(tmp_path):
+    import torch
+
+    from zoo.extract import load_extractor
+    from zoo.images import preprocess
+
+    register("small", conv_net(tmp_path / "net.onnx", 16), shape=[None, 3, 16, 16], layout="NCHW",
+             mean=[120.0, 110.0, 100.0], std=[60.0, 50.0, 40.0], channel_order="BGR")
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3)).astype(np.float32)  # NHWC, RGB
+    extractor = load_extractor("small", "relu2", options=ExtractorOptions(pooling="max"))
+    want = extractor(preprocess(pixels, extractor.input_spec))
+    assert want.shape == (3, 5)
+    net = extractor.to_torch()
+    raw = extractor.to_torch(preprocess=True)
+    with torch.no_grad():
+        pooled = net(torch.from_numpy(preprocess(pixels, extractor.input_spec)))
+        from_pixels = raw(torch.from_numpy(pixels))
+    np.testing.assert_allclose(pooled.numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(from_pixels.numpy(), want, rtol=1e-5, atol=1e-5)
+    scripted = torch.jit.script(raw)
+    with torch.no_grad():
+        np.testing.assert_allclose(scripted(torch.from_numpy(pixels)).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_train_with_pooling_saves_a_model_that_pools(tmp_path):
     import onnxruntime as ort

@@ -64,9 +64,9 @@ def test_train_and_sweep_say_which_files_they_left_out(tmp_path, digits_model):
     assert train.exit_code == 0, train.output
     assert "skipped 3 inputs that cannot be read" in train.output and "torn.png" in train.output
     data = json.loads(CliRunner().invoke(cli, ["train", digits_model.name, "--layer", "pool2", "--name", "t2",
-                                               *common, "--json"]).output)
+                                               *common, "--json"]).stdout)
     assert data["skipped_count"] == 3 and len(data["skipped"]) == 3
     sweep = CliRunner().invoke(cli, ["sweep", digits_model.name, "--layers", "pool1,pool2", *common, "--json"])
     assert sweep.exit_code == 0, sweep.output
-    assert sorted(s["path"].rsplit("/", 1)[1] for s in json.loads(sweep.output)["skipped_files"]) == [
+    assert sorted(s["path"].rsplit("/", 1)[1] for s in json.loads(sweep.stdout)["skipped_files"]) == [
         "torn.png", "x.jpg", "y.jpg"]

@@ -46,6 +46,8 @@ def test_sweep_rows_table_and_plot(digits_model, data, tmp_path):
     assert result.best in result.rows
     lines = result.table().splitlines()
     assert lines[0].split()[:3] == ["layer", "unfreeze", "cached"] and len(lines) == 6
+    # the head alone trains at unfreeze 0; the unfrozen block adds its weights
+    assert "trains" in lines[0] and result.rows[2].trainable_parameters > result.rows[1].trainable_parameters > 0
     assert "pool1 (reused)" in lines[3]
     png = (tmp_path / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -101,4 +103,4 @@ def test_zoo_sweep_command(digits_model, data, tmp_path):
     assert len([line for line in done.stdout.splitlines() if line.startswith(("pool2", "relu3"))]) == 4
     bad = CliRunner().invoke(cli, ["sweep", digits_model.name, "-d", str(tmp_path / "x.npy"), "-y",
                                    str(tmp_path / "y.npy"), "-l", "pool2", "--unfreeze", "a"])
-    assert bad.exit_code == 1 and "--unfreeze 'a'" in bad.output
+    assert bad.exit_code == 1 and "unfreeze 'a' is not a layer" in bad.output

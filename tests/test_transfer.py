@@ -210,6 +210,27 @@ def test_fine_tuning_on_cached_features_equals_training_the_unfrozen_model(digit
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_unfreeze_counts_blocks_or_names_a_cut_point_and_says_what_trains(digits_model, capsys):
+    from zoo import transfer_model
+    from zoo.transfer import fine_tune_parts
+
+    cut, top = fine_tune_parts(digits_model.name, "relu3", "pool2")  # everything above pool2
+    assert cut == "pool2" and top.trainable_layers() == ["/fc1/Gemm"]
+    cut, top = fine_tune_parts(digits_model.name, "relu3", 2)  # two blocks: conv2 and fc1
+    assert cut == "pool1" and top.trainable_layers() == ["/conv2/Conv", "/fc1/Gemm"]
+    with pytest.raises(InputError, match=r"'relu3' is not a cut point below relu3.*cut points: .*pool2"):
+        fine_tune_parts(digits_model.name, "relu3", "relu3")
+    with pytest.raises(InputError, match=r"unfreeze=9, but .* has 3 blocks"):
+        fine_tune_parts(digits_model.name, "relu3", 9)
+    model = transfer_model(digits_model.name, layer="relu3", num_classes=3, unfreeze="pool1")
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n.split(".")[1] for n in trained if n.startswith("base.")} == {"conv2", "fc1"}
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"{count:,} of {total:,} parameters train; base: 2 of 3 blocks train (conv2, fc1)")
+
+
 def test_train_caches_fits_and_saves_a_model_onnx_runs(digits_model, digits59, tmp_path):
     import onnxruntime as ort
 
@@ -223,6 +244,8 @@ def test_train_caches_fits_and_saves_a_model_onnx_runs(digits_model, digits59, t
                    training=TrainingConfig(unfreeze=1, epochs=3, progress=False),
                    extractor=ExtractorOptions(layer="relu2"))
     assert result.cut == "pool1"
+    assert result.trainable_parameters == sum(p.numel() for p in result.fit.head.parameters() if p.requires_grad)
+    assert result.total_parameters == sum(p.numel() for p in result.module.parameters())
     stored = open_catalog().get("mine.59")
     assert stored.meta["classes"] == [5, 6, 7, 8, 9] and stored.meta["base_model"] == digits_model.name
     logits = ort.InferenceSession(stored.artifact("model").path).run(None, {"input": x[:10]})[0]
@@ -257,6 +280,10 @@ def test_zoo_train_command(digits_model, digits59, tmp_path):
     assert done.exit_code == 0, done.output
     payload = json.loads(done.stdout)
     assert payload["model"] == "cli.59" and len(payload["history"]) == 2
+    assert 0 < payload["trainable_parameters"] < payload["total_parameters"]
+    text = runner.invoke(cli, [*args, "-y", str(tmp_path / "y.npy"), "--name", "cli.text", "--unfreeze", "pool2"])
+    assert text.exit_code == 0, text.output
+    assert "trained " in text.stdout and " parameters" in text.stdout
     bad = runner.invoke(cli, [*args, "-y", str(tmp_path / "short.npy"), "--name", "cli.bad"])
     assert bad.exit_code == 1 and "5 labels for 120 rows" in bad.output
     missing = runner.invoke(cli, [*args, "--name", "cli.bad"])

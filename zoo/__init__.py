@@ -17,6 +17,12 @@ import importlib.util
 import sqlite3  # noqa: F401  bind the system SQLite (with FTS5) before tensorflow can load its own
 from typing import TYPE_CHECKING, Any
 
+# Before anything imports TensorFlow, onnxruntime or Ray: their banners and notices stay off the
+# terminal unless ZOO_LOG_LEVEL=INFO (or `zoo --verbose`); see zoo.logs. Only environment defaults.
+from zoo.logs import quiet as _quiet  # noqa: E402
+
+_quiet()
+
 # public name -> module that defines it
 _API: dict[str, str] = {
     # records and errors
@@ -40,6 +46,7 @@ _API: dict[str, str] = {
     "remove": "zoo.catalog",
     "add": "zoo.local",
     "scan": "zoo.local",
+    "edit": "zoo.local",
     "add_source": "zoo.sources",
     "list_sources": "zoo.sources",
     "sync_sources": "zoo.sources",
@@ -111,7 +118,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.features import FeatureCache, cache_features, extract_features, save_features, save_layer_features
     from zoo.options import ExtractorOptions, PretrainConfig, TrainingConfig
     from zoo.download import fetch, verify
-    from zoo.local import add, scan
+    from zoo.local import add, edit, scan
     from zoo.pretraining import pretrain
     from zoo.ray_engine import RayEngine
     from zoo.records import Artifact, InputSpec, Model

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from sqlalchemy import Text, event, exc, func, select, text
+from sqlalchemy import Text, and_, event, exc, func, or_, select, text
 
 from zoo import config
 from zoo._backend import Backend, Damaged
@@ -590,6 +590,15 @@ class Catalog:
     def find_by_sha256(self, sha256: str) -> list[tuple[str, Artifact]]:
         """(model name, artifact) pairs whose file has this sha256: finds moved files."""
         return self._find_artifacts(_artifacts.c.sha256 == sha256)
+
+    def find_published(self, sha256: str, size: int) -> list[tuple[str, Artifact]]:
+        """(model name, artifact) pairs that may hold the same bytes as a file of this sha256 and size:
+        a published sha256 or a fetched copy of it, or any other published checksum of a file of
+        that size (or of unknown size), for the caller to check. Local models are left out."""
+        same = or_(_artifacts.c.sha256 == sha256, _artifacts.c.checksum == f"sha256:{sha256}",
+                   and_(_artifacts.c.checksum.is_not(None),
+                        or_(_artifacts.c.size == size, _artifacts.c.size.is_(None))))
+        return self._find_artifacts(and_(same, or_(_models.c.source.is_(None), _models.c.source != "local")))
 
     def find_by_path(self, path: str | os.PathLike) -> list[tuple[str, Artifact]]:
         """(model name, artifact) pairs registered at this path."""

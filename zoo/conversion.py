@@ -128,7 +128,7 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
 
     stats = {role: file_state(path) for role, path in sources.items()}  # before: a file may change meanwhile
     try:
-        conversion, sandbox = _run_converter(model, sources, options, trust_model_code, cache_dir)
+        conversion, sandbox = _run_logged(model, sources, options, trust_model_code, cache_dir)
     except UnsafeModelError as exc:  # the override, spelled for this model
         raise UnsafeModelError(str(exc).replace("zoo convert NAME", f"zoo convert {name}")) from None
     report = conversion.report
@@ -145,6 +145,9 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
             )
         report.notes.append("kept with --force although outputs differ beyond tolerance (unverified)")
 
+    from converters.onnx_model import input_records
+
+    inputs = input_records(conversion.model)  # what the model really takes, for `zoo info`
     dest = onnx_path(name, cache_dir)
     conversion.save(dest)
     source_sha256 = {role: _source_sha(report, path) for role, path in sources.items()}
@@ -177,6 +180,8 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
         from zoo.local import record_inputs
 
         record_inputs(cat, cat.get(name), specs, values)
+    if inputs != model.meta.get("graph_inputs"):
+        cat.update_model(name, meta={**cat.get(name).meta, "graph_inputs": inputs})
     stored.meta["reused"] = False
     return stored
 
@@ -273,15 +278,17 @@ def _options(model: Model, opset: int | None, nchw: bool, specs: list | None = N
 
 def _up_to_date(model: Model, sources: dict[str, str], options: dict, force: bool,
                 cache_dir: str | os.PathLike | None = None) -> Artifact | None:
-    """The stored ONNX artifact when its file exists and its sources and options are unchanged."""
+    """The stored ONNX artifact when its file exists and its sources and options are unchanged.
+
+    One kept unverified with --force is up to date too: converting it again would only fail the
+    same check again (its report and `zoo convert` keep saying UNVERIFIED).
+    """
     stored = model.artifact("onnx")
     if stored is None or not stored.path or not os.path.isfile(stored.path):
         return None
     meta = stored.meta
     if meta.get("options") != options or set(meta.get("source_sha256", {})) != set(sources):
         return None
-    if meta.get("verified") is False and not force:
-        return None  # an unverified model kept with --force is not silently reused without it
     if stored.size is not None and os.path.getsize(stored.path) != stored.size:
         return None
     if _changed_sources(meta, sources, cache_dir):
@@ -317,6 +324,33 @@ def _source_sha(report, path: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # dispatch
+
+
+def _run_logged(model: Model, sources: dict[str, str], options: dict, trust_model_code: bool = False,
+                cache_dir: str | os.PathLike | None = None) -> tuple[Conversion, dict[str, Any]]:
+    """`_run_converter` with third-party output in the log file and no traceback ever reaching the user.
+
+    A ZooError passes unchanged; any other exception becomes one ConversionError naming the
+    model, the step and the cause, its traceback written to the log file the message names.
+    """
+    from zoo.errors import ZooError
+    from zoo.logs import captured, failure
+
+    try:
+        with captured(f"convert {model.name}"):
+            return _run_converter(model, sources, options, trust_model_code, cache_dir)
+    except ZooError:
+        raise
+    except Exception as exc:  # noqa: BLE001  every third-party failure becomes one line
+        line, log = failure(f"convert {model.name}", exc, f"converting with {_converter_name(model, sources)}")
+        raise ConversionError(f"{model.name}: {line}" + (f"; the traceback is in {log}" if log else "")) from None
+
+
+def _converter_name(model: Model, sources: dict[str, str]) -> str:
+    try:
+        return _CONVERTERS[_format(model, _main_file(sources))][0]
+    except Exception:  # noqa: BLE001  only for the message
+        return "its converter"
 
 
 def _run_converter(model: Model, sources: dict[str, str], options: dict, trust_model_code: bool = False,

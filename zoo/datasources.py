@@ -251,6 +251,9 @@ class ImageSource(SourceBase):
         else:
             from dataclasses import replace
 
+            from zoo.preprocessing import warn_if_missing
+
+            warn_if_missing(spec, getattr(extractor, "source", None) or "the model")
             mode, spec = "spec", replace(spec, layout=layout)
         self.geometry, self.layout, self.mode, self.spec = geometry, layout, mode, spec
         # Paths, sizes and modification times stand for the bytes: hashing every image would

@@ -366,6 +366,14 @@ def verify(
                 continue
             if not a.sha256:
                 continue
+            if checked.is_dir():  # a SavedModel folder: its tree hash (zoo.hashes.file_sha256)
+                from zoo.hashes import file_sha256
+
+                actual = file_sha256(checked)
+                if actual != a.sha256:
+                    problems.append(Problem(**fact, path=str(checked), kind="changed", expected=a.sha256,
+                                            actual=actual))
+                continue
             if not checked.is_file():
                 problems.append(Problem(**fact, path=str(checked), kind="missing"))
                 continue

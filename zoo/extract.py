@@ -16,6 +16,8 @@ from zoo.cache import cuts_folder
 from zoo.errors import (ConversionError, InputError, ModelFormatError, ResourceLimitError, UnknownModelError,
                         ZooError)
 from zoo.graph import LayerInfo, value_dims
+from zoo.graph import batch_axes as _batch_axes, fixed_batch as _fixed_batch  # one rule for converters too
+from zoo.graph import output_batch_axis as _output_batch_axis
 from zoo.hashes import file_sha256
 from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
 from zoo.options import ExtractorOptions
@@ -48,12 +50,30 @@ def _path_sha256(path: Path, cache_dir: Any) -> str:
     return content_sha256(path, cache_dir)
 
 
+def _is_onnx(path: str | os.PathLike) -> bool:
+    """True for an ONNX file (by name, else by content); other model files are converted first."""
+    if os.fspath(path).endswith(".onnx"):
+        return True
+    from zoo.formats import detect_files
+
+    try:
+        return detect_files([path]).format == "onnx"
+    except ZooError:
+        return True  # not a model zoo knows: reading it as ONNX says what it is not
+
+
 def _looks_like_path(value: str | os.PathLike) -> bool:
     text = os.fspath(value)
     return isinstance(value, os.PathLike) or text.endswith(".onnx") or os.sep in text
 
 
 def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _Source:
+    if _looks_like_path(name_or_path) and os.path.exists(name_or_path) and not _is_onnx(name_or_path):
+        # A model file of another format (.tflite, .pt, .h5, a SavedModel folder): registered and
+        # converted as `zoo convert PATH` does, then cut like any cataloged model.
+        from zoo.conversion import convert
+
+        name_or_path = convert(os.fspath(name_or_path), catalog=catalog, cache_dir=cache_dir).meta["model"]
     if _looks_like_path(name_or_path) and os.path.isfile(name_or_path):
         path = Path(name_or_path).absolute()
         return _Source(os.fspath(name_or_path), path, _path_sha256(path, cache_dir), InputSpec(), None)
@@ -131,13 +151,16 @@ def _load(path: Path) -> onnx.ModelProto:
 # --- layers -------------------------------------------------------------------------------------
 
 def layers(
-    name_or_onnx_path: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    name_or_onnx_path: str | os.PathLike, *, args: dict[str, Any] | None = None,
+    catalog: str | os.PathLike | Catalog | None = None, cache_dir: str | os.PathLike | None = None,
 ) -> list[LayerInfo]:
     """A model's layers in order: original names, op types, output shapes, parameters, cut points.
 
     Args:
-        name_or_onnx_path: a cataloged model (converted if needed) or an ``.onnx`` file.
+        name_or_onnx_path: a cataloged model (converted if needed), an ``.onnx`` file, or a model
+            file of another format (added and converted first, as `zoo convert PATH` does).
+        args: values for scalar inputs (``{"sr": 16000}``): a top-level If they decide is replaced
+            by the branch it takes, whose layers are then listed (see `zoo.folding`).
         catalog: a path, a SQLAlchemy URL or a `Catalog`.
         cache_dir: the cache folder.
 
@@ -153,16 +176,34 @@ def layers(
     """
     from zoo.graph import GraphInfo, list_layers
 
-    source = _source(name_or_onnx_path, catalog, cache_dir)
-    model = _load(source.path)
+    model = _folded(_load(_source(name_or_onnx_path, catalog, cache_dir).path), args)[0]
     return list_layers(model, GraphInfo(model))
 
 
+def branch_hints(
+    name_or_onnx_path: str | os.PathLike, *, args: dict[str, Any] | None = None,
+    catalog: str | os.PathLike | Catalog | None = None, cache_dir: str | os.PathLike | None = None,
+) -> list[str]:
+    """The Ifs left in the top graph that scalar inputs would decide, e.g. "If 'If_0' branches on input sr"."""
+    from zoo.folding import branch_hints as hints
+
+    return hints(_folded(_load(_source(name_or_onnx_path, catalog, cache_dir).path), args)[0])
+
+
+def _folded(model: onnx.ModelProto, args: dict[str, Any] | None) -> tuple[onnx.ModelProto, list[str]]:
+    """The model with `args` baked in and the top-level Ifs they (or constants) decide folded."""
+    from zoo.folding import fold_ifs
+
+    return fold_ifs(model, args)
+
+
 def model_inputs(
-    name_or_onnx_path: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    name_or_onnx_path: str | os.PathLike, *, args: dict[str, Any] | None = None,
+    catalog: str | os.PathLike | Catalog | None = None, cache_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """A model's inputs in graph order: name, dtype, shape and batch axis (None: fed whole).
+
+    Inputs given a value in `args` are baked in (see `layers`) and not listed.
 
     >>> [i["name"] for i in model_inputs("text_encoder")]                  # doctest: +SKIP
     ['input_ids', 'attention_mask']
@@ -170,7 +211,7 @@ def model_inputs(
     from zoo.graph import GraphInfo, batch_dim
 
     source = _source(name_or_onnx_path, catalog, cache_dir)
-    model = _load(source.path)
+    model = _folded(_load(source.path), args)[0]
     wanted = set(GraphInfo(model).inputs)
     found = [i for i in model.graph.input if i.name in wanted]
     shapes = {i.name: value_dims(i) for i in found}
@@ -184,15 +225,23 @@ def model_inputs(
 
 # --- the cut cache --------------------------------------------------------------------------------
 
-def _spec_key(layer: Any) -> str:
+def _spec_key(layer: Any, args: dict[str, Any] | None = None) -> str:
     """File name for a layer spec: readable prefix + hash (a spec resolves the same way every time)."""
     spec = layer if isinstance(layer, (str, int)) else list(layer)
-    text = json.dumps({"layer": spec, "v": CUT_VERSION}, sort_keys=True)
+    text = json.dumps({"layer": spec, "v": CUT_VERSION, **({"args": _plain(args)} if args else {})}, sort_keys=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", json.dumps(spec)).strip("_")[:40] or "layer"
     return f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> CutMetadata:
+def _plain(args: dict[str, Any] | None) -> dict[str, Any]:
+    """`args` as JSON values (numpy scalars to numbers)."""
+    import numpy as np
+
+    return {k: np.asarray(v).tolist() for k, v in (args or {}).items()}
+
+
+def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path,
+              args: dict[str, Any] | None = None) -> CutMetadata:
     """Cut the source at `layer`, try a dynamic batch, write the cut and its metadata."""
     from zoo.graph import GraphInfo, batch_dim, list_layers, make_batch_dynamic, resolve
     from zoo.graph import cut as cut_graph
@@ -203,6 +252,7 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         twice = next(n for n in names if names.count(n) > 1)
         raise ModelFormatError(f"{source.label}: the ONNX graph names two nodes {twice!r}, which onnxruntime refuses; "
                                f"give every node its own name (re-export the model)")
+    model, folded = _folded(model, args)
     info = GraphInfo(model)
     all_layers = list_layers(model, info)
     chosen = resolve(all_layers, layer, source.label, info)
@@ -235,6 +285,8 @@ def _make_cut(source: _Source, layer: Any, onnx_path: Path, meta_path: Path) -> 
         inputs=[CutInput(i.name, shapes[i.name], _np_dtype(i.type.tensor_type.elem_type), batch_axes[i.name])
                 for i in data_inputs],  # every input the cut depends on, in graph order
         source_inputs=list(info.inputs),
+        constants=_plain(args),  # inputs baked in (their Ifs folded): passed again, they must agree
+        folded=folded,
         fixed_batch=fixed if isinstance(fixed, int) else None,
         # Said again on every load, not only when the cut is first made.
         # A model output (one of several, like a recurrent state) has no layers above it to miss.
@@ -268,72 +320,6 @@ def _with_lineage(meta: CutMetadata, onnx_path: Path, meta_path: Path) -> CutMet
     return meta
 
 
-def _fixed_batch(model: onnx.ModelProto, first: int | str | None) -> int | str | None:
-    """The first input's batch size when the graph fixes it; None when a symbolic axis is the batch.
-
-    With several inputs a fixed first axis may be something else (a state's number of layers)
-    while the batch is a symbolic axis further in.
-    """
-    inits = {t.name for t in model.graph.initializer}
-    dims = [value_dims(i) for i in model.graph.input if i.name not in inits]
-    symbolic = any(d is None or not all(isinstance(x, int) for x in d) for d in dims)
-    if isinstance(first, int) and len(dims) > 1 and symbolic:
-        return None
-    return first
-
-
-def _batch_axes(shapes: dict[str, list | None], fixed: int | str | None) -> dict[str, int | None]:
-    """Each input's batch axis: where the batch symbol sits, or None for inputs fed whole (a scalar `sr`).
-
-    The batch is the first axis of the first input whose first axis is not fixed. An input that
-    names that symbol elsewhere (a recurrent state (layers, N, hidden)) is batched on that axis;
-    one whose first axis is symbolic too (exporters that name axes per input) on axis 0; one
-    whose only free axis is further in (Silero VAD's state (2, ?, 128)) on that axis; a
-    fixed-shape one not at all.
-    """
-    ranked = [dims for dims in shapes.values() if dims]
-    reference = next((dims for dims in ranked if not isinstance(dims[0], int)), ranked[0] if ranked else [])
-    if isinstance(fixed, int):
-        symbol: int | str | None = fixed
-    else:
-        anywhere = [d for dims in ranked for d in dims if not isinstance(d, int)]
-        symbol = reference[0] if reference and not isinstance(reference[0], int) else (anywhere or [None])[0]
-    # Symbols the reference input uses for its other axes (a sequence length) are not the batch.
-    others = {d for d in reference[1:] if isinstance(d, str) and d != symbol}
-    axes: dict[str, int | None] = {}
-    for name, dims in shapes.items():
-        free = [k for k, d in enumerate(dims or []) if not isinstance(d, int) and d not in others]
-        if dims is None:
-            axes[name] = 0  # no shape recorded: the usual layout, checked against the array
-        elif not dims:
-            axes[name] = None
-        elif symbol is not None and symbol in dims:
-            axes[name] = dims.index(symbol)
-        elif isinstance(symbol, int):
-            axes[name] = None
-        elif not isinstance(dims[0], int):
-            axes[name] = 0
-        else:
-            axes[name] = free[0] if len(free) == 1 else None
-    return axes
-
-
-def _output_batch_axis(
-    dims: list | None, shapes: dict[str, list | None], axes: dict[str, int | None], fixed: int | str | None
-) -> int:
-    """The axis of an output that follows the batch (axis 0 unless the batch sits elsewhere)."""
-    symbols = {shapes[n][a] for n, a in axes.items() if a is not None and shapes[n] and isinstance(shapes[n][a], str)}
-    if not dims:
-        return 0
-    for k, d in enumerate(dims):
-        if isinstance(d, str) and d in symbols:
-            return k
-    free = [k for k, d in enumerate(dims) if not isinstance(d, int)]
-    if not isinstance(fixed, int) and isinstance(dims[0], int) and len(free) == 1:  # unnamed: the only free axis
-        return free[0]
-    return 0
-
-
 def _np_dtype(elem_type: int) -> str:
     from onnx import helper
 
@@ -349,6 +335,7 @@ def load_extractor(
     *,
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
+    args: dict[str, Any] | None = None,
 ) -> Extractor:
     """A frozen feature extractor: the model cut at `layer`, run by onnxruntime.
 
@@ -360,6 +347,9 @@ def load_extractor(
         options: batch size, threads, device, preprocessing and pooling (`zoo.ExtractorOptions`).
         catalog: the catalog (path, URL or `Catalog`; default ``$ZOO_CATALOG``).
         cache_dir: the cache folder, where cuts are kept.
+        args: values baked in for scalar inputs (``{"sr": 16000}``); the top-level Ifs they decide
+            fold, so the layers of the branch taken can be cut at (`zoo layers NAME --arg sr=16000`
+            lists them). They need not be passed again, and when they are they must agree.
 
     Returns:
         The `Extractor`: call it on a batch (or on image files) for features.
@@ -401,11 +391,11 @@ def load_extractor(
     providers = execution_providers(options.device, options.providers)  # fails before cutting
     source = _source(name_or_path, catalog, cache_dir)
     folder = cuts_folder(source.sha256, cache_dir)
-    key = _spec_key(layer)
+    key = _spec_key(layer, args)
     onnx_path, meta_path = folder / f"{key}.onnx", folder / f"{key}.json"
     meta = CutMetadata.read(meta_path) if onnx_path.is_file() else None
     if meta is None:
-        meta = _make_cut(source, layer, onnx_path, meta_path)
+        meta = _make_cut(source, layer, onnx_path, meta_path, args)
     meta = _with_lineage(meta, onnx_path, meta_path)
     if meta.not_cut_point:
         warnings.warn(
@@ -540,6 +530,8 @@ class Extractor:
         }
         if self.pooling:  # only when set, so extractors without pooling keep their fingerprints
             payload["pooling"] = [self.pooling, self.input_spec.layout]
+        if meta.constants:  # baked-in inputs (args=) change the features like an input would
+            payload["constants"] = meta.constants
         self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         self._session = None
 
@@ -583,33 +575,49 @@ class Extractor:
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
-        options.log_severity_level = 4  # failures are raised as one error, not logged in colour too
+        from zoo.logs import onnxruntime_severity
+
+        options.log_severity_level = onnxruntime_severity()
         try:
             self._session = ort.InferenceSession(
                 model if model is not None else os.fspath(self.model_path), options,
                 providers=self.providers or ["CPUExecutionProvider"],
             )
-        except Exception as exc:  # noqa: BLE001  onnxruntime's InvalidGraph/Fail on a graph it refuses
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][-300:]
-            raise ModelFormatError(f"{self.source}: onnxruntime cannot load the cut model ({first}); "
-                                   f"the model file is not one onnxruntime runs") from None
+        except Exception as exc:  # noqa: BLE001  onnxruntime's InvalidGraph/Fail/NotImplemented
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelFormatError(f"onnxruntime cannot load the cut of {self.source} at {self.layer!r} "
+                                   f"({first[:300]})") from None
 
     @property
     def cut_model(self) -> onnx.ModelProto:
         """The cut graph as an ONNX ModelProto."""
         return _load(self.model_path)
 
-    def to_torch(self):
-        """The cut graph as a frozen ``torch.nn.Module`` (``.unfreeze(top=k)`` to fine-tune).
+    def to_torch(self, *, preprocess: bool = False, compile: bool | dict = False):
+        """The cut graph as a frozen ``torch.nn.Module`` that gives what this extractor gives.
 
-        A multi-input cut's module takes its inputs in ``input_names`` order.
+        The extractor's ``pooling`` is applied to the outputs; ``preprocess=True`` puts its input
+        preprocessing first, so the module takes raw pixels (N, H, W, C) RGB at the net's size.
+        ``.unfreeze(k)`` trains the top k blocks, ``.unfreeze("res4f")`` everything above a cut
+        point. A multi-input cut's module takes its inputs in ``input_names`` order or by name.
         """
         from zoo.errors import require
 
         require("torch", "torch")
         from converters.onnx_to_torch import to_torch
 
-        return to_torch(self.cut_model)
+        pool = None
+        if self.pooling:
+            from zoo.pooling import pool_module
+
+            pool = pool_module(self.pooling, self.input_spec.layout)
+        first = None
+        if preprocess:
+            from zoo.images import preprocess_module
+
+            first = preprocess_module(self.input_spec)
+        return to_torch(self.cut_model, pooling=pool, preprocess=first, preprocess_input=self.input_spec.name,
+                        compile=compile)
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -622,6 +630,9 @@ class Extractor:
         pixels = _images.to_pixel_range(pixels, self.input_spec)
         if self.preprocess is False:
             return _images.to_layout(pixels, self.input_spec.layout)
+        from zoo.preprocessing import warn_if_missing
+
+        warn_if_missing(self.input_spec, self.source)
         return _images.preprocess(pixels, self.input_spec)
 
     def _check(self, x: Any, name: str | None = None, raw: bool | None = None) -> np.ndarray:
@@ -685,6 +696,7 @@ class Extractor:
             if primary in named:
                 raise InputError(f"input {primary!r} is given twice: positionally and by name; pass it once")
             named = {primary: x, **named}
+        named = self._without_constants(named)
         known = set(self.meta.source_inputs or self.input_names)
         unknown = [k for k in named if k not in known]
         if unknown:
@@ -703,6 +715,19 @@ class Extractor:
         feed = {k: self._check(named[k], k, raw) for k in self.input_names}
         self._check_shared_axes(feed)
         return feed
+
+    def _without_constants(self, named: dict[str, Any]) -> dict[str, Any]:
+        """The inputs minus those baked into the cut (``args``), which must agree with their value."""
+        import numpy as np
+
+        constants = self.meta.constants or {}
+        for name in set(named) & set(constants):
+            given = np.asarray(named[name])
+            if given.size != 1 or given.reshape(-1)[0] != np.asarray(constants[name]).reshape(-1)[0]:
+                raise InputError(
+                    f"{name} is baked into this extractor of {self.source} as {constants[name]!r} (args=), but "
+                    f"{given.tolist()!r} was passed; load another extractor with args={{{name!r}: ...}}")
+        return {k: v for k, v in named.items() if k not in constants}
 
     def _check_shared_axes(self, feed: dict[str, np.ndarray]) -> None:
         """Axes the graph names alike (token ids' and mask's `seq`) must have one size."""
@@ -811,15 +836,15 @@ class Extractor:
         session = self.session
         try:
             return session.run(self.meta.outputs, feed)
-        except Exception as exc:  # noqa: BLE001  onnxruntime's Fail/RuntimeException on data the shapes allowed
+        except Exception as exc:  # noqa: BLE001  onnxruntime's InvalidArgument/Fail: the inputs do not fit the graph
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            shapes = {k: list(getattr(v, "shape", ())) for k, v in feed.items()}
+            shapes = ", ".join(f"{k} {list(getattr(v, 'shape', ()))}" for k, v in feed.items())
             if "Failed to allocate memory" in first:
                 raise ResourceLimitError(f"{self.source}: onnxruntime ran out of memory running the cut on inputs "
                                          f"{shapes}; give a smaller --batch-size, or inputs the model's size "
                                          f"expects") from None
-            raise InputError(f"{self.source}: onnxruntime cannot run the cut on inputs {shapes}: "
-                             f"{first[-300:]}") from None
+            raise InputError(f"onnxruntime cannot run the cut of {self.source} at {self.layer!r} on {shapes} "
+                             f"({first[:300]}); the model takes {self.describe_inputs()}") from None
 
 
 def _shown(shape: list | None, axis: int | None) -> str:

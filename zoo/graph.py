@@ -29,8 +29,11 @@ BATCH = "batch"
 
 
 def dim_value(dim: Any) -> int | str | None:
-    """One ONNX dimension: its size when fixed, its symbol when named, None when neither."""
-    return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
+    """One ONNX dimension: its size when fixed, its symbol when named, None when neither.
+
+    Some exporters (paddle2onnx) write -1 for a dynamic size: it is one.
+    """
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else (dim.dim_param or None)
 
 
 def value_dims(value_info: Any) -> list[int | str | None] | None:
@@ -68,23 +71,24 @@ class GraphInfo:
         self.inputs = [i.name for i in graph.input if i.name not in self.initializers]
         self.outputs = [o.name for o in graph.output]
         self.nodes = list(graph.node)
+        # What each node reads: its inputs, and for If/Loop/Scan the outer tensors its bodies use
+        # by name (an If whose only input is its condition may compute everything from them).
+        self.node_inputs: list[list[str]] = [node_reads(node) for node in self.nodes]
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = defaultdict(list)
         for i, node in enumerate(self.nodes):
             for out in node.output:
                 if out:
                     self.producer[out] = i
-            for inp in node.input:
-                if inp:
-                    self.consumers[inp].append(i)
+            for inp in self.node_inputs[i]:
+                self.consumers[inp].append(i)
         # Constant tensors: initializers and whatever is computed from them alone (the onnx
         # package's light models build every weight with ConstantOfShape).
         self.constant: set[str] = set(self.initializers)
         # Shape tensors: computed from data only through Shape/Size, never from its values.
         self.shape_like: set[str] = set()
         data = set(self.inputs)
-        for node in self.nodes:
-            ins = [x for x in node.input if x]
+        for node, ins in zip(self.nodes, self.node_inputs):
             if all(x in self.constant for x in ins) and node.op_type not in ("Shape", "Size"):
                 self.constant.update(o for o in node.output if o)
             elif node.op_type in ("Shape", "Size") or all(
@@ -128,6 +132,15 @@ class GraphInfo:
         if name in self.initializers:
             return self.initializers[name].data_type in _FLOAT_TYPES
         return self.elem_type(name) in _FLOAT_TYPES
+
+
+def node_reads(node) -> list[str]:
+    """The tensors a node reads: its inputs, then the outer names its subgraphs (If/Loop bodies) use."""
+    names = [x for x in node.input if x]
+    for attr in node.attribute:
+        for sub in [attr.g, *attr.graphs] if attr.type in (5, 10) else []:  # GRAPH, GRAPHS
+            names += [x for x in _outer_names(sub) if x not in names]
+    return names
 
 
 def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int | str | None] | None]]:
@@ -178,30 +191,50 @@ def _without_weights(model: onnx.ModelProto, limit: int = 1024) -> onnx.ModelPro
 # --- cut points -------------------------------------------------------------------------------
 
 def cut_points(info: GraphInfo) -> set[str]:
-    """Tensors every path from the inputs to the outputs goes through (dominators of the outputs).
+    """Tensors every path from the inputs they depend on to the outputs goes through.
+
+    With one input these are the dominators of the outputs. With several, each tensor is judged
+    against the inputs it is computed from: an encoder's output that every path from the audio
+    goes through is a cut point even though a recurrent state, another input, joins after it
+    (a cut there needs the audio only, and nothing computed from the audio bypasses it).
+    Only values count: a shape computed from an earlier tensor (the batch size a Reshape target
+    takes from the input) bypasses nothing a cut loses, since the cut graph still computes it
+    from the inputs it is fed.
+    """
+    preds: dict[str, set[str]] = defaultdict(set)
+    order: list[str] = list(info.inputs)
+    depends: dict[str, frozenset[str]] = {name: frozenset([name]) for name in info.inputs}
+    for node, reads in zip(info.nodes, info.node_inputs):
+        ins = [x for x in reads if x in info.data or x in info.inputs]
+        below = frozenset().union(*(depends.get(x, frozenset()) for x in ins))
+        for o in node.output:
+            if o and o in info.data:
+                preds[o].update(ins)
+                order.append(o)
+                depends[o] = below
+    points: set[str] = set()
+    for inputs in set(depends.values()):
+        points |= {v for v in _dominators(preds, order, inputs, info.outputs) if depends.get(v) == inputs}
+    return points
+
+
+def _dominators(preds: dict[str, set[str]], order: list[str], inputs: frozenset[str],
+                outputs: list[str]) -> set[str]:
+    """Tensors every path from `inputs` to the outputs goes through (other inputs count as constants).
 
     The graph of tensors is a DAG in topological order, so one pass finds immediate dominators:
     idom(v) is the nearest common dominator of v's predecessors.
     """
     source, sink = "\0source", "\0sink"
-    preds: dict[str, set[str]] = defaultdict(set)
-    order = [source]
-    for name in info.inputs:
-        preds[name].add(source)
-        order.append(name)
-    for node in info.nodes:
-        ins = [x for x in node.input if x and (x in info.data or x in info.shape_like or x in info.inputs)]
-        outs = [o for o in node.output if o and (o in info.data or o in info.shape_like)]
-        for o in outs:
-            preds[o].update(ins)
-            order.append(o)
-    preds[sink].update(o for o in info.outputs if o in preds or o in info.inputs)
-    order.append(sink)
-
     idom: dict[str, str] = {source: source}
     depth = {source: 0}
-    for v in order[1:]:
-        ps = [p for p in preds[v] if p in idom]
+    for v in [*order, sink]:
+        if v in inputs:
+            ps = [source]
+        elif v == sink:
+            ps = [o for o in outputs if o in idom]
+        else:
+            ps = [p for p in preds.get(v, ()) if p in idom]
         if not ps:
             continue
         d = ps[0]
@@ -242,8 +275,8 @@ def list_layers(model: onnx.ModelProto, info: GraphInfo | None = None) -> list[L
     producer = model.producer_name.lower()
     if producer.startswith(KERAS_PRODUCERS):
         groups = _group_scoped(info, compute)
-    elif producer == "pytorch":
-        groups = _group_torch(info, compute)
+    elif producer == "pytorch" or _torch_prefix(info, compute) is not None:
+        groups = _group_torch(info, compute, _torch_prefix(info, compute) or "")
     else:
         groups = _group_helpers(info, compute)
     points = cut_points(info)
@@ -358,11 +391,35 @@ def _torch_module(scope: str) -> str:
     return path
 
 
-def _group_torch(info: GraphInfo, compute: list[int]) -> list[tuple[str | None, list[int]]]:
+def _torch_prefix(info: GraphInfo, compute: list[int]) -> str | None:
+    """The prefix before torch.onnx-style names ('/encoder/0/Conv') that most compute nodes share.
+
+    A graph rewritten by another tool keeps the names torch gave its nodes behind a prefix of
+    its own (spox inlines a branch as 'If_0_then_branch__Inline_0__/stft/Conv'). None when the
+    names are not torch's.
+    """
+    prefixes = [info.nodes[i].name.split("/", 1)[0] for i in compute if "/" in info.nodes[i].name[1:]
+                and info.nodes[i].name.split("/", 1)[1][:1] not in ("", "/")]
+    if not prefixes:
+        return None
+    common = max(set(prefixes), key=prefixes.count)
+    return common if prefixes.count(common) >= 0.5 * len(compute) and (
+        common == "" or not any(c in common for c in " :")) and _looks_torch(info, compute, common) else None
+
+
+def _looks_torch(info: GraphInfo, compute: list[int], prefix: str) -> bool:
+    """torch.onnx names end in the op type ('/encoder/0/reparam_conv/Conv', 'Conv_1')."""
+    names = [info.nodes[i] for i in compute if info.nodes[i].name.startswith(prefix + "/")]
+    return sum(n.name.rsplit("/", 1)[-1].split("_")[0] == n.op_type for n in names) >= 0.6 * len(names)
+
+
+def _group_torch(info: GraphInfo, compute: list[int], prefix: str = "") -> list[tuple[str | None, list[int]]]:
     """Group torch.onnx.export nodes by module ('/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1')."""
     groups: dict[str, list[int]] = {}
     for i in compute:
         name = info.nodes[i].name
+        if prefix and name.startswith(prefix + "/"):
+            name = name[len(prefix):]
         scope = _scope(name.lstrip("/"))
         label = _torch_module(scope) if scope else (name.lstrip("/") or info.nodes[i].output[0])
         groups.setdefault(label, []).append(i)
@@ -372,6 +429,8 @@ def _group_torch(info: GraphInfo, compute: list[int]) -> list[tuple[str | None, 
 def _group_scoped(info: GraphInfo, compute: list[int]) -> list[tuple[str, list[int]]]:
     """Group the nodes of one framework layer by name scope ('model/fc1/MatMul' -> 'fc1')."""
     names = [info.nodes[i].name.lstrip("/") for i in compute]
+    if any(_JAX_WRAPPER.match(part) for n in names for part in n.split("/")[:-1]):
+        return _group_runs(info, compute, [_jax_label(n) for n in names])
     scopes = [_scope(n) for n in names]
     # Strip a scope every node shares (the Keras model's own name, "sequential_1/").
     common = _common_scope([s for s in scopes if s])
@@ -385,6 +444,11 @@ def _group_scoped(info: GraphInfo, compute: list[int]) -> list[tuple[str, list[i
         labels.append((scope[len(common):].lstrip("/") or scope).split("/")[0])
     if labels and common.endswith("_1") and all(lab is None or lab.endswith("_1") for lab in labels):
         labels = [None if lab is None else lab[:-2] for lab in labels]
+    return _group_labelled(info, compute, labels)
+
+
+def _group_labelled(info: GraphInfo, compute: list[int], labels: list[str | None]) -> list[tuple[str, list[int]]]:
+    """Nodes grouped by label; unlabelled tf2onnx glue joins the next labelled layer."""
     groups: dict[str, list[int]] = {}
     order: list[str] = []
     pending: list[int] = []  # unscoped glue waits for the next scoped layer
@@ -406,6 +470,47 @@ def _group_scoped(info: GraphInfo, compute: list[int]) -> list[tuple[str, list[i
             groups[label] = [i]
             order.append(label)
     return [(label, sorted(groups[label])) for label in order]
+
+
+# jax2tf wraps every traced function in a scope of its own ("jax2tf_get_logits_/pjit_get_logits_/");
+# flax names submodules "<Class>_<n>" ("MagikaV2/Dense_0/einsum/Einsum").
+_JAX_WRAPPER = re.compile(r"^(jax2tf_|pjit_|jit_|xla_call|checkpoint|remat|custom_jvp|custom_vjp|vmap)")
+_FLAX_MODULE = re.compile(r"^[A-Za-z]\w*_\d+$")
+
+
+def _jax_label(name: str) -> str | None:
+    """The layer of a jax2tf node: its flax submodule below the root module ('Dense_0', 'LayerNorm_0');
+    an op the root module applies itself ('Reshape', 'Max'); else the jitted function it is in
+    ('one_hot', 'get_logits'). None for unscoped tf2onnx glue."""
+    parts = name.split("/")
+    scope, op = parts[:-1], parts[-1]
+    if not scope:
+        return None
+    modules = [p for p in scope if not _JAX_WRAPPER.match(p)]
+    for part in modules[1:]:
+        if _FLAX_MODULE.match(part):
+            return part
+    if modules:  # an op of the root module's own __call__: name it by the op ('Max_Squeeze__213' -> 'Max')
+        return re.sub(r"_[A-Z]\w*$", "", re.sub(r"__\d+$", "", op)) or op
+    wrapper = [p for p in scope if _JAX_WRAPPER.match(p)][-1]
+    return _JAX_WRAPPER.sub("", wrapper).strip("_") or wrapper
+
+
+def _group_runs(info: GraphInfo, compute: list[int], labels: list[str | None]) -> list[tuple[str, list[int]]]:
+    """Like _group_labelled, but a label that comes back after another layer starts a new layer
+    ('Reshape', then 'Reshape_2'): ops of a root module repeat names flax submodules do not."""
+    runs: list[str | None] = []
+    seen: dict[str, int] = {}
+    previous = None
+    for label in labels:
+        if label is None:
+            runs.append(None)
+            continue
+        if label != previous:
+            seen[label] = seen.get(label, 0) + 1
+            previous = label
+        runs.append(label if seen[label] == 1 else f"{label}_{seen[label]}")
+    return _group_labelled(info, compute, runs)
 
 
 def _common_scope(scopes: list[str]) -> str:
@@ -503,11 +608,7 @@ def cut(model: onnx.ModelProto, outputs: list[str], info: GraphInfo | None = Non
         if i is None or i in keep:
             continue
         keep.add(i)
-        stack.extend(x for x in info.nodes[i].input if x)
-        # Subgraphs (If/Loop bodies) may read outer tensors by name.
-        for attr in info.nodes[i].attribute:
-            for sub in [attr.g, *attr.graphs] if attr.type in (5, 10) else []:
-                stack.extend(_outer_names(sub))
+        stack.extend(info.node_inputs[i])  # subgraphs (If/Loop bodies) read outer tensors by name too
     nodes = [info.nodes[i] for i in sorted(keep)]
     channels_first = _channels_first_layers(model)
     new_outputs = []
@@ -578,12 +679,13 @@ def _copy_node(node):
 
 
 def _outer_names(graph) -> Iterable[str]:
+    """Names a subgraph reads from enclosing scopes, its own nested subgraphs included."""
     local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     for node in graph.node:
         local.update(node.output)
     for node in graph.node:
-        for x in node.input:
-            if x and x not in local:
+        for x in node_reads(node):
+            if x not in local:
                 yield x
 
 
@@ -619,21 +721,22 @@ def make_batch_dynamic(model: onnx.ModelProto, *, check: bool = True,
     from onnx import numpy_helper
 
     fixed = batch_dim(model)
-    if not isinstance(fixed, int) or fixed <= 0:
+    if not isinstance(fixed, int) or fixed <= 0 or fixed_batch(model) != fixed:
         return None
+    in_axes, out_axes, _ = model_batch_axes(model)
     new = onnx.ModelProto()
     new.CopyFrom(model)
     graph = new.graph
     inits = {t.name: t for t in graph.initializer}
     for inp in graph.input:
-        if inp.name in inits:
-            continue
+        if inp.name in inits or in_axes.get(inp.name) is None:
+            continue  # fed whole (a scalar, a fixed table): no batch axis to free
         dims = inp.type.tensor_type.shape.dim
-        if check and (not dims or not dims[0].HasField("dim_value") or dims[0].dim_value != fixed):
+        axis = in_axes[inp.name]
+        if check and axis != 0:  # shape inference cannot prove a batch on another axis; the converter's run can
             return None
-        if dims:
-            dims[0].Clear()
-            dims[0].dim_param = BATCH
+        dims[axis].Clear()
+        dims[axis].dim_param = BATCH
     changed = [f"batch dimension was fixed at [{fixed}]; made dynamic"]
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     info = GraphInfo(model)
@@ -670,9 +773,10 @@ def make_batch_dynamic(model: onnx.ModelProto, *, check: bool = True,
     if not check:
         for out in graph.output:
             dims = out.type.tensor_type.shape.dim
+            axis = out_axes.get(out.name, 0)
             # The batch when symbolic or equal to the fixed batch; a fixed size of its own (a [10] table) stays.
-            if len(dims) and (not dims[0].HasField("dim_value") or dims[0].dim_value == fixed):
-                dims[0].dim_param = BATCH
+            if len(dims) > axis and (not dims[axis].HasField("dim_value") or dims[axis].dim_value == fixed):
+                dims[axis].dim_param = BATCH
         if notes is not None:
             notes += changed
         return new
@@ -698,6 +802,88 @@ def make_batch_dynamic(model: onnx.ModelProto, *, check: bool = True,
     if notes is not None:
         notes += changed
     return new
+
+
+# --- batch axes ------------------------------------------------------------------------------
+
+def fixed_batch(model: onnx.ModelProto, first: int | str | None = None) -> int | str | None:
+    """The first input's batch size when the graph fixes it; None when a symbolic axis is the batch.
+
+    With several inputs a fixed first axis may be something else (a state's number of layers)
+    while the batch is a symbolic axis further in.
+    """
+    first = batch_dim(model) if first is None else first
+    inits = {t.name for t in model.graph.initializer}
+    dims = [value_dims(i) for i in model.graph.input if i.name not in inits]
+    symbolic = any(d is None or not all(isinstance(x, int) for x in d) for d in dims)
+    if isinstance(first, int) and len(dims) > 1 and symbolic:
+        return None
+    return first
+
+
+def batch_axes(shapes: dict[str, list | None], fixed: int | str | None) -> dict[str, int | None]:
+    """Each input's batch axis: where the batch symbol sits, or None for inputs fed whole (a scalar `sr`).
+
+    The batch is the first axis of the first input whose first axis is not fixed. An input that
+    names that symbol elsewhere (a recurrent state (layers, N, hidden)) is batched on that axis;
+    one whose first axis is symbolic too (exporters that name axes per input) on axis 0; one
+    whose only free axis is further in (Silero VAD's state (2, ?, 128)) on that axis; a
+    fixed-shape one not at all. This one rule serves extractors (how to split batches) and
+    converters (how to make sample inputs and run a fixed-batch model one sample at a time).
+    """
+    ranked = [dims for dims in shapes.values() if dims]
+    reference = next((dims for dims in ranked if not isinstance(dims[0], int)), ranked[0] if ranked else [])
+    if isinstance(fixed, int):
+        symbol: int | str | None = fixed
+    else:
+        anywhere = [d for dims in ranked for d in dims if not isinstance(d, int)]
+        symbol = reference[0] if reference and not isinstance(reference[0], int) else (anywhere or [None])[0]
+    # Symbols the reference input uses for its other axes (a sequence length) are not the batch.
+    others = {d for d in reference[1:] if isinstance(d, str) and d != symbol}
+    axes: dict[str, int | None] = {}
+    for name, dims in shapes.items():
+        free = [k for k, d in enumerate(dims or []) if not isinstance(d, int) and d not in others]
+        if dims is None:
+            axes[name] = 0  # no shape recorded: the usual layout, checked against the array
+        elif not dims:
+            axes[name] = None
+        elif symbol is not None and symbol in dims:
+            axes[name] = dims.index(symbol)
+        elif isinstance(symbol, int):
+            axes[name] = None
+        elif not isinstance(dims[0], int):
+            axes[name] = 0
+        else:
+            axes[name] = free[0] if len(free) == 1 else None
+    return axes
+
+
+def output_batch_axis(
+    dims: list | None, shapes: dict[str, list | None], axes: dict[str, int | None], fixed: int | str | None
+) -> int:
+    """The axis of an output that follows the batch (axis 0 unless the batch sits elsewhere)."""
+    symbols = {shapes[n][a] for n, a in axes.items() if a is not None and shapes[n] and isinstance(shapes[n][a], str)}
+    if not dims:
+        return 0
+    for k, d in enumerate(dims):
+        if isinstance(d, str) and d in symbols:
+            return k
+    if isinstance(fixed, int):  # a fixed batch: axis 0 when it has that size, else the first axis that does
+        return 0 if dims[0] == fixed else next((k for k, d in enumerate(dims) if d == fixed), 0)
+    free = [k for k, d in enumerate(dims) if not isinstance(d, int)]
+    if isinstance(dims[0], int) and len(free) == 1:  # unnamed: the only free axis
+        return free[0]
+    return 0
+
+
+def model_batch_axes(model: onnx.ModelProto) -> tuple[dict[str, int | None], dict[str, int], int | str | None]:
+    """(input name -> batch axis, output name -> batch axis, fixed batch size or None) of a model."""
+    inits = {t.name for t in model.graph.initializer}
+    shapes = {i.name: value_dims(i) for i in model.graph.input if i.name not in inits}
+    fixed = fixed_batch(model)
+    axes = batch_axes(shapes, fixed)
+    outputs = {o.name: output_batch_axis(value_dims(o), shapes, axes, fixed) for o in model.graph.output}
+    return axes, outputs, fixed
 
 
 # --- cost ---------------------------------------------------------------------------------------

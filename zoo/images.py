@@ -281,6 +281,16 @@ def preprocess(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def preprocess_module(spec: InputSpec):
+    """The same preprocessing as a torch module (scriptable), for the torch form of a cut base.
+
+    It takes pixels already at the net's size; `preprocess` also resizes and crops.
+    """
+    from zoo._preprocess_module import Preprocess
+
+    return Preprocess(spec.layout, spec.channel_order, spec.scale, spec.mean, spec.std, spec.pixel_range)
+
+
 def _resize_batch(nhwc: np.ndarray, geo: Geometry) -> np.ndarray:
     """Resize and crop a float (N, H, W, C) batch channel by channel (Pillow's float mode)."""
     import numpy as np

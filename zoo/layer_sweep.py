@@ -24,7 +24,7 @@ class SweepRow:
     """One cut of a sweep: where the features were cached and how the head did."""
 
     layer: str
-    unfreeze: int
+    unfreeze: int | str  # blocks unfrozen below the cut, or the cut point above which all train
     cached_at: str  # the layer whose outputs were cached (below the unfrozen ones)
     features: list[int]  # shape of one cached row
     val_accuracy: float | None
@@ -34,6 +34,7 @@ class SweepRow:
     train_seconds: float
     reused: bool  # the features came from the cache
     test_accuracy: float | None = None
+    trainable_parameters: int = 0  # the head's and the unfrozen blocks'
     fit: Any = field(default=None, repr=False, compare=False)  # the FitResult: trained head, history
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,9 +59,10 @@ class SweepResult:
     def table(self) -> str:
         """A text table: one line per cut."""
         has_test = any(r.test_accuracy is not None for r in self.rows)
-        headers = ["layer", "unfreeze", "cached at", "features", "val acc", "best epoch", "cache s", "train s"]
+        headers = ["layer", "unfreeze", "cached at", "features", "trains", "val acc", "best epoch", "cache s",
+                   "train s"]
         if has_test:
-            headers.insert(5, "test acc")
+            headers.insert(6, "test acc")
         lines = []
         for r in self.rows:
             cells = [
@@ -68,13 +70,14 @@ class SweepResult:
                 r.unfreeze,
                 r.cached_at + (" (reused)" if r.reused else ""),
                 "x".join(str(d) for d in r.features),
+                f"{r.trainable_parameters:,}",
                 _pct(r.val_accuracy),
                 f"{r.best_epoch}/{r.epochs}",
                 f"{r.cache_seconds:.2f}",
                 f"{r.train_seconds:.2f}",
             ]
             if has_test:
-                cells.insert(5, _pct(r.test_accuracy))
+                cells.insert(6, _pct(r.test_accuracy))
             lines.append(cells)
         return _table(lines, headers)
 
@@ -91,10 +94,10 @@ class SweepResult:
         prepare(path, "the plot")
         order = list(dict.fromkeys(r.layer for r in self.rows))
         fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2), 3.6))
-        for k in sorted({r.unfreeze for r in self.rows}):
+        for k in sorted({r.unfreeze for r in self.rows}, key=str):
             rows = [r for r in self.rows if r.unfreeze == k]
             xs = [order.index(r.layer) for r in rows]
-            label = "frozen base" if k == 0 else f"top {k} unfrozen"
+            label = "frozen base" if not k else f"above {k} unfrozen" if isinstance(k, str) else f"top {k} unfrozen"
             line = ax.plot(xs, [r.val_accuracy or 0 for r in rows], marker="o", label=f"{label}: validation")
             if any(r.test_accuracy is not None for r in rows):
                 ax.plot(xs, [r.test_accuracy or 0 for r in rows], marker="s", linestyle="--",
@@ -153,7 +156,7 @@ def sweep(
     labels: Any = None,
     *,
     layers: Sequence[str | int] = (-2,),
-    unfreeze: Sequence[int] = (0,),
+    unfreeze: Sequence[int | str] = (0,),
     validation: tuple[Any, Any] | None = None,
     test: tuple[Any, Any] | None = None,
     extractor: ExtractorOptions | None = None,
@@ -166,15 +169,17 @@ def sweep(
 
     Each cut's features are cached once (a second sweep, or a `zoo train` at the same cut,
     reuses them); every head trains with the same seed and the same validation rows, so the
-    rows differ only by where the network was cut. ``unfreeze=[0, 1]`` also fine-tunes the top
-    layer below each cut, on features cached one cut lower.
+    rows differ only by where the network was cut (the table says how many parameters each
+    trains). ``unfreeze=[0, 1]`` also fine-tunes the top block below each cut (a conv/linear
+    layer with its BatchNorm, Scale and activation), on features cached one cut lower; a cut
+    point's name (``"res4f"``) fine-tunes every block above it.
 
     Args:
         name: the base model (cataloged name or ONNX file).
         data: as `zoo.train`'s: an array, a ``.npy`` path, image files, or a `zoo.DataSource`.
         labels: one label per input; None for a class folder.
         layers: the cut layers to compare (names or positions).
-        unfreeze: the unfreeze depths to try at each cut.
+        unfreeze: the blocks to unfreeze at each cut (counts, or cut point names).
         validation: ``(data, labels)`` to validate on; without it ``training.val_fraction`` of
             `data` is held out.
         test: ``(data, labels)`` scored by every row's head.
@@ -190,7 +195,8 @@ def sweep(
         The rows in the order swept (`SweepResult.table()`, `.plot(path)`, `.best`).
 
     Raises:
-        InputError: no layers, negative depths, labels missing or not one per input.
+        InputError: no layers, negative depths or names that are no layer, labels missing or not
+            one per input.
 
     >>> result = zoo.sweep("bvlc_alexnet", "x.npy", "y.npy", layers=["fc6", "fc7"])  # doctest: +SKIP
     >>> print(result.table()); result.plot("sweep.png")                            # doctest: +SKIP
@@ -202,11 +208,20 @@ def sweep(
 
     if not layers:
         raise InputError("no layers to sweep; give them as layers=['fc6', 'fc7'] (`--layers fc6,fc7`)")
-    if any(k < 0 for k in unfreeze) or not unfreeze:
-        raise InputError(f"unfreeze={list(unfreeze)} must be depths of 0 or more, e.g. [0, 1]")
+    if not unfreeze or any(not isinstance(k, str) and k < 0 for k in unfreeze):
+        raise InputError(f"unfreeze={list(unfreeze)} must be block counts of 0 or more or cut points, e.g. [0, 1]")
     extractor = extractor or ExtractorOptions()
     training = training or TrainingConfig(epochs=50)
     cat = open_catalog(catalog)
+    named = [k for k in unfreeze if isinstance(k, str)]
+    if named:  # a misspelt name fails before any caching; one above a cut only skips that row
+        from zoo.extract import layers as list_layers
+
+        known = {info.name for info in list_layers(name, catalog=cat, cache_dir=cache_dir)}
+        unknown = [k for k in named if k not in known]
+        if unknown:
+            raise InputError(f"unfreeze {unknown[0]!r} is not a layer of {name}; give a number of blocks (1) "
+                             f"or a cut point from `zoo layers {name}`")
     labels = None if labels is None else load_labels(labels)
     pairs = {which: (pair[0], load_labels(pair[1])) for which, pair in (("validation", validation), ("test", test))
              if pair is not None}
@@ -230,10 +245,11 @@ def sweep(
             }
             cache_seconds = prepared.seconds + time.perf_counter() - started
             features = prepared.cached.features
+            trainable = prepared.trainable(training)
             fit = fit_head(features, prepared.labels, training.replace(progress=False),
-                           head=prepared.trainable(training), validation=sets.get("validation"))
+                           head=trainable, validation=sets.get("validation"))
             test_accuracy = fit.accuracy(*sets["test"]) if "test" in sets else None
-            at = prepared.extractor.layer if k == 0 else load_extractor(name, layer, catalog=cat,
+            at = prepared.extractor.layer if not k else load_extractor(name, layer, catalog=cat,
                                                                          cache_dir=cache_dir).layer
             result.rows.append(
                 SweepRow(
@@ -248,6 +264,7 @@ def sweep(
                     train_seconds=fit.seconds,
                     reused=prepared.cached.reused,
                     test_accuracy=test_accuracy,
+                    trainable_parameters=sum(p.numel() for p in trainable.parameters() if p.requires_grad),
                     fit=fit,
                 )
             )

@@ -1,4 +1,4 @@
-"""The user's own models: `add(path)` registers one, `scan(folder)` registers every model under it."""
+"""The user's own models: `add(path)` registers one, `scan(folder)` every model under it, `edit(name)` changes one."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import DuplicateModelError, ModelFormatError
-from zoo.records import Artifact, Model, check_name
+from zoo.records import Artifact, InputSpec, Model, check_name
 
 if TYPE_CHECKING:
     from zoo.catalog import Catalog
@@ -64,11 +64,26 @@ def default_name(info: FormatInfo) -> str:
 
 def _model(info: FormatInfo, name: str, task: str | None, dataset: str | None,
            tags: Iterable[str], description: str | None) -> Model:
+    meta = dict(info.meta)
+    if info.format == "onnx":
+        meta.update(_onnx_inputs(info.path))
     return Model(
         name=name, framework=info.framework, format=info.format, task=task, dataset=dataset,
         description=description, tags=list(dict.fromkeys(tags)), source=SOURCE,
-        artifacts=_artifacts(info), meta=dict(info.meta),
+        artifacts=_artifacts(info), meta=meta,
     )
+
+
+def _onnx_inputs(path: Path) -> dict[str, Any]:
+    """``{"graph_inputs": [...]}`` read from an ONNX file (its weights left on disk), for `zoo info`."""
+    try:
+        import onnx
+
+        from converters.onnx_model import input_records
+
+        return {"graph_inputs": input_records(onnx.load(os.fspath(path), load_external_data=False))}
+    except Exception:  # noqa: BLE001  the format check passed; what the inputs are is only a nicety here
+        return {}
 
 
 def add(
@@ -81,6 +96,7 @@ def add(
     description: str | None = None,
     inputs: Mapping[str, Any] | Iterable[str] | None = None,
     args: Mapping[str, Any] | Iterable[str] | None = None,
+    input_spec: InputSpec | Mapping[str, Any] | str | os.PathLike | None = None,
     catalog: str | os.PathLike | Catalog | None = None,
 ) -> Model:
     """Register the model at `path` (any supported format, detected from its content).
@@ -93,11 +109,18 @@ def add(
     `inputs` and `args` record what a TorchScript ``forward`` takes (see `zoo.input_specs`), so
     `convert` needs nothing more: ``inputs={"x": "1x512"}, args={"sr": 16000}``.
 
+    `input_spec` says how images become its input (see `zoo.preprocessing`). A file whose content
+    matches a file of a published catalog entry (a built-in zoo or a synced index) is recognised
+    as that model: it takes that entry's input spec (unless given), licence, description and
+    task, and ``meta["same_as"]`` names it.
+
     Args:
         path: the model file or folder; `more` the other half of a Caffe pair.
         name: the catalog name (default: the file or folder stem).
         task, dataset, tags, description: what the catalog says about it.
         inputs, args: what a TorchScript ``forward`` takes (``NAME=SHAPE[:DTYPE]``, ``NAME=VALUE``).
+        input_spec: an InputSpec, a dict of its fields or a JSON file
+            (``{"mean": [104, 117, 123], "channel_order": "BGR"}``).
         catalog: a path, a SQLAlchemy URL or a `Catalog`.
 
     Returns:
@@ -106,16 +129,19 @@ def add(
     Raises:
         ModelFormatError: the file is not a model zoo recognises, or is not what it claims.
         DuplicateModelError: the name is taken.
-        InputError: a malformed ``inputs``/``args`` value.
+        InputError: a malformed ``inputs``/``args`` value or input spec.
 
     >>> zoo.add("exports/cats.onnx", task="image-classification", tags=["cats"])  # doctest: +SKIP
     >>> zoo.add("vad.pt", inputs=["x=1x512"], args=["sr=16000"])  # doctest: +SKIP
+    >>> zoo.add("net.onnx", input_spec={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})  # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
     from zoo.formats import detect_files
     from zoo.input_specs import arg_values, input_specs
+    from zoo.preprocessing import parse
 
     specs, values = input_specs(inputs), arg_values(args)
+    spec_fields = parse(input_spec) if input_spec is not None else {}
     info = detect_files([path, *more])
     if (specs or values) and info.framework != "pytorch":
         raise ModelFormatError(
@@ -130,7 +156,121 @@ def add(
         )
     model = _model(info, name, task, dataset, tags, description)
     _set_inputs(model, specs, values)
+    _set_spec(model, spec_fields)
+    _recognise(cat, model, keep_spec=bool(spec_fields))
     return cat.add_model(model)
+
+
+def _set_spec(model: Model, fields: Mapping[str, Any]) -> None:
+    """Put checked InputSpec fields (zoo.preprocessing.parse) on a model record."""
+    if fields:
+        from zoo.preprocessing import apply
+
+        model.input = apply(model.input, fields)
+
+
+def _recognise(cat: Catalog, model: Model, keep_spec: bool) -> str | None:
+    """Make `model` inherit from the published catalog entry one of its files is a copy of; its name.
+
+    The entry gives what the file cannot say: its input spec (mean, std, channel order, sizes:
+    the same Caffe weights must see the same pixels whether added by hand or fetched), licence,
+    description, task, dataset and architecture. What the user gave is kept.
+    """
+    from zoo.hashes import MultiHasher, parse_checksum
+
+    for artifact in model.artifacts:
+        if not artifact.sha256 or not artifact.path or os.path.isdir(artifact.path):
+            continue
+        candidates = [(n, a) for n, a in cat.find_published(artifact.sha256, artifact.size or 0)
+                      if a.role == artifact.role]
+        if not candidates:
+            continue
+        algos = {parse_checksum(a.checksum)[0] for _, a in candidates if a.checksum}
+        digests = {"sha256": artifact.sha256}
+        if algos - {"sha256"}:  # one more read of the file, for the algorithms its publishers used
+            hasher = MultiHasher(sorted(algos), size=artifact.size)
+            with open(artifact.path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    hasher.update(chunk)
+            digests.update({algo: hasher.hexdigest(algo) for algo in algos})
+        for name, published in candidates:
+            same = published.sha256 == artifact.sha256 or (
+                published.checksum and digests.get(parse_checksum(published.checksum)[0])
+                == parse_checksum(published.checksum)[1])
+            if same:
+                _inherit(model, cat.get(name), keep_spec, f"{artifact.role} {artifact.filename}")
+                return name
+    return None
+
+
+def _inherit(model: Model, published: Model, keep_spec: bool, which: str) -> None:
+    if not keep_spec:
+        spec = published.input
+        if spec.name is None or (model.input.name and model.framework != published.framework):
+            spec = dataclasses.replace(spec, name=model.input.name or spec.name)
+        model.input = spec
+    for fact in ("license", "description", "task", "dataset", "architecture", "homepage", "paper"):
+        if getattr(model, fact) is None and getattr(published, fact) is not None:
+            setattr(model, fact, getattr(published, fact))
+    model.meta["same_as"] = {"model": published.name, "file": which,
+                             "inherited": ["input spec"] * (not keep_spec) + ["licence", "description"]}
+
+
+def edit(
+    name: str,
+    *,
+    input_spec: InputSpec | Mapping[str, Any] | str | os.PathLike | None = None,
+    task: str | None = None,
+    dataset: str | None = None,
+    description: str | None = None,
+    license: str | None = None,
+    catalog: str | os.PathLike | Catalog | None = None,
+) -> Model:
+    """Change what the catalog says about a model: its input spec (fields given replace those
+    recorded, the others stay), task, dataset, description or licence.
+
+    Each edit is recorded in ``meta["edits"]`` (when, which fields), which `zoo info` shows.
+    Features cached from images follow: their cache key holds the spec.
+
+    Args:
+        name: the cataloged model.
+        input_spec: InputSpec fields to set (an InputSpec, a dict or a JSON file; see `zoo.preprocessing`).
+        task, dataset, description, license: what the catalog says about it.
+        catalog: a path, a SQLAlchemy URL or a `Catalog`.
+
+    Returns:
+        The updated catalog entry.
+
+    Raises:
+        UnknownModelError: no model of that name.
+        InputError: nothing to change, or a malformed spec field.
+
+    >>> zoo.edit("my_net", input_spec={"mean": [104, 117, 123], "channel_order": "BGR"})  # doctest: +SKIP
+    """
+    import time
+
+    from zoo.catalog import open_catalog
+    from zoo.preprocessing import apply, parse
+
+    cat = open_catalog(catalog)
+    model = cat.get(name)
+    changes: dict[str, Any] = {}
+    fields = parse(input_spec) if input_spec is not None else {}
+    if fields:
+        changes["input"] = apply(model.input, fields).to_dict()
+    for fact, value in (("task", task), ("dataset", dataset), ("description", description), ("license", license)):
+        if value is not None:
+            changes[fact] = value
+    if not changes:
+        from zoo.errors import InputError
+
+        raise InputError(f"nothing to change for {name}: give an input spec field (--mean, --std, --scale, "
+                         f"--channel-order, --layout, --resize, --crop or --input-spec) or --task, --dataset, "
+                         f"--description, --license")
+    meta = dict(model.meta)
+    record = {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "fields": sorted([*fields, *(k for k in changes if k != "input")])}
+    meta["edits"] = [*meta.get("edits", []), record]
+    return cat.update_model(name, meta=meta, **changes)
 
 
 def _set_inputs(model: Model, specs: list[dict[str, Any]], values: dict[str, Any]) -> None:
@@ -159,16 +299,18 @@ def _unique_name(base: str, taken: set[str]) -> str:
     return f"{base}-{n}"
 
 
-def scan(folder: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | None = None
-         ) -> ScanResult:
+def scan(folder: str | os.PathLike, *, input_spec: InputSpec | Mapping[str, Any] | str | os.PathLike | None = None,
+         catalog: str | os.PathLike | Catalog | None = None) -> ScanResult:
     """Register every model under `folder`; safe to run again.
 
     A file already registered at its path is left alone (or updated if its content changed);
     a file whose sha256 matches a local model whose file is gone is that model, moved (its path
-    is updated). Everything happens in one transaction.
+    is updated). Everything happens in one transaction. Models added get `input_spec` (see
+    `add`); one that is a copy of a published catalog entry's file inherits from it, as in `add`.
 
     Args:
         folder: where to look, recursively.
+        input_spec: the input spec of the models added (see `add`).
         catalog: a path, a SQLAlchemy URL or a `Catalog`.
 
     Returns:
@@ -176,11 +318,14 @@ def scan(folder: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | No
 
     Raises:
         ModelFormatError: `folder` is not a folder.
+        InputError: a malformed input spec.
         CatalogError: the catalog cannot be written.
     """
     from zoo.catalog import open_catalog
     from zoo.formats import find_models
+    from zoo.preprocessing import parse
 
+    spec_fields = parse(input_spec) if input_spec is not None else {}
     found, problems = find_models(folder)
     result = ScanResult(problems=[(str(p), e) for p, e in problems])
     # Hash before the transaction: hashing large files must not hold the catalog's write lock.
@@ -192,7 +337,7 @@ def scan(folder: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | No
         seen: set[str] = set()
         for info, artifacts in candidates:
             primary = next(a for a in artifacts if Path(a.path) == info.path)
-            for outcome, name in _place(cat, info, artifacts, primary, taken):
+            for outcome, name in _place(cat, info, artifacts, primary, taken, spec_fields):
                 seen.add(name)
                 getattr(result, outcome).append(name)
         for model in cat.search(source=SOURCE, limit=None):
@@ -205,7 +350,7 @@ def scan(folder: str | os.PathLike, *, catalog: str | os.PathLike | Catalog | No
 
 
 def _place(cat: Catalog, info: FormatInfo, artifacts: list[Artifact], primary: Artifact,
-           taken: set[str]) -> list[tuple[str, str]]:
+           taken: set[str], spec_fields: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Register one found model; returns (what happened, model name) for each entry it touched."""
     outcomes = []
     for name, known in cat.find_by_path(primary.path):
@@ -235,8 +380,11 @@ def _place(cat: Catalog, info: FormatInfo, artifacts: list[Artifact], primary: A
         return outcomes
     name = _unique_name(default_name(info), taken)
     taken.add(name)
-    cat.add_model(Model(name=name, framework=info.framework, format=info.format, source=SOURCE,
-                        artifacts=artifacts, meta=dict(info.meta)))
+    model = Model(name=name, framework=info.framework, format=info.format, source=SOURCE,
+                  artifacts=artifacts, meta=dict(info.meta))
+    _set_spec(model, spec_fields)
+    _recognise(cat, model, keep_spec=bool(spec_fields))
+    cat.add_model(model)
     return [("added", name)]
 
 
@@ -252,4 +400,4 @@ def _refresh(cat: Catalog, model: Model, info: FormatInfo, artifacts: list[Artif
         cat.update_model(model.name, framework=info.framework, format=info.format)
 
 
-__all__ = ["ScanResult", "add", "default_name", "record_inputs", "scan"]
+__all__ = ["ScanResult", "add", "default_name", "edit", "record_inputs", "scan"]

@@ -20,7 +20,7 @@ from zoo.atomic import atomic_open, write_atomic
 __all__ = ["CUT_VERSION", "FEATURES_VERSION", "CutInput", "CutMetadata", "FeatureManifest"]
 
 # Bumped when the cut files would differ for the same spec (new rewrite, new metadata).
-CUT_VERSION = 3
+CUT_VERSION = 4
 # Bumped when a feature-cache entry's files would be laid out differently.
 FEATURES_VERSION = 1
 
@@ -62,7 +62,8 @@ class CutMetadata:
     ``layers`` are the layer names cut at and ``outputs`` their tensors; ``output_shapes`` and
     ``output_batch_axes`` say where each output's batch sits. ``inputs`` are the inputs the cut
     depends on, ``source_inputs`` every input of the whole model (these may be passed and are
-    ignored). ``fixed_batch`` is the batch size a graph that could not be made dynamic takes;
+    ignored); ``constants`` the scalar inputs baked in with ``args=`` and ``folded`` the Ifs that
+    folded then. ``fixed_batch`` is the batch size a graph that could not be made dynamic takes;
     ``not_cut_point`` names a single layer that other paths bypass (a warning on every load).
     """
 
@@ -75,6 +76,8 @@ class CutMetadata:
     output_batch_axes: list[int]
     inputs: list[CutInput]
     source_inputs: list[str] = field(default_factory=list)
+    constants: dict[str, Any] = field(default_factory=dict)  # scalar inputs baked in with args= (zoo.folding)
+    folded: list[str] = field(default_factory=list)  # what folding did to the graph
     fixed_batch: int | None = None
     not_cut_point: str | None = None
     # How the cut was made (`zoo.lineage.Lineage.to_dict()`: its sha256, the model's as parent);

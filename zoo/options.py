@@ -38,8 +38,9 @@ class TrainingConfig:
         patience: epochs without a better validation loss before stopping; None never stops early.
         seed: seeds the head's initialisation, the shuffling and the validation split.
         threads: torch threads while training; None for one on a small model, torch's choice otherwise.
-        unfreeze: top layers of the base with weights trained too, on features cached below them
-            (`zoo.train`; `zoo.sweep` takes the depths to try itself).
+        unfreeze: top blocks of the base (a conv/linear layer with its BatchNorm, Scale and
+            activation) trained too, on features cached below them; or a cut point's name: every
+            block above it trains (`zoo.train`; `zoo.sweep` takes the depths to try itself).
         progress: progress bars on stderr when it is a terminal.
 
     >>> zoo.fit_head(features, labels, zoo.TrainingConfig(epochs=50, hidden=(256,)))  # doctest: +SKIP
@@ -54,7 +55,7 @@ class TrainingConfig:
     patience: int | None = 5
     seed: int = 0
     threads: int | None = None
-    unfreeze: int = 0
+    unfreeze: int | str = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -75,8 +76,10 @@ class TrainingConfig:
             raise InputError(f"seed={self.seed!r} must be a non-negative whole number")
         if self.threads is not None and not (_whole(self.threads) and self.threads >= 1):
             raise InputError(f"threads={self.threads!r} must be a whole number of at least 1")
-        if not (_whole(self.unfreeze) and self.unfreeze >= 0):
-            raise InputError(f"unfreeze={self.unfreeze} must be 0 or more layers")
+        if isinstance(self.unfreeze, str) and not self.unfreeze.strip():
+            raise InputError("unfreeze='' names no layer; give a count of blocks (1) or a cut point ('res4f')")
+        if not isinstance(self.unfreeze, str) and not (_whole(self.unfreeze) and self.unfreeze >= 0):
+            raise InputError(f"unfreeze={self.unfreeze!r} must be 0 or more blocks, or the name of a cut point")
 
     def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with some fields changed (checked again)."""

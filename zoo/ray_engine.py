@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import heapq
 import json
-import logging
 import os
 import threading
 import time
@@ -539,9 +538,10 @@ def _connect(address: str | None) -> tuple[Any, float]:
     _check_reachable(address or os.environ.get("RAY_ADDRESS"))
     began = time.perf_counter()
     try:
+        from zoo.logs import ray_options
+
         with _quiet_ray():
-            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                     log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, **ray_options())
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
         raise EngineError(

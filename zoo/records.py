@@ -137,9 +137,18 @@ class Model:
 
     @property
     def is_local(self) -> bool:
-        """True when every file the model needs is on disk."""
+        """True when every file the model needs is on disk (recorded, and still there)."""
+        import os
+
         needed = [a for a in self.artifacts if a.role != "onnx"]
-        return bool(needed) and all(a.is_local for a in needed)
+        return bool(needed) and all(a.is_local and os.path.lexists(a.path) for a in needed)
+
+    @property
+    def missing_files(self) -> list[str]:
+        """Paths of files recorded as on disk that are gone (moved or deleted since)."""
+        import os
+
+        return [a.path for a in self.artifacts if a.path and not os.path.lexists(a.path)]
 
     def artifact(self, role: str) -> Artifact | None:
         """The first artifact with this role, or None."""

@@ -379,50 +379,72 @@ def transfer_model(
     head: Any = None,
     num_classes: int | None = None,
     hidden: Sequence[int] = (),
-    unfreeze: int = 0,
+    unfreeze: int | str = 0,
     catalog: str | os.PathLike | Catalog | None = None,
     seed: int = 0,
     pooling: str | None = None,
+    verbose: bool = True,
 ):
     """A cataloged model cut at `layer`, frozen, with a new head: one ``nn.Module`` to train.
 
-    The result is ``nn.Sequential(base=..., head=...)`` (``base, pool, head`` with ``pooling="avg"``
-    or ``"max"``: global pooling of the cut's spatial axes). The base's weights are frozen
-    (BatchNorm in eval mode) except its top `unfreeze` parameterised layers; the default
-    ``layer=-2`` drops the old output layer, which the head replaces.
+    The result is ``nn.Sequential(base=..., head=...)``; with ``pooling="avg"`` or ``"max"`` the
+    base pools the cut's spatial axes (as the extractor does). The base's weights are frozen
+    (BatchNorm in eval mode) except its top `unfreeze` blocks (a conv/linear layer with its
+    BatchNorm, Scale and activation), or every block above the cut point `unfreeze` names
+    (``unfreeze="res4f"``); the default ``layer=-2`` drops the old output layer, which the head
+    replaces. Prints how many parameters train.
 
     Args:
         name: the base model (cataloged name or ONNX file).
         layer: where to cut it.
         head: the new head; None makes one for `num_classes` with `hidden` layers (seeded by `seed`).
         num_classes, hidden, seed: the new head's shape and initialisation.
-        unfreeze: top layers of the base with weights left trainable.
+        unfreeze: top blocks of the base left trainable, or the cut point above which they are.
         catalog: a path, a SQLAlchemy URL or a `Catalog`.
         pooling: "avg" or "max" global pooling of a 4-D cut.
+        verbose: print how many parameters train (to stderr); False is quiet.
 
     Returns:
-        ``nn.Sequential(base=..., [pool=...,] head=...)``.
+        ``nn.Sequential(base=..., head=...)``.
 
     Raises:
-        InputError: neither a head nor a number of classes, or a negative `unfreeze`.
+        InputError: neither a head nor a number of classes, a negative `unfreeze`, or one
+            naming no cut point of the base.
         UnknownLayerError: the layer is not in the model.
 
-    >>> model = zoo.transfer_model("bvlc_alexnet", layer="fc7", num_classes=10)  # doctest: +SKIP
+    >>> model = zoo.transfer_model("bvlc_alexnet", layer="fc7", num_classes=10, unfreeze=1)  # doctest: +SKIP
     """
     from zoo.extract import load_extractor
 
     if head is None and num_classes is None:
         raise InputError("give the new head (head=nn.Module) or the number of classes (num_classes=N)")
-    if unfreeze < 0:
-        raise InputError(f"unfreeze={unfreeze} must be 0 or more layers")
+    _check_unfreeze(unfreeze)
     extractor = load_extractor(name, layer, ExtractorOptions(pooling=pooling), catalog=catalog)
-    base = extractor.to_torch()
+    base = extractor.to_torch()  # pools as the extractor does
     if unfreeze:
-        base.unfreeze(top=unfreeze)
+        base.unfreeze(unfreeze, verbose=False)
     if head is None:
         width = int(np.prod([d for d in extractor.output_shape[1:]]))
         head = make_head(width, num_classes, hidden, seed=seed)
-    return compose(base, head, _pool_module(pooling, extractor))
+    model = compose(base, head)
+    if verbose:
+        print(trainable_summary(model, base), file=sys.stderr)
+    return model
+
+
+def _check_unfreeze(unfreeze: int | str) -> None:
+    """A count of blocks (0 or more) or a layer name; TrainingConfig is where that is checked."""
+    TrainingConfig(unfreeze=unfreeze)
+
+
+def trainable_summary(model: Any, base: Any = None) -> str:
+    """One line: how many parameters of `model` train, and which blocks of its base."""
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    line = f"{trained:,} of {total:,} parameters train"
+    if base is not None and hasattr(base, "parameter_summary"):
+        line += f"; base: {base.parameter_summary()}"
+    return line
 
 
 def save_model(
@@ -478,51 +500,69 @@ class TrainResult:
     cache_key: str
     cut: Any
     skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs left out: path, reason
+    trainable_parameters: int = 0  # how many parameters trained (head and unfrozen blocks)
+    total_parameters: int = 0  # of the whole saved model
 
 
 def fine_tune_parts(
     name: str,
     layer: str | int,
-    unfreeze: int,
+    unfreeze: int | str,
     *,
     catalog: Any = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[str, Any]:
-    """Where to cache for fine-tuning the top `unfreeze` layers of `name` cut at `layer`.
+    """Where to cache for fine-tuning the top `unfreeze` blocks of `name` cut at `layer`.
 
-    Returns (the layer to cache at: the last cut point below the lowest unfrozen layer, the
-    trainable torch module that maps that cache to `layer`'s output). Training this module and a
-    head on the cached outputs is the same as training ``transfer_model(..., unfreeze=k)``
+    `unfreeze` is a count of blocks (a conv/linear layer with its BatchNorm, Scale and activation)
+    or a cut point: every block above it trains. Returns (the layer to cache at: the last cut
+    point below the lowest unfrozen layer, or the named cut point; the torch module that maps
+    that cache to `layer`'s output, its unfrozen blocks trainable). Training this module and a
+    head on the cached outputs is the same as training ``transfer_model(..., unfreeze=...)``
     without running the frozen layers below every epoch.
     """
     from converters.onnx_to_torch import to_torch
     from zoo.extract import layers as list_layers
     from zoo.extract import load_extractor
 
-    if unfreeze < 1:
-        raise InputError(f"unfreeze={unfreeze}: fine-tuning needs at least one layer to unfreeze")
+    _check_unfreeze(unfreeze)
+    if not unfreeze:
+        raise InputError(f"unfreeze={unfreeze!r}: fine-tuning needs at least one block to unfreeze")
     extractor = load_extractor(name, layer, catalog=catalog, cache_dir=cache_dir)
     full = extractor.to_torch()
-    weighted = [node for node, _ in full.layers]
-    if unfreeze > len(weighted):
-        raise UnfreezeDepthError(
-            f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {len(weighted)} layers "
-            f"with weights; choose --unfreeze between 0 and {len(weighted)}", unfreeze=unfreeze, layers=len(weighted),
-        )
     all_layers = list_layers(name, catalog=catalog, cache_dir=cache_dir)
     output = extractor.meta.outputs[0]
     target = next(info for info in all_layers if info.output == output)
-    lowest = next(info for info in all_layers if weighted[-unfreeze] in info.nodes)
-    below = [info for info in all_layers if info.index < lowest.index and info.is_cut_point]
-    if not below:
-        raise UnfreezeDepthError(
-            f"unfreeze={unfreeze} unfreezes every layer of {name} up to {target.name}: nothing stays "
-            f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)",
-            unfreeze=unfreeze, layers=len(weighted),
-        )
-    low = below[-1]
+    if isinstance(unfreeze, str):
+        low = next((info for info in all_layers if info.name == unfreeze), None)
+        cuts = [info.name for info in all_layers if info.is_cut_point and info.index < target.index]
+        if low is None or not low.is_cut_point or low.index >= target.index:
+            error = InputError if low is None else UnfreezeDepthError  # a sweep skips the latter's row
+            raise error(
+                f"unfreeze={unfreeze!r} is not a cut point below {target.name} in {name}; cut points: "
+                f"{', '.join(cuts[-8:]) or 'none'} (zoo layers {name})"
+            )
+        chosen = full.layers_above(low.output)
+    else:
+        blocks = len(full.blocks)
+        if unfreeze > blocks:
+            raise UnfreezeDepthError(
+                f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {blocks} blocks "
+                f"(a conv/linear layer with its BatchNorm/Scale/activation); choose --unfreeze between 0 "
+                f"and {blocks}, or a cut point", unfreeze=unfreeze, layers=blocks,
+            )
+        chosen = [node for block in full.blocks[blocks - unfreeze:] for node in block.layers]
+        lowest = next(info for info in all_layers if chosen[0] in info.nodes)
+        below = [info for info in all_layers if info.index < lowest.index and info.is_cut_point]
+        if not below:
+            raise UnfreezeDepthError(
+                f"unfreeze={unfreeze} unfreezes every block of {name} up to {target.name}: nothing stays "
+                f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)",
+                unfreeze=unfreeze, layers=blocks,
+            )
+        low = below[-1]
     top = to_torch(_segment(extractor.cut_model, low.output, low.shape))
-    top.unfreeze(top=len(top.layers))
+    top.unfreeze(layers=[node for node in chosen if node in {name for name, _ in top.layers}], verbose=False)
     return low.name, top
 
 
@@ -559,8 +599,8 @@ class Prepared:
     """One cut made ready to train at: its features cached, its labels, and what trains on them.
 
     With ``unfreeze=0`` the features are the cut layer's and only a new head trains; with
-    ``unfreeze=k`` they are cached below the top k layers with weights (`cut`), and `top`, those
-    layers as a torch module, trains with the head.
+    ``unfreeze=k`` they are cached below the top k blocks (`cut`; ``unfreeze="res4f"``: at that
+    cut point), and `top`, those blocks as a torch module, trains with the head.
     """
 
     name: str
@@ -589,8 +629,14 @@ class Prepared:
         return head if self.top is None else trainable_head(self.top, head, self.pool)
 
     def module(self, fit: FitResult) -> Any:
-        """The whole trained model: the frozen base, its pooling and the trained layers."""
-        return compose(self.extractor.to_torch(), fit.head, self.pool if self.top is None else None)
+        """The whole trained model: the frozen base (pooling as its extractor does) and the trained layers."""
+        return compose(self.extractor.to_torch(), fit.head)
+
+    def parameter_counts(self, trainable: Any) -> tuple[int, int]:
+        """(parameters that train, all parameters of the model) for `trainable` on this cut."""
+        trained = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.extractor.to_torch().parameters())
+        return trained, frozen + sum(p.numel() for p in trainable.parameters())
 
 
 def prepare(
@@ -607,8 +653,8 @@ def prepare(
     """Cache `data` through `name` where training starts, and pair the cached rows with labels.
 
     The shared first half of `train` and `zoo.sweep`: cut at ``extractor.layer``, or with
-    ``training.unfreeze = k`` at the last cut point below the top k layers with weights (which
-    then train too); cache the data's features there (reused when cached); drop the labels of
+    ``training.unfreeze = k`` at the last cut point below the top k blocks (which then train
+    too; ``unfreeze="res4f"``: at that cut point); cache the data's features there (reused when cached); drop the labels of
     unreadable images.
 
     Args:
@@ -639,7 +685,7 @@ def prepare(
         raise InputError(f"{len(labels)} labels for {data_len} rows of data; give exactly one label per row")
     if labels is None and not _brings_labels(data):
         raise InputError("labels are missing; give one label per row (`--labels y.npy`), or an image folder")
-    if training.unfreeze == 0:
+    if not training.unfreeze:
         cut, top = extractor.layer, None
     else:
         cut, top = fine_tune_parts(name, extractor.layer, training.unfreeze, catalog=catalog, cache_dir=cache_dir)
@@ -650,7 +696,8 @@ def prepare(
     cached = extract_features(frozen, data, cache_dir=cache_dir, progress=training.progress, engine=engine)
     seconds = time.perf_counter() - started
     return Prepared(name=name, layer=extractor.layer, cut=cut, extractor=frozen, cached=cached,
-                    labels=_labels_for(cached, labels), top=top, pool=_pool_module(extractor.pooling, frozen),
+                    labels=_labels_for(cached, labels), top=top,
+                    pool=None if top is None else _pool_module(extractor.pooling, frozen),
                     seconds=seconds)
 
 
@@ -679,8 +726,11 @@ def train(
     """Cache `data` through `name` cut at a layer, train a head (and the top layers), save it.
 
     The trained model (frozen base + trained layers) is registered as `new_name`, exported to
-    ONNX. With ``training.unfreeze = k`` the features are cached below the top k layers of the
-    base, and those layers train with the head on the cached outputs.
+    ONNX. With ``training.unfreeze = k`` the features are cached below the top k blocks of the
+    base (a block: a conv/linear layer with its BatchNorm, Scale and activation), with
+    ``unfreeze="res4f"`` at that cut point; those blocks train with the head on the cached
+    outputs. How many parameters train is printed (with progress, on a terminal) and kept in the
+    result.
 
     Args:
         name: the base model (cataloged name or ONNX file).
@@ -715,7 +765,11 @@ def train(
     check_new_name(new_name, cat, replace, example="my-model")
     prepared = prepare(name, data, labels, extractor=extractor, training=training, engine=engine, catalog=cat,
                        cache_dir=cache_dir)
-    fit = fit_head(prepared.cached.features, prepared.labels, training, head=prepared.trainable(training))
+    trainable = prepared.trainable(training)
+    counts = prepared.parameter_counts(trainable)
+    if training.progress and sys.stderr.isatty():  # as the progress bars: not in logs and pipes (`zoo train` says it)
+        print(f"training {counts[0]:,} of {counts[1]:,} parameters", file=sys.stderr)
+    fit = fit_head(prepared.cached.features, prepared.labels, training, head=trainable)
     module = prepared.module(fit)
     frozen = prepared.extractor
     spec = getattr(frozen, "input_spec", None)
@@ -754,7 +808,7 @@ def train(
         lineage=lineage,
     )
     return TrainResult(model=record, fit=fit, module=module, cache_key=cached.key, cut=prepared.cut,
-                       skipped=list(cached.skipped))
+                       skipped=list(cached.skipped), trainable_parameters=counts[0], total_parameters=counts[1])
 
 
 def _labels_for(cached: Any, labels: Any) -> np.ndarray:

@@ -204,11 +204,18 @@ def build_tflite(folder: Path) -> Path:
     return path
 
 
-def build_quantized_tflite(folder: Path) -> Path:
-    """A full-integer (int8) TFLite with float input and output, calibrated on a representative dataset.
+QUANTIZATION_KINDS = ("dynamic-range", "full-integer", "int8-io")
+
+
+def build_quantized_tflite(folder: Path, kind: str = "full-integer") -> Path:
+    """A tiny Keras CNN as a quantized TFLite, one of three ways (the three `tf.lite.Optimize.DEFAULT` gives):
+
+    "dynamic-range": int8 weights, float activations, float in and out (no representative data);
+    "full-integer": int8 weights and activations calibrated on a representative dataset, float
+    in and out; "int8-io": the same with int8 input and output.
 
     He-initialised convolutions with residual adds keep the activations spread out, so onnxruntime's
-    and TFLite's int8 kernels round differently somewhere, as they do on real quantized models.
+    and TFLite's kernels round differently somewhere, as they do on real quantized models.
     """
     import keras
     import numpy as np
@@ -233,9 +240,12 @@ def build_quantized_tflite(folder: Path) -> Path:
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # float in and out
-    path = folder / "quantized.tflite"
+    if kind != "dynamic-range":
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]  # float in and out
+    if kind == "int8-io":
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = folder / ("quantized.tflite" if kind == "full-integer" else f"quantized-{kind}.tflite")
     path.write_bytes(converter.convert())
     return path
 

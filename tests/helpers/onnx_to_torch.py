@@ -101,7 +101,17 @@ def light_model_randomized(path, seed: int = 0):
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    data = next(i for i in graph.input if i.name not in inits)
+    # Initializers listed as graph inputs (IR 3) are overridable to onnxruntime, which then neither
+    # folds nor prepacks them: keep only the data input, as a model exported today would.
+    kept = [i for i in graph.input if i.name not in inits]
+    del graph.input[:]
+    graph.input.extend(kept)
+    used = {name for node in graph.node for name in node.input}
+    live = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+    model.ir_version = max(model.ir_version, 4)  # initializers that are not graph inputs need IR 4
+    data = graph.input[0]
     data.type.tensor_type.shape.dim[0].dim_param = "N"
     for out in graph.output:
         out.type.tensor_type.shape.dim[0].dim_param = "N"
@@ -168,3 +178,96 @@ def gru_onnx(path, features: int = 5, hidden: int = 8, layers: int = 2, bidirect
                       dynamic_axes={"input": {0: "time", 1: "batch"}, "state": {1: "batch"},
                                     "output": {0: "time", 1: "batch"}, "state_out": {1: "batch"}})
     return path
+
+
+def control_flow_onnx():
+    """x [n, 4] -> If(sum(x) > 0: x * 2, else: -x), then a Loop adding x to a running total 3 times
+    with every total as a scan output, and a Scan summing the rows: real subgraphs in all three."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    then_branch = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["doubled"])], "then", [],
+                                    [helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["n", 4])], [two])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["x"], ["negated"])], "else", [],
+                                    [helper.make_tensor_value_info("negated", TensorProto.FLOAT, ["n", 4])])
+    body = helper.make_graph(
+        [helper.make_node("Add", ["total_in", "branch"], ["total_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["total_out"], ["scanned"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("total_in", TensorProto.FLOAT, ["m", 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("total_out", TensorProto.FLOAT, ["m", 4]),
+         helper.make_tensor_value_info("scanned", TensorProto.FLOAT, ["m", 4])])
+    scan_body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "row"], ["acc_out"]), helper.make_node("Identity", ["acc_out"], ["seen"])],
+        "scan_body",
+        [helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [4]),
+         helper.make_tensor_value_info("row", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [4]),
+         helper.make_tensor_value_info("seen", TensorProto.FLOAT, [4])])
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["positive"]),
+        helper.make_node("If", ["positive"], ["branch"], then_branch=then_branch, else_branch=else_branch),
+        helper.make_node("Loop", ["trips", "yes", "start"], ["total", "totals"], body=body),
+        helper.make_node("Scan", ["acc0", "x"], ["rows_sum", "partials"], body=scan_body, num_scan_inputs=1),
+    ]
+    inits = [numpy_helper.from_array(v, n) for n, v in {
+        "zero": np.array(0.0, np.float32), "trips": np.array(3, np.int64), "yes": np.array(True),
+        "start": np.zeros((1, 4), np.float32), "acc0": np.zeros(4, np.float32)}.items()]
+    outputs = {"branch": ["n", 4], "total": ["n", 4], "totals": [3, "n", 4], "rows_sum": [4], "partials": ["n", 4]}
+    graph = helper.make_graph(nodes, "control", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in outputs.items()],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def small_float_cnn_onnx(path, seed: int = 0):
+    """conv -> relu -> conv -> global pool -> linear, exported from torch: a model to quantize."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3),
+                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(6, 5)).eval()
+    torch.onnx.export(net, (torch.randn(2, 3, 12, 12),), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False, dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    return path
+
+
+def quantized_onnx(float_path, out_path, kind: str, seed: int = 0):
+    """The float model quantized by onnxruntime's own tools: "qdq" (QuantizeLinear/DequantizeLinear
+    pairs), "qoperator" (QLinearConv, QLinearMatMul...) or "dynamic" (DynamicQuantizeLinear, *Integer)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    rng = np.random.default_rng(seed)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": rng.standard_normal((2, 3, 12, 12)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    if kind == "dynamic":
+        quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QUInt8,
+                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    else:
+        # QOperator for Conv only: its Gemm and pooling forms are com.microsoft ops, not ONNX ones.
+        quantize_static(str(float_path), str(out_path), Reader(),
+                        quant_format=QuantFormat.QDQ if kind == "qdq" else QuantFormat.QOperator,
+                        per_channel=kind == "qdq", op_types_to_quantize=None if kind == "qdq" else ["Conv"])
+    return out_path

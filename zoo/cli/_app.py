@@ -102,7 +102,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 # command -> module that defines it. Commands are imported on first use, so `zoo search` loads
 # only the catalog commands (every millisecond of start-up counts there).
 COMMAND_MODULES = {
-    **dict.fromkeys(["search", "info", "add", "scan", "list", "rm", "source"], "zoo.cli.catalog"),
+    **dict.fromkeys(["search", "info", "add", "scan", "edit", "list", "rm", "source"], "zoo.cli.catalog"),
     **dict.fromkeys(["fetch", "verify"], "zoo.cli.fetch"),
     "convert": "zoo.cli.convert",
     **dict.fromkeys(["layers", "extract"], "zoo.cli.extract"),
@@ -171,8 +171,16 @@ class ZooGroup(click.Group):
             warnings.showwarning = previous
 
 
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    from zoo.logs import set_verbose
+
+    set_verbose(value)
+
+
 @click.group(cls=ZooGroup, context_settings=CONTEXT)
 @click.version_option(None, "-V", "--version", prog_name="zoo", package_name="zoo")
+@click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
+              help="Show TensorFlow, onnxruntime, torch and Ray output (else in the log file) [env ZOO_LOG_LEVEL=INFO].")
 def cli() -> None:
     """zoo: find, fetch, convert, cut and freeze pretrained models for transfer learning.
 

@@ -54,6 +54,11 @@ def layer_value(value: str) -> str | int:
     return int(value) if re.fullmatch(r"[+-]?\d+", value.strip()) else value.strip()
 
 
+def unfreeze_value(value: str | int) -> str | int:
+    """An --unfreeze value: a count of blocks, or the name of a cut point (every block above it)."""
+    return layer_value(str(value))
+
+
 # How images and cut outputs are prepared, for every command that runs an extractor.
 preprocess_option = click.option(
     "--preprocess/--no-preprocess", default=None,
@@ -84,8 +89,11 @@ def training_options(*, epochs: int = 20, unfreeze: bool = False) -> Callable:
         click.option("--seed", default=0, show_default=True, type=int),
     ]
     if unfreeze:
-        options.append(click.option("--unfreeze", default=0, show_default=True, type=click.IntRange(min=0),
-                                    help="Also train the top K layers with weights below the cut (fine-tuning)."))
+        options.append(click.option(
+            "--unfreeze", default="0", show_default=True, metavar="K|LAYER",
+            callback=lambda ctx, param, value: unfreeze_value(value),
+            help="Also train the top K blocks below the cut (a conv/linear layer with its BatchNorm, Scale and "
+                 "activation), or every block above cut point LAYER (fine-tuning)."))
     options.append(click.option("-q", "--quiet", is_flag=True, help="No progress output."))
 
     def build(hidden, quiet, patience, **values):

@@ -21,11 +21,42 @@ if TYPE_CHECKING:
 def _rows(models: list[Model]) -> str:
     rows = []
     for m in models:
-        state = "fetched" if m.is_local else ("removed upstream" if m.removed_upstream else "")
+        state = "fetched" if m.is_local else ("removed upstream" if m.removed_upstream else
+                                              "missing" if any(a.path for a in m.artifacts if a.role != "onnx") else "")
         if m.meta.get("damaged"):
             state = f"{state}, damaged" if state else "damaged (see zoo info)"
         rows.append([m.name, m.framework, m.task, m.dataset, m.source, state])
     return table(rows, ["NAME", "FRAMEWORK", "TASK", "DATASET", "SOURCE", "LOCAL"])
+
+
+def _spec_options(func):
+    """The input spec options of add, scan and edit (checked by zoo.preprocessing)."""
+    options = [
+        click.option("--mean", metavar="R,G,B", help="Per-channel mean subtracted (after --scale), e.g. 104,117,123."),
+        click.option("--std", metavar="R,G,B", help="Per-channel std divided by, e.g. 0.229,0.224,0.225."),
+        click.option("--scale", metavar="X", help="Pixels (0-255) multiplied by X first, e.g. 0.00392 (1/255)."),
+        click.option("--channel-order", type=click.Choice(["RGB", "BGR"], case_sensitive=False),
+                     help="Channel order the net was trained on."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+                     help="Input layout (channels first or last)."),
+        click.option("--resize", metavar="N|HxW", help="Resize images first: the shorter side to N, or exactly HxW."),
+        click.option("--crop", metavar="N|HxW", help="Then a centre crop of NxN or HxW."),
+        click.option("--input-spec", "spec_file", type=click.Path(dir_okay=False), metavar="FILE.json",
+                     help="All of these as a JSON object of InputSpec fields (options given win)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _spec(spec_file, **options):
+    """The input spec the options give, for the library (None when none is given)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if spec_file is None and not given:
+        return None
+    from zoo.preprocessing import parse
+
+    return parse(spec_file, **given)
 
 
 def _filters(func):
@@ -100,6 +131,22 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _local_fact(model: Model) -> str:
+    if model.is_local:
+        return "yes: every file is on disk"
+    missing = [p for p in model.missing_files if not p.endswith(".onnx") or model.framework == "onnx"]
+    if missing:
+        how = "`zoo fetch`" if any(a.urls for a in model.artifacts) else "`zoo scan FOLDER` where it is now"
+        return f"no: {missing[0]} is gone" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + \
+            f"; find it again with {how}"
+    return f"no (get the files with `zoo fetch {model.name}`)"
+
+
+def _shown_shape(shape) -> str:
+    return "(" + ", ".join("N" if k == 0 and d is None else ("?" if d is None else str(d))
+                           for k, d in enumerate(shape)) + ")" if shape is not None else "?"
+
+
 def _info_text(model: Model) -> str:
     lines = [model.name]
     facts = [("framework", model.framework), ("format", model.format), ("task", model.task),
@@ -108,25 +155,40 @@ def _info_text(model: Model) -> str:
              ("paper", model.paper),
              ("parameters", f"{model.parameters:,}" if model.parameters else None),
              ("tags", ", ".join(model.tags) if model.tags else None),
-             ("local", "yes: every file is on disk" if model.is_local
-              else f"no (get the files with `zoo fetch {model.name}`)")]
+             ("local", _local_fact(model))]
     if model.removed_upstream:
         facts.append(("upstream", "removed from its source's index; kept because fetched"))
+    same = model.meta.get("same_as")
+    if isinstance(same, dict):
+        facts.append(("recognised as", f"{same.get('model')} (its {same.get('file')} is a copy of that entry's; "
+                                       f"{', '.join(same.get('inherited') or [])} taken from it)"))
     facts += _signature_facts(model)
     # Each value on its own line: a newline in an index's text must not forge a line of its own.
     lines += [f"  {k + ':':16}{safe_line(v)}" for k, v in facts if v is not None]
     if model.description:
         lines.append(f"  {'description:':16}{safe_line(model.description)}")
+    graph_inputs = model.meta.get("graph_inputs")
+    if graph_inputs:  # what the graph really takes, read from the file or its conversion
+        lines.append("  inputs:")
+        lines += [f"    {safe_line(i['name']):16}{safe_line(i['dtype']):8} {_shown_shape(i.get('shape'))}"
+                  for i in graph_inputs]
     spec = model.input.to_dict()
+    if graph_inputs:  # the inputs above say it: name, shape and dtype here could only disagree
+        spec = {k: v for k, v in spec.items() if k not in ("name", "shape", "dtype")}
+    elif spec.get("dtype") == "float32" and "shape" not in spec:
+        spec.pop("dtype")  # the record's default, not a fact about this model
     if spec:
-        lines.append("  input:")
+        lines.append("  input spec:" if graph_inputs else "  input:")
         lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in spec.items()]
     if model.metrics:
         lines.append("  metrics:")
         lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in model.metrics.items()]
-    if model.meta:
+    for edit in model.meta.get("edits") or []:
+        lines.append(f"  {'edited:':16}{safe_line(edit.get('at'))}: {safe_line(', '.join(edit.get('fields') or []))}")
+    meta = {k: v for k, v in model.meta.items() if k not in ("same_as", "edits", "graph_inputs")}
+    if meta:
         lines.append("  meta:")
-        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in model.meta.items()]
+        lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in meta.items()]
     lines.append("  files:")
     for a in model.artifacts:
         size = f" ({_size(a.size)})" if a.size is not None else ""
@@ -206,44 +268,83 @@ def info(name, as_json, catalog):
                    "Repeat for several.")
 @click.option("--arg", "args", multiple=True, metavar="NAME=VALUE",
               help="TorchScript: a non-tensor forward() argument, e.g. sr=16000. Repeat for several.")
+@_spec_options
 @json_option
 @catalog_option
-def add(paths, name, task, dataset, tags, description, inputs, args, as_json, catalog):
+def add(paths, name, task, dataset, tags, description, inputs, args, spec_file, as_json, catalog, **spec):
     """Register a model file or SavedModel folder; the format is detected from its content.
 
     Formats: ONNX, TF SavedModel folder, Keras .keras/.h5, frozen GraphDef .pb, TFLite,
     Caffe .prototxt + .caffemodel (give both, or either one to find the other beside it),
     TorchScript .pt (with --input/--arg when its forward() needs more than one image tensor).
+    --mean/--std/--scale/--channel-order/--layout/--resize/--crop (or --input-spec FILE.json)
+    say how images become its input. A file that is a copy of a published catalog entry's
+    (same checksum) is recognised as that model and takes its input spec, licence and description.
 
     \b
     Example:
         zoo add exports/cats.onnx --task image-classification --tag cats
         zoo add deploy.prototxt weights.caffemodel --name my_net
         zoo add vad.pt --input x=1x512 --arg sr=16000
+        zoo add resnet.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --scale 0.00392 --resize 256 --crop 224
     """
     from zoo.local import add as run_add
 
-    model = run_add(*paths, name=name, task=task, dataset=dataset, tags=tags,
-                    description=description, inputs=inputs, args=args, catalog=catalog)
+    model = run_add(*paths, name=name, task=task, dataset=dataset, tags=tags, description=description,
+                    inputs=inputs, args=args, input_spec=_spec(spec_file, **spec), catalog=catalog)
     files = ", ".join(a.path for a in model.artifacts)
-    emit(model.to_dict(), as_json, f"added {model.name} ({model.framework}, {model.format}): {files}")
+    same = model.meta.get("same_as")
+    note = (f"\nrecognised as {same['model']} (same {same['file']}): its input spec, licence and description "
+            f"are used") if isinstance(same, dict) else ""
+    emit(model.to_dict(), as_json, f"added {model.name} ({model.framework}, {model.format}): {files}{note}")
+
+
+@cli.command()
+@click.argument("name")
+@_spec_options
+@click.option("--task", help="What the model does, e.g. image-classification.")
+@click.option("--dataset", help="What it was trained on, e.g. imagenet.")
+@click.option("--description", help="A sentence about the model.")
+@click.option("--license", "license_", metavar="LICENSE", help="Its licence, e.g. apache-2.0.")
+@json_option
+@catalog_option
+def edit(name, spec_file, task, dataset, description, license_, as_json, catalog, **spec):
+    """Change a model's input spec (the fields given; the others stay) or its task, dataset,
+    description or licence. Each edit is recorded and shown by `zoo info`.
+
+    \b
+    Example:
+        zoo edit my_net --mean 104,117,123 --channel-order BGR --resize 256 --crop 227
+        zoo edit my_net --input-spec spec.json
+    """
+    from zoo.local import edit as run_edit
+
+    model = run_edit(name, input_spec=_spec(spec_file, **spec), task=task, dataset=dataset,
+                     description=description, license=license_, catalog=catalog)
+    changed = ", ".join((model.meta.get("edits") or [{}])[-1].get("fields") or [])
+    emit(model.to_dict(), as_json, f"edited {model.name}: {changed}")
 
 
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=str))
+@_spec_options
 @json_option
 @quiet_option
 @catalog_option
-def scan(folder, as_json, quiet, catalog):
+def scan(folder, spec_file, as_json, quiet, catalog, **spec):
     """Register every model under a folder. Safe to re-run: moved and changed files are noticed.
+
+    The input spec options apply to the models added; a copy of a published entry's file
+    takes that entry's spec.
 
     \b
     Example:
         zoo scan ~/models
+        zoo scan ~/caffe-nets --mean 104,117,123 --channel-order BGR
     """
     from zoo.local import scan as run_scan
 
-    result = run_scan(folder, catalog=catalog)
+    result = run_scan(folder, input_spec=_spec(spec_file, **spec), catalog=catalog)
     if as_json:
         emit(result.to_dict(), True)
         return

@@ -33,33 +33,43 @@ def _input_shape(shape, batch_axis) -> str:
 @cli.command("layers")
 @click.argument("name")
 @click.option("--inputs", "only_inputs", is_flag=True, help="List only the model's inputs (name, dtype, shape).")
+@click.option("--arg", "args", multiple=True, metavar="NAME=VALUE",
+              help="Give a scalar input a value (e.g. sr=16000): a top-level If it decides is folded and the "
+                   "layers of the branch taken are listed. Repeat for several.")
 @json_option
 @catalog_option
 @cache_option
-def layers_command(name: str, only_inputs: bool, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
+def layers_command(name: str, only_inputs: bool, args: tuple[str, ...], as_json: bool, catalog: str | None,
+                   cache_dir: str | None) -> None:
     """List a model's layers: name, op, output shape, parameters, cut point; then its inputs.
 
     NAME is a cataloged model or an .onnx file. A cut point (*) is a layer whose output
     everything above depends on: cutting there keeps all the information the top uses.
     Positions count from 0, or from the top with -1 (the last layer). The inputs table shows
     each input's batch axis as N (an input without one, like a sample rate, is fed whole).
+    A model whose graph branches on a scalar input (an If on sr) lists the branch's layers
+    once the value is given with --arg; `zoo extract ... -i sr=16000` cuts there.
 
     \b
     Example:
         zoo layers bvlc_alexnet.caffe
         zoo layers model.onnx --json
         zoo layers text_encoder --inputs
+        zoo layers silero_vad --arg sr=16000
     """
-    from zoo.extract import layers, model_inputs
+    from zoo.extract import branch_hints, layers, model_inputs
+    from zoo.input_specs import arg_values
 
-    inputs = model_inputs(name, catalog=catalog, cache_dir=cache_dir)
+    values = arg_values(args) or None
+    inputs = model_inputs(name, args=values, catalog=catalog, cache_dir=cache_dir)
     input_table = table([[i["name"], i["dtype"], _input_shape(i["shape"], i["batch_axis"])] for i in inputs],
                         ["input", "dtype", "shape"])
     if only_inputs:
         emit(inputs, as_json, input_table)
         return
-    found = layers(name, catalog=catalog, cache_dir=cache_dir)
+    found = layers(name, args=values, catalog=catalog, cache_dir=cache_dir)
     total = len(found)
+    hints = branch_hints(name, args=values, catalog=catalog, cache_dir=cache_dir)
 
     def text() -> str:
         rows = [
@@ -67,7 +77,10 @@ def layers_command(name: str, only_inputs: bool, as_json: bool, catalog: str | N
              f"{layer.parameters:,}", "*" if layer.is_cut_point else ""]
             for layer in found
         ]
-        return table(rows, ["#", "-#", "layer", "op", "output shape", "params", "cut"]) + "\n\n" + input_table
+        notes = [f"note: {hint}: give it a value (`zoo layers {name} --arg NAME=VALUE`) to list the layers "
+                 f"of the branch it takes" for hint in hints]
+        return "\n".join([table(rows, ["#", "-#", "layer", "op", "output shape", "params", "cut"]), "",
+                          input_table, *notes])
 
     emit([layer.to_dict() for layer in found], as_json, text)
 
@@ -126,12 +139,15 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
     # Before any work: an output that is an input is refused, a folder made outside here is said.
     prepare(output_path, "--output",
             inputs=input_path.values() if isinstance(input_path, dict) else [input_path])
+    # NAME=number inputs (a sample rate) are baked in: an If they decide folds, so its layers can be cut.
+    numbers = {k: _number(v) for k, v in input_path.items() if _is_scalar_arg(v)} if isinstance(input_path, dict) else {}
     options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
                                preprocess=preprocess, pooling=pooling, device=device)
-    extractor = load_extractor(name, options=options, catalog=catalog, cache_dir=cache_dir)
+    extractor = load_extractor(name, options=options, catalog=catalog, cache_dir=cache_dir, args=numbers or None)
+    shown = _shown_input(input_path)
     if isinstance(input_path, dict):
-        input_path = _typed_numbers(input_path, extractor)
-    result = {"model": name, "layer": extractor.layer, "input": _shown_input(input_path), "output": output_path,
+        input_path = {k: v for k, v in input_path.items() if k not in numbers}
+    result = {"model": name, "layer": extractor.layer, "input": shown, "output": output_path,
               "fingerprint": extractor.fingerprint}
     if isinstance(extractor.layer, str):
         # One layer goes through the feature cache: resumable, and free the second time.
@@ -189,26 +205,18 @@ def _is_number(text: str) -> bool:
     return re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text.strip()) is not None
 
 
-def _typed_numbers(named: dict[str, str], extractor) -> dict:
-    """NAME=number inputs as scalars of the dtype the model declares for them (a sample rate: int64)."""
-    import numpy as np
+def _is_scalar_arg(value: str) -> bool:
+    return not os.path.isfile(value) and _is_number(value)
 
-    out: dict = {}
-    for key, value in named.items():
-        if os.path.isfile(value) or not _is_number(value):
-            out[key] = value
-            continue
-        spec = extractor.input_specs.get(key)
-        dtype = np.dtype(spec.dtype if spec is not None else "float32")
-        number = float(value)
-        if dtype.kind in "iub" and not number.is_integer():
-            raise InputError(f"--input {key}={value}: {key} takes integers ({dtype}); give a whole number")
-        out[key] = np.asarray(number).astype(dtype)
-    return out
+
+def _number(text: str) -> int | float:
+    """'16000' -> 16000, '0.5' -> 0.5 (the model's dtype is applied when it is baked in)."""
+    number = float(text)
+    return int(number) if number.is_integer() and re.fullmatch(r"[+-]?\d+", text.strip()) else number
 
 
 def _shown_input(value):
     """The --input values as the JSON report shows them (numbers as numbers)."""
     if not isinstance(value, dict):
         return value
-    return {k: v if isinstance(v, str) else v.item() for k, v in value.items()}
+    return {k: _number(v) if _is_scalar_arg(v) else v for k, v in value.items()}

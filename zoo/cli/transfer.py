@@ -6,12 +6,12 @@ import click
 from zoo.cli._app import (cache_option, catalog_option, cli, echo, emit, json_option, quiet_option, skipped_lines,
                           table)
 from zoo.cli._options import (
-    int_list,
     engine_options,
     extractor_options,
     layer_value,
     training_data,
     training_options,
+    unfreeze_value,
 )
 
 # zoo.transfer & co. import torch: they are imported inside the commands so `zoo --help` stays fast.
@@ -32,8 +32,9 @@ def train_command(name, new_name, data, extractor, training, engine, replace, as
     """Train a new head on NAME cut at a layer; save base + head as your own model (ONNX).
 
     The data go through the frozen layers once (cached, resumable, reused by later runs); the
-    head trains on the cached outputs. With --unfreeze K the top K layers below the cut train
-    too, on features cached below them.
+    head trains on the cached outputs. With --unfreeze K the top K blocks below the cut train
+    too (--unfreeze res4f: every block above that cut point), on features cached below them.
+    It says how many parameters trained.
 
     \b
     Example:
@@ -53,6 +54,8 @@ def train_command(name, new_name, data, extractor, training, engine, replace, as
         "layer": result.model.meta.get("layer"),
         "cached_at": result.cut,
         "unfreeze": training.unfreeze,
+        "trainable_parameters": result.trainable_parameters,
+        "total_parameters": result.total_parameters,
         "cache_key": result.cache_key,
         "classes": fit.classes,
         "val_accuracy": fit.val_accuracy,
@@ -72,6 +75,7 @@ def train_command(name, new_name, data, extractor, training, engine, replace, as
             table(rows, ["EPOCH", "LOSS", "ACC", "VAL LOSS", "VAL ACC"]),
             f"best epoch {fit.best_epoch}: validation accuracy {accuracy}"
             + (" (stopped early)" if fit.stopped_early else ""),
+            f"trained {result.trainable_parameters:,} of {result.total_parameters:,} parameters",
             f"saved {result.model.name} (frozen {name} + trained head) -> {payload['onnx']}",
             *skipped_lines(result.skipped),
         ])
@@ -84,7 +88,7 @@ def train_command(name, new_name, data, extractor, training, engine, replace, as
 @click.option("--layers", "-l", "layers_text", required=True, metavar="L1,L2,...",
               help="Cut layers to compare (names from `zoo layers NAME` or positions).")
 @click.option("--unfreeze", "unfreeze_text", default="0", show_default=True, metavar="K1,K2",
-              help="Unfreeze depths to try at each cut, e.g. 0,1.")
+              help="Blocks to unfreeze at each cut, e.g. 0,1 (or cut points: 0,res4f).")
 @training_data
 @extractor_options(layer=False)
 @training_options()
@@ -97,7 +101,8 @@ def sweep_command(name, layers_text, unfreeze_text, data, extractor, training, e
                   cache_dir):
     """Train a head at each cut layer of NAME and compare validation accuracy and time.
 
-    Each cut's features are cached once; every head uses the same seed and validation rows.
+    Each cut's features are cached once; every head uses the same seed and validation rows. The
+    table's "trains" column counts the parameters each row trains (head and unfrozen blocks).
 
     \b
     Example:
@@ -117,14 +122,17 @@ def sweep_command(name, layers_text, unfreeze_text, data, extractor, training, e
     if not layers:
         raise InputError(f"--layers {layers_text!r} names no layer; give names like fc6,fc7")
     result = sweep(name, data.source, data.labels, layers=layers,
-                   unfreeze=int_list("--unfreeze", unfreeze_text, "depths") or [0], extractor=extractor,
+                   unfreeze=[unfreeze_value(part) for part in unfreeze_text.split(",") if part.strip()] or [0],
+                   extractor=extractor,
                    training=training, engine=engine, catalog=catalog, cache_dir=cache_dir)
     if plot is not None:
         result.plot(plot)
 
     def text() -> str:
         best = result.best
-        lines = [result.table(), f"best: {best.layer}" + (f" with top {best.unfreeze} unfrozen" if best.unfreeze else "")]
+        unfrozen = "" if not best.unfreeze else (f" with the blocks above {best.unfreeze} unfrozen"
+                                                  if isinstance(best.unfreeze, str) else f" with top {best.unfreeze} unfrozen")
+        lines = [result.table(), f"best: {best.layer}{unfrozen}"]
         lines += [f"skipped: {s}" for s in result.skipped]
         lines += skipped_lines(result.skipped_files)
         if result.plot_path:

@@ -61,7 +61,7 @@ class WalkthroughReport:
     first_cut: str
     first_test_accuracy: float
     best_layer: str
-    best_unfreeze: int
+    best_unfreeze: int | str
     best_test_accuracy: float
     scratch_test_accuracy: float
     transfer_model: str
@@ -79,7 +79,7 @@ class WalkthroughReport:
 
     def text(self) -> str:
         """The short report `zoo walkthrough` prints."""
-        best = self.best_layer + (f", top {self.best_unfreeze} layer unfrozen" if self.best_unfreeze else ", frozen")
+        best = self.best_layer + (f", top {self.best_unfreeze} block unfrozen" if self.best_unfreeze else ", frozen")
         gain = 100 * (self.best_test_accuracy - self.scratch_test_accuracy)
         width = len(f"test accuracy, {self.base_model} reused at the best cut")
         lines = [
