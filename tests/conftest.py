@@ -11,7 +11,7 @@ from helpers.postgres_server import start_server
 
 # Fixtures defined beside their helpers: fault_server and second_server (a real HTTP server on
 # 127.0.0.1), tf_models and torch_models (tiny real models in every source format, built once).
-pytest_plugins = ["helpers.http_server", "helpers.convert"]
+pytest_plugins = ["helpers.http_server", "helpers.hub_server", "helpers.convert"]
 
 
 @pytest.fixture(autouse=True)

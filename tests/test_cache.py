@@ -170,11 +170,15 @@ def test_cache_list_does_not_create_a_catalog(zoo_env):
 
 def test_cache_rm_by_model_removes_its_onnx_cuts_and_files(filled):
     listed = {e["key"]: e["bytes"] for e in _listed()}
+    fetched, converted = filled / "models" / "tiny.onnx" / "tiny.onnx", filled / "onnx" / "tiny.onnx" / "tiny.onnx.onnx"
+    # The pass-through conversion has the fetched file's bytes: the store keeps them once, so they free once.
+    shared = fetched.stat().st_size if fetched.samefile(converted) else 0
     result = CliRunner().invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert sorted(k.split("/")[0] for k in out["removed"]) == ["cuts", "models", "onnx"]
-    assert out["bytes"] == sum(listed[k] for k in out["removed"])  # what the listing said they take
+    assert out["bytes"] == sum(listed[k] for k in out["removed"]) - shared
+    assert out["blobs"] and not any((filled / "blobs" / "sha256" / b).exists() for b in out["blobs"])
     assert sorted(e["kind"] for e in _listed()) == ["features", "trained"]
     left = [p.name for p in (filled / "models" / "tiny.onnx").iterdir()]
     assert left == ["tiny.onnx.lock"]  # the fetch's lock stays (see RemovalPlan.execute), nothing else
@@ -194,7 +198,8 @@ def test_cache_rm_dry_run_plans_the_same_entries_and_removes_nothing(filled):
     text = runner.invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--dry-run"]).stdout
     assert f"would remove {len(mine)} entries" in text and "onnx/tiny.onnx" in text
     done = json.loads(runner.invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--json"]).stdout)
-    assert done == {"removed": plan["removed"], "bytes": plan["bytes"]}  # the plan is what was executed
+    # The plan is what was executed: the entries, and the stored files only they used.
+    assert done == {"removed": plan["removed"], "bytes": plan["bytes"], "blobs": plan["blobs"]}
 
 
 def test_cache_rm_by_key_prefix_part_by_part(filled):

@@ -16,7 +16,7 @@ from zoo.index import FORMAT
 
 # Every test runs on SQLite and on a real PostgreSQL server (conftest.py).
 pytestmark = pytest.mark.usefixtures("catalog_env")
-HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "cv2", "keras")
+HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tf2onnx", "cv2", "keras", "huggingface_hub")
 
 
 def run(*args: str):
@@ -163,9 +163,12 @@ def test_subprocess_search_info_and_exit_codes(zoo_cmd, zoo_env):
         "error: model 'bvlc_alexnt' is not in the catalog; closest: bvlc_alexnet, bvlc_googlenet. "
         "Find models with `zoo search`"]
     assert zoo(zoo_cmd, "search", "--framework", "caffe2").returncode == 2
-    # --catalog takes a path; the catalog is created there with the built-in zoos
+    # --catalog takes a path; a search shows the built-in zoos there without creating the file,
+    # the first command that writes creates it
     other = zoo_env / "other.db"
     assert json.loads(zoo(zoo_cmd, "search", "vgg16", "--json", "--catalog", str(other)).stdout)
+    assert not other.exists()
+    assert zoo(zoo_cmd, "rm", "vgg16.caffe", "--catalog", str(other)).returncode == 0
     assert other.exists()
 
 

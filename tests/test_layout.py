@@ -26,12 +26,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "catalog and fetch": (
         "zoo.catalog", "zoo._backend", "zoo._sqlite", "zoo._postgres", "zoo._orm", "zoo.schema", "zoo.migrations",
-        "zoo.sources", "zoo.index", "zoo.download", "zoo.transport", "zoo.archives",
-        "zoo.signatures", "zoo.lineage",
+        "zoo.sources", "zoo.hubs", "zoo.index", "zoo.download", "zoo.lockfile", "zoo.transport", "zoo.archives",
+        "zoo.signatures", "zoo.lineage", "zoo.publish",
     ),
     "converters": ("converters",),
     "ground floor": (
-        "zoo.errors", "zoo.records", "zoo.config", "zoo.hashes", "zoo.atomic", "zoo.cache", "zoo.formats",
+        "zoo.errors", "zoo.records", "zoo.revisions", "zoo.config", "zoo.hashes", "zoo.atomic", "zoo.cache", "zoo.store", "zoo.formats",
         "zoo.tflite_structure", "zoo.graph", "zoo.manifests", "zoo.options", "zoo.input_specs",
         "zoo.images", "zoo._preprocess_module", "zoo.pooling", "zoo._global_pool", "zoo._threads", "zoo._redact",
         "zoo._json", "zoo.data", "zoo.pickles", "zoo.signing", "zoo.npy", "zoo.freshness", "zoo.memory",

@@ -163,3 +163,18 @@ def test_a_catalog_row_with_malformed_json_is_shown_damaged(zoo_env, tmp_path):
     info = runner.invoke(cli, ["info", "broken"])
     assert info.exit_code == 0 and "unreadable catalog data (model urls, tags, meta: not valid JSON)" in info.output
     assert "bvlc_alexnet" in runner.invoke(cli, ["list"]).output  # the rest of the catalog is untouched
+
+
+@pytest.mark.timeout(60)
+def test_an_input_spec_that_is_a_fifo_or_huge_is_refused_without_opening_it(tmp_path, zoo_env):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["add", str(export_mlp(tmp_path / "m.onnx")), "--name", "m"]).exit_code == 0
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    line = _last_line(runner.invoke(cli, ["edit", "m", "--input-spec", str(fifo)]))
+    assert "is a FIFO (named pipe), not a file" in line, line
+    huge = tmp_path / "spec.json"
+    with open(huge, "wb") as fh:
+        fh.truncate(2 << 20)
+    line = _last_line(runner.invoke(cli, ["edit", "m", "--input-spec", str(huge)]))
+    assert "over 1 MiB" in line, line

@@ -51,6 +51,7 @@ _API: dict[str, str] = {
     "list_sources": "zoo.sources",
     "sync_sources": "zoo.sources",
     "remove_source": "zoo.sources",
+    "export_index": "zoo.publish",
     # fetch and convert
     "fetch": "zoo.download",
     "verify": "zoo.download",
@@ -120,6 +121,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.download import fetch, verify
     from zoo.local import add, edit, scan
     from zoo.pretraining import pretrain
+    from zoo.publish import export_index
     from zoo.ray_engine import RayEngine
     from zoo.records import Artifact, InputSpec, Model
     from zoo.signatures import sign, verify_signatures

@@ -25,12 +25,20 @@ class ModelRow(_Base):
 
     artifacts = relationship("ArtifactRow", back_populates="model", cascade="all, delete-orphan",
                              order_by=schema.artifacts.c.id)
+    revisions = relationship("RevisionRow", back_populates="model", cascade="all, delete-orphan",
+                             order_by=schema.revisions.c.id)
 
 
 class ArtifactRow(_Base):
     __table__ = schema.artifacts
 
     model = relationship(ModelRow, back_populates="artifacts")
+
+
+class RevisionRow(_Base):
+    __table__ = schema.revisions
+
+    model = relationship(ModelRow, back_populates="revisions")
 
 
 class SourceRow(_Base):

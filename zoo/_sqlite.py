@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import event, exc, select, text
 
 from zoo._backend import Backend, SearchPlan, lenient_json, query_words
-from zoo.destinations import make_folders
 from zoo.errors import CatalogError
 from zoo.schema import FTS_COLUMNS, FTS_WEIGHTS, models, models_fts
 
@@ -111,9 +110,15 @@ class SQLite(Backend):
         return str(self.engine.url.database) if self.engine.url.database else super().where
 
     def create_engine(self, url: str) -> Engine:
-        from sqlalchemy import create_engine
+        from sqlalchemy import create_engine, make_url
 
-        engine = super().create_engine(url)
+        if make_url(url).database in (None, "", ":memory:"):
+            # One database for every thread: SQLAlchemy's default gives each thread its own, empty one.
+            from sqlalchemy.pool import StaticPool
+
+            engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        else:
+            engine = super().create_engine(url)
         if read_only_file(engine.url.database):
             # Read-only media or permissions: SQLite's default open would need to create the
             # -shm/-wal files beside it and fails even to read, so open it read-only instead.
@@ -127,13 +132,12 @@ class SQLite(Backend):
         if path is not None:
             if path.is_dir():
                 raise CatalogError(f"catalog {path} is a folder; give a file path such as {path / 'catalog.db'}")
-            try:  # a folder made outside the working directory is said (zoo.destinations)
-                make_folders(path.parent, "the catalog", path)
-            except OSError as error:
+            if not path.parent.is_dir():
+                # A mistyped ZOO_CATALOG must not grow folders and a fresh, empty catalog.
                 raise CatalogError(
-                    f"cannot create the catalog's folder {path.parent}: {error.strerror}; "
-                    "choose another location with --catalog or ZOO_CATALOG"
-                ) from None
+                    f"catalog {path}: its folder {path.parent} does not exist; create it first "
+                    f"(mkdir -p {path.parent}) or point --catalog / ZOO_CATALOG at a file in an existing folder"
+                )
         read_only = self.read_only
 
         @event.listens_for(engine, "connect")

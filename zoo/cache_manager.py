@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from zoo import config
 from zoo.cache import folder_name, root
 from zoo.errors import CacheError, InputError
 
 if TYPE_CHECKING:
     from zoo.catalog import Catalog
 
-__all__ = ["KINDS", "REGENERABLE", "Entry", "RemovalPlan", "plan_removal", "scan"]
+__all__ = ["KINDS", "REGENERABLE", "Entry", "RemovalPlan", "Usage", "plan_gc", "plan_removal", "scan", "usage"]
 
 KINDS = ("features", "cuts", "onnx", "models", "trained")
 # What `plan_removal(everything=True)` picks unless kinds are named: a trained copy may be the only one.
@@ -46,18 +45,30 @@ class Entry:
 
 @dataclass
 class RemovalPlan:
-    """Entries chosen for removal and the bytes removing them frees; nothing is deleted until `execute`."""
+    """Entries chosen for removal and the bytes removing them frees; nothing is deleted until `execute`.
+
+    A fetched or converted file is a view of a blob in the store (`zoo.store`): removing the view
+    frees its bytes only when no other view refers to the blob, and `blobs` are those it leaves
+    unreferenced; `execute` deletes them too (unless a fetch takes one meanwhile).
+    """
 
     entries: list[Entry]
     cache_dir: str | os.PathLike | None = None
+    blobs: list[Path] = field(default_factory=list)
+    # Bytes of the entries that are not views, and of the blobs; None: the entries' bytes, all freed.
+    own_bytes: int | None = None
+    blob_bytes: int = 0
 
     @property
     def bytes(self) -> int:
-        """The bytes `execute` frees."""
-        return sum(e.bytes for e in self.entries)
+        """The bytes `execute` frees (as planned)."""
+        if self.own_bytes is None:
+            return sum(e.bytes for e in self.entries)
+        return self.own_bytes + self.blob_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"removed": [e.key for e in self.entries], "bytes": self.bytes}
+        return {"removed": [e.key for e in self.entries], "bytes": self.bytes,
+                "blobs": [b.name for b in self.blobs]}
 
     def execute(self) -> int:
         """Delete the entries, all or none: never outside the cache, never under another process's lock.
@@ -93,19 +104,40 @@ class RemovalPlan:
                             path=str(entry.path),
                         ) from None
                     held.append(lock)
+            freed = self.bytes
             for entry in self.entries:
                 _delete(entry)
         finally:
             for lock in reversed(held):
                 lock.release()
-        return self.bytes
+        if self.blobs:  # looked at again under their locks: a fetch may have linked one meanwhile
+            from zoo.store import Store
+
+            _, kept = Store(self.cache_dir).collect(self.blobs)
+            freed -= sum(_file_size(b) for b in kept)
+        return freed
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _size(path: Path) -> int:
-    """Bytes under `path`, not following symlinks (a link to elsewhere is not the cache's)."""
+    """Bytes under `path` as the files show them: a symbolic link into the store counts its blob's
+    size (a view), any other link to elsewhere counts nothing (it is not the cache's)."""
     if path.is_symlink() or path.is_file():
-        return path.lstat().st_size
-    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        return _view_size(path)
+    return sum(_view_size(p) for p in path.rglob("*") if p.is_symlink() or p.is_file())
+
+
+def _view_size(path: Path) -> int:
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        return _file_size(target) if target.parent.name == "sha256" and target.parent.parent.name == "blobs" else 0
+    return path.lstat().st_size
 
 
 def _content(folder: Path) -> list[Path]:
@@ -118,13 +150,9 @@ def _trained(catalog: Any) -> set[str]:
 
     A catalog that does not exist yet is not created just to list the cache.
     """
-    from zoo.catalog import Catalog, open_catalog
+    from zoo.catalog import open_catalog
 
-    if not isinstance(catalog, Catalog):
-        url = config.catalog_url(catalog)
-        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-            return set()
-    cat = open_catalog(catalog)
+    cat = open_catalog(catalog, create=False)
     return {folder_name(m.name) for m in cat.search(source="local", limit=None)
             if "trained_by" in m.meta or "pretrained" in m.meta}
 
@@ -173,15 +201,20 @@ def scan(
                                    meta.model if meta else None, {"layers": meta.layers if meta else None}))
     if "onnx" in wanted:
         for folder in _folders(base / "onnx"):
-            found.append(Entry("onnx", f"onnx/{folder.name}", folder, _size(folder), folder.name))
+            found.append(Entry("onnx", f"onnx/{folder.name}", folder, _size(folder), _model_of(folder.name)))
     if {"models", "trained"} & set(wanted):
         folders = _folders(base / "models")
         trained = _trained(catalog) if folders else set()
         for folder in folders:
             kind = "trained" if folder.name in trained else "models"
             if kind in wanted:
-                found.append(Entry(kind, f"models/{folder.name}", folder, _size(folder), folder.name))
+                found.append(Entry(kind, f"models/{folder.name}", folder, _size(folder), _model_of(folder.name)))
     return found
+
+
+def _model_of(folder: str) -> str:
+    """The model a cache folder belongs to: ``resnet50@3fa9c2`` (a pinned revision's files) is resnet50's."""
+    return folder.split("@", 1)[0]
 
 
 def _check_kinds(kinds: Sequence[str] | None) -> list[str]:
@@ -227,7 +260,7 @@ def plan_removal(
     """
     if everything:
         chosen = found if kinds else [e for e in found if e.kind in REGENERABLE]
-        return RemovalPlan(list(chosen), cache_dir)
+        return _with_blobs(RemovalPlan(list(chosen), cache_dir))
     chosen = []
     for key in keys:
         key = key.strip().strip("/")
@@ -243,7 +276,80 @@ def plan_removal(
         if not mine:
             raise InputError(f"nothing in the cache belongs to model {model!r}; list what is there with `zoo cache list`")
         chosen.extend(m for m in mine if m not in chosen)
-    return RemovalPlan(chosen, cache_dir)
+    return _with_blobs(RemovalPlan(chosen, cache_dir))
+
+
+def _with_blobs(plan: RemovalPlan) -> RemovalPlan:
+    """The plan with the blobs only its views refer to, and the bytes of what is not a view."""
+    from zoo.store import Store
+
+    folders = [e for e in plan.entries if e.kind in ("models", "onnx", "trained")]
+    if not folders:
+        return plan
+    store = Store(plan.cache_dir)
+    views = store.views()
+    going = {e.path for e in folders}
+    viewed: set[Path] = set()
+    for name, refs in views.items():
+        mine = [v for v in refs if v is not None and v.parent in going]
+        viewed.update(mine)
+        if mine and len(mine) == len(refs):
+            plan.blobs.append(store.blob(name))
+            plan.blob_bytes += _file_size(store.blob(name))
+    plan.own_bytes = sum(e.bytes for e in plan.entries if e not in folders) + sum(
+        _size(p) for e in folders for p in e.path.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p not in viewed and not p.is_dir())
+    return plan
+
+
+@dataclass
+class Usage:
+    """What the cache takes on disk against what its entries show: the store's saving, and the
+    bytes of blobs nothing refers to (`zoo cache gc` frees them)."""
+
+    shown: int  # every entry's bytes, each view counted in full
+    on_disk: int  # every file once (hard links and views of one blob counted once)
+    unreferenced: int
+
+    @property
+    def saved(self) -> int:
+        """Bytes the store saves: what separate copies would take less what is on disk."""
+        return self.shown + self.unreferenced - self.on_disk
+
+    def to_dict(self) -> dict[str, int]:
+        return {"shown": self.shown, "on_disk": self.on_disk, "saved": self.saved,
+                "unreferenced": self.unreferenced}
+
+
+def usage(found: list[Entry], cache_dir: str | os.PathLike | None = None) -> Usage:
+    """The cache's bytes on disk (each inode once) against what `found` shows."""
+    from zoo.store import Store
+
+    base = root(cache_dir)
+    seen: set[tuple[int, int]] = set()
+    on_disk = 0
+    for folder, _, files in os.walk(base):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen and not os.path.islink(os.path.join(folder, name)):
+                seen.add((st.st_dev, st.st_ino))
+                on_disk += st.st_size
+    store = Store(cache_dir)
+    unreferenced = sum(_file_size(store.blob(n)) for n, refs in store.views().items() if not refs)
+    return Usage(sum(e.bytes for e in found), on_disk, unreferenced)
+
+
+def plan_gc(cache_dir: str | os.PathLike | None = None):
+    """The blobs nothing refers to (`zoo.store.GcPlan`): what `zoo cache gc` frees; a cache from
+    before the store is moved into it first."""
+    from zoo.store import Store
+
+    store = Store(cache_dir)
+    store.ensure()
+    return store.plan_gc()
 
 
 def _locks(entry: Entry) -> list[Path]:

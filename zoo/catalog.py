@@ -12,6 +12,7 @@ when something is written (the ORM import alone would cost `zoo search` ~80 ms).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
 import re
@@ -30,21 +31,26 @@ from zoo.errors import (
     CatalogVersionError,
     DuplicateModelError,
     UnknownModelError,
+    UnknownRevisionError,
     UnknownSourceError,
 )
 from zoo.records import FRAMEWORKS, Artifact, InputSpec, Model
+from zoo.revisions import DERIVED_ROLES, Revision, content_digest, resolve, split_ref
 from zoo.schema import artifacts as _artifacts
 from zoo.schema import models as _models
+from zoo.schema import revisions as _revisions
 from zoo.schema import sources as _sources
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from zoo._orm import ModelRow, SourceRow
+    from zoo._orm import ModelRow, RevisionRow, SourceRow
 
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
-SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
+# The URL of the in-memory catalog read-only commands use before any catalog file exists.
+IN_MEMORY = "sqlite://"
 # zoo_state key saying whether the built-in zoos were loaded: "pending" from the transaction that
 # creates the schema until the one that loads them, so a creation cut short (kill -9) is finished
 # by the next open; "loaded" after; "skipped" for catalogs created with builtins=False.
@@ -121,11 +127,27 @@ def _to_record(row: Any, artifact_rows: Iterable[Any] = ()) -> Model:
         removed_upstream=bool(row.removed_upstream),
         signature=_intact(row.signature, dict, "signature", damaged),
         artifacts=artifacts,
+        revision=row.revision,
     )
     if damaged:
         model.meta["damaged"] = (f"unreadable catalog data ({', '.join(damaged)}: not valid JSON), shown empty; "
                                  f"`zoo rm {row.name}` and add it again, or sync its source")
     return model
+
+
+def _revision_record(row: Any, current: str | None) -> Revision:
+    return Revision(revision=row.revision, digest=row.digest, tag=row.tag, created_at=row.created_at,
+                    current=row.revision == current, source=row.source,
+                    files=[Artifact.from_dict(a) for a in (row.files or [])], meta=dict(row.meta or {}))
+
+
+def _superseded(model: Model) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What a revision keeps when it stops being current: its files (not where they were on disk:
+    the model's folder now holds the new revision's, and `fetch NAME@REV` places the old ones
+    apart) and the model's facts then (input spec, format...)."""
+    files = [dataclasses.replace(a, path=None).to_dict() for a in model.artifacts if a.role not in DERIVED_ROLES]
+    facts = {k: v for k, v in model.to_dict().items() if k not in ("artifacts", "local", "name")}
+    return files, {"model": facts}
 
 
 def _artifact_record(row: Any, damaged: list[str] | None = None) -> Artifact:
@@ -135,6 +157,14 @@ def _artifact_record(row: Any, damaged: list[str] | None = None) -> Artifact:
         size=row.size, checksum=row.checksum, extract=row.extract, path=row.path, sha256=row.sha256,
         meta=_intact(row.meta, dict, f"{row.role} meta", damaged),
     )
+
+
+def _past(base: str, chosen: Revision, current: Model) -> Model:
+    """An earlier revision as a model: its facts then, its files, named ``NAME@<id>``."""
+    facts = chosen.meta.get("model")
+    model = Model.from_dict({**facts, "name": base}) if isinstance(facts, dict) else current
+    return dataclasses.replace(model, name=f"{base}@{chosen.revision}", revision=chosen.revision,
+                               artifacts=list(chosen.files), removed_upstream=False)
 
 
 def _check_model(model: Model) -> None:
@@ -455,35 +485,135 @@ class Catalog:
     def _row(self, session: Session, name: str) -> ModelRow:
         from zoo._orm import ModelRow
 
-        return _named_row(session, ModelRow, name, self._unknown)
+        return _named_row(session, ModelRow, split_ref(name)[0], self._unknown)
 
     def _unknown(self, reader: Any, name: str) -> UnknownModelError:
         return _unknown_name(reader, _models.c.name, name, UnknownModelError,
                              "model {name!r} is not in the catalog{hint}. Find models with `zoo search`")
 
     def get(self, name: str) -> Model:
-        """The model called `name`; UnknownModelError names the closest ones."""
+        """The model called `name` (``NAME@REV``: that revision of it); UnknownModelError names the closest ones.
+
+        An earlier revision comes back named ``NAME@<revision id>`` with its own files and facts;
+        the current one is the model itself, whatever `REV` called it.
+        """
+        base, wanted = split_ref(name)
         with self._reader() as reader:
-            row = reader.execute(select(_models).where(_models.c.name == _text(name))).first()
+            row = reader.execute(select(_models).where(_models.c.name == _text(base))).first()
             if row is None:
-                raise self._unknown(reader, name)
+                raise self._unknown(reader, base)
+            if wanted is not None:
+                chosen = resolve(base, wanted, self._revision_rows(reader, row.id, row.revision))
+                if not chosen.current:
+                    return _past(base, chosen, _to_record(row))
             files = reader.execute(select(_artifacts).where(_artifacts.c.model_id == row.id)
                                    .order_by(_artifacts.c.id)).all()
             return _to_record(row, files)
 
     def exists(self, name: str) -> bool:
+        base, wanted = split_ref(name)
         with self._reader() as reader:
-            return reader.scalar(select(_models.c.id).where(_models.c.name == _text(name))) is not None
+            row = reader.execute(select(_models.c.id, _models.c.revision).where(_models.c.name == _text(base))).first()
+            if row is None or wanted is None:
+                return row is not None
+            try:
+                resolve(base, wanted, self._revision_rows(reader, row.id, row.revision))
+            except UnknownRevisionError:
+                return False
+            return True
 
     def names(self) -> list[str]:
         with self._reader() as reader:
             return list(reader.scalars(select(_models.c.name).order_by(_models.c.name)))
 
+    # ---- revisions ---------------------------------------------------------------------
+    def revisions(self, name: str) -> list[Revision]:
+        """Every revision the model had, oldest first; the current one has ``current`` set.
+
+        Raises:
+            UnknownModelError: no such model.
+        """
+        base, _ = split_ref(name)
+        with self._reader() as reader:
+            row = reader.execute(select(_models.c.id, _models.c.revision).where(_models.c.name == base)).first()
+            if row is None:
+                raise self._unknown(reader, base)
+            return self._revision_rows(reader, row.id, row.revision)
+
+    @staticmethod
+    def _revision_rows(reader: Any, model_id: int, current: str | None) -> list[Revision]:
+        rows = reader.execute(select(_revisions).where(_revisions.c.model_id == model_id)
+                              .order_by(_revisions.c.created_at, _revisions.c.id)).all()
+        return [_revision_record(r, current) for r in rows]
+
+    def add_revision(self, name: str, revision: Revision) -> Revision:
+        """Record an earlier revision of a model (one a lock file pins and this catalog never saw).
+
+        A revision of that id already recorded is kept as it is and returned.
+        """
+        from zoo._orm import RevisionRow
+
+        with self._session() as session:
+            row = self._row(session, name)
+            for known in row.revisions:
+                if known.revision == revision.revision:
+                    return _revision_record(known, row.revision)
+            added = RevisionRow(revision=revision.revision, digest=revision.digest, tag=revision.tag,
+                                source=revision.source, created_at=revision.created_at or time.time(),
+                                files=[a.to_dict() for a in revision.files], meta=dict(revision.meta))
+            row.revisions.append(added)
+            session.flush()
+            return _revision_record(added, row.revision)
+
+    def _past_revision_row(self, session: Session, name: str) -> RevisionRow | None:
+        """The revisions row `name` (``NAME@REV``) stands for when it is not the current one, else None."""
+        base, wanted = split_ref(name)
+        if wanted is None:
+            return None
+        row = self._row(session, base)
+        chosen = resolve(base, wanted, [_revision_record(r, row.revision) for r in row.revisions])
+        if chosen.current:
+            return None
+        return next(r for r in row.revisions if r.revision == chosen.revision)
+
+    def _note_revision(self, session: Session, row: ModelRow, before: Model | None, model: Model) -> None:
+        """Record the revision the model's files now are: the same one, or a new one (the old one kept)."""
+        from zoo._orm import RevisionRow
+
+        digest = content_digest(model.artifacts)
+        known = {r.revision: r for r in row.revisions}
+        current = known.get(row.revision) if row.revision else None
+        tag = model.meta.get("version") if isinstance(model.meta.get("version"), str) else None
+        if current is not None and current.digest == digest:
+            if tag and not current.tag:
+                current.tag = tag
+            return
+        if current is not None and before is not None:  # it stops being current: it keeps its files
+            current.files, facts = _superseded(before)
+            current.meta = {**(current.meta or {}), **facts}
+        wanted = model.revision or digest[:12]
+        if wanted in known and known[wanted].digest != digest:
+            wanted = digest[:12]  # an id the publisher reused for other files: the digest tells them apart
+        chosen = known.get(wanted)
+        if chosen is None:
+            chosen = RevisionRow(revision=wanted, digest=digest, tag=tag, source=model.source,
+                                 created_at=time.time(), meta={})
+            row.revisions.append(chosen)
+        chosen.files = None  # the current revision's files are the model's artifacts
+        row.revision = chosen.revision
+
     def add_model(self, model: Model, *, replace: bool = False) -> Model:
-        """Add a model with its artifacts; with `replace`, overwrite one of the same name."""
+        """Add a model with its artifacts; with `replace`, overwrite one of the same name.
+
+        Replacing files with other ones (a sync of a changed index) adds a revision and keeps the
+        old one (`revisions`, ``NAME@REV``); the same files keep their revision.
+        """
         from zoo._orm import ArtifactRow, ModelRow, fill_artifact_row, fill_model_row
 
         _check_model(model)
+        if "@" in model.name:
+            raise CatalogError(f"model name {model.name!r} has an '@', which names a revision (NAME@REV); "
+                               "choose a name without it")
         with self._session() as session:
             row = session.scalars(select(ModelRow).where(ModelRow.name == model.name)).first()
             if row is not None and not replace:
@@ -491,9 +621,12 @@ class Catalog:
                     f"a model named {model.name!r} is already in the catalog; choose another name "
                     f"with --name, or remove it first with `zoo rm {model.name}`"
                 )
+            before = None
             if row is None:
                 row = ModelRow(name=model.name)
                 session.add(row)
+            else:
+                before = _to_record(row, row.artifacts)
             fill_model_row(row, model, search_keywords(model.name, model.tags))
             row.artifacts = []
             session.flush()  # delete the old artifact rows before inserting ones with the same keys
@@ -501,6 +634,7 @@ class Catalog:
                 artifact_row = ArtifactRow(role=artifact.role, filename=artifact.filename)
                 fill_artifact_row(artifact_row, artifact)
                 row.artifacts.append(artifact_row)
+            self._note_revision(session, row, before, model)
             session.flush()
             return _to_record(row, row.artifacts)
 
@@ -517,6 +651,7 @@ class Catalog:
         """Change some fields of a model, e.g. `update_model("m", meta={...}, parameters=10)`."""
         from zoo._orm import fill_model_row
 
+        name = split_ref(name)[0]  # a model's facts are the model's, whichever revision named it
         with self._session() as session:
             row = self._row(session, name)
             model = _to_record(row, row.artifacts)
@@ -532,6 +667,8 @@ class Catalog:
             return _to_record(row, row.artifacts)
 
     def rename_model(self, name: str, new_name: str) -> Model:
+        if "@" in new_name:
+            raise CatalogError(f"model name {new_name!r} has an '@', which names a revision; choose another")
         with self._session() as session:
             if session.scalar(select(_models.c.id).where(_models.c.name == new_name)) is not None:
                 raise DuplicateModelError(f"a model named {new_name!r} is already in the catalog")
@@ -542,9 +679,9 @@ class Catalog:
             return _to_record(row, row.artifacts)
 
     def remove_model(self, name: str) -> None:
-        """Remove a model and its artifact records (files on disk are left alone)."""
+        """Remove a model with its artifact and revision records (files on disk are left alone)."""
         with self._session() as session:
-            session.delete(self._row(session, name))
+            session.delete(self._row(session, split_ref(name)[0]))
 
     # ---- artifacts ---------------------------------------------------------------------
     def put_artifact(self, name: str, artifact: Artifact) -> Artifact:
@@ -552,7 +689,13 @@ class Catalog:
         from zoo._orm import ArtifactRow, fill_artifact_row
 
         with self._session() as session:
+            past = self._past_revision_row(session, name)
+            if past is not None:  # an earlier revision's file (`fetch NAME@REV`): kept with that revision
+                kept = [a for a in (past.files or []) if (a.get("role"), a.get("filename")) != (artifact.role, artifact.filename)]
+                past.files = kept + [artifact.to_dict()]
+                return Artifact.from_dict(artifact.to_dict())
             row = self._row(session, name)
+            before = _to_record(row, row.artifacts)
             match = next((a for a in row.artifacts
                           if a.role == artifact.role and a.filename == artifact.filename), None)
             if match is None:
@@ -561,6 +704,7 @@ class Catalog:
             fill_artifact_row(match, artifact)
             row.updated_at = time.time()
             session.flush()
+            self._note_revision(session, row, before, _to_record(row, row.artifacts))
             return _artifact_record(match)
 
     def record_signature(self, name: str, by: str, check: dict[str, Any] | None) -> Model:
@@ -570,6 +714,14 @@ class Catalog:
         `signature_status` column follows in the same transaction.
         """
         with self._session() as session:
+            past = self._past_revision_row(session, name)
+            if past is not None:  # an earlier revision's files were checked: its verdict stays with it
+                meta = dict(past.meta or {})
+                checks = {k: v for k, v in (meta.get("signature") or {}).items() if k != by}
+                meta["signature"] = {**checks, **({by: dict(check)} if check is not None else {})}
+                past.meta = meta
+                session.flush()
+                return self.get(name)
             row = self._row(session, name)
             checks = dict(row.signature or {})
             if check is None:
@@ -583,6 +735,10 @@ class Catalog:
 
     def remove_artifact(self, name: str, role: str, filename: str) -> None:
         with self._session() as session:
+            past = self._past_revision_row(session, name)
+            if past is not None:
+                past.files = [a for a in (past.files or []) if (a.get("role"), a.get("filename")) != (role, filename)]
+                return
             row = self._row(session, name)
             row.artifacts = [a for a in row.artifacts
                              if not (a.role == role and a.filename == filename)]
@@ -775,11 +931,22 @@ class CatalogRegistry:
     def __init__(self) -> None:
         self._open: dict[tuple[str, bool], Catalog] = {}
 
-    def open(self, location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True) -> Catalog:
-        """The open catalog at `location`, opened (created, upgraded) now if it is not yet."""
+    def open(self, location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True,
+             create: bool = True) -> Catalog:
+        """The open catalog at `location`, opened (created, upgraded) now if it is not yet.
+
+        With ``create=False`` (what read-only commands use) a catalog file that does not exist yet is
+        not made: the built-in zoos are served from memory instead, and nothing is written to disk.
+        """
         if isinstance(location, Catalog):
             return location
-        url = config.catalog_url(location)
+        where = config.catalog_location(location)
+        url = where.url
+        if where.path is not None and not where.path.exists():
+            if not create and (where.kind == "home" or where.path.parent.is_dir()):
+                return self._in_memory(builtins)
+            if where.kind == "home":  # zoo's own folder: made on first write, like ~/.cache/huggingface
+                where.path.parent.mkdir(parents=True, exist_ok=True)
         catalog = self._open.get((url, builtins))
         if catalog is not None and catalog.is_sqlite:
             database = catalog._engine.url.database
@@ -790,6 +957,13 @@ class CatalogRegistry:
             catalog = Catalog(url, builtins=builtins)
             self._open[(url, builtins)] = catalog
         return catalog
+
+    def _in_memory(self, builtins: bool) -> Catalog:
+        """A catalog in memory holding only the built-in zoos: what a read shows before any catalog exists."""
+        key = (IN_MEMORY, builtins)
+        if key not in self._open:
+            self._open[key] = Catalog(IN_MEMORY, builtins=builtins)
+        return self._open[key]
 
     def close(self, location: str | os.PathLike | None = None) -> None:
         """Close and forget the catalogs open at `location` (its connections return to the server)."""
@@ -807,25 +981,29 @@ class CatalogRegistry:
 REGISTRY = CatalogRegistry()
 
 
-def open_catalog(location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True) -> Catalog:
+def open_catalog(location: str | os.PathLike | Catalog | None = None, *, builtins: bool = True,
+                 create: bool = True) -> Catalog:
     """Open (creating or upgrading if needed) the catalog at a path or SQLAlchemy URL.
 
     Args:
         location: a file path, a SQLAlchemy URL, an open `Catalog` (returned as it is), or None for
-            ``$ZOO_CATALOG``, else ``catalog.db`` in the working directory.
+            ``$ZOO_CATALOG``, else the project's ``catalog.db`` (the working folder's or a parent's),
+            else the user's catalog in zoo's home (`zoo.config.catalog_location`).
         builtins: fill a new catalog with the built-in Caffe and TensorFlow zoo indexes.
+        create: make the catalog file when it does not exist; False (reads) serves the built-in
+            zoos from memory instead and writes nothing.
 
     Returns:
         The catalog, shared by every call with the same location in this process (`REGISTRY`).
 
     Raises:
-        CatalogError: the location cannot be opened, is not a zoo catalog, or cannot be written
-            when it must be created or upgraded.
+        CatalogError: the location cannot be opened, is not a zoo catalog, cannot be written
+            when it must be created or upgraded, or names a file in a folder that does not exist.
         CatalogVersionError: the catalog was written by a newer zoo.
 
     >>> cat = open_catalog("my-models.db")      # doctest: +SKIP
     """
-    return REGISTRY.open(location, builtins=builtins)
+    return REGISTRY.open(location, builtins=builtins, create=create)
 
 
 def close_all() -> None:
@@ -861,7 +1039,7 @@ def search(query: str | None = None, *, catalog: str | os.PathLike | Catalog | N
     >>> [m.name for m in search("alexnet")]      # doctest: +SKIP
     ['bvlc_alexnet']
     """
-    return open_catalog(catalog).search(query, **filters)
+    return open_catalog(catalog, create=False).search(query, **filters)
 
 
 def info(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> Model:
@@ -877,7 +1055,7 @@ def info(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> Mo
     Raises:
         UnknownModelError: no such model (``closest`` holds names that look like it).
     """
-    return open_catalog(catalog).get(name)
+    return open_catalog(catalog, create=False).get(name)
 
 
 def list_models(*, catalog: str | os.PathLike | Catalog | None = None, **filters: Any) -> list[Model]:
@@ -894,7 +1072,7 @@ def list_models(*, catalog: str | os.PathLike | Catalog | None = None, **filters
         CatalogError: the catalog cannot be opened or read.
     """
     filters.setdefault("limit", None)
-    return open_catalog(catalog).search(None, **filters)
+    return open_catalog(catalog, create=False).search(None, **filters)
 
 
 def remove(name: str, *, catalog: str | os.PathLike | Catalog | None = None) -> None:

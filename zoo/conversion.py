@@ -22,6 +22,7 @@ from zoo.freshness import changed, file_state, remember
 from zoo.hashes import file_sha256
 from zoo.lineage import conversion_lineage
 from zoo.records import Artifact, Model
+from zoo.store import Store
 
 if TYPE_CHECKING:
     from converters.report import Conversion
@@ -110,6 +111,7 @@ def convert(
 def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset: int | None, nchw: bool,
                        force: bool, cache_dir: str | os.PathLike | None, trust_model_code: bool = False) -> Artifact:
     model = cat.get(name)
+    name = model.name  # NAME@v2 and NAME@3fa9 are one revision: one place in the cache (NAME@<id>)
     if specs or values:
         _check_specs_apply(model)
     if _needs_fetch(model):
@@ -155,6 +157,7 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
     remember(dest, sha256, cache_dir)  # its users check it by size and mtime from now on
     lineage = conversion_lineage(sha256, report.to_dict(), source_sha256, options, model=name,
                                  filenames={role: os.path.basename(path) for role, path in sources.items()})
+    Store(cache_dir).adopt(dest, sha256)  # one copy of identical conversions (two names, two revisions)
     artifact = Artifact(
         role="onnx",
         filename=dest.name,
@@ -170,6 +173,7 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
             "verified": report.verified,
             "sandbox": sandbox,
             "lineage": lineage.to_dict(),
+            "revision": model.revision,  # the revision of the model the conversion came from
         },
     )
     for old in model.artifacts:  # a renamed model or an older file name: one onnx artifact

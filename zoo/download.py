@@ -9,6 +9,7 @@ sha256 it observed in `Artifact.sha256` and `Artifact.meta["first_fetch_sha256"]
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -22,8 +23,10 @@ from zoo.archives import UnpackLimits, archive_kind, remove_stale_unpacks, safe_
 from zoo.cache import model_folder, root as cache_root
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.hashes import file_hash, hash_matches, parse_checksum
+from zoo.hubs import origin as hub_origin
 from zoo.records import Artifact
 from zoo.signatures import SignaturePolicy
+from zoo.store import Store
 from zoo.transport import DownloadResult, Expected, RetryPolicy, download, new_session
 
 if TYPE_CHECKING:
@@ -120,6 +123,7 @@ def fetch(
     names = [name_or_names] if isinstance(name_or_names, str) else list(name_or_names)
     models = [cat.get(name) for name in names]  # an unknown name fails before any download
     root = cache_root(cache_dir)
+    Store(root).ensure()  # a cache from before the store moves into it, once
     offline = config.offline() if offline is None else offline
     limits = unpack_limits or UnpackLimits.from_env()  # a bad $ZOO_MAX_UNPACK_* fails before downloading
     own_session = session is None and not offline
@@ -128,6 +132,13 @@ def fetch(
     missing: list[str] = []  # offline: name every file that is not cached, not just the first
     try:
         for model in models:
+            origin = hub_origin(model)  # a hub model (hf://): fetched through the hub's client
+            hub_offline = offline or (origin is not None and origin.offline())
+            if origin is not None and not hub_offline:
+                model = origin.ready(cat, model)  # a search result is pinned to a commit first
+            elif origin is not None and origin.stub:
+                missing.append(f"{model.name} (a Hub search result, never pinned to a commit: no files known yet)")
+                continue
             policy = SignaturePolicy.for_model(cat, model)
             # A model with a signature (or a source that requires one) is registered only once its
             # files are all here and the signature verdict is in: a refusal registers nothing.
@@ -138,7 +149,11 @@ def fetch(
             for artifact in model.artifacts:
                 if artifact.role == "onnx" or (artifact.role == "signature" and artifact.meta.get("by") == "zoo"):
                     continue
-                how = _How(force, offline, quiet, session, retry, _model_token_hosts(cat, model), limits)
+                if origin is None:
+                    how = _How(force, offline, quiet, session, retry, _model_token_hosts(cat, model), limits)
+                else:
+                    how = _How(force, hub_offline, quiet, origin.session(), retry, origin.token_hosts(), limits,
+                               origin.headers(), origin.token(), origin.locate)
                 try:
                     done, result = _fetch_artifact(cat, model.name, artifact, root, how, register=not signed)
                 except OfflineError as exc:
@@ -150,6 +165,8 @@ def fetch(
                     on_file(model.name, done, result)
             if signed and complete:
                 _register_signed(cat, model, fetched, policy, on_file)
+            if origin is not None and complete and "@" not in model.name:
+                origin.recognise(cat, cat.get(model.name))  # the file is what its name says, by its content
             results += [done for done, _ in fetched]
     finally:
         if own_session:
@@ -224,6 +241,9 @@ class _How:
     retry: RetryPolicy | None
     token_hosts: set[str] | None
     limits: UnpackLimits | None
+    headers: dict[str, str] | None = None  # extra request headers (a hub's)
+    token: str | None = None  # a hub's token instead of ZOO_TOKEN (to `token_hosts` only)
+    locate: Callable[[Artifact], list[str]] | None = None  # a hub's: where a file is served from now
 
 
 def _fetch_artifact(cat, name, artifact, root, how: _How, register: bool = True):
@@ -245,22 +265,67 @@ def _fetch_artifact(cat, name, artifact, root, how: _How, register: bool = True)
     folder = model_folder(name, root)
     dest = folder / artifact.filename
     pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
-    bar = _Bar(f"{name}: {artifact.filename}") if not how.quiet and sys.stderr.isatty() else None
+    store = Store(root)
+    known = known_sha256(artifact)
+    # Held from before the download until the view is made: `zoo cache gc` leaves the blob alone.
+    with store.hold(known) if known else contextlib.nullcontext():
+        if known and not store.refers(dest, known) and (dest.is_file() or dest.is_symlink()):
+            _set_aside(store, dest, known)  # another revision's file: its bytes stay in the store
+        if known and not how.force and store.has(known) and not store.refers(dest, known):
+            store.link(known, dest)  # the same bytes are in the store (another name, source or revision)
+        urls = artifact.urls
+        if how.locate is not None and not how.offline and (how.force or not (known and store.refers(dest, known))):
+            urls = how.locate(artifact)  # asked only when the bytes must come over the network
+        bar = _Bar(f"{name}: {artifact.filename}") if not how.quiet and sys.stderr.isatty() else None
+        try:
+            result = download(
+                urls, dest, expected=Expected(artifact.size, artifact.checksum, pinned), retry=how.retry,
+                session=how.session, force=how.force, offline=how.offline, label=label, progress=bar,
+                token_hosts=how.token_hosts, headers=how.headers, token=how.token,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        store.adopt(dest, result.sha256)
+    return _record_fetched(cat, name, artifact, result, dest, folder, how, register)
+
+
+def _set_aside(store: Store, dest: Path, known: str) -> None:
+    """`dest` holds other bytes than the file now wanted (the model's previous revision): keep them
+    in the store, where `fetch NAME@REV` finds them, and clear the place."""
     try:
-        result = download(
-            artifact.urls, dest, expected=Expected(artifact.size, artifact.checksum, pinned), retry=how.retry,
-            session=how.session, force=how.force, offline=how.offline, label=label, progress=bar,
-            token_hosts=how.token_hosts,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+        digest = file_hash(dest)
+    except OSError:  # a dangling link: nothing to keep
+        dest.unlink(missing_ok=True)
+        return
+    if digest == known:
+        store.adopt(dest, digest)
+        return
+    store.adopt(dest, digest)
+    dest.unlink()
+
+
+def known_sha256(artifact: Artifact) -> str | None:
+    """The sha256 a file must have, known before it is downloaded: published, or pinned by a fetch."""
+    if artifact.checksum:
+        algo, digest = parse_checksum(artifact.checksum)
+        if algo == "sha256":
+            return digest.lower()
+    pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
+    return pinned.lower() if isinstance(pinned, str) and len(pinned) == 64 else None
+
+
+def _record_fetched(cat, name, artifact, result, dest: Path, folder: Path, how: _How, register: bool):
+    """Register a downloaded (or verified cached) file: its hash, where it came from, its unpacked folder."""
     done = dataclasses.replace(artifact, meta=dict(artifact.meta), urls=list(artifact.urls))
     done.size, done.sha256 = result.size, result.sha256
+    if artifact.size is None and not artifact.meta.get("size_measured"):
+        done.meta["size_measured"] = True  # not the publisher's: the file's identity stays what was listed
     if not artifact.checksum:
         done.meta.setdefault("first_fetch_sha256", result.sha256)
     if result.url:
-        done.meta["fetched_from"] = result.url
+        # A hub's file location is signed for a while (a query string): where it came from is the rest.
+        done.meta["fetched_from"] = result.url.split("?", 1)[0] if how.locate is not None else result.url
     if artifact.extract:
         kind = archive_kind(artifact.filename, artifact.extract if isinstance(artifact.extract, str) else None)
         target = folder / unpacked_name(artifact.filename)

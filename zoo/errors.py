@@ -54,6 +54,14 @@ class UnknownModelError(ZooError, KeyError):
         super().__init__(message, name=name, closest=list(closest))
 
 
+class UnknownRevisionError(ZooError, KeyError):
+    """``NAME@REV`` names no revision of the model (or several); `known` lists its revision ids."""
+
+    def __init__(self, message: str, *, name: str | None = None, revision: str | None = None,
+                 known: Sequence[str] = ()) -> None:
+        super().__init__(message, name=name, revision=revision, known=list(known))
+
+
 class DuplicateModelError(ZooError):
     """A model of that name is already in the catalog."""
 
@@ -100,6 +108,20 @@ class OfflineError(FetchError):
 
     def __init__(self, message: str, *, missing: Sequence[str] = ()) -> None:
         super().__init__(message, missing=list(missing))
+
+
+class LockMismatchError(FetchError):
+    """What `zoo fetch --locked` would fetch is not what zoo.lock pins; `changes` says what changed."""
+
+    def __init__(self, message: str, *, changes: Sequence[str] = ()) -> None:
+        super().__init__(message, changes=list(changes))
+
+
+class HubError(FetchError):
+    """A model hub (the Hugging Face Hub) refused or could not answer; `status` is its HTTP status."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status=status, retry_after=retry_after)
 
 
 class UnsafeArchiveError(FetchError):

@@ -39,8 +39,10 @@ __all__ = ["LayerInfo", "layers", "model_inputs", "load_extractor", "Extractor",
 class _Source:
     """The ONNX file a name or path stands for, its hash and what the catalog says about its input."""
 
-    def __init__(self, label: str, path: Path, sha256: str, spec: InputSpec, layout: str | None):
+    def __init__(self, label: str, path: Path, sha256: str, spec: InputSpec, layout: str | None,
+                 revision: str | None = None):
         self.label, self.path, self.sha256, self.spec, self.layout = label, path, sha256, spec, layout
+        self.revision = revision  # the model revision the ONNX file came from (None for a file)
 
 
 def _path_sha256(path: Path, cache_dir: Any) -> str:
@@ -67,7 +69,7 @@ def _looks_like_path(value: str | os.PathLike) -> bool:
     return isinstance(value, os.PathLike) or text.endswith(".onnx") or os.sep in text
 
 
-def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _Source:
+def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any, create: bool = True) -> _Source:
     if _looks_like_path(name_or_path) and os.path.exists(name_or_path) and not _is_onnx(name_or_path):
         # A model file of another format (.tflite, .pt, .h5, a SavedModel folder): registered and
         # converted as `zoo convert PATH` does, then cut like any cataloged model.
@@ -82,7 +84,7 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
     from zoo.catalog import open_catalog
 
     name = str(name_or_path)
-    cat = open_catalog(catalog)
+    cat = open_catalog(catalog, create=create)  # `zoo layers` reads: it never creates a catalog
     try:
         model = cat.get(name)
     except UnknownModelError:
@@ -93,6 +95,7 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
             ) from None
         raise
     artifact = model.artifact("onnx")
+    name = model.name  # NAME@v2 -> NAME@<revision id>: where that revision's files and conversion are
     if artifact and artifact.path and os.path.isfile(artifact.path):
         from zoo.conversion import stale_sources
 
@@ -108,7 +111,7 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any) -> _S
     path = Path(artifact.path)
     layout = artifact.meta.get("layout") or model.input.layout
     # The cuts are keyed by the file's content as it is now, not as the catalog last saw it.
-    return _Source(name, path, _path_sha256(path, cache_dir), model.input, layout)
+    return _Source(name, path, _path_sha256(path, cache_dir), model.input, layout, model.revision)
 
 
 def _convert(name: str, cat: Any, cache_dir: Any, changed: Sequence[str] = ()):
@@ -176,7 +179,8 @@ def layers(
     """
     from zoo.graph import GraphInfo, list_layers
 
-    model = _folded(_load(_source(name_or_onnx_path, catalog, cache_dir).path), args)[0]
+    source = _source(name_or_onnx_path, catalog, cache_dir, create=False)
+    model = _folded(_load(source.path), args)[0]
     return list_layers(model, GraphInfo(model))
 
 
@@ -187,7 +191,7 @@ def branch_hints(
     """The Ifs left in the top graph that scalar inputs would decide, e.g. "If 'If_0' branches on input sr"."""
     from zoo.folding import branch_hints as hints
 
-    return hints(_folded(_load(_source(name_or_onnx_path, catalog, cache_dir).path), args)[0])
+    return hints(_folded(_load(_source(name_or_onnx_path, catalog, cache_dir, create=False).path), args)[0])
 
 
 def _folded(model: onnx.ModelProto, args: dict[str, Any] | None) -> tuple[onnx.ModelProto, list[str]]:
@@ -210,7 +214,7 @@ def model_inputs(
     """
     from zoo.graph import GraphInfo, batch_dim
 
-    source = _source(name_or_onnx_path, catalog, cache_dir)
+    source = _source(name_or_onnx_path, catalog, cache_dir, create=False)
     model = _folded(_load(source.path), args)[0]
     wanted = set(GraphInfo(model).inputs)
     found = [i for i in model.graph.input if i.name in wanted]
@@ -404,8 +408,10 @@ def load_extractor(
             f"layers above use; cut points are marked in `zoo layers {source.label}`",
             stacklevel=2,
         )
-    return Extractor(onnx_path, meta, source=source.label, spec=source.spec, layout=source.layout,
-                     options=options, providers=providers)
+    extractor = Extractor(onnx_path, meta, source=source.label, spec=source.spec, layout=source.layout,
+                          options=options, providers=providers)
+    extractor.revision = source.revision  # recorded by the feature cache entries it fills
+    return extractor
 
 
 # Short device names for onnxruntime's execution providers.
@@ -533,6 +539,7 @@ class Extractor:
         if meta.constants:  # baked-in inputs (args=) change the features like an input would
             payload["constants"] = meta.constants
         self.fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        self.revision: str | None = None  # the catalog model's revision, when loaded by name
         self._session = None
 
     def __repr__(self) -> str:

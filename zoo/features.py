@@ -280,7 +280,8 @@ class FeatureCache:
             if manifest is None or not manifest.resumes(extractor_fp, source.fingerprint):
                 shutil.rmtree(folder, ignore_errors=True)
                 manifest = FeatureManifest(extractor=extractor_fp, dataset=source.fingerprint,
-                                           dataset_description=source.description, length=source.length)
+                                           dataset_description=source.description, length=source.length,
+                                           revision=getattr(extractor, "revision", None))
             computed = engine.computed(source, extractor, manifest.next, chunk_size)
             folder.mkdir(parents=True, exist_ok=True)
             lineage = features_lineage(extractor, source.fingerprint, source.description,

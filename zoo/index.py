@@ -47,7 +47,9 @@ _DOWNLOAD_SIDE_FILES = (".part", ".part.json", ".lock")
 _TEXT_FIELDS = ("format", "task", "dataset", "architecture", "description", "license",
                 "homepage", "paper")
 ENTRY_FIELDS = ("name", "framework", *_TEXT_FIELDS, "tags", "input", "parameters", "metrics",
-                "meta", "files", "signature")
+                "meta", "revision", "version", "files", "signature")
+# A revision id (a commit, a release id): what `NAME@REV` names; a version is a tag for it.
+REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 FILE_FIELDS = ("role", "filename", "url", "urls", "size", *CHECKSUM_ALGOS, "checksum", "extract",
                "members", "note", "manual", "meta")
 # Roles a file of `files` may take: a signature is the entry's own `signature` field.
@@ -146,6 +148,10 @@ def _schema() -> dict[str, Any]:
             "parameters": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
             "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
             "meta": {"type": "object"},
+            "revision": {"type": "string", "pattern": REVISION_PATTERN.pattern,
+                         "description": "the id of this revision of the files (a commit, a release)"},
+            "version": {"type": "string", "maxLength": 128,
+                        "description": "a version tag for this revision, e.g. 2.1"},
             "files": {"type": "array", "items": file_schema, "minItems": 1},
             "signature": signature_schema,
         },
@@ -529,6 +535,15 @@ def _parse_entry(source: str, position: int, data: Any,
     if not isinstance(metrics, dict) or not all(_is_number(v) for v in metrics.values()):
         raise where.fail("metrics", f"is {_show(metrics)}; expected an object of (finite) numbers")
     meta = _meta(where, data)
+    revision = _text(where, data, "revision")
+    if revision is not None and not REVISION_PATTERN.match(revision):
+        raise where.fail("revision", f"is {revision!r}; expected letters, digits and . _ + - (at most 128), "
+                                     "e.g. a commit id or 2024-05-01")
+    version = _text(where, data, "version")
+    if version is not None:
+        if len(version) > 128:
+            raise where.fail("version", f"is {len(version)} characters long; at most 128 are allowed")
+        meta = {**meta, "version": version}
     files = data.get("files")
     if not isinstance(files, list) or not files:
         shown = "missing" if files is None else _show(files)
@@ -548,6 +563,7 @@ def _parse_entry(source: str, position: int, data: Any,
         name=name, framework=framework, **texts, tags=list(tags), source=source,
         input=_parse_input(where, data.get("input")), parameters=parameters,
         metrics={k: float(v) for k, v in metrics.items()}, artifacts=artifacts, meta=dict(meta),
+        revision=revision,
     )
 
 
@@ -669,7 +685,15 @@ def dump_index(models: list[Model], *, name: str, description: str | None = None
     """
     entries = []
     for model in models:
-        entry = {k: v for k, v in model.to_dict().items() if k in ENTRY_FIELDS}
+        # `signature` of an entry is the publisher's signature file, never the model's verdicts
+        entry = {k: v for k, v in model.to_dict().items() if k in ENTRY_FIELDS and k != "signature"}
+        meta = dict(entry.get("meta") or {})
+        if isinstance(meta.get("version"), str):
+            entry["version"] = meta.pop("version")
+        if meta:
+            entry["meta"] = meta
+        else:
+            entry.pop("meta", None)
         entry["files"] = [_dump_file(a) for a in model.artifacts if a.role not in ("onnx", "signature")]
         signature = next((a for a in model.artifacts
                           if a.role == "signature" and a.meta.get("by") != "zoo"), None)

@@ -144,6 +144,7 @@ class FeatureManifest:
     complete: bool = False
     completed: float | None = None
     classes: list[str] | None = None  # an image folder's class names
+    revision: str | None = None  # the revision of the model whose extractor computed them
     # How the complete entry was made (`zoo.lineage.Lineage.to_dict()`: the sha256 of its feature
     # rows, the cut and the data as parents); set when the entry is complete.
     lineage: dict[str, Any] | None = None

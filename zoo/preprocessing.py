@@ -47,8 +47,19 @@ def parse(spec: InputSpec | Mapping[str, Any] | str | os.PathLike | None = None,
     return {k: _check(k, v) for k, v in fields.items() if v is not None}
 
 
+MAX_SPEC_BYTES = 1 << 20  # an input spec is a few lines of JSON
+
+
 def _read(path: Path) -> dict[str, Any]:
+    from zoo.formats import special_file_kind
+
+    special = special_file_kind(path)
+    if special:  # opening a FIFO blocks until a writer comes: never open one
+        raise InputError(f"the input spec {path} is {special}, not a file; give a JSON file")
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise InputError(f"the input spec {path} is over {MAX_SPEC_BYTES >> 20} MiB; an input spec is a small "
+                             f"JSON object of InputSpec fields")
         data = json.loads(path.read_text())
     except OSError as exc:
         raise InputError(f"cannot read the input spec {path}: {exc.strerror or exc}") from None

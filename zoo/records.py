@@ -127,6 +127,10 @@ class Model:
     # as dicts. Recorded by fetch, `zoo sign` and `zoo verify --signatures`, never by an index.
     signature: dict[str, Any] = field(default_factory=dict)
 
+    # The revision these files are (zoo.revisions): a Hub commit, an index's revision, or a digest
+    # prefix; None until the catalog records one.
+    revision: str | None = None
+
     @property
     def signature_status(self) -> str | None:
         """"verified" when every recorded signature check passed, "failed" when one did, else None."""

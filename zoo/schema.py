@@ -58,6 +58,8 @@ models = Table(
     # summary, "verified" or "failed" (migration 0004).
     Column("signature_status", String(16), index=True),
     Column("signature", JSON),
+    # The current revision's id (migration 0005); the others are rows of `revisions`.
+    Column("revision", String(128)),
     # Search helper: the name split at letter/digit boundaries ("resnet 50"), and the tags as words.
     Column("keywords", Text),
     Column("created_at", Float, default=time.time),
@@ -78,6 +80,22 @@ artifacts = Table(
     Column("sha256", String(64), index=True),
     Column("meta", JSON, default=_empty_dict),
     UniqueConstraint("model_id", "role", "filename"),
+)
+
+# Every revision a model had (migration 0005): the current one's files are the model's artifacts
+# (`files` NULL); an earlier one keeps its files here as Artifact dicts.
+revisions = Table(
+    "revisions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("model_id", Integer, ForeignKey("models.id", ondelete="CASCADE"), index=True, nullable=False),
+    Column("revision", String(128), nullable=False),
+    Column("tag", String(128)),
+    Column("digest", String(64), nullable=False, index=True),
+    Column("source", String(255)),
+    Column("files", JSON),
+    Column("meta", JSON, default=_empty_dict),
+    Column("created_at", Float, default=time.time),
+    UniqueConstraint("model_id", "revision"),
 )
 
 sources = Table(

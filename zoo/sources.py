@@ -227,17 +227,28 @@ def apply_index(cat: Catalog, source: str, models: list[Model]) -> SyncStats:
 
 def _keeping_local_files(old: Model, new: Model) -> Model:
     """The index's new entry with what zoo added to the old one: fetched files' paths and hashes
-    (when the index gives none), converted models and zoo's own signatures, and the signature
-    checks (`apply_index` forgets the publisher's when what it vouched for changed)."""
+    (when the index gives none and the file is the same one), converted models and zoo's own
+    signatures (while the files are the same: a changed file is a new revision, which has neither
+    yet; the catalog keeps the old revision, `Catalog.add_model`), and the signature checks
+    (`apply_index` forgets the publisher's when what it vouched for changed)."""
+    from zoo.revisions import content_digest, file_identity
+
     local = {(a.role, a.filename): a for a in old.artifacts}
     artifacts = []
     for artifact in new.artifacts:
         mine = local.pop((artifact.role, artifact.filename), None)
-        if mine is not None and mine.path and artifact.path is None:
-            artifact = replace(artifact, path=mine.path, sha256=mine.sha256)
+        if (mine is not None and mine.path and artifact.path is None
+                and file_identity(mine) == file_identity(artifact)):
+            artifact = replace(artifact, path=mine.path, sha256=mine.sha256,
+                               size=artifact.size if artifact.size is not None else mine.size,
+                               meta={**mine.meta, **artifact.meta})
         artifacts.append(artifact)
-    artifacts += [a for key, a in local.items() if key[0] == "onnx" or a.meta.get("by") == "zoo"]
-    return replace(new, artifacts=artifacts, removed_upstream=False, signature=dict(old.signature))
+    same = content_digest(artifacts) == content_digest(old.artifacts)
+    if same:
+        artifacts += [a for key, a in local.items() if key[0] == "onnx" or a.meta.get("by") == "zoo"]
+    revision = new.revision or (old.revision if same else None)
+    return replace(new, artifacts=artifacts, removed_upstream=False, signature=dict(old.signature),
+                   revision=revision)
 
 
 def _published(model: Model) -> list[tuple]:
@@ -288,7 +299,13 @@ def add_source(name: str, url: str, *, sync: bool = True, require_signature: boo
     existing = {s.name: s for s in cat.sources()}.get(name)
     if existing is not None and existing.url.startswith(BUILTIN_SCHEME) and existing.url != url:
         raise ZooError(f"source {name!r} is one of zoo's built-in zoos; choose another name")
-    url = _normalise_url(url.strip())
+    url = url.strip()
+    from zoo.hubs import is_hub_source
+
+    if is_hub_source(url):  # a hub (hf://?author=ORG&library=onnx): its models come by search, add and sync
+        cat.add_source(name, url, **policy)
+        return _sync_hub(cat, cat.get_source(name)) if sync and "author=" in url else SyncReport(name, url, "added")
+    url = _normalise_url(url)
     if not sync:
         cat.add_source(name, url, **policy)
         return SyncReport(name, url, "added")
@@ -315,10 +332,26 @@ def list_sources(*, catalog: str | os.PathLike | Catalog | None = None) -> list[
     """
     from zoo.catalog import open_catalog
 
-    return open_catalog(catalog).sources()
+    return open_catalog(catalog, create=False).sources()
+
+
+def _sync_hub(cat: Catalog, source: SourceInfo) -> SyncReport:
+    """A hub source's sync: each pinned model at its branch's commit now (a new commit with other
+    files is a new revision), search results kept, the author's models listed (`zoo.hubs.sync_models`)."""
+    from zoo.hubs import sync_models
+
+    models = sync_models(cat, source)  # everything is asked of the hub before the catalog is touched
+    with cat.batch():
+        stats = apply_index(cat, source.name, models)
+        cat.update_source(source.name, synced_at=time.time())
+    return SyncReport(source.name, source.url, "synced", stats)
 
 
 def _sync_one(cat: Catalog, source: SourceInfo, force: bool = False) -> SyncReport:
+    from zoo.hubs import is_hub_source
+
+    if is_hub_source(source.url):
+        return _sync_hub(cat, source)
     data, etag = _download(source.name, source.url, None if force else source.etag)
     if data is None:
         cat.update_source(source.name, synced_at=time.time())

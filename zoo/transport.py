@@ -181,7 +181,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
     if not value:
         return None
@@ -356,6 +356,8 @@ def download(
     offline: bool | None = None,
     label: str | None = None,
     token_hosts: Iterable[str] | None = None,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> DownloadResult:
     """Download one file from the first of `urls` that works into `dest`, verified.
 
@@ -377,6 +379,8 @@ def download(
         token_hosts: host names ZOO_TOKEN (a bearer token) may be sent to; default
             $ZOO_TOKEN_HOSTS (comma-separated), else the host of each URL given. Never sent to
             another host after a redirect, never printed.
+        token: the bearer token to send under those rules instead of ZOO_TOKEN (a hub's).
+        headers: extra request headers (a hub client's User-Agent).
 
     Returns:
         Where the file is, its sha256 and size, and what went over the wire.
@@ -433,6 +437,9 @@ def download(
         try:
             job = _Job(dest, expected, session, retry, progress, label)
             job.token_hosts = _token_hosts(token_hosts)
+            if token is not None:
+                job.token = token or None
+            job.extra_headers = dict(headers or {})
             errors: list[FetchError] = []
             for url in url_list:
                 try:
@@ -472,6 +479,7 @@ class _Job:
         self.transferred = 0
         self.token = os.environ.get("ZOO_TOKEN") or None
         self.token_hosts: set[str] | None = None  # None: the host of each URL given
+        self.extra_headers: dict[str, str] = {}
         # The .part's bytes as hashed so far; None until the .part has been looked at.
         self.hasher: MultiHasher | None = None
         self.offset = 0
@@ -722,7 +730,7 @@ class _Job:
         if self.hasher is None:
             self._reset()
         # identity: a gzip-encoded body would make byte offsets meaningless for Range.
-        headers = {"Accept-Encoding": "identity"}
+        headers = {**self.extra_headers, "Accept-Encoding": "identity"}
         if self.offset > 0:
             headers["Range"] = f"bytes={self.offset}-"
             if self.validator:
@@ -738,7 +746,7 @@ class _Job:
                 self._reset()
                 raise _Retry("the server refused to resume", wait=0)
             if status == 429 or status >= 500:
-                wait = _retry_after(resp.headers.get("Retry-After"))
+                wait = retry_after(resp.headers.get("Retry-After"))
                 raise _Retry(f"{mask_url(resp.url)} answered HTTP {status} {resp.reason or ''}".rstrip(), wait)
             if status >= 400:
                 hint = {

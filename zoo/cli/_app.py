@@ -103,7 +103,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 # only the catalog commands (every millisecond of start-up counts there).
 COMMAND_MODULES = {
     **dict.fromkeys(["search", "info", "add", "scan", "edit", "list", "rm", "source"], "zoo.cli.catalog"),
-    **dict.fromkeys(["fetch", "verify"], "zoo.cli.fetch"),
+    **dict.fromkeys(["fetch", "verify", "lock"], "zoo.cli.fetch"),
+    "init": "zoo.cli.home",
+    "index": "zoo.cli.publish",
     "convert": "zoo.cli.convert",
     **dict.fromkeys(["layers", "extract"], "zoo.cli.extract"),
     **dict.fromkeys(["train", "sweep", "walkthrough"], "zoo.cli.transfer"),
@@ -171,6 +173,15 @@ class ZooGroup(click.Group):
             warnings.showwarning = previous
 
 
+def _print_where(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from zoo.cli._where import where_text
+
+    click.echo(where_text())
+    ctx.exit()
+
+
 def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     from zoo.logs import set_verbose
 
@@ -179,6 +190,8 @@ def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 @click.group(cls=ZooGroup, context_settings=CONTEXT)
 @click.version_option(None, "-V", "--version", prog_name="zoo", package_name="zoo")
+@click.option("--where", is_flag=True, expose_value=False, is_eager=True, callback=_print_where,
+              help="Say which catalog and cache are in use, and why; then exit.")
 @click.option("-v", "--verbose", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
               help="Show TensorFlow, onnxruntime, torch and Ray output (else in the log file) [env ZOO_LOG_LEVEL=INFO].")
 def cli() -> None:
@@ -202,7 +215,8 @@ def catalog_option(func: Callable) -> Callable:
         "--catalog",
         envvar="ZOO_CATALOG",
         metavar="PATH|URL",
-        help="Catalog file or SQLAlchemy URL [env ZOO_CATALOG; default ./catalog.db].",
+        help="Catalog file or SQLAlchemy URL [env ZOO_CATALOG; default: the project's catalog.db "
+             "(this folder or a parent, see `zoo init`), else the one in ZOO_HOME].",
     )(func)
 
 
@@ -217,7 +231,7 @@ def cache_option(func: Callable) -> Callable:
         "--cache-dir",
         envvar="ZOO_CACHE",
         type=click.Path(file_okay=False),
-        help="Cache folder [env ZOO_CACHE; default the user cache folder].",
+        help="Cache folder [env ZOO_CACHE; default: cache/ in ZOO_HOME].",
     )(func)
 
 

@@ -43,18 +43,26 @@ def cache_list(kinds: tuple[str, ...], as_json: bool, cache_dir: str | None, cat
         zoo cache list
         zoo cache list --kind cuts --kind onnx --json
     """
-    from zoo.cache_manager import scan
+    from zoo.cache_manager import scan, usage
     from zoo.transport import human_size
 
     found = scan(cache_dir, kinds, catalog=catalog)
+    use = usage(found, cache_dir) if not as_json else None
 
     def text() -> str:
         if not found:
-            return "the cache is empty"
+            return "the cache is empty" + (f"; {human_size(use.unreferenced)} of blobs nothing uses "
+                                           "(`zoo cache gc` frees them)" if use.unreferenced else "")
         rows = [[e.kind, e.key[:12] if e.kind == "features" else e.key, human_size(e.bytes), e.model or "",
                  _detail(e)] for e in found]
         total = human_size(sum(e.bytes for e in found))
-        return table(rows, ["KIND", "KEY", "SIZE", "MODEL", "WHAT"]) + f"\n{len(found)} entries, {total}"
+        lines = [table(rows, ["KIND", "KEY", "SIZE", "MODEL", "WHAT"]), f"{len(found)} entries, {total}"]
+        if not kinds:  # the whole cache: what it takes on disk, and what the store saves
+            lines[-1] += (f"; {human_size(use.on_disk)} on disk: the store keeps each file once, "
+                          f"saving {human_size(use.saved)}")
+            if use.unreferenced:
+                lines[-1] += f"; {human_size(use.unreferenced)} of blobs nothing uses (`zoo cache gc` frees them)"
+        return "\n".join(lines)
 
     emit([e.to_dict() for e in found], as_json, text)
 
@@ -96,7 +104,43 @@ def cache_rm(keys: tuple[str, ...], model: str | None, everything: bool, kinds: 
         return
     freed = plan.execute()
     text = f"removed {len(plan.entries)} entries, freed {human_size(freed)}"
+    if plan.blobs:
+        text += f" (with {len(plan.blobs)} stored files nothing else uses)"
     trained = [e.model for e in plan.entries if e.kind == "trained"]
     if trained:  # their catalog entries now point at nothing
         text += f"; the catalog still lists {', '.join(trained)}: `zoo rm NAME` drops an entry you no longer want"
     emit(plan.to_dict(), as_json, text)
+
+
+@cache_group.command("gc")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed and the space it frees; remove nothing.")
+@json_option
+@cache_option
+def cache_gc(dry_run: bool, as_json: bool, cache_dir: str | None) -> None:
+    """Remove the stored files (blobs) no model folder uses any more; never one a running fetch holds.
+
+    Fetched and converted files live once in the cache's store (blobs/sha256/); a model's folder
+    holds views of them. Removing a model's files (`zoo cache rm`, a new revision) can leave a blob
+    nothing refers to: this frees it.
+
+    \b
+    Example:
+        zoo cache gc --dry-run
+        zoo cache gc
+    """
+    from zoo.cache_manager import plan_gc
+    from zoo.transport import human_size
+
+    plan = plan_gc(cache_dir)
+    busy = f"; {len(plan.held)} held by a running fetch are kept" if plan.held else ""
+    if dry_run:
+        lines = [f"would remove blob {b.name[:12]} ({human_size(b.stat().st_size)})" for b in plan.blobs]
+        lines.append(f"would remove {len(plan.blobs)} unused stored files, freeing {human_size(plan.bytes)}{busy}")
+        emit({**plan.to_dict(), "dry_run": True}, as_json, "\n".join(lines))
+        return
+    freed, kept = plan.execute()
+    held = {b.name for b in plan.held} | {b.name for b in kept}
+    removed = [b.name for b in plan.blobs if b.name not in held]
+    busy = f"; {len(held)} in use by a running fetch were kept" if held else ""
+    emit({"removed": removed, "bytes": freed, "in_use": sorted(held)}, as_json,
+         f"removed {len(removed)} unused stored files, freed {human_size(freed)}{busy}")

@@ -71,21 +71,57 @@ def _filters(func):
     return func
 
 
+def _libraries(value: tuple[str, ...]) -> list[str] | None:
+    return [x.strip() for v in value for x in v.split(",") if x.strip()] or None
+
+
+def _hub_rows(models: list[Model]) -> str:
+    rows = []
+    for m in models:
+        hub = m.meta.get("hub") or {}
+        downloads = hub.get("downloads")
+        rows.append([m.name, m.task, hub.get("library"), m.license, f"{downloads:,}" if downloads is not None else "",
+                     "" if hub.get("stub") else ("fetched" if m.is_local else "pinned")])
+    return (table(rows, ["NAME", "TASK", "LIBRARY", "LICENSE", "DOWNLOADS", "STATE"])
+            + "\npin one with `zoo add hf://OWNER/REPO` (or just `zoo fetch NAME`)")
+
+
 @cli.command()
 @click.argument("query", required=False)
 @_filters
 @click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True,
               help="Most results to show (0: all).")
+@click.option("--hub", is_flag=True,
+              help="Search the Hugging Face Hub live (most downloaded first) and keep what it finds here.")
+@click.option("--author", help="With --hub: only this user's or organisation's models.")
+@click.option("--library", "libraries", multiple=True, metavar="LIB[,LIB]",
+              help="With --hub: only these libraries [default: the hf source's, else onnx,keras,tflite,tf].")
+@click.option("--offline", is_flag=True,
+              help="With --hub: search what earlier Hub searches stored [env ZOO_OFFLINE, HF_HUB_OFFLINE].")
 @json_option
 @catalog_option
-def search(query, framework, task, dataset, tag, source, local, limit, as_json, catalog):
+def search(query, framework, task, dataset, tag, source, local, limit, hub, author, libraries, offline, as_json,
+           catalog):
     """Find models by words in their name, description, architecture, task, dataset or tags.
 
     \b
     Example:
         zoo search resnet --framework caffe
         zoo search "feature vector" --source tensorflow --json
+        zoo search resnet --hub --library onnx
     """
+    if hub:  # only here: a plain search never imports the hub's client
+        from zoo.hubs import search as hub_search
+
+        models = hub_search(query, author=author, libraries=_libraries(libraries), limit=limit,
+                            offline=offline or None, catalog=catalog)
+        if not models and not as_json:
+            click.echo(f"no Hub models match{' ' + repr(query) if query else ''}", err=True)
+            return
+        emit([m.to_dict() for m in models], as_json, lambda: _hub_rows(models))
+        return
+    if author or libraries or offline:
+        raise click.UsageError("--author, --library and --offline go with --hub")
     from zoo.catalog import search as run_search
 
     models = run_search(query, catalog=catalog, framework=framework, task=task, dataset=dataset,
@@ -151,7 +187,8 @@ def _info_text(model: Model) -> str:
     lines = [model.name]
     facts = [("framework", model.framework), ("format", model.format), ("task", model.task),
              ("dataset", model.dataset), ("architecture", model.architecture),
-             ("source", model.source), ("license", model.license), ("homepage", model.homepage),
+             ("source", model.source), ("revision", model.revision),
+             ("license", model.license), ("homepage", model.homepage),
              ("paper", model.paper),
              ("parameters", f"{model.parameters:,}" if model.parameters else None),
              ("tags", ", ".join(model.tags) if model.tags else None),
@@ -240,20 +277,44 @@ def _signature_facts(model: Model) -> list[tuple[str, str]]:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--paths", is_flag=True, help="Say which catalog and cache are in use and why (as `zoo --where`).")
 @json_option
 @catalog_option
-def info(name, as_json, catalog):
-    """Everything known about a model: metadata, input spec, files and where they are on disk.
+def info(name, paths, as_json, catalog):
+    """Everything known about a model (NAME or NAME@REVISION): metadata, input spec, files on disk.
 
     \b
     Example:
         zoo info bvlc_alexnet
+        zoo info --paths
     """
-    from zoo.catalog import info as run_info
+    if paths or not name:
+        if not paths:
+            raise click.UsageError("give a model NAME, or --paths")
+        from zoo.cli._where import where_text
+        from zoo.config import where
 
-    model = run_info(name, catalog=catalog)
-    emit(model.to_dict(), as_json, lambda: _info_text(model))
+        emit(where(catalog), as_json, lambda: where_text(catalog))
+        return
+    from zoo.catalog import open_catalog
+
+    cat = open_catalog(catalog, create=False)
+    model = cat.get(name)
+    revisions = cat.revisions(name)
+    data = {**model.to_dict(), "revisions": [r.to_dict() for r in revisions]}
+    emit(data, as_json, lambda: _info_text(model) + _revisions_text(model, revisions))
+
+
+def _revisions_text(model: Model, revisions: list) -> str:
+    if not revisions:
+        return ""
+    lines = ["  revisions:"]
+    for r in revisions:
+        mark = "*" if r.revision == model.revision else " "
+        lines.append(f"   {mark}{r.label()}  digest {r.digest[:12]}" + (f"  (zoo fetch {model.name.split('@')[0]}@{r.revision})"
+                                                                          if not r.current else ""))
+    return "\n" + "\n".join(lines)
 
 
 @cli.command()
@@ -272,7 +333,9 @@ def info(name, as_json, catalog):
 @json_option
 @catalog_option
 def add(paths, name, task, dataset, tags, description, inputs, args, spec_file, as_json, catalog, **spec):
-    """Register a model file or SavedModel folder; the format is detected from its content.
+    """Register a model file or SavedModel folder (the format is detected from its content), or a Hub model.
+
+    hf://OWNER/REPO[@REVISION][/PATH] registers a Hugging Face Hub model pinned to its commit.
 
     Formats: ONNX, TF SavedModel folder, Keras .keras/.h5, frozen GraphDef .pb, TFLite,
     Caffe .prototxt + .caffemodel (give both, or either one to find the other beside it),
@@ -287,7 +350,24 @@ def add(paths, name, task, dataset, tags, description, inputs, args, spec_file, 
         zoo add deploy.prototxt weights.caffemodel --name my_net
         zoo add vad.pt --input x=1x512 --arg sr=16000
         zoo add resnet.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --scale 0.00392 --resize 256 --crop 224
+        zoo add hf://onnx-community/resnet-18
     """
+    from zoo.hubs import is_hub_ref
+
+    if is_hub_ref(paths[0]):
+        from zoo.hubs import add as hub_add
+
+        if (len(paths) > 1 or task or dataset or tags or description or inputs or args or spec_file
+                or any(v not in (None, ()) for v in spec.values())):
+            raise click.UsageError("a Hub model (hf://...) takes only --name: its facts come from the Hub")
+        model = hub_add(paths[0], name=name, catalog=catalog)
+        others = (model.meta.get("hub") or {}).get("other_models")
+        files = ", ".join(a.meta.get("hub_path", a.filename) for a in model.artifacts)
+        emit(model.to_dict(), as_json, f"added {model.name} ({model.framework}, {model.format}) from "
+             f"{paths[0]} at commit {model.revision}: {files}; get the files with `zoo fetch {model.name}`"
+             + (f"\nalso convertible there: {', '.join(others)} (add one with hf://OWNER/REPO/PATH --name NAME)"
+                if others else ""))
+        return
     from zoo.local import add as run_add
 
     model = run_add(*paths, name=name, task=task, dataset=dataset, tags=tags, description=description,
@@ -426,8 +506,11 @@ def _report_line(report: Any) -> str:
 
 @source.command(name="add")
 @click.argument("name")
-@click.argument("url")
+@click.argument("url", required=False)
 @click.option("--no-sync", is_flag=True, help="Register without downloading the index now.")
+@click.option("--author", help="A hub source (`zoo source add hf`): follow this user's or organisation's models.")
+@click.option("--library", "libraries", multiple=True, metavar="LIB[,LIB]",
+              help="A hub source: only models of these libraries [default: onnx,keras,tflite,tf].")
 @click.option("--require-signature/--no-require-signature", default=None,
               help="Refuse (register nothing of) any model of this source whose OpenSSF model "
                    "signature is missing or does not verify [default: keep the current policy; off].")
@@ -443,9 +526,13 @@ def _report_line(report: Any) -> str:
               help="Sigstore: a private instance's ClientTrustConfig [default: the public instance, online].")
 @json_option
 @catalog_option
-def source_add(name, url, no_sync, require_signature, signer_key, signer_cert_chain, signer_identity,
-               signer_issuer, signer_trust_config, as_json, catalog):
-    """Follow the zoo index at URL (http(s)://, file:// or a path) as source NAME.
+def source_add(name, url, no_sync, author, libraries, require_signature, signer_key, signer_cert_chain,
+               signer_identity, signer_issuer, signer_trust_config, as_json, catalog):
+    """Follow the zoo index at URL (http(s)://, file:// or a path) as source NAME, or a hub (`zoo source add hf`).
+
+    A hub source searches the Hugging Face Hub (`zoo search --hub` uses its --author and --library),
+    and `zoo source sync hf` brings every model added from it (`zoo add hf://...`) to its branch's
+    latest commit, a new revision when files changed.
 
     Models the index signs are verified on fetch (pip install 'zoo[provenance]'); pin who must
     have signed them with --signer-key / --signer-cert-chain / --signer-identity, and refuse
@@ -455,8 +542,16 @@ def source_add(name, url, no_sync, require_signature, signer_key, signer_cert_ch
     Example:
         zoo source add acme https://models.acme.org/zoo.json
         zoo source add acme https://models.acme.org/zoo.json --require-signature --signer-key acme.pub
+        zoo source add hf --author onnx-community --library onnx
     """
+    from zoo.hubs import SCHEMES, hub_url
     from zoo.sources import add_source
+
+    if url is None or author or libraries:
+        if url not in (None, f"{name}://") or name not in SCHEMES:
+            raise click.UsageError(f"give the URL of the zoo index for source {name!r}; --author and --library "
+                                   f"are for a hub source ({', '.join(f'zoo source add {s}' for s in SCHEMES)})")
+        url = hub_url(name, author, _libraries(libraries))
 
     signer = None
     if signer_key or signer_cert_chain or signer_identity or signer_issuer or signer_trust_config:

@@ -27,7 +27,11 @@ def _show_notices(quiet: bool):
 
 
 @cli.command("fetch")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
+@click.option("--locked", is_flag=True,
+              help="Fetch exactly what zoo.lock pins (its revisions and file hashes); NAMES limits it to those.")
+@click.option("--lock-file", type=click.Path(dir_okay=False, path_type=str),
+              help="The lock file for --locked [default: the nearest zoo.lock].")
 @click.option("--force", is_flag=True, help="Download again even if a verified copy is cached.")
 @click.option("--offline", is_flag=True, help="Never touch the network; use the cache [env ZOO_OFFLINE=1].")
 @click.option("--max-unpack-size", metavar="SIZE", envvar="ZOO_MAX_UNPACK_BYTES",
@@ -36,8 +40,8 @@ def _show_notices(quiet: bool):
 @catalog_option
 @quiet_option
 @json_option
-def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, quiet, as_json):
-    """Download every file of the named models, verify and register them.
+def fetch_command(names, locked, lock_file, force, offline, max_unpack_size, cache_dir, catalog, quiet, as_json):
+    """Download every file of the named models (NAME or NAME@REVISION), verify and register them.
 
     Files are checked against their published size and checksum, resumed after a broken
     connection, and reused when already cached. Private zoos: set ZOO_TOKEN or use ~/.netrc.
@@ -49,11 +53,19 @@ def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, qu
     \b
     Example:
         zoo fetch bvlc_alexnet
+        zoo fetch resnet9.acme@v1
+        zoo fetch --locked
         zoo fetch mobilenet_v1.tflite --offline --json
     """
     from zoo.archives import UnpackLimits
     from zoo.download import fetch
+    from zoo.errors import InputError
     from zoo.transport import human_size
+
+    if not names and not locked:
+        raise InputError("name the models to fetch (NAME or NAME@REVISION), or fetch what zoo.lock pins with --locked")
+    if lock_file and not locked:
+        raise InputError("--lock-file goes with --locked")
 
     report: list[dict] = []
 
@@ -79,9 +91,19 @@ def fetch_command(names, force, offline, max_unpack_size, cache_dir, catalog, qu
 
     logger, handler = _show_notices(quiet or as_json)
     try:
-        fetch(list(names), catalog=catalog, cache_dir=cache_dir, force=force,
-              offline=True if offline else None, quiet=quiet or as_json, on_file=on_file,
-              unpack_limits=UnpackLimits.from_env(max_bytes=max_unpack_size))
+        if locked:
+            from zoo.lockfile import fetch_locked
+
+            for done in fetch_locked(list(names) or None, lock_file=lock_file, catalog=catalog, cache_dir=cache_dir,
+                                     offline=True if offline else None, quiet=quiet or as_json, on_file=on_file):
+                if not as_json:
+                    click.echo(f"{done.name}: locked revision {done.revision}, as {done.ref}")
+                    for change in done.changed:
+                        click.echo(f"  note: {change}")
+        else:
+            fetch(list(names), catalog=catalog, cache_dir=cache_dir, force=force,
+                  offline=True if offline else None, quiet=quiet or as_json, on_file=on_file,
+                  unpack_limits=UnpackLimits.from_env(max_bytes=max_unpack_size))
     except KeyboardInterrupt:
         echo("zoo: interrupted; the partial download is kept (.part) and the same command "
                    "resumes it", err=True)
@@ -143,3 +165,34 @@ def _verify_signatures(names, key, catalog, as_json) -> None:
     emit([v.to_dict() for v in verdicts], as_json, text)
     if not all(v.ok for v in verdicts):
         sys.exit(1)
+
+
+@cli.command("lock")
+@click.argument("names", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=str),
+              help="The lock file [default: the nearest zoo.lock, else ./zoo.lock].")
+@cache_option
+@catalog_option
+@quiet_option
+@json_option
+def lock_command(names, output, cache_dir, catalog, quiet, as_json):
+    """Pin models (NAME or NAME@REVISION) in zoo.lock: source, revision and every file's sha256.
+
+    `zoo fetch --locked` then fetches exactly that, here or on another machine, or fails naming
+    what changed. A file with no published sha256 is fetched once to hash it.
+
+    \b
+    Example:
+        zoo lock resnet9.acme bvlc_alexnet
+        zoo fetch --locked
+    """
+    from zoo.lockfile import lock
+
+    logger, handler = _show_notices(quiet or as_json)
+    try:
+        path, pinned = lock(list(names), output=output, catalog=catalog, cache_dir=cache_dir, quiet=quiet or as_json)
+    finally:
+        logger.removeHandler(handler)
+    emit({"lock_file": str(path), "models": {m.name: m.to_dict() for m in pinned}}, as_json,
+         "\n".join(f"locked {m.name} at revision {m.revision}{f' ({m.tag})' if m.tag else ''}: {len(m.files)} files"
+                   for m in pinned) + f"\nwrote {path}")

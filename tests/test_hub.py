@@ -1,0 +1,372 @@
+"""The Hugging Face Hub as a zoo, against a loopback Hub (tests/helpers/hub_server.py) that answers as
+huggingface.co does: search, model info with LFS metadata, resolve with a redirect to a second host,
+gated repos, rate limits. huggingface_hub itself talks to it (HF_ENDPOINT)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import zoo
+from helpers.hub_server import git_blob_id
+from zoo.catalog import open_catalog
+from zoo.cli import cli
+from zoo.errors import ChecksumError, HubError, MissingDependencyError, ModelFormatError, OfflineError
+from zoo.hubs import add, search
+
+TOKEN = "hf_secretToken1234567890"
+
+
+def _onnx(scale: float, external: bool = False) -> bytes | tuple[bytes, bytes]:
+    """A real ONNX model (MatMul by a constant); with `external`, its weights kept in a second file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((4, 3), scale, np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if not external:
+        return model.SerializeToString()
+    data = weight.raw_data
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "model.onnx_data"), ("offset", "0"), ("length", str(len(data)))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString(), data
+
+
+PREPROCESSOR = json.dumps({
+    "do_normalize": True, "do_rescale": True, "do_resize": True, "do_center_crop": True,
+    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "rescale_factor": 1 / 255,
+    "size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}}).encode()
+CARD = (b"---\nlicense: apache-2.0\ndatasets:\n- imagenet-1k\n---\n# ResNet-18\n\n[![badge](b.svg)](x)\n\n"
+        b"ResNet-18 trained on **ImageNet-1k** at 224x224, introduced in [Deep Residual Learning](http://x).\n\n"
+        b"## Usage\nMore text.\n")
+
+
+@pytest.fixture
+def repos(hub):
+    """Three repos: an ONNX export with a card and a preprocessing config, a Keras one, a PyTorch-only one."""
+    hub.repo("acme/resnet-18", {"onnx/model.onnx": _onnx(1.0), "onnx/model_quantized.onnx": _onnx(2.0),
+                                "preprocessor_config.json": PREPROCESSOR, "README.md": CARD, "config.json": b"{}"},
+             downloads=5000, likes=7, tags=["vision", "image-classification"],
+             card={"license": "apache-2.0", "datasets": ["imagenet-1k"]})
+    hub.repo("acme/resnet-50-keras", {"model.weights.h5": b"\x89HDF\r\n\x1a\n" + bytes(100)}, library="keras",
+             downloads=800, card={"license": "mit"})
+    hub.repo("other/resnet-50-torch", {"model.safetensors": bytes(200), "pytorch_model.bin": bytes(200)},
+             library="transformers", downloads=90_000)
+    return hub
+
+
+def test_search_hub_lists_by_downloads_and_keeps_the_results(repos, zoo_env):
+    out = CliRunner().invoke(cli, ["search", "resnet", "--hub"])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "TASK", "LIBRARY", "LICENSE", "DOWNLOADS", "STATE"]
+    assert lines[1].split() == ["acme--resnet-18", "image-classification", "onnx", "apache-2.0", "5,000"]
+    assert lines[2].split() == ["acme--resnet-50-keras", "image-classification", "keras", "mit", "800"]
+    assert "other--resnet-50-torch" not in out.stdout  # not a library zoo converts (not asked for)
+    # each library is one request (the Hub ANDs filters), merged by downloads
+    assert repos.hits("/api/models") == len(("onnx", "keras", "tflite", "tf"))
+    # kept in the catalog: a plain search (no network) finds them, and --hub --offline too
+    assert "acme--resnet-18" in CliRunner().invoke(cli, ["search", "resnet"]).stdout
+    before = len(repos.requests)
+    offline = CliRunner().invoke(cli, ["search", "resnet", "--hub", "--offline", "--json"])
+    assert [m["name"] for m in json.loads(offline.stdout)] == ["acme--resnet-18", "acme--resnet-50-keras"]
+    assert len(repos.requests) == before
+    wider = search("resnet", libraries=["transformers"])
+    assert [m.name for m in wider] == ["other--resnet-50-torch"] and wider[0].framework == "pytorch"
+
+
+def test_add_pins_the_commit_with_the_files_card_and_input_spec(repos):
+    model = add("hf://acme/resnet-18")
+    commit = repos.repos["acme/resnet-18"].refs["main"]
+    body = repos.repos["acme/resnet-18"].commits[commit]["onnx/model.onnx"]
+    assert (model.name, model.framework, model.format, model.revision) == ("acme--resnet-18", "onnx", "onnx", commit)
+    (artifact,) = model.artifacts  # the plain export, not the quantized one
+    assert artifact.checksum == "sha256:" + hashlib.sha256(body).hexdigest() and artifact.size == len(body)
+    assert artifact.urls == [f"{repos.url}/acme/resnet-18/resolve/{commit}/onnx/model.onnx"]
+    assert model.meta["hub"]["other_models"] == ["onnx/model_quantized.onnx"]
+    assert (model.task, model.license, model.dataset) == ("image-classification", "apache-2.0", "imagenet-1k")
+    assert model.description == "ResNet-18 trained on ImageNet-1k at 224x224, introduced in Deep Residual Learning."
+    assert "vision" in model.tags and model.source == "hf"
+    spec = model.input
+    assert (spec.shape, spec.layout, spec.resize, spec.crop) == ([None, 3, 224, 224], "NCHW", 256, [224, 224])
+    assert spec.mean == [0.485, 0.456, 0.406] and spec.scale == pytest.approx(1 / 255)
+    # a named file, a tag, and the other repo's .h5
+    quantized = add("hf://acme/resnet-18/onnx/model_quantized.onnx")
+    assert quantized.name == "acme--resnet-18.model_quantized"
+    repos.repos["acme/resnet-18"].tag("v1.0")
+    tagged = add("hf://acme/resnet-18@v1.0", name="resnet18.v1")
+    assert tagged.revision == commit and tagged.meta["version"] == "v1.0"
+    repos.repo("timm/mobilenet.onnx", {"model.onnx": _onnx(1.0), "README.md": b"# MobileNet\n\n## Model Details\n"
+                                       b"- **Model Type:** Image classification\n- **Image size:** 160 x 160\n"},
+               card={"license": "apache-2.0"})
+    spec = add("hf://timm/mobilenet.onnx").input  # no preprocessing config: the card's image size
+    assert (spec.shape, spec.layout, spec.mean) == ([None, 3, 160, 160], "NCHW", None)
+    keras = add("hf://acme/resnet-50-keras")
+    assert (keras.framework, keras.format, keras.artifacts[0].checksum.split(":")[0]) == ("keras", "h5", "sha256")
+
+
+def test_a_small_file_is_checked_against_its_git_blob_id(repos):
+    body = _onnx(3.0)
+    repos.repo("acme/tiny", {"tiny.onnx": body})
+    repos.repos["acme/tiny"].is_lfs = lambda path, data: False  # stored in git itself, not LFS
+    model = add("hf://acme/tiny")
+    assert model.artifacts[0].checksum == f"gitblob:{git_blob_id(body)}"
+    (fetched,) = zoo.fetch(model.name, quiet=True)
+    assert open(fetched.path, "rb").read() == body
+
+
+def test_a_repo_with_nothing_to_convert_says_what_it_has(repos):
+    runner = CliRunner()
+    out = runner.invoke(cli, ["add", "hf://other/resnet-50-torch"])
+    assert out.exit_code == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: hf://other/resnet-50-torch has no file zoo converts")
+    assert "it has: README.md, model.safetensors, pytorch_model.bin" in line and "ONNX export" in line
+    with pytest.raises(ModelFormatError, match="config.json is not a model file"):
+        add("hf://acme/resnet-18/config.json")
+    with pytest.raises(HubError, match="has no file onnx/nope.onnx"):
+        add("hf://acme/resnet-18/onnx/nope.onnx")
+    repos.repo("keras-io/tiny-savedmodel", {"saved_model.pb": b"\x08\x01" + bytes(40), "keras_metadata.pb": b"\x08",
+                                            "variables/variables.index": b"\0" * 8}, library="keras")
+    out = runner.invoke(cli, ["add", "hf://keras-io/tiny-savedmodel"])
+    (line,) = out.stderr.strip().splitlines()
+    assert "holds a TensorFlow SavedModel" in line and "huggingface-cli download keras-io/tiny-savedmodel" in line
+    for ref, said in (("hf://acme/nope", "is not on the Hub"), ("hf://acme/resnet-18@v9", "has no such revision")):
+        out = runner.invoke(cli, ["add", ref])
+        assert out.exit_code == 1 and said in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_fetch_goes_through_the_second_host_verified_and_into_the_store(repos, zoo_env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    model = add("hf://acme/resnet-18")
+    out = CliRunner().invoke(cli, ["fetch", model.name])
+    assert out.exit_code == 0, out.output
+    (fetched,) = open_catalog().get(model.name).artifacts
+    body = repos.repos["acme/resnet-18"].commits[model.revision]["onnx/model.onnx"]
+    assert open(fetched.path, "rb").read() == body and fetched.sha256 == hashlib.sha256(body).hexdigest()
+    assert (zoo_env / "cache" / "blobs" / "sha256" / fetched.sha256).samefile(fetched.path)
+    # huggingface_hub asked the Hub (with the token) for the file's metadata; the bytes came from the
+    # second host, which never saw the token
+    heads = [{k.lower(): v for k, v in h.items()} for m, p, h in repos.requests
+             if m == "HEAD" and p.endswith("/onnx/model.onnx")]
+    assert heads and heads[0]["authorization"] == f"Bearer {TOKEN}"
+    cdn = [r for r in repos.cdn.requests if r.path.startswith("/lfs/")]
+    assert cdn and all("authorization" not in {k.lower() for k in r.headers} for r in cdn)
+    agent = {k.lower(): v for k, v in cdn[0].headers.items()}["user-agent"]
+    assert "hf_hub/" in agent and agent.startswith("zoo/")  # huggingface_hub's User-Agent, naming zoo
+    assert TOKEN not in out.output and fetched.meta["fetched_from"].startswith("http://localhost:")
+    assert "?" not in fetched.meta["fetched_from"]  # the signed part of the location is not kept
+    x = np.ones((2, 4), np.float32)
+    assert np.allclose(zoo.load_extractor(model.name, layer="fc")(x), 4.0)
+
+
+def test_a_file_the_second_host_changed_is_refused(repos):
+    model = add("hf://acme/resnet-18")
+    sha256 = model.artifacts[0].checksum.split(":")[1]
+    repos.cdn.routes[f"/lfs/{sha256}"].set_body(_onnx(9.0))
+    with pytest.raises(ChecksumError, match="sha256 does not match"):
+        zoo.fetch(model.name, quiet=True)
+    assert not open_catalog().get(model.name).is_local
+
+
+def test_an_interrupted_download_resumes(repos):
+    model = add("hf://acme/resnet-18")
+    route = repos.cdn.routes["/lfs/" + model.artifacts[0].checksum.split(":")[1]]
+    route.drop_after = 60
+    (fetched,) = zoo.fetch(model.name, quiet=True)
+    assert route.hits == 2 and route.requests[-1].headers["Range"] == "bytes=60-"
+    assert route.bytes_sent == fetched.size
+
+
+def test_onnx_weights_in_a_second_file_come_along(repos):
+    graph, weights = _onnx(5.0, external=True)
+    repos.repo("acme/big", {"onnx/model.onnx": graph, "onnx/model.onnx_data": weights})
+    model = add("hf://acme/big")
+    assert [(a.role, a.filename) for a in model.artifacts] == [("other", "model.onnx_data"), ("model", "model.onnx")]
+    assert np.allclose(zoo.load_extractor(model.name, layer="fc")(np.ones((1, 4), np.float32)), 20.0)
+
+
+def test_fetching_a_search_result_pins_it_first(repos):
+    search("resnet")
+    assert open_catalog().get("acme--resnet-18").artifacts == []
+    zoo.fetch("acme--resnet-18", quiet=True)
+    pinned = open_catalog().get("acme--resnet-18")
+    assert pinned.is_local and pinned.revision == repos.repos["acme/resnet-18"].refs["main"]
+    assert not pinned.meta["hub"].get("stub")
+
+
+def test_a_file_that_is_not_what_its_name_says_is_found_out_after_the_download(repos):
+    repos.repo("acme/fake", {"model.pt": b"PK\x03\x04 not a TorchScript archive" + bytes(64)})
+    model = add("hf://acme/fake")
+    assert model.format == "torchscript"  # from the name, until the bytes are here
+    with pytest.raises(ModelFormatError, match="hf://acme/fake: model.pt is not a model zoo converts"):
+        zoo.fetch(model.name, quiet=True)
+
+
+def test_a_gated_repo_is_one_line_until_the_token_may_read_it(repos, monkeypatch):
+    repos.repo("meta/gated-net", {"model.onnx": _onnx(1.0)}, gated=True)
+    model = add("hf://meta/gated-net")  # its card and file list are public
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = CliRunner().invoke(cli, ["fetch", model.name])
+    assert out.exit_code == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert "hf://meta/gated-net is gated: accept its conditions at" in line and "HF_TOKEN" in line
+    assert TOKEN not in out.output
+    repos.tokens.add(TOKEN)  # conditions accepted
+    assert CliRunner().invoke(cli, ["fetch", model.name]).exit_code == 0
+
+
+def test_rate_limits_wait_a_short_retry_after_and_explain_a_long_one(repos):
+    repos.fail("/api/models/acme/resnet-18", status=429, retry_after="1")
+    assert add("hf://acme/resnet-18").revision  # waited a second, then asked again
+    repos.fail("/api/models", status=429, retry_after="3600", times=4)
+    out = CliRunner().invoke(cli, ["search", "resnet", "--hub"])
+    assert out.exit_code == 1
+    assert out.stderr.strip().splitlines() == [
+        "error: searching the Hub for resnet: the Hugging Face Hub is limiting requests (HTTP 429) and asks to wait "
+        "3600 s; try again then (logged-in users, HF_TOKEN, get higher limits)"]
+
+
+def test_an_unreachable_hub_is_one_line_and_offline_uses_what_was_fetched(repos, monkeypatch):
+    search("resnet")  # stored: acme--resnet-50-keras is known, not fetched
+    model = add("hf://acme/resnet-18")
+    zoo.fetch(model.name, quiet=True)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    out = CliRunner().invoke(cli, ["add", "hf://acme/resnet-50-keras"])
+    assert out.exit_code == 1
+    assert out.stderr.strip().splitlines() == [
+        f"error: reading hf://acme/resnet-50-keras: cannot reach the Hugging Face Hub at http://127.0.0.1:{port} "
+        "(connection refused); check the network or HF_ENDPOINT; models already fetched work with --offline"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert zoo.fetch(model.name, quiet=True)[0].path  # already here: nothing asked
+    with pytest.raises(OfflineError):
+        zoo.fetch("acme--resnet-50-keras", quiet=True)
+
+
+def test_a_new_commit_is_a_new_revision_after_a_sync(repos):
+    model = add("hf://acme/resnet-18")
+    zoo.fetch(model.name, quiet=True)
+    repo = repos.repos["acme/resnet-18"]
+    repos.publish(repo, {"onnx/model.onnx": _onnx(7.0)})
+    (report,) = zoo.sync_sources("hf")
+    assert report.stats.updated == ["acme--resnet-18"]
+    cat = open_catalog()
+    old, new = cat.revisions(model.name)
+    assert (old.revision, new.revision) == (model.revision, repo.refs["main"]) and new.current
+    x = np.ones((1, 4), np.float32)
+    assert np.allclose(zoo.load_extractor(model.name, layer="fc")(x), 28.0)
+    assert np.allclose(zoo.load_extractor(f"{model.name}@{old.revision[:8]}", layer="fc")(x), 4.0)
+    # a hub source that follows an organisation lists its models on sync
+    out = CliRunner().invoke(cli, ["source", "add", "hf", "--author", "acme", "--library", "onnx,keras", "--json"])
+    assert out.exit_code == 0, out.output
+    assert "acme--resnet-50-keras" in json.loads(out.stdout)["added"]
+
+
+def test_without_huggingface_hub_the_error_gives_the_pip_command(repos, monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'zoo\[hub\]'"):
+        add("hf://acme/resnet-18")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_token_is_one_line_that_never_shows_it(repos, monkeypatch, status):
+    model = add("hf://acme/resnet-18")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    repos.fail("/acme/resnet-18/resolve/", status=status, retry_after=None, times=8)
+    out = CliRunner().invoke(cli, ["fetch", model.name])
+    assert out.exit_code == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert f"the Hub refused (HTTP {status}): HF_TOKEN is missing, expired or may not read hf://acme/resnet-18" in line
+    assert TOKEN not in out.output
+
+
+def test_a_file_gone_from_the_pinned_commit_is_one_line(repos):
+    model = add("hf://acme/resnet-18")
+    repo = repos.repos["acme/resnet-18"]
+    del repo.commits[model.revision]["onnx/model.onnx"]
+    out = CliRunner().invoke(cli, ["fetch", model.name])
+    assert out.exit_code == 1
+    (line,) = out.stderr.strip().splitlines()
+    assert "hf://acme/resnet-18 has no such file" in line
+
+
+def test_a_hub_model_exported_to_an_index_is_fetched_by_plain_http(repos, tmp_path, monkeypatch):
+    model = add("hf://acme/resnet-18")
+    zoo.export_index([model.name], tmp_path / "team.json")
+    entry = json.loads((tmp_path / "team.json").read_text())["models"][0]
+    assert entry["meta"]["upstream"] == f"hf://acme/resnet-18@{model.revision}/onnx/model.onnx" and "hub" not in entry["meta"]
+    monkeypatch.setenv("ZOO_CATALOG", str(tmp_path / "other.db"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "other-cache"))
+    zoo.add_source("team", str(tmp_path / "team.json"))
+    (fetched,) = zoo.fetch(model.name, quiet=True)  # resolve, then the redirect to the second host
+    assert fetched.sha256 == model.artifacts[0].checksum.split(":")[1]
+    assert open_catalog().get(model.name).revision == model.revision
+
+
+def test_another_hub_is_one_more_module(fault_server, monkeypatch):
+    from helpers import other_hub
+
+    import zoo.hubs
+
+    body = _onnx(6.0)
+    monkeypatch.setitem(zoo.hubs.SCHEMES, "kg", "helpers.other_hub")
+    monkeypatch.setattr(other_hub, "MODELS", {"acme/net": {
+        "version": "3", "downloads": 10, "files": {"net.onnx": fault_server.url("/kg/net.onnx")},
+        "bodies": {"net.onnx": body}}})
+    fault_server.add("/kg/net.onnx", body)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["add", "kg://acme/net"])
+    assert out.exit_code == 0, out.output
+    assert [m.name for m in search("net", scheme="kg")] == ["acme--net.kg"]
+    assert runner.invoke(cli, ["fetch", "acme--net.kg"]).exit_code == 0
+    model = open_catalog().get("acme--net.kg")
+    assert model.is_local and model.revision == "v3" and model.source == "kg"
+    assert fault_server.routes["/kg/net.onnx"].requests[0].headers["X-Hub"] == "kg"
+    fault_server.add("/kg/net4.onnx", _onnx(7.0))  # a new version with other bytes: a sync follows it
+    other_hub.MODELS["acme/net"].update(version="4", files={"net.onnx": fault_server.url("/kg/net4.onnx")},
+                                        bodies={"net.onnx": _onnx(7.0)})
+    zoo.sync_sources("kg")
+    assert [r.revision for r in open_catalog().revisions("acme--net.kg")] == ["v3", "v4"]
+    x = np.ones((1, 4), np.float32)
+    assert np.allclose(zoo.load_extractor("acme--net.kg", layer="fc")(x), 28.0)
+    assert np.allclose(zoo.load_extractor("acme--net.kg@v3", layer="fc")(x), 24.0)
+
+
+def test_a_hub_source_with_an_author_narrows_a_search_started_before_the_catalog_opened(repos):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["source", "add", "hf", "--author", "other", "--no-sync"]).exit_code == 0
+    before = repos.hits("/api/models")
+    out = runner.invoke(cli, ["search", "resnet", "--hub", "--library", "transformers", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [m["name"] for m in json.loads(out.stdout)] == ["other--resnet-50-torch"]
+    # asked before the catalog said "--author other", then again with it
+    assert repos.hits("/api/models") - before == 2
+
+
+def test_a_locked_hub_model_is_fetched_exactly_in_a_fresh_catalog(repos, tmp_path, monkeypatch):
+    from zoo.lockfile import fetch_locked, lock
+
+    model = add("hf://acme/resnet-18")
+    lock_file = tmp_path / "zoo.lock"
+    lock([model.name], output=lock_file)
+    repos.publish(repos.repos["acme/resnet-18"], {"onnx/model.onnx": _onnx(7.0)})  # main moved on
+    monkeypatch.setenv("ZOO_CATALOG", str(tmp_path / "other.db"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "other-cache"))
+    fetch_locked(lock_file=lock_file, quiet=True)
+    fetched = open_catalog().get(model.name)
+    assert fetched.revision == model.revision and fetched.artifacts[0].sha256 == model.artifacts[0].checksum[7:]
