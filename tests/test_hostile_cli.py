@@ -183,7 +183,7 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
     models = [s[k] for k in MODELS]
     mlp, x, y = s["mlp"], s["x"], s["y"]
     return {
-        "search": [["search", ESCAPE], ["search", "--tag", ESCAPE], ["search", "model"]],
+        "search": [["search", ESCAPE], ["search", "--tag", ESCAPE], ["search", "model"], ["search", "resnet", "--hub"]],
         "info": [["info", n] for n in NAMES],
         "list": [["list"], ["list", "--json"]],
         "rm": [["rm", f"no{ESCAPE}such"]],
@@ -220,6 +220,13 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
                   ["sweep", mlp, "-l", "-1", "-d", x, "-y", y, "--epochs", "1", "--plot", "/proc/p/s.png"]],
         "walkthrough": [["walkthrough", "--out", "/proc/zoo-walkthrough"]],
         "cache list": [["cache", "list"], ["cache", "list", "--json"]],
+        "cache gc": [["cache", "gc", "--dry-run"], ["cache", "gc"], ["cache", "gc", "--cache-dir", s["fifo"]]],
+        "init": [["init", s[k]] for k in ("missing", "fifo", "mlp", "non_utf8_name")] + [["init", "/proc/zoo-init"]],
+        "lock": [["lock", n] for n in (*NAMES, "damaged@nope", f"bvlc_alexnet@{ESCAPE}")]
+                + [["lock", "damaged", "-o", o] for o in (*OUTPUTS, s["mlp"])],
+        "index export": [["index", "export", n, "-o", "index-out.json"] for n in (*NAMES, "damaged@nope")]
+                        + [["index", "export", "-o", o] for o in (*OUTPUTS, s["mlp"])]
+                        + [["index", "export", "damaged", "--base-url", f"ftp://{ESCAPE}", "-o", "i.json"]],
         "cache rm": [["cache", "rm", ESCAPE], ["cache", "rm", "--model", f"no{ESCAPE}such"], ["cache", "rm"]],
         "sign": [["sign", n, "--key", k] for n in ("damaged", f"no{ESCAPE}such", s["mlp"])
                  for k in (s["empty"], s["missing"], s["escape_name"])],

@@ -79,7 +79,7 @@ def export_index(names: Sequence[str] = (), output: str | os.PathLike = "index.j
     from zoo.destinations import prepare
     from zoo.index import dump_index, parse_index
 
-    if base_url is not None and urlsplit(base_url).scheme not in ("http", "https"):
+    if base_url is not None and _scheme(base_url) not in ("http", "https"):
         raise InputError(f"--base-url {base_url!r} is not an http(s) URL; give where the index's folder will be "
                          "served, e.g. https://models.example.org/zoo")
     output = Path(output).expanduser().absolute()
@@ -152,6 +152,14 @@ def _check_urls(entry: Model) -> None:
         if not artifact.urls and not artifact.meta.get("manual"):
             raise InputError(f"{entry.name}: {artifact.filename} has no URL (a file added from this machine); "
                              "give --base-url to publish the files beside the index")
+
+
+def _scheme(url: str) -> str | None:
+    """The URL's scheme, or None when it does not parse (``ftp://[bad``)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return None
 
 
 def _publish(entry: Model, model: Model, folder: Path, base_url: str, done: Export) -> Model:
