@@ -7,7 +7,14 @@ import re
 import click
 
 from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, skipped_lines, table
-from zoo.cli._options import device_option, engine_value, layer_value, pooling_option, preprocess_option
+from zoo.cli._options import (
+    device_option,
+    engine_session,
+    engine_value,
+    layer_value,
+    pooling_option,
+    preprocess_option,
+)
 from zoo.errors import InputError
 
 
@@ -148,11 +155,14 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
         from zoo.features import save_features
 
         source = as_source(input_path, extractor, preprocess=preprocess, column=column)
-        cached = save_features(extractor, source, output_path, cache_dir=cache_dir, progress=not as_json,
-                               engine=engine_value(engine, address, actors, threads))
+        with engine_session(engine_value(engine, address, actors, threads), quiet=as_json) as running:
+            cached = save_features(extractor, source, output_path, cache_dir=cache_dir, progress=not as_json,
+                                   engine=running)
         shapes = list(cached.features.shape)
         result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
                       reused=cached.reused, skipped=cached.skipped, skipped_count=len(cached.skipped))
+        if getattr(running, "last_run", None) is not None:
+            result["ray"] = running.last_run.to_dict()  # where the chunks ran, how long the pool took
         if cached.classes is not None:
             result["classes"] = cached.classes
     else:
