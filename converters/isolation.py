@@ -4,7 +4,8 @@ Converting TensorFlow and TorchScript models runs the model (loading it, tracing
 reference run the ONNX result is checked against). ``converters.model_code`` refuses graphs with
 file, process or network ops before that; this is the second line: the whole framework side of
 the conversion happens in a child process confined by Linux Landlock (`zoo.landlock`) to writing
-in its scratch folder, without TCP, with its standard streams captured into that folder. The
+in its scratch folder, without TCP, with its standard streams captured into that folder (and then
+relayed: to the log file, or to stderr with ``--verbose``, by ``zoo.logs``). The
 child hands back the ONNX file and the report as files; nothing is unpickled from it.
 
 The parent never imports TensorFlow or torch for this. Each framework has one "zygote" per
@@ -148,17 +149,19 @@ def _write_error(exc: OSError, path: str | os.PathLike) -> errors.ZooError:
 def _collect(scratch: Path, status: int, limit: float, path: str, framework: str) -> IsolatedConversion:
     """The child's result, or its error raised as one line (its log and output kept in this process's log)."""
     from converters.report import ConversionReport
-    from zoo.logs import absorb
+    from zoo.logs import absorb, relay
 
     child_log = scratch / "zoo.log"
     log = absorb(child_log)
+    relay(scratch / "output.log", f"{framework} converter for {path}")  # what the model and libraries printed
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _EXIT_ZOO_ERROR:
         error = _read_json(scratch / "error.json") or {}
         kind = getattr(errors, str(error.get("type")), None)
         if not (isinstance(kind, type) and issubclass(kind, errors.ZooError)):
             kind = errors.ConversionError
         message = error.get("message") or "the converter failed without saying why"
-        raise kind(message.replace(str(child_log), str(log)) if log else message)
+        # The child named its own log, which goes with the scratch folder: name the one it went to.
+        raise kind(message.replace(str(child_log), str(log) if log else "a log no folder could hold"))
     if os.WIFSIGNALED(status):
         raise errors.ConversionError(_signal_message(os.WTERMSIG(status), limit, path, framework, scratch))
     if os.WEXITSTATUS(status) == _EXIT_DISK_FULL:
@@ -203,14 +206,14 @@ def _last_words(scratch: Path) -> str:
 
 
 def _keep_traceback(scratch: Path) -> str | None:
-    """Move the child's traceback to the error log; its path, or None."""
+    """Move the child's traceback to the log file; its path, or None."""
     try:
         text = (scratch / "traceback.txt").read_text(errors="replace")
     except OSError:
         return None
-    from zoo.errorlog import write_log
+    from zoo.logs import write
 
-    return write_log(text, "converter child")
+    return write("converter child: unexpected failure", text)
 
 
 def _read_json(path: Path) -> Any:
@@ -228,14 +231,16 @@ class _Zygote:
     """A child that imported one framework and forks a sandboxed grandchild per job (see the module docstring)."""
 
     def __init__(self, framework: str):
+        from zoo.logs import verbose
+
+        # The libraries' log levels come with the environment (zoo.logs.quiet set them, unless verbose).
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
                "PYTHONPATH": os.pathsep.join(p for p in [*sys.path, os.environ.get("PYTHONPATH", "")] if p)}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         self.framework = framework
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from converters.isolation import _zygote_main; _zygote_main()", framework],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-            start_new_session=True)  # Ctrl-C reaches the parent, which stops the job itself
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if verbose() else subprocess.DEVNULL,
+            env=env, start_new_session=True)  # Ctrl-C reaches the parent, which stops the job itself
         self.buffer = b""
         self.ready = False
 
@@ -353,11 +358,10 @@ def _zygote_main() -> None:
 
     global _REPLIES
     framework = sys.argv[1]
-    # Replies get their own fd; whatever the imports print goes to /dev/null, not into the replies.
+    # Replies get their own fd; whatever the imports print goes to stderr (the terminal when verbose,
+    # else /dev/null), not into the replies.
     _REPLIES = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.close(null)
+    os.dup2(2, 1)
     try:
         for name in PRELOAD[framework]:
             try:

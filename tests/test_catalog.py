@@ -526,6 +526,56 @@ def test_builtins_state_of_new_and_older_catalogs(tmp_path):
     assert open_catalog(kept).names() == ["mine"]
 
 
+def test_opening_a_current_catalog_does_no_migration_work(catalog_url, monkeypatch):
+    """A catalog whose schema is current opens with one query for its state: no reflection, no
+    Alembic, no second look at the built-ins (what every PostgreSQL command paid in round trips)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    import zoo.migrations
+
+    Catalog(catalog_url).add_model(make("mine"))  # created, migrated, built-ins loaded
+    statements: list[str] = []
+
+    def note(conn, cursor, statement, *args):
+        statements.append(" ".join(statement.split()))
+
+    def no_upgrade(*args, **kwargs):
+        raise AssertionError("upgrade() ran on a current catalog")
+
+    monkeypatch.setattr(zoo.migrations, "upgrade", no_upgrade)
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        again = Catalog(catalog_url)
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
+    assert again.exists("mine") and again.exists("bvlc_alexnet")
+    state = [s for s in statements if "alembic_version" in s or ("zoo_state" in s and "search_stale" not in s)]
+    assert len(state) == 1 and state[0].startswith("SELECT (SELECT version_num FROM alembic_version), "), statements
+    assert not [s for s in statements if "pg_catalog" in s or "sqlite_master WHERE type='table'" in s], statements
+    if again.is_postgresql:
+        assert len(statements) == 1, statements  # the search index needs nothing at open
+
+
+def test_an_older_or_foreign_catalog_still_takes_the_careful_path(tmp_path):
+    """The one-query open falls back to reflection when the tables it reads are missing (older
+    schemas: test_upgrades_catalog_written_by_older_schema)."""
+    path = tmp_path / "c.db"
+    Catalog(f"sqlite:///{path}", builtins=False)
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE alembic_version")
+    with pytest.raises(CatalogError, match="has zoo-like tables but no schema version"):
+        Catalog(f"sqlite:///{path}")
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE notes (x)")
+    with pytest.raises(CatalogError, match="is a SQLite database but not a zoo catalog"):
+        Catalog(f"sqlite:///{foreign}")
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(CatalogError, match="is not a SQLite catalog"):
+        Catalog(f"sqlite:///{tmp_path / 'junk.db'}")
+
+
 @pytest.mark.slow
 def test_a_creation_killed_at_any_point_leaves_a_catalog_the_next_open_completes(tmp_path):
     """SIGKILL the first command at points spread over a whole creation; each next open is complete."""

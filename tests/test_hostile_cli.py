@@ -342,12 +342,34 @@ def test_an_unanticipated_exception_is_one_line_and_a_log(zoo_env, monkeypatch):
 
 
 def test_the_log_goes_to_the_temp_folder_when_the_cache_cannot_hold_it(monkeypatch, tmp_path):
-    from zoo.errorlog import write_log
+    from zoo.logs import write
 
     monkeypatch.setenv("ZOO_CACHE", "/proc/zoo-cache")
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    path = write_log("Traceback (most recent call last): ...", "test")
-    assert path is not None and Path(path).is_relative_to(tmp_path) and Path(path).read_text().endswith("...")
+    path = write("test", "Traceback (most recent call last): ...")
+    assert path is not None and Path(path).is_relative_to(tmp_path)
+    assert Path(path).read_text().rstrip().endswith("Traceback (most recent call last): ...")
+
+
+def test_the_log_masks_secrets_escapes_controls_and_keeps_its_newest_entries(zoo_env, monkeypatch):
+    from zoo import logs
+
+    path = logs.write("fetch", "GET https://alice:hunter2@127.0.0.1/m.onnx?token=s3cret failed \x1b]0;pwned\x07")
+    text = path.read_text()
+    assert path == zoo_env / "cache" / "logs" / "zoo.log"
+    assert "hunter2" not in text and "s3cret" not in text and "\x1b" not in text and "\x07" not in text
+    monkeypatch.setattr(logs, "MAX_LOG_BYTES", 4000)
+    for i in range(60):
+        logs.write(f"entry {i}", "x" * 100)
+    text = path.read_text()
+    assert path.stat().st_size <= 4000 + 200 and "entry 59" in text and "entry 0\n" not in text
+    assert text.startswith("=== ")  # cut at an entry's start, never in the middle of one
+    endless = zoo_env / "output.log"  # a sandboxed child's output, from a model that printed without end
+    endless.write_bytes(b"y" * 10_000 + b"\nlast words\n")
+    logs.relay(endless, "child")
+    text = path.read_text()
+    assert "last words" in text and "bytes were left out" in text
+    assert path.stat().st_size <= 4000 + 4000 // 2 + 200  # the trim runs before each entry: at most one entry over
 
 
 def test_the_console_script_exits_with_one_line(tmp_path, zoo_cmd, zoo_env):

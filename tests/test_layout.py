@@ -36,13 +36,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "zoo.tflite_structure", "zoo.graph", "zoo.manifests", "zoo.options", "zoo.input_specs",
         "zoo.images", "zoo._preprocess_module", "zoo.pooling", "zoo._global_pool", "zoo._standardize", "zoo._threads",
         "zoo._redact", "zoo._json", "zoo.data", "zoo.pickles", "zoo.signing", "zoo.npy", "zoo.freshness", "zoo.memory",
-        "zoo.destinations", "zoo.landlock", "zoo.errorlog", "zoo._terminal", "zoo.preprocessing", "zoo.logs",
+        "zoo.destinations", "zoo.landlock", "zoo._terminal", "zoo.preprocessing", "zoo.logs",
     ),
 }
 ORDER = list(LAYERS)
 # What converters may use of zoo: they take paths and return a Conversion, never the catalog.
 CONVERTERS_USE = {"zoo.errors", "zoo.atomic", "zoo.hashes", "zoo.records", "zoo.formats", "zoo.graph",
-                  "zoo.tflite_structure", "zoo.memory", "zoo.landlock", "zoo.errorlog", "zoo.logs"}
+                  "zoo.tflite_structure", "zoo.memory", "zoo.landlock", "zoo.logs"}
 # Packages whose inside is left out of the circle and private-name rules until a rewrite lands
 # (converters/onnx_to_torch was, until its torch.fx rewrite: issue 20). None now.
 OWN_RULES_PENDING: tuple[str, ...] = ()

@@ -93,6 +93,32 @@ def test_a_model_that_prints_converts_and_its_output_stays_in_the_child(tmp_path
     assert not list((zoo_env / "cache" / "tmp").iterdir())  # the scratch folder is gone
 
 
+@needs_landlock
+def test_what_the_sandboxed_child_prints_reaches_the_log_or_verbose_stderr(tmp_path, zoo_env, monkeypatch):
+    """The child's stdout/stderr (a model's prints, TensorFlow's notices) is not lost in its scratch folder:
+    the cache's log holds it, and --verbose / ZOO_LOG_LEVEL shows it, terminal controls escaped."""
+    import torch
+
+    class Chatty(torch.nn.Module):
+        def forward(self, x):
+            print("\x1b[2J model says hello")
+            return torch.relu(x) * 2
+
+    torch.jit.script(Chatty()).save(str(tmp_path / "chatty.pt"))
+    quiet = CliRunner().invoke(cli, ["convert", str(tmp_path / "chatty.pt"), "--input", "x=Nx8"])
+    assert quiet.exit_code == 0 and "hello" not in quiet.output, quiet.output
+    log = (zoo_env / "cache" / "logs" / "zoo.log").read_text()
+    assert "model says hello" in log and "\x1b" not in log
+    monkeypatch.setenv("ZOO_LOG_LEVEL", "INFO")
+    from converters import isolation
+
+    isolation._close_zygotes()  # a zygote started quiet stays quiet: the next one is verbose
+    torch.jit.script(Chatty()).save(str(tmp_path / "chatty2.pt"))
+    verbose = CliRunner().invoke(cli, ["convert", str(tmp_path / "chatty2.pt"), "--input", "x=Nx8"])
+    assert verbose.exit_code == 0 and "model says hello" in verbose.output, verbose.output
+    assert "\x1b" not in verbose.output
+
+
 def _rewritten_archive(tmp_path: Path, name: str, edit) -> Path:
     """A real scripted module whose serialized code is edited as an attacker would."""
     import torch

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -188,6 +189,108 @@ def test_zoo_extract_engine_ray(local_ray, tiny, tmp_path):
     assert several.exit_code == 1 and "one layer at a time" in several.output
 
 
+def WhoRuns(fingerprint: str, seconds: float = 0.0):  # noqa: N802 (reads as the class it makes)
+    """An extractor whose features are the id of the process that computed them, taking `seconds`
+    a batch; its class is made here so that Ray pickles it by value (workers cannot import the test
+    module)."""
+
+    class WhoRuns:
+        def __init__(self) -> None:
+            self.fingerprint = fingerprint
+
+        def __call__(self, batch):
+            import time
+
+            time.sleep(seconds)
+            return np.full((len(batch), 1), os.getpid(), dtype=np.int64)
+
+    return WhoRuns()
+
+
+def _free_cpus(ray, want: float) -> float:
+    """The cluster's free CPUs, once they reach `want` (Ray returns them a moment after an actor ends)."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("CPU", 0) < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ray.available_resources().get("CPU", 0)
+
+
+@pytest.mark.slow
+def test_a_warm_pool_is_reused_then_closed(local_ray, tiny, tmp_path):
+    import zoo
+    from zoo.ray_engine import RayEngine
+
+    x = np.zeros((40, 3, 8, 8), np.float32)
+    with RayEngine(actors=2) as engine:
+        # Slow enough that both actors are up before the chunks run out (a busy machine starts them slowly).
+        first = extract_features(WhoRuns("a", 0.3), x, chunk_size=4, progress=False, engine=engine)
+        assert engine.last_run.pool_start_s is not None and engine.last_run.actors == 2
+        assert _free_cpus(local_ray, 2) == 0  # the pool holds both CPUs between calls
+        second = extract_features(WhoRuns("b", 0.3), x, chunk_size=4, progress=False, engine=engine)
+        assert engine.last_run.pool_start_s is None  # warm: the same two processes
+        assert set(np.asarray(second.features)[:, 0]) == set(np.asarray(first.features)[:, 0])
+        assert len(set(np.asarray(first.features)[:, 0])) == 2
+        # A sweep's cut layers share the pool: it started once, for the first of them.
+        y = np.arange(40) % 2
+        zoo.sweep(str(tiny), x + 1, y, layers=["pool", "flat"], engine=engine,
+                  training=TrainingConfig(epochs=1, progress=False))
+        assert [r.pool_start_s for r in engine.runs[2:]] == [None, None]
+        assert engine.summary().startswith("ray: 2 actors on 1 node, actor pool started in ")
+    assert _free_cpus(local_ray, 2) == 2  # close(): no actor left holding a CPU
+    third = extract_features(WhoRuns("c"), x, chunk_size=5, progress=False, engine=engine)
+    assert engine.last_run.pool_start_s is not None  # a new pool, new processes
+    assert not set(np.asarray(third.features)[:, 0]) & set(np.asarray(first.features)[:, 0])
+    # engine="ray" is one engine per process, warm too; a second engine needing its CPUs closes
+    # the first's idle pool instead of waiting for CPUs that would never come free.
+    engine.close()
+    assert RayEngine.named() is RayEngine.named()
+    extract_features(WhoRuns("d"), x, chunk_size=5, progress=False, engine="ray")
+    assert _free_cpus(local_ray, 0) == 0
+    with RayEngine(actors=2) as other:
+        extract_features(WhoRuns("e"), x, chunk_size=5, progress=False, engine=other)
+    assert _free_cpus(local_ray, 2) == 2  # the named engine's pool went to make room
+
+
+@pytest.mark.slow  # a fresh `zoo` process starts its own Ray: seconds
+def test_a_small_job_says_local_would_be_faster_and_ray_keeps_quiet(tiny, tmp_path, zoo_cmd):
+    np.save(tmp_path / "x.npy", np.zeros((30, 3, 8, 8), np.float32))
+    cmd = [*zoo_cmd, "extract", str(tiny), "-l", "pool", "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy"),
+           "--engine", "ray", "--actors", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    # One line of zoo's own (no token-auth notice, no object-store warning, no progress-bar hint).
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert re.fullmatch(r"ray: 1 actor on 1 node, actor pool started in \d+\.\d s \(\+\d+\.\d s starting Ray\); "
+                        r"30 rows computed in \d+\.\d s of actor time; --engine local would have been faster "
+                        r"for a job this small on one node \(about \d+\.\d s against \d+\.\d s\)", lines[0]), lines[0]
+    assert done.stdout.startswith("wrote ")
+
+
+def test_what_a_ray_run_reports():
+    """The pool's start and the local estimate, as the CLI prints them (no Ray needed)."""
+    from zoo.ray_engine import RayRun
+
+    small = RayRun(actors=2, cluster_nodes=1, chunk_nodes=["n1", "n1"], connect_s=4.0, pool_start_s=2.5,
+                   setup_s=0.3, compute_s=0.4, wall_s=7.2, rows=70)
+    assert small.local_faster() and small.nodes == {"n1": 2}
+    assert small.summary() == ("ray: 2 actors on 1 node, actor pool started in 2.5 s (+4.0 s starting Ray); 70 rows "
+                               "computed in 0.4 s of actor time; --engine local would have been faster for a job this "
+                               "small on one node (about 0.7 s against 7.2 s)")
+    big = RayRun(actors=2, cluster_nodes=1, chunk_nodes=["n1"] * 32, pool_start_s=2.5, setup_s=1.0, compute_s=50.0,
+                 wall_s=28.0, rows=512)
+    assert not big.local_faster() and "would have been faster" not in big.summary()
+    warm = RayRun(actors=2, cluster_nodes=1, chunk_nodes=["n1"] * 32, compute_s=50.0, wall_s=26.0, rows=512)
+    assert warm.summary() is None  # nothing to say about a warm pool that paid off
+    two_nodes = RayRun(actors=2, cluster_nodes=2, chunk_nodes=["n1", "n2"], pool_start_s=2.0, compute_s=0.2, wall_s=5.0)
+    assert not two_nodes.local_faster() and two_nodes.to_dict()["nodes"] == {"n1": 1, "n2": 1}
+    total = RayRun.total([small, warm])
+    assert (total.pool_start_s, total.rows, total.compute_s, len(total.chunk_nodes)) == (2.5, 582, 50.4, 34)
+
+
 # --- without a Ray instance -----------------------------------------------------------------------
 
 
@@ -293,23 +396,26 @@ def test_an_actor_on_a_node_without_the_files(tiny, tmp_path):
     import pickle
 
     from zoo.extract import load_extractor
-    from zoo.ray_engine import _ChunkWorker
+    from zoo.ray_engine import _ChunkWorker, _Work
 
     extractor = load_extractor(tiny, "pool")
     x = np.random.default_rng(5).standard_normal((12, 3, 8, 8)).astype(np.float32)
     model = extractor.model_path.read_bytes()
     elsewhere = pickle.loads(pickle.dumps(extractor))
     elsewhere.model_path = tmp_path / "not-on-this-node.onnx"  # the cut model travels as bytes instead
-    worker = _ChunkWorker(as_source(x, extractor), elsewhere, model, threads=1)
-    rows = worker({"lo": np.array([0, 5]), "hi": np.array([5, 12])})
-    assert list(rows["error"]) == ["", ""] and list(rows["consumed"]) == [5, 7]
-    got = np.concatenate([np.load(io.BytesIO(b)) for b in rows["features"]])
-    np.testing.assert_array_equal(got, extractor(x))
-    assert worker.extractor.threads == 1
-    # data on a path this node does not have: every chunk reports it, nothing is read
+    worker = _ChunkWorker.__new__(_ChunkWorker)  # the actor's class, without Ray around it
+    worker.__dict__.update(threads=1, node="a" * 56, extractors={}, token="", source=None, extractor=None, error="")
+    work = _Work(token="t1", key="k1", source=as_source(x, extractor), extractor=pickle.dumps(elsewhere), model=model)
+    rows = [worker.run(work, 0, 5), worker.run(work, 5, 12)]
+    assert [r["error"] for r in rows] == ["", ""] and [r["consumed"] for r in rows] == [5, 7]
+    np.testing.assert_array_equal(np.concatenate([r["features"] for r in rows]), extractor(x))
+    assert worker.extractor.threads == 1 and rows[0]["setup"] > 0 and rows[1]["setup"] == 0
+    # data on a path this node does not have: every chunk of the call reports it, nothing is read
     np.save(tmp_path / "x.npy", x)
     source = as_source(tmp_path / "x.npy", extractor)
     (tmp_path / "x.npy").rename(tmp_path / "moved.npy")
-    lost = _ChunkWorker(source, copy.copy(extractor), model, threads=1)
-    error = json.loads(lost({"lo": np.array([0]), "hi": np.array([12])})["error"][0])
-    assert error["type"] == "InputError" and "x.npy is not on Ray node" in error["message"]
+    lost = _Work(token="t2", key="k1", source=source, extractor=pickle.dumps(copy.copy(extractor)), model=model)
+    error = json.loads(worker.run(lost, 0, 12)["error"])
+    assert error["type"] == "InputError"
+    assert error["message"].startswith(f"cannot read {tmp_path / 'x.npy'} on Ray node ")
+    assert list(worker.extractors) == ["k1"]  # the first call's session is kept for later calls

@@ -53,8 +53,13 @@ def create_engine(url: str) -> Engine:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
     if "application_name" not in parsed.query:
         connect_args["application_name"] = "zoo"
+    if "options" not in parsed.query:
+        # A catalog query reads a few thousand rows at most: starting parallel workers for it (new
+        # processes) costs more than they save, and most on a busy server.
+        connect_args["options"] = "-c max_parallel_workers_per_gather=0"
     try:
-        engine = sqlalchemy_engine(parsed, pool_pre_ping=True, connect_args=connect_args,
+        # No hstore columns: the dialect need not look the type up on every new process's first connection.
+        engine = sqlalchemy_engine(parsed, pool_pre_ping=True, connect_args=connect_args, use_native_hstore=False,
                                    json_serializer=_json_dumps, **config.pool_options())
     except ImportError as error:
         raise CatalogError(
@@ -128,12 +133,13 @@ class PostgreSQL(Backend):
         return create_engine(url)
 
     def rebuild_search_index(self, write_engine: Engine) -> None:
-        # The tsvector is a generated column, always current; but the planner's statistics lag a
-        # bulk load until autovacuum comes by, and without them a `local` filter can pick a nested
-        # loop a hundred times slower.
-        with self.engine.connect() as connection:
-            connection.exec_driver_sql("ANALYZE models, artifacts")
-            connection.commit()
+        # The tsvector is a generated column, always current; but after a bulk load the planner's
+        # statistics lag until autovacuum comes by (without them a `local` filter can pick a nested
+        # loop a hundred times slower), and the GIN index keeps the new rows in its pending list,
+        # which every search reads through: VACUUM moves them into the index. (VACUUM cannot run
+        # in a transaction; a login that does not own the tables gets a warning, not an error.)
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM (ANALYZE) models, artifacts")
 
     def search_plan(self, query: str, conditions: list) -> SearchPlan | None:
         tsq = tsquery(query)

@@ -55,6 +55,9 @@ IN_MEMORY = "sqlite://"
 # creates the schema until the one that loads them, so a creation cut short (kill -9) is finished
 # by the next open; "loaded" after; "skipped" for catalogs created with builtins=False.
 BUILTINS_STATE = "builtins"
+# What opening a catalog reads: its schema revision and built-ins state, in one round trip.
+_CURRENT = text("SELECT (SELECT version_num FROM alembic_version), "
+                "(SELECT value FROM zoo_state WHERE key = :key)")
 
 
 @dataclass
@@ -244,10 +247,14 @@ class Catalog:
         return self._backend.search_mode
 
     def _prepare(self) -> None:
-        """Create, upgrade or accept the schema; refuse a catalog newer than this zoo."""
+        """Create, upgrade or accept the schema; refuse a catalog newer than this zoo.
+
+        A catalog whose schema is current costs one query on one connection (its revision and
+        built-ins state together): no reflection, no Alembic, no second round trip.
+        """
         try:
             with self._engine.connect() as connection:
-                revision = self._revision(connection)
+                revision, builtins_state = self._current(connection)
         except exc.DatabaseError as error:
             raise self._database_error(error) from None
         if revision is not None and revision not in SCHEMA_REVISIONS:
@@ -263,11 +270,12 @@ class Catalog:
                     f"has schema revision {revision}, older than this zoo's {SCHEMA_HEAD}, and "
                     "cannot be upgraded in place")
             self._migrate(created)
+            builtins_state = None  # read again below, after the migration wrote it
         try:
             self._backend.prepare_search(self._write_engine)
         except exc.DatabaseError as error:
             raise self._database_error(error) from None
-        if self._builtins and not self.read_only and self._builtins_pending():
+        if self._builtins and not self.read_only and self._builtins_pending(builtins_state):
             self._load_builtins()
 
     def rebuild_search_index(self) -> None:
@@ -283,6 +291,18 @@ class Catalog:
     def where(self) -> str:
         """How messages name this catalog: its file, or its URL without the password."""
         return self._backend.where
+
+    def _current(self, connection) -> tuple[str | None, str | None]:
+        """(schema revision, built-ins state) in one query when the catalog has both tables, as
+        every catalog but a new or very old one does; else the revision as `_revision` finds it."""
+        try:
+            row = connection.execute(_CURRENT, {"key": BUILTINS_STATE}).first()
+        except exc.DatabaseError:  # no such table (or not a database: `_revision` says which)
+            connection.rollback()
+        else:
+            if row is not None and row[0] is not None:
+                return row[0], row[1]
+        return self._revision(connection), None
 
     def _revision(self, connection) -> str | None:
         if self.is_sqlite:
@@ -359,8 +379,11 @@ class Catalog:
         return reader.execute(text("SELECT value FROM zoo_state WHERE key = :key"),
                               {"key": BUILTINS_STATE}).scalar()
 
-    def _builtins_pending(self) -> bool:
-        """Whether the built-in zoos still have to be loaded (a creation was cut short)."""
+    def _builtins_pending(self, state: str | None = None) -> bool:
+        """Whether the built-in zoos still have to be loaded (a creation was cut short); `state`
+        is the one read as the catalog opened, None to read it."""
+        if state is not None:
+            return state == "pending"
         with self._reader() as reader:
             state = self._builtins_state(reader)
             if state is not None:

@@ -6,6 +6,13 @@ reaches the terminal: `quiet()` sets their log levels through the environment be
 imported (it runs when zoo is imported), and `captured()` sends whatever a conversion step still
 prints, with the traceback of an unexpected failure, to ``<cache>/logs/zoo.log``, which the
 one-line error names. ``zoo --verbose`` or ``ZOO_LOG_LEVEL=INFO`` (or DEBUG) lets it all through.
+
+The same file holds the traceback of every exception zoo did not anticipate (`write`, `failure`;
+the CLI's top-level handler prints one line and its path) and what a sandboxed converter child
+logged or printed (`absorb`, `relay`). Secrets in URLs are masked and terminal controls escaped
+before anything is written; when the cache cannot be written (read-only, full, ``/proc``) the
+file is ``zoo-<uid>/logs/zoo.log`` in the temp folder; it is cut to its newest entries past
+`MAX_LOG_BYTES`.
 """
 from __future__ import annotations
 
@@ -33,8 +40,11 @@ _QUIET_ENV = {
 # Python loggers of libraries that log at INFO or WARNING in normal operation.
 _QUIET_LOGGERS = ("tensorflow", "tf2onnx", "absl", "keras", "ray", "ray.data", "torch.onnx", "onnxruntime",
                   "h5py", "jax")
-# The log file is cut to its last half once it grows past this many bytes.
+# The log file's name, in <cache>/logs (or the temp folder's zoo-<uid>/logs).
+LOG_NAME = "zoo.log"
+# The log file is cut to its newest entries, half this size, once it grows past it.
 MAX_LOG_BYTES = 8 * 1024 * 1024
+_MARK = b"==="  # starts each entry
 
 
 def verbose() -> bool:
@@ -124,45 +134,103 @@ def ray_options() -> dict:
 
 def log_path() -> Path:
     """``<cache>/logs/zoo.log``; a sandboxed converter's own file when LOG_FILE_ENV names one."""
+    return _candidates()[0]
+
+
+def _candidates() -> list[Path]:
+    """Where the log may go, in order: a sandboxed child's own file (only that), else the cache's
+    ``logs/zoo.log``, else ``zoo-<uid>/logs/zoo.log`` in the temp folder (the failure being logged
+    may be the cache itself: read-only, full, ``/proc``, a broken ZOO_CACHE)."""
     child = os.environ.get(LOG_FILE_ENV)
     if child:
-        return Path(child)
-    from zoo.config import cache_dir
+        return [Path(child)]
+    paths = []
+    try:
+        from zoo.config import cache_dir
 
-    return cache_dir() / "logs" / "zoo.log"
+        paths.append(cache_dir() / "logs" / LOG_NAME)
+    except Exception:  # noqa: BLE001, S110  a broken configuration falls back to the temp folder
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    paths.append(Path(tempfile.gettempdir()) / f"zoo-{uid}" / "logs" / LOG_NAME)
+    return paths
+
+
+def _append(text: str) -> Path | None:
+    """Append `text` to the first log file that can be written; its path, or None when none can."""
+    for path in _candidates():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _trim(path)
+            with open(path, "a", encoding="utf-8", errors="replace") as fh:
+                fh.write(text)
+        except OSError:
+            continue
+        return path
+    return None
+
+
+def _trim(path: Path) -> None:
+    """Past MAX_LOG_BYTES, keep the newest entries that fit in half of it (the file is replaced atomically)."""
+    if not path.exists() or path.stat().st_size <= MAX_LOG_BYTES:
+        return
+    from zoo.atomic import write_atomic
+
+    data = path.read_bytes()[-(MAX_LOG_BYTES // 2):]
+    entry = data.find(b"\n" + _MARK)
+    write_atomic(path, data[entry + 1:] if entry >= 0 else data)
+
+
+def _clean(text: str) -> str:
+    """What may be written: secrets in URLs masked, terminal controls shown as escapes (the file gets `cat`)."""
+    from zoo._redact import mask_secrets
+    from zoo._terminal import safe_text
+
+    return safe_text(mask_secrets(text))
 
 
 def absorb(child_log: Path) -> Path | None:
     """Append a sandboxed child's log file to this process's; the path it went to (None: nothing, or unwritable)."""
-    try:
-        text = child_log.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+    text = _tail(child_log)
     if not text.strip():
         return None
-    path = log_path()
+    return _append(_clean(text))
+
+
+def _tail(path: Path) -> str:
+    """A child's file, its last MAX_LOG_BYTES // 2 bytes at most (a model may print without end); "" if unreadable."""
+    keep = MAX_LOG_BYTES // 2
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8", errors="replace") as fh:
-            fh.write(text)
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(size - keep, 0))
+            data = fh.read()
     except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return f"[the first {size - keep} bytes were left out]\n{text}" if size > keep else text
+
+
+def relay(output: Path, title: str) -> Path | None:
+    """What a sandboxed child printed (its captured stdout/stderr, `output`): on stderr, with terminal
+    controls shown as escapes, when verbose; else an entry in the log file (its path; None: nothing)."""
+    text = _tail(output)
+    if not text.strip():
         return None
-    return path
+    if verbose():
+        from zoo._terminal import safe_text
+
+        sys.stderr.write(safe_text(text))
+        sys.stderr.flush()
+        return None
+    return write(f"{title}: output", text)
 
 
 def write(title: str, text: str) -> Path | None:
-    """Append a titled entry to the log file; its path, or None when it cannot be written."""
-    path = log_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size > MAX_LOG_BYTES:
-            data = path.read_bytes()
-            path.write_bytes(data[len(data) // 2:])
-        with open(path, "a", encoding="utf-8", errors="replace") as fh:
-            fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} {title}\n{text.rstrip()}\n\n")
-    except OSError:
-        return None
-    return path
+    """Append a titled entry (a traceback, a library's output) to the log file; its path, or None when
+    no log file can be written. Secrets are masked and terminal controls escaped first."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return _append(_clean(f"{_MARK.decode()} {stamp} pid {os.getpid()} {title}\n{text.rstrip()}\n\n"))
 
 
 @contextlib.contextmanager
@@ -233,5 +301,5 @@ def failure(what: str, exc: BaseException, default_step: str) -> tuple[str, Path
     return f"{where} failed ({cause})", path
 
 
-__all__ = ["LOG_FILE_ENV", "LOG_LEVEL_ENV", "absorb", "captured", "failure", "log_path", "onnxruntime_severity", "quiet", "ray_options",
-           "set_verbose", "step", "verbose", "write"]
+__all__ = ["LOG_FILE_ENV", "LOG_LEVEL_ENV", "LOG_NAME", "MAX_LOG_BYTES", "absorb", "captured", "failure", "log_path",
+           "onnxruntime_severity", "quiet", "ray_options", "relay", "set_verbose", "step", "verbose", "write"]

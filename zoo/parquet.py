@@ -113,6 +113,10 @@ class ParquetSource:
         self.shape = None
         if field.metadata and field.metadata.get(_EXTENSION_NAME) in _RAY_TENSORS:
             self.shape = tuple(json.loads(field.metadata[_EXTENSION_META]))
+        elif getattr(field.type, "shape", None):
+            # The tensor type is registered here (Ray Data imported): keep its row shape for the
+            # processes that read the rows without it, like the Ray engine's actors.
+            self.shape = tuple(field.type.shape)
         digest = hashlib.sha256(f"parquet|{self.column}".encode())
         for file in files:
             digest.update(f"{file.relative_to(path) if file != path else file.name}|".encode())

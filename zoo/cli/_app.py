@@ -59,9 +59,9 @@ class InternalError(UserError):
     def of(cls, exc: BaseException) -> InternalError:
         import traceback
 
-        from zoo.errorlog import write_log
+        from zoo.logs import write
 
-        log = write_log("".join(traceback.format_exception(exc)), f"zoo {' '.join(sys.argv[1:])}")
+        log = write(f"zoo {' '.join(sys.argv[1:])}: internal error", "".join(traceback.format_exception(exc)))
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         where = f"the traceback is in {log}" if log else "no log folder could be written for its traceback"
         return cls(f"internal error: {type(exc).__name__}: {first}; {where}")

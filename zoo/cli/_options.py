@@ -7,14 +7,16 @@ declared once and every command that takes it spells and checks it the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import click
 
-from zoo.cli._app import quiet_option
+from zoo.cli._app import echo, quiet_option
 
 # zoo.options imports nothing heavy; the objects are made when the command runs.
 
@@ -128,7 +130,8 @@ def extractor_options(*, layer: bool = True) -> Callable:
 
 
 def engine_options(func: Callable) -> Callable:
-    """--engine --address --actors, passed on as ``engine``: "local" or a `zoo.ray_engine.RayEngine`."""
+    """--engine --address --actors, passed on as ``engine``: "local" or a `zoo.ray_engine.RayEngine`,
+    whose actor pool is closed when the command ends (see `engine_session`)."""
     options = [
         click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      envvar="ZOO_ENGINE",
@@ -142,7 +145,30 @@ def engine_options(func: Callable) -> Callable:
     def build(engine: str, address: str | None, actors: int | None):
         return engine_value(engine, address, actors)
 
-    return _group("engine", options, build)(func)
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        training = kwargs.get("training")
+        with engine_session(kwargs["engine"], quiet=training is not None and not training.progress):
+            return func(*args, **kwargs)
+
+    return _group("engine", options, build)(run)
+
+
+@contextlib.contextmanager
+def engine_session(engine: Any, *, quiet: bool = False) -> Iterator[Any]:
+    """One command's engine: a Ray engine's actor pool is closed when the command ends, and its
+    one-line report (how long the pool took to start; whether --engine local would have been
+    faster) goes to stderr unless `quiet`."""
+    try:
+        yield engine
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    summary = getattr(engine, "summary", None)
+    line = summary() if summary is not None and not quiet else None
+    if line:
+        echo(line, err=True, one_line=True)  # through the output layer: escapes, one line
 
 
 def engine_value(engine: str, address: str | None, actors: int | None, threads: int | None = None) -> Any:

@@ -9,6 +9,7 @@ import click
 from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, skipped_lines, table
 from zoo.cli._options import (
     device_option,
+    engine_session,
     engine_value,
     image_size_value,
     layer_value,
@@ -174,13 +175,16 @@ def extract_command(model: str, layer: tuple[str, ...], data: tuple[str, ...], o
 
         source = as_source(input_path, extractor, preprocess=preprocess, column=column, on_error=on_error,
                            image_size=image_size_value(image_size))
-        cached = save_features(extractor, source, output_path, index_out=index_out, cache_dir=cache_dir,
-                               progress=not (quiet or as_json), engine=engine_value(engine, address, actors, threads))
+        with engine_session(engine_value(engine, address, actors, threads), quiet=quiet or as_json) as running:
+            cached = save_features(extractor, source, output_path, index_out=index_out, cache_dir=cache_dir,
+                                   progress=not (quiet or as_json), engine=running)
         shapes = list(cached.features.shape)
         skipped = cached.skipped
         result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key, reused=cached.reused,
                       skipped=skipped, skipped_count=len(skipped),
                       index=str(cached.index_path) if cached.index_path else None)
+        if getattr(running, "last_run", None) is not None:
+            result["ray"] = running.last_run.to_dict()  # where the chunks ran, how long the pool took
         if cached.classes is not None:
             result["classes"] = cached.classes
     else:

@@ -8,6 +8,7 @@ import click
 from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, skipped_lines, table
 from zoo.cli._options import (
     device_option,
+    engine_session,
     engine_value,
     image_size_value,
     on_error_value,
@@ -76,11 +77,12 @@ def predict_command(model, data, output, top, labels, batch_size, threads, prepr
     data = input_arg(data)
     if output:  # before any work: a known format, not one of the inputs, its folder made
         check_output(output, [*input_paths(data), labels])
-    result = predict(model, data, labels, ExtractorOptions(batch_size=batch_size, threads=threads, preprocess=preprocess,
-                                                           device=device),
-                     top=top, engine=engine_value(engine, address, actors, threads),
-                     on_error=on_error_value(on_error, strict_images), image_size=image_size_value(image_size),
-                     progress=not (quiet or as_json), catalog=catalog, cache_dir=cache_dir)
+    with engine_session(engine_value(engine, address, actors, threads), quiet=quiet or as_json) as running:
+        result = predict(model, data, labels, ExtractorOptions(batch_size=batch_size, threads=threads,
+                                                               preprocess=preprocess, device=device),
+                         top=top, engine=running, on_error=on_error_value(on_error, strict_images),
+                         image_size=image_size_value(image_size), progress=not (quiet or as_json), catalog=catalog,
+                         cache_dir=cache_dir)
     if output:
         result.save(output)
     payload = {**result.to_dict(), "output": output}
