@@ -161,7 +161,9 @@ def engine_session(engine: Any, *, quiet: bool = False) -> Iterator[Any]:
     summary = getattr(engine, "summary", None)
     line = summary() if summary is not None and not quiet else None
     if line:
-        click.echo(line, err=True)
+        from zoo.cli._app import echo
+
+        echo(line, err=True, one_line=True)
 
 
 def engine_value(engine: str, address: str | None, actors: int | None, threads: int | None = None) -> Any:
