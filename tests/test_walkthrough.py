@@ -77,7 +77,9 @@ def test_walkthrough_small(tmp_path):
 @pytest.mark.slow
 def test_zoo_walkthrough_command_full(tmp_path, zoo_cmd):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("ZOO_CATALOG")  # the command works in the current directory's catalog.db by default
+    env.pop("ZOO_CATALOG")  # the command works in the project catalog `zoo init` made here
+    init = subprocess.run([*zoo_cmd, "init"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stderr
     proc = subprocess.run([*zoo_cmd, "walkthrough", "--out", "wt"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -117,7 +117,7 @@ def search(query, framework, task, dataset, tag, source, local, limit, hub, auth
         models = hub_search(query, author=author, libraries=_libraries(libraries), limit=limit,
                             offline=offline or None, catalog=catalog)
         if not models and not as_json:
-            echo(f"no Hub models match{' ' + repr(query) if query else ''}", err=True)
+            echo(f"no Hub models match{' ' + repr(query) if query else ''}", err=True, one_line=True)
             return
         emit([m.to_dict() for m in models], as_json, lambda: _hub_rows(models))
         return

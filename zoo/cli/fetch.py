@@ -97,9 +97,9 @@ def fetch_command(names, locked, lock_file, force, offline, max_unpack_size, cac
             for done in fetch_locked(list(names) or None, lock_file=lock_file, catalog=catalog, cache_dir=cache_dir,
                                      offline=True if offline else None, quiet=quiet or as_json, on_file=on_file):
                 if not as_json:
-                    echo(f"{done.name}: locked revision {done.revision}, as {done.ref}")
+                    echo(f"{done.name}: locked revision {done.revision}, as {done.ref}", one_line=True)
                     for change in done.changed:
-                        echo(f"  note: {change}")
+                        echo(f"  note: {change}", one_line=True)
         else:
             fetch(list(names), catalog=catalog, cache_dir=cache_dir, force=force,
                   offline=True if offline else None, quiet=quiet or as_json, on_file=on_file,
