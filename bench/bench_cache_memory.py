@@ -99,13 +99,13 @@ def main() -> None:
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     mb = 1 << 20
     peak = max(figures["peak"], figures["hwm"])
-    print(f"dataset {data.stat().st_size / mb:.0f} MB ({rows} x {args.width} float32) = "
-          f"{data.stat().st_size / cap:.2f}x the cap of {cap / mb:.0f} MB; features {figures['shape']}")
-    print(f"RSS before caching (python, numpy, onnxruntime, session) {figures['before'] / mb:8.1f} MB")
-    print(f"peak RSS while caching (psutil every 10 ms / VmHWM)      {figures['peak'] / mb:8.1f} / {figures['hwm'] / mb:.1f} MB")
-    print(f"peak growth during caching                               {(peak - figures['before']) / mb:8.1f} MB")
+    print(f"dataset {data.stat().st_size / mb:.0f} MiB ({rows} x {args.width} float32) = "
+          f"{data.stat().st_size / cap:.2f}x the cap of {cap / mb:.0f} MiB; features {figures['shape']}")
+    print(f"RSS before caching (python, numpy, onnxruntime, session) {figures['before'] / mb:8.1f} MiB")
+    print(f"peak RSS while caching (psutil every 10 ms / VmHWM)      {figures['peak'] / mb:8.1f} / {figures['hwm'] / mb:.1f} MiB")
+    print(f"peak growth during caching                               {(peak - figures['before']) / mb:8.1f} MiB")
     print(f"peak / cap                                               {peak / cap:8.3f}   (goal < 1)")
-    print(f"caching took {figures['seconds']:.1f} s ({data.stat().st_size / mb / figures['seconds']:.0f} MB/s of input)")
+    print(f"caching took {figures['seconds']:.1f} s ({data.stat().st_size / mb / figures['seconds']:.0f} MiB/s of input)")
     for path in sorted(work.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     work.rmdir()

@@ -56,7 +56,7 @@ def main() -> None:
         size_mb = big.stat().st_size / (1 << 20)
         t_detect = best(lambda: detect_format(big))
         t_read = best(lambda: big.read_bytes(), repeat=3)
-        print(f"detect_format on a {size_mb:.0f} MB caffemodel: {t_detect * 1000:.2f} ms; "
+        print(f"detect_format on a {size_mb:.0f} MiB caffemodel: {t_detect * 1000:.2f} ms; "
               f"reading the file: {t_read * 1000:.1f} ms; ratio detect/read = {t_detect / t_read:.4f}")
 
         files = [p for p in folder.rglob("*") if p.is_file()]
@@ -79,7 +79,7 @@ def main() -> None:
             assert not again.added and len(again.unchanged) == args.files + 1
         t_rescan = statistics.median(rescans)
         total_mb = sum(p.stat().st_size for p in files) / (1 << 20)
-        print(f"folder: {len(files)} files, {total_mb:.0f} MB, {args.files + 1} models")
+        print(f"folder: {len(files)} files, {total_mb:.0f} MiB, {args.files + 1} models")
         print(f"hashlib sha256 of every file (baseline): {t_hash:.3f} s")
         print(f"zoo.scan first: {t_first:.3f} s  ratio {t_first / t_hash:.2f}x baseline")
         print(f"zoo.scan rescan (median of 3): {t_rescan:.3f} s  ratio {t_rescan / t_hash:.2f}x "

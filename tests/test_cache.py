@@ -150,6 +150,8 @@ def test_cache_list_shows_every_kind_with_sizes(filled):
     assert kinds["onnx"]["key"] == "onnx/tiny.onnx" and kinds["onnx"]["model"] == "tiny.onnx"
     assert kinds["cuts"]["model"] == "tiny.onnx" and kinds["cuts"]["layers"] == ["fc"]
     assert kinds["features"]["rows"] == 5 and kinds["features"]["complete"] is True
+    # features say what they are of, so `zoo cache rm --model` finds them too
+    assert kinds["features"]["model"] == "tiny.onnx" and kinds["features"]["layer"] == "fc"
     for e in listed:  # sizes are what is on disk
         path = Path(e["path"])
         on_disk = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -168,20 +170,22 @@ def test_cache_list_does_not_create_a_catalog(zoo_env):
     assert not (zoo_env / "catalog.db").exists()
 
 
-def test_cache_rm_by_model_removes_its_onnx_cuts_and_files(filled):
-    listed = {e["key"]: e["bytes"] for e in _listed()}
+def test_cache_rm_by_model_removes_its_onnx_cuts_features_and_files(filled):
+    listed = {e["key"]: e for e in _listed()}
+    features = next(k for k, e in listed.items() if e["kind"] == "features")
     fetched, converted = filled / "models" / "tiny.onnx" / "tiny.onnx", filled / "onnx" / "tiny.onnx" / "tiny.onnx.onnx"
     # The pass-through conversion has the fetched file's bytes: the store keeps them once, so they free once.
     shared = fetched.stat().st_size if fetched.samefile(converted) else 0
     result = CliRunner().invoke(cli, ["cache", "rm", "--model", "tiny.onnx", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert sorted(k.split("/")[0] for k in out["removed"]) == ["cuts", "models", "onnx"]
-    assert out["bytes"] == sum(listed[k] for k in out["removed"]) - shared
+    assert sorted(listed[k]["kind"] for k in out["removed"]) == ["cuts", "features", "models", "onnx"]
+    assert features in out["removed"]  # features say what they are of, so --model finds them
+    assert out["bytes"] == sum(listed[k]["bytes"] for k in out["removed"]) - shared
     assert out["blobs"] and not any((filled / "blobs" / "sha256" / b).exists() for b in out["blobs"])
-    assert sorted(e["kind"] for e in _listed()) == ["features", "trained"]
+    assert sorted(e["kind"] for e in _listed()) == ["trained"]
     left = [p.name for p in (filled / "models" / "tiny.onnx").iterdir()]
-    assert left == ["tiny.onnx.lock"]  # the fetch's lock stays (see RemovalPlan.execute), nothing else
+    assert left == []  # nothing: the fetch removed its lock when it finished
     assert not (filled / "onnx" / "tiny.onnx" / "tiny.onnx.onnx").exists()
 
 

@@ -14,7 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Models the docs create themselves (zoo pretrain / train / the walkthrough) rather than find.
-MADE_IN_THE_DOCS = {"my-base", "my-classifier", "my-digits", "my-photos", "digits04.cnn", "digits59.transfer"}
+MADE_IN_THE_DOCS = {"my-base", "my-classifier", "my-digits", "my-photos", "digits04.cnn", "digits59.transfer", "pets",
+                    "resnet9.acme",  # a model of the README's example source (zoo source add acme ...)
+                    "mine"}
+# Commands whose first argument is a model: the names the docs, help texts and docstrings give them exist.
+TAKES_A_MODEL = {"info", "fetch", "convert", "layers", "extract", "train", "sweep", "predict", "verify"}
+# Python calls whose first argument is a model name or file.
+CALLS_A_MODEL = {"load_extractor", "transfer_model", "layers", "model_inputs", "info", "fetch", "convert", "train",
+                 "sweep", "predict", "ExtractorTransformer"}
 
 
 def _blocks(language: str) -> list[tuple[str, str]]:
@@ -149,8 +156,8 @@ def _command_cases() -> list[tuple[str, list[str]]]:
     return cases
 
 
-@pytest.mark.parametrize("where, words", _command_cases(), ids=[w for w, _ in _command_cases()])
-def test_zoo_command_in_the_docs_exists_with_its_options(where, words):
+def _check_command(where: str, words: list[str]) -> None:
+    """`zoo WORDS` names a command that exists and only options it has."""
     import click
 
     from zoo.cli import cli
@@ -169,6 +176,69 @@ def test_zoo_command_in_the_docs_exists_with_its_options(where, words):
             assert word.split("=")[0] in options, f"{where}: `zoo {' '.join(words)}`: no option {word}"
 
 
+@pytest.mark.parametrize("where, words", _command_cases(), ids=[w for w, _ in _command_cases()])
+def test_zoo_command_in_the_docs_exists_with_its_options(where, words):
+    _check_command(where, words)
+
+
+def _commands() -> list[tuple[str, object]]:
+    """(`zoo a b`, click command) of every command, sub-commands of groups included."""
+    import click
+
+    from zoo.cli import cli
+
+    found, stack = [], [("zoo", cli)]
+    while stack:
+        path, command = stack.pop()
+        if isinstance(command, click.Group):
+            context = click.Context(command)
+            stack += [(f"{path} {name}", command.get_command(context, name)) for name in command.list_commands(context)]
+        else:
+            found.append((path, command))
+    return sorted(found, key=lambda pair: pair[0])
+
+
+def _help_examples() -> list[tuple[str, list[str]]]:
+    """(command, words) of every `zoo ...` line in the Example: part of a command's help."""
+    cases = []
+    for path, command in _commands():
+        text = command.help or ""
+        if "Example:" not in text:
+            cases.append((path, []))  # no example: reported by the test
+            continue
+        for line in text.split("Example:", 1)[1].splitlines():
+            cases += [(path, words) for words in _zoo_commands(line.strip())]
+    return cases
+
+
+def test_every_command_help_has_an_example_that_runs_that_command():
+    cases = _help_examples()
+    missing = sorted({path for path, words in cases if not words})
+    assert missing == [], f"commands whose help has no example: {missing}"
+    for path in {path for path, _ in cases}:
+        runs = [" ".join(["zoo", *words]) for p, words in cases if p == path]
+        assert any(line == path or line.startswith(path + " ") for line in runs), f"{path}'s examples: {runs}"
+
+
+@pytest.mark.parametrize("where, words", [c for c in _help_examples() if c[1]],
+                         ids=[f"{p}:{' '.join(w)}" for p, w in _help_examples() if w])
+def test_help_text_example_exists_with_its_options(where, words):
+    _check_command(f"`{where} --help`", words)
+
+
+def _model_arguments(words_list: list[list[str]]) -> set[str]:
+    quoted = set()
+    for words in words_list:
+        if words and words[0] in TAKES_A_MODEL and len(words) > 1 and not words[1].startswith("-"):
+            quoted.add(words[1].split("@")[0])  # NAME@REV names a revision of NAME
+    return quoted
+
+
+def _not_a_file(names: set[str]) -> set[str]:
+    """The names that are not a user's file (a path or a model file's name)."""
+    return {name for name in names if "/" not in name and not name.endswith((".pt", ".onnx"))}
+
+
 def test_model_names_in_the_docs_are_in_the_built_in_catalog():
     from zoo.catalog import open_catalog
 
@@ -176,13 +246,90 @@ def test_model_names_in_the_docs_are_in_the_built_in_catalog():
     quoted = set()
     for _, code in _blocks("python"):
         quoted |= set(re.findall(
-            r"zoo\.(?:load_extractor|transfer_model|layers|info|fetch|convert)\(\"([^\"]+)\"", code))
-    takes_a_model = {"info", "fetch", "convert", "layers", "extract", "train", "sweep"}
-    for _, words in _command_cases():
-        if words and words[0] in takes_a_model and len(words) > 1 and not words[1].startswith("-"):
-            quoted.add(words[1].split("@")[0])  # NAME@REV names a revision of NAME
-    paths = {name for name in quoted if "/" in name or name.endswith((".pt", ".onnx"))}  # a user's file
-    assert quoted - paths and not (quoted - paths - known), sorted(quoted - paths - known)
+            r"zoo\.(?:load_extractor|transfer_model|layers|info|fetch|convert|predict)\(\"([^\"]+)\"", code))
+    quoted |= _model_arguments([words for _, words in _command_cases()])
+    names = _not_a_file(quoted)
+    assert names and not (names - known), sorted(names - known)
+
+
+def test_model_names_in_help_texts_are_in_the_built_in_catalog():
+    from zoo.catalog import open_catalog
+
+    known = set(open_catalog().names()) | MADE_IN_THE_DOCS
+    names = _not_a_file(_model_arguments([words for _, words in _help_examples()]))
+    assert "bvlc_alexnet" in names and not (names - known), sorted(names - known)
+
+
+def _docstring_examples() -> list[tuple[str, str]]:
+    """(module:object, code) of every `>>>` example in the docstrings of zoo/ and converters/."""
+    import ast as _ast
+
+    found = []
+    for path in sorted([*(ROOT / "zoo").rglob("*.py"), *(ROOT / "converters").rglob("*.py")]):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        tree = _ast.parse(path.read_text())
+        for node in [tree, *_ast.walk(tree)]:
+            if not isinstance(node, (_ast.Module, _ast.ClassDef, _ast.FunctionDef, _ast.AsyncFunctionDef)):
+                continue
+            doc = _ast.get_docstring(node, clean=True)
+            if not doc or ">>>" not in doc:
+                continue
+            lines = [re.sub(r"\s*# doctest:.*$", "", line.strip()[4:]) for line in doc.splitlines()
+                     if line.strip().startswith((">>> ", "... ")) or line.strip() in (">>>", "...")]
+            found.append((f"{module}:{getattr(node, 'name', '')}", "\n".join(lines)))
+    return found
+
+
+@pytest.mark.parametrize("where, code", _docstring_examples(), ids=[w for w, _ in _docstring_examples()])
+def test_docstring_example_is_python_that_names_real_apis_and_models(where, code):
+    """Every `>>>` example parses, calls what exists with keywords it takes, and names models that exist."""
+    _check_example(where, code)
+
+
+@pytest.mark.parametrize("code, problem", [
+    ('zoo.load_extractor("bvlc_alexnet.caffe", layer="fc7")', "no model 'bvlc_alexnet.caffe'"),
+    ('zoo.fit_head(f, y, epoch=3)', "takes no ['epoch']"),
+    ('zoo.no_such_function()', "zoo.no_such_function does not exist"),
+])
+def test_the_docstring_check_catches_a_wrong_name(code, problem):
+    with pytest.raises(AssertionError, match=re.escape(problem)):
+        _check_example("zoo.extract:planted", code)
+
+
+def _check_example(where: str, code: str) -> None:
+    import importlib
+    import inspect
+
+    import zoo
+    from zoo.catalog import open_catalog
+
+    tree = ast.parse(code)
+    module = importlib.import_module(where.split(":")[0])
+    names = {**vars(zoo), **{n: getattr(zoo, n) for n in zoo.__all__ if n != "__version__"}, **vars(module)}
+    known = set(open_catalog().names()) | MADE_IN_THE_DOCS
+
+    def resolve(node: ast.AST):
+        if isinstance(node, ast.Name):
+            return names.get(node.id)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "zoo":
+            assert hasattr(zoo, node.attr), f"{where}: zoo.{node.attr} does not exist"
+            return getattr(zoo, node.attr)
+        return None
+
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or (target := resolve(node.func)) is None or not callable(target):
+            continue
+        try:
+            params = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            continue
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            wrong = [k.arg for k in node.keywords if k.arg and k.arg not in params]
+            assert not wrong, f"{where}: {ast.unparse(node.func)}() takes no {wrong}"
+        name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+        if name in CALLS_A_MODEL and node.args and isinstance(node.args[0], ast.Constant):
+            model = str(node.args[0].value)
+            assert not _not_a_file({model}) or model in known, f"{where}: no model {model!r} in the built-in catalog"
 
 
 def test_python_m_modules_and_scripts_the_docs_run_exist():

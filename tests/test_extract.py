@@ -480,7 +480,7 @@ def test_model_without_onnx_that_cannot_be_converted(monkeypatch):
 
     with pytest.raises(UnknownModelError, match="closest: ghost.caffe"):
         load_extractor("ghost.cafe")
-    with pytest.raises(UnknownModelError, match="neither an ONNX file"):
+    with pytest.raises(UnknownModelError, match="missing/model.onnx does not exist"):
         load_extractor("missing/model.onnx")
 
 

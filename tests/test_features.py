@@ -368,3 +368,17 @@ def test_a_killed_extraction_resumes_from_its_last_checkpoint(tmp_path):
     # Batches of 10 and of 2000 take different float32 BLAS paths: agree to float32 precision of the scale.
     expected = ProjectionExtractor(32, 8)(data)
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
+
+
+def test_in_this_process_a_chunk_is_one_batch_of_the_extractor(mlp, data):
+    """The progress bar moves per batch (and a crash loses at most one): the chunks are the
+    extractor's batches, not 256 rows."""
+    failing = _ort(mlp, fail_after=3)
+    failing.batch_size = 40
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(failing, data, progress=False)
+    assert FeatureCache().entries()[0].rows == 3 * 40  # three batches done, kept
+    resumed = _ort(mlp)
+    resumed.batch_size = 40
+    extract_features(resumed, data, progress=False)
+    assert resumed.calls == (1000 - 120) // 40  # one call per batch of 40 still missing

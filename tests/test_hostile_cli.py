@@ -193,6 +193,7 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
         + [["edit", "damaged", "--input-spec", s[k]] for k in ("missing", "empty", "fifo", "non_utf8_name")]
         + [["edit", "damaged", "--mean", "nan,x"]],
         "source add": [["source", "add", "evil", s["index"]], ["source", "add", "bad", "file:///proc/nope"],
+                       ["source", "add", "later", s["index"], "--no-sync"],
                        ["source", "add", f"x{ESCAPE}", s["index"]], ["source", "add", "empty", s["empty"]]],
         "source list": [["source", "list"]],
         "source sync": [["source", "sync"], ["source", "sync", "nope"]],
@@ -208,16 +209,34 @@ def _invocations(f: dict[str, Path]) -> dict[str, list[list[str]]]:
             + [["extract", mlp, "-l", "-1", "-i", f"x={s[k]}", "-o", "out.npy"] for k in DATA]
             + [["extract", mlp, "-l", "-1", "-i", x, "-o", o] for o in OUTPUTS]
             + [["extract", mlp, "-l", "-1", "-i", x, "-o", x], ["extract", mlp, "-l", ESCAPE, "-i", x, "-o", "o.npy"]]
-            + [["extract", mlp, "-l", "-1", "-l", "-2", "-i", x, "-o", o] for o in OUTPUTS]),
+            + [["extract", mlp, "-l", "-1", "-l", "-2", "-i", x, "-o", o] for o in OUTPUTS]
+            + [["extract", mlp, "-l", "-1", "-i", s["folder"], "-o", "o.npy", "--index-out", o]
+               for o in (*OUTPUTS, x)]
+            + [["extract", mlp, "-l", "-1", "-i", s["folder"], "-o", "o.npy", "--image-size", v]
+               for v in (ESCAPE, "0,0", "100000,100000")]),
         "train": ([["train", mlp, "-l", "-1", "-d", s[k], "-y", y, "--name", "t", "--epochs", "1"] for k in DATA
                    if k not in ("missing", "fifo")]
                   + [["train", mlp, "-l", "-1", "-d", x, "-y", s[k], "--name", "t", "--epochs", "1"]
                      for k in ("truncated_npy", "forged_npy", "empty")]
                   + [["train", m, "-l", "-1", "-d", x, "-y", y, "--name", "t", "--epochs", "1"]
-                     for m in (s["constant_of_shape_onnx"], s["duplicate_names_onnx"], s["external_onnx"])]),
+                     for m in (s["constant_of_shape_onnx"], s["duplicate_names_onnx"], s["external_onnx"])]
+                  + [["train", mlp, "-l", "-1", "-d", s["folder"], "--name", "t", "--on-error", "raise",
+                      "--image-size", v] for v in (ESCAPE, "4,4")]),
         "sweep": [["sweep", mlp, "-l", "-1,-2", "-d", s["forged_npy"], "-y", y],
                   ["sweep", mlp, "-l", "-1", "-d", x, "-y", y, "--epochs", "1", "--plot", x],
-                  ["sweep", mlp, "-l", "-1", "-d", x, "-y", y, "--epochs", "1", "--plot", "/proc/p/s.png"]],
+                  ["sweep", mlp, "-l", "-1", "-d", x, "-y", y, "--epochs", "1", "--plot", "/proc/p/s.png"]]
+                 + [["sweep", mlp, "-l", "-1", "-d", x, "-y", y, "--epochs", "1", f"--{which}", s[k]]
+                    for which in ("validation", "test") for k in ("truncated_npy", "forged_npy", "empty")]
+                 + [["sweep", mlp, "-l", "-1", "-d", x, "-y", y, "--epochs", "1", "--validation", x,
+                     "--validation-labels", s[k]] for k in ("truncated_npy", "forged_npy")],
+        "predict": ([["predict", m, "-i", x] for m in models if m != s["writer_pt"]]
+                    + [["predict", mlp, "-i", s[k]] for k in DATA]
+                    + [["predict", mlp, "-i", x, "-o", o] for o in (*OUTPUTS, x, "preds.txt", f"p{ESCAPE}.csv")]
+                    + [["predict", mlp, "-i", x, "-y", s[k]] for k in ("truncated_npy", "forged_npy", "empty")]
+                    + [["predict", n, "-i", x] for n in NAMES]
+                    + [["predict", mlp, "-i", s["folder"], "--image-size", ESCAPE],
+                       ["predict", mlp, "-i", s["escape_name"], "-i", s["non_utf8_name"]],
+                       ["predict", mlp, "-i", x, "-i", s["fifo"]]]),
         "walkthrough": [["walkthrough", "--out", "/proc/zoo-walkthrough"]],
         "cache list": [["cache", "list"], ["cache", "list", "--json"]],
         "cache gc": [["cache", "gc", "--dry-run"], ["cache", "gc"], ["cache", "gc", "--cache-dir", s["fifo"]]],

@@ -20,7 +20,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "api": ("zoo",),
     "library": (
         "zoo.cache_manager", "zoo.conversion", "zoo.extract", "zoo.features", "zoo.datasources",
-        "zoo.engines", "zoo.ray_engine", "zoo.parquet", "zoo.transfer", "zoo.layer_sweep",
+        "zoo.engines", "zoo.ray_engine", "zoo.parquet", "zoo.transfer", "zoo.layer_sweep", "zoo.predictions",
         "zoo.pretraining", "zoo.autoencoder", "zoo.rbm", "zoo.torch_models", "zoo.local", "zoo.bom",
         "zoo.folding",
     ),
@@ -31,10 +31,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "converters": ("converters",),
     "ground floor": (
-        "zoo.errors", "zoo.records", "zoo.revisions", "zoo.config", "zoo.hashes", "zoo.atomic", "zoo.cache", "zoo.store", "zoo.formats",
+        "zoo.errors", "zoo.records", "zoo.revisions", "zoo.config", "zoo.locks", "zoo.units", "zoo.hashes", "zoo.atomic",
+        "zoo.cache", "zoo.store", "zoo.formats",
         "zoo.tflite_structure", "zoo.graph", "zoo.manifests", "zoo.options", "zoo.input_specs",
-        "zoo.images", "zoo._preprocess_module", "zoo.pooling", "zoo._global_pool", "zoo._threads", "zoo._redact",
-        "zoo._json", "zoo.data", "zoo.pickles", "zoo.signing", "zoo.npy", "zoo.freshness", "zoo.memory",
+        "zoo.images", "zoo._preprocess_module", "zoo.pooling", "zoo._global_pool", "zoo._standardize", "zoo._threads",
+        "zoo._redact", "zoo._json", "zoo.data", "zoo.pickles", "zoo.signing", "zoo.npy", "zoo.freshness", "zoo.memory",
         "zoo.destinations", "zoo.landlock", "zoo._terminal", "zoo.preprocessing", "zoo.logs",
     ),
 }

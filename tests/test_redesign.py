@@ -201,7 +201,7 @@ def test_the_cli_builds_one_training_config_from_its_flags(tmp_path):
                                    "--labels", str(tmp_path / "y.npy"), "--hidden", "8,x"])
     assert bad.exit_code == 1 and "--hidden '8,x' is not a list of layer sizes" in bad.output
     help_text = CliRunner().invoke(cli, ["sweep", "--help"]).output
-    for flag in ("--weight-decay", "--engine", "--actors", "--pooling", "--strict-images", "--quiet"):
+    for flag in ("--weight-decay", "--engine", "--actors", "--pooling", "--on-error", "--quiet", "--test"):
         assert flag in help_text
 
 

@@ -70,3 +70,29 @@ def test_train_and_sweep_say_which_files_they_left_out(tmp_path, digits_model):
     assert sweep.exit_code == 0, sweep.output
     assert sorted(s["path"].rsplit("/", 1)[1] for s in json.loads(sweep.stdout)["skipped_files"]) == [
         "torn.png", "x.jpg", "y.jpg"]
+
+
+def test_one_rule_for_unreadable_images_in_the_extractor_and_the_feature_cache(tmp_path, digits_model):
+    import warnings
+
+    import numpy as np
+
+    from zoo import load_extractor
+    from zoo.errors import InputError, SkippedInputsWarning
+    from zoo.features import extract_features
+
+    folder = _folder(tmp_path / "imgs", 3, ["broken.png"])
+    extractor = load_extractor(digits_model.name, "pool2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = extractor(folder)
+    [warning] = [w.message for w in caught if isinstance(w.message, SkippedInputsWarning)]
+    cached = extract_features(extractor, folder, progress=False)
+    # the same rows, the same file skipped, the same reason, whichever way the folder went in
+    np.testing.assert_array_equal(rows, cached.features)
+    assert [(s["path"], s["reason"]) for s in warning.skipped] == [(s["path"], s["reason"]) for s in cached.skipped]
+    assert warning.skipped[0]["path"].endswith("broken.png") and "broken.png" in str(warning)
+    strict = load_extractor(digits_model.name, "pool2", on_error="raise")
+    for call in (lambda: strict(folder), lambda: extract_features(extractor, folder, on_error="raise", progress=False)):
+        with pytest.raises(InputError, match="cannot read image .*broken.png"):
+            call()

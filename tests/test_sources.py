@@ -237,7 +237,7 @@ def test_a_huge_index_is_refused_at_the_bound(acme, monkeypatch, tmp_path):
     monkeypatch.setattr("zoo.sources.MAX_INDEX_BYTES", 1 << 20)
     route, url = acme
     route.set_body(b" " * (2 << 20))  # declared by Content-Length: refused before reading it
-    with pytest.raises(FetchError, match="larger than 1 MB"):
+    with pytest.raises(FetchError, match="larger than 1.0 MiB"):
         add_source("acme", url)
     # A server that sends an endless body with no length: the client stops at the bound.
     listener = socket.create_server(("127.0.0.1", 0))
@@ -257,7 +257,7 @@ def test_a_huge_index_is_refused_at_the_bound(acme, monkeypatch, tmp_path):
 
     thread = threading.Thread(target=endless, daemon=True)
     thread.start()
-    with pytest.raises(FetchError, match="larger than 1 MB"):
+    with pytest.raises(FetchError, match="larger than 1.0 MiB"):
         add_source("endless", f"http://127.0.0.1:{listener.getsockname()[1]}/zoo.json")
     thread.join(timeout=30)
     listener.close()
@@ -265,7 +265,7 @@ def test_a_huge_index_is_refused_at_the_bound(acme, monkeypatch, tmp_path):
     assert "endless" not in [s.name for s in list_sources()]
     big = tmp_path / "big.json"
     big.write_bytes(b" " * (2 << 20))
-    with pytest.raises(FetchError, match="larger than 1 MB"):
+    with pytest.raises(FetchError, match="larger than 1.0 MiB"):
         add_source("bigfile", str(big))
 
 

@@ -329,7 +329,7 @@ def test_features_too_large_for_ram_are_read_per_batch_with_the_same_result(blob
     assert in_ram.history == from_disk.history
 
 
-def test_zoo_train_strict_images_stops_at_an_unreadable_file(digits_model, tmp_path):
+def test_zoo_train_on_error_raise_stops_at_an_unreadable_file(digits_model, tmp_path):
     from click.testing import CliRunner
     from PIL import Image
 
@@ -342,7 +342,46 @@ def test_zoo_train_strict_images_stops_at_an_unreadable_file(digits_model, tmp_p
     (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG truncated")
     args = ["train", digits_model.name, "--layer", "pool2", "-d", str(tmp_path / "imgs"), "--epochs", "1",
             "--val-fraction", "0", "-q"]
-    strict = CliRunner().invoke(cli, [*args, "--name", "strict", "--strict-images"])
-    assert strict.exit_code == 1 and "broken.png" in strict.output and "--strict-images" in strict.output
+    strict = CliRunner().invoke(cli, [*args, "--name", "strict", "--on-error", "raise"])
+    assert strict.exit_code == 1 and "broken.png" in strict.output and "--on-error skip" in strict.output
+    old_spelling = CliRunner().invoke(cli, [*args, "--name", "strict", "--strict-images"])
+    assert old_spelling.exit_code == 1 and "broken.png" in old_spelling.output
     lenient = CliRunner().invoke(cli, [*args, "--name", "lenient", "--json"])
     assert lenient.exit_code == 0, lenient.output
+
+
+def test_fit_head_takes_plain_keywords_or_a_training_config(blobs):
+    import warnings
+
+    from zoo import fit_head
+    from zoo.errors import NotConvergedWarning, UnknownOptionError
+
+    x, y = blobs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotConvergedWarning)
+        plain = fit_head(x, y, epochs=3, lr=0.01, seed=2, progress=False)
+        configured = fit_head(x, y, TrainingConfig(epochs=3, lr=0.01, seed=2, progress=False))
+        overridden = fit_head(x, y, TrainingConfig(epochs=9, lr=0.01, seed=2), epochs=3, progress=False)
+    assert plain.history == configured.history == overridden.history and len(plain.history) == 3
+    with pytest.raises(UnknownOptionError, match="closest: epochs"):
+        fit_head(x, y, epoch=3)
+    assert "lr" in __import__("inspect").signature(fit_head).parameters  # documented in help() and IDEs
+
+
+def test_heads_standardize_their_features_and_say_when_not_converged(blobs):
+    import torch
+
+    from zoo import fit_head
+    from zoo.errors import NotConvergedWarning
+
+    x, y = blobs
+    scaled = x * 1000 + 5000  # features on a scale no fixed learning rate suits
+    with pytest.warns(NotConvergedWarning, match="not converged: the best epoch is the last one"):
+        fit = fit_head(scaled[:200], y[:200], epochs=2, patience=None, progress=False,
+                       validation=(scaled[200:], y[200:]))
+    assert not fit.converged and "raise epochs=" in fit.notes[0]
+    first = next(m for m in fit.head.modules() if type(m).__name__ == "Standardize")  # fitted on the training rows
+    torch.testing.assert_close(first.mean, torch.from_numpy(scaled[:200].mean(0)), rtol=1e-5, atol=0.0)
+    assert bool(first.fitted)
+    raw = fit_head(scaled, y, epochs=2, patience=None, standardize=False, progress=False)
+    assert not any(type(m).__name__ == "Standardize" for m in raw.head.modules())

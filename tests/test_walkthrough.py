@@ -39,6 +39,32 @@ def test_walkthrough_small(tmp_path):
     assert session.get_inputs()[0].shape[0] == "batch"  # exported with a dynamic batch
     text = report.text()
     assert "trained from scratch" in text and str(out / "sweep.png") in text
+    # the loop closes: the saved model predicts image files, one row per file, as `zoo predict` does
+    import csv
+
+    with open(report.predictions) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == report.predict_files == 20 and {r["label"] for r in rows} == {"5", "6", "7", "8", "9"}
+    right = sum(r["class_1"] == r["label"] for r in rows)
+    assert report.predict_accuracy == right / 20 and f"zoo predict {TRANSFER_NAME} -i" in text
+    # the files' pixels reach the model as the [0, 1] arrays it was trained on (its spec's scale)
+    import numpy as np
+    from PIL import Image
+
+    from zoo import load_extractor
+
+    pixels = np.stack([np.asarray(Image.open(r["path"]), dtype=np.float32)[None] / 255 for r in rows])
+    classes = np.asarray(open_catalog().get(TRANSFER_NAME).meta["classes"])
+    on_arrays = classes[load_extractor(TRANSFER_NAME, -1)(pixels).argmax(1)]
+    assert [str(c) for c in on_arrays] == [r["class_1"] for r in rows]
+    # the README's second example finds them: image classifiers, on disk
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    found = CliRunner().invoke(cli, ["search", "--task", "image-classification", "--local", "--json"])
+    assert found.exit_code == 0, found.output
+    assert {BASE_NAME, TRANSFER_NAME} <= {m["name"] for m in json.loads(found.stdout)}
 
     # safe to run twice: models re-registered, features reused, same numbers
     again = run(out, **SMALL)

@@ -80,6 +80,8 @@ _API: dict[str, str] = {
     "train": "zoo.transfer",
     "fit_head": "zoo.transfer",
     "sweep": "zoo.layer_sweep",
+    "predict": "zoo.predictions",
+    "Predictions": "zoo.predictions",
     "pretrain": "zoo.pretraining",
 }
 
@@ -120,6 +122,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from zoo.options import ExtractorOptions, PretrainConfig, TrainingConfig
     from zoo.download import fetch, verify
     from zoo.local import add, edit, scan
+    from zoo.predictions import Predictions, predict
     from zoo.pretraining import pretrain
     from zoo.publish import export_index
     from zoo.ray_engine import RayEngine

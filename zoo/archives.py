@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
+from zoo.units import human_size
 from zoo.errors import ArchiveLimitError, DiskFullError, FetchError, UnsafeArchiveError
 
 log = logging.getLogger("zoo.download")
@@ -282,13 +283,13 @@ class _Plan:
         """Refuse an archive that unpacks to more than the limits (from headers or bytes written)."""
         if nbytes > self.limits.max_bytes:
             raise self._over(
-                f"would unpack to {_size(nbytes)} or more ({how}), over the limit of "
-                f"{_size(self.limits.max_bytes)}",
+                f"would unpack to {human_size(nbytes)} or more ({how}), over the limit of "
+                f"{human_size(self.limits.max_bytes)}",
                 "ZOO_MAX_UNPACK_BYTES or `zoo fetch --max-unpack-size`",
             )
         if nbytes > _RATIO_FLOOR and nbytes > self.limits.max_ratio * self.packed:
             raise self._over(
-                f"would unpack to {_size(nbytes)} or more from {_size(self.packed)} ({how}), over "
+                f"would unpack to {human_size(nbytes)} or more from {human_size(self.packed)} ({how}), over "
                 f"{self.limits.max_ratio:g}x compression: an archive bomb?",
                 "ZOO_MAX_UNPACK_RATIO",
             )
@@ -355,14 +356,6 @@ class _Plan:
         )
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def _copy(src: BinaryIO, out: Path, plan: _Plan, written: list[int]) -> None:
     """Copy one member's bytes, counting them: headers can understate what a stream holds."""
     with open(out, "wb") as dst:
@@ -393,11 +386,11 @@ class _BoundedStream:
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0 or n > self._MAX_READ:
             raise ArchiveLimitError(
-                f"{self._plan.archive.name} has a {_size(n or 0)} header (pax or GNU long name; real ones "
-                f"are a few hundred bytes), over {_size(self._MAX_READ)}; refusing to unpack it"
+                f"{self._plan.archive.name} has a {human_size(n or 0)} header (pax or GNU long name; real ones "
+                f"are a few hundred bytes), over {human_size(self._MAX_READ)}; refusing to unpack it"
             )
         if self._raw.tell() + n > self._cap:
-            raise self._plan._over(f"has a tar stream longer than {_size(self._cap)}", "ZOO_MAX_UNPACK_BYTES")
+            raise self._plan._over(f"has a tar stream longer than {human_size(self._cap)}", "ZOO_MAX_UNPACK_BYTES")
         return self._raw.read(n)
 
     def seek(self, offset: int, whence: int = 0) -> int:

@@ -190,7 +190,7 @@ def scan(
     found: list[Entry] = []
     if "features" in wanted:
         for e in FeatureCache(cache_dir).entries():
-            found.append(Entry("features", e.key, e.path, e.bytes, None, e.to_dict()))
+            found.append(Entry("features", e.key, e.path, e.bytes, e.model, e.to_dict()))
     if "cuts" in wanted:
         for folder in _folders(base / "cuts"):
             for graph in sorted(folder.glob("*.onnx")):

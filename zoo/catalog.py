@@ -488,6 +488,13 @@ class Catalog:
         return _named_row(session, ModelRow, split_ref(name)[0], self._unknown)
 
     def _unknown(self, reader: Any, name: str) -> UnknownModelError:
+        from zoo.records import missing_path
+
+        gone = missing_path(name)
+        if gone is not None:  # a mistyped file, most likely: say so first
+            return _unknown_name(reader, _models.c.name, name, UnknownModelError,
+                                 gone + ", and no model of that name is in the catalog{hint}; check the path, "
+                                 "or find models with `zoo search`")
         return _unknown_name(reader, _models.c.name, name, UnknownModelError,
                              "model {name!r} is not in the catalog{hint}. Find models with `zoo search`")
 
@@ -811,6 +818,33 @@ class Catalog:
             by_id = {row.id: _to_record(row, files.get(row.id, [])) for row in rows}
             return [by_id[i] for i in ids]
 
+    def count(
+        self,
+        query: str | None = None,
+        *,
+        framework: str | None = None,
+        task: str | None = None,
+        dataset: str | None = None,
+        tag: str | None = None,
+        source: str | None = None,
+        local: bool | None = None,
+    ) -> int:
+        """How many models `search` finds with no limit (every model, with no query nor filter):
+        what a limited listing leaves out is the rest.
+
+        >>> cat.count("resnet")   # doctest: +SKIP
+        """
+        conditions = self._filters(framework, task, dataset, tag, source, local)
+        if query:
+            plan = self._backend.search_plan(query, conditions)
+            if plan is None:
+                return 0
+            stmt, params = plan.ids, plan.params
+        else:
+            stmt, params = select(_models.c.id).where(*conditions), {}
+        with self._reader() as reader:
+            return int(reader.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()), params) or 0)
+
     @staticmethod
     def _filters(framework, task, dataset, tag, source, local) -> list:
         conditions = []
@@ -832,10 +866,6 @@ class Catalog:
             is_local = anything & ~missing
             conditions.append(is_local if local else ~is_local)
         return conditions
-
-    def count(self) -> int:
-        with self._reader() as reader:
-            return reader.scalar(select(func.count(_models.c.id))) or 0
 
     # ---- sources -----------------------------------------------------------------------
     def add_source(self, name: str, url: str, *, require_signature: bool | None = None,

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from zoo.errors import InputError
+from zoo.errors import InputError, option
 from zoo.npy import load as load_npy
 from zoo.npy import read_header
 
@@ -233,15 +233,15 @@ class ImageSource(SourceBase):
             layout = "NCHW" if shape[1] in (1, 3) else "NHWC"
         layout = layout or "NCHW"
         if layout not in ("NCHW", "NHWC"):
-            raise InputError(f"image layout {layout!r} is not one of NCHW, NHWC; pass layout='NCHW' or 'NHWC'")
+            raise InputError(f"image layout {layout!r} is not one of NCHW, NHWC; pass layout='NCHW' or 'NHWC'")  # Python only
         geometry = images.geometry(spec, self.image_size)
         if geometry.resize is None and geometry.crop is None:
             if defer:  # sized when fitted to an extractor
                 self.geometry = None
                 return
             raise InputError(
-                "the extractor does not say its input image size; pass image_size=(height, width) "
-                "(`--image-size H,W`)"
+                "the extractor does not say its input image size; pass "
+                + option("image_size", value=(224, 224), cli="224,224") + " (the size to resize images to)"
             )
         own = getattr(extractor, "preprocess", None)
         if own is True:
@@ -271,7 +271,8 @@ class ImageSource(SourceBase):
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             raise InputError(
-                "the image files have no size to be read at yet; pass image_size=(height, width), or "
+                "the image files have no size to be read at yet; pass "
+                + option("image_size", value=(224, 224), cli="224,224") + ", or "
                 "let the feature cache fit them to a model's extractor"
             )
         return self._fingerprint
@@ -295,30 +296,12 @@ class ImageSource(SourceBase):
         return pixels if self.mode == "pixels" else images.preprocess(pixels, self.spec)
 
     def chunks(self, start: int, chunk_size: int) -> Iterator[Chunk]:
-        from zoo.images import load_image
+        from zoo.images import read_images, stack_images
 
         self.fingerprint  # noqa: B018  an image source never fitted to a size cannot be read
         for i in range(start, self.length, chunk_size):
-            decoded, skipped = [], []
-            for j, path in enumerate(self.files[i : i + chunk_size], start=i):
-                try:
-                    decoded.append(load_image(path, self.geometry))
-                except Exception as exc:  # Pillow raises many types for a bad file
-                    if self.on_error == "raise":
-                        raise InputError(
-                            f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or fix it, "
-                            "or skip unreadable files (on_error='skip', the default; without --strict-images)"
-                        ) from None
-                    skipped.append({"index": j, "path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
-            if decoded and len({d.shape for d in decoded}) > 1:
-                raise InputError(
-                    f"the images from {self.files[i]} on have different sizes and the model's input has no "
-                    "fixed size to resize them to; pass image_size=(height, width)"
-                )
-            if decoded:
-                batch = self._batch(np.stack(decoded))
-            else:
-                batch = np.empty((0,), dtype=np.float32)
+            decoded, skipped = read_images(self.files[i : i + chunk_size], self.geometry, self.on_error, start=i)
+            batch = self._batch(stack_images(decoded)) if decoded else np.empty((0,), dtype=np.float32)
             yield i, batch, skipped
 
     def paths(self) -> list[Path]:
@@ -558,7 +541,8 @@ def as_source(
         if parquet.is_parquet(path):
             return parquet.ParquetSource(path, column)
         if column is not None:
-            raise InputError(f"column={column!r} applies to Parquet input only; {path} is not a Parquet file or folder")
+            raise InputError(f"{option('column', column)} applies to Parquet input only; {path} is not a Parquet "
+                             "file or folder")
         if path.is_file() and path.suffix.lower() == ".npy" or path.is_file() and _is_npy(path):
             return NpyFileSource(path)
         if path.is_dir() or path.is_file():

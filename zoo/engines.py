@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from zoo.errors import InputError
+from zoo.errors import InputError, option
 
 __all__ = ["ENGINES", "Computed", "Engine", "LocalEngine", "engine_for", "run_extractor"]
 
@@ -100,7 +100,7 @@ def engine_for(engine: str | Engine) -> Engine:
         where = ENGINES.get(engine)
         if where is None:
             raise InputError(
-                f"engine={engine!r} is not one of {', '.join(map(repr, ENGINES))} (or an object with a "
+                f"{option('engine', engine)} is not one of {', '.join(map(repr, ENGINES))} (or an object with a "
                 "computed(source, extractor, start, chunk_size) method, e.g. zoo.ray_engine.RayEngine)"
             )
         module, _, name = where.partition(":")

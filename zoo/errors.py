@@ -6,7 +6,9 @@ or adds context with `with_context`, instead of rebuilding one from its text.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 _E = TypeVar("_E", bound="ZooError")
@@ -192,6 +194,16 @@ class InputError(ZooError, ValueError):
     """Input data has the wrong shape, dtype, length or values."""
 
 
+class UnknownOptionError(InputError, TypeError):
+    """A keyword names no option of the function; `closest` holds the names that look like it.
+
+    A TypeError too, as Python's own unexpected-keyword error is, so code that catches that keeps working.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None, closest: Sequence[str] = ()) -> None:
+        super().__init__(message, option=option, closest=list(closest))
+
+
 class UnfreezeDepthError(InputError):
     """Unfreezing `unfreeze` layers is more than the cut has, or leaves nothing frozen to cache below them."""
 
@@ -210,6 +222,17 @@ class MissingDependencyError(ZooError, ImportError):
         super().__init__(message, module=module, extra=extra)
 
 
+class NotConvergedWarning(UserWarning):
+    """Training stopped at its last epoch while the validation loss was still falling (as
+    scikit-learn's ConvergenceWarning): more epochs would likely give a better model."""
+
+
+class SkippedInputsWarning(UserWarning):
+    """Inputs that could not be read were left out of a result; `skipped` lists them (index, path, reason)."""
+
+    def __init__(self, message: str, skipped: Sequence[dict[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.skipped = list(skipped)
 
 
 def require(module: str, extra: str):
@@ -226,3 +249,48 @@ def require(module: str, extra: str):
             f"{module} is needed for this and is not installed ({exc}); "
             f"install it with: pip install 'zoo[{extra}]'", module=module, extra=extra,
         ) from None
+
+
+# How a message spells an option: as a Python keyword (the default) or as a command-line flag.
+# The CLI switches to flags for the command it runs, so the same error tells a shell user
+# `--on-error raise` and a Python user `on_error='raise'` (one message, two vocabularies' syntax).
+_SPELLING: contextvars.ContextVar[str] = contextvars.ContextVar("zoo_spelling", default="python")
+_UNSET: Any = object()
+
+
+@contextlib.contextmanager
+def command_line_spelling() -> Iterator[None]:
+    """Within this block, `option` and `spelled` give command-line syntax (the CLI's commands run in it)."""
+    token = _SPELLING.set("cli")
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+def spelled(python: str, cli: str) -> str:
+    """`python` or `cli`, whichever syntax the user is writing in."""
+    return cli if _SPELLING.get() == "cli" else python
+
+
+def option(name: str, value: Any = _UNSET, *, cli: str | None = None, flag: str | None = None) -> str:
+    """An option as the user writes it: ``name=value`` in Python, ``--name value`` on the command line.
+
+    Args:
+        name: the Python keyword; the flag is the same with dashes unless `flag` says otherwise.
+        value: the value to show (its repr in Python); left out, ``name=...`` / the bare flag.
+        cli: the value as typed on the command line, when it differs from ``str(value)``.
+        flag: the command-line flag, when it is not ``--`` + the name with dashes.
+
+    >>> option("on_error", "raise")
+    "on_error='raise'"
+    """
+    if _SPELLING.get() == "cli":
+        dashed = name.replace("_", "-")
+        if isinstance(value, bool) and cli is None:  # a switch: --preprocess / --no-preprocess
+            return flag or f"--{'' if value else 'no-'}{dashed}"
+        flag = flag or "--" + dashed
+        if value is _UNSET and cli is None:
+            return flag
+        return f"{flag} {cli if cli is not None else value}"
+    return f"{name}=" + ("..." if value is _UNSET else repr(value))

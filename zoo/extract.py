@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 from zoo.atomic import write_atomic
 from zoo.cache import cuts_folder
 from zoo.errors import (ConversionError, InputError, ModelFormatError, ResourceLimitError, UnknownModelError,
-                        ZooError)
+                        ZooError, option, spelled)
 from zoo.graph import LayerInfo, value_dims
 from zoo.graph import batch_axes as _batch_axes, fixed_batch as _fixed_batch  # one rule for converters too
 from zoo.graph import output_batch_axis as _output_batch_axis
 from zoo.hashes import file_sha256
 from zoo.manifests import CUT_VERSION, CutInput, CutMetadata
-from zoo.options import ExtractorOptions
+from zoo.options import ExtractorOptions, accepts_options
 from zoo.pooling import pool, pooled_shape
-from zoo.records import InputSpec
+from zoo.records import InputSpec, looks_like_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,11 +87,12 @@ def _source(name_or_path: str | os.PathLike, catalog: Any, cache_dir: Any, creat
     cat = open_catalog(catalog, create=create)  # `zoo layers` reads: it never creates a catalog
     try:
         model = cat.get(name)
-    except UnknownModelError:
-        if _looks_like_path(name):
+    except UnknownModelError as exc:
+        if looks_like_path(name) and os.path.exists(name):
             raise UnknownModelError(
-                f"{name} is neither an ONNX file nor a model in the catalog; check the path, "
-                "or find models with `zoo search`"
+                f"{name} is a file but not an ONNX model, and no model of that name is in the catalog; if "
+                f"it is a model, `zoo add {name}` registers it (converted on first use)", name=name,
+                closest=exc.closest,
             ) from None
         raise
     artifact = model.artifact("onnx")
@@ -209,7 +210,7 @@ def model_inputs(
 
     Inputs given a value in `args` are baked in (see `layers`) and not listed.
 
-    >>> [i["name"] for i in model_inputs("text_encoder")]                  # doctest: +SKIP
+    >>> [i["name"] for i in model_inputs("text_encoder.onnx")]             # doctest: +SKIP
     ['input_ids', 'attention_mask']
     """
     from zoo.graph import GraphInfo, batch_dim
@@ -332,6 +333,7 @@ def _np_dtype(elem_type: int) -> str:
 
 # --- the extractor ----------------------------------------------------------------------------------
 
+@accepts_options(options=ExtractorOptions)
 def load_extractor(
     name_or_path: str | os.PathLike,
     layer: str | int | Sequence[str | int] | None = None,
@@ -348,7 +350,8 @@ def load_extractor(
         layer: a layer name (see `zoo layers NAME`), an ONNX tensor name, a position (-1 the
             last layer, -2 drops the top layer) or a list of those (the extractor then returns a
             dict); None takes ``options.layer`` (-2 by default).
-        options: batch size, threads, device, preprocessing and pooling (`zoo.ExtractorOptions`).
+        options: batch size, threads, device, preprocessing and pooling (`zoo.ExtractorOptions`);
+            each field may be passed as a keyword instead: ``load_extractor(name, "fc7", pooling="avg")``.
         catalog: the catalog (path, URL or `Catalog`; default ``$ZOO_CATALOG``).
         cache_dir: the cache folder, where cuts are kept.
         args: values baked in for scalar inputs (``{"sr": 16000}``); the top-level Ifs they decide
@@ -379,12 +382,13 @@ def load_extractor(
     ``pooling="avg"`` or ``"max"`` pools a 4-D cut output over its spatial axes (as Keras's
     ``pooling=``), giving (N, C) in either layout; 2-D outputs pass unchanged. ``device`` picks
     onnxruntime's execution providers: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a providers list.
-    These are fields of `options`: ``load_extractor(name, "fc7", ExtractorOptions(pooling="avg"))``.
+    These are fields of `options`: ``load_extractor(name, "fc7", ExtractorOptions(pooling="avg"))``,
+    or keywords: ``load_extractor(name, "fc7", pooling="avg")``.
 
     A cut that depends on several inputs (a text encoder's ``input_ids`` and ``attention_mask``)
     takes them by name; inputs of the model it does not depend on are not needed. See `Extractor`.
 
-    >>> extractor = load_extractor("bvlc_alexnet.caffe", layer="fc7")     # doctest: +SKIP
+    >>> extractor = load_extractor("bvlc_alexnet", layer="fc7")           # doctest: +SKIP
     >>> extractor(images).shape                                        # doctest: +SKIP
     (32, 4096)
     """
@@ -630,11 +634,26 @@ class Extractor:
 
     def load_images(self, images: str | os.PathLike | Sequence[str | os.PathLike]) -> np.ndarray:
         """The model's input for image files (a path, a flat folder or a list): decoded, resized,
-        centre-cropped to the net's size, then the InputSpec (unless ``preprocess=False``)."""
-        from zoo import images as _images
+        centre-cropped to the net's size, then the InputSpec (unless ``preprocess=False``).
 
-        pixels = _images.load_images(_images.image_files(images), _images.geometry(self.input_spec))
-        pixels = _images.to_pixel_range(pixels, self.input_spec)
+        An image that cannot be read follows the one rule (`zoo.images`): left out with a
+        `zoo.errors.SkippedInputsWarning` naming it, or with ``on_error="raise"`` an InputError.
+        """
+        import warnings
+
+        from zoo import images as _images
+        from zoo.errors import SkippedInputsWarning
+
+        files = _images.image_files(images)
+        geometry = _images.geometry(self.input_spec)
+        decoded, skipped = _images.read_images(files, geometry, self.options.on_error)
+        if skipped:
+            if not decoded:
+                raise InputError(f"none of the {len(files)} images could be read: {_images.describe_skipped(skipped)}")
+            warnings.warn(SkippedInputsWarning(
+                f"left out {len(skipped)} of {len(files)} images that cannot be read (the rows are the other "
+                f"images, in order): {_images.describe_skipped(skipped)}", skipped), stacklevel=3)
+        pixels = _images.to_pixel_range(_images.stack_images(decoded), self.input_spec)
         if self.preprocess is False:
             return _images.to_layout(pixels, self.input_spec.layout)
         from zoo.preprocessing import warn_if_missing
@@ -664,13 +683,14 @@ class Extractor:
             if want.kind == "f" and x.dtype.kind != "f":
                 raise InputError(
                     f"{what} has dtype {x.dtype}; {self.source} expects {spec.dtype} values of shape "
-                    f"{shown}; convert with x.astype('{spec.dtype}') (or pass preprocess=True for 0-255 pixels)"
+                    f"{shown}; " + spelled(f"convert with x.astype('{spec.dtype}')", f"save the array as {spec.dtype}")
+                    + f" (or {option('preprocess', True)} for 0-255 pixels)"
                 )
             # Integer inputs (token ids, masks, a sample rate) take any integers, never rounded floats.
             if want.kind in "iub" and x.dtype.kind == "f":
                 raise InputError(
                     f"{what} has dtype {x.dtype}; {self.source} expects integers ({spec.dtype}) of shape "
-                    f"{shown}; convert with x.astype('{spec.dtype}')"
+                    f"{shown}; " + spelled(f"convert with x.astype('{spec.dtype}')", f"save the array as {spec.dtype}")
                 )
             x = x.astype(want)
         if spec.shape is not None and not expected and x.ndim and x.size == 1:
@@ -715,8 +735,10 @@ class Extractor:
         if missing:
             raise InputError(
                 f"missing input(s) {', '.join(missing)}: the cut at {self.layer!r} of {self.source} needs "
-                f"{self.describe_inputs()}; pass a dict {{name: array}} or keyword arguments, e.g. "
-                f"extractor({', '.join(f'{k}=...' for k in self.input_names)})"
+                f"{self.describe_inputs()}; "
+                + spelled(f"pass a dict {{name: array}} or keyword arguments, e.g. "
+                          f"extractor({', '.join(f'{k}=...' for k in self.input_names)})",
+                          "give each as " + " ".join(f"-i {k}=FILE.npy" for k in self.input_names))
             )
         # Inputs of the whole model that this cut does not depend on are accepted and left out.
         feed = {k: self._check(named[k], k, raw) for k in self.input_names}
@@ -882,13 +904,23 @@ def _pad(x: np.ndarray, axis: int, size: int) -> np.ndarray:
 class _ExtractorTransformerBody:
     """A scikit-learn transformer: `fit` does nothing, `transform` returns flattened features.
 
-    For a model with several inputs, X is a record array with one field per input (one row per
-    sample: ``np.zeros(n, dtype=[("input_ids", "i8", (128,)), ("attention_mask", "i8", (128,))])``),
-    which sklearn's splitters and cross-validation slice like any array; a dict of arrays works
-    in `transform` too. pandas is not needed.
+    X is an array of model inputs, or image files: a list, a numpy array or a pandas Series of
+    paths. For a model with several inputs, X is a record array with one field per input (one
+    row per sample: ``np.zeros(n, dtype=[("input_ids", "i8", (128,)), ("attention_mask", "i8",
+    (128,))])``), which sklearn's splitters and cross-validation slice like any array; a dict of
+    arrays works in `transform` too. pandas is not needed.
+
+    Features come from the feature cache, kept per input (`zoo.features.RowCache`): cross-
+    validation and a grid search over ``layer`` compute each (layer, input) once, however the
+    folds slice the data (``cache=False`` computes every time). An image that cannot be read is
+    an error here: a pipeline needs one row per sample.
+
+    Parameters are the extractor's: the model, the layer, an `ExtractorOptions` and its fields
+    as keywords (a field set here wins over the options object's), so ``set_params(layer=...)``
+    and a grid over ``pooling`` work as for any estimator.
 
     >>> from sklearn.pipeline import make_pipeline                       # doctest: +SKIP
-    >>> make_pipeline(ExtractorTransformer("bvlc_alexnet.caffe", layer="fc7"), LogisticRegression())
+    >>> make_pipeline(ExtractorTransformer("bvlc_alexnet", layer="fc7"), LogisticRegression())  # doctest: +SKIP
     """
 
     def __init__(
@@ -897,6 +929,12 @@ class _ExtractorTransformerBody:
         layer: str | int | Sequence[str | int] | None = None,
         options: ExtractorOptions | None = None,
         *,
+        batch_size: int = 64,
+        threads: int | None = None,
+        device: str | None = None,
+        preprocess: bool | None = None,
+        pooling: str | None = None,
+        cache: bool = True,
         catalog: Any = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
@@ -904,17 +942,31 @@ class _ExtractorTransformerBody:
         self.model = model
         self.layer = layer
         self.options = options
+        self.batch_size = batch_size
+        self.threads = threads
+        self.device = device
+        self.preprocess = preprocess
+        self.pooling = pooling
+        self.cache = cache
         self.catalog = catalog
         self.cache_dir = cache_dir
+
+    def _options(self) -> ExtractorOptions:
+        """The options object with the fields set here on top (an unreadable image stops transform)."""
+        options = self.options or ExtractorOptions()
+        default = ExtractorOptions()
+        given = {name: getattr(self, name) for name in ("batch_size", "threads", "device", "preprocess", "pooling")
+                 if getattr(self, name) != getattr(default, name)}
+        return options.replace(**given, on_error="raise")
 
     def _extractor(self) -> Extractor:
         if isinstance(self.model, Extractor):
             return self.model
         cached = self.__dict__.get("_loaded")
-        params = (os.fspath(self.model), repr(self.layer), repr(self.options), repr(self.catalog),
-                  repr(self.cache_dir))
+        options = self._options()
+        params = (os.fspath(self.model), repr(self.layer), repr(options), repr(self.catalog), repr(self.cache_dir))
         if cached is None or cached[0] != params:
-            extractor = load_extractor(self.model, self.layer, self.options, catalog=self.catalog,
+            extractor = load_extractor(self.model, self.layer, options, catalog=self.catalog,
                                        cache_dir=self.cache_dir)
             self.__dict__["_loaded"] = (params, extractor)
             return extractor
@@ -925,13 +977,29 @@ class _ExtractorTransformerBody:
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        """Features of X (an array, or image paths), one flat row per sample (several layers concatenated)."""
+        """Features of X (an array, or image paths), one flat row per sample (several layers side by side)."""
         import numpy as np
 
-        features = self._extractor()(X)
-        if isinstance(features, dict):
-            return np.concatenate([f.reshape(len(f), -1) for f in features.values()], axis=1)
-        return features.reshape(len(features), -1)
+        from zoo.images import as_paths
+
+        extractor = self._extractor()
+        paths = as_paths(X)
+        if paths is not None:
+            X = paths
+
+        def flat(rows: Any) -> np.ndarray:
+            features = extractor(rows)
+            if isinstance(features, dict):
+                return np.concatenate([f.reshape(len(f), -1) for f in features.values()], axis=1)
+            return features.reshape(len(features), -1)
+
+        if not self.cache or isinstance(X, dict):  # a dict of named inputs has no rows to key
+            return flat(X)
+        from zoo.features import RowCache
+
+        X = X if paths is not None else np.asarray(X)
+        store = RowCache(extractor, self.cache_dir)
+        return store.rows(X, lambda missing: flat([X[i] for i in missing] if paths is not None else X[missing]))
 
     def __sklearn_is_fitted__(self) -> bool:
         return True

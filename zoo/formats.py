@@ -105,7 +105,7 @@ def _varint(f: BinaryIO) -> int | None:
 
 def _top_fields(f: BinaryIO, size: int) -> Iterator[tuple[int, int, int, int]]:
     """Yield (field number, wire type, payload offset, payload length or varint value) for each
-    top-level field, seeking past payloads so a 500 MB caffemodel costs a few hundred reads."""
+    top-level field, seeking past payloads so a 500 MiB caffemodel costs a few hundred reads."""
     f.seek(0)
     count = 0
     while True:

@@ -163,7 +163,7 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, tuple[int, list[int | s
 def _without_weights(model: onnx.ModelProto, limit: int = 1024) -> onnx.ModelProto:
     """The model with its large initializers turned into typed inputs, for shape inference.
 
-    Inference serializes the whole model; for a 500 MB Caffe VGG that costs seconds and twice
+    Inference serializes the whole model; for a 500 MiB Caffe VGG that costs seconds and twice
     the memory, while only small constants (Reshape targets) ever decide a shape.
     """
     from onnx import helper

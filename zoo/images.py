@@ -1,8 +1,18 @@
 """Images in, model inputs out: decode, resize, centre-crop, then the model's InputSpec (order, mean, std...).
 
 Every place images enter zoo (an extractor called on paths, the feature cache on a folder, `zoo
-train`/`zoo sweep`/`zoo extract`) goes through here, so a net sees the same pixels whichever way
-they came in.
+train`/`zoo sweep`/`zoo extract`/`zoo predict`) goes through here, so a net sees the same pixels
+whichever way they came in.
+
+Unreadable images, one rule everywhere (`read_images`): a file Pillow cannot decode (truncated,
+not an image, a text file in a class folder) is left out and reported, by default; with
+``on_error="raise"`` (``--on-error raise``) the first one stops the run with an error naming it.
+Reported means: the feature cache lists it in ``CachedFeatures.skipped`` (index, path, reason)
+and drops its label with it; an extractor called on image files warns with a
+`zoo.errors.SkippedInputsWarning` that carries the same list; `zoo extract` writes it to its
+index and `zoo predict` to its table; the CLI names the skipped files. A folder whose images all
+fail is an error. Rows of features never include a skipped file, so they stay aligned with the
+files that were read.
 """
 from __future__ import annotations
 
@@ -11,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from zoo.errors import InputError
+from zoo.errors import InputError, option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,9 +34,12 @@ __all__ = [
     "class_folders",
     "geometry",
     "image_files",
+    "as_paths",
     "is_image_input",
     "load_image",
     "load_images",
+    "read_images",
+    "stack_images",
     "preprocess",
     "to_layout",
 ]
@@ -111,11 +124,26 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
+def as_paths(value: Any) -> list[Any] | None:
+    """`value` as a list of paths when it is several: a list or tuple, a numpy array of strings, a
+    pandas Series (anything with ``to_numpy``) of paths; None for anything else (one path too)."""
+    if hasattr(value, "to_numpy"):  # pandas (a numpy array has no to_numpy)
+        value = value.to_numpy()
+    if hasattr(value, "dtype") and hasattr(value, "ndim"):
+        if value.ndim != 1 or value.dtype.kind not in "UO" or not len(value):
+            return None
+        value = value.tolist()
+    if isinstance(value, (list, tuple)) and value and all(_is_path(v) for v in value):
+        return list(value)
+    return None
+
+
 def is_image_input(value: Any) -> bool:
-    """True for an image file, a folder, or a list of paths: what an extractor decodes itself."""
+    """True for an image file, a folder, or several paths (a list, a numpy array or a pandas Series
+    of them): what an extractor decodes itself."""
     if _is_path(value):
         return Path(value).suffix.lower() != ".npy"
-    return isinstance(value, (list, tuple)) and bool(value) and all(_is_path(v) for v in value)
+    return as_paths(value) is not None
 
 
 def _visible(path: Path) -> bool:
@@ -142,7 +170,7 @@ def class_folders(root: Path) -> tuple[list[str], list[Path], list[int]] | None:
 def image_files(value: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """The images a path stands for: one file, a flat folder's images (sorted), or a list as given."""
     if not _is_path(value):
-        paths = [Path(v).expanduser() for v in value]
+        paths = [Path(v).expanduser() for v in (as_paths(value) or value)]
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise InputError(f"{missing[0]} is not a file ({len(missing)} of {len(paths)} paths missing); "
@@ -201,25 +229,58 @@ def load_image(path: str | os.PathLike, geo: Geometry) -> np.ndarray:
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def load_images(paths: Sequence[str | os.PathLike], geo: Geometry) -> np.ndarray:
-    """Images as one (N, H, W, C) float32 batch; a file Pillow cannot read is an InputError naming it."""
-    import numpy as np
+ON_ERROR = ("skip", "raise")
 
-    images = []
-    for path in paths:
+
+def read_images(
+    paths: Sequence[str | os.PathLike], geo: Geometry, on_error: str = "skip", start: int = 0
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    """Decode `paths`: the images that could be read, and the ones left out (index, path, reason).
+
+    The one rule for unreadable images (see the module's docstring): skipped and reported, or
+    with ``on_error="raise"`` an InputError naming the first one. `start` is the index of the
+    first path among all inputs (the reported index counts from it).
+    """
+    if on_error not in ON_ERROR:
+        raise InputError(f"on_error={on_error!r} is not one of 'skip', 'raise'")
+    decoded, skipped = [], []
+    for index, path in enumerate(paths, start=start):
         try:
-            images.append(load_image(path, geo))
+            decoded.append(load_image(path, geo))
         except InputError:
             raise
         except Exception as exc:  # Pillow raises many types for a bad file
-            raise InputError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or fix it") from None
-    shapes = {im.shape for im in images}
+            reason = f"{type(exc).__name__}: {exc}"
+            if on_error == "raise":
+                raise InputError(f"cannot read image {path} ({reason}); remove or fix it, or skip unreadable "
+                                 f"files ({option('on_error', 'skip')}, the default)") from None
+            skipped.append({"index": index, "path": str(path), "reason": reason})
+    return decoded, skipped
+
+
+def describe_skipped(skipped: Sequence[dict[str, Any]], limit: int = 5) -> str:
+    """The first `limit` skipped inputs with their reasons, and how many more there are."""
+    shown = "; ".join(f"{s.get('path')} ({s.get('reason')})" for s in skipped[:limit])
+    return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
+
+
+def stack_images(decoded: Sequence[np.ndarray]) -> np.ndarray:
+    """Decoded images as one (N, H, W, C) batch; they must share a size (the net's, or image_size's)."""
+    import numpy as np
+
+    shapes = {im.shape for im in decoded}
     if len(shapes) > 1:
         raise InputError(
             f"the images have different sizes ({', '.join(sorted(map(str, shapes))[:3])}); the model's input "
-            "has no fixed size to resize them to: pass image_size=(height, width)"
+            "has no fixed size to resize them to: pass " + option("image_size", value=(224, 224), cli="224,224")
         )
-    return np.stack(images)
+    return np.stack(decoded)
+
+
+def load_images(paths: Sequence[str | os.PathLike], geo: Geometry) -> np.ndarray:
+    """Images as one (N, H, W, C) float32 batch; an unreadable file is an InputError naming it
+    (`read_images` leaves such files out instead, and says which)."""
+    return stack_images(read_images(paths, geo, "raise")[0])
 
 
 # --- the InputSpec --------------------------------------------------------------------------------
@@ -251,8 +312,9 @@ def preprocess(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     layout = spec.layout or "NCHW"
     if layout not in ("NCHW", "NHWC") or x.ndim != 4:
         raise InputError(
-            f"preprocess=True takes a batch of images (N, H, W, C) or (N, C, H, W); got shape "
-            f"{tuple(x.shape)} for a {layout} model; pass preprocess=False and prepare inputs yourself"
+            f"{option('preprocess', True)} takes a batch of images (N, H, W, C) "
+            f"or (N, C, H, W); got shape {tuple(x.shape)} for a {layout} model; leave it out and prepare "
+            "the inputs yourself"
         )
     x = x.astype(np.float32)
     channel_axis = 1 if layout == "NCHW" else 3

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from zoo.atomic import atomic_path
-from zoo.errors import InputError, UnfreezeDepthError
-from zoo.options import ExtractorOptions, TrainingConfig
+from zoo.errors import InputError, UnfreezeDepthError, option
+from zoo.options import ExtractorOptions, TrainingConfig, accepts_options
 from zoo.transfer import load_labels
 
 if TYPE_CHECKING:
@@ -34,8 +34,17 @@ class SweepRow:
     train_seconds: float
     reused: bool  # the features came from the cache
     test_accuracy: float | None = None
-    trainable_parameters: int = 0  # the head's and the unfrozen blocks'
+    val_loss: float | None = None  # of the best epoch: breaks ties in accuracy
+    val_rows: int = 0  # rows the validation accuracy was measured on
+    trainable_parameters: int = 0  # the head's and the unfrozen blocks': the cost, with the time
+    converged: bool = True  # False: the best epoch was the last one, more epochs would likely help
     fit: Any = field(default=None, repr=False, compare=False)  # the FitResult: trained head, history
+
+    def rank(self) -> tuple:
+        """Sort key, best first: validation accuracy, then loss, then cost (frozen before
+        unfrozen, fewer trained parameters, less time)."""
+        return (-(self.val_accuracy or 0.0), self.val_loss if self.val_loss is not None else float("inf"),
+                0 if not self.unfreeze else 1, self.trainable_parameters, self.cache_seconds + self.train_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fit"}
@@ -53,8 +62,36 @@ class SweepResult:
 
     @property
     def best(self) -> SweepRow:
-        """The row with the highest validation accuracy (the shallowest cut on ties)."""
-        return max(self.rows, key=lambda r: (r.val_accuracy or 0.0, -self.rows.index(r)))
+        """The row with the highest validation accuracy; on a tie the lowest validation loss, then
+        the cheapest (frozen before unfrozen, fewer trained parameters, less time)."""
+        return min(self.rows, key=SweepRow.rank)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What may make `best` a poor choice: a validation set too small to tell the rows apart,
+        heads still improving at their last epoch."""
+        from zoo.errors import option
+
+        out = []
+        if len(self.rows) > 1:
+            best = self.best
+            low, high = wilson_interval(best.val_accuracy or 0.0, best.val_rows)
+            # rows whose 95% interval overlaps the best one's: the data cannot tell them apart
+            close = [r for r in self.rows if r is not best
+                     and wilson_interval(r.val_accuracy or 0.0, r.val_rows)[1] >= low]
+            if best.val_rows and close:
+                names = ", ".join(_row_name(r) for r in close[:3]) + (" ..." if len(close) > 3 else "")
+                out.append(
+                    f"the validation set ({best.val_rows} rows) is too small to tell {_row_name(best)} from "
+                    f"{names}: {100 * (best.val_accuracy or 0):.1f}% has a 95% interval of {100 * low:.0f}-"
+                    f"{100 * high:.0f}%; give more validation rows ({option('validation')} or a larger "
+                    f"{option('val_fraction', cli='0.3', value=0.3)})")
+        late = [r for r in self.rows if not r.converged]
+        if late:
+            out.append(f"{len(late)} of {len(self.rows)} heads were still improving at their last epoch "
+                       f"({', '.join(_row_name(r) for r in late[:3])}{' ...' if len(late) > 3 else ''}); "
+                       f"raise {option('epochs')}")
+        return out
 
     def table(self) -> str:
         """A text table: one line per cut."""
@@ -122,8 +159,29 @@ class SweepResult:
             "best": self.best.to_dict() if self.rows else None,
             "skipped": self.skipped,
             "skipped_files": self.skipped_files,
+            "warnings": self.warnings if self.rows else [],
             "plot": str(self.plot_path) if self.plot_path else None,
         }
+
+
+def _row_name(row: SweepRow) -> str:
+    if not row.unfreeze:
+        return row.layer
+    return row.layer + (f" (blocks above {row.unfreeze} unfrozen)" if isinstance(row.unfreeze, str)
+                        else f" (top {row.unfreeze} unfrozen)")
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of an accuracy measured on `n` rows.
+
+    Better than the normal approximation at the small `n` and the accuracies near 1 that few-label
+    transfer learning gives; (0, 1) when there are no rows.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    spread = z * ((accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - spread), min(1.0, centre + spread)
 
 
 def check_plot_path(path: str | os.PathLike) -> Path:
@@ -150,8 +208,9 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+@accepts_options(training=TrainingConfig, extractor=ExtractorOptions, shared=("threads",), exclude=("layer",))
 def sweep(
-    name: str,
+    model: str,
     data: Any,
     labels: Any = None,
     *,
@@ -162,6 +221,8 @@ def sweep(
     extractor: ExtractorOptions | None = None,
     training: TrainingConfig | None = None,
     engine: str | Engine = "local",
+    on_error: str = "skip",
+    image_size: Sequence[int] | None = None,
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> SweepResult:
@@ -172,27 +233,32 @@ def sweep(
     rows differ only by where the network was cut (the table says how many parameters each
     trains). ``unfreeze=[0, 1]`` also fine-tunes the top block below each cut (a conv/linear
     layer with its BatchNorm, Scale and activation), on features cached one cut lower; a cut
-    point's name (``"res4f"``) fine-tunes every block above it.
+    point's name (``"res4f"``) fine-tunes every block above it. The best row has the highest
+    validation accuracy; ties go to the lower validation loss, then to the cheaper row.
 
     Args:
-        name: the base model (cataloged name or ONNX file).
+        model: the base model (cataloged name or ONNX file).
         data: as `zoo.train`'s: an array, a ``.npy`` path, image files, or a `zoo.DataSource`.
         labels: one label per input; None for a class folder.
         layers: the cut layers to compare (names or positions).
         unfreeze: the blocks to unfreeze at each cut (counts, or cut point names).
-        validation: ``(data, labels)`` to validate on; without it ``training.val_fraction`` of
-            `data` is held out.
+        validation: ``(data, labels)`` to validate on (labels None for a class folder); without
+            it ``val_fraction`` of `data` is held out.
         test: ``(data, labels)`` scored by every row's head.
         extractor: pooling (of 4-D cuts), device, preprocessing (`zoo.ExtractorOptions`; its
             layer is replaced by each of `layers`).
-        training: epochs (50 by default here), batch size, learning rate, hidden layers,
-            patience, seed... (`zoo.TrainingConfig`; its unfreeze by each of `unfreeze`).
+        training: epochs, batch size, learning rate, hidden layers, patience, seed...
+            (`zoo.TrainingConfig`; its unfreeze by each of `unfreeze`). Every field of both
+            objects may be passed as a keyword instead, as `zoo.train` takes them.
         engine: where the features are computed: "local", "ray" or a `zoo.Engine`.
+        on_error: an unreadable image is left out and reported ("skip") or stops the sweep ("raise").
+        image_size: (height, width) images are resized to when the model does not fix its input size.
         catalog: the catalog the base model is in.
         cache_dir: the cache folder.
 
     Returns:
-        The rows in the order swept (`SweepResult.table()`, `.plot(path)`, `.best`).
+        The rows in the order swept (`SweepResult.table()`, `.plot(path)`, `.best`,
+        `.warnings`: a validation set too small to tell the best from others, heads not converged).
 
     Raises:
         InputError: no layers, negative depths or names that are no layer, labels missing or not
@@ -201,55 +267,65 @@ def sweep(
     >>> result = zoo.sweep("bvlc_alexnet", "x.npy", "y.npy", layers=["fc6", "fc7"])  # doctest: +SKIP
     >>> print(result.table()); result.plot("sweep.png")                            # doctest: +SKIP
     """
+    import warnings as _warnings
+
     from zoo.catalog import open_catalog
+    from zoo.errors import NotConvergedWarning
     from zoo.extract import load_extractor
     from zoo.features import extract_features
     from zoo.transfer import fit_head, prepare
 
     if not layers:
-        raise InputError("no layers to sweep; give them as layers=['fc6', 'fc7'] (`--layers fc6,fc7`)")
+        raise InputError(f"no layers to sweep; give them as {option('layers', ['fc6', 'fc7'], cli='fc6,fc7')}")
+    if isinstance(layers, (str, int)):
+        layers = [layers]
+    if isinstance(unfreeze, (str, int)):
+        unfreeze = [unfreeze]
     if not unfreeze or any(not isinstance(k, str) and k < 0 for k in unfreeze):
-        raise InputError(f"unfreeze={list(unfreeze)} must be block counts of 0 or more or cut points, e.g. [0, 1]")
+        raise InputError(f"{option('unfreeze', list(unfreeze), cli=','.join(map(str, unfreeze)))} must be block "
+                         f"counts of 0 or more or cut points, e.g. {option('unfreeze', [0, 1], cli='0,1')}")
     extractor = extractor or ExtractorOptions()
-    training = training or TrainingConfig(epochs=50)
+    training = training or TrainingConfig()
     cat = open_catalog(catalog)
     named = [k for k in unfreeze if isinstance(k, str)]
     if named:  # a misspelt name fails before any caching; one above a cut only skips that row
         from zoo.extract import layers as list_layers
 
-        known = {info.name for info in list_layers(name, catalog=cat, cache_dir=cache_dir)}
+        known = {info.name for info in list_layers(model, catalog=cat, cache_dir=cache_dir)}
         unknown = [k for k in named if k not in known]
         if unknown:
-            raise InputError(f"unfreeze {unknown[0]!r} is not a layer of {name}; give a number of blocks (1) "
-                             f"or a cut point from `zoo layers {name}`")
+            raise InputError(f"{option('unfreeze', unknown[0])} is not a layer of {model}; give a number of blocks "
+                             f"({option('unfreeze', 1)}) or a cut point from `zoo layers {model}`")
     labels = None if labels is None else load_labels(labels)
-    pairs = {which: (pair[0], load_labels(pair[1])) for which, pair in (("validation", validation), ("test", test))
-             if pair is not None}
-    result = SweepResult(model=name)
+    pairs = {which: (pair[0], None if pair[1] is None else load_labels(pair[1]))
+             for which, pair in (("validation", validation), ("test", test)) if pair is not None}
+    reading = {"on_error": on_error, "image_size": image_size}
+    result = SweepResult(model=model)
     for layer in layers:
         for k in unfreeze:
             try:
-                prepared = prepare(name, data, labels, extractor=extractor.replace(layer=layer),
+                prepared = prepare(model, data, labels, extractor=extractor.replace(layer=layer),
                                    training=training.replace(unfreeze=k), engine=engine, catalog=cat,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, **reading)
             except UnfreezeDepthError as exc:  # too deep for this cut: the other rows go on
                 result.skipped.append(f"{layer} unfreeze={k}: {exc}")
                 continue
-            started = time.perf_counter()
             known = {s["path"] for s in result.skipped_files}
             result.skipped_files += [s for s in prepared.cached.skipped if s["path"] not in known]
-            sets = {
-                which: (extract_features(prepared.extractor, pair[0], cache_dir=cache_dir,
-                                         progress=training.progress, engine=engine).features, pair[1])
-                for which, pair in pairs.items()
-            }
+            started = time.perf_counter()
+            sets = {which: _labelled(extract_features(prepared.extractor, pair[0], cache_dir=cache_dir,
+                                                      progress=training.progress, engine=engine, **reading),
+                                     pair[1], which, prepared.cached.classes)
+                    for which, pair in pairs.items()}
             cache_seconds = prepared.seconds + time.perf_counter() - started
             features = prepared.cached.features
             trainable = prepared.trainable(training)
-            fit = fit_head(features, prepared.labels, training.replace(progress=False),
-                           head=trainable, validation=sets.get("validation"))
+            with _warnings.catch_warnings():  # said once for the whole sweep (SweepResult.warnings)
+                _warnings.simplefilter("ignore", NotConvergedWarning)
+                fit = fit_head(features, prepared.labels, training.replace(progress=False), head=trainable,
+                               validation=sets.get("validation"))
             test_accuracy = fit.accuracy(*sets["test"]) if "test" in sets else None
-            at = prepared.extractor.layer if not k else load_extractor(name, layer, catalog=cat,
+            at = prepared.extractor.layer if not k else load_extractor(model, layer, catalog=cat,
                                                                          cache_dir=cache_dir).layer
             result.rows.append(
                 SweepRow(
@@ -264,8 +340,32 @@ def sweep(
                     train_seconds=fit.seconds,
                     reused=prepared.cached.reused,
                     test_accuracy=test_accuracy,
+                    val_loss=fit.val_loss,
+                    val_rows=fit.val_rows,
                     trainable_parameters=sum(p.numel() for p in trainable.parameters() if p.requires_grad),
+                    converged=fit.converged,
                     fit=fit,
                 )
             )
     return result
+
+
+def _labelled(cached: Any, labels: Any, which: str, classes: list[str] | None) -> tuple[Any, Any]:
+    """A validation or test set's features and labels: a class folder's own (as indices of the
+    training folder's `classes`), or the given ones."""
+    import numpy as np
+
+    from zoo.errors import option
+    from zoo.transfer import labels_for
+
+    if labels is None and cached.labels is None:
+        raise InputError(f"the {which} data has no labels; give them with it "
+                         f"({option(which, cli='DATA --' + which + '-labels Y.npy', value=('data', 'labels'))}), "
+                         "or a folder with one sub-folder per class")
+    found = labels_for(cached, labels)
+    if labels is None and cached.classes and classes and cached.classes != classes:
+        unknown = sorted(set(cached.classes) - set(classes))
+        if unknown:
+            raise InputError(f"the {which} folder has classes the training data has not: {', '.join(unknown)}")
+        found = np.asarray([classes.index(cached.classes[i]) for i in found])
+    return cached.features, found

@@ -127,12 +127,15 @@ class FeatureManifest:
     ``next`` is the first input not yet consumed, ``rows`` the feature rows on disk (fewer than
     ``next`` when inputs were skipped), ``shape``/``dtype`` those of one row. ``dataset`` and
     ``extractor`` are the fingerprints the entry's key hashes; a run resumes only an entry whose
-    fingerprints match and that is not ``complete``.
+    fingerprints match and that is not ``complete``. ``model`` and ``layer`` say what the features
+    are of, for people (`zoo cache list`, `zoo cache rm --model`); the key does not depend on them.
     """
 
     extractor: str
     dataset: str
     dataset_description: str = ""
+    model: str | None = None
+    layer: Any = None
     length: int | None = None  # inputs in the source, None for an iterable of unknown length
     created: float = field(default_factory=time.time)
     next: int = 0

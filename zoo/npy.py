@@ -1,7 +1,7 @@
 """`.npy` files read only when they are as long as their header says.
 
 A `.npy` header states the array's shape and dtype; the data follows it. A truncated file (a
-copy cut short, a disk that filled up) or a forged one (a 1 KB file claiming 10^9 rows) must be
+copy cut short, a disk that filled up) or a forged one (a 1 KiB file claiming 10^9 rows) must be
 refused before anything reads rows from it: a memory map or a row-by-row reader would otherwise
 hand out uninitialised memory, or write gigabytes of features for data that is not there. Every
 reader of user inputs, labels and cached entries goes through `read_header` or `load`.

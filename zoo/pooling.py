@@ -17,7 +17,9 @@ def check_pooling(pooling: str | None) -> str | None:
     """The pooling name, or InputError naming the choices."""
     if pooling is None or pooling in POOLINGS:
         return pooling
-    raise InputError(f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}; or leave it out for no pooling")
+    from zoo.errors import option
+
+    raise InputError(f"{option('pooling', pooling)} is not one of {', '.join(POOLINGS)}; or leave it out for no pooling")
 
 
 def spatial_axes(layout: str | None) -> tuple[int, int]:

@@ -28,9 +28,9 @@ import numpy as np
 
 from zoo._threads import torch_threads
 from zoo.datasources import array_fingerprint
-from zoo.errors import InputError, ResourceLimitError
+from zoo.errors import InputError, ResourceLimitError, option
 from zoo.lineage import pretraining_lineage
-from zoo.options import PretrainConfig, TrainingConfig
+from zoo.options import PretrainConfig, TrainingConfig, accepts_options
 from zoo.torch_models import check_new_name
 
 if TYPE_CHECKING:
@@ -120,8 +120,9 @@ class PretrainResult:
         }
 
 
+@accepts_options(config=PretrainConfig, renamed={"X": "data"})
 def pretrain(
-    X: Any,
+    data: Any,
     layers: Sequence[int] = (300, 100),
     method: str = "autoencoder",
     config: PretrainConfig | None = None,
@@ -134,12 +135,13 @@ def pretrain(
     """Train a stack of sigmoid layers greedily, one layer at a time, on unlabelled rows.
 
     Args:
-        X: unlabelled data of shape (rows, features), finite values.
+        data: unlabelled rows of shape (rows, features), finite values.
         layers: hidden units per layer, bottom first.
         method: "autoencoder" (tied weights unless ``config.tied`` is False) or "rbm" (trained
             with CD-k). Upper layers see sigmoid outputs, so they are always Bernoulli units.
         config: epochs, batch size, learning rate, denoising, sparsity, CD-k steps, visible
-            units, seed, threads, caching, progress (`zoo.PretrainConfig`; its defaults when None).
+            units, tied, seed, threads, caching, progress (`zoo.PretrainConfig`; its defaults when
+            None). Each field may be passed as a keyword instead (``epochs=60``), as `zoo pretrain`'s flags.
         name, catalog, replace: save the stack to the catalog under `name` (ONNX).
         cache_dir: the cache folder (default $ZOO_CACHE): the saved model and the big scratch
             files go there.
@@ -154,15 +156,14 @@ def pretrain(
     Example
     -------
     >>> from sklearn.datasets import load_digits
-    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm",
-    ...                   config=PretrainConfig(progress=False))
+    >>> result = pretrain(load_digits().data / 16, layers=[100, 30], method="rbm", progress=False)
     >>> result.transform(load_digits().data[:5] / 16).shape
     (5, 30)
     """
     config = config or PretrainConfig()
     epochs, batch_size, denoise, cd_k, tied = config.epochs, config.batch_size, config.denoise, config.cd_k, config.tied
     seed, threads, cache, progress = config.seed, config.threads, config.cache, config.progress
-    data = _validate_data(X)
+    data = _validate_data(data)
     data_sha256 = array_fingerprint(data)  # the lineage's parent: these rows, before any standardizing
     sizes = _validate_layers(layers)
     settings = _validate_settings(method, config, len(data))
@@ -465,7 +466,7 @@ def _validate_data(X: Any, n_features: int | None = None) -> np.ndarray:
 def _check_size(data: np.ndarray, sizes: list[int], batch_size: int, tied: bool, cache: bool,
                 cache_dir: str | os.PathLike | None) -> None:
     """Refuse a stack that would not fit in memory (or its cached layer outputs on disk), before torch
-    allocates it: ``--layers 100000000`` is a typo, not a 16 GB allocation followed by a crash."""
+    allocates it: ``--layers 100000000`` is a typo, not a 16 GiB allocation followed by a crash."""
     import shutil
 
     from zoo.memory import check_training, human
@@ -510,7 +511,8 @@ def _validate_settings(method: str, config: PretrainConfig, rows: int) -> dict[s
     if rows < MIN_ROWS:
         raise InputError(f"X has {rows} rows; pretraining needs at least {MIN_ROWS}")
     if config.denoise and method != "autoencoder":
-        raise InputError("denoise applies to autoencoders; use method='autoencoder' or denoise=0")
+        raise InputError(f"denoise applies to autoencoders; use {option('method', 'autoencoder')} or "
+                         f"{option('denoise', 0)}")
     lr = DEFAULT_LR[method] if config.lr is None else config.lr
     return {"method": method, "lr": float(lr), "sparsity": config.sparsity}
 

@@ -25,6 +25,31 @@ def check_name(name: Any, error: type[ZooError] = InputError, example: str = "my
                     f"digit, e.g. {example}")
     return name
 
+# File suffixes a user's model path ends in (catalog names may end so too: "resnet50.keras").
+PATH_SUFFIXES = (".onnx", ".pt", ".pth", ".pb", ".pbtxt", ".keras", ".h5", ".hdf5", ".tflite", ".prototxt",
+                 ".caffemodel", ".npy")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether `name` reads as a file path rather than a catalog name: a folder in it, a leading
+    ``.``, ``~`` or ``/``, or a model file's suffix. Said in errors: such a name that names
+    nothing was most likely a file the user mistyped, not a model to search for."""
+    import os
+
+    text = os.fspath(name)
+    return ("/" in text or os.sep in text or text.startswith((".", "~"))
+            or os.path.splitext(text)[1].lower() in PATH_SUFFIXES)
+
+
+def missing_path(name: str) -> str | None:
+    """The "no such file" part of an error for a path-like `name` that does not exist, else None."""
+    import os
+
+    if not looks_like_path(name) or os.path.exists(os.path.expanduser(name)):
+        return None
+    return f"{name} does not exist (no such file or folder)"
+
+
 FRAMEWORKS = ("caffe", "tensorflow", "keras", "tflite", "onnx", "pytorch")
 # What an artifact is for. "model" is a single-file model (.onnx, .tflite, .pt, .keras, .pb);
 # "graph" + "weights" are two-file models (Caffe prototxt + caffemodel, Keras arch + .h5);

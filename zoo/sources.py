@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from zoo._redact import mask_secrets, mask_url
+from zoo.units import human_size
 from zoo.errors import DuplicateModelError, FetchError, IndexFormatError, OfflineError, UnknownSourceError, ZooError
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def _download(name: str, url: str, etag: str | None) -> tuple[bytes | None, str 
         return _http_get(name, url, etag)
     if len(data) > MAX_INDEX_BYTES:
         raise FetchError(f"source {name!r}: the index at {path} is larger than "
-                         f"{MAX_INDEX_BYTES >> 20} MB; is it really a zoo index?")
+                         f"{human_size(MAX_INDEX_BYTES)}; is it really a zoo index?")
     # Files carry no ETag: the content's hash stands in, so an unchanged file is not re-read.
     new = _content_etag(data)
     return (None, etag) if new == etag else (data, new)
@@ -147,7 +148,7 @@ def _http_get(name: str, url: str, etag: str | None) -> tuple[bytes | None, str 
     if etag:
         headers["If-None-Match"] = etag
     shown = mask_url(url)
-    too_big = (f"source {name!r}: the index at {shown} is larger than {MAX_INDEX_BYTES >> 20} MB; "
+    too_big = (f"source {name!r}: the index at {shown} is larger than {human_size(MAX_INDEX_BYTES)}; "
                "is it really a zoo index?")
     try:
         with requests.get(url, headers=headers, timeout=TIMEOUT, stream=True) as response:

@@ -142,7 +142,7 @@ def validate_tflite(path: str | os.PathLike) -> dict[str, Any]:
         buffer.length(0, 1, "weights")
         start = buffer.scalar(1, "<Q")
         size = buffer.scalar(2, "<Q")
-        if start > 1 and start + size > len(data):  # weights stored after the flatbuffer (> 2 GB models)
+        if start > 1 and start + size > len(data):  # weights stored after the flatbuffer (> 2 GiB models)
             raise buf.fail(f"a weights buffer at byte {start} of {size} bytes lies outside the file")
     subgraphs = model.tables(2, "subgraph")
     if not subgraphs:

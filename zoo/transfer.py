@@ -5,6 +5,7 @@ import copy
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -13,9 +14,9 @@ import numpy as np
 
 from zoo._threads import torch_threads
 from zoo.datasources import array_fingerprint
-from zoo.errors import InputError, UnfreezeDepthError
+from zoo.errors import InputError, NotConvergedWarning, UnfreezeDepthError, option
 from zoo.lineage import training_lineage
-from zoo.options import ExtractorOptions, TrainingConfig
+from zoo.options import ExtractorOptions, TrainingConfig, accepts_options
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +30,7 @@ __all__ = [
     "Prepared",
     "TrainResult",
     "fit_head",
+    "labels_for",
     "load_labels",
     "make_head",
     "prepare",
@@ -51,7 +53,9 @@ class FitResult:
 
     ``history`` has one dict per epoch: ``epoch``, ``loss``, ``accuracy`` and, with a validation
     set, ``val_loss`` and ``val_accuracy``. The head holds the weights of ``best_epoch`` (lowest
-    validation loss), or of the last epoch without validation.
+    validation loss), or of the last epoch without validation. ``converged`` is False when the
+    validation loss was still falling at the last epoch allowed: more epochs would likely help.
+    The head outputs logits (``outputs = "logits"``); `zoo.predict` turns them into probabilities.
     """
 
     head: Any  # torch.nn.Module
@@ -61,6 +65,24 @@ class FitResult:
     classes: list[Any] = field(default_factory=list)  # output index i means label classes[i]
     stopped_early: bool = False
     seconds: float = 0.0
+    converged: bool = True
+    val_rows: int = 0  # rows the validation accuracy was measured on
+    outputs: str = "logits"
+
+    @property
+    def val_loss(self) -> float | None:
+        """The validation loss of the best epoch (None without validation)."""
+        return self.history[self.best_epoch - 1].get("val_loss") if self.history else None
+
+    @property
+    def notes(self) -> list[str]:
+        """What the user should know about this fit, in words (the CLI prints them)."""
+        if self.converged:
+            return []
+        from zoo.errors import option
+
+        return [f"not converged: the best epoch is the last one ({self.best_epoch}), the validation loss was "
+                f"still falling; raise {option('epochs', cli=str(2 * self.best_epoch), value=2 * self.best_epoch)}"]
 
     def predict(self, features: Any, base: Any = None, batch_size: int = 256) -> np.ndarray:
         """Labels (original values) for `features` (or raw inputs through `base`)."""
@@ -75,8 +97,13 @@ class FitResult:
         return float(np.mean(self.predict(features, base) == labels))
 
 
-def make_head(in_features: int, num_classes: int, hidden: Sequence[int] = (), *, dropout: float = 0.0, seed: int = 0):
-    """A new classifier head: flatten, optional hidden ReLU layers, a linear output layer."""
+def make_head(in_features: int, num_classes: int, hidden: Sequence[int] = (), *, dropout: float = 0.0, seed: int = 0,
+              standardize: bool = False):
+    """A new classifier head: flatten, [standardize,] optional hidden ReLU layers, a linear output layer.
+
+    It outputs logits (no softmax): `zoo.predict` applies one. With `standardize`, its first
+    layer after flattening is a `Standardize`, fitted by `fit_head` on the training rows.
+    """
     import torch
     from torch import nn
 
@@ -84,6 +111,10 @@ def make_head(in_features: int, num_classes: int, hidden: Sequence[int] = (), *,
         raise InputError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Flatten()]
+    if standardize:
+        from zoo._standardize import Standardize
+
+        layers.append(Standardize(in_features))
     width = in_features
     for size in hidden:
         layers += [nn.Linear(width, size), nn.ReLU()]
@@ -200,6 +231,7 @@ def _evaluate(head: Any, rows: _Rows, y: torch.Tensor, base: Any, batch_size: in
     return total / len(rows), correct / len(rows)
 
 
+@accepts_options(config=TrainingConfig, exclude=("unfreeze",))
 def fit_head(
     features: Any,
     labels: Any,
@@ -214,30 +246,37 @@ def fit_head(
     Every epoch shuffles the training rows; each batch of cached features and targets feeds
     `head` (a new one from :func:`make_head` when None); the rows held out for validation
     (``config.val_fraction``, stratified, or an explicit `validation`) pick the best epoch and
-    stop training after ``config.patience`` epochs without improvement.
+    stop training after ``config.patience`` epochs without improvement. A new head standardizes
+    its input (``config.standardize``): the mean and spread of each feature over the training
+    rows become its first layer, so features on any scale train at one learning rate.
 
     Args:
         features: one row per sample (an array, or the memory map `zoo.cache_features` returns).
         labels: one class label per row, any values (``FitResult.classes`` maps them back).
         config: epochs, batch size, learning rate, hidden layers of a new head, validation
-            share, patience, seed, threads (`zoo.TrainingConfig`; its defaults when None).
-        head: the torch module to train; a new one from :func:`make_head` when None.
+            share, patience, seed, threads, standardize, progress (`zoo.TrainingConfig`; its
+            defaults when None). Each field may be passed as a keyword instead
+            (``fit_head(f, y, epochs=50)``), as the CLI's flags are.
+        head: the torch module to train; a new one from :func:`make_head` when None. Its
+            `Standardize` layers not yet fitted are fitted on the training rows first.
         base: a frozen torch module: `features` are then raw inputs and every batch goes through
             it first, the costly way the cache avoids, kept as the reference it must equal.
         validation: ``(features, labels)`` to validate on instead of holding rows out.
 
     Returns:
-        The trained head (with its best epoch's weights) and the history of every epoch.
+        The trained head (with its best epoch's weights) and the history of every epoch;
+        ``FitResult.converged`` is False when the best epoch was the last one.
 
     Raises:
         InputError: labels and rows disagree, a single class, or a head with nothing to train.
+        UnknownOptionError: a keyword that is no option (the message names the closest).
 
     >>> result = zoo.fit_head(zoo.cache_features(extractor, "x.npy"), np.load("y.npy"))  # doctest: +SKIP
     >>> result.val_accuracy, result.best_epoch                                        # doctest: +SKIP
     """
     import torch
 
-    config = config or TrainingConfig(progress=False)
+    config = config or TrainingConfig()
     if len(labels) != len(features):
         raise InputError(
             f"{len(labels)} labels for {len(features)} rows of data; give exactly one label per row"
@@ -268,7 +307,8 @@ def fit_head(
         with torch.no_grad():
             sample = train_rows.take(torch.arange(1))
             width = int(np.prod((base(sample) if base is not None else sample).shape[1:]))
-        head = make_head(width, len(classes), config.hidden, seed=config.seed)
+        head = make_head(width, len(classes), config.hidden, seed=config.seed, standardize=config.standardize)
+    fit_standardizers(head, train_rows, base, config.batch_size)
     params = [p for p in head.parameters() if p.requires_grad]
     if not params:
         raise InputError("the head has no trainable parameters; unfreeze some or pass a new head")
@@ -277,6 +317,40 @@ def fit_head(
     with torch_threads(sum(p.numel() for p in params), config.threads):
         return _train_loop(head, base, optimizer, generator, (train_rows, train_y), (val_rows, val_target),
                            classes, config)
+
+
+def fit_standardizers(head: Any, rows: _Rows, base: Any, batch_size: int) -> None:
+    """Fit the head's unfitted `Standardize` layers on what reaches them from the training rows.
+
+    One pass per layer, in eval mode without gradients: a hook sums each feature and its square
+    as the rows go through (through `base` first, and through any unfrozen layers below the
+    standardizer, with their weights as they are before training).
+    """
+    import torch
+
+    from zoo._standardize import Standardize
+
+    for layer in [m for m in head.modules() if isinstance(m, Standardize) and not bool(m.fitted)]:
+        sums: list[Any] = [0.0, 0.0, 0]
+
+        def measure(_module: Any, inputs: tuple) -> None:
+            x = inputs[0].detach().to(torch.float64)
+            sums[0] = sums[0] + x.sum(0)
+            sums[1] = sums[1] + (x * x).sum(0)
+            sums[2] += len(x)
+
+        hook = layer.register_forward_pre_hook(measure)
+        was_training = head.training
+        head.eval()
+        try:
+            with torch.no_grad():
+                for i in range(0, len(rows), max(batch_size, 256)):
+                    x = rows.take(torch.arange(i, min(i + max(batch_size, 256), len(rows))))
+                    head(base(x) if base is not None else x)
+        finally:
+            hook.remove()
+            head.train(was_training)
+        layer.fit(sums[0], sums[1], sums[2])
 
 
 def _train_loop(head, base, optimizer, generator, train, validation, classes, config: TrainingConfig) -> FitResult:
@@ -327,7 +401,7 @@ def _train_loop(head, base, optimizer, generator, train, validation, classes, co
         best_epoch = len(history)
     head.eval()
     best = history[best_epoch - 1]
-    return FitResult(
+    result = FitResult(
         head=head,
         history=history,
         best_epoch=best_epoch,
@@ -335,7 +409,13 @@ def _train_loop(head, base, optimizer, generator, train, validation, classes, co
         classes=classes.tolist(),
         stopped_early=stopped_early,
         seconds=time.perf_counter() - start,
+        # Still improving when the epochs ran out (only a validation set can tell; one epoch says nothing).
+        converged=not (val_rows is not None and epochs > 1 and best_epoch == len(history) == epochs),
+        val_rows=0 if val_rows is None else len(val_rows),
     )
+    if not result.converged:
+        warnings.warn(result.notes[0], NotConvergedWarning, stacklevel=4)  # the caller of fit_head
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,17 +452,19 @@ def _pool_module(pooling: str | None, extractor: Any):
     return pool_module(pooling, getattr(extractor.input_spec, "layout", None))
 
 
+@accepts_options(options=ExtractorOptions)
 def transfer_model(
     name: str,
     layer: str | int = -2,
+    options: ExtractorOptions | None = None,
     *,
     head: Any = None,
     num_classes: int | None = None,
     hidden: Sequence[int] = (),
     unfreeze: int | str = 0,
-    catalog: str | os.PathLike | Catalog | None = None,
     seed: int = 0,
-    pooling: str | None = None,
+    catalog: str | os.PathLike | Catalog | None = None,
+    cache_dir: str | os.PathLike | None = None,
     verbose: bool = True,
 ):
     """A cataloged model cut at `layer`, frozen, with a new head: one ``nn.Module`` to train.
@@ -397,11 +479,13 @@ def transfer_model(
     Args:
         name: the base model (cataloged name or ONNX file).
         layer: where to cut it.
+        options: pooling, device, preprocessing of the base (`zoo.ExtractorOptions`); each field
+            may be passed as a keyword instead (``pooling="avg"``).
         head: the new head; None makes one for `num_classes` with `hidden` layers (seeded by `seed`).
         num_classes, hidden, seed: the new head's shape and initialisation.
         unfreeze: top blocks of the base left trainable, or the cut point above which they are.
         catalog: a path, a SQLAlchemy URL or a `Catalog`.
-        pooling: "avg" or "max" global pooling of a 4-D cut.
+        cache_dir: the cache folder.
         verbose: print how many parameters train (to stderr); False is quiet.
 
     Returns:
@@ -419,7 +503,8 @@ def transfer_model(
     if head is None and num_classes is None:
         raise InputError("give the new head (head=nn.Module) or the number of classes (num_classes=N)")
     _check_unfreeze(unfreeze)
-    extractor = load_extractor(name, layer, ExtractorOptions(pooling=pooling), catalog=catalog)
+    options = (options or ExtractorOptions()).replace(layer=layer)
+    extractor = load_extractor(name, options=options, catalog=catalog, cache_dir=cache_dir)
     base = extractor.to_torch()  # pools as the extractor does
     if unfreeze:
         base.unfreeze(unfreeze, verbose=False)
@@ -461,6 +546,8 @@ def save_model(
     meta: dict[str, Any] | None = None,
     replace: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    task: str | None = None,
+    outputs: str = "logits",
     lineage: Lineage | None = None,
 ) -> Model:
     """Export a torch model to ONNX and register it in the catalog as your own model.
@@ -468,7 +555,10 @@ def save_model(
     The file goes to `path` (default ``<cache>/models/<name>/<name>.onnx``); the catalog entry
     has framework "onnx", source "local" and one artifact with role "model". `input_spec` (the
     base's) keeps its preprocessing (mean, std, resize, crop...) so images reach the new model
-    as they reached the base. `lineage` says how it was made (`zoo.lineage.training_lineage`).
+    as they reached the base. `task` defaults to "image-classification" for a model fed images
+    (a 4-D input with a layout), else "classification"; ``meta["outputs"]`` records what the
+    model outputs ("logits" or "probabilities"), so `zoo.predict` knows whether to apply a softmax. `lineage` says how it was
+    made (`zoo.lineage.training_lineage`).
     """
     from dataclasses import replace as _replace
 
@@ -476,11 +566,17 @@ def save_model(
     from zoo.torch_models import check_new_name, export_onnx, own_model, register
 
     check_new_name(name, catalog, replace, example="my-model")
+    if outputs not in ("logits", "probabilities"):
+        raise InputError(f"outputs={outputs!r} is not one of 'logits', 'probabilities'")
+    if task is None:
+        images = len(input_shape) == 3 and (layout or (input_spec.layout if input_spec else None))
+        task = "image-classification" if images else "classification"
     record = own_model(
-        name, model, task="classification", description=description,
+        name, model, task=task, description=description,
         input=_replace(input_spec or InputSpec(), name="input", shape=[None, *input_shape], dtype="float32",
                        layout=layout or (input_spec.layout if input_spec else None)),
-        meta={"trained_by": "zoo", **({"classes": list(classes)} if classes is not None else {}), **(meta or {})},
+        meta={"trained_by": "zoo", "outputs": outputs, **({"classes": list(classes)} if classes is not None else {}),
+              **(meta or {})},
     )
     return register(export_onnx(model, input_shape), record, catalog=catalog, path=path, replace=replace,
                     cache_dir=cache_dir, lineage=lineage)
@@ -499,7 +595,7 @@ class TrainResult:
     module: Any
     cache_key: str
     cut: Any
-    skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs left out: path, reason
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # unreadable inputs left out: index, path, reason
     trainable_parameters: int = 0  # how many parameters trained (head and unfrozen blocks)
     total_parameters: int = 0  # of the whole saved model
 
@@ -527,7 +623,7 @@ def fine_tune_parts(
 
     _check_unfreeze(unfreeze)
     if not unfreeze:
-        raise InputError(f"unfreeze={unfreeze!r}: fine-tuning needs at least one block to unfreeze")
+        raise InputError(f"{option('unfreeze', unfreeze)}: fine-tuning needs at least one block to unfreeze")
     extractor = load_extractor(name, layer, catalog=catalog, cache_dir=cache_dir)
     full = extractor.to_torch()
     all_layers = list_layers(name, catalog=catalog, cache_dir=cache_dir)
@@ -539,7 +635,7 @@ def fine_tune_parts(
         if low is None or not low.is_cut_point or low.index >= target.index:
             error = InputError if low is None else UnfreezeDepthError  # a sweep skips the latter's row
             raise error(
-                f"unfreeze={unfreeze!r} is not a cut point below {target.name} in {name}; cut points: "
+                f"{option('unfreeze', unfreeze)} is not a cut point below {target.name} in {name}; cut points: "
                 f"{', '.join(cuts[-8:]) or 'none'} (zoo layers {name})"
             )
         chosen = full.layers_above(low.output)
@@ -547,8 +643,8 @@ def fine_tune_parts(
         blocks = len(full.blocks)
         if unfreeze > blocks:
             raise UnfreezeDepthError(
-                f"unfreeze={unfreeze}, but {name} cut at {extractor.layer!r} has {blocks} blocks "
-                f"(a conv/linear layer with its BatchNorm/Scale/activation); choose --unfreeze between 0 "
+                f"{option('unfreeze', unfreeze)}, but {name} cut at {extractor.layer!r} has {blocks} blocks "
+                f"(a conv/linear layer with its BatchNorm/Scale/activation); choose {option('unfreeze')} between 0 "
                 f"and {blocks}, or a cut point", unfreeze=unfreeze, layers=blocks,
             )
         chosen = [node for block in full.blocks[blocks - unfreeze:] for node in block.layers]
@@ -556,8 +652,8 @@ def fine_tune_parts(
         below = [info for info in all_layers if info.index < lowest.index and info.is_cut_point]
         if not below:
             raise UnfreezeDepthError(
-                f"unfreeze={unfreeze} unfreezes every block of {name} up to {target.name}: nothing stays "
-                f"frozen to cache; choose --unfreeze below {unfreeze} (or train from scratch)",
+                f"{option('unfreeze', unfreeze)} unfreezes every block of {name} up to {target.name}: nothing "
+                f"stays frozen to cache; choose {option('unfreeze')} below {unfreeze} (or train from scratch)",
                 unfreeze=unfreeze, layers=blocks,
             )
         low = below[-1]
@@ -625,7 +721,8 @@ class Prepared:
             width = int(np.prod(features.shape[1:]))
         else:
             width = _width(self.top if self.pool is None else trainable_head(self.top, self.pool), features)
-        head = make_head(width, len(self.classes), training.hidden, seed=training.seed)
+        head = make_head(width, len(self.classes), training.hidden, seed=training.seed,
+                         standardize=training.standardize)
         return head if self.top is None else trainable_head(self.top, head, self.pool)
 
     def module(self, fit: FitResult) -> Any:
@@ -647,6 +744,8 @@ def prepare(
     extractor: ExtractorOptions | None = None,
     training: TrainingConfig | None = None,
     engine: Any = "local",
+    on_error: str = "skip",
+    image_size: Sequence[int] | None = None,
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Prepared:
@@ -665,6 +764,8 @@ def prepare(
         extractor: the cut layer and how the frozen layers run (`zoo.ExtractorOptions`).
         training: ``unfreeze`` and ``progress`` are read here (`zoo.TrainingConfig`).
         engine: where the features are computed ("local", "ray" or a `zoo.Engine`).
+        on_error: an unreadable image is left out and reported ("skip") or stops the run ("raise").
+        image_size: (height, width) images are resized to when the model does not fix its input size.
         catalog: the catalog the base model is in.
         cache_dir: the cache folder.
 
@@ -693,10 +794,11 @@ def prepare(
     frozen = load_extractor(name, cut, extractor.replace(pooling=extractor.pooling if top is None else None),
                             catalog=catalog, cache_dir=cache_dir)
     started = time.perf_counter()
-    cached = extract_features(frozen, data, cache_dir=cache_dir, progress=training.progress, engine=engine)
+    cached = extract_features(frozen, data, cache_dir=cache_dir, progress=training.progress, engine=engine,
+                              on_error=on_error, image_size=image_size)
     seconds = time.perf_counter() - started
     return Prepared(name=name, layer=extractor.layer, cut=cut, extractor=frozen, cached=cached,
-                    labels=_labels_for(cached, labels), top=top,
+                    labels=labels_for(cached, labels), top=top,
                     pool=None if top is None else _pool_module(extractor.pooling, frozen),
                     seconds=seconds)
 
@@ -710,51 +812,64 @@ def _brings_labels(data: Any) -> bool:
     return isinstance(data, (str, os.PathLike)) and Path(data).is_dir()
 
 
+@accepts_options(training=TrainingConfig, extractor=ExtractorOptions, shared=("threads",),
+                 renamed={"new_name": "name"})
 def train(
-    name: str,
+    model: str,
     data: Any,
     labels: Any = None,
     *,
-    new_name: str,
+    name: str,
     extractor: ExtractorOptions | None = None,
     training: TrainingConfig | None = None,
     engine: Any = "local",
+    on_error: str = "skip",
+    image_size: Sequence[int] | None = None,
     replace: bool = False,
     catalog: str | os.PathLike | Catalog | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
-    """Cache `data` through `name` cut at a layer, train a head (and the top layers), save it.
+    """Cache `data` through `model` cut at a layer, train a head (and the top layers), save it.
 
-    The trained model (frozen base + trained layers) is registered as `new_name`, exported to
-    ONNX. With ``training.unfreeze = k`` the features are cached below the top k blocks of the
-    base (a block: a conv/linear layer with its BatchNorm, Scale and activation), with
+    The trained model (frozen base + trained layers) is registered as `name`, exported to
+    ONNX. With ``unfreeze=k`` the features are cached below the top k blocks of the base (a
+    block: a conv/linear layer with its BatchNorm, Scale and activation), with
     ``unfreeze="res4f"`` at that cut point; those blocks train with the head on the cached
     outputs. How many parameters train is printed (with progress, on a terminal) and kept in the
-    result.
+    result. Every option is a keyword spelled as the CLI's flag (``layer="fc7", epochs=50,
+    pooling="avg"``), or a field of the `extractor` / `training` objects; ``batch_size`` is the
+    head's (the extractor's goes in its object), ``threads`` both the torch and the onnxruntime
+    threads.
 
     Args:
-        name: the base model (cataloged name or ONNX file).
-        data: a ``.npy`` path or array (model-ready unless ``extractor.preprocess``: raw pixels),
+        model: the base model (cataloged name or ONNX file).
+        data: a ``.npy`` path or array (model-ready unless ``preprocess=True``: raw pixels),
             a folder with one sub-folder per class (its labels), a flat folder, image file or list
-            of image paths with `labels`, or a `zoo.DataSource` (``zoo.as_source(folder,
-            on_error="raise")`` stops at an unreadable image instead of skipping it).
+            of image paths with `labels`, or a `zoo.DataSource`.
         labels: one label per input; None for a class folder.
-        new_name: the catalog name of the trained model.
+        name: the catalog name of the trained model.
         extractor: the cut layer (``-2`` drops the top layer), pooling, device, preprocessing
             (`zoo.ExtractorOptions`).
         training: epochs, batch size, learning rate, hidden layers, validation share, patience,
-            seed, threads, unfreeze, progress (`zoo.TrainingConfig`).
+            seed, threads, unfreeze, standardize, progress (`zoo.TrainingConfig`).
         engine: where the features are computed: "local", "ray" or a `zoo.Engine`.
-        replace: overwrite a model named `new_name`.
+        on_error: an unreadable image is left out and reported ("skip", its label dropped too)
+            or stops the run ("raise").
+        image_size: (height, width) images are resized to when the model does not fix its input size.
+        replace: overwrite a model called `name`.
         catalog: the catalog (path, URL or `Catalog`).
         cache_dir: the cache folder.
 
     Returns:
-        The catalog entry, the fit, the torch module, the cache key and where it was cached.
+        The catalog entry, the fit, the torch module, the cache key, where it was cached and the
+        inputs skipped.
 
     Raises:
-        DuplicateModelError: `new_name` is taken and `replace` is False (checked before any work).
+        DuplicateModelError: `name` is taken and `replace` is False (checked before any work).
         InputError: labels missing or not one per input, bad options.
+        UnknownOptionError: a keyword that is no option (the message names the closest).
+
+    >>> zoo.train("bvlc_alexnet", "photos/", name="pets", layer="fc7", epochs=50)  # doctest: +SKIP
     """
     from zoo.catalog import open_catalog
     from zoo.torch_models import check_new_name
@@ -762,22 +877,27 @@ def train(
     extractor = extractor or ExtractorOptions()
     training = training or TrainingConfig()
     cat = open_catalog(catalog)
-    check_new_name(new_name, cat, replace, example="my-model")
-    prepared = prepare(name, data, labels, extractor=extractor, training=training, engine=engine, catalog=cat,
-                       cache_dir=cache_dir)
+    check_new_name(name, cat, replace, example="my-model")
+    prepared = prepare(model, data, labels, extractor=extractor, training=training, engine=engine, on_error=on_error,
+                       image_size=image_size, catalog=cat, cache_dir=cache_dir)
     trainable = prepared.trainable(training)
     counts = prepared.parameter_counts(trainable)
     if training.progress and sys.stderr.isatty():  # as the progress bars: not in logs and pipes (`zoo train` says it)
         print(f"training {counts[0]:,} of {counts[1]:,} parameters", file=sys.stderr)
-    fit = fit_head(prepared.cached.features, prepared.labels, training, head=trainable)
+    with warnings.catch_warnings():  # said again below, to the caller of train
+        warnings.simplefilter("ignore", NotConvergedWarning)
+        fit = fit_head(prepared.cached.features, prepared.labels, training, head=trainable)
+    if not fit.converged:
+        warnings.warn(fit.notes[0], NotConvergedWarning, stacklevel=3)
     module = prepared.module(fit)
     frozen = prepared.extractor
     spec = getattr(frozen, "input_spec", None)
     cached = prepared.cached
     layer = extractor.layer
+    base = _base_record(model, cat)
     lineage = training_lineage(
         frozen, {**(cached.lineage or {}), "key": cached.key}, array_fingerprint(prepared.labels),
-        settings={"base_model": name, "layer": layer if isinstance(layer, (str, int)) else list(layer),
+        settings={"base_model": model, "layer": layer if isinstance(layer, (str, int)) else list(layer),
                   "cached_at": prepared.cut, "unfreeze": training.unfreeze, "hidden": list(training.hidden),
                   "epochs": training.epochs, "batch_size": training.batch_size, "lr": training.lr,
                   "weight_decay": training.weight_decay, "val_fraction": training.val_fraction,
@@ -787,21 +907,24 @@ def train(
                  "classes": len(prepared.classes)})
     record = save_model(
         module,
-        new_name,
+        name,
         input_shape=_input_shape(frozen, data),
         catalog=cat,
         layout=getattr(spec, "layout", None),
         input_spec=spec,
         # an image folder's classes are its sub-folder names
         classes=[cached.classes[c] for c in fit.classes] if cached.classes else fit.classes,
-        description=f"{name} cut at {layer}, new head trained by zoo",
+        description=f"{model} cut at {layer}, new head trained by zoo",
+        task=base.task if base is not None and base.task and base.task.endswith("classification") else None,
         meta={
-            "base_model": name,
+            "base_model": model,
             "layer": layer if isinstance(layer, (str, int)) else list(layer),
             "unfreeze": training.unfreeze,
             **({"pooling": extractor.pooling} if extractor.pooling else {}),
+            "standardized": training.standardize,
             "val_accuracy": fit.val_accuracy,
             "best_epoch": fit.best_epoch,
+            "converged": fit.converged,
         },
         replace=replace,
         cache_dir=cache_dir,
@@ -811,8 +934,22 @@ def train(
                        skipped=list(cached.skipped), trainable_parameters=counts[0], total_parameters=counts[1])
 
 
-def _labels_for(cached: Any, labels: Any) -> np.ndarray:
-    """The labels of the cached rows: a class folder's own, or the given ones minus skipped files."""
+def _base_record(name: str, catalog: Any) -> Model | None:
+    """The base model's catalog entry, None for an ONNX file that is not in the catalog."""
+    from zoo.errors import UnknownModelError
+
+    try:
+        return catalog.get(name)
+    except UnknownModelError:
+        return None
+
+
+def labels_for(cached: Any, labels: Any) -> np.ndarray:
+    """The labels of the cached rows: a class folder's own, or the given ones minus skipped files.
+
+    Given labels are one per input, in order; those of the inputs that could not be read are
+    dropped with them, so labels and rows stay aligned.
+    """
     if cached.labels is not None:
         return cached.labels
     if labels is None:

@@ -29,6 +29,7 @@ from zoo import config
 from zoo._redact import mask_url
 from zoo.archives import parse_size
 from zoo.atomic import write_error
+from zoo.units import human_size
 from zoo.errors import ChecksumError, DiskFullError, FetchError, OfflineError
 from zoo.hashes import MultiHasher, file_hash, parse_checksum
 
@@ -212,15 +213,6 @@ def _looks_like_html(data: bytes) -> bool:
     )
 
 
-def human_size(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 class _BearerAuth:
     """Adds `Authorization: Bearer <token>`; its repr never shows the token."""
 
@@ -253,16 +245,18 @@ def new_session() -> "requests.Session":
 
 
 def _file_lock(dest: Path, label: str, lock_timeout: float | None):
-    from filelock import FileLock, Timeout
+    """The download's lock, `<dest>.lock`; its holder deletes it when done (`zoo.locks`), so no
+    fetch, finished or failed, leaves a lock file behind."""
+    from zoo.locks import LockTimeout, RemovableLock
 
-    lock = FileLock(str(dest) + ".lock")
+    lock = RemovableLock(str(dest) + ".lock")
     try:
         lock.acquire(timeout=0.2)
-    except Timeout:
+    except LockTimeout:
         log.warning("waiting for another process that is downloading %s (%s.lock)", label, dest)
         try:
-            lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout)
-        except Timeout:
+            lock.acquire(timeout=lock_timeout)
+        except LockTimeout:
             raise FetchError(
                 f"{label}: another process has held {dest}.lock for over {lock_timeout:.0f} s; "
                 "wait for it to finish or, if no zoo process is running, delete the .lock file"
@@ -458,7 +452,7 @@ def download(
             if own_session:
                 session.close()
     finally:
-        lock.release()
+        lock.release(remove=True)
 
 
 class _Job:
@@ -898,4 +892,4 @@ def _chain(first: bytes, rest: Iterable[bytes]) -> Iterable[bytes]:
     yield from rest
 
 
-__all__ = ["DownloadResult", "Expected", "Progress", "RetryPolicy", "download", "human_size", "new_session"]
+__all__ = ["DownloadResult", "Expected", "Progress", "RetryPolicy", "download", "new_session"]

@@ -114,6 +114,7 @@ COMMAND_MODULES = {
     **dict.fromkeys(["train", "sweep", "walkthrough"], "zoo.cli.transfer"),
     "cache": "zoo.cli.cache",
     "pretrain": "zoo.cli.pretrain",
+    "predict": "zoo.cli.predict",
     **dict.fromkeys(["sign", "lineage", "bom"], "zoo.cli.provenance"),
 }
 
@@ -132,10 +133,11 @@ class ZooGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from zoo.errors import ZooError
+        from zoo.errors import ZooError, command_line_spelling
 
         try:
-            return super().invoke(ctx)
+            with command_line_spelling():  # errors name --flags, not Python keywords
+                return super().invoke(ctx)
         except ZooError as exc:
             raise UserError(str(exc)) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, BrokenPipeError,
@@ -224,8 +226,10 @@ def catalog_option(func: Callable) -> Callable:
 
 
 def quiet_option(func: Callable) -> Callable:
-    """--quiet: no progress bars or chatter, only results and errors."""
-    return click.option("-q", "--quiet", is_flag=True, help="No progress output.")(func)
+    """-q/--quiet, the same on every command: no progress bars, notes or per-step tables; only the
+    result and errors (an error is never quiet)."""
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="Quiet: no progress bars, notes or per-step tables; only the result and errors.")(func)
 
 
 def cache_option(func: Callable) -> Callable:
@@ -263,12 +267,13 @@ def emit(data: Any, as_json: bool, text: Callable[[], str] | str | None = None) 
             echo(rendered)
 
 
-def skipped_lines(skipped: list[dict[str, Any]], total: int | None = None, limit: int = 5) -> list[str]:
-    """Text lines naming unreadable inputs that were left out: the count, then the first `limit`."""
+def skipped_lines(skipped: list[dict[str, Any]], total: int | None = None, limit: int = 5,
+                  where: str = "left out of the results") -> list[str]:
+    """Text lines naming unreadable inputs that were skipped: the count, then the first `limit`."""
     if not skipped:
         return []
     of = f" of {total}" if total else ""
-    lines = [f"skipped {len(skipped)}{of} inputs that cannot be read (left out of the results):"]
+    lines = [f"skipped {len(skipped)}{of} inputs that cannot be read ({where}):"]
     lines += [f"  {safe_line(s.get('path'))}: {safe_line(s.get('reason'))}" for s in skipped[:limit]]
     if len(skipped) > limit:
         lines.append(f"  ... and {len(skipped) - limit} more (--json lists all of them)")

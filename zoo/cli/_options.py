@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import click
 
+from zoo.cli._app import echo, quiet_option
+
 # zoo.options imports nothing heavy; the objects are made when the command runs.
 
 
@@ -71,22 +73,28 @@ device_option = click.option(
     "--device", help="onnxruntime device for the frozen layers: cpu, cuda, cuda:1...  [default: cpu]")
 
 
-def training_options(*, epochs: int = 20, unfreeze: bool = False) -> Callable:
-    """--hidden --epochs --batch-size --lr --weight-decay --val-fraction --patience --seed
-    [--unfreeze] --quiet, passed on as ``training``: a `zoo.TrainingConfig`."""
+def training_options(*, unfreeze: bool = False) -> Callable:
+    """--hidden --epochs --batch-size --lr --weight-decay --val-fraction --patience --seed --threads
+    --standardize/--no-standardize [--unfreeze] --quiet, passed on as ``training``: a `zoo.TrainingConfig`.
+
+    Defaults are the TrainingConfig's own (tests/test_vocabulary.py holds them equal)."""
     options = [
         click.option("--hidden", metavar="N,N", help="Hidden layer sizes of the new head, e.g. 256,64."),
-        click.option("--epochs", default=epochs, show_default=True, type=click.IntRange(min=1)),
-        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1)),
-        click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
-                     help="Adam learning rate."),
+        click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1)),
+        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
+                     help="Rows per training step of the head."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate [default: 1e-3]."),
         click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0),
                      help="Adam's L2 penalty on the trained weights."),
         click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
                      help="Share of the rows held out for validation (stratified)."),
         click.option("--patience", default=5, show_default=True, type=click.IntRange(min=0),
                      help="Stop after this many epochs without a better validation loss (0: never)."),
-        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0)),
+        click.option("--threads", type=click.IntRange(min=1),
+                     help="Threads for training and for the frozen layers [default: the libraries' choice]."),
+        click.option("--standardize/--no-standardize", default=True, show_default=True,
+                     help="Scale each feature to mean 0, variance 1 over the training rows (saved in the head)."),
     ]
     if unfreeze:
         options.append(click.option(
@@ -94,13 +102,12 @@ def training_options(*, epochs: int = 20, unfreeze: bool = False) -> Callable:
             callback=lambda ctx, param, value: unfreeze_value(value),
             help="Also train the top K blocks below the cut (a conv/linear layer with its BatchNorm, Scale and "
                  "activation), or every block above cut point LAYER (fine-tuning)."))
-    options.append(click.option("-q", "--quiet", is_flag=True, help="No progress output."))
+    options.append(quiet_option)
 
-    def build(hidden, quiet, patience, **values):
+    def build(hidden, quiet, **values):
         from zoo.options import TrainingConfig
 
-        return TrainingConfig(hidden=int_list("--hidden", hidden, "layer sizes"), patience=patience or None,
-                              progress=not quiet, **values)
+        return TrainingConfig(hidden=int_list("--hidden", hidden, "layer sizes"), progress=not quiet, **values)
 
     return _group("training", options, build)
 
@@ -161,9 +168,7 @@ def engine_session(engine: Any, *, quiet: bool = False) -> Iterator[Any]:
     summary = getattr(engine, "summary", None)
     line = summary() if summary is not None and not quiet else None
     if line:
-        from zoo.cli._app import echo
-
-        echo(line, err=True, one_line=True)
+        echo(line, err=True, one_line=True)  # through the output layer: escapes, one line
 
 
 def engine_value(engine: str, address: str | None, actors: int | None, threads: int | None = None) -> Any:
@@ -181,31 +186,70 @@ def engine_value(engine: str, address: str | None, actors: int | None, threads: 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """--data and --labels of `zoo train` / `zoo sweep`: a data source (strict about unreadable
-    images with --strict-images) and the labels file, None for a folder of class sub-folders."""
+    """--data and --labels of `zoo train` / `zoo sweep`: a data source (read with --on-error and
+    --image-size) and the labels file, None for a folder of class sub-folders."""
 
     source: Any
     labels: str | None
 
 
+def image_size_value(text: str | None) -> tuple[int, int] | None:
+    """--image-size H,W (or one number for a square) as (height, width)."""
+    from zoo.errors import InputError
+
+    if not text:
+        return None
+    sizes = int_list("--image-size", text, "pixel sizes")
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise InputError(f"--image-size {text!r}: give height,width in pixels like 224,224 (or 224)")
+    return (sizes[0], sizes[-1])
+
+
+def reading_options() -> list[Callable]:
+    """--on-error and --image-size: how image files are read, for every command that reads them."""
+    return [
+        click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True,
+                     help="An image that cannot be read: leave it out and list it (skip), or stop (raise)."),
+        click.option("--strict-images", is_flag=True, hidden=True, help="Old spelling of --on-error raise."),
+        click.option("--image-size", metavar="H,W",
+                     help="Resize images to this size when the model does not fix its input size."),
+    ]
+
+
+def reading_options_decorator(func: Callable) -> Callable:
+    """--on-error --image-size (and the hidden --strict-images) on a command, as plain parameters."""
+    for option in reversed(reading_options()):
+        func = option(func)
+    return func
+
+
+def on_error_value(on_error: str, strict_images: bool) -> str:
+    return "raise" if strict_images else on_error
+
+
+def source_value(path: str, on_error: str, image_size: tuple[int, int] | None) -> Any:
+    """The data source for a path given on the command line."""
+    from zoo.datasources import as_source
+
+    return as_source(path, on_error=on_error, image_size=image_size)
+
+
 def training_data(func: Callable) -> Callable:
-    """--data --labels --strict-images, passed on as ``data``: a `TrainingData`."""
+    """--data --labels --on-error --image-size, passed on as ``data``: a `TrainingData`."""
     options = [
-        click.option("--data", "-d", "data_path", required=True, type=click.Path(exists=True),
+        click.option("--data", "-d", required=True, type=click.Path(exists=True),
                      help="Inputs: a .npy array (batch first), an image folder (one sub-folder per class), "
                           "or a flat folder / image file with --labels."),
         click.option("--labels", "-y", type=click.Path(exists=True, dir_okay=False),
                      help="A .npy array of one label per row (not needed for an image folder)."),
-        click.option("--strict-images", is_flag=True,
-                     help="Stop at the first unreadable image of a folder instead of skipping it."),
+        *reading_options(),
     ]
 
-    def build(data_path: str, labels: str | None, strict_images: bool) -> TrainingData:
-        from zoo.datasources import as_source
-
+    def build(data: str, labels: str | None, on_error: str, strict_images: bool, image_size: str | None):
         if labels is None:
-            _no_labels(data_path)
-        return TrainingData(as_source(data_path, on_error="raise" if strict_images else "skip"), labels)
+            _no_labels(data)
+        return TrainingData(source_value(data, on_error_value(on_error, strict_images), image_size_value(image_size)),
+                            labels)
 
     return _group("data", options, build)(func)
 
@@ -222,26 +266,32 @@ def _no_labels(data: str) -> None:
 
 
 def pretrain_options(func: Callable) -> Callable:
-    """The settings of each pretrained layer, passed on as ``config``: a `zoo.PretrainConfig`."""
+    """The settings of each pretrained layer, passed on as ``config``: a `zoo.PretrainConfig`.
+
+    Defaults are the PretrainConfig's own (tests/test_vocabulary.py holds them equal)."""
     options = [
-        click.option("--epochs", type=int, default=20, show_default=True, help="Epochs per layer."),
-        click.option("--batch-size", type=int, default=64, show_default=True),
-        click.option("--lr", type=float, help="Adam step size [0.01 autoencoder, 0.02 rbm]."),
+        click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Epochs per layer."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+                     help="Adam step size [default: 0.01 autoencoder, 0.02 rbm]."),
         click.option("--denoise", type=float, default=0.0, show_default=True,
                      help="Fraction of inputs zeroed while training autoencoders."),
         click.option("--sparsity", metavar="TARGET[,WEIGHT]", help="Target mean activation of hidden units."),
-        click.option("--cd-k", type=int, default=1, show_default=True, help="Gibbs steps of CD-k (rbm)."),
+        click.option("--cd-k", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Gibbs steps of CD-k (rbm)."),
         click.option("--visible", type=click.Choice(["auto", "bernoulli", "gaussian"]), default="auto",
                      show_default=True, help="Input units: bernoulli for [0, 1] data, gaussian for real values."),
-        click.option("--untied", is_flag=True, help="Autoencoders get their own decoder weights."),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("-q", "--quiet", is_flag=True, help="No progress output."),
+        click.option("--tied/--untied", default=True, show_default=True,
+                     help="Autoencoders decode with their encoder's weights (--untied: their own)."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: one for small layers]."),
+        quiet_option,
     ]
 
-    def build(sparsity: str | None, untied: bool, quiet: bool, **values):
+    def build(sparsity: str | None, quiet: bool, **values):
         from zoo.options import PretrainConfig
 
-        return PretrainConfig(sparsity=_sparsity(sparsity), tied=not untied, progress=not quiet, **values)
+        return PretrainConfig(sparsity=_sparsity(sparsity), progress=not quiet, **values)
 
     return _group("config", options, build)(func)
 

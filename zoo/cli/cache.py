@@ -19,7 +19,10 @@ def _detail(entry) -> str:
         created = _dt.datetime.fromtimestamp(d["created"]).strftime("%Y-%m-%d %H:%M") if d.get("created") else "-"
         shape = "x".join(map(str, d.get("shape") or [])) or "-"
         state = "complete" if d.get("complete") else "partial"
-        return f"{d.get('rows', 0)} rows of {shape}, {state}, {created}" + (f", {d['dataset']}" if d.get("dataset") else "")
+        layer = d.get("layer")
+        at = f"at {', '.join(map(str, layer)) if isinstance(layer, list) else layer}, " if layer is not None else ""
+        return (f"{at}{d.get('rows', 0)} rows of {shape}, {state}, {created}"
+                + (f", {d['dataset']}" if d.get("dataset") else ""))
     if entry.kind == "cuts":
         return "at " + ", ".join(d.get("layers") or ["?"])
     return ""
@@ -44,7 +47,7 @@ def cache_list(kinds: tuple[str, ...], as_json: bool, cache_dir: str | None, cat
         zoo cache list --kind cuts --kind onnx --json
     """
     from zoo.cache_manager import scan, usage
-    from zoo.transport import human_size
+    from zoo.units import human_size
 
     found = scan(cache_dir, kinds, catalog=catalog)
     use = usage(found, cache_dir) if not as_json else None
@@ -92,7 +95,7 @@ def cache_rm(keys: tuple[str, ...], model: str | None, everything: bool, kinds: 
     """
     from zoo.cache_manager import plan_removal, scan
     from zoo.errors import InputError
-    from zoo.transport import human_size
+    from zoo.units import human_size
 
     if everything == bool(keys or model):
         raise InputError("give the KEYs to remove (see `zoo cache list`), --model NAME or --all; not --all with them")
@@ -129,7 +132,7 @@ def cache_gc(dry_run: bool, as_json: bool, cache_dir: str | None) -> None:
         zoo cache gc
     """
     from zoo.cache_manager import plan_gc
-    from zoo.transport import human_size
+    from zoo.units import human_size
 
     plan = plan_gc(cache_dir)
     busy = f"; {len(plan.held)} held by a running fetch are kept" if plan.held else ""

@@ -11,6 +11,7 @@ from zoo._redact import mask_secrets
 from zoo._terminal import safe_line
 from zoo.cli._app import catalog_option, cli, echo, emit, json_option, quiet_option, table
 from zoo.records import FRAMEWORKS
+from zoo.units import human_size
 
 if TYPE_CHECKING:
     from zoo.records import Model
@@ -122,23 +123,19 @@ def search(query, framework, task, dataset, tag, source, local, limit, hub, auth
         return
     if author or libraries or offline:
         raise click.UsageError("--author, --library and --offline go with --hub")
-    from zoo.catalog import search as run_search
+    from zoo.catalog import open_catalog
 
-    models = run_search(query, catalog=catalog, framework=framework, task=task, dataset=dataset,
-                        tag=tag, source=source, local=local, limit=limit or None)
+    cat = open_catalog(catalog, create=False)  # a read never creates a catalog
+    filters = dict(framework=framework, task=task, dataset=dataset, tag=tag, source=source, local=local)
+    models = cat.search(query, limit=limit or None, **filters)
     if not models and not as_json:
-        echo(f"no models match{' ' + repr(query) if query else ''}; "
-                   "list everything with `zoo list`", err=True)
+        echo(f"no models match{' ' + repr(query) if query else ''}; list everything with `zoo list`", err=True)
         return
     emit([m.to_dict() for m in models], as_json, lambda: _rows(models))
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    if limit and len(models) == limit and not as_json:  # there may be more: say how many were left out
+        total = cat.count(query, **filters)
+        if total > len(models):
+            echo(f"{len(models)} of {total} shown; `-n 0` for all", err=True)
 
 
 def _report_lines(report: dict[str, Any]) -> list[str]:
@@ -228,7 +225,7 @@ def _info_text(model: Model) -> str:
         lines += [f"    {safe_line(k) + ':':16}{safe_line(v)}" for k, v in meta.items()]
     lines.append("  files:")
     for a in model.artifacts:
-        size = f" ({_size(a.size)})" if a.size is not None else ""
+        size = f" ({human_size(a.size)})" if a.size is not None else ""
         lines.append(f"    {a.role}: {a.filename}{size}")
         for url in a.urls:
             lines.append(f"      url:        {url}")
@@ -507,7 +504,8 @@ def _report_line(report: Any) -> str:
 @source.command(name="add")
 @click.argument("name")
 @click.argument("url", required=False)
-@click.option("--no-sync", is_flag=True, help="Register without downloading the index now.")
+@click.option("--sync/--no-sync", default=True, show_default=True,
+              help="Download the index now (--no-sync: only register it).")
 @click.option("--author", help="A hub source (`zoo source add hf`): follow this user's or organisation's models.")
 @click.option("--library", "libraries", multiple=True, metavar="LIB[,LIB]",
               help="A hub source: only models of these libraries [default: onnx,keras,tflite,tf].")
@@ -526,7 +524,7 @@ def _report_line(report: Any) -> str:
               help="Sigstore: a private instance's ClientTrustConfig [default: the public instance, online].")
 @json_option
 @catalog_option
-def source_add(name, url, no_sync, author, libraries, require_signature, signer_key, signer_cert_chain,
+def source_add(name, url, sync, author, libraries, require_signature, signer_key, signer_cert_chain,
                signer_identity, signer_issuer, signer_trust_config, as_json, catalog):
     """Follow the zoo index at URL (http(s)://, file:// or a path) as source NAME, or a hub (`zoo source add hf`).
 
@@ -560,7 +558,7 @@ def source_add(name, url, no_sync, author, libraries, require_signature, signer_
         signer = Signer.from_files(key=signer_key, certificate_chain=signer_cert_chain,
                                    identity=signer_identity, issuer=signer_issuer,
                                    trust_config=signer_trust_config)
-    report = add_source(name, url, sync=not no_sync, require_signature=require_signature,
+    report = add_source(name, url, sync=sync, require_signature=require_signature,
                         signer=signer, catalog=catalog)
     emit(report.to_dict(), as_json, _report_line(report))
 
@@ -569,7 +567,12 @@ def source_add(name, url, no_sync, author, libraries, require_signature, signer_
 @json_option
 @catalog_option
 def source_list(as_json, catalog):
-    """The sources the catalog follows."""
+    """The sources the catalog follows: name, index URL, when last synced.
+
+    \b
+    Example:
+        zoo source list --json
+    """
     from zoo.sources import list_sources
 
     sources = list_sources(catalog=catalog)

@@ -6,14 +6,17 @@ import re
 
 import click
 
-from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, skipped_lines, table
+from zoo.cli._app import cache_option, catalog_option, cli, emit, json_option, quiet_option, skipped_lines, table
 from zoo.cli._options import (
     device_option,
     engine_session,
     engine_value,
+    image_size_value,
     layer_value,
+    on_error_value,
     pooling_option,
     preprocess_option,
+    reading_options_decorator,
 )
 from zoo.errors import InputError
 
@@ -52,10 +55,10 @@ def layers_command(name: str, only_inputs: bool, args: tuple[str, ...], as_json:
 
     \b
     Example:
-        zoo layers bvlc_alexnet.caffe
+        zoo layers bvlc_alexnet
         zoo layers model.onnx --json
-        zoo layers text_encoder --inputs
-        zoo layers silero_vad --arg sr=16000
+        zoo layers text_encoder.onnx --inputs
+        zoo layers silero_vad.onnx --arg sr=16000
     """
     from zoo.extract import branch_hints, layers, model_inputs
     from zoo.input_specs import arg_values
@@ -92,20 +95,25 @@ def _layer_spec(values: tuple[str, ...]):
 
 
 @cli.command("extract")
-@click.argument("name")
+@click.argument("model")
 @click.option("--layer", "-l", "layer", multiple=True, default=("-2",), show_default=True,
               help="Layer name or position (-1 the last); repeat for several (writes .npz).")
-@click.option("--input", "-i", "input_values", required=True, multiple=True,
-              help="A .npy array of inputs (batch first), an image file, a folder of images, an image "
+@click.option("--input", "-i", "--data", "-d", "data", required=True, multiple=True,
+              help="A .npy array of inputs (batch first), image files (-i a.jpg -i b.jpg), a folder of images, an image "
                    "folder with a sub-folder per class, or Parquet (a file or folder; one input per row); "
                    "for a model with several inputs, NAME=FILE.npy (or NAME=number) once per input.")
 @click.option("--output", "-o", "output_path", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the features (.npy; .npz for several layers).")
+              help="Where to write the features: .npy, or .npz (with the row -> file index, labels and "
+                   "skipped files of images; one array per layer for several).")
+@click.option("--index-out", type=click.Path(dir_okay=False),
+              help="Images with an .npy output: the CSV lining rows up with files (input, path, row, label, "
+                   "skipped) [default: OUTPUT's stem + .index.csv].")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @preprocess_option
 @pooling_option
 @device_option
+@reading_options_decorator
 @click.option("--column", help="Parquet input: the column of inputs (needed when several hold arrays).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               envvar="ZOO_ENGINE", help="Where to run: this process, or a Ray actor pool (pip install 'zoo[ray]').")
@@ -113,54 +121,68 @@ def _layer_spec(values: tuple[str, ...]):
                                 "or a new local instance.")
 @click.option("--actors", type=click.IntRange(min=1),
               help="--engine ray: actors in the pool, each with --threads threads (default 1) [default: all CPUs].")
+@quiet_option
 @json_option
 @catalog_option
 @cache_option
-def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, ...], output_path: str,
-                    batch_size: int, threads: int | None, preprocess: bool | None, pooling: str | None,
-                    device: str | None, column: str | None, engine: str, address: str | None,
-                    actors: int | None, as_json: bool, catalog: str | None, cache_dir: str | None) -> None:
-    """Write the features of an array file at a layer of a model.
+def extract_command(model: str, layer: tuple[str, ...], data: tuple[str, ...], output_path: str,
+                    index_out: str | None, batch_size: int, threads: int | None, preprocess: bool | None,
+                    pooling: str | None, device: str | None, on_error: str, strict_images: bool,
+                    image_size: str | None, column: str | None, engine: str, address: str | None,
+                    actors: int | None, quiet: bool, as_json: bool, catalog: str | None,
+                    cache_dir: str | None) -> None:
+    """Write the features of MODEL at a layer for a set of inputs.
+
+    For image files the rows are lined up with the files: an .npz output holds `features`,
+    `paths` (the file of each row), `labels` and `classes` (a class folder's) and
+    `skipped_paths` / `skipped_reasons`; an .npy output gets a CSV index beside it.
 
     \b
     Example:
-        zoo extract bvlc_alexnet.caffe --layer fc7 --input images.npy --output fc7.npy
+        zoo extract bvlc_alexnet --layer fc7 --input images.npy --output fc7.npy
         zoo extract model.onnx --layer -2 -i x.npy -o features.npy --json
-        zoo extract vgg16_notop.keras --layer block5_pool --pooling avg -i photos/ -o vgg.npy
-        zoo extract text_encoder -l pool -i input_ids=ids.npy -i attention_mask=mask.npy -o f.npy
+        zoo extract vgg16_notop.keras --layer block5_pool --pooling avg -i photos/ -o vgg.npz
+        zoo extract text_encoder.onnx -l pool -i input_ids=ids.npy -i attention_mask=mask.npy -o f.npy
         zoo extract vad.onnx -l -1 -i input=audio.npy -i state=state.npy -i sr=16000 -o f.npy
         zoo extract model.onnx -i train.parquet -o f.npy --engine ray --actors 2
     """
+    import warnings
+
     from zoo.destinations import prepare
+    from zoo.errors import SkippedInputsWarning
     from zoo.extract import load_extractor
     from zoo.options import ExtractorOptions
 
-    input_path = _input_arg(input_values)
+    on_error = on_error_value(on_error, strict_images)
+    input_path = input_arg(data)
     # Before any work: an output that is an input is refused, a folder made outside here is said.
-    prepare(output_path, "--output",
-            inputs=input_path.values() if isinstance(input_path, dict) else [input_path])
+    prepare(output_path, "--output", inputs=[*input_paths(input_path), index_out])
     # NAME=number inputs (a sample rate) are baked in: an If they decide folds, so its layers can be cut.
     numbers = {k: _number(v) for k, v in input_path.items() if _is_scalar_arg(v)} if isinstance(input_path, dict) else {}
     options = ExtractorOptions(layer=_layer_spec(layer), batch_size=batch_size, threads=threads,
-                               preprocess=preprocess, pooling=pooling, device=device)
-    extractor = load_extractor(name, options=options, catalog=catalog, cache_dir=cache_dir, args=numbers or None)
+                               preprocess=preprocess, pooling=pooling, device=device, on_error=on_error)
+    extractor = load_extractor(model, options=options, catalog=catalog, cache_dir=cache_dir, args=numbers or None)
     shown = _shown_input(input_path)
     if isinstance(input_path, dict):
         input_path = {k: v for k, v in input_path.items() if k not in numbers}
-    result = {"model": name, "layer": extractor.layer, "input": shown, "output": output_path,
+    result = {"model": model, "layer": extractor.layer, "input": shown, "output": output_path,
               "fingerprint": extractor.fingerprint}
+    skipped: list = []
     if isinstance(extractor.layer, str):
         # One layer goes through the feature cache: resumable, and free the second time.
         from zoo.datasources import as_source
         from zoo.features import save_features
 
-        source = as_source(input_path, extractor, preprocess=preprocess, column=column)
-        with engine_session(engine_value(engine, address, actors, threads), quiet=as_json) as running:
-            cached = save_features(extractor, source, output_path, cache_dir=cache_dir, progress=not as_json,
-                                   engine=running)
+        source = as_source(input_path, extractor, preprocess=preprocess, column=column, on_error=on_error,
+                           image_size=image_size_value(image_size))
+        with engine_session(engine_value(engine, address, actors, threads), quiet=quiet or as_json) as running:
+            cached = save_features(extractor, source, output_path, index_out=index_out, cache_dir=cache_dir,
+                                   progress=not (quiet or as_json), engine=running)
         shapes = list(cached.features.shape)
-        result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key,
-                      reused=cached.reused, skipped=cached.skipped, skipped_count=len(cached.skipped))
+        skipped = cached.skipped
+        result.update(rows=len(cached.features), shape=shapes, cache_key=cached.key, reused=cached.reused,
+                      skipped=skipped, skipped_count=len(skipped),
+                      index=str(cached.index_path) if cached.index_path else None)
         if getattr(running, "last_run", None) is not None:
             result["ray"] = running.last_run.to_dict()  # where the chunks ran, how long the pool took
         if cached.classes is not None:
@@ -170,22 +192,40 @@ def extract_command(name: str, layer: tuple[str, ...], input_values: tuple[str, 
 
         if engine != "local":
             raise InputError("--engine ray extracts one layer at a time; give one --layer")
-        features = save_layer_features(extractor, input_path, output_path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SkippedInputsWarning)
+            features = save_layer_features(extractor, input_path, output_path)
+        skipped = [s for w in caught if isinstance(w.message, SkippedInputsWarning) for s in w.message.skipped]
+        result.update(skipped=skipped, skipped_count=len(skipped))
         shapes = {k: list(v.shape) for k, v in features.items()}
         first = next(iter(features))
         result.update(rows=features[first].shape[extractor.output_batch_axes.get(first, 0)], shape=shapes)
-    skipped = result.get("skipped") or []
-    emit(result, as_json, "\n".join([f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}",
-                                     *skipped_lines(skipped, result["rows"] + len(skipped))]))
+    lines = [f"wrote {output_path}: features of shape {shapes} at layer {extractor.layer}"]
+    if result.get("index"):
+        lines.append(f"wrote {result['index']}: the input file of each row")
+    lines += skipped_lines(skipped, result["rows"] + len(skipped))  # never quiet: the result left them out
+    emit(result, as_json, "\n".join(lines))
 
 
-def _input_arg(values: tuple[str, ...]):
-    """--input values: one plain path, or NAME=FILE.npy / NAME=number pairs, one per model input."""
+def input_arg(values: tuple[str, ...]):
+    """--input values: one plain path, several image files (-i a.jpg -i b.jpg), or NAME=FILE.npy /
+    NAME=number pairs, one per model input."""
     if len(values) == 1 and (os.path.exists(values[0]) or "=" not in values[0]):
         if not os.path.exists(values[0]):
             raise InputError(f"--input {values[0]}: no such file or folder; give a .npy file, an image folder, "
                              "or NAME=FILE.npy for each input of a multi-input model")
         return values[0]
+    from zoo.images import IMAGE_SUFFIXES
+
+    if (all(os.path.isfile(v) or "=" not in v for v in values)
+            and any(v.lower().endswith(IMAGE_SUFFIXES) for v in values)):  # several image files, in order
+        for value in values:
+            if not os.path.isfile(value):
+                raise InputError(f"--input {value}: no such file; give image files that exist, one -i each")
+            if not value.lower().endswith(IMAGE_SUFFIXES):
+                raise InputError(f"--input {value}: several --input files must be images ({', '.join(IMAGE_SUFFIXES)}); "
+                                 "give one .npy file, or NAME=FILE.npy for each input of a multi-input model")
+        return list(values)
     named: dict[str, str] = {}
     for value in values:
         key, sep, path = value.partition("=")
@@ -213,6 +253,13 @@ def _number(text: str) -> int | float:
     """'16000' -> 16000, '0.5' -> 0.5 (the model's dtype is applied when it is baked in)."""
     number = float(text)
     return int(number) if number.is_integer() and re.fullmatch(r"[+-]?\d+", text.strip()) else number
+
+
+def input_paths(value) -> list:
+    """The paths `input_arg` gave, as one list (for the rule that an output is not an input)."""
+    if isinstance(value, dict):
+        return list(value.values())
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _shown_input(value):

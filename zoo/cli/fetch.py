@@ -60,7 +60,7 @@ def fetch_command(names, locked, lock_file, force, offline, max_unpack_size, cac
     from zoo.archives import UnpackLimits
     from zoo.download import fetch
     from zoo.errors import InputError
-    from zoo.transport import human_size
+    from zoo.units import human_size
 
     if not names and not locked:
         raise InputError("name the models to fetch (NAME or NAME@REVISION), or fetch what zoo.lock pins with --locked")

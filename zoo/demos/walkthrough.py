@@ -67,6 +67,9 @@ class WalkthroughReport:
     transfer_model: str
     transfer_onnx: str
     onnx_agrees: bool
+    predictions: str  # zoo predict's table for the image files of step 6
+    predict_files: int
+    predict_accuracy: float
     sweep_table: str
     sweep_rows: list[dict[str, Any]]
     plot: str
@@ -107,6 +110,9 @@ class WalkthroughReport:
             ]),
             f"5. Saved the frozen base + trained layers as {self.transfer_model!r}, ONNX {self.transfer_onnx}",
             f"   (onnxruntime {'predicts the same labels as' if self.onnx_agrees else 'DISAGREES with'} torch on the test images).",
+            f"6. Predicted {self.predict_files} test digits saved as image files (one folder per class) with the",
+            f"   saved model: accuracy {_pct(self.predict_accuracy)}; one row per file in {self.predictions}",
+            f"   (again: zoo predict {self.transfer_model} -i {Path(self.predictions).with_name('photos')} --top 3).",
             f"Done in {self.seconds:.1f} s. Report: {Path(self.plot).with_name('report.json')}",
         ]
         return "\n".join(lines)
@@ -124,6 +130,25 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     # 8x8 images with values 0-16: scale to 0-1, one channel, NCHW.
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     return x, digits.target.astype(np.int64)
+
+
+def _write_photos(folder: Path, x: np.ndarray, y: np.ndarray, per_class: int) -> list[Path]:
+    """The first `per_class` images of each class as 8-bit grayscale PNGs in `folder`/<class>/."""
+    from PIL import Image
+
+    from zoo.atomic import atomic_open
+
+    written = []
+    for c in np.unique(y):
+        (folder / str(c)).mkdir(parents=True, exist_ok=True)
+        for i in np.flatnonzero(y == c)[:per_class]:
+            path = folder / str(c) / f"{i:04d}.png"
+            with atomic_open(path) as f:
+                Image.fromarray(np.round(x[i, 0] * 255).astype(np.uint8), mode="L").save(f, format="PNG")
+            written.append(path)
+    for stale in set(folder.glob("*/*.png")) - set(written):  # a rerun with other labels per class
+        stale.unlink()
+    return written
 
 
 def _few_labels(y: np.ndarray, per_class: int, val_per_class: int, seed: int):
@@ -164,6 +189,7 @@ def run(
     from zoo.features import extract_features
     from zoo.layer_sweep import sweep
     from zoo.options import TrainingConfig
+    from zoo.records import InputSpec
     from zoo.transfer import compose, fit_head, make_head, save_model
 
     say = echo or (lambda message: None)
@@ -186,7 +212,9 @@ def run(
     )
     say(f"registering it as {BASE_NAME!r} and exporting it to ONNX ...")
     # Both models the walkthrough saves: 8x8 single-channel digits, its own files, re-registered on a rerun.
-    save = functools.partial(save_model, input_shape=[1, 8, 8], catalog=cat, layout="NCHW", replace=True)
+    # Trained on pixels in [0, 1]: an image file's 0-255 pixels are scaled to that (`zoo predict` on PNGs).
+    save = functools.partial(save_model, input_shape=[1, 8, 8], catalog=cat, layout="NCHW", replace=True,
+                             input_spec=InputSpec(layout="NCHW", scale=1 / 255))
     base_record = save(
         base_net, BASE_NAME, path=out / f"{BASE_NAME}.onnx", classes=[0, 1, 2, 3, 4],
         description="Small CNN trained on scikit-learn's digits 0-4 by `zoo walkthrough`",
@@ -205,7 +233,11 @@ def run(
     cached = extract_features(extractor, x_train, cache_dir=cache_dir, progress=False)
     val_features = extract_features(extractor, x_val, cache_dir=cache_dir, progress=False).features
     test_features = extract_features(extractor, x_test, cache_dir=cache_dir, progress=False).features
-    heads = TrainingConfig(epochs=head_epochs, batch_size=16, lr=3e-3, patience=15, seed=seed, progress=False)
+    # The heads train on the raw features, as this design was tuned (lr, patience): standardized,
+    # 25 rows overfit within a few epochs and early stopping on the validation loss keeps those
+    # (best cut 88.5% instead of 91.1% on the test digits, below the from-scratch baseline).
+    heads = TrainingConfig(epochs=head_epochs, batch_size=16, lr=3e-3, patience=15, seed=seed, progress=False,
+                           standardize=False)
     first = fit_head(
         cached.features, y_train, heads, head=make_head(int(np.prod(cached.features.shape[1:])), 5, seed=seed),
         validation=(val_features, y_val),
@@ -242,6 +274,14 @@ def run(
     best_features = extract_features(best_base, x_test, cache_dir=cache_dir, progress=False).features
     onnx_agrees = bool(np.array_equal(np.asarray(best.fit.classes)[logits.argmax(1)], best.fit.predict(best_features)))
 
+    # 6. Use it: the test digits as image files, one sub-folder per class, through `zoo predict`.
+    photos = _write_photos(out / "photos", x_test, y_test, per_class=4)
+    say(f"predicting the classes of {len(photos)} image files with {TRANSFER_NAME!r} ...")
+    from zoo.predictions import predict
+
+    predictions = predict(TRANSFER_NAME, out / "photos", catalog=cat, cache_dir=cache_dir, progress=False)
+    predictions.save(out / "predictions.csv")
+
     report = WalkthroughReport(
         base_model=BASE_NAME,
         base_onnx=base_record.artifact("model").path,
@@ -259,6 +299,9 @@ def run(
         transfer_model=TRANSFER_NAME,
         transfer_onnx=transfer_record.artifact("model").path,
         onnx_agrees=onnx_agrees,
+        predictions=str(out / "predictions.csv"),
+        predict_files=len(predictions),
+        predict_accuracy=float(predictions.accuracy or 0.0),
         sweep_table=result.table(),
         sweep_rows=[r.to_dict() for r in result.rows],
         plot=str(result.plot_path),
