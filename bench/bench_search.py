@@ -163,15 +163,21 @@ def main() -> None:
         if args.postgresql is not None:
             postgresql_latency(args.postgresql or None, args.entries, sqlite, url)
 
-        # Start-up: `zoo search resnet` on the default catalog (built-ins) vs bare `import sqlalchemy`.
-        env = dict(os.environ, ZOO_CATALOG=str(Path(tmp) / "small.db"))
+        # Start-up: `zoo search resnet` on a catalog of the built-ins (made by `zoo init`) vs bare
+        # `import sqlalchemy`; and before any catalog exists (read-only commands never make one, so
+        # the built-ins are loaded into memory for each search until a write makes the catalog).
         zoo = str(Path(sys.executable).with_name("zoo"))
-        subprocess.run([zoo, "search", "resnet"], check=True, stdout=subprocess.DEVNULL, env=env)
+        project = Path(tmp) / "project"
+        project.mkdir()
+        env = dict(os.environ, ZOO_CATALOG=str(project / "catalog.db"))
+        subprocess.run([zoo, "init", str(project)], check=True, stdout=subprocess.DEVNULL, env=env)
         base = wall([sys.executable, "-c", "import sqlalchemy"], 15, env)
         ours = wall([zoo, "search", "resnet"], 15, env)
         print(f"`zoo search resnet` warm: {ours * 1000:.0f} ms; `python -c 'import sqlalchemy'`: "
               f"{base * 1000:.0f} ms; difference {1000 * (ours - base):.0f} ms (goal <= 100), "
               f"ratio {ours / base:.2f}")
+        none = wall([zoo, "search", "resnet"], 5, dict(os.environ, ZOO_CATALOG=str(Path(tmp) / "none.db")))
+        print(f"`zoo search resnet` with no catalog yet (built-ins loaded in memory): {none * 1000:.0f} ms")
         leaked = subprocess.run(
             [sys.executable, "-c",
              "import sys; from zoo.cli import main\n"
