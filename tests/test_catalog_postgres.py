@@ -50,6 +50,26 @@ def test_search_uses_the_tsvector_column_and_its_gin_index(catalog_url):
 
 
 @postgres_only
+def test_local_filter_probes_the_missing_files_index(catalog_url):
+    """`--local` is a NOT EXISTS over files without a path: one probe of migration 0006's partial
+    index per candidate, not a hash of every such artifact in the catalog."""
+    from zoo.records import Artifact
+
+    cat = Catalog(catalog_url, builtins=False)
+    files = [Artifact(role="model", filename=f"n{i}.onnx", path=f"/m/n{i}.onnx" if i % 2 else None) for i in range(40)]
+    cat.add_models([Model(name=f"net{i}", framework="onnx", description="squeeze net", artifacts=[files[i]])
+                    for i in range(40)])
+    assert {m.name for m in cat.search("squeeze", local=True, limit=None)} == {f"net{i}" for i in range(1, 40, 2)}
+    with cat._engine.connect() as connection:
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        connection.exec_driver_sql("SET enable_hashjoin = off")
+        plan = "\n".join(connection.exec_driver_sql(
+            "EXPLAIN SELECT id FROM models WHERE NOT EXISTS (SELECT 1 FROM artifacts WHERE artifacts.model_id = "
+            "models.id AND artifacts.role <> 'onnx' AND artifacts.path IS NULL)").scalars())
+    assert "ix_artifacts_missing" in plan, plan
+
+
+@postgres_only
 def test_rows_written_outside_zoo_are_searchable_at_once(catalog_url):
     """The tsvector is a generated column: a bulk load with plain SQL needs no re-index."""
     cat = Catalog(catalog_url, builtins=False)

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from zoo._orm import ModelRow, RevisionRow, SourceRow
 
 # Alembic revisions this zoo knows, oldest first; the last is the schema this code writes.
-SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 # The URL of the in-memory catalog read-only commands use before any catalog file exists.
 IN_MEMORY = "sqlite://"
@@ -859,7 +859,7 @@ class Catalog:
         if tag:
             # Tags are a JSON list; its text form holds each tag quoted.
             conditions.append(func.lower(_models.c.tags.cast(Text)).like(f'%"{tag.lower()}"%'))
-        if local is not None:
+        if local is not None:  # migration 0006's partial index answers the NOT EXISTS per candidate
             needed = _artifacts.c.model_id == _models.c.id, _artifacts.c.role != "onnx"
             anything = select(_artifacts.c.id).where(*needed).exists()
             missing = select(_artifacts.c.id).where(*needed, _artifacts.c.path.is_(None)).exists()
