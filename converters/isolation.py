@@ -63,6 +63,7 @@ class IsolatedConversion:
     model_path: Path
     report: ConversionReport
     sandbox: dict[str, Any] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] | None = None  # the graph's inputs, read by the child (no onnx.load here)
 
     def __post_init__(self) -> None:
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.model_path.parent), True)
@@ -174,7 +175,7 @@ def _collect(scratch: Path, status: int, limit: float, path: str, framework: str
             + (f" (the traceback is in {log})" if log else ""))
     report = ConversionReport.from_dict(_read_json(scratch / "report.json") or {})
     sandbox = _read_json(scratch / "sandbox.json") or {}
-    return IsolatedConversion(scratch / "model.onnx", report, sandbox)
+    return IsolatedConversion(scratch / "model.onnx", report, sandbox, _read_json(scratch / "inputs.json"))
 
 
 def _signal_message(signum: int, limit: float, path: str, framework: str, scratch: Path) -> str:
@@ -456,6 +457,9 @@ def _convert(job: dict[str, Any], scratch: str) -> int:
         conversion = importlib.import_module(job["module"]).convert(job["path"], **job["options"])
         _save_model(conversion.model, os.path.join(scratch, "model.onnx"))
         _write_json(os.path.join(scratch, "report.json"), conversion.report.to_dict())
+        from converters.onnx_model import input_records
+
+        _write_json(os.path.join(scratch, "inputs.json"), input_records(conversion.model))
         return 0
     except errors.ZooError as exc:
         _write_json(os.path.join(scratch, "error.json"), {"type": type(exc).__name__, "message": str(exc)})

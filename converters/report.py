@@ -99,6 +99,7 @@ class Conversion:
 
     model: onnx.ModelProto
     report: ConversionReport
+    inputs: list[dict[str, Any]] | None = None  # ``input_records`` of the model when already read
 
     def save(self, path) -> None:
         import os

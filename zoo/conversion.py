@@ -149,7 +149,8 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
 
     from converters.onnx_model import input_records
 
-    inputs = input_records(conversion.model)  # what the model really takes, for `zoo info`
+    # What the model really takes, for `zoo info`; a sandboxed child read it (no second onnx.load here).
+    inputs = conversion.inputs if conversion.inputs is not None else input_records(conversion.model)
     dest = onnx_path(name, cache_dir)
     conversion.save(dest)
     source_sha256 = {role: _source_sha(report, path) for role, path in sources.items()}
