@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from sqlalchemy import Text, and_, event, exc, func, or_, select, text
 
 from zoo import config
-from zoo._backend import Backend, Damaged
+from zoo._backend import Backend, Damaged, SearchPlan
 from zoo._redact import mask_url
 from zoo._sqlite import BUSY_TIMEOUT_MS
 from zoo.errors import (
@@ -791,14 +791,10 @@ class Catalog:
         >>> cat.search("resnet", framework="caffe", limit=5)   # doctest: +SKIP
         """
         query, task, dataset, tag, source = (_text(v) for v in (query, task, dataset, tag, source))
-        conditions = self._filters(framework, task, dataset, tag, source, local)
-        if query:
-            plan = self._backend.search_plan(query, conditions)
-            if plan is None:  # no word in the query that any back-end would index
-                return []
-            stmt, params, exact = plan.ids, plan.params, plan.exact
-        else:
-            stmt, params, exact = select(_models.c.id).where(*conditions).order_by(_models.c.name), {}, None
+        plan = self._plan(query, self._filters(framework, task, dataset, tag, source, local))
+        if plan is None:  # no word in the query that any back-end would index
+            return []
+        stmt, params, exact = plan.ids, plan.params, plan.exact
         if limit:
             stmt = stmt.limit(limit)
         with self._reader() as reader:
@@ -834,16 +830,18 @@ class Catalog:
 
         >>> cat.count("resnet")   # doctest: +SKIP
         """
-        conditions = self._filters(framework, task, dataset, tag, source, local)
-        if query:
-            plan = self._backend.search_plan(query, conditions)
-            if plan is None:
-                return 0
-            stmt, params = plan.ids, plan.params
-        else:
-            stmt, params = select(_models.c.id).where(*conditions), {}
+        plan = self._plan(query, self._filters(framework, task, dataset, tag, source, local))
+        if plan is None:
+            return 0
         with self._reader() as reader:
-            return int(reader.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()), params) or 0)
+            counted = select(func.count()).select_from(plan.ids.order_by(None).subquery())
+            return int(reader.scalar(counted, plan.params) or 0)
+
+    def _plan(self, query: str | None, conditions: list) -> SearchPlan | None:
+        """The ranked id select `search` and `count` share: the back-end's for a query, by name without one."""
+        if query:
+            return self._backend.search_plan(query, conditions)
+        return SearchPlan(select(_models.c.id).where(*conditions).order_by(_models.c.name))
 
     @staticmethod
     def _filters(framework, task, dataset, tag, source, local) -> list:

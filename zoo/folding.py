@@ -109,16 +109,9 @@ def _bake(model: onnx.ModelProto, values: dict[str, Any]) -> list[str]:
 
 def _cone(info, tensor: str) -> set[str]:
     """Every tensor `tensor` is computed from (itself included)."""
-    seen, stack = set(), [tensor]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        i = info.producer.get(name)
-        if i is not None:
-            stack.extend(info.node_inputs[i])
-    return seen
+    from zoo.graph import ancestors
+
+    return ancestors(info, [tensor])[0]
 
 
 def _fold_one(model: onnx.ModelProto) -> str | None:

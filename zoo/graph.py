@@ -582,6 +582,27 @@ def _resolve_one(layers: list[LayerInfo], spec: str | int, model_name: str, info
 
 # --- cutting ----------------------------------------------------------------------------------
 
+def ancestors(info: GraphInfo, tensors: Iterable[str]) -> tuple[set[str], set[int]]:
+    """(every tensor `tensors` are computed from, themselves included; the indices of the nodes computing them).
+
+    Subgraphs (If/Loop bodies) read outer tensors by name: `info.node_inputs` counts those reads too.
+    """
+    needed: set[str] = set()
+    nodes: set[int] = set()
+    stack = list(tensors)
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        i = info.producer.get(name)
+        if i is None or i in nodes:
+            continue
+        nodes.add(i)
+        stack.extend(info.node_inputs[i])
+    return needed, nodes
+
+
 def cut(model: onnx.ModelProto, outputs: list[str], info: GraphInfo | None = None) -> onnx.ModelProto:
     """A model that computes only `outputs`: the nodes they need, typed outputs, batch kept.
 
@@ -596,19 +617,7 @@ def cut(model: onnx.ModelProto, outputs: list[str], info: GraphInfo | None = Non
     missing = [o for o in outputs if o not in known]
     if missing:
         raise UnknownLayerError(f"tensor(s) {', '.join(missing)} are not in the graph")
-    needed: set[str] = set()
-    keep: set[int] = set()
-    stack = list(outputs)
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        i = info.producer.get(name)
-        if i is None or i in keep:
-            continue
-        keep.add(i)
-        stack.extend(info.node_inputs[i])  # subgraphs (If/Loop bodies) read outer tensors by name too
+    needed, keep = ancestors(info, outputs)
     nodes = [info.nodes[i] for i in sorted(keep)]
     channels_first = _channels_first_layers(model)
     new_outputs = []
