@@ -252,6 +252,9 @@ def test_a_savedmodel_is_picked_by_folder_and_a_single_file_comes_first(repos, t
         assert {a.filename for a in pinned.artifacts} == {n[len("export/1/"):] for n in saved}
     with pytest.raises(ModelFormatError, match="the repo's models: model.onnx, export/1/"):
         add("hf://acme/both/export/1/variables/variables.index")
+    repos.repo("acme/hostile", {**saved, "export/1/variables/../../../../escape": b"x"})
+    with pytest.raises(HubError, match="not a path inside it; zoo will not fetch it"):
+        add("hf://acme/hostile/export/1")
 
 
 def test_fetching_a_search_result_pins_it_first(repos):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from zoo.errors import HubError, ModelFormatError, OfflineError, require
-from zoo.records import Artifact, InputSpec, Model
+from zoo.records import Artifact, InputSpec, Model, file_name_parts
 
 if TYPE_CHECKING:
     import requests
@@ -350,6 +350,10 @@ def _saved_model(files: dict[str, Any], folder: str) -> list[tuple[str, str, str
     prefix = f"{folder}/" if folder else ""
     parts = [("other", p, p[len(prefix):]) for p in sorted(files) if p.startswith(prefix)
              and (p[len(prefix):].startswith(SAVED_MODEL_FOLDERS) or p[len(prefix):] in SAVED_MODEL_FILES)]
+    for _, path, filename in parts:
+        if file_name_parts(filename) is None:  # a Hub (or a mirror) that lists "variables/../../x"
+            raise HubError(f"the Hub lists {path!r} in the SavedModel {folder or './'}, which is not a path inside "
+                           "it; zoo will not fetch it (is HF_ENDPOINT a Hub you trust?)")
     return [*parts, ("model", prefix + SAVED_MODEL, SAVED_MODEL)]
 
 
