@@ -178,6 +178,25 @@ def test_a_fresh_process_fetches_and_converts_a_hub_model(repos, zoo_cmd):
     assert open_catalog().get(model.name).artifact("model").sha256 == model.artifacts[0].checksum.split(":")[1]
 
 
+def test_a_search_result_fetched_in_fresh_processes_keeps_no_empty_revision(repos, zoo_cmd):
+    """`zoo search --hub` then `zoo fetch NAME`, each a new process: the pinned commit is the only
+    revision (the search result had no files to keep), and a hub ref where a name goes says `zoo add`."""
+    import subprocess
+
+    def zoo_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*zoo_cmd, *args], capture_output=True, text=True, timeout=120)
+
+    assert zoo_run("search", "resnet", "--hub").returncode == 0
+    out = zoo_run("fetch", "hf://acme/resnet-18")
+    assert out.returncode == 1 and "no such file" not in out.stderr, out.stderr
+    assert out.stderr.strip() == ("error: hf://acme/resnet-18 is not in the catalog: a Hub model is registered "
+                                  "first with `zoo add hf://acme/resnet-18`; then use the name that prints "
+                                  "(OWNER--REPO)")
+    assert zoo_run("fetch", "acme--resnet-18").returncode == 0
+    info = json.loads(zoo_run("info", "acme--resnet-18", "--json").stdout)
+    assert [r["revision"] for r in info["revisions"]] == [info["meta"]["hub"]["commit"]]
+
+
 def test_a_file_the_second_host_changed_is_refused(repos):
     model = add("hf://acme/resnet-18")
     sha256 = model.artifacts[0].checksum.split(":")[1]

@@ -490,6 +490,9 @@ class Catalog:
     def _unknown(self, reader: Any, name: str) -> UnknownModelError:
         from zoo.records import missing_path
 
+        if "://" in name:  # a hub reference where a catalog name goes: it is no file, and not yet a model
+            return UnknownModelError(f"{name} is not in the catalog: a Hub model is registered first with "
+                                     f"`zoo add {name}`; then use the name that prints (OWNER--REPO)", name=name)
         gone = missing_path(name)
         if gone is not None:  # a mistyped file, most likely: say so first
             return _unknown_name(reader, _models.c.name, name, UnknownModelError,
@@ -595,7 +598,10 @@ class Catalog:
             if tag and not current.tag:
                 current.tag = tag
             return
-        if current is not None and before is not None:  # it stops being current: it keeps its files
+        if current is not None and before is not None and not before.artifacts:
+            row.revisions.remove(current)  # no files (a hub search result): nothing to keep or fetch later
+            del known[current.revision]
+        elif current is not None and before is not None:  # it stops being current: it keeps its files
             current.files, facts = _superseded(before)
             current.meta = {**(current.meta or {}), **facts}
         wanted = model.revision or digest[:12]
