@@ -217,3 +217,23 @@ def test_an_old_cache_is_moved_into_the_store_in_place(served, zoo_env):
     fetch(["one", "two"], quiet=True)
     assert served.routes["/a/net.onnx"].hits == 0
     assert store_module.Store().migrate().files == 0  # once
+
+
+def test_a_new_cache_whose_first_files_are_a_conversion_and_a_trained_model_is_no_old_cache(tmp_path, zoo_cmd,
+                                                                                              light):
+    """Fresh processes on a new ZOO_HOME: `zoo convert` and `zoo train` write the cache's first files; a
+    later store command finds the store made, not a cache from before the store to move in."""
+    import numpy as np
+
+    env = {**os.environ, "ZOO_HOME": str(tmp_path / "home")}
+    for variable in ("ZOO_CATALOG", "ZOO_CACHE"):
+        env.pop(variable, None)
+    np.save(tmp_path / "x.npy", np.ones((8, 4), np.float32))
+    np.save(tmp_path / "y.npy", np.arange(8) % 2)
+    for command in (["convert", str(light["onnx"])],
+                    ["train", "tiny", "-l", "-1", "-d", str(tmp_path / "x.npy"), "-y", str(tmp_path / "y.npy"),
+                     "--name", "head", "--epochs", "1", "-q"],
+                    ["cache", "gc"]):
+        out = subprocess.run([*zoo_cmd, *command], capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+    assert "moved" not in out.stderr and out.stdout.strip() == "removed 0 unused stored files, freed 0 B"

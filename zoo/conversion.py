@@ -152,6 +152,7 @@ def _convert_cataloged(cat: Catalog, name: str, specs: list, values: dict, opset
     # What the model really takes, for `zoo info`; a sandboxed child read it (no second onnx.load here).
     inputs = conversion.inputs if conversion.inputs is not None else input_records(conversion.model)
     dest = onnx_path(name, cache_dir)
+    Store(cache_dir).ensure()  # a new cache is marked new before its first file (else it reads as a pre-store one)
     conversion.save(dest)
     source_sha256 = {role: _source_sha(report, path) for role, path in sources.items()}
     sha256 = file_sha256(dest)

@@ -94,6 +94,10 @@ def register(model: onnx.ModelProto, record: Model, *, catalog: str | os.PathLik
 
     cat = open_catalog(catalog)
     check_new_name(record.name, cat, replace)
+    if path is None:
+        from zoo.store import Store
+
+        Store(cache_dir).ensure()  # as fetch does: a new cache is marked new before its first file
     target = Path(path) if path else model_path(record.name, cache_dir)
     content = model.SerializeToString()
     write_atomic(target, content)
