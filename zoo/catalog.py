@@ -598,13 +598,15 @@ class Catalog:
             if tag and not current.tag:
                 current.tag = tag
             return
+        wanted = model.revision or digest[:12]
         if current is not None and before is not None and not before.artifacts:
-            row.revisions.remove(current)  # no files (a hub search result): nothing to keep or fetch later
+            # No files (a hub search result, a file scan is re-pointing): nothing to keep or fetch later.
+            row.revisions.remove(current)
             del known[current.revision]
+            wanted = digest[:12] if wanted == current.revision else wanted
         elif current is not None and before is not None:  # it stops being current: it keeps its files
             current.files, facts = _superseded(before)
             current.meta = {**(current.meta or {}), **facts}
-        wanted = model.revision or digest[:12]
         if wanted in known and known[wanted].digest != digest:
             wanted = digest[:12]  # an id the publisher reused for other files: the digest tells them apart
         chosen = known.get(wanted)
