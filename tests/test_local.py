@@ -137,6 +137,8 @@ def test_scan_notices_moved_and_changed_files(tree, light):
     assert sorted(result.changed) == ["one", "tagged"]
     moved = zoo.info("net").artifacts[0]
     assert moved.path == str(tree / "moved.pt") and moved.sha256 == sha256(tree / "moved.pt")
+    # the entry is re-pointed, not a new revision beside an empty one (nothing there to fetch)
+    assert [r.digest[:12] for r in open_catalog().revisions("net")] == [zoo.info("net").revision]
     changed = zoo.info("one").artifacts[0]
     assert changed.sha256 == sha256(tree / "a" / "one.onnx")
     assert zoo.info("tagged").tags == ["mine"]
@@ -238,3 +240,29 @@ def test_scan_skips_fifos_and_sockets_with_a_note(tree, zoo_cmd, zoo_env):
     skipped = {Path(p["path"]).name: p["error"] for p in data["problems"]}
     assert "FIFO" in skipped["pipe.onnx"] and "FIFO" in skipped["fifo.txt"] and "FIFO" in skipped["lenet2.prototxt"]
     assert "a socket" in skipped["server.pt"] and "broken.tflite" in skipped
+
+
+def test_a_missing_file_is_said_to_come_back_the_way_it_came(tmp_path, zoo_env, zoo_cmd, light):
+    """Fresh processes: the user's own file that moved is found again by `zoo scan` (it has no URL to
+    fetch), a conversion removed from the cache is converted again, never fetched."""
+    import subprocess
+
+    def zoo_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*zoo_cmd, *args], capture_output=True, text=True, timeout=120)
+
+    path = tmp_path / "mine.onnx"
+    shutil.copy(light["onnx"], path)
+    assert zoo_run("convert", str(path)).returncode == 0
+    path.rename(tmp_path / "moved.onnx")
+    for command in (["verify", "mine"], ["fetch", "mine"], ["convert", "mine"]):
+        out = zoo_run(*command)
+        said = out.stdout + out.stderr  # verify reports on stdout, the others fail on stderr
+        assert out.returncode == 1 and "find it again with `zoo scan FOLDER` where it is now" in said, said
+        assert "zoo fetch" not in said, (command, said)
+    (tmp_path / "moved.onnx").rename(path)
+    path.write_bytes(path.read_bytes() + b"\0")
+    assert f"register what it is now with `zoo scan {tmp_path}`" in zoo_run("verify", "mine").stdout
+    shutil.copy(light["onnx"], path)
+    assert zoo_run("cache", "rm", "onnx/mine").returncode == 0
+    out = zoo_run("verify", "mine")
+    assert out.returncode == 1 and out.stdout.strip().endswith("convert it again with `zoo convert mine`"), out.stdout

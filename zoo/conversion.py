@@ -267,9 +267,11 @@ def _sources(model: Model) -> dict[str, str]:
         )
     for role, path in found.items():
         if not os.path.exists(path):
-            raise ModelFormatError(
-                f"{model.name}: {role} file {path} is missing; run `zoo fetch {model.name}` again"
-            )
+            from zoo.download import remedy
+
+            artifact = model.artifact(role)  # None: a member of an archive, which a fetch unpacks again
+            how = remedy(model.name, artifact) if artifact else f"run `zoo fetch {model.name}` again"
+            raise ModelFormatError(f"{model.name}: {role} file {path} is missing; {how}")
     return found
 
 

@@ -267,6 +267,9 @@ def _fetch_artifact(cat, name, artifact, root, how: _How, register: bool = True)
         placed = _place(name, model_folder(name, root), artifact.filename)
         if placed.is_file():
             return _register_placed(cat, name, artifact, placed, label, register), None
+        if artifact.path and Path(artifact.path) != placed:  # the user's own file, moved or deleted
+            raise FetchError(f"{label} is not at {artifact.path} any more and has no download URL; "
+                             f"{remedy(name, artifact)}")
         how = artifact.meta.get("manual")
         raise FetchError(
             f"{label} has no download URL{f' ({how})' if how else ''}; put the file at {placed} and "
@@ -387,20 +390,31 @@ class Problem:
     kind: str  # "missing" or "changed"
     expected: str | None = None
     actual: str | None = None
+    remedy: str = ""  # how to get the file back (`remedy`)
 
     def __str__(self) -> str:
         if self.kind == "missing":
-            return (
-                f"{self.name}: {self.role} file {self.filename} is missing ({self.path}); "
-                f"fetch it again with `zoo fetch {self.name}`"
-            )
+            return f"{self.name}: {self.role} file {self.filename} is missing ({self.path}); {self.remedy}"
         return (
             f"{self.name}: {self.role} file {self.filename} changed on disk ({self.path}): sha256 "
-            f"expected {self.expected}, got {self.actual}; fetch it again with `zoo fetch --force {self.name}`"
+            f"expected {self.expected}, got {self.actual}; {self.remedy}"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "message": str(self)}
+
+
+def remedy(name: str, artifact: Artifact, changed: bool = False) -> str:
+    """How to get a model's missing or changed file back, by where it came from: a conversion is made
+    again, a downloaded file fetched again, the user's own file (no URL) found again by a scan."""
+    if artifact.role == "onnx":
+        return f"convert it again with `zoo convert {name}`"
+    if artifact.urls:
+        return f"fetch it again with `zoo fetch {'--force ' if changed else ''}{name}`"
+    folder = os.path.dirname(artifact.path or "") or "FOLDER"
+    if changed:
+        return f"put the original back, or register what it is now with `zoo scan {folder}`"
+    return "find it again with `zoo scan FOLDER` where it is now"
 
 
 def verify(
@@ -435,9 +449,11 @@ def verify(
             if not a.path:
                 continue
             fact = dict(name=model.name, role=a.role, filename=a.filename)
+            gone = dict(kind="missing", remedy=remedy(model.name, a))
+            changed = dict(kind="changed", remedy=remedy(model.name, a, changed=True))
             checked = Path(a.meta.get("archive_path") or a.path)
             if not Path(a.path).exists():
-                problems.append(Problem(**fact, path=a.path, kind="missing"))
+                problems.append(Problem(**fact, **gone, path=a.path))
                 continue
             if not a.sha256:
                 continue
@@ -446,16 +462,16 @@ def verify(
 
                 actual = file_sha256(checked)
                 if actual != a.sha256:
-                    problems.append(Problem(**fact, path=str(checked), kind="changed", expected=a.sha256,
+                    problems.append(Problem(**fact, **changed, path=str(checked), expected=a.sha256,
                                             actual=actual))
                 continue
             if not checked.is_file():
-                problems.append(Problem(**fact, path=str(checked), kind="missing"))
+                problems.append(Problem(**fact, **gone, path=str(checked)))
                 continue
             actual = file_hash(checked)
             if actual != a.sha256:
-                problems.append(Problem(**fact, path=str(checked), kind="changed", expected=a.sha256, actual=actual))
+                problems.append(Problem(**fact, **changed, path=str(checked), expected=a.sha256, actual=actual))
     return problems
 
 
-__all__ = ["Problem", "fetch", "verify"]
+__all__ = ["Problem", "fetch", "remedy", "verify"]
