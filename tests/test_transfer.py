@@ -385,3 +385,22 @@ def test_heads_standardize_their_features_and_say_when_not_converged(blobs):
     assert bool(first.fitted)
     raw = fit_head(scaled, y, epochs=2, patience=None, standardize=False, progress=False)
     assert not any(type(m).__name__ == "Standardize" for m in raw.head.modules())
+
+
+def test_the_lineage_of_a_head_is_not_taken_for_a_cut_that_kept_the_whole_graph(tmp_path, zoo_env, zoo_cmd, light):
+    """Fresh processes: features at the last layer first (a cut that keeps every node has the converted
+    model's bytes, so its digest), then a head at another layer: its chain goes down to the conversion."""
+    import subprocess
+
+    np.save(tmp_path / "x.npy", np.ones((8, 4), np.float32))
+    np.save(tmp_path / "y.npy", np.arange(8) % 2)
+    script = str(light["torchscript"])
+    for command in (["extract", script, "-l", "-1", "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "f.npy")],
+                    ["train", "tiny_script", "-l", "fc", "-d", str(tmp_path / "x.npy"), "-y", str(tmp_path / "y.npy"),
+                     "--name", "head", "--epochs", "1", "-q"],
+                    ["lineage", "head"]):
+        out = subprocess.run([*zoo_cmd, *command], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    chain = [line.strip() for line in out.stdout.splitlines() if "<-" in line]
+    assert chain[2].startswith("<- cut at fc of tiny_script") and "(cycle)" not in out.stdout, out.stdout
+    assert chain[3].startswith("<- tiny_script.onnx (conversion of tiny_script)"), out.stdout

@@ -287,7 +287,8 @@ def _cached_lineages(cache_dir: Any) -> Iterable[tuple[str, tuple[str, str, Line
             lineage = Lineage.from_dict(data["lineage"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a record from before lineage, or one being written
-        if lineage.sha256:
+        if lineage.sha256 and all(p.sha256 != lineage.sha256 for p in lineage.parents):
+            # (a cut that keeps the whole graph has its parent's bytes: that digest names the parent)
             yield lineage.sha256, (lineage.kind, _cache_label(lineage, path), lineage)
 
 
