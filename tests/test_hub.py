@@ -197,6 +197,16 @@ def test_a_search_result_fetched_in_fresh_processes_keeps_no_empty_revision(repo
     assert [r["revision"] for r in info["revisions"]] == [info["meta"]["hub"]["commit"]]
 
 
+def test_a_hub_source_with_an_author_is_listed_as_it_is(repos, zoo_cmd):
+    """`author` is no secret: `zoo source list` (a new process) shows the hub source's URL unmasked."""
+    import subprocess
+
+    for command in (["source", "add", "hf", "--author", "acme", "--library", "onnx", "--no-sync"], ["source", "list"]):
+        out = subprocess.run([*zoo_cmd, *command], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    assert "hf://?author=acme&library=onnx" in out.stdout and "***" not in out.stdout, out.stdout
+
+
 def test_a_file_the_second_host_changed_is_refused(repos):
     model = add("hf://acme/resnet-18")
     sha256 = model.artifacts[0].checksum.split(":")[1]

@@ -297,6 +297,8 @@ def test_credentials_in_source_urls_are_masked(fault_server):
     ("https://h.example/z.json?X-Amz-Signature=abc&v=2&api_key=k", "https://h.example/z.json?X-Amz-Signature=***&v=2&api_key=***"),
     ("postgresql+psycopg://zoo:p%40ss@127.0.0.1:5432/zoo", "postgresql+psycopg://zoo:***@127.0.0.1:5432/zoo"),
     ("https://h.example/zoo.json?v=2", "https://h.example/zoo.json?v=2"),
+    ("hf://?author=acme&library=onnx", "hf://?author=acme&library=onnx"),
+    ("https://h.example/z.json?auth=x&author=acme", "https://h.example/z.json?auth=***&author=acme"),
     ("sqlite:////home/me/catalog.db", "sqlite:////home/me/catalog.db"),
     ("file:///home/me/zoo.json", "file:///home/me/zoo.json"),
 ])

@@ -6,7 +6,7 @@ import urllib.parse
 
 MASK = "***"
 # Query parameters whose values are secrets (signed URLs, API keys, bearer tokens).
-_SECRET_PARAM = re.compile(r"token|key|sig|secret|passw|auth|credential", re.I)
+_SECRET_PARAM = re.compile(r"token|key|sig|secret|passw|auth(?!or)|credential", re.I)  # not `author`
 # A URL inside free text: scheme://, up to whitespace, a quote or a closing bracket.
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>)\]]+")
 
