@@ -195,6 +195,8 @@ def test_a_search_result_fetched_in_fresh_processes_keeps_no_empty_revision(repo
     assert zoo_run("fetch", "acme--resnet-18").returncode == 0
     info = json.loads(zoo_run("info", "acme--resnet-18", "--json").stdout)
     assert [r["revision"] for r in info["revisions"]] == [info["meta"]["hub"]["commit"]]
+    # searched again live, it is shown as what it is here now
+    assert zoo_run("search", "resnet-18", "--hub").stdout.splitlines()[1].split()[-2:] == ["5,000", "fetched"]
 
 
 def test_a_hub_source_with_an_author_is_listed_as_it_is(repos, zoo_cmd):

@@ -169,9 +169,7 @@ def search(query: str | None, *, scheme: str = "hf", author: str | None = None,
     else:
         found = module.search(query, author=wanted[0], libraries=wanted[1], limit=limit, source=source.name)
     with cat.batch():
-        for model in found:
-            _keep_stub(cat, model)
-    return found
+        return [_keep_stub(cat, model) for model in found]
 
 
 class _Early:
@@ -204,20 +202,21 @@ class _Early:
         return self._found or []
 
 
-def _keep_stub(cat: Catalog, model: Model) -> None:
-    """Store a search result; a model already pinned keeps its files, only its numbers change."""
+def _keep_stub(cat: Catalog, model: Model) -> Model:
+    """Store a search result; a model already pinned keeps its files, only its numbers change.
+    Returns the result as the catalog has it (a pinned model: pinned or fetched, as `zoo search` says)."""
     if not cat.exists(model.name):
         cat.add_model(model)
-        return
+        return model
     known = cat.get(model.name)
     hub = known.meta.get("hub") or {}
     if hub.get("repo") != model.meta["hub"]["repo"]:
-        return  # a model of that name from elsewhere: left as it is (the result is shown, not stored)
+        return model  # a model of that name from elsewhere: left as it is (the result is shown, not stored)
     if hub.get("stub"):
         cat.add_model(model, replace=True)
-    else:
-        cat.update_model(model.name, meta={**known.meta, "hub": {**hub, "downloads": model.meta["hub"].get("downloads"),
-                                                                   "likes": model.meta["hub"].get("likes")}})
+        return model
+    return cat.update_model(model.name, meta={**known.meta, "hub": {
+        **hub, "downloads": model.meta["hub"].get("downloads"), "likes": model.meta["hub"].get("likes")}})
 
 
 def add(ref: str, *, name: str | None = None, catalog: str | os.PathLike | Catalog | None = None) -> Model:
