@@ -129,6 +129,27 @@ def test_fetch_locked_in_a_catalog_that_never_saw_the_locked_revision(acme, tmp_
     assert Path(report.files[0].path).read_bytes() == V1
 
 
+def test_fetch_locked_offline_names_every_model_s_files_not_cached(fault_server, tmp_path, monkeypatch, zoo_cmd):
+    """Fresh processes: `zoo fetch --locked --offline` on a new cache names the files of every locked
+    model that are not there, not only the first model's."""
+    import subprocess
+
+    entries = []
+    for name, body in (("one.acme", V1), ("two.acme", V2)):
+        fault_server.add(f"/{name}.onnx", body)
+        entries.append({"name": name, "framework": "onnx", "files": [
+            {"role": "model", "filename": "net.onnx", "url": fault_server.url(f"/{name}.onnx"),
+             "sha256": hashlib.sha256(body).hexdigest()}]})
+    fault_server.add("/zoo.json", json.dumps({"format": "zoo-index/1", "name": "acme", "models": entries}).encode())
+    monkeypatch.chdir(tmp_path)
+    for command in (["source", "add", "acme", fault_server.url("/zoo.json")], ["lock", "one.acme", "two.acme"]):
+        assert subprocess.run([*zoo_cmd, *command], capture_output=True, text=True, timeout=120).returncode == 0
+    out = subprocess.run([*zoo_cmd, "fetch", "--locked", "--offline", "--cache-dir", str(tmp_path / "new")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "2 file(s) are not cached" in out.stderr, out.stderr
+    assert "net.onnx of one.acme" in out.stderr and "net.onnx of two.acme" in out.stderr
+
+
 def test_fetch_locked_fails_naming_a_file_changed_in_place(acme, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     lock(["net.acme"])

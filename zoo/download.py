@@ -183,11 +183,14 @@ def fetch(
         if own_session:
             session.close()
     if missing:
-        raise OfflineError(
-            f"offline mode is on and {len(missing)} file(s) are not cached: {'; '.join(missing)}. "
-            "Fetch them while online (unset ZOO_OFFLINE / drop --offline)", missing=missing,
-        )
+        raise offline_error(missing)
     return results
+
+
+def offline_error(missing: list[str]) -> OfflineError:
+    """The one error for every file an offline fetch could not find in the cache."""
+    return OfflineError(f"offline mode is on and {len(missing)} file(s) are not cached: {'; '.join(missing)}. "
+                        "Fetch them while online (unset ZOO_OFFLINE / drop --offline)", missing=missing)
 
 
 def _register_signed(cat, model, fetched, policy: SignaturePolicy, on_file: FileReport | None) -> None:
@@ -474,4 +477,4 @@ def verify(
     return problems
 
 
-__all__ = ["Problem", "fetch", "remedy", "verify"]
+__all__ = ["Problem", "fetch", "offline_error", "remedy", "verify"]

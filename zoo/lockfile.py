@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from zoo._redact import mask_url
-from zoo.errors import ChecksumError, InputError, LockMismatchError
+from zoo.errors import ChecksumError, InputError, LockMismatchError, OfflineError
 from zoo.records import Artifact
 from zoo.revisions import DERIVED_ROLES, Revision, split_ref
 
@@ -207,7 +207,7 @@ def fetch_locked(names: Sequence[str] | None = None, *, lock_file: str | os.Path
             the message names each change.
     """
     from zoo.catalog import open_catalog
-    from zoo.download import fetch
+    from zoo.download import fetch, offline_error
 
     path = Path(lock_file) if lock_file else find_lock_file()
     if path is None:
@@ -219,17 +219,23 @@ def fetch_locked(names: Sequence[str] | None = None, *, lock_file: str | os.Path
         raise InputError(f"{path} does not pin {', '.join(missing)}; pin them with `zoo lock {' '.join(missing)}`")
     cat = open_catalog(catalog)
     reports = []
+    not_cached: list[str] = []  # offline: every model's files not in the cache, named at the end
     for name in wanted:
         entry = locked[name]
         ref, current, changed = _place_locked(cat, entry)
         try:
             fetched = fetch(ref, catalog=cat, cache_dir=cache_dir, offline=offline, quiet=quiet, on_file=on_file)
+        except OfflineError as error:
+            not_cached += error.missing
+            continue
         except ChecksumError as error:
             raise LockMismatchError(
                 f"{name} changed upstream since {path} pinned revision {entry.revision}: {error}. Its "
                 f"publisher changed the file in place; pin what it serves now with `zoo lock {name}`",
                 changes=[str(error)]) from None
         reports.append(LockReport(name, entry.revision, current, ref, fetched, changed))
+    if not_cached:
+        raise offline_error(not_cached)
     return reports
 
 
