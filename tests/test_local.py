@@ -266,3 +266,20 @@ def test_a_missing_file_is_said_to_come_back_the_way_it_came(tmp_path, zoo_env, 
     assert zoo_run("cache", "rm", "onnx/mine").returncode == 0
     out = zoo_run("verify", "mine")
     assert out.returncode == 1 and out.stdout.strip().endswith("convert it again with `zoo convert mine`"), out.stdout
+
+
+def test_a_crop_larger_than_every_resized_image_is_refused_when_given(tmp_path, zoo_env, zoo_cmd, light):
+    """Fresh processes: `zoo edit --crop 300 --resize 256` is refused then, not by every later extract."""
+    import subprocess
+
+    def zoo_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*zoo_cmd, *args], capture_output=True, text=True, timeout=120)
+
+    assert zoo_run("add", str(light["onnx"]), "--name", "net", "--resize", "256", "--crop", "224").returncode == 0
+    out = zoo_run("edit", "net", "--crop", "300")
+    assert out.returncode == 1 and out.stderr.strip() == (
+        "error: --crop 300x300 is larger than every image after --resize 256; give a crop no larger than the "
+        "resize, e.g. --resize 256 --crop 224"), out.stderr
+    assert zoo_run("edit", "net", "--crop", "300x200").returncode == 0  # fits a landscape image
+    assert zoo_run("edit", "net", "--resize", "224x224", "--crop", "224").returncode == 0
+    assert zoo_run("add", str(light["onnx"]), "--name", "other", "--resize", "10x10", "--crop", "11x9").returncode == 1

@@ -126,10 +126,18 @@ def _sizes(field: str, value: Any) -> list[int]:
 
 
 def apply(spec: InputSpec, fields: Mapping[str, Any]) -> InputSpec:
-    """`spec` with `fields` (from `parse`) set."""
+    """`spec` with `fields` (from `parse`) set; a crop that no resized image can hold is refused."""
     import dataclasses
 
-    return dataclasses.replace(spec, **dict(fields))
+    new = dataclasses.replace(spec, **dict(fields))
+    if new.resize is not None and new.crop is not None:
+        (ch, cw), resize = new.crop, new.resize
+        never = ch > resize and cw > resize if isinstance(resize, int) else ch > resize[0] or cw > resize[1]
+        if never:  # the shorter side (or each side) is the resize: no image is that large after it
+            shown = resize if isinstance(resize, int) else "x".join(map(str, resize))
+            raise InputError(f"--crop {ch}x{cw} is larger than every image after --resize {shown}; "
+                             "give a crop no larger than the resize, e.g. --resize 256 --crop 224")
+    return new
 
 
 def has_preprocessing(spec: InputSpec | None) -> bool:
