@@ -199,6 +199,16 @@ def test_a_search_result_fetched_in_fresh_processes_keeps_no_empty_revision(repo
     assert zoo_run("search", "resnet-18", "--hub").stdout.splitlines()[1].split()[-2:] == ["5,000", "fetched"]
 
 
+def test_a_search_result_converts_in_a_fresh_process_as_it_fetches(repos, zoo_cmd):
+    """`zoo convert NAME` of a result of `zoo search --hub` pins and fetches it first, as `zoo fetch NAME` does."""
+    import subprocess
+
+    for command in (["search", "resnet-18", "--hub"], ["convert", "acme--resnet-18"]):
+        out = subprocess.run([*zoo_cmd, *command], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    assert open_catalog().get("acme--resnet-18").artifact("onnx") is not None
+
+
 def test_a_hub_source_with_an_author_is_listed_as_it_is(repos, zoo_cmd):
     """`author` is no secret: `zoo source list` (a new process) shows the hub source's URL unmasked."""
     import subprocess

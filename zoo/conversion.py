@@ -225,6 +225,8 @@ def _check_specs_apply(model: Model) -> None:
 
 def _needs_fetch(model: Model) -> bool:
     """True when a file the conversion needs is not on disk but can be downloaded."""
+    if not model.artifacts:
+        return True  # a hub search result: fetching pins it to a commit, with its files
     for artifact in model.artifacts:
         if artifact.role in ("onnx", "labels"):
             continue  # "other" files count: a SavedModel's variables/, an ONNX model's external weights
