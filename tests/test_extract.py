@@ -790,3 +790,11 @@ def test_keras_conv_layers_cut_in_keras_layout(tmp_path):
     for name in ("block1_conv", "block1_pool"):
         want = tf.keras.Model(inputs, model.get_layer(name).output)(data).numpy()
         np.testing.assert_allclose(both[name], want, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_of_a_caffe_graph_without_its_weights_says_so(tmp_path, zoo_cmd, light):
+    """A fresh `zoo layers deploy.prototxt` with no .caffemodel beside it: the Caffe error, not an ONNX parse error."""
+    graph = tmp_path / "deploy.prototxt"
+    graph.write_bytes(light["caffe_graph"].read_bytes())
+    run = subprocess.run([*zoo_cmd, "layers", str(graph)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "no .caffemodel is beside it" in run.stderr and "ONNX" not in run.stderr, run.stderr

@@ -61,6 +61,8 @@ def _is_onnx(path: str | os.PathLike) -> bool:
     try:
         return detect_files([path]).format == "onnx"
     except ZooError:
+        if Path(path).suffix.lower() in (".prototxt", ".caffemodel", ".pt", ".pth", ".keras", ".h5", ".tflite"):
+            raise  # named as a model of another format (a Caffe graph without its weights): its own error says
         return True  # not a model zoo knows: reading it as ONNX says what it is not
 
 
