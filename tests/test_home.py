@@ -99,3 +99,19 @@ def test_a_catalog_in_a_missing_folder_is_one_line_and_creates_nothing(home, tmp
     assert not (tmp_path / "no").exists()
     missing = run("init", str(tmp_path / "nope"))
     assert missing.exit_code == 1 and "does not exist" in missing.stderr and not (tmp_path / "nope").exists()
+
+
+def test_a_zoo_home_that_is_a_file_is_one_line(tmp_path, zoo_cmd, light):
+    """A fresh `zoo add` with ZOO_HOME naming a file: one line naming it, not an internal error."""
+    import os
+    import subprocess
+
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    env = {**os.environ, "ZOO_HOME": str(home)}
+    for variable in ("ZOO_CATALOG", "ZOO_CACHE"):
+        env.pop(variable, None)
+    out = subprocess.run([*zoo_cmd, "add", str(light["onnx"])], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and out.stderr.strip() == (
+        f"error: a path zoo was given or uses is not usable (File exists: {home}); check the paths given and "
+        "--cache-dir / ZOO_CACHE / ZOO_CATALOG / ZOO_HOME"), out.stderr

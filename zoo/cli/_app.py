@@ -75,7 +75,7 @@ def _os_error(exc: OSError) -> UserError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return UserError(f"cannot write or read there ({what}); check the path and its permissions, or "
                          f"point --output / --cache-dir / ZOO_CACHE / ZOO_CATALOG somewhere writable")
-    if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.ELOOP, errno.ENAMETOOLONG):
+    if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG):
         return UserError(f"a path zoo was given or uses is not usable ({what}); check the paths given and "
                          f"--cache-dir / ZOO_CACHE / ZOO_CATALOG / ZOO_HOME")
     return InternalError.of(exc)
