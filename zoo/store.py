@@ -431,7 +431,12 @@ class Store:
     def ensure(self) -> None:
         """Make the store usable: created for a new cache, migrated for an old one."""
         if not self.migrated:
-            self.migrate()
+            try:
+                self.migrate()
+            except OSError as exc:  # a cache folder that cannot be made: where to point the cache instead
+                from zoo.atomic import write_error
+
+                raise write_error(exc, self.root / "blobs") from None
 
 
 def _write_marker(path: Path, text: str = LAYOUT_VERSION) -> None:
