@@ -283,3 +283,10 @@ def test_a_crop_larger_than_every_resized_image_is_refused_when_given(tmp_path, 
     assert zoo_run("edit", "net", "--crop", "300x200").returncode == 0  # fits a landscape image
     assert zoo_run("edit", "net", "--resize", "224x224", "--crop", "224").returncode == 0
     assert zoo_run("add", str(light["onnx"]), "--name", "other", "--resize", "10x10", "--crop", "11x9").returncode == 1
+
+
+def test_zoo_add_of_a_hub_ref_says_where_hub_models_are_added():
+    """`zoo.add("hf://...")` (the Python API) names zoo.hubs.add, not a missing file "hf:/..." in the working folder."""
+    with pytest.raises(zoo.errors.InputError, match=r"hf://acme/net is a Hub model, not a file: register it with "
+                                                    r"zoo\.hubs\.add\('hf://acme/net'\)"):
+        zoo.add("hf://acme/net")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.errors import DuplicateModelError, ModelFormatError
+from zoo.errors import DuplicateModelError, InputError, ModelFormatError
 from zoo.records import Artifact, InputSpec, Model, check_name
 
 if TYPE_CHECKING:
@@ -137,9 +137,13 @@ def add(
     """
     from zoo.catalog import open_catalog
     from zoo.formats import detect_files
+    from zoo.hubs import is_hub_ref
     from zoo.input_specs import arg_values, input_specs
     from zoo.preprocessing import parse
 
+    if is_hub_ref(os.fspath(path)):  # not a file here ("hf:/..." beside the working directory)
+        raise InputError(f"{os.fspath(path)} is a Hub model, not a file: register it with "
+                         f"zoo.hubs.add({os.fspath(path)!r}) (on the command line: `zoo add {os.fspath(path)}`)")
     specs, values = input_specs(inputs), arg_values(args)
     spec_fields = parse(input_spec) if input_spec is not None else {}
     info = detect_files([path, *more])
