@@ -209,6 +209,20 @@ def test_a_search_result_converts_in_a_fresh_process_as_it_fetches(repos, zoo_cm
     assert open_catalog().get("acme--resnet-18").artifact("onnx") is not None
 
 
+def test_an_hf_endpoint_that_is_no_url_is_one_line(zoo_cmd):
+    """A fresh `zoo search --hub` / `zoo add hf://` with HF_ENDPOINT=huggingface.co (no scheme): one line, no
+    internal error."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "HF_ENDPOINT": "huggingface.co"}
+    for command in (["search", "resnet", "--hub"], ["add", "hf://acme/resnet-18"]):
+        out = subprocess.run([*zoo_cmd, *command], capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 1 and out.stderr.strip().endswith(
+            "HF_ENDPOINT 'huggingface.co' is not a URL of a Hub; set it like https://huggingface.co, or unset it"), \
+            out.stderr
+
+
 def test_a_hub_source_with_an_author_is_listed_as_it_is(repos, zoo_cmd):
     """`author` is no secret: `zoo source list` (a new process) shows the hub source's URL unmasked."""
     import subprocess

@@ -152,6 +152,10 @@ def _call(what: str, fn: Callable[[], T], repo: str | None = None, retries: int 
         except (requests.ConnectionError, requests.Timeout) as error:
             raise HubError(f"{what}: cannot reach the Hugging Face Hub at {endpoint()} ({_network(error)}); "
                            "check the network or HF_ENDPOINT; models already fetched work with --offline") from None
+        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                requests.exceptions.InvalidURL):
+            raise HubError(f"{what}: HF_ENDPOINT {endpoint()!r} is not a URL of a Hub; set it like "
+                           f"{DEFAULT_ENDPOINT}, or unset it") from None
     raise AssertionError("unreachable")
 
 
