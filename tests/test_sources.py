@@ -307,3 +307,13 @@ def test_mask_url(url, shown):
 
     assert mask_url(url) == shown
     assert mask_secrets(f"cannot open {url!r}: refused") == f"cannot open {shown!r}: refused"
+
+
+def test_an_unparseable_source_url_is_one_line(zoo_cmd):
+    """A fresh `zoo source add x http://[::1` (an unclosed IPv6 address): one line, no internal error."""
+    import subprocess
+
+    out = subprocess.run([*zoo_cmd, "source", "add", "x", "http://[::1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip() == (
+        "error: index URL '<unparseable URL>' is not a URL (Invalid IPv6 URL); give an http(s):// URL or a path "
+        "to a file"), out.stderr

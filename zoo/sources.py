@@ -83,7 +83,11 @@ def _local_path(url: str) -> Path | None:
     """The file a file:// URL or plain path names; None for http(s) and builtin: URLs."""
     if url.startswith(BUILTIN_SCHEME):
         return None
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError as exc:  # e.g. "http://[::1" (an unclosed IPv6 address)
+        raise ZooError(f"index URL {mask_url(url)!r} is not a URL ({exc}); give an http(s):// URL or a path "
+                       "to a file") from None
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme in ("http", "https"):
