@@ -115,3 +115,15 @@ def test_a_zoo_home_that_is_a_file_is_one_line(tmp_path, zoo_cmd, light):
     assert out.returncode == 1 and out.stderr.strip() == (
         f"error: a path zoo was given or uses is not usable (File exists: {home}); check the paths given and "
         "--cache-dir / ZOO_CACHE / ZOO_CATALOG / ZOO_HOME"), out.stderr
+
+
+def test_a_catalog_server_url_with_a_bad_port_is_one_line(zoo_cmd):
+    """A fresh `zoo list` with ZOO_CATALOG=postgresql://h:x/db (no port number): one line, no internal error."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "ZOO_CATALOG": "postgresql://u:secret@h:x/db"}
+    out = subprocess.run([*zoo_cmd, "list"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and out.stderr.strip() == (
+        "error: cannot open catalog 'postgresql://u:***@h:x/db': it is not a URL of a catalog server (invalid "
+        "literal for int() with base 10: 'x'); write it like postgresql://HOST:5432/DATABASE"), out.stderr

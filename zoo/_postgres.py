@@ -45,7 +45,11 @@ def create_engine(url: str) -> Engine:
 
     from zoo import config
 
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ValueError as error:  # e.g. a port that is no number
+        raise CatalogError(f"cannot open catalog {mask_url(url)!r}: it is not a URL of a catalog server "
+                           f"({error}); write it like postgresql://HOST:5432/DATABASE") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername=DRIVER)
     connect_args: dict[str, Any] = {}
