@@ -127,3 +127,19 @@ def test_what_cannot_be_exported_is_one_line(upstream, tmp_path):
     out = runner.invoke(cli, ["index", "export", "net.acme", "-o", str(tmp_path / "i.json"), "--base-url", "http://x"])
     assert out.exit_code == 1
     assert "net.acme: net.onnx is not on disk" in out.stderr and "zoo fetch net.acme" in out.stderr
+
+
+def test_exporting_a_moved_file_of_ones_own_says_to_scan_for_it(tmp_path, zoo_cmd, light):
+    """Fresh processes: a model added from a file that has moved since is found again by `zoo scan`, not fetched."""
+    import shutil
+    import subprocess
+
+    path = tmp_path / "mine.onnx"
+    shutil.copy(light["onnx"], path)
+    assert subprocess.run([*zoo_cmd, "add", str(path)], capture_output=True, timeout=120).returncode == 0
+    path.rename(tmp_path / "moved.onnx")
+    out = subprocess.run([*zoo_cmd, "index", "export", "mine", "-o", str(tmp_path / "site" / "index.json"),
+                          "--base-url", "https://models.example.org/zoo"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+        "error: mine: mine.onnx is not on disk, so it cannot be published beside the index; find it again with "
+        "`zoo scan FOLDER` where it is now"), out.stderr

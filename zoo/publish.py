@@ -173,8 +173,11 @@ def _publish(entry: Model, model: Model, folder: Path, base_url: str, done: Expo
             raise InputError(f"{model.name}: {artifact.filename} is a folder, which an index cannot serve; pack it "
                              "as a .tar or .zip, add that, and export it")
         if not path or not os.path.isfile(path):
+            from zoo.download import remedy
+
+            how = remedy(model.name, own) if own is not None and own.path else f"run `zoo fetch {model.name}` first"
             raise InputError(f"{model.name}: {artifact.filename} is not on disk, so it cannot be published beside "
-                             f"the index; run `zoo fetch {model.name}` first")
+                             f"the index; {how}")
         target = folder / entry.name / revision / artifact.filename
         size = _place(Path(path), target)
         done.files.append(str(target))
