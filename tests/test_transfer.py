@@ -404,3 +404,20 @@ def test_the_lineage_of_a_head_is_not_taken_for_a_cut_that_kept_the_whole_graph(
     chain = [line.strip() for line in out.stdout.splitlines() if "<-" in line]
     assert chain[2].startswith("<- cut at fc of tiny_script") and "(cycle)" not in out.stdout, out.stdout
     assert chain[3].startswith("<- tiny_script.onnx (conversion of tiny_script)"), out.stdout
+
+
+def test_replace_never_replaces_a_published_model(tmp_path, zoo_env, zoo_cmd, light):
+    """A fresh `zoo train --name bvlc_alexnet --replace` is refused before training: the caffe zoo's entry stays
+    (replacing it made every later `zoo source sync caffe` fail on the clash)."""
+    import subprocess
+
+    np.save(tmp_path / "x.npy", np.ones((8, 4), np.float32))
+    np.save(tmp_path / "y.npy", np.arange(8) % 2)
+    out = subprocess.run([*zoo_cmd, "train", str(light["onnx"]), "-l", "-1", "-d", str(tmp_path / "x.npy"),
+                          "-y", str(tmp_path / "y.npy"), "--name", "bvlc_alexnet", "--replace"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == (
+        "error: model 'bvlc_alexnet' is in the catalog from source 'caffe'; replace only replaces your own models, "
+        "so pick another name"), out.stderr
+    sync = subprocess.run([*zoo_cmd, "source", "sync", "caffe"], capture_output=True, text=True, timeout=120)
+    assert sync.returncode == 0, sync.stderr

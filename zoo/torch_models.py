@@ -32,11 +32,15 @@ def check_new_name(name: str, catalog: str | os.PathLike | Catalog | None, repla
                    example: str = "my-base") -> None:
     """Refuse a bad or taken name before the work that makes the model, not after minutes of it."""
     check_name(name, InputError, example)
-    if replace:
-        return
     from zoo.catalog import open_catalog
 
-    if open_catalog(catalog).exists(name):
+    cat = open_catalog(catalog)
+    known = cat.get(name) if cat.exists(name) else None
+    if replace and known is not None and known.source != "local":
+        # a published model (a zoo's or a source's) is never replaced by one's own: its next sync would clash
+        raise DuplicateModelError(f"model {name!r} is in the catalog from source {known.source!r}; replace only "
+                                  "replaces your own models, so pick another name")
+    if not replace and known is not None:
         raise DuplicateModelError(
             f"model {name!r} is already in the catalog; pick another name or replace it "
             "(replace=True, or --replace on the command line)"
