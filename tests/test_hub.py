@@ -403,9 +403,12 @@ def _fresh_zoo(*args: str, before: str = "") -> tuple[dict, str, str]:
     return json.loads(last), "\n".join(out).strip(), done.stderr
 
 
-def test_a_fresh_search_asks_the_hub_from_a_child_and_never_imports_its_client(repos):
+def test_a_fresh_search_asks_the_hub_from_a_child_and_never_imports_its_client(repos, zoo_env):
     facts, out, err = _fresh_zoo("search", "resnet", "--hub", "--json")
     assert facts == {"code": 0, "hub_imported": False, "child_left": False}, err
+    # the catalog was closed before the shutdown (that skips the last garbage collections): SQLite's
+    # log was checkpointed and removed
+    assert (zoo_env / "catalog.db").exists() and not (zoo_env / "catalog.db-wal").exists()
     # the models came through the pipe as they are: what a search in this process finds and stores
     assert json.loads(out) == [m.to_dict() for m in search("resnet")]
     assert repos.hits("/api/models") == 2 * len(("onnx", "keras", "tflite", "tf"))
