@@ -415,7 +415,8 @@ def test_a_fresh_search_asks_the_hub_from_a_child_and_never_imports_its_client(r
     assert open_catalog().get("acme--resnet-18").meta["hub"]["downloads"] == 5000
 
 
-@pytest.mark.parametrize("case", ["rate limit", "no client", "catalog", "unexpected", "only in the child"])
+@pytest.mark.parametrize("case", ["rate limit", "no client", "catalog", "unexpected", "only in the child",
+                                  "child killed"])
 def test_what_goes_wrong_in_the_child_reaches_the_user_as_one_line(repos, monkeypatch, tmp_path, case):
     before = ""
     if case == "rate limit":  # a HubError, with its status, crosses the pipe
@@ -428,14 +429,15 @@ def test_what_goes_wrong_in_the_child_reaches_the_user_as_one_line(repos, monkey
     elif case == "catalog":  # the parent fails before it reads the answer: the child is stopped and reaped
         monkeypatch.setenv("ZOO_CATALOG", str(tmp_path / "no-such-folder" / "catalog.db"))
         said = f"error: catalog {tmp_path / 'no-such-folder' / 'catalog.db'}: its folder"
-    else:  # an error zoo did not foresee cannot cross: the parent searches again and meets it itself
-        only_child = case == "only in the child"
+    else:  # what cannot cross (an error zoo did not foresee, a dead child): the parent searches again itself
+        only_child = case != "unexpected"
+        fail = "os.kill(os.getpid(), 9)" if case == "child killed" else "raise ValueError('an answer nobody expected')"
         before = ("import os, zoo.hubs.huggingface as hf\n"
                   "parent, search = os.getpid(), hf.search\n"
                   "def failing(*args, **kwargs):\n"
                   f"    if {only_child} and os.getpid() == parent:\n"
                   "        return search(*args, **kwargs)\n"
-                  "    raise ValueError('an answer nobody expected')\n"
+                  f"    {fail}\n"
                   "hf.search = failing")
         said = None if only_child else "internal error: ValueError: an answer nobody expected; the traceback is in"
     facts, out, err = _fresh_zoo("search", "resnet", "--hub", before=before)

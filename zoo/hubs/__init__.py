@@ -176,6 +176,7 @@ def search(query: str | None, *, scheme: str = "hf", author: str | None = None,
                 for model in found:
                     model.source = source.name
             else:
+                early.close()
                 found = module.search(query, author=wanted[0], libraries=wanted[1], limit=limit,
                                       source=source.name)
             for model in found:

@@ -20,6 +20,7 @@ wait on forever.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,16 +83,18 @@ class _ChildSearch:
             _child(self._again, write, parent)
         os.close(write)
         self._pid: int | None = pid
-        self._read = read
+        self._read: int | None = read
 
     def result(self) -> list[Model]:
         try:
             chunks = []
             while chunk := os.read(self._read, 1 << 16):
                 chunks.append(chunk)
+            _, status = os.waitpid(self._pid, 0)  # the pipe closes when the child exits
+            self._pid = None
         finally:
             self.close()
-        if not chunks:  # the child met what it cannot hand over: ask here, where it shows as itself
+        if status != 0:  # it met what it cannot hand over, or died: ask here, where that shows as itself
             return self._again()
         answer = json.loads(b"".join(chunks))
         if "error" in answer:
@@ -100,15 +103,14 @@ class _ChildSearch:
         return [Model.from_dict(data) for data in answer["models"]]
 
     def close(self) -> None:
-        if self._pid is None:
-            return
-        pid, self._pid = self._pid, None
-        os.close(self._read)
-        try:
-            os.kill(pid, signal.SIGKILL)  # nothing lost once it has answered: it is exiting then
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
+        if self._read is not None:
+            os.close(self._read)
+            self._read = None
+        if self._pid is not None:
+            pid, self._pid = self._pid, None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def _child(search: Callable[[], list[Model]], write: int, parent: int) -> NoReturn:
