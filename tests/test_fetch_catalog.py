@@ -125,8 +125,29 @@ def test_unsafe_archive_is_refused_and_not_registered(fault_server, zoo_env, tmp
 def test_filenames_from_an_index_cannot_leave_the_cache(fault_server):
     open_catalog().add_model(Model(name="sneaky.onnx", framework="onnx", artifacts=[
         Artifact("model", "../../evil.onnx", urls=[fault_server.url("/x")])]))
-    with pytest.raises(FetchError, match="not a plain file name"):
+    with pytest.raises(FetchError, match="not a file name or a relative path inside"):
         fetch("sneaky.onnx", quiet=True)
+
+
+def test_a_file_in_a_sub_folder_never_goes_through_a_link_out_of_the_cache(fault_server, tmp_path):
+    """A filename may name a sub-folder of the model's folder (a SavedModel's variables/); a link planted
+    there does not carry the download elsewhere."""
+    from zoo.cache import model_folder
+
+    fault_server.add("/v", b"weights")
+    open_catalog().add_model(Model(name="linked.onnx", framework="onnx", artifacts=[
+        Artifact("other", "variables/v.index", urls=[fault_server.url("/v")])]))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = model_folder("linked.onnx")
+    folder.mkdir(parents=True)
+    (folder / "variables").symlink_to(outside)
+    with pytest.raises(FetchError, match="leads out of"):
+        fetch("linked.onnx", quiet=True)
+    assert not any(outside.iterdir())
+    (folder / "variables").unlink()
+    (fetched,) = fetch("linked.onnx", quiet=True)
+    assert fetched.path == str(folder / "variables" / "v.index") and open(fetched.path, "rb").read() == b"weights"
 
 
 def test_offline_fetch_with_and_without_cache(served, monkeypatch):

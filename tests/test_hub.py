@@ -138,11 +138,6 @@ def test_a_repo_with_nothing_to_convert_says_what_it_has(repos):
         add("hf://acme/resnet-18/config.json")
     with pytest.raises(HubError, match="has no file onnx/nope.onnx"):
         add("hf://acme/resnet-18/onnx/nope.onnx")
-    repos.repo("keras-io/tiny-savedmodel", {"saved_model.pb": b"\x08\x01" + bytes(40), "keras_metadata.pb": b"\x08",
-                                            "variables/variables.index": b"\0" * 8}, library="keras")
-    out = runner.invoke(cli, ["add", "hf://keras-io/tiny-savedmodel"])
-    (line,) = out.stderr.strip().splitlines()
-    assert "holds a TensorFlow SavedModel" in line and "huggingface-cli download keras-io/tiny-savedmodel" in line
     for ref, said in (("hf://acme/nope", "is not on the Hub"), ("hf://acme/resnet-18@v9", "has no such revision")):
         out = runner.invoke(cli, ["add", ref])
         assert out.exit_code == 1 and said in out.stderr and len(out.stderr.strip().splitlines()) == 1
@@ -172,6 +167,17 @@ def test_fetch_goes_through_the_second_host_verified_and_into_the_store(repos, z
     assert np.allclose(zoo.load_extractor(model.name, layer="fc")(x), 4.0)
 
 
+def test_a_fresh_process_fetches_and_converts_a_hub_model(repos, zoo_cmd):
+    """The command a user types, in a new process: nothing has imported huggingface_hub's API yet when
+    fetching asks for its session (its `utils` is lazy until imported)."""
+    import subprocess
+
+    model = add("hf://acme/resnet-18")
+    out = subprocess.run([*zoo_cmd, "convert", model.name], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "converted" in out.stdout, out.stderr
+    assert open_catalog().get(model.name).artifact("model").sha256 == model.artifacts[0].checksum.split(":")[1]
+
+
 def test_a_file_the_second_host_changed_is_refused(repos):
     model = add("hf://acme/resnet-18")
     sha256 = model.artifacts[0].checksum.split(":")[1]
@@ -196,6 +202,59 @@ def test_onnx_weights_in_a_second_file_come_along(repos):
     model = add("hf://acme/big")
     assert [(a.role, a.filename) for a in model.artifacts] == [("other", "model.onnx_data"), ("model", "model.onnx")]
     assert np.allclose(zoo.load_extractor(model.name, layer="fc")(np.ones((1, 4), np.float32)), 20.0)
+
+
+def _saved_model_files(folder, under: str = "") -> dict[str, bytes]:
+    return {f"{under}{p.relative_to(folder).as_posix()}": p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_savedmodel_folder_is_fetched_file_by_file_and_converts(repos, tf_files, zoo_env):
+    """A SavedModel on the Hub is a folder (saved_model.pb, variables/): its files are pinned one by one,
+    fetched into one folder of the cache that is the SavedModel, and converted like a local one."""
+    saved = _saved_model_files(tf_files["saved_model"])
+    assert any(name.startswith("variables/") for name in saved)
+    repos.repo("keras-io/tiny-savedmodel", {**saved, "config.json": b"{}"}, library="tf")
+    model = add("hf://keras-io/tiny-savedmodel")
+    assert (model.framework, model.format) == ("tensorflow", "saved_model")
+    assert {a.filename for a in model.artifacts} == set(saved) and model.artifacts[-1].filename == "saved_model.pb"
+    assert model.artifacts[-1].role == "model" and model.meta["hub"]["path"] == "saved_model.pb"
+    out = CliRunner().invoke(cli, ["fetch", model.name])
+    assert out.exit_code == 0, out.output
+    fetched = {a.filename: a for a in open_catalog().get(model.name).artifacts}
+    folder = zoo_env / "cache" / "models" / model.name
+    for name, body in saved.items():
+        assert fetched[name].path == str(folder / name) and (folder / name).read_bytes() == body
+        assert (zoo_env / "cache" / "blobs" / "sha256" / hashlib.sha256(body).hexdigest()).is_file()
+    converted = zoo.convert(model.name)
+    assert converted.meta["verified"], converted.meta
+    x = np.arange(4, dtype=np.float32)[None]
+    assert np.allclose(zoo.load_extractor(model.name, layer=-1)(x), x)  # x * ones(4)
+    # a changed variables file makes the conversion stale: the folder is its source, not saved_model.pb
+    from zoo.conversion import stale_sources
+
+    variables = next(folder.glob("variables/*.data-*"))
+    body = variables.read_bytes()
+    variables.unlink()  # a view of its blob: a new file, not a write through the link
+    variables.write_bytes(body[::-1])
+    assert [p.filename for p in zoo.verify(model.name)] == [variables.relative_to(folder).as_posix()]
+    assert stale_sources(open_catalog().get(model.name), converted) == [f"model file {folder}"]
+
+
+def test_a_savedmodel_is_picked_by_folder_and_a_single_file_comes_first(repos, tf_files):
+    saved = _saved_model_files(tf_files["saved_model"], "export/1/")
+    repos.repo("acme/both", {**saved, "model.onnx": _onnx(1.0)})
+    model = add("hf://acme/both")
+    assert model.format == "onnx" and model.meta["hub"]["other_models"] == ["export/1/"]
+    for path in ("export/1", "export", "export/1/saved_model.pb"):
+        pinned = add(f"hf://acme/both/{path}", name="both.saved")
+        assert pinned.format == "saved_model" and pinned.meta["hub"]["path"] == "export/1/saved_model.pb"
+        assert {a.filename for a in pinned.artifacts} == {n[len("export/1/"):] for n in saved}
+    with pytest.raises(ModelFormatError, match="the repo's models: model.onnx, export/1/"):
+        add("hf://acme/both/export/1/variables/variables.index")
+    repos.repo("acme/hostile", {**saved, "export/1/variables/../../../../escape": b"x"})
+    with pytest.raises(HubError, match="not a path inside it; zoo will not fetch it"):
+        add("hf://acme/hostile/export/1")
 
 
 def test_fetching_a_search_result_pins_it_first(repos):

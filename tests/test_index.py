@@ -157,7 +157,13 @@ BAD = [
     (lambda d: index(entry(files=["x.onnx"])), ["field 'files[0]'", "expected an object"]),
     (lambda d: with_file(role="weight"), ["field 'files[0].role'", "'weight'", "weights"]),
     (lambda d: with_file(filename=None), ["field 'files[0].filename' is missing"]),
-    (lambda d: with_file(filename="a/b.onnx"), ["files[0].filename", "without folders"]),
+    (lambda d: with_file(filename="../b.onnx"), ["files[0].filename", "no '.' or '..' parts"]),
+    (lambda d: with_file(filename="a/./b.onnx"), ["files[0].filename", "relative path"]),
+    (lambda d: with_file(filename="/etc/b.onnx"), ["files[0].filename", "no leading '/'"]),
+    (lambda d: with_file(filename="a//b.onnx"), ["files[0].filename", "relative path"]),
+    (lambda d: with_file(filename="a\\b.onnx"), ["files[0].filename", "no backslash"]),
+    (lambda d: with_file(filename="/".join("d" * 10) + ".onnx"), ["files[0].filename", "at most 8 folders"]),
+    (lambda d: with_file(filename="nul/b.onnx"), ["files[0].filename", "NUL is a device name on Windows"]),
     (lambda d: with_file(url=None), ["files[0].url", "'manual'"]),
     (lambda d: with_file(url="example.org/x.onnx"), ["files[0].url", "absolute URL"]),
     (lambda d: with_file(urls="https://a/x"), ["files[0].urls", "list of URL strings"]),
@@ -201,6 +207,10 @@ BAD = [
      ["files[1].filename", "'ok.tar'", "folder 'ok' that 'ok.tar' unpacks to", "files[0]'s file 'ok'"]),
     (lambda d: files({"role": "archive", "filename": "w", "extract": "zip"}, {"role": "labels", "filename": "W.d"}),
      ["files[1].filename", "files[0]'s folder 'w.d'", "ignoring case"]),
+    (lambda d: files({"role": "other", "filename": "variables"}, {"role": "other", "filename": "Variables/v.index"}),
+     ["files[0].filename", "files[1]'s folder 'Variables' that 'Variables/v.index' is in"]),
+    (lambda d: files({"role": "archive", "filename": "sm.tar", "extract": "tar"}, {"role": "other", "filename": "sm/x"}),
+     ["files[0].filename", "folder 'sm' that 'sm.tar' unpacks to", "files[1]'s folder 'sm'"]),
     (lambda d: files({"role": "model", "filename": "m.onnx"}, {"role": "labels", "filename": "m.onnx"}),
      ["files[1].filename", "same place in the cache as files[0]'s file 'm.onnx'"]),
     (lambda d: files({"role": "graph", "filename": "Net.prototxt"}, {"role": "weights", "filename": "net.PROTOTXT"}),
@@ -266,6 +276,19 @@ def test_message_of_the_issue_example():
 
 def _docs_json_blocks() -> list[str]:
     return re.findall(r"```json\n(.*?)```", DOCS.read_text(), flags=re.S)
+
+
+def test_a_savedmodel_is_listed_file_by_file_in_its_sub_folders():
+    """A SavedModel's files keep their folders (variables/...); the schema's pattern says the same as the code."""
+    names = ["saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001",
+             "assets/vocab.txt"]
+    (model,) = parse_index(files(*({"role": "model" if n == "saved_model.pb" else "other", "filename": n}
+                                   for n in names)), source="acme")
+    assert [a.filename for a in model.artifacts] == names
+    pattern = re.compile(SCHEMA["properties"]["models"]["items"]["properties"]["files"]["items"]["properties"]
+                         ["filename"]["pattern"])
+    assert all(pattern.match(n) for n in [*names, "a.b/c..d", ".hidden"])
+    assert not any(pattern.match(n) for n in ["/abs", "a//b", "a/", "../x", "a/./b", "a/..", ".", "a\\b"])
 
 
 def test_docs_example_parses():

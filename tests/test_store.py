@@ -145,6 +145,37 @@ def test_views_fall_back_to_symlinks_where_hard_links_are_refused(served, zoo_en
     assert not Store().has(SHA) and not one.exists()  # the links went, and with them the blob
 
 
+def test_views_in_sub_folders_are_found_by_gc(served, zoo_env, monkeypatch):
+    """A SavedModel fetched file by file keeps variables/: symbolic links there refer to their blob too."""
+    monkeypatch.setitem(store_module._MAKERS, "hardlink", lambda blob, tmp: _refuse_link())
+    monkeypatch.setattr(store_module, "_MODES", {})
+    monkeypatch.setattr(store_module.Store, "_move_in", lambda self, path, blob: _copy_in(path, blob))
+    model = _model("nested", served.url("/a/net.onnx"))
+    model.artifacts[0].filename = "variables/net.data-00000-of-00001"
+    open_catalog().add_model(model)
+    (fetched,) = fetch("nested", quiet=True)
+    view = Path(fetched.path)
+    assert view.parent.name == "variables" and view.is_symlink() and view.read_bytes() == BODY
+    assert os.readlink(view) == "../../../blobs/sha256/" + SHA
+    assert Store().plan_gc().blobs == [] and Store().views()[SHA] == [view]
+    view.unlink()
+    assert Store().plan_gc().blobs == [Store().blob(SHA)]
+
+
+def _refuse_link():
+    raise OSError(errno.EPERM, "Operation not permitted")
+
+
+def test_nothing_shared_saves_nothing_whatever_else_the_cache_holds(served, zoo_env):
+    """The cache's own logs and hash memos are not entries: they do not turn the saving negative."""
+    open_catalog().add_model(_model("one", served.url("/a/net.onnx")))
+    fetch("one", quiet=True)
+    (zoo_env / "cache" / "logs").mkdir(exist_ok=True)
+    (zoo_env / "cache" / "logs" / "zoo.log").write_bytes(bytes(5000))
+    text = CliRunner().invoke(cli, ["cache", "list"]).stdout
+    assert "1 entry, 195.3 KiB; 195.3 KiB on disk: the store keeps each file once, saving 0 B" in text, text
+
+
 def _copy_in(path: Path, blob: Path) -> str:
     import shutil
 

@@ -322,24 +322,33 @@ class Usage:
 
 
 def usage(found: list[Entry], cache_dir: str | os.PathLike | None = None) -> Usage:
-    """The cache's bytes on disk (each inode once) against what `found` shows."""
+    """The bytes of `found` and of the store on disk (each inode once) against what `found` shows.
+
+    Only entries and blobs count: the cache's logs and hash memos are neither shown nor saved.
+    """
     from zoo.store import Store
 
-    base = root(cache_dir)
+    store = Store(cache_dir)
     seen: set[tuple[int, int]] = set()
     on_disk = 0
-    for folder, _, files in os.walk(base):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(folder, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen and not os.path.islink(os.path.join(folder, name)):
-                seen.add((st.st_dev, st.st_ino))
-                on_disk += st.st_size
-    store = Store(cache_dir)
+    for path in [*(Path(os.path.join(folder, name)) for e in found for folder, _, names in _walk(e.path)
+                   for name in names), *store.blobs()]:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in seen and not path.is_symlink():
+            seen.add((st.st_dev, st.st_ino))
+            on_disk += st.st_size
     unreferenced = sum(_file_size(store.blob(n)) for n, refs in store.views().items() if not refs)
     return Usage(sum(e.bytes for e in found), on_disk, unreferenced)
+
+
+def _walk(path: Path):
+    """os.walk of an entry's folder; an entry that is one file walks as that file."""
+    if path.is_dir() and not path.is_symlink():
+        return os.walk(path)
+    return [(str(path.parent), [], [path.name])]
 
 
 def plan_gc(cache_dir: str | os.PathLike | None = None):

@@ -225,17 +225,23 @@ def _check_specs_apply(model: Model) -> None:
 def _needs_fetch(model: Model) -> bool:
     """True when a file the conversion needs is not on disk but can be downloaded."""
     for artifact in model.artifacts:
-        if artifact.role in ("onnx", "labels", "other"):
-            continue
+        if artifact.role in ("onnx", "labels"):
+            continue  # "other" files count: a SavedModel's variables/, an ONNX model's external weights
         if (not artifact.path or not os.path.exists(artifact.path)) and artifact.urls:
             return True
     return False
 
 
 def _file(model: Model, role: str) -> str | None:
-    """Path of the file with `role`, looking inside an unpacked archive when it holds that role."""
+    """Path of the file with `role`, looking inside an unpacked archive when it holds that role.
+
+    A model file named saved_model.pb (a SavedModel fetched file by file) stands for its folder,
+    which is what TensorFlow loads and what a conversion's freshness hashes (variables/ too).
+    """
     artifact = model.artifact(role)
     if artifact is not None and artifact.path:
+        if role == "model" and os.path.basename(artifact.path) == "saved_model.pb":
+            return os.path.dirname(artifact.path)
         return artifact.path
     for archive in model.artifacts:
         members = archive.meta.get("members") or {}

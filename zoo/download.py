@@ -24,7 +24,7 @@ from zoo.cache import model_folder, root as cache_root
 from zoo.errors import ChecksumError, FetchError, OfflineError
 from zoo.hashes import file_hash, hash_matches, parse_checksum
 from zoo.hubs import origin as hub_origin
-from zoo.records import Artifact
+from zoo.records import Artifact, file_name_parts
 from zoo.signatures import SignaturePolicy
 from zoo.store import Store
 from zoo.transport import DownloadResult, Expected, RetryPolicy, download, new_session
@@ -58,12 +58,23 @@ class _Bar:
         self._bar.close()
 
 
-def _check_filename(model: str, filename: str) -> None:
-    if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
+def _place(model: str, folder: Path, filename: str) -> Path:
+    """Where `filename` goes in the model's folder: inside it, never through a link out of it.
+
+    A filename may name a sub-folder (a SavedModel's variables/variables.index), never a way out.
+    """
+    if file_name_parts(filename) is None:
         raise FetchError(
-            f"model {model}: artifact filename {filename!r} is not a plain file name; "
-            "fix the catalog entry (a remote index may not choose paths outside the cache)"
+            f"model {model}: artifact filename {filename!r} is not a file name or a relative path inside the "
+            "model's folder; fix the catalog entry (a remote index may not choose paths outside the cache)"
         )
+    dest = folder / filename
+    if "/" in filename:
+        real = os.path.realpath(dest.parent)
+        if os.path.commonpath([real, os.path.realpath(folder)]) != os.path.realpath(folder):
+            raise FetchError(f"model {model}: the folder of {filename!r} leads out of {folder} (a link); "
+                             f"remove {dest.parent} and fetch again")
+    return dest
 
 
 FileReport = Callable[[str, "Artifact", "DownloadResult | None"], None]
@@ -253,7 +264,7 @@ def _fetch_artifact(cat, name, artifact, root, how: _How, register: bool = True)
             return artifact, None  # the user's own file, registered by `zoo add`
         # A file published without a direct link (e.g. on a file-sharing page) is downloaded by
         # hand and dropped where zoo would have put it; it is checked and registered like any other.
-        placed = model_folder(name, root) / artifact.filename
+        placed = _place(name, model_folder(name, root), artifact.filename)
         if placed.is_file():
             return _register_placed(cat, name, artifact, placed, label, register), None
         how = artifact.meta.get("manual")
@@ -261,9 +272,8 @@ def _fetch_artifact(cat, name, artifact, root, how: _How, register: bool = True)
             f"{label} has no download URL{f' ({how})' if how else ''}; put the file at {placed} and "
             f"run `zoo fetch {name}` again, or register your copy with `zoo add`"
         )
-    _check_filename(name, artifact.filename)
     folder = model_folder(name, root)
-    dest = folder / artifact.filename
+    dest = _place(name, folder, artifact.filename)
     pinned = artifact.sha256 or artifact.meta.get("first_fetch_sha256")
     store = Store(root)
     known = known_sha256(artifact)

@@ -21,7 +21,8 @@ from typing import Any
 
 from zoo.errors import IndexFormatError
 from zoo.hashes import ALGOS
-from zoo.records import FRAMEWORKS, LAYOUTS, NAME_PATTERN, NAME_RULE, ROLES, Artifact, InputSpec, Model
+from zoo.records import (FRAMEWORKS, LAYOUTS, MAX_FILE_DEPTH, NAME_PATTERN, NAME_RULE, ROLES, Artifact, InputSpec,
+                          Model, file_name_parts)
 
 FORMAT = "zoo-index/1"
 CHECKSUM_ALGOS = ALGOS  # algo -> hex digits of its digest
@@ -78,8 +79,8 @@ def _schema() -> dict[str, Any]:
         "required": ["role", "filename"],
         "properties": {
             "role": {"enum": list(FILE_ROLES)},
-            "filename": {"type": "string", "pattern": r"^[^/\\\x00]+$",
-                         "maxLength": MAX_FILENAME_BYTES},
+            "filename": {"type": "string", "pattern": r"^(?!/)(?!.*//)(?!.*/$)(?!(.*/)?\.\.?(/|$))[^\\\x00]+$",
+                         "description": "a file name, or a relative path with '/' for a file in a sub-folder"},
             "url": text,
             "urls": {"type": "array", "items": text},
             "size": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
@@ -349,22 +350,28 @@ def _safe_relative(path: str) -> bool:
 
 
 def _check_filename(where: _Where, filename: str) -> None:
-    """A file name every file system can hold: it names the file in the cache."""
-    if "/" in filename or "\\" in filename or filename in (".", ".."):
-        raise where.fail("filename", f"is {filename!r}; expected a bare file name without "
-                                     "folders (it names the file in the cache)")
+    """A name every file system can hold: it names the file in the cache (with '/', in a sub-folder of it)."""
     if any(ord(c) < 32 or ord(c) == 127 for c in filename):
         raise where.fail("filename", f"is {filename!r}; it holds a NUL or control character")
-    size = len(filename.encode("utf-8", "surrogatepass"))
+    if file_name_parts(filename) is None:
+        raise where.fail("filename", f"is {filename!r}; expected a file name, or a relative path such as "
+                                     "variables/variables.index (no leading '/', no '.' or '..' parts, no "
+                                     f"backslash, at most {MAX_FILE_DEPTH} folders): it names the file in the cache")
+    for part in filename.split("/"):
+        _check_name_part(where, filename, part)
+
+
+def _check_name_part(where: _Where, filename: str, part: str) -> None:
+    size = len(part.encode("utf-8", "surrogatepass"))
     if size > MAX_FILENAME_BYTES:
-        raise where.fail("filename", f"is {size} bytes long ({_show(filename)}); at most "
+        raise where.fail("filename", f"is {size} bytes long ({_show(part)}); at most "
                                      f"{MAX_FILENAME_BYTES} bytes (file systems allow 255 and a "
                                      "download adds '.part.json.tmp')")
-    stem = filename.split(".")[0].rstrip(" ").upper()
+    stem = part.split(".")[0].rstrip(" ").upper()
     if stem in _RESERVED_FILENAMES:
         raise where.fail("filename", f"is {filename!r}; {stem} is a device name on Windows, "
                                      "which cannot hold such a file; rename it")
-    if filename[-1] in ". ":
+    if part[-1] in ". ":
         raise where.fail("filename", f"is {filename!r}; a name ending in a dot or a space is "
                                      "changed by Windows; drop it")
 
@@ -576,6 +583,12 @@ def _check_cache_names(where: _Where, artifacts: list[Artifact]) -> None:
     from zoo.archives import unpacked_name
 
     taken: dict[str, tuple[int, str]] = {}
+    folders: dict[str, tuple[int, str]] = {}  # the sub-folders files are in: shared, but never a file's place
+    for i, artifact in enumerate(artifacts):
+        parts = artifact.filename.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            folders.setdefault(folder.casefold(), (i, f"folder {folder!r} that {artifact.filename!r} is in"))
     for i, artifact in enumerate(artifacts):
         places = [(artifact.filename, f"file {artifact.filename!r}")]
         places += [(artifact.filename + side, f"download file {artifact.filename + side!r}")
@@ -584,7 +597,7 @@ def _check_cache_names(where: _Where, artifacts: list[Artifact]) -> None:
             folder = unpacked_name(artifact.filename)
             places.append((folder, f"folder {folder!r} that {artifact.filename!r} unpacks to"))
         for name, what in places:
-            other = taken.setdefault(name.casefold(), (i, what))
+            other = folders.get(name.casefold()) or taken.setdefault(name.casefold(), (i, what))
             if other[0] != i:
                 field = "signature" if artifact.role == "signature" else f"files[{i}]"
                 raise where.fail(f"{field}.filename", (

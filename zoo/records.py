@@ -50,6 +50,24 @@ def missing_path(name: str) -> str | None:
     return f"{name} does not exist (no such file or folder)"
 
 
+MAX_FILE_DEPTH = 8  # folders an artifact's filename may name (a SavedModel's is 1: variables/...)
+
+
+def file_name_parts(filename: Any) -> list[str] | None:
+    """The parts of an artifact's filename, None when it cannot name a file inside its model's folder.
+
+    A filename is a file name, or a relative path with '/' for a file in a sub-folder (a SavedModel
+    fetched file by file: ``variables/variables.index``): never absolute, no empty, '.' or '..'
+    part, no backslash or NUL, at most `MAX_FILE_DEPTH` folders deep.
+    """
+    if not isinstance(filename, str) or not filename or "\\" in filename or "\0" in filename:
+        return None
+    parts = filename.split("/")
+    if len(parts) > MAX_FILE_DEPTH + 1 or any(part in ("", ".", "..") for part in parts):
+        return None
+    return parts
+
+
 FRAMEWORKS = ("caffe", "tensorflow", "keras", "tflite", "onnx", "pytorch")
 # What an artifact is for. "model" is a single-file model (.onnx, .tflite, .pt, .keras, .pb);
 # "graph" + "weights" are two-file models (Caffe prototxt + caffemodel, Keras arch + .h5);

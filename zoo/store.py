@@ -83,18 +83,23 @@ def _is_side_file(path: Path) -> bool:
     return name.startswith(".") or name.endswith(_SIDE_SUFFIXES) or ".part." in name
 
 
-def _view_files(folder: Path) -> Iterator[Path]:
-    """The files directly in a view folder that may be views (unpacked archives' insides are not)."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        if _is_side_file(path):
+def _view_files(folder: Path, nested: bool = True) -> Iterator[Path]:
+    """The files in a view folder that may be views, in its sub-folders too (a SavedModel fetched file by
+    file keeps variables/); `nested=False`: only those directly in it. Links to folders are not followed."""
+    pending = [folder]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
             continue
-        if entry.is_symlink() or entry.is_file(follow_symlinks=False):
-            yield path
+        for entry in entries:
+            path = Path(entry.path)
+            if _is_side_file(path):
+                continue
+            if entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                yield path
+            elif nested and entry.is_dir(follow_symlinks=False):
+                pending.append(path)
 
 
 @dataclass
@@ -407,7 +412,7 @@ class Store:
             if self.migrated:
                 return report
             for folder in view_folders(self.root):
-                for path in _view_files(folder):
+                for path in _view_files(folder, nested=False):  # a cache before the store was flat
                     if path.is_symlink():
                         continue
                     digest = file_hash(path)

@@ -59,7 +59,8 @@ def cache_list(kinds: tuple[str, ...], as_json: bool, cache_dir: str | None, cat
         rows = [[e.kind, e.key[:12] if e.kind == "features" else e.key, human_size(e.bytes), e.model or "",
                  _detail(e)] for e in found]
         total = human_size(sum(e.bytes for e in found))
-        lines = [table(rows, ["KIND", "KEY", "SIZE", "MODEL", "WHAT"]), f"{len(found)} entries, {total}"]
+        entries = "1 entry" if len(found) == 1 else f"{len(found)} entries"
+        lines = [table(rows, ["KIND", "KEY", "SIZE", "MODEL", "WHAT"]), f"{entries}, {total}"]
         if not kinds:  # the whole cache: what it takes on disk, and what the store saves
             lines[-1] += (f"; {human_size(use.on_disk)} on disk: the store keeps each file once, "
                           f"saving {human_size(use.saved)}")

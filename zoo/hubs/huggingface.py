@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from zoo.errors import HubError, ModelFormatError, OfflineError, require
-from zoo.records import Artifact, InputSpec, Model
+from zoo.records import Artifact, InputSpec, Model, file_name_parts
 
 if TYPE_CHECKING:
     import requests
@@ -44,6 +44,10 @@ CONVERTIBLE = {".onnx": ("onnx", "onnx"), ".tflite": ("tflite", "tflite"), ".ker
                ".caffemodel": ("caffe", "caffe"), ".pb": ("tensorflow", "frozen_graph")}
 # Files with those suffixes that are not whole models zoo can read (a library's own weights layout).
 NOT_MODELS = ("tf_model.h5", "saved_model.pb", "keras_metadata.pb", "fingerprint.pb")
+# A TensorFlow SavedModel is a folder: saved_model.pb, and these beside it (keras adds keras_metadata.pb).
+SAVED_MODEL = "saved_model.pb"
+SAVED_MODEL_FOLDERS = ("variables/", "assets/", "assets.extra/")
+SAVED_MODEL_FILES = ("fingerprint.pb", "keras_metadata.pb")
 _LESSER = re.compile(r"quant|int8|uint8|int4|q4|q8|fp16|bnb|bf16", re.I)  # variants picked after the plain one
 _SMALL_FILE = 1 << 20  # the card and preprocessing config are read whole, up to 1 MiB
 _SUMMARY = 300  # characters of the card's first paragraph kept as the description
@@ -52,7 +56,11 @@ T = TypeVar("T")
 
 
 def _hub():
-    return require("huggingface_hub", "hub")
+    hub = require("huggingface_hub", "hub")
+    # `hub.utils` (sessions, headers, errors) is a lazy attribute until its module is imported: a
+    # fresh `zoo fetch` reaches it before anything has imported HfApi.
+    require("huggingface_hub.utils", "hub")
+    return hub
 
 
 def endpoint() -> str:
@@ -245,7 +253,8 @@ def resolve(repo: str, *, revision: str | None = None, path: str | None = None, 
     files = {s.rfilename: s for s in (info.siblings or [])}
     chosen, others = _choose(repo, files, path)
     main = chosen[-1][1]
-    framework, fmt = CONVERTIBLE[os.path.splitext(main)[1].lower()]
+    saved_model = os.path.basename(main) == SAVED_MODEL
+    framework, fmt = ("tensorflow", "saved_model") if saved_model else CONVERTIBLE[os.path.splitext(main)[1].lower()]
     card = info.card_data.to_dict() if getattr(info, "card_data", None) is not None else {}
     tags = list(info.tags or [])
     datasets = card.get("datasets")
@@ -264,15 +273,15 @@ def resolve(repo: str, *, revision: str | None = None, path: str | None = None, 
         dataset=datasets[0] if isinstance(datasets, list) and datasets else None,
         description=_summary(readme), license=_license(tags, card),
         tags=_tags(tags), source=source, homepage=f"{endpoint()}/{repo}", input=spec,
-        artifacts=[_artifact(repo, commit, files[p], role) for role, p in chosen],
+        artifacts=[_artifact(repo, commit, files[p], role, filename) for role, p, filename in chosen],
         meta=meta, revision=commit)
 
 
-def _artifact(repo: str, commit: str, sibling: Any, role: str) -> Artifact:
+def _artifact(repo: str, commit: str, sibling: Any, role: str, filename: str) -> Artifact:
     hub = _hub()
     lfs = sibling.lfs
     checksum = f"sha256:{lfs.sha256}" if lfs else (f"gitblob:{sibling.blob_id}" if sibling.blob_id else None)
-    return Artifact(role=role, filename=os.path.basename(sibling.rfilename),
+    return Artifact(role=role, filename=filename,
                     urls=[hub.hf_hub_url(repo, sibling.rfilename, revision=commit, endpoint=endpoint())],
                     size=lfs.size if lfs else sibling.size, checksum=checksum,
                     meta={"hub_path": sibling.rfilename})
@@ -285,52 +294,73 @@ def _rank(path: str) -> tuple:
     return (bool(_LESSER.search(os.path.basename(path))), order, path.count("/"), len(path), path)
 
 
-def _choose(repo: str, files: dict[str, Any], path: str | None) -> tuple[list[tuple[str, str]], list[str]]:
-    """[(role, path)] of the files the model needs (its main file last), and the other convertible files."""
+def _choose(repo: str, files: dict[str, Any], path: str | None) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """[(role, path in the repo, filename in the cache)] of the files the model needs (its main file
+    last), and the repo's other models: single files first, then SavedModel folders."""
     convertible = sorted((p for p in files if os.path.splitext(p)[1].lower() in CONVERTIBLE
                           and os.path.basename(p) not in NOT_MODELS), key=_rank)
+    saved_models = sorted((os.path.dirname(p) for p in files if os.path.basename(p) == SAVED_MODEL),
+                          key=lambda folder: (folder.count("/") + bool(folder), len(folder), folder))
     if path is not None:
+        path = path.strip("/")
+        within = [f for f in saved_models if f == path or f.startswith(path + "/")]
+        if path not in files and within:
+            return _saved_model(files, within[0]), _others(convertible, saved_models, within[0])
         if path not in files:
-            within = [p for p in files if p.startswith(path.rstrip("/") + "/")]
-            if any(os.path.basename(p) == "saved_model.pb" for p in within):
-                raise ModelFormatError(f"hf://{repo}/{path} is a SavedModel folder; zoo fetches single-file models "
-                                       "from the Hub (ONNX, Keras, TFLite, TorchScript, Caffe, frozen graphs): pick one "
-                                       f"of: {_listing(convertible)}")
             raise HubError(f"hf://{repo} has no file {path}; its files: {_listing(sorted(files))}", status=404)
+        if os.path.basename(path) == SAVED_MODEL:
+            folder = os.path.dirname(path)
+            return _saved_model(files, folder), _others(convertible, saved_models, folder)
         if path not in convertible:
             raise ModelFormatError(f"hf://{repo}/{path} is not a model file zoo converts (ONNX, Keras .keras/.h5, "
-                                   "TFLite, TorchScript, Caffe, frozen .pb); the repo's convertible files: "
-                                   f"{_listing(convertible) or 'none'}")
+                                   "TFLite, TorchScript, Caffe, frozen .pb, a SavedModel folder); the repo's models: "
+                                   f"{_listing(_others(convertible, saved_models)) or 'none'}")
         main = path
-    elif not convertible and any(os.path.basename(p) == "saved_model.pb" for p in files):
-        folder = os.path.dirname(next(p for p in sorted(files) if os.path.basename(p) == "saved_model.pb"))
-        raise ModelFormatError(
-            f"hf://{repo} holds a TensorFlow SavedModel ({folder or 'the repo root'}: saved_model.pb and variables/), "
-            "which zoo does not fetch from the Hub as a folder yet; download it (`huggingface-cli download "
-            f"{repo} --local-dir DIR`) and register it with `zoo add DIR{'/' + folder if folder else ''}`")
-    elif not convertible:
+    elif convertible:
+        main = convertible[0]
+    elif saved_models:
+        return _saved_model(files, saved_models[0]), _others(convertible, saved_models, saved_models[0])
+    else:
         raise ModelFormatError(
             f"hf://{repo} has no file zoo converts (ONNX, Keras .keras/.h5, SavedModel, TFLite, TorchScript, Caffe); "
             f"it has: {_listing(sorted(files))}. safetensors and PyTorch pickles need the model's own code: look for "
             "an ONNX export of it (`zoo search NAME --hub --library onnx`)")
-    else:
-        main = convertible[0]
-    chosen: list[tuple[str, str]] = []
+    chosen: list[tuple[str, str, str]] = []
     if main.endswith(".caffemodel"):
         folder, stem = os.path.dirname(main), os.path.splitext(os.path.basename(main))[0]
         graphs = sorted((p for p in files if p.endswith(".prototxt") and os.path.dirname(p) == folder),
                         key=lambda p: (os.path.basename(p) not in (f"{stem}.prototxt", "deploy.prototxt"), p))
         if not graphs:
             raise ModelFormatError(f"hf://{repo}: {main} has no .prototxt beside it; a Caffe model needs both")
-        chosen.append(("graph", graphs[0]))
+        chosen.append(("graph", graphs[0], os.path.basename(graphs[0])))
         role = "weights"
     else:
         role = "model"
     # ONNX weights kept apart (external data: model.onnx_data, model.onnx.data) go in the same folder.
-    chosen += [("other", p) for p in sorted(files) if p != main and os.path.dirname(p) == os.path.dirname(main)
+    chosen += [("other", p, os.path.basename(p)) for p in sorted(files)
+               if p != main and os.path.dirname(p) == os.path.dirname(main)
                and os.path.basename(p).startswith(os.path.basename(main)) and p.endswith(("_data", ".data"))]
-    chosen.append((role, main))
-    return chosen, [p for p in convertible if p != main][:20]
+    chosen.append((role, main, os.path.basename(main)))
+    return chosen, _others(convertible, saved_models, main)
+
+
+def _saved_model(files: dict[str, Any], folder: str) -> list[tuple[str, str, str]]:
+    """The files of the SavedModel in `folder` ('' is the repo's root), fetched file by file into one
+    folder of the cache that is the SavedModel: saved_model.pb (the model, last), variables/, assets/."""
+    prefix = f"{folder}/" if folder else ""
+    parts = [("other", p, p[len(prefix):]) for p in sorted(files) if p.startswith(prefix)
+             and (p[len(prefix):].startswith(SAVED_MODEL_FOLDERS) or p[len(prefix):] in SAVED_MODEL_FILES)]
+    for _, path, filename in parts:
+        if file_name_parts(filename) is None:  # a Hub (or a mirror) that lists "variables/../../x"
+            raise HubError(f"the Hub lists {path!r} in the SavedModel {folder or './'}, which is not a path inside "
+                           "it; zoo will not fetch it (is HF_ENDPOINT a Hub you trust?)")
+    return [*parts, ("model", prefix + SAVED_MODEL, SAVED_MODEL)]
+
+
+def _others(convertible: list[str], saved_models: list[str], chosen: str | None = None) -> list[str]:
+    """The repo's models besides `chosen`: files, then SavedModel folders (as FOLDER/, the root as ./)."""
+    folders = [f"{f}/" if f else "./" for f in saved_models if f != chosen]
+    return [p for p in convertible if p != chosen][:20] + folders[:20]
 
 
 def _listing(paths: Sequence[str], most: int = 12) -> str:
