@@ -453,6 +453,9 @@ print("\\n" + json.dumps({{"code": code, "hub_imported": sys.modules.get("huggin
 """
 
 
+forked = pytest.mark.skipif(sys.platform != "linux", reason="zoo forks the search on Linux only")
+
+
 def _fresh_zoo(*args: str, before: str = "") -> tuple[dict, str, str]:
     import subprocess
 
@@ -462,6 +465,7 @@ def _fresh_zoo(*args: str, before: str = "") -> tuple[dict, str, str]:
     return json.loads(last), "\n".join(out).strip(), done.stderr
 
 
+@forked
 def test_a_fresh_search_asks_the_hub_from_a_child_and_never_imports_its_client(repos, zoo_env):
     facts, out, err = _fresh_zoo("search", "resnet", "--hub", "--json")
     assert facts == {"code": 0, "hub_imported": False, "child_left": False}, err
@@ -474,6 +478,7 @@ def test_a_fresh_search_asks_the_hub_from_a_child_and_never_imports_its_client(r
     assert open_catalog().get("acme--resnet-18").meta["hub"]["downloads"] == 5000
 
 
+@forked
 @pytest.mark.parametrize("case", ["rate limit", "no client", "catalog", "unexpected", "only in the child",
                                   "child killed"])
 def test_what_goes_wrong_in_the_child_reaches_the_user_as_one_line(repos, monkeypatch, tmp_path, case):
@@ -509,6 +514,7 @@ def test_what_goes_wrong_in_the_child_reaches_the_user_as_one_line(repos, monkey
     assert line.startswith(said), line
 
 
+@forked
 def test_ctrl_c_while_the_child_asks_stops_both(repos):
     import signal
     import subprocess
