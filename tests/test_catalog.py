@@ -207,6 +207,32 @@ def test_upgrades_catalog_written_by_older_schema(catalog_url):
     engine.dispose()
 
 
+def test_a_new_sqlite_catalog_is_what_the_migrations_make_without_alembic(tmp_path, zoo_cmd):
+    """sqlite_head.sql is the migrations' schema now (else: `python -m zoo.migrations` writes it again);
+    a new catalog made from it holds the same schema, and making one does not import Alembic."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine
+
+    from zoo.migrations import SQLITE_HEAD, sqlite_head, upgrade
+
+    with create_engine("sqlite://").begin() as connection:
+        upgrade(connection, "head")
+        migrated = sqlite_head(connection)
+    assert SQLITE_HEAD.read_text() == migrated, "a migration changed the schema: run `python -m zoo.migrations`"
+    assert f"VALUES ('{SCHEMA_HEAD}')" in migrated
+    made = Catalog(f"sqlite:///{tmp_path / 'c.db'}", builtins=False)
+    with made._engine.connect() as connection:  # and the search index zoo keeps itself (zoo._sqlite)
+        statements = sqlite_head(connection).split(";\n")
+        assert ";\n".join(s for s in statements if "models_fts" not in s) == migrated
+    probe = ("import sys; from zoo.catalog import Catalog; Catalog(sys.argv[1]).search('alexnet'); "
+             "print('alembic' in sys.modules)")
+    for url in (f"sqlite:///{tmp_path / 'd.db'}", "sqlite://"):
+        out = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "False", url
+
+
 def test_refuses_catalog_newer_than_itself(cat):
     with cat._engine.begin() as connection:
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")

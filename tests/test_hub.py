@@ -484,3 +484,104 @@ def test_a_locked_hub_model_is_fetched_exactly_in_a_fresh_catalog(repos, tmp_pat
     fetch_locked(lock_file=lock_file, quiet=True)
     fetched = open_catalog().get(model.name)
     assert fetched.revision == model.revision and fetched.artifacts[0].sha256 == model.artifacts[0].checksum[7:]
+
+
+# ---- `zoo search --hub` as a user runs it: a fresh process, the search in a forked child --------
+
+# A fresh single-threaded process (the tests' own process runs the loopback Hub's threads, so a
+# search here takes zoo.hubs._early's thread path): `zoo ARGS`, then what the parent imported and
+# whether a child process is left.
+_FRESH = """
+import json, os, sys
+{before}
+from zoo.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+try:
+    left = os.waitpid(-1, os.WNOHANG) is not None
+except ChildProcessError:
+    left = False
+print("\\n" + json.dumps({{"code": code, "hub_imported": sys.modules.get("huggingface_hub") is not None,
+                          "child_left": left}}))
+"""
+
+
+forked = pytest.mark.skipif(sys.platform != "linux", reason="zoo forks the search on Linux only")
+
+
+def _fresh_zoo(*args: str, before: str = "") -> tuple[dict, str, str]:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _FRESH.format(before=before), *args], capture_output=True,
+                          text=True, timeout=120)
+    *out, last = done.stdout.rstrip("\n").split("\n")
+    return json.loads(last), "\n".join(out).strip(), done.stderr
+
+
+@forked
+def test_a_fresh_search_asks_the_hub_from_a_child_and_never_imports_its_client(repos, zoo_env):
+    facts, out, err = _fresh_zoo("search", "resnet", "--hub", "--json")
+    assert facts == {"code": 0, "hub_imported": False, "child_left": False}, err
+    # the catalog was closed before the shutdown (that skips the last garbage collections): SQLite's
+    # log was checkpointed and removed
+    assert (zoo_env / "catalog.db").exists() and not (zoo_env / "catalog.db-wal").exists()
+    # the models came through the pipe as they are: what a search in this process finds and stores
+    assert json.loads(out) == [m.to_dict() for m in search("resnet")]
+    assert repos.hits("/api/models") == 2 * len(("onnx", "keras", "tflite", "tf"))
+    assert open_catalog().get("acme--resnet-18").meta["hub"]["downloads"] == 5000
+
+
+@forked
+@pytest.mark.parametrize("case", ["rate limit", "no client", "catalog", "unexpected", "only in the child",
+                                  "child killed"])
+def test_what_goes_wrong_in_the_child_reaches_the_user_as_one_line(repos, monkeypatch, tmp_path, case):
+    before = ""
+    if case == "rate limit":  # a HubError, with its status, crosses the pipe
+        repos.fail("/api/models", status=429, retry_after="3600", times=4)
+        said = ("error: searching the Hub for resnet: the Hugging Face Hub is limiting requests (HTTP 429) and asks "
+                "to wait 3600 s; try again then (logged-in users, HF_TOKEN, get higher limits)")
+    elif case == "no client":  # so does a MissingDependencyError
+        before = "sys.modules['huggingface_hub'] = None  # as if it were not installed"
+        said = "error: huggingface_hub is needed for this and is not installed"
+    elif case == "catalog":  # the parent fails before it reads the answer: the child is stopped and reaped
+        monkeypatch.setenv("ZOO_CATALOG", str(tmp_path / "no-such-folder" / "catalog.db"))
+        said = f"error: catalog {tmp_path / 'no-such-folder' / 'catalog.db'}: its folder"
+    else:  # what cannot cross (an error zoo did not foresee, a dead child): the parent searches again itself
+        only_child = case != "unexpected"
+        fail = "os.kill(os.getpid(), 9)" if case == "child killed" else "raise ValueError('an answer nobody expected')"
+        before = ("import os, zoo.hubs.huggingface as hf\n"
+                  "parent, search = os.getpid(), hf.search\n"
+                  "def failing(*args, **kwargs):\n"
+                  f"    if {only_child} and os.getpid() == parent:\n"
+                  "        return search(*args, **kwargs)\n"
+                  f"    {fail}\n"
+                  "hf.search = failing")
+        said = None if only_child else "internal error: ValueError: an answer nobody expected; the traceback is in"
+    facts, out, err = _fresh_zoo("search", "resnet", "--hub", before=before)
+    if said is None:
+        assert facts == {"code": 0, "hub_imported": True, "child_left": False}, err
+        assert out.splitlines()[1].split()[0] == "acme--resnet-18"
+        return
+    assert facts["code"] == 1 and not facts["child_left"]
+    (line,) = err.strip().splitlines()
+    assert line.startswith(said), line
+
+
+@forked
+def test_ctrl_c_while_the_child_asks_stops_both(repos):
+    import signal
+    import subprocess
+
+    from helpers.hub_server import wait_for
+
+    repos.latency = 5.0  # the child waits on the Hub
+    run = subprocess.Popen([sys.executable, "-c", _FRESH.format(before=""), "search", "resnet", "--hub"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: repos.hits("/api/models") > 0)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    facts = json.loads(out.rstrip("\n").split("\n")[-1])
+    assert facts == {"code": 130, "hub_imported": False, "child_left": False}, err
+    assert err.strip() == "interrupted"

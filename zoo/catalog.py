@@ -329,11 +329,15 @@ class Catalog:
         return row[0] if row else None
 
     def _migrate(self, created: bool) -> None:
-        from zoo.migrations import upgrade
+        from zoo.migrations import create_sqlite_head, upgrade
 
         try:
             with self._write_engine.begin() as connection:
-                upgrade(connection, SCHEMA_HEAD)
+                # Another process may have made it while this one waited for the write lock.
+                if created and self.is_sqlite and self._revision(connection) is None:
+                    create_sqlite_head(connection)  # what the migrations make, without loading Alembic
+                else:
+                    upgrade(connection, SCHEMA_HEAD)
                 if created:
                     # Same transaction as the schema: no catalog exists without this state.
                     connection.execute(

@@ -188,6 +188,9 @@ class HubServer:
 def _handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers go out line by line: without this, Nagle's algorithm holds each response's last
+        # segment for the client's delayed ACK (~40 ms a request on a kept-alive connection).
+        disable_nagle_algorithm = True
 
         def log_message(self, *args) -> None:
             pass

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from zoo.errors import InputError
+from zoo.hubs._early import start_search
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -149,57 +150,39 @@ def search(query: str | None, *, scheme: str = "hf", author: str | None = None,
         MissingDependencyError: the hub's client library is not installed (`pip install 'zoo[hub]'`).
     """
     module = _module(scheme)
-    # Most searches use the hub source's defaults: ask the hub now, while the catalog opens (its
-    # database library loads in the time the answer takes); asked again if the source says otherwise.
-    early = None if _offline(module, offline) else _Early(module, query, author, libraries, limit)
-    from zoo.catalog import open_catalog
+    if _offline(module, offline):  # what earlier searches stored, most downloaded first as the hub ranks
+        from zoo.catalog import open_catalog
 
-    cat = open_catalog(catalog)
-    source = _hub_source(cat, scheme)
-    _, source_author, source_libraries = hub_options(source.url)
-    if early is None:  # what earlier searches stored, most downloaded first as the hub ranks
-        stored = cat.search(query, source=source.name, limit=None)
+        cat = open_catalog(catalog)
+        stored = cat.search(query, source=_hub_source(cat, scheme).name, limit=None)
         stored.sort(key=lambda m: -((m.meta.get("hub") or {}).get("downloads") or 0))
         return stored[:limit or None]
-    wanted = (author or source_author, list(libraries or source_libraries or module.DEFAULT_LIBRARIES))
-    if early.asked == wanted:
-        found = early.result()
-        for model in found:
-            model.source = source.name
-    else:
-        found = module.search(query, author=wanted[0], libraries=wanted[1], limit=limit, source=source.name)
-    with cat.batch():
-        return [_keep_stub(cat, model) for model in found]
+    # Most searches use the hub source's defaults: ask the hub now, while the catalog opens (both
+    # sides are mostly imports; zoo.hubs._early says how they overlap); asked again if the source
+    # says otherwise.
+    early = start_search(module, query, author, libraries, limit)
+    try:
+        from zoo.catalog import open_catalog
 
-
-class _Early:
-    """A hub search started in a thread before the catalog is open (the hub's client is imported
-    here, in the caller's thread; only the requests run in the other)."""
-
-    def __init__(self, module: ModuleType, query: str | None, author: str | None,
-                 libraries: Sequence[str] | None, limit: int) -> None:
-        import threading
-
-        self.asked = (author, list(libraries or module.DEFAULT_LIBRARIES))
-        self._found: list[Model] | None = None
-        self._error: BaseException | None = None
-        if hasattr(module, "client"):
-            module.client()  # imports stay in this thread
-        self._thread = threading.Thread(target=self._run, args=(module, query, limit), daemon=True,
-                                        name="zoo-hub-search")
-        self._thread.start()
-
-    def _run(self, module: ModuleType, query: str | None, limit: int) -> None:
-        try:
-            self._found = module.search(query, author=self.asked[0], libraries=self.asked[1], limit=limit)
-        except BaseException as error:  # handed to the caller by result()
-            self._error = error
-
-    def result(self) -> list[Model]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._found or []
+        cat = open_catalog(catalog)
+        source = _hub_source(cat, scheme)
+        _, source_author, source_libraries = hub_options(source.url)
+        wanted = (author or source_author, list(libraries or source_libraries or module.DEFAULT_LIBRARIES))
+        # The batch loads what writes need (SQLAlchemy's ORM) while the hub answers; its lock is
+        # taken by the first write, once the answer is in.
+        with cat.batch():
+            if early.asked == wanted:
+                found = early.result()
+                for model in found:
+                    model.source = source.name
+            else:
+                early.close()
+                found = module.search(query, author=wanted[0], libraries=wanted[1], limit=limit,
+                                      source=source.name)
+            found = [_keep_stub(cat, model) for model in found]
+    finally:
+        early.close()  # the search does not outlive an error here (or Ctrl-C)
+    return found
 
 
 def _keep_stub(cat: Catalog, model: Model) -> Model:
