@@ -223,6 +223,25 @@ def test_an_hf_endpoint_that_is_no_url_is_one_line(zoo_cmd):
             out.stderr
 
 
+def test_a_search_result_is_locked_in_a_fresh_process(repos, zoo_cmd, tmp_path):
+    """`zoo lock NAME` of a `zoo search --hub` result pins it first (as `zoo fetch NAME` does); offline it says so."""
+    import os
+    import subprocess
+
+    lock_file = str(tmp_path / "zoo.lock")
+    for command, env in ((["search", "resnet", "--hub"], {}), (["lock", "acme--resnet-50-keras", "-o", lock_file],
+                                                                 {"ZOO_OFFLINE": "1"})):
+        out = subprocess.run([*zoo_cmd, *command], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert out.returncode == 1 and out.stderr.strip() == (
+        "error: acme--resnet-50-keras is a Hub search result, never pinned to a commit; lock it while online (it is "
+        "pinned then)"), out.stderr
+    out = subprocess.run([*zoo_cmd, "lock", "acme--resnet-18", "-o", lock_file], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    locked = json.loads(open(lock_file).read())["models"]["acme--resnet-18"]
+    assert locked["revision"] == repos.repos["acme/resnet-18"].refs["main"] and locked["files"]
+
+
 def test_a_hub_source_with_an_author_is_listed_as_it_is(repos, zoo_cmd):
     """`author` is no secret: `zoo source list` (a new process) shows the hub source's URL unmasked."""
     import subprocess

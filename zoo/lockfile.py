@@ -136,8 +136,10 @@ def lock(names: Sequence[str], *, output: str | os.PathLike | None = None,
         UnknownModelError, UnknownRevisionError: a name or revision is not in the catalog.
         FetchError: a file had to be fetched to be hashed and could not be.
     """
+    from zoo import config
     from zoo.catalog import open_catalog
     from zoo.download import fetch, known_sha256
+    from zoo.hubs import origin
 
     cat = open_catalog(catalog)
     path = Path(output) if output else (find_lock_file() or Path.cwd() / LOCK_FILE)
@@ -147,6 +149,13 @@ def lock(names: Sequence[str], *, output: str | os.PathLike | None = None,
         base = split_ref(ref)[0]
         model = cat.get(ref)
         files = [a for a in model.artifacts if a.role not in DERIVED_ROLES]
+        hub = origin(model)
+        if not files and hub is not None and hub.stub and not (offline or config.offline() or hub.offline()):
+            model = hub.ready(cat, model)  # a hub search result: pinned to its commit first, as fetch does
+            files = [a for a in model.artifacts if a.role not in DERIVED_ROLES]
+        if not files and hub is not None and hub.stub:
+            raise InputError(f"{ref} is a Hub search result, never pinned to a commit; lock it while online "
+                             "(it is pinned then)")
         if not files:
             raise InputError(f"{ref} has no files to pin; register them first (`zoo add`, `zoo source sync`)")
         if any(known_sha256(a) is None for a in files):
