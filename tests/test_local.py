@@ -285,8 +285,10 @@ def test_a_crop_larger_than_every_resized_image_is_refused_when_given(tmp_path, 
     assert zoo_run("add", str(light["onnx"]), "--name", "other", "--resize", "10x10", "--crop", "11x9").returncode == 1
 
 
-def test_zoo_add_of_a_hub_ref_says_where_hub_models_are_added():
-    """`zoo.add("hf://...")` (the Python API) names zoo.hubs.add, not a missing file "hf:/..." in the working folder."""
-    with pytest.raises(zoo.errors.InputError, match=r"hf://acme/net is a Hub model, not a file: register it with "
-                                                    r"zoo\.hubs\.add\('hf://acme/net'\)"):
-        zoo.add("hf://acme/net")
+def test_zoo_add_of_a_hub_ref_pins_it_as_zoo_add_does_on_the_command_line(hub):
+    """`zoo.add("hf://...")` (the Python API) is `zoo add hf://...`, not a missing file "hf:/..." in the working folder."""
+    hub.repo("acme/net", {"model.onnx": b"\x08\x07" + bytes(64)})
+    model = zoo.add("hf://acme/net", name="net.hf")
+    assert model.name == "net.hf" and model.meta["hub"]["repo"] == "acme/net" and model.revision
+    with pytest.raises(zoo.errors.InputError, match=r"hf://acme/net is a Hub model: it takes only name=.*not task"):
+        zoo.add("hf://acme/net", task="classification")

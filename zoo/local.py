@@ -114,8 +114,10 @@ def add(
     as that model: it takes that entry's input spec (unless given), licence, description and
     task, and ``meta["same_as"]`` names it.
 
+    A Hub model (``hf://OWNER/REPO[@REV][/PATH]``) is registered by `zoo.hubs.add`, pinned to its commit.
+
     Args:
-        path: the model file or folder; `more` the other half of a Caffe pair.
+        path: the model file or folder (or a Hub model); `more` the other half of a Caffe pair.
         name: the catalog name (default: the file or folder stem).
         task, dataset, tags, description: what the catalog says about it.
         inputs, args: what a TorchScript ``forward`` takes (``NAME=SHAPE[:DTYPE]``, ``NAME=VALUE``).
@@ -141,9 +143,16 @@ def add(
     from zoo.input_specs import arg_values, input_specs
     from zoo.preprocessing import parse
 
-    if is_hub_ref(os.fspath(path)):  # not a file here ("hf:/..." beside the working directory)
-        raise InputError(f"{os.fspath(path)} is a Hub model, not a file: register it with "
-                         f"zoo.hubs.add({os.fspath(path)!r}) (on the command line: `zoo add {os.fspath(path)}`)")
+    if is_hub_ref(os.fspath(path)):  # a Hub model (`zoo add hf://...`), not a file "hf:/..." here
+        from zoo.hubs import add as hub_add
+
+        given = [k for k, v in (("more paths", more), ("task", task), ("dataset", dataset), ("tags", tags),
+                                ("description", description), ("inputs", inputs), ("args", args),
+                                ("input_spec", input_spec)) if v]
+        if given:
+            raise InputError(f"{os.fspath(path)} is a Hub model: it takes only name= (its facts come from the "
+                             f"Hub; set others later with zoo.edit), not {', '.join(given)}")
+        return hub_add(os.fspath(path), name=name, catalog=catalog)
     specs, values = input_specs(inputs), arg_values(args)
     spec_fields = parse(input_spec) if input_spec is not None else {}
     info = detect_files([path, *more])
