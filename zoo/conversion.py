@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.errors import (ConversionError, DuplicateModelError, ModelFormatError, UnsafeModelError,
                         VerificationError)
 from zoo.cache import onnx_path
+from zoo.formats import model_location
 from zoo.freshness import changed, file_state, remember
 from zoo.hashes import file_sha256
 from zoo.lineage import conversion_lineage
@@ -238,14 +240,13 @@ def _needs_fetch(model: Model) -> bool:
 def _file(model: Model, role: str) -> str | None:
     """Path of the file with `role`, looking inside an unpacked archive when it holds that role.
 
-    A model file named saved_model.pb (a SavedModel fetched file by file) stands for its folder,
-    which is what TensorFlow loads and what a conversion's freshness hashes (variables/ too).
+    A SavedModel fetched file by file has saved_model.pb as its model file: it stands for its
+    folder (`zoo.formats.model_location`).
     """
     artifact = model.artifact(role)
     if artifact is not None and artifact.path:
-        if role == "model" and os.path.basename(artifact.path) == "saved_model.pb":
-            return os.path.dirname(artifact.path)
-        return artifact.path
+        location = model_location(artifact.path) if role == "model" else None
+        return str(location) if location is not None and location != Path(artifact.path) else artifact.path
     for archive in model.artifacts:
         members = archive.meta.get("members") or {}
         if archive.role == "archive" and archive.path and role in members:

@@ -311,6 +311,13 @@ def _head(path: Path, n: int = 4096) -> bytes:
 
 # ---- detection ---------------------------------------------------------------------------------
 
+def model_location(path: str | os.PathLike) -> Path:
+    """What a model file stands for: a SavedModel's saved_model.pb(txt) is its folder (what TensorFlow
+    loads, and what a conversion's freshness hashes, variables/ too); any other path itself."""
+    path = Path(path)
+    return path.parent if path.name in ("saved_model.pb", "saved_model.pbtxt") else path
+
+
 def _saved_model_dir(path: Path) -> bool:
     return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
 
@@ -347,7 +354,7 @@ def detect_format(path: str | os.PathLike) -> FormatInfo:
     if size == 0:
         raise _fail(path, f"is empty; expected {EXPECTED}")
 
-    if path.name in ("saved_model.pb", "saved_model.pbtxt"):
+    if model_location(path) != path:
         if path.suffix == ".pb" and _protobuf_kind(path) != ("tensorflow", "saved_model"):
             raise _fail(path, "is not a valid SavedModel protobuf (truncated or corrupt)")
         return FormatInfo("tensorflow", "saved_model", {"model": path.parent})
@@ -533,5 +540,5 @@ def _quiet_miss(path: Path) -> bool:
     return False
 
 
-__all__ = ["FORMATS", "FormatInfo", "detect_files", "detect_format", "file_sha256", "find_models",
+__all__ = ["FORMATS", "FormatInfo", "detect_files", "detect_format", "file_sha256", "find_models", "model_location",
            "special_file_kind", "tree_sha256"]

@@ -353,11 +353,12 @@ def _check_filename(where: _Where, filename: str) -> None:
     """A name every file system can hold: it names the file in the cache (with '/', in a sub-folder of it)."""
     if any(ord(c) < 32 or ord(c) == 127 for c in filename):
         raise where.fail("filename", f"is {filename!r}; it holds a NUL or control character")
-    if file_name_parts(filename) is None:
+    parts = file_name_parts(filename)
+    if parts is None:
         raise where.fail("filename", f"is {filename!r}; expected a file name, or a relative path such as "
                                      "variables/variables.index (no leading '/', no '.' or '..' parts, no "
                                      f"backslash, at most {MAX_FILE_DEPTH} folders): it names the file in the cache")
-    for part in filename.split("/"):
+    for part in parts:
         _check_name_part(where, filename, part)
 
 
