@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import textwrap
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def test_ray_gives_the_entries_of_the_in_process_path(local_ray, tiny, tmp_path)
         fingerprint = "who-runs"
 
         def __call__(self, batch):
+            time.sleep(0.05)  # long enough that one actor cannot take every chunk before the other is ready
             return np.full((len(batch), 1), os.getpid(), dtype=np.int64)
 
     pids = extract_features(WhoRuns(), x, chunk_size=10, progress=False, engine=engine).features
